@@ -1,0 +1,65 @@
+"""coupler's runtime: the coupling driver, broker, channels, policies and data plane."""
+
+from coupler.runtime import config as config
+from coupler.runtime.actor_ref import ActorRef as ActorRef
+from coupler.runtime.broker import Broker as Broker
+from coupler.runtime.buffers import BufferStats as BufferStats
+from coupler.runtime.coupling import Coupling as Coupling
+from coupler.runtime.endpoint import Endpoint as Endpoint
+from coupler.runtime.endpoint import local_endpoint as local_endpoint
+from coupler.runtime.errors import ActorFailed as ActorFailed
+from coupler.runtime.errors import ChannelClosed as ChannelClosed
+from coupler.runtime.errors import ChannelExists as ChannelExists
+from coupler.runtime.errors import ChannelTimeout as ChannelTimeout
+from coupler.runtime.errors import ConsumerGone as ConsumerGone
+from coupler.runtime.errors import CouplerError as CouplerError
+from coupler.runtime.errors import Interrupted as Interrupted
+from coupler.runtime.errors import NoCoupling as NoCoupling
+from coupler.runtime.errors import SpecMismatch as SpecMismatch
+from coupler.runtime.errors import UnknownChannel as UnknownChannel
+from coupler.runtime.errors import WrongPolicy as WrongPolicy
+from coupler.runtime.message import FieldSpec as FieldSpec
+from coupler.runtime.message import Message as Message
+from coupler.runtime.message import Spec as Spec
+from coupler.runtime.policies import Latest as Latest
+from coupler.runtime.policies import Policy as Policy
+from coupler.runtime.policies import Queue as Queue
+from coupler.runtime.policies import Reservoir as Reservoir
+from coupler.runtime.policies import Window as Window
+from coupler.runtime.ports import InPort as InPort
+from coupler.runtime.ports import OutPort as OutPort
+from coupler.runtime.status import ActorStatus as ActorStatus
+from coupler.runtime.status import ChannelStats as ChannelStats
+
+__all__ = [
+    "ActorFailed",
+    "ActorRef",
+    "ActorStatus",
+    "Broker",
+    "BufferStats",
+    "ChannelClosed",
+    "ChannelExists",
+    "ChannelStats",
+    "ChannelTimeout",
+    "ConsumerGone",
+    "Coupling",
+    "CouplerError",
+    "Endpoint",
+    "FieldSpec",
+    "InPort",
+    "Interrupted",
+    "Latest",
+    "Message",
+    "NoCoupling",
+    "OutPort",
+    "Policy",
+    "Queue",
+    "Reservoir",
+    "Spec",
+    "SpecMismatch",
+    "UnknownChannel",
+    "Window",
+    "WrongPolicy",
+    "config",
+    "local_endpoint",
+]

@@ -1,0 +1,274 @@
+"""The broker: coupler's control plane, a Dask scheduler extension.
+
+It keeps the registry of channels (policy, spec, producers, consumers, closed
+flag), of actors, and the counters and sequence watermarks that workers report
+periodically. It never carries tensor payloads: those go worker to worker (see
+:mod:`coupler.runtime.endpoint`). When the set of consumers of a channel
+changes, the broker pushes the new routing table to the workers of the
+channel's producers, so that producers never ask the scheduler per message.
+
+Handlers reply with plain dicts; typed errors are encoded with
+:func:`~coupler.runtime.errors.error_reply` because exceptions raised in a
+handler reach the caller without their type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+from coupler.runtime.errors import ChannelExists, CouplerError, UnknownChannel, error_reply
+from coupler.runtime.message import Spec
+from coupler.runtime.policies import policy_from_wire, policy_to_wire
+
+logger = logging.getLogger(__name__)
+
+BROKER_NAME = "coupler-broker"
+_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+
+
+def check_name(kind: str, name: Any) -> str:
+    """Validate a channel, actor or port name.
+
+    Raises:
+        ValueError: unless ``name`` is 1-200 characters of letters, digits and ``_.:/-``.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{kind} name must be 1-200 characters of letters, digits and '_.:/-', got {name!r}")
+    return name
+
+
+@dataclass
+class ChannelRecord:
+    """Everything the broker knows about one channel."""
+
+    name: str
+    policy: dict[str, Any]
+    spec: dict[str, Any] | None = None
+    closed: bool = False
+    producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
+    consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
+    gone: dict[str, str] = field(default_factory=dict)  # consumer id -> why it left
+    version: int = 0
+
+    def routing(self) -> dict[str, Any]:
+        """What a producer's worker needs to send on this channel."""
+        return {
+            "channel": self.name,
+            "policy": self.policy,
+            "spec": self.spec,
+            "closed": self.closed,
+            "consumers": sorted(self.consumers.items()),
+            "gone": sorted(self.gone.items()),
+            "version": self.version,
+        }
+
+
+class Broker(SchedulerPlugin):
+    """Scheduler extension holding the coupling's control-plane state.
+
+    Installed by :class:`~coupler.runtime.coupling.Coupling` with
+    ``client.register_plugin(Broker())``; idempotent, so several couplings on
+    one cluster share it.
+    """
+
+    name = BROKER_NAME
+    idempotent = True
+
+    def __init__(self) -> None:
+        self.channels: dict[str, ChannelRecord] = {}
+        self.actors: dict[str, dict[str, Any]] = {}
+        self.reports: dict[str, dict[str, Any]] = {}  # worker address -> last report
+        self.scheduler: Any = None
+
+    async def start(self, scheduler: Any) -> None:
+        self.scheduler = scheduler
+        handlers = {
+            "coupler_declare": self.declare,
+            "coupler_routing": self.routing,
+            "coupler_fix_spec": self.fix_spec,
+            "coupler_attach": self.attach,
+            "coupler_detach": self.detach,
+            "coupler_close": self.close_channel,
+            "coupler_report": self.report,
+            "coupler_register_actor": self.register_actor,
+            "coupler_snapshot": self.snapshot,
+        }
+        scheduler.handlers.update(handlers)
+
+    # -- handlers ----------------------------------------------------------------------
+    def _channel(self, name: str) -> ChannelRecord:
+        try:
+            return self.channels[name]
+        except KeyError:
+            known = ", ".join(sorted(self.channels)) or "none"
+            raise UnknownChannel(f"unknown channel {name!r}; declared channels: {known}") from None
+
+    def declare(self, name: str, policy: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Declare a channel (idempotent for an identical declaration)."""
+        try:
+            check_name("channel", name)
+            p = policy_to_wire(policy_from_wire(policy))  # validates
+            if spec is not None:
+                spec = Spec.from_wire(spec).to_wire()
+            rec = self.channels.get(name)
+            if rec is None:
+                self.channels[name] = ChannelRecord(name, p, spec)
+            elif rec.policy != p or (spec is not None and rec.spec is not None and rec.spec != spec):
+                raise ChannelExists(
+                    f"channel {name!r} already declared with policy {rec.policy} and spec {rec.spec}; "
+                    f"got policy {p} and spec {spec}"
+                )
+            elif spec is not None and rec.spec is None:
+                rec.spec = spec
+            return {"status": "OK", **self.channels[name].routing()}
+        except CouplerError as e:
+            return error_reply(e)
+        except (ValueError, TypeError, KeyError) as e:
+            return {"status": "error", "error": "ValueError", "message": f"bad channel declaration: {e}"}
+
+    def routing(self, name: str) -> dict[str, Any]:
+        """The routing table of a channel."""
+        try:
+            return {"status": "OK", **self._channel(name).routing()}
+        except CouplerError as e:
+            return error_reply(e)
+
+    def fix_spec(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Set the spec from a first message unless one is already fixed; return the fixed one."""
+        try:
+            rec = self._channel(name)
+            if rec.spec is None:
+                rec.spec = Spec.from_wire(spec).to_wire()
+            return {"status": "OK", "spec": rec.spec}
+        except CouplerError as e:
+            return error_reply(e)
+
+    async def attach(self, name: str, role: str, ident: str, address: str) -> dict[str, Any]:
+        """Attach a producer (``role="producer"``, ``ident`` its source) or a consumer."""
+        try:
+            rec = self._channel(name)
+            check_name("endpoint", ident)
+            if role == "producer":
+                rec.producers[ident] = address
+                return {"status": "OK", **rec.routing()}
+            if role != "consumer":
+                raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
+            rec.consumers[ident] = address
+            rec.gone.pop(ident, None)
+            rec.version += 1
+            await self._push(rec)
+            return {"status": "OK", **rec.routing()}
+        except CouplerError as e:
+            return error_reply(e)
+        except ValueError as e:
+            return {"status": "error", "error": "ValueError", "message": str(e)}
+
+    async def detach(self, name: str, ident: str, why: str = "detached") -> dict[str, Any]:
+        """Remove a consumer (it closed its port)."""
+        try:
+            rec = self._channel(name)
+            if rec.consumers.pop(ident, None) is not None:
+                rec.gone[ident] = why
+                rec.version += 1
+                await self._push(rec)
+            return {"status": "OK"}
+        except CouplerError as e:
+            return error_reply(e)
+
+    async def close_channel(self, name: str) -> dict[str, Any]:
+        """Close a channel: producers can no longer send; consumers drain then see it closed."""
+        try:
+            rec = self._channel(name)
+            if not rec.closed:
+                rec.closed = True
+                rec.version += 1
+                await self._push(rec, consumers_too=True)
+            return {"status": "OK"}
+        except CouplerError as e:
+            return error_reply(e)
+
+    def report(self, address: str, channels: dict[str, Any], actors: dict[str, Any]) -> dict[str, str]:
+        """A worker's periodic counters (the only steady control-plane traffic)."""
+        self.reports[address] = {"time": time.time(), "channels": channels}
+        for name, status in actors.items():
+            self.actors.setdefault(name, {}).update(status)
+        return {"status": "OK"}
+
+    def register_actor(self, name: str, address: str, cls: str) -> dict[str, Any]:
+        """Record an actor spawned by a coupling."""
+        try:
+            check_name("actor", name)
+        except ValueError as e:
+            return {"status": "error", "error": "ValueError", "message": str(e)}
+        self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
+        return {"status": "OK"}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Channels with their aggregated counters, and actors (for stats and dashboards)."""
+        out: dict[str, Any] = {}
+        for name, rec in self.channels.items():
+            totals = {"sent": 0, "sent_bytes": 0, "received": 0, "received_bytes": 0, "dropped": 0, "depth": 0, "taken": 0}
+            last_seq: dict[str, int] = {}
+            consumers: dict[str, Any] = {}
+            for report in self.reports.values():
+                ch = report["channels"].get(name)
+                if not ch:
+                    continue
+                for src, p in ch.get("producers", {}).items():
+                    totals["sent"] += p["sent"]
+                    totals["sent_bytes"] += p["nbytes"]
+                    last_seq[src] = max(last_seq.get(src, -1), p["last_seq"])
+                for cid, c in ch.get("consumers", {}).items():
+                    consumers[cid] = c
+                    totals["received"] += c["received"]
+                    totals["received_bytes"] += c["nbytes"]
+                    totals["dropped"] += c["dropped"]
+                    totals["depth"] += c["depth"]
+                    totals["taken"] += c["taken"]
+            out[name] = {
+                **rec.routing(),
+                "producers": sorted(rec.producers),
+                "totals": totals,
+                "producer_seq": last_seq,
+                "consumer_stats": consumers,
+            }
+        return {"status": "OK", "channels": out, "actors": self.actors}
+
+    # -- worker loss -------------------------------------------------------------------
+    async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
+        """Consumers on a lost worker are gone; tell the producers."""
+        self.reports.pop(worker, None)
+        for rec in self.channels.values():
+            lost = [c for c, a in rec.consumers.items() if a == worker]
+            for c in lost:
+                del rec.consumers[c]
+                rec.gone[c] = f"worker {worker} was lost"
+            rec.producers = {s: a for s, a in rec.producers.items() if a != worker}
+            if lost:
+                rec.version += 1
+                await self._push(rec)
+        for a in self.actors.values():
+            if a.get("worker") == worker and a.get("state") not in ("finished", "stopped", "failed"):
+                a["state"] = "lost"
+
+    async def _push(self, rec: ChannelRecord, consumers_too: bool = False) -> None:
+        """Send the routing table to every worker that produces (or consumes) on ``rec``."""
+        addresses = set(rec.producers.values())
+        if consumers_too:
+            addresses |= set(rec.consumers.values())
+        table = rec.routing()
+
+        async def one(addr: str) -> None:
+            try:
+                await asyncio.wait_for(self.scheduler.rpc(addr).coupler_routing_update(table=table), 10)
+            except Exception as e:  # a dead worker is handled by remove_worker
+                logger.info("could not push routing of %r to %s: %s", rec.name, addr, e)
+
+        await asyncio.gather(*(one(a) for a in addresses))

@@ -1,0 +1,90 @@
+"""Typed errors of the coupling runtime.
+
+Every error says what was expected and what came, and names the channel (and
+field or peer) involved, so that a user reading a traceback from a remote actor
+knows where to look. All derive from :class:`CouplerError`; where a builtin
+exception has the same meaning it is a second base class, so ``except
+TimeoutError`` keeps working.
+"""
+
+from __future__ import annotations
+
+
+class CouplerError(Exception):
+    """Base class of every error raised by coupler."""
+
+
+class UnknownChannel(CouplerError, KeyError):
+    """A channel name that was never declared."""
+
+    def __str__(self) -> str:  # KeyError quotes its argument; keep the message readable
+        return str(self.args[0]) if self.args else "unknown channel"
+
+
+class ChannelExists(CouplerError, ValueError):
+    """A channel declared twice with different policies or specs."""
+
+
+class SpecMismatch(CouplerError, ValueError):
+    """A message whose structure, shapes or dtypes do not fit the channel's spec."""
+
+
+class ChannelClosed(CouplerError):
+    """A send on a closed channel, or a receive on a closed and drained one."""
+
+
+class ConsumerGone(CouplerError):
+    """A consumer of the channel disappeared (detached, or its worker was lost)."""
+
+
+class ChannelTimeout(CouplerError, TimeoutError):
+    """A send or receive that did not complete in time (full queue, no consumer, no data)."""
+
+
+class WrongPolicy(CouplerError, TypeError):
+    """An operation the channel's policy does not support (e.g. ``receive`` on a Reservoir)."""
+
+
+class NoCoupling(CouplerError, RuntimeError):
+    """Runtime code used outside a worker or client that has a coupling installed."""
+
+
+class Interrupted(CouplerError):
+    """A blocking receive or send given up because its actor was asked to stop."""
+
+
+class ActorFailed(CouplerError, RuntimeError):
+    """An actor's run loop raised; the message carries the actor's name and traceback."""
+
+
+ERRORS: dict[str, type[CouplerError]] = {
+    cls.__name__: cls
+    for cls in (
+        UnknownChannel,
+        ChannelExists,
+        SpecMismatch,
+        ChannelClosed,
+        ConsumerGone,
+        ChannelTimeout,
+        WrongPolicy,
+        NoCoupling,
+        Interrupted,
+        ActorFailed,
+    )
+}
+
+
+def error_reply(exc: CouplerError) -> dict[str, str]:
+    """Encode a typed error as a handler reply (typed errors do not survive Dask's rpc)."""
+    return {"status": "error", "error": type(exc).__name__, "message": str(exc)}
+
+
+def raise_for_reply(reply: dict) -> dict:
+    """Re-raise a typed error encoded by :func:`error_reply`, else return ``reply``.
+
+    Raises:
+        CouplerError: the subclass named in the reply.
+    """
+    if isinstance(reply, dict) and reply.get("status") == "error":
+        raise ERRORS.get(reply.get("error", ""), CouplerError)(reply.get("message", "remote error"))
+    return reply

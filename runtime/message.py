@@ -1,0 +1,219 @@
+"""Messages and channel specs: pytrees of arrays with simulation time and provenance.
+
+The runtime may not import JAX, so it flattens payloads itself: nested ``dict``
+(string keys), ``list`` and ``tuple`` containers, with array leaves (numpy
+arrays, JAX arrays, or anything ``np.asarray`` accepts, such as Python
+scalars). On CPU ``np.asarray`` of a JAX array is the array's own host buffer,
+so flattening copies nothing.
+
+A :class:`Spec` records the structure and every leaf's shape and dtype. It is
+fixed by declaration or by a channel's first message; a message that does not
+fit raises :class:`~coupler.runtime.errors.SpecMismatch` naming the field.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+import numpy as np
+
+from coupler.runtime.errors import SpecMismatch
+
+# A tree definition is a small hashable value: "*" for a leaf, or a tagged tuple.
+TreeDef = Union[str, tuple]
+LEAF: TreeDef = "*"
+
+
+def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
+    """Split a pytree into its array leaves (depth first, sorted dict keys) and structure.
+
+    Args:
+        tree: nested dict/list/tuple with array-like leaves.
+
+    Returns:
+        ``(leaves, treedef)``; leaves are numpy arrays (views where possible).
+
+    Raises:
+        SpecMismatch: for a dict key that is not a string.
+    """
+    leaves: list[np.ndarray] = []
+    return leaves, _flatten(tree, leaves)
+
+
+def _flatten(node: Any, out: list[np.ndarray]) -> TreeDef:
+    if isinstance(node, dict):
+        keys = sorted(node)
+        for k in keys:
+            if not isinstance(k, str):
+                raise SpecMismatch(f"message dict keys must be str, got {k!r} ({type(k).__name__})")
+        return ("dict", tuple(keys), tuple(_flatten(node[k], out) for k in keys))
+    if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
+        kind = "list" if isinstance(node, list) else "tuple"
+        return (kind, tuple(_flatten(v, out) for v in node))
+    if isinstance(node, tuple):  # NamedTuple: keep it as its fields, in order
+        return ("tuple", tuple(_flatten(v, out) for v in node))
+    out.append(np.asarray(node))
+    return LEAF
+
+
+def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:
+    """Rebuild the pytree described by ``treedef`` from ``leaves`` (inverse of :func:`flatten`)."""
+    it = iter(leaves)
+    tree = _unflatten(treedef, it)
+    return tree
+
+
+def _unflatten(td: TreeDef, it: Any) -> Any:
+    if td == LEAF:
+        return next(it)
+    if td[0] == "dict":
+        return {k: _unflatten(c, it) for k, c in zip(td[1], td[2])}
+    children = [_unflatten(c, it) for c in td[1]]
+    return children if td[0] == "list" else tuple(children)
+
+
+def leaf_paths(treedef: TreeDef, prefix: str = "") -> list[str]:
+    """Names of the leaves of ``treedef`` in flatten order, e.g. ``["input", "params/0"]``."""
+    if treedef == LEAF:
+        return [prefix or "<root>"]
+    if treedef[0] == "dict":
+        names = [f"{prefix}/{k}" if prefix else k for k in treedef[1]]
+        return [p for n, c in zip(names, treedef[2]) for p in leaf_paths(c, n)]
+    return [p for i, c in enumerate(treedef[1]) for p in leaf_paths(c, f"{prefix}/{i}" if prefix else str(i))]
+
+
+def treedef_to_wire(td: TreeDef) -> Any:
+    """Encode a treedef with msgpack-friendly lists only."""
+    if td == LEAF:
+        return LEAF
+    if td[0] == "dict":
+        return ["dict", list(td[1]), [treedef_to_wire(c) for c in td[2]]]
+    return [td[0], [treedef_to_wire(c) for c in td[1]]]
+
+
+def treedef_from_wire(w: Any) -> TreeDef:
+    """Decode :func:`treedef_to_wire`."""
+    if w == LEAF:
+        return LEAF
+    if w[0] == "dict":
+        return ("dict", tuple(w[1]), tuple(treedef_from_wire(c) for c in w[2]))
+    return (w[0], tuple(treedef_from_wire(c) for c in w[1]))
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """Shape and dtype of one leaf, named by its path in the tree."""
+
+    path: str
+    shape: tuple[int, ...]
+    dtype: str
+
+    @property
+    def nbytes(self) -> int:
+        """Size of one such array in bytes."""
+        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The fixed structure of a channel's messages.
+
+    Example:
+        >>> spec = Spec.of({"u": np.zeros((4, 4), np.float32)})
+        >>> spec.fields[0]
+        FieldSpec(path='u', shape=(4, 4), dtype='float32')
+    """
+
+    treedef: TreeDef
+    fields: tuple[FieldSpec, ...]
+
+    @classmethod
+    def of(cls, tree: Any) -> Spec:
+        """The spec of an example message payload."""
+        leaves, td = flatten(tree)
+        return cls.from_leaves(td, leaves)
+
+    @classmethod
+    def from_leaves(cls, treedef: TreeDef, leaves: list[np.ndarray]) -> Spec:
+        """The spec of already flattened leaves."""
+        paths = leaf_paths(treedef)
+        return cls(treedef, tuple(FieldSpec(p, tuple(a.shape), a.dtype.name) for p, a in zip(paths, leaves)))
+
+    @property
+    def nbytes(self) -> int:
+        """Payload size of one message in bytes."""
+        return sum(f.nbytes for f in self.fields)
+
+    def check(self, channel: str, treedef: TreeDef, leaves: list[np.ndarray]) -> None:
+        """Raise if a flattened payload does not fit this spec.
+
+        Args:
+            channel: the channel's name, for the message.
+            treedef: structure of the payload.
+            leaves: its arrays.
+
+        Raises:
+            SpecMismatch: naming the channel, the field, and expected vs got.
+        """
+        if treedef != self.treedef:
+            raise SpecMismatch(
+                f"channel {channel!r}: message structure does not match the channel's spec: "
+                f"expected fields {[f.path for f in self.fields]}, got {leaf_paths(treedef)}"
+            )
+        for f, a in zip(self.fields, leaves):
+            got_dtype = a.dtype.name
+            if tuple(a.shape) != f.shape or got_dtype != f.dtype:
+                raise SpecMismatch(
+                    f"channel {channel!r}: field {f.path!r} expected shape {f.shape} dtype {f.dtype}, "
+                    f"got shape {tuple(a.shape)} dtype {got_dtype}"
+                )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Encode for the broker and for handlers (msgpack-friendly)."""
+        return {"treedef": treedef_to_wire(self.treedef), "fields": [[f.path, list(f.shape), f.dtype] for f in self.fields]}
+
+    @classmethod
+    def from_wire(cls, w: dict[str, Any]) -> Spec:
+        """Decode :meth:`to_wire`."""
+        return cls(treedef_from_wire(w["treedef"]), tuple(FieldSpec(p, tuple(s), d) for p, s, d in w["fields"]))
+
+
+@dataclass
+class Message:
+    """One message on a channel: a pytree of arrays plus time and provenance.
+
+    Attributes:
+        data: the payload pytree (numpy arrays on the consumer side).
+        timestamp: simulation time the data refers to.
+        step: the producer's step counter.
+        source: name of the producing port's owner (an actor name).
+        seq: per-(channel, source) sequence number, from 0, gap-free.
+        meta: small JSON-like metadata.
+        sent_at: producer wall-clock time (``time.time()``) at send, for lag.
+    """
+
+    data: Any
+    timestamp: float = 0.0
+    step: int = 0
+    source: str = ""
+    seq: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    sent_at: float = field(default_factory=time.time)
+
+    def header(self) -> dict[str, Any]:
+        """Everything but the payload, msgpack-friendly."""
+        return {
+            "timestamp": float(self.timestamp),
+            "step": int(self.step),
+            "source": self.source,
+            "seq": int(self.seq),
+            "meta": self.meta,
+            "sent_at": self.sent_at,
+        }
+
+    @classmethod
+    def from_header(cls, header: dict[str, Any], data: Any) -> Message:
+        """Rebuild a message from :meth:`header` and its payload."""
+        return cls(data=data, **header)

@@ -1,0 +1,98 @@
+"""Channel policies: how a consumer's buffer keeps, drops and hands out messages.
+
+A policy is a small frozen declaration; the buffering it implies lives on the
+consumer's worker (see :mod:`coupler.runtime.buffers`). Every consumer of a
+channel gets every message (broadcast); many producers may feed one channel
+(fan-in).
+
+| policy | keeps | producer when full | consumer reads with |
+|---|---|---|---|
+| ``Queue(maxsize)`` | every message, in order per producer | blocks (back-pressure) | ``receive`` |
+| ``Latest()`` | the newest message only | never blocks | ``receive`` |
+| ``Reservoir(capacity)`` | a uniform sample of the whole stream (Vitter's R) | never blocks | ``sample`` |
+| ``Window(capacity)`` | the newest ``capacity`` messages | never blocks | ``sample`` |
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Union
+
+
+@dataclass(frozen=True)
+class Queue:
+    """Ordered delivery of every message; a full queue blocks its producers.
+
+    Args:
+        maxsize: messages the consumer's buffer holds before producers wait.
+    """
+
+    maxsize: int = 64
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.maxsize, int) or self.maxsize < 1:
+            raise ValueError(f"Queue(maxsize) needs an int >= 1, got {self.maxsize!r}")
+
+
+@dataclass(frozen=True)
+class Latest:
+    """Keep only the newest message (weights, steering parameters)."""
+
+
+@dataclass(frozen=True)
+class Reservoir:
+    """A uniform random sample of everything ever sent (Vitter's algorithm R).
+
+    Args:
+        capacity: messages kept.
+        seed: seed of the consumer-side random generator (``None``: fresh entropy).
+    """
+
+    capacity: int
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.capacity, int) or self.capacity < 1:
+            raise ValueError(f"Reservoir(capacity) needs an int >= 1, got {self.capacity!r}")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The newest ``capacity`` messages, oldest evicted first (FIFO replay).
+
+    Args:
+        capacity: messages kept.
+        seed: seed of the consumer-side random generator used by ``sample``.
+    """
+
+    capacity: int
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.capacity, int) or self.capacity < 1:
+            raise ValueError(f"Window(capacity) needs an int >= 1, got {self.capacity!r}")
+
+
+Policy = Union[Queue, Latest, Reservoir, Window]
+_KINDS: dict[str, type] = {"queue": Queue, "latest": Latest, "reservoir": Reservoir, "window": Window}
+
+
+def policy_to_wire(policy: Policy) -> dict[str, Any]:
+    """Encode a policy for the broker (msgpack-friendly)."""
+    for kind, cls in _KINDS.items():
+        if type(policy) is cls:
+            return {"kind": kind, **asdict(policy)}
+    raise TypeError(f"expected a policy (Queue, Latest, Reservoir, Window), got {policy!r}")
+
+
+def policy_from_wire(w: dict[str, Any]) -> Policy:
+    """Decode :func:`policy_to_wire`.
+
+    Raises:
+        ValueError: for an unknown policy kind or bad arguments.
+    """
+    args = dict(w)
+    kind = args.pop("kind", None)
+    if kind not in _KINDS:
+        raise ValueError(f"unknown policy kind {kind!r}; expected one of {sorted(_KINDS)}")
+    return _KINDS[kind](**args)

@@ -1,0 +1,39 @@
+"""Pytree flattening, specs and their wire form."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+import pytest
+
+from coupler.runtime import Spec, SpecMismatch
+from coupler.runtime.message import flatten, leaf_paths, unflatten
+
+
+class State(NamedTuple):
+    u: np.ndarray
+    t: float
+
+
+def test_flatten_roundtrip_and_paths() -> None:
+    tree = {"b": [np.zeros(2), (np.ones(3, np.float32), 4)], "a": State(np.arange(3), 1.5)}
+    leaves, td = flatten(tree)
+    assert leaf_paths(td) == ["a/0", "a/1", "b/0", "b/1/0", "b/1/1"]
+    back = unflatten(td, leaves)
+    assert back["b"][1][0].dtype == np.float32 and back["a"][1] == 1.5 and isinstance(back["b"], list)
+    with pytest.raises(SpecMismatch, match="keys must be str"):
+        flatten({1: np.zeros(1)})
+
+
+def test_spec_check_and_wire() -> None:
+    spec = Spec.of({"u": np.zeros((4, 4), np.float32), "p": np.zeros(1, np.float32)})
+    assert Spec.from_wire(spec.to_wire()) == spec and spec.nbytes == 68
+    leaves, td = flatten({"u": np.zeros((4, 4), np.float32), "p": np.zeros(1, np.float32)})
+    spec.check("c", td, leaves)
+    leaves, td = flatten({"u": np.zeros((4, 5), np.float32), "p": np.zeros(1, np.float32)})
+    with pytest.raises(SpecMismatch, match=r"channel 'c': field 'u' expected shape \(4, 4\) dtype float32, got shape \(4, 5\)"):
+        spec.check("c", td, leaves)
+    leaves, td = flatten({"u": np.zeros((4, 4), np.float32)})
+    with pytest.raises(SpecMismatch, match=r"expected fields \['p', 'u'\], got \['u'\]"):
+        spec.check("c", td, leaves)
