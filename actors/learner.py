@@ -1,0 +1,134 @@
+"""The learner host: trains a model online from a replay channel while data arrives."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable, Protocol
+
+from coupler.actors.base import ActorHost
+
+
+class Trainer(Protocol):
+    """What a learner host needs of its trainer (``coupler.learners.OnlineTrainer`` fits)."""
+
+    def step(self, batch: dict[str, Any]) -> float:
+        """One optimisation step on a numpy mini-batch; returns the loss."""
+        ...
+
+    def get_weights(self) -> dict[str, Any]:
+        """The model's weights as a nested dict of numpy arrays."""
+        ...
+
+    def warmup(self, batch: dict[str, Any]) -> None:
+        """Compile the training step for ``batch``'s shapes without changing the model."""
+        ...
+
+
+class LearnerActor(ActorHost):
+    """Train online: draw mini-batches from the input port ``"data"`` (a ``Reservoir``
+    or ``Window`` channel) while producers keep filling it.
+
+    Each loop iteration is one training step once ``min_samples`` messages have
+    arrived (before that it waits briefly). With an output port ``"weights"``
+    (a ``Latest`` channel) it publishes the weights every ``publish_every`` steps,
+    for hybrid simulators to pick up.
+
+    Args:
+        make_trainer: picklable zero-argument callable that builds the trainer on
+            the worker (e.g. a config object with ``__call__``); JAX compiles there.
+        name: actor name.
+        batch_size: mini-batch size.
+        min_samples: messages to wait for before the first step.
+        max_steps: training steps after which the loop ends (``None``: until stopped).
+        publish_every: steps between weight publications (0: never).
+        warmup: an example batch (shapes and dtypes of real ones); when given, the
+            training step is compiled in ``setup``, before data arrives, and
+            ``status().info["ready"]`` turns true once that is done.
+        inputs: must map ``"data"`` to a channel.
+        outputs: may map ``"weights"`` to a channel.
+        **kwargs: passed to :class:`ActorHost`.
+
+    Raises:
+        ValueError: for ``inputs`` without ``"data"`` or a non-positive batch size.
+    """
+
+    def __init__(
+        self,
+        make_trainer: Callable[[], Trainer],
+        *,
+        name: str,
+        batch_size: int = 32,
+        min_samples: int = 64,
+        max_steps: int | None = None,
+        publish_every: int = 0,
+        warmup: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
+        outputs: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "data" not in (inputs or {}):
+            raise ValueError(f"LearnerActor needs inputs={{'data': <channel>}}, got inputs={inputs!r}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
+        self.make_trainer = make_trainer
+        self.batch_size = batch_size
+        self.min_samples = min_samples
+        self.max_steps = max_steps
+        self.publish_every = publish_every
+        self.warmup_batch = warmup
+        self.ready = False
+        self.trainer: Trainer | None = None
+        self.train_steps = 0
+        # (wall time, step, loss, messages received so far) per training step
+        self.history_rows: list[tuple[float, int, float, int]] = []
+        self._lock = threading.Lock()  # the trainer is used by the loop and by remote calls
+
+    def setup(self) -> None:
+        self.trainer = self.make_trainer()
+        if self.warmup_batch is not None:
+            self.trainer.warmup(self.warmup_batch)
+        self.ready = True
+
+    def step(self) -> bool:
+        if self.max_steps is not None and self.train_steps >= self.max_steps:
+            return False
+        data = self.inputs["data"]
+        if data.stats.received < self.min_samples:
+            time.sleep(0.01)
+            return True
+        batch = data.sample(self.batch_size)
+        assert self.trainer is not None
+        with self._lock:
+            loss = self.trainer.step(batch)
+            self.train_steps += 1
+        self.history_rows.append((time.time(), self.train_steps, loss, data.stats.received))
+        if self.publish_every and "weights" in self.outputs and self.train_steps % self.publish_every == 0:
+            self.outputs["weights"].send(self.weights(), step=self.train_steps)
+        return True
+
+    # -- remote methods ----------------------------------------------------------------------
+    def weights(self) -> dict[str, Any]:
+        """The current weights (a consistent snapshot: never taken mid-step).
+
+        Raises:
+            RuntimeError: before the trainer is built (the loop has not started).
+        """
+        if self.trainer is None:
+            raise RuntimeError(f"learner {self.name!r} has not built its trainer yet; start it first")
+        with self._lock:
+            return self.trainer.get_weights()
+
+    def history(self) -> list[tuple[float, int, float, int]]:
+        """``(wall time, step, loss, messages received)`` for every training step so far."""
+        return list(self.history_rows)
+
+    def info(self) -> dict[str, Any]:
+        last = self.history_rows[-1] if self.history_rows else None
+        return {
+            "ready": self.ready,
+            "train_steps": self.train_steps,
+            "received": self.inputs["data"].stats.received,
+            "loss": None if last is None else last[2],
+        }
