@@ -60,10 +60,15 @@ class Route:
     def consumers(self) -> list[tuple[str, str]]:
         return [tuple(c) for c in self.table["consumers"]]  # type: ignore[misc]
 
+    _spec: tuple[Any, Spec | None] = (None, None)
+
     @property
     def spec(self) -> Spec | None:
-        s = self.table.get("spec")
-        return None if s is None else Spec.from_wire(s)
+        """The channel's spec, decoded once per routing table (sends are a hot path)."""
+        wire = self.table.get("spec")
+        if self._spec[0] is not wire:
+            self._spec = (wire, None if wire is None else Spec.from_wire(wire))
+        return self._spec[1]
 
 
 @dataclass
