@@ -25,6 +25,7 @@ increment multiplied back after, so the surrogate stays scale-equivariant.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -32,6 +33,22 @@ import jax.numpy as jnp
 from flax import nnx
 
 Activation = Callable[[jax.Array], jax.Array]
+
+
+def lecun_normal_flat(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+    """LeCun-normal initialiser (truncated at 2 sigma, fan-in = all axes but the last).
+
+    The same distribution as ``nnx.initializers.lecun_normal()`` for ``Linear``
+    (in, out) and ``Conv`` (H, W, in, out) kernels, but drawn as a flat vector
+    and reshaped: XLA:CPU compiles a multi-dimensional threefry draw (with
+    ``jax_threefry_partitionable``, the default) several times more slowly, and
+    an initialiser runs eagerly, once per distinct shape, when a worker builds
+    its model (measured: 6.9 s -> 2.6 s for the default surrogate).
+    """
+    fan_in = math.prod(shape[:-1])
+    std = 1.0 / math.sqrt(fan_in) / 0.87962566103423978  # std of N(0, 1) truncated to [-2, 2]
+    flat = jax.random.truncated_normal(key, -2.0, 2.0, (math.prod(shape),), dtype)
+    return (flat * std).reshape(shape)
 
 
 def _activation(name: str | None) -> Activation | None:
@@ -82,8 +99,8 @@ class ParameterFiLM(nnx.Module):
         self.n_layers = n_layers
         self.width = width
         out = n_layers * width
-        self.affine = nnx.Linear(n_params, out, rngs=rngs)
-        self.hidden = nnx.Linear(n_params, hidden, rngs=rngs)
+        self.affine = nnx.Linear(n_params, out, kernel_init=lecun_normal_flat, rngs=rngs)
+        self.hidden = nnx.Linear(n_params, hidden, kernel_init=lecun_normal_flat, rngs=rngs)
         self.out = nnx.Linear(hidden, out, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
     def __call__(self, params: jax.Array) -> jax.Array:
@@ -158,8 +175,8 @@ class ConvSurrogate(nnx.Module):
         k = (kernel_size, kernel_size)
         conv = dict(padding="SAME", use_bias=False, rngs=rngs)
         cells = patch * patch
-        self.lift = nnx.Conv(cells, width, k, **conv)
-        self.blocks = nnx.List([nnx.Conv(width, width, k, **conv) for _ in range(depth)])
+        self.lift = nnx.Conv(cells, width, k, kernel_init=lecun_normal_flat, **conv)
+        self.blocks = nnx.List([nnx.Conv(width, width, k, kernel_init=lecun_normal_flat, **conv) for _ in range(depth)])
         self.project = nnx.Conv(width, cells, k, kernel_init=nnx.initializers.zeros_init(), **conv)
         self.film = ParameterFiLM(n_params, depth, width, hidden, rngs=rngs)
 
