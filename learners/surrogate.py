@@ -17,6 +17,12 @@ the structure of diffusion-like problems:
   zero, so an untrained surrogate is the persistence forecast.
 * **Zero padding.** ``'SAME'`` convolutions pad with zeros, which is exactly the
   Dirichlet value outside the interior grid of ``Heat2D``.
+* **Patches (space-to-depth).** The field is cut into ``patch x patch`` cells
+  stacked as channels before the convolutions (and put back after), so the
+  network runs on a ``patch``-times coarser grid: on XLA:CPU a convolution
+  costs about the same per grid point for 4 or 16 channels, so ``patch=2``
+  makes a step ~4x cheaper and doubles the receptive field. Zero padding of
+  the coarse grid is still zero padding of the fine one.
 
 With ``activation='gelu'`` (or any ``jax.nn`` name) the layers become nonlinear;
 the field is then divided by its per-sample RMS before the network and the
@@ -35,7 +41,7 @@ from flax import nnx
 Activation = Callable[[jax.Array], jax.Array]
 
 
-def lecun_normal_flat(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
+def _lecun_normal_flat(key: jax.Array, shape: tuple[int, ...], dtype=jnp.float32) -> jax.Array:
     """LeCun-normal initialiser (truncated at 2 sigma, fan-in = all axes but the last).
 
     The same distribution as ``nnx.initializers.lecun_normal()`` for ``Linear``
@@ -83,9 +89,10 @@ def _depth_to_space(x: jax.Array, patch: int, shape: tuple[int, int]) -> jax.Arr
 class ParameterFiLM(nnx.Module):
     """MLP from run parameters to per-layer, per-channel scales (FiLM gains).
 
-    The output is ``gain = 1 + MLP(p)``-like but written as ``linear(p) + MLP(p)``
-    so that gains that are (nearly) affine in the parameters -- the common case
-    for diffusion, where the operator depends on ``a * t`` -- are easy to fit.
+    The gains are ``affine(p) + MLP(p)``, the MLP's output layer starting at
+    zero, so that gains (nearly) affine in the parameters -- the common case for
+    diffusion, where the operator depends on ``a * t`` -- are easy to fit, and
+    the MLP adds the curvature.
 
     Args:
         n_params: length of the parameter vector.
@@ -99,8 +106,8 @@ class ParameterFiLM(nnx.Module):
         self.n_layers = n_layers
         self.width = width
         out = n_layers * width
-        self.affine = nnx.Linear(n_params, out, kernel_init=lecun_normal_flat, rngs=rngs)
-        self.hidden = nnx.Linear(n_params, hidden, kernel_init=lecun_normal_flat, rngs=rngs)
+        self.affine = nnx.Linear(n_params, out, kernel_init=_lecun_normal_flat, rngs=rngs)
+        self.hidden = nnx.Linear(n_params, hidden, kernel_init=_lecun_normal_flat, rngs=rngs)
         self.out = nnx.Linear(hidden, out, kernel_init=nnx.initializers.zeros_init(), rngs=rngs)
 
     def __call__(self, params: jax.Array) -> jax.Array:
@@ -112,16 +119,20 @@ class ParameterFiLM(nnx.Module):
 class ConvSurrogate(nnx.Module):
     """Predict the field ``K`` steps ahead from the field now and the run parameters.
 
-    Architecture: a bias-free lifting convolution ``1 -> width``; ``depth``
-    residual blocks ``h <- h + gain_i(params) * conv_i(h)``; a bias-free
-    projection ``width -> 1`` initialised at zero; output ``u + projection``.
-    Every convolution uses zero ``'SAME'`` padding (Dirichlet boundaries).
+    Architecture: space-to-depth by ``patch``; a bias-free lifting convolution
+    ``patch**2 -> width``; ``depth`` residual blocks
+    ``h <- h + gain_i(params) * conv_i(h)``; a bias-free projection
+    ``width -> patch**2`` initialised at zero; depth-to-space; output
+    ``u + increment``. Every convolution uses zero ``'SAME'`` padding
+    (Dirichlet boundaries). Fields whose sides are not multiples of ``patch``
+    are zero-padded on the far side and cropped back.
 
     Args:
         width: channels of the hidden field.
         depth: number of modulated residual blocks (the receptive field radius is
-            ``(depth + 2) * (kernel_size // 2)`` grid points).
+            about ``(depth + 2) * (kernel_size // 2) * patch`` grid points).
         kernel_size: odd convolution kernel size.
+        patch: side of the cells stacked into channels (1: no patching).
         n_params: length of the parameter vector (1 for ``Heat2D``'s diffusivity).
         hidden: hidden units of the parameter MLP.
         activation: ``None`` for a surrogate linear in ``u`` (default, right for
@@ -133,8 +144,9 @@ class ConvSurrogate(nnx.Module):
         rngs: random streams for initialisation (keyword-only).
 
     Raises:
-        ValueError: for a non-positive width, depth or parameter count, an even
-            kernel size, or an unknown activation.
+        ValueError: for a non-positive width, depth, hidden size, parameter count
+            or patch, an even kernel size, a zero ``params_scale`` or an unknown
+            activation.
 
     Example:
         >>> model = ConvSurrogate(width=8, depth=2, rngs=nnx.Rngs(0))
@@ -146,7 +158,7 @@ class ConvSurrogate(nnx.Module):
         self,
         *,
         width: int = 16,
-        depth: int = 6,
+        depth: int = 4,
         kernel_size: int = 3,
         patch: int = 2,
         n_params: int = 1,
@@ -175,8 +187,10 @@ class ConvSurrogate(nnx.Module):
         k = (kernel_size, kernel_size)
         conv = dict(padding="SAME", use_bias=False, rngs=rngs)
         cells = patch * patch
-        self.lift = nnx.Conv(cells, width, k, kernel_init=lecun_normal_flat, **conv)
-        self.blocks = nnx.List([nnx.Conv(width, width, k, kernel_init=lecun_normal_flat, **conv) for _ in range(depth)])
+        self.lift = nnx.Conv(cells, width, k, kernel_init=_lecun_normal_flat, **conv)
+        self.blocks = nnx.List(
+            [nnx.Conv(width, width, k, kernel_init=_lecun_normal_flat, **conv) for _ in range(depth)]
+        )
         self.project = nnx.Conv(width, cells, k, kernel_init=nnx.initializers.zeros_init(), **conv)
         self.film = ParameterFiLM(n_params, depth, width, hidden, rngs=rngs)
 

@@ -13,6 +13,7 @@ of the stream) would be fitted poorly.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 
 import jax
@@ -61,7 +62,7 @@ def make_optimizer(
     learning_rate: float = 3e-3,
     *,
     warmup_steps: int = 20,
-    decay_steps: int | None = 2000,
+    decay_steps: int | None = 1500,
     final_learning_rate_factor: float = 0.1,
     clip_norm: float | None = 1.0,
     weight_decay: float = 0.0,
@@ -71,6 +72,10 @@ def make_optimizer(
     Online training has no fixed end, so after ``warmup_steps + decay_steps``
     the rate stays at ``learning_rate * final_learning_rate_factor`` instead of
     going to zero (``decay_steps=None`` keeps it at ``learning_rate``).
+
+    Equal arguments give the same optax transformation object: it is static
+    in the optimiser's graph, so ``train_step`` is compiled once per model
+    shape and optimiser setting, not once per optimiser built.
 
     Args:
         model: the module whose ``nnx.Param`` variables are optimised.
@@ -91,6 +96,19 @@ def make_optimizer(
         raise ValueError(f"learning_rate must be > 0, got {learning_rate}")
     if warmup_steps < 0 or (decay_steps is not None and decay_steps < 1):
         raise ValueError(f"need warmup_steps >= 0 and decay_steps >= 1 or None, got {warmup_steps}, {decay_steps}")
+    tx = _transformation(learning_rate, warmup_steps, decay_steps, final_learning_rate_factor, clip_norm, weight_decay)
+    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+
+@functools.lru_cache(maxsize=64)
+def _transformation(
+    learning_rate: float,
+    warmup_steps: int,
+    decay_steps: int | None,
+    final_learning_rate_factor: float,
+    clip_norm: float | None,
+    weight_decay: float,
+) -> optax.GradientTransformation:
     pieces = []
     boundaries = []
     if warmup_steps > 0:
@@ -102,8 +120,7 @@ def make_optimizer(
         pieces.append(optax.cosine_decay_schedule(learning_rate, decay_steps, alpha=final_learning_rate_factor))
     schedule = optax.join_schedules(pieces, boundaries) if len(pieces) > 1 else pieces[0]
     adam = optax.adamw(schedule, weight_decay=weight_decay) if weight_decay else optax.adam(schedule)
-    tx = optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm is not None else adam
-    return nnx.Optimizer(model, tx, wrt=nnx.Param)
+    return optax.chain(optax.clip_by_global_norm(clip_norm), adam) if clip_norm is not None else adam
 
 
 @nnx.jit

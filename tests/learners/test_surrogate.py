@@ -14,10 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from coupler.physics import Heat2D, HeatParams
-
 from coupler.learners.surrogate import ConvSurrogate
 from coupler.learners.training import eval_step, make_optimizer, predict, relative_l2, train_step
+from coupler.physics import Heat2D, HeatParams
 
 RTOL = 1e-5
 
@@ -71,7 +70,8 @@ def test_nonlinear_surrogate_is_scale_equivariant():
     p = jnp.array([[0.3], [0.9]])
     base = predict(model, u, p)
     for c in (1e-3, 7.0):
-        np.testing.assert_allclose(predict(model, c * u, p), c * base, rtol=0, atol=RTOL * c * float(jnp.abs(base).max()))
+        scaled = predict(model, c * u, p)
+        np.testing.assert_allclose(scaled, c * base, rtol=0, atol=RTOL * c * float(jnp.abs(base).max()))
 
 
 def test_surrogate_can_be_exactly_one_dirichlet_ftcs_step():
@@ -122,7 +122,14 @@ def test_strict_dtype_promotion():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(width=0), dict(depth=0), dict(kernel_size=4), dict(patch=0), dict(activation="no_such_fn"), dict(params_scale=0.0)],
+    [
+        dict(width=0),
+        dict(depth=0),
+        dict(kernel_size=4),
+        dict(patch=0),
+        dict(activation="no_such_fn"),
+        dict(params_scale=0.0),
+    ],
 )
 def test_bad_hyperparameters_raise(kwargs):
     with pytest.raises(ValueError):
