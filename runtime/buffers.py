@@ -79,9 +79,11 @@ class ConsumerBuffer:
             self._cond.notify_all()
         return len(messages)
 
-    def _account(self, m: Message) -> None:
+    def _account(self, m: Message, leaves: list[np.ndarray] | None = None) -> None:
+        if leaves is None:
+            leaves = flatten(m.data)[0]
         self.stats.received += 1
-        self.stats.nbytes += sum(int(a.nbytes) for a in flatten(m.data)[0])
+        self.stats.nbytes += sum(int(a.nbytes) for a in leaves)
         self.stats.lag = max(0.0, time.time() - m.sent_at)
         prev = self.last_seq.get(m.source, -1)
         self.last_seq[m.source] = max(prev, m.seq)
@@ -233,8 +235,7 @@ class _ReplayBuffer(ConsumerBuffer):
         self._storage: list[np.ndarray] = []
         self._headers: list[dict[str, Any] | None] = [None] * capacity
 
-    def _store(self, slot: int, m: Message) -> None:
-        leaves, td = flatten(m.data)
+    def _store(self, slot: int, m: Message, leaves: list[np.ndarray], td: Any) -> None:
         if self._spec is None:
             self._spec = Spec.from_leaves(td, leaves)
             self._storage = [np.empty((self.capacity, *a.shape), a.dtype) for a in leaves]
@@ -287,13 +288,14 @@ class ReservoirBuffer(_ReplayBuffer):
         super().__init__(channel, policy.capacity, policy.seed, loop)
 
     def _accept(self, m: Message) -> None:
-        self._account(m)
+        leaves, td = flatten(m.data)  # once, for the counters and the copy into storage
+        self._account(m, leaves)
         if self.seen < self.capacity:
-            self._store(self.seen, m)
+            self._store(self.seen, m, leaves, td)
         else:
             j = int(self.rng.integers(0, self.seen + 1))
             if j < self.capacity:
-                self._store(j, m)
+                self._store(j, m, leaves, td)
             self.stats.dropped += 1  # one message leaves the sample either way
         self.seen += 1
         self.stats.depth = self.size
@@ -306,10 +308,11 @@ class WindowBuffer(_ReplayBuffer):
         super().__init__(channel, policy.capacity, policy.seed, loop)
 
     def _accept(self, m: Message) -> None:
-        self._account(m)
+        leaves, td = flatten(m.data)
+        self._account(m, leaves)
         if self.seen >= self.capacity:
             self.stats.dropped += 1
-        self._store(self.seen % self.capacity, m)
+        self._store(self.seen % self.capacity, m, leaves, td)
         self.seen += 1
         self.stats.depth = self.size
 

@@ -35,7 +35,6 @@ from coupler.runtime.errors import (
     ConsumerGone,
     Interrupted,
     NoCoupling,
-    SpecMismatch,
     raise_for_reply,
 )
 from coupler.runtime.message import Message, Spec, flatten, unflatten
@@ -433,4 +432,4 @@ def local_endpoint() -> Endpoint:
     return ep
 
 
-__all__ = ["Endpoint", "local_endpoint", "SpecMismatch"]
+__all__ = ["Endpoint", "local_endpoint"]

@@ -142,7 +142,8 @@ def test_counters_reach_the_broker(coupling: Coupling, unique: str) -> None:
     col.start()
     prod.start()
     prod.wait(30)
-    _wait_for(lambda: coupling.channels()[ch].received == 25, what="reports")
+    # Producer and consumer report from different workers, each on its own clock.
+    _wait_for(lambda: (coupling.channels()[ch].received, coupling.channels()[ch].sent) == (25, 25), what="reports")
     st = coupling.channels()[ch]
     assert st.sent == 25 and st.sent_bytes == 25 * 256 * 4 and st.producers == (f"prod-{unique}",)
     assert st.consumers == (f"col-{unique}/inp",) and st.policy == {"kind": "queue", "maxsize": 8}
