@@ -1,0 +1,171 @@
+"""Shared pieces of the transport benchmark: result rows, run sizes, statistics.
+
+Every system module returns :class:`Row` objects; ``transport.py`` prints them
+side by side and derives the issue's ratios from them. Nothing here depends on
+a system, so every system module can import it (the worker-side actor modules
+do not: they are shipped to workers by value and stay self-contained).
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+KiB = 1024
+MiB = 1024 * KiB
+
+STREAM = "stream-1:1"
+PINGPONG = "pingpong"
+FAN_IN = "fan-in-8:1"
+BROADCAST = "broadcast-1:4"
+HEAT = "heat2d-1024"
+COPY = "memcpy"
+
+WORKLOADS = (STREAM, PINGPONG, FAN_IN, BROADCAST, HEAT)
+PAYLOADS = {"4KiB": 4 * KiB, "1MiB": MiB, "16MiB": 16 * MiB, "128MiB": 128 * MiB}
+PINGPONG_PAYLOAD = "4KiB"
+FAN_IN_PRODUCERS = 8
+BROADCAST_CONSUMERS = 4
+
+
+def payload_label(nbytes: int) -> str:
+    """``4096 -> "4KiB"``, ``1 -> "1B"`` (labels used in rows and ratios)."""
+    for label, size in PAYLOADS.items():
+        if size == nbytes:
+            return label
+    return f"{nbytes}B"
+
+
+@dataclass
+class Row:
+    """One measured (system, workload, payload) cell.
+
+    Attributes:
+        system: e.g. ``"coupler"``, ``"ray"``, ``"tcp-raw"``.
+        workload: one of the workload names above (or ``"memcpy"``).
+        payload: size label, e.g. ``"16MiB"``.
+        payload_bytes: bytes per message.
+        msgs_per_s: messages delivered per second (deliveries, summed over consumers).
+        gb_per_s: payload bytes delivered per second / 1e9; ``None`` where not meaningful.
+        p50_us: median round trip (ping-pong) in microseconds, else ``None``.
+        p99_us: 99th percentile round trip in microseconds, else ``None``.
+        n_msgs: messages counted (deliveries).
+        seconds: the measured window.
+        extra: workload-specific figures (e.g. ``steps_per_s`` for the heat run).
+        note: how it was measured where that is not obvious.
+    """
+
+    system: str
+    workload: str
+    payload: str
+    payload_bytes: int
+    msgs_per_s: float | None
+    gb_per_s: float | None
+    p50_us: float | None = None
+    p99_us: float | None = None
+    n_msgs: int = 0
+    seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+    note: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long and how much each measurement may run.
+
+    Producers stream for ``seconds`` (or ``max_msgs``, whichever comes first),
+    so fast systems get enough messages for a stable rate and slow ones do not
+    stall the run.
+
+    Attributes:
+        seconds: streaming time per (system, workload, payload).
+        pingpong_rounds: round trips per ping-pong (after warm-up).
+        heat_seconds: measured seconds per heat variant.
+        max_bytes: cap on payload bytes per streaming run (large payloads stop early).
+    """
+
+    seconds: float
+    pingpong_rounds: int
+    heat_seconds: float
+    max_bytes: int
+
+    def max_msgs(self, nbytes: int) -> int:
+        """Most messages a stream of ``nbytes`` messages may send (at least 4)."""
+        return max(4, min(1_000_000, self.max_bytes // nbytes))
+
+    def warmup(self, nbytes: int) -> int:
+        """Messages sent before the clock starts (connections, spec, allocations)."""
+        return 1 if nbytes >= 16 * MiB else (3 if nbytes >= MiB else 50)
+
+
+FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=6.0, max_bytes=8 * 1024 * MiB)
+QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=2.5, max_bytes=1536 * MiB)
+SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.5, max_bytes=64 * MiB)
+
+
+def rate_row(
+    system: str, workload: str, nbytes: int, count: int, first: float, last: float, *, note: str = "", **extra: Any
+) -> Row:
+    """A throughput row from ``count`` deliveries received between ``first`` and ``last``.
+
+    The first received message only starts the clock, so ``count - 1`` intervals
+    are timed.
+
+    Raises:
+        RuntimeError: if fewer than two messages arrived (no interval to time).
+    """
+    if count < 2 or last <= first:
+        raise RuntimeError(f"{system} {workload} {payload_label(nbytes)}: only {count} message(s) arrived; cannot time a rate")
+    seconds = last - first
+    mps = (count - 1) / seconds
+    return Row(
+        system, workload, payload_label(nbytes), nbytes, mps, mps * nbytes / 1e9, n_msgs=count, seconds=seconds, extra=extra, note=note
+    )
+
+
+def latency_row(system: str, nbytes: int, rtts_s: list[float], *, workload: str = PINGPONG, note: str = "") -> Row:
+    """A ping-pong row: p50/p99 of the round trips, and round trips per second."""
+    if not rtts_s:
+        raise RuntimeError(f"{system} {workload}: no round trip was timed")
+    us = sorted(t * 1e6 for t in rtts_s)
+    total = sum(rtts_s)
+    return Row(
+        system,
+        workload,
+        payload_label(nbytes),
+        nbytes,
+        len(us) / total,
+        None,
+        p50_us=statistics.median(us),
+        p99_us=percentile(us, 99.0),
+        n_msgs=len(us),
+        seconds=total,
+        note=note,
+    )
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of already sorted values."""
+    k = max(0, min(len(sorted_values) - 1, math.ceil(q / 100.0 * len(sorted_values)) - 1))
+    return sorted_values[k]
+
+
+def merge_windows(results: list[dict[str, Any]]) -> tuple[int, float, float]:
+    """Combine several consumers' ``{count, first, last}`` into one aggregate window.
+
+    All clocks are ``time.time()`` on one host, so windows of different
+    processes are comparable.
+    """
+    count = sum(int(r["count"]) for r in results)
+    first = min(float(r["first"]) for r in results)
+    last = max(float(r["last"]) for r in results)
+    return count, first, last
+
+
+class SystemSkipped(Exception):
+    """A system cannot run here (not installed, no server binary); the message says why."""

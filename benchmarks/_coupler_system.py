@@ -1,0 +1,240 @@
+"""The coupler side of the benchmark: producer and consumer actors on a 2-worker ``Coupling``.
+
+Producers run on the first worker, consumers on the second, so every message
+crosses a process boundary: shared memory where the data plane negotiates it,
+else its network transport (``coupler-tcp`` switches shared memory off through
+the ``coupler.transport.shared-memory`` setting in the workers' environment).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Callable
+
+import cloudpickle
+
+import _actors
+from _common import (
+    BROADCAST,
+    BROADCAST_CONSUMERS,
+    FAN_IN,
+    FAN_IN_PRODUCERS,
+    HEAT,
+    PAYLOADS,
+    PINGPONG,
+    PINGPONG_PAYLOAD,
+    STREAM,
+    Budget,
+    MiB,
+    Row,
+    latency_row,
+    merge_windows,
+    rate_row,
+)
+from coupler.runtime import Coupling, Queue
+
+# The workers cannot import the benchmarks folder: ship the actor classes by value.
+cloudpickle.register_pickle_by_value(_actors)
+
+_ids = itertools.count()
+HEAT_N = 1024
+HEAT_PERIODS = (10, 1)  # publish every 10th step (the target) and every step (reported)
+
+
+def queue_size(nbytes: int) -> int:
+    """``Queue`` depth: 64 messages, fewer for large ones (at most ~512 MiB buffered)."""
+    return max(2, min(64, (512 * MiB) // nbytes))
+
+
+class CouplerBench:
+    """Run the workloads on one ``Coupling``.
+
+    Args:
+        cp: a coupling with at least two workers.
+        system: the row label (``"coupler"`` or ``"coupler-tcp"``).
+        budget: run sizes.
+        timeout: seconds any one measurement may take before it is abandoned.
+    """
+
+    def __init__(self, cp: Coupling, system: str, budget: Budget, timeout: float = 120.0) -> None:
+        self.cp, self.system, self.budget, self.timeout = cp, system, budget, timeout
+        workers = cp.workers()
+        if len(workers) < 2:
+            raise RuntimeError(f"the coupler benchmark needs 2 workers, the coupling has {len(workers)}")
+        self.producer_worker, self.consumer_worker = workers[0], workers[1]
+
+    def _name(self, what: str) -> str:
+        return f"{what}-{os.getpid()}-{next(_ids)}"
+
+    def _stream(self, nbytes: int, producers: int, consumers: int, workload: str) -> Row:
+        ch = self.cp.channel(self._name("ch"), Queue(queue_size(nbytes)))
+        sinks = [
+            self.cp.spawn(
+                _actors.StreamConsumer, producers, name=self._name("sink"), workers=self.consumer_worker, inputs={"in": ch}
+            )
+            for _ in range(consumers)
+        ]
+        sources = [
+            self.cp.spawn(
+                _actors.StreamProducer,
+                nbytes,
+                self.budget.seconds,
+                max(2, self.budget.max_msgs(nbytes) // producers),
+                self.budget.warmup(nbytes),
+                name=self._name("source"),
+                workers=self.producer_worker,
+                outputs={"out": ch},
+            )
+            for _ in range(producers)
+        ]
+        for ref in sinks + sources:
+            ref.start()
+        for ref in sources + sinks:
+            ref.wait(self.timeout)
+        results = [ref.call("result") for ref in sinks]
+        for ref in sinks + sources:
+            ref.stop(5)
+        count, first, last = merge_windows(results)
+        return rate_row(
+            self.system, workload, nbytes, count, first, last, producers=producers, consumers=consumers, queue=queue_size(nbytes)
+        )
+
+    def stream(self, nbytes: int) -> Row:
+        """1:1 streaming."""
+        return self._stream(nbytes, 1, 1, STREAM)
+
+    def fan_in(self, nbytes: int) -> Row:
+        """8 producers into one consumer; aggregate rate."""
+        return self._stream(nbytes, FAN_IN_PRODUCERS, 1, FAN_IN)
+
+    def broadcast(self, nbytes: int) -> Row:
+        """1 producer, 4 consumers that each get every message; deliveries summed."""
+        return self._stream(nbytes, 1, BROADCAST_CONSUMERS, BROADCAST)
+
+    def pingpong(self, nbytes: int) -> Row:
+        """Round trips over a ``ping`` and a ``pong`` channel, one message in flight."""
+        ping = self.cp.channel(self._name("ping"), Queue(4))
+        pong = self.cp.channel(self._name("pong"), Queue(4))
+        b = self.cp.spawn(_actors.Ponger, name=self._name("ponger"), workers=self.consumer_worker, inputs={"ping": ping}, outputs={"pong": pong})
+        a = self.cp.spawn(
+            _actors.Pinger,
+            nbytes,
+            self.budget.pingpong_rounds,
+            name=self._name("pinger"),
+            workers=self.producer_worker,
+            inputs={"pong": pong},
+            outputs={"ping": ping},
+        )
+        b.start()
+        a.start()
+        a.wait(self.timeout)
+        rtts = a.call("result")
+        a.stop(5)
+        b.stop(5)
+        return latency_row(self.system, nbytes, rtts)
+
+    def heat(self) -> list[Row]:
+        """Heat2D step rate without publishing, publishing every 10th and every step.
+
+        The consumer is present in every variant, and the baseline runs before
+        and after the publishing variants (their mean is the reference), so
+        the memory-bandwidth contention of two busy processes is the same in
+        the baseline as in the publishing runs.
+        """
+        ch = self.cp.channel(self._name("heat"), Queue(8))
+        sink = self.cp.spawn(_actors.Discard, name=self._name("discard"), workers=self.consumer_worker, inputs={"in": ch})
+        sink.start()
+        figures: dict[int, list[dict[str, float]]] = {}
+        for every in (0, *HEAT_PERIODS, 0):
+            sim = self.cp.spawn(
+                _actors.HeatSim,
+                HEAT_N,
+                every,
+                self.budget.heat_seconds,
+                name=self._name("heat-sim"),
+                workers=self.producer_worker,
+                outputs={"field": ch},
+            )
+            sim.start()
+            sim.wait(self.timeout)
+            figures.setdefault(every, []).append(sim.call("result"))
+            sim.stop(5)
+        sink.stop(5)
+        base = sum(f["steps_per_s"] for f in figures[0]) / len(figures[0])
+        rows = [
+            Row(
+                self.system,
+                HEAT,
+                "none",
+                0,
+                None,
+                None,
+                seconds=sum(f["seconds"] for f in figures[0]),
+                extra={"steps_per_s": base, "runs_steps_per_s": [f["steps_per_s"] for f in figures[0]]},
+                note="baseline: consumer present, nothing published (mean of a run before and after)",
+            )
+        ]
+        nbytes = HEAT_N * HEAT_N * 4
+        for every in HEAT_PERIODS:
+            f = figures[every][0]
+            mps = f["published"] / f["seconds"]
+            rows.append(
+                Row(
+                    self.system,
+                    HEAT,
+                    f"every-{every}",
+                    nbytes,
+                    mps,
+                    mps * nbytes / 1e9,
+                    n_msgs=int(f["published"]),
+                    seconds=f["seconds"],
+                    extra={"steps_per_s": f["steps_per_s"], "slowdown": 1.0 - f["steps_per_s"] / base, "every": every},
+                    note=f"publishes the 1024x1024 float32 field every {every} step(s)",
+                )
+            )
+        return rows
+
+
+def run(
+    system: str,
+    budget: Budget,
+    workloads: list[str],
+    payloads: dict[str, list[str]],
+    shared_memory: bool,
+    report: Callable[[str], None],
+) -> list[Row]:
+    """Start a 2-worker coupling and measure the asked workloads on it.
+
+    Args:
+        system: row label.
+        budget: run sizes.
+        workloads: workload names to run.
+        payloads: workload -> payload labels.
+        shared_memory: ``False`` sets ``coupler.transport.shared-memory: false`` in the workers.
+        report: prints progress and per-cell failures.
+
+    Returns:
+        One row per measured cell (cells that fail are reported and left out).
+    """
+    env = {} if shared_memory else {"DASK_COUPLER__TRANSPORT__SHARED_MEMORY": "False"}
+    rows: list[Row] = []
+    with Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
+        bench = CouplerBench(cp, system, budget)
+        cells: list[tuple[str, str, Callable[[], Any]]] = []
+        for wl, method in ((STREAM, bench.stream), (FAN_IN, bench.fan_in), (BROADCAST, bench.broadcast)):
+            if wl in workloads:
+                cells += [(wl, p, lambda m=method, n=PAYLOADS[p]: m(n)) for p in payloads.get(wl, [])]
+        if PINGPONG in workloads:
+            cells.append((PINGPONG, PINGPONG_PAYLOAD, lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
+        if HEAT in workloads:
+            cells.append((HEAT, f"{HEAT_N}x{HEAT_N}", bench.heat))
+        for wl, label, fn in cells:
+            report(f"  {system} {wl} {label} ...")
+            try:
+                out = fn()
+            except Exception as e:  # one failing cell must not lose the others
+                report(f"  {system} {wl} {label} FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                continue
+            rows += out if isinstance(out, list) else [out]
+    return rows

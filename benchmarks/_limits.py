@@ -1,0 +1,173 @@
+"""The machine's limits: raw TCP over loopback between two processes, and memcpy.
+
+These are what a transport could reach at best: ``tcp-raw`` streams the same
+payloads with ``sendall``/``recv_into`` into a preallocated buffer (no framing,
+no serialization) and bounces 1 B and 4 KiB for the round trip; ``memcpy`` is
+one ``np.copyto`` of the payload, single-threaded.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from _common import COPY, PAYLOADS, PINGPONG, STREAM, Budget, Row, latency_row, payload_label, rate_row
+
+_CTX = mp.get_context("spawn")  # the parent holds threads (Dask, JAX): never fork it
+_TIMEOUT = 120.0
+
+
+def _listen() -> socket.socket:
+    srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(1)
+    return srv
+
+
+def _recv_exact(conn: socket.socket, view: memoryview) -> bool:
+    """Fill ``view``; ``False`` at a clean end of stream before the first byte."""
+    got = 0
+    while got < len(view):
+        n = conn.recv_into(view[got:])
+        if n == 0:
+            if got == 0:
+                return False
+            raise ConnectionError(f"stream ended inside a message ({got} of {len(view)} bytes)")
+        got += n
+    return True
+
+
+def _stream_receiver(nbytes: int, warmup: int, ports: Any, results: Any) -> None:
+    srv = _listen()
+    ports.put(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    buf = np.empty(nbytes // 4, np.float32)
+    view = memoryview(buf).cast("B")
+    count, first, last, checksum, seen = 0, 0.0, 0.0, 0.0, 0
+    while _recv_exact(conn, view):
+        seen += 1
+        if seen <= warmup:
+            continue
+        now = time.time()
+        checksum += float(buf[:1024].sum()) + float(buf[-1])  # touch it, as every consumer does
+        if count == 0:
+            first = now
+        count += 1
+        last = now
+    conn.close()
+    srv.close()
+    results.put({"count": count, "first": first, "last": last, "checksum": checksum})
+
+
+def _stream_sender(port: int, nbytes: int, warmup: int, seconds: float, max_msgs: int) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    x = np.ones(nbytes // 4, np.float32)
+    for _ in range(warmup):
+        sock.sendall(x)
+    t0 = time.monotonic()
+    for i in range(max_msgs):
+        x[0] = i
+        sock.sendall(x)
+        if time.monotonic() - t0 >= seconds:
+            break
+    sock.shutdown(socket.SHUT_WR)
+    sock.close()
+
+
+def tcp_stream(nbytes: int, budget: Budget) -> Row:
+    """Stream ``nbytes`` messages from one process to another over loopback TCP."""
+    ports, results = _CTX.Queue(), _CTX.Queue()
+    warmup = budget.warmup(nbytes)
+    rx = _CTX.Process(target=_stream_receiver, args=(nbytes, warmup, ports, results), daemon=True)
+    rx.start()
+    port = ports.get(timeout=_TIMEOUT)
+    tx = _CTX.Process(target=_stream_sender, args=(port, nbytes, warmup, budget.seconds, budget.max_msgs(nbytes)), daemon=True)
+    tx.start()
+    res = results.get(timeout=_TIMEOUT)
+    tx.join(_TIMEOUT)
+    rx.join(_TIMEOUT)
+    return rate_row("tcp-raw", STREAM, nbytes, res["count"], res["first"], res["last"], note="sendall/recv_into, loopback")
+
+
+def _echo_server(nbytes: int, ports: Any) -> None:
+    srv = _listen()
+    ports.put(srv.getsockname()[1])
+    conn, _ = srv.accept()
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    view = memoryview(bytearray(nbytes))
+    while _recv_exact(conn, view):
+        conn.sendall(view)
+    conn.close()
+    srv.close()
+
+
+def _echo_client(port: int, nbytes: int, rounds: int, warmup: int, results: Any) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    out = bytes(nbytes)
+    view = memoryview(bytearray(nbytes))
+    rtts = []
+    for i in range(warmup + rounds):
+        t0 = time.perf_counter()
+        sock.sendall(out)
+        _recv_exact(sock, view)
+        if i >= warmup:
+            rtts.append(time.perf_counter() - t0)
+    sock.close()
+    results.put(rtts)
+
+
+def tcp_pingpong(nbytes: int, budget: Budget) -> Row:
+    """Round trips of ``nbytes`` between two processes over loopback TCP (``TCP_NODELAY``)."""
+    ports, results = _CTX.Queue(), _CTX.Queue()
+    srv = _CTX.Process(target=_echo_server, args=(nbytes, ports), daemon=True)
+    srv.start()
+    port = ports.get(timeout=_TIMEOUT)
+    cli = _CTX.Process(target=_echo_client, args=(port, nbytes, budget.pingpong_rounds, 20, results), daemon=True)
+    cli.start()
+    rtts = results.get(timeout=_TIMEOUT)
+    cli.join(_TIMEOUT)
+    srv.join(_TIMEOUT)
+    return latency_row("tcp-raw", nbytes, rtts, workload=PINGPONG, note="echo, TCP_NODELAY")
+
+
+def memcpy(nbytes: int, budget: Budget) -> Row:
+    """Single-threaded ``np.copyto`` of ``nbytes`` into a preallocated array."""
+    src = np.ones(nbytes // 4, np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # fault the pages in before timing
+    n, t0 = 0, time.perf_counter()
+    deadline = t0 + min(budget.seconds, 1.0)
+    while True:
+        np.copyto(dst, src)
+        n += 1
+        if time.perf_counter() >= deadline and n >= 3:
+            break
+    seconds = time.perf_counter() - t0
+    mps = n / seconds
+    return Row("memcpy", COPY, payload_label(nbytes), nbytes, mps, mps * nbytes / 1e9, n_msgs=n, seconds=seconds, note="np.copyto, one thread")
+
+
+def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], report: Callable[[str], None]) -> list[Row]:
+    """Raw TCP streaming and round trips, and memcpy, at the payloads the plan streams."""
+    cells: list[tuple[str, Callable[[], Row]]] = []
+    if STREAM in workloads:
+        for p in payloads.get(STREAM, []):
+            cells.append((f"tcp-raw {STREAM} {p}", lambda n=PAYLOADS[p]: tcp_stream(n, budget)))
+        for p in payloads.get(STREAM, []):
+            cells.append((f"memcpy {p}", lambda n=PAYLOADS[p]: memcpy(n, budget)))
+    if PINGPONG in workloads:
+        for n in (1, PAYLOADS["4KiB"]):
+            cells.append((f"tcp-raw {PINGPONG} {payload_label(n)}", lambda n=n: tcp_pingpong(n, budget)))
+    rows = []
+    for label, fn in cells:
+        report(f"  {label} ...")
+        try:
+            rows.append(fn())
+        except Exception as e:  # one failing cell must not lose the others
+            report(f"  {label} FAILED: {type(e).__name__}: {e}")
+    return rows

@@ -1,0 +1,137 @@
+"""The issue's targets as ratios of rows measured in the same run.
+
+Each :class:`Target` names the rows it compares; where a row is missing (a
+system skipped, a workload filtered out) the ratio is reported as not measured
+instead of guessed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+from _common import FAN_IN, HEAT, PAYLOADS, PINGPONG, STREAM, Row
+
+PEERS = ("dask-actor", "dask-queue", "redis", "ray")
+
+
+@dataclass
+class Ratio:
+    """One target's figure.
+
+    Attributes:
+        name: what is compared.
+        value: the measured figure, ``None`` where a row was missing.
+        target: the bound from the issue.
+        op: ``">="`` or ``"<="``.
+        status: ``"PASS"``, ``"MISS"`` or ``"n/a"``.
+        detail: the rows used, or why it was not measured.
+    """
+
+    name: str
+    value: float | None
+    target: float | None
+    op: str
+    status: str
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Rows:
+    def __init__(self, rows: list[Row]) -> None:
+        self.by_key = {(r.system, r.workload, r.payload): r for r in rows}
+
+    def get(self, system: str, workload: str, payload: str) -> Row | None:
+        return self.by_key.get((system, workload, payload))
+
+
+def _judge(name: str, value: float | None, target: float | None, op: str, detail: str) -> Ratio:
+    if value is None:
+        return Ratio(name, None, target, op, "n/a", detail)
+    if target is None:
+        return Ratio(name, value, None, op, "info", detail)
+    ok = value >= target if op == ">=" else value <= target
+    return Ratio(name, value, target, op, "PASS" if ok else "MISS", detail)
+
+
+def _versus(rows: _Rows, name: str, a: tuple[str, str, str], b: tuple[str, str, str], field: str, target: float, op: str) -> Ratio:
+    ra, rb = rows.get(*a), rows.get(*b)
+    missing = [" ".join(k) for k, r in ((a, ra), (b, rb)) if r is None]
+    if missing:
+        return _judge(name, None, target, op, "not measured: " + ", ".join(missing))
+    va, vb = getattr(ra, field), getattr(rb, field)
+    return _judge(name, va / vb, target, op, f"{field}: {va:.4g} / {vb:.4g}")
+
+
+def _versus_best_peer(
+    rows: _Rows, name: str, workload: str, payload: str, field: str, better: Callable[[float, float], bool], target: float, op: str
+) -> Ratio:
+    mine = rows.get("coupler", workload, payload)
+    peers = [(p, rows.get(p, workload, payload)) for p in PEERS]
+    peers = [(p, r) for p, r in peers if r is not None and getattr(r, field) is not None]
+    if mine is None or not peers:
+        return _judge(name, None, target, op, "not measured: coupler or every peer missing")
+    best_name, best = peers[0]
+    for p, r in peers[1:]:
+        if better(getattr(r, field), getattr(best, field)):
+            best_name, best = p, r
+    v, vb = getattr(mine, field), getattr(best, field)
+    return _judge(name, v / vb, target, op, f"{field}: coupler {v:.4g} / {best_name} {vb:.4g}")
+
+
+def compute(rows: list[Row]) -> list[Ratio]:
+    """Every target of the issue that the rows allow, plus figures reported without a target."""
+    r = _Rows(rows)
+    out = [
+        _versus(r, "16MiB 1:1 GB/s: coupler / ray", ("coupler", STREAM, "16MiB"), ("ray", STREAM, "16MiB"), "gb_per_s", 1.5, ">="),
+        _versus(
+            r, "16MiB 1:1 GB/s: coupler / dask-actor", ("coupler", STREAM, "16MiB"), ("dask-actor", STREAM, "16MiB"), "gb_per_s", 3.0, ">="
+        ),
+        _versus(r, "128MiB 1:1 GB/s: coupler / ray", ("coupler", STREAM, "128MiB"), ("ray", STREAM, "128MiB"), "gb_per_s", 1.0, ">="),
+        _versus(
+            r,
+            "16MiB 1:1 GB/s, no shared memory: coupler-tcp / tcp-raw",
+            ("coupler-tcp", STREAM, "16MiB"),
+            ("tcp-raw", STREAM, "16MiB"),
+            "gb_per_s",
+            0.85,
+            ">=",
+        ),
+    ]
+    c4 = r.get("coupler", STREAM, "4KiB")
+    out.append(
+        _judge(
+            "4KiB 1:1 msgs/s: coupler",
+            None if c4 is None else c4.msgs_per_s,
+            20_000.0,
+            ">=",
+            "not measured: coupler stream-1:1 4KiB" if c4 is None else "absolute messages per second",
+        )
+    )
+    out.append(
+        _versus_best_peer(r, "4KiB 1:1 msgs/s: coupler / best peer", STREAM, "4KiB", "msgs_per_s", lambda a, b: a > b, 10.0, ">=")
+    )
+    out.append(_versus_best_peer(r, "ping-pong 4KiB p50: coupler / best peer", PINGPONG, "4KiB", "p50_us", lambda a, b: a < b, 0.5, "<="))
+    for every, target in ((10, 0.05), (1, None)):
+        row = r.get("coupler", HEAT, f"every-{every}")
+        out.append(
+            _judge(
+                f"Heat2D 1024^2 step-rate loss, publishing every {every}",
+                None if row is None else row.extra["slowdown"],
+                target,
+                "<=",
+                "not measured: coupler heat2d-1024"
+                if row is None
+                else f"steps/s {row.extra['steps_per_s']:.1f} vs {r.get('coupler', HEAT, 'none').extra['steps_per_s']:.1f} not publishing",
+            )
+        )
+    fan_payloads = sorted({row.payload for row in rows if row.system == "coupler" and row.workload == FAN_IN}, key=_size_key)
+    for p in fan_payloads or ["4KiB"]:
+        out.append(_versus(r, f"{p} fan-in 8:1 / 1:1 msgs/s: coupler", ("coupler", FAN_IN, p), ("coupler", STREAM, p), "msgs_per_s", 1.0, ">="))
+    return out
+
+
+def _size_key(label: str) -> int:
+    return PAYLOADS.get(label, 0)
