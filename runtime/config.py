@@ -21,3 +21,24 @@ def get(key: str) -> Any:
         KeyError: for a key that has no default.
     """
     return dask.config.get(f"coupler.{key}")
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """Merge a YAML file of Dask settings (``jobqueue:``, ``coupler:``...) into ``dask.config``.
+
+    Its values take precedence over what is set already, as for a file named in
+    ``DASK_CONFIG``; this is what ``coupler --config FILE`` does.
+
+    Returns:
+        The file's settings.
+
+    Raises:
+        OSError: if it cannot be read.
+        ValueError: if it is not a YAML mapping.
+    """
+    with open(path) as f:
+        data = yaml.safe_load(f)
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a YAML mapping of settings (e.g. 'jobqueue:' or 'coupler:'); got {type(data).__name__}")
+    dask.config.update(dask.config.config, data, priority="new")
+    return data

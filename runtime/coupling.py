@@ -1,8 +1,12 @@
 """The coupling: the driver object a coupling script holds.
 
-``Coupling()`` starts the embedded ``LocalCluster`` (worker processes,
-dashboard on); it also accepts an existing ``Client``, a cluster object (a
-dask-jobqueue cluster, say) or a scheduler address. It installs the broker on
+``Coupling()`` joins the scheduler at ``coupler.scheduler-address`` when one
+is set (``coupler run`` sets it), else starts the cluster ``coupler.cluster``
+names: the embedded ``LocalCluster`` (worker processes, one per GPU where there
+are GPUs, dashboard on) or a dask-jobqueue cluster. It also accepts an existing
+``Client``, a cluster object (a dask-jobqueue cluster, say) or a scheduler
+address; :meth:`Coupling.from_config` starts a batch-system cluster with job
+options (jobs, GPUs per job, walltime). It installs the broker on
 the scheduler and an endpoint on every worker, declares channels, spawns actor
 hosts where asked, and on exit closes what it started, and only that.
 
@@ -21,11 +25,21 @@ import logging
 import os
 from typing import Any, Sequence
 
-from distributed import Client, LocalCluster
+from distributed import Client
 
 from coupler.runtime import config
+from coupler.runtime.cluster import (
+    JobOptions,
+    check_placement,
+    close_cluster,
+    connect,
+    expected_workers,
+    start_cluster,
+    wait_for_workers,
+)
 from coupler.runtime.actor_ref import ActorRef
 from coupler.runtime.broker import Broker, check_name
+from coupler.runtime.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.endpoint import Endpoint
 from coupler.runtime.errors import raise_for_reply
 from coupler.runtime.message import Spec
@@ -34,25 +48,26 @@ from coupler.runtime.status import ActorStatus, ChannelStats
 
 logger = logging.getLogger(__name__)
 
-# Set in every worker before JAX starts: actors that share a GPU must not each
-# grab most of its memory.
-WORKER_ENV = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
-
 
 class Coupling:
     """Connect to or start a cluster and drive a coupled run.
 
     Args:
-        cluster: ``None`` to start the embedded ``LocalCluster``; else a ``Client``,
-            a cluster object (anything with ``scheduler_address``), or a scheduler
-            address string.
-        n_workers: workers of the embedded cluster (default: ``coupler.local.n-workers``).
+        cluster: ``None`` for the configured default (``coupler.scheduler-address``
+            if set, else a new cluster of kind ``coupler.cluster``); else a
+            ``Client``, a cluster object (anything with ``scheduler_address``), or
+            a scheduler address string.
+        n_workers: workers of the embedded cluster (default: one per GPU, else
+            ``coupler.local.n-workers``); the next three apply only to it.
         threads_per_worker: Dask threads per embedded worker.
         dashboard_address: where the embedded cluster serves its dashboard.
-        **cluster_kwargs: passed on to ``LocalCluster``.
+        **cluster_kwargs: passed on to ``LocalCluster`` or the jobqueue class.
 
     Raises:
         TypeError: for a ``cluster`` of another kind.
+        SchedulerUnreachable: if no scheduler answers at an address
+            (within ``coupler.connect-timeout``).
+        WorkersNotReady: if a started batch cluster's workers do not join in time.
     """
 
     def __init__(
@@ -68,27 +83,88 @@ class Coupling:
         self._own_client = True
         self._actors: dict[str, ActorRef] = {}
         if cluster is None:
-            env = {**WORKER_ENV, **cluster_kwargs.pop("env", {})}
-            self._own_cluster = LocalCluster(
-                n_workers=n_workers or config.get("local.n-workers"),
-                threads_per_worker=threads_per_worker or config.get("local.threads-per-worker"),
-                processes=True,
-                dashboard_address=dashboard_address or config.get("local.dashboard-address"),
-                memory_limit=cluster_kwargs.pop("memory_limit", config.get("local.memory-limit")),
-                env=env,
-                **cluster_kwargs,
-            )
-            self.client = Client(self._own_cluster, direct_to_workers=True)
+            cluster = config.get("scheduler-address")
+        if cluster is None:
+            kind = config.get("cluster")
+            if kind == "local":
+                self._own_cluster = start_cluster(
+                    "local",
+                    n_workers=n_workers,
+                    threads_per_worker=threads_per_worker,
+                    dashboard_address=dashboard_address,
+                    **cluster_kwargs,
+                )
+                self.client = Client(self._own_cluster, direct_to_workers=True)
+            else:
+                options = JobOptions.from_config()
+                self._own_cluster = start_cluster(kind, options, **cluster_kwargs)
+                self.client = Client(self._own_cluster, direct_to_workers=True)
+                self._wait_for_jobs(options.jobs)
         elif isinstance(cluster, Client):
             self.client, self._own_client = cluster, False
         elif isinstance(cluster, str):
-            self.client = Client(cluster, direct_to_workers=True)
+            self.client = connect(cluster, direct_to_workers=True)
         elif hasattr(cluster, "scheduler_address"):
             self.client = Client(cluster, direct_to_workers=True)
         else:
             raise TypeError(f"Coupling(cluster=...) expects None, a Client, a cluster or an address; got {cluster!r}")
         self.client.register_plugin(Broker())
         self.client.register_plugin(Endpoint(report_interval=float(config.get("report-interval"))))
+
+    @classmethod
+    def from_config(
+        cls,
+        kind: str | None = None,
+        *,
+        jobs: int | None = None,
+        gpus_per_job: int | None = None,
+        walltime: str | None = None,
+        queue: str | None = None,
+        account: str | None = None,
+        **cluster_kwargs: Any,
+    ) -> Coupling:
+        """Start a cluster from configuration and couple on it; the coupling owns it.
+
+        Args:
+            kind: ``local``, ``slurm``, ``pbs``, ``sge``, ``lsf`` or ``htcondor``
+                (default ``coupler.cluster``).
+            jobs: batch jobs (default ``coupler.jobqueue.jobs``).
+            gpus_per_job: GPUs per job (default ``coupler.jobqueue.gpus-per-job``).
+            walltime: per job, ``[D-]HH:MM:SS`` (default ``jobqueue.<kind>.walltime``).
+            queue: queue/partition. account: account/project to charge.
+            **cluster_kwargs: passed on to the cluster class.
+
+        Returns:
+            A coupling whose workers have joined (batch jobs are running).
+
+        Raises:
+            ValueError: for an unknown kind or bad options.
+            WorkersNotReady: if the jobs' workers do not join within
+                ``coupler.jobqueue.start-timeout``.
+        """
+        kind = kind or config.get("cluster")
+        options = None
+        if kind == "local":
+            cluster = start_cluster("local", **cluster_kwargs)
+        else:
+            options = JobOptions.from_config(jobs=jobs, gpus_per_job=gpus_per_job, walltime=walltime, queue=queue, account=account)
+            cluster = start_cluster(kind, options, **cluster_kwargs)
+        try:
+            cp = cls(cluster)
+        except BaseException:
+            cluster.close()
+            raise
+        cp._own_cluster = cluster  # started here, so closed with the coupling
+        if options is not None:
+            cp._wait_for_jobs(options.jobs)
+        return cp
+
+    def _wait_for_jobs(self, jobs: int) -> None:
+        try:
+            wait_for_workers(self.client, expected_workers(self._own_cluster, jobs))
+        except BaseException:
+            self.close()
+            raise
 
     # -- context management -------------------------------------------------------------
     def __enter__(self) -> Coupling:
@@ -108,7 +184,7 @@ class Coupling:
         if self._own_client:
             self.client.close()
         if self._own_cluster is not None:
-            self._own_cluster.close()
+            close_cluster(self._own_cluster)
             self._own_cluster = None
 
     @property
@@ -184,12 +260,15 @@ class Coupling:
 
         Raises:
             ValueError: for a bad or duplicate name.
+            NoSuitableWorker: if no worker has ``resources`` within ``coupler.placement-timeout``.
         """
         check_name("actor", name)
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling")
         if isinstance(workers, str):
             workers = [workers]
+        # Dask would queue an actor no worker can host forever; fail with a clear error instead.
+        check_placement(self.client, resources)
         fut = self.client.submit(
             cls,
             *args,

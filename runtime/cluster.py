@@ -1,0 +1,533 @@
+"""Building and connecting the clusters a coupling runs on.
+
+Three kinds, one entry point (:func:`start_cluster`):
+
+- ``"local"``: the embedded ``LocalCluster`` of worker processes. With GPUs
+  (``coupler.local.gpus``, detected without importing JAX) it starts one worker
+  per GPU, each with its own ``CUDA_VISIBLE_DEVICES`` and resource ``GPU=1``.
+- ``"slurm"``, ``"pbs"``, ``"sge"``, ``"lsf"``, ``"htcondor"``: a dask-jobqueue
+  cluster built from dask-jobqueue's own configuration (``jobqueue.<kind>`` in
+  ``dask.config``, e.g. ``~/.config/dask/jobqueue.yaml``) plus coupler's
+  options (``coupler.jobqueue``): GPUs per job (one worker process per GPU,
+  the batch system's GPU request, ``--resources GPU=1``), and workers that retire
+  (``--lifetime``) before the walltime kills them.
+- a scheduler address: :func:`connect` with a short timeout and a clear error.
+
+Example::
+
+    cluster = start_cluster("slurm", JobOptions(jobs=2, gpus_per_job=1, walltime="01:00:00"))
+    print(cluster.job_script())
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import dask.config
+from dask.utils import parse_timedelta
+from distributed import Client, LocalCluster
+from distributed.system import MEMORY_LIMIT
+
+from coupler.runtime import config
+from coupler.runtime.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
+from coupler.runtime.errors import CouplerError
+
+logger = logging.getLogger(__name__)
+
+#: Batch systems, by the name of their section in dask-jobqueue's configuration.
+JOBQUEUE_CLASSES: dict[str, str] = {
+    "slurm": "SLURMCluster",
+    "pbs": "PBSCluster",
+    "sge": "SGECluster",
+    "lsf": "LSFCluster",
+    "htcondor": "HTCondorCluster",
+}
+KINDS: tuple[str, ...] = ("local", *JOBQUEUE_CLASSES)
+
+# dask-jobqueue's keyword for a project/account to charge, per batch system.
+_ACCOUNT_KEYWORD = {"slurm": "account", "pbs": "account", "sge": "project", "lsf": "project"}
+
+
+class SchedulerUnreachable(CouplerError, OSError):
+    """No Dask scheduler answered at the given address in time."""
+
+
+class NoSuitableWorker(CouplerError, RuntimeError):
+    """No worker of the cluster has the resources an actor asks for."""
+
+
+class WorkersNotReady(CouplerError, TimeoutError):
+    """The cluster's workers did not all join in time (e.g. jobs still queued)."""
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What coupler adds to a dask-jobqueue cluster's own configuration.
+
+    Attributes:
+        jobs: batch jobs to submit.
+        gpus_per_job: GPUs per job; ``> 0`` gives one worker process per GPU.
+        walltime: per job, ``[D-]HH:MM:SS`` whatever the batch system (converted
+            to its format); ``None`` keeps ``jobqueue.<kind>.walltime``.
+        queue: queue/partition; ``None`` keeps the configured one.
+        account: account/project to charge; ``None`` keeps the configured one.
+    """
+
+    jobs: int = 1
+    gpus_per_job: int = 0
+    walltime: str | None = None
+    queue: str | None = None
+    account: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.jobs, int) or self.jobs < 0:
+            raise ValueError(f"jobs must be an integer >= 0; got {self.jobs!r}")
+        if not isinstance(self.gpus_per_job, int) or self.gpus_per_job < 0:
+            raise ValueError(f"gpus_per_job must be an integer >= 0; got {self.gpus_per_job!r}")
+        if self.walltime is not None:
+            walltime_seconds(self.walltime)  # fail at once on a malformed value
+
+    @classmethod
+    def from_config(cls, **overrides: Any) -> JobOptions:
+        """Options from ``coupler.jobqueue``, with ``overrides`` that are not ``None``."""
+        values: dict[str, Any] = {"jobs": int(config.get("jobqueue.jobs")), "gpus_per_job": int(config.get("jobqueue.gpus-per-job"))}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+# -- walltime and lifetime ------------------------------------------------------------------
+def walltime_seconds(walltime: str, kind: str = "slurm") -> int:
+    """Seconds in a walltime written the way ``kind`` writes it.
+
+    Three fields are ``HH:MM:SS`` everywhere, with an optional ``D-`` prefix
+    (Slurm). Fewer fields differ: a bare number is minutes for Slurm and LSF and
+    seconds for PBS and SGE; two fields are ``HH:MM`` for LSF and ``MM:SS`` otherwise.
+
+    Raises:
+        ValueError: for anything else.
+    """
+    text = str(walltime).strip()
+    days, _, clock = text.rpartition("-")
+    try:
+        fields = [int(f) for f in clock.split(":")]
+        n_days = int(days) if days else 0
+    except ValueError:
+        fields, n_days = [], 0
+    if not fields or len(fields) > 3 or any(f < 0 for f in fields) or n_days < 0:
+        raise ValueError(f"walltime expects [D-]HH:MM:SS (e.g. '01:30:00'); got {walltime!r}")
+    if len(fields) == 3:
+        h, m, s = fields
+    elif len(fields) == 2:
+        h, m, s = (fields[0], fields[1], 0) if kind == "lsf" else (0, fields[0], fields[1])
+    else:
+        h, m, s = (0, fields[0], 0) if kind in ("slurm", "lsf") else (0, 0, fields[0])
+    return ((n_days * 24 + h) * 60 + m) * 60 + s
+
+
+def format_walltime(seconds: int, kind: str) -> str:
+    """A walltime as ``kind`` expects it: ``HH:MM`` for LSF (rounded up), else ``HH:MM:SS``."""
+    if kind == "lsf":
+        minutes = -(-seconds // 60)
+        return f"{minutes // 60:02d}:{minutes % 60:02d}"
+    return f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def lifetime_args(walltime_s: float, margin: str | float = "auto", stagger: str | float = "auto") -> list[str]:
+    """``dask worker`` arguments that retire a worker before its job's walltime.
+
+    A worker lives ``lifetime ± stagger``; ``lifetime = walltime - margin - stagger``
+    so that even the last one retires ``margin`` before the batch system kills it,
+    which leaves time to move its actors.
+
+    Args:
+        walltime_s: the job's walltime in seconds.
+        margin: a duration (``"5 minutes"``, seconds) or ``"auto"``: 10 % of the
+            walltime, within [30 s, 5 min].
+        stagger: a duration or ``"auto"``: 5 % of the walltime, at most 2 min.
+
+    Returns:
+        ``["--lifetime", "<n>s", "--lifetime-stagger", "<m>s"]``.
+
+    Raises:
+        ValueError: if the walltime leaves no lifetime after margin and stagger.
+    """
+    margin_s = min(max(0.1 * walltime_s, 30.0), 300.0) if margin == "auto" else parse_timedelta(margin)
+    stagger_s = min(0.05 * walltime_s, 120.0) if stagger == "auto" else parse_timedelta(stagger)
+    lifetime = walltime_s - margin_s - stagger_s
+    if lifetime < 10:
+        raise ValueError(
+            f"a walltime of {walltime_s:.0f} s leaves no worker lifetime after a margin of {margin_s:.0f} s and a "
+            f"stagger of {stagger_s:.0f} s; lengthen the walltime or lower coupler.jobqueue.lifetime-margin/-stagger"
+        )
+    return ["--lifetime", f"{int(lifetime)}s", "--lifetime-stagger", f"{int(stagger_s)}s"]
+
+
+# -- dask-jobqueue --------------------------------------------------------------------------
+def _check_kind(kind: str) -> None:
+    if kind not in JOBQUEUE_CLASSES:
+        raise ValueError(f"batch system must be one of {', '.join(JOBQUEUE_CLASSES)}; got {kind!r}")
+
+
+def _listed(section: Mapping[str, Any], key: str, deprecated: str) -> list[Any]:
+    # dask-jobqueue ignores a deprecated key once the new one is passed; keep both.
+    return list(section.get(key) or section.get(deprecated) or [])
+
+
+def jobqueue_kwargs(kind: str, options: JobOptions, section: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments for the dask-jobqueue cluster class of ``kind``.
+
+    Only what coupler adds or must merge is returned; dask-jobqueue reads the rest
+    (cores, memory, interface, scheduler options...) from ``jobqueue.<kind>`` itself.
+    List settings that coupler extends (worker arguments, job directives, the
+    job-script prologue) start from the configured lists, so nothing configured is lost.
+
+    Args:
+        kind: ``slurm``, ``pbs``, ``sge``, ``lsf`` or ``htcondor``.
+        options: jobs, GPUs, walltime, queue, account.
+        section: ``jobqueue.<kind>`` (default: from ``dask.config``).
+
+    Returns:
+        The keyword arguments.
+
+    Raises:
+        ValueError: for an unknown kind, an option the batch system lacks, a GPU
+            request with fewer cores than GPUs, or a walltime too short for a lifetime.
+    """
+    _check_kind(kind)
+    sec = dict(dask.config.get(f"jobqueue.{kind}", {}) if section is None else section)
+    gpus = options.gpus_per_job
+    kw: dict[str, Any] = {}
+    worker_args = _listed(sec, "worker-extra-args", "extra")
+    prologue = _listed(sec, "job-script-prologue", "env-extra")
+    prologue += [f"export {k}={v}" for k, v in WORKER_ENV.items()]
+
+    if gpus:
+        cores = sec.get("cores")
+        if cores is not None and int(cores) < gpus:
+            raise ValueError(f"jobqueue.{kind}.cores must be at least gpus-per-job ({gpus}) for one worker per GPU; got {cores}")
+        kw["processes"] = gpus
+        worker_args += ["--resources", "GPU=1", "--preload", "coupler.runtime.devices"]
+        all_devices = ",".join(str(i) for i in range(gpus))
+        # Batch systems that bind GPUs set CUDA_VISIBLE_DEVICES; elsewhere assume the first G.
+        prologue += [f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{all_devices}}}"', f"export {GPUS_PER_JOB_VAR}={gpus}"]
+        template = config.get(f"jobqueue.gpu-directive.{kind}")
+        if kind == "pbs":
+            kw["resource_spec"] = _pbs_resource_spec(sec, (template or "ngpus={gpus}").format(gpus=gpus))
+        elif kind == "htcondor":
+            extra = dict(sec.get("job-extra-directives") or sec.get("job-extra") or {})
+            if template:  # HTCondor's directives are a dict of submit-description keys
+                key, _, value = template.format(gpus=gpus).partition("=")
+                extra[key.strip()] = value.strip()
+            kw["job_extra_directives"] = extra
+        elif template:
+            kw["job_extra_directives"] = _listed(sec, "job-extra-directives", "job-extra") + [template.format(gpus=gpus)]
+
+    walltime = sec.get("walltime")
+    if options.walltime is not None:
+        if kind == "htcondor":
+            raise ValueError("HTCondor jobs have no walltime in dask-jobqueue; drop the walltime option")
+        walltime = format_walltime(walltime_seconds(options.walltime), kind)
+        kw["walltime"] = walltime
+    if walltime and kind != "htcondor":
+        worker_args += lifetime_args(
+            walltime_seconds(walltime, kind),
+            config.get("jobqueue.lifetime-margin"),
+            config.get("jobqueue.lifetime-stagger"),
+        )
+    if options.queue is not None:
+        if kind == "htcondor":
+            raise ValueError("HTCondor has no queue option in dask-jobqueue; drop the queue option")
+        kw["queue"] = options.queue
+    if options.account is not None:
+        if kind == "htcondor":
+            raise ValueError("HTCondor has no account option in dask-jobqueue; drop the account option")
+        kw[_ACCOUNT_KEYWORD[kind]] = options.account
+    kw["worker_extra_args"] = worker_args
+    kw["job_script_prologue"] = prologue
+    return kw
+
+
+def _pbs_resource_spec(section: Mapping[str, Any], gpu_part: str) -> str:
+    """PBS Pro wants GPUs in the select chunk; extend the configured spec or build dask-jobqueue's default."""
+    spec = section.get("resource-spec")
+    if spec:
+        return f"{spec}:{gpu_part}"
+    from dask.utils import parse_bytes
+    from dask_jobqueue.pbs import pbs_format_bytes_ceil
+
+    cores, memory = section.get("cores"), section.get("memory")
+    if cores is None or memory is None:
+        raise ValueError("jobqueue.pbs needs cores and memory (or a resource-spec) to request GPUs")
+    return f"select=1:ncpus={int(cores)}:{gpu_part}:mem={pbs_format_bytes_ceil(parse_bytes(memory))}"
+
+
+def jobqueue_class(kind: str) -> type:
+    """The dask-jobqueue cluster class of a batch system (imported on demand).
+
+    Raises:
+        ValueError: for an unknown kind.
+    """
+    _check_kind(kind)
+    return getattr(importlib.import_module("dask_jobqueue"), JOBQUEUE_CLASSES[kind])
+
+
+def start_jobqueue(kind: str, options: JobOptions, **cluster_kwargs: Any) -> Any:
+    """Start a dask-jobqueue cluster and submit ``options.jobs`` jobs.
+
+    With a walltime the jobs are kept at that number adaptively, so that a job
+    whose workers retired is replaced by a fresh one.
+
+    Args:
+        kind: ``slurm``, ``pbs``, ``sge``, ``lsf`` or ``htcondor``.
+        options: coupler's job options.
+        **cluster_kwargs: passed on to the class, over what coupler computed.
+
+    Returns:
+        The cluster (its workers join as the batch system starts the jobs).
+
+    Raises:
+        ValueError: for bad options or an incomplete ``jobqueue.<kind>`` section
+            (dask-jobqueue requires at least cores and memory).
+    """
+    kwargs = {**jobqueue_kwargs(kind, options), **cluster_kwargs}
+    cluster = jobqueue_class(kind)(**kwargs)
+    if options.jobs:
+        if "--lifetime" in kwargs["worker_extra_args"]:
+            cluster.adapt(minimum_jobs=options.jobs, maximum_jobs=options.jobs)
+        else:
+            cluster.scale(jobs=options.jobs)
+    return cluster
+
+
+# -- the embedded local cluster -------------------------------------------------------------
+def local_worker_spec(base: Mapping[str, Any], device: str | None) -> dict[str, Any]:
+    """A copy of a ``LocalCluster`` worker spec bound to one GPU, or to none.
+
+    Args:
+        base: ``{"cls": ..., "options": {...}}`` as ``SpecCluster`` uses it.
+        device: a ``CUDA_VISIBLE_DEVICES`` id, or ``None`` for a worker that
+            must not see any GPU (so that only ``GPU``-resource workers use them).
+
+    Returns:
+        The new spec, with ``env`` and ``resources`` set.
+    """
+    spec = copy.deepcopy(dict(base))
+    options = spec.setdefault("options", {})
+    env = {**WORKER_ENV, **options.get("env", {})}
+    resources = dict(options.get("resources") or {})
+    if device is None:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        resources.pop("GPU", None)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = device
+        resources["GPU"] = 1
+    options["env"] = env
+    options["resources"] = resources or None
+    return spec
+
+
+class GPULocalCluster(LocalCluster):
+    """A ``LocalCluster`` whose first workers each own one GPU.
+
+    Every new worker takes a device no other worker holds (``CUDA_VISIBLE_DEVICES``
+    set to it, resource ``GPU=1``); workers beyond the number of GPUs see none.
+
+    Args:
+        devices: ``CUDA_VISIBLE_DEVICES`` ids, one per GPU.
+        n_workers: workers to start (default: one per device).
+        **kwargs: passed on to ``LocalCluster`` (processes are always used).
+    """
+
+    def __init__(self, devices: Sequence[str], n_workers: int | None = None, **kwargs: Any) -> None:
+        self.devices = [str(d) for d in devices]
+        super().__init__(n_workers=0, processes=True, **kwargs)
+        self.scale(len(self.devices) if n_workers is None else n_workers)
+        self.sync(self._correct_state)
+
+    def new_worker_spec(self) -> dict[str, Any]:
+        ((name, base),) = super().new_worker_spec().items()
+        used = {s.get("options", {}).get("env", {}).get("CUDA_VISIBLE_DEVICES") for s in self.worker_spec.values()}
+        free = [d for d in self.devices if d not in used]
+        return {name: local_worker_spec(base, free[0] if free else None)}
+
+
+def start_local(
+    n_workers: int | None = None,
+    *,
+    gpus: Sequence[str] | str | None = None,
+    threads_per_worker: int | None = None,
+    dashboard_address: str | None = None,
+    **kwargs: Any,
+) -> LocalCluster:
+    """Start the embedded cluster of worker processes (GPU-aware).
+
+    Args:
+        n_workers: workers (default: one per GPU, else ``coupler.local.n-workers``).
+        gpus: device ids, or ``"auto"`` (default: ``coupler.local.gpus``).
+        threads_per_worker: default ``coupler.local.threads-per-worker``.
+        dashboard_address: default ``coupler.local.dashboard-address``.
+        **kwargs: passed on to ``LocalCluster`` (``env`` is merged with coupler's).
+
+    Returns:
+        The running cluster; with GPUs a :class:`GPULocalCluster`.
+    """
+    devices = resolve_gpus(config.get("local.gpus") if gpus is None else gpus)
+    if n_workers is None:
+        n_workers = len(devices) or int(config.get("local.n-workers"))
+    memory_limit = kwargs.pop("memory_limit", config.get("local.memory-limit"))
+    if memory_limit == "auto":
+        # LocalCluster shares memory only when it starts its workers itself; do it for both kinds.
+        memory_limit = MEMORY_LIMIT // max(n_workers, 1)
+    common = dict(
+        threads_per_worker=threads_per_worker or int(config.get("local.threads-per-worker")),
+        dashboard_address=dashboard_address or config.get("local.dashboard-address"),
+        memory_limit=memory_limit,
+        env={**WORKER_ENV, **kwargs.pop("env", {})},
+        **kwargs,
+    )
+    if devices:
+        logger.info("coupler: one local worker per GPU: %s", devices)
+        return GPULocalCluster(devices, n_workers=n_workers, **common)
+    return LocalCluster(n_workers=n_workers, processes=True, **common)
+
+
+# -- connecting -----------------------------------------------------------------------------
+def connect(address: str, timeout: str | float | None = None, **client_kwargs: Any) -> Client:
+    """A client of the scheduler at ``address``.
+
+    Args:
+        address: e.g. ``tcp://10.0.0.5:8786``.
+        timeout: give up after this long (default ``coupler.connect-timeout``).
+        **client_kwargs: passed on to ``Client``.
+
+    Raises:
+        SchedulerUnreachable: if no scheduler answers in time.
+    """
+    seconds = parse_timedelta(timeout if timeout is not None else config.get("connect-timeout"))
+    try:
+        return Client(address, timeout=seconds, **client_kwargs)
+    except (OSError, TimeoutError) as e:
+        raise SchedulerUnreachable(
+            f"no Dask scheduler answered at {address!r} within {seconds:g} s "
+            f"(expected an address like tcp://host:8786 of a running scheduler): {e}"
+        ) from None
+
+
+def start_cluster(kind: str, options: JobOptions | None = None, **kwargs: Any) -> Any:
+    """Start a cluster of the given kind.
+
+    Args:
+        kind: ``local`` or a batch system in :data:`JOBQUEUE_CLASSES`.
+        options: job options (batch systems only; default from ``coupler.jobqueue``).
+        **kwargs: passed on to :func:`start_local` or the jobqueue class.
+
+    Returns:
+        The cluster object (``scheduler_address``, ``close()``).
+
+    Raises:
+        ValueError: for an unknown kind or bad options.
+    """
+    if kind == "local":
+        return start_local(**kwargs)
+    _check_kind(kind)
+    return start_jobqueue(kind, options or JobOptions.from_config(), **kwargs)
+
+
+def expected_workers(cluster: Any, jobs: int) -> int:
+    """Workers a started cluster will have once its ``jobs`` batch jobs run (local: its workers)."""
+    # dask-jobqueue itself converts jobs to workers through this template job.
+    job = getattr(cluster, "_dummy_job", None)
+    if job is None:
+        return max(len(getattr(cluster, "worker_spec", {})), 1)
+    return jobs * int(job.worker_processes)
+
+
+def wait_for_workers(client: Client, n: int, timeout: str | float | None = None) -> None:
+    """Wait until ``n`` workers have joined.
+
+    Raises:
+        WorkersNotReady: after ``timeout`` (default ``coupler.jobqueue.start-timeout``).
+    """
+    seconds = parse_timedelta(timeout if timeout is not None else config.get("jobqueue.start-timeout"))
+    try:
+        client.wait_for_workers(n_workers=n, timeout=seconds)
+    except TimeoutError:
+        have = len(client.scheduler_info(n_workers=-1)["workers"])
+        raise WorkersNotReady(
+            f"expected {n} workers within {seconds:g} s, {have} joined; are the jobs still queued "
+            "(check squeue/qstat) or failing (see the job logs)?"
+        ) from None
+
+
+# -- placement ------------------------------------------------------------------------------
+def workers_with(client: Client, resources: Mapping[str, float]) -> list[str]:
+    """Addresses of the workers that have at least ``resources``."""
+    workers = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(
+        addr
+        for addr, w in workers.items()
+        if all((w.get("resources") or {}).get(r, 0) >= need for r, need in resources.items())
+    )
+
+
+def check_placement(client: Client, resources: Mapping[str, float] | None, timeout: str | float | None = None) -> list[str]:
+    """Wait until some worker has ``resources``, so that an actor is never queued forever.
+
+    Args:
+        client: the coupling's client.
+        resources: e.g. ``{"GPU": 1}``; ``None`` or empty needs nothing.
+        timeout: how long jobs may take to bring such a worker (default
+            ``coupler.placement-timeout``).
+
+    Returns:
+        The workers that have them now.
+
+    Raises:
+        NoSuitableWorker: if none has them after ``timeout``; the message lists what the workers have.
+    """
+    if not resources:
+        return []
+    seconds = parse_timedelta(timeout if timeout is not None else config.get("placement-timeout"))
+    deadline = time.monotonic() + seconds
+    while True:
+        found = workers_with(client, resources)
+        if found or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if not found:
+        have = {a: dict(w.get("resources") or {}) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+        raise NoSuitableWorker(
+            f"no worker has resources {dict(resources)} (waited {seconds:g} s); workers have {have or 'nothing (no workers)'}. "
+            "Start GPU workers (coupler.local.gpus, --gpus-per-job) or drop resources="
+        )
+    return found
+
+
+def close_cluster(cluster: Any, timeout: float = 20.0) -> None:
+    """Close a cluster this process started; batch jobs end before the scheduler does.
+
+    dask-jobqueue's ``close()`` cancels the jobs and stops the scheduler at once,
+    so the scheduler is torn down while it is still removing the workers (and
+    its plugins, the broker included, are still reacting to that). Scaling to
+    zero first lets the workers leave while the scheduler is whole.
+
+    Args:
+        cluster: a cluster object from :func:`start_cluster` (or any with ``close()``).
+        timeout: seconds to wait for the workers to leave before closing anyway.
+    """
+    if hasattr(cluster, "job_script") and getattr(cluster, "status", None) is not None:
+        try:
+            cluster.adapt(minimum=0, maximum=0)  # also stops an adaptive policy re-submitting jobs
+            cluster.scale(0)
+            deadline = time.monotonic() + timeout
+            while cluster.scheduler_info.get("workers") and time.monotonic() < deadline:
+                time.sleep(0.2)
+        except Exception as e:  # closing must go on whatever state the cluster is in
+            logger.info("coupler: could not scale %s down before closing: %s", type(cluster).__name__, e)
+    cluster.close()
