@@ -4,13 +4,15 @@ This module is shipped to the workers by value (``cloudpickle``), so it imports
 only numpy, the standard library and coupler itself, never the other benchmark
 modules. Producers stream for a fixed time (or a fixed count), mark their
 warm-up messages and their last message in ``meta``; consumers start their clock
-at the first counted message, touch every payload (a checksum of a slice and
-its last element) so the data really is usable, and stop after every producer's
-last message.
+record when they send their first counted message; consumers touch every
+payload (a checksum of a slice and its last element) so the data really is
+usable, note when the last one arrived, and stop after every producer's last
+message.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -30,6 +32,9 @@ def touch(x: np.ndarray) -> float:
 class StreamProducer(ActorHost):
     """Send float32 messages of ``nbytes`` for ``seconds`` (at most ``max_msgs``).
 
+    It sends its warm-up messages, then waits for :meth:`go`, so that several
+    producers (fan-in) start streaming together, each warmed up.
+
     Args:
         nbytes: payload bytes (a multiple of 4).
         seconds: how long to stream after the warm-up.
@@ -41,6 +46,9 @@ class StreamProducer(ActorHost):
         super().__init__(**kw)
         self.nbytes, self.seconds, self.max_msgs, self.warmup = nbytes, seconds, max_msgs, warmup
         self.sent = 0
+        self.first_send = 0.0
+        self._warm = threading.Event()
+        self._go = threading.Event()
 
     def setup(self) -> None:
         self.x = np.ones(self.nbytes // 4, np.float32)
@@ -49,7 +57,12 @@ class StreamProducer(ActorHost):
         out = self.outputs["out"]
         for i in range(self.warmup):
             out.send({"x": self.x}, step=-1 - i, meta={"warm": True})
+        self._warm.set()
+        while not self._go.wait(0.05):
+            if self.stopping:
+                return False
         t0 = time.monotonic()
+        self.first_send = time.time()
         i = 0
         while True:
             last = i + 1 >= self.max_msgs or time.monotonic() - t0 >= self.seconds
@@ -63,6 +76,18 @@ class StreamProducer(ActorHost):
 
     def info(self) -> dict[str, Any]:
         return {"sent": self.sent}
+
+    def warmed_up(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the warm-up to be sent."""
+        return self._warm.wait(timeout)
+
+    def go(self) -> None:
+        """Start streaming (after the warm-up)."""
+        self._go.set()
+
+    def result(self) -> dict[str, Any]:
+        """Counted messages sent and the wall-clock time of the first one."""
+        return {"sent": self.sent, "start": self.first_send}
 
 
 class StreamConsumer(ActorHost):

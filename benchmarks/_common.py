@@ -109,20 +109,23 @@ SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.5, max_bytes=64 *
 
 
 def rate_row(
-    system: str, workload: str, nbytes: int, count: int, first: float, last: float, *, note: str = "", **extra: Any
+    system: str, workload: str, nbytes: int, count: int, start: float, last: float, *, note: str = "", **extra: Any
 ) -> Row:
-    """A throughput row from ``count`` deliveries received between ``first`` and ``last``.
+    """A throughput row: ``count`` deliveries, from the first counted send to the last receipt.
 
-    The first received message only starts the clock, so ``count - 1`` intervals
-    are timed.
+    The window starts when the producer (the earliest one) sends its first
+    counted message, after the warm-up, and ends when the consumer (the latest
+    one) has the last message in hand. Timing from the first *receipt* instead
+    would flatter systems that transfer several large messages in parallel:
+    they all land at once, at the end, and the window collapses.
 
     Raises:
-        RuntimeError: if fewer than two messages arrived (no interval to time).
+        RuntimeError: if nothing arrived or the window is empty.
     """
-    if count < 2 or last <= first:
-        raise RuntimeError(f"{system} {workload} {payload_label(nbytes)}: only {count} message(s) arrived; cannot time a rate")
-    seconds = last - first
-    mps = (count - 1) / seconds
+    if count < 1 or last <= start:
+        raise RuntimeError(f"{system} {workload} {payload_label(nbytes)}: {count} message(s) in a window of {last - start:.3g} s; cannot time a rate")
+    seconds = last - start
+    mps = count / seconds
     return Row(
         system, workload, payload_label(nbytes), nbytes, mps, mps * nbytes / 1e9, n_msgs=count, seconds=seconds, extra=extra, note=note
     )
@@ -155,16 +158,17 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-def merge_windows(results: list[dict[str, Any]]) -> tuple[int, float, float]:
-    """Combine several consumers' ``{count, first, last}`` into one aggregate window.
+def merge_windows(starts: list[float], results: list[dict[str, Any]]) -> tuple[int, float, float]:
+    """Combine producers' start times and consumers' ``{count, last}`` into one window.
 
-    All clocks are ``time.time()`` on one host, so windows of different
+    All clocks are ``time.time()`` on one host, so times of different
     processes are comparable.
+
+    Returns:
+        ``(deliveries, earliest start, latest last receipt)``.
     """
     count = sum(int(r["count"]) for r in results)
-    first = min(float(r["first"]) for r in results)
-    last = max(float(r["last"]) for r in results)
-    return count, first, last
+    return count, min(starts), max(float(r["last"]) for r in results)
 
 
 class SystemSkipped(Exception):

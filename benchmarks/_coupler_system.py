@@ -90,14 +90,20 @@ class CouplerBench:
         ]
         for ref in sinks + sources:
             ref.start()
+        for ref in sources:
+            if not ref.call("warmed_up", self.timeout):
+                raise TimeoutError(f"{ref.name}: warm-up not sent within {self.timeout} s")
+        for ref in sources:
+            ref.call("go")
         for ref in sources + sinks:
             ref.wait(self.timeout)
         results = [ref.call("result") for ref in sinks]
+        starts = [ref.call("result")["start"] for ref in sources]
         for ref in sinks + sources:
             ref.stop(5)
-        count, first, last = merge_windows(results)
+        count, start, last = merge_windows(starts, results)
         return rate_row(
-            self.system, workload, nbytes, count, first, last, producers=producers, consumers=consumers, queue=queue_size(nbytes)
+            self.system, workload, nbytes, count, start, last, producers=producers, consumers=consumers, queue=queue_size(nbytes)
         )
 
     def stream(self, nbytes: int) -> Row:

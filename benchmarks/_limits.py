@@ -60,15 +60,16 @@ def _stream_receiver(nbytes: int, warmup: int, ports: Any, results: Any) -> None
         last = now
     conn.close()
     srv.close()
-    results.put({"count": count, "first": first, "last": last, "checksum": checksum})
+    results.put({"count": count, "last": last, "checksum": checksum})
 
 
-def _stream_sender(port: int, nbytes: int, warmup: int, seconds: float, max_msgs: int) -> None:
+def _stream_sender(port: int, nbytes: int, warmup: int, seconds: float, max_msgs: int, starts: Any) -> None:
     sock = socket.create_connection(("127.0.0.1", port))
     x = np.ones(nbytes // 4, np.float32)
     for _ in range(warmup):
         sock.sendall(x)
     t0 = time.monotonic()
+    starts.put(time.time())
     for i in range(max_msgs):
         x[0] = i
         sock.sendall(x)
@@ -80,17 +81,18 @@ def _stream_sender(port: int, nbytes: int, warmup: int, seconds: float, max_msgs
 
 def tcp_stream(nbytes: int, budget: Budget) -> Row:
     """Stream ``nbytes`` messages from one process to another over loopback TCP."""
-    ports, results = _CTX.Queue(), _CTX.Queue()
+    ports, results, starts = _CTX.Queue(), _CTX.Queue(), _CTX.Queue()
     warmup = budget.warmup(nbytes)
     rx = _CTX.Process(target=_stream_receiver, args=(nbytes, warmup, ports, results), daemon=True)
     rx.start()
     port = ports.get(timeout=_TIMEOUT)
-    tx = _CTX.Process(target=_stream_sender, args=(port, nbytes, warmup, budget.seconds, budget.max_msgs(nbytes)), daemon=True)
+    tx = _CTX.Process(target=_stream_sender, args=(port, nbytes, warmup, budget.seconds, budget.max_msgs(nbytes), starts), daemon=True)
     tx.start()
+    start = starts.get(timeout=_TIMEOUT)
     res = results.get(timeout=_TIMEOUT)
     tx.join(_TIMEOUT)
     rx.join(_TIMEOUT)
-    return rate_row("tcp-raw", STREAM, nbytes, res["count"], res["first"], res["last"], note="sendall/recv_into, loopback")
+    return rate_row("tcp-raw", STREAM, nbytes, res["count"], start, res["last"], note="sendall/recv_into, loopback")
 
 
 def _echo_server(nbytes: int, ports: Any) -> None:
