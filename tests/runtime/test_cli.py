@@ -1,0 +1,159 @@
+"""The ``coupler`` command: help, one-line errors, run/info against real clusters."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from coupler.runtime import Coupling, Queue
+from coupler.runtime.cli import available_demos, main
+from coupler.runtime.cluster import SchedulerUnreachable, connect
+
+
+def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"], ["demo", "--help"], ["info", "--help"]])
+def test_help_exits_zero_and_documents_options(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert "usage: coupler" in out
+    if argv[0] == "run":
+        for opt in ("--cluster", "--jobs", "--gpus-per-job", "--walltime", "--queue", "--account", "--config"):
+            assert opt in out
+
+
+def test_console_script_is_installed() -> None:
+    exe = Path(sys.executable).parent / "coupler"
+    done = subprocess.run([str(exe), "--help"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "run" in done.stdout and "info" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["run", "x.py", "--cluster", "kubernetes"], "expected one of local, slurm, pbs, sge, lsf, htcondor or a scheduler address"),
+        (["run", "x.py", "--walltime", "90"], "expected [D-]HH:MM:SS"),
+        (["run", "x.py", "--jobs", "-1"], "expected an integer >= 0"),
+        (["run", "x.py", "--workers", "0"], "expected an integer >= 1"),
+        (["run", "no/such/script.py"], "no script at 'no/such/script.py'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        ([], "the following arguments are required: COMMAND"),
+        (["info"], "no cluster to show"),
+        (["info", "--cluster", "slurm"], "needs the address of a running scheduler"),
+        (["demo", "nosuchdemo"], "unknown demo 'nosuchdemo'"),
+        (["--config", "/no/such.yaml", "info"], "cannot use --config /no/such.yaml"),
+    ],
+)
+def test_bad_command_lines_give_one_line_and_status_2(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _run(argv, capsys)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert out == ""
+
+
+def test_options_that_do_not_fit_the_cluster_kind(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    code, _, err = _run(["run", str(script), "--cluster", "local", "--jobs", "2"], capsys)
+    assert code == 2 and "--jobs apply to batch clusters, not to --cluster local" in err
+    code, _, err = _run(["run", str(script), "--cluster", "slurm", "--workers", "2"], capsys)
+    assert code == 2 and "--workers is for --cluster local" in err
+    code, _, err = _run(["run", str(script), "--cluster", "tcp://127.0.0.1:9", "--gpus-per-job", "1"], capsys)
+    assert code == 2 and "--gpus-per-job cannot apply to a running scheduler" in err
+
+
+def test_unreachable_scheduler_is_one_line_status_1_and_fast(capsys: pytest.CaptureFixture[str]) -> None:
+    t0 = time.monotonic()
+    code, _, err = _run(["info", "--cluster", "tcp://127.0.0.1:9", "--timeout", "1s"], capsys)
+    assert code == 1
+    assert err.startswith("coupler: error: no Dask scheduler answered at 'tcp://127.0.0.1:9' within 1 s")
+    assert len(err.strip().splitlines()) == 1
+    assert time.monotonic() - t0 < 10
+
+
+def test_demo_lists_the_bundled_examples() -> None:
+    assert "augmentation" in available_demos()
+
+
+# -- against real clusters ----------------------------------------------------------------------
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from coupler.runtime import Coupling
+    with Coupling() as cp:  # no argument: joins the cluster `coupler run` made the default
+        out = {"address": cp.client.scheduler.address, "workers": len(cp.workers()), "argv": sys.argv[1:],
+               "name": __name__}
+    with open(sys.argv[1], "w") as f:
+        json.dump(out, f)
+    sys.exit(int(sys.argv[2]))
+    """
+)
+
+
+def test_run_joins_a_given_scheduler_and_passes_arguments_and_exit_status(
+    coupling: Coupling, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    script, result = tmp_path / "script.py", tmp_path / "out.json"
+    script.write_text(SCRIPT)
+    address = coupling.client.scheduler.address
+    code, _, _ = _run(["run", str(script), "--cluster", address, "--", str(result), "3"], capsys)
+    assert code == 3  # the script's own exit status
+    got = json.loads(result.read_text())
+    assert got == {"address": address, "workers": 2, "argv": [str(result), "3"], "name": "__main__"}
+    assert coupling.workers()  # a cluster it did not start is left running
+
+
+def test_run_starts_and_closes_a_local_cluster(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    script, result = tmp_path / "script.py", tmp_path / "out.json"
+    script.write_text(SCRIPT)
+    code, _, err = _run(["run", str(script), "--cluster", "local", "--workers", "1", "--", str(result), "0"], capsys)
+    assert code == 0, err
+    got = json.loads(result.read_text())
+    assert got["workers"] == 1
+    assert f"local cluster at {got['address']}" in err
+    with pytest.raises(SchedulerUnreachable):  # closed afterwards
+        connect(got["address"], timeout="1s")
+
+
+def test_script_errors_keep_their_traceback(tmp_path: Path, coupling: Coupling, capsys: pytest.CaptureFixture[str]) -> None:
+    script = tmp_path / "bad.py"
+    script.write_text("def f():\n    raise ValueError('bad value from the script')\nf()\n")
+    code, _, err = _run(["run", str(script), "--cluster", coupling.client.scheduler.address], capsys)
+    assert code == 1
+    assert "Traceback" in err and "ValueError: bad value from the script" in err
+
+
+def test_info_shows_workers_actors_and_channels(coupling: Coupling, unique: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from helper_actors import Collector
+
+    ch = coupling.channel(f"info-{unique}", Queue(8))
+    ref = coupling.spawn(Collector, name=f"info-col-{unique}", inputs={"inp": ch})
+    try:
+        deadline = time.monotonic() + 10  # workers report their actors to the broker periodically
+        while True:
+            code, out, err = _run(["info", "--cluster", coupling.client.scheduler.address], capsys)
+            if f"info-col-{unique}" in out or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    finally:
+        ref.stop()
+    assert code == 0, err
+    assert f"scheduler  {coupling.client.scheduler.address}" in out
+    assert "workers    2" in out
+    for w in coupling.workers():
+        assert f"  {w}  name=" in out and "devices=" in out and "job=-" in out
+    assert f"  info-col-{unique}  Collector" in out
+    assert f"  info-{unique}  kind=queue,maxsize=8  producers=0  consumers=1" in out
