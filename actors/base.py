@@ -17,17 +17,103 @@ are declared by name when the actor is built::
             return True
 
     cp.spawn(Doubler, name="d", inputs={"x": "numbers"}, outputs={"y": "doubled"})
+
+Checkpoints. ``checkpoint()`` returns the actor's state as plain data (numpy
+arrays, numbers, strings, lists and dicts): its step counter and status, the
+subclass's ``state_dict()``, the next sequence number of each output port, and
+-- when the actor hands over to a new instance (``retire``) -- the messages
+still waiting in its ``Queue`` inputs. ``restore(checkpoint)`` on a fresh
+instance (before ``start``) makes it continue exactly where the old one was.
+The state is always taken at a step boundary, by the loop's own thread: the
+remote call posts a request and waits for it. A step waiting in ``receive`` or
+``sample`` is abandoned and retried after the request (it has taken nothing),
+so steps must take their inputs before they change the actor's state.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import inspect
+import logging
 import threading
 import time
 import traceback
-from typing import Any
+from typing import Any, Callable
 
-from coupler.runtime import ChannelClosed, InPort, Interrupted, OutPort, local_endpoint
+from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
+from coupler.runtime.endpoint import Endpoint
 from coupler.runtime.status import ActorStatus
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = 1
+# How long a step waits in receive()/sample() before it looks for pending requests.
+YIELD_SLICE = 0.1
+# How long a hand-over waits for the actor's sent messages to be accepted.
+HANDOVER_FLUSH_TIMEOUT = 30.0
+_MISSING: Any = object()
+_LIVE_STATES = ("running", "paused")
+
+
+class _StepYielded(BaseException):
+    """Raised in a step waiting for input when the host must reach a step boundary.
+
+    A ``BaseException`` so that a step's own ``except Exception`` does not swallow it.
+    """
+
+
+class HostInPort(InPort):
+    """An :class:`InPort` whose waits give way to its host's control requests.
+
+    In the host's run-loop thread, ``receive`` and ``sample`` wait in short
+    slices; between slices a pending checkpoint, pause, stop or hand-over makes
+    the step end early (nothing was taken), and the loop retries it afterwards.
+    Elsewhere (a remote method) they behave exactly like :class:`InPort`.
+
+    Args:
+        endpoint: the worker's endpoint.
+        channel: channel name.
+        consumer: unique consumer name.
+        host: the actor host that owns the port.
+    """
+
+    def __init__(self, endpoint: Endpoint, channel: str, consumer: str, host: ActorHost) -> None:
+        super().__init__(endpoint, channel, consumer)
+        self._host = host
+
+    def receive(self, timeout: float | None = None, default: Any = _MISSING) -> Message:
+        return self._yielding(lambda t: InPort.receive(self, t), timeout, default, "message")
+
+    def sample(self, n: int, timeout: float | None = None) -> Any:
+        return self._yielding(lambda t: InPort.sample(self, n, t), timeout, _MISSING, "message to sample")
+
+    def _yielding(self, op: Callable[[float], Any], timeout: float | None, default: Any, what: str) -> Any:
+        if threading.current_thread() is not self._host._thread:
+            return op(timeout) if default is _MISSING else InPort.receive(self, timeout, default)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            wait = YIELD_SLICE if remaining is None else min(YIELD_SLICE, remaining)
+            try:
+                return op(wait)
+            except ChannelTimeout:
+                if remaining is not None and remaining <= wait:
+                    if default is not _MISSING:
+                        return default
+                    raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s") from None
+            if self._host._boundary_wanted():
+                raise _StepYielded()
+
+
+def encode_message(m: Message) -> dict[str, Any]:
+    """A message as plain data for a checkpoint: ``{"header": {...}, "data": pytree}``."""
+    return {"header": m.header(), "data": m.data}
+
+
+def decode_message(d: dict[str, Any]) -> Message:
+    """The inverse of :func:`encode_message`."""
+    return Message.from_header(d["header"], d["data"])
 
 
 class ActorHost:
@@ -48,16 +134,22 @@ class ActorHost:
         # run-loop thread cannot be trusted to find this actor's worker.
         self.endpoint = local_endpoint()
         self._stop = threading.Event()
-        self.inputs: dict[str, InPort] = {p: InPort(self.endpoint, ch, f"{name}/{p}") for p, ch in (inputs or {}).items()}
+        self._thread: threading.Thread | None = None
+        self.inputs: dict[str, InPort] = {
+            p: HostInPort(self.endpoint, ch, f"{name}/{p}", self) for p, ch in (inputs or {}).items()
+        }
         self.outputs: dict[str, OutPort] = {p: OutPort(self.endpoint, ch, name, self._stop) for p, ch in (outputs or {}).items()}
         self._state = "created"
         self._steps = 0
         self._error = ""
         self._started_at = 0.0
         self._stopped_at = 0.0
-        self._running = threading.Event()  # cleared while paused
-        self._running.set()
-        self._thread: threading.Thread | None = None
+        # Guards the control flags and the request list; the loop parks on it while paused.
+        self._cond = threading.Condition()
+        self._pause_requested = False
+        self._loop_live = False  # True while the loop thread can still serve requests
+        self._requests: list[tuple[str, concurrent.futures.Future[Any], Any]] = []
+        self._retired = False
         self.endpoint.register_actor(name, self)
 
     # -- hooks for subclasses (run in the loop's thread) ------------------------------------
@@ -75,6 +167,23 @@ class ActorHost:
         """Actor-specific figures for ``status().info`` (keep it small and cheap)."""
         return {}
 
+    def state_dict(self) -> dict[str, Any]:
+        """The subclass's state as plain data (numpy arrays, numbers, strings, lists, dicts).
+
+        Called at a step boundary (or with the loop not running); must return
+        copies or values the loop will not mutate later. The default: no state.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Take over ``state`` from :meth:`state_dict` of another instance (before ``start``).
+
+        Raises:
+            ValueError: if ``state`` does not fit this actor.
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got a state with keys {sorted(state)}")
+
     @property
     def stopping(self) -> bool:
         """Whether ``stop`` was asked; long steps should check it."""
@@ -82,38 +191,49 @@ class ActorHost:
 
     # -- remote control (short; run in Dask's actor thread) ------------------------------------
     def start(self) -> dict[str, Any]:
-        """Start the run loop in its own thread; idempotent."""
-        if self._thread is None:
-            self._state = "running"
-            self._started_at = time.time()
-            self._thread = threading.Thread(target=self._run, name=f"coupler-actor-{self.name}", daemon=True)
-            self._thread.start()
+        """Start the run loop in its own thread; idempotent.
+
+        After ``pause()`` on a created actor, the loop starts parked (paused).
+        """
+        with self._cond:
+            if self._thread is None and self._state == "created":
+                self._state = "paused" if self._pause_requested else "running"
+                self._started_at = time.time()
+                self._loop_live = True
+                self._thread = threading.Thread(target=self._run, name=f"coupler-actor-{self.name}", daemon=True)
+                self._thread.start()
         return self.status()
 
     def pause(self) -> dict[str, Any]:
-        """Pause between two steps."""
-        if self._state == "running":
-            self._running.clear()
-            self._state = "paused"
+        """Pause between two steps (a step waiting for input gives way at once)."""
+        with self._cond:
+            if self._state in ("running", "created"):
+                self._pause_requested = True
+                if self._state == "running":
+                    self._state = "paused"
+                self._cond.notify_all()
         return self.status()
 
     def resume(self) -> dict[str, Any]:
         """Resume a paused loop."""
-        if self._state == "paused":
-            self._state = "running"
-            self._running.set()
+        with self._cond:
+            self._pause_requested = False
+            if self._state == "paused":
+                self._state = "running"
+            self._cond.notify_all()
         return self.status()
 
     def stop(self, timeout: float = 30.0) -> dict[str, Any]:
         """Ask the loop to end after the current step; wait up to ``timeout`` seconds."""
-        self._stop.set()
-        self._running.set()
+        with self._cond:
+            self._stop.set()
+            self._cond.notify_all()
+            if self._thread is None and self._state == "created":
+                self._state = "stopped"
         for port in self.inputs.values():
             port.buffer.interrupt()  # wake a run loop blocked in receive()/sample()
         if self._thread is not None:
             self._thread.join(timeout)
-        elif self._state == "created":
-            self._state = "stopped"
         return self.status()
 
     def status(self) -> dict[str, Any]:
@@ -134,20 +254,244 @@ class ActorHost:
         )
         return st.__dict__.copy()
 
+    async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
+        """The actor's state at a step boundary, as plain data (see the module docstring).
+
+        Runs on the worker's event loop and waits for the run-loop thread to
+        take the state at its next step boundary (at once when it is paused or
+        waiting for input); with no loop running it is taken directly. Messages
+        waiting in input buffers stay there and are not part of it.
+
+        Args:
+            timeout: seconds to wait for a step boundary (``None``: forever).
+
+        Returns:
+            ``{"format", "name", "cls", "time", "status", "state", "outputs", "inputs"}``.
+
+        Raises:
+            TimeoutError: if the current step did not end within ``timeout``
+                (e.g. a send held up by back-pressure).
+        """
+        return await self._ask("checkpoint", None, timeout)
+
+    async def retire(self, timeout: float | None = 30.0, force: bool = False) -> dict[str, Any]:
+        """Hand over to a successor: end the loop at a step boundary, detach, return the final checkpoint.
+
+        At the next step boundary the run loop detaches the input ports (so
+        producers stop sending here), removes the messages still held in
+        ``Queue`` input buffers into the checkpoint's ``"inputs"``, takes the
+        state and ends. The actor's state then reads ``migrated``; the
+        checkpoint's status keeps the state it had before (``running``,
+        ``paused``, ``finished``...), for the successor to resume in.
+
+        Args:
+            timeout: seconds to wait for a step boundary (``None``: forever).
+            force: also stop the loop at once, interrupting a step blocked in a
+                send; that step is abandoned (its message may or may not have
+                been delivered).
+
+        Returns:
+            The final checkpoint (see :meth:`checkpoint`), with ``"inputs"``.
+
+        Raises:
+            TimeoutError: if no step boundary was reached within ``timeout``.
+        """
+        before = self._state
+        if force:
+            with self._cond:
+                self._stop.set()  # interrupts a blocked send through the ports' cancel event
+                self._cond.notify_all()
+        return await self._ask("retire", before, timeout)
+
+    def restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
+        """Continue from ``checkpoint`` (from :meth:`checkpoint` or :meth:`retire` of an instance of this class).
+
+        Sets the step counter and the subclass state, resumes each output's
+        sequence numbers, and puts the checkpoint's pending input messages in
+        front of the input buffers. A checkpoint of an ended actor (finished,
+        stopped, failed) leaves this one ended in the same state.
+
+        Args:
+            checkpoint: the checkpoint dict.
+
+        Returns:
+            The status after restoring.
+
+        Raises:
+            RuntimeError: if this instance has already started.
+            ValueError: if the checkpoint is of another format, class or set of ports.
+        """
+        fmt, cls = checkpoint.get("format"), checkpoint.get("cls")
+        if fmt != CHECKPOINT_FORMAT or cls != type(self).__qualname__:
+            raise ValueError(
+                f"actor {self.name!r} expects a checkpoint of format {CHECKPOINT_FORMAT} for class "
+                f"{type(self).__qualname__}, got format {fmt!r} for class {cls!r}"
+            )
+        with self._cond:
+            if self._state != "created" or self._thread is not None:
+                raise RuntimeError(f"actor {self.name!r} can only be restored before it starts; it is {self._state}")
+        outputs, inputs = checkpoint.get("outputs", {}), checkpoint.get("inputs", {})
+        unknown = sorted(set(outputs) - set(self.outputs)) + sorted(set(inputs) - set(self.inputs))
+        if unknown:
+            raise ValueError(
+                f"actor {self.name!r} has inputs {sorted(self.inputs)} and outputs {sorted(self.outputs)}; "
+                f"the checkpoint names ports {unknown} it does not have"
+            )
+        self.load_state_dict(checkpoint["state"])
+        st = checkpoint["status"]
+        self._steps = int(st["steps"])
+        for port, seq in outputs.items():
+            self._resume_seq(self.outputs[port], int(seq["next_seq"]))
+        for port, messages in inputs.items():
+            if messages:
+                self.inputs[port].buffer.preload([decode_message(m) for m in messages])
+        if st["state"] in ("finished", "stopped", "failed"):
+            self._state, self._error = st["state"], st["error"]
+            self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
+        return self.status()
+
+    # -- requests served by the loop thread ------------------------------------------------------
+    async def _ask(self, kind: str, arg: Any, timeout: float | None) -> dict[str, Any]:
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        with self._cond:
+            served_by_loop = self._loop_live
+            if served_by_loop:
+                self._requests.append((kind, fut, arg))
+                self._cond.notify_all()
+        if not served_by_loop:
+            # No loop to wait for; detaching ports blocks, so not on the event loop.
+            await asyncio.to_thread(self._serve, kind, fut, arg)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise TimeoutError(
+                f"actor {self.name!r} did not reach a step boundary within {timeout} s for {kind} "
+                f"(state {self._state}; a send may be held up by back-pressure)"
+            ) from None
+
+    def _boundary_wanted(self) -> bool:
+        return bool(self._requests) or self._pause_requested or self._stop.is_set()
+
+    def _serve(self, kind: str, fut: concurrent.futures.Future[Any], arg: Any) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return  # the caller gave up waiting
+        try:
+            if kind == "checkpoint":
+                result = self._snapshot(None)
+            elif kind == "retire":
+                result = self._hand_over(arg)
+            else:
+                raise ValueError(f"unknown request {kind!r}")
+        except BaseException as e:
+            fut.set_exception(e)
+        else:
+            fut.set_result(result)
+
+    def _snapshot(self, state: str | None) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "name": self.name,
+            "cls": type(self).__qualname__,
+            "time": time.time(),
+            "status": {
+                "state": state or self._state,
+                "steps": self._steps,
+                "error": self._error,
+                "started_at": self._started_at,
+                "stopped_at": self._stopped_at,
+            },
+            "state": self.state_dict(),
+            "outputs": {p: {"next_seq": self._next_seq(port)} for p, port in self.outputs.items()},
+            "inputs": {},
+        }
+
+    def _hand_over(self, before: str) -> dict[str, Any]:
+        if self._retired:
+            raise RuntimeError(f"actor {self.name!r} has already handed over to a successor")
+        for port in self.outputs.values():
+            self._flush(port)
+        pending = {p: [encode_message(m) for m in self._detach_for_handover(port)] for p, port in self.inputs.items()}
+        # Resume as the actor was when asked, unless its loop has ended by itself since.
+        ended_by_itself = self._state in ("finished", "failed")
+        ck = self._snapshot(None if ended_by_itself or before not in ("running", "paused", "created") else before)
+        ck["inputs"] = {p: ms for p, ms in pending.items() if ms}
+        self._retired = True
+        self._stop.set()
+        self._state = "migrated"
+        self.endpoint.unregister_actor(self.name)
+        return ck
+
+    def _flush(self, port: OutPort) -> None:
+        """Wait until what this port sent was accepted (sends may be pipelined), before the worker goes."""
+        flush = getattr(port, "flush", None)
+        if flush is None:
+            return
+        try:
+            flush(timeout=HANDOVER_FLUSH_TIMEOUT)
+        except Exception as e:  # a forced hand-over interrupts it; say so, and go on
+            logger.warning("actor %r: messages sent on %r may be lost in the hand-over: %s", self.name, port.channel, e)
+
+    @staticmethod
+    def _detach_for_handover(port: InPort) -> list[Message]:
+        """Detach ``port`` so that producers wait for the successor; return what it held and had not taken."""
+        if "handover" in inspect.signature(port.close).parameters:
+            left = list(port.close(handover=True) or [])
+        else:
+            port.close()
+            left = []
+        return left + port.buffer.drain()  # detached: nothing new lands in the buffer now
+
+    # -- output sequence numbers -------------------------------------------------------------
+    # Sequence numbers live in the endpoint, per (channel, source). A successor on
+    # another worker must continue them, or its consumers would see the sequence restart.
+    def _next_seq(self, port: OutPort) -> int:
+        getter = getattr(self.endpoint, "next_seq", None)
+        if getter is not None:
+            return int(getter(port.channel, port.source))
+        stats = getattr(self.endpoint, "producers", {}).get((port.channel, port.source))
+        return 0 if stats is None else int(stats.next_seq)
+
+    def _resume_seq(self, port: OutPort, next_seq: int) -> None:
+        setter = getattr(self.endpoint, "resume_seq", None)
+        if setter is not None:
+            setter(port.channel, port.source, next_seq)
+            return
+        from coupler.runtime.endpoint import ProducerStats  # until the endpoint offers resume_seq
+
+        stats = self.endpoint.producers.setdefault((port.channel, port.source), ProducerStats())
+        with stats.lock:
+            stats.next_seq = max(stats.next_seq, next_seq)
+
     # -- the loop --------------------------------------------------------------------------------
+    def _at_boundary(self) -> bool:
+        """Serve pending requests; park while paused. Returns whether the loop must end."""
+        while True:
+            with self._cond:
+                requests, self._requests = self._requests, []
+                if not requests:
+                    if self._retired or self._stop.is_set():
+                        return True
+                    if not self._pause_requested:
+                        return False
+                    self._cond.wait(0.5)
+                    continue
+            for kind, fut, arg in requests:
+                self._serve(kind, fut, arg)
+
     def _run(self) -> None:
         try:
             self.setup()
-            while not self._stop.is_set():
-                self._running.wait()
-                if self._stop.is_set():
+            while True:
+                if self._at_boundary():
                     break
-                if not self.step():
+                try:
+                    more = self.step()
+                except _StepYielded:
+                    continue
+                if not more:
                     self._state = "finished"
                     break
                 self._steps += 1
-            else:
-                self._state = "stopped"
         except ChannelClosed:
             self._state = "finished"  # an input ended: a normal end of stream
         except Interrupted:
@@ -162,5 +506,10 @@ class ActorHost:
                 self._error += traceback.format_exc()
                 self._state = "failed"
             self._stopped_at = time.time()
-            if self._state == "running":
+            if self._state in _LIVE_STATES:
                 self._state = "stopped"
+            with self._cond:
+                self._loop_live = False
+                leftovers, self._requests = self._requests, []
+            for kind, fut, arg in leftovers:  # e.g. a forced hand-over: the loop has ended now
+                self._serve(kind, fut, arg)

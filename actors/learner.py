@@ -24,6 +24,14 @@ class Trainer(Protocol):
         """Compile the training step for ``batch``'s shapes without changing the model."""
         ...
 
+    def checkpoint(self) -> dict[str, Any]:
+        """Model, optimiser state and loss history as plain numpy data."""
+        ...
+
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from ``checkpoint()`` output of a trainer built the same way."""
+        ...
+
 
 class LearnerActor(ActorHost):
     """Train online: draw mini-batches from the input port ``"data"`` (a ``Reservoir``
@@ -84,9 +92,13 @@ class LearnerActor(ActorHost):
         # (wall time, step, loss, messages received so far) per training step
         self.history_rows: list[tuple[float, int, float, int]] = []
         self._lock = threading.Lock()  # the trainer is used by the loop and by remote calls
+        self._restored: dict[str, Any] | None = None
 
     def setup(self) -> None:
         self.trainer = self.make_trainer()
+        restored, self._restored = self._restored, None
+        if restored is not None and restored["trainer"] is not None:
+            self.trainer.restore(restored["trainer"])
         if self.warmup_batch is not None:
             self.trainer.warmup(self.warmup_batch)
         self.ready = True
@@ -107,6 +119,35 @@ class LearnerActor(ActorHost):
         if self.publish_every and "weights" in self.outputs and self.train_steps % self.publish_every == 0:
             self.outputs["weights"].send(self.weights(), step=self.train_steps)
         return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Trainer checkpoint (model, optimiser, loss history), training steps and history rows.
+
+        The replay buffer is not part of it: a restored learner refills it from its channel.
+        """
+        if self.trainer is None:
+            return {} if self._restored is None else self._restored
+        with self._lock:
+            return {
+                "trainer": self.trainer.checkpoint(),
+                "train_steps": self.train_steps,
+                "history": [tuple(r) for r in self.history_rows],
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` of another instance; the trainer is restored when it is built.
+
+        Raises:
+            ValueError: if keys are missing.
+        """
+        if not state:
+            return
+        missing = sorted({"trainer", "train_steps", "history"} - set(state))
+        if missing:
+            raise ValueError(f"LearnerActor {self.name!r}: checkpoint state lacks {missing}; got keys {sorted(state)}")
+        self._restored = state
+        self.train_steps = int(state["train_steps"])
+        self.history_rows = [(float(t), int(k), float(loss), int(n)) for t, k, loss, n in state["history"]]
 
     # -- remote methods ----------------------------------------------------------------------
     def weights(self) -> dict[str, Any]:

@@ -12,6 +12,17 @@ from coupler.actors.base import ActorHost
 from coupler.physics.base import Simulator
 
 
+def _fill(like: Any, leaves: list[np.ndarray], what: str) -> Any:
+    """``like``'s pytree structure with ``leaves`` (checked against its shapes) as JAX arrays."""
+    expected = jax.tree.leaves(like)
+    if len(leaves) != len(expected) or any(np.shape(a) != np.shape(e) for a, e in zip(leaves, expected)):
+        raise ValueError(
+            f"checkpoint {what} do not fit the simulator: expected shapes {[np.shape(e) for e in expected]}, "
+            f"got {[np.shape(a) for a in leaves]}"
+        )
+    return jax.tree.unflatten(jax.tree.structure(like), [jax.numpy.asarray(a, getattr(e, "dtype", None) or np.asarray(e).dtype) for a, e in zip(leaves, expected)])
+
+
 class SimulatorActor(ActorHost):
     """Host a pure JAX simulator (one run, or an ensemble of runs as a ``vmap``).
 
@@ -23,6 +34,12 @@ class SimulatorActor(ActorHost):
       the training pairs of a surrogate that jumps ``publish_every`` steps.
 
     ``f`` is the run's conditioning vector ``features`` (left out when ``None``).
+
+    A checkpoint (``state_dict``) holds the simulator state, the parameters, the
+    PRNG key, the last published field, the counters and the messages of the
+    current block not yet sent; a restored instance publishes exactly what the
+    old one would have published next. Randomness inside a simulation lives in
+    its (pure) state, so it is checkpointed with it.
 
     With an ensemble (``ensemble=True``: every leaf of ``params`` and ``features``
     has a leading member axis) each member's data goes out as its own message.
@@ -84,6 +101,8 @@ class SimulatorActor(ActorHost):
         self.publish_seconds = 0.0
         self.compute_seconds = 0.0
         self.last_publish_at = 0.0
+        self._pending: list[tuple[dict[str, Any], float, int, dict[str, Any]]] = []
+        self._restored: dict[str, Any] | None = None
 
     def setup(self) -> None:
         sim, k = self.simulator, self.publish_every
@@ -94,29 +113,53 @@ class SimulatorActor(ActorHost):
         def observe(state: Any) -> Any:
             return sim.observe(state)[self.field]
 
-        key = jax.random.key(self.seed)
+        self._key = jax.random.key(self.seed)
         if self.ensemble:
             members = jax.tree.leaves(self.params)[0].shape[0]
-            keys = jax.random.split(key, members)
-            self.state = jax.jit(jax.vmap(sim.init))(keys, self.params)
+            init = jax.jit(lambda key, params: jax.vmap(sim.init)(jax.random.split(key, members), params))
             self._advance = jax.jit(jax.vmap(advance))
             self._observe = jax.jit(jax.vmap(observe))
         else:
-            self.state = jax.jit(sim.init)(key, self.params)
+            init = jax.jit(sim.init)
             self._advance = jax.jit(advance)
             self._observe = jax.jit(observe)
-        self._prev = np.asarray(self._observe(self.state))
-        self._t = 0.0
+        restored, self._restored = self._restored, None
+        if restored is None:
+            self.state = init(self._key, self.params)
+            self._prev = np.asarray(self._observe(self.state))
+            return
+        # The structure of the state comes from the simulator, the values from the checkpoint.
+        self._key = jax.random.wrap_key_data(np.asarray(restored["key"]))
+        self.params = _fill(self.params, restored["params"], "params")
+        self.state = _fill(jax.eval_shape(init, self._key, self.params), restored["state"], "state")
+        self._prev = np.array(restored["prev"])
+        self.sim_steps = int(restored["sim_steps"])
+        self.published = int(restored["published"])
+        self._pending = [(dict(p), float(t), int(k_), dict(m)) for p, t, k_, m in restored["pending"]]
 
     def step(self) -> bool:
-        if self.sim_steps >= self.total_steps:
-            return False
+        if not self._pending:
+            if self.sim_steps >= self.total_steps:
+                return False
+            self._compute_block()
+        # Send what the block produced, one message at a time, so that a step interrupted
+        # by a hand-over leaves only the messages not yet sent in the checkpoint.
+        t1 = time.perf_counter()
+        while self._pending:
+            payload, sim_time, step, meta = self._pending[0]
+            self.outputs["fields"].send(payload, timestamp=sim_time, step=step, meta=meta)
+            self._pending.pop(0)
+            self.published += 1
+        self.publish_seconds += time.perf_counter() - t1
+        self.last_publish_at = time.time()
+        return True
+
+    def _compute_block(self) -> None:
         t0 = time.perf_counter()
         self.state = self._advance(self.state, self.params)
         current = np.asarray(self._observe(self.state))  # blocks until computed
         self.sim_steps += self.publish_every
-        t1 = time.perf_counter()
-        self.compute_seconds += t1 - t0
+        self.compute_seconds += time.perf_counter() - t0
         sim_time = float(np.ravel(np.asarray(getattr(self.state, "t", self.sim_steps)))[0])
         members = range(current.shape[0]) if self.ensemble else [None]
         for m in members:
@@ -126,12 +169,39 @@ class SimulatorActor(ActorHost):
             payload: dict[str, Any] = {"input": x_prev, "target": x_now} if self.mode == "pairs" else {"field": x_now}
             if f is not None:
                 payload["params"] = f
-            self.outputs["fields"].send(payload, timestamp=sim_time, step=self.sim_steps, meta={"member": m or 0})
-            self.published += 1
+            self._pending.append((payload, sim_time, self.sim_steps, {"member": m or 0}))
         self._prev = current
-        self.publish_seconds += time.perf_counter() - t1
-        self.last_publish_at = time.time()
-        return True
+
+    def state_dict(self) -> dict[str, Any]:
+        """Simulator state, parameters, PRNG key, last field, counters and unsent messages (numpy).
+
+        Before the loop has set up, the restored state (if any) or an empty dict.
+        """
+        if not hasattr(self, "state"):
+            return {} if self._restored is None else self._restored
+        return {
+            "key": np.asarray(jax.random.key_data(self._key)),
+            "state": [np.array(a) for a in jax.tree.leaves(self.state)],
+            "params": [np.array(a) for a in jax.tree.leaves(self.params)],
+            "prev": np.array(self._prev),
+            "sim_steps": self.sim_steps,
+            "published": self.published,
+            "pending": [({k: np.array(v) for k, v in p.items()}, t, k_, dict(m)) for p, t, k_, m in self._pending],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()`` of another instance; applied when the loop sets up.
+
+        Raises:
+            ValueError: if keys are missing (shapes are checked at set-up, against the simulator's).
+        """
+        if not state:
+            self._restored = None
+            return
+        missing = sorted({"key", "state", "params", "prev", "sim_steps", "published", "pending"} - set(state))
+        if missing:
+            raise ValueError(f"SimulatorActor {self.name!r}: checkpoint state lacks {missing}; got keys {sorted(state)}")
+        self._restored = state
 
     def info(self) -> dict[str, Any]:
         return {
