@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -72,6 +73,14 @@ class Row:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def summary(self) -> str:
+        """A few words for progress lines."""
+        if self.p50_us is not None:
+            return f"p50 {self.p50_us:.0f} us, p99 {self.p99_us:.0f} us"
+        if "steps_per_s" in self.extra:
+            return f"{self.payload}: {self.extra['steps_per_s']:.1f} steps/s"
+        return f"{self.msgs_per_s:,.4g} msg/s, {self.gb_per_s:.3g} GB/s"
 
 
 @dataclass(frozen=True)
@@ -173,3 +182,31 @@ def merge_windows(starts: list[float], results: list[dict[str, Any]]) -> tuple[i
 
 class SystemSkipped(Exception):
     """A system cannot run here (not installed, no server binary); the message says why."""
+
+
+Cell = tuple[str, Callable[[], "Row | list[Row]"]]
+
+
+def run_cells(cells: list[Cell], report: Callable[[str], None]) -> list[Row]:
+    """Run measurements one after another, reporting each; a failing one is reported and left out.
+
+    Args:
+        cells: ``(label, measure)`` pairs; ``measure()`` returns a row or rows.
+        report: prints one progress line per cell.
+
+    Returns:
+        The rows of the cells that succeeded.
+    """
+    rows: list[Row] = []
+    for label, measure in cells:
+        t0 = time.monotonic()
+        try:
+            out = measure()
+        except Exception as e:  # one failing cell must not lose the others
+            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            report(f"  {label}: FAILED after {time.monotonic() - t0:.1f} s: {type(e).__name__}: {first}")
+            continue
+        got = out if isinstance(out, list) else [out]
+        rows += got
+        report(f"  {label}: {'; '.join(r.summary() for r in got)} ({time.monotonic() - t0:.1f} s)")
+    return rows

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import cloudpickle
 
@@ -26,11 +26,13 @@ from _common import (
     PINGPONG_PAYLOAD,
     STREAM,
     Budget,
+    Cell,
     MiB,
     Row,
     latency_row,
     merge_windows,
     rate_row,
+    run_cells,
 )
 from coupler.runtime import Coupling, Queue
 
@@ -224,23 +226,14 @@ def run(
         One row per measured cell (cells that fail are reported and left out).
     """
     env = {} if shared_memory else {"DASK_COUPLER__TRANSPORT__SHARED_MEMORY": "False"}
-    rows: list[Row] = []
     with Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
         bench = CouplerBench(cp, system, budget)
-        cells: list[tuple[str, str, Callable[[], Any]]] = []
+        cells: list[Cell] = []
         for wl, method in ((STREAM, bench.stream), (FAN_IN, bench.fan_in), (BROADCAST, bench.broadcast)):
             if wl in workloads:
-                cells += [(wl, p, lambda m=method, n=PAYLOADS[p]: m(n)) for p in payloads.get(wl, [])]
+                cells += [(f"{system} {wl} {p}", lambda m=method, n=PAYLOADS[p]: m(n)) for p in payloads.get(wl, [])]
         if PINGPONG in workloads:
-            cells.append((PINGPONG, PINGPONG_PAYLOAD, lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
+            cells.append((f"{system} {PINGPONG} {PINGPONG_PAYLOAD}", lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
         if HEAT in workloads:
-            cells.append((HEAT, f"{HEAT_N}x{HEAT_N}", bench.heat))
-        for wl, label, fn in cells:
-            report(f"  {system} {wl} {label} ...")
-            try:
-                out = fn()
-            except Exception as e:  # one failing cell must not lose the others
-                report(f"  {system} {wl} {label} FAILED: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
-                continue
-            rows += out if isinstance(out, list) else [out]
-    return rows
+            cells.append((f"{system} {HEAT}", bench.heat))
+        return run_cells(cells, report)

@@ -38,6 +38,7 @@ from _common import (
     latency_row,
     merge_windows,
     rate_row,
+    run_cells,
 )
 
 cloudpickle.register_pickle_by_value(_dask_workers)
@@ -121,7 +122,7 @@ class DaskBench:
 
 def run(system: str, budget: Budget, workloads: list[str], payloads: dict[str, list[str]], report: Callable[[str], None]) -> list[Row]:
     """Start a 2-worker cluster and measure ``system`` (``dask-actor`` or ``dask-queue``) on it."""
-    cells: list[tuple[str, Callable[[DaskBench], Row]]] = []
+    cells: list[tuple[str, Callable[[DaskBench], Row]]] = []  # measured once the cluster is up
     for wl, producers, consumers in ((STREAM, 1, 1), (FAN_IN, FAN_IN_PRODUCERS, 1), (BROADCAST, 1, BROADCAST_CONSUMERS)):
         if wl not in workloads or (system == "dask-queue" and wl == BROADCAST):
             continue
@@ -135,16 +136,9 @@ def run(system: str, budget: Budget, workloads: list[str], payloads: dict[str, l
     if PINGPONG in workloads:
         n = PAYLOADS[PINGPONG_PAYLOAD]
         cells.append((f"{PINGPONG} {PINGPONG_PAYLOAD}", (lambda b: b.actor_pingpong(n)) if system == "dask-actor" else (lambda b: b.queue_pingpong(n))))
-    rows: list[Row] = []
     if not cells:
-        return rows
+        return []
     with LocalCluster(n_workers=2, threads_per_worker=FAN_IN_PRODUCERS, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster, direct_to_workers=True) as client:
             bench = DaskBench(client, budget)
-            for label, fn in cells:
-                report(f"  {system} {label} ...")
-                try:
-                    rows.append(fn(bench))
-                except Exception as e:  # one failing cell must not lose the others
-                    report(f"  {system} {label} FAILED: {type(e).__name__}: {e}")
-    return rows
+            return run_cells([(f"{system} {label}", lambda fn=fn: fn(bench)) for label, fn in cells], report)

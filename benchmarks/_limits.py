@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from _common import COPY, PAYLOADS, PINGPONG, STREAM, Budget, Row, latency_row, payload_label, rate_row
+from _common import COPY, Cell, PAYLOADS, PINGPONG, STREAM, Budget, Row, latency_row, payload_label, rate_row, run_cells
 
 _CTX = mp.get_context("spawn")  # the parent holds threads (Dask, JAX): never fork it
 _TIMEOUT = 120.0
@@ -156,7 +156,7 @@ def memcpy(nbytes: int, budget: Budget) -> Row:
 
 def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], report: Callable[[str], None]) -> list[Row]:
     """Raw TCP streaming and round trips, and memcpy, at the payloads the plan streams."""
-    cells: list[tuple[str, Callable[[], Row]]] = []
+    cells: list[Cell] = []
     if STREAM in workloads:
         for p in payloads.get(STREAM, []):
             cells.append((f"tcp-raw {STREAM} {p}", lambda n=PAYLOADS[p]: tcp_stream(n, budget)))
@@ -165,11 +165,4 @@ def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], re
     if PINGPONG in workloads:
         for n in (1, PAYLOADS["4KiB"]):
             cells.append((f"tcp-raw {PINGPONG} {payload_label(n)}", lambda n=n: tcp_pingpong(n, budget)))
-    rows = []
-    for label, fn in cells:
-        report(f"  {label} ...")
-        try:
-            rows.append(fn())
-        except Exception as e:  # one failing cell must not lose the others
-            report(f"  {label} FAILED: {type(e).__name__}: {e}")
-    return rows
+    return run_cells(cells, report)
