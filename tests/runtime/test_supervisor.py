@@ -1,0 +1,130 @@
+"""The supervisor: actors move off retiring workers and restart after lost ones; nothing on a Queue is lost."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Callable
+
+import cloudpickle
+import dask
+import pytest
+
+import supervision_actors
+from supervision_actors import Counter, Tally
+from coupler.runtime import ActorFailed, Coupling, Queue
+
+cloudpickle.register_pickle_by_value(supervision_actors)
+
+SIZE = 8  # floats per Counter message
+
+
+def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def _assert_exactly_once_in_order(record: dict, source: str, n: int) -> None:
+    got = record["got"]
+    assert len(got) == n, f"expected {n} messages, got {len(got)}"
+    assert [v for _, _, v in got] == [float(i) for i in range(n)]  # in order, none lost, none twice
+    assert [q for _, q, _ in got] == list(range(n))  # the producer's sequence survives its moves
+    assert {s for s, _, _ in got} == {source}
+    assert record["checksum"] == SIZE * n * (n - 1) / 2
+
+
+def test_moving_consumer_and_producer_mid_stream_loses_nothing(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"sup-move-{unique}", Queue(8))
+    w = coupling.workers()
+    n = 400
+    tally = coupling.spawn(Tally, name=f"tally-{unique}", inputs={"inp": ch}, workers=w[1])
+    counter = coupling.spawn(Counter, n, SIZE, 0.004, name=f"counter-{unique}", outputs={"out": ch}, workers=w[0])
+    tally.start()
+    counter.start()
+    _until("a quarter of the stream", lambda: tally.status().info["count"] >= n // 4)
+    assert coupling.supervisor.move(tally.name) == w[0]  # the consumer leaves mid-stream
+    assert tally.generation == 1 and tally.status().state == "running" and tally.status().worker == w[0]
+    _until("half of the stream", lambda: tally.status().info["count"] >= n // 2)
+    assert coupling.supervisor.move(counter.name) == w[1]  # then the producer
+    assert counter.wait(60).info["i"] == n
+    _until("the whole stream", lambda: tally.status().info["count"] >= n)
+    time.sleep(0.3)
+    record = tally.call("record")
+    _assert_exactly_once_in_order(record, counter.name, n)
+    assert record["workers"] == [w[1], w[0]]
+    moved = [(e.actor, e.source, e.target) for e in coupling.supervisor.events if e.kind == "moved"]
+    assert (tally.name, w[1], w[0]) in moved and (counter.name, w[0], w[1]) in moved
+    tally.stop()
+
+
+def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
+    settings = {
+        "coupler.supervision.retire-margin": 6,
+        "coupler.supervision.poll-interval": 0.5,
+        "coupler.supervision.handover-timeout": 5,
+        "coupler.supervision.checkpoint-interval": 0,
+    }
+    n = 450
+    with dask.config.set(settings), Coupling(
+        n_workers=2, threads_per_worker=1, dashboard_address=":0",
+        lifetime="20s", lifetime_stagger="2s", lifetime_restart=True,  # the nanny brings a fresh worker back
+    ) as cp:
+        first_workers = set(cp.workers())
+        ch = cp.channel("walltime", Queue(16))
+        w = cp.workers()
+        tally = cp.spawn(Tally, name="tally", inputs={"inp": ch}, workers=w[1])
+        counter = cp.spawn(Counter, n, SIZE, 0.06, name="counter", outputs={"out": ch}, workers=w[0])
+        tally.start()
+        counter.start()  # about 27 s of data: longer than any worker lives
+        assert counter.wait(90).info["i"] == n
+        _until("the whole stream", lambda: tally.status().info["count"] >= n, timeout=30)
+        time.sleep(0.3)
+        record = tally.call("record")
+        events = cp.supervisor.events
+        final_workers = set(cp.workers())
+    _assert_exactly_once_in_order(record, "counter", n)
+    moves = [e for e in events if e.kind == "moved"]
+    assert {e.actor for e in moves} == {"tally", "counter"}, events
+    assert all(e.source in first_workers and e.target != e.source for e in moves[:2])
+    assert len(set(record["workers"])) >= 2  # the consumer really ran on more than one worker
+    assert not final_workers & first_workers  # every original worker retired and was replaced
+    assert not [e for e in events if e.kind in ("restarted", "gave-up")], events
+
+
+def _kill_worker_of(cp: Coupling, address: str) -> None:
+    pid = cp.client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+
+
+def test_a_lost_actor_restarts_from_its_checkpoint_until_restarts_run_out() -> None:
+    settings = {
+        "coupler.supervision.poll-interval": 0.3,
+        "coupler.supervision.checkpoint-interval": 0.5,
+        "coupler.supervision.max-restarts": 1,
+        "coupler.supervision.restart-backoff": 0.2,
+    }
+    with dask.config.set(settings), Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cp:
+        counter = cp.spawn(Counter, 100_000, SIZE, 0.01, name="counter")
+        policy = cp.supervisor.policy
+        assert (policy.checkpoint_interval, policy.max_restarts, policy.restart_backoff) == (0.5, 1, 0.2)
+        counter.start()
+        _until("a checkpoint after some steps", lambda: (cp.supervisor.last_checkpoint("counter") or {}).get("state", {}).get("i", 0) >= 20)
+        first = counter.status()
+        _kill_worker_of(cp, first.worker)
+        # The handle waits for the restart, then talks to the new instance.
+        _until("the restart", lambda: counter.generation == 1, timeout=45)
+        st = counter.status()
+        assert st.state == "running" and st.worker != first.worker
+        assert st.info["i"] >= 20  # resumed from a checkpoint, not from scratch
+        restarted = [e for e in cp.supervisor.events if e.kind == "restarted"]
+        assert len(restarted) == 1 and restarted[0].source == first.worker and "checkpoint" in restarted[0].detail
+
+        _kill_worker_of(cp, st.worker)  # a second loss: max-restarts=1 is exhausted
+        with pytest.raises(ActorFailed, match=r"actor 'counter' cannot be kept alive: lost 2 times.*was lost"):
+            _until("giving up", lambda: counter.status() is None, timeout=45)
+        with pytest.raises(ActorFailed, match="counter"):
+            counter.wait(5)
