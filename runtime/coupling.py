@@ -45,6 +45,7 @@ from coupler.runtime.errors import raise_for_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.status import ActorStatus, ChannelStats
+from coupler.runtime.supervisor import SpawnSpec, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +70,8 @@ class Coupling:
             (within ``coupler.connect-timeout``).
         WorkersNotReady: if a started batch cluster's workers do not join in time.
     """
+
+    _supervisor: Supervisor | None = None
 
     def __init__(
         self,
@@ -175,6 +178,9 @@ class Coupling:
 
     def close(self) -> None:
         """Stop the actors this coupling spawned; close the client and cluster it started."""
+        if self._supervisor is not None:  # first, so that it does not restart what is stopped below
+            self._supervisor.close()
+            self._supervisor = None
         for ref in list(self._actors.values()):
             try:
                 ref.stop(timeout=5)
@@ -269,20 +275,18 @@ class Coupling:
             workers = [workers]
         # Dask would queue an actor no worker can host forever; fail with a clear error instead.
         check_placement(self.client, resources)
-        fut = self.client.submit(
-            cls,
-            *args,
-            name=name,
-            actor=True,
-            workers=workers,
-            resources=resources,
-            allow_other_workers=False,
-            key=f"coupler-actor-{name}-{os.getpid()}-{id(self)}",
-            **kwargs,
-        )
-        ref = ActorRef(name, fut.result())
+        # The supervisor spawns it, and respawns it elsewhere when its worker retires or is lost.
+        spec = SpawnSpec(cls, args, kwargs, name, tuple(workers) if workers else None, resources)
+        ref = self.supervisor.spawn(spec)
         self._actors[name] = ref
         return ref
+
+    @property
+    def supervisor(self) -> Supervisor:
+        """The supervisor that moves and restarts this coupling's actors (created on first use)."""
+        if self._supervisor is None:
+            self._supervisor = Supervisor(self.client, key_prefix=f"coupler-actor-{os.getpid()}-{id(self)}")
+        return self._supervisor
 
     def actors(self) -> dict[str, ActorStatus]:
         """Status of every actor this coupling spawned (asked directly)."""
