@@ -80,7 +80,8 @@ class Row:
             return f"p50 {self.p50_us:.0f} us, p99 {self.p99_us:.0f} us"
         if "steps_per_s" in self.extra:
             return f"{self.payload}: {self.extra['steps_per_s']:.1f} steps/s"
-        return f"{self.msgs_per_s:,.4g} msg/s, {self.gb_per_s:.3g} GB/s"
+        mps = self.msgs_per_s or 0.0
+        return f"{mps:,.0f} msg/s, {self.gb_per_s:.3g} GB/s" if mps >= 100 else f"{mps:.3g} msg/s, {self.gb_per_s:.3g} GB/s"
 
 
 @dataclass(frozen=True)

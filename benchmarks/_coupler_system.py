@@ -13,6 +13,7 @@ import os
 from typing import Callable
 
 import cloudpickle
+import dask.config
 
 import _actors
 from _common import (
@@ -44,6 +45,13 @@ HEAT_N = 1024
 HEAT_PERIODS = (10, 1)  # publish every 10th step (the target) and every step (reported)
 
 
+def _worker_shared_memory_setting() -> object:
+    """``coupler.transport.shared-memory`` as a worker sees it (``None`` if the runtime has no such key)."""
+    import dask.config
+
+    return dask.config.get("coupler.transport.shared-memory", None)
+
+
 def queue_size(nbytes: int) -> int:
     """``Queue`` depth: 64 messages, fewer for large ones (at most ~512 MiB buffered)."""
     return max(2, min(64, (512 * MiB) // nbytes))
@@ -65,6 +73,8 @@ class CouplerBench:
         if len(workers) < 2:
             raise RuntimeError(f"the coupler benchmark needs 2 workers, the coupling has {len(workers)}")
         self.producer_worker, self.consumer_worker = workers[0], workers[1]
+        # What the workers really run with (the setting is read there), recorded in every row.
+        self.shared_memory = sorted({str(v) for v in cp.client.run(_worker_shared_memory_setting).values()})
 
     def _name(self, what: str) -> str:
         return f"{what}-{os.getpid()}-{next(_ids)}"
@@ -105,7 +115,16 @@ class CouplerBench:
             ref.stop(5)
         count, start, last = merge_windows(starts, results)
         return rate_row(
-            self.system, workload, nbytes, count, start, last, producers=producers, consumers=consumers, queue=queue_size(nbytes)
+            self.system,
+            workload,
+            nbytes,
+            count,
+            start,
+            last,
+            producers=producers,
+            consumers=consumers,
+            queue=queue_size(nbytes),
+            shared_memory_setting=",".join(self.shared_memory),
         )
 
     def stream(self, nbytes: int) -> Row:
@@ -226,7 +245,10 @@ def run(
         One row per measured cell (cells that fail are reported and left out).
     """
     env = {} if shared_memory else {"DASK_COUPLER__TRANSPORT__SHARED_MEMORY": "False"}
-    with Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
+    # The Nanny sets `env` in a worker after dask.config was read there, but it
+    # ships the parent's config to the worker at start: set the key here too.
+    settings = {} if shared_memory else {"coupler.transport.shared-memory": False}
+    with dask.config.set(settings), Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
         bench = CouplerBench(cp, system, budget)
         cells: list[Cell] = []
         for wl, method in ((STREAM, bench.stream), (FAN_IN, bench.fan_in), (BROADCAST, bench.broadcast)):
