@@ -54,18 +54,24 @@ class ChannelRecord:
     closed: bool = False
     producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
     consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
+    streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
     gone: dict[str, str] = field(default_factory=dict)  # consumer id -> why it left
     version: int = 0
 
     def routing(self) -> dict[str, Any]:
-        """What a producer's worker needs to send on this channel."""
+        """What a producer's worker needs to send on this channel.
+
+        ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
+        consumers that left to be restarted elsewhere (producers wait for them).
+        """
         return {
             "channel": self.name,
             "policy": self.policy,
             "spec": self.spec,
             "closed": self.closed,
-            "consumers": sorted(self.consumers.items()),
+            "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
             "gone": sorted(self.gone.items()),
+            "moving": sorted(c for c, why in self.gone.items() if why == "handover"),
             "version": self.version,
         }
 
@@ -150,8 +156,14 @@ class Broker(SchedulerPlugin):
         except CouplerError as e:
             return error_reply(e)
 
-    async def attach(self, name: str, role: str, ident: str, address: str) -> dict[str, Any]:
-        """Attach a producer (``role="producer"``, ``ident`` its source) or a consumer."""
+    async def attach(
+        self, name: str, role: str, ident: str, address: str, stream: str = "", host: str = ""
+    ) -> dict[str, Any]:
+        """Attach a producer (``role="producer"``, ``ident`` its source) or a consumer.
+
+        A consumer gives the ``stream`` address (``host:port``) where its worker
+        accepts data and its ``host`` key (shared memory is tried between equal keys).
+        """
         try:
             rec = self._channel(name)
             check_name("endpoint", ident)
@@ -160,7 +172,10 @@ class Broker(SchedulerPlugin):
                 return {"status": "OK", **rec.routing()}
             if role != "consumer":
                 raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
+            if not isinstance(stream, str) or not isinstance(host, str):
+                raise ValueError(f"stream and host must be strings, got {stream!r} and {host!r}")
             rec.consumers[ident] = address
+            rec.streams[ident] = (stream, host)
             rec.gone.pop(ident, None)
             rec.version += 1
             await self._push(rec)
@@ -171,11 +186,12 @@ class Broker(SchedulerPlugin):
             return {"status": "error", "error": "ValueError", "message": str(e)}
 
     async def detach(self, name: str, ident: str, why: str = "detached") -> dict[str, Any]:
-        """Remove a consumer (it closed its port)."""
+        """Remove a consumer (it closed its port, or ``why="handover"``: it is moving)."""
         try:
             rec = self._channel(name)
             if rec.consumers.pop(ident, None) is not None:
-                rec.gone[ident] = why
+                rec.streams.pop(ident, None)
+                rec.gone[ident] = str(why)
                 rec.version += 1
                 await self._push(rec)
             return {"status": "OK"}
@@ -194,9 +210,11 @@ class Broker(SchedulerPlugin):
         except CouplerError as e:
             return error_reply(e)
 
-    def report(self, address: str, channels: dict[str, Any], actors: dict[str, Any]) -> dict[str, str]:
+    def report(
+        self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None = None
+    ) -> dict[str, str]:
         """A worker's periodic counters (the only steady control-plane traffic)."""
-        self.reports[address] = {"time": time.time(), "channels": channels}
+        self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
             self.actors.setdefault(name, {}).update(status)
         return {"status": "OK"}
@@ -239,7 +257,8 @@ class Broker(SchedulerPlugin):
                 "producer_seq": last_seq,
                 "consumer_stats": consumers,
             }
-        return {"status": "OK", "channels": out, "actors": self.actors}
+        workers = {addr: {"retire_at": r.get("retire_at"), "reported_at": r["time"]} for addr, r in self.reports.items()}
+        return {"status": "OK", "channels": out, "actors": self.actors, "workers": workers}
 
     # -- worker loss -------------------------------------------------------------------
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
@@ -249,6 +268,7 @@ class Broker(SchedulerPlugin):
             lost = [c for c, a in rec.consumers.items() if a == worker]
             for c in lost:
                 del rec.consumers[c]
+                rec.streams.pop(c, None)
                 rec.gone[c] = f"worker {worker} was lost"
             rec.producers = {s: a for s, a in rec.producers.items() if a != worker}
             if lost:

@@ -1,10 +1,16 @@
-"""Consumer-side buffers, one per policy, shared by two threads.
+"""Consumer-side buffers, one per policy, shared by threads.
 
-Messages arrive on the worker's event loop (``put``, a coroutine, so that a full
-``Queue`` can make the producer wait without blocking the loop) and are taken by
-the consuming actor's own thread (``get`` / ``sample``, which block that thread
-only). A ``threading.Condition`` guards the contents; an ``asyncio.Event`` on
-the loop wakes producers waiting for space.
+Messages arrive from the threads of the data plane (a stream receiver, or a
+producer on the same worker) through ``put``; the consuming actor's own thread
+takes them with ``get`` / ``sample``. A ``threading.Condition`` guards the
+contents; nothing here touches the worker's event loop.
+
+A ``Queue`` is bounded. Producers on other workers hold *credits*: slots of
+the queue reserved for them (see :meth:`QueueBuffer.grant`), so a batch that
+arrives over the network always fits and a receiver never blocks; a producer
+on the same worker waits in ``put`` for a free slot. Either way the queue never
+holds more than ``maxsize`` messages and a full queue makes producers wait
+(back-pressure).
 
 Replay buffers (``Reservoir``, ``Window``) copy each message into storage
 preallocated on the first message, one array per field with a leading
@@ -13,12 +19,11 @@ preallocated on the first message, one array per field with a leading
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -37,7 +42,6 @@ class BufferStats:
         dropped: messages overwritten or evicted (Latest, Window) or not kept (Reservoir).
         depth: messages held now.
         nbytes: payload bytes accepted.
-        last_seq: per source, the highest sequence number accepted.
         lag: seconds between send and acceptance of the last message.
     """
 
@@ -58,38 +62,50 @@ class ConsumerBuffer:
 
     Args:
         channel: channel name, for error messages.
-        loop: the worker's asyncio loop on which ``put`` runs.
     """
 
-    def __init__(self, channel: str, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, channel: str) -> None:
         self.channel = channel
-        self.loop = loop
         self.stats = BufferStats()
         self.last_seq: dict[str, int] = {}
         self._cond = threading.Condition()
         self._closed = False
+        self._detached = False
         self._interrupted = False
 
-    # -- producer side (event loop) -------------------------------------------------
-    async def put(self, messages: list[Message], timeout: float | None) -> int:
-        """Accept messages; return how many were accepted before ``timeout`` ran out."""
+    # -- producer side (data-plane threads) -------------------------------------------
+    def put(self, messages: list[Message], timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+        """Accept messages; return how many were accepted (all, unless the consumer detached).
+
+        Messages already on their way when the channel closes are still taken in:
+        the close stops new sends, not deliveries.
+        """
         with self._cond:
+            if self._detached:
+                return 0
             for m in messages:
                 self._accept(m)
             self._cond.notify_all()
         return len(messages)
 
     def _account(self, m: Message, leaves: list[np.ndarray] | None = None) -> None:
-        if leaves is None:
-            leaves = flatten(m.data)[0]
+        if m.nbytes >= 0:
+            nbytes = m.nbytes
+        else:
+            nbytes = sum(int(a.nbytes) for a in (leaves if leaves is not None else flatten(m.data)[0]))
         self.stats.received += 1
-        self.stats.nbytes += sum(int(a.nbytes) for a in leaves)
+        self.stats.nbytes += nbytes
         self.stats.lag = max(0.0, time.time() - m.sent_at)
         prev = self.last_seq.get(m.source, -1)
         self.last_seq[m.source] = max(prev, m.seq)
 
     def _accept(self, m: Message) -> None:
         raise NotImplementedError
+
+    @property
+    def accepting(self) -> bool:
+        """Whether new messages are taken in (the consumer has not detached)."""
+        return not self._detached
 
     # -- consumer side (actor thread) -----------------------------------------------
     def get(self, timeout: float | None = None) -> Message:
@@ -102,10 +118,24 @@ class ConsumerBuffer:
         """Draw a mini-batch (replay policies)."""
         raise WrongPolicy(f"channel {self.channel!r} delivers messages in order: use receive(), not sample()")
 
+    def drain(self) -> list[Message]:
+        """Remove and return the messages held for one-by-one delivery (none for replay buffers)."""
+        return []
+
+    def preload(self, messages: list[Message]) -> None:
+        """Put ``messages`` before anything held (a restarted consumer's leftovers), beyond ``maxsize`` if need be."""
+        raise WrongPolicy(f"channel {self.channel!r}: {type(self).__name__} cannot be preloaded")
+
     def close(self) -> None:
         """Mark the channel closed: waiting consumers wake up and see :class:`ChannelClosed`."""
         with self._cond:
             self._closed = True
+            self._cond.notify_all()
+
+    def detach(self) -> None:
+        """The consumer left: refuse new messages (senders see the consumer gone)."""
+        with self._cond:
+            self._detached = True
             self._cond.notify_all()
 
     def interrupt(self) -> None:
@@ -136,40 +166,116 @@ class ConsumerBuffer:
             self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
 
-class QueueBuffer(ConsumerBuffer):
-    """Ordered FIFO with a bounded size; ``put`` waits for space (back-pressure)."""
+GrantFn = Callable[[int], None]
 
-    def __init__(self, channel: str, policy: Queue, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(channel, loop)
+
+class QueueBuffer(ConsumerBuffer):
+    """Ordered FIFO of at most ``maxsize`` messages, shared by local producers and credited links.
+
+    Slots are either held (messages), granted (reserved for a link's future
+    messages) or free. A link asks for credits with :meth:`want`; free slots
+    are granted to waiting links in turn as the consumer takes messages, by
+    calling the link's grant function (which tells the producer).
+    """
+
+    def __init__(self, channel: str, policy: Queue) -> None:
+        super().__init__(channel)
         self.maxsize = policy.maxsize
         self._items: deque[Message] = deque()
-        self._space: asyncio.Event | None = None
+        self._granted: dict[int, int] = {}  # link id -> slots reserved and not used yet
+        self._demand: dict[int, int] = {}  # link id -> slots it still wants
+        self._grant_fns: dict[int, GrantFn] = {}
 
-    async def put(self, messages: list[Message], timeout: float | None) -> int:
-        if self._space is None:
-            self._space = asyncio.Event()
+    def _free(self) -> int:
+        return self.maxsize - len(self._items) - sum(self._granted.values())
+
+    # -- credits for remote producers ------------------------------------------------------
+    def add_link(self, link: int, grant: GrantFn) -> None:
+        """Register a producer link and how to tell it about new credits."""
+        with self._cond:
+            self._grant_fns[link] = grant
+            self._granted.setdefault(link, 0)
+
+    def remove_link(self, link: int) -> None:
+        """Forget a link; its unused credits become free slots again."""
+        with self._cond:
+            self._grant_fns.pop(link, None)
+            self._granted.pop(link, None)
+            self._demand.pop(link, None)
+            grants = self._hand_out()
+            self._cond.notify_all()
+        self._notify(grants)
+
+    def want(self, link: int, n: int) -> None:
+        """A link would like ``n`` more slots than it holds; grant what is free now, the rest later."""
+        with self._cond:
+            self._demand[link] = max(0, n)
+            grants = self._hand_out()
+        self._notify(grants)
+
+    def _hand_out(self) -> list[tuple[GrantFn, int]]:
+        """Give free slots to links that want them, one at a time in turn (call with the lock)."""
+        out: dict[int, int] = {}
+        free = self._free()
+        while free > 0:
+            link = next((k for k, d in self._demand.items() if d > 0 and k in self._grant_fns), None)
+            if link is None:
+                break
+            # Re-inserted at the end: the next free slot goes to the next link in turn.
+            d = self._demand.pop(link)
+            self._demand[link] = d - 1
+            self._granted[link] = self._granted.get(link, 0) + 1
+            out[link] = out.get(link, 0) + 1
+            free -= 1
+        return [(self._grant_fns[link], n) for link, n in out.items()]
+
+    @staticmethod
+    def _notify(grants: list[tuple[GrantFn, int]]) -> None:
+        for fn, n in grants:
+            fn(n)
+
+    def put_credited(self, link: int, messages: list[Message]) -> int:
+        """Accept messages sent against ``link``'s credits (never waits).
+
+        Returns:
+            How many were accepted: all, or 0 when the consumer detached.
+
+        Raises:
+            RuntimeError: if the link sent more than it was granted (a protocol bug).
+        """
+        with self._cond:
+            if self._detached:
+                return 0
+            have = self._granted.get(link, 0)
+            if len(messages) > have:
+                raise RuntimeError(
+                    f"channel {self.channel!r}: a producer link sent {len(messages)} messages on {have} credits"
+                )
+            self._granted[link] = have - len(messages)
+            for m in messages:
+                self._accept(m)
+            self._cond.notify_all()
+        return len(messages)
+
+    # -- producers on this worker -----------------------------------------------------------
+    def put(self, messages: list[Message], timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+        """Accept messages one by one, waiting for free slots; return how many fit before ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         accepted = 0
-        for m in messages:
-            while True:
-                with self._cond:
-                    if self._closed:
+        with self._cond:
+            for m in messages:
+                while self._free() <= 0:
+                    if self._detached or (cancel is not None and cancel.is_set()):
                         return accepted
-                    if len(self._items) < self.maxsize:
-                        self._accept(m)
-                        self._cond.notify_all()
-                        accepted += 1
-                        break
-                    # Cleared under the lock: a get() that frees space afterwards sets it
-                    # again through call_soon_threadsafe, so no wake-up is lost.
-                    self._space.clear()
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        return accepted
+                    self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                if self._detached:
                     return accepted
-                try:
-                    await asyncio.wait_for(self._space.wait(), remaining)
-                except (asyncio.TimeoutError, TimeoutError):
-                    return accepted
+                self._accept(m)
+                accepted += 1
+                self._cond.notify_all()
         return accepted
 
     def _accept(self, m: Message) -> None:
@@ -183,21 +289,35 @@ class QueueBuffer(ConsumerBuffer):
             m = self._items.popleft()
             self.stats.taken += 1
             self.stats.depth = len(self._items)
-        if self._space is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._space.set)
+            grants = self._hand_out()
+            self._cond.notify_all()  # a local producer may wait for the slot
+        self._notify(grants)
         return m
 
-    def close(self) -> None:
-        super().close()
-        if self._space is not None and self.loop is not None:
-            self.loop.call_soon_threadsafe(self._space.set)
+    def drain(self) -> list[Message]:
+        with self._cond:
+            out = list(self._items)
+            self._items.clear()
+            self.stats.depth = 0
+            grants = self._hand_out()
+            self._cond.notify_all()
+        self._notify(grants)
+        return out
+
+    def preload(self, messages: list[Message]) -> None:
+        with self._cond:
+            self._items.extendleft(reversed(messages))
+            for m in messages:
+                self._account(m)
+            self.stats.depth = len(self._items)
+            self._cond.notify_all()
 
 
 class LatestBuffer(ConsumerBuffer):
     """A single slot holding the newest message; ``get`` waits for one not yet taken."""
 
-    def __init__(self, channel: str, policy: Latest, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(channel, loop)
+    def __init__(self, channel: str, policy: Latest) -> None:
+        super().__init__(channel)
         self._item: Message | None = None
         self._fresh = False
 
@@ -226,8 +346,8 @@ class LatestBuffer(ConsumerBuffer):
 class _ReplayBuffer(ConsumerBuffer):
     """Shared storage of Reservoir and Window: preallocated per-field arrays."""
 
-    def __init__(self, channel: str, capacity: int, seed: int | None, loop: asyncio.AbstractEventLoop | None) -> None:
-        super().__init__(channel, loop)
+    def __init__(self, channel: str, capacity: int, seed: int | None) -> None:
+        super().__init__(channel)
         self.capacity = capacity
         self.seen = 0  # messages ever offered (the stream length n of algorithm R)
         self.rng = np.random.default_rng(seed)
@@ -284,8 +404,8 @@ class _ReplayBuffer(ConsumerBuffer):
 class ReservoirBuffer(_ReplayBuffer):
     """Vitter's algorithm R: after ``n`` offers each one is held with probability ``capacity / n``."""
 
-    def __init__(self, channel: str, policy: Reservoir, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(channel, policy.capacity, policy.seed, loop)
+    def __init__(self, channel: str, policy: Reservoir) -> None:
+        super().__init__(channel, policy.capacity, policy.seed)
 
     def _accept(self, m: Message) -> None:
         leaves, td = flatten(m.data)  # once, for the counters and the copy into storage
@@ -304,8 +424,8 @@ class ReservoirBuffer(_ReplayBuffer):
 class WindowBuffer(_ReplayBuffer):
     """A ring of the newest ``capacity`` messages."""
 
-    def __init__(self, channel: str, policy: Window, loop: asyncio.AbstractEventLoop | None = None) -> None:
-        super().__init__(channel, policy.capacity, policy.seed, loop)
+    def __init__(self, channel: str, policy: Window) -> None:
+        super().__init__(channel, policy.capacity, policy.seed)
 
     def _accept(self, m: Message) -> None:
         leaves, td = flatten(m.data)
@@ -317,18 +437,18 @@ class WindowBuffer(_ReplayBuffer):
         self.stats.depth = self.size
 
 
-def make_buffer(channel: str, policy: Policy, loop: asyncio.AbstractEventLoop | None = None) -> ConsumerBuffer:
+def make_buffer(channel: str, policy: Policy) -> ConsumerBuffer:
     """The buffer that implements ``policy``.
 
     Raises:
         TypeError: for something that is not a policy.
     """
     if isinstance(policy, Queue):
-        return QueueBuffer(channel, policy, loop)
+        return QueueBuffer(channel, policy)
     if isinstance(policy, Latest):
-        return LatestBuffer(channel, policy, loop)
+        return LatestBuffer(channel, policy)
     if isinstance(policy, Reservoir):
-        return ReservoirBuffer(channel, policy, loop)
+        return ReservoirBuffer(channel, policy)
     if isinstance(policy, Window):
-        return WindowBuffer(channel, policy, loop)
+        return WindowBuffer(channel, policy)
     raise TypeError(f"expected a policy (Queue, Latest, Reservoir, Window), got {policy!r}")

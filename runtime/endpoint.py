@@ -1,15 +1,20 @@
 """The endpoint: coupler's data plane on every worker, a Dask worker plugin.
 
 Producers on this worker send messages straight to the workers of the
-channel's consumers over Dask comms (one hop, numpy arrays framed without
-copies by ``to_serialize``); consumers on this worker receive them into the
-buffer their channel's policy implies. Nothing goes through the scheduler,
-``distributed.Queue`` or actor handles. When producer and consumer share a
-worker process the message is handed over in memory (one copy).
+channel's consumers, one hop, over a dedicated stream per (channel, consumer)
+(:class:`~coupler.runtime.link.Link`): pipelined, small messages coalesced into
+batches, ``Queue`` back-pressure by credits, and shared memory for large
+messages when both ends are on one host. Consumers on this worker receive
+them through the worker's :class:`~coupler.runtime.receiver.Listener` into
+the buffer their channel's policy implies. When producer and consumer share
+a worker process the message is handed over in memory (one copy, so that the
+consumer owns its data). Nothing goes through the scheduler, Dask's comms
+for tasks, ``distributed.Queue`` or actor handles.
 
-Actors call the endpoint from their own run-loop threads; the endpoint runs
-every network operation on the worker's event loop
-(``asyncio.run_coroutine_threadsafe``) and blocks only the calling thread.
+Actors call the endpoint from their own run-loop threads. Sends touch the
+worker's event loop only the first time a source uses a channel (to register
+with the broker); the broker pushes routing changes to the loop, which
+updates the routes that the sending threads read.
 """
 
 from __future__ import annotations
@@ -18,16 +23,21 @@ import asyncio
 import logging
 import threading
 import time
+from collections import deque
 from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
+import dask.config
+import dask.utils
 import numpy as np
+import psutil
 from distributed import get_worker
+from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.protocol.serialize import to_serialize
 from tornado.ioloop import PeriodicCallback
 
+from coupler.runtime import shm
 from coupler.runtime.buffers import ConsumerBuffer, make_buffer
 from coupler.runtime.errors import (
     ChannelClosed,
@@ -37,29 +47,44 @@ from coupler.runtime.errors import (
     NoCoupling,
     raise_for_reply,
 )
+from coupler.runtime.link import Item, Link, TransportConfig
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import policy_from_wire
+from coupler.runtime.receiver import Listener
 
 logger = logging.getLogger(__name__)
 
 ENDPOINT_NAME = "coupler-endpoint"
 T = TypeVar("T")
+_SWEEP_EVERY = 10.0  # seconds between sweeps of orphaned shared-memory names
+
+
+@dataclass(frozen=True)
+class ConsumerRef:
+    """Where a consumer lives: its id, worker, stream address and host key."""
+
+    cid: str
+    worker: str
+    stream: str
+    host: str
 
 
 @dataclass
 class Route:
-    """A producer-side copy of a channel's routing table, updated by the broker."""
+    """A producer-side copy of a channel's routing table, updated by the broker.
+
+    Read by sending threads, replaced by the worker's loop; ``cond`` wakes
+    senders that wait for a consumer.
+    """
 
     channel: str
     table: dict[str, Any]
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    spec_sent_to: set[tuple[str, str]] = field(default_factory=set)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    _spec: tuple[Any, Spec | None] = (None, None)
 
     @property
-    def consumers(self) -> list[tuple[str, str]]:
-        return [tuple(c) for c in self.table["consumers"]]  # type: ignore[misc]
-
-    _spec: tuple[Any, Spec | None] = (None, None)
+    def consumers(self) -> list[ConsumerRef]:
+        return [ConsumerRef(*c) for c in self.table["consumers"]]
 
     @property
     def spec(self) -> Spec | None:
@@ -68,6 +93,14 @@ class Route:
         if self._spec[0] is not wire:
             self._spec = (wire, None if wire is None else Spec.from_wire(wire))
         return self._spec[1]
+
+    @property
+    def is_queue(self) -> bool:
+        return self.table["policy"]["kind"] == "queue"
+
+
+class _Reroute(Exception):
+    """A link closed because its consumer moved: deliver along the new route."""
 
 
 @dataclass
@@ -84,8 +117,21 @@ class ProducerStats:
         return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq}
 
 
+def transport_config() -> TransportConfig:
+    """The ``coupler.transport`` settings of this process."""
+    c = dask.config.get("coupler.transport", default={}) or {}
+    d = TransportConfig()
+    return TransportConfig(
+        shared_memory=bool(c.get("shared-memory", d.shared_memory)),
+        inline_max=int(dask.utils.parse_bytes(c.get("inline-max", d.inline_max))),
+        batch_bytes=int(dask.utils.parse_bytes(c.get("batch-bytes", d.batch_bytes))),
+        window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
+        shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
+    )
+
+
 class Endpoint(WorkerPlugin):
-    """Worker plugin holding this worker's consumer buffers and producer routes.
+    """Worker plugin holding this worker's consumer buffers, listener and producer links.
 
     Args:
         report_interval: seconds between counter reports to the broker.
@@ -99,22 +145,63 @@ class Endpoint(WorkerPlugin):
 
     # -- plugin life cycle ---------------------------------------------------------------
     def setup(self, worker: Any) -> None:
+        import coupler.runtime.config  # noqa: F401  (installs coupler's defaults in this process)
+
         self.worker = worker
         self.loop: asyncio.AbstractEventLoop = worker.loop.asyncio_loop
+        self.config = transport_config()
         self.buffers: dict[tuple[str, str], ConsumerBuffer] = {}
         self.consumer_specs: dict[str, Spec] = {}
         self.routes: dict[str, Route] = {}
         self.producers: dict[tuple[str, str], ProducerStats] = {}
+        self.links: dict[tuple[str, str, str], Link] = {}
+        self.orphans: dict[tuple[str, str], deque[Item]] = {}
+        self._lock = threading.Lock()  # links and orphans, shared by sending threads and link threads
         self.actors: dict[str, Any] = {}  # name -> object with status_dict()
-        worker.handlers["coupler_deliver"] = self._handle_deliver
+        self.host = shm.host_key()
+        try:
+            host = get_address_host(worker.address)
+        except (ValueError, TypeError):
+            host = "127.0.0.1"
+        self._server_ssl, self._client_ssl = self._ssl_contexts(worker)
+        self.listener = Listener(host, self._lookup, self._server_ssl)
+        self.retire_at = self._retire_at(worker)
         worker.handlers["coupler_routing_update"] = self._handle_routing_update
+        shm.sweep_orphans()
+        self._last_sweep = time.monotonic()
         self._reporter = PeriodicCallback(self._report, self.report_interval * 1000)
         self._reporter.start()
 
+    @staticmethod
+    def _ssl_contexts(worker: Any) -> tuple[Any, Any]:
+        """TLS contexts from the worker's Dask ``Security`` when the cluster uses TLS."""
+        if not str(worker.address).startswith("tls://"):
+            return None, None
+        server = worker.security.get_listen_args("worker").get("ssl_context")
+        client = worker.security.get_connection_args("worker").get("ssl_context")
+        return server, client
+
+    @staticmethod
+    def _retire_at(worker: Any) -> float | None:
+        """When a worker with a lifetime (walltime) will close itself, as epoch seconds."""
+        lifetime = getattr(worker, "lifetime", None)
+        if not lifetime:
+            return None
+        # Dask counts the lifetime from the Worker's construction, a moment after the
+        # process started: using the process start makes the estimate slightly early.
+        return psutil.Process().create_time() + float(lifetime)
+
     def teardown(self, worker: Any) -> None:
         self._reporter.stop()
+        self.listener.close()
+        with self._lock:
+            links = list(self.links.values())
+            self.links.clear()
+        for link in links:
+            link.close(orphan=False)
         for buf in self.buffers.values():
             buf.close()
+        shm.sweep_orphans()
 
     @property
     def address(self) -> str:
@@ -172,8 +259,16 @@ class Endpoint(WorkerPlugin):
         return raise_for_reply(reply)
 
     # -- consumer side -----------------------------------------------------------------------
-    def attach_consumer(self, channel: str, consumer: str) -> ConsumerBuffer:
+    def _lookup(self, channel: str, consumer: str) -> ConsumerBuffer | None:
+        return self.buffers.get((channel, consumer))
+
+    def attach_consumer(self, channel: str, consumer: str, preload: list[Message] | None = None) -> ConsumerBuffer:
         """Create this consumer's buffer, then announce it to the broker.
+
+        Args:
+            channel: channel name.
+            consumer: consumer id (``actor/port``).
+            preload: messages to hold before anything arrives (a moved consumer's leftovers).
 
         Raises:
             UnknownChannel: if the channel was never declared.
@@ -181,53 +276,47 @@ class Endpoint(WorkerPlugin):
 
         async def attach() -> ConsumerBuffer:
             table = await self._broker("coupler_routing", name=channel)
-            buf = make_buffer(channel, policy_from_wire(table["policy"]), self.loop)
+            buf = make_buffer(channel, policy_from_wire(table["policy"]))
+            if preload:
+                buf.preload(preload)
             self.buffers[(channel, consumer)] = buf  # before the broker tells producers
             if table.get("spec") is not None:
                 self.consumer_specs[channel] = Spec.from_wire(table["spec"])
-            table = await self._broker("coupler_attach", name=channel, role="consumer", ident=consumer, address=self.address)
+            table = await self._broker(
+                "coupler_attach", name=channel, role="consumer", ident=consumer, address=self.address,
+                stream=self.listener.address, host=self.host,
+            )
             if table["closed"]:
                 buf.close()
             return buf
 
         return self.call(attach)
 
-    def detach_consumer(self, channel: str, consumer: str) -> None:
-        """Remove a consumer's buffer and tell the broker (producers stop sending to it)."""
+    def detach_consumer(self, channel: str, consumer: str, handover: bool = False) -> list[Message]:
+        """Remove a consumer's buffer and tell the broker (producers stop sending to it).
 
-        async def detach() -> None:
+        Args:
+            channel: channel name.
+            consumer: consumer id.
+            handover: the consumer is moving (a restart elsewhere): producers wait for
+                it instead of failing, and what it held is returned to be preloaded.
+
+        Returns:
+            With ``handover``, the messages the buffer still held (``Queue``, ``Latest``).
+        """
+
+        async def detach() -> list[Message]:
             buf = self.buffers.pop((channel, consumer), None)
+            left: list[Message] = []
             if buf is not None:
+                buf.detach()
+                if handover:
+                    left = buf.drain()
                 buf.close()
-            await self._broker("coupler_detach", name=channel, ident=consumer)
+            await self._broker("coupler_detach", name=channel, ident=consumer, why="handover" if handover else "detached")
+            return left
 
-        self.call(detach)
-
-    async def _handle_deliver(
-        self,
-        channel: str,
-        consumer: str,
-        headers: list[dict[str, Any]],
-        frames: list[Any],
-        spec: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> dict[str, Any]:
-        buf = self.buffers.get((channel, consumer))
-        if buf is None:
-            return {"status": "gone", "accepted": 0}
-        if buf.closed:
-            return {"status": "closed", "accepted": 0}
-        if spec is not None:
-            self.consumer_specs[channel] = Spec.from_wire(spec)
-        s = self.consumer_specs.get(channel)
-        if s is None:  # e.g. this consumer restarted; ask once
-            table = await self._broker("coupler_routing", name=channel)
-            s = self.consumer_specs[channel] = Spec.from_wire(table["spec"])
-        k = len(s.fields)
-        msgs = [Message.from_header(h, unflatten(s.treedef, frames[i * k : (i + 1) * k])) for i, h in enumerate(headers)]
-        accepted = await buf.put(msgs, timeout)
-        status = "OK" if accepted == len(msgs) else ("closed" if buf.closed else "timeout")
-        return {"status": status, "accepted": accepted}
+        return self.call(detach)
 
     # -- producer side -------------------------------------------------------------------------
     async def _route(self, channel: str, source: str) -> Route:
@@ -243,9 +332,15 @@ class Endpoint(WorkerPlugin):
         channel = table["channel"]
         route = self.routes.get(channel)
         if route is not None and table["version"] >= route.table["version"]:
-            route.table = table
-            route.changed.set()
-            route.changed = asyncio.Event()
+            with route.cond:
+                route.table = table
+                route.cond.notify_all()
+            current = {(channel, c.cid, c.stream) for c in route.consumers}
+            with self._lock:
+                stale = [k for k in self.links if k[0] == channel and k not in current]
+                closing = [self.links.pop(k) for k in stale]
+            for link in closing:
+                link.close(orphan=not table["closed"])
         if table["closed"]:
             for (ch, _), buf in self.buffers.items():
                 if ch == channel:
@@ -266,8 +361,9 @@ class Endpoint(WorkerPlugin):
     ) -> int:
         """Validate ``data`` against the channel's spec and deliver it to every consumer.
 
-        Blocks the calling thread until every consumer accepted the message (a
-        full ``Queue`` makes it wait: back-pressure).
+        Returns once every consumer's link has taken the message (it is then
+        delivered in order, or handed to the consumer's replacement). Blocks while
+        a ``Queue`` consumer is full: back-pressure.
 
         Args:
             channel: channel name.
@@ -276,7 +372,7 @@ class Endpoint(WorkerPlugin):
             timestamp: simulation time.
             step: producer's step counter.
             meta: small metadata dict.
-            timeout: seconds to wait for a consumer to exist and to accept.
+            timeout: seconds to wait for a consumer to exist and for room.
             cancel: an event that gives up the wait when set (the actor is stopping).
 
         Returns:
@@ -286,99 +382,201 @@ class Endpoint(WorkerPlugin):
             UnknownChannel, SpecMismatch, ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted.
         """
         leaves, treedef = flatten(data)
-        route = self.call(lambda: self._route(channel, source))
-        stats = self.producers.setdefault((channel, source), ProducerStats())
+        route = self.routes.get(channel)
+        stats = self.producers.get((channel, source))
+        if route is None or stats is None:
+            route = self.call(lambda: self._route(channel, source))
+            stats = self.producers.setdefault((channel, source), ProducerStats())
         spec = route.spec
         if spec is None:
             proposed = Spec.from_leaves(treedef, leaves)
             reply = self.call(lambda: self._broker("coupler_fix_spec", name=channel, spec=proposed.to_wire()))
-            route.table = {**route.table, "spec": reply["spec"]}
+            with route.cond:
+                route.table = {**route.table, "spec": reply["spec"]}
             spec = Spec.from_wire(reply["spec"])
         spec.check(channel, treedef, leaves)
+        deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
-            if route.table["closed"]:
-                raise ChannelClosed(f"channel {channel!r} is closed; cannot send (source {source!r})")
-            msg = Message(data=None, timestamp=timestamp, step=step, source=source, seq=stats.next_seq, meta=meta or {})
-            self.call(lambda: self._deliver_all(route, spec, msg, leaves, timeout), cancel=cancel)
+            header = Message(data=None, timestamp=timestamp, step=step, source=source, seq=stats.next_seq, meta=meta or {}).header()
+            delivered: set[str] = set()
+            while True:
+                todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
+                failures: list[Exception] = []
+                reroute = False
+                for c in todo:
+                    try:
+                        self._deliver(route, spec, c, header, leaves, deadline, cancel)
+                        delivered.add(c.cid)
+                    except _Reroute:
+                        reroute = True
+                    except (ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted) as e:
+                        failures.append(e)
+                if failures:
+                    for kind in (ChannelClosed, Interrupted, ConsumerGone):
+                        for e in failures:
+                            if isinstance(e, kind):
+                                raise e
+                    raise failures[0]
+                if not reroute:
+                    break
             stats.next_seq += 1
             stats.sent += 1
             stats.nbytes += spec.nbytes
-            stats.last_seq = msg.seq
-        return msg.seq
+            stats.last_seq = header["seq"]
+        return header["seq"]
 
-    async def _deliver_all(self, route: Route, spec: Spec, msg: Message, leaves: list[np.ndarray], timeout: float | None) -> None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while not route.consumers:
-            if route.table["closed"]:
-                raise ChannelClosed(f"channel {route.channel!r} is closed; cannot send")
-            if route.table["gone"]:
-                gone = ", ".join(f"{c} ({why})" for c, why in route.table["gone"])
-                raise ConsumerGone(f"channel {route.channel!r} has no consumer left: {gone}")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ChannelTimeout(f"channel {route.channel!r}: no consumer attached within {timeout} s")
-            try:
-                await asyncio.wait_for(route.changed.wait(), remaining)
-            except (asyncio.TimeoutError, TimeoutError):
-                pass
-        consumers = route.consumers
-        results = await asyncio.gather(
-            *(self._deliver_one(route, spec, cid, addr, msg, leaves, deadline) for cid, addr in consumers),
-            return_exceptions=True,
-        )
-        failures = [(cid, r) for (cid, _), r in zip(consumers, results) if r is not None]
-        if failures:
-            for _, r in failures:
-                if isinstance(r, ChannelClosed):
-                    raise r
-            for _, r in failures:
-                if isinstance(r, ConsumerGone):
-                    raise r
-            raise failures[0][1]
+    def _wait_consumers(
+        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None
+    ) -> list[ConsumerRef]:
+        """The channel's consumers; waits while there are none (or they are moving)."""
+        with route.cond:
+            while True:
+                table = route.table
+                if table["closed"]:
+                    raise ChannelClosed(f"channel {route.channel!r} is closed; cannot send")
+                if table["consumers"]:
+                    return route.consumers
+                if table["gone"] and not table.get("moving"):
+                    gone = ", ".join(f"{c} ({why})" for c, why in table["gone"])
+                    raise ConsumerGone(f"channel {route.channel!r} has no consumer left: {gone}")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ChannelTimeout(f"channel {route.channel!r}: no consumer attached within {timeout} s")
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("send interrupted: the actor is stopping")
+                route.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
 
-    async def _deliver_one(
-        self, route: Route, spec: Spec, cid: str, addr: str, msg: Message, leaves: list[np.ndarray], deadline: float | None
+    def _deliver(
+        self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, cancel: threading.Event | None,
+    ) -> None:
+        """Hand one message to one consumer, after any messages it still has to get back."""
+        key = (route.channel, c.cid)
+        while True:  # leftovers of a previous instance of this consumer go first, in order
+            with self._lock:
+                q = self.orphans.get(key)
+                item = q[0] if q else None
+            if item is None:
+                break
+            self._deliver_one(route, spec, c, item.header, item.leaves or [], deadline, cancel)
+            with self._lock:
+                q = self.orphans.get(key)
+                if q and q[0] is item:
+                    q.popleft()
+        self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
+
+    def _deliver_one(
+        self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, cancel: threading.Event | None,
     ) -> None:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        header = msg.header()
-        if addr == self.address:
-            buf = self.buffers.get((route.channel, cid))
-            if buf is None:
-                reply = {"status": "gone", "accepted": 0}
-            else:
-                # Same process: the consumer must own its data, so copy once.
-                copy = unflatten(spec.treedef, [np.array(a, copy=True) for a in leaves])
-                accepted = await buf.put([Message.from_header(header, copy)], remaining)
-                reply = {"status": "OK" if accepted else ("closed" if buf.closed else "timeout"), "accepted": accepted}
-        else:
-            key = (cid, addr)
-            first = key not in route.spec_sent_to
-            try:
-                reply = await self.worker.rpc(addr).coupler_deliver(
-                    channel=route.channel,
-                    consumer=cid,
-                    headers=[header],
-                    frames=[to_serialize(np.ascontiguousarray(a)) for a in leaves],
-                    spec=spec.to_wire() if first else None,
-                    timeout=remaining,
-                )
-            except (OSError, EnvironmentError) as e:
-                raise ConsumerGone(
-                    f"channel {route.channel!r}: consumer {cid!r} on {addr} is unreachable ({type(e).__name__}: {e})"
-                ) from e
-            if first and reply.get("status") == "OK":
-                route.spec_sent_to.add(key)
-        status = reply["status"]
-        if status == "OK":
-            return None
-        if status == "gone":
-            raise ConsumerGone(f"channel {route.channel!r}: consumer {cid!r} on {addr} has detached")
-        if status == "closed":
-            raise ChannelClosed(f"channel {route.channel!r} is closed; consumer {cid!r} refused the message")
-        raise ChannelTimeout(
-            f"channel {route.channel!r}: consumer {cid!r} did not accept the message within the timeout "
-            f"(its queue is full: back-pressure)"
+        if c.worker == self.address:
+            buf = self.buffers.get((route.channel, c.cid))
+            if buf is None or not buf.accepting:
+                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
+            # Same process: the consumer must own its data, so copy once.
+            copy = unflatten(spec.treedef, [np.array(a, copy=True) for a in leaves])
+            if buf.put([Message.from_header(header, copy, spec.nbytes)], remaining, cancel):
+                return
+            if not buf.accepting:
+                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("send interrupted: the actor is stopping")
+            raise ChannelTimeout(
+                f"channel {route.channel!r}: consumer {c.cid!r} did not accept the message within the timeout "
+                f"(its queue is full: back-pressure)"
+            )
+        link = self._link(route, spec, c)
+        try:
+            link.submit(header, leaves, remaining, cancel)
+        except ConsumerGone:
+            if link.closing:  # the route changed under us (the consumer moved)
+                raise _Reroute() from None
+            with self._lock:
+                if self.links.get((route.channel, c.cid, c.stream)) is link:
+                    del self.links[(route.channel, c.cid, c.stream)]
+            raise
+
+    def _link(self, route: Route, spec: Spec, c: ConsumerRef) -> Link:
+        key = (route.channel, c.cid, c.stream)
+        with self._lock:
+            link = self.links.get(key)
+            if link is not None and not link.dead:
+                return link
+        link = Link(
+            route.channel, c.cid, c.stream, spec,
+            queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
+            host=self.host, peer_host=c.host, config=self.config, ssl_context=self._client_ssl,
+            on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
         )
+        with self._lock:
+            old = self.links.get(key)
+            if old is not None and not old.dead:
+                link.close(orphan=False)
+                return old
+            self.links[key] = link
+        return link
+
+    def _adopt_orphans(self, key: tuple[str, str], items: list[Item]) -> None:
+        """Keep what a departed consumer did not accept, for its replacement (same consumer id)."""
+        route = self.routes.get(key[0])
+        if route is not None and route.table["closed"]:
+            return
+        with self._lock:
+            q = self.orphans.setdefault(key, deque())
+            q.extendleft(reversed(items))  # older than anything queued later
+
+    def flush(self, channel: str, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
+        """Wait until every message sent on ``channel`` from this worker was accepted.
+
+        Messages kept for a moving consumer are delivered first (this waits for it).
+
+        Raises:
+            ChannelTimeout, Interrupted, ConsumerGone, ChannelClosed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        route = self.routes.get(channel)
+        if route is None:
+            return
+        while True:
+            with self._lock:
+                waiting = {k: q for k, q in self.orphans.items() if k[0] == channel and q}
+            if not waiting:
+                break
+            spec = route.spec
+            assert spec is not None
+            consumers = {c.cid: c for c in self._wait_consumers(route, deadline, timeout, cancel)}
+            moving = set(route.table.get("moving") or ())
+            gone = {cid for cid, _ in route.table["gone"]} - moving
+            progressed = False
+            for (ch, cid), q in waiting.items():
+                c = consumers.get(cid)
+                if c is None and cid in gone:
+                    logger.warning("channel %r: dropping %d messages kept for consumer %r, which left for good", ch, len(q), cid)
+                    with self._lock:
+                        self.orphans.pop((ch, cid), None)
+                    progressed = True
+                elif c is not None:
+                    item = q[0]
+                    try:
+                        self._deliver_one(route, spec, c, item.header, item.leaves or [], deadline, cancel)
+                    except _Reroute:
+                        continue
+                    with self._lock:
+                        if q and q[0] is item:
+                            q.popleft()
+                    progressed = True
+            if not progressed:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ChannelTimeout(f"channel {channel!r}: the consumers kept for resend did not come back within {timeout} s")
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("flush interrupted: the actor is stopping")
+                time.sleep(0.05)
+        with self._lock:
+            links = [l for k, l in self.links.items() if k[0] == channel]
+        for link in links:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            link.flush(remaining, cancel)
 
     # -- reporting -------------------------------------------------------------------------------
     def register_actor(self, name: str, actor: Any) -> None:
@@ -405,9 +603,12 @@ class Endpoint(WorkerPlugin):
                 actors[name] = a.status_dict()
             except Exception as e:  # a broken status must not stop the reports
                 actors[name] = {"state": "unknown", "error": repr(e)}
-        return {"channels": channels, "actors": actors}
+        return {"channels": channels, "actors": actors, "retire_at": self.retire_at}
 
     async def _report(self) -> None:
+        if time.monotonic() - self._last_sweep > _SWEEP_EVERY:
+            self._last_sweep = time.monotonic()
+            shm.sweep_orphans()  # names left by a process killed mid-handshake
         if self.worker.status.name not in ("running", "paused"):
             return
         try:

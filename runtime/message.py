@@ -13,6 +13,8 @@ fit raises :class:`~coupler.runtime.errors.SpecMismatch` naming the field.
 
 from __future__ import annotations
 
+import functools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -110,10 +112,10 @@ class FieldSpec:
     shape: tuple[int, ...]
     dtype: str
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         """Size of one such array in bytes."""
-        return int(np.prod(self.shape, dtype=np.int64)) * np.dtype(self.dtype).itemsize
+        return math.prod(self.shape) * np.dtype(self.dtype).itemsize
 
 
 @dataclass(frozen=True)
@@ -141,7 +143,7 @@ class Spec:
         paths = leaf_paths(treedef)
         return cls(treedef, tuple(FieldSpec(p, tuple(a.shape), a.dtype.name) for p, a in zip(paths, leaves)))
 
-    @property
+    @functools.cached_property
     def nbytes(self) -> int:
         """Payload size of one message in bytes."""
         return sum(f.nbytes for f in self.fields)
@@ -192,6 +194,7 @@ class Message:
         seq: per-(channel, source) sequence number, from 0, gap-free.
         meta: small JSON-like metadata.
         sent_at: producer wall-clock time (``time.time()``) at send, for lag.
+        nbytes: payload size when the data plane knows it (-1: not known), for counters.
     """
 
     data: Any
@@ -201,6 +204,7 @@ class Message:
     seq: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     sent_at: float = field(default_factory=time.time)
+    nbytes: int = field(default=-1, compare=False, repr=False)
 
     def header(self) -> dict[str, Any]:
         """Everything but the payload, msgpack-friendly."""
@@ -214,6 +218,6 @@ class Message:
         }
 
     @classmethod
-    def from_header(cls, header: dict[str, Any], data: Any) -> Message:
-        """Rebuild a message from :meth:`header` and its payload."""
-        return cls(data=data, **header)
+    def from_header(cls, header: dict[str, Any], data: Any, nbytes: int = -1) -> Message:
+        """Rebuild a message from :meth:`header` and its payload (of ``nbytes`` bytes, if known)."""
+        return cls(data=data, nbytes=nbytes, **header)

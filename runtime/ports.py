@@ -73,6 +73,20 @@ class OutPort:
             self.channel, self.source, data, timestamp=timestamp, step=step, meta=meta, timeout=timeout, cancel=self.cancel
         )
 
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message sent on this channel from this worker was accepted by its consumers.
+
+        ``send`` returns once a message is on its way (pipelined); call this
+        where the producer must know it arrived, e.g. at the end of a run.
+        Messages kept for a consumer that is being moved are delivered first.
+
+        Raises:
+            ChannelTimeout: not all accepted within ``timeout``.
+            ConsumerGone, ChannelClosed: a consumer failed to take them.
+            Interrupted: the port's actor is stopping.
+        """
+        self.endpoint.flush(self.channel, timeout=timeout, cancel=self.cancel)
+
 
 class InPort:
     """The receiving end of a channel for one consumer; attaches on construction.
@@ -81,16 +95,17 @@ class InPort:
         endpoint: the worker's endpoint.
         channel: channel name.
         consumer: unique consumer name, e.g. ``"learner/data"``.
+        preload: messages to hold before anything arrives (a moved consumer's leftovers).
 
     Raises:
         UnknownChannel: if the channel was never declared.
     """
 
-    def __init__(self, endpoint: Endpoint, channel: str, consumer: str) -> None:
+    def __init__(self, endpoint: Endpoint, channel: str, consumer: str, preload: list[Message] | None = None) -> None:
         self.endpoint = endpoint
         self.channel = channel
         self.consumer = consumer
-        self.buffer: ConsumerBuffer = endpoint.attach_consumer(channel, consumer)
+        self.buffer: ConsumerBuffer = endpoint.attach_consumer(channel, consumer, preload=preload)
         self._attached = True
 
     def receive(self, timeout: float | None = None, default: Any = _MISSING) -> Message:
@@ -148,8 +163,18 @@ class InPort:
         """Whether the channel was closed (messages may remain to drain)."""
         return self.buffer.closed
 
-    def close(self) -> None:
-        """Detach: producers stop sending here; idempotent."""
-        if self._attached:
-            self._attached = False
-            self.endpoint.detach_consumer(self.channel, self.consumer)
+    def close(self, handover: bool = False) -> list[Message]:
+        """Detach: producers stop sending here; idempotent.
+
+        Args:
+            handover: this consumer is moving (restarted elsewhere under the same
+                name): producers keep what it did not take and wait for its return.
+
+        Returns:
+            With ``handover``, the messages it held and had not taken (to pass as
+            ``preload`` to its replacement's port); else an empty list.
+        """
+        if not self._attached:
+            return []
+        self._attached = False
+        return self.endpoint.detach_consumer(self.channel, self.consumer, handover=handover)

@@ -83,7 +83,7 @@ class ChannelStats:
             name=name,
             policy=s["policy"],
             producers=tuple(s["producers"]),
-            consumers=tuple(c for c, _ in s["consumers"]),
+            consumers=tuple(c[0] for c in s["consumers"]),
             sent=t["sent"],
             received=t["received"],
             dropped=t["dropped"],

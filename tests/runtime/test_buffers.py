@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 
 import numpy as np
@@ -14,10 +13,6 @@ from coupler.runtime.buffers import make_buffer
 
 def msg(i: int, source: str = "p") -> Message:
     return Message(data={"x": np.array([i], np.int64)}, seq=i, source=source)
-
-
-def put(buf, msgs, timeout=None) -> int:
-    return asyncio.run(buf.put(msgs, timeout))
 
 
 def test_reservoir_inclusion_probability_is_uniform() -> None:
@@ -64,7 +59,7 @@ def test_window_is_fifo() -> None:
 
 def test_latest_hands_out_each_newest_once() -> None:
     buf = make_buffer("l", Latest())
-    put(buf, [msg(0), msg(1), msg(2)])
+    buf.put([msg(0), msg(1), msg(2)])
     assert buf.get(0).seq == 2
     with pytest.raises(ChannelTimeout):
         buf.get(0.05)
@@ -74,25 +69,58 @@ def test_latest_hands_out_each_newest_once() -> None:
 
 
 def test_queue_put_waits_for_space_then_completes() -> None:
-    loop = asyncio.new_event_loop()
-    t = threading.Thread(target=loop.run_forever, daemon=True)
+    buf = make_buffer("q", Queue(maxsize=2))
+    result: list[int] = []
+    t = threading.Thread(target=lambda: result.append(buf.put([msg(i) for i in range(5)])))
     t.start()
-    try:
-        buf = make_buffer("q", Queue(maxsize=2), loop)
-        fut = asyncio.run_coroutine_threadsafe(buf.put([msg(i) for i in range(5)], None), loop)
-        got = []
-        for _ in range(5):
-            got.append(buf.get(5).seq)
-        assert fut.result(5) == 5 and got == [0, 1, 2, 3, 4]
-        # With a deadline, a full queue accepts what fits and reports it.
-        fut = asyncio.run_coroutine_threadsafe(buf.put([msg(i) for i in range(5, 9)], 0.1), loop)
-        assert fut.result(5) == 2 and len(buf) == 2
-        buf.close()
-        assert [buf.get(1).seq, buf.get(1).seq] == [5, 6]  # drained after close
-        with pytest.raises(ChannelClosed):
-            buf.get(1)
-    finally:
-        loop.call_soon_threadsafe(loop.stop)
+    got = [buf.get(5).seq for _ in range(5)]
+    t.join(5)
+    assert result == [5] and got == [0, 1, 2, 3, 4]
+    # With a deadline, a full queue accepts what fits and reports it.
+    assert buf.put([msg(i) for i in range(5, 9)], 0.1) == 2 and len(buf) == 2
+    buf.close()
+    assert [buf.get(1).seq, buf.get(1).seq] == [5, 6]  # drained after close
+    with pytest.raises(ChannelClosed):
+        buf.get(1)
+
+
+def test_queue_credits_never_exceed_maxsize_and_rotate_between_links() -> None:
+    buf = make_buffer("q", Queue(maxsize=3))
+    grants: dict[int, int] = {1: 0, 2: 0}
+
+    def granter(link: int):
+        def grant(n: int) -> None:
+            grants[link] += n
+        return grant
+
+    buf.add_link(1, granter(1))
+    buf.add_link(2, granter(2))
+    buf.want(1, 5)
+    assert grants == {1: 3, 2: 0}  # everything free goes to the only link asking
+    buf.want(2, 5)
+    assert grants == {1: 3, 2: 0}  # nothing is free: link 2 waits
+    assert buf.put([msg(9)], timeout=0.05) == 0  # a local producer finds no slot either
+    buf.put_credited(1, [msg(0), msg(1)])
+    with pytest.raises(RuntimeError, match="2 messages on 1 credits"):
+        buf.put_credited(1, [msg(2), msg(3)])
+    buf.get(1)
+    buf.get(1)  # two slots free: one to each link that still wants, in turn
+    assert grants == {1: 4, 2: 1}
+    buf.remove_link(1)  # link 1's unused credits (1 + 1 granted) go to link 2
+    assert grants[2] == 3 and buf.maxsize - len(buf) - sum(buf._granted.values()) == 0
+
+
+def test_queue_drain_and_preload_keep_order() -> None:
+    buf = make_buffer("q", Queue(maxsize=4))
+    buf.put([msg(i) for i in range(3)])
+    left = buf.drain()
+    assert [m.seq for m in left] == [0, 1, 2] and len(buf) == 0
+    other = make_buffer("q", Queue(maxsize=2))
+    other.put([msg(7)])
+    other.preload(left)  # the leftovers go first, even beyond maxsize
+    assert [other.get(1).seq for _ in range(4)] == [0, 1, 2, 7]
+    other.detach()
+    assert other.put([msg(8)], 0.05) == 0 and not other.accepting
 
 
 def test_interrupt_wakes_a_blocked_consumer() -> None:

@@ -1,0 +1,505 @@
+"""The producer side of a data stream: one :class:`Link` per (channel, consumer) from a worker.
+
+A link is a TCP connection (TLS when the cluster uses it) straight to the
+consumer's worker, opened on the first message and kept for the channel's
+life. Every producer on this worker that sends to that consumer shares it.
+
+- **Pipelined and coalesced.** ``submit`` only queues the message and wakes
+  the link's sender thread, which writes everything queued meanwhile as one
+  batch (one header, one payload with one block per field). Nothing waits for
+  the consumer's reply, so small messages stream at socket speed while the
+  latency of a lone message stays one write. Order is the queue's order.
+- **Credits (Queue channels).** The consumer grants the link slots of its
+  bounded queue; a message is queued only against a credit, so the consumer
+  never holds more than ``maxsize`` and a full queue makes ``submit`` wait
+  (and time out with :class:`ChannelTimeout`, the message not sent), exactly
+  like a local put. Other policies never refuse, so the link only bounds the
+  bytes in flight.
+- **Same host: shared memory.** When the consumer could map a probe segment at
+  connection time, large messages are copied once into a segment of the link's
+  :class:`~coupler.runtime.shm.Arena` and only a descriptor is sent.
+- **Large messages over TCP** are written from the producer's own arrays (no
+  copy); ``submit`` returns once they are written if they are writable numpy
+  arrays the producer could change afterwards.
+- **Nothing lost on a detach.** Messages that a departing consumer did not
+  accept (refused, or never acknowledged because its worker died) are handed
+  to ``on_orphans``, in order, so that a ``Queue`` channel can deliver them to
+  the consumer that takes its place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from coupler.runtime import shm
+from coupler.runtime import wire
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.message import Spec
+
+logger = logging.getLogger(__name__)
+
+MAX_INFLIGHT = 2  # batches of small messages written and not yet acknowledged
+MAX_INFLIGHT_LARGE = 8  # the same for large messages (each alone in its batch)
+
+
+@dataclass
+class TransportConfig:
+    """Tuning of links (``coupler.transport`` in dask.config).
+
+    Attributes:
+        shared_memory: use shared memory between processes of one host.
+        inline_max: messages up to this many bytes are copied and coalesced; larger ones go alone.
+        batch_bytes: most payload bytes in one batch of small messages.
+        window_bytes: most bytes queued or unacknowledged per link (non-Queue channels).
+        shm_pool_bytes: most shared memory a link keeps.
+    """
+
+    shared_memory: bool = True
+    inline_max: int = 256 << 10
+    batch_bytes: int = 4 << 20
+    window_bytes: int = 256 << 20
+    shm_pool_bytes: int = 2 << 30
+
+
+@dataclass
+class Item:
+    """One message queued on a link."""
+
+    header: dict[str, Any]
+    leaves: list[np.ndarray] | None  # None once the payload lives in a segment
+    nbytes: int
+    large: bool
+    segment: shm.Segment | None = None
+    offsets: list[int] | None = None
+    written: threading.Event | None = None  # set once a zero-copy payload is on the wire
+
+    def payload_leaves(self, spec: Spec) -> list[np.ndarray]:
+        """The payload as arrays (copied back out of its segment if it went there)."""
+        if self.leaves is not None:
+            return self.leaves
+        assert self.segment is not None and self.offsets is not None
+        whole = np.frombuffer(self.segment.mm, np.uint8, offset=shm.HEADER)
+        out = []
+        for f, off in zip(spec.fields, self.offsets):
+            out.append(whole[off : off + f.nbytes].view(f.dtype).reshape(f.shape).copy())
+        return out
+
+
+@dataclass
+class Batch:
+    items: list[Item]
+    nbytes: int
+
+
+OrphanFn = Callable[[list[Item]], None]
+
+
+class Link:
+    """A producer-side stream to one consumer of one channel.
+
+    Args:
+        channel: channel name.
+        consumer: consumer id.
+        stream: the consumer worker's stream address ``host:port``.
+        spec: the channel's spec (sent once, in the hello).
+        queue: whether the channel is a ``Queue`` (credit flow control).
+        maxsize: the Queue's size (sets how many credits to ask for ahead).
+        host: this host's key; shared memory is tried when the consumer's matches.
+        peer_host: the consumer's host key.
+        config: transport settings.
+        ssl_context: a client TLS context, or ``None`` for plain TCP.
+        on_orphans: gets, in order, the messages the consumer did not accept.
+
+    Raises:
+        ConsumerGone: if the consumer cannot be reached or has left.
+        ChannelClosed: if the channel is closed.
+    """
+
+    def __init__(
+        self,
+        channel: str,
+        consumer: str,
+        stream: str,
+        spec: Spec,
+        *,
+        queue: bool,
+        maxsize: int,
+        host: str,
+        peer_host: str,
+        config: TransportConfig,
+        ssl_context: ssl.SSLContext | None = None,
+        on_orphans: OrphanFn | None = None,
+    ) -> None:
+        self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
+        self.queue, self.config, self.on_orphans = queue, config, on_orphans
+        self.prefetch = max(1, min(256, maxsize // 2))
+        self.cond = threading.Condition()
+        self.pending: deque[Item] = deque()
+        self.inflight: deque[Batch] = deque()
+        self.credits = 0
+        self.want = 0  # credits asked for and not granted yet
+        self.want_dirty = False
+        self.writing = False  # a thread holds the writer role (see _pump)
+        self.queued_bytes = 0
+        self.error: Exception | None = None
+        self.closing = False
+        self.orphan_on_close = True
+        self.dead = False
+        self.acked = 0
+        self.arena = shm.Arena(config.shm_pool_bytes)
+        self.arena_lock = threading.Lock()
+        self.sock = self._connect(stream, ssl_context)
+        probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
+        try:
+            wire.send_frame(
+                self.sock, wire.HELLO,
+                {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()},
+            )
+            kind, reply, _ = wire.recv_frame(self.sock)
+        except OSError as e:
+            self.sock.close()
+            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
+        finally:
+            if probe:
+                _unlink_quietly(probe)
+        status = reply.get("status")
+        if status != "OK":
+            self.sock.close()
+            if status == "closed":
+                raise ChannelClosed(f"channel {channel!r} is closed; cannot send")
+            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} on {stream} has detached")
+        self.shm = bool(reply.get("shm"))
+        self._reader = threading.Thread(target=self._read_loop, name=f"coupler-acks-{channel}", daemon=True)
+        self._reader.start()
+
+    @staticmethod
+    def _connect(stream: str, ssl_context: ssl.SSLContext | None) -> socket.socket:
+        host, port = stream.rsplit(":", 1)
+        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if ssl_context is not None:
+            sock = ssl_context.wrap_socket(sock, server_hostname=None)
+        return sock
+
+    @staticmethod
+    def _probe() -> str | None:
+        """A tiny segment the consumer must be able to map for shared memory to be used."""
+        name = f"{shm.PREFIX}{os.getpid()}-{os.urandom(8).hex()}"
+        try:
+            fd = os.open(os.path.join(shm.SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+            os.ftruncate(fd, shm.HEADER)
+            os.close(fd)
+        except OSError:
+            return None
+        return name
+
+    # -- producer threads -----------------------------------------------------------------
+    def submit(
+        self, header: dict[str, Any], leaves: list[np.ndarray], timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> None:
+        """Queue one message for the consumer.
+
+        Blocks while the consumer's Queue is full (no credit) or, for other
+        policies, while too many bytes are in flight; and until a large
+        writable payload is on the wire.
+
+        Raises:
+            ChannelTimeout: no room within ``timeout`` (nothing was sent).
+            Interrupted: ``cancel`` was set while waiting.
+            ConsumerGone, ChannelClosed: the link failed (this or an earlier message).
+        """
+        nbytes = self.spec.nbytes
+        deadline = None if timeout is None else time.monotonic() + timeout
+        large = nbytes > self.config.inline_max
+        with self.cond:
+            while True:
+                self._raise_if_failed()
+                if self.queue:
+                    if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
+                        self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
+                    if self.credits > 0:
+                        self.credits -= 1
+                        break
+                    if self.want_dirty and not self.writing:
+                        self.cond.release()
+                        try:
+                            self._pump()
+                        finally:
+                            self.cond.acquire()
+                        continue
+                elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
+                    raise ChannelTimeout(
+                        f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
+                        f"within the timeout ({why})"
+                    )
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("send interrupted: the actor is stopping")
+                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            self.queued_bytes += nbytes
+        item = Item(header, leaves, nbytes, large)
+        try:
+            self._prepare(item)
+        except BaseException:
+            with self.cond:
+                self.queued_bytes -= nbytes
+                if self.queue:
+                    self.credits += 1
+            raise
+        with self.cond:
+            self.pending.append(item)
+        self._pump()
+        if item.written is not None:
+            while not item.written.wait(0.05):
+                with self.cond:
+                    self._raise_if_failed()
+
+    def _prepare(self, item: Item) -> None:
+        """Make the item independent of the producer's arrays (or arrange to wait for the write)."""
+        leaves = item.leaves
+        assert leaves is not None
+        if item.large and self.shm:
+            try:
+                with self.arena_lock:
+                    item.segment, item.offsets, _ = self.arena.write(leaves)
+                item.leaves = None
+                return
+            except shm.ShmUnavailable as e:
+                logger.debug("shared memory unavailable for %s, sending over TCP: %s", self.channel, e)
+        if item.large:
+            # Zero copy: the sender writes from these arrays; wait for that unless
+            # nobody can change them (read-only, e.g. JAX's host buffers).
+            if any(a.flags.writeable for a in leaves):
+                item.written = threading.Event()
+            return
+        item.leaves = [a if not a.flags.writeable else a.copy() for a in leaves]
+
+    def _raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+        if self.dead or self.closing:
+            raise ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
+
+    def flush(self, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
+        """Wait until everything queued was accepted by the consumer.
+
+        Raises:
+            ChannelTimeout, Interrupted, and the link's failure if any.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.cond:
+            while self.pending or self.inflight:
+                if self.error is not None or self.dead:
+                    break
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ChannelTimeout(f"channel {self.channel!r}: consumer {self.consumer!r} did not take everything within {timeout} s")
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("flush interrupted: the actor is stopping")
+                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            if self.error is not None:
+                raise self.error
+
+    @property
+    def idle(self) -> bool:
+        with self.cond:
+            return not (self.pending or self.inflight)
+
+    def close(self, orphan: bool = True) -> None:
+        """Stop sending (the consumer left or the channel's route changed); give back what is left.
+
+        Args:
+            orphan: hand the messages the consumer did not take to ``on_orphans``.
+        """
+        with self.cond:
+            if self.closing:
+                return
+            self.closing = True
+            self.orphan_on_close = orphan
+            self.cond.notify_all()
+        # The writer says goodbye; the consumer acknowledges what it accepted and
+        # closes; the reader then sees the end and hands back the rest. In a thread
+        # of its own: close() runs on the worker's event loop, which must not block.
+        threading.Thread(target=self._pump, name="coupler-link-bye", daemon=True).start()
+
+    # -- the link's threads --------------------------------------------------------------------
+    def _take(self) -> tuple[list[Item], int]:
+        """The next batch of pending items (call with the lock)."""
+        items: list[Item] = []
+        nbytes = 0
+        if self.pending and self.pending[0].large:
+            items.append(self.pending.popleft())
+            nbytes = items[0].nbytes
+        else:
+            while self.pending and not self.pending[0].large and (not items or nbytes + self.pending[0].nbytes <= self.config.batch_bytes):
+                it = self.pending.popleft()
+                items.append(it)
+                nbytes += it.nbytes
+        if items:
+            self.inflight.append(Batch(items, nbytes))
+        return items, nbytes
+
+    def _pump(self) -> None:
+        """Write what is pending, as the link's single writer; return at once if another thread is it.
+
+        Producer threads write themselves instead of waking a sender thread: one
+        thread switch less per message. Whatever other producers queue while one
+        writes goes out in its next batch (that is the coalescing). The writer
+        gives up its role under the same lock under which it saw nothing left, so
+        no item can be queued without a writer to take it.
+        """
+        with self.cond:
+            if self.writing or self.dead:
+                return
+            self.writing = True
+        try:
+            while True:
+                with self.cond:
+                    if self.dead:
+                        self.writing = False
+                        return
+                    bye = self.closing
+                    items: list[Item] = []
+                    want = None
+                    if not bye:
+                        # At most a couple of batches unacknowledged: what is queued
+                        # meanwhile waits for an ack and leaves as one batch (the
+                        # reader thread writes it). A lone message still leaves at once.
+                        limit = MAX_INFLIGHT_LARGE if self.pending and self.pending[0].large else MAX_INFLIGHT
+                        items = self._take()[0] if len(self.inflight) < limit else []
+                        want = self.want if self.want_dirty else None
+                        self.want_dirty = False
+                        if not items and want is None:
+                            self.writing = False
+                            self.cond.notify_all()
+                            return
+                if bye:
+                    wire.send_frame(self.sock, wire.BYE, {})
+                    with self.cond:
+                        self.dead = True  # nothing more may be written; the reader still reads acks
+                        self.writing = False
+                    return
+                if want is not None:
+                    wire.send_frame(self.sock, wire.WANT, {"n": want})
+                if items:
+                    self._write_batch(items)
+        except OSError as e:
+            with self.cond:
+                self.writing = False
+            self._fail(ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})"))
+
+    def _write_batch(self, items: list[Item]) -> None:
+        headers = [it.header for it in items]
+        first = items[0]
+        if first.segment is not None:
+            header = {"h": headers, "seg": first.segment.name, "offs": first.offsets}
+            wire.send_frame(self.sock, wire.BATCH, header)
+            return
+        offsets, total, bufs = wire.batch_payload(self.spec, [it.leaves for it in items])  # type: ignore[misc]
+        wire.send_frame(self.sock, wire.BATCH, {"h": headers, "offs": offsets, "len": total}, bufs)
+        for it in items:
+            if it.written is not None:
+                # The producer may change its arrays from now on. We keep the reference
+                # only to resend if this consumer goes away before acknowledging it.
+                it.written.set()
+
+    def _read_loop(self) -> None:
+        try:
+            refused = more = False
+            while not refused:
+                kind, h, _ = wire.recv_frame(self.sock)
+                with self.cond:
+                    if kind == wire.GRANT:
+                        self.credits += h["n"]
+                        self.want = max(0, self.want - h["n"])
+                    elif kind == wire.ACK:
+                        batch = self.inflight.popleft()
+                        status, accepted = h["status"], h["accepted"]
+                        self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
+                        self.acked += accepted
+                        more = bool(self.pending)
+                        if status != "OK":
+                            self.inflight.appendleft(Batch(batch.items[accepted:], 0))
+                            self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
+                            if status == "closed":
+                                self.error = ChannelClosed(f"channel {self.channel!r} is closed; consumer {self.consumer!r} refused messages")
+                            else:
+                                self.error = ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
+                            self.dead = refused = True
+                    self.cond.notify_all()
+                if kind == wire.ACK and more and not refused:
+                    self._pump()
+        except (OSError, wire.StreamClosed) as e:
+            with self.cond:
+                if not self.closing and self.error is None:
+                    self.error = ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})")
+                self.dead = True
+                self.cond.notify_all()
+        except Exception as e:  # a protocol bug: fail loudly rather than hang producers
+            logger.exception("coupler link %s -> %s failed", self.channel, self.consumer)
+            self._fail(ConsumerGone(f"channel {self.channel!r}: stream to {self.consumer!r} failed: {e!r}"))
+        self._finish(orphan=self.orphan_on_close)
+
+    def _fail(self, error: Exception) -> None:
+        with self.cond:
+            if self.error is None:
+                self.error = error
+            self.dead = True
+            self.cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    _finished = False
+
+    def _finish(self, orphan: bool) -> None:
+        """Close the socket once; give the messages not accepted to ``on_orphans`` (in order)."""
+        with self.cond:
+            if self._finished:
+                return
+            self._finished = True
+            left = [it for b in self.inflight for it in b.items] + list(self.pending)
+            self.inflight.clear()
+            self.pending.clear()
+            self.dead = True
+            self.cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        if left and orphan and self.on_orphans is not None:
+            for it in left:
+                it.leaves = it.payload_leaves(self.spec)
+                it.segment = None
+                if it.written is not None:
+                    it.written.set()
+            self.on_orphans(left)
+        with self.arena_lock:
+            self.arena.close()
+
+
+def _unlink_quietly(name: str) -> None:
+    try:
+        os.unlink(os.path.join(shm.SHM_DIR, name))
+    except FileNotFoundError:
+        pass
+
+
+__all__ = ["Item", "Link", "TransportConfig"]

@@ -1,0 +1,210 @@
+"""The consumer side of data streams: a listener on every worker and one receiver thread per link.
+
+A producer's :class:`~coupler.runtime.link.Link` connects, says which channel
+and consumer it feeds (``HELLO``) and, when on the same host, names a probe
+segment; the receiver answers whether it can map shared memory from that
+producer (``WELCOME``). Then it reads batches, turns them into messages whose
+arrays are views of the bytes just received (or of the producer's shared
+segment), puts them into the consumer's buffer and acknowledges each batch
+with how many were accepted. For ``Queue`` channels the buffer decides when
+the link gets credits (``GRANT``); the receiver itself never waits for space.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import socket
+import ssl
+import threading
+from typing import Any, Callable
+
+from coupler.runtime import wire
+from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer
+from coupler.runtime.message import Message, Spec, unflatten
+from coupler.runtime.shm import Mappings
+
+logger = logging.getLogger(__name__)
+
+BufferLookup = Callable[[str, str], ConsumerBuffer | None]
+_link_ids = itertools.count(1)
+
+
+class Listener:
+    """Accepts producer links for the consumers of one worker.
+
+    Args:
+        host: the address to listen on (the worker's own host).
+        lookup: ``(channel, consumer) -> buffer`` or ``None`` if that consumer is not here.
+        ssl_context: a server TLS context, or ``None`` for plain TCP.
+    """
+
+    def __init__(self, host: str, lookup: BufferLookup, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.lookup = lookup
+        self.ssl_context = ssl_context
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(128)
+        port = self.sock.getsockname()[1]
+        self.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+        self.receivers: set[Receiver] = set()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._accept_loop, name="coupler-listener", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._serve, args=(conn,), name="coupler-recv", daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            if self.ssl_context is not None:
+                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError) as e:
+            logger.info("refused a data stream: %s", e)
+            conn.close()
+            return
+        r = Receiver(conn, self.lookup)
+        with self._lock:
+            self.receivers.add(r)
+        try:
+            r.run()
+        finally:
+            with self._lock:
+                self.receivers.discard(r)
+
+    def close(self) -> None:
+        """Stop accepting and cut every stream."""
+        self._closed = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            receivers = list(self.receivers)
+        for r in receivers:
+            r.stop()
+
+
+class Receiver:
+    """Serves one producer link (runs in its own thread)."""
+
+    def __init__(self, sock: socket.socket, lookup: BufferLookup) -> None:
+        self.sock = sock
+        self.lookup = lookup
+        self.id = next(_link_ids)
+        self.write_lock = threading.Lock()  # acks from this thread, grants from the consumer's
+        self.maps = Mappings()
+        self.buf: ConsumerBuffer | None = None
+        self.unsent_grants = 0
+        self.grant_chunk = 1
+
+    def _send(self, kind: int, header: dict[str, Any]) -> None:
+        try:
+            with self.write_lock:
+                wire.send_frame(self.sock, kind, header)
+        except OSError:
+            pass  # the producer went away; its reader sees that
+
+    def _grant(self, n: int) -> None:
+        """Tell the producer about ``n`` more slots, a few at a time.
+
+        A grant per message taken would cost a frame each way per message. They
+        are held back until a chunk is ready, except when the queue runs low: then
+        the producer may be waiting for exactly these.
+        """
+        with self.write_lock:
+            self.unsent_grants += n
+            if self.unsent_grants < self.grant_chunk and len(self.buf or ()) > self.grant_chunk:  # type: ignore[arg-type]
+                return
+            n, self.unsent_grants = self.unsent_grants, 0
+        self._send(wire.GRANT, {"n": n})
+
+    def stop(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except (OSError, wire.StreamClosed):
+            pass  # producer gone; its messages not acknowledged are its to resend
+        except Exception:
+            logger.exception("coupler receiver failed")
+        finally:
+            if isinstance(self.buf, QueueBuffer):
+                self.buf.remove_link(self.id)
+            self.maps.close()
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+    def _run(self) -> None:
+        kind, hello, _ = wire.recv_frame(self.sock)
+        if kind != wire.HELLO:
+            raise ValueError(f"expected a HELLO frame first, got kind {kind}")
+        channel, consumer = hello["channel"], hello["consumer"]
+        buf = self.lookup(channel, consumer)
+        if buf is None or not buf.accepting:
+            status = "closed" if buf is not None and buf.closed else "gone"
+            self._send(wire.WELCOME, {"status": status})
+            return
+        shm_ok = False
+        if hello.get("probe"):
+            try:
+                self.maps.open(hello["probe"])
+                shm_ok = True
+            except (OSError, ValueError):
+                shm_ok = False  # another host or container: TCP only
+            self.maps.close()
+        spec = Spec.from_wire(hello["spec"])
+        fields = [(f.shape, f.dtype) for f in spec.fields]
+        self.buf = buf
+        queue = isinstance(buf, QueueBuffer)
+        self._send(wire.WELCOME, {"status": "OK", "shm": shm_ok})
+        if queue:
+            self.grant_chunk = max(1, buf.maxsize // 8)  # type: ignore[union-attr]
+            buf.add_link(self.id, self._grant)  # type: ignore[union-attr]
+        while True:
+            kind, h, payload = wire.recv_frame(self.sock)
+            if kind == wire.BYE:
+                return
+            if kind == wire.WANT:
+                if queue:
+                    buf.want(self.id, h["n"])  # type: ignore[union-attr]
+                continue
+            if kind != wire.BATCH:
+                raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")
+            headers = h["h"]
+            if "seg" in h:
+                leaves_per_msg = [self.maps.views(h["seg"], h["offs"], fields)]
+            else:
+                assert payload is not None
+                leaves_per_msg = wire.split_payload(spec, len(headers), h["offs"], payload)
+            nbytes = spec.nbytes
+            msgs = [Message.from_header(hd, unflatten(spec.treedef, lv), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
+            del leaves_per_msg, payload
+            if queue:
+                accepted = buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
+            else:
+                accepted = buf.put(msgs)
+            del msgs
+            if accepted == len(headers):
+                status = "OK"
+            else:
+                status = "closed" if buf.closed else "gone"
+            self._send(wire.ACK, {"status": status, "accepted": accepted})
+
+
+__all__ = ["Listener", "Receiver"]

@@ -1,0 +1,312 @@
+"""Shared-memory segments for messages between worker processes on one host.
+
+A producer's link keeps a small pool (:class:`Arena`) of POSIX shared-memory
+segments (files in ``/dev/shm``). To send a large message it copies the
+payload into a free segment (the one copy of the same-host path) and sends
+only the segment's name and layout over the link's socket. The consumer maps
+the segment once, *unlinks its name at once*, and hands the actor arrays that
+are views into it. From then on the memory has no name: the kernel frees it
+when both processes have unmapped it, so a crash or ``kill -9`` cannot leak it.
+
+Reuse without messages back: byte 0 of every segment is its state. The
+producer sets it to ``BUSY`` before filling it; the consumer sets it back to
+``FREE`` when the last view of that message's arrays is garbage collected
+(``weakref.finalize``). So a consumer owns (writable) the data it receives for
+as long as it keeps it, and the producer reuses the pages, already faulted in,
+for a later message.
+
+The only window in which a name can be left behind is between a segment's
+creation and the consumer's first mapping of it. Names embed the creator's
+PID, and :func:`sweep_orphans` (run by every endpoint on start, periodically,
+and by ``Coupling.close``) unlinks segments whose creator no longer exists.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import re
+import socket
+import threading
+import uuid
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+SHM_DIR = "/dev/shm"
+PREFIX = "coupler-"
+_NAME = re.compile(r"^coupler-(\d+)-[0-9a-f]{16}$")
+HEADER = 64  # bytes before the payload; byte 0 is the state, the rest keeps payloads 64-byte aligned
+FREE, BUSY = 0, 1
+_MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)  # prefault: one syscall, not one fault per page
+_PARALLEL_COPY = 8 << 20  # copy leaves larger than this with several threads
+
+
+def available() -> bool:
+    """Whether this host has a writable ``/dev/shm`` (Linux)."""
+    return os.path.isdir(SHM_DIR) and os.access(SHM_DIR, os.W_OK)
+
+
+def host_key() -> str:
+    """Identifies this host (and boot): producer and consumer try shared memory only when theirs match."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            boot = f.read().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def sweep_orphans(directory: str = SHM_DIR) -> list[str]:
+    """Unlink coupler segments whose creating process is gone.
+
+    Returns:
+        The names removed.
+    """
+    removed: list[str] = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = _NAME.match(name)
+        if m and not _pid_alive(int(m.group(1))):
+            try:
+                os.unlink(os.path.join(directory, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
+    return removed
+
+
+def own_segments(directory: str = SHM_DIR) -> list[str]:
+    """Names in ``directory`` that coupler created (for tests and diagnostics)."""
+    try:
+        return sorted(n for n in os.listdir(directory) if _NAME.match(n))
+    except OSError:
+        return []
+
+
+class ShmUnavailable(OSError):
+    """A segment could not be created (no /dev/shm, or it is full); the caller sends over TCP instead."""
+
+
+@dataclass
+class Segment:
+    """A producer-side segment: its name, size and mapping."""
+
+    name: str
+    size: int
+    mm: mmap.mmap
+    unlinked: bool = False
+
+    @property
+    def free(self) -> bool:
+        return self.mm[0] == FREE
+
+    def unlink(self) -> None:
+        if not self.unlinked:
+            self.unlinked = True
+            try:
+                os.unlink(os.path.join(SHM_DIR, self.name))
+            except FileNotFoundError:
+                pass  # the consumer unlinked it, as it should
+
+
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def _parallel_copy(dst: np.ndarray, src: np.ndarray) -> None:
+    """``dst[:] = src`` for flat uint8 arrays, split over threads when large (numpy releases the GIL)."""
+    global _copy_pool
+    n = src.nbytes
+    if n < _PARALLEL_COPY:
+        np.copyto(dst, src)
+        return
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="coupler-copy")
+    parts = _copy_pool._max_workers  # type: ignore[attr-defined]
+    bounds = np.linspace(0, n, parts + 1).astype(np.int64)
+    bounds[1:-1] -= bounds[1:-1] % 4096
+    futures = [_copy_pool.submit(np.copyto, dst[a:b], src[a:b]) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+    for f in futures:
+        f.result()
+
+
+def layout(nbytes: list[int]) -> tuple[list[int], int]:
+    """Offsets of fields laid out one after another, each 64-byte aligned; and the total size."""
+    offsets, pos = [], 0
+    for n in nbytes:
+        offsets.append(pos)
+        pos += (n + 63) // 64 * 64
+    return offsets, pos
+
+
+class Arena:
+    """A producer link's pool of segments.
+
+    Args:
+        max_bytes: total size of segments kept; beyond it :meth:`write` raises
+            :class:`ShmUnavailable` (and the message goes over TCP).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.segments: list[Segment] = []
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.size for s in self.segments)
+
+    def _create(self, size: int) -> Segment:
+        size = HEADER + (size + (1 << 20) - 1) // (1 << 20) * (1 << 20)  # whole MiB: reusable for similar sizes
+        if self.nbytes + size > self.max_bytes:
+            raise ShmUnavailable(errno.ENOSPC, f"shared-memory pool of this link is at its limit ({self.max_bytes} bytes)")
+        name = f"{PREFIX}{os.getpid()}-{uuid.uuid4().hex[:16]}"
+        path = os.path.join(SHM_DIR, name)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
+        except OSError as e:
+            raise ShmUnavailable(e.errno, f"cannot create {path}: {e}") from e
+        try:
+            # Reserve the pages now: a full tmpfs then fails here with ENOSPC
+            # instead of killing the process with SIGBUS on first write.
+            os.posix_fallocate(fd, 0, size)
+            mm = mmap.mmap(fd, size, flags=_MAP_FLAGS)
+        except OSError as e:
+            os.close(fd)
+            os.unlink(path)
+            raise ShmUnavailable(e.errno, f"cannot allocate {size} bytes in {SHM_DIR}: {e}") from e
+        os.close(fd)
+        seg = Segment(name, size, mm)
+        self.segments.append(seg)
+        return seg
+
+    def write(self, leaves: list[np.ndarray]) -> tuple[Segment, list[int], int]:
+        """Copy ``leaves`` into a free segment (created if none fits) and mark it busy.
+
+        Returns:
+            ``(segment, offsets, total)``: where each leaf starts after the header.
+
+        Raises:
+            ShmUnavailable: when no segment can be had.
+        """
+        offsets, total = layout([a.nbytes for a in leaves])
+        seg = next((s for s in self.segments if s.free and total <= s.size - HEADER <= 2 * total + (1 << 20)), None)
+        if seg is None:
+            self._trim()
+            seg = self._create(total)
+        seg.mm[0] = BUSY
+        buf = np.frombuffer(seg.mm, np.uint8)
+        for a, off in zip(leaves, offsets):
+            src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+            _parallel_copy(buf[HEADER + off : HEADER + off + src.nbytes], src)
+        del buf
+        return seg, offsets, total
+
+    def _trim(self) -> None:
+        """Drop free segments while the pool is above half its limit (sizes change over a run)."""
+        for s in list(self.segments):
+            if self.nbytes <= self.max_bytes // 2:
+                break
+            if s.free:
+                self.segments.remove(s)
+                s.unlink()
+                try:
+                    s.mm.close()
+                except BufferError:
+                    pass
+
+    def close(self) -> None:
+        """Unlink every name still present and drop the mappings (consumers keep theirs)."""
+        for s in self.segments:
+            s.unlink()
+            try:
+                s.mm.close()
+            except BufferError:
+                pass  # a frombuffer view is still alive; the mapping goes with it
+        self.segments.clear()
+
+
+def _release(mm: mmap.mmap) -> None:
+    try:
+        mm[0] = FREE
+    except ValueError:
+        pass  # mapping closed
+
+
+class Mappings:
+    """A consumer link's segments, mapped by name on first sight and unlinked at once."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, mmap.mmap] = {}
+
+    def open(self, name: str) -> mmap.mmap:
+        """Map segment ``name`` (cached).
+
+        Raises:
+            OSError: if it cannot be opened (another host or container; the producer falls back to TCP).
+            ValueError: for a name coupler did not make.
+        """
+        mm = self.maps.get(name)
+        if mm is None:
+            if not _NAME.match(name):
+                raise ValueError(f"not a coupler segment name: {name!r}")
+            path = os.path.join(SHM_DIR, name)
+            fd = os.open(path, os.O_RDWR)
+            try:
+                size = os.fstat(fd).st_size
+                mm = mmap.mmap(fd, size, flags=_MAP_FLAGS)
+            finally:
+                os.close(fd)
+            os.unlink(path)  # nameless from now on: the kernel frees it with the last mapping
+            self.maps[name] = mm
+        return mm
+
+    def views(self, name: str, offsets: list[int], fields: list[tuple[tuple[int, ...], str]]) -> list[np.ndarray]:
+        """Arrays over a segment's payload; the segment is released when all of them are gone.
+
+        Args:
+            name: segment name.
+            offsets: byte offset of each field after the header.
+            fields: (shape, dtype) of each field.
+        """
+        mm = self.open(name)
+        # Every view below has ``whole`` as its .base (numpy collapses view chains
+        # down to the array over the mmap), so ``whole`` dies with the last view.
+        whole = np.frombuffer(mm, np.uint8, count=len(mm) - HEADER, offset=HEADER)
+        weakref.finalize(whole, _release, mm)
+        out = []
+        for off, (shape, dtype) in zip(offsets, fields):
+            dt = np.dtype(dtype)
+            n = int(np.prod(shape, dtype=np.int64))
+            out.append(whole[off : off + n * dt.itemsize].view(dt).reshape(shape))
+        return out
+
+    def close(self) -> None:
+        """Forget the mappings; they are unmapped when the last view of each is gone."""
+        self.maps.clear()
+
+
+def as_uint8(a: Any) -> np.ndarray:
+    """A flat byte view of a contiguous array."""
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+
+
+__all__ = ["Arena", "Mappings", "ShmUnavailable", "available", "host_key", "layout", "own_segments", "sweep_orphans"]

@@ -1,0 +1,126 @@
+"""Framing of coupler's data streams: small msgpack headers, raw payload bytes.
+
+A frame is ``kind`` (1 byte) and header length (4 bytes, big endian), the
+msgpack header, then ``header["len"]`` payload bytes if the header has one.
+Payloads are read straight into a fresh numpy buffer (``recv_into``), which the
+consumer then owns, and written from the producer's own arrays.
+
+A batch of ``n`` messages of one channel lays each field out as one block of
+``n`` contiguous arrays (64-byte aligned), so a batch of small messages costs
+one header and one payload however many messages it holds, and message ``i``'s
+field is a view ``block[i]``.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from coupler.runtime.message import Spec
+from coupler.runtime.shm import layout
+
+# producer -> consumer
+HELLO, BATCH, WANT, BYE = 1, 2, 3, 4
+# consumer -> producer
+WELCOME, ACK, GRANT = 11, 12, 13
+
+_PREFIX = struct.Struct("!BI")
+_PAD = bytes(64)
+
+
+class StreamClosed(ConnectionError):
+    """The peer closed the stream."""
+
+
+def pack(kind: int, header: dict[str, Any]) -> bytes:
+    """One frame's prefix and header."""
+    h = msgpack.packb(header, use_bin_type=True)
+    return _PREFIX.pack(kind, len(h)) + h
+
+
+def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: list[Any] = ()) -> None:  # type: ignore[assignment]
+    """Write a frame; ``payload`` buffers follow the header, ``header["len"]`` bytes in all."""
+    sock.sendall(pack(kind, header))
+    for b in payload:
+        if len(memoryview(b)):
+            sock.sendall(b)
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytearray:
+    """Read exactly ``n`` bytes.
+
+    Raises:
+        StreamClosed: if the peer closes first.
+    """
+    buf = bytearray(n)
+    recv_into_all(sock, memoryview(buf))
+    return buf
+
+
+def recv_into_all(sock: socket.socket, view: memoryview) -> None:
+    """Fill ``view`` from the socket (the GIL is released while the kernel copies)."""
+    got, n = 0, len(view)
+    while got < n:
+        k = sock.recv_into(view[got:], n - got)
+        if k == 0:
+            raise StreamClosed("the peer closed the stream")
+        got += k
+
+
+def recv_frame(sock: socket.socket) -> tuple[int, dict[str, Any], np.ndarray | None]:
+    """Read one frame: ``(kind, header, payload or None)``; the payload is a fresh uint8 array."""
+    kind, hlen = _PREFIX.unpack(recv_exact(sock, _PREFIX.size))
+    header = msgpack.unpackb(recv_exact(sock, hlen), raw=False)
+    n = header.get("len", 0)
+    if not n:
+        return kind, header, None
+    payload = np.empty(n, np.uint8)
+    recv_into_all(sock, memoryview(payload))
+    return kind, header, payload
+
+
+def batch_payload(spec: Spec, items: list[list[np.ndarray]]) -> tuple[list[int], int, list[Any]]:
+    """Lay out the leaves of ``items`` (messages) field by field.
+
+    Returns:
+        ``(offsets, total, buffers)``: block offsets, payload size, and buffers to
+        write in order. A single message is written from its own arrays (no copy).
+    """
+    n = len(items)
+    offsets, total = layout([n * f.nbytes for f in spec.fields])
+    if n == 1:
+        bufs: list[Any] = []
+        pos = 0
+        for off, a in zip(offsets, items[0]):
+            if off > pos:
+                bufs.append(_PAD[: off - pos])
+            flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+            bufs.append(memoryview(flat))
+            pos = off + flat.nbytes
+        if total > pos:
+            bufs.append(_PAD[: total - pos])
+        return offsets, total, bufs
+    out = np.empty(total, np.uint8)
+    for k, (f, off) in enumerate(zip(spec.fields, offsets)):
+        block = out[off : off + n * f.nbytes].view(f.dtype).reshape(n, *f.shape)
+        for i, leaves in enumerate(items):
+            block[i] = leaves[k]
+    return offsets, total, [memoryview(out)]
+
+
+def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -> list[list[np.ndarray]]:
+    """Inverse of :func:`batch_payload`: each message's leaves as views of ``payload``."""
+    blocks = [
+        payload[off : off + n * f.nbytes].view(f.dtype).reshape(n, *f.shape) for f, off in zip(spec.fields, offsets)
+    ]
+    return [[b[i] for b in blocks] for i in range(n)]
+
+
+__all__ = [
+    "ACK", "BATCH", "BYE", "GRANT", "HELLO", "WANT", "WELCOME", "StreamClosed",
+    "batch_payload", "pack", "recv_exact", "recv_frame", "send_frame", "split_payload",
+]
