@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 from distributed import Client
 
-from coupler.runtime import config
+from coupler.runtime import config, shm
 from coupler.runtime.cluster import (
     JobOptions,
     check_placement,
@@ -192,6 +192,9 @@ class Coupling:
         if self._own_cluster is not None:
             close_cluster(self._own_cluster)
             self._own_cluster = None
+            # Workers unlink their shared-memory names on exit; this catches the
+            # names of any worker killed while a segment was being handed over.
+            shm.sweep_orphans()
 
     @property
     def dashboard_link(self) -> str:
