@@ -185,6 +185,7 @@ class QueueBuffer(ConsumerBuffer):
         self._granted: dict[int, int] = {}  # link id -> slots reserved and not used yet
         self._demand: dict[int, int] = {}  # link id -> slots it still wants
         self._grant_fns: dict[int, GrantFn] = {}
+        self._local_waiting = 0  # producers on this worker waiting in put(): served before links
 
     def _free(self) -> int:
         return self.maxsize - len(self._items) - sum(self._granted.values())
@@ -206,17 +207,26 @@ class QueueBuffer(ConsumerBuffer):
             self._cond.notify_all()
         self._notify(grants)
 
-    def want(self, link: int, n: int) -> None:
-        """A link would like ``n`` more slots than it holds; grant what is free now, the rest later."""
+    def want(self, link: int, n: int, returned: int = 0) -> None:
+        """A link would like ``n`` more slots than it holds; grant what is free now, the rest later.
+
+        Args:
+            link: the link's id.
+            n: slots wanted beyond those held.
+            returned: unused slots the link gives back (its producer went idle).
+        """
         with self._cond:
             self._demand[link] = max(0, n)
+            if returned:
+                self._granted[link] = max(0, self._granted.get(link, 0) - returned)
+                self._cond.notify_all()
             grants = self._hand_out()
         self._notify(grants)
 
     def _hand_out(self) -> list[tuple[GrantFn, int]]:
         """Give free slots to links that want them, one at a time in turn (call with the lock)."""
         out: dict[int, int] = {}
-        free = self._free()
+        free = self._free() - self._local_waiting
         while free > 0:
             link = next((k for k, d in self._demand.items() if d > 0 and k in self._grant_fns), None)
             if link is None:
@@ -270,7 +280,11 @@ class QueueBuffer(ConsumerBuffer):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return accepted
-                    self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    self._local_waiting += 1  # the next free slot is kept for us, not granted away
+                    try:
+                        self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    finally:
+                        self._local_waiting -= 1
                 if self._detached:
                     return accepted
                 self._accept(m)

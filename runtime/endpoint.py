@@ -603,6 +603,11 @@ class Endpoint(WorkerPlugin):
                 actors[name] = a.status_dict()
             except Exception as e:  # a broken status must not stop the reports
                 actors[name] = {"state": "unknown", "error": repr(e)}
+        with self._lock:
+            links = list(self.links.values())
+        for link in links:
+            ch = channels.setdefault(link.channel, {"producers": {}, "consumers": {}})
+            ch.setdefault("links", []).append(link.stats())
         return {"channels": channels, "actors": actors, "retire_at": self.retire_at}
 
     async def _report(self) -> None:

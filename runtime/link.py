@@ -149,6 +149,7 @@ class Link:
         self.credits = 0
         self.want = 0  # credits asked for and not granted yet
         self.want_dirty = False
+        self.returning = 0  # unused credits to give back with the next WANT
         self.writing = False  # a thread holds the writer role (see _pump)
         self.queued_bytes = 0
         self.error: Exception | None = None
@@ -156,6 +157,9 @@ class Link:
         self.orphan_on_close = True
         self.dead = False
         self.acked = 0
+        self.batches = 0  # batch frames written (fewer than messages when coalescing works)
+        self.messages = 0
+        self.shm_messages = 0
         self.arena = shm.Arena(config.shm_pool_bytes)
         self.arena_lock = threading.Lock()
         self.sock = self._connect(stream, ssl_context)
@@ -287,7 +291,7 @@ class Link:
             if any(a.flags.writeable for a in leaves):
                 item.written = threading.Event()
             return
-        item.leaves = [a if not a.flags.writeable else a.copy() for a in leaves]
+        item.leaves = detach_leaves(leaves)
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -314,6 +318,10 @@ class Link:
                 self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             if self.error is not None:
                 raise self.error
+            if self.queue and (self.credits or self.want) and not self.pending:
+                # Idle now: give unused slots back so other producers of this queue can have them.
+                self.returning, self.credits, self.want, self.want_dirty = self.credits, 0, 0, True
+        self._pump()
 
     @property
     def idle(self) -> bool:
@@ -382,8 +390,8 @@ class Link:
                         # reader thread writes it). A lone message still leaves at once.
                         limit = MAX_INFLIGHT_LARGE if self.pending and self.pending[0].large else MAX_INFLIGHT
                         items = self._take()[0] if len(self.inflight) < limit else []
-                        want = self.want if self.want_dirty else None
-                        self.want_dirty = False
+                        want = {"n": self.want, "ret": self.returning} if self.want_dirty else None
+                        self.want_dirty, self.returning = False, 0
                         if not items and want is None:
                             self.writing = False
                             self.cond.notify_all()
@@ -395,7 +403,7 @@ class Link:
                         self.writing = False
                     return
                 if want is not None:
-                    wire.send_frame(self.sock, wire.WANT, {"n": want})
+                    wire.send_frame(self.sock, wire.WANT, want)
                 if items:
                     self._write_batch(items)
         except OSError as e:
@@ -403,9 +411,21 @@ class Link:
                 self.writing = False
             self._fail(ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})"))
 
+    def stats(self) -> dict[str, Any]:
+        """Counters of this link, for reports and tests."""
+        with self.cond:
+            return {
+                "consumer": self.consumer, "stream": self.stream, "shm": self.shm, "batches": self.batches,
+                "messages": self.messages, "shm_messages": self.shm_messages, "acked": self.acked,
+                "pending": len(self.pending), "credits": self.credits,
+            }
+
     def _write_batch(self, items: list[Item]) -> None:
         headers = [it.header for it in items]
         first = items[0]
+        self.batches += 1
+        self.messages += len(items)
+        self.shm_messages += first.segment is not None
         if first.segment is not None:
             header = {"h": headers, "seg": first.segment.name, "offs": first.offsets}
             wire.send_frame(self.sock, wire.BATCH, header)
@@ -495,6 +515,16 @@ class Link:
             self.arena.close()
 
 
+def detach_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
+    """Leaves the producer cannot change any more: read-only arrays as they are, copies of the others.
+
+    Read-only arrays are taken as immutable: that is what ``np.asarray`` of a JAX
+    array on the host gives (its own buffer, no copy), and JAX never writes a
+    buffer in place.
+    """
+    return [a if not a.flags.writeable else a.copy() for a in leaves]
+
+
 def _unlink_quietly(name: str) -> None:
     try:
         os.unlink(os.path.join(shm.SHM_DIR, name))
@@ -502,4 +532,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["Item", "Link", "TransportConfig"]
+__all__ = ["Item", "Link", "TransportConfig", "detach_leaves"]

@@ -182,7 +182,7 @@ class Receiver:
                 return
             if kind == wire.WANT:
                 if queue:
-                    buf.want(self.id, h["n"])  # type: ignore[union-attr]
+                    buf.want(self.id, h["n"], h.get("ret", 0))  # type: ignore[union-attr]
                 continue
             if kind != wire.BATCH:
                 raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")

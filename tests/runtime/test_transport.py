@@ -1,0 +1,211 @@
+"""The data plane on a real LocalCluster: shared memory, coalescing, credits, scale, no leaks.
+
+Timing is never asserted here (see benchmarks/transport.py); these tests check
+what the transport does: which path a message took, how many frames carried
+how many messages, what the scheduler saw, and what is left in /dev/shm.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import transport_actors
+from helper_actors import Collector, Producer
+from transport_actors import Keeper, Streamer
+from coupler.runtime import Coupling, Queue, shm
+from coupler.runtime.link import detach_leaves
+from coupler.runtime.message import flatten
+
+cloudpickle.register_pickle_by_value(transport_actors)
+
+
+def _wait_for(pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def test_large_messages_go_through_shared_memory_and_the_consumer_owns_them(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"big-{unique}", Queue(4))
+    w = coupling.workers()
+    n, size = 24, 1 << 18  # 1 MiB float32: above coupler.transport.inline-max
+    keep = coupling.spawn(Keeper, name=f"keep-{unique}", inputs={"inp": ch}, workers=w[1])
+    src = coupling.spawn(Streamer, n, size, name=f"src-{unique}", outputs={"out": ch}, workers=w[0])
+    keep.start()
+    src.start()
+    assert src.wait(60).state == "finished"
+    _wait_for(lambda: keep.call("count") == n, what="all messages")
+    links = [s for s in src.call("link_stats") if s["consumer"] == f"keep-{unique}/inp"]
+    assert len(links) == 1 and links[0]["shm"] and links[0]["shm_messages"] == n
+    got = keep.call("summary")
+    # Exactly what was sent, in order, and the consumer holds writable arrays of its own:
+    # it keeps all 24 while the producer reuses segments only as they are released.
+    assert got["seq"] == list(range(n)) and got["first"] == [float(i) for i in range(n)]
+    assert got["uniform"] and got["writable"]
+    keep.stop()
+
+
+def test_small_messages_are_coalesced_without_reordering(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"small-{unique}", Queue(1024))
+    w = coupling.workers()
+    n = 3000
+    keep = coupling.spawn(Keeper, name=f"keep-{unique}", inputs={"inp": ch}, workers=w[1])
+    src = coupling.spawn(Streamer, n, 1024, name=f"src-{unique}", outputs={"out": ch}, workers=w[0])
+    keep.start()
+    src.start()
+    assert src.wait(60).state == "finished"
+    _wait_for(lambda: keep.call("count") == n, what="all messages")
+    (link,) = [s for s in src.call("link_stats") if s["consumer"] == f"keep-{unique}/inp"]
+    assert link["messages"] == n and link["shm_messages"] == 0
+    # Each frame carried several messages on average; the exact figure depends on timing.
+    assert link["batches"] < n / 2, link
+    got = keep.call("summary")
+    assert got["seq"] == list(range(n)) and got["step"] == list(range(n))
+    assert got["timestamp"] == [0.25 * i for i in range(n)] and got["uniform"] and got["lag_ok"]
+    keep.stop()
+
+
+def test_queue_bound_is_exact_across_links_then_everything_arrives(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"bound-{unique}", Queue(4))
+    w = coupling.workers()
+    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch}, workers=w[1])
+    # One producer on the consumer's worker (local puts), one on the other (credits).
+    prods = [coupling.spawn(Producer, 30, ident=i, name=f"p{i}-{unique}", outputs={"out": ch}, workers=w[i]) for i in range(2)]
+    for p in prods:
+        p.start()
+    _wait_for(lambda: col.call("buffer_stats")["depth"] == 4, what="a full queue")
+    time.sleep(0.5)  # producers keep trying; nothing more may get in
+    stats = col.call("buffer_stats")
+    assert stats["depth"] == 4 and stats["received"] == 4
+    col.start()
+    for p in prods:
+        assert p.wait(60).state == "finished"
+    _wait_for(lambda: len(col.call("received")) == 60, what="all messages")
+    got = col.call("received")
+    for i in range(2):
+        seqs = [s for src, s, *_ in got if src == f"p{i}-{unique}"]
+        assert seqs == list(range(30))
+    col.stop()
+
+
+def test_64_producers_fan_in_to_one_consumer_without_loss(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"fan64-{unique}", Queue(64))
+    w = coupling.workers()
+    n, k = 40, 64
+    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch}, workers=w[1])
+    col.start()
+    prods = [
+        coupling.spawn(Producer, n, ident=i, name=f"p{i}-{unique}", outputs={"out": ch}, workers=w[i % 2])
+        for i in range(k)
+    ]
+    for p in prods:
+        p.start()
+    for p in prods:
+        assert p.wait(120).state == "finished"
+    _wait_for(lambda: len(col.call("received")) >= n * k, timeout=60, what="all messages")
+    got = col.call("received")
+    col.stop()
+    assert len(got) == n * k
+    by_source: dict[str, list[int]] = {}
+    for src, seq, step, first, _ in got:
+        ident = int(src.split("-")[0][1:])
+        assert first == float(np.float32(ident * 1e6 + seq)) and step == seq  # float32 payload
+        by_source.setdefault(src, []).append(seq)
+    assert len(by_source) == k and all(seqs == list(range(n)) for seqs in by_source.values())
+
+
+def _scheduler_ops(dask_scheduler: Any) -> dict[str, float]:
+    """Every request the scheduler has handled, by operation (Dask's own counters)."""
+    out: dict[str, float] = {}
+    for component in dask_scheduler.counters["op"].components:
+        for op, v in component.items():
+            out[op] = out.get(op, 0.0) + v
+    return out
+
+
+def test_the_scheduler_handles_no_per_message_traffic(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"quiet-{unique}", Queue(256))
+    w = coupling.workers()
+    n = 20000
+    keep = coupling.spawn(Keeper, name=f"keep-{unique}", inputs={"inp": ch}, workers=w[1])
+    src = coupling.spawn(Streamer, n, 16, name=f"src-{unique}", outputs={"out": ch}, workers=w[0])
+    keep.start()
+    before = coupling.client.run_on_scheduler(_scheduler_ops)
+    t0 = time.monotonic()
+    src.start()
+    assert src.wait(120).state == "finished"
+    _wait_for(lambda: keep.call("count") == n, what="all messages")
+    elapsed = time.monotonic() - t0
+    after = coupling.client.run_on_scheduler(_scheduler_ops)
+    keep.stop()
+    delta = {op: after.get(op, 0.0) - before.get(op, 0.0) for op in after}
+    delta = {op: d for op, d in delta.items() if d > 0.5}
+    # What the scheduler did meanwhile is the steady control traffic (heartbeats and
+    # coupler_report, a few per worker per second) plus this test's own requests:
+    # bounded by time, not by the 20,000 messages.
+    per_second = sum(delta.values()) / max(elapsed, 1.0)
+    assert sum(delta.values()) < 0.02 * n, delta
+    assert per_second < 40, (per_second, delta)
+    assert all(d < 0.01 * n for d in delta.values()), delta
+
+
+def test_jax_host_arrays_are_sent_without_a_copy() -> None:
+    import jax.numpy as jnp
+
+    x = jnp.arange(1024, dtype=jnp.float32) * 2
+    leaves, _ = flatten({"x": x})
+    # np.asarray of a host (CPU) JAX array is its own buffer: no copy, and read-only,
+    # so the link does not copy it either before the write.
+    assert leaves[0].ctypes.data == x.unsafe_buffer_pointer()
+    assert not leaves[0].flags.writeable
+    assert detach_leaves(leaves)[0] is leaves[0]
+    y = np.ones(4)
+    assert detach_leaves([y])[0] is not y  # writable numpy: copied, the producer may change y
+
+
+def _segments_of(pids: set[int]) -> list[str]:
+    return [n for n in shm.own_segments() if int(n.split("-")[1]) in pids]
+
+
+@pytest.mark.skipif(not shm.available(), reason="needs /dev/shm (Linux)")
+def test_no_shared_memory_is_left_after_kill_crash_or_exit() -> None:
+    orphan_code = (
+        "import os, signal, sys\n"
+        "name = f'coupler-{os.getpid()}-' + os.urandom(8).hex()\n"
+        "open(os.path.join('/dev/shm', name), 'wb').write(bytes(64))\n"
+        "print(name, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    with Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cp:
+        w = cp.workers()
+        pids = set(cp.client.run(os.getpid).values())
+        ch = cp.channel("leak-big", Queue(4))
+        keep = cp.spawn(Keeper, name="keep", inputs={"inp": ch}, workers=w[1])
+        src = cp.spawn(Streamer, 10**6, 1 << 20, name="src", outputs={"out": ch}, workers=w[0])
+        keep.start()
+        src.start()
+        _wait_for(lambda: keep.call("count") > 10, what="a running stream")
+        victim = src.call("pid")
+        os.kill(victim, signal.SIGKILL)  # the producer dies mid-stream, segments in flight
+        # A process killed right after creating a segment, before any consumer mapped it.
+        proc = subprocess.run([sys.executable, "-c", orphan_code], capture_output=True, text=True)
+        assert proc.returncode == -signal.SIGKILL
+        orphan = proc.stdout.strip()
+        assert orphan in shm.own_segments()
+        # The surviving workers' endpoints sweep names of dead creators periodically.
+        _wait_for(lambda: orphan not in shm.own_segments(), timeout=30, what="the sweep of a dead process's segment")
+        _wait_for(lambda: not _segments_of({victim}), timeout=30, what="the killed producer's segments")
+        pids |= set(cp.client.run(os.getpid).values())  # the restarted worker too
+        keep.call("drop")
+    assert not _segments_of(pids | {victim})
