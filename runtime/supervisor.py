@@ -173,6 +173,30 @@ class _Supervised:
     left: str = ""  # the worker it left or lost
 
 
+def _producers_first(records: list[_Supervised]) -> list[_Supervised]:
+    """``records`` ordered so that an actor comes before the actors that consume its channels.
+
+    Hand-overs go in this order: a producer reaches its step boundary while its
+    consumers still run and take what it sends; a consumer handed over first
+    would leave a producer on the same retiring worker blocked in a send.
+    Cycles are broken in the given order.
+    """
+
+    def channels(rec: _Supervised, ports: str) -> set[str]:
+        return set((rec.spec.kwargs.get(ports) or {}).values())
+
+    produced_by = {r.spec.name: channels(r, "outputs") for r in records}
+    ordered: list[_Supervised] = []
+    left = list(records)
+    while left:
+        feeding = set().union(*(produced_by[r.spec.name] for r in left))
+        ready = [r for r in left if not channels(r, "inputs") & (feeding - produced_by[r.spec.name])]
+        pick = ready[0] if ready else left[0]
+        ordered.append(pick)
+        left.remove(pick)
+    return ordered
+
+
 def worker_retire_at(dask_worker: Any) -> float | None:
     """When ``dask_worker`` closes itself at its lifetime, as epoch seconds (``None``: never).
 
@@ -314,7 +338,7 @@ class Supervisor:
             self._refresh_workers()
             with self._lock:
                 records = [r for r in self._records.values() if not r.given_up]
-            for rec in records:
+            for rec in _producers_first(records):
                 if self._closing.is_set():
                     return
                 if rec.awaiting:
@@ -392,6 +416,7 @@ class Supervisor:
         """
         spec = rec.spec
         candidates = self._candidates(spec)
+        logger.debug("coupler supervisor: candidates for %r: %s (retire times %s)", spec.name, candidates, self._retire_cache)
         if candidates:
             fut = self._submit(spec, candidates, rec.generation + 1)
             try:
@@ -422,6 +447,7 @@ class Supervisor:
                     detail = f"worker lost; from its checkpoint of {time.ctime(rec.resume['time'])}"
                 else:
                     detail = "worker lost; from scratch (no checkpoint yet)"
+                detail += f"; {time.monotonic() - rec.awaiting_since:.1f} s without an instance"
                 self._record(SupervisionEvent(self.clock(), spec.name, kind, left, worker, detail))
                 logger.warning("coupler supervisor: %s %r from %s to %s (%s)", kind, spec.name, left, worker, detail)
                 return True

@@ -14,6 +14,7 @@ import pytest
 import supervision_actors
 from supervision_actors import Counter, Tally
 from coupler.runtime import ActorFailed, Coupling, Queue
+from coupler.runtime.supervisor import SupervisionPolicy
 
 cloudpickle.register_pickle_by_value(supervision_actors)
 
@@ -63,15 +64,15 @@ def test_moving_consumer_and_producer_mid_stream_loses_nothing(coupling: Couplin
 
 def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
     settings = {
-        "coupler.supervision.retire-margin": 6,
+        "coupler.supervision.retire-margin": 5,
         "coupler.supervision.poll-interval": 0.5,
         "coupler.supervision.handover-timeout": 5,
         "coupler.supervision.checkpoint-interval": 0,
     }
-    n = 450
+    n = 200
     with dask.config.set(settings), Coupling(
         n_workers=2, threads_per_worker=1, dashboard_address=":0",
-        lifetime="20s", lifetime_stagger="2s", lifetime_restart=True,  # the nanny brings a fresh worker back
+        lifetime="14s", lifetime_stagger="2s", lifetime_restart=True,  # the nanny brings a fresh worker back
     ) as cp:
         first_workers = set(cp.workers())
         ch = cp.channel("walltime", Queue(16))
@@ -79,7 +80,7 @@ def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
         tally = cp.spawn(Tally, name="tally", inputs={"inp": ch}, workers=w[1])
         counter = cp.spawn(Counter, n, SIZE, 0.06, name="counter", outputs={"out": ch}, workers=w[0])
         tally.start()
-        counter.start()  # about 27 s of data: longer than any worker lives
+        counter.start()  # 12 s of data, and 5-10 s without a consumer: longer than any worker lives
         assert counter.wait(90).info["i"] == n
         _until("the whole stream", lambda: tally.status().info["count"] >= n, timeout=30)
         time.sleep(0.3)
@@ -128,3 +129,15 @@ def test_a_lost_actor_restarts_from_its_checkpoint_until_restarts_run_out() -> N
             _until("giving up", lambda: counter.status() is None, timeout=45)
         with pytest.raises(ActorFailed, match="counter"):
             counter.wait(5)
+
+
+def test_policy_reads_durations_from_config_and_refuses_negative_ones() -> None:
+    with dask.config.set({"coupler.supervision.retire-margin": "2 minutes", "coupler.supervision.max-restarts": 5}):
+        policy = SupervisionPolicy.from_config()
+    assert (policy.retire_margin, policy.max_restarts) == (120.0, 5)
+    with dask.config.set({"coupler.supervision.checkpoint-interval": -1}):
+        with pytest.raises(ValueError, match=r"coupler.supervision.checkpoint-interval must be a duration >= 0, got -1"):
+            SupervisionPolicy.from_config()
+    with dask.config.set({"coupler.supervision.max-restarts": -2}):
+        with pytest.raises(ValueError, match=r"max-restarts must be >= 0, got -2"):
+            SupervisionPolicy.from_config()
