@@ -89,7 +89,15 @@ class SupervisionPolicy:
 
         def seconds(key: str, default: float) -> float:
             value = section.get(key, default)
-            s = float(parse_timedelta(value, default="seconds")) if value is not None else 0.0
+            try:
+                if value is None:
+                    s = 0.0
+                elif isinstance(value, (int, float)):
+                    s = float(value)
+                else:
+                    s = float(parse_timedelta(value, default="seconds"))
+            except (TypeError, ValueError, KeyError):
+                raise ValueError(f"coupler.supervision.{key} must be a duration (seconds or e.g. '2 minutes'), got {value!r}") from None
             if s < 0:
                 raise ValueError(f"coupler.supervision.{key} must be a duration >= 0, got {value!r}")
             return s
