@@ -169,19 +169,26 @@ class Ponger(ActorHost):
 
 
 class HeatSim(ActorHost):
-    """A ``Heat2D`` simulator that publishes its field every ``every`` steps (0: never).
+    """A ``Heat2D`` simulator that runs a schedule of timed phases, each publishing its
+    field every ``every`` steps (``0``: not publishing).
+
+    One actor runs every phase back to back (one compilation, same process and
+    caches), so phases differ only in what they publish.
 
     Args:
         n: grid points per side.
-        every: publish period in steps; ``0`` runs without publishing.
-        seconds: measured run time after the warm-up.
-        warmup_steps: steps run before the clock starts (compilation, caches).
+        schedule: publish period of each phase, e.g. ``[0, 10, 0, 1, 0]``.
+        seconds: measured time of each phase.
+        warmup_steps: steps run before the first phase (compilation, caches).
+        pause: untimed seconds between phases, for the consumer to drain what it holds.
     """
 
-    def __init__(self, n: int, every: int, seconds: float, warmup_steps: int = 20, **kw: Any) -> None:
+    def __init__(
+        self, n: int, schedule: list[int], seconds: float, warmup_steps: int = 20, pause: float = 0.2, **kw: Any
+    ) -> None:
         super().__init__(**kw)
-        self.n, self.every, self.seconds, self.warmup_steps = n, every, seconds, warmup_steps
-        self.figures: dict[str, float] = {}
+        self.n, self.schedule, self.seconds, self.warmup_steps, self.pause = n, list(schedule), seconds, warmup_steps, pause
+        self.phases: list[dict[str, float]] = []
 
     def setup(self) -> None:
         import jax
@@ -199,24 +206,28 @@ class HeatSim(ActorHost):
         for _ in range(self.warmup_steps):
             state = self.jstep(state, self.params)
         state.u.block_until_ready()
-        steps = published = 0
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < self.seconds:
-            state = self.jstep(state, self.params)
-            # Wait for every step in every variant: a publishing simulator must
-            # have the field ready, so the baseline pays the same wait.
-            state.u.block_until_ready()
-            steps += 1
-            if self.every and out is not None and steps % self.every == 0:
-                out.send({"u": np.asarray(state.u)}, step=steps)  # a host view, no copy, on CPU
-                published += 1
-        elapsed = time.perf_counter() - t0
-        self.figures = {"steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed, "published": published}
+        for every in self.schedule:
+            time.sleep(self.pause)
+            steps = published = 0
+            t0 = time.perf_counter()
+            while time.perf_counter() - t0 < self.seconds:
+                state = self.jstep(state, self.params)
+                # Wait for every step in every phase: a publishing simulator must
+                # have the field ready, so the baseline pays the same wait.
+                state.u.block_until_ready()
+                steps += 1
+                if every and out is not None and steps % every == 0:
+                    out.send({"u": np.asarray(state.u)}, step=steps)  # a host view, no copy, on CPU
+                    published += 1
+            elapsed = time.perf_counter() - t0
+            self.phases.append({"every": every, "steps": steps, "seconds": elapsed, "steps_per_s": steps / elapsed, "published": published})
+            if self.stopping:
+                break
         return False
 
-    def result(self) -> dict[str, float]:
-        """Steps, seconds, steps per second and messages published."""
-        return dict(self.figures)
+    def result(self) -> list[dict[str, float]]:
+        """Per phase: publish period, steps, seconds, steps per second, messages published."""
+        return [dict(p) for p in self.phases]
 
 
 class Discard(ActorHost):

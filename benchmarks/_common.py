@@ -95,13 +95,15 @@ class Budget:
     Attributes:
         seconds: streaming time per (system, workload, payload).
         pingpong_rounds: round trips per ping-pong (after warm-up).
-        heat_seconds: measured seconds per heat variant.
+        heat_seconds: measured seconds per phase of the heat run.
+        heat_rounds: rounds of (publish every 10, publish every step), each phase flanked by non-publishing phases.
         max_bytes: cap on payload bytes per streaming run (large payloads stop early).
     """
 
     seconds: float
     pingpong_rounds: int
     heat_seconds: float
+    heat_rounds: int
     max_bytes: int
 
     def max_msgs(self, nbytes: int) -> int:
@@ -113,9 +115,9 @@ class Budget:
         return 1 if nbytes >= 16 * MiB else (3 if nbytes >= MiB else 50)
 
 
-FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=6.0, max_bytes=8 * 1024 * MiB)
-QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=2.5, max_bytes=1536 * MiB)
-SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.5, max_bytes=64 * MiB)
+FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=3, max_bytes=8 * 1024 * MiB)
+QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB)
+SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
 
 
 def rate_row(

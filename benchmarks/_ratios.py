@@ -124,7 +124,8 @@ def compute(rows: list[Row]) -> list[Ratio]:
                 "<=",
                 "not measured: coupler heat2d-1024"
                 if row is None
-                else f"steps/s {row.extra['steps_per_s']:.1f} vs {r.get('coupler', HEAT, 'none').extra['steps_per_s']:.1f} not publishing",
+                else f"median steps/s {row.extra['steps_per_s']:.1f} vs {r.get('coupler', HEAT, 'none').extra['steps_per_s']:.1f} not publishing; "
+                f"loss = 1 - median of phase / neighbouring phases",
             )
         )
     fan_payloads = sorted({row.payload for row in rows if row.system == "coupler" and row.workload == FAN_IN}, key=_size_key)
