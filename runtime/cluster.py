@@ -200,7 +200,10 @@ def jobqueue_kwargs(kind: str, options: JobOptions, section: Mapping[str, Any] |
             request with fewer cores than GPUs, or a walltime too short for a lifetime.
     """
     _check_kind(kind)
-    sec = dict(dask.config.get(f"jobqueue.{kind}", {}) if section is None else section)
+    if section is None:
+        importlib.import_module("dask_jobqueue")  # its defaults (walltime...) enter dask.config on import
+        section = dask.config.get(f"jobqueue.{kind}", {})
+    sec = dict(section)
     gpus = options.gpus_per_job
     kw: dict[str, Any] = {}
     worker_args = _listed(sec, "worker-extra-args", "extra")

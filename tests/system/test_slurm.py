@@ -1,0 +1,155 @@
+"""A coupled workflow on a real Slurm: actors inside batch jobs, the coupler command, GPU job scripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import dask.config
+import pytest
+from distributed import Client
+
+from coupler.runtime.cli import run_script
+from coupler.runtime.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
+from slurm_support import JOBQUEUE_YAML, REPO, SMALL_AUGMENTATION, squeue_jobs, wait_until_gone
+
+pytestmark = pytest.mark.system
+
+
+class Watcher(threading.Thread):
+    """Polls squeue and the broker while a run goes on: which jobs ran, where each actor was."""
+
+    def __init__(self, client: Client | None = None, interval: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.client, self.interval = client, interval
+        self.jobs: dict[str, tuple[str, str]] = {}
+        self.actor_workers: dict[str, str] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.jobs.update(squeue_jobs())
+            if self.client is not None:
+                try:
+                    snap = self.client.sync(self.client.scheduler.coupler_snapshot)
+                except Exception:  # the broker is installed by the script's Coupling, a moment later
+                    snap = None
+                snap = snap if isinstance(snap, dict) else {}
+                for name, a in snap.get("actors", {}).items():
+                    if a.get("worker"):
+                        self.actor_workers[name] = a["worker"]
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+
+
+def test_augmentation_actors_run_inside_slurm_jobs(slurm: None, jobqueue_config: None, tmp_path: Path) -> None:
+    out = tmp_path / "results.json"
+    before = set(squeue_jobs())
+    cluster = start_cluster("slurm", JobOptions.from_config(jobs=2))
+    try:
+        client = Client(cluster)
+        wait_for_workers(client, 2, timeout="120s")
+        job_of = client.run(lambda: os.environ.get("SLURM_JOB_ID", ""))
+        cluster_jobs = set(job_of.values())
+        assert len(cluster_jobs) == 2 and "" not in cluster_jobs, job_of  # each worker is its own Slurm job
+
+        watcher = Watcher(client)
+        watcher.start()
+        try:
+            # As `coupler run` does: the script runs as __main__ here (so its classes travel to the
+            # workers by value) with this cluster as the default of its Coupling().
+            status = run_script(str(REPO / "examples" / "augmentation.py"), [*SMALL_AUGMENTATION, "--json", str(out)],
+                                cluster.scheduler_address)
+        finally:
+            watcher.stop()
+        client.close()
+    finally:
+        close_cluster(cluster)
+
+    seen = set(watcher.jobs) - before
+    assert cluster_jobs <= seen, f"squeue never showed the workers' jobs {cluster_jobs}; it showed {watcher.jobs}"
+    assert {watcher.jobs[j][0] for j in cluster_jobs} == {"coupler-worker"}  # the name examples/jobqueue.yaml sets
+    assert "learner" in watcher.actor_workers and any(n.startswith("heat-") for n in watcher.actor_workers)
+    for name, worker in watcher.actor_workers.items():
+        assert job_of.get(worker) in cluster_jobs, f"actor {name} ran on {worker}, not in a Slurm job of this cluster"
+    assert status == 0
+    results = json.loads(out.read_text())
+    assert results["samples_streamed"] > 0 and results["training_steps"] > 0
+    assert results["heldout_rel_l2"] < results["persistence_rel_l2"]  # it learned something on the way
+    assert wait_until_gone(cluster_jobs) == set(), "cluster.close() left jobs in squeue"
+
+
+def test_coupler_run_on_slurm_from_the_command_line(slurm: None, tmp_path: Path) -> None:
+    """The README command, at a small size."""
+    before = set(squeue_jobs())
+    out = tmp_path / "results.json"
+    cmd = [
+        str(Path(sys.executable).parent / "coupler"), "--config", str(JOBQUEUE_YAML),
+        "run", "examples/augmentation.py", "--cluster", "slurm", "--jobs", "2",
+        "--", *SMALL_AUGMENTATION, "--json", str(out),
+    ]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    watcher = Watcher()
+    watcher.start()
+    try:
+        log, _ = proc.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        log, _ = proc.communicate()
+        pytest.fail(f"coupler run did not finish in 240 s:\n{log[-3000:]}")
+    finally:
+        watcher.stop()
+    assert proc.returncode == 0, log[-3000:]
+    ours = {j for j, (name, _) in watcher.jobs.items() if j not in before and name == "coupler-worker"}
+    assert len(ours) == 2, f"expected 2 worker jobs in squeue during the run; saw {watcher.jobs}"
+    results = json.loads(out.read_text())
+    assert results["samples_streamed"] > 0 and results["training_steps"] > 0
+    assert "slurm cluster at tcp://127.0.0.1:" in log
+    assert wait_until_gone(ours) == set(), "coupler run left jobs in squeue"
+
+
+def test_gpu_job_script_requests_gpus_and_gives_each_worker_one(jobqueue_config: None, tmp_path: Path) -> None:
+    """The generated script for 2-GPU jobs; then its worker command run for real (no GPU, no sbatch needed)."""
+    with dask.config.set({"jobqueue.slurm.cores": 2}):
+        cluster = start_cluster("slurm", JobOptions(jobs=0, gpus_per_job=2, walltime="01:00:00"))
+        try:
+            script = cluster.job_script()
+            lines = script.splitlines()
+            assert "#SBATCH --gres=gpu:2" in lines
+            assert "#SBATCH -t 01:00:00" in lines
+            assert "export XLA_PYTHON_CLIENT_PREALLOCATE=false" in lines
+            assert 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0,1}"' in lines
+            assert "export COUPLER_GPUS_PER_JOB=2" in lines
+            command = lines[-1]
+            for part in ("--nworkers 2", "--resources GPU=1", "--preload coupler.runtime.devices",
+                         "--lifetime 3180s", "--lifetime-stagger 120s", "--interface lo"):
+                assert part in command, f"{part!r} not in the worker command {command!r}"
+
+            # Slurm would export the allocated GPUs; without GPUs, pretend it gave devices 3 and 5.
+            path = tmp_path / "job.sh"
+            path.write_text(script.replace("dummy-name", "gpu-job"))
+            env = {**os.environ, "CUDA_VISIBLE_DEVICES": "3,5"}
+            job = subprocess.Popen(["bash", str(path)], env=env, start_new_session=True,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                with Client(cluster) as client:
+                    client.wait_for_workers(2, timeout=60)
+                    seen = client.run(lambda: (os.environ["CUDA_VISIBLE_DEVICES"], os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"]))
+                    workers = client.scheduler_info(n_workers=-1)["workers"]
+            finally:
+                os.killpg(job.pid, signal.SIGTERM)
+                job.wait(30)
+        finally:
+            close_cluster(cluster)
+    assert sorted(seen.values()) == [("3", "false"), ("5", "false")]  # one GPU each, no preallocation
+    assert sorted(w["name"] for w in workers.values()) == ["gpu-job-0", "gpu-job-1"]
+    assert all(w["resources"] == {"GPU": 1} for w in workers.values())
