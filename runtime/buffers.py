@@ -166,7 +166,7 @@ class ConsumerBuffer:
             self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
 
-GrantFn = Callable[[int], None]
+GrantFn = Callable[[int, int], None]  # (slots granted, messages the queue holds now)
 
 
 class QueueBuffer(ConsumerBuffer):
@@ -223,8 +223,10 @@ class QueueBuffer(ConsumerBuffer):
             grants = self._hand_out()
         self._notify(grants)
 
-    def _hand_out(self) -> list[tuple[GrantFn, int]]:
+    def _hand_out(self) -> list[tuple[GrantFn, int, int]]:
         """Give free slots to links that want them, one at a time in turn (call with the lock)."""
+        if not self._demand:
+            return []
         out: dict[int, int] = {}
         free = self._free() - self._local_waiting
         while free > 0:
@@ -237,12 +239,13 @@ class QueueBuffer(ConsumerBuffer):
             self._granted[link] = self._granted.get(link, 0) + 1
             out[link] = out.get(link, 0) + 1
             free -= 1
-        return [(self._grant_fns[link], n) for link, n in out.items()]
+        depth = len(self._items)
+        return [(self._grant_fns[link], n, depth) for link, n in out.items()]
 
     @staticmethod
-    def _notify(grants: list[tuple[GrantFn, int]]) -> None:
-        for fn, n in grants:
-            fn(n)
+    def _notify(grants: list[tuple[GrantFn, int, int]]) -> None:
+        for fn, n, depth in grants:
+            fn(n, depth)
 
     def put_credited(self, link: int, messages: list[Message]) -> int:
         """Accept messages sent against ``link``'s credits (never waits).

@@ -82,9 +82,15 @@ class Route:
     cond: threading.Condition = field(default_factory=threading.Condition)
     _spec: tuple[Any, Spec | None] = (None, None)
 
+    _consumers: tuple[Any, list[ConsumerRef]] = (None, [])
+
     @property
     def consumers(self) -> list[ConsumerRef]:
-        return [ConsumerRef(*c) for c in self.table["consumers"]]
+        """The consumers, decoded once per routing table."""
+        table = self.table
+        if self._consumers[0] is not table:
+            self._consumers = (table, [ConsumerRef(*c) for c in table["consumers"]])
+        return self._consumers[1]
 
     @property
     def spec(self) -> Spec | None:
@@ -397,7 +403,10 @@ class Endpoint(WorkerPlugin):
         spec.check(channel, treedef, leaves)
         deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
-            header = Message(data=None, timestamp=timestamp, step=step, source=source, seq=stats.next_seq, meta=meta or {}).header()
+            header = {
+                "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
+                "meta": meta or {}, "sent_at": time.time(),
+            }  # Message.header()'s fields, built directly: this is the hot path
             delivered: set[str] = set()
             while True:
                 todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
@@ -429,6 +438,9 @@ class Endpoint(WorkerPlugin):
         self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None
     ) -> list[ConsumerRef]:
         """The channel's consumers; waits while there are none (or they are moving)."""
+        table = route.table  # one read of the reference: the loop replaces it, never mutates it
+        if table["consumers"] and not table["closed"]:
+            return route.consumers
         with route.cond:
             while True:
                 table = route.table

@@ -441,8 +441,9 @@ class Link:
     def _read_loop(self) -> None:
         try:
             refused = more = False
+            reader = wire.FrameReader(self.sock, 64 << 10)
             while not refused:
-                kind, h, _ = wire.recv_frame(self.sock)
+                kind, h, _ = reader.read()
                 with self.cond:
                     if kind == wire.GRANT:
                         self.credits += h["n"]

@@ -164,13 +164,17 @@ class Spec:
                 f"channel {channel!r}: message structure does not match the channel's spec: "
                 f"expected fields {[f.path for f in self.fields]}, got {leaf_paths(treedef)}"
             )
-        for f, a in zip(self.fields, leaves):
-            got_dtype = a.dtype.name
-            if tuple(a.shape) != f.shape or got_dtype != f.dtype:
+        for (shape, dtype), f, a in zip(self._signature, self.fields, leaves):
+            if a.shape != shape or a.dtype != dtype:
                 raise SpecMismatch(
                     f"channel {channel!r}: field {f.path!r} expected shape {f.shape} dtype {f.dtype}, "
-                    f"got shape {tuple(a.shape)} dtype {got_dtype}"
+                    f"got shape {tuple(a.shape)} dtype {a.dtype.name}"
                 )
+
+    @functools.cached_property
+    def _signature(self) -> tuple[tuple[tuple[int, ...], np.dtype], ...]:
+        # Shapes and numpy dtypes, compared directly: dtype.name is slow on a hot path.
+        return tuple((f.shape, np.dtype(f.dtype)) for f in self.fields)
 
     def to_wire(self) -> dict[str, Any]:
         """Encode for the broker and for handlers (msgpack-friendly)."""

@@ -114,7 +114,7 @@ class Receiver:
         except OSError:
             pass  # the producer went away; its reader sees that
 
-    def _grant(self, n: int) -> None:
+    def _grant(self, n: int, depth: int) -> None:
         """Tell the producer about ``n`` more slots, a few at a time.
 
         A grant per message taken would cost a frame each way per message. They
@@ -123,7 +123,7 @@ class Receiver:
         """
         with self.write_lock:
             self.unsent_grants += n
-            if self.unsent_grants < self.grant_chunk and len(self.buf or ()) > self.grant_chunk:  # type: ignore[arg-type]
+            if self.unsent_grants < self.grant_chunk and depth > self.grant_chunk:
                 return
             n, self.unsent_grants = self.unsent_grants, 0
         self._send(wire.GRANT, {"n": n})
@@ -151,7 +151,8 @@ class Receiver:
                 pass
 
     def _run(self) -> None:
-        kind, hello, _ = wire.recv_frame(self.sock)
+        reader = wire.FrameReader(self.sock)
+        kind, hello, _ = reader.read()
         if kind != wire.HELLO:
             raise ValueError(f"expected a HELLO frame first, got kind {kind}")
         channel, consumer = hello["channel"], hello["consumer"]
@@ -177,7 +178,7 @@ class Receiver:
             self.grant_chunk = max(1, buf.maxsize // 8)  # type: ignore[union-attr]
             buf.add_link(self.id, self._grant)  # type: ignore[union-attr]
         while True:
-            kind, h, payload = wire.recv_frame(self.sock)
+            kind, h, payload = reader.read()
             if kind == wire.BYE:
                 return
             if kind == wire.WANT:

@@ -42,12 +42,72 @@ def pack(kind: int, header: dict[str, Any]) -> bytes:
     return _PREFIX.pack(kind, len(h)) + h
 
 
+_SMALL = 64 << 10  # frames up to this size are joined and written with one system call
+
+
 def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: list[Any] = ()) -> None:  # type: ignore[assignment]
-    """Write a frame; ``payload`` buffers follow the header, ``header["len"]`` bytes in all."""
-    sock.sendall(pack(kind, header))
+    """Write a frame; ``payload`` buffers follow the header, ``header["len"]`` bytes in all.
+
+    Every system call releases and retakes the GIL, which costs more than the
+    call under contention, so small frames go out in one ``sendall``.
+    """
+    head = pack(kind, header)
+    size = header.get("len", 0)
+    if size <= _SMALL:
+        sock.sendall(b"".join([head, *payload]) if payload else head)
+        return
+    sock.sendall(head)
     for b in payload:
         if len(memoryview(b)):
             sock.sendall(b)
+
+
+class FrameReader:
+    """Reads frames from a socket through a buffer, so that small frames cost one system call for many.
+
+    Args:
+        sock: a connected socket.
+        size: bytes read ahead at most.
+    """
+
+    def __init__(self, sock: socket.socket, size: int = 256 << 10) -> None:
+        self.sock = sock
+        self.buf = bytearray(size)
+        self.view = memoryview(self.buf)
+        self.start = self.end = 0
+
+    def _fill(self, n: int) -> None:
+        """Make at least ``n`` bytes available from ``start`` (n <= buffer size)."""
+        if self.start + n > len(self.buf):  # move the tail to the front
+            k = self.end - self.start
+            self.buf[:k] = self.buf[self.start : self.end]
+            self.start, self.end = 0, k
+        while self.end - self.start < n:
+            got = self.sock.recv_into(self.view[self.end :])
+            if got == 0:
+                raise StreamClosed("the peer closed the stream")
+            self.end += got
+
+    def _take(self, n: int) -> memoryview:
+        self._fill(n)
+        v = self.view[self.start : self.start + n]
+        self.start += n
+        return v
+
+    def read(self) -> tuple[int, dict[str, Any], np.ndarray | None]:
+        """The next frame: ``(kind, header, payload or None)``; the payload is a fresh uint8 array."""
+        kind, hlen = _PREFIX.unpack(self._take(_PREFIX.size))
+        header = msgpack.unpackb(self._take(hlen), raw=False)
+        n = header.get("len", 0)
+        if not n:
+            return kind, header, None
+        payload = np.empty(n, np.uint8)
+        have = min(n, self.end - self.start)
+        payload[:have] = np.frombuffer(self.buf, np.uint8, count=have, offset=self.start)
+        self.start += have
+        if have < n:  # the rest straight from the socket into the consumer's array
+            recv_into_all(self.sock, memoryview(payload)[have:])
+        return kind, header, payload
 
 
 def recv_exact(sock: socket.socket, n: int) -> bytearray:
@@ -121,6 +181,6 @@ def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -
 
 
 __all__ = [
-    "ACK", "BATCH", "BYE", "GRANT", "HELLO", "WANT", "WELCOME", "StreamClosed",
+    "ACK", "BATCH", "BYE", "GRANT", "HELLO", "WANT", "WELCOME", "FrameReader", "StreamClosed",
     "batch_payload", "pack", "recv_exact", "recv_frame", "send_frame", "split_payload",
 ]
