@@ -204,7 +204,12 @@ class CouplerBench:
                 None,
                 None,
                 seconds=sum(p["seconds"] for p in phases if p["every"] == 0),
-                extra={"steps_per_s": statistics.median(base_rates), "phases_steps_per_s": base_rates},
+                extra={
+                    "steps_per_s": statistics.median(base_rates),
+                    "phases_steps_per_s": base_rates,
+                    # How much the reference itself moved: a loss smaller than this is within noise.
+                    "spread": (max(base_rates) - min(base_rates)) / statistics.median(base_rates),
+                },
                 note="reference: consumer present, nothing published (median of the non-publishing phases)",
             )
         ]
