@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 # Seconds allowed for a control call's round trip on top of the wait it asks for.
 CALL_SLACK = 30.0
+# Seconds a failed call waits for the scheduler to confirm that the actor's worker is gone.
+LOSS_CONFIRMATION = 10.0
 
 
 @dataclass(frozen=True)
@@ -318,15 +320,33 @@ class Supervisor:
 
     # -- what ActorRef asks -------------------------------------------------------------------
     def should_retry(self, ref: ActorRef, generation: int, error: BaseException) -> bool:
-        """Whether a failed call on ``ref`` should wait for a successor instance."""
+        """Whether a failed call on ``ref`` should wait for a successor instance.
+
+        Yes when the actor moved or is being moved or restarted. For an error
+        that looks like a lost worker (a comm error, Dask's "Worker holding
+        Actor was lost"), wait a few seconds for the scheduler to confirm the
+        loss. Errors the actor's method raised itself (timeouts included) are
+        the caller's.
+        """
         with self._lock:
             rec = self._records.get(ref.name)
-            if rec is None or rec.given_up or self._closing.is_set():
+        if rec is None or rec.given_up or self._closing.is_set():
+            return False
+        if ref.generation != generation or rec.awaiting:
+            return True
+        looks_lost = "Worker holding Actor was lost" in str(error) or (
+            isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError))
+        )
+        if not looks_lost:
+            return False
+        deadline = time.monotonic() + LOSS_CONFIRMATION
+        while time.monotonic() < deadline and not self._closing.is_set():
+            if rec.given_up:
                 return False
-            if ref.generation != generation or rec.awaiting:
+            if ref.generation != generation or rec.awaiting or self._lost(rec, fresh=True):
                 return True
-            lost = self._lost(rec)
-        return lost or isinstance(error, OSError) or "Worker holding Actor was lost" in str(error)
+            time.sleep(0.2)
+        return False
 
     # -- the watch loop -------------------------------------------------------------------
     def _watch(self) -> None:
@@ -363,10 +383,11 @@ class Supervisor:
                 if interval and not rec.awaiting and not rec.given_up and self.clock() - rec.checkpoint_at >= interval:
                     self._periodic_checkpoint(rec)
 
-    def _lost(self, rec: _Supervised) -> bool:
+    def _lost(self, rec: _Supervised, fresh: bool = False) -> bool:
         if rec.future is not None and rec.future.status == "error":
             return True
-        return bool(self._live) and rec.worker not in self._live
+        live = self.client.scheduler_info(n_workers=-1)["workers"] if fresh else self._live
+        return bool(live) and rec.worker not in live
 
     def _refresh_workers(self) -> None:
         self._live = dict(self.client.scheduler_info(n_workers=-1)["workers"])
