@@ -489,6 +489,9 @@ class ActorHost:
                 except _StepYielded:
                     continue
                 if not more:
+                    # Sends are pipelined: "finished" means what was sent was accepted.
+                    for port in self.outputs.values():
+                        port.flush()
                     self._state = "finished"
                     break
                 self._steps += 1

@@ -89,7 +89,7 @@ def test_queue_credits_never_exceed_maxsize_and_rotate_between_links() -> None:
     grants: dict[int, int] = {1: 0, 2: 0}
 
     def granter(link: int):
-        def grant(n: int) -> None:
+        def grant(n: int, depth: int) -> None:
             grants[link] += n
         return grant
 
