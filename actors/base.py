@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import inspect
 import logging
 import threading
 import time
@@ -422,45 +421,25 @@ class ActorHost:
         return ck
 
     def _flush(self, port: OutPort) -> None:
-        """Wait until what this port sent was accepted (sends may be pipelined), before the worker goes."""
-        flush = getattr(port, "flush", None)
-        if flush is None:
-            return
+        """Wait until what this port sent was accepted (sends are pipelined), before the worker goes."""
         try:
-            flush(timeout=HANDOVER_FLUSH_TIMEOUT)
+            port.flush(timeout=HANDOVER_FLUSH_TIMEOUT)
         except Exception as e:  # a forced hand-over interrupts it; say so, and go on
             logger.warning("actor %r: messages sent on %r may be lost in the hand-over: %s", self.name, port.channel, e)
 
     @staticmethod
     def _detach_for_handover(port: InPort) -> list[Message]:
         """Detach ``port`` so that producers wait for the successor; return what it held and had not taken."""
-        if "handover" in inspect.signature(port.close).parameters:
-            left = list(port.close(handover=True) or [])
-        else:
-            port.close()
-            left = []
-        return left + port.buffer.drain()  # detached: nothing new lands in the buffer now
+        return port.close(handover=True)
 
     # -- output sequence numbers -------------------------------------------------------------
     # Sequence numbers live in the endpoint, per (channel, source). A successor on
     # another worker must continue them, or its consumers would see the sequence restart.
     def _next_seq(self, port: OutPort) -> int:
-        getter = getattr(self.endpoint, "next_seq", None)
-        if getter is not None:
-            return int(getter(port.channel, port.source))
-        stats = getattr(self.endpoint, "producers", {}).get((port.channel, port.source))
-        return 0 if stats is None else int(stats.next_seq)
+        return self.endpoint.next_seq(port.channel, port.source)
 
     def _resume_seq(self, port: OutPort, next_seq: int) -> None:
-        setter = getattr(self.endpoint, "resume_seq", None)
-        if setter is not None:
-            setter(port.channel, port.source, next_seq)
-            return
-        from coupler.runtime.endpoint import ProducerStats  # until the endpoint offers resume_seq
-
-        stats = self.endpoint.producers.setdefault((port.channel, port.source), ProducerStats())
-        with stats.lock:
-            stats.next_seq = max(stats.next_seq, next_seq)
+        self.endpoint.resume_seq(port.channel, port.source, next_seq)
 
     # -- the loop --------------------------------------------------------------------------------
     def _at_boundary(self) -> bool:

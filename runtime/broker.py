@@ -280,6 +280,8 @@ class Broker(SchedulerPlugin):
 
     async def _push(self, rec: ChannelRecord, consumers_too: bool = False) -> None:
         """Send the routing table to every worker that produces (or consumes) on ``rec``."""
+        if getattr(self.scheduler.status, "name", "") in ("closing", "closed"):
+            return  # the cluster is going away: nobody to tell, and the comms are closing
         addresses = set(rec.producers.values())
         if consumers_too:
             addresses |= set(rec.consumers.values())

@@ -434,6 +434,28 @@ class Endpoint(WorkerPlugin):
             stats.last_seq = header["seq"]
         return header["seq"]
 
+    def next_seq(self, channel: str, source: str) -> int:
+        """The sequence number ``source``'s next message on ``channel`` will carry (for checkpoints)."""
+        stats = self.producers.get((channel, source))
+        return 0 if stats is None else stats.next_seq
+
+    def resume_seq(self, channel: str, source: str, next_seq: int) -> None:
+        """Continue ``source``'s sequence on ``channel`` at ``next_seq`` (a restored producer).
+
+        Registers the source with the broker first, as its first send would.
+
+        Raises:
+            ValueError: for a negative ``next_seq``.
+            UnknownChannel: if the channel was never declared.
+        """
+        if next_seq < 0:
+            raise ValueError(f"next_seq must be >= 0, got {next_seq}")
+        self.call(lambda: self._route(channel, source))
+        stats = self.producers.setdefault((channel, source), ProducerStats())
+        with stats.lock:
+            stats.next_seq = max(stats.next_seq, int(next_seq))
+            stats.last_seq = stats.next_seq - 1
+
     def _wait_consumers(
         self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None
     ) -> list[ConsumerRef]:
