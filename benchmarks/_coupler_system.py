@@ -54,8 +54,12 @@ def _worker_shared_memory_setting() -> object:
 
 
 def queue_size(nbytes: int) -> int:
-    """``Queue`` depth: 64 messages, fewer for large ones (at most ~512 MiB buffered)."""
-    return max(2, min(64, (512 * MiB) // nbytes))
+    """``Queue`` depth: 1024 small messages, fewer large ones (at most ~64 MiB buffered, at least 2).
+
+    Credits let a producer run ahead by up to half the queue, so a deep queue of
+    small messages is what lets batches grow; large ones need only a couple in flight.
+    """
+    return max(2, min(1024, (64 * MiB) // nbytes))
 
 
 class CouplerBench:
