@@ -153,3 +153,52 @@ def test_gpu_job_script_requests_gpus_and_gives_each_worker_one(jobqueue_config:
     assert sorted(seen.values()) == [("3", "false"), ("5", "false")]  # one GPU each, no preallocation
     assert sorted(w["name"] for w in workers.values()) == ["gpu-job-0", "gpu-job-1"]
     assert all(w["resources"] == {"GPU": 1} for w in workers.values())
+
+
+def test_a_queue_pipeline_outlives_slurm_jobs_with_a_short_walltime(slurm: None, jobqueue_config: None) -> None:
+    """Jobs of 80 s walltime retire (dask's --lifetime) and are replaced; the actors move; nothing is lost."""
+    from coupler.runtime import Coupling, Queue
+    from supervision_actors import Counter, Tally
+    settings = {
+        "coupler.jobqueue.lifetime-margin": "16s",   # lifetime = 80 - 16 - 4 = 60 s, +-4 s
+        "coupler.jobqueue.lifetime-stagger": "4s",
+        "coupler.supervision.retire-margin": 14,
+        "coupler.supervision.poll-interval": 0.5,
+        "coupler.supervision.handover-timeout": 8,
+        "coupler.supervision.checkpoint-interval": 0,
+        # Dask pickles the actor classes by reference: the jobs must import this test helper module.
+        "jobqueue.slurm.job-script-prologue": [f"export PYTHONPATH={REPO / 'tests'}:${{PYTHONPATH:-}}"],
+    }
+    n, size = 900, 8
+    with dask.config.set(settings):
+        # One job first, the second 30 s later: on this 2-CPU node only two 1-core jobs
+        # fit, and staggered starts leave a worker to move to whenever one retires.
+        cluster = start_cluster("slurm", JobOptions.from_config(jobs=1, walltime="00:01:20"))
+        try:
+            with Coupling(cluster) as cp:
+                wait_for_workers(cp.client, 1, timeout="120s")
+                jobs_seen: set[str] = set()
+                ch = cp.channel("slurm-walltime", Queue(16))
+                tally = cp.spawn(Tally, name="tally", inputs={"inp": ch})
+                counter = cp.spawn(Counter, n, size, 0.11, name="counter", outputs={"out": ch})  # ~100 s of data
+                tally.start()
+                counter.start()
+                time.sleep(25)
+                cluster.adapt(minimum_jobs=2, maximum_jobs=2)
+                deadline = time.monotonic() + 240
+                while counter.status().info.get("i", 0) < n or tally.status().info.get("count", 0) < n:
+                    assert time.monotonic() < deadline, "the stream did not finish within 240 s"
+                    jobs_seen |= {j for j in cp.client.run(lambda: os.environ.get("SLURM_JOB_ID", "")).values() if j}
+                    time.sleep(1)
+                record = tally.call("record")
+                events = cp.supervisor.events
+        finally:
+            close_cluster(cluster)
+    got = record["got"]
+    assert [v for _, _, v in got] == [float(i) for i in range(n)]  # in order, none lost, none twice
+    assert [q for _, q, _ in got] == list(range(n))
+    assert record["checksum"] == size * n * (n - 1) / 2
+    moves = [e for e in events if e.kind == "moved"]
+    assert moves, f"no actor was moved off a retiring job: {events}"
+    assert not [e for e in events if e.kind in ("restarted", "gave-up")], events
+    assert len(jobs_seen) >= 3, f"expected at least one replaced job, saw jobs {jobs_seen}"
