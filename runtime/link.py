@@ -36,7 +36,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -322,11 +322,6 @@ class Link:
                 # Idle now: give unused slots back so other producers of this queue can have them.
                 self.returning, self.credits, self.want, self.want_dirty = self.credits, 0, 0, True
         self._pump()
-
-    @property
-    def idle(self) -> bool:
-        with self.cond:
-            return not (self.pending or self.inflight)
 
     def close(self, orphan: bool = True) -> None:
         """Stop sending (the consumer left or the channel's route changed); give back what is left.

@@ -33,7 +33,6 @@ import uuid
 import weakref
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -306,11 +305,6 @@ class Mappings:
     def close(self) -> None:
         """Forget the mappings; they are unmapped when the last view of each is gone."""
         self.maps.clear()
-
-
-def as_uint8(a: Any) -> np.ndarray:
-    """A flat byte view of a contiguous array."""
-    return np.ascontiguousarray(a).reshape(-1).view(np.uint8)
 
 
 __all__ = ["Arena", "Mappings", "ShmUnavailable", "available", "host_key", "layout", "own_segments", "sweep_orphans"]
