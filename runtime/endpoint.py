@@ -157,7 +157,6 @@ class Endpoint(WorkerPlugin):
         self.loop: asyncio.AbstractEventLoop = worker.loop.asyncio_loop
         self.config = transport_config()
         self.buffers: dict[tuple[str, str], ConsumerBuffer] = {}
-        self.consumer_specs: dict[str, Spec] = {}
         self.routes: dict[str, Route] = {}
         self.producers: dict[tuple[str, str], ProducerStats] = {}
         self.links: dict[tuple[str, str, str], Link] = {}
@@ -286,8 +285,6 @@ class Endpoint(WorkerPlugin):
             if preload:
                 buf.preload(preload)
             self.buffers[(channel, consumer)] = buf  # before the broker tells producers
-            if table.get("spec") is not None:
-                self.consumer_specs[channel] = Spec.from_wire(table["spec"])
             table = await self._broker(
                 "coupler_attach", name=channel, role="consumer", ident=consumer, address=self.address,
                 stream=self.listener.address, host=self.host,

@@ -169,7 +169,8 @@ class Link:
                 self.sock, wire.HELLO,
                 {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()},
             )
-            kind, reply, _ = wire.recv_frame(self.sock)
+            self.reader = wire.FrameReader(self.sock, 64 << 10)  # the hello's reply, then acks and grants
+            kind, reply, _ = self.reader.read()
         except OSError as e:
             self.sock.close()
             raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
@@ -436,9 +437,8 @@ class Link:
     def _read_loop(self) -> None:
         try:
             refused = more = False
-            reader = wire.FrameReader(self.sock, 64 << 10)
             while not refused:
-                kind, h, _ = reader.read()
+                kind, h, _ = self.reader.read()
                 with self.cond:
                     if kind == wire.GRANT:
                         self.credits += h["n"]

@@ -110,17 +110,6 @@ class FrameReader:
         return kind, header, payload
 
 
-def recv_exact(sock: socket.socket, n: int) -> bytearray:
-    """Read exactly ``n`` bytes.
-
-    Raises:
-        StreamClosed: if the peer closes first.
-    """
-    buf = bytearray(n)
-    recv_into_all(sock, memoryview(buf))
-    return buf
-
-
 def recv_into_all(sock: socket.socket, view: memoryview) -> None:
     """Fill ``view`` from the socket (the GIL is released while the kernel copies)."""
     got, n = 0, len(view)
@@ -129,18 +118,6 @@ def recv_into_all(sock: socket.socket, view: memoryview) -> None:
         if k == 0:
             raise StreamClosed("the peer closed the stream")
         got += k
-
-
-def recv_frame(sock: socket.socket) -> tuple[int, dict[str, Any], np.ndarray | None]:
-    """Read one frame: ``(kind, header, payload or None)``; the payload is a fresh uint8 array."""
-    kind, hlen = _PREFIX.unpack(recv_exact(sock, _PREFIX.size))
-    header = msgpack.unpackb(recv_exact(sock, hlen), raw=False)
-    n = header.get("len", 0)
-    if not n:
-        return kind, header, None
-    payload = np.empty(n, np.uint8)
-    recv_into_all(sock, memoryview(payload))
-    return kind, header, payload
 
 
 def batch_payload(spec: Spec, items: list[list[np.ndarray]]) -> tuple[list[int], int, list[Any]]:
@@ -182,5 +159,5 @@ def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -
 
 __all__ = [
     "ACK", "BATCH", "BYE", "GRANT", "HELLO", "WANT", "WELCOME", "FrameReader", "StreamClosed",
-    "batch_payload", "pack", "recv_exact", "recv_frame", "send_frame", "split_payload",
+    "batch_payload", "pack", "recv_into_all", "send_frame", "split_payload",
 ]
