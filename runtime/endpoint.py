@@ -104,6 +104,11 @@ class Route:
     def is_queue(self) -> bool:
         return self.table["policy"]["kind"] == "queue"
 
+    @property
+    def is_shared(self) -> bool:
+        """Work-sharing: each message to one consumer (``Queue(shared=True)``)."""
+        return bool(self.table["policy"].get("shared", False))
+
 
 class _Reroute(Exception):
     """A link closed because its consumer moved: deliver along the new route."""
@@ -366,7 +371,9 @@ class Endpoint(WorkerPlugin):
 
         Returns once every consumer's link has taken the message (it is then
         delivered in order, or handed to the consumer's replacement). Blocks while
-        a ``Queue`` consumer is full: back-pressure.
+        a ``Queue`` consumer is full: back-pressure. On a work-sharing
+        ``Queue(shared=True)`` the message goes to exactly one consumer, and the
+        send blocks only while none has room.
 
         Args:
             channel: channel name.
@@ -404,32 +411,79 @@ class Endpoint(WorkerPlugin):
                 "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
                 "meta": meta or {}, "sent_at": time.time(),
             }  # Message.header()'s fields, built directly: this is the hot path
-            delivered: set[str] = set()
-            while True:
-                todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
-                failures: list[Exception] = []
-                reroute = False
-                for c in todo:
-                    try:
-                        self._deliver(route, spec, c, header, leaves, deadline, cancel)
-                        delivered.add(c.cid)
-                    except _Reroute:
-                        reroute = True
-                    except (ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted) as e:
-                        failures.append(e)
-                if failures:
-                    for kind in (ChannelClosed, Interrupted, ConsumerGone):
-                        for e in failures:
-                            if isinstance(e, kind):
-                                raise e
-                    raise failures[0]
-                if not reroute:
-                    break
+            if route.is_shared:
+                self._deliver_to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
+            else:
+                self._deliver_to_all(route, spec, header, leaves, deadline, timeout, cancel)
             stats.next_seq += 1
             stats.sent += 1
             stats.nbytes += spec.nbytes
             stats.last_seq = header["seq"]
         return header["seq"]
+
+    def _deliver_to_all(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, timeout: float | None, cancel: threading.Event | None,
+    ) -> None:
+        """Broadcast: hand the message to every consumer (a moved one along its new route)."""
+        delivered: set[str] = set()
+        while True:
+            todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
+            failures: list[Exception] = []
+            reroute = False
+            for c in todo:
+                try:
+                    self._deliver(route, spec, c, header, leaves, deadline, cancel)
+                    delivered.add(c.cid)
+                except _Reroute:
+                    reroute = True
+                except (ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted) as e:
+                    failures.append(e)
+            if failures:
+                for kind in (ChannelClosed, Interrupted, ConsumerGone):
+                    for e in failures:
+                        if isinstance(e, kind):
+                            raise e
+                raise failures[0]
+            if not reroute:
+                return
+
+    def _deliver_to_one(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, timeout: float | None, cancel: threading.Event | None, turn: int,
+    ) -> None:
+        """Work-sharing: hand the message to exactly one consumer that has room.
+
+        Each pass offers it, without waiting, to every consumer in turn (starting
+        at a rotating one, so that members with room share the work evenly). A
+        refusal (no credit, gone, moving) takes nothing, so the message is never
+        at two consumers. Between passes the sender backs off briefly: credits
+        come back asynchronously from several consumers, and a task channel's
+        messages are coarse, so a millisecond-scale poll costs nothing that matters.
+        """
+        backoff = 0.001
+        while True:
+            consumers = self._wait_consumers(route, deadline, timeout, cancel)
+            gone: list[Exception] = []
+            for i in range(len(consumers)):
+                c = consumers[(turn + i) % len(consumers)]
+                try:
+                    self._deliver(route, spec, c, header, leaves, time.monotonic(), cancel)
+                    return
+                except (_Reroute, ChannelTimeout):
+                    continue
+                except ConsumerGone as e:
+                    gone.append(e)
+            if len(gone) == len(consumers) and not route.table.get("moving"):
+                raise gone[0]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelTimeout(
+                    f"channel {route.channel!r}: no consumer of the work-sharing queue had room within {timeout} s"
+                )
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("send interrupted: the actor is stopping")
+            time.sleep(backoff)
+            backoff = min(2 * backoff, 0.02)
 
     def next_seq(self, channel: str, source: str) -> int:
         """The sequence number ``source``'s next message on ``channel`` will carry (for checkpoints)."""

@@ -2,12 +2,14 @@
 
 A policy is a small frozen declaration; the buffering it implies lives on the
 consumer's worker (see :mod:`coupler.runtime.buffers`). Every consumer of a
-channel gets every message (broadcast); many producers may feed one channel
-(fan-in).
+channel gets every message (broadcast), except a work-sharing
+``Queue(shared=True)``, where each message goes to exactly one consumer (a task
+pool); many producers may feed one channel (fan-in).
 
 | policy | keeps | producer when full | consumer reads with |
 |---|---|---|---|
 | ``Queue(maxsize)`` | every message, in order per producer | blocks (back-pressure) | ``receive`` |
+| ``Queue(maxsize, shared=True)`` | each message at one consumer only | blocks until some consumer has room | ``receive`` |
 | ``Latest()`` | the newest message only | never blocks | ``receive`` |
 | ``Reservoir(capacity)`` | a uniform sample of the whole stream (Vitter's R) | never blocks | ``sample`` |
 | ``Window(capacity)`` | the newest ``capacity`` messages | never blocks | ``sample`` |
@@ -25,13 +27,20 @@ class Queue:
 
     Args:
         maxsize: messages the consumer's buffer holds before producers wait.
+        shared: work-sharing: each message goes to exactly one of the channel's
+            consumers (one that has room; round-robin among those that do),
+            instead of to every consumer. For a task pool, a small ``maxsize``
+            (1 or 2) keeps few tasks waiting at a busy member while another idles.
     """
 
     maxsize: int = 64
+    shared: bool = False
 
     def __post_init__(self) -> None:
-        if not isinstance(self.maxsize, int) or self.maxsize < 1:
+        if not isinstance(self.maxsize, int) or isinstance(self.maxsize, bool) or self.maxsize < 1:
             raise ValueError(f"Queue(maxsize) needs an int >= 1, got {self.maxsize!r}")
+        if not isinstance(self.shared, bool):
+            raise ValueError(f"Queue(shared) needs a bool, got {self.shared!r}")
 
 
 @dataclass(frozen=True)
@@ -81,7 +90,10 @@ def policy_to_wire(policy: Policy) -> dict[str, Any]:
     """Encode a policy for the broker (msgpack-friendly)."""
     for kind, cls in _KINDS.items():
         if type(policy) is cls:
-            return {"kind": kind, **asdict(policy)}
+            # Defaults that change nothing are left out: the wire form (shown by
+            # ``coupler info``) then reads as the policy was written.
+            args = {k: v for k, v in asdict(policy).items() if not (k == "shared" and v is False)}
+            return {"kind": kind, **args}
     raise TypeError(f"expected a policy (Queue, Latest, Reservoir, Window), got {policy!r}")
 
 

@@ -36,13 +36,16 @@ class Producer(ActorHost):
 class Collector(ActorHost):
     """Receives from its ``inp`` port and records (source, seq, step, first value)."""
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, delay: float = 0.0, **kw: Any) -> None:
         super().__init__(**kw)
+        self.delay = delay  # seconds of "work" per message
         self.got: list[tuple[str, int, int, float, float]] = []
         self.checksum = 0.0
 
     def step(self) -> bool:
         m = self.inputs["inp"].receive()
+        if self.delay:
+            time.sleep(self.delay)
         x = m.data["x"]
         self.got.append((m.source, m.seq, m.step, float(x[0]), m.timestamp))
         self.checksum += float(x.sum())

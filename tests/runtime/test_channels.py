@@ -148,3 +148,53 @@ def test_counters_reach_the_broker(coupling: Coupling, unique: str) -> None:
     assert st.sent == 25 and st.sent_bytes == 25 * 256 * 4 and st.producers == (f"prod-{unique}",)
     assert st.consumers == (f"col-{unique}/inp",) and st.policy == {"kind": "queue", "maxsize": 8}
     col.stop()
+
+
+def test_work_sharing_gives_each_message_to_exactly_one_consumer(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"tasks-{unique}", Queue(2, shared=True))
+    w = coupling.workers()
+    # Four members, two per worker: one shares the producers' process (local path), three are remote links.
+    cols = [
+        coupling.spawn(Collector, 0.002, name=f"m{i}-{unique}", inputs={"inp": ch}, workers=w[i % 2]) for i in range(4)
+    ]
+    n = 120
+    prods = [coupling.spawn(Producer, n, ident=i, name=f"p{i}-{unique}", outputs={"out": ch}, workers=w[0]) for i in range(2)]
+    for c in cols:
+        c.start()
+    for p in prods:
+        p.start()
+    for p in prods:
+        assert p.wait(60).state == "finished"
+    _wait_for(lambda: sum(len(c.call("received")) for c in cols) >= 2 * n, what="all tasks")
+    time.sleep(0.3)  # a duplicate would arrive now
+    per_member = [c.call("received") for c in cols]
+    for c in cols:
+        c.stop()
+    keys = [(src, seq) for got in per_member for src, seq, *_ in got]
+    assert len(keys) == 2 * n, f"{len(keys)} deliveries for {2 * n} messages"
+    assert set(keys) == {(f"p{i}-{unique}", s) for i in range(2) for s in range(n)}
+    # Every member worked (the load is shared), and each member saw each producer's messages in order.
+    assert all(len(got) > 0 for got in per_member), [len(got) for got in per_member]
+    for got in per_member:
+        for i in range(2):
+            seqs = [seq for src, seq, *_ in got if src == f"p{i}-{unique}"]
+            assert seqs == sorted(seqs)
+
+
+def test_work_sharing_routes_around_a_member_that_does_not_take(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"tasks-{unique}", Queue(1, shared=True))
+    w = coupling.workers()
+    idle = coupling.spawn(Collector, name=f"idle-{unique}", inputs={"inp": ch}, workers=w[1])  # never started
+    busy = coupling.spawn(Collector, name=f"busy-{unique}", inputs={"inp": ch}, workers=w[1])
+    prod = coupling.spawn(Producer, 40, name=f"prod-{unique}", outputs={"out": ch}, workers=w[0])
+    busy.start()
+    prod.start()
+    assert prod.wait(30).state == "finished"  # not blocked by the idle member's full queue
+    _wait_for(lambda: len(busy.call("received")) >= 39, what="the working member to take the rest")
+    got_busy = [seq for _, seq, *_ in busy.call("received")]
+    held = idle.call("receive_now", 5)
+    busy.stop()
+    # The idle member holds at most its one slot; together they got every message once.
+    taken = got_busy + ([] if held is None else [held[1]])
+    assert sorted(taken) == list(range(40))
+    assert idle.call("receive_now", 0.2) is None
