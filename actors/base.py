@@ -20,9 +20,13 @@ are declared by name when the actor is built::
 
 Checkpoints. ``checkpoint()`` returns the actor's state as plain data (numpy
 arrays, numbers, strings, lists and dicts): its step counter and status, the
-subclass's ``state_dict()``, the next sequence number of each output port, and
--- when the actor hands over to a new instance (``retire``) -- the messages
-still waiting in its ``Queue`` inputs. ``restore(checkpoint)`` on a fresh
+subclass's ``state_dict()``, the next sequence number of each output port
+(taken after what the outputs sent was accepted), for each ``Queue`` input the
+highest sequence number per source it covers (``"delivered"``), and -- when the
+actor hands over to a new instance (``retire``) -- the messages still waiting
+in its ``Queue`` inputs. Once the supervisor holds a checkpoint it calls
+``commit`` with its ``"delivered"`` marks: producers stop keeping those
+messages for a replay (see docs/reliability.md). ``restore(checkpoint)`` on a fresh
 instance (before ``start``) makes it continue exactly where the old one was.
 The state is always taken at a step boundary, by the loop's own thread: the
 remote call posts a request and waits for it. A step waiting in ``receive`` or
@@ -41,8 +45,9 @@ import traceback
 from typing import Any, Callable
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
+from coupler.runtime.buffers import QueueBuffer
 from coupler.runtime.endpoint import Endpoint
-from coupler.runtime.status import ActorStatus
+from coupler.runtime.status import ActorStatus, MetricLog, describe_device
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +56,8 @@ CHECKPOINT_FORMAT = 1
 YIELD_SLICE = 0.1
 # How long a hand-over waits for the actor's sent messages to be accepted.
 HANDOVER_FLUSH_TIMEOUT = 30.0
+# How long a periodic checkpoint waits for the actor's sent messages to be accepted.
+CHECKPOINT_FLUSH_TIMEOUT = 5.0
 _MISSING: Any = object()
 _LIVE_STATES = ("running", "paused")
 
@@ -149,6 +156,7 @@ class ActorHost:
         self._loop_live = False  # True while the loop thread can still serve requests
         self._requests: list[tuple[str, concurrent.futures.Future[Any], Any]] = []
         self._retired = False
+        self._metric_log = MetricLog()  # what report_metric() keeps for the broker's dashboard and /metrics
         self.endpoint.register_actor(name, self)
 
     # -- hooks for subclasses (run in the loop's thread) ------------------------------------
@@ -165,6 +173,19 @@ class ActorHost:
     def info(self) -> dict[str, Any]:
         """Actor-specific figures for ``status().info`` (keep it small and cheap)."""
         return {}
+
+    def report_metric(self, metric: str, value: float, step: int | None = None) -> None:
+        """Report a metric point (e.g. ``report_metric("loss", 0.01)``) to the dashboard and ``/metrics``.
+
+        Args:
+            metric: the series' name.
+            value: a real number.
+            step: its x coordinate (default: the steps completed so far).
+
+        Raises:
+            TypeError: if ``value`` is not a real number.
+        """
+        self._metric_log.record(metric, self._steps if step is None else step, value)
 
     def state_dict(self) -> dict[str, Any]:
         """The subclass's state as plain data (numpy arrays, numbers, strings, lists, dicts).
@@ -250,8 +271,10 @@ class ActorHost:
             started_at=self._started_at,
             stopped_at=self._stopped_at,
             info=self.info(),
+            device=describe_device(),
         )
-        return st.__dict__.copy()
+        # The broker keeps the metric points (reports carry the recent ones) and drops them from the status.
+        return {**st.__dict__, "metrics": self._metric_log.recent()}
 
     async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """The actor's state at a step boundary, as plain data (see the module docstring).
@@ -302,6 +325,22 @@ class ActorHost:
                 self._cond.notify_all()
         return await self._ask("retire", before, timeout)
 
+    def commit(self, delivered: dict[str, dict[str, int]]) -> None:
+        """A checkpoint with these ``"delivered"`` marks (port -> source -> seq) is stored safely.
+
+        The producers of this actor's ``Queue`` inputs stop keeping the messages
+        the marks cover (they would otherwise send them again to a successor).
+
+        Raises:
+            ValueError: for a port this actor does not have.
+        """
+        unknown = sorted(set(delivered) - set(self.inputs))
+        if unknown:
+            raise ValueError(f"actor {self.name!r} has inputs {sorted(self.inputs)}, got marks for {unknown}")
+        for port, marks in delivered.items():
+            inp = self.inputs[port]
+            self.endpoint.commit_consumer(inp.channel, inp.consumer, marks)
+
     def restore(self, checkpoint: dict[str, Any]) -> dict[str, Any]:
         """Continue from ``checkpoint`` (from :meth:`checkpoint` or :meth:`retire` of an instance of this class).
 
@@ -341,9 +380,14 @@ class ActorHost:
         self._steps = int(st["steps"])
         for port, seq in outputs.items():
             self._resume_seq(self.outputs[port], int(seq["next_seq"]))
-        for port, messages in inputs.items():
-            if messages:
-                self.inputs[port].buffer.preload([decode_message(m) for m in messages])
+        delivered = checkpoint.get("delivered", {})
+        for port, inp in self.inputs.items():
+            messages = [decode_message(m) for m in inputs.get(port, [])]
+            if isinstance(inp.buffer, QueueBuffer):
+                # Drops what producers replayed and the checkpoint covers (taken or carried over).
+                inp.buffer.resume(delivered.get(port, {}), messages)
+            elif messages:
+                inp.buffer.preload(messages)
         if st["state"] in ("finished", "stopped", "failed"):
             self._state, self._error = st["state"], st["error"]
             self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
@@ -376,6 +420,10 @@ class ActorHost:
             return  # the caller gave up waiting
         try:
             if kind == "checkpoint":
+                # What the outputs sent must be accepted before next_seq is recorded: a
+                # successor resumes there and would not send the unaccepted ones again.
+                for port in self.outputs.values():
+                    port.flush(timeout=CHECKPOINT_FLUSH_TIMEOUT)
                 result = self._snapshot(None)
             elif kind == "retire":
                 result = self._hand_over(arg)
@@ -402,6 +450,7 @@ class ActorHost:
             "state": self.state_dict(),
             "outputs": {p: {"next_seq": self._next_seq(port)} for p, port in self.outputs.items()},
             "inputs": {},
+            "delivered": {p: port.buffer.taken_marks() for p, port in self.inputs.items() if isinstance(port.buffer, QueueBuffer)},
         }
 
     def _hand_over(self, before: str) -> dict[str, Any]:
@@ -414,6 +463,11 @@ class ActorHost:
         ended_by_itself = self._state in ("finished", "failed")
         ck = self._snapshot(None if ended_by_itself or before not in ("running", "paused", "created") else before)
         ck["inputs"] = {p: ms for p, ms in pending.items() if ms}
+        for p, ms in ck["inputs"].items():  # what it carries over is covered too
+            marks = ck["delivered"].setdefault(p, {})
+            for m in ms:
+                src, seq = m["header"]["source"], m["header"]["seq"]
+                marks[src] = max(marks.get(src, -1), seq)
         self._retired = True
         self._stop.set()
         self._state = "migrated"

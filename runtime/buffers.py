@@ -43,6 +43,8 @@ class BufferStats:
         depth: messages held now.
         nbytes: payload bytes accepted.
         lag: seconds between send and acceptance of the last message.
+        duplicates: ``Queue`` messages dropped because the same (source, seq) had come before
+            (a producer replaying after a restart of either end).
     """
 
     received: int = 0
@@ -51,6 +53,7 @@ class BufferStats:
     depth: int = 0
     nbytes: int = 0
     lag: float = 0.0
+    duplicates: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports."""
@@ -167,6 +170,7 @@ class ConsumerBuffer:
 
 
 GrantFn = Callable[[int, int], None]  # (slots granted, messages the queue holds now)
+CommitFn = Callable[[dict[str, int]], None]  # (source -> highest seq the consumer's checkpoint covers)
 
 
 class QueueBuffer(ConsumerBuffer):
@@ -176,6 +180,13 @@ class QueueBuffer(ConsumerBuffer):
     messages) or free. A link asks for credits with :meth:`want`; free slots
     are granted to waiting links in turn as the consumer takes messages, by
     calling the link's grant function (which tells the producer).
+
+    Delivery is at-least-once and processed-once: a message whose (source, seq)
+    is not above the highest seq already received from that source is a
+    duplicate (a producer replaying after a restart) and is dropped, its slot
+    freed. ``taken_marks`` is what a checkpoint records; ``resume`` applies a
+    checkpoint's marks to a restored consumer; ``commit`` tells the producers'
+    links which messages they no longer need to keep for a replay.
     """
 
     def __init__(self, channel: str, policy: Queue) -> None:
@@ -186,21 +197,37 @@ class QueueBuffer(ConsumerBuffer):
         self._demand: dict[int, int] = {}  # link id -> slots it still wants
         self._grant_fns: dict[int, GrantFn] = {}
         self._local_waiting = 0  # producers on this worker waiting in put(): served before links
+        self._taken: dict[str, int] = {}  # source -> highest seq handed to the consumer
+        self._committed: dict[str, int] = {}  # source -> highest seq a stored checkpoint covers
+        self._commit_fns: dict[int, CommitFn] = {}
 
     def _free(self) -> int:
         return self.maxsize - len(self._items) - sum(self._granted.values())
 
     # -- credits for remote producers ------------------------------------------------------
-    def add_link(self, link: int, grant: GrantFn) -> None:
-        """Register a producer link and how to tell it about new credits."""
+    def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None) -> None:
+        """Register a producer link and how to tell it about new credits (and commits).
+
+        Args:
+            link: the link's id.
+            grant: called with (slots granted, depth) when slots are reserved for it.
+            commit: called with the consumer's committed marks, now if there are any and
+                at every :meth:`commit` (the producer then forgets what they cover).
+        """
         with self._cond:
             self._grant_fns[link] = grant
             self._granted.setdefault(link, 0)
+            if commit is not None:
+                self._commit_fns[link] = commit
+            marks = dict(self._committed)
+        if commit is not None and marks:
+            commit(marks)
 
     def remove_link(self, link: int) -> None:
         """Forget a link; its unused credits become free slots again."""
         with self._cond:
             self._grant_fns.pop(link, None)
+            self._commit_fns.pop(link, None)
             self._granted.pop(link, None)
             self._demand.pop(link, None)
             grants = self._hand_out()
@@ -266,8 +293,11 @@ class QueueBuffer(ConsumerBuffer):
                 )
             self._granted[link] = have - len(messages)
             for m in messages:
-                self._accept(m)
+                if self._is_new(m):
+                    self._accept(m)
+            grants = self._hand_out()  # slots of dropped duplicates are free again
             self._cond.notify_all()
+        self._notify(grants)
         return len(messages)
 
     # -- producers on this worker -----------------------------------------------------------
@@ -290,10 +320,18 @@ class QueueBuffer(ConsumerBuffer):
                         self._local_waiting -= 1
                 if self._detached:
                     return accepted
-                self._accept(m)
+                if self._is_new(m):
+                    self._accept(m)
                 accepted += 1
                 self._cond.notify_all()
         return accepted
+
+    def _is_new(self, m: Message) -> bool:
+        """Whether ``m`` was not received before (call with the lock); counts a duplicate."""
+        if m.seq <= self.last_seq.get(m.source, -1):
+            self.stats.duplicates += 1
+            return False
+        return True
 
     def _accept(self, m: Message) -> None:
         self._items.append(m)
@@ -304,6 +342,8 @@ class QueueBuffer(ConsumerBuffer):
         with self._cond:
             self._wait(lambda: bool(self._items), timeout, "message")
             m = self._items.popleft()
+            if m.seq > self._taken.get(m.source, -1):
+                self._taken[m.source] = m.seq
             self.stats.taken += 1
             self.stats.depth = len(self._items)
             grants = self._hand_out()
@@ -322,12 +362,59 @@ class QueueBuffer(ConsumerBuffer):
         return out
 
     def preload(self, messages: list[Message]) -> None:
+        self.resume({}, messages)
+
+    def taken_marks(self) -> dict[str, int]:
+        """Source -> highest seq handed to the consumer (what a checkpoint at a step boundary covers)."""
         with self._cond:
-            self._items.extendleft(reversed(messages))
-            for m in messages:
-                self._account(m)
+            return dict(self._taken)
+
+    def resume(self, taken: dict[str, int], preload: list[Message] = ()) -> None:  # type: ignore[assignment]
+        """Continue a consumer from its checkpoint: ``taken`` was processed, ``preload`` was held.
+
+        What the buffer holds already (replays that arrived before the restore) is
+        kept after ``preload``, less every message of a source at or below what
+        came before it: each (source, seq) stays at most once, in order.
+
+        Args:
+            taken: source -> highest seq the checkpointed consumer had taken.
+            preload: messages its predecessor held and had not taken (may exceed ``maxsize``).
+        """
+        with self._cond:
+            marks = {s: int(q) for s, q in taken.items()}
+            kept: deque[Message] = deque()
+            for i, m in enumerate([*preload, *self._items]):
+                if m.seq <= marks.get(m.source, -1):
+                    self.stats.duplicates += 1
+                    continue
+                marks[m.source] = m.seq
+                kept.append(m)
+                if i < len(preload):
+                    self._account(m)
+            self._items = kept
+            for src, q in taken.items():
+                self._taken[src] = max(self._taken.get(src, -1), int(q))
+            for src, q in marks.items():
+                self.last_seq[src] = max(self.last_seq.get(src, -1), q)
             self.stats.depth = len(self._items)
+            grants = self._hand_out()
             self._cond.notify_all()
+        self._notify(grants)
+
+    def commit(self, marks: dict[str, int]) -> None:
+        """A checkpoint covering ``marks`` (source -> seq) is stored: producers may forget those messages."""
+        with self._cond:
+            for src, q in marks.items():
+                self._committed[src] = max(self._committed.get(src, -1), int(q))
+            fns = list(self._commit_fns.values())
+            committed = dict(self._committed)
+        for fn in fns:
+            fn(committed)
+
+    def committed_marks(self) -> dict[str, int]:
+        """Source -> highest seq committed so far."""
+        with self._cond:
+            return dict(self._committed)
 
 
 class LatestBuffer(ConsumerBuffer):

@@ -38,7 +38,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from tornado.ioloop import PeriodicCallback
 
 from coupler.runtime import shm
-from coupler.runtime.buffers import ConsumerBuffer, make_buffer
+from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer, make_buffer
 from coupler.runtime.errors import (
     ChannelClosed,
     ChannelTimeout,
@@ -47,7 +47,7 @@ from coupler.runtime.errors import (
     NoCoupling,
     raise_for_reply,
 )
-from coupler.runtime.link import Item, Link, TransportConfig
+from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import policy_from_wire
 from coupler.runtime.receiver import Listener
@@ -128,6 +128,41 @@ class ProducerStats:
         return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq}
 
 
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """At-least-once delivery on ``Queue`` channels (``coupler.delivery`` in dask.config).
+
+    Attributes:
+        retain: keep what was sent to each ``Queue`` consumer until its stored checkpoint
+            covers it, to replay to its successor after a loss.
+        retain_bytes: most payload bytes kept per (channel, consumer) on a worker.
+        lost_consumer_wait: seconds producers wait for a consumer whose worker was lost
+            to come back (restarted by the supervisor) before sends fail with ConsumerGone.
+    """
+
+    retain: bool = True
+    retain_bytes: int = 1 << 30
+    lost_consumer_wait: float = 300.0
+
+
+def delivery_config() -> DeliveryConfig:
+    """The ``coupler.delivery`` settings of this process.
+
+    Raises:
+        ValueError: for a negative size or duration.
+    """
+    c = dask.config.get("coupler.delivery", default={}) or {}
+    d = DeliveryConfig()
+    out = DeliveryConfig(
+        retain=bool(c.get("retain", d.retain)),
+        retain_bytes=int(dask.utils.parse_bytes(c.get("retain-bytes", d.retain_bytes))),
+        lost_consumer_wait=float(dask.utils.parse_timedelta(c.get("lost-consumer-wait", d.lost_consumer_wait), default="seconds")),
+    )
+    if out.retain_bytes < 0 or out.lost_consumer_wait < 0:
+        raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {c}")
+    return out
+
+
 def transport_config() -> TransportConfig:
     """The ``coupler.transport`` settings of this process."""
     c = dask.config.get("coupler.transport", default={}) or {}
@@ -166,6 +201,10 @@ class Endpoint(WorkerPlugin):
         self.producers: dict[tuple[str, str], ProducerStats] = {}
         self.links: dict[tuple[str, str, str], Link] = {}
         self.orphans: dict[tuple[str, str], deque[Item]] = {}
+        self.delivery = delivery_config()
+        self.replay_logs: dict[tuple[str, str], ReplayLog] = {}  # (channel, consumer) -> kept for a replay
+        self.incarnations: dict[tuple[str, str], str] = {}  # (channel, consumer) -> stream it was last sent to
+        self.lost_since: dict[tuple[str, str], float] = {}  # (channel, consumer) -> when its worker was seen lost
         self._lock = threading.Lock()  # links and orphans, shared by sending threads and link threads
         self.actors: dict[str, Any] = {}  # name -> object with status_dict()
         self.host = shm.host_key()
@@ -343,6 +382,12 @@ class Endpoint(WorkerPlugin):
             with route.cond:
                 route.table = table
                 route.cond.notify_all()
+            present = {c.cid for c in route.consumers}
+            for cid, why in table["gone"]:
+                if "was lost" in str(why):
+                    self.lost_since.setdefault((channel, cid), time.monotonic())
+            for key in [k for k in self.lost_since if k[0] == channel and k[1] in present]:
+                del self.lost_since[key]
             current = {(channel, c.cid, c.stream) for c in route.consumers}
             with self._lock:
                 stale = [k for k in self.links if k[0] == channel and k not in current]
@@ -425,7 +470,11 @@ class Endpoint(WorkerPlugin):
         self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
         deadline: float | None, timeout: float | None, cancel: threading.Event | None,
     ) -> None:
-        """Broadcast: hand the message to every consumer (a moved one along its new route)."""
+        """Broadcast: hand the message to every consumer (a moved one along its new route).
+
+        On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
+        """
+        leaves = self._frozen(route, leaves)
         delivered: set[str] = set()
         while True:
             todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
@@ -437,7 +486,12 @@ class Endpoint(WorkerPlugin):
                     delivered.add(c.cid)
                 except _Reroute:
                     reroute = True
-                except (ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted) as e:
+                except ConsumerGone as e:
+                    if self._left_route(route, c, deadline, cancel):
+                        reroute = True  # kept for it if it comes back (see _keep_for_absent)
+                    else:
+                        failures.append(e)
+                except (ChannelClosed, ChannelTimeout, Interrupted) as e:
                     failures.append(e)
             if failures:
                 for kind in (ChannelClosed, Interrupted, ConsumerGone):
@@ -446,6 +500,8 @@ class Endpoint(WorkerPlugin):
                             raise e
                 raise failures[0]
             if not reroute:
+                if route.is_queue and self.delivery.retain:
+                    self._keep_for_absent(route, spec, header, leaves)
                 return
 
     def _deliver_to_one(
@@ -461,6 +517,7 @@ class Endpoint(WorkerPlugin):
         come back asynchronously from several consumers, and a task channel's
         messages are coarse, so a millisecond-scale poll costs nothing that matters.
         """
+        leaves = self._frozen(route, leaves)
         backoff = 0.001
         while True:
             consumers = self._wait_consumers(route, deadline, timeout, cancel)
@@ -521,7 +578,7 @@ class Endpoint(WorkerPlugin):
                     raise ChannelClosed(f"channel {route.channel!r} is closed; cannot send")
                 if table["consumers"]:
                     return route.consumers
-                if table["gone"] and not table.get("moving"):
+                if table["gone"] and not self._returning(route):
                     gone = ", ".join(f"{c} ({why})" for c, why in table["gone"])
                     raise ConsumerGone(f"channel {route.channel!r} has no consumer left: {gone}")
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -531,12 +588,93 @@ class Endpoint(WorkerPlugin):
                     raise Interrupted("send interrupted: the actor is stopping")
                 route.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
 
+    def _left_route(
+        self, route: Route, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None
+    ) -> bool:
+        """After its stream broke: wait for the broker to take consumer ``c`` off the route.
+
+        On a ``Queue`` channel with retention a consumer whose worker died is
+        expected back (restarted by the supervisor); the send goes on once the
+        broker has confirmed the loss. Returns ``False`` (the send fails with
+        :class:`ConsumerGone`) for other channels, or if the route did not change
+        within ``lost_consumer_wait`` (or the send's deadline).
+        """
+        if not (route.is_queue and self.delivery.retain):
+            return False
+        limit = time.monotonic() + self.delivery.lost_consumer_wait
+        if deadline is not None:
+            limit = min(limit, deadline)
+        with route.cond:
+            while any(x.cid == c.cid and x.stream == c.stream for x in route.consumers):
+                if time.monotonic() >= limit or (cancel is not None and cancel.is_set()):
+                    return False
+                route.cond.wait(0.05)
+        return True
+
+    def _returning(self, route: Route) -> set[str]:
+        """Consumers that left and are expected back: moving ones, and lost ones for a while.
+
+        A consumer whose worker was lost is restarted by the supervisor (after a
+        back-off and a placement); producers wait ``coupler.delivery.lost-consumer-wait``
+        seconds for it rather than fail at once.
+        """
+        table = route.table
+        back = set(table.get("moving") or ())
+        now = time.monotonic()
+        for cid, _ in table["gone"]:
+            since = self.lost_since.get((route.channel, cid))
+            if since is not None and now - since < self.delivery.lost_consumer_wait:
+                back.add(cid)
+        return back
+
+    def _replay_log(self, route: Route, cid: str) -> ReplayLog | None:
+        """The replay log of a ``Queue`` consumer (``None``: not a Queue, or retention is off)."""
+        if not (route.is_queue and self.delivery.retain):
+            return None
+        key = (route.channel, cid)
+        log = self.replay_logs.get(key)
+        if log is None:
+            with self._lock:
+                log = self.replay_logs.setdefault(key, ReplayLog(route.channel, cid, self.delivery.retain_bytes))
+        return log
+
+    def _frozen(self, route: Route, leaves: list[np.ndarray]) -> list[np.ndarray]:
+        """Leaves fit to keep in a replay log (Queue channels with retention), else as they are."""
+        return frozen_leaves(leaves) if route.is_queue and self.delivery.retain else leaves
+
+    def _keep_for_absent(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray]) -> None:
+        """Keep a broadcast Queue message for consumers that are away and expected back.
+
+        They get it, after what else they are owed, when they return (see :meth:`_deliver`).
+        """
+        present = {c.cid for c in route.consumers}
+        for cid in self._returning(route) - present:
+            log = self._replay_log(route, cid)
+            if log is None:
+                return
+            log.add(header, leaves, spec.nbytes)
+            with self._lock:
+                self.orphans[(route.channel, cid)] = deque(log.replay())
+
     def _deliver(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
         deadline: float | None, cancel: threading.Event | None,
     ) -> None:
-        """Hand one message to one consumer, after any messages it still has to get back."""
+        """Hand one message to one consumer, after any messages it still has to get back.
+
+        On a ``Queue`` channel the message is also kept in the consumer's replay
+        log until the consumer commits it; a consumer reached at a new stream (a
+        successor of a lost or moved one) first gets everything in its log again:
+        it drops what its checkpoint already covers (duplicate suppression).
+        """
         key = (route.channel, c.cid)
+        log = self._replay_log(route, c.cid)
+        if log is not None:
+            with self._lock:
+                before = self.incarnations.get(key)
+                self.incarnations[key] = c.stream
+                if before is not None and before != c.stream:
+                    self.orphans[key] = deque(log.replay())
         while True:  # leftovers of a previous instance of this consumer go first, in order
             with self._lock:
                 q = self.orphans.get(key)
@@ -548,7 +686,13 @@ class Endpoint(WorkerPlugin):
                 q = self.orphans.get(key)
                 if q and q[0] is item:
                     q.popleft()
-        self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
+        kept = None if log is None else log.add(header, leaves, spec.nbytes)
+        try:
+            self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
+        except BaseException:
+            if kept is not None:
+                log.remove(kept)  # type: ignore[union-attr]
+            raise
 
     def _deliver_one(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
@@ -593,6 +737,7 @@ class Endpoint(WorkerPlugin):
             queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self._client_ssl,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
+            on_commit=lambda marks, k=(route.channel, c.cid): self._commit_received(k, marks),
         )
         with self._lock:
             old = self.links.get(key)
@@ -607,9 +752,31 @@ class Endpoint(WorkerPlugin):
         route = self.routes.get(key[0])
         if route is not None and route.table["closed"]:
             return
+        log = None if route is None else self._replay_log(route, key[1])
         with self._lock:
+            if log is not None:
+                # The log holds these and what the consumer accepted since its commit: all of it again.
+                self.orphans[key] = deque(log.replay())
+                return
             q = self.orphans.setdefault(key, deque())
             q.extendleft(reversed(items))  # older than anything queued later
+
+    def _commit_received(self, key: tuple[str, str], marks: dict[str, int]) -> None:
+        """The consumer ``key`` stored a checkpoint covering ``marks``: stop keeping those messages."""
+        log = self.replay_logs.get(key)
+        if log is not None:
+            log.commit(marks)
+
+    def commit_consumer(self, channel: str, consumer: str, marks: dict[str, int]) -> None:
+        """A consumer on this worker commits: its stored checkpoint covers ``marks`` (source -> seq).
+
+        Producers (on this worker directly, elsewhere through their links) stop
+        keeping those messages for a replay.
+        """
+        buf = self.buffers.get((channel, consumer))
+        if isinstance(buf, QueueBuffer):
+            buf.commit(marks)
+        self._commit_received((channel, consumer), {str(s): int(q) for s, q in marks.items()})
 
     def flush(self, channel: str, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
         """Wait until every message sent on ``channel`` from this worker was accepted.
@@ -631,8 +798,7 @@ class Endpoint(WorkerPlugin):
             spec = route.spec
             assert spec is not None
             consumers = {c.cid: c for c in self._wait_consumers(route, deadline, timeout, cancel)}
-            moving = set(route.table.get("moving") or ())
-            gone = {cid for cid, _ in route.table["gone"]} - moving
+            gone = {cid for cid, _ in route.table["gone"]} - self._returning(route)
             progressed = False
             for (ch, cid), q in waiting.items():
                 c = consumers.get(cid)

@@ -102,6 +102,7 @@ class Batch:
 
 
 OrphanFn = Callable[[list[Item]], None]
+CommitFn = Callable[[dict[str, int]], None]
 
 
 class Link:
@@ -119,6 +120,8 @@ class Link:
         config: transport settings.
         ssl_context: a client TLS context, or ``None`` for plain TCP.
         on_orphans: gets, in order, the messages the consumer did not accept.
+        on_commit: gets the consumer's commits (source -> highest seq its stored
+            checkpoint covers), for the producer to stop keeping those messages.
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.
@@ -139,9 +142,10 @@ class Link:
         config: TransportConfig,
         ssl_context: ssl.SSLContext | None = None,
         on_orphans: OrphanFn | None = None,
+        on_commit: CommitFn | None = None,
     ) -> None:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
-        self.queue, self.config, self.on_orphans = queue, config, on_orphans
+        self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
         self.prefetch = max(1, min(256, maxsize // 2))
         self.cond = threading.Condition()
         self.pending: deque[Item] = deque()
@@ -439,6 +443,8 @@ class Link:
             refused = more = False
             while not refused:
                 kind, h, _ = self.reader.read()
+                if kind == wire.GRANT and "commit" in h and self.on_commit is not None:
+                    self.on_commit({str(s): int(q) for s, q in h["commit"].items()})
                 with self.cond:
                     if kind == wire.GRANT:
                         self.credits += h["n"]
@@ -511,6 +517,84 @@ class Link:
             self.arena.close()
 
 
+class ReplayLog:
+    """What one worker sent to one consumer of a ``Queue`` channel and that consumer's checkpoint does not cover yet.
+
+    The producer side of at-least-once delivery: if the consumer is lost, its
+    successor restarts from its last stored checkpoint, and everything it
+    received after that checkpoint must come again. The consumer commits the
+    sequence numbers its stored checkpoint covers (:meth:`commit`); what they
+    cover is forgotten here. Held payloads are read-only (copies of writable
+    arrays), so they can be sent again without copying.
+
+    Args:
+        channel: channel name (for the warning when the log overflows).
+        consumer: consumer id.
+        limit_bytes: most payload bytes kept; beyond, the oldest are forgotten (and a
+            replay after a loss would miss them: the warning says so).
+    """
+
+    def __init__(self, channel: str, consumer: str, limit_bytes: int) -> None:
+        self.channel, self.consumer, self.limit_bytes = channel, consumer, limit_bytes
+        self.items: deque[Item] = deque()
+        self.nbytes = 0
+        self.committed: dict[str, int] = {}
+        self.forgotten = 0  # messages dropped over the limit before being committed
+        self.lock = threading.Lock()
+
+    def add(self, header: dict[str, Any], leaves: list[np.ndarray], nbytes: int) -> Item:
+        """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`); returns its entry."""
+        item = Item(header, leaves, nbytes, large=False)
+        with self.lock:
+            self.items.append(item)
+            self.nbytes += nbytes
+            while self.nbytes > self.limit_bytes and len(self.items) > 1:
+                old = self.items.popleft()
+                self.nbytes -= old.nbytes
+                self.forgotten += 1
+                if self.forgotten == 1:
+                    logger.warning(
+                        "channel %r: more than %d bytes sent to consumer %r since its last commit; the oldest are "
+                        "no longer kept for a replay (raise coupler.delivery.retain-bytes or checkpoint more often)",
+                        self.channel, self.limit_bytes, self.consumer,
+                    )
+        return item
+
+    def remove(self, item: Item) -> None:
+        """Forget ``item`` (its delivery failed before the consumer got it)."""
+        with self.lock:
+            for i in range(len(self.items) - 1, -1, -1):
+                if self.items[i] is item:
+                    del self.items[i]
+                    self.nbytes -= item.nbytes
+                    return
+
+    def commit(self, marks: dict[str, int]) -> None:
+        """Forget every message of source ``s`` with seq <= ``marks[s]``."""
+        with self.lock:
+            for src, q in marks.items():
+                self.committed[src] = max(self.committed.get(src, -1), q)
+            keep = deque(it for it in self.items if it.header["seq"] > self.committed.get(it.header["source"], -1))
+            self.nbytes = sum(it.nbytes for it in keep)
+            self.items = keep
+
+    def replay(self) -> list[Item]:
+        """Every message kept, oldest first (to send again to a successor of the consumer)."""
+        with self.lock:
+            return list(self.items)
+
+
+def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
+    """Leaves nobody can change: read-only arrays as they are, read-only copies of the others."""
+    out = []
+    for a in leaves:
+        if a.flags.writeable:
+            a = a.copy()
+            a.flags.writeable = False
+        out.append(a)
+    return out
+
+
 def detach_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     """Leaves the producer cannot change any more: read-only arrays as they are, copies of the others.
 
@@ -528,4 +612,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["Item", "Link", "TransportConfig", "detach_leaves"]
+__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves"]

@@ -8,6 +8,9 @@ arrays are views of the bytes just received (or of the producer's shared
 segment), puts them into the consumer's buffer and acknowledges each batch
 with how many were accepted. For ``Queue`` channels the buffer decides when
 the link gets credits (``GRANT``); the receiver itself never waits for space.
+``GRANT`` frames also carry the consumer's commits (the sequence numbers its
+stored checkpoint covers), after which the producer stops keeping those
+messages for a replay.
 """
 
 from __future__ import annotations
@@ -128,6 +131,13 @@ class Receiver:
             n, self.unsent_grants = self.unsent_grants, 0
         self._send(wire.GRANT, {"n": n})
 
+    def _commit(self, marks: dict[str, int]) -> None:
+        """Tell the producer which messages the consumer's stored checkpoint covers (it stops keeping them).
+
+        Rides on a ``GRANT`` frame of no slots: both are the consumer's word to the producer.
+        """
+        self._send(wire.GRANT, {"n": 0, "commit": marks})
+
     def stop(self) -> None:
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
@@ -176,7 +186,7 @@ class Receiver:
         self._send(wire.WELCOME, {"status": "OK", "shm": shm_ok})
         if queue:
             self.grant_chunk = max(1, buf.maxsize // 8)  # type: ignore[union-attr]
-            buf.add_link(self.id, self._grant)  # type: ignore[union-attr]
+            buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
         while True:
             kind, h, payload = reader.read()
             if kind == wire.BYE:

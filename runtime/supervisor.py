@@ -17,8 +17,11 @@ seconds (``coupler.supervision.poll-interval``) it:
   checkpoint (every ``coupler.supervision.checkpoint-interval`` seconds), after
   a back-off; after ``coupler.supervision.max-restarts`` losses the actor's
   :class:`~coupler.runtime.ActorRef` raises :class:`ActorFailed` naming it and
-  its last error. Messages it received after that checkpoint are not replayed
-  (at-least-once delivery is for a later version).
+  its last error. On its ``Queue`` inputs, the producers send again what it
+  received after that checkpoint and it drops what the checkpoint covers, so
+  nothing is lost or processed twice (see docs/reliability.md): once the
+  supervisor holds a checkpoint it *commits* it (``ActorHost.commit``), and
+  producers stop keeping what it covers.
 
 The user's :class:`ActorRef` follows every move: calls made during a move wait
 for it. Workers' retirement times come from the broker's snapshot (the
@@ -452,6 +455,7 @@ class Supervisor:
                 actor = fut.result(timeout=CALL_SLACK)
                 if rec.resume is not None:
                     actor.restore(rec.resume).result(timeout=CALL_SLACK)
+                    actor.commit(rec.resume.get("delivered", {})).result(timeout=CALL_SLACK)
                 if rec.resume_state == "paused":
                     actor.pause().result(timeout=CALL_SLACK)
                 if rec.resume_state in ("running", "paused"):
@@ -576,7 +580,11 @@ class Supervisor:
             return  # an ended actor does not change any more
         try:
             timeout = min(5.0, self.policy.checkpoint_interval)
-            rec.checkpoint = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
+            ck = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
+            rec.checkpoint = ck
+            if ck.get("delivered"):
+                # Only now is it safe for producers to forget what the checkpoint covers.
+                rec.ref.proxy.commit(ck["delivered"]).result(timeout=CALL_SLACK)
         except Exception as e:  # a step held up by back-pressure: try again next time
             self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", repr(e)))
             logger.info("coupler supervisor: checkpoint of %r failed: %r", rec.spec.name, e)

@@ -1,0 +1,103 @@
+"""Actors for the reliability tests: a deterministic simulator and a learner on a Queue (shipped by value)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from coupler.actors.base import ActorHost
+
+FEATURES = 4
+TRUE_W = np.array([0.5, -1.0, 2.0, 0.25])
+LEARNING_RATE = 0.05
+
+
+def sample(seed: int, i: int) -> dict[str, np.ndarray]:
+    """The ``i``-th sample of simulator ``seed``: the same on every run (a restarted simulator repeats it)."""
+    rng = np.random.default_rng([seed, i])
+    x = rng.standard_normal(FEATURES).astype(np.float32)
+    y = np.float32(x @ TRUE_W + 0.1 * rng.standard_normal())
+    return {"x": x, "y": np.array(y, np.float32)}
+
+
+def sgd_step(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """One least-squares SGD step (the learner's update, also replayed by the tests)."""
+    x64 = x.astype(np.float64)
+    return w - LEARNING_RATE * (float(w @ x64) - float(y)) * x64
+
+
+def checksum(data: dict[str, np.ndarray]) -> float:
+    """What the learner adds up per message (compared with the sum over every sample sent)."""
+    return float(data["x"].astype(np.float64).sum() + float(data["y"]))
+
+
+class Simulator(ActorHost):
+    """Sends ``n`` samples on ``out``, one per step; its state is its step counter.
+
+    Args:
+        n: samples to send.
+        seed: which stream of samples.
+        period: seconds per step (stands for computing a field).
+    """
+
+    def __init__(self, n: int, seed: int, period: float = 0.0, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.n, self.seed, self.period, self.i = n, seed, period, 0
+
+    def step(self) -> bool:
+        if self.i >= self.n:
+            return False
+        if self.period:
+            time.sleep(self.period)
+        self.outputs["out"].send(sample(self.seed, self.i), step=self.i)
+        self.i += 1
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {"i": self.i}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"i": self.i}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.i = int(state["i"])
+
+
+class QueueLearner(ActorHost):
+    """Fits a linear model by SGD on every message of its ``Queue`` input ``data``, once each.
+
+    Its state (model weights, the (source, seq) of every message it trained on,
+    a checksum) is what a checkpoint holds; ``restored_at`` says how many
+    messages the checkpoint it was restored from covered (-1: never restored).
+    """
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.w = np.zeros(FEATURES)
+        self.trained: list[tuple[str, int]] = []
+        self.total = 0.0
+        self.restored_at = -1
+
+    def step(self) -> bool:
+        m = self.inputs["data"].receive()
+        self.w = sgd_step(self.w, m.data["x"], m.data["y"])
+        self.trained.append((m.source, m.seq))
+        self.total += checksum(m.data)
+        return True
+
+    def info(self) -> dict[str, Any]:
+        return {"count": len(self.trained)}
+
+    def record(self) -> dict[str, Any]:
+        return {"w": self.w.copy(), "trained": list(self.trained), "total": self.total, "restored_at": self.restored_at}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"w": self.w.copy(), "trained": [list(t) for t in self.trained], "total": self.total}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.w = np.asarray(state["w"], np.float64).copy()
+        self.trained = [(str(s), int(q)) for s, q in state["trained"]]
+        self.total = float(state["total"])
+        self.restored_at = len(self.trained)

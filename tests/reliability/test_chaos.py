@@ -1,0 +1,127 @@
+"""Chaos: SIGKILL the worker process hosting the learner, then one hosting a simulator, mid-run.
+
+Two simulators stream samples on a ``Queue`` to a learner that trains on each
+one. The supervisor restarts the lost actor from its last checkpoint on
+another worker. The run must complete with every message accounted for: each
+simulator's sequence numbers reach the learner exactly once and in order
+(counts), the checksum of what it trained on equals that of what was sent,
+and its final weights equal an offline replay of SGD over the messages in the
+order it recorded (so its state after the restart is the checkpoint's state
+plus each later message once).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Callable
+
+import cloudpickle
+import dask
+import numpy as np
+import pytest
+
+import chaos_actors
+from chaos_actors import QueueLearner, Simulator, checksum, sample, sgd_step
+from coupler.runtime.coupling import Coupling
+from coupler.runtime.policies import Queue
+
+cloudpickle.register_pickle_by_value(chaos_actors)
+
+N = 250  # samples per simulator
+PERIOD = 0.01  # seconds per simulator step
+SEEDS = (1, 2)
+
+
+def _until(what: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Coupling]:
+    """Three worker processes; the nanny replaces a killed one (with a new address)."""
+    settings = {
+        "coupler.supervision.poll-interval": 0.3,
+        "coupler.supervision.checkpoint-interval": 0.5,
+        "coupler.supervision.restart-backoff": 0.2,
+        "coupler.supervision.max-restarts": 2,
+    }
+    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+        yield cp
+
+
+def _kill(cp: Coupling, address: str) -> None:
+    pid = cp.client.run(os.getpid, workers=[address])[address]
+    os.kill(pid, signal.SIGKILL)
+
+
+def _start(cp: Coupling, tag: str) -> tuple[object, list[object], list[str]]:
+    ch = cp.channel(f"samples-{tag}", Queue(8))
+    w = cp.workers()
+    learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
+    sims = [
+        cp.spawn(Simulator, N, seed, PERIOD, name=f"sim{seed}-{tag}", outputs={"out": ch}, workers=w[i + 1])
+        for i, seed in enumerate(SEEDS)
+    ]
+    learner.start()
+    for s in sims:
+        s.start()
+    return learner, sims, w
+
+
+def _assert_every_message_once(cp: Coupling, learner: object, sims: list[object]) -> dict:
+    for s in sims:
+        assert s.wait(120).state == "finished"
+    _until("the learner to train on every message", lambda: learner.status().info["count"] >= N * len(sims))
+    time.sleep(0.3)  # a duplicate arriving late would show up as an extra message
+    rec = learner.call("record")
+    trained = rec["trained"]
+    assert len(trained) == N * len(sims)
+    for s, seed in zip(sims, SEEDS):
+        seqs = [q for src, q in trained if src == s.name]
+        assert seqs == list(range(N)), f"{s.name}: expected seqs 0..{N - 1} once each, in order"
+    expected = sum(checksum(sample(seed, i)) for seed in SEEDS for i in range(N))
+    assert rec["total"] == pytest.approx(expected, rel=1e-12)
+    # Offline replay of SGD over exactly the recorded messages (same float64 operations).
+    seed_of = {s.name: seed for s, seed in zip(sims, SEEDS)}
+    w = np.zeros_like(rec["w"])
+    for src, q in trained:
+        d = sample(seed_of[src], q)
+        w = sgd_step(w, d["x"], d["y"])
+    np.testing.assert_allclose(rec["w"], w, rtol=1e-12, atol=0)
+    return rec
+
+
+def test_sigkill_of_the_learners_worker_loses_and_repeats_nothing(cluster: Coupling) -> None:
+    cp = cluster
+    learner, sims, w = _start(cp, "kl")
+    ck = lambda: cp.supervisor.last_checkpoint(learner.name) or {}  # noqa: E731
+    _until("a learner checkpoint covering 100 messages", lambda: len(ck().get("state", {}).get("trained", [])) >= 100)
+    _kill(cp, w[0])
+    _until("the learner's restart", lambda: learner.generation == 1)
+    rec = _assert_every_message_once(cp, learner, sims)
+    assert 100 <= rec["restored_at"] < N * len(sims)  # resumed from its checkpoint, not from scratch
+    restarted = [e for e in cp.supervisor.events if e.kind == "restarted" and e.actor == learner.name]
+    assert len(restarted) == 1 and restarted[0].source == w[0] and "checkpoint" in restarted[0].detail
+    assert learner.status().worker != w[0]
+    learner.stop()
+
+
+def test_sigkill_of_a_simulators_worker_loses_and_repeats_nothing(cluster: Coupling) -> None:
+    cp = cluster
+    learner, sims, w = _start(cp, "ks")
+    victim = sims[0]
+    ck = lambda: cp.supervisor.last_checkpoint(victim.name) or {}  # noqa: E731
+    _until("a simulator checkpoint after 60 steps", lambda: ck().get("state", {}).get("i", 0) >= 60)
+    _kill(cp, w[1])
+    _until("the simulator's restart", lambda: victim.generation == 1)
+    _assert_every_message_once(cp, learner, sims)
+    restarted = [e for e in cp.supervisor.events if e.kind == "restarted" and e.actor == victim.name]
+    assert len(restarted) == 1 and "checkpoint" in restarted[0].detail
+    learner.stop()
