@@ -307,6 +307,9 @@ class QueueBuffer(ConsumerBuffer):
         accepted = 0
         with self._cond:
             for m in messages:
+                if not self._is_new(m):  # a duplicate needs no slot
+                    accepted += 1
+                    continue
                 while self._free() <= 0:
                     if self._detached or (cancel is not None and cancel.is_set()):
                         return accepted
@@ -320,8 +323,7 @@ class QueueBuffer(ConsumerBuffer):
                         self._local_waiting -= 1
                 if self._detached:
                     return accepted
-                if self._is_new(m):
-                    self._accept(m)
+                self._accept(m)
                 accepted += 1
                 self._cond.notify_all()
         return accepted

@@ -1,0 +1,123 @@
+"""At-least-once delivery on Queue channels: duplicate suppression, resume, replay logs and commits."""
+
+from __future__ import annotations
+
+import time
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import chaos_actors
+from chaos_actors import QueueLearner, Simulator
+from coupler.runtime.buffers import QueueBuffer, make_buffer
+from coupler.runtime.coupling import Coupling
+from coupler.runtime.endpoint import ENDPOINT_NAME
+from coupler.runtime.link import ReplayLog, frozen_leaves
+from coupler.runtime.message import Message
+from coupler.runtime.policies import Queue
+
+cloudpickle.register_pickle_by_value(chaos_actors)
+
+
+def msg(seq: int, source: str = "p") -> Message:
+    return Message(data={"x": np.array([seq], np.int64)}, seq=seq, source=source)
+
+
+def _queue(maxsize: int = 8) -> QueueBuffer:
+    buf = make_buffer("q", Queue(maxsize))
+    assert isinstance(buf, QueueBuffer)
+    return buf
+
+
+def test_a_replayed_message_is_dropped_and_its_slot_freed() -> None:
+    buf = _queue(4)
+    granted: list[int] = []
+    buf.add_link(1, lambda n, depth: granted.append(n))
+    buf.want(1, 4)
+    assert sum(granted) == 4
+    assert buf.put_credited(1, [msg(0), msg(1), msg(0, "other")]) == 3  # all handled: nothing refused
+    assert buf.put_credited(1, [msg(1)]) == 1  # a replay of seq 1 from "p"
+    assert len(buf) == 3 and buf.stats.duplicates == 1
+    buf.want(1, 4)
+    assert sum(granted) == 5  # the duplicate's slot was free again: one more credit
+    assert [(m.source, m.seq) for m in (buf.get(0), buf.get(0), buf.get(0))] == [("p", 0), ("p", 1), ("other", 0)]
+    assert buf.taken_marks() == {"p": 1, "other": 0}
+    buf.remove_link(1)  # its credits become free slots for a producer on this worker
+    assert buf.put([msg(1), msg(2)], 0.1) == 2 and len(buf) == 1 and buf.stats.duplicates == 2
+
+
+def test_resume_keeps_each_message_once_in_order() -> None:
+    buf = _queue(8)
+    buf.put([msg(3), msg(4), msg(5), msg(6)])  # a producer's replay arrived before the restore
+    # The checkpoint had taken up to 2 and carried 3 and 4 over (a hand-over).
+    buf.resume({"p": 2}, [msg(3), msg(4)])
+    assert [buf.get(0).seq for _ in range(4)] == [3, 4, 5, 6]
+    assert len(buf) == 0 and buf.stats.duplicates == 2
+    buf.put([msg(5), msg(7)])
+    assert [buf.get(0).seq for _ in range(1)] == [7]
+
+
+def test_resume_drops_what_the_checkpoint_covers() -> None:
+    buf = _queue(8)
+    buf.put([msg(0), msg(1), msg(2), msg(0, "b")])
+    buf.resume({"p": 1, "b": 5})
+    assert [(m.source, m.seq) for m in (buf.get(0),)] == [("p", 2)]
+    assert len(buf) == 0
+
+
+def test_replay_log_forgets_what_is_committed_and_bounds_its_bytes() -> None:
+    log = ReplayLog("c", "k/in", limit_bytes=3 * 8)
+    hdr = lambda s, q: {"source": s, "seq": q}  # noqa: E731
+    items = [log.add(hdr("a", q), [np.zeros(1)], 8) for q in range(3)]
+    log.add(hdr("b", 0), [np.zeros(1)], 8)  # over the limit: the oldest is forgotten
+    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("a", 1), ("a", 2), ("b", 0)]
+    assert log.forgotten == 1
+    log.remove(items[2])
+    log.commit({"a": 1})
+    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("b", 0)] and log.nbytes == 8
+
+
+def test_frozen_leaves_copy_writable_arrays_only() -> None:
+    ro = np.arange(3.0)
+    ro.flags.writeable = False
+    rw = np.arange(3.0)
+    out = frozen_leaves([ro, rw])
+    assert out[0] is ro and out[1] is not rw and not out[1].flags.writeable
+    rw[0] = 7.0
+    assert out[1][0] == 0.0
+
+
+def _replay_log_sizes(cp: Coupling, worker: str, channel: str) -> dict[str, list[int]]:
+    def sizes(dask_worker) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+        ep = dask_worker.plugins[ENDPOINT_NAME]
+        return {k[1]: [i.header["seq"] for i in log.replay()] for k, log in ep.replay_logs.items() if k[0] == channel}
+
+    return cp.client.run(sizes, workers=[worker])[worker]
+
+
+def test_a_commit_reaches_the_producers_worker_and_empties_its_log(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"commit-{unique}", Queue(16))
+    w = coupling.workers()
+    n = 40
+    learner = coupling.spawn(QueueLearner, name=f"learner-{unique}", inputs={"data": ch}, workers=w[0])
+    sim = coupling.spawn(Simulator, n, 3, name=f"sim-{unique}", outputs={"out": ch}, workers=w[1])
+    learner.start()
+    sim.start()
+    assert sim.wait(60).state == "finished"
+    deadline = time.monotonic() + 30
+    while learner.status().info["count"] < n:
+        assert time.monotonic() < deadline, "the learner did not get every message"
+        time.sleep(0.05)
+    kept = _replay_log_sizes(coupling, w[1], ch)
+    assert kept == {f"learner-{unique}/data": list(range(n))}  # everything, until the consumer commits
+    ck = learner.checkpoint()
+    assert ck["delivered"] == {"data": {sim.name: n - 1}}
+    learner.call("commit", ck["delivered"])
+    deadline = time.monotonic() + 10
+    while _replay_log_sizes(coupling, w[1], ch)[f"learner-{unique}/data"]:
+        assert time.monotonic() < deadline, "the commit did not reach the producer's worker"
+        time.sleep(0.05)
+    with pytest.raises(ValueError, match="got marks for"):
+        learner.call("commit", {"nope": {}})
+    learner.stop()
