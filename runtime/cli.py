@@ -40,6 +40,7 @@ from coupler.runtime.cluster import (
     connect,
     expected_workers,
     start_cluster,
+    tls_files_from_config,
     wait_for_workers,
     walltime_seconds,
 )
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--account", default=None, help="account or project to charge (default jobqueue.<kind>.account/project)")
     g.add_argument("--workers", type=positive_int, default=None,
                    help="local cluster only: worker processes (default one per GPU, else coupler.local.n-workers)")
+    g.add_argument("--tls", action="store_true", default=False,
+                   help="encrypt and authenticate every connection with TLS (Dask's Security): the files in "
+                   "coupler.tls (ca-file, cert, key), else a throwaway CA made for this run (default coupler.tls.enabled)")
 
     p = _Parser(
         prog="coupler",
@@ -184,6 +188,30 @@ def launched(args: argparse.Namespace) -> Iterator[str]:
         SchedulerUnreachable: for an address where no scheduler answers.
         WorkersNotReady: if batch jobs' workers do not join in time.
     """
+    with _tls_settings(args.tls):
+        with _launched(args) as address:
+            yield address
+
+
+@contextmanager
+def _tls_settings(asked: bool) -> Iterator[None]:
+    """With ``--tls`` (or ``coupler.tls.enabled``): TLS on, with the same files for the cluster and the script.
+
+    Throwaway files are made once here, so that the script's ``Coupling()`` holds
+    the certificates of the cluster it joins.
+    """
+    if not (asked or (config.get("tls") or {}).get("enabled")):
+        yield
+        return
+    with dask.config.set({"coupler.tls.enabled": True}):
+        files = tls_files_from_config()
+        assert files is not None
+        with dask.config.set({"coupler.tls.ca-file": files.ca_file, "coupler.tls.cert": files.cert, "coupler.tls.key": files.key}):
+            yield
+
+
+@contextmanager
+def _launched(args: argparse.Namespace) -> Iterator[str]:
     target = args.cluster or config.get("cluster")
     job_flags = {k: getattr(args, k) for k in ("jobs", "gpus_per_job", "walltime", "queue", "account")}
     given = sorted(f"--{k.replace('_', '-')}" for k, v in job_flags.items() if v is not None)

@@ -24,14 +24,19 @@ from __future__ import annotations
 import copy
 import importlib
 import logging
+import os
+import subprocess
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import dask.config
 from dask.utils import parse_timedelta
 from distributed import Client, LocalCluster
+from distributed.security import Security
 from distributed.system import MEMORY_LIMIT
 
 from coupler.runtime import config
@@ -400,6 +405,99 @@ def start_local(
     return LocalCluster(n_workers=n_workers, processes=True, **common)
 
 
+# -- TLS --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a cluster's TLS: the CA every party trusts, and the certificate and key
+    the scheduler, workers and clients present (mutual TLS: each side checks the other)."""
+
+    ca_file: str
+    cert: str
+    key: str
+
+
+def make_tls_files(directory: str | os.PathLike[str], days: int = 30) -> TLSFiles:
+    """Create a throwaway CA and a certificate signed by it in ``directory`` (with the ``openssl`` command).
+
+    For a run that needs TLS and has no site certificates: only holders of these
+    files can join the cluster or talk to it. The key files are readable by their
+    owner only; for batch jobs ``directory`` must be on a file system the jobs see.
+
+    Args:
+        directory: where to write ``ca.pem``, ``ca.key``, ``cert.pem`` and ``key.pem``.
+        days: validity of the certificates.
+
+    Returns:
+        The files' paths.
+
+    Raises:
+        CouplerError: if ``openssl`` is missing or fails.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    subj = "/CN=coupler"
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", str(days), "-subj", f"{subj}-ca"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "key.pem", "-out", "cert.csr", "-subj", subj],
+        ["x509", "-req", "-in", "cert.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "cert.pem", "-days", str(days)],
+    ]
+    for args in steps:
+        try:
+            subprocess.run(["openssl", *args], cwd=d, check=True, capture_output=True, text=True)
+        except FileNotFoundError:
+            raise CouplerError("TLS without certificate files needs the `openssl` command to make throwaway ones; none found") from None
+        except subprocess.CalledProcessError as e:
+            raise CouplerError(f"openssl {' '.join(args[:2])} failed: {e.stderr.strip()}") from None
+    for name in ("ca.key", "key.pem"):
+        os.chmod(d / name, 0o600)
+    return TLSFiles(str(d / "ca.pem"), str(d / "cert.pem"), str(d / "key.pem"))
+
+
+def tls_security(files: TLSFiles) -> Security:
+    """Dask's :class:`Security` for a cluster whose every party uses ``files`` (encryption required)."""
+    for path in (files.ca_file, files.cert, files.key):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"TLS file {path!r} does not exist (expected a PEM file)")
+    return Security(
+        tls_ca_file=files.ca_file,
+        tls_client_cert=files.cert, tls_client_key=files.key,
+        tls_scheduler_cert=files.cert, tls_scheduler_key=files.key,
+        tls_worker_cert=files.cert, tls_worker_key=files.key,
+        require_encryption=True,
+    )
+
+
+def tls_files_from_config() -> TLSFiles | None:
+    """The TLS files ``coupler.tls`` asks for: ``None`` when TLS is off; made in
+    ``coupler.tls.directory`` when it is on and no files are named.
+
+    Raises:
+        ValueError: when only some of ``ca-file``, ``cert`` and ``key`` are set.
+    """
+    section = config.get("tls") or {}
+    if not section.get("enabled"):
+        return None
+    named = {k: section.get(k) for k in ("ca-file", "cert", "key")}
+    if all(named.values()):
+        return TLSFiles(*(str(Path(str(v)).expanduser()) for v in named.values()))
+    if any(named.values()):
+        raise ValueError(f"coupler.tls: set all of ca-file, cert and key, or none (to make throwaway ones); got {named}")
+    base = Path(str(section.get("directory") or tempfile.gettempdir())).expanduser()
+    base.mkdir(parents=True, exist_ok=True)
+    return make_tls_files(tempfile.mkdtemp(prefix="coupler-tls-", dir=base))
+
+
+def _with_tls(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` plus ``security`` and the ``tls://`` protocol when ``coupler.tls`` is on (and none was given)."""
+    if "security" in kwargs:
+        return kwargs
+    files = tls_files_from_config()
+    if files is None:
+        return kwargs
+    return {**kwargs, "security": tls_security(files), "protocol": "tls://"}
+
+
 # -- connecting -----------------------------------------------------------------------------
 def connect(address: str, timeout: str | float | None = None, **client_kwargs: Any) -> Client:
     """A client of the scheduler at ``address``.
@@ -413,6 +511,13 @@ def connect(address: str, timeout: str | float | None = None, **client_kwargs: A
         SchedulerUnreachable: if no scheduler answers in time.
     """
     seconds = parse_timedelta(timeout if timeout is not None else config.get("connect-timeout"))
+    if address.startswith("tls://") and "security" not in client_kwargs:
+        files = tls_files_from_config()
+        if files is None:
+            raise SchedulerUnreachable(
+                f"{address!r} uses TLS: set coupler.tls.enabled with ca-file, cert and key (or pass security=)"
+            )
+        client_kwargs["security"] = tls_security(files)
     try:
         return Client(address, timeout=seconds, **client_kwargs)
     except (OSError, TimeoutError) as e:
@@ -428,7 +533,9 @@ def start_cluster(kind: str, options: JobOptions | None = None, **kwargs: Any) -
     Args:
         kind: ``local`` or a batch system in :data:`JOBQUEUE_CLASSES`.
         options: job options (batch systems only; default from ``coupler.jobqueue``).
-        **kwargs: passed on to :func:`start_local` or the jobqueue class.
+        **kwargs: passed on to :func:`start_local` or the jobqueue class. With
+            ``coupler.tls.enabled`` (and no ``security`` here), the cluster uses TLS
+            through Dask's ``Security`` (see :func:`tls_files_from_config`).
 
     Returns:
         The cluster object (``scheduler_address``, ``close()``).
@@ -436,6 +543,7 @@ def start_cluster(kind: str, options: JobOptions | None = None, **kwargs: Any) -
     Raises:
         ValueError: for an unknown kind or bad options.
     """
+    kwargs = _with_tls(kwargs)
     if kind == "local":
         return start_local(**kwargs)
     _check_kind(kind)
