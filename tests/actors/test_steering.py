@@ -1,0 +1,166 @@
+"""Steering and the simulator pool on a real LocalCluster: exactly once, failures, cancellation, overlap."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from coupler.actors.pool import SimulationStudy, SimulatorPoolActor, TaskStatus
+from coupler.actors.steering import SteeringActor, overlap_seconds
+from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, RandomSweep, SearchData
+from coupler.learners.ensemble import EnsembleConfig
+from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
+from coupler.runtime import Coupling, Queue
+
+# FixedPoints below lives in this test module, which the workers cannot import.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+SPACE = ParameterSpace((0.02, 0.05), (0.08, 0.07), ("F", "k"))
+BOUNDS = ((0.0, 0.0), (0.1, 0.1))
+
+
+@dataclass
+class FixedPoints:
+    """A strategy proposing given parameter points in order; ``cancel_rest`` makes every pending point pointless."""
+
+    space: ParameterSpace
+    points: list[tuple[float, float]]
+    cancel_rest: bool = False
+    uses_model: bool = False
+    _next: int = field(default=0)
+
+    def propose(self, n: int, data: SearchData) -> np.ndarray:
+        pts = self.points[self._next : self._next + n]
+        self._next += len(pts)
+        return self.space.to_unit(np.array(pts, np.float32).reshape(-1, self.space.dim))
+
+    def pointless(self, pending: np.ndarray, data: SearchData) -> np.ndarray:
+        return np.full(len(pending), self.cancel_rest)
+
+
+def _pool(cp: Coupling, unique: str, members: int, study: SimulationStudy, cancel: bool = False, chunk: int = 100) -> list:
+    inputs = {"tasks": f"tasks-{unique}"} | ({"cancel": f"cancel-{unique}"} if cancel else {})
+    w = cp.workers()
+    pool = [
+        cp.spawn(SimulatorPoolActor, study, name=f"sim{i}-{unique}", chunk_steps=chunk, inputs=inputs,
+                 outputs={"results": f"results-{unique}"}, workers=w[i % len(w)])  # fmt: skip
+        for i in range(members)
+    ]
+    for p in pool:
+        p.start()
+    return pool
+
+
+def _channels(cp: Coupling, unique: str) -> None:
+    cp.channel(f"tasks-{unique}", Queue(1, shared=True))
+    cp.channel(f"results-{unique}", Queue(256))
+    cp.channel(f"cancel-{unique}", Queue(64))
+
+
+def _finish(cp: Coupling, unique: str, steer, pool: list, timeout: float = 120) -> list[dict]:
+    assert steer.wait(timeout).state == "finished"
+    history = steer.call("history")
+    cp.close_channel(f"tasks-{unique}")  # the pool's normal end of work
+    for p in pool:
+        assert p.wait(60).state == "finished"
+    return history
+
+
+def test_pool_runs_every_task_exactly_once_under_concurrency(coupling: Coupling, unique: str) -> None:
+    _channels(coupling, unique)
+    study = SimulationStudy(GrayScott(n=8), params_from_vector, pattern_amplitude, steps=20, bounds=BOUNDS)
+    pool = _pool(coupling, unique, 4, study)
+    n = 60
+    steer = coupling.spawn(
+        SteeringActor, SPACE, RandomSweep(SPACE, seed=0), name=f"steer-{unique}", budget=n, in_flight=8, batch=4,
+        inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"}, workers=coupling.workers()[0],
+    )  # fmt: skip
+    steer.start()
+    history = _finish(coupling, unique, steer, pool)
+    counts = [p.status().info for p in pool]
+    assert sorted(h["task"] for h in history) == list(range(n))
+    assert [h["answers"] for h in history] == [1] * n, "a task was answered twice or never"
+    assert all(h["status"] == TaskStatus.OK for h in history)
+    assert sum(c["ok"] for c in counts) == n  # each task ran at exactly one member
+    assert sum(1 for c in counts if c["ok"] > 0) >= 2, counts  # and the work was shared
+    assert {h["member"] for h in history} == {c.name for c in pool}
+
+
+def test_a_failing_simulation_is_reported_and_the_sweep_goes_on(coupling: Coupling, unique: str) -> None:
+    _channels(coupling, unique)
+    # The study's bounds refuse F = -0.01 and F = NaN (ValueError); F = 5 is inside them, but forward
+    # Euler on the feed term multiplies u - 1 by (1 - dt F) = -4 per step: the run overflows to inf/NaN.
+    study = SimulationStudy(GrayScott(n=8), params_from_vector, pattern_amplitude, steps=200, bounds=((0.0, 0.0), (10.0, 0.1)))
+    pts = [(0.04, 0.06), (-0.01, 0.06), (0.03, 0.055), (5.0, 0.06), (0.05, 0.062), (float("nan"), 0.06), (0.06, 0.06)]
+    space = ParameterSpace((-0.1, 0.0), (10.0, 0.1))
+    pool = _pool(coupling, unique, 2, study)
+    steer = coupling.spawn(
+        SteeringActor, space, FixedPoints(space, pts), name=f"steer-{unique}", budget=len(pts), in_flight=3, batch=1,
+        inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"}, workers=coupling.workers()[0],
+    )  # fmt: skip
+    steer.start()
+    history = _finish(coupling, unique, steer, pool)
+    status = [h["status"] for h in history]
+    assert status == [0, 1, 0, 1, 0, 1, 0], [(h["x"], h["status"], h["error"][:80]) for h in history]
+    assert "must lie in" in history[1]["error"] and "not finite" in history[3]["error"]
+    assert "must be finite" in history[5]["error"]
+    assert all(np.isfinite(h["qoi"]) for h, s in zip(history, status) if s == 0)
+
+
+def test_cancelled_tasks_stop_running_and_are_reported(coupling: Coupling, unique: str) -> None:
+    _channels(coupling, unique)
+    # Runs that would take minutes unless cancelled; F = 2 fails at once (out of bounds) and its
+    # result makes the steerer ask the strategy, which declares every pending run pointless. The
+    # failing task goes first, so it heads the queue of whichever member takes it.
+    study = SimulationStudy(GrayScott(n=16), params_from_vector, pattern_amplitude, steps=50_000_000, bounds=BOUNDS)
+    space = ParameterSpace((0.0, 0.0), (3.0, 0.1))
+    pts = [(2.0, 0.06), (0.04, 0.06), (0.05, 0.062)]
+    pool = _pool(coupling, unique, 2, study, cancel=True, chunk=200)
+    steer = coupling.spawn(
+        SteeringActor, space, FixedPoints(space, pts, cancel_rest=True), name=f"steer-{unique}", budget=3,
+        in_flight=3, batch=3, inputs={"results": f"results-{unique}"},
+        outputs={"tasks": f"tasks-{unique}", "cancel": f"cancel-{unique}"}, workers=coupling.workers()[0],
+    )  # fmt: skip
+    steer.start()
+    history = _finish(coupling, unique, steer, pool, timeout=90)
+    assert [h["status"] for h in history] == [TaskStatus.FAILED, TaskStatus.CANCELLED, TaskStatus.CANCELLED]
+    assert history[1]["cancel_sent"] and history[2]["cancel_sent"] and not history[0]["cancel_sent"]
+    assert history[1]["started"] > 0  # the second member was running it when the cancellation came
+    assert sum(p.status().info["cancelled"] for p in pool) == 2
+
+
+def test_steering_fits_and_proposes_while_simulations_run(coupling: Coupling, unique: str) -> None:
+    _channels(coupling, unique)
+    study = SimulationStudy(GrayScott(n=12, seed_fraction=0.5), params_from_vector, pattern_amplitude, steps=600, bounds=BOUNDS)
+    pool = _pool(coupling, unique, 3, study)
+    n = 18
+    steer = coupling.spawn(
+        SteeringActor, SPACE, ExpectedImprovement(SPACE, initial=6, candidates=256, local=64, seed=0),
+        name=f"steer-{unique}", budget=n, in_flight=6, batch=2,
+        ensemble=EnsembleConfig(members=3, hidden=16, fourier_features=8, steps_per_fit=30),
+        inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"}, workers=coupling.workers()[0],
+    )  # fmt: skip
+    steer.start()
+    history = _finish(coupling, unique, steer, pool, timeout=180)
+    activity = steer.call("steering_activity")
+    info = steer.status().info
+    assert [h["answers"] for h in history] == [1] * n and all(h["status"] == TaskStatus.OK for h in history)
+    fits = [(s, e) for what, s, e in activity if what == "fit"]
+    assert len(fits) >= 2 and info["fits"] == len(fits)
+    sims = [(h["started"], h["finished"]) for h in history]
+    # Overlap from timestamps: seconds in which the steerer fitted or proposed while a simulation ran.
+    steering = [(s, e) for _, s, e in activity]
+    assert overlap_seconds(steering, sims) > 0
+    # No barrier between rounds: some task was proposed while an earlier one was still running.
+    assert any(any(s < h["proposed_at"] < e for s, e in sims[: h["task"]]) for h in history[6:])
+    assert info["best_qoi"] == max(h["qoi"] for h in history)
+
+
+def test_overlap_seconds_measures_the_intersection_of_two_unions() -> None:
+    assert overlap_seconds([(0, 2), (1, 3)], [(2.5, 5)]) == pytest.approx(0.5)
+    assert overlap_seconds([(0, 1)], [(1, 2)]) == 0.0
+    assert overlap_seconds([(0, 10)], [(1, 2), (1.5, 3), (5, 6)]) == pytest.approx(3.0)
