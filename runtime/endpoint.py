@@ -813,6 +813,10 @@ class Endpoint(WorkerPlugin):
                         self._deliver_one(route, spec, c, item.header, item.leaves or [], deadline, cancel)
                     except _Reroute:
                         continue
+                    except ConsumerGone:
+                        if self._left_route(route, c, deadline, cancel):
+                            continue  # lost: kept for its successor, which the next pass waits for
+                        raise
                     with self._lock:
                         if q and q[0] is item:
                             q.popleft()

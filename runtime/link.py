@@ -166,7 +166,10 @@ class Link:
         self.shm_messages = 0
         self.arena = shm.Arena(config.shm_pool_bytes)
         self.arena_lock = threading.Lock()
-        self.sock = self._connect(stream, ssl_context)
+        try:
+            self.sock = self._connect(stream, ssl_context)
+        except OSError as e:  # its worker is gone (or going): the broker will say so
+            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
         probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
         try:
             wire.send_frame(
