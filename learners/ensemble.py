@@ -163,6 +163,13 @@ def _predict(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, x: jax.
     return _members_forward(graphdef, params, rest, x)
 
 
+@functools.lru_cache(maxsize=None)
+def _adamw(learning_rate: float, weight_decay: float) -> optax.GradientTransformation:
+    """One transformation object per setting: it is a static argument of the jitted fit,
+    so a fresh object per ensemble would compile the fit again for every ensemble."""
+    return optax.adamw(learning_rate, weight_decay=weight_decay)
+
+
 def _padded_size(n: int) -> int:
     """Next power of two >= max(n, 16): padding keeps the jitted fit from recompiling per size."""
     return max(16, 1 << (n - 1).bit_length())
@@ -186,7 +193,7 @@ class DeepEnsemble:
         self.config = config
         self.dim = dim
         self._graphdef, self._params, self._rest = _build(dim, config, seed)
-        self._tx = optax.adamw(config.learning_rate, weight_decay=config.weight_decay)
+        self._tx = _adamw(config.learning_rate, config.weight_decay)
         self._opt_state = self._tx.init(self._params)
         self._rng = np.random.default_rng(seed)
         self._y_mean, self._y_scale = 0.0, 1.0
@@ -234,8 +241,11 @@ class DeepEnsemble:
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (N, {self.dim}), got {x.shape}")
-        out = _predict(self._graphdef, self._params, self._rest, jnp.asarray(x))
-        return np.asarray(out) * self._y_scale + self._y_mean
+        n = len(x)
+        padded = np.zeros((_padded_size(n), self.dim), np.float32)
+        padded[:n] = x  # a few padded shapes, not one compilation per batch size
+        out = _predict(self._graphdef, self._params, self._rest, jnp.asarray(padded))
+        return np.asarray(out)[:, :n] * self._y_scale + self._y_mean
 
     def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Ensemble mean and standard deviation (epistemic uncertainty), each ``(N,)``.
