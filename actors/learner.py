@@ -116,6 +116,7 @@ class LearnerActor(ActorHost):
             loss = self.trainer.step(batch)
             self.train_steps += 1
         self.history_rows.append((time.time(), self.train_steps, loss, data.stats.received))
+        self.report_metric("loss", loss, step=self.train_steps)  # the dashboard's loss curve
         if self.publish_every and "weights" in self.outputs and self.train_steps % self.publish_every == 0:
             self.outputs["weights"].send(self.weights(), step=self.train_steps)
         return True

@@ -10,6 +10,15 @@ channel's producers, so that producers never ask the scheduler per message.
 Handlers reply with plain dicts; typed errors are encoded with
 :func:`~coupler.runtime.errors.error_reply` because exceptions raised in a
 handler reach the caller without their type.
+
+For inspection it also samples the counters every ``RATE_SAMPLE_INTERVAL``
+seconds into rates (messages/s, bytes/s per channel, steps/s per actor), keeps
+the metric series actors report (a learner's loss), and, when it starts,
+registers the "coupler" page on the scheduler's dashboard and its ``coupler_*``
+collectors on the scheduler's ``/metrics`` (see :mod:`coupler.runtime.dashboard`
+and :mod:`coupler.runtime.metrics`). Doing that in :meth:`Broker.start` covers a
+coupling that joins a scheduler already running: the plugin starts whenever it
+is registered.
 """
 
 from __future__ import annotations
@@ -21,16 +30,22 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
+from tornado.ioloop import PeriodicCallback
 
-from coupler.runtime.errors import ChannelExists, CouplerError, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
+from coupler.runtime.status import ActorStatus, ChannelStats, MetricHistory, RateMeter
 
 logger = logging.getLogger(__name__)
 
 BROKER_NAME = "coupler-broker"
 _NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+# Seconds between samples of the counters, and the window rates are taken over.
+RATE_SAMPLE_INTERVAL = 1.0
+RATE_WINDOW = 5.0
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -42,6 +57,32 @@ def check_name(kind: str, name: Any) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise ValueError(f"{kind} name must be 1-200 characters of letters, digits and '_.:/-', got {name!r}")
     return name
+
+
+# Integers in policies and specs must fit the 64-bit integers of Dask's msgpack comms.
+_INT_RANGE = range(-(2**63), 2**63)
+
+
+def check_spec(wire: Any) -> dict[str, Any]:
+    """A spec from a handler's input, decoded and re-encoded (normalized).
+
+    Raises:
+        SpecMismatch: unless ``wire`` is ``{"treedef": ..., "fields": [[path, shape, dtype], ...]}``
+            with string paths, shapes of non-negative integers and numpy dtype names.
+    """
+    try:
+        spec = Spec.from_wire(wire)
+        for f in spec.fields:
+            if not isinstance(f.path, str) or not isinstance(f.dtype, str):
+                raise TypeError(f"field {f.path!r}: path and dtype must be strings")
+            if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in f.shape):
+                raise ValueError(f"field {f.path!r}: shape must be non-negative integers, got {f.shape!r}")
+            np.dtype(f.dtype)
+        return spec.to_wire()
+    except (TypeError, KeyError, IndexError, ValueError, AttributeError) as e:
+        raise SpecMismatch(
+            f"expected a spec {{'treedef': ..., 'fields': [[path, shape, dtype], ...]}}, got {wire!r} ({e})"
+        ) from None
 
 
 @dataclass
@@ -91,10 +132,21 @@ class Broker(SchedulerPlugin):
         self.channels: dict[str, ChannelRecord] = {}
         self.actors: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, dict[str, Any]] = {}  # worker address -> last report
+        self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
+        self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
         self.scheduler: Any = None
+        self._sampler: PeriodicCallback | None = None
+        self._page: Any = None
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
+        self._sampler = PeriodicCallback(self.sample, RATE_SAMPLE_INTERVAL * 1000)
+        self._sampler.start()
+        # Imported here: the scheduler process needs them, a worker importing the broker does not.
+        from coupler.runtime import dashboard, metrics
+
+        metrics.register(self)
+        self._page = dashboard.install(scheduler)
         handlers = {
             "coupler_declare": self.declare,
             "coupler_routing": self.routing,
@@ -108,8 +160,22 @@ class Broker(SchedulerPlugin):
         }
         scheduler.handlers.update(handlers)
 
+    async def close(self) -> None:
+        """Stop sampling; take the page and collectors off the scheduler."""
+        from coupler.runtime import dashboard, metrics
+
+        if self._sampler is not None:
+            self._sampler.stop()
+            self._sampler = None
+        metrics.unregister(self)
+        if self._page is not None and self.scheduler is not None:
+            dashboard.uninstall(self.scheduler, self._page)
+            self._page = None
+
     # -- handlers ----------------------------------------------------------------------
     def _channel(self, name: str) -> ChannelRecord:
+        if not isinstance(name, str):
+            raise UnknownChannel(f"expected a channel name (a string), got {name!r}")
         try:
             return self.channels[name]
         except KeyError:
@@ -121,8 +187,10 @@ class Broker(SchedulerPlugin):
         try:
             check_name("channel", name)
             p = policy_to_wire(policy_from_wire(policy))  # validates
+            if any(isinstance(v, int) and v not in _INT_RANGE for v in p.values()):
+                raise ValueError(f"policy arguments must fit 64-bit integers, got {p}")
             if spec is not None:
-                spec = Spec.from_wire(spec).to_wire()
+                spec = check_spec(spec)
             rec = self.channels.get(name)
             if rec is None:
                 self.channels[name] = ChannelRecord(name, p, spec)
@@ -136,7 +204,7 @@ class Broker(SchedulerPlugin):
             return {"status": "OK", **self.channels[name].routing()}
         except CouplerError as e:
             return error_reply(e)
-        except (ValueError, TypeError, KeyError) as e:
+        except (ValueError, TypeError, KeyError, IndexError) as e:
             return {"status": "error", "error": "ValueError", "message": f"bad channel declaration: {e}"}
 
     def routing(self, name: str) -> dict[str, Any]:
@@ -151,7 +219,7 @@ class Broker(SchedulerPlugin):
         try:
             rec = self._channel(name)
             if rec.spec is None:
-                rec.spec = Spec.from_wire(spec).to_wire()
+                rec.spec = check_spec(spec)
             return {"status": "OK", "spec": rec.spec}
         except CouplerError as e:
             return error_reply(e)
@@ -189,6 +257,7 @@ class Broker(SchedulerPlugin):
         """Remove a consumer (it closed its port, or ``why="handover"``: it is moving)."""
         try:
             rec = self._channel(name)
+            check_name("endpoint", ident)
             if rec.consumers.pop(ident, None) is not None:
                 rec.streams.pop(ident, None)
                 rec.gone[ident] = str(why)
@@ -197,6 +266,8 @@ class Broker(SchedulerPlugin):
             return {"status": "OK"}
         except CouplerError as e:
             return error_reply(e)
+        except ValueError as e:
+            return {"status": "error", "error": "ValueError", "message": str(e)}
 
     async def close_channel(self, name: str) -> dict[str, Any]:
         """Close a channel: producers can no longer send; consumers drain then see it closed."""
@@ -216,6 +287,9 @@ class Broker(SchedulerPlugin):
         """A worker's periodic counters (the only steady control-plane traffic)."""
         self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
+            points = status.pop("metrics", None)
+            if points:
+                self.histories.setdefault(name, MetricHistory()).merge(points)
             self.actors.setdefault(name, {}).update(status)
         return {"status": "OK"}
 
@@ -228,37 +302,75 @@ class Broker(SchedulerPlugin):
         self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
         return {"status": "OK"}
 
+    def _aggregate(self, name: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+        """A channel's totals, last sequence number per source, and consumer counters, over the reports."""
+        totals = {"sent": 0, "sent_bytes": 0, "received": 0, "received_bytes": 0, "dropped": 0, "depth": 0, "taken": 0}
+        last_seq: dict[str, int] = {}
+        consumers: dict[str, Any] = {}
+        for report in self.reports.values():
+            ch = report["channels"].get(name)
+            if not ch:
+                continue
+            for src, p in ch.get("producers", {}).items():
+                totals["sent"] += p["sent"]
+                totals["sent_bytes"] += p["nbytes"]
+                last_seq[src] = max(last_seq.get(src, -1), p["last_seq"])
+            for cid, c in ch.get("consumers", {}).items():
+                consumers[cid] = c
+                totals["received"] += c["received"]
+                totals["received_bytes"] += c["nbytes"]
+                totals["dropped"] += c["dropped"]
+                totals["depth"] += c["depth"]
+                totals["taken"] += c["taken"]
+        return totals, last_seq, consumers
+
+    def _rate(self, kind: str, name: str, counter: str) -> float:
+        meter = self.meters.get((kind, name, counter))
+        return 0.0 if meter is None else meter.rate
+
     def snapshot(self) -> dict[str, Any]:
-        """Channels with their aggregated counters, and actors (for stats and dashboards)."""
+        """Channels with their aggregated counters and rates, and actors (for stats and dashboards)."""
         out: dict[str, Any] = {}
         for name, rec in self.channels.items():
-            totals = {"sent": 0, "sent_bytes": 0, "received": 0, "received_bytes": 0, "dropped": 0, "depth": 0, "taken": 0}
-            last_seq: dict[str, int] = {}
-            consumers: dict[str, Any] = {}
-            for report in self.reports.values():
-                ch = report["channels"].get(name)
-                if not ch:
-                    continue
-                for src, p in ch.get("producers", {}).items():
-                    totals["sent"] += p["sent"]
-                    totals["sent_bytes"] += p["nbytes"]
-                    last_seq[src] = max(last_seq.get(src, -1), p["last_seq"])
-                for cid, c in ch.get("consumers", {}).items():
-                    consumers[cid] = c
-                    totals["received"] += c["received"]
-                    totals["received_bytes"] += c["nbytes"]
-                    totals["dropped"] += c["dropped"]
-                    totals["depth"] += c["depth"]
-                    totals["taken"] += c["taken"]
+            totals, last_seq, consumers = self._aggregate(name)
             out[name] = {
                 **rec.routing(),
                 "producers": sorted(rec.producers),
                 "totals": totals,
+                "rates": {"messages": self._rate("channel", name, "sent"), "bytes": self._rate("channel", name, "sent_bytes")},
                 "producer_seq": last_seq,
                 "consumer_stats": consumers,
             }
         workers = {addr: {"retire_at": r.get("retire_at"), "reported_at": r["time"]} for addr, r in self.reports.items()}
-        return {"status": "OK", "channels": out, "actors": self.actors, "workers": workers}
+        actors = {name: {**a, "step_rate": self._rate("actor", name, "steps")} for name, a in self.actors.items()}
+        return {"status": "OK", "channels": out, "actors": actors, "workers": workers}
+
+    # -- inspection (in the scheduler's process: the dashboard page and /metrics) ------------------
+    def sample(self) -> None:
+        """Feed the rate meters with the counters now (called every ``RATE_SAMPLE_INTERVAL``)."""
+        now = time.monotonic()
+        for name in self.channels:
+            totals, _, _ = self._aggregate(name)
+            for counter in ("sent", "sent_bytes"):
+                self.meters.setdefault(("channel", name, counter), RateMeter(RATE_WINDOW)).add(now, totals[counter])
+        for name, a in self.actors.items():
+            self.meters.setdefault(("actor", name, "steps"), RateMeter(RATE_WINDOW)).add(now, a.get("steps", 0))
+
+    def channel_stats(self) -> dict[str, ChannelStats]:
+        """Every channel's counters and rates, by name."""
+        return {name: ChannelStats.from_snapshot(name, s) for name, s in self.snapshot()["channels"].items()}
+
+    def actor_statuses(self) -> dict[str, ActorStatus]:
+        """Every actor's last reported status with its step rate, by name."""
+        return {name: ActorStatus.from_dict({"name": name, **a}) for name, a in self.snapshot()["actors"].items()}
+
+    def metric_series(self) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+        """Actor name -> metric name -> (steps, values), for the metrics actors recorded."""
+        return {name: h.series() for name, h in self.histories.items()}
+
+    def last_metrics(self) -> dict[str, dict[str, float]]:
+        """Actor name -> metric name -> latest value."""
+        return {name: h.last() for name, h in self.histories.items()}
 
     # -- worker loss -------------------------------------------------------------------
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:

@@ -201,6 +201,13 @@ class Coupling:
         """URL of the Dask dashboard."""
         return self.client.dashboard_link
 
+    @property
+    def page_link(self) -> str:
+        """URL of the coupler page of the Dask dashboard (live channels, actors, loss curves)."""
+        from coupler.runtime.dashboard import page_link  # Bokeh, only when asked
+
+        return page_link(self.client.dashboard_link)
+
     def workers(self) -> list[str]:
         """Addresses of the current workers, sorted."""
         return sorted(self.client.scheduler_info(n_workers=-1)["workers"])

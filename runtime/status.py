@@ -1,7 +1,19 @@
-"""Typed views of what the broker and actors report."""
+"""Typed views of what the broker and actors report, and the small meters behind them.
+
+Actors record metric points (a learner's loss per step) in a :class:`MetricLog`;
+each status report carries its recent points, and the broker merges them into
+a bounded :class:`MetricHistory` per actor. The broker turns growing counters
+(messages sent, steps) into rates with a :class:`RateMeter`. The dashboard page
+and the Prometheus collectors read these views.
+"""
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
+import uuid
+from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -23,6 +35,9 @@ class ActorStatus:
         started_at: wall-clock start time (``time.time()``), 0 before start.
         stopped_at: wall-clock time the loop ended, 0 while it runs.
         info: actor-specific figures (e.g. samples seen, last loss).
+        device: where its computations run (``"cpu:0"``, ``"cuda:0"``), known once the loop started.
+        step_rate: run-loop iterations per second over the last seconds (as the broker measured
+            it; 0 in a status asked of the actor directly).
     """
 
     name: str
@@ -34,6 +49,14 @@ class ActorStatus:
     started_at: float = 0.0
     stopped_at: float = 0.0
     info: dict[str, Any] = field(default_factory=dict)
+    device: str = ""
+    step_rate: float = 0.0
+
+    @property
+    def last_error(self) -> str:
+        """The last line of the failure's traceback (the exception), else ``""``."""
+        lines = [line for line in self.error.strip().splitlines() if line.strip()]
+        return lines[-1].strip() if lines else ""
 
     @property
     def done(self) -> bool:
@@ -45,6 +68,45 @@ class ActorStatus:
         """Build from a status dict, ignoring keys this version does not know."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class ConsumerStats:
+    """Counters of one consumer of a channel (its buffer on its worker).
+
+    Attributes:
+        ident: the consumer's id (``actor/port``).
+        worker: address of the worker holding its buffer.
+        received: messages accepted into its buffer.
+        taken: messages handed to the consumer (for replay buffers: samples drawn).
+        dropped: messages overwritten, evicted or not kept by its policy.
+        depth: messages held now.
+        nbytes: payload bytes accepted.
+        lag: seconds between send and acceptance of its last message.
+    """
+
+    ident: str
+    worker: str
+    received: int
+    taken: int
+    dropped: int
+    depth: int
+    nbytes: int
+    lag: float
+
+    @classmethod
+    def from_report(cls, ident: str, c: dict[str, Any]) -> ConsumerStats:
+        """Build from a consumer's entry in a worker report."""
+        return cls(
+            ident=ident,
+            worker=str(c.get("worker", "")),
+            received=int(c["received"]),
+            taken=int(c["taken"]),
+            dropped=int(c["dropped"]),
+            depth=int(c["depth"]),
+            nbytes=int(c["nbytes"]),
+            lag=float(c.get("lag", 0.0)),
+        )
 
 
 @dataclass(frozen=True)
@@ -62,6 +124,10 @@ class ChannelStats:
         depth: messages held in consumers' buffers now.
         sent_bytes: payload bytes sent.
         closed: whether the channel was closed.
+        received_bytes: payload bytes accepted by consumers (summed over consumers).
+        message_rate: messages sent per second over the broker's rate window (0 outside the broker's view).
+        byte_rate: payload bytes sent per second over the same window.
+        consumer_stats: each consumer's counters, by consumer id.
     """
 
     name: str
@@ -74,11 +140,16 @@ class ChannelStats:
     depth: int
     sent_bytes: int
     closed: bool
+    received_bytes: int = 0
+    message_rate: float = 0.0
+    byte_rate: float = 0.0
+    consumer_stats: tuple[ConsumerStats, ...] = ()
 
     @classmethod
     def from_snapshot(cls, name: str, s: dict[str, Any]) -> ChannelStats:
         """Build from one entry of the broker's snapshot."""
         t = s["totals"]
+        rates = s.get("rates", {})
         return cls(
             name=name,
             policy=s["policy"],
@@ -90,4 +161,159 @@ class ChannelStats:
             depth=t["depth"],
             sent_bytes=t["sent_bytes"],
             closed=s["closed"],
+            received_bytes=t.get("received_bytes", 0),
+            message_rate=float(rates.get("messages", 0.0)),
+            byte_rate=float(rates.get("bytes", 0.0)),
+            consumer_stats=tuple(
+                ConsumerStats.from_report(c, stats) for c, stats in sorted(s.get("consumer_stats", {}).items())
+            ),
         )
+
+
+class RateMeter:
+    """The rate of a growing counter over a sliding time window.
+
+    Args:
+        window: seconds of samples the rate is taken over.
+
+    Example::
+
+        m = RateMeter(window=5.0)
+        m.add(0.0, 0); m.add(2.0, 10)
+        m.rate  # 5.0 per second
+    """
+
+    def __init__(self, window: float = 5.0) -> None:
+        if not window > 0:
+            raise ValueError(f"window must be > 0 seconds, got {window}")
+        self.window = window
+        self._samples: deque[tuple[float, float]] = deque()
+
+    def add(self, t: float, value: float) -> None:
+        """Record the counter's ``value`` at time ``t`` (seconds, non-decreasing).
+
+        A value below the last one means the counter restarted (its worker was
+        replaced): the window starts again from it.
+        """
+        if self._samples and value < self._samples[-1][1]:
+            self._samples.clear()
+        self._samples.append((t, value))
+        # Keep one sample at or before the window's start, so the rate spans the whole window.
+        while len(self._samples) > 2 and self._samples[1][0] <= t - self.window:
+            self._samples.popleft()
+
+    @property
+    def rate(self) -> float:
+        """Increase per second between the oldest and newest samples kept (0 with fewer than two)."""
+        if len(self._samples) < 2:
+            return 0.0
+        (t0, v0), (t1, v1) = self._samples[0], self._samples[-1]
+        return (v1 - v0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class MetricLog:
+    """Metric points an actor records (e.g. its loss per step), kept for its status reports.
+
+    Thread-safe: the run loop records while the worker's reporter reads. Each
+    point gets a sequence number; the reports carry the last ``keep`` points and
+    the broker keeps those it has not seen (a :class:`MetricHistory`).
+
+    Args:
+        keep: points kept for the reports; points recorded faster than reports
+            collect them (``keep`` per ``report-interval``) are lost to the broker.
+    """
+
+    def __init__(self, keep: int = 256) -> None:
+        # Tells the broker a new log began (a restarted actor numbers its points from 0 again).
+        self.origin = uuid.uuid4().hex[:12]
+        self._points: deque[tuple[int, str, int, float]] = deque(maxlen=keep)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def record(self, name: str, step: int, value: float) -> None:
+        """Record ``value`` of metric ``name`` at ``step``.
+
+        Raises:
+            TypeError: if ``value`` is not a real number.
+        """
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise TypeError(f"metric {name!r}: expected a real number, got {value!r}") from None
+        with self._lock:
+            self._points.append((self._seq, str(name), int(step), v))
+            self._seq += 1
+
+    def recent(self) -> dict[str, Any]:
+        """``{"origin", "points": [[seq, name, step, value], ...]}`` of the points kept."""
+        with self._lock:
+            return {"origin": self.origin, "points": [list(p) for p in self._points]}
+
+
+class MetricHistory:
+    """An actor's metric series merged from repeated reports, each bounded in length.
+
+    Args:
+        max_points: points kept per series; beyond it every other point is
+            dropped, so the whole curve stays, at half the resolution.
+    """
+
+    def __init__(self, max_points: int = 2000) -> None:
+        if max_points < 2:
+            raise ValueError(f"max_points must be >= 2, got {max_points}")
+        self.max_points = max_points
+        self._origin = ""
+        self._last_seq = -1
+        self._series: dict[str, tuple[list[int], list[float]]] = {}
+
+    def merge(self, report: dict[str, Any]) -> None:
+        """Add the points of ``MetricLog.recent()`` not merged before."""
+        if report.get("origin") != self._origin:
+            self._origin, self._last_seq = str(report.get("origin")), -1
+        for seq, name, step, value in report.get("points", ()):
+            if seq <= self._last_seq:
+                continue
+            self._last_seq = seq
+            steps, values = self._series.setdefault(name, ([], []))
+            steps.append(int(step))
+            values.append(float(value))
+            if len(steps) > self.max_points:
+                del steps[1::2], values[1::2]
+
+    def series(self) -> dict[str, tuple[list[int], list[float]]]:
+        """Metric name -> (steps, values), copies."""
+        return {name: (list(s), list(v)) for name, (s, v) in self._series.items()}
+
+    def last(self) -> dict[str, float]:
+        """Metric name -> its latest value."""
+        return {name: values[-1] for name, (_, values) in self._series.items()}
+
+
+def _jax_started() -> bool:
+    """Whether this process has started a JAX backend (imported is not enough: modules import JAX freely)."""
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge  # no public way to ask without starting a backend
+
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):
+        return False
+
+
+def describe_device() -> str:
+    """Where this process computes: JAX's first device (``"cpu:0"``, ``"cuda:0"``) when JAX is in use.
+
+    It never starts JAX itself (that would take GPU memory from the actors that
+    use it): without a started backend it says ``"gpu:<CUDA_VISIBLE_DEVICES>"``
+    when GPUs are visible, else ``"cpu"``.
+    """
+    if _jax_started():
+        jax = sys.modules["jax"]
+        try:
+            d = jax.devices()[0]
+            return f"{d.platform}:{d.id}"
+        except Exception as e:  # a broken backend must not break a status report
+            return f"unknown ({type(e).__name__})"
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    return f"gpu:{visible}" if visible and not visible.startswith("-") else "cpu"

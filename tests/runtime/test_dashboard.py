@@ -1,0 +1,132 @@
+"""The "coupler" page on the scheduler's Dask dashboard, over HTTP and from the broker, on real clusters."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import cloudpickle
+import pytest
+from distributed import LocalCluster
+
+import inspection_actors
+from coupler.runtime import Coupling, Queue
+from coupler.runtime.dashboard import describe_policy, page_link, table_height
+from inspection_actors import Fitter, Ticker
+
+cloudpickle.register_pickle_by_value(inspection_actors)
+
+
+def get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as r:
+        assert r.status == 200
+        return r.read().decode()
+
+
+def test_page_link_sits_next_to_the_dashboard_link() -> None:
+    assert page_link("http://10.0.0.5:8787/status") == "http://10.0.0.5:8787/coupler"
+    assert page_link("https://hub.example.org/user/me/proxy/8787/status") == "https://hub.example.org/user/me/proxy/8787/coupler"
+
+
+def test_policy_and_table_sizes_as_shown() -> None:
+    assert describe_policy({"kind": "reservoir", "capacity": 4096, "seed": 0}) == "reservoir capacity=4096 seed=0"
+    assert describe_policy({"kind": "latest"}) == "latest"
+    assert table_height(0) == table_height(1) == 55
+    assert table_height(10_000) == 400
+
+
+def test_page_is_served_and_in_the_navigation(coupling: Coupling) -> None:
+    page = get(coupling.page_link)
+    assert "Bokeh.embed.embed_items" in page  # a Bokeh server document, in Dask's template
+    assert 'href="coupler"' in page
+    # The built-in pages, opened after the broker started, link to it as well.
+    assert 'href="coupler"' in get(coupling.dashboard_link)
+
+
+@pytest.fixture
+def ticking(coupling: Coupling, unique: str) -> Iterator[tuple[str, str, str]]:
+    """A Ticker sending ~50 messages/s to a Fitter that records a loss; yields (channel, producer, consumer)."""
+    channel, tick, fit = f"page-{unique}", f"tick-{unique}", f"fit-{unique}"
+    coupling.channel(channel, Queue(64))
+    consumer = coupling.spawn(Fitter, name=fit, inputs={"inp": channel})
+    producer = coupling.spawn(Ticker, period=0.02, name=tick, outputs={"out": channel})
+    consumer.start()
+    producer.start()
+    try:
+        yield channel, tick, fit
+    finally:
+        producer.stop()
+        consumer.stop()
+
+
+def page_contents(dask_scheduler: Any) -> dict[str, Any]:
+    """Runs on the scheduler: build the page as a browser session would, refresh it, return its data."""
+    from coupler.runtime.dashboard import CouplerPage
+
+    page = CouplerPage(dask_scheduler)
+    page.update()
+    return {
+        "summary": page.summary.text,
+        "channels": dict(page.channels.data),
+        "consumers": dict(page.consumers.data),
+        "actors": dict(page.actors.data),
+        "curves": dict(page.curves.data),
+    }
+
+
+def row(data: dict[str, list[Any]], key: str, name: str) -> dict[str, Any]:
+    """The row of a table's columns whose ``key`` column is ``name``."""
+    i = data[key].index(name)
+    return {col: values[i] for col, values in data.items()}
+
+
+def test_page_shows_live_channels_actors_and_loss(coupling: Coupling, ticking: tuple[str, str, str]) -> None:
+    channel, tick, fit = ticking
+    deadline = time.monotonic() + 20
+    while True:
+        page = coupling.client.run_on_scheduler(page_contents)
+        try:
+            ch = row(page["channels"], "channel", channel)
+            if ch["message_rate"] > 0 and any(label == f"{fit} loss" for label in page["curves"]["label"]):
+                break
+        except ValueError:  # not reported yet
+            pass
+        assert time.monotonic() < deadline, f"the page did not show {channel} live within 20 s: {page}"
+        time.sleep(0.5)
+    assert ch["policy"] == "queue maxsize=64"
+    assert ch["producers"] == tick and ch["consumers"] == f"{fit}/inp"
+    assert ch["sent"] > 0 and ch["received"] > 0 and ch["closed"] == "open"
+    assert ch["mb_rate"] == pytest.approx(ch["message_rate"] * 256 * 4 / 1e6, rel=1e-9)
+    cons = row(page["consumers"], "consumer", f"{fit}/inp")
+    assert cons["channel"] == channel and cons["received"] > 0
+    for name, cls in ((tick, "Ticker"), (fit, "Fitter")):
+        a = row(page["actors"], "actor", name)
+        assert (a["cls"], a["state"], a["device"], a["error"]) == (cls, "running", "cpu", "")
+        assert a["steps"] > 0 and a["worker"].startswith("tcp://")
+    assert row(page["actors"], "actor", fit)["metrics"].startswith("loss=")
+    i = page["curves"]["label"].index(f"{fit} loss")
+    steps, losses = page["curves"]["xs"][i], page["curves"]["ys"][i]
+    # Fitter's loss at step k is 1 / (2 + k): the curve carries exactly these points.
+    assert losses == pytest.approx([1.0 / (2.0 + k) for k in steps], rel=1e-12)
+    assert f"{len(page['channels']['channel'])} channels" in page["summary"]
+
+
+def test_joining_a_running_scheduler_adds_the_page_and_closing_takes_it_away() -> None:
+    # A scheduler started without coupler: the page is registered when the broker starts on it.
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster:
+        link = page_link(cluster.dashboard_link)
+        with pytest.raises(urllib.error.HTTPError):
+            get(link)
+        with Coupling(cluster.scheduler_address) as cp:
+            assert "Bokeh.embed.embed_items" in get(cp.page_link)
+            assert cp.page_link.rpartition(":")[2] == link.rpartition(":")[2]  # same port and path (hosts may differ)
+        scheduler = cluster.scheduler
+        assert "coupler-broker" in scheduler.plugins  # the broker outlives the coupling: it is the scheduler's
+    # Closed with the scheduler: the page's application is stopped and unlinked.
+    from distributed.dashboard.scheduler import template_variables
+
+    assert "coupler" not in template_variables(scheduler)["pages"]
+    assert not any("/coupler" in getattr(a, "app_paths", ()) for a in scheduler.http_application.applications)
