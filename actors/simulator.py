@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import jax
@@ -21,6 +23,43 @@ def _fill(like: Any, leaves: list[np.ndarray], what: str) -> Any:
             f"got {[np.shape(a) for a in leaves]}"
         )
     return jax.tree.unflatten(jax.tree.structure(like), [jax.numpy.asarray(a, getattr(e, "dtype", None) or np.asarray(e).dtype) for a, e in zip(leaves, expected)])
+
+
+def _build(sim: Simulator, k: int, field: str, ensemble: bool) -> tuple[Callable, Callable, Callable]:
+    """Jitted ``init``, ``k``-step ``advance`` and ``observe`` (vmapped over members if ``ensemble``)."""
+
+    def advance(state: Any, params: Any) -> Any:
+        return jax.lax.fori_loop(0, k, lambda _, s: sim.step(s, params), state)
+
+    def observe(state: Any) -> Any:
+        return sim.observe(state)[field]
+
+    if not ensemble:
+        return jax.jit(sim.init), jax.jit(advance), jax.jit(observe)
+
+    def init(key: jax.Array, params: Any) -> Any:
+        members = jax.tree.leaves(params)[0].shape[0]
+        return jax.vmap(sim.init)(jax.random.split(key, members), params)
+
+    return jax.jit(init), jax.jit(jax.vmap(advance)), jax.jit(jax.vmap(observe))
+
+
+_build_cached = functools.lru_cache(maxsize=32)(_build)
+
+
+def _compiled(sim: Simulator, k: int, field: str, ensemble: bool) -> tuple[Callable, Callable, Callable]:
+    """``_build``, shared by every actor of a worker process with an equal simulator configuration.
+
+    A launcher that starts many short-lived simulator actors (a new ensemble each
+    time, as Melissa does) then compiles once per worker and shape, not once per
+    actor: XLA compilation of a simulator's loop takes seconds on a CPU.
+    Unhashable simulators are built afresh.
+    """
+    try:
+        hash(sim)
+    except TypeError:
+        return _build(sim, k, field, ensemble)
+    return _build_cached(sim, k, field, ensemble)
 
 
 class SimulatorActor(ActorHost):
@@ -105,24 +144,8 @@ class SimulatorActor(ActorHost):
         self._restored: dict[str, Any] | None = None
 
     def setup(self) -> None:
-        sim, k = self.simulator, self.publish_every
-
-        def advance(state: Any, params: Any) -> Any:
-            return jax.lax.fori_loop(0, k, lambda _, s: sim.step(s, params), state)
-
-        def observe(state: Any) -> Any:
-            return sim.observe(state)[self.field]
-
         self._key = jax.random.key(self.seed)
-        if self.ensemble:
-            members = jax.tree.leaves(self.params)[0].shape[0]
-            init = jax.jit(lambda key, params: jax.vmap(sim.init)(jax.random.split(key, members), params))
-            self._advance = jax.jit(jax.vmap(advance))
-            self._observe = jax.jit(jax.vmap(observe))
-        else:
-            init = jax.jit(sim.init)
-            self._advance = jax.jit(advance)
-            self._observe = jax.jit(observe)
+        init, self._advance, self._observe = _compiled(self.simulator, self.publish_every, self.field, self.ensemble)
         restored, self._restored = self._restored, None
         if restored is None:
             self.state = init(self._key, self.params)

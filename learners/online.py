@@ -37,7 +37,7 @@ from coupler.learners.training import eval_step, make_optimizer, predict, train_
 BATCH_KEYS = ("input", "target", "params")
 
 Weights = dict[str, Any]
-"""A nested dict (string or integer keys) of numpy arrays: a model's variables."""
+"""A nested dict (string keys; integer keys accepted on input) of numpy arrays: a model's variables."""
 
 
 @runtime_checkable
@@ -90,6 +90,13 @@ class OptimizerConfig:
 
 def _to_numpy(tree: Any) -> Any:
     return jax.tree.map(lambda x: np.array(x), tree)
+
+
+def _string_keys(tree: Any) -> Any:
+    """Dict keys as strings (channel messages and msgpack need them), leaves unchanged."""
+    if isinstance(tree, Mapping):
+        return {str(k): _string_keys(v) for k, v in tree.items()}
+    return tree
 
 
 def _batch_to_device(batch: Mapping[str, Any]) -> dict[str, jax.Array]:
@@ -277,11 +284,13 @@ class OnlineTrainer:
     def get_weights(self) -> Weights:
         """The model's variables as a nested dict of numpy arrays (copies).
 
-        Pure data: picklable, msgpack-able, independent of JAX devices. Keys are
-        attribute names, and integers for list entries (``blocks``).
+        Pure data: picklable, msgpack-able, independent of JAX devices, and a
+        valid channel message (a learner publishes it for hybrid simulators).
+        Keys are strings: attribute names, and digit strings for list entries
+        (``blocks/"0"``), which ``set_weights`` maps back.
         """
         with self._lock:
-            return _to_numpy(nnx.to_pure_dict(nnx.state(self.model)))
+            return _string_keys(_to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Replace the model's variables by ``weights`` (from ``get_weights``).

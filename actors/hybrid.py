@@ -1,0 +1,208 @@
+"""The hybrid simulator host: the solver, with ``k`` of every ``m`` blocks done by a surrogate.
+
+A ``SimulatorActor`` advances its state in blocks of ``publish_every`` solver
+steps. ``HybridSimulatorActor`` replaces some of those blocks by a single
+prediction of a learned surrogate (trained on pairs ``x_t -> x_{t+publish_every}``,
+as a ``LearnerActor`` does from a ``SimulatorActor`` in ``"pairs"`` mode).
+The surrogate's weights arrive on the input port ``"weights"`` (a ``Latest``
+channel, where a learner publishes while it trains): each block takes the
+newest weights there, so the hybrid run improves while it runs. Until the
+first weights arrive every block uses the solver.
+
+Preconditions on the simulator (``Heat2D`` and ``NavierStokes2D`` meet them):
+its state is a ``NamedTuple`` with fields ``t`` and ``step``, the observed
+``field`` is also the name of the state's field, and the simulator has a ``dt``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from coupler.actors.simulator import SimulatorActor
+from coupler.learners.online import ModelFactory, OnlineTrainer
+
+
+@dataclass(frozen=True)
+class HybridSchedule:
+    """Which blocks the surrogate does: the first ``replace`` of every ``every`` blocks.
+
+    ``HybridSchedule(0, 1)`` is the pure solver, ``HybridSchedule(m, m)`` the pure surrogate.
+
+    Raises:
+        ValueError: unless ``0 <= replace <= every`` and ``every >= 1``.
+
+    Example:
+        >>> [HybridSchedule(1, 3).uses_surrogate(b) for b in range(6)]
+        [True, False, False, True, False, False]
+    """
+
+    replace: int
+    every: int
+
+    def __post_init__(self) -> None:
+        if self.every < 1 or not 0 <= self.replace <= self.every:
+            raise ValueError(f"need 0 <= replace <= every and every >= 1, got replace={self.replace}, every={self.every}")
+
+    def uses_surrogate(self, block: int) -> bool:
+        """Whether block number ``block`` (0-based) is a surrogate jump."""
+        return block % self.every < self.replace
+
+    @property
+    def solver_fraction(self) -> float:
+        """Share of blocks the solver still does."""
+        return 1 - self.replace / self.every
+
+
+def surrogate_jump(simulator: Any, state: Any, field: str, prediction: jax.Array, steps: int) -> Any:
+    """``state`` after a surrogate block: ``field`` set to ``prediction``, clock moved ``steps`` steps.
+
+    Args:
+        simulator: the simulator (for ``dt``).
+        state: a state ``NamedTuple`` with ``field``, ``t`` and ``step``.
+        field: name of the predicted field in the state.
+        prediction: its new value (same shape).
+        steps: solver steps the jump stands for.
+
+    Returns:
+        The new state (same dtypes as ``state``).
+
+    Raises:
+        ValueError: if the state lacks ``field``, ``t`` or ``step``, or the shapes differ.
+    """
+    names = getattr(state, "_fields", ())
+    missing = [f for f in (field, "t", "step") if f not in names]
+    if missing:
+        raise ValueError(f"a hybrid state must be a NamedTuple with {field!r}, 't' and 'step'; missing {missing} in {type(state).__name__}")
+    old = getattr(state, field)
+    if np.shape(prediction) != np.shape(old):
+        raise ValueError(f"surrogate prediction of {field!r} has shape {np.shape(prediction)}, expected {np.shape(old)}")
+    step = state.step + steps
+    return state._replace(
+        **{field: jnp.asarray(prediction, old.dtype)},
+        step=step,
+        t=(step * simulator.dt).astype(state.t.dtype),
+    )
+
+
+class HybridSimulatorActor(SimulatorActor):
+    """A ``SimulatorActor`` whose blocks follow a ``HybridSchedule`` of solver and surrogate.
+
+    Publishes exactly like ``SimulatorActor`` (a surrogate block's result is
+    published as any other block's). ``info()`` adds the blocks done by each
+    and the training step of the weights in use.
+
+    A checkpoint adds the weights in use and the block counters, so a restored
+    instance continues with the same surrogate until newer weights arrive.
+
+    Args:
+        simulator: the simulator (see the module docstring for its preconditions).
+        params: as for ``SimulatorActor``.
+        surrogate: the surrogate's ``ModelFactory`` (same as the learner's).
+        replace: surrogate blocks in every ``every`` blocks.
+        every: length of the schedule's cycle.
+        features: conditioning vector(s) the surrogate gets (required).
+        inputs: must map ``"weights"`` to a ``Latest`` channel.
+        **kwargs: passed to :class:`SimulatorActor` (``name``, ``steps``,
+            ``publish_every``, ``field``, ``mode``, ``ensemble``, ``outputs`` ...).
+
+    Raises:
+        ValueError: for a bad schedule, missing ``features`` or no ``"weights"`` input.
+    """
+
+    def __init__(
+        self,
+        simulator: Any,
+        params: Any,
+        *,
+        surrogate: ModelFactory,
+        replace: int,
+        every: int,
+        features: np.ndarray | None = None,
+        inputs: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "weights" not in (inputs or {}):
+            raise ValueError(f"HybridSimulatorActor needs inputs={{'weights': <Latest channel>}}, got inputs={inputs!r}")
+        if features is None:
+            raise ValueError("HybridSimulatorActor needs features: the surrogate is conditioned on them")
+        super().__init__(simulator, params, features=features, inputs=inputs, **kwargs)
+        self.schedule = HybridSchedule(replace, every)
+        self.surrogate = surrogate
+        self.surrogate_blocks = 0
+        self.solver_blocks = 0
+        self.weights_step: int | None = None
+        self._weights: dict[str, Any] | None = None
+        self._weights_seq: tuple[str, int] | None = None
+
+    def setup(self) -> None:
+        restored = self._restored
+        super().setup()
+        # An OnlineTrainer only for its checked set_weights and jitted predict (no training here).
+        self._model = OnlineTrainer(self.surrogate)
+        if restored is not None and restored.get("weights") is not None:
+            self._install(restored["weights"], restored.get("weights_step"))
+        self._solver_advance = self._advance
+        self._advance = self._hybrid_advance
+
+    def _install(self, weights: dict[str, Any], step: int | None) -> None:
+        self._model.set_weights(weights)
+        self._weights, self.weights_step = weights, step
+
+    def _poll_weights(self) -> None:
+        msg = self.inputs["weights"].latest()
+        if msg is not None and (msg.source, msg.seq) != self._weights_seq:
+            self._install(msg.data, int(msg.step))
+            self._weights_seq = (msg.source, msg.seq)
+
+    def _hybrid_advance(self, state: Any, params: Any) -> Any:
+        block = self.sim_steps // self.publish_every
+        self._poll_weights()
+        if self._weights is None or not self.schedule.uses_surrogate(block):
+            self.solver_blocks += 1
+            return self._solver_advance(state, params)
+        self.surrogate_blocks += 1
+        u = np.asarray(getattr(state, self.field))
+        prediction = self._model.predict(u, self.features)
+        return surrogate_jump(self.simulator, state, self.field, prediction, self.publish_every)
+
+    # -- remote methods ----------------------------------------------------------------------
+    def available_weights_step(self) -> int | None:
+        """Training step of the newest weights on the ``"weights"`` channel (``None``: none yet).
+
+        The next block takes them; a driver can wait on this before starting the actor.
+        """
+        msg = self.inputs["weights"].latest()
+        return None if msg is None else int(msg.step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """``SimulatorActor.state_dict`` plus the weights in use and the block counters."""
+        state = super().state_dict()
+        if not hasattr(self, "state"):
+            return state
+        return {
+            **state,
+            "weights": self._weights,
+            "weights_step": self.weights_step,
+            "surrogate_blocks": self.surrogate_blocks,
+            "solver_blocks": self.solver_blocks,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state_dict()``; the weights are installed when the loop sets up."""
+        super().load_state_dict(state)
+        if state:
+            self.surrogate_blocks = int(state.get("surrogate_blocks", 0))
+            self.solver_blocks = int(state.get("solver_blocks", 0))
+
+    def info(self) -> dict[str, Any]:
+        return {
+            **super().info(),
+            "surrogate_blocks": self.surrogate_blocks,
+            "solver_blocks": self.solver_blocks,
+            "weights_step": self.weights_step,
+        }
