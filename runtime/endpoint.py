@@ -153,14 +153,18 @@ def delivery_config() -> DeliveryConfig:
     """
     c = dask.config.get("coupler.delivery", default={}) or {}
     d = DeliveryConfig()
-    out = DeliveryConfig(
-        retain=bool(c.get("retain", d.retain)),
-        retain_bytes=int(dask.utils.parse_bytes(c.get("retain-bytes", d.retain_bytes))),
-        lost_consumer_wait=float(dask.utils.parse_timedelta(c.get("lost-consumer-wait", d.lost_consumer_wait), default="seconds")),
-    )
-    if out.retain_bytes < 0 or out.lost_consumer_wait < 0:
-        raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {c}")
-    return out
+    size, wait = c.get("retain-bytes", d.retain_bytes), c.get("lost-consumer-wait", d.lost_consumer_wait)
+    try:
+        retain_bytes = int(dask.utils.parse_bytes(size))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"coupler.delivery.retain-bytes must be a size (bytes or e.g. '1 GiB'), got {size!r}") from None
+    try:
+        lost_wait = float(dask.utils.parse_timedelta(wait, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        raise ValueError(f"coupler.delivery.lost-consumer-wait must be a duration (seconds or e.g. '5 minutes'), got {wait!r}") from None
+    if retain_bytes < 0 or lost_wait < 0:
+        raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {size!r} and {wait!r}")
+    return DeliveryConfig(retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait)
 
 
 def transport_config() -> TransportConfig:

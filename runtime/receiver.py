@@ -149,8 +149,8 @@ class Receiver:
             self._run()
         except (OSError, wire.StreamClosed):
             pass  # producer gone; its messages not acknowledged are its to resend
-        except Exception:
-            logger.exception("coupler receiver failed")
+        except Exception as e:  # a malformed stream (not a coupler link, or a broken one): refuse it, stay up
+            logger.warning("coupler receiver: closed a malformed stream: %r", e)
         finally:
             if isinstance(self.buf, QueueBuffer):
                 self.buf.remove_link(self.id)

@@ -101,13 +101,19 @@ class SupervisionPolicy:
                     s = float(value)
                 else:
                     s = float(parse_timedelta(value, default="seconds"))
-            except (TypeError, ValueError, KeyError):
+            except (TypeError, ValueError, KeyError, IndexError, OverflowError):
                 raise ValueError(f"coupler.supervision.{key} must be a duration (seconds or e.g. '2 minutes'), got {value!r}") from None
             if s < 0:
                 raise ValueError(f"coupler.supervision.{key} must be a duration >= 0, got {value!r}")
             return s
 
-        max_restarts = int(section.get("max-restarts", defaults.max_restarts))
+        given = section.get("max-restarts", defaults.max_restarts)
+        if isinstance(given, bool) or not isinstance(given, (int, str)):
+            given = None  # floats, lists...: not a count
+        try:
+            max_restarts = int(given)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise ValueError(f"coupler.supervision.max-restarts must be an integer >= 0, got {section.get('max-restarts')!r}") from None
         if max_restarts < 0:
             raise ValueError(f"coupler.supervision.max-restarts must be >= 0, got {max_restarts}")
         return cls(

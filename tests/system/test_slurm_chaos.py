@@ -43,7 +43,7 @@ def test_scancel_of_the_learners_job_loses_and_repeats_nothing(slurm: None, jobq
         # Dask pickles actor classes by reference: the jobs must import the test actors too.
         "jobqueue.slurm.job-script-prologue": [f"export PYTHONPATH={RELIABILITY}:${{PYTHONPATH:-}}"],
     }
-    n, seed = 400, 7
+    n, seed = 300, 7
     with dask.config.set(settings):
         cluster = start_cluster("slurm", JobOptions.from_config(jobs=2))
         try:
@@ -53,7 +53,7 @@ def test_scancel_of_the_learners_job_loses_and_repeats_nothing(slurm: None, jobq
                 w = sorted(job_of)
                 ch = cp.channel("slurm-chaos", Queue(8))
                 learner = cp.spawn(QueueLearner, name="learner", inputs={"data": ch}, workers=w[0])
-                sim = cp.spawn(Simulator, n, seed, 0.05, name="sim", outputs={"out": ch}, workers=w[1])
+                sim = cp.spawn(Simulator, n, seed, 0.04, name="sim", outputs={"out": ch}, workers=w[1])
                 learner.start()
                 sim.start()
                 deadline = time.monotonic() + 120
