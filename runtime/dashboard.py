@@ -15,18 +15,22 @@ joins the navigation list that every dashboard page renders (the scheduler's
 memoized ``template_variables``), so pages opened from then on link to it.
 
 The page reads the broker directly (it runs on the scheduler's event loop,
-like the broker) and refreshes every ``UPDATE_MS`` milliseconds.
+like the broker) and refreshes every ``UPDATE_MS`` milliseconds. Its tables are
+HTML in ``Div`` models rather than Bokeh ``DataTable`` widgets: with Bokeh 3.9
+a DataTable whose source is replaced by as many rows again keeps showing the
+old cells in the browser (the browser test saw it), while a ``Div`` redraws.
 """
 
 from __future__ import annotations
 
+import html
 import logging
 import time
 from collections import deque
 from typing import Any
 
 from bokeh.layouts import column, row
-from bokeh.models import ColumnDataSource, DataTable, Div, NumberFormatter, TableColumn
+from bokeh.models import ColumnDataSource, Div
 from bokeh.palettes import Category10_10
 from bokeh.plotting import figure
 from bokeh.server.server import BokehTornado
@@ -40,8 +44,14 @@ logger = logging.getLogger(__name__)
 PAGE = "coupler"
 ROUTE = f"/{PAGE}"
 UPDATE_MS = 500
-# Table heights follow their rows (pixels), up to a scrolling maximum.
-ROW_HEIGHT, HEADER_HEIGHT, MAX_TABLE_HEIGHT = 25, 30, 400
+# Height (pixels) beyond which a table scrolls.
+MAX_TABLE_HEIGHT = 400
+TABLE_STYLE = (
+    "<style>.coupler-table{border-collapse:collapse;width:100%;font-size:13px}"
+    ".coupler-table th,.coupler-table td{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left;"
+    "white-space:nowrap}.coupler-table td.num{text-align:right;font-variant-numeric:tabular-nums}"
+    f".coupler-scroll{{max-height:{MAX_TABLE_HEIGHT}px;overflow:auto}}</style>"
+)
 # Seconds of message-rate history a page keeps for its plot.
 RATE_HISTORY_SECONDS = 300.0
 
@@ -118,24 +128,26 @@ def describe_policy(policy: dict[str, Any]) -> str:
     return f"{policy.get('kind', '?')} {rest}".strip()
 
 
-def table_height(rows: int) -> int:
-    """Pixels a table of ``rows`` rows needs (one empty row at least), capped at ``MAX_TABLE_HEIGHT``."""
-    return min(MAX_TABLE_HEIGHT, HEADER_HEIGHT + ROW_HEIGHT * max(1, rows))
+Columns = list[tuple[str, str, str | None]]  # (field, title, format spec of a number or None)
 
 
-def _table(source: ColumnDataSource, columns: list[tuple[str, str, str | None]]) -> DataTable:
-    """A read-only table; ``columns`` are (field, title, number format or None)."""
-    return DataTable(
-        source=source,
-        columns=[
-            TableColumn(field=f, title=t, formatter=NumberFormatter(format=fmt)) if fmt else TableColumn(field=f, title=t)
-            for f, t, fmt in columns
-        ],
-        height=table_height(0),
-        row_height=ROW_HEIGHT,
-        index_position=None,
-        sizing_mode="stretch_width",
-        editable=False,
+def html_table(columns: Columns, data: dict[str, list[Any]]) -> str:
+    """An HTML table of ``data`` (field -> column values), numbers formatted, text escaped."""
+    head = "".join(f"<th>{html.escape(title)}</th>" for _, title, _ in columns)
+    n = len(data[columns[0][0]]) if columns else 0
+    body = []
+    for i in range(n):
+        cells = []
+        for f, _, fmt in columns:
+            v = data[f][i]
+            if fmt is None:
+                cells.append(f"<td>{html.escape(str(v))}</td>")
+            else:
+                cells.append(f'<td class="num">{format(v, fmt)}</td>')
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return (
+        f'{TABLE_STYLE}<div class="coupler-scroll"><table class="coupler-table"><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table></div>"
     )
 
 
@@ -146,28 +158,28 @@ class CouplerPage:
         scheduler: the scheduler whose broker the page shows.
     """
 
-    CHANNEL_COLUMNS = [
+    CHANNEL_COLUMNS: Columns = [
         ("channel", "channel", None), ("policy", "policy", None), ("producers", "producers", None),
-        ("consumers", "consumers", None), ("message_rate", "messages/s", "0,0.0"), ("mb_rate", "MB/s", "0,0.000"),
-        ("sent", "sent", "0,0"), ("received", "received", "0,0"), ("depth", "depth", "0,0"),
-        ("dropped", "dropped", "0,0"), ("lag_ms", "max lag (ms)", "0,0.0"), ("closed", "closed", None),
+        ("consumers", "consumers", None), ("message_rate", "messages/s", ",.1f"), ("mb_rate", "MB/s", ",.3f"),
+        ("sent", "sent", ",d"), ("received", "received", ",d"), ("depth", "depth", ",d"),
+        ("dropped", "dropped", ",d"), ("lag_ms", "max lag (ms)", ",.1f"), ("closed", "closed", None),
     ]
-    CONSUMER_COLUMNS = [
+    CONSUMER_COLUMNS: Columns = [
         ("channel", "channel", None), ("consumer", "consumer", None), ("worker", "worker", None),
-        ("received", "received", "0,0"), ("taken", "taken", "0,0"), ("depth", "depth", "0,0"),
-        ("dropped", "dropped", "0,0"), ("lag_ms", "lag (ms)", "0,0.0"),
+        ("received", "received", ",d"), ("taken", "taken", ",d"), ("depth", "depth", ",d"),
+        ("dropped", "dropped", ",d"), ("lag_ms", "lag (ms)", ",.1f"),
     ]
-    ACTOR_COLUMNS = [
+    ACTOR_COLUMNS: Columns = [
         ("actor", "actor", None), ("cls", "class", None), ("state", "state", None), ("worker", "worker", None),
-        ("device", "device", None), ("steps", "steps", "0,0"), ("step_rate", "steps/s", "0,0.0"),
+        ("device", "device", None), ("steps", "steps", ",d"), ("step_rate", "steps/s", ",.1f"),
         ("metrics", "metrics", None), ("error", "last error", None),
     ]
 
     def __init__(self, scheduler: Any) -> None:
         self.scheduler = scheduler
-        self.channels = ColumnDataSource({f: [] for f, _, _ in self.CHANNEL_COLUMNS})
-        self.consumers = ColumnDataSource({f: [] for f, _, _ in self.CONSUMER_COLUMNS})
-        self.actors = ColumnDataSource({f: [] for f, _, _ in self.ACTOR_COLUMNS})
+        # The tables' columns as last shown (field -> values), and the Divs that show them.
+        self.data: dict[str, dict[str, list[Any]]] = {}
+        self.tables = {key: Div(text="", sizing_mode="stretch_width") for key in ("channels", "consumers", "actors")}
         self.curves = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": []})
         self.rates = ColumnDataSource({"xs": [], "ys": [], "label": [], "color": []})
         self._rate_history: dict[str, deque[tuple[float, float]]] = {}
@@ -190,11 +202,6 @@ class CouplerPage:
             fig.legend.location = "top_right"
             fig.legend.background_fill_alpha = 0.5
 
-        self.tables = {
-            "channels": _table(self.channels, self.CHANNEL_COLUMNS),
-            "consumers": _table(self.consumers, self.CONSUMER_COLUMNS),
-            "actors": _table(self.actors, self.ACTOR_COLUMNS),
-        }
         self.root = column(
             self.summary,
             Div(text="<h3>Channels</h3>"),
@@ -226,11 +233,15 @@ class CouplerPage:
             f"{sum(c.message_rate for c in channels.values()):,.1f} messages/s, "
             f"{sum(c.byte_rate for c in channels.values()) / 1e6:,.3f} MB/s</p>"
         )
-        self.channels.data = self.channel_rows(channels)
-        self.consumers.data = self.consumer_rows(channels)
-        self.actors.data = self.actor_rows(actors, last)
-        for key, source in (("channels", self.channels), ("consumers", self.consumers), ("actors", self.actors)):
-            self.tables[key].height = table_height(len(source.data[next(iter(source.data))]))
+        self.data = {
+            "channels": self.channel_rows(channels),
+            "consumers": self.consumer_rows(channels),
+            "actors": self.actor_rows(actors, last),
+        }
+        for key, columns in (
+            ("channels", self.CHANNEL_COLUMNS), ("consumers", self.CONSUMER_COLUMNS), ("actors", self.ACTOR_COLUMNS)
+        ):
+            self.tables[key].text = html_table(columns, self.data[key])
         self.curves.data = self.curve_lines(broker.metric_series())
         self.rates.data = self.rate_lines(channels)
 
@@ -313,4 +324,4 @@ class CouplerPage:
         }
 
 
-__all__ = ["CouplerPage", "install", "page_link", "uninstall"]
+__all__ = ["CouplerPage", "html_table", "install", "page_link", "uninstall"]

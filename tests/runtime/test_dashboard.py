@@ -14,7 +14,7 @@ from distributed import LocalCluster
 
 import inspection_actors
 from coupler.runtime import Coupling, Queue
-from coupler.runtime.dashboard import describe_policy, page_link, table_height
+from coupler.runtime.dashboard import describe_policy, html_table, page_link
 from inspection_actors import Fitter, Ticker
 
 cloudpickle.register_pickle_by_value(inspection_actors)
@@ -31,11 +31,15 @@ def test_page_link_sits_next_to_the_dashboard_link() -> None:
     assert page_link("https://hub.example.org/user/me/proxy/8787/status") == "https://hub.example.org/user/me/proxy/8787/coupler"
 
 
-def test_policy_and_table_sizes_as_shown() -> None:
+def test_policies_and_tables_as_shown() -> None:
     assert describe_policy({"kind": "reservoir", "capacity": 4096, "seed": 0}) == "reservoir capacity=4096 seed=0"
     assert describe_policy({"kind": "latest"}) == "latest"
-    assert table_height(0) == table_height(1) == 55
-    assert table_height(10_000) == 400
+    table = html_table([("name", "actor", None), ("rate", "steps/s", ",.1f")], {"name": ["a<b", "c"], "rate": [1234.56, 0.0]})
+    body = table[table.index("<tbody>") :]
+    assert body == (
+        '<tbody><tr><td>a&lt;b</td><td class="num">1,234.6</td></tr>'
+        '<tr><td>c</td><td class="num">0.0</td></tr></tbody></table></div>'
+    )
 
 
 def test_page_is_served_and_in_the_navigation(coupling: Coupling) -> None:
@@ -70,9 +74,10 @@ def page_contents(dask_scheduler: Any) -> dict[str, Any]:
     page.update()
     return {
         "summary": page.summary.text,
-        "channels": dict(page.channels.data),
-        "consumers": dict(page.consumers.data),
-        "actors": dict(page.actors.data),
+        "channels": page.data["channels"],
+        "consumers": page.data["consumers"],
+        "actors": page.data["actors"],
+        "html": page.tables["channels"].text + page.tables["actors"].text,
         "curves": dict(page.curves.data),
     }
 
@@ -112,6 +117,7 @@ def test_page_shows_live_channels_actors_and_loss(coupling: Coupling, ticking: t
     # Fitter's loss at step k is 1 / (2 + k): the curve carries exactly these points.
     assert losses == pytest.approx([1.0 / (2.0 + k) for k in steps], rel=1e-12)
     assert f"{len(page['channels']['channel'])} channels" in page["summary"]
+    assert f"<td>{channel}</td>" in page["html"] and f"<td>{fit}</td>" in page["html"]
 
 
 def test_joining_a_running_scheduler_adds_the_page_and_closing_takes_it_away() -> None:
