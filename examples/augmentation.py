@@ -7,7 +7,10 @@ simulations run*. Then the surrogate is evaluated on held-out runs and used in a
 hybrid solver that replaces a share of the solver's K-step blocks by one
 surrogate jump each.
 
-Run with ``make demo`` (or ``python examples/augmentation.py --help``).
+Run with ``make demo`` (or ``python examples/augmentation.py --help``). While
+it runs, the printed link opens the "coupler" page of the Dask dashboard (the
+channel, the actors, the learner's loss, live); at the end it writes PNGs of the
+loss curve, the streaming and a held-out field to ``artifacts/augmentation/``.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -100,6 +104,66 @@ def hybrid_run(
     return solver_seconds, truth, time.perf_counter() - t0, hybrid
 
 
+def write_plots(
+    outdir: Path,
+    history: list[tuple[float, int, float, int]],
+    sims_ended: float,
+    test: dict[str, np.ndarray],
+    pred: np.ndarray,
+) -> list[Path]:
+    """PNGs of the run: loss and samples over time, and one held-out field (input, truth, surrogate, error).
+
+    Returns:
+        The files written.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    t = np.array([h[0] for h in history])
+    t0 = t[0] if len(t) else 0.0
+    steps = np.array([h[1] for h in history])
+    loss = np.array([h[2] for h in history])
+    seen = np.array([h[3] for h in history])
+    written = []
+
+    fig, (ax_loss, ax_seen) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    while_sim = t < sims_ended
+    ax_loss.semilogy(steps[while_sim], loss[while_sim], lw=1, label="while simulations produced")
+    ax_loss.semilogy(steps[~while_sim], loss[~while_sim], lw=1, label="after")
+    ax_loss.set(xlabel="training step", ylabel="training loss (MSE)", title="Online training loss")
+    ax_loss.legend()
+    ax_seen.plot(t - t0, seen, lw=1.5)
+    ax_seen.axvline(sims_ended - t0, color="gray", ls="--", label="last simulation ended")
+    ax_seen.set(xlabel="seconds since the first training step", ylabel="pairs received by the learner",
+                title="Streaming into the reservoir")
+    ax_seen.legend()
+    written.append(outdir / "training.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+
+    i = int(np.argmax(np.abs(test["target"] - test["input"]).sum(axis=(1, 2))))  # the sample that changes most
+    panels = [("u_t (input)", test["input"][i]), ("u_t+K (solver)", test["target"][i]),
+              ("u_t+K (surrogate)", pred[i]), ("|surrogate - solver|", np.abs(pred[i] - test["target"][i]))]
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.6), constrained_layout=True)
+    both = np.stack([test["input"][i], test["target"][i]])
+    vmin, vmax = float(both.min()), float(both.max())  # one scale for the fields, to compare them
+    for ax, (title, field) in zip(axes, panels):
+        err = title.startswith("|")
+        im = ax.imshow(field, cmap="magma" if err else "viridis", vmin=None if err else vmin, vmax=None if err else vmax)
+        ax.set_title(title)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, shrink=0.8)
+    fig.suptitle(f"Held-out Heat2D run, diffusivity {float(test['params'][i, 0]):.3g}")
+    written.append(outdir / "heldout_field.png")
+    fig.savefig(written[-1], dpi=120)
+    plt.close(fig)
+    return written
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--simulators", type=int, default=2, help="simulator actors running at any time (default 2)")
@@ -114,6 +178,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     p.add_argument("--json", type=str, default="", help="also write the results table to this JSON file")
+    p.add_argument("--artifacts", type=Path, default=Path("artifacts/augmentation"),
+                   help="folder for the PNGs (default artifacts/augmentation)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -128,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     with Coupling(n_workers=args.workers) as cp:
         print(f"coupler: dashboard at {cp.dashboard_link}", flush=True)
+        print(f"coupler: channels, actors and the loss, live: {cp.page_link}", flush=True)
         cp.channel("pairs", Reservoir(capacity=args.capacity, seed=args.seed))
         workers = cp.workers()
         n = args.grid
@@ -215,7 +282,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     persistence = float(relative_l2(test["input"], test["target"]).mean())
 
     hybrid_rows = []
-    for replace, every in ((1, 2), (3, 4)):
+    for replace, every in tqdm(((1, 2), (3, 4)), desc="hybrid solver runs", unit="run", file=sys.stdout):
         t_solver, truth, t_hybrid, hyb = hybrid_run(sim, trainer, test_params, args.k, args.blocks, replace, every)
         hybrid_rows.append(
             {
@@ -251,6 +318,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for row in hybrid_rows:
         print(f"  {'hybrid ' + row['share'] + ' blocks by surrogate: speed-up':<44}{row['speedup']:>11.2f}x")
         print(f"  {'hybrid ' + row['share'] + ': rel. L2 at end vs solver':<44}{100 * row['error']:>11.2f}%")
+    for path in write_plots(args.artifacts, history, sims_ended, test, pred):
+        print(f"  wrote {path}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
