@@ -17,11 +17,13 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import os
 import re
 import runpy
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +33,7 @@ from typing import Any, NoReturn
 import dask.config
 from dask.utils import format_bytes
 from distributed import Client
+from tqdm import tqdm
 
 from coupler.runtime import config
 from coupler.runtime.cluster import (
@@ -177,6 +180,29 @@ def available_demos() -> list[str]:
 
 
 # -- run ------------------------------------------------------------------------------------------
+def wait_showing_progress(client: Client, n: int, what: str, poll: float = 1.0) -> None:
+    """Wait until ``n`` workers have joined, with a progress bar of those that have (on a terminal).
+
+    Args:
+        client: a client of the cluster.
+        n: workers to wait for.
+        what: the bar's label.
+        poll: seconds between looks at the worker count.
+
+    Raises:
+        WorkersNotReady: if they do not join within ``coupler.jobqueue.start-timeout``.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(wait_for_workers, client, n)
+        with tqdm(total=n, desc=what, unit="worker", file=sys.stderr, disable=None) as bar:
+            # Not waiting.result(timeout): its TimeoutError is WorkersNotReady's base class too.
+            while not concurrent.futures.wait([waiting], timeout=poll).done:
+                have = len(client.scheduler_info(n_workers=-1)["workers"])
+                bar.update(max(0, min(have, n) - bar.n))
+            waiting.result()  # raises WorkersNotReady
+            bar.update(n - bar.n)
+
+
 @contextmanager
 def launched(args: argparse.Namespace) -> Iterator[str]:
     """Start (or join) the cluster the options ask for; yield its scheduler address.
@@ -237,8 +263,13 @@ def _launched(args: argparse.Namespace) -> Iterator[str]:
             if jobs:
                 n = expected_workers(cluster, jobs)
                 print(f"coupler: {target}: {jobs} job(s) submitted, waiting for {n} worker(s) ...", file=sys.stderr, flush=True)
-                wait_for_workers(client, n)
-            print(f"coupler: {target} cluster at {cluster.scheduler_address}; dashboard {client.dashboard_link}",
+                started = time.monotonic()
+                wait_showing_progress(client, n, f"coupler: {target} workers")
+                print(f"coupler: {n} worker(s) joined in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            from coupler.runtime.dashboard import page_link  # Bokeh: loaded by the dashboard anyway
+
+            print(f"coupler: {target} cluster at {cluster.scheduler_address}; dashboard {client.dashboard_link}; "
+                  f"the coupling's page {page_link(client.dashboard_link)} (once the script's coupling starts)",
                   file=sys.stderr, flush=True)
         yield cluster.scheduler_address
     finally:
