@@ -80,6 +80,7 @@ def install(scheduler: Any) -> BokehTornado | None:
         return None
     if any(ROUTE in a.app_paths for a in bokeh_apps):
         return None
+    # distributed's dashboard modules load here, not with this module: a driver asking only for page_link needs none.
     from distributed.dashboard.core import BokehApplication
     from distributed.dashboard.scheduler import template_variables
 

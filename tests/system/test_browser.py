@@ -21,7 +21,6 @@ import json
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
