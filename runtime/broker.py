@@ -136,17 +136,14 @@ class Broker(SchedulerPlugin):
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
         self.scheduler: Any = None
         self._sampler: PeriodicCallback | None = None
-        self._page: Any = None
+        self._page: Any = None  # the dashboard page's Bokeh application, once installed
+        self._collected = False  # whether /metrics reports this broker
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         self._sampler = PeriodicCallback(self.sample, RATE_SAMPLE_INTERVAL * 1000)
         self._sampler.start()
-        # Imported here: the scheduler process needs them, a worker importing the broker does not.
-        from coupler.runtime import dashboard, metrics
-
-        metrics.register(self)
-        self._page = dashboard.install(scheduler)
+        self._install_inspection(scheduler)
         handlers = {
             "coupler_declare": self.declare,
             "coupler_routing": self.routing,
@@ -160,15 +157,39 @@ class Broker(SchedulerPlugin):
         }
         scheduler.handlers.update(handlers)
 
+    def _install_inspection(self, scheduler: Any) -> None:
+        """Register the dashboard page and the /metrics collectors, where the scheduler's environment allows.
+
+        A scheduler started elsewhere may lack Bokeh or prometheus_client, and a
+        page that fails to build must not stop the coupling: both are logged and skipped.
+        """
+        try:  # imported here: the scheduler process needs them, a worker importing the broker does not
+            from coupler.runtime import metrics
+
+            metrics.register(self)
+            self._collected = True
+        except ImportError as e:
+            logger.warning("no coupler_* series on /metrics: %s", e)
+        try:
+            from coupler.runtime import dashboard
+
+            self._page = dashboard.install(scheduler)
+        except Exception as e:
+            logger.warning("no coupler page on the dashboard: %s", e, exc_info=not isinstance(e, ImportError))
+
     async def close(self) -> None:
         """Stop sampling; take the page and collectors off the scheduler."""
-        from coupler.runtime import dashboard, metrics
-
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
-        metrics.unregister(self)
-        if self._page is not None and self.scheduler is not None:
+        if self._collected:
+            from coupler.runtime import metrics
+
+            metrics.unregister(self)
+            self._collected = False
+        if self._page is not None:
+            from coupler.runtime import dashboard
+
             dashboard.uninstall(self.scheduler, self._page)
             self._page = None
 
