@@ -211,6 +211,11 @@ class _ModelGuided:
             best observed points added to the candidates.
         min_distance: smallest unit-box distance between a proposed point and any
             point picked in the same batch or still pending.
+        spread: also keep proposals ``spread / sqrt(N)`` apart from every point
+            observed, pending or picked (``N`` of them): a radius that shrinks as
+            the design fills, so a region whose value stays uncertain however
+            densely it is sampled (a chaotic edge) cannot absorb every proposal.
+            0 turns it off.
         seed: seed of the candidate draws.
     """
 
@@ -220,6 +225,7 @@ class _ModelGuided:
     local: int = 512
     local_scale: float = 0.03
     min_distance: float = 0.02
+    spread: float = 0.0
     seed: int = 0
     uses_model: bool = field(default=True, init=False)
 
@@ -261,12 +267,16 @@ class _ModelGuided:
         # Never re-propose a point already answered.
         score[~_far_enough(cands, data.x, 1e-4)] = -np.inf
         taken = np.concatenate([data.pending.reshape(-1, self.space.dim), already])
+        every = np.concatenate([data.x.reshape(-1, self.space.dim), taken])
+        radius = self.spread / np.sqrt(len(every) + n) if self.spread > 0 else 0.0
+        if radius > 0:
+            score[~_far_enough(cands, every, radius)] = -np.inf
         picks: list[np.ndarray] = []
         order = np.argsort(-score)
         for i in order:
             if len(picks) == n or not np.isfinite(score[i]):
                 break
-            if _far_enough(cands[i : i + 1], taken, self.min_distance)[0]:
+            if _far_enough(cands[i : i + 1], taken, max(self.min_distance, radius))[0]:
                 picks.append(cands[i])
                 taken = np.concatenate([taken, cands[i : i + 1]])
         if len(picks) < n:  # everything scored is crowded: fall back to space-filling draws
@@ -279,9 +289,12 @@ class MaxUncertainty(_ModelGuided):
     """Map a response surface: simulate where the ensemble disagrees most.
 
     A pending point is pointless once the model is already sure there
-    (``std < settle_std``, in the quantity's units; 0 never cancels).
+    (``std < settle_std``, in the quantity's units; 0 never cancels). Proposals
+    keep ``spread / sqrt(N)`` apart (see ``spread``): uncertainty alone piles
+    points onto edges where the quantity jumps irregularly.
     """
 
+    spread: float = 0.5
     settle_std: float = 0.0
 
     def score(self, mean: np.ndarray, std: np.ndarray, data: SearchData) -> np.ndarray:

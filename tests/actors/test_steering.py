@@ -137,11 +137,11 @@ def test_steering_fits_and_proposes_while_simulations_run(coupling: Coupling, un
     _channels(coupling, unique)
     study = SimulationStudy(GrayScott(n=12, seed_fraction=0.5), params_from_vector, pattern_amplitude, steps=600, bounds=BOUNDS)
     pool = _pool(coupling, unique, 3, study)
-    n = 18
+    n = 14
     steer = coupling.spawn(
-        SteeringActor, SPACE, ExpectedImprovement(SPACE, initial=6, candidates=256, local=64, seed=0),
+        SteeringActor, SPACE, ExpectedImprovement(SPACE, initial=6, candidates=128, local=32, seed=0),
         name=f"steer-{unique}", budget=n, in_flight=6, batch=2,
-        ensemble=EnsembleConfig(members=3, hidden=16, fourier_features=8, steps_per_fit=30),
+        ensemble=EnsembleConfig(members=2, hidden=8, depth=1, fourier_features=4, steps_per_fit=20),
         inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"}, workers=coupling.workers()[0],
     )  # fmt: skip
     steer.start()

@@ -96,7 +96,7 @@ def test_max_uncertainty_goes_where_the_model_is_unsure_and_spreads_a_batch() ->
     def predict(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(len(u)), np.exp(-np.sum((u - target) ** 2, 1) / 0.02)
 
-    strategy = MaxUncertainty(SPACE, initial=0, min_distance=0.05, seed=1)
+    strategy = MaxUncertainty(SPACE, initial=0, min_distance=0.05, spread=0.0, seed=1)
     pending = [(0.8, 0.2)]  # already running at the most uncertain point
     batch = strategy.propose(4, _data(predict, pending=pending))
     assert batch.shape == (4, 2)
@@ -104,6 +104,26 @@ def test_max_uncertainty_goes_where_the_model_is_unsure_and_spreads_a_batch() ->
     near = np.concatenate([batch, np.array(pending)])
     d = np.linalg.norm(near[:, None] - near[None], axis=-1) + np.eye(len(near))
     assert d.min() >= 0.05 - 1e-6  # apart from each other and from what is running
+
+
+def test_spread_keeps_proposals_away_from_a_region_that_stays_uncertain() -> None:
+    # The model is unsure only at one spot, however many points sit there: without a spread every
+    # proposal lands next to it; with spread s, each keeps s / sqrt(N) from everything else.
+    spot = np.array([0.2, 0.2])
+
+    def predict(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return np.zeros(len(u)), np.exp(-np.sum((u - spot) ** 2, 1) / 0.01)
+
+    observed = [tuple(spot + d) for d in np.random.default_rng(0).normal(0, 0.02, (10, 2))]
+    data = _data(predict, x=observed, y=[0.0] * len(observed))
+    piled = MaxUncertainty(SPACE, initial=0, spread=0.0, seed=3).propose(4, data)
+    spread = MaxUncertainty(SPACE, initial=0, spread=0.5, seed=3).propose(4, data)
+    assert np.all(np.linalg.norm(piled - spot, axis=1) < 0.15)
+    radius = 0.5 / math.sqrt(len(observed) + 4)
+    everything = np.concatenate([np.array(observed), spread])
+    d = np.linalg.norm(spread[:, None] - everything[None], axis=-1)
+    d[np.arange(4), len(observed) + np.arange(4)] = np.inf  # a point's distance to itself
+    assert d.min() >= radius - 1e-6
 
 
 @pytest.mark.parametrize("strategy", [ExpectedImprovement(SPACE, initial=0, seed=2), UpperConfidenceBound(SPACE, initial=0, seed=2)])

@@ -54,11 +54,11 @@ def test_uncertainty_is_larger_away_from_the_data() -> None:
 
 
 def test_growing_data_and_single_points_fit_without_errors() -> None:
-    ens = DeepEnsemble(EnsembleConfig(members=2, hidden=8, fourier_features=0, steps_per_fit=5), dim=1, seed=0)
-    for n in (1, 3, 17):  # 1 and 3 share the padded size 16; 17 needs 32
-        x = np.linspace(0, 1, n, dtype=np.float32)[:, None]
-        assert np.isfinite(ens.fit(x, 2 * x[:, 0]))
-    assert ens.predict(np.zeros((5, 1), np.float32))[0].shape == (5,)
+    ens = DeepEnsemble(SMALL, dim=2, seed=0)
+    for n in (1, 3):  # both padded to 16 rows: one compiled fit serves both
+        x = np.linspace(0, 1, 2 * n, dtype=np.float32).reshape(n, 2)
+        assert np.isfinite(ens.fit(x, 2 * x[:, 0], steps=5))
+    assert ens.predict(np.zeros((5, 2), np.float32))[0].shape == (5,)
 
 
 def test_bad_inputs_are_refused_with_what_was_expected() -> None:
