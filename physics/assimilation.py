@@ -274,9 +274,38 @@ def cycle(
     return updated, out
 
 
+# Independent random streams of one twin experiment, all derived from its seed.
+_FILTER_STREAM, _NOISE_STREAM, _ENSEMBLE_STREAM = 1, 2, 3
+
+
+def _stream(seed: int | jax.Array, which: int) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), which)
+
+
 def cycle_key(seed: int | jax.Array, index: int | jax.Array) -> jax.Array:
-    """The PRNG key of cycle ``index`` of a run with ``seed`` (the same in every runner)."""
-    return jax.random.fold_in(jax.random.key(seed), index)
+    """The PRNG key of the filter at cycle ``index`` of a run with ``seed`` (the same in every runner)."""
+    return jax.random.fold_in(_stream(seed, _FILTER_STREAM), index)
+
+
+def observation_noise(seed: int | jax.Array, index: int | jax.Array, size: int, std: float) -> jax.Array:
+    """The ``(size,)`` observation error of cycle ``index`` in a twin experiment with ``seed``."""
+    return std * jax.random.normal(jax.random.fold_in(_stream(seed, _NOISE_STREAM), index), (size,))
+
+
+def initial_ensemble(init: Callable[[jax.Array], jax.Array], members: int, seed: int | jax.Array) -> jax.Array:
+    """``(members, n)`` initial ensemble: ``init(key)`` (one member's state vector) for ``members`` keys.
+
+    Args:
+        init: draws one member, e.g. ``lambda k: model.init(k, params).x``.
+        members: ensemble size (>= 2).
+        seed: run seed (its own stream, independent of the filter's and the noise's).
+
+    Raises:
+        ValueError: for fewer than 2 members.
+    """
+    if members < 2:
+        raise ValueError(f"an ensemble needs >= 2 members, got {members}")
+    return jax.vmap(init)(jax.random.split(_stream(seed, _ENSEMBLE_STREAM), members))
 
 
 def run_filter(
