@@ -17,8 +17,9 @@ steps, and the ensemble continues with the new weights -- the live actors'
 loop, without the transport). Time-averaged forecast RMSE after spin-up,
 averaged over seeds.
 
-All in float32 (JAX's default): the float32 EnKF/DEnKF figures agree with
-float64 ones to within 0.003 here.
+All in float32 (JAX's default): enough here -- in a 3000-cycle check with
+``jax_enable_x64`` the EnKF gave 0.218 against float32's 0.216, the DEnKF 0.179
+against 0.177.
 
 Run: ``python benchmarks/assimilation_tables.py [--quick] [--json PATH]``.
 """

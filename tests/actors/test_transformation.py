@@ -10,7 +10,6 @@ import cloudpickle
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from coupler.actors.assimilation import AssimilationActor
 from coupler.actors.base import ActorHost

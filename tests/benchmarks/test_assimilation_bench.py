@@ -29,5 +29,5 @@ def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path: Path, capsys)
 def test_twin_observations_are_the_truth_plus_unit_noise() -> None:
     tw = bench.twin(seed=7, cycles=1000, members=4)
     noise = np.asarray(tw.ys - tw.truth)
-    assert abs(noise.mean()) < 0.03 and abs(noise.std() - 1.0) < 0.03  # 40000 draws: 5 sigma
+    assert abs(noise.mean()) < 0.03 and abs(noise.std() - 1.0) < 0.03  # 40000 draws: over 5 sigma
     assert tw.ensemble.shape == (4, 40)
