@@ -323,7 +323,8 @@ class QueueBuffer(ConsumerBuffer):
                         self._local_waiting -= 1
                 if self._detached:
                     return accepted
-                self._accept(m)
+                if self._is_new(m):  # again: a resume() may have covered it while we waited
+                    self._accept(m)
                 accepted += 1
                 self._cond.notify_all()
         return accepted

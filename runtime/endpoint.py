@@ -141,7 +141,7 @@ class DeliveryConfig:
     """
 
     retain: bool = True
-    retain_bytes: int = 1 << 30
+    retain_bytes: int = 256 << 20
     lost_consumer_wait: float = 300.0
 
 

@@ -44,6 +44,7 @@ from distributed import Client, Future
 
 from coupler.runtime import config
 from coupler.runtime.actor_ref import ActorRef
+from coupler.runtime.checkpoints import CheckpointError, CheckpointStore
 from coupler.runtime.errors import ActorFailed, CouplerError
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,10 @@ class SupervisionPolicy:
             actor (0: none; a lost actor then restarts from scratch).
         max_restarts: restarts after lost workers before an actor is given up.
         restart_backoff: seconds before the first restart; doubled for each further one.
+        checkpoint_dir: also write every checkpoint there (a directory or an fsspec URL;
+            ``None``: keep them in memory only).
+        resume: restore each actor spawned from its checkpoint in ``checkpoint_dir``, if
+            there is one (a run resumed after its whole cluster was gone).
     """
 
     poll_interval: float = 1.0
@@ -78,6 +83,8 @@ class SupervisionPolicy:
     checkpoint_interval: float = 30.0
     max_restarts: int = 3
     restart_backoff: float = 1.0
+    checkpoint_dir: str | None = None
+    resume: bool = False
 
     @classmethod
     def from_config(cls) -> SupervisionPolicy:
@@ -124,6 +131,8 @@ class SupervisionPolicy:
             checkpoint_interval=seconds("checkpoint-interval", defaults.checkpoint_interval),
             max_restarts=max_restarts,
             restart_backoff=seconds("restart-backoff", defaults.restart_backoff),
+            checkpoint_dir=str(section["checkpoint-dir"]) if section.get("checkpoint-dir") else None,
+            resume=bool(section.get("resume", False)),
         )
 
 
@@ -155,7 +164,8 @@ class SupervisionEvent:
     Attributes:
         time: wall-clock time (``time.time()``).
         actor: the actor's name.
-        kind: ``moved``, ``restarted``, ``gave-up`` or ``checkpoint-failed``.
+        kind: ``moved``, ``restarted``, ``resumed`` (from a stored checkpoint), ``gave-up``
+            or ``checkpoint-failed``.
         source: the worker it left (or lost).
         target: the worker it went to (``""`` if none).
         detail: a human-readable reason.
@@ -255,6 +265,7 @@ class Supervisor:
         self._thread: threading.Thread | None = None
         self._attempts = itertools.count()
         self._acting = threading.RLock()  # one of poll() and move() acts on the actors at a time
+        self.store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -298,13 +309,63 @@ class Supervisor:
         """
         fut = self._submit(spec, list(spec.workers) if spec.workers else None, 0)
         actor = fut.result()
+        stored = self.store.load(spec.name) if self.store is not None and self.policy.resume else None
+        if stored is not None:
+            actor.restore(stored).result(timeout=CALL_SLACK)
+            actor.commit(stored.get("delivered", {})).result(timeout=CALL_SLACK)
         ref = ActorRef(spec.name, actor)
         ref.follow(self)
         worker = self._worker_of(fut)
         with self._lock:
-            self._records[spec.name] = _Supervised(spec, ref, fut, worker)
+            self._records[spec.name] = _Supervised(spec, ref, fut, worker, checkpoint=stored)
+        if stored is not None:
+            detail = f"from its stored checkpoint of {time.ctime(stored['time'])} ({self.store.path(spec.name)})"  # type: ignore[union-attr]
+            self._record(SupervisionEvent(self.clock(), spec.name, "resumed", "", worker, detail))
         self.start()
         return ref
+
+    def checkpoint_now(self, names: list[str] | None = None, timeout: float = 30.0) -> dict[str, dict[str, Any]]:
+        """Checkpoint actors now (all, or ``names``), keep the checkpoints and write them to the store.
+
+        Args:
+            names: the actors (default: every supervised actor that is not given up).
+            timeout: seconds each may take to reach a step boundary.
+
+        Returns:
+            Actor name -> its checkpoint.
+
+        Raises:
+            KeyError: for an actor this supervisor does not know.
+            TimeoutError: if an actor did not reach a step boundary in time.
+            CheckpointError: if a checkpoint could not be written.
+        """
+        with self._lock:
+            records = [self._records[n] for n in names] if names is not None else [r for r in self._records.values() if not r.given_up]
+        out = {}
+        with self._acting:
+            for rec in records:
+                ck = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
+                self._keep(rec, ck, strict=True)
+                out[rec.spec.name] = ck
+        return out
+
+    def _keep(self, rec: _Supervised, ck: dict[str, Any], strict: bool = False) -> None:
+        """Hold ``ck`` as the actor's last checkpoint, write it to the store, then commit its deliveries.
+
+        The commit comes last: producers may forget messages only once the checkpoint
+        that covers them is held (and stored, when there is a store).
+        """
+        rec.checkpoint, rec.checkpoint_at = ck, self.clock()
+        if self.store is not None:
+            try:
+                self.store.save(rec.spec.name, ck)
+            except CheckpointError as e:
+                if strict:
+                    raise
+                self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", str(e)))
+                logger.warning("coupler supervisor: %s", e)
+        if ck.get("delivered"):
+            rec.ref.proxy.commit(ck["delivered"]).result(timeout=CALL_SLACK)
 
     def _submit(self, spec: SpawnSpec, workers: list[str] | None, generation: int) -> Future:
         # Every attempt gets a fresh key: a released key may linger on the scheduler for a moment.
@@ -556,6 +617,11 @@ class Supervisor:
             self._lose(rec, f"hand-over on retiring worker {rec.worker} failed: {e!r}")
             return
         rec.checkpoint, rec.checkpoint_at = ck, self.clock()
+        if self.store is not None:
+            try:
+                self.store.save(rec.spec.name, ck)
+            except CheckpointError as e:  # the successor still gets it from memory
+                logger.warning("coupler supervisor: %s", e)
         self._await(rec, "moved", ck, ck["status"]["state"], 0.0)
 
     def _lose(self, rec: _Supervised, why: str) -> None:
@@ -587,10 +653,7 @@ class Supervisor:
         try:
             timeout = min(5.0, self.policy.checkpoint_interval)
             ck = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
-            rec.checkpoint = ck
-            if ck.get("delivered"):
-                # Only now is it safe for producers to forget what the checkpoint covers.
-                rec.ref.proxy.commit(ck["delivered"]).result(timeout=CALL_SLACK)
+            self._keep(rec, ck)
         except Exception as e:  # a step held up by back-pressure: try again next time
             self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", repr(e)))
             logger.info("coupler supervisor: checkpoint of %r failed: %r", rec.spec.name, e)

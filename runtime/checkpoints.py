@@ -1,0 +1,187 @@
+"""Durable checkpoints: actors' checkpoints written to a directory or an fsspec URL.
+
+The supervisor keeps every actor's last checkpoint in the driver's memory,
+which is enough to restart an actor whose worker was lost. To survive the loss
+of the whole cluster (and of the driver) it also writes them to a
+:class:`CheckpointStore` (``coupler.supervision.checkpoint-dir``): a local
+directory, or any URL fsspec understands (``s3://``, ``gs://``, ``memory://``...)
+when fsspec is importable (it comes with dask). A later run with
+``coupler.supervision.resume`` restores each actor it spawns from the stored
+checkpoint of the same name.
+
+The format is msgpack with numpy arrays as typed byte blocks: no pickle, so a
+checkpoint read back cannot run code. Each actor's checkpoint is one file,
+``<name>.ckpt`` (``/`` in names becomes ``%2F``), replaced atomically where the
+file system allows (a local rename; object stores replace whole objects).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from coupler.runtime.errors import CouplerError
+
+SUFFIX = ".ckpt"
+_ARRAY = 1  # msgpack extension type of a numpy array
+_TUPLE = 2  # ... of a tuple (kept apart from lists, for state dicts that care)
+
+
+class CheckpointError(CouplerError, OSError):
+    """A checkpoint that could not be written or read back (what, where, why)."""
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray) or isinstance(obj, np.generic):
+        a = np.asarray(obj)
+        if a.dtype.hasobject:
+            raise TypeError(f"arrays of Python objects cannot be checkpointed, got dtype {a.dtype}")
+        head = msgpack.packb([a.dtype.str, list(a.shape)])
+        return msgpack.ExtType(_ARRAY, head + np.ascontiguousarray(a).tobytes())
+    if isinstance(obj, tuple):
+        return msgpack.ExtType(_TUPLE, encode(list(obj)))
+    raise TypeError(f"checkpoints hold numpy arrays, numbers, strings, bytes, lists, tuples and dicts; got {type(obj).__name__}")
+
+
+def _ext_hook(code: int, data: bytes) -> Any:
+    if code == _ARRAY:
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(data)
+        dtype, shape = next(unpacker)
+        offset = unpacker.tell()
+        return np.frombuffer(data, np.dtype(dtype), offset=offset).reshape(shape).copy()
+    if code == _TUPLE:
+        return tuple(decode(data))
+    raise ValueError(f"unknown extension type {code} in a checkpoint")
+
+
+def encode(checkpoint: Any) -> bytes:
+    """A checkpoint as bytes.
+
+    Raises:
+        TypeError: for a value that is not plain data.
+    """
+    return msgpack.packb(checkpoint, default=_default, use_bin_type=True, strict_types=True)
+
+
+def decode(data: bytes) -> Any:
+    """The inverse of :func:`encode`.
+
+    Raises:
+        ValueError: for bytes that are not an encoded checkpoint.
+    """
+    try:
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+    except (msgpack.UnpackException, ValueError, TypeError) as e:
+        raise ValueError(f"not a coupler checkpoint ({e!r})") from None
+
+
+def _file_name(actor: str) -> str:
+    return urllib.parse.quote(actor, safe="") + SUFFIX
+
+
+class CheckpointStore:
+    """Actors' checkpoints in a directory or at an fsspec URL, one file per actor.
+
+    Args:
+        location: a local path, or a URL with a scheme (``s3://bucket/run``,
+            ``memory://run``...) read and written through fsspec.
+
+    Raises:
+        CheckpointError: for a URL when fsspec is not installed.
+
+    Example:
+        >>> store = CheckpointStore(tempfile.mkdtemp())
+        >>> _ = store.save("sim", {"format": 1, "state": {"u": np.zeros(3)}})
+        >>> store.load("sim")["state"]["u"].tolist()
+        [0.0, 0.0, 0.0]
+    """
+
+    def __init__(self, location: str | os.PathLike[str]) -> None:
+        self.location = str(location)
+        self._fs: Any = None
+        if "://" in self.location and not self.location.startswith("file://"):
+            try:
+                import fsspec
+            except ImportError:
+                raise CheckpointError(f"checkpoints at {self.location!r} need fsspec (pip install fsspec)") from None
+            self._fs, self._root = fsspec.core.url_to_fs(self.location)
+            self._fs.makedirs(self._root, exist_ok=True)
+        else:
+            self._root = self.location.removeprefix("file://")
+            Path(self._root).expanduser().mkdir(parents=True, exist_ok=True)
+            self._root = str(Path(self._root).expanduser())
+
+    def __repr__(self) -> str:
+        return f"CheckpointStore({self.location!r})"
+
+    def path(self, actor: str) -> str:
+        """Where actor ``actor``'s checkpoint lives."""
+        return f"{self._root.rstrip('/')}/{_file_name(actor)}"
+
+    def save(self, actor: str, checkpoint: dict[str, Any]) -> str:
+        """Write ``checkpoint`` as actor ``actor``'s (replacing the previous one); return its path.
+
+        Raises:
+            CheckpointError: if it could not be encoded or written.
+        """
+        try:
+            data = encode(checkpoint)
+        except (TypeError, ValueError, OverflowError) as e:
+            raise CheckpointError(f"checkpoint of actor {actor!r} cannot be stored: {e}") from None
+        target = self.path(actor)
+        try:
+            if self._fs is None:
+                fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self._root)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, target)  # readers see the old file or the new one, never half of one
+            else:
+                with self._fs.open(target, "wb") as f:
+                    f.write(data)
+        except OSError as e:
+            raise CheckpointError(f"could not write the checkpoint of actor {actor!r} to {target}: {e}") from None
+        return target
+
+    def load(self, actor: str) -> dict[str, Any] | None:
+        """Actor ``actor``'s stored checkpoint (``None`` if there is none).
+
+        Raises:
+            CheckpointError: if the file exists but cannot be read or decoded.
+        """
+        target = self.path(actor)
+        try:
+            if self._fs is None:
+                if not os.path.exists(target):
+                    return None
+                data = Path(target).read_bytes()
+            else:
+                if not self._fs.exists(target):
+                    return None
+                with self._fs.open(target, "rb") as f:
+                    data = f.read()
+            ck = decode(data)
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"could not read the checkpoint of actor {actor!r} at {target}: {e}") from None
+        if not isinstance(ck, dict):
+            raise CheckpointError(f"{target} holds {type(ck).__name__}, not a checkpoint")
+        return ck
+
+    def actors(self) -> list[str]:
+        """The names of the actors with a stored checkpoint, sorted."""
+        if self._fs is None:
+            names = os.listdir(self._root)
+        else:
+            names = [p.rsplit("/", 1)[-1] for p in self._fs.ls(self._root, detail=False)]
+        return sorted(urllib.parse.unquote(n[: -len(SUFFIX)]) for n in names if n.endswith(SUFFIX) and not n.startswith(".tmp-"))
+
+
+__all__ = ["CheckpointError", "CheckpointStore", "decode", "encode"]
