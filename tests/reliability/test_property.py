@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import socket
-import time
 from typing import Any
 
 import dask
@@ -20,7 +19,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coupler.runtime import wire
 from coupler.runtime.broker import Broker
 from coupler.runtime.buffers import QueueBuffer, make_buffer
 from coupler.runtime.cli import UsageError, build_parser, cluster_choice, walltime_choice
