@@ -181,6 +181,9 @@ class Receiver:
             self.maps.close()
         spec = Spec.from_wire(hello["spec"])
         fields = [(f.shape, f.dtype) for f in spec.fields]
+        # A batch of n messages is n * spec.nbytes plus at most 64 bytes of alignment per field block.
+        pad = 64 * (len(spec.fields) + 1)
+        reader.payload_limit = lambda kind, h: len(h.get("h", ())) * spec.nbytes + pad if kind == wire.BATCH else 0
         self.buf = buf
         queue = isinstance(buf, QueueBuffer)
         self._send(wire.WELCOME, {"status": "OK", "shm": shm_ok})

@@ -19,7 +19,7 @@ import struct
 import threading
 import time
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 import msgpack
 import numpy as np
@@ -69,13 +69,22 @@ def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: 
 class FrameReader:
     """Reads frames from a socket through a buffer, so that small frames cost one system call for many.
 
+    A peer states the sizes of what follows; they are checked before anything
+    is allocated, so a broken or hostile peer cannot make the reader take
+    gigabytes: a header must fit the read-ahead buffer, and a payload must not
+    exceed ``payload_limit(kind, header)`` (no payload at all without one).
+
     Args:
         sock: a connected socket.
-        size: bytes read ahead at most.
+        size: bytes read ahead at most (also the largest header).
+        payload_limit: the largest payload a frame may carry, from its kind and header.
     """
 
-    def __init__(self, sock: socket.socket, size: int = 256 << 10) -> None:
+    def __init__(
+        self, sock: socket.socket, size: int = 256 << 10, payload_limit: Callable[[int, dict[str, Any]], int] | None = None
+    ) -> None:
         self.sock = sock
+        self.payload_limit = payload_limit
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = self.end = 0
@@ -101,10 +110,17 @@ class FrameReader:
     def read(self) -> tuple[int, dict[str, Any], np.ndarray | None]:
         """The next frame: ``(kind, header, payload or None)``; the payload is a uint8 array the caller owns."""
         kind, hlen = _PREFIX.unpack(self._take(_PREFIX.size))
+        if hlen > len(self.buf):
+            raise ValueError(f"frame header of {hlen} bytes; at most {len(self.buf)} expected")
         header = msgpack.unpackb(self._take(hlen), raw=False)
+        if not isinstance(header, dict):
+            raise ValueError(f"frame header must be a map, got {type(header).__name__}")
         n = header.get("len", 0)
         if not n:
             return kind, header, None
+        limit = 0 if self.payload_limit is None else self.payload_limit(kind, header)
+        if not isinstance(n, int) or not 0 < n <= limit:
+            raise ValueError(f"frame of kind {kind} announces a payload of {n!r} bytes; at most {limit} expected")
         payload = PAYLOADS.take(n)
         have = min(n, self.end - self.start)
         payload[:have] = np.frombuffer(self.buf, np.uint8, count=have, offset=self.start)

@@ -42,3 +42,36 @@ def test_small_payloads_bypass_the_pool_and_idle_blocks_expire() -> None:
     held = pool.take(2048)  # any call trims blocks idle longer than idle_s (0 here)
     assert pool.idle_bytes() == 0
     assert held.nbytes == 2048
+
+
+def test_a_frame_reader_refuses_sizes_beyond_its_limits_before_allocating() -> None:
+    import socket
+    import struct
+
+    import msgpack
+    import pytest
+
+    from coupler.runtime.wire import BATCH, FrameReader, send_frame
+
+    a, b = socket.socketpair()
+    with a, b:
+        # A payload of 1 TiB announced: refused from the header alone (nothing follows it).
+        send_frame(a, BATCH, {"h": [{}], "len": 1 << 40})
+        reader = FrameReader(b, payload_limit=lambda kind, h: 4096 * len(h["h"]))
+        with pytest.raises(ValueError, match="at most 4096 expected"):
+            reader.read()
+        # Without a limit no payload is accepted at all; a header larger than the buffer is refused.
+        send_frame(a, BATCH, {"h": [], "len": 10}, [b"0123456789"])
+        with pytest.raises(ValueError, match="at most 0 expected"):
+            FrameReader(b).read()
+    a, b = socket.socketpair()
+    with a, b:
+        a.sendall(struct.pack("!BI", BATCH, 1 << 30))
+        with pytest.raises(ValueError, match="frame header of 1073741824 bytes"):
+            FrameReader(b, size=1024).read()
+    a, b = socket.socketpair()
+    with a, b:
+        send_frame(a, BATCH, {"h": [{}], "len": 8}, [b"abcdefgh"])
+        kind, header, payload = FrameReader(b, payload_limit=lambda kind, h: 8).read()
+        assert kind == BATCH and bytes(payload) == b"abcdefgh"
+        assert msgpack.packb(header) == msgpack.packb({"h": [{}], "len": 8})
