@@ -146,7 +146,7 @@ def navier_stokes_setup(quick: bool) -> Setup:
         blocks=16,
         model=FNOConfig(modes=8, width=16, depth=4, n_params=2, hidden=32, field_scale=3.0),
         offline_sims=32,
-        train_steps=300 if quick else 1200,
+        train_steps=300 if quick else 800,
     )
 
 
