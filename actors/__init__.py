@@ -1,8 +1,41 @@
-"""Actor hosts: long-lived Dask actors that run simulators and learners."""
+"""Actor hosts: long-lived Dask actors that run simulators, learners, steering and assimilation."""
 
 from coupler.actors.base import ActorHost as ActorHost
 from coupler.actors.learner import LearnerActor as LearnerActor
 from coupler.actors.learner import Trainer as Trainer
 from coupler.actors.simulator import SimulatorActor as SimulatorActor
+from coupler.actors.hybrid import HybridSimulatorActor as HybridSimulatorActor
+from coupler.actors.hybrid import HybridSchedule as HybridSchedule
+from coupler.actors.pool import SimulatorPoolActor as SimulatorPoolActor
+from coupler.actors.pool import SimulationStudy as SimulationStudy
+from coupler.actors.pool import Study as Study
+from coupler.actors.pool import TaskStatus as TaskStatus
+from coupler.actors.pool import task_message as task_message
+from coupler.actors.pool import cancel_message as cancel_message
+from coupler.actors.steering import SteeringActor as SteeringActor
+from coupler.actors.steering import Steerer as Steerer
+from coupler.actors.steering import TaskRecord as TaskRecord
+from coupler.actors.steering import overlap_seconds as overlap_seconds
+from coupler.actors.observation import ObservationSource as ObservationSource
+from coupler.actors.assimilation import AssimilationActor as AssimilationActor
 
-__all__ = ["ActorHost", "LearnerActor", "SimulatorActor", "Trainer"]
+__all__ = [
+    "ActorHost",
+    "AssimilationActor",
+    "cancel_message",
+    "HybridSchedule",
+    "HybridSimulatorActor",
+    "LearnerActor",
+    "ObservationSource",
+    "overlap_seconds",
+    "SimulationStudy",
+    "SimulatorActor",
+    "SimulatorPoolActor",
+    "Steerer",
+    "SteeringActor",
+    "Study",
+    "task_message",
+    "TaskRecord",
+    "TaskStatus",
+    "Trainer",
+]

@@ -1,4 +1,4 @@
-"""Flax NNX surrogates and their online training (no Dask here)."""
+"""Flax NNX surrogates, their online training, ensembles and acquisition (no Dask here)."""
 
 from coupler.learners.online import ModelFactory as ModelFactory
 from coupler.learners.online import OnlineTrainer as OnlineTrainer
@@ -13,19 +13,67 @@ from coupler.learners.training import predict as predict
 from coupler.learners.training import relative_l2 as relative_l2
 from coupler.learners.training import relative_mse_loss as relative_mse_loss
 from coupler.learners.training import train_step as train_step
+from coupler.learners.fno import FNO2D as FNO2D
+from coupler.learners.fno import FNOConfig as FNOConfig
+from coupler.learners.fno import SpectralConv2d as SpectralConv2d
+from coupler.learners.fno import FourierLayer as FourierLayer
+from coupler.learners.checkpoints import save_checkpoint as save_checkpoint
+from coupler.learners.checkpoints import load_checkpoint as load_checkpoint
+from coupler.learners.ensemble import DeepEnsemble as DeepEnsemble
+from coupler.learners.ensemble import EnsembleConfig as EnsembleConfig
+from coupler.learners.acquisition import ParameterSpace as ParameterSpace
+from coupler.learners.acquisition import SearchData as SearchData
+from coupler.learners.acquisition import Strategy as Strategy
+from coupler.learners.acquisition import GridSweep as GridSweep
+from coupler.learners.acquisition import RandomSweep as RandomSweep
+from coupler.learners.acquisition import MaxUncertainty as MaxUncertainty
+from coupler.learners.acquisition import ExpectedImprovement as ExpectedImprovement
+from coupler.learners.acquisition import UpperConfidenceBound as UpperConfidenceBound
+from coupler.learners.acquisition import expected_improvement as expected_improvement
+from coupler.learners.acquisition import upper_confidence_bound as upper_confidence_bound
+from coupler.learners.acquisition import latin_hypercube as latin_hypercube
+from coupler.learners.correction import CorrectionNet as CorrectionNet
+from coupler.learners.correction import CorrectionConfig as CorrectionConfig
+from coupler.learners.correction import CorrectionTrainer as CorrectionTrainer
+from coupler.learners.correction import MakeCorrectionTrainer as MakeCorrectionTrainer
+from coupler.learners.correction import correction_function as correction_function
 
 __all__ = [
     "ConvSurrogate",
+    "correction_function",
+    "CorrectionConfig",
+    "CorrectionNet",
+    "CorrectionTrainer",
+    "DeepEnsemble",
+    "EnsembleConfig",
+    "eval_step",
+    "expected_improvement",
+    "ExpectedImprovement",
+    "FNO2D",
+    "FNOConfig",
+    "FourierLayer",
+    "GridSweep",
+    "latin_hypercube",
+    "load_checkpoint",
+    "make_optimizer",
+    "MakeCorrectionTrainer",
+    "MaxUncertainty",
     "ModelFactory",
     "OnlineTrainer",
     "OptimizerConfig",
     "ParameterFiLM",
-    "SurrogateConfig",
-    "Weights",
-    "eval_step",
-    "make_optimizer",
+    "ParameterSpace",
     "predict",
+    "RandomSweep",
     "relative_l2",
     "relative_mse_loss",
+    "save_checkpoint",
+    "SearchData",
+    "SpectralConv2d",
+    "Strategy",
+    "SurrogateConfig",
     "train_step",
+    "upper_confidence_bound",
+    "UpperConfidenceBound",
+    "Weights",
 ]

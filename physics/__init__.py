@@ -4,5 +4,64 @@ from coupler.physics.base import Simulator as Simulator
 from coupler.physics.heat import Heat2D as Heat2D
 from coupler.physics.heat import HeatParams as HeatParams
 from coupler.physics.heat import HeatState as HeatState
+from coupler.physics.navier_stokes import NavierStokes2D as NavierStokes2D
+from coupler.physics.navier_stokes import NavierStokesParams as NavierStokesParams
+from coupler.physics.navier_stokes import NavierStokesState as NavierStokesState
+from coupler.physics.gray_scott import GrayScott as GrayScott
+from coupler.physics.gray_scott import GrayScottParams as GrayScottParams
+from coupler.physics.gray_scott import GrayScottState as GrayScottState
+from coupler.physics.gray_scott import pattern_amplitude as pattern_amplitude
+from coupler.physics.gray_scott import params_from_vector as params_from_vector
+from coupler.physics.gray_scott import run_amplitude as run_amplitude
+from coupler.physics.lorenz import Lorenz96 as Lorenz96
+from coupler.physics.lorenz import Lorenz63 as Lorenz63
+from coupler.physics.lorenz import LorenzState as LorenzState
+from coupler.physics.lorenz import Lorenz96Params as Lorenz96Params
+from coupler.physics.lorenz import Lorenz63Params as Lorenz63Params
+from coupler.physics.lorenz import rk4 as rk4
+from coupler.physics.assimilation import FilterConfig as FilterConfig
+from coupler.physics.assimilation import LinearObservation as LinearObservation
+from coupler.physics.assimilation import CycleOutput as CycleOutput
+from coupler.physics.assimilation import analysis as analysis
+from coupler.physics.assimilation import cycle as cycle
+from coupler.physics.assimilation import run_filter as run_filter
+from coupler.physics.assimilation import inflate as inflate
+from coupler.physics.assimilation import gaspari_cohn as gaspari_cohn
+from coupler.physics.assimilation import rmse as rmse
+from coupler.physics.assimilation import initial_ensemble as initial_ensemble
+from coupler.physics.assimilation import observation_noise as observation_noise
+from coupler.physics.assimilation import cycle_key as cycle_key
 
-__all__ = ["Heat2D", "HeatParams", "HeatState", "Simulator"]
+__all__ = [
+    "analysis",
+    "cycle",
+    "cycle_key",
+    "CycleOutput",
+    "FilterConfig",
+    "gaspari_cohn",
+    "GrayScott",
+    "GrayScottParams",
+    "GrayScottState",
+    "Heat2D",
+    "HeatParams",
+    "HeatState",
+    "inflate",
+    "initial_ensemble",
+    "LinearObservation",
+    "Lorenz63",
+    "Lorenz63Params",
+    "Lorenz96",
+    "Lorenz96Params",
+    "LorenzState",
+    "NavierStokes2D",
+    "NavierStokesParams",
+    "NavierStokesState",
+    "observation_noise",
+    "params_from_vector",
+    "pattern_amplitude",
+    "rk4",
+    "rmse",
+    "run_amplitude",
+    "run_filter",
+    "Simulator",
+]
