@@ -8,15 +8,20 @@ from coupler.runtime.coupling import Coupling as Coupling
 from coupler.runtime.endpoint import Endpoint as Endpoint
 from coupler.runtime.endpoint import local_endpoint as local_endpoint
 from coupler.runtime.errors import ActorFailed as ActorFailed
+from coupler.runtime.checkpoints import CheckpointStore as CheckpointStore
 from coupler.runtime.errors import ChannelClosed as ChannelClosed
+from coupler.runtime.errors import CheckpointError as CheckpointError
 from coupler.runtime.errors import ChannelExists as ChannelExists
 from coupler.runtime.errors import ChannelTimeout as ChannelTimeout
 from coupler.runtime.errors import ConsumerGone as ConsumerGone
 from coupler.runtime.errors import CouplerError as CouplerError
 from coupler.runtime.errors import Interrupted as Interrupted
 from coupler.runtime.errors import NoCoupling as NoCoupling
+from coupler.runtime.errors import NoSuitableWorker as NoSuitableWorker
+from coupler.runtime.errors import SchedulerUnreachable as SchedulerUnreachable
 from coupler.runtime.errors import SpecMismatch as SpecMismatch
 from coupler.runtime.errors import UnknownChannel as UnknownChannel
+from coupler.runtime.errors import WorkersNotReady as WorkersNotReady
 from coupler.runtime.errors import WrongPolicy as WrongPolicy
 from coupler.runtime.message import FieldSpec as FieldSpec
 from coupler.runtime.message import Message as Message
@@ -41,25 +46,30 @@ __all__ = [
     "ChannelExists",
     "ChannelStats",
     "ChannelTimeout",
+    "CheckpointError",
+    "CheckpointStore",
+    "config",
     "ConsumerGone",
-    "Coupling",
     "CouplerError",
+    "Coupling",
     "Endpoint",
     "FieldSpec",
     "InPort",
     "Interrupted",
     "Latest",
+    "local_endpoint",
     "Message",
     "NoCoupling",
+    "NoSuitableWorker",
     "OutPort",
     "Policy",
     "Queue",
     "Reservoir",
+    "SchedulerUnreachable",
     "Spec",
     "SpecMismatch",
     "UnknownChannel",
     "Window",
+    "WorkersNotReady",
     "WrongPolicy",
-    "config",
-    "local_endpoint",
 ]

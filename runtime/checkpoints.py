@@ -26,15 +26,11 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from coupler.runtime.errors import CouplerError
+from coupler.runtime.errors import CheckpointError
 
 SUFFIX = ".ckpt"
 _ARRAY = 1  # msgpack extension type of a numpy array
 _TUPLE = 2  # ... of a tuple (kept apart from lists, for state dicts that care)
-
-
-class CheckpointError(CouplerError, OSError):
-    """A checkpoint that could not be written or read back (what, where, why)."""
 
 
 def _default(obj: Any) -> Any:

@@ -41,7 +41,7 @@ from distributed.system import MEMORY_LIMIT
 
 from coupler.runtime import config
 from coupler.runtime.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
-from coupler.runtime.errors import CouplerError
+from coupler.runtime.errors import CouplerError, NoSuitableWorker, SchedulerUnreachable, WorkersNotReady
 
 logger = logging.getLogger(__name__)
 
@@ -57,18 +57,6 @@ KINDS: tuple[str, ...] = ("local", *JOBQUEUE_CLASSES)
 
 # dask-jobqueue's keyword for a project/account to charge, per batch system.
 _ACCOUNT_KEYWORD = {"slurm": "account", "pbs": "account", "sge": "project", "lsf": "project"}
-
-
-class SchedulerUnreachable(CouplerError, OSError):
-    """No Dask scheduler answered at the given address in time."""
-
-
-class NoSuitableWorker(CouplerError, RuntimeError):
-    """No worker of the cluster has the resources an actor asks for."""
-
-
-class WorkersNotReady(CouplerError, TimeoutError):
-    """The cluster's workers did not all join in time (e.g. jobs still queued)."""
 
 
 @dataclass(frozen=True)

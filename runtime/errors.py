@@ -57,6 +57,22 @@ class ActorFailed(CouplerError, RuntimeError):
     """An actor's run loop raised; the message carries the actor's name and traceback."""
 
 
+class SchedulerUnreachable(CouplerError, OSError):
+    """No Dask scheduler answered at the given address in time."""
+
+
+class NoSuitableWorker(CouplerError, RuntimeError):
+    """No worker of the cluster has the resources an actor asks for."""
+
+
+class WorkersNotReady(CouplerError, TimeoutError):
+    """The cluster's workers did not all join in time (e.g. jobs still queued)."""
+
+
+class CheckpointError(CouplerError, OSError):
+    """A checkpoint that could not be written or read back (what, where, why)."""
+
+
 ERRORS: dict[str, type[CouplerError]] = {
     cls.__name__: cls
     for cls in (
