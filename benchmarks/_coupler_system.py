@@ -254,6 +254,7 @@ def run(
     payloads: dict[str, list[str]],
     shared_memory: bool,
     report: Callable[[str], None],
+    retain: bool = False,
 ) -> list[Row]:
     """Start a 2-worker coupling and measure the asked workloads on it.
 
@@ -264,14 +265,20 @@ def run(
         payloads: workload -> payload labels.
         shared_memory: ``False`` sets ``coupler.transport.shared-memory: false`` in the workers.
         report: prints progress and per-cell failures.
+        retain: ``coupler.delivery.retain`` (at-least-once retention on Queue channels).
+            Off for the rows compared with peers, none of which keeps messages for a
+            consumer's restart; on for the ``coupler-alo`` rows, which show its cost.
 
     Returns:
         One row per measured cell (cells that fail are reported and left out).
     """
-    env = {} if shared_memory else {"DASK_COUPLER__TRANSPORT__SHARED_MEMORY": "False"}
-    # The Nanny sets `env` in a worker after dask.config was read there, but it
-    # ships the parent's config to the worker at start: set the key here too.
-    settings = {} if shared_memory else {"coupler.transport.shared-memory": False}
+    env = {"DASK_COUPLER__DELIVERY__RETAIN": str(retain)}
+    settings: dict[str, object] = {"coupler.delivery.retain": retain}
+    if not shared_memory:
+        env["DASK_COUPLER__TRANSPORT__SHARED_MEMORY"] = "False"
+        # The Nanny sets `env` in a worker after dask.config was read there, but it
+        # ships the parent's config to the worker at start: set the key here too.
+        settings["coupler.transport.shared-memory"] = False
     with dask.config.set(settings), Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
         bench = CouplerBench(cp, system, budget)
         cells: list[Cell] = []

@@ -57,7 +57,9 @@ def _judge(name: str, value: float | None, target: float | None, op: str, detail
     return Ratio(name, value, target, op, "PASS" if ok else "MISS", detail)
 
 
-def _versus(rows: _Rows, name: str, a: tuple[str, str, str], b: tuple[str, str, str], field: str, target: float, op: str) -> Ratio:
+def _versus(
+    rows: _Rows, name: str, a: tuple[str, str, str], b: tuple[str, str, str], field: str, target: float | None, op: str
+) -> Ratio:
     ra, rb = rows.get(*a), rows.get(*b)
     missing = [" ".join(k) for k, r in ((a, ra), (b, rb)) if r is None]
     if missing:
@@ -101,6 +103,12 @@ def compute(rows: list[Row]) -> list[Ratio]:
             ">=",
         ),
     ]
+    # What at-least-once retention costs (no target: the peers have no such guarantee).
+    for p in ("4KiB", "16MiB"):
+        out.append(
+            _versus(r, f"{p} 1:1 with at-least-once retention: coupler-alo / coupler", ("coupler-alo", STREAM, p), ("coupler", STREAM, p),
+                    "gb_per_s", None, ">=")
+        )
     c4 = r.get("coupler", STREAM, "4KiB")
     out.append(
         _judge(

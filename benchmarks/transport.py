@@ -40,7 +40,7 @@ from _common import (  # noqa: E402
     SystemSkipped,
 )
 
-SYSTEMS = ("coupler", "coupler-tcp", "dask-actor", "dask-queue", "redis", "ray", "limits")
+SYSTEMS = ("coupler", "coupler-tcp", "coupler-alo", "dask-actor", "dask-queue", "redis", "ray", "limits")
 SMOKE_SYSTEMS = ("coupler", "limits")
 
 # Payloads per workload and mode; the large ones are kept where a target needs them.
@@ -53,7 +53,8 @@ PLANS: dict[str, dict[str, list[str]]] = {
     "quick": {STREAM: ["4KiB", "1MiB", "16MiB", "128MiB"], FAN_IN: ["4KiB", "1MiB"], BROADCAST: ["4KiB", "1MiB"]},
     "smoke": {STREAM: ["4KiB", "1MiB"], FAN_IN: [], BROADCAST: []},
 }
-# coupler-tcp exists to compare with raw TCP; it streams only.
+# coupler-tcp exists to compare with raw TCP, coupler-alo to show what at-least-once
+# retention costs (the other coupler rows run without it, like every peer): they stream only.
 TCP_PLANS = {"full": ["4KiB", "1MiB", "16MiB", "128MiB"], "quick": ["4KiB", "16MiB"], "smoke": ["4KiB"]}
 SMOKE_WORKLOADS = (STREAM, PINGPONG)
 
@@ -77,6 +78,12 @@ def run_system(system: str, budget: Budget, mode: str, workloads: list[str]) -> 
         import _coupler_system
 
         return _coupler_system.run(system, budget, [w for w in workloads if w == STREAM], {STREAM: TCP_PLANS[mode]}, False, _say)
+    if system == "coupler-alo":
+        import _coupler_system
+
+        return _coupler_system.run(
+            system, budget, [w for w in workloads if w == STREAM], {STREAM: TCP_PLANS[mode]}, True, _say, retain=True
+        )
     if system in ("dask-actor", "dask-queue"):
         import _dask_peers
 
@@ -120,7 +127,7 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-SYSTEMS_ORDER = {s: i for i, s in enumerate(("coupler", "coupler-tcp", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy"))}
+SYSTEMS_ORDER = {s: i for i, s in enumerate(("coupler", "coupler-tcp", "coupler-alo", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy"))}
 
 
 def format_ratios(ratios: list[Any]) -> str:
