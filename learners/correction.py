@@ -11,7 +11,7 @@ every grid point (a periodic 1-D convolution), as the model's own tendency does.
 The forecast ensemble then uses ``x_f = M(x) + c(M(x))``.
 
 :class:`CorrectionTrainer` fits the ``Trainer`` protocol of
-``coupler.actors.learner.LearnerActor`` (numpy batches in, numpy weights out),
+the learner actor (``LearnerActor``) (numpy batches in, numpy weights out),
 and :func:`correction_function` turns weights into a pure JAX function that a
 jitted forecast can take as an argument, so new weights need no recompilation.
 """
@@ -29,7 +29,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from coupler.learners.online import Weights, _replace_checked, _to_numpy
+from coupler.learners.online import Weights, replace_checked, to_numpy
 
 BATCH_KEYS = ("forecast", "increment")
 
@@ -144,7 +144,7 @@ class CorrectionTrainer:
     def get_weights(self) -> Weights:
         """The network's parameters as a nested dict of numpy arrays."""
         with self._lock:
-            return _to_numpy(nnx.to_pure_dict(nnx.state(self.model, nnx.Param)))
+            return to_numpy(nnx.to_pure_dict(nnx.state(self.model, nnx.Param)))
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Replace the parameters by ``weights`` (from ``get_weights``); the optimiser state is kept.
@@ -153,7 +153,7 @@ class CorrectionTrainer:
             ValueError: if a path is missing or unexpected, or a shape differs.
         """
         with self._lock:
-            _replace_checked(nnx.state(self.model, nnx.Param), weights, "correction weights")
+            replace_checked(nnx.state(self.model, nnx.Param), weights, "correction weights")
 
     @property
     def loss_history(self) -> list[tuple[int, float]]:
@@ -166,7 +166,7 @@ class CorrectionTrainer:
         with self._lock:
             return {
                 "model": self.get_weights(),
-                "optimizer": _to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
+                "optimizer": to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
                 "loss_history": list(self._history),
             }
 
@@ -178,7 +178,7 @@ class CorrectionTrainer:
         """
         with self._lock:
             self.set_weights(checkpoint["model"])
-            _replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "correction optimizer")
+            replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "correction optimizer")
             self._history = [(int(s), float(v)) for s, v in checkpoint["loss_history"]]
 
 
@@ -209,4 +209,4 @@ def correction_function(config: CorrectionConfig) -> tuple[Callable[[Weights, ja
         nnx.replace_by_pure_dict(p, jax.tree.map(lambda w, v: jnp.asarray(w, x.dtype), weights, nnx.to_pure_dict(params)))
         return nnx.merge(graphdef, p, rest)(x)
 
-    return apply, _to_numpy(nnx.to_pure_dict(params))
+    return apply, to_numpy(nnx.to_pure_dict(params))

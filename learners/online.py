@@ -88,7 +88,8 @@ class OptimizerConfig:
         return make_optimizer(model, **asdict(self))
 
 
-def _to_numpy(tree: Any) -> Any:
+def to_numpy(tree: Any) -> Any:
+    """A pytree of host numpy copies (weights and checkpoints leave JAX's buffers behind)."""
     return jax.tree.map(lambda x: np.array(x), tree)
 
 
@@ -123,7 +124,7 @@ def _fill_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarr
     return {k: np.asarray(batch[k])[rows] for k in BATCH_KEYS}
 
 
-def _replace_checked(state: nnx.State, pure: Mapping[str, Any], what: str) -> None:
+def replace_checked(state: nnx.State, pure: Mapping[str, Any], what: str) -> None:
     """Copy ``pure`` into ``state`` after checking that paths and shapes match exactly."""
     flat = dict(nnx.to_flat_state(state))
     given = dict(nnx.traversals.flatten_mapping(nnx.restore_int_paths(dict(pure))))
@@ -290,7 +291,7 @@ class OnlineTrainer:
         (``blocks/"0"``), which ``set_weights`` maps back.
         """
         with self._lock:
-            return _string_keys(_to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
+            return _string_keys(to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
 
     def set_weights(self, weights: Mapping[str, Any]) -> None:
         """Replace the model's variables by ``weights`` (from ``get_weights``).
@@ -303,14 +304,14 @@ class OnlineTrainer:
             ValueError: if a path is missing or unexpected, or a shape differs.
         """
         with self._lock:
-            _replace_checked(nnx.state(self.model), weights, "weights")
+            replace_checked(nnx.state(self.model), weights, "weights")
 
     def checkpoint(self) -> dict[str, Any]:
         """Everything needed to resume: weights, optimiser state and loss history (numpy)."""
         with self._lock:
             return {
-                "model": _to_numpy(nnx.to_pure_dict(nnx.state(self.model))),
-                "optimizer": _to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
+                "model": to_numpy(nnx.to_pure_dict(nnx.state(self.model))),
+                "optimizer": to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
                 "loss_history": list(self._history),
             }
 
@@ -321,6 +322,6 @@ class OnlineTrainer:
             ValueError: if the checkpoint does not fit this model and optimiser.
         """
         with self._lock:
-            _replace_checked(nnx.state(self.model), checkpoint["model"], "checkpoint model")
-            _replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "checkpoint optimizer")
+            replace_checked(nnx.state(self.model), checkpoint["model"], "checkpoint model")
+            replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "checkpoint optimizer")
             self._history = [(int(s), float(v)) for s, v in checkpoint["loss_history"]]
