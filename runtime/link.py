@@ -99,6 +99,7 @@ class Item:
 class Batch:
     items: list[Item]
     nbytes: int
+    asked: bool = False  # the batch asked the consumer for an acknowledgement
 
 
 OrphanFn = Callable[[list[Item]], None]
@@ -153,6 +154,7 @@ class Link:
         self.credits = 0
         self.want = 0  # credits asked for and not granted yet
         self.want_dirty = False
+        self.sync_dirty = False  # flush() waits for acknowledgements nobody asked for yet
         self.returning = 0  # unused credits to give back with the next WANT
         self.writing = False  # a thread holds the writer role (see _pump)
         self.queued_bytes = 0
@@ -314,16 +316,24 @@ class Link:
             ChannelTimeout, Interrupted, and the link's failure if any.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self.cond:
-            while self.pending or self.inflight:
-                if self.error is not None or self.dead:
+        while True:
+            with self.cond:
+                if not (self.pending or self.inflight) or self.error is not None or self.dead:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ChannelTimeout(f"channel {self.channel!r}: consumer {self.consumer!r} did not take everything within {timeout} s")
                 if cancel is not None and cancel.is_set():
                     raise Interrupted("flush interrupted: the actor is stopping")
-                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                # Everything is written, but the last batch did not ask for an acknowledgement: ask now.
+                sync = not self.pending and not self.inflight[-1].asked and not self.sync_dirty
+                if sync:
+                    self.sync_dirty = True
+                else:
+                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            if sync:
+                self._pump()
+        with self.cond:
             if self.error is not None:
                 raise self.error
             if self.queue and (self.credits or self.want) and not self.pending:
@@ -349,8 +359,15 @@ class Link:
         threading.Thread(target=self._pump, name="coupler-link-bye", daemon=True).start()
 
     # -- the link's threads --------------------------------------------------------------------
-    def _take(self) -> tuple[list[Item], int]:
-        """The next batch of pending items (call with the lock)."""
+    def _take(self) -> Batch | None:
+        """The next batch of pending items, and whether it asks for an acknowledgement (call with the lock).
+
+        Acknowledgements are asked for only where the producer side needs them:
+        when it would otherwise stop writing (as many batches in flight as it
+        allows, or half the byte window used), for large messages (whose arrays
+        it should not hold longer than it must), and by :meth:`flush`. The
+        consumer's grants carry acknowledgements too, for free.
+        """
         items: list[Item] = []
         nbytes = 0
         if self.pending and self.pending[0].large:
@@ -361,9 +378,17 @@ class Link:
                 it = self.pending.popleft()
                 items.append(it)
                 nbytes += it.nbytes
-        if items:
-            self.inflight.append(Batch(items, nbytes))
-        return items, nbytes
+        if not items:
+            return None
+        batch = Batch(items, nbytes)
+        self.inflight.append(batch)
+        batch.asked = (
+            items[0].large or self.sync_dirty or len(self.inflight) >= MAX_INFLIGHT
+            or (not self.queue and 2 * self.queued_bytes > self.config.window_bytes)
+        )
+        if batch.asked:
+            self.sync_dirty = False
+        return batch
 
     def _pump(self) -> None:
         """Write what is pending, as the link's single writer; return at once if another thread is it.
@@ -385,17 +410,21 @@ class Link:
                         self.writing = False
                         return
                     bye = self.closing
-                    items: list[Item] = []
+                    batch = None
                     want = None
+                    sync = False
                     if not bye:
                         # At most a couple of batches unacknowledged: what is queued
                         # meanwhile waits for an ack and leaves as one batch (the
                         # reader thread writes it). A lone message still leaves at once.
                         limit = MAX_INFLIGHT_LARGE if self.pending and self.pending[0].large else MAX_INFLIGHT
-                        items = self._take()[0] if len(self.inflight) < limit else []
+                        batch = self._take() if len(self.inflight) < limit else None
                         want = {"n": self.want, "ret": self.returning} if self.want_dirty else None
                         self.want_dirty, self.returning = False, 0
-                        if not items and want is None:
+                        sync, self.sync_dirty = self.sync_dirty and batch is None, False
+                        if sync and self.inflight:
+                            self.inflight[-1].asked = True  # the acknowledgement covers it: flush() need not ask again
+                        if batch is None and want is None and not sync:
                             self.writing = False
                             self.cond.notify_all()
                             return
@@ -405,10 +434,10 @@ class Link:
                         self.dead = True  # nothing more may be written; the reader still reads acks
                         self.writing = False
                     return
-                if want is not None:
-                    wire.send_frame(self.sock, wire.WANT, want)
-                if items:
-                    self._write_batch(items)
+                if batch is not None:
+                    self._write_batch(batch, want)  # the wish for credits rides along
+                elif want is not None or sync:
+                    wire.send_frame(self.sock, wire.WANT, {**(want or {}), "ack": sync})
         except OSError as e:
             with self.cond:
                 self.writing = False
@@ -423,18 +452,25 @@ class Link:
                 "pending": len(self.pending), "credits": self.credits,
             }
 
-    def _write_batch(self, items: list[Item]) -> None:
+    def _write_batch(self, batch: Batch, want: dict[str, int] | None) -> None:
+        items = batch.items
         headers = [it.header for it in items]
         first = items[0]
         self.batches += 1
         self.messages += len(items)
         self.shm_messages += first.segment is not None
+        header: dict[str, Any] = {"h": headers}
+        if batch.asked:
+            header["ack"] = True
+        if want is not None:
+            header["want"] = want
         if first.segment is not None:
-            header = {"h": headers, "seg": first.segment.name, "offs": first.offsets}
+            header.update(seg=first.segment.name, offs=first.offsets)
             wire.send_frame(self.sock, wire.BATCH, header)
             return
         offsets, total, bufs = wire.batch_payload(self.spec, [it.leaves for it in items])  # type: ignore[misc]
-        wire.send_frame(self.sock, wire.BATCH, {"h": headers, "offs": offsets, "len": total}, bufs)
+        header.update(offs=offsets, len=total)
+        wire.send_frame(self.sock, wire.BATCH, header, bufs)
         for it in items:
             if it.written is not None:
                 # The producer may change its arrays from now on. We keep the reference
@@ -452,13 +488,19 @@ class Link:
                     if kind == wire.GRANT:
                         self.credits += h["n"]
                         self.want = max(0, self.want - h["n"])
+                        if h.get("acked"):
+                            self._acked(h["acked"])
+                            more = bool(self.pending)
                     elif kind == wire.ACK:
-                        batch = self.inflight.popleft()
-                        status, accepted = h["status"], h["accepted"]
-                        self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
-                        self.acked += accepted
+                        status = h["status"]
+                        # The oldest `n` batches: all accepted, but the last if it was refused.
+                        self._acked(h["n"] - (status != "OK"))
                         more = bool(self.pending)
                         if status != "OK":
+                            batch = self.inflight.popleft()
+                            accepted = h["accepted"]
+                            self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
+                            self.acked += accepted
                             self.inflight.appendleft(Batch(batch.items[accepted:], 0))
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
                             if status == "closed":
@@ -467,7 +509,8 @@ class Link:
                                 self.error = ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
                             self.dead = refused = True
                     self.cond.notify_all()
-                if kind == wire.ACK and more and not refused:
+                if more and not refused:
+                    more = False
                     self._pump()
         except (OSError, wire.StreamClosed) as e:
             with self.cond:
@@ -479,6 +522,13 @@ class Link:
             logger.exception("coupler link %s -> %s failed", self.channel, self.consumer)
             self._fail(ConsumerGone(f"channel {self.channel!r}: stream to {self.consumer!r} failed: {e!r}"))
         self._finish(orphan=self.orphan_on_close)
+
+    def _acked(self, n: int) -> None:
+        """The oldest ``n`` batches in flight were accepted whole (call with the lock)."""
+        for _ in range(n):
+            batch = self.inflight.popleft()
+            self.queued_bytes -= batch.nbytes
+            self.acked += len(batch.items)
 
     def _fail(self, error: Exception) -> None:
         with self.cond:
@@ -592,7 +642,7 @@ def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     out = []
     for a in leaves:
         if a.flags.writeable:
-            a = a.copy()
+            a = wire.copy_small(a) if a.nbytes <= wire.GIL_COPY_MAX else a.copy()
             a.flags.writeable = False
         out.append(a)
     return out
@@ -605,7 +655,9 @@ def detach_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     array on the host gives (its own buffer, no copy), and JAX never writes a
     buffer in place.
     """
-    return [a if not a.flags.writeable else a.copy() for a in leaves]
+    return [
+        a if not a.flags.writeable else wire.copy_small(a) if a.nbytes <= wire.GIL_COPY_MAX else a.copy() for a in leaves
+    ]
 
 
 def _unlink_quietly(name: str) -> None:

@@ -15,6 +15,7 @@ field is a view ``block[i]``.
 from __future__ import annotations
 
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -40,30 +41,78 @@ class StreamClosed(ConnectionError):
     """The peer closed the stream."""
 
 
+_packers = threading.local()
+
+
 def pack(kind: int, header: dict[str, Any]) -> bytes:
-    """One frame's prefix and header."""
-    h = msgpack.packb(header, use_bin_type=True)
+    """One frame's prefix and header.
+
+    Each thread keeps its ``msgpack.Packer``: ``msgpack.packb`` makes a new one
+    per call, whose buffer (hundreds of KiB) is a fresh ``mmap`` in a Dask
+    worker -- the Nanny sets ``MALLOC_TRIM_THRESHOLD_``, which stops glibc from
+    raising its mmap threshold -- and that costs ~20 us per header, ten times
+    the packing.
+    """
+    packer = getattr(_packers, "packer", None)
+    if packer is None:
+        packer = _packers.packer = msgpack.Packer(use_bin_type=True)
+    h = packer.pack(header)
     return _PREFIX.pack(kind, len(h)) + h
 
 
-_SMALL = 64 << 10  # frames up to this size are joined and written with one system call
+_SMALL = 64 << 10  # TLS frames up to this size are joined and written with one call
+GIL_COPY_MAX = 64 << 10  # arrays up to this size are copied without releasing the GIL (see copy_small)
+_IOV_MAX = 512  # buffers per sendmsg call (the kernel allows 1024)
+
+
+def copy_small(a: np.ndarray) -> np.ndarray:
+    """A writable copy of a small array, made without releasing the GIL.
+
+    numpy releases the GIL for copies of more than a few hundred elements. For a
+    few kilobytes that is a loss: another thread of the process (a receiver, an
+    acknowledgement reader) takes the GIL meanwhile, and getting it back costs a
+    thread switch, many times the copy itself. ``bytearray`` copies under the GIL.
+    """
+    raw = bytearray(_bytes_of(a))
+    return np.frombuffer(raw, a.dtype).reshape(a.shape)
+
+
+def _bytes_of(a: np.ndarray) -> memoryview:
+    """The bytes of an array, C order, as a flat view (a copy only if ``a`` is not C-contiguous).
+
+    Through a uint8 view, so that dtypes the buffer protocol does not know (bfloat16) pass too.
+    """
+    return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 
 
 def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: list[Any] = ()) -> None:  # type: ignore[assignment]
     """Write a frame; ``payload`` buffers follow the header, ``header["len"]`` bytes in all.
 
     Every system call releases and retakes the GIL, which costs more than the
-    call under contention, so small frames go out in one ``sendall``.
+    call under contention, so a frame goes out in as few ``sendmsg`` calls
+    (scatter/gather, usually one) as its buffers allow.
     """
     head = pack(kind, header)
-    size = header.get("len", 0)
-    if size <= _SMALL:
-        sock.sendall(b"".join([head, *payload]) if payload else head)
+    if not payload:
+        sock.sendall(head)
         return
-    sock.sendall(head)
-    for b in payload:
-        if len(memoryview(b)):
-            sock.sendall(b)
+    bufs = [memoryview(head), *(m for m in (memoryview(b).cast("B") for b in payload) if len(m))]
+    if isinstance(sock, ssl.SSLSocket):  # no sendmsg: TLS encrypts what it is given, buffer by buffer
+        if header.get("len", 0) <= _SMALL:
+            sock.sendall(b"".join(bufs))
+        else:
+            for b in bufs:
+                sock.sendall(b)
+        return
+    # Gathered, not joined: no copy, and no allocation (a join of tens of KiB is
+    # itself costly in a worker, see pack()).
+    while bufs:
+        sent = sock.sendmsg(bufs[:_IOV_MAX])
+        while bufs and sent >= len(bufs[0]):
+            sent -= len(bufs[0])
+            bufs.pop(0)
+        if sent:
+            bufs[0] = bufs[0][sent:]
 
 
 class FrameReader:
@@ -121,8 +170,12 @@ class FrameReader:
         limit = 0 if self.payload_limit is None else self.payload_limit(kind, header)
         if not isinstance(n, int) or not 0 < n <= limit:
             raise ValueError(f"frame of kind {kind} announces a payload of {n!r} bytes; at most {limit} expected")
-        payload = PAYLOADS.take(n)
         have = min(n, self.end - self.start)
+        if have == n and n <= GIL_COPY_MAX:  # all read ahead already: copy it out under the GIL (see copy_small)
+            payload = np.frombuffer(bytearray(self.view[self.start : self.start + n]), np.uint8)
+            self.start += n
+            return kind, header, payload
+        payload = PAYLOADS.take(n)
         payload[:have] = np.frombuffer(self.buf, np.uint8, count=have, offset=self.start)
         self.start += have
         if have < n:  # the rest straight from the socket into the consumer's array
@@ -210,28 +263,22 @@ def batch_payload(spec: Spec, items: list[list[np.ndarray]]) -> tuple[list[int],
 
     Returns:
         ``(offsets, total, buffers)``: block offsets, payload size, and buffers to
-        write in order. A single message is written from its own arrays (no copy).
+        write in order: the messages' own arrays and padding, nothing copied here
+        (:func:`send_frame` joins small frames and gathers large ones).
     """
     n = len(items)
     offsets, total = layout([n * f.nbytes for f in spec.fields])
-    if n == 1:
-        bufs: list[Any] = []
-        pos = 0
-        for off, a in zip(offsets, items[0]):
-            if off > pos:
-                bufs.append(_PAD[: off - pos])
-            flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-            bufs.append(memoryview(flat))
-            pos = off + flat.nbytes
-        if total > pos:
-            bufs.append(_PAD[: total - pos])
-        return offsets, total, bufs
-    out = np.empty(total, np.uint8)
+    bufs: list[Any] = []
+    pos = 0
     for k, (f, off) in enumerate(zip(spec.fields, offsets)):
-        block = out[off : off + n * f.nbytes].view(f.dtype).reshape(n, *f.shape)
-        for i, leaves in enumerate(items):
-            block[i] = leaves[k]
-    return offsets, total, [memoryview(out)]
+        if off > pos:
+            bufs.append(_PAD[: off - pos])
+        for leaves in items:
+            bufs.append(_bytes_of(leaves[k]))
+        pos = off + n * f.nbytes
+    if total > pos:
+        bufs.append(_PAD[: total - pos])
+    return offsets, total, bufs
 
 
 def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -> list[list[np.ndarray]]:
@@ -244,5 +291,5 @@ def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -
 
 __all__ = [
     "ACK", "BATCH", "BYE", "GRANT", "HELLO", "WANT", "WELCOME", "FrameReader", "PAYLOADS", "PayloadPool", "StreamClosed",
-    "batch_payload", "pack", "recv_into_all", "send_frame", "split_payload",
+    "batch_payload", "copy_small", "pack", "recv_into_all", "send_frame", "split_payload",
 ]
