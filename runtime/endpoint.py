@@ -679,7 +679,7 @@ class Endpoint(WorkerPlugin):
                 self.incarnations[key] = c.stream
                 if before is not None and before != c.stream:
                     self.orphans[key] = deque(log.replay())
-        while True:  # leftovers of a previous instance of this consumer go first, in order
+        while self.orphans.get(key):  # leftovers of a previous instance of this consumer go first, in order
             with self._lock:
                 q = self.orphans.get(key)
                 item = q[0] if q else None
@@ -732,10 +732,9 @@ class Endpoint(WorkerPlugin):
 
     def _link(self, route: Route, spec: Spec, c: ConsumerRef) -> Link:
         key = (route.channel, c.cid, c.stream)
-        with self._lock:
-            link = self.links.get(key)
-            if link is not None and not link.dead:
-                return link
+        link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
+        if link is not None and not link.dead:
+            return link
         link = Link(
             route.channel, c.cid, c.stream, spec,
             queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),

@@ -237,6 +237,10 @@ class Link:
         nbytes = self.spec.nbytes
         deadline = None if timeout is None else time.monotonic() + timeout
         large = nbytes > self.config.inline_max
+        # A small message is copied first, outside the lock (a few microseconds,
+        # the GIL held), so that it is queued and the writer role claimed under
+        # one acquisition: producers that share this link contend for the lock.
+        item = None if large else Item(header, detach_leaves(leaves), nbytes, False)
         with self.cond:
             while True:
                 self._raise_if_failed()
@@ -266,6 +270,13 @@ class Link:
                     raise Interrupted("send interrupted: the actor is stopping")
                 self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             self.queued_bytes += nbytes
+            if item is not None:
+                self.pending.append(item)
+                claimed = self._claim_writer()
+        if item is not None:
+            if claimed:
+                self._write_loop()
+            return
         item = Item(header, leaves, nbytes, large)
         try:
             self._prepare(item)
@@ -390,6 +401,13 @@ class Link:
             self.sync_dirty = False
         return batch
 
+    def _claim_writer(self) -> bool:
+        """Take the writer role if it is free (call with the lock); the caller then runs :meth:`_write_loop`."""
+        if self.writing or self.dead:
+            return False
+        self.writing = True
+        return True
+
     def _pump(self) -> None:
         """Write what is pending, as the link's single writer; return at once if another thread is it.
 
@@ -400,9 +418,12 @@ class Link:
         no item can be queued without a writer to take it.
         """
         with self.cond:
-            if self.writing or self.dead:
-                return
-            self.writing = True
+            claimed = self._claim_writer()
+        if claimed:
+            self._write_loop()
+
+    def _write_loop(self) -> None:
+        """Write until nothing is left to write (the caller holds the writer role)."""
         try:
             while True:
                 with self.cond:
