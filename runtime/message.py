@@ -40,6 +40,11 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
     Raises:
         SpecMismatch: for a dict key that is not a string.
     """
+    if type(tree) is dict:  # the common message, a flat dict of arrays: no recursion (a hot path)
+        keys = sorted(tree)
+        vals = [tree[k] for k in keys]
+        if all(type(v) is np.ndarray for v in vals) and all(type(k) is str for k in keys):
+            return vals, ("dict", tuple(keys), (LEAF,) * len(keys))
     leaves: list[np.ndarray] = []
     return leaves, _flatten(tree, leaves)
 
