@@ -164,6 +164,7 @@ class Link:
         self.dead = False
         self.acked = 0
         self.batches = 0  # batch frames written (fewer than messages when coalescing works)
+        self.ack_frames = 0  # ACK frames received (fewer than batches: acknowledgements are asked for sparingly)
         self.messages = 0
         self.shm_messages = 0
         self.arena = shm.Arena(config.shm_pool_bytes)
@@ -470,6 +471,7 @@ class Link:
             return {
                 "consumer": self.consumer, "stream": self.stream, "shm": self.shm, "batches": self.batches,
                 "messages": self.messages, "shm_messages": self.shm_messages, "acked": self.acked,
+                "ack_frames": self.ack_frames,
                 "pending": len(self.pending), "credits": self.credits,
             }
 
@@ -513,6 +515,7 @@ class Link:
                             self._acked(h["acked"])
                             more = bool(self.pending)
                     elif kind == wire.ACK:
+                        self.ack_frames += 1
                         status = h["status"]
                         # The oldest `n` batches: all accepted, but the last if it was refused.
                         self._acked(h["n"] - (status != "OK"))
