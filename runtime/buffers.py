@@ -200,8 +200,15 @@ class QueueBuffer(ConsumerBuffer):
         self._taken: dict[str, int] = {}  # source -> highest seq handed to the consumer
         self._committed: dict[str, int] = {}  # source -> highest seq a stored checkpoint covers
         self._commit_fns: dict[int, CommitFn] = {}
+        # Work-sharing queues are pulled: a member has room only while its consumer
+        # waits for a message, so no task waits at a busy member while another idles,
+        # and members on the producer's own worker get no head start over remote ones.
+        self._pull = policy.shared
+        self._getters = 0  # consumer threads waiting in get()
 
     def _free(self) -> int:
+        if self._pull and not self._getters:
+            return 0
         return self.maxsize - len(self._items) - sum(self._granted.values())
 
     # -- credits for remote producers ------------------------------------------------------
@@ -342,8 +349,22 @@ class QueueBuffer(ConsumerBuffer):
         self.stats.depth = len(self._items)
 
     def get(self, timeout: float | None = None) -> Message:
+        pulling = False
+        if self._pull:
+            with self._cond:
+                pulling = not self._items
+                if pulling:  # ready for work: offer room to the producers (see _free)
+                    self._getters += 1
+                    grants = self._hand_out()
+                    self._cond.notify_all()  # a local producer may wait for that room
+            if pulling:
+                self._notify(grants)
         with self._cond:
-            self._wait(lambda: bool(self._items), timeout, "message")
+            try:
+                self._wait(lambda: bool(self._items), timeout, "message")
+            finally:
+                if pulling:
+                    self._getters -= 1
             m = self._items.popleft()
             if m.seq > self._taken.get(m.source, -1):
                 self._taken[m.source] = m.seq

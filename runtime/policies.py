@@ -9,7 +9,7 @@ pool); many producers may feed one channel (fan-in).
 | policy | keeps | producer when full | consumer reads with |
 |---|---|---|---|
 | ``Queue(maxsize)`` | every message, in order per producer | blocks (back-pressure) | ``receive`` |
-| ``Queue(maxsize, shared=True)`` | each message at one consumer only | blocks until some consumer has room | ``receive`` |
+| ``Queue(maxsize, shared=True)`` | each message at one consumer only, one that waits for it | blocks until some consumer waits | ``receive`` |
 | ``Latest()`` | the newest message only | never blocks | ``receive`` |
 | ``Reservoir(capacity)`` | a uniform sample of the whole stream (Vitter's R) | never blocks | ``sample`` |
 | ``Window(capacity)`` | the newest ``capacity`` messages | never blocks | ``sample`` |
@@ -28,9 +28,11 @@ class Queue:
     Args:
         maxsize: messages the consumer's buffer holds before producers wait.
         shared: work-sharing: each message goes to exactly one of the channel's
-            consumers (one that has room; round-robin among those that do),
-            instead of to every consumer. For a task pool, a small ``maxsize``
-            (1 or 2) keeps few tasks waiting at a busy member while another idles.
+            consumers instead of to every consumer. Consumers pull: one has room
+            (up to ``maxsize`` messages) only while it waits in ``receive``, and
+            a message goes to one of those, round-robin. So no task waits at a
+            busy member while another idles, and members on the producer's own
+            worker are served no sooner than remote ones.
     """
 
     maxsize: int = 64

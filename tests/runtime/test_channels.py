@@ -198,3 +198,26 @@ def test_work_sharing_routes_around_a_member_that_does_not_take(coupling: Coupli
     taken = got_busy + ([] if held is None else [held[1]])
     assert sorted(taken) == list(range(40))
     assert idle.call("receive_now", 0.2) is None
+
+
+def test_work_sharing_queues_nothing_at_a_member_that_is_not_waiting(coupling: Coupling, unique: str) -> None:
+    """Pull, not push: a member that took a task and stopped receiving is given no second one.
+
+    The member sits on the producer's own worker, where a freed slot used to be
+    refilled at once (a local put needs no credit round trip).
+    """
+    ch = coupling.channel(f"tasks-{unique}", Queue(1, shared=True))
+    w = coupling.workers()
+    stuck = coupling.spawn(Collector, name=f"stuck-{unique}", inputs={"inp": ch}, workers=w[0])  # never started
+    worker = coupling.spawn(Collector, 0.02, name=f"worker-{unique}", inputs={"inp": ch}, workers=w[1])
+    prod = coupling.spawn(Producer, 40, name=f"prod-{unique}", outputs={"out": ch}, workers=w[0])
+    worker.start()
+    prod.start()
+    first = stuck.call("receive_now", 10)  # waits, so it is offered one task
+    assert first is not None
+    assert prod.wait(30).state == "finished"
+    _wait_for(lambda: len(worker.call("received")) >= 39, what="the waiting member to take the rest")
+    assert stuck.call("buffer_stats")["depth"] == 0  # nothing was queued behind the task it took
+    got = [seq for _, seq, *_ in worker.call("received")]
+    worker.stop()
+    assert sorted(got + [first[1]]) == list(range(40))
