@@ -101,24 +101,35 @@ class Steerer:
         xs = self.space.from_unit(self.strategy.propose(n, self.data()))
         out = []
         for x in xs:
-            rec = TaskRecord(task=len(self.tasks), x=np.asarray(x, np.float32), proposed_at=now)
+            # Not len(tasks): tasks adopted from an earlier incarnation may leave gaps.
+            rec = TaskRecord(task=max(self.tasks, default=-1) + 1, x=np.asarray(x, np.float32), proposed_at=now)
             self.tasks[rec.task] = rec
             out.append(rec)
         return out
 
-    def record(self, task: int, status: int, qoi: float, *, member: str = "", error: str = "",
-               started: float = 0.0, finished: float = 0.0) -> None:  # fmt: skip
+    def record(self, task: int, status: int, qoi: float, *, x: np.ndarray | None = None, member: str = "",
+               error: str = "", started: float = 0.0, finished: float = 0.0) -> None:  # fmt: skip
         """Take a result; a second result for the same task is counted (``answers``) and ignored.
 
+        With ``x`` (the parameters the pool actually ran), the result is the truth about
+        that task id: after a restore from a checkpoint, the pool may answer tasks an
+        earlier incarnation sent after that checkpoint -- an id this steerer has not
+        proposed yet (adopted as a task) or one it proposed again with other parameters
+        (the channel kept the first version of that message, so ``x`` is replaced).
+
         Raises:
-            KeyError: for a task this steerer never proposed.
+            KeyError: for a task this steerer never proposed, when ``x`` is not given.
         """
         if task not in self.tasks:
-            raise KeyError(f"result for task {task}, but only tasks 0..{len(self.tasks) - 1} were proposed")
+            if x is None:
+                raise KeyError(f"result for task {task}, but only tasks {sorted(self.tasks)} were proposed")
+            self.tasks[task] = TaskRecord(task=task, x=np.asarray(x, np.float32), proposed_at=started)
         rec = self.tasks[task]
         rec.answers += 1
         if rec.answers > 1:
             return
+        if x is not None:
+            rec.x = np.asarray(x, np.float32).reshape(rec.x.shape)
         rec.status, rec.qoi, rec.member, rec.error = int(status), float(qoi), member, error
         rec.started, rec.finished = started, finished or time.time()
 
@@ -132,6 +143,48 @@ class Steerer:
         self._fitted_on = len(done)
         self.fits += 1
         return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every task, the fit count, the surrogate and the strategy, as plain data.
+
+        The strategy's state (generator, initial design) is included when it offers
+        ``state_dict``; one that does not starts over from its construction.
+        """
+        fields = ("status", "qoi", "member", "error", "proposed_at", "started", "finished", "cancel_sent", "answers")
+        tasks = [{"task": r.task, "x": r.x.copy(), **{f: getattr(r, f) for f in fields}} for r in list(self.tasks.values())]
+        save = getattr(self.strategy, "state_dict", None)
+        return {
+            "tasks": tasks,
+            "fits": self.fits,
+            "fitted_on": self._fitted_on,
+            "model": None if self.model is None else self.model.state_dict(),
+            "strategy": None if save is None else save(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a steerer built with the same arguments.
+
+        Raises:
+            ValueError: if the state has a surrogate and this steerer none, or the other way round.
+        """
+        if (state["model"] is None) != (self.model is None):
+            raise ValueError(
+                f"the state {'has no' if state['model'] is None else 'has a'} surrogate, this steerer "
+                f"{'has one' if self.model is not None else 'has none'}"
+            )
+        self.tasks = {}
+        for t in state["tasks"]:
+            rec = TaskRecord(task=int(t["task"]), x=np.asarray(t["x"], np.float32), proposed_at=float(t["proposed_at"]))
+            rec.status, rec.qoi, rec.member, rec.error = int(t["status"]), float(t["qoi"]), str(t["member"]), str(t["error"])
+            rec.started, rec.finished = float(t["started"]), float(t["finished"])
+            rec.cancel_sent, rec.answers = bool(t["cancel_sent"]), int(t["answers"])
+            self.tasks[rec.task] = rec
+        self.fits, self._fitted_on = int(state["fits"]), int(state["fitted_on"])
+        if self.model is not None:
+            self.model.load_state_dict(state["model"])
+        load = getattr(self.strategy, "load_state_dict", None)
+        if load is not None and state["strategy"] is not None:
+            load(state["strategy"])
 
     def pointless(self) -> list[int]:
         """Pending tasks the strategy no longer needs (not already cancelled)."""
@@ -183,6 +236,12 @@ class SteeringActor(ActorHost):
         batch: tasks proposed at a time (fewer when fewer slots are free).
         ensemble: surrogate hyperparameters (``None``: no model, for sweeps).
         seed: seed of the surrogate.
+        reissue_on_restore: after :meth:`restore`, send again the tasks that were
+            pending at the checkpoint. A resume after the whole cluster was lost needs
+            it (the messages in flight are in no checkpoint, and without them the sweep
+            would wait forever); after a restart with the pool alive, the channel's
+            replay already delivers them and a re-issued task may run twice -- its
+            second answer is counted in ``answers`` and ignored.
         inputs: ``{"results": <channel>}``.
         outputs: ``{"tasks": <shared Queue>}`` and optionally ``{"cancel": <Queue>}``.
         **kwargs: passed to :class:`ActorHost`.
@@ -202,6 +261,7 @@ class SteeringActor(ActorHost):
         batch: int = 2,
         ensemble: EnsembleConfig | None = None,
         seed: int = 0,
+        reissue_on_restore: bool = True,
         inputs: dict[str, str] | None = None,
         outputs: dict[str, str] | None = None,
         **kwargs: Any,
@@ -218,8 +278,16 @@ class SteeringActor(ActorHost):
         self.budget, self.in_flight, self.batch = budget, in_flight, batch
         self.activity: list[tuple[str, float, float]] = []  # (what, start, end), wall clock
         self.exhausted = False
+        self.reissue_on_restore = reissue_on_restore
+        self._reissue: list[int] = []  # pending at the checkpoint restored from; sent at the first step
+        self.reissued = 0
 
     def step(self) -> bool:
+        if self._reissue:
+            for t in self._reissue:
+                self.outputs["tasks"].send(task_message(t, self.steerer.tasks[t].x))
+            self.reissued += len(self._reissue)
+            self._reissue = []
         arrived = self._take_results(wait=0.0)
         if arrived:
             self._learn()
@@ -243,7 +311,8 @@ class SteeringActor(ActorHost):
         while (m := port.receive(timeout=wait if n == 0 else 0, default=None)) is not None:
             d = m.data
             self.steerer.record(
-                int(d["task"]), int(d["status"]), float(d["qoi"]), member=str(m.meta.get("member", "")),
+                int(d["task"]), int(d["status"]), float(d["qoi"]), x=np.asarray(d["x"], np.float32),
+                member=str(m.meta.get("member", "")),
                 error=str(m.meta.get("error", "")), started=float(d["started"]), finished=float(d["finished"]),
             )  # fmt: skip
             n += 1
@@ -274,6 +343,35 @@ class SteeringActor(ActorHost):
         self.activity.append(("propose", t0, time.time()))
         return len(new)
 
+    # -- checkpoints -----------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The steerer (tasks, surrogate, strategy), its activity log and whether the sweep ran out.
+
+        Tasks still to re-issue from an earlier restore that have not been sent yet are
+        pending tasks, so they are re-issued again by the next restore.
+        """
+        return {
+            "steerer": self.steerer.state_dict(),
+            "activity": [tuple(a) for a in self.activity],
+            "exhausted": self.exhausted,
+            "reissued": self.reissued,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a steering actor built with the same arguments.
+
+        Raises:
+            ValueError: if keys are missing or the steerer's state does not fit.
+        """
+        missing = sorted({"steerer", "activity", "exhausted", "reissued"} - set(state))
+        if missing:
+            raise ValueError(f"SteeringActor {self.name!r}: checkpoint state lacks {missing}; got keys {sorted(state)}")
+        self.steerer.load_state_dict(state["steerer"])
+        self.activity = [(str(w), float(a), float(b)) for w, a, b in state["activity"]]
+        self.exhausted, self.reissued = bool(state["exhausted"]), int(state["reissued"])
+        pending = [t for t in self.steerer.pending() if not self.steerer.tasks[t].cancel_sent]
+        self._reissue = pending if self.reissue_on_restore else []
+
     # -- remote reads (short) ------------------------------------------------------------
     def history(self) -> list[dict[str, Any]]:
         """Every task as plain data, in proposal order."""
@@ -294,6 +392,7 @@ class SteeringActor(ActorHost):
             "issued": len(self.steerer.tasks),
             "pending": len(self.steerer.pending()),
             "fits": self.steerer.fits,
+            "reissued": self.reissued,
             "best_qoi": None if best is None else best.qoi,
             "best_x": None if best is None else best.x.tolist(),
         }

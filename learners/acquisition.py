@@ -25,9 +25,10 @@ needs (their result cannot change its answer); a steerer may cancel them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
@@ -146,6 +147,25 @@ def _far_enough(cands: np.ndarray, taken: np.ndarray, radius: float) -> np.ndarr
     return d2.min(1) >= radius**2
 
 
+def rng_state(rng: np.random.Generator) -> str:
+    """A generator's state as a JSON string: plain data for a checkpoint (its 128-bit
+    integers would not fit the 64-bit integers of msgpack)."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def set_rng_state(rng: np.random.Generator, state: str) -> None:
+    """Put ``state`` from :func:`rng_state` into ``rng``.
+
+    Raises:
+        ValueError: if ``state`` is of another kind of bit generator.
+    """
+    st = json.loads(state)
+    kind = type(rng.bit_generator).__name__
+    if st.get("bit_generator") != kind:
+        raise ValueError(f"expected the state of a {kind} bit generator, got {st.get('bit_generator')!r}")
+    rng.bit_generator.state = st
+
+
 def latin_hypercube(n: int, dim: int, rng: np.random.Generator) -> np.ndarray:
     """``n`` points of a random Latin hypercube in the unit box (one per row and column stratum)."""
     strata = np.stack([rng.permutation(n) for _ in range(dim)], 1)
@@ -175,6 +195,14 @@ class GridSweep:
     def pointless(self, pending: np.ndarray, data: SearchData) -> np.ndarray:
         return np.zeros(len(pending), bool)
 
+    def state_dict(self) -> dict[str, int]:
+        """How far the sweep got (plain data for a checkpoint)."""
+        return {"next": self._next}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        """Continue from :meth:`state_dict` of a sweep of the same grid."""
+        self._next = int(state["next"])
+
 
 @dataclass
 class RandomSweep:
@@ -197,6 +225,14 @@ class RandomSweep:
 
     def pointless(self, pending: np.ndarray, data: SearchData) -> np.ndarray:
         return np.zeros(len(pending), bool)
+
+    def state_dict(self) -> dict[str, str]:
+        """The generator's state (plain data for a checkpoint)."""
+        return {"rng": rng_state(self._rng)}
+
+    def load_state_dict(self, state: dict[str, str]) -> None:
+        """Continue the draws from :meth:`state_dict` of another instance."""
+        set_rng_state(self._rng, state["rng"])
 
 
 @dataclass
@@ -236,6 +272,24 @@ class _ModelGuided:
 
     def score(self, mean: np.ndarray, std: np.ndarray, data: SearchData) -> np.ndarray:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """Generator state and initial design (plain data for a checkpoint)."""
+        design = np.zeros((0, self.space.dim), np.float32) if self._design is None else self._design.copy()
+        return {"rng": rng_state(self._rng), "design": design, "design_used": self._design_used}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a strategy built with the same settings.
+
+        Raises:
+            ValueError: for a design of another dimension.
+        """
+        design = np.asarray(state["design"], np.float32)
+        if design.ndim != 2 or design.shape[1] != self.space.dim:
+            raise ValueError(f"expected an initial design of shape (n, {self.space.dim}), got {design.shape}")
+        set_rng_state(self._rng, state["rng"])
+        self._design = design if len(design) else None
+        self._design_used = int(state["design_used"])
 
     def propose(self, n: int, data: SearchData) -> np.ndarray:
         out: list[np.ndarray] = []

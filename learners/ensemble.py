@@ -27,7 +27,9 @@ Example:
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +52,8 @@ class EnsembleConfig:
         weight_decay: decoupled weight decay (AdamW).
         steps_per_fit: optimiser steps each ``fit`` takes (warm-started from the last fit).
         bootstrap: weight each member's data by Poisson(1) counts (bagging).
+        clip_norm: largest norm of one member's gradient per step (0: no clipping);
+            deep members at a large step can otherwise blow up on a cliff in the data.
     """
 
     members: int = 8
@@ -61,6 +65,7 @@ class EnsembleConfig:
     weight_decay: float = 1e-4
     steps_per_fit: int = 300
     bootstrap: bool = True
+    clip_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.members < 2:
@@ -71,6 +76,8 @@ class EnsembleConfig:
                 f"hidden={self.hidden}, depth={self.depth}, steps_per_fit={self.steps_per_fit}, "
                 f"fourier_features={self.fourier_features}"
             )
+        if not self.clip_norm >= 0:
+            raise ValueError(f"clip_norm must be >= 0 (0: no clipping), got {self.clip_norm}")
 
 
 class FourierBasis(nnx.Variable):
@@ -139,9 +146,13 @@ def _fit_steps(
     x: jax.Array,
     y: jax.Array,
     w: jax.Array,
+    clip_norm: jax.Array,
     steps: int,
 ) -> tuple[nnx.State, optax.OptState, jax.Array]:
-    """``steps`` full-batch AdamW steps on the weighted squared error; returns the last loss."""
+    """``steps`` full-batch AdamW steps on the weighted squared error; returns the last loss.
+
+    Each member's gradient is scaled down to norm ``clip_norm`` when larger (``<= 0``: never).
+    """
 
     def loss_fn(p: nnx.State) -> jax.Array:
         pred = _members_forward(graphdef, p, rest, x)  # (M, N)
@@ -151,6 +162,10 @@ def _fit_steps(
     def body(carry: tuple[nnx.State, optax.OptState], _: None) -> tuple[tuple[nnx.State, optax.OptState], jax.Array]:
         p, s = carry
         loss, grads = jax.value_and_grad(loss_fn)(p)
+        leaves = jax.tree.leaves(grads)
+        norms = jnp.sqrt(sum(jnp.sum(g.reshape(g.shape[0], -1) ** 2, axis=1) for g in leaves))  # (M,)
+        scale = jnp.where(clip_norm > 0, jnp.minimum(1.0, clip_norm / jnp.maximum(norms, 1e-12)), 1.0)
+        grads = jax.tree.map(lambda g: g * scale.reshape((-1,) + (1,) * (g.ndim - 1)), grads)
         updates, s = tx.update(grads, s, p)
         return (optax.apply_updates(p, updates), s), loss
 
@@ -230,11 +245,49 @@ class DeepEnsemble:
         w[:, :n] = self._rng.poisson(1.0, (m, n)) if self.config.bootstrap else 1.0
         self._params, self._opt_state, loss = _fit_steps(
             self._graphdef, self._tx, self._params, self._rest, self._opt_state,
-            jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(w), steps or self.config.steps_per_fit,
+            jnp.asarray(xp), jnp.asarray(yp), jnp.asarray(w), jnp.float32(self.config.clip_norm),
+            steps or self.config.steps_per_fit,
         )  # fmt: skip
         self.fits += 1
         self.observations = n
         return float(loss) / m
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a fit continues from, as plain data (numpy arrays, numbers, a string).
+
+        Parameters, fixed Fourier bases and optimiser moments are the leaves of one
+        pytree, in a fixed order; an ensemble built with the same config, ``dim`` and
+        ``seed`` has the same tree to put them back into.
+        """
+        leaves = jax.tree.leaves((self._params, self._rest, self._opt_state))
+        return {
+            "leaves": [np.asarray(a).copy() for a in leaves],
+            "rng": json.dumps(self._rng.bit_generator.state),  # 128-bit integers: a string, not msgpack ints
+            "y_mean": self._y_mean,
+            "y_scale": self._y_scale,
+            "fits": self.fits,
+            "observations": self.observations,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of an ensemble built with the same config, ``dim`` and ``seed``.
+
+        Raises:
+            ValueError: if the arrays do not fit this ensemble's parameters.
+        """
+        tree = (self._params, self._rest, self._opt_state)
+        leaves, treedef = jax.tree.flatten(tree)
+        new = [np.asarray(a) for a in state["leaves"]]
+        got = [a.shape for a in new]
+        want = [tuple(np.shape(a)) for a in leaves]
+        if got != want:
+            raise ValueError(f"the state does not fit this ensemble: expected arrays of shapes {want}, got {got}")
+        self._params, self._rest, self._opt_state = jax.tree.unflatten(
+            treedef, [jnp.asarray(a, dtype=jnp.asarray(b).dtype) for a, b in zip(new, leaves)]
+        )
+        self._rng.bit_generator.state = json.loads(state["rng"])
+        self._y_mean, self._y_scale = float(state["y_mean"]), float(state["y_scale"])
+        self.fits, self.observations = int(state["fits"]), int(state["observations"])
 
     def members(self, x: np.ndarray) -> np.ndarray:
         """Every member's prediction, ``(M, N)``, in the targets' units."""

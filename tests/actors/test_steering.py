@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import cloudpickle
 import numpy as np
 import pytest
 
 from coupler.actors.pool import SimulationStudy, SimulatorPoolActor, TaskStatus
-from coupler.actors.steering import SteeringActor, overlap_seconds
+from coupler.actors.steering import Steerer, SteeringActor, overlap_seconds
 from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, RandomSweep, SearchData
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
+from coupler.runtime.checkpoints import decode, encode
 
 # FixedPoints below lives in this test module, which the workers cannot import.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -164,3 +167,132 @@ def test_overlap_seconds_measures_the_intersection_of_two_unions() -> None:
     assert overlap_seconds([(0, 2), (1, 3)], [(2.5, 5)]) == pytest.approx(0.5)
     assert overlap_seconds([(0, 1)], [(1, 2)]) == 0.0
     assert overlap_seconds([(0, 10)], [(1, 2), (1.5, 3), (5, 6)]) == pytest.approx(3.0)
+
+
+def _until(what: str, ready: Callable[[], bool], timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+def _assert_same_state(a: Any, b: Any, path: str = "") -> None:
+    """Exact equality of two plain-data trees (dicts, lists, tuples, arrays, scalars)."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and set(a) == set(b), f"{path}: keys {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _assert_same_state(a[k], b[k], f"{path}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert isinstance(b, (list, tuple)) and len(a) == len(b), f"{path}: lengths {len(a)} vs {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_state(x, y, f"{path}[{i}]")
+    elif isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        np.testing.assert_array_equal(a, b, err_msg=path)
+    else:
+        assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"  # NaN qoi of pending tasks
+
+
+def _decide(steerer: Steerer, rounds: int, batch: int) -> list[np.ndarray]:
+    """Propose, answer with a known function, refit; the points proposed, in order."""
+    out = []
+    for _ in range(rounds):
+        for rec in steerer.propose(batch):
+            u = steerer.space.to_unit(rec.x[None])[0]
+            steerer.record(rec.task, TaskStatus.OK, float(np.sin(6 * u[0]) * u[1]), finished=float(rec.task + 1))
+            out.append(rec.x)
+        steerer.refit()
+    return out
+
+
+def test_steerer_state_survives_the_checkpoint_format_and_continues_exactly() -> None:
+    def make() -> Steerer:
+        strategy = ExpectedImprovement(SPACE, initial=4, candidates=64, local=16, seed=3)
+        return Steerer(SPACE, strategy, EnsembleConfig(members=2, hidden=8, depth=1, fourier_features=4, steps_per_fit=10), seed=1)
+
+    first = make()
+    _decide(first, 3, 2)  # past the initial design: the model and the generator both matter
+    pending = first.propose(2)  # proposed and never answered: pending at the checkpoint
+    state = decode(encode(first.state_dict()))  # the durable checkpoints' msgpack format, no pickle
+    second = make()
+    second.load_state_dict(state)
+    assert [t for t in second.pending()] == [r.task for r in pending]
+    np.testing.assert_array_equal(first.model.members(first.data().x), second.model.members(second.data().x))
+    for rec in pending:
+        for s in (first, second):
+            s.record(rec.task, TaskStatus.OK, 0.5, finished=100.0 + rec.task)
+        for s in (first, second):
+            s.refit()
+    # Same generator, same surrogate, same data: the very same next decisions.
+    np.testing.assert_array_equal(np.stack(_decide(first, 2, 2)), np.stack(_decide(second, 2, 2)))
+    with pytest.raises(ValueError, match="surrogate"):
+        Steerer(SPACE, RandomSweep(SPACE), None).load_state_dict(state)
+
+
+def test_steerer_adopts_answers_to_tasks_an_earlier_incarnation_sent() -> None:
+    steerer = Steerer(SPACE, RandomSweep(SPACE, seed=0))
+    steerer.propose(2)  # tasks 0 and 1
+    with pytest.raises(KeyError, match="task 5"):
+        steerer.record(5, TaskStatus.OK, 1.0)
+    # After a restore, the pool answers task 3 (sent after the checkpoint) and task 1 in the
+    # version the channel kept: the parameters the pool ran are the truth.
+    steerer.record(3, TaskStatus.OK, 0.7, x=np.array([0.03, 0.06], np.float32), started=1.0)
+    steerer.record(1, TaskStatus.OK, 0.2, x=np.array([0.05, 0.055], np.float32))
+    np.testing.assert_array_equal(steerer.tasks[3].x, np.float32([0.03, 0.06]))
+    np.testing.assert_array_equal(steerer.tasks[1].x, np.float32([0.05, 0.055]))
+    assert [r.task for r in steerer.propose(1)] == [4]  # new ids go past every id known
+
+
+def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupling: Coupling, unique: str) -> None:
+    def study(steps: int) -> SimulationStudy:
+        return SimulationStudy(GrayScott(n=12, seed_fraction=0.5), params_from_vector, pattern_amplitude, steps=steps, bounds=BOUNDS)
+
+    n = 16
+
+    def steering(run: str) -> object:
+        return coupling.spawn(
+            SteeringActor, SPACE, ExpectedImprovement(SPACE, initial=4, candidates=128, local=32, seed=0),
+            name=f"steer-{run}-{unique}", budget=n, in_flight=4, batch=2,
+            ensemble=EnsembleConfig(members=2, hidden=8, depth=1, fourier_features=4, steps_per_fit=10),
+            inputs={"results": f"results-{run}-{unique}"}, outputs={"tasks": f"tasks-{run}-{unique}"},
+            workers=coupling.workers()[0],
+        )  # fmt: skip
+
+    # The first run is lost after a checkpoint: its channels and pool go away, with the tasks in flight.
+    _channels(coupling, f"a-{unique}")
+    pool = _pool(coupling, f"a-{unique}", 1, study(20_000))  # slow: the sweep is still running when paused
+    first = steering("a")
+    first.start()
+    _until("half the tasks issued, after a fit", lambda: first.status().info["issued"] >= n // 2)
+    first.pause()
+    ck = decode(encode(first.checkpoint()))  # as a durable checkpoint stores it
+    first.stop()
+    coupling.close_channel(f"tasks-a-{unique}")
+    for p in pool:
+        p.wait(60)
+    before = {t["task"]: t for t in ck["state"]["steerer"]["tasks"]}
+    lost = sorted(t for t, r in before.items() if r["status"] == -1)
+    assert lost and len(before) < n, f"the checkpoint should fall mid-sweep with tasks in flight: {[(t, r['status']) for t, r in before.items()]}"
+
+    # A new cluster's run: same arguments, restored, resumes the sweep.
+    _channels(coupling, f"b-{unique}")
+    pool = _pool(coupling, f"b-{unique}", 2, study(400))
+    second = steering("b")
+    second.call("restore", ck)
+    second.pause()
+    second.start()  # parks before its first step
+    again = second.checkpoint()
+    _assert_same_state(again["state"], ck["state"])  # restored exactly, before any step
+    second.resume()
+    history = _finish(coupling, f"b-{unique}", second, pool, timeout=180)
+    info = second.status().info
+    assert info["reissued"] == len(lost)
+    assert sorted(h["task"] for h in history) == list(range(n))
+    assert [h["answers"] for h in history] == [1] * n and all(h["status"] == TaskStatus.OK for h in history)
+    for h in history:  # what the first run had decided stays as it was
+        if h["task"] in before:
+            np.testing.assert_array_equal(np.float32(h["x"]), before[h["task"]]["x"])
+            if h["task"] not in lost:
+                assert h["qoi"] == before[h["task"]]["qoi"] and h["member"] == before[h["task"]]["member"]
+    assert {h["member"] for h in history if h["task"] in lost} <= {p.name for p in pool}
+    assert info["fits"] > ck["state"]["steerer"]["fits"]  # it went on learning
