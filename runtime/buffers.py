@@ -169,7 +169,7 @@ class ConsumerBuffer:
             self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
 
-GrantFn = Callable[[int, int], None]  # (slots granted, messages the queue holds now)
+GrantFn = Callable[[int, int], None]  # (slots granted, slots reserved for the link in all)
 CommitFn = Callable[[dict[str, int]], None]  # (source -> highest seq the consumer's checkpoint covers)
 
 
@@ -217,7 +217,8 @@ class QueueBuffer(ConsumerBuffer):
 
         Args:
             link: the link's id.
-            grant: called with (slots granted, depth) when slots are reserved for it.
+            grant: called with (slots granted, slots reserved for the link in all) when
+                slots are reserved for it.
             commit: called with the consumer's committed marks, now if there are any and
                 at every :meth:`commit` (the producer then forgets what they cover).
         """
@@ -273,13 +274,17 @@ class QueueBuffer(ConsumerBuffer):
             self._granted[link] = self._granted.get(link, 0) + 1
             out[link] = out.get(link, 0) + 1
             free -= 1
-        depth = len(self._items)
-        return [(self._grant_fns[link], n, depth) for link, n in out.items()]
+        return [(self._grant_fns[link], n, self._granted[link]) for link, n in out.items()]
 
     @staticmethod
     def _notify(grants: list[tuple[GrantFn, int, int]]) -> None:
-        for fn, n, depth in grants:
-            fn(n, depth)
+        for fn, n, reserved in grants:
+            fn(n, reserved)
+
+    def reserved(self, link: int) -> int:
+        """Slots reserved for ``link``: credits it holds, plus messages on their way, plus grants not yet sent."""
+        with self._cond:
+            return self._granted.get(link, 0)
 
     def put_credited(self, link: int, messages: list[Message]) -> int:
         """Accept messages sent against ``link``'s credits (never waits).

@@ -135,16 +135,24 @@ class Receiver:
         except OSError:
             pass
 
-    def _grant(self, n: int, depth: int) -> None:
-        """Tell the producer about ``n`` more slots, a few at a time.
+    def _grant(self, n: int, reserved: int) -> None:
+        """Tell the producer about ``n`` more slots, unless it cannot run short before we speak again.
 
-        A grant per message taken would cost a frame each way per message. They
-        are held back until a chunk is ready, except when the queue runs low: then
-        the producer may be waiting for exactly these.
+        A grant costs a frame, and it is often sent by the consumer's thread as it
+        takes a message, on the way to its own work. It is held back while the
+        producer is sure to come back first: while the slots reserved for it
+        exceed the grants not yet sent, it still holds a credit or has a message on
+        its way, and the arrival of that message sends what was held (see
+        :meth:`_grant_due`). Grants also go out once a chunk has built up.
         """
         with self.write_lock:
             self.unsent_grants += n
-            if self.unsent_grants < self.grant_chunk and depth > self.grant_chunk:
+        self._grant_due(reserved)
+
+    def _grant_due(self, reserved: int) -> None:
+        """Send the grants held back if a chunk built up or the producer may run out of credit."""
+        with self.write_lock:
+            if not self.unsent_grants or (self.unsent_grants < self.grant_chunk and reserved > self.unsent_grants):
                 return
             n, self.unsent_grants = self.unsent_grants, 0
         self._send(wire.GRANT, {"n": n})
@@ -240,9 +248,11 @@ class Receiver:
                 continue
             with self.write_lock:
                 self.unacked += 1
-            if queue and "want" in h:  # after the batch: a grant it causes carries the acknowledgement
-                want = h["want"]
-                buf.want(self.id, want["n"], want.get("ret", 0))  # type: ignore[union-attr]
+            if queue:
+                if "want" in h:  # after the batch: a grant it causes carries the acknowledgement
+                    want = h["want"]
+                    buf.want(self.id, want["n"], want.get("ret", 0))  # type: ignore[union-attr]
+                self._grant_due(buf.reserved(self.id))  # type: ignore[union-attr]
             if h.get("ack"):
                 self._ack()
 
