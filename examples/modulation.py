@@ -47,6 +47,11 @@ from coupler.runtime import Coupling, Queue
 STRATEGIES = ("ei", "ucb", "max-std", "random", "grid")
 
 
+# Mapping a plateau with cliffs: deeper members on lower Fourier frequencies (the
+# settings benchmarks/modulation_vs_sweep.py measured for its map task).
+MAP_ENSEMBLE = EnsembleConfig(fourier_scale=0.5, depth=4)
+
+
 def make_strategy(name: str, space: ParameterSpace, budget: int, seed: int) -> Strategy:
     """The acquisition strategy called ``name`` (one of ``STRATEGIES``)."""
     if name == "ei":
@@ -127,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steer = cp.spawn(
             SteeringActor, space, strategy, name="steerer", budget=args.budget,
             in_flight=2 * args.members, batch=args.batch,
-            ensemble=EnsembleConfig() if strategy.uses_model else None, seed=args.seed,
+            ensemble=(MAP_ENSEMBLE if args.strategy == "max-std" else EnsembleConfig()) if strategy.uses_model else None,
+            seed=args.seed,
             inputs={"results": "results"}, outputs={"tasks": "tasks", "cancel": "cancel"}, workers=workers[0],
         )  # fmt: skip
         steer.start()
