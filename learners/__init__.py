@@ -32,6 +32,8 @@ from coupler.learners.acquisition import UpperConfidenceBound as UpperConfidence
 from coupler.learners.acquisition import expected_improvement as expected_improvement
 from coupler.learners.acquisition import upper_confidence_bound as upper_confidence_bound
 from coupler.learners.acquisition import latin_hypercube as latin_hypercube
+from coupler.learners.acquisition import rng_state as rng_state
+from coupler.learners.acquisition import set_rng_state as set_rng_state
 from coupler.learners.correction import CorrectionNet as CorrectionNet
 from coupler.learners.correction import CorrectionConfig as CorrectionConfig
 from coupler.learners.correction import CorrectionTrainer as CorrectionTrainer
