@@ -100,14 +100,24 @@ class Route:
             self._spec = (wire, None if wire is None else Spec.from_wire(wire))
         return self._spec[1]
 
+    _kind: tuple[Any, bool, bool] = (None, False, False)
+
+    def _policy_kind(self) -> tuple[Any, bool, bool]:
+        """``(table, is_queue, is_shared)``, decoded once per routing table (read on every send)."""
+        table = self.table
+        if self._kind[0] is not table:
+            policy = table["policy"]
+            self._kind = (table, policy["kind"] == "queue", bool(policy.get("shared", False)))
+        return self._kind
+
     @property
     def is_queue(self) -> bool:
-        return self.table["policy"]["kind"] == "queue"
+        return self._policy_kind()[1]
 
     @property
     def is_shared(self) -> bool:
         """Work-sharing: each message to one consumer (``Queue(shared=True)``)."""
-        return bool(self.table["policy"].get("shared", False))
+        return self._policy_kind()[2]
 
 
 class _Reroute(Exception):
@@ -479,6 +489,19 @@ class Endpoint(WorkerPlugin):
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
         leaves = self._frozen(route, leaves)
+        consumers = route.consumers
+        table = route.table
+        if (
+            len(consumers) == 1 and not table["closed"] and not (route.is_queue and self.delivery.retain)
+            and not self.orphans.get((route.channel, consumers[0].cid))
+        ):
+            # The common case -- one consumer, nothing owed to it, no retention -- without
+            # the bookkeeping below (what _deliver does then is exactly _deliver_one).
+            try:
+                self._deliver_one(route, spec, consumers[0], header, leaves, deadline, cancel)
+                return
+            except (_Reroute, ConsumerGone):
+                pass  # the general path below sorts it out (and delivers at most once: nothing was taken)
         delivered: set[str] = set()
         while True:
             todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
