@@ -666,7 +666,14 @@ def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     out = []
     for a in leaves:
         if a.flags.writeable:
-            a = wire.copy_small(a) if a.nbytes <= wire.GIL_COPY_MAX else a.copy()
+            if a.nbytes <= wire.GIL_COPY_MAX:
+                a = wire.copy_small(a)
+            else:
+                # Into recycled memory: a fresh copy of megabytes costs a page fault and a
+                # zero-fill per page, and a replay log renews its copies at the stream's rate.
+                block = wire.PAYLOADS.take(a.nbytes).view(a.dtype).reshape(a.shape)
+                np.copyto(block, a)
+                a = block
             a.flags.writeable = False
         out.append(a)
     return out
