@@ -661,19 +661,25 @@ class ReplayLog:
             return list(self.items)
 
 
+def _copy(a: np.ndarray) -> np.ndarray:
+    """A writable copy of ``a``: small ones under the GIL, larger ones into recycled memory.
+
+    See :func:`wire.copy_small`; a fresh copy of megabytes costs a page fault and a
+    zero-fill per page, and a replay log renews its copies at the stream's rate.
+    """
+    if a.nbytes <= wire.GIL_COPY_MAX:
+        return wire.copy_small(a)
+    block = wire.PAYLOADS.take(a.nbytes).view(a.dtype).reshape(a.shape)
+    np.copyto(block, a)
+    return block
+
+
 def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     """Leaves nobody can change: read-only arrays as they are, read-only copies of the others."""
     out = []
     for a in leaves:
         if a.flags.writeable:
-            if a.nbytes <= wire.GIL_COPY_MAX:
-                a = wire.copy_small(a)
-            else:
-                # Into recycled memory: a fresh copy of megabytes costs a page fault and a
-                # zero-fill per page, and a replay log renews its copies at the stream's rate.
-                block = wire.PAYLOADS.take(a.nbytes).view(a.dtype).reshape(a.shape)
-                np.copyto(block, a)
-                a = block
+            a = _copy(a)
             a.flags.writeable = False
         out.append(a)
     return out
@@ -686,9 +692,7 @@ def detach_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     array on the host gives (its own buffer, no copy), and JAX never writes a
     buffer in place.
     """
-    return [
-        a if not a.flags.writeable else wire.copy_small(a) if a.nbytes <= wire.GIL_COPY_MAX else a.copy() for a in leaves
-    ]
+    return [_copy(a) if a.flags.writeable else a for a in leaves]
 
 
 def _unlink_quietly(name: str) -> None:

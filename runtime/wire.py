@@ -108,13 +108,14 @@ def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: 
         return
     # Gathered, not joined: no copy, and no allocation (a join of tens of KiB is
     # itself costly in a worker, see pack()).
-    while bufs:
-        sent = sock.sendmsg(bufs[:_IOV_MAX])
-        while bufs and sent >= len(bufs[0]):
-            sent -= len(bufs[0])
-            bufs.pop(0)
+    i = 0
+    while i < len(bufs):
+        sent = sock.sendmsg(bufs[i : i + _IOV_MAX])
+        while i < len(bufs) and sent >= len(bufs[i]):
+            sent -= len(bufs[i])
+            i += 1
         if sent:
-            bufs[0] = bufs[0][sent:]
+            bufs[i] = bufs[i][sent:]
 
 
 class FrameReader:
@@ -266,7 +267,7 @@ def batch_payload(spec: Spec, items: list[list[np.ndarray]]) -> tuple[list[int],
     Returns:
         ``(offsets, total, buffers)``: block offsets, payload size, and buffers to
         write in order: the messages' own arrays and padding, nothing copied here
-        (:func:`send_frame` joins small frames and gathers large ones).
+        (:func:`send_frame` gathers them into as few system calls as it can).
     """
     n = len(items)
     offsets, total = layout([n * f.nbytes for f in spec.fields])
