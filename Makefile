@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.coupler-installed
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-gpu venv clean
 
 venv: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# Only on a machine with a GPU (and JAX built for it): fails there if the workers find none.
+test-gpu: $(STAMP)
+	$(PY) -m pytest -m gpu tests/gpu
 
 clean:
 	rm -rf $(VENV) artifacts .pytest_cache

@@ -28,6 +28,7 @@ import os
 import subprocess
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -333,6 +334,7 @@ class GPULocalCluster(LocalCluster):
 
     Every new worker takes a device no other worker holds (``CUDA_VISIBLE_DEVICES``
     set to it, resource ``GPU=1``); workers beyond the number of GPUs see none.
+    A device listed twice goes to two workers, which share it.
 
     Args:
         devices: ``CUDA_VISIBLE_DEVICES`` ids, one per GPU.
@@ -348,8 +350,13 @@ class GPULocalCluster(LocalCluster):
 
     def new_worker_spec(self) -> dict[str, Any]:
         ((name, base),) = super().new_worker_spec().items()
-        used = {s.get("options", {}).get("env", {}).get("CUDA_VISIBLE_DEVICES") for s in self.worker_spec.values()}
-        free = [d for d in self.devices if d not in used]
+        used = Counter(s.get("options", {}).get("env", {}).get("CUDA_VISIBLE_DEVICES") for s in self.worker_spec.values())
+        free = []
+        for d in self.devices:  # a device listed twice is shared by two workers
+            if used[d]:
+                used[d] -= 1
+            else:
+                free.append(d)
         return {name: local_worker_spec(base, free[0] if free else None)}
 
 

@@ -47,8 +47,8 @@ from coupler.runtime.errors import (
     NoCoupling,
     raise_for_reply,
 )
-from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves
-from coupler.runtime.message import Message, Spec, flatten, unflatten
+from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, detach_leaves, frozen_leaves
+from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
 from coupler.runtime.receiver import Listener
 
@@ -187,6 +187,7 @@ def transport_config() -> TransportConfig:
         batch_bytes=int(dask.utils.parse_bytes(c.get("batch-bytes", d.batch_bytes))),
         window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
         shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
+        device_to_device=bool(c.get("device-to-device", d.device_to_device)),
     )
 
 
@@ -464,6 +465,8 @@ class Endpoint(WorkerPlugin):
                 route.table = {**route.table, "spec": reply["spec"]}
             spec = Spec.from_wire(reply["spec"])
         spec.check(channel, treedef, leaves)
+        if self.config.device_to_device and not all(type(a) is np.ndarray for a in leaves):
+            leaves = DeviceLeaves(leaves)
         deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
             header = {
@@ -667,7 +670,10 @@ class Endpoint(WorkerPlugin):
 
     def _frozen(self, route: Route, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """Leaves fit to keep in a replay log (Queue channels with retention), else as they are."""
-        return frozen_leaves(leaves) if route.is_queue and self.delivery.retain else leaves
+        if not (route.is_queue and self.delivery.retain):
+            return leaves
+        frozen = frozen_leaves(to_host(leaves))
+        return DeviceLeaves(frozen, leaves.device) if isinstance(leaves, DeviceLeaves) else frozen
 
     def _keep_for_absent(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray]) -> None:
         """Keep a broadcast Queue message for consumers that are away and expected back.
@@ -730,9 +736,12 @@ class Endpoint(WorkerPlugin):
             buf = self.buffers.get((route.channel, c.cid))
             if buf is None or not buf.accepting:
                 raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
-            # Same process: the consumer must own its data, so copy once.
-            copy = unflatten(spec.treedef, [np.array(a, copy=True) for a in leaves])
-            if buf.put([Message.from_header(header, copy, spec.nbytes)], remaining, cancel):
+            # Same process: the consumer gets arrays the producer cannot change. Read-only
+            # ones (JAX's host buffers, host copies of device arrays) and JAX arrays on a
+            # device (never written in place) are shared; the others are copied.
+            mine = leaves.device if isinstance(leaves, DeviceLeaves) else to_host(leaves)
+            data = unflatten(spec.treedef, detach_leaves(mine))
+            if buf.put([Message.from_header(header, data, spec.nbytes)], remaining, cancel):
                 return
             if not buf.accepting:
                 raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
@@ -744,7 +753,7 @@ class Endpoint(WorkerPlugin):
             )
         link = self._link(route, spec, c)
         try:
-            link.submit(header, leaves, remaining, cancel)
+            link.submit(header, to_host(leaves), remaining, cancel)
         except ConsumerGone:
             if link.closing:  # the route changed under us (the consumer moved)
                 raise _Reroute() from None

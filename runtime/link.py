@@ -62,6 +62,9 @@ class TransportConfig:
         batch_bytes: most payload bytes in one batch of small messages.
         window_bytes: most bytes queued or unacknowledged per link (non-Queue channels).
         shm_pool_bytes: most shared memory a link keeps.
+        device_to_device: hand accelerator arrays (JAX arrays on a GPU) to consumers
+            in the producer's process as they are, on their device; off, every
+            consumer gets one host copy. Between processes they always go by host.
     """
 
     shared_memory: bool = True
@@ -69,6 +72,7 @@ class TransportConfig:
     batch_bytes: int = 4 << 20
     window_bytes: int = 256 << 20
     shm_pool_bytes: int = 2 << 30
+    device_to_device: bool = False
 
 
 @dataclass
@@ -685,14 +689,21 @@ def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
-def detach_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
+def detach_leaves(leaves: list[Any]) -> list[Any]:
     """Leaves the producer cannot change any more: read-only arrays as they are, copies of the others.
 
     Read-only arrays are taken as immutable: that is what ``np.asarray`` of a JAX
     array on the host gives (its own buffer, no copy), and JAX never writes a
-    buffer in place.
+    buffer in place. For the same reason a JAX array on a device is kept as it
+    is; another accelerator array (CuPy, say) is copied on its device.
     """
-    return [_copy(a) if a.flags.writeable else a for a in leaves]
+    return [_detach(a) for a in leaves]
+
+
+def _detach(a: Any) -> Any:
+    if type(a) is not np.ndarray:  # an accelerator array (see message.on_device)
+        return a if type(a).__module__.partition(".")[0] in ("jax", "jaxlib") else a.copy()
+    return _copy(a) if a.flags.writeable else a
 
 
 def _unlink_quietly(name: str) -> None:

@@ -4,7 +4,10 @@ The runtime may not import JAX, so it flattens payloads itself: nested ``dict``
 (string keys), ``list`` and ``tuple`` containers, with array leaves (numpy
 arrays, JAX arrays, or anything ``np.asarray`` accepts, such as Python
 scalars). On CPU ``np.asarray`` of a JAX array is the array's own host buffer,
-so flattening copies nothing.
+so flattening copies nothing. A leaf that lives on an accelerator (its
+``__dlpack_device__`` is not the CPU, e.g. a JAX array on a GPU) is kept as it
+is: the data plane decides where it goes, and :func:`to_host` brings it to host
+memory once, whichever consumers it goes to.
 
 A :class:`Spec` records the structure and every leaf's shape and dtype. It is
 fixed by declaration or by a channel's first message; a message that does not
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -61,8 +65,81 @@ def _flatten(node: Any, out: list[np.ndarray]) -> TreeDef:
         return (kind, tuple(_flatten(v, out) for v in node))
     if isinstance(node, tuple):  # NamedTuple: keep it as its fields, in order
         return ("tuple", tuple(_flatten(v, out) for v in node))
-    out.append(np.asarray(node))
+    out.append(node if on_device(node) else np.asarray(node))
     return LEAF
+
+
+# DLPack's device type of host memory (DLDeviceType kDLCPU); kDLCUDAHost (3) is
+# pinned host memory, which numpy can read directly too.
+_HOST_DEVICE_TYPES = (1, 3)
+
+
+def on_device(leaf: Any) -> bool:
+    """Whether ``leaf`` is an array in accelerator memory (a JAX array on a GPU, say).
+
+    Read through the DLPack protocol, so that the runtime need not import JAX.
+    """
+    dev = getattr(leaf, "__dlpack_device__", None)
+    if dev is None or isinstance(leaf, np.ndarray):
+        return False
+    try:
+        kind = int(dev()[0])
+    except Exception:  # an object whose buffer is gone, or a protocol it does not follow
+        return False
+    return kind not in _HOST_DEVICE_TYPES
+
+
+_pinned_ok = True  # cleared when this process's JAX offers no pinned host memory
+
+
+def _pinned(a: Any) -> Any:
+    """A JAX array copied to page-locked (pinned) host memory, else ``a`` itself.
+
+    ``np.asarray`` of a GPU array copies into pageable memory, which the driver
+    stages through a bounce buffer: 1.3-3.5 GB/s on an H200, against 31-40 GB/s
+    by DMA into pinned memory, whose ``np.asarray`` is then a view, not a second
+    copy (benchmarks/gpu_transport.py). JAX is already loaded wherever a JAX
+    array exists, so the runtime takes it from ``sys.modules``, never imports it.
+    """
+    global _pinned_ok
+    jax = sys.modules.get("jax")
+    with_kind = getattr(getattr(a, "sharding", None), "with_memory_kind", None)
+    if not _pinned_ok or jax is None or with_kind is None:
+        return a
+    try:
+        return jax.device_put(a, with_kind("pinned_host"))
+    except Exception:  # a backend or version without pinned host memory: copy the plain way
+        _pinned_ok = False
+        return a
+
+
+class DeviceLeaves(list):
+    """A message's leaves that also remembers its accelerator arrays as they were.
+
+    :func:`to_host` replaces the items by host copies in place (one copy per
+    message, whichever consumer needs it first); ``device`` keeps the originals
+    for consumers that take them on their device (``coupler.transport.device-to-device``).
+    """
+
+    def __init__(self, leaves: list[Any], device: list[Any] | None = None) -> None:
+        super().__init__(leaves)
+        self.device = list(leaves) if device is None else device
+
+
+def to_host(leaves: list[Any]) -> list[np.ndarray]:
+    """Replace, in place, every accelerator leaf by a host copy, and return the list.
+
+    In place, so that a message sent to several consumers is copied off its
+    device once. The copy is made read-only: it belongs to this message alone,
+    and the data plane then hands it on without copying it again.
+    """
+    for i, a in enumerate(leaves):
+        if type(a) is not np.ndarray:
+            h = np.asarray(_pinned(a))
+            if h.flags.writeable and h.base is None:
+                h.flags.writeable = False
+            leaves[i] = h
+    return leaves
 
 
 def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:

@@ -70,3 +70,90 @@ class Keeper(ActorHost):
 
     def pid(self) -> int:
         return os.getpid()
+
+
+class FakeDeviceArray:
+    """Stands in for an array in GPU memory where there is no GPU.
+
+    DLPack reports it on a CUDA device, so the runtime treats it as one; reading
+    it on the host (``np.asarray``) is the device-to-host copy, counted in
+    ``host_reads``; ``copy`` is a device-to-device copy. Unlike a JAX array it is
+    mutable (as a CuPy array is), so the runtime must copy it to share it.
+    """
+
+    host_reads = 0  # per process: what the producing actor reports
+
+    def __init__(self, a: np.ndarray) -> None:
+        self._a = a
+        self.shape, self.dtype = a.shape, a.dtype
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)  # kDLCUDA, device 0
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        FakeDeviceArray.host_reads += 1
+        return self._a.copy()
+
+    def copy(self) -> FakeDeviceArray:
+        return FakeDeviceArray(self._a.copy())
+
+
+def _device_array(kind: str, a: np.ndarray) -> Any:
+    if kind == "fake":
+        return FakeDeviceArray(a)
+    import jax
+
+    return jax.device_put(a, jax.devices()[0])  # the worker's accelerator where it has one
+
+
+class DeviceStreamer(ActorHost):
+    """Sends ``n`` messages ``{"x": [size] device array filled with i}`` (``kind``: "fake" or "jax")."""
+
+    def __init__(self, n: int, size: int, kind: str = "fake", **kw: Any) -> None:
+        super().__init__(**kw)
+        self.n, self.size, self.kind, self.i = n, size, kind, 0
+        self.pointers: list[int] = []
+        self.reads_before = FakeDeviceArray.host_reads
+
+    def step(self) -> bool:
+        if self.i >= self.n:
+            self.outputs["out"].flush(timeout=60)
+            return False
+        x = _device_array(self.kind, np.full(self.size, float(self.i), np.float32))
+        if self.kind == "jax":
+            self.pointers.append(int(x.unsafe_buffer_pointer()))
+        self.outputs["out"].send({"x": x}, step=self.i)
+        self.i += 1
+        return True
+
+    def report(self) -> dict[str, Any]:
+        """Host reads of the fake arrays, and where the JAX arrays sent lived."""
+        return {"host_reads": FakeDeviceArray.host_reads - self.reads_before, "pointers": self.pointers}
+
+
+class Inspector(ActorHost):
+    """Receives everything and says what each payload leaf is and where it lives."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.msgs: list[Any] = []
+
+    def step(self) -> bool:
+        self.msgs.append(self.inputs["inp"].receive())
+        return True
+
+    def count(self) -> int:
+        return len(self.msgs)
+
+    def report(self) -> list[dict[str, Any]]:
+        out = []
+        for m in self.msgs:
+            x = m.data["x"]
+            row = {"seq": m.seq, "type": type(x).__name__, "host": isinstance(x, np.ndarray)}
+            if type(x).__module__.partition(".")[0] in ("jax", "jaxlib"):
+                row["pointer"] = int(x.unsafe_buffer_pointer())
+                row["platform"] = next(iter(x.devices())).platform
+            values = x._a if isinstance(x, FakeDeviceArray) else np.asarray(x)  # no host read counted
+            row["uniform"] = bool(np.all(values == float(m.seq)))
+            out.append(row)
+        return out

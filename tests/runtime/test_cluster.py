@@ -249,6 +249,20 @@ def test_local_cluster_gives_each_worker_its_own_gpu(gpu_local_cluster: Any) -> 
         assert resources[addr] == ({"GPU": 1} if device else {})
 
 
+def test_a_gpu_listed_twice_is_shared_by_two_workers() -> None:
+    from distributed import Client
+
+    cluster = start_local(gpus=["0", "0"], dashboard_address=":0", memory_limit="1GiB")
+    try:
+        with Client(cluster) as client:
+            env = client.run(lambda: os.environ["CUDA_VISIBLE_DEVICES"])
+            workers = client.scheduler_info(n_workers=-1)["workers"]
+    finally:
+        cluster.close()
+    assert sorted(env.values()) == ["0", "0"]
+    assert all((w.get("resources") or {}) == {"GPU": 1} for w in workers.values())
+
+
 def test_gpu_actors_land_only_on_gpu_workers(gpu_local_cluster: Any) -> None:
     with Coupling(gpu_local_cluster) as cp:
         gpu_workers = {a for a, w in cp.client.scheduler_info(n_workers=-1)["workers"].items() if w.get("resources")}

@@ -15,15 +15,16 @@ import time
 from typing import Any
 
 import cloudpickle
+import dask
 import numpy as np
 import pytest
 
 import transport_actors
 from helper_actors import Collector, Producer
-from transport_actors import Keeper, Streamer
+from transport_actors import DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
 from coupler.runtime import Coupling, Queue, shm
 from coupler.runtime.link import detach_leaves
-from coupler.runtime.message import flatten
+from coupler.runtime.message import flatten, on_device, to_host
 
 cloudpickle.register_pickle_by_value(transport_actors)
 
@@ -175,6 +176,65 @@ def test_jax_host_arrays_are_sent_without_a_copy() -> None:
     assert detach_leaves(leaves)[0] is leaves[0]
     y = np.ones(4)
     assert detach_leaves([y])[0] is not y  # writable numpy: copied, the producer may change y
+
+
+def test_device_leaves_stay_on_their_device_until_the_data_plane_reads_them_once() -> None:
+    FakeDeviceArray.host_reads = 0
+    d = FakeDeviceArray(np.arange(6, dtype=np.float32))
+    leaves, _ = flatten({"d": d, "h": np.zeros(2)})
+    assert leaves[0] is d and on_device(d) and not on_device(leaves[1])
+    assert FakeDeviceArray.host_reads == 0  # flattening and the spec check read nothing off the device
+    assert to_host(leaves) is leaves and to_host(leaves) is leaves  # twice: one message, several consumers
+    assert FakeDeviceArray.host_reads == 1
+    assert type(leaves[0]) is np.ndarray and not leaves[0].flags.writeable
+    assert detach_leaves(leaves)[0] is leaves[0]  # read-only: nobody copies it again
+    e = FakeDeviceArray(np.ones(3, np.float32))
+    (kept,) = detach_leaves([e])
+    assert kept is not e and type(kept) is FakeDeviceArray  # mutable device array: copied on its device
+    assert FakeDeviceArray.host_reads == 1
+
+
+def _stream_device_arrays(cp: Coupling, unique: str, n: int, size: int) -> tuple[dict[str, Any], list[Any], list[Any]]:
+    """A producer of (fake) GPU arrays on worker 0 broadcasts to a consumer on worker 1 and one on worker 0."""
+    ch = cp.channel(f"dev-{unique}", Queue(64))
+    w = cp.workers()
+    far = cp.spawn(Inspector, name=f"far-{unique}", inputs={"inp": ch}, workers=w[1])
+    near = cp.spawn(Inspector, name=f"near-{unique}", inputs={"inp": ch}, workers=w[0])
+    src = cp.spawn(DeviceStreamer, n, size, name=f"dsrc-{unique}", outputs={"out": ch}, workers=w[0])
+    far.start()
+    near.start()
+    src.start()
+    assert src.wait(60).state == "finished"
+    _wait_for(lambda: far.call("count") == n and near.call("count") == n, what="all messages at both consumers")
+    sent = src.call("report")
+    got = far.call("report"), near.call("report")
+    far.stop()
+    near.stop()
+    return sent, got[0], got[1]
+
+
+@pytest.mark.parametrize("size", [1024, 1 << 18])  # 4 KiB coalesced; 1 MiB alone (shared memory)
+def test_device_arrays_go_to_host_once_per_message(coupling: Coupling, unique: str, size: int) -> None:
+    n = 12
+    sent, far, near = _stream_device_arrays(coupling, unique, n, size)
+    assert sent["host_reads"] == n  # one device-to-host copy per message, for both consumers
+    for rows in (far, near):
+        assert [r["seq"] for r in rows] == list(range(n))
+        assert all(r["host"] and r["uniform"] for r in rows), rows
+
+
+def test_device_to_device_option_keeps_arrays_on_the_device_within_a_worker(unique: str) -> None:
+    n = 12
+    with dask.config.set({"coupler.transport.device-to-device": True}), Coupling(
+        n_workers=2, threads_per_worker=1, dashboard_address=":0"
+    ) as cp:
+        sent, far, near = _stream_device_arrays(cp, unique, n, 1 << 18)
+    assert sent["host_reads"] == n  # for the consumer on the other worker only
+    assert [r["seq"] for r in far] == list(range(n)) and all(r["host"] and r["uniform"] for r in far)
+    # The consumer on the producer's worker got device arrays (copies on the device:
+    # the stand-in is mutable; a JAX array is shared as it is, see tests/gpu).
+    assert [r["seq"] for r in near] == list(range(n))
+    assert all(r["type"] == "FakeDeviceArray" and not r["host"] and r["uniform"] for r in near), near
 
 
 def _segments_of(pids: set[int]) -> list[str]:
