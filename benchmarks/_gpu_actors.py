@@ -71,10 +71,12 @@ class GpuConsumer(ActorHost):
     """Receive until the last message; optionally put each payload on this worker's GPU.
 
     Args:
-        to_device: ``jax.device_put`` each payload (a no-op for one already there) and wait for it.
+        to_device: put each payload on this worker's GPU and wait for it: ``"plain"``
+            (``jax.device_put``), ``"pinned"`` (``coupler.learners.to_device``, staged
+            through pinned host memory); ``""``: only touch it.
     """
 
-    def __init__(self, to_device: bool = False, **kw: Any) -> None:
+    def __init__(self, to_device: str = "", **kw: Any) -> None:
         super().__init__(**kw)
         self.to_device = to_device
         self.count, self.last, self.on_device = 0, 0.0, 0
@@ -82,15 +84,17 @@ class GpuConsumer(ActorHost):
     def setup(self) -> None:
         import jax
 
-        self.jax = jax
+        from coupler.learners import to_device
+
+        self.put = {"plain": lambda x: jax.device_put(x, jax.devices()[0]), "pinned": to_device}.get(self.to_device)
 
     def step(self) -> bool:
         msg = self.inputs["in"].receive()
         x = msg.data["x"]
         if not isinstance(x, np.ndarray):
             self.on_device += 1
-        if self.to_device:
-            self.jax.device_put(x, self.jax.devices()[0]).block_until_ready()
+        if self.put is not None:
+            self.put(x).block_until_ready()
         elif isinstance(x, np.ndarray):
             float(x[:1024].sum()) + float(x[-1])  # touch it, as a consumer starting to use it would
         if msg.meta.get("warm"):

@@ -14,6 +14,8 @@ for every message:
   (one device-to-host copy, then shared memory), which touches the data;
 - ``coupler other-worker to-device``: the same, with the consumer putting each
   payload on its GPU (``jax.device_put``): device to device through host;
+- ``... to-device pinned``: the same through ``coupler.learners.to_device``
+  (staged in pinned host memory, then DMA);
 - ``coupler same-worker``: to a consumer on the producer's worker, host copy;
 - ``coupler same-worker device-to-device``: the same with
   ``coupler.transport.device-to-device`` on: the consumer gets the array on the GPU.
@@ -47,7 +49,7 @@ SIZES = {"1MiB": MiB, "16MiB": 16 * MiB, "128MiB": 128 * MiB}
 COUNTS = {"1MiB": 8, "16MiB": 60, "128MiB": 12}
 
 
-def _run(cp: Coupling, tag: str, nbytes: int, n: int, *, limit: str = "", same_worker: bool = False, to_device: bool = False) -> dict[str, Any]:
+def _run(cp: Coupling, tag: str, nbytes: int, n: int, *, limit: str = "", same_worker: bool = False, to_device: str = "") -> dict[str, Any]:
     w = cp.workers()
     ch = cp.channel(f"gpu-{tag}", Queue(4))
     cons = None
@@ -87,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
                 nbytes, n = SIZES[label], COUNTS[label]
                 cases = (
                     [("d2h-limit", dict(limit="pinned")), ("d2h-pageable", dict(limit="pageable")), ("coupler other-worker", {}),
-                     ("coupler other-worker to-device", dict(to_device=True)), ("coupler same-worker", dict(same_worker=True))]
+                     ("coupler other-worker to-device", dict(to_device="plain")),
+                     ("coupler other-worker to-device pinned", dict(to_device="pinned")), ("coupler same-worker", dict(same_worker=True))]
                     if not d2d else [("coupler same-worker device-to-device", dict(same_worker=True))]
                 )
                 for system, kw in cases:

@@ -79,3 +79,4 @@ __all__ = [
     "UpperConfidenceBound",
     "Weights",
 ]
+from coupler.learners.placement import to_device as to_device

@@ -19,6 +19,7 @@ def test_gpu_benchmark_writes_every_case_with_ratios(tmp_path: Path) -> None:
     systems = [r["system"] for r in rows]
     assert systems == [
         "d2h-limit", "d2h-pageable", "coupler other-worker", "coupler other-worker to-device",
+        "coupler other-worker to-device pinned",
         "coupler same-worker", "coupler same-worker device-to-device",
     ]
     assert all(r["n_msgs"] == gpu_transport.COUNTS["1MiB"] and r["gb_per_s"] > 0 for r in rows)

@@ -84,3 +84,16 @@ def test_gpu_arrays_go_to_host_through_pinned_memory(gpu_coupling: tuple[Couplin
     for got in cp.client.run(_host_copy_in_worker).values():
         # Pinned: one DMA copy that numpy then views (10x a pageable copy on an H200).
         assert got == {"equal": True, "read_only": True, "pinned": True}
+
+
+def test_to_device_stages_through_pinned_memory_onto_the_gpu() -> None:
+    import jax
+    import numpy as np
+
+    from coupler.learners import to_device
+
+    x = np.arange(1 << 22, dtype=np.float32)  # 16 MiB
+    y = to_device({"x": x})["x"]
+    assert next(iter(y.devices())).platform == "gpu" and y.sharding.memory_kind == "device"
+    np.testing.assert_array_equal(np.asarray(y), x)
+    assert jax.devices()[0].platform == "gpu"
