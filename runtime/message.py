@@ -113,6 +113,25 @@ def _pinned(a: Any) -> Any:
         return a
 
 
+def _host_copy(a: Any) -> np.ndarray:
+    """``a`` in host memory: by ``np.asarray`` (JAX), else through DLPack (CuPy, PyTorch refuse the former).
+
+    Raises:
+        TypeError: if neither way works, naming the leaf's type and both reasons.
+    """
+    try:
+        return np.asarray(_pinned(a))
+    except TypeError as e:
+        first = e
+    try:
+        return np.from_dlpack(a, device="cpu", copy=True)
+    except Exception as e:
+        raise TypeError(
+            f"a message leaf of type {type(a).__name__} lives on a device and could not be copied to the host "
+            f"(np.asarray: {first}; DLPack: {e}); expected a JAX array or an array that numpy can read"
+        ) from e
+
+
 class DeviceLeaves(list):
     """A message's leaves that also remembers its accelerator arrays as they were.
 
@@ -135,7 +154,7 @@ def to_host(leaves: list[Any]) -> list[np.ndarray]:
     """
     for i, a in enumerate(leaves):
         if type(a) is not np.ndarray:
-            h = np.asarray(_pinned(a))
+            h = _host_copy(a)
             if h.flags.writeable and h.base is None:
                 h.flags.writeable = False
             leaves[i] = h

@@ -272,3 +272,31 @@ def test_no_shared_memory_is_left_after_kill_crash_or_exit() -> None:
         pids |= set(cp.client.run(os.getpid).values())  # the restarted worker too
         keep.call("drop")
     assert not _segments_of(pids | {victim})
+
+
+class _DLPackOnlyDeviceArray:
+    """A device array that refuses np.asarray (as CuPy and PyTorch do) but exports itself through DLPack."""
+
+    def __init__(self, a: np.ndarray, exportable: bool = True) -> None:
+        self._a, self.exportable = a, exportable
+        self.shape, self.dtype = a.shape, a.dtype
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (2, 0)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        raise TypeError("Implicit conversion to a NumPy array is not allowed")
+
+    def __dlpack__(self, *, stream: Any = None, max_version: Any = None, dl_device: Any = None, copy: Any = None) -> Any:
+        if not self.exportable or dl_device != (1, 0):
+            raise BufferError("cannot export to the host")
+        return self._a.copy().__dlpack__(max_version=max_version)
+
+
+def test_device_arrays_that_refuse_numpy_reach_the_host_through_dlpack() -> None:
+    a = np.arange(5, dtype=np.float32)
+    leaves = to_host([_DLPackOnlyDeviceArray(a)])
+    assert type(leaves[0]) is np.ndarray
+    np.testing.assert_array_equal(leaves[0], a)
+    with pytest.raises(TypeError, match=r"_DLPackOnlyDeviceArray lives on a device .*expected a JAX array"):
+        to_host([_DLPackOnlyDeviceArray(a, exportable=False)])
