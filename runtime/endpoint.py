@@ -47,7 +47,7 @@ from coupler.runtime.errors import (
     NoCoupling,
     raise_for_reply,
 )
-from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, detach_leaves, frozen_leaves
+from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
 from coupler.runtime.receiver import Listener
@@ -736,11 +736,10 @@ class Endpoint(WorkerPlugin):
             buf = self.buffers.get((route.channel, c.cid))
             if buf is None or not buf.accepting:
                 raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
-            # Same process: the consumer gets arrays the producer cannot change. Read-only
-            # ones (JAX's host buffers, host copies of device arrays) and JAX arrays on a
-            # device (never written in place) are shared; the others are copied.
+            # Same process: the consumer owns its host arrays (a copy, writable as
+            # anywhere else); with device-to-device, JAX arrays on the device are shared.
             mine = leaves.device if isinstance(leaves, DeviceLeaves) else to_host(leaves)
-            data = unflatten(spec.treedef, detach_leaves(mine))
+            data = unflatten(spec.treedef, owned_leaves(mine))
             if buf.put([Message.from_header(header, data, spec.nbytes)], remaining, cancel):
                 return
             if not buf.accepting:

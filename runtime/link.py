@@ -700,6 +700,16 @@ def detach_leaves(leaves: list[Any]) -> list[Any]:
     return [_detach(a) for a in leaves]
 
 
+def owned_leaves(leaves: list[Any]) -> list[Any]:
+    """Leaves for a consumer in the producer's process: arrays it owns and may write.
+
+    Host arrays are always copied, read-only ones too, so that a consumer gets
+    writable arrays wherever it runs (as from shared memory or a stream).
+    Device arrays are kept or copied on their device as :func:`detach_leaves` does.
+    """
+    return [_copy(a) if type(a) is np.ndarray else _detach(a) for a in leaves]
+
+
 def _detach(a: Any) -> Any:
     if type(a) is not np.ndarray:  # an accelerator array (see message.on_device)
         return a if type(a).__module__.partition(".")[0] in ("jax", "jaxlib") else a.copy()
@@ -713,4 +723,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves"]
+__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves", "owned_leaves"]

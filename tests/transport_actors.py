@@ -11,17 +11,19 @@ from coupler.actors import ActorHost
 
 
 class Streamer(ActorHost):
-    """Sends ``n`` messages ``{"x": float32[size] filled with i}`` as fast as it can, then flushes."""
+    """Sends ``n`` messages ``{"x": float32[size] filled with i}`` (read-only arrays if asked) as fast as it can, then flushes."""
 
-    def __init__(self, n: int, size: int, **kw: Any) -> None:
+    def __init__(self, n: int, size: int, read_only: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
-        self.n, self.size, self.i = n, size, 0
+        self.n, self.size, self.read_only, self.i = n, size, read_only, 0
 
     def step(self) -> bool:
         if self.i >= self.n:
             self.outputs["out"].flush(timeout=60)
             return False
-        self.outputs["out"].send({"x": np.full(self.size, float(self.i), np.float32)}, step=self.i, timestamp=0.25 * self.i)
+        x = np.full(self.size, float(self.i), np.float32)
+        x.flags.writeable = not self.read_only  # read-only, as np.asarray of a JAX array is
+        self.outputs["out"].send({"x": x}, step=self.i, timestamp=0.25 * self.i)
         self.i += 1
         return True
 

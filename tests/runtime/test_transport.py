@@ -57,6 +57,23 @@ def test_large_messages_go_through_shared_memory_and_the_consumer_owns_them(coup
     keep.stop()
 
 
+@pytest.mark.parametrize("size", [1024, 1 << 18])
+def test_a_consumer_on_the_producers_worker_owns_writable_arrays_too(coupling: Coupling, unique: str, size: int) -> None:
+    """Same contract as across processes, even for read-only arrays sent (JAX's host buffers are)."""
+    ch = coupling.channel(f"local-{unique}", Queue(8))
+    w = coupling.workers()
+    n = 6
+    keep = coupling.spawn(Keeper, name=f"lkeep-{unique}", inputs={"inp": ch}, workers=w[0])
+    src = coupling.spawn(Streamer, n, size, True, name=f"lsrc-{unique}", outputs={"out": ch}, workers=w[0])
+    keep.start()
+    src.start()
+    assert src.wait(60).state == "finished"
+    _wait_for(lambda: keep.call("count") == n, what="all messages")
+    got = keep.call("summary")
+    assert got["seq"] == list(range(n)) and got["uniform"] and got["writable"]
+    keep.stop()
+
+
 def test_small_messages_are_coalesced_without_reordering(coupling: Coupling, unique: str) -> None:
     ch = coupling.channel(f"small-{unique}", Queue(1024))
     w = coupling.workers()
