@@ -465,7 +465,7 @@ class Endpoint(WorkerPlugin):
                 route.table = {**route.table, "spec": reply["spec"]}
             spec = Spec.from_wire(reply["spec"])
         spec.check(channel, treedef, leaves)
-        if self.config.device_to_device and not all(type(a) is np.ndarray for a in leaves):
+        if not all(type(a) is np.ndarray for a in leaves):
             leaves = DeviceLeaves(leaves)
         deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
@@ -738,8 +738,13 @@ class Endpoint(WorkerPlugin):
                 raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
             # Same process: the consumer owns its host arrays (a copy, writable as
             # anywhere else); with device-to-device, JAX arrays on the device are shared.
-            mine = leaves.device if isinstance(leaves, DeviceLeaves) else to_host(leaves)
-            data = unflatten(spec.treedef, owned_leaves(mine))
+            if not isinstance(leaves, DeviceLeaves):
+                mine = owned_leaves(leaves)
+            elif self.config.device_to_device:
+                mine = owned_leaves(leaves.device)
+            else:
+                mine = owned_leaves(to_host(leaves), leaves.device)
+            data = unflatten(spec.treedef, mine)
             if buf.put([Message.from_header(header, data, spec.nbytes)], remaining, cancel):
                 return
             if not buf.accepting:

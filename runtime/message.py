@@ -133,11 +133,12 @@ def _host_copy(a: Any) -> np.ndarray:
 
 
 class DeviceLeaves(list):
-    """A message's leaves that also remembers its accelerator arrays as they were.
+    """A message's leaves, some on an accelerator, that also remembers them as they were.
 
     :func:`to_host` replaces the items by host copies in place (one copy per
-    message, whichever consumer needs it first); ``device`` keeps the originals
-    for consumers that take them on their device (``coupler.transport.device-to-device``).
+    message, whichever consumer needs it first); ``device`` keeps the originals:
+    for consumers that take them on their device (``coupler.transport.device-to-device``),
+    and to tell the host copies made here from the producer's own host arrays.
     """
 
     def __init__(self, leaves: list[Any], device: list[Any] | None = None) -> None:

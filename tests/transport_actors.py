@@ -152,6 +152,7 @@ class Inspector(ActorHost):
         for m in self.msgs:
             x = m.data["x"]
             row = {"seq": m.seq, "type": type(x).__name__, "host": isinstance(x, np.ndarray)}
+            row["writable"] = isinstance(x, np.ndarray) and bool(x.flags.writeable)
             if type(x).__module__.partition(".")[0] in ("jax", "jaxlib"):
                 row["pointer"] = int(x.unsafe_buffer_pointer())
                 row["platform"] = next(iter(x.devices())).platform

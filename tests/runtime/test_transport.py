@@ -238,6 +238,9 @@ def test_device_arrays_go_to_host_once_per_message(coupling: Coupling, unique: s
     for rows in (far, near):
         assert [r["seq"] for r in rows] == list(range(n))
         assert all(r["host"] and r["uniform"] for r in rows), rows
+    assert all(r["writable"] for r in far)  # received into the consumer's own memory
+    # On the producer's worker: that host copy itself, read-only (no second copy).
+    assert not any(r["writable"] for r in near)
 
 
 def test_device_to_device_option_keeps_arrays_on_the_device_within_a_worker(unique: str) -> None:
