@@ -465,8 +465,6 @@ class Endpoint(WorkerPlugin):
                 route.table = {**route.table, "spec": reply["spec"]}
             spec = Spec.from_wire(reply["spec"])
         spec.check(channel, treedef, leaves)
-        if not all(type(a) is np.ndarray for a in leaves):
-            leaves = DeviceLeaves(leaves)
         deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
             header = {

@@ -39,7 +39,8 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
         tree: nested dict/list/tuple with array-like leaves.
 
     Returns:
-        ``(leaves, treedef)``; leaves are numpy arrays (views where possible).
+        ``(leaves, treedef)``; leaves are numpy arrays (views where possible), or a
+        :class:`DeviceLeaves` list where some leaves are on an accelerator.
 
     Raises:
         SpecMismatch: for a dict key that is not a string.
@@ -50,7 +51,10 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
         if all(type(v) is np.ndarray for v in vals) and all(type(k) is str for k in keys):
             return vals, ("dict", tuple(keys), (LEAF,) * len(keys))
     leaves: list[np.ndarray] = []
-    return leaves, _flatten(tree, leaves)
+    treedef = _flatten(tree, leaves)
+    if not all(type(a) is np.ndarray for a in leaves):  # some leaves are on a device: mark the list
+        leaves = DeviceLeaves(leaves)
+    return leaves, treedef
 
 
 def _flatten(node: Any, out: list[np.ndarray]) -> TreeDef:
@@ -151,8 +155,11 @@ def to_host(leaves: list[Any]) -> list[np.ndarray]:
 
     In place, so that a message sent to several consumers is copied off its
     device once. The copy is made read-only: it belongs to this message alone,
-    and the data plane then hands it on without copying it again.
+    and the data plane then hands it on without copying it again. A plain list
+    (not :class:`DeviceLeaves`) has only host arrays: :func:`flatten` marks the others.
     """
+    if not isinstance(leaves, DeviceLeaves):
+        return leaves
     for i, a in enumerate(leaves):
         if type(a) is not np.ndarray:
             h = _host_copy(a)

@@ -74,7 +74,7 @@ def _host_copy_in_worker() -> dict[str, Any]:
     from coupler.runtime import message
 
     x = jax.device_put(np.arange(1 << 20, dtype=np.float32), jax.devices()[0])
-    leaves = message.to_host([x])
+    leaves = message.to_host(message.flatten([x])[0])
     return {"equal": bool(np.array_equal(leaves[0], np.arange(1 << 20, dtype=np.float32))),
             "read_only": not leaves[0].flags.writeable, "pinned": message._pinned_ok}
 

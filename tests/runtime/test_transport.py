@@ -315,8 +315,8 @@ class _DLPackOnlyDeviceArray:
 
 def test_device_arrays_that_refuse_numpy_reach_the_host_through_dlpack() -> None:
     a = np.arange(5, dtype=np.float32)
-    leaves = to_host([_DLPackOnlyDeviceArray(a)])
+    leaves = to_host(flatten([_DLPackOnlyDeviceArray(a)])[0])
     assert type(leaves[0]) is np.ndarray
     np.testing.assert_array_equal(leaves[0], a)
     with pytest.raises(TypeError, match=r"_DLPackOnlyDeviceArray lives on a device .*expected a JAX array"):
-        to_host([_DLPackOnlyDeviceArray(a, exportable=False)])
+        to_host(flatten([_DLPackOnlyDeviceArray(a, exportable=False)])[0])
