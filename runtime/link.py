@@ -625,7 +625,8 @@ class ReplayLog:
 
     def add(self, header: dict[str, Any], leaves: list[np.ndarray], nbytes: int) -> Item:
         """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`); returns its entry."""
-        item = Item(header, leaves, nbytes, large=False)
+        # A plain list: a DeviceLeaves would keep the message's GPU arrays alive as long as the log.
+        item = Item(header, leaves if type(leaves) is list else list(leaves), nbytes, large=False)
         with self.lock:
             self.items.append(item)
             self.nbytes += nbytes

@@ -151,12 +151,14 @@ class DeviceLeaves(list):
 
 
 def to_host(leaves: list[Any]) -> list[np.ndarray]:
-    """Replace, in place, every accelerator leaf by a host copy, and return the list.
+    """Replace, in place, every accelerator leaf by a host copy; return the leaves as a plain list.
 
     In place, so that a message sent to several consumers is copied off its
     device once. The copy is made read-only: it belongs to this message alone,
-    and the data plane then hands it on without copying it again. A plain list
-    (not :class:`DeviceLeaves`) has only host arrays: :func:`flatten` marks the others.
+    and the data plane then hands it on without copying it again. The list
+    returned does not hold the device arrays (whatever keeps it, a replay log or
+    a stream's unacknowledged messages, holds no GPU memory). A plain list (not
+    :class:`DeviceLeaves`) has only host arrays: :func:`flatten` marks the others.
     """
     if not isinstance(leaves, DeviceLeaves):
         return leaves
@@ -166,7 +168,7 @@ def to_host(leaves: list[Any]) -> list[np.ndarray]:
             if h.flags.writeable and h.base is None:
                 h.flags.writeable = False
             leaves[i] = h
-    return leaves
+    return list(leaves)
 
 
 def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:

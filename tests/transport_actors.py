@@ -129,8 +129,11 @@ class DeviceStreamer(ActorHost):
         return True
 
     def report(self) -> dict[str, Any]:
-        """Host reads of the fake arrays, and where the JAX arrays sent lived."""
-        return {"host_reads": FakeDeviceArray.host_reads - self.reads_before, "pointers": self.pointers}
+        """Host reads of the fake arrays, where the JAX arrays sent lived, and what replay logs keep."""
+        kept = [type(a).__name__ for log in self.endpoint.replay_logs.values() for it in log.replay() for a in it.leaves or []]
+        logs = [type(it.leaves).__name__ for log in self.endpoint.replay_logs.values() for it in log.replay()]
+        return {"host_reads": FakeDeviceArray.host_reads - self.reads_before, "pointers": self.pointers,
+                "kept": sorted(set(kept)), "logs": sorted(set(logs))}
 
 
 class Inspector(ActorHost):
