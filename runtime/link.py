@@ -672,6 +672,8 @@ def _copy(a: np.ndarray) -> np.ndarray:
     See :func:`wire.copy_small`; a fresh copy of megabytes costs a page fault and a
     zero-fill per page, and a replay log renews its copies at the stream's rate.
     """
+    if a.dtype.hasobject:  # references, not bytes: neither a byte copy nor a recycled block can hold them
+        return np.array(a, copy=True)
     if a.nbytes <= wire.GIL_COPY_MAX:
         return wire.copy_small(a)
     block = wire.PAYLOADS.take(a.nbytes).view(a.dtype).reshape(a.shape)

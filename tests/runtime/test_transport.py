@@ -23,7 +23,7 @@ import transport_actors
 from helper_actors import Collector, Producer
 from transport_actors import DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
 from coupler.runtime import Coupling, Queue, shm
-from coupler.runtime.link import detach_leaves
+from coupler.runtime.link import detach_leaves, owned_leaves
 from coupler.runtime.message import flatten, on_device, to_host
 
 cloudpickle.register_pickle_by_value(transport_actors)
@@ -193,6 +193,16 @@ def test_jax_host_arrays_are_sent_without_a_copy() -> None:
     assert detach_leaves(leaves)[0] is leaves[0]
     y = np.ones(4)
     assert detach_leaves([y])[0] is not y  # writable numpy: copied, the producer may change y
+
+
+def test_object_leaves_are_copied_for_a_consumer_on_the_producers_worker() -> None:
+    """Object arrays hold references, not bytes: the byte copy of the hot path refuses them."""
+    small, big = np.asarray(None), np.array([{"k": i} for i in range(40_000)], dtype=object)
+    for kept, sent in zip(owned_leaves([small, big]), (small, big)):
+        assert kept is not sent and kept.dtype == object and kept.flags.writeable
+        assert kept.shape == sent.shape and kept.tolist() == sent.tolist()
+    (detached,) = detach_leaves([big])
+    assert detached is not big and detached[7] == {"k": 7}  # the producer may change big afterwards
 
 
 def test_device_leaves_stay_on_their_device_until_the_data_plane_reads_them_once() -> None:
