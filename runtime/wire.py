@@ -254,8 +254,9 @@ PAYLOADS = PayloadPool()
 def recv_into_all(sock: socket.socket, view: memoryview) -> None:
     """Fill ``view`` from the socket (the GIL is released while the kernel copies)."""
     got, n = 0, len(view)
+    flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
     while got < n:
-        k = sock.recv_into(view[got:], n - got)
+        k = sock.recv_into(view[got:], n - got, flags)
         if k == 0:
             raise StreamClosed("the peer closed the stream")
         got += k
