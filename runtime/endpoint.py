@@ -20,6 +20,7 @@ updates the routes that the sending threads read.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 import time
@@ -191,6 +192,21 @@ def transport_config() -> TransportConfig:
     )
 
 
+def _freeze_startup_objects() -> None:
+    """Take the objects this process holds now out of the cyclic garbage collector's scans (``gc.freeze``).
+
+    A worker holds ~170k tracked objects once Dask and coupler are up. A stream's
+    messages allocate containers fast enough to cause a full collection every
+    few seconds, and each scanned all of them: ~150 ms (2 per 4 s on a 4 KiB
+    stream, 7 % of the producer's time) in which no thread of the worker moved.
+    Frozen, a full collection scans only what was made since (6 ms for 4 of
+    them). The cost: a reference cycle among the frozen objects is never freed;
+    they are the process's long-lived state, so that is rare and bounded.
+    """
+    gc.collect()  # what is garbage now is freed, not frozen
+    gc.freeze()
+
+
 class Endpoint(WorkerPlugin):
     """Worker plugin holding this worker's consumer buffers, listener and producer links.
 
@@ -235,6 +251,8 @@ class Endpoint(WorkerPlugin):
         self._last_sweep = time.monotonic()
         self._reporter = PeriodicCallback(self._report, self.report_interval * 1000)
         self._reporter.start()
+        if bool(dask.config.get("coupler.gc-freeze", True)):
+            _freeze_startup_objects()
 
     @staticmethod
     def _ssl_contexts(worker: Any) -> tuple[Any, Any]:
