@@ -498,6 +498,10 @@ class ActorHost:
     # -- the loop --------------------------------------------------------------------------------
     def _at_boundary(self) -> bool:
         """Serve pending requests; park while paused. Returns whether the loop must end."""
+        # Nothing asked, the common case, without the lock: this runs before every step. A request
+        # queued a moment later is served at the next boundary (or while a receive waits).
+        if not (self._requests or self._pause_requested or self._retired or self._stop.is_set()):
+            return False
         while True:
             with self._cond:
                 requests, self._requests = self._requests, []

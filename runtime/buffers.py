@@ -71,7 +71,9 @@ class ConsumerBuffer:
         self.channel = channel
         self.stats = BufferStats()
         self.last_seq: dict[str, int] = {}
-        self._cond = threading.Condition()
+        # Hot paths hold `_lock` with `with` (C-level); `_cond` waits and notifies on the same lock.
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(self._lock)
         self._closed = False
         self._detached = False
         self._interrupted = False
@@ -262,8 +264,16 @@ class QueueBuffer(ConsumerBuffer):
         """Give free slots to links that want them, one at a time in turn (call with the lock)."""
         if not self._demand:
             return []
-        out: dict[int, int] = {}
         free = self._free() - self._local_waiting
+        if len(self._demand) == 1:  # one producing worker, the common case: all it may have at once
+            ((link, d),) = self._demand.items()
+            n = min(free, d)
+            if n <= 0 or link not in self._grant_fns:
+                return []
+            self._demand[link] = d - n
+            granted = self._granted[link] = self._granted.get(link, 0) + n
+            return [(self._grant_fns[link], n, granted)]
+        out: dict[int, int] = {}
         while free > 0:
             link = next((k for k, d in self._demand.items() if d > 0 and k in self._grant_fns), None)
             if link is None:
@@ -304,9 +314,18 @@ class QueueBuffer(ConsumerBuffer):
                     f"channel {self.channel!r}: a producer link sent {len(messages)} messages on {have} credits"
                 )
             self._granted[link] = have - len(messages)
+            # _is_new and _accept, inlined: this runs for every message that arrives from another worker.
+            items, last_seq, stats = self._items, self.last_seq, self.stats
             for m in messages:
-                if self._is_new(m):
-                    self._accept(m)
+                if m.seq <= last_seq.get(m.source, -1):
+                    stats.duplicates += 1
+                    continue
+                items.append(m)
+                last_seq[m.source] = m.seq
+                stats.received += 1
+                stats.nbytes += m.nbytes if m.nbytes >= 0 else sum(int(a.nbytes) for a in flatten(m.data)[0])
+            stats.lag = max(0.0, time.time() - messages[-1].sent_at) if messages else stats.lag
+            stats.depth = len(items)
             grants = self._hand_out()  # slots of dropped duplicates are free again
             self._cond.notify_all()
         self._notify(grants)
@@ -364,9 +383,10 @@ class QueueBuffer(ConsumerBuffer):
                     self._cond.notify_all()  # a local producer may wait for that room
             if pulling:
                 self._notify(grants)
-        with self._cond:
+        with self._lock:
             try:
-                self._wait(lambda: bool(self._items), timeout, "message")
+                if not self._items:
+                    self._wait(lambda: bool(self._items), timeout, "message")
             finally:
                 if pulling:
                     self._getters -= 1
@@ -376,8 +396,10 @@ class QueueBuffer(ConsumerBuffer):
             self.stats.taken += 1
             self.stats.depth = len(self._items)
             grants = self._hand_out()
-            self._cond.notify_all()  # a local producer may wait for the slot
-        self._notify(grants)
+            if self._local_waiting:  # a local producer waits for the slot (nobody else waits for a get)
+                self._cond.notify_all()
+        if grants:
+            self._notify(grants)
         return m
 
     def drain(self) -> list[Message]:

@@ -152,7 +152,10 @@ class Link:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
         self.prefetch = max(1, min(256, maxsize // 2))
-        self.cond = threading.Condition()
+        # Held with `with self.lock` (a C-level enter/exit; a Condition's are Python calls, and the
+        # lock is taken several times per message); `cond` waits and notifies on the same lock.
+        self.lock = threading.RLock()
+        self.cond = threading.Condition(self.lock)
         self.pending: deque[Item] = deque()
         self.inflight: deque[Batch] = deque()
         self.credits = 0
@@ -246,7 +249,7 @@ class Link:
         # the GIL held), so that it is queued and the writer role claimed under
         # one acquisition: producers that share this link contend for the lock.
         item = None if large else Item(header, detach_leaves(leaves), nbytes, False)
-        with self.cond:
+        with self.lock:
             while True:
                 self._raise_if_failed()
                 if self.queue:
@@ -286,17 +289,17 @@ class Link:
         try:
             self._prepare(item)
         except BaseException:
-            with self.cond:
+            with self.lock:
                 self.queued_bytes -= nbytes
                 if self.queue:
                     self.credits += 1
             raise
-        with self.cond:
+        with self.lock:
             self.pending.append(item)
         self._pump()
         if item.written is not None:
             while not item.written.wait(0.05):
-                with self.cond:
+                with self.lock:
                     self._raise_if_failed()
 
     def _prepare(self, item: Item) -> None:
@@ -333,7 +336,7 @@ class Link:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            with self.cond:
+            with self.lock:
                 if not (self.pending or self.inflight) or self.error is not None or self.dead:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
@@ -349,7 +352,7 @@ class Link:
                     self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             if sync:
                 self._pump()
-        with self.cond:
+        with self.lock:
             if self.error is not None:
                 raise self.error
             if self.queue and (self.credits or self.want) and not self.pending:
@@ -363,7 +366,7 @@ class Link:
         Args:
             orphan: hand the messages the consumer did not take to ``on_orphans``.
         """
-        with self.cond:
+        with self.lock:
             if self.closing:
                 return
             self.closing = True
@@ -422,7 +425,7 @@ class Link:
         gives up its role under the same lock under which it saw nothing left, so
         no item can be queued without a writer to take it.
         """
-        with self.cond:
+        with self.lock:
             claimed = self._claim_writer()
         if claimed:
             self._write_loop()
@@ -431,7 +434,7 @@ class Link:
         """Write until nothing is left to write (the caller holds the writer role)."""
         try:
             while True:
-                with self.cond:
+                with self.lock:
                     if self.dead:
                         self.writing = False
                         return
@@ -456,7 +459,7 @@ class Link:
                             return
                 if bye:
                     wire.send_frame(self.sock, wire.BYE, {})
-                    with self.cond:
+                    with self.lock:
                         self.dead = True  # nothing more may be written; the reader still reads acks
                         self.writing = False
                     return
@@ -465,13 +468,13 @@ class Link:
                 elif want is not None or sync:
                     wire.send_frame(self.sock, wire.WANT, {**(want or {}), "ack": sync})
         except OSError as e:
-            with self.cond:
+            with self.lock:
                 self.writing = False
             self._fail(ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})"))
 
     def stats(self) -> dict[str, Any]:
         """Counters of this link, for reports and tests."""
-        with self.cond:
+        with self.lock:
             return {
                 "consumer": self.consumer, "stream": self.stream, "shm": self.shm, "batches": self.batches,
                 "messages": self.messages, "shm_messages": self.shm_messages, "acked": self.acked,
@@ -511,7 +514,7 @@ class Link:
                 kind, h, _ = self.reader.read()
                 if kind == wire.GRANT and "commit" in h and self.on_commit is not None:
                     self.on_commit({str(s): int(q) for s, q in h["commit"].items()})
-                with self.cond:
+                with self.lock:
                     if kind == wire.GRANT:
                         self.credits += h["n"]
                         self.want = max(0, self.want - h["n"])
@@ -541,7 +544,7 @@ class Link:
                     more = False
                     self._pump()
         except (OSError, wire.StreamClosed) as e:
-            with self.cond:
+            with self.lock:
                 if not self.closing and self.error is None:
                     self.error = ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})")
                 self.dead = True
@@ -559,7 +562,7 @@ class Link:
             self.acked += len(batch.items)
 
     def _fail(self, error: Exception) -> None:
-        with self.cond:
+        with self.lock:
             if self.error is None:
                 self.error = error
             self.dead = True
@@ -573,7 +576,7 @@ class Link:
 
     def _finish(self, orphan: bool) -> None:
         """Close the socket once; give the messages not accepted to ``on_orphans`` (in order)."""
-        with self.cond:
+        with self.lock:
             if self._finished:
                 return
             self._finished = True
@@ -700,7 +703,13 @@ def detach_leaves(leaves: list[Any]) -> list[Any]:
     buffer in place. For the same reason a JAX array on a device is kept as it
     is; another accelerator array (CuPy, say) is copied on its device.
     """
-    return [_detach(a) for a in leaves]
+    out = []
+    for a in leaves:  # the common leaf, a small writable host array, without the calls of _detach/_copy
+        if type(a) is np.ndarray and a.nbytes <= wire.GIL_COPY_MAX and a.flags.writeable and not a.dtype.hasobject:
+            out.append(wire.copy_small(a))
+        else:
+            out.append(_detach(a))
+    return out
 
 
 def owned_leaves(leaves: list[Any], originals: list[Any] | None = None) -> list[Any]:

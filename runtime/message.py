@@ -30,6 +30,9 @@ from coupler.runtime.errors import SpecMismatch
 # A tree definition is a small hashable value: "*" for a leaf, or a tagged tuple.
 TreeDef = Union[str, tuple]
 LEAF: TreeDef = "*"
+# The tree definitions of flat dicts of arrays, one object per key set: a spec
+# check then compares by identity (see Spec.check), not element by element.
+_FLAT_TREEDEFS: dict[tuple[str, ...], TreeDef] = {}
 
 
 def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
@@ -46,10 +49,20 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
         SpecMismatch: for a dict key that is not a string.
     """
     if type(tree) is dict:  # the common message, a flat dict of arrays: no recursion (a hot path)
-        keys = sorted(tree)
+        keys = tuple(sorted(tree))
         vals = [tree[k] for k in keys]
-        if all(type(v) is np.ndarray for v in vals) and all(type(k) is str for k in keys):
-            return vals, ("dict", tuple(keys), (LEAF,) * len(keys))
+        for v in vals:  # a loop, not all(<generator>): this runs once per message
+            if type(v) is not np.ndarray:
+                break
+        else:
+            td = _FLAT_TREEDEFS.get(keys)
+            if td is not None:
+                return vals, td
+            if all(type(k) is str for k in keys):  # else _flatten below says which key is wrong
+                td = ("dict", keys, (LEAF,) * len(keys))
+                if len(_FLAT_TREEDEFS) < 1024:  # a few shapes of message per process; bounded all the same
+                    td = _FLAT_TREEDEFS.setdefault(keys, td)
+                return vals, td
     leaves: list[np.ndarray] = []
     treedef = _flatten(tree, leaves)
     if not all(type(a) is np.ndarray for a in leaves):  # some leaves are on a device: mark the list
@@ -270,11 +283,14 @@ class Spec:
         Raises:
             SpecMismatch: naming the channel, the field, and expected vs got.
         """
-        if treedef != self.treedef:
-            raise SpecMismatch(
-                f"channel {channel!r}: message structure does not match the channel's spec: "
-                f"expected fields {[f.path for f in self.fields]}, got {leaf_paths(treedef)}"
-            )
+        if treedef is not self.__dict__.get("_treedef_seen"):
+            if treedef != self.treedef:
+                raise SpecMismatch(
+                    f"channel {channel!r}: message structure does not match the channel's spec: "
+                    f"expected fields {[f.path for f in self.fields]}, got {leaf_paths(treedef)}"
+                )
+            # flatten hands out one treedef object per flat key set: the next check is by identity
+            self.__dict__["_treedef_seen"] = treedef
         for (shape, dtype), f, a in zip(self._signature, self.fields, leaves):
             if a.shape != shape or a.dtype != dtype:
                 raise SpecMismatch(
@@ -335,4 +351,5 @@ class Message:
     @classmethod
     def from_header(cls, header: dict[str, Any], data: Any, nbytes: int = -1) -> Message:
         """Rebuild a message from :meth:`header` and its payload (of ``nbytes`` bytes, if known)."""
-        return cls(data=data, nbytes=nbytes, **header)
+        h = header  # positional: a keyword call costs more, once per message received
+        return cls(data, h["timestamp"], h["step"], h["source"], h["seq"], h["meta"], h["sent_at"], nbytes)

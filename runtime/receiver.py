@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from coupler.runtime import wire
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer
-from coupler.runtime.message import Message, Spec, unflatten
+from coupler.runtime.message import LEAF, Message, Spec, unflatten
 from coupler.runtime.shm import Mappings
 
 logger = logging.getLogger(__name__)
@@ -206,6 +206,8 @@ class Receiver:
                 shm_ok = False  # another host or container: TCP only
             self.maps.close()
         spec = Spec.from_wire(hello["spec"])
+        td = spec.treedef
+        flat_keys = td[1] if td != LEAF and td[0] == "dict" and all(c == LEAF for c in td[2]) else None
         fields = [(f.shape, f.dtype) for f in spec.fields]
         # A batch of n messages is n * spec.nbytes plus at most 64 bytes of alignment per field block.
         pad = 64 * (len(spec.fields) + 1)
@@ -236,7 +238,10 @@ class Receiver:
                 assert payload is not None
                 leaves_per_msg = wire.split_payload(spec, len(headers), h["offs"], payload)
             nbytes = spec.nbytes
-            msgs = [Message.from_header(hd, unflatten(spec.treedef, lv), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
+            if flat_keys is not None:  # a flat dict of arrays, the common payload: no tree walk per message
+                msgs = [Message.from_header(hd, dict(zip(flat_keys, lv)), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
+            else:
+                msgs = [Message.from_header(hd, unflatten(spec.treedef, lv), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
             del leaves_per_msg, payload
             if queue:
                 accepted = buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
