@@ -86,6 +86,7 @@ class Item:
     segment: shm.Segment | None = None
     offsets: list[int] | None = None
     written: threading.Event | None = None  # set once a zero-copy payload is on the wire
+    recycled: bool = False  # every leaf is the link's own copy: reused once the consumer accepted it
 
     def payload_leaves(self, spec: Spec) -> list[np.ndarray]:
         """The payload as arrays (copied back out of its segment if it went there)."""
@@ -174,7 +175,11 @@ class Link:
         self.ack_frames = 0  # ACK frames received (fewer than batches: acknowledgements are asked for sparingly)
         self.messages = 0
         self.shm_messages = 0
+        self.recycled = 0  # small messages whose copies went back to the link for reuse
         self.arena = shm.Arena(config.shm_pool_bytes)
+        # Per field, arrays of small messages the consumer accepted, for _small_item to reuse.
+        self._spare: list[list[np.ndarray]] = [[] for _ in spec.fields]
+        self._spare_max = max(16, min(1024, (4 << 20) // max(1, spec.nbytes)))  # about 4 MiB per link
         self.arena_lock = threading.Lock()
         try:
             self.sock = self._connect(stream, ssl_context)
@@ -248,7 +253,7 @@ class Link:
         # A small message is copied first, outside the lock (a few microseconds,
         # the GIL held), so that it is queued and the writer role claimed under
         # one acquisition: producers that share this link contend for the lock.
-        item = None if large else Item(header, detach_leaves(leaves), nbytes, False)
+        item = None if large else self._small_item(header, leaves, nbytes)
         with self.lock:
             while True:
                 self._raise_if_failed()
@@ -301,6 +306,31 @@ class Link:
             while not item.written.wait(0.05):
                 with self.lock:
                     self._raise_if_failed()
+
+    def _small_item(self, header: dict[str, Any], leaves: list[Any], nbytes: int) -> Item:
+        """A small message's item, its writable leaves copied into arrays this link recycles.
+
+        A fresh copy costs an allocation and a numpy wrapper, and its free happens
+        in the acknowledging thread: in place (the GIL held, see ``wire.copy_small``)
+        into an array the consumer has already accepted, it is a memcpy. Arrays
+        come back in :meth:`_acked`, only from items whose every leaf was copied
+        here, so no array anyone else holds is ever written.
+        """
+        spare = self._spare
+        out = []
+        for k, a in enumerate(leaves):
+            if type(a) is not np.ndarray or not a.flags.writeable or a.dtype.hasobject:
+                return Item(header, detach_leaves(leaves), nbytes, False)  # keeps or copies as it must
+            try:  # pop, not test-then-pop: producers that share the link run this concurrently
+                b = spare[k].pop() if a.flags.c_contiguous and a.dtype.isbuiltin == 1 else None
+            except IndexError:
+                b = None
+            if b is None:
+                b = wire.copy_small(a)
+            else:
+                b.data.cast("B")[:] = a.data.cast("B")  # a memcpy; the spec check fixed shape and dtype
+            out.append(b)
+        return Item(header, out, nbytes, False, recycled=True)
 
     def _prepare(self, item: Item) -> None:
         """Make the item independent of the producer's arrays (or arrange to wait for the write)."""
@@ -478,7 +508,7 @@ class Link:
             return {
                 "consumer": self.consumer, "stream": self.stream, "shm": self.shm, "batches": self.batches,
                 "messages": self.messages, "shm_messages": self.shm_messages, "acked": self.acked,
-                "ack_frames": self.ack_frames,
+                "ack_frames": self.ack_frames, "recycled": self.recycled,
                 "pending": len(self.pending), "credits": self.credits,
             }
 
@@ -560,6 +590,12 @@ class Link:
             batch = self.inflight.popleft()
             self.queued_bytes -= batch.nbytes
             self.acked += len(batch.items)
+            spare = self._spare
+            for it in batch.items:
+                if it.recycled and len(spare[0]) < self._spare_max:
+                    for k, b in enumerate(it.leaves):  # type: ignore[arg-type]
+                        spare[k].append(b)
+                    self.recycled += 1
 
     def _fail(self, error: Exception) -> None:
         with self.lock:

@@ -292,7 +292,7 @@ class Spec:
             # flatten hands out one treedef object per flat key set: the next check is by identity
             self.__dict__["_treedef_seen"] = treedef
         for (shape, dtype), f, a in zip(self._signature, self.fields, leaves):
-            if a.shape != shape or a.dtype != dtype:
+            if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):  # builtin dtypes are singletons
                 raise SpecMismatch(
                     f"channel {channel!r}: field {f.path!r} expected shape {f.shape} dtype {f.dtype}, "
                     f"got shape {tuple(a.shape)} dtype {a.dtype.name}"

@@ -77,7 +77,8 @@ def copy_small(a: np.ndarray) -> np.ndarray:
         raw = bytearray(a.data.cast("B"))  # _bytes_of's common case, inlined: once per small message
     else:
         raw = bytearray(_bytes_of(a))
-    return np.frombuffer(raw, a.dtype).reshape(a.shape)
+    out = np.frombuffer(raw, a.dtype)
+    return out if a.ndim == 1 else out.reshape(a.shape)
 
 
 def _bytes_of(a: np.ndarray) -> memoryview:

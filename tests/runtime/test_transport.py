@@ -95,7 +95,31 @@ def test_small_messages_are_coalesced_without_reordering(coupling: Coupling, uni
     got = keep.call("summary")
     assert got["seq"] == list(range(n)) and got["step"] == list(range(n))
     assert got["timestamp"] == [0.25 * i for i in range(n)] and got["uniform"] and got["lag_ok"]
+    assert got["first"] == [float(i) for i in range(n)]  # each message carries its own values
     keep.stop()
+
+
+def test_a_link_reuses_its_copies_of_accepted_small_messages_and_every_message_keeps_its_values() -> None:
+    """Without retention a link copies a small message into an array it recycles once the consumer accepted it.
+
+    Reused too early, a later message would overwrite one on its way: every value is checked.
+    """
+    n = 3000
+    with dask.config.set({"coupler.delivery.retain": False}), Coupling(
+        n_workers=2, threads_per_worker=1, dashboard_address=":0", env={"DASK_COUPLER__DELIVERY__RETAIN": "False"}
+    ) as cp:
+        ch = cp.channel("recycle", Queue(64))
+        w = cp.workers()
+        keep = cp.spawn(Keeper, name="keep", inputs={"inp": ch}, workers=w[1])
+        src = cp.spawn(Streamer, n, 1024, name="src", outputs={"out": ch}, workers=w[0])
+        keep.start()
+        src.start()
+        assert src.wait(60).state == "finished"
+        _wait_for(lambda: keep.call("count") == n, what="all messages")
+        (link,) = [s for s in src.call("link_stats") if s["consumer"] == "keep/inp"]
+        got = keep.call("summary")
+    assert link["recycled"] > n // 2, link
+    assert got["seq"] == list(range(n)) and got["uniform"] and got["first"] == [float(i) for i in range(n)]
 
 
 def test_queue_bound_is_exact_across_links_then_everything_arrives(coupling: Coupling, unique: str) -> None:
