@@ -225,6 +225,7 @@ class Endpoint(WorkerPlugin):
         import coupler.runtime.config  # noqa: F401  (installs coupler's defaults in this process)
 
         self.worker = worker
+        self._address: str | None = None
         self.loop: asyncio.AbstractEventLoop = worker.loop.asyncio_loop
         self.config = transport_config()
         self.buffers: dict[tuple[str, str], ConsumerBuffer] = {}
@@ -287,7 +288,11 @@ class Endpoint(WorkerPlugin):
 
     @property
     def address(self) -> str:
-        return self.worker.address
+        # Read on every send: kept once known (a worker's address does not change).
+        a = self._address
+        if a is None:
+            a = self._address = self.worker.address
+        return a
 
     # -- bridging threads and the loop -----------------------------------------------------
     def call(
@@ -507,13 +512,12 @@ class Endpoint(WorkerPlugin):
 
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
-        leaves = self._frozen(route, leaves)
+        retain = route.is_queue and self.delivery.retain
+        if retain:
+            leaves = self._frozen(route, leaves)
         consumers = route.consumers
         table = route.table
-        if (
-            len(consumers) == 1 and not table["closed"] and not (route.is_queue and self.delivery.retain)
-            and not self.orphans.get((route.channel, consumers[0].cid))
-        ):
+        if len(consumers) == 1 and not table["closed"] and not retain and not self.orphans.get((route.channel, consumers[0].cid)):
             # The common case -- one consumer, nothing owed to it, no retention -- without
             # the bookkeeping below (what _deliver does then is exactly _deliver_one).
             try:
@@ -773,7 +777,7 @@ class Endpoint(WorkerPlugin):
             )
         link = self._link(route, spec, c)
         try:
-            link.submit(header, to_host(leaves), remaining, cancel)
+            link.submit(header, leaves if type(leaves) is list else to_host(leaves), remaining, cancel)
         except ConsumerGone:
             if link.closing:  # the route changed under us (the consumer moved)
                 raise _Reroute() from None
