@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 import psutil
 from dask.utils import parse_timedelta
-from distributed import Client, Future
+from distributed import Actor, Client, Future
 
 from coupler.runtime import config
 from coupler.runtime.actor_ref import ActorRef
@@ -308,7 +308,7 @@ class Supervisor:
             Its handle, which follows it across moves and restarts.
         """
         fut = self._submit(spec, list(spec.workers) if spec.workers else None, 0)
-        actor = fut.result()
+        actor = self._actor(fut)
         stored = self.store.load(spec.name) if self.store is not None and self.policy.resume else None
         if stored is not None:
             actor.restore(stored).result(timeout=CALL_SLACK)
@@ -382,11 +382,24 @@ class Supervisor:
             **spec.kwargs,
         )
 
+    def _actor(self, fut: Future, timeout: float | None = None) -> Actor:
+        """The actor of a spawn, bound to this coupling's client.
+
+        distributed binds an Actor handle to the client current where it is
+        deserialized: without ``as_current``, the newest Client alive in the
+        process, which need not be ours. A Client whose connection failed stays
+        that default until it is garbage collected; an actor bound to it sends
+        its calls to a stopped event loop and waits for ever (a CI hang after
+        the TLS tests, one run in two).
+        """
+        with self.client.as_current():
+            return fut.result(timeout=timeout)
+
     def _worker_of(self, fut: Future) -> str:
         addrs = self.client.who_has([fut]).get(fut.key) or []
         if addrs:
             return addrs[0]
-        return str(fut.result().status().result(timeout=CALL_SLACK)["worker"])
+        return str(self._actor(fut).status().result(timeout=CALL_SLACK)["worker"])
 
     # -- what ActorRef asks -------------------------------------------------------------------
     def should_retry(self, ref: ActorRef, generation: int, error: BaseException) -> bool:
@@ -519,7 +532,7 @@ class Supervisor:
         if candidates:
             fut = self._submit(spec, candidates, rec.generation + 1)
             try:
-                actor = fut.result(timeout=CALL_SLACK)
+                actor = self._actor(fut, CALL_SLACK)
                 if rec.resume is not None:
                     actor.restore(rec.resume).result(timeout=CALL_SLACK)
                     actor.commit(rec.resume.get("delivered", {})).result(timeout=CALL_SLACK)

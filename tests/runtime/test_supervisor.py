@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import cloudpickle
@@ -15,6 +16,8 @@ import supervision_actors
 from supervision_actors import Counter, Tally
 from coupler.runtime import ActorFailed, Coupling, Queue
 from coupler.runtime.supervisor import SupervisionPolicy
+from distributed import Client
+from helper_actors import Collector
 
 cloudpickle.register_pickle_by_value(supervision_actors)
 
@@ -36,6 +39,26 @@ def _assert_exactly_once_in_order(record: dict, source: str, n: int) -> None:
     assert [q for _, q, _ in got] == list(range(n))  # the producer's sequence survives its moves
     assert {s for s, _, _ in got} == {source}
     assert record["checksum"] == SIZE * n * (n - 1) / 2
+
+
+def test_an_actor_answers_when_another_client_of_the_process_was_the_default(coupling: Coupling, unique: str) -> None:
+    """distributed binds an Actor handle to the client current where it is deserialized: the newest alive.
+
+    The spawn must bind it to the coupling's own client. Bound to another one, closed since, every
+    call waits for ever: the CI hang after the TLS tests (a failed Client stays the default until
+    garbage collected).
+    """
+    other = Client(coupling.client.scheduler.address, set_as_default=True)  # now the process's default client
+    try:
+        ref = coupling.spawn(Collector, name=f"bound-{unique}", inputs={"inp": coupling.channel(f"bound-{unique}", Queue(4))})
+    finally:
+        other.close()  # its event loop stops: a call through it is never sent
+    pool = ThreadPoolExecutor(1)
+    try:
+        assert pool.submit(ref.status).result(timeout=30).state == "created"
+    finally:
+        pool.shutdown(wait=False)
+    ref.stop()
 
 
 def test_moving_consumer_and_producer_mid_stream_loses_nothing(coupling: Coupling, unique: str) -> None:
