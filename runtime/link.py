@@ -592,7 +592,7 @@ class Link:
             self.acked += len(batch.items)
             spare = self._spare
             for it in batch.items:
-                if it.recycled and len(spare[0]) < self._spare_max:
+                if it.recycled and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
                     for k, b in enumerate(it.leaves):  # type: ignore[arg-type]
                         spare[k].append(b)
                     self.recycled += 1

@@ -235,8 +235,10 @@ class Receiver:
             if "seg" in h:
                 leaves_per_msg = [self.maps.views(h["seg"], h["offs"], fields)]
             else:
-                assert payload is not None
-                leaves_per_msg = wire.split_payload(spec, len(headers), h["offs"], payload)
+                if payload is None and spec.fields:
+                    raise ValueError(f"a batch of {len(headers)} messages came without its payload on channel {channel!r}")
+                # (no payload at all for a spec without fields: messages of headers only, e.g. {} with a step)
+                leaves_per_msg = wire.split_payload(spec, len(headers), h["offs"], payload)  # type: ignore[arg-type]
             nbytes = spec.nbytes
             if flat_keys is not None:  # a flat dict of arrays, the common payload: no tree walk per message
                 msgs = [Message.from_header(hd, dict(zip(flat_keys, lv)), nbytes) for hd, lv in zip(headers, leaves_per_msg)]

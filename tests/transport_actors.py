@@ -50,6 +50,9 @@ class Keeper(ActorHost):
     def count(self) -> int:
         return len(self.msgs)
 
+    def steps(self) -> list[int]:
+        return [m.step for m in self.msgs]
+
     def summary(self) -> dict[str, Any]:
         """Order, timestamps, content and ownership of what arrived."""
         xs = [m.data["x"] for m in self.msgs]
@@ -163,3 +166,19 @@ class Inspector(ActorHost):
             row["uniform"] = bool(np.all(values == float(m.seq)))
             out.append(row)
         return out
+
+
+class Blank(ActorHost):
+    """Sends ``n`` messages without arrays (``{}``): only their step and metadata travel."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.n, self.i = n, 0
+
+    def step(self) -> bool:
+        if self.i >= self.n:
+            self.outputs["out"].flush(timeout=60)
+            return False
+        self.outputs["out"].send({}, step=self.i, meta={"i": self.i})
+        self.i += 1
+        return True

@@ -22,7 +22,7 @@ import pytest
 
 import transport_actors
 from helper_actors import Collector, Producer
-from transport_actors import DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
+from transport_actors import Blank, DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
 from coupler.runtime import Coupling, Queue, shm
 from coupler.runtime.link import detach_leaves, owned_leaves
 from coupler.runtime.message import flatten, on_device, to_host
@@ -72,6 +72,21 @@ def test_a_consumer_on_the_producers_worker_owns_writable_arrays_too(coupling: C
     _wait_for(lambda: keep.call("count") == n, what="all messages")
     got = keep.call("summary")
     assert got["seq"] == list(range(n)) and got["uniform"] and got["writable"]
+    keep.stop()
+
+
+def test_messages_without_arrays_cross_workers(coupling: Coupling, unique: str) -> None:
+    """A payload of ``{}`` (a step and metadata only) has no bytes to send: the batch carries headers alone."""
+    ch = coupling.channel(f"blank-{unique}", Queue(16))
+    w = coupling.workers()
+    n = 300
+    keep = coupling.spawn(Keeper, name=f"bkeep-{unique}", inputs={"inp": ch}, workers=w[1])
+    src = coupling.spawn(Blank, n, name=f"bsrc-{unique}", outputs={"out": ch}, workers=w[0])
+    keep.start()
+    src.start()
+    assert src.wait(60).state == "finished"
+    _wait_for(lambda: keep.call("count") == n, what="all messages")
+    assert keep.call("steps") == list(range(n))
     keep.stop()
 
 
