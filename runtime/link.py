@@ -739,13 +739,7 @@ def detach_leaves(leaves: list[Any]) -> list[Any]:
     buffer in place. For the same reason a JAX array on a device is kept as it
     is; another accelerator array (CuPy, say) is copied on its device.
     """
-    out = []
-    for a in leaves:  # the common leaf, a small writable host array, without the calls of _detach/_copy
-        if type(a) is np.ndarray and a.nbytes <= wire.GIL_COPY_MAX and a.flags.writeable and not a.dtype.hasobject:
-            out.append(wire.copy_small(a))
-        else:
-            out.append(_detach(a))
-    return out
+    return [_detach(a) for a in leaves]
 
 
 def owned_leaves(leaves: list[Any], originals: list[Any] | None = None) -> list[Any]:

@@ -184,6 +184,13 @@ def to_host(leaves: list[Any]) -> list[np.ndarray]:
     return list(leaves)
 
 
+def flat_dict_keys(treedef: TreeDef) -> tuple[str, ...] | None:
+    """The keys of a flat dict of arrays (then ``dict(zip(keys, leaves))`` rebuilds it), else ``None``."""
+    if treedef != LEAF and treedef[0] == "dict" and all(c == LEAF for c in treedef[2]):
+        return tuple(treedef[1])
+    return None
+
+
 def unflatten(treedef: TreeDef, leaves: list[Any]) -> Any:
     """Rebuild the pytree described by ``treedef`` from ``leaves`` (inverse of :func:`flatten`)."""
     it = iter(leaves)

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 from coupler.runtime import wire
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer
-from coupler.runtime.message import LEAF, Message, Spec, unflatten
+from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.shm import Mappings
 
 logger = logging.getLogger(__name__)
@@ -206,8 +206,7 @@ class Receiver:
                 shm_ok = False  # another host or container: TCP only
             self.maps.close()
         spec = Spec.from_wire(hello["spec"])
-        td = spec.treedef
-        flat_keys = td[1] if td != LEAF and td[0] == "dict" and all(c == LEAF for c in td[2]) else None
+        flat_keys = flat_dict_keys(spec.treedef)
         fields = [(f.shape, f.dtype) for f in spec.fields]
         # A batch of n messages is n * spec.nbytes plus at most 64 bytes of alignment per field block.
         pad = 64 * (len(spec.fields) + 1)

@@ -73,11 +73,7 @@ def copy_small(a: np.ndarray) -> np.ndarray:
     acknowledgement reader) takes the GIL meanwhile, and getting it back costs a
     thread switch, many times the copy itself. ``bytearray`` copies under the GIL.
     """
-    if a.flags.c_contiguous and a.dtype.isbuiltin == 1:
-        raw = bytearray(a.data.cast("B"))  # _bytes_of's common case, inlined: once per small message
-    else:
-        raw = bytearray(_bytes_of(a))
-    out = np.frombuffer(raw, a.dtype)
+    out = np.frombuffer(bytearray(_bytes_of(a)), a.dtype)
     return out if a.ndim == 1 else out.reshape(a.shape)
 
 
