@@ -300,6 +300,9 @@ class Link:
                     self.credits += 1
             raise
         with self.lock:
+            # It was prepared without the lock: the link may have failed meanwhile, and
+            # then nothing would hand this item on (the caller gets the error instead).
+            self._raise_if_failed()
             self.pending.append(item)
         self._pump()
         if item.written is not None:
@@ -339,7 +342,8 @@ class Link:
         if item.large and self.shm:
             try:
                 with self.arena_lock:
-                    item.segment, item.offsets, _ = self.arena.write(leaves)
+                    item.segment, item.offsets, _ = self.arena.reserve([a.nbytes for a in leaves])
+                shm.fill(item.segment, item.offsets, leaves)
                 item.leaves = None
                 return
             except shm.ShmUnavailable as e:
@@ -431,13 +435,27 @@ class Link:
             return None
         batch = Batch(items, nbytes)
         self.inflight.append(batch)
-        batch.asked = (
-            items[0].large or self.sync_dirty or len(self.inflight) >= MAX_INFLIGHT
-            or (not self.queue and 2 * self.queued_bytes > self.config.window_bytes)
-        )
+        first = items[0]
+        if first.segment is not None:
+            # In shared memory the producer holds none of its arrays, so an ACK per
+            # message (a frame and a thread wake on both sides, ~100 us of CPU at
+            # 1 MiB) buys nothing: on a Queue channel grants acknowledge it soon
+            # enough; otherwise ask before the writer would stop.
+            ask = not self.queue and len(self.inflight) >= MAX_INFLIGHT_LARGE - 2
+        else:
+            ask = first.large or len(self.inflight) >= MAX_INFLIGHT
+        batch.asked = ask or self.sync_dirty or (not self.queue and 2 * self.queued_bytes > self.config.window_bytes)
         if batch.asked:
             self.sync_dirty = False
         return batch
+
+    def _inflight_limit(self) -> int:
+        """Batches that may be written and not acknowledged before the next one (call with the lock)."""
+        if not self.pending or not self.pending[0].large:
+            return MAX_INFLIGHT
+        if self.queue and self.pending[0].segment is not None:
+            return 1 << 30  # credits bound them, and grants acknowledge them (see _take)
+        return MAX_INFLIGHT_LARGE
 
     def _claim_writer(self) -> bool:
         """Take the writer role if it is free (call with the lock); the caller then runs :meth:`_write_loop`."""
@@ -476,8 +494,7 @@ class Link:
                         # At most a couple of batches unacknowledged: what is queued
                         # meanwhile waits for an ack and leaves as one batch (the
                         # reader thread writes it). A lone message still leaves at once.
-                        limit = MAX_INFLIGHT_LARGE if self.pending and self.pending[0].large else MAX_INFLIGHT
-                        batch = self._take() if len(self.inflight) < limit else None
+                        batch = self._take() if len(self.inflight) < self._inflight_limit() else None
                         want = {"n": self.want, "ret": self.returning} if self.want_dirty else None
                         self.want_dirty, self.returning = False, 0
                         sync, self.sync_dirty = self.sync_dirty and batch is None, False
@@ -562,6 +579,7 @@ class Link:
                             accepted = h["accepted"]
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
                             self.acked += accepted
+                            _release_segments(batch.items[:accepted])
                             self.inflight.appendleft(Batch(batch.items[accepted:], 0))
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
                             if status == "closed":
@@ -590,6 +608,8 @@ class Link:
             batch = self.inflight.popleft()
             self.queued_bytes -= batch.nbytes
             self.acked += len(batch.items)
+            if batch.items[0].segment is not None:
+                _release_segments(batch.items)
             spare = self._spare
             for it in batch.items:
                 if it.recycled and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
@@ -769,6 +789,13 @@ def _detach(a: Any) -> Any:
     if type(a) is not np.ndarray:  # an accelerator array (see message.on_device)
         return a if type(a).__module__.partition(".")[0] in ("jax", "jaxlib") else a.copy()
     return _copy(a) if a.flags.writeable else a
+
+
+def _release_segments(items: list[Item]) -> None:
+    """The consumer accepted these items: their segments may be reused once it lets go of them."""
+    for it in items:
+        if it.segment is not None:
+            it.segment.held = False
 
 
 def _unlink_quietly(name: str) -> None:

@@ -13,7 +13,8 @@ producer sets it to ``BUSY`` before filling it; the consumer sets it back to
 ``FREE`` when the last view of that message's arrays is garbage collected
 (``weakref.finalize``). So a consumer owns (writable) the data it receives for
 as long as it keeps it, and the producer reuses the pages, already faulted in,
-for a later message.
+for a later message once the consumer has also acknowledged it (``held``: until
+then the producer may have to hand the bytes to another consumer).
 
 The only window in which a name can be left behind is between a segment's
 creation and the consumer's first mapping of it. Names embed the creator's
@@ -113,6 +114,10 @@ class Segment:
     size: int
     mm: mmap.mmap
     unlinked: bool = False
+    # Its message is not acknowledged yet: the producer may still need its bytes
+    # (to hand on if the consumer leaves or refuses it), so it is not reused even
+    # when the consumer has set it FREE.
+    held: bool = False
 
     @property
     def free(self) -> bool:
@@ -172,6 +177,7 @@ class Arena:
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self.segments: list[Segment] = []
+        self.closed = False
 
     @property
     def nbytes(self) -> int:
@@ -201,26 +207,30 @@ class Arena:
         self.segments.append(seg)
         return seg
 
-    def write(self, leaves: list[np.ndarray]) -> tuple[Segment, list[int], int]:
-        """Copy ``leaves`` into a free segment (created if none fits) and mark it busy.
+    def reserve(self, nbytes: list[int]) -> tuple[Segment, list[int], int]:
+        """A free segment (created if none fits) for fields of ``nbytes``, marked busy and held.
+
+        Only this needs the caller's lock; :func:`fill` then copies outside it, so
+        that producers sharing a link copy at the same time (numpy releases the
+        GIL). The caller clears ``held`` once the consumer acknowledged the message.
 
         Returns:
-            ``(segment, offsets, total)``: where each leaf starts after the header.
+            ``(segment, offsets, total)``: where each field starts after the header.
 
         Raises:
             ShmUnavailable: when no segment can be had.
         """
-        offsets, total = layout([a.nbytes for a in leaves])
-        seg = next((s for s in self.segments if s.free and total <= s.size - HEADER <= 2 * total + (1 << 20)), None)
+        if self.closed:  # its link is gone: a new segment would have nobody to unlink it
+            raise ShmUnavailable(errno.EPIPE, "the link's shared-memory pool is closed")
+        offsets, total = layout(nbytes)
+        seg = next(
+            (s for s in self.segments if not s.held and s.free and total <= s.size - HEADER <= 2 * total + (1 << 20)), None
+        )
         if seg is None:
             self._trim()
             seg = self._create(total)
         seg.mm[0] = BUSY
-        buf = np.frombuffer(seg.mm, np.uint8)
-        for a, off in zip(leaves, offsets):
-            src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-            _parallel_copy(buf[HEADER + off : HEADER + off + src.nbytes], src)
-        del buf
+        seg.held = True
         return seg, offsets, total
 
     def _trim(self) -> None:
@@ -228,7 +238,7 @@ class Arena:
         for s in list(self.segments):
             if self.nbytes <= self.max_bytes // 2:
                 break
-            if s.free:
+            if s.free and not s.held:
                 self.segments.remove(s)
                 s.unlink()
                 try:
@@ -238,6 +248,7 @@ class Arena:
 
     def close(self) -> None:
         """Unlink every name still present and drop the mappings (consumers keep theirs)."""
+        self.closed = True
         for s in self.segments:
             s.unlink()
             try:
@@ -245,6 +256,14 @@ class Arena:
             except BufferError:
                 pass  # a frombuffer view is still alive; the mapping goes with it
         self.segments.clear()
+
+
+def fill(seg: Segment, offsets: list[int], leaves: list[np.ndarray]) -> None:
+    """Copy ``leaves`` into a segment from :meth:`Arena.reserve` at ``offsets`` (the one copy of the path)."""
+    buf = np.frombuffer(seg.mm, np.uint8)
+    for a, off in zip(leaves, offsets):
+        src = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        _parallel_copy(buf[HEADER + off : HEADER + off + src.nbytes], src)
 
 
 def _release(mm: mmap.mmap) -> None:
@@ -307,4 +326,4 @@ class Mappings:
         self.maps.clear()
 
 
-__all__ = ["Arena", "Mappings", "ShmUnavailable", "available", "host_key", "layout", "own_segments", "sweep_orphans"]
+__all__ = ["Arena", "Mappings", "ShmUnavailable", "available", "fill", "host_key", "layout", "own_segments", "sweep_orphans"]

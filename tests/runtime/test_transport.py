@@ -50,12 +50,39 @@ def test_large_messages_go_through_shared_memory_and_the_consumer_owns_them(coup
     _wait_for(lambda: keep.call("count") == n, what="all messages")
     links = [s for s in src.call("link_stats") if s["consumer"] == f"keep-{unique}/inp"]
     assert len(links) == 1 and links[0]["shm"] and links[0]["shm_messages"] == n
+    # The producer holds no array of a message in shared memory: the consumer's grants
+    # acknowledge them, not one ACK frame per message (flush at the end asks for one).
+    assert links[0]["ack_frames"] < n // 4, links[0]
     got = keep.call("summary")
     # Exactly what was sent, in order, and the consumer holds writable arrays of its own:
     # it keeps all 24 while the producer reuses segments only as they are released.
     assert got["seq"] == list(range(n)) and got["first"] == [float(i) for i in range(n)]
     assert got["uniform"] and got["writable"]
     keep.stop()
+
+
+def test_a_segment_is_reused_only_once_its_consumer_released_it_and_acknowledged_its_message() -> None:
+    if not shm.available():
+        pytest.fail("/dev/shm is not writable on this machine: the shared-memory path cannot be tested")
+    arena = shm.Arena(64 << 20)
+    x = np.arange(1 << 16, dtype=np.float32)
+    try:
+        seg, offs, _ = arena.reserve([x.nbytes])
+        shm.fill(seg, offs, [x])
+        view = np.frombuffer(seg.mm, np.uint8, count=x.nbytes, offset=shm.HEADER + offs[0]).view(np.float32)
+        assert np.array_equal(view, x)
+        del view
+        seg.mm[0] = shm.FREE  # the consumer let go of it, but the acknowledgement has not come
+        other, _, _ = arena.reserve([x.nbytes])
+        assert other is not seg  # the producer may still have to hand these bytes on
+        other.mm[0] = shm.FREE
+        other.held = False  # released and acknowledged: reusable
+        assert arena.reserve([x.nbytes])[0] is other
+    finally:
+        arena.close()
+    assert not [n for n in shm.own_segments() if n in (seg.name, other.name)]
+    with pytest.raises(shm.ShmUnavailable):
+        arena.reserve([x.nbytes])  # a closed pool makes no segment nobody would unlink
 
 
 @pytest.mark.parametrize("size", [1024, 1 << 18])
