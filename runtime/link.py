@@ -391,7 +391,7 @@ class Link:
                 raise self.error
             if self.queue and (self.credits or self.want) and not self.pending:
                 # Idle now: give unused slots back so other producers of this queue can have them.
-                self.returning += self.credits  # added: a return not written yet must not be overwritten
+                self.returning += self.credits  # += : another producer's return may not be written yet
                 self.credits, self.want, self.want_dirty = 0, 0, True
         self._pump()
 
