@@ -14,12 +14,20 @@ TRUE_W = np.array([0.5, -1.0, 2.0, 0.25])
 LEARNING_RATE = 0.05
 
 
-def sample(seed: int, i: int) -> dict[str, np.ndarray]:
-    """The ``i``-th sample of simulator ``seed``: the same on every run (a restarted simulator repeats it)."""
+def sample(seed: int, i: int, field: int = 0) -> dict[str, np.ndarray]:
+    """The ``i``-th sample of simulator ``seed``: the same on every run (a restarted simulator repeats it).
+
+    Args:
+        field: if not 0, the sample also carries ``field`` float32 values all equal
+            to ``y`` (large enough, it goes through shared memory between workers).
+    """
     rng = np.random.default_rng([seed, i])
     x = rng.standard_normal(FEATURES).astype(np.float32)
     y = np.float32(x @ TRUE_W + 0.1 * rng.standard_normal())
-    return {"x": x, "y": np.array(y, np.float32)}
+    out = {"x": x, "y": np.array(y, np.float32)}
+    if field:
+        out["field"] = np.full(field, y, np.float32)
+    return out
 
 
 def sgd_step(w: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -42,16 +50,16 @@ class Simulator(ActorHost):
         period: seconds per step (stands for computing a field).
     """
 
-    def __init__(self, n: int, seed: int, period: float = 0.0, **kw: Any) -> None:
+    def __init__(self, n: int, seed: int, period: float = 0.0, field: int = 0, **kw: Any) -> None:
         super().__init__(**kw)
-        self.n, self.seed, self.period, self.i = n, seed, period, 0
+        self.n, self.seed, self.period, self.field, self.i = n, seed, period, field, 0
 
     def step(self) -> bool:
         if self.i >= self.n:
             return False
         if self.period:
             time.sleep(self.period)
-        self.outputs["out"].send(sample(self.seed, self.i), step=self.i)
+        self.outputs["out"].send(sample(self.seed, self.i, self.field), step=self.i)
         self.i += 1
         return True
 
@@ -69,7 +77,8 @@ class QueueLearner(ActorHost):
     """Fits a linear model by SGD on every message of its ``Queue`` input ``data``, once each.
 
     Its state (model weights, the (source, seq) of every message it trained on,
-    a checksum) is what a checkpoint holds; ``restored_at`` says how many
+    a checksum, how many messages carried a ``field`` that was not all ``y``) is
+    what a checkpoint holds; ``restored_at`` says how many
     messages the checkpoint it was restored from covered (-1: never restored).
     """
 
@@ -78,6 +87,7 @@ class QueueLearner(ActorHost):
         self.w = np.zeros(FEATURES)
         self.trained: list[tuple[str, int]] = []
         self.total = 0.0
+        self.bad_fields = 0
         self.restored_at = -1
 
     def step(self) -> bool:
@@ -85,19 +95,25 @@ class QueueLearner(ActorHost):
         self.w = sgd_step(self.w, m.data["x"], m.data["y"])
         self.trained.append((m.source, m.seq))
         self.total += checksum(m.data)
+        if "field" in m.data:
+            self.bad_fields += int(not np.all(m.data["field"] == m.data["y"]))
         return True
 
     def info(self) -> dict[str, Any]:
         return {"count": len(self.trained)}
 
     def record(self) -> dict[str, Any]:
-        return {"w": self.w.copy(), "trained": list(self.trained), "total": self.total, "restored_at": self.restored_at}
+        return {
+            "w": self.w.copy(), "trained": list(self.trained), "total": self.total, "bad_fields": self.bad_fields,
+            "restored_at": self.restored_at,
+        }
 
     def state_dict(self) -> dict[str, Any]:
-        return {"w": self.w.copy(), "trained": [list(t) for t in self.trained], "total": self.total}
+        return {"w": self.w.copy(), "trained": [list(t) for t in self.trained], "total": self.total, "bad_fields": self.bad_fields}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.w = np.asarray(state["w"], np.float64).copy()
         self.trained = [(str(s), int(q)) for s, q in state["trained"]]
         self.total = float(state["total"])
+        self.bad_fields = int(state["bad_fields"])
         self.restored_at = len(self.trained)
