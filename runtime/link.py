@@ -418,9 +418,10 @@ class Link:
 
         Acknowledgements are asked for only where the producer side needs them:
         when it would otherwise stop writing (as many batches in flight as it
-        allows, or half the byte window used), for large messages (whose arrays
-        it should not hold longer than it must), and by :meth:`flush`. The
-        consumer's grants carry acknowledgements too, for free.
+        allows, or half the byte window used), for large messages sent from the
+        producer's arrays (which it should not hold longer than it must; one in
+        shared memory holds none), and by :meth:`flush`. The consumer's grants
+        carry acknowledgements too, for free.
         """
         items: list[Item] = []
         nbytes = 0
