@@ -207,6 +207,8 @@ class QueueBuffer(ConsumerBuffer):
         # and members on the producer's own worker get no head start over remote ones.
         self._pull = policy.shared
         self._getters = 0  # consumer threads waiting in get()
+        self._step = max(1, self.maxsize // 8)  # slots freed by get() go to links in steps this large
+        self._taken_since = 0  # messages taken since the last hand-out
 
     def _free(self) -> int:
         if self._pull and not self._getters:
@@ -264,6 +266,7 @@ class QueueBuffer(ConsumerBuffer):
         """Give free slots to links that want them, one at a time in turn (call with the lock)."""
         if not self._demand:
             return []
+        self._taken_since = 0
         free = self._free() - self._local_waiting
         if len(self._demand) == 1:  # one producing worker, the common case: all it may have at once
             ((link, d),) = self._demand.items()
@@ -285,6 +288,28 @@ class QueueBuffer(ConsumerBuffer):
             out[link] = out.get(link, 0) + 1
             free -= 1
         return [(self._grant_fns[link], n, self._granted[link]) for link, n in out.items()]
+
+    def _hand_out_due(self) -> bool:
+        """Whether the slots freed by ``get`` should go to links now (call with the lock; counts this get).
+
+        A hand-out costs a call into each link's receiver, as much again as the
+        rest of a ``get`` (2.9 against 1.2 us per get, measured). So freed slots
+        go out once ``_step`` messages were taken since the last hand-out, or at
+        once while a link that wants slots holds fewer than ``_step``: it may run
+        short. A link holding more has credits left or messages on their way,
+        and their arrival (``put_credited``) hands out whatever is free then.
+        """
+        step = self._step
+        if step == 1 or self._pull:
+            return True
+        self._taken_since += 1
+        if self._taken_since >= step:
+            return True
+        granted = self._granted
+        for link, d in self._demand.items():
+            if d > 0 and granted.get(link, 0) < step:
+                return True
+        return False
 
     @staticmethod
     def _notify(grants: list[tuple[GrantFn, int, int]]) -> None:
@@ -395,7 +420,7 @@ class QueueBuffer(ConsumerBuffer):
                 self._taken[m.source] = m.seq
             self.stats.taken += 1
             self.stats.depth = len(self._items)
-            grants = self._hand_out()
+            grants = self._hand_out() if self._demand and self._hand_out_due() else []
             if self._local_waiting:  # a local producer waits for the slot (nobody else waits for a get)
                 self._cond.notify_all()
         if grants:

@@ -110,6 +110,34 @@ def test_queue_credits_never_exceed_maxsize_and_rotate_between_links() -> None:
     assert grants[2] == 3 and buf.maxsize - len(buf) - sum(buf._granted.values()) == 0
 
 
+def test_slots_freed_by_get_go_to_a_link_in_steps_and_at_once_while_it_holds_few() -> None:
+    """A hand-out per get cost as much as the get; slots now go out in steps of maxsize // 8,
+    but never while a link that wants slots could run out of them."""
+    buf = make_buffer("q", Queue(maxsize=64))  # step 8
+    grants: list[tuple[int, int]] = []
+    buf.add_link(1, lambda n, reserved: grants.append((n, reserved)))
+    buf.want(1, 64)
+    assert grants == [(64, 64)]
+    buf.put_credited(1, [msg(i) for i in range(64)])  # the link used every slot: it holds none
+    buf.want(1, 64)
+    grants.clear()
+    for _ in range(8):
+        buf.get(1)  # the link holds fewer than a step: each freed slot goes at once
+    assert grants == [(1, k) for k in range(1, 9)]
+    grants.clear()
+    for _ in range(7):
+        buf.get(1)  # it holds a step now: the next slots wait for a whole step
+    assert grants == []
+    buf.get(1)
+    assert grants == [(8, 16)]
+    # Its 16 messages arrive and fill the queue; the next slot freed goes to it at once.
+    buf.put_credited(1, [msg(64 + i) for i in range(16)])
+    assert len(buf) == 64 and buf._granted[1] == 0
+    grants.clear()
+    buf.get(1)
+    assert grants == [(1, 1)]
+
+
 def test_queue_drain_and_preload_keep_order() -> None:
     buf = make_buffer("q", Queue(maxsize=4))
     buf.put([msg(i) for i in range(3)])
