@@ -232,18 +232,26 @@ class Receiver:
                 raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")
             headers = h["h"]
             if "seg" in h:
-                leaves_per_msg = [self.maps.views(h["seg"], h["offs"], fields)]
+                rows: Any = [self.maps.views(h["seg"], h["offs"], fields)]
             else:
                 if payload is None and spec.fields:
                     raise ValueError(f"a batch of {len(headers)} messages came without its payload on channel {channel!r}")
                 # (no payload at all for a spec without fields: messages of headers only, e.g. {} with a step)
-                leaves_per_msg = wire.split_payload(spec, len(headers), h["offs"], payload)  # type: ignore[arg-type]
+                rows = wire.split_payload(spec, len(headers), h["offs"], payload)  # type: ignore[arg-type]
             nbytes = spec.nbytes
-            if flat_keys is not None:  # a flat dict of arrays, the common payload: no tree walk per message
-                msgs = [Message.from_header(hd, dict(zip(flat_keys, lv)), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
-            else:
-                msgs = [Message.from_header(hd, unflatten(spec.treedef, lv), nbytes) for hd, lv in zip(headers, leaves_per_msg)]
-            del leaves_per_msg, payload
+            if flat_keys is None:
+                datas: Any = (unflatten(spec.treedef, list(r)) for r in rows)
+            elif len(flat_keys) == 1:  # one array, the most common payload
+                key = flat_keys[0]
+                datas = ({key: a} for (a,) in rows)
+            else:  # a flat dict of arrays: no tree walk per message
+                datas = (dict(zip(flat_keys, r)) for r in rows)
+            # Message(...) positionally, not from_header: this runs for every message received.
+            msgs = [
+                Message(d, hd["timestamp"], hd["step"], hd["source"], hd["seq"], hd["meta"], hd["sent_at"], nbytes)
+                for d, hd in zip(datas, headers)
+            ]
+            del rows, datas, payload
             if queue:
                 accepted = buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
             else:
