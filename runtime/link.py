@@ -322,10 +322,13 @@ class Link:
         spare = self._spare
         out = []
         for k, a in enumerate(leaves):
-            if type(a) is not np.ndarray or not a.flags.writeable or a.dtype.hasobject:
+            if type(a) is not np.ndarray:
                 return Item(header, detach_leaves(leaves), nbytes, False)  # keeps or copies as it must
+            flags = a.flags  # once: every .flags builds a new object
+            if not flags.writeable or a.dtype.hasobject:
+                return Item(header, detach_leaves(leaves), nbytes, False)
             try:  # pop, not test-then-pop: producers that share the link run this concurrently
-                b = spare[k].pop() if a.flags.c_contiguous and a.dtype.isbuiltin == 1 else None
+                b = spare[k].pop() if flags.c_contiguous and a.dtype.isbuiltin == 1 else None
             except IndexError:
                 b = None
             if b is None:
@@ -333,7 +336,7 @@ class Link:
             else:
                 b.data.cast("B")[:] = a.data.cast("B")  # a memcpy; the spec check fixed shape and dtype
             out.append(b)
-        return Item(header, out, nbytes, False, recycled=True)
+        return Item(header, out, nbytes, False, None, None, None, True)  # positional (recycled=True): per message
 
     def _prepare(self, item: Item) -> None:
         """Make the item independent of the producer's arrays (or arrange to wait for the write)."""
@@ -533,12 +536,11 @@ class Link:
 
     def _write_batch(self, batch: Batch, want: dict[str, int] | None) -> None:
         items = batch.items
-        headers = [it.header for it in items]
         first = items[0]
         self.batches += 1
         self.messages += len(items)
         self.shm_messages += first.segment is not None
-        header: dict[str, Any] = {"h": headers}
+        header: dict[str, Any] = {"c": wire.header_columns([it.header for it in items])}
         if batch.asked:
             header["ack"] = True
         if want is not None:

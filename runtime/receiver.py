@@ -210,7 +210,7 @@ class Receiver:
         fields = [(f.shape, f.dtype) for f in spec.fields]
         # A batch of n messages is n * spec.nbytes plus at most 64 bytes of alignment per field block.
         pad = 64 * (len(spec.fields) + 1)
-        reader.payload_limit = lambda kind, h: len(h.get("h", ())) * spec.nbytes + pad if kind == wire.BATCH else 0
+        reader.payload_limit = lambda kind, h: wire.batch_size(h) * spec.nbytes + pad if kind == wire.BATCH else 0
         self.buf = buf
         queue = isinstance(buf, QueueBuffer)
         self._send(wire.WELCOME, {"status": "OK", "shm": shm_ok})
@@ -230,14 +230,16 @@ class Receiver:
                 continue
             if kind != wire.BATCH:
                 raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")
-            headers = h["h"]
+            n = wire.batch_size(h)
             if "seg" in h:
                 rows: Any = [self.maps.views(h["seg"], h["offs"], fields)]
+                if n != 1:
+                    raise ValueError(f"a shared-memory batch holds one message, this one {n} on channel {channel!r}")
             else:
                 if payload is None and spec.fields:
-                    raise ValueError(f"a batch of {len(headers)} messages came without its payload on channel {channel!r}")
+                    raise ValueError(f"a batch of {n} messages came without its payload on channel {channel!r}")
                 # (no payload at all for a spec without fields: messages of headers only, e.g. {} with a step)
-                rows = wire.split_payload(spec, len(headers), h["offs"], payload)  # type: ignore[arg-type]
+                rows = wire.split_payload(spec, n, h["offs"], payload)  # type: ignore[arg-type]
             nbytes = spec.nbytes
             if flat_keys is None:
                 datas: Any = (unflatten(spec.treedef, list(r)) for r in rows)
@@ -246,18 +248,15 @@ class Receiver:
                 datas = ({key: a} for (a,) in rows)
             else:  # a flat dict of arrays: no tree walk per message
                 datas = (dict(zip(flat_keys, r)) for r in rows)
-            # Message(...) positionally, not from_header: this runs for every message received.
-            msgs = [
-                Message(d, hd["timestamp"], hd["step"], hd["source"], hd["seq"], hd["meta"], hd["sent_at"], nbytes)
-                for d, hd in zip(datas, headers)
-            ]
+            # Message(...) positionally from the header columns (wire.HEADER_FIELDS' order): this runs for every message.
+            msgs = [Message(d, t, st, src, q, m, at, nbytes) for d, t, st, src, q, m, at in zip(datas, *h["c"])]
             del rows, datas, payload
             if queue:
                 accepted = buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
             else:
                 accepted = buf.put(msgs)
             del msgs
-            if accepted < len(headers):
+            if accepted < n:
                 self._ack("closed" if buf.closed else "gone", accepted)
                 continue
             with self.write_lock:

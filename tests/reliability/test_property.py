@@ -159,7 +159,7 @@ frames = st.lists(
     | st.builds(
         lambda kind, header: bytes([kind]) + len(header).to_bytes(4, "big") + header,
         st.integers(0, 255),
-        st.dictionaries(st.sampled_from(["channel", "consumer", "spec", "h", "offs", "n", "probe", "len"]), wire_junk, max_size=5).map(
+        st.dictionaries(st.sampled_from(["channel", "consumer", "spec", "c", "offs", "n", "probe", "len"]), wire_junk, max_size=5).map(
             lambda d: msgpack.packb({k: (min(v, 64) if k == "len" and isinstance(v, int) else v) for k, v in d.items()}, use_bin_type=True)
         ),
     ),
