@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 
 import numpy as np
+import pytest
 
 from coupler.runtime.wire import PayloadPool
 
@@ -75,3 +76,19 @@ def test_a_frame_reader_refuses_sizes_beyond_its_limits_before_allocating() -> N
         kind, header, payload = FrameReader(b, payload_limit=lambda kind, h: 8).read()
         assert kind == BATCH and bytes(payload) == b"abcdefgh"
         assert msgpack.packb(header) == msgpack.packb({"h": [{}], "len": 8})
+
+
+def test_batch_headers_travel_as_columns_and_malformed_columns_are_refused() -> None:
+    """The receiver trusts a batch's size for its payload limit only once the columns check out."""
+    from coupler.runtime.wire import HEADER_FIELDS, batch_size, header_columns
+
+    headers = [{"timestamp": 0.5 * i, "step": i, "source": "sim", "seq": 10 + i, "meta": {"k": i}, "sent_at": 1.0 + i} for i in range(3)]
+    cols = header_columns(headers)
+    assert batch_size({"c": cols}) == 3
+    assert [dict(zip(HEADER_FIELDS, row)) for row in zip(*cols)] == headers  # nothing lost or reordered
+    with pytest.raises(ValueError, match="6 header columns"):
+        batch_size({"c": cols[:5]})
+    with pytest.raises(ValueError, match="6 header columns"):
+        batch_size({"h": headers})  # the old layout, or no headers at all
+    with pytest.raises(ValueError, match="differ in length"):
+        batch_size({"c": [*cols[:5], cols[5][:2]]})
