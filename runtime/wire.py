@@ -9,7 +9,8 @@ and written from the producer's own arrays.
 A batch of ``n`` messages of one channel lays each field out as one block of
 ``n`` contiguous arrays (64-byte aligned), so a batch of small messages costs
 one header and one payload however many messages it holds, and message ``i``'s
-field is a view ``block[i]``.
+field is a view ``block[i]``. The messages' headers travel as columns too
+(:func:`header_columns`).
 """
 
 from __future__ import annotations

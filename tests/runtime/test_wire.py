@@ -1,4 +1,4 @@
-"""The wire format's payload pool: large receive buffers are recycled, never shared."""
+"""The wire format: the payload pool (large receive buffers recycled, never shared) and batch header columns."""
 
 from __future__ import annotations
 
