@@ -98,6 +98,8 @@ class Budget:
         heat_seconds: measured seconds per phase of the heat run.
         heat_rounds: rounds of (publish every 10, publish every step), each phase flanked by non-publishing phases.
         max_bytes: cap on payload bytes per streaming run (large payloads stop early).
+        repeats: measurements of each cell of payloads up to ``REPEAT_MAX_BYTES``, in
+            interleaved rounds; the median is kept (see :func:`run_cells`).
     """
 
     seconds: float
@@ -105,6 +107,7 @@ class Budget:
     heat_seconds: float
     heat_rounds: int
     max_bytes: int
+    repeats: int = 1
 
     def max_msgs(self, nbytes: int) -> int:
         """Most messages a stream of ``nbytes`` messages may send (at least 4)."""
@@ -115,8 +118,8 @@ class Budget:
         return 1 if nbytes >= 16 * MiB else (3 if nbytes >= MiB else 50)
 
 
-FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=3, max_bytes=8 * 1024 * MiB)
-QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB)
+FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=3, max_bytes=8 * 1024 * MiB, repeats=3)
+QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB, repeats=3)
 SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
 
 
@@ -190,26 +193,72 @@ class SystemSkipped(Exception):
 Cell = tuple[str, Callable[[], "Row | list[Row]"]]
 
 
-def run_cells(cells: list[Cell], report: Callable[[str], None]) -> list[Row]:
+# Cells of these workloads and payloads up to this size are short, the noisiest, and
+# feed the targets: they are measured `repeats` times (broadcast and memcpy once, to
+# keep --quick under 3 minutes).
+REPEAT_MAX_BYTES = MiB
+REPEATED_WORKLOADS = (STREAM, FAN_IN, PINGPONG)
+
+
+def run_cells(cells: list[Cell], report: Callable[[str], None], repeats: int = 1) -> list[Row]:
     """Run measurements one after another, reporting each; a failing one is reported and left out.
+
+    A cell that gives one row of a ``REPEATED_WORKLOADS`` workload with at most
+    ``REPEAT_MAX_BYTES`` per message is measured ``repeats`` times, in rounds over all such cells (``A B C, A B C,
+    ...``), so that a slow stretch of a shared machine hits every cell alike
+    instead of one cell's every run; its row is the median run (by p50 for
+    round trips, by messages per second otherwise), with every run's figure in
+    ``extra["runs"]`` and their spread in ``extra["run_spread"]``.
 
     Args:
         cells: ``(label, measure)`` pairs; ``measure()`` returns a row or rows.
-        report: prints one progress line per cell.
+        report: prints one progress line per run.
+        repeats: measurements of each small-payload cell (1: once).
 
     Returns:
-        The rows of the cells that succeeded.
+        The rows of the cells that succeeded, in the order of ``cells``.
     """
+    results: list[list[Row]] = [[] for _ in cells]
+    again: list[int] = []
+    for rnd in range(max(1, repeats)):
+        for i in range(len(cells)) if rnd == 0 else again:
+            label, measure = cells[i]
+            suffix = f" (run {rnd + 1}/{repeats})" if rnd else ""
+            t0 = time.monotonic()
+            try:
+                out = measure()
+            except Exception as e:  # one failing cell must not lose the others
+                first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+                report(f"  {label}{suffix}: FAILED after {time.monotonic() - t0:.1f} s: {type(e).__name__}: {first}")
+                continue
+            got = out if isinstance(out, list) else [out]
+            results[i] += got
+            report(f"  {label}{suffix}: {'; '.join(r.summary() for r in got)} ({time.monotonic() - t0:.1f} s)")
+            if rnd == 0 and repeats > 1 and len(got) == 1 and _repeated(got[0]):
+                again.append(i)
     rows: list[Row] = []
-    for label, measure in cells:
-        t0 = time.monotonic()
-        try:
-            out = measure()
-        except Exception as e:  # one failing cell must not lose the others
-            first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            report(f"  {label}: FAILED after {time.monotonic() - t0:.1f} s: {type(e).__name__}: {first}")
-            continue
-        got = out if isinstance(out, list) else [out]
-        rows += got
-        report(f"  {label}: {'; '.join(r.summary() for r in got)} ({time.monotonic() - t0:.1f} s)")
+    for i, got in enumerate(results):
+        rows += [median_run(got)] if i in again else got
     return rows
+
+
+def _repeated(row: Row) -> bool:
+    return row.workload in REPEATED_WORKLOADS and 0 < row.payload_bytes <= REPEAT_MAX_BYTES
+
+
+def median_run(runs: list[Row]) -> Row:
+    """The median of repeated runs of one cell (the upper middle of an even count), noting every run."""
+    if len(runs) == 1:
+        return runs[0]
+    latency = runs[0].p50_us is not None
+    figure = [(r.p50_us if latency else r.msgs_per_s) or 0.0 for r in runs]
+    order = sorted(range(len(runs)), key=figure.__getitem__)
+    mid = runs[order[len(runs) // 2]]
+    med = figure[order[len(runs) // 2]]
+    extra = {
+        **mid.extra,
+        "runs": [round(v, 1) for v in figure],
+        "run_figure": "p50_us" if latency else "msgs_per_s",
+        "run_spread": (max(figure) - min(figure)) / med if med else 0.0,
+    }
+    return Row(**{**mid.as_dict(), "extra": extra})

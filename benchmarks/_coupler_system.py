@@ -289,4 +289,4 @@ def run(
             cells.append((f"{system} {PINGPONG} {PINGPONG_PAYLOAD}", lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
         if HEAT in workloads:
             cells.append((f"{system} {HEAT}", bench.heat))
-        return run_cells(cells, report)
+        return run_cells(cells, report, budget.repeats)

@@ -94,3 +94,46 @@ def test_unknown_system_is_refused_with_the_choices() -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--systems", "carrier-pigeon"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "carrier-pigeon" in proc.stderr and "coupler" in proc.stderr
+
+
+def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_run() -> None:
+    """Repeats go round all small cells (A B, A B, A B), not one cell's runs back to back,
+    and a cell's row is its median run, with every run noted."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _common import MiB, Row, run_cells
+
+    calls: list[str] = []
+    rates = {"a": iter([30.0, 10.0, 20.0]), "b": iter([5.0, 7.0, 6.0]), "big": iter([1.0, 2.0, 3.0])}
+    lat = iter([300.0, 100.0, 200.0])
+
+    def rate(name: str, nbytes: int):  # type: ignore[no-untyped-def]
+        def measure() -> Row:
+            calls.append(name)
+            v = next(rates[name])
+            return Row("s", "stream-1:1", name, nbytes, v, v * nbytes / 1e9, n_msgs=10, seconds=1.0)
+        return measure
+
+    def ping() -> Row:
+        calls.append("ping")
+        return Row("s", "pingpong", "4KiB", 4096, 1.0, None, p50_us=next(lat), p99_us=400.0)
+
+    def broken() -> Row:
+        calls.append("broken")
+        raise RuntimeError("no luck")
+
+    def bcast() -> Row:
+        calls.append("bcast")
+        return Row("s", "broadcast-1:4", "4KiB", 4096, 9.0, 1e-5)
+
+    cells = [("a", rate("a", 4096)), ("big", rate("big", 16 * MiB)), ("b", rate("b", MiB)), ("ping", ping), ("broken", broken), ("bcast", bcast)]
+    lines: list[str] = []
+    rows = run_cells(cells, lines.append, repeats=3)
+    # Large, failed and broadcast cells run once.
+    assert calls == ["a", "big", "b", "ping", "broken", "bcast", "a", "b", "ping", "a", "b", "ping"]
+    by = {r.payload if r.workload == "stream-1:1" else r.workload: r for r in rows}
+    assert list(by) == ["a", "big", "b", "pingpong", "broadcast-1:4"]
+    by["ping"] = by["pingpong"]
+    assert by["a"].msgs_per_s == 20.0 and by["a"].extra["runs"] == [30.0, 10.0, 20.0] and by["a"].extra["run_spread"] == 1.0
+    assert by["b"].msgs_per_s == 6.0 and by["ping"].p50_us == 200.0 and by["ping"].extra["run_figure"] == "p50_us"
+    assert by["big"].msgs_per_s == 1.0 and "runs" not in by["big"].extra
+    assert any("broken: FAILED" in line for line in lines) and any("(run 3/3)" in line for line in lines)
