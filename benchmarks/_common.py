@@ -118,7 +118,7 @@ class Budget:
         return 1 if nbytes >= 16 * MiB else (3 if nbytes >= MiB else 50)
 
 
-FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=3, max_bytes=8 * 1024 * MiB, repeats=3)
+FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=5, max_bytes=8 * 1024 * MiB, repeats=3)
 QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB, repeats=3)
 SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
 

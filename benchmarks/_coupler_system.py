@@ -9,6 +9,7 @@ the ``coupler.transport.shared-memory`` setting in the workers' environment).
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import statistics
 from typing import Callable
@@ -198,7 +199,8 @@ class CouplerBench:
         phases = sim.call("result")
         sim.stop(5)
         sink.stop(5)
-        base_rates = [p["steps_per_s"] for p in phases if p["every"] == 0]
+        base_rates = [p["steps_per_s"] for p in phases if p["every"] == 0]  # in the order they ran
+        noise = phase_noise(base_rates)
         rows = [
             Row(
                 self.system,
@@ -213,6 +215,7 @@ class CouplerBench:
                     "phases_steps_per_s": base_rates,
                     # How much the reference itself moved: a loss smaller than this is within noise.
                     "spread": (max(base_rates) - min(base_rates)) / statistics.median(base_rates),
+                    "phase_noise": noise,
                 },
                 note="reference: consumer present, nothing published (median of the non-publishing phases)",
             )
@@ -222,6 +225,9 @@ class CouplerBench:
             idx = [i for i, p in enumerate(phases) if p["every"] == every]
             ratios = [phases[i]["steps_per_s"] / ((phases[i - 1]["steps_per_s"] + phases[i + 1]["steps_per_s"]) / 2) for i in idx]
             ratio = statistics.median(ratios)
+            # A phase against the mean of its two neighbours: variance (1 + 1/2) noise^2 in log
+            # terms; the median of k of them has about sqrt(pi/2) times the standard error of a mean.
+            se = None if noise is None else math.sqrt(math.pi / 2) * math.sqrt(1.5) * noise / math.sqrt(len(ratios))
             seconds = sum(phases[i]["seconds"] for i in idx)
             published = sum(int(phases[i]["published"]) for i in idx)
             mps = published / seconds
@@ -238,6 +244,7 @@ class CouplerBench:
                     extra={
                         "steps_per_s": statistics.median(phases[i]["steps_per_s"] for i in idx),
                         "slowdown": 1.0 - ratio,
+                        "slowdown_se": se,
                         "phase_ratios": ratios,
                         "every": every,
                     },
@@ -245,6 +252,23 @@ class CouplerBench:
                 )
             )
         return rows
+
+
+def phase_noise(rates: list[float]) -> float | None:
+    """The relative noise of one timed phase, from reference phases in the order they ran.
+
+    Two adjacent reference phases (one publishing phase apart) differ by the
+    noise of both, so the standard deviation of the logs of their ratios is
+    ``sqrt(2)`` times one phase's; the mean of those logs (a slow drift) does
+    not count, as the comparison with both neighbours cancels it.
+
+    Returns:
+        The noise as a fraction, or ``None`` with fewer than 3 reference phases.
+    """
+    logs = [math.log(b / a) for a, b in zip(rates, rates[1:]) if a > 0 and b > 0]
+    if len(logs) < 2:
+        return None
+    return statistics.stdev(logs) / math.sqrt(2)
 
 
 def run(

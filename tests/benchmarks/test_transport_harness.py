@@ -137,3 +137,33 @@ def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_ru
     assert by["b"].msgs_per_s == 6.0 and by["ping"].p50_us == 200.0 and by["ping"].extra["run_figure"] == "p50_us"
     assert by["big"].msgs_per_s == 1.0 and "runs" not in by["big"].extra
     assert any("broken: FAILED" in line for line in lines) and any("(run 3/3)" in line for line in lines)
+
+
+def test_the_heat_loss_is_judged_with_its_noise_estimated_from_the_reference_phases() -> None:
+    """A steady drift is not noise; a loss is PASS or MISS only where twice its standard
+    error keeps it on one side of the 5 % target, else noisy."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import math as m
+
+    from _common import HEAT, Row
+    from _coupler_system import phase_noise
+    from _ratios import compute
+
+    assert phase_noise([100.0, 101.0, 102.01, 103.0301]) == 0.0  # 1 % drift per phase, no noise
+    assert phase_noise([100.0, 110.0]) is None  # one pair: no spread to measure
+    # Alternating +-5 %: log ratios +-ln(1.05/0.95), so one phase's noise is their sd / sqrt 2.
+    alt = [100 * (1.05 if i % 2 else 0.95) for i in range(7)]
+    d = m.log(1.05 / 0.95)
+    assert abs(phase_noise(alt) - m.sqrt(6 / 5) * d / m.sqrt(2)) < 1e-12  # sample sd of six values +-d
+
+    def rows(loss: float, se: float) -> list[Row]:
+        base = Row("coupler", HEAT, "none", 0, None, None, extra={"steps_per_s": 100.0, "spread": 0.3})
+        pub = Row("coupler", HEAT, "every-10", 1 << 22, 10.0, 0.04, extra={"steps_per_s": 100 * (1 - loss), "slowdown": loss, "slowdown_se": se})
+        return [base, pub]
+
+    def verdict(loss: float, se: float) -> str:
+        return next(q for q in compute(rows(loss, se)) if "every 10" in q.name).status
+
+    assert verdict(0.00, 0.01) == "PASS"  # 0 +- 2 % is under 5 % although the reference spread 30 %
+    assert verdict(0.10, 0.01) == "MISS"
+    assert verdict(0.04, 0.01) == "noisy"  # 2-6 % holds the target
