@@ -278,7 +278,7 @@ def header_columns(headers: list[dict[str, Any]]) -> list[list[Any]]:
 
 
 def batch_size(header: dict[str, Any]) -> int:
-    """How many messages a batch frame's header describes (0 if it is malformed).
+    """How many messages a batch frame's header describes.
 
     Raises:
         ValueError: if its header columns are not ``len(HEADER_FIELDS)`` lists of one length.
