@@ -223,10 +223,17 @@ class Arena:
         if self.closed:  # its link is gone: a new segment would have nobody to unlink it
             raise ShmUnavailable(errno.EPIPE, "the link's shared-memory pool is closed")
         offsets, total = layout(nbytes)
-        seg = next(
-            (s for s in self.segments if not s.held and s.free and total <= s.size - HEADER <= 2 * total + (1 << 20)), None
-        )
-        if seg is None:
+        # Segments are kept in the order of their last use, the oldest first: a
+        # consumer takes messages in order, so the oldest is the first one freed,
+        # and a scan in order of creation checked every segment still queued
+        # (15 us per 1 MiB message with 43 segments, measured).
+        segs = self.segments
+        for i, seg in enumerate(segs):
+            if not seg.held and seg.free and total <= seg.size - HEADER <= 2 * total + (1 << 20):
+                del segs[i]
+                segs.append(seg)
+                break
+        else:
             self._trim()
             seg = self._create(total)
         seg.mm[0] = BUSY
