@@ -113,6 +113,10 @@ class ConsumerBuffer:
         return not self._detached
 
     # -- consumer side (actor thread) -----------------------------------------------
+    def has_message(self) -> bool:
+        """Whether ``get`` would return at once now (a hint, read without the lock; False where unknown)."""
+        return False
+
     def get(self, timeout: float | None = None) -> Message:
         """Take the next message (policies that deliver messages one by one)."""
         raise WrongPolicy(
@@ -397,6 +401,9 @@ class QueueBuffer(ConsumerBuffer):
         self._account(m)
         self.stats.depth = len(self._items)
 
+    def has_message(self) -> bool:
+        return bool(self._items)
+
     def get(self, timeout: float | None = None) -> Message:
         pulling = False
         if self._pull:
@@ -507,6 +514,9 @@ class LatestBuffer(ConsumerBuffer):
         self._item, self._fresh = m, True
         self._account(m)
         self.stats.depth = 1
+
+    def has_message(self) -> bool:
+        return self._fresh
 
     def get(self, timeout: float | None = None) -> Message:
         with self._cond:

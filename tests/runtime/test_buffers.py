@@ -156,3 +156,18 @@ def test_interrupt_wakes_a_blocked_consumer() -> None:
     threading.Timer(0.1, buf.interrupt).start()
     with pytest.raises(Interrupted):
         buf.get(10)
+
+
+def test_has_message_says_whether_get_returns_at_once() -> None:
+    """An actor's receive skips its yielding wait loop when a message is held (the hot path of a stream)."""
+    q = make_buffer("q", Queue(maxsize=4))
+    assert not q.has_message()
+    q.put([msg(0), msg(1)])
+    assert q.has_message() and q.get(0).seq == 0 and q.has_message() and q.get(0).seq == 1
+    assert not q.has_message()
+    with pytest.raises(ChannelTimeout):
+        q.get(0)
+    latest = make_buffer("l", Latest())
+    latest.put([msg(0), msg(1)])
+    assert latest.has_message() and latest.get(0).seq == 1 and not latest.has_message()
+    assert not make_buffer("r", Reservoir(capacity=4)).has_message()  # sampled, never taken one by one
