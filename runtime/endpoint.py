@@ -83,42 +83,43 @@ class Route:
     cond: threading.Condition = field(default_factory=threading.Condition)
     _spec: tuple[Any, Spec | None] = (None, None)
 
-    _consumers: tuple[Any, list[ConsumerRef]] = (None, [])
+    _decoded: tuple[Any, Spec | None, bool, bool, list[ConsumerRef]] = (None, None, False, False, [])
+
+    def decoded(self) -> tuple[Any, Spec | None, bool, bool, list[ConsumerRef]]:
+        """``(table, spec, is_queue, is_shared, consumers)``, decoded once per routing table.
+
+        Every send reads them: one call and one identity check, not one property each.
+        """
+        table = self.table
+        d = self._decoded
+        if d[0] is not table:
+            wire, policy = table.get("spec"), table["policy"]
+            if self._spec[0] is not wire:  # the spec is decoded again only when it changed
+                self._spec = (wire, None if wire is None else Spec.from_wire(wire))
+            d = self._decoded = (
+                table, self._spec[1], policy["kind"] == "queue", bool(policy.get("shared", False)),
+                [ConsumerRef(*c) for c in table["consumers"]],
+            )
+        return d
 
     @property
     def consumers(self) -> list[ConsumerRef]:
-        """The consumers, decoded once per routing table."""
-        table = self.table
-        if self._consumers[0] is not table:
-            self._consumers = (table, [ConsumerRef(*c) for c in table["consumers"]])
-        return self._consumers[1]
+        """The consumers."""
+        return self.decoded()[4]
 
     @property
     def spec(self) -> Spec | None:
-        """The channel's spec, decoded once per routing table (sends are a hot path)."""
-        wire = self.table.get("spec")
-        if self._spec[0] is not wire:
-            self._spec = (wire, None if wire is None else Spec.from_wire(wire))
-        return self._spec[1]
-
-    _kind: tuple[Any, bool, bool] = (None, False, False)
-
-    def _policy_kind(self) -> tuple[Any, bool, bool]:
-        """``(table, is_queue, is_shared)``, decoded once per routing table (read on every send)."""
-        table = self.table
-        if self._kind[0] is not table:
-            policy = table["policy"]
-            self._kind = (table, policy["kind"] == "queue", bool(policy.get("shared", False)))
-        return self._kind
+        """The channel's spec (``None`` until the first message fixes it)."""
+        return self.decoded()[1]
 
     @property
     def is_queue(self) -> bool:
-        return self._policy_kind()[1]
+        return self.decoded()[2]
 
     @property
     def is_shared(self) -> bool:
         """Work-sharing: each message to one consumer (``Queue(shared=True)``)."""
-        return self._policy_kind()[2]
+        return self.decoded()[3]
 
 
 class _Reroute(Exception):
@@ -480,7 +481,7 @@ class Endpoint(WorkerPlugin):
         if route is None or stats is None:
             route = self.call(lambda: self._route(channel, source))
             stats = self.producers.setdefault((channel, source), ProducerStats())
-        spec = route.spec
+        _, spec, _, shared, _ = route.decoded()
         if spec is None:
             proposed = Spec.from_leaves(treedef, leaves)
             reply = self.call(lambda: self._broker("coupler_fix_spec", name=channel, spec=proposed.to_wire()))
@@ -494,7 +495,7 @@ class Endpoint(WorkerPlugin):
                 "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
                 "meta": meta or {}, "sent_at": time.time(),
             }  # Message.header()'s fields, built directly: this is the hot path
-            if route.is_shared:
+            if shared:
                 self._deliver_to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
             else:
                 self._deliver_to_all(route, spec, header, leaves, deadline, timeout, cancel)
@@ -512,11 +513,10 @@ class Endpoint(WorkerPlugin):
 
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
-        retain = route.is_queue and self.delivery.retain
+        table, _, is_queue, _, consumers = route.decoded()
+        retain = is_queue and self.delivery.retain
         if retain:
             leaves = self._frozen(route, leaves)
-        consumers = route.consumers
-        table = route.table
         if len(consumers) == 1 and not table["closed"] and not retain and not self.orphans.get((route.channel, consumers[0].cid)):
             # The common case -- one consumer, nothing owed to it, no retention -- without
             # the bookkeeping below (what _deliver does then is exactly _deliver_one).
