@@ -98,8 +98,9 @@ class Budget:
         heat_seconds: measured seconds per phase of the heat run.
         heat_rounds: rounds of (publish every 10, publish every step), each phase flanked by non-publishing phases.
         max_bytes: cap on payload bytes per streaming run (large payloads stop early).
-        repeats: measurements of each cell of payloads up to ``REPEAT_MAX_BYTES``, in
-            interleaved rounds; the median is kept (see :func:`run_cells`).
+        repeats: measurements of each stream, fan-in and ping-pong cell of payloads up to
+            ``repeat_max_bytes``, in interleaved rounds; the median is kept (see :func:`run_cells`).
+        repeat_max_bytes: the largest payload of a repeated cell.
     """
 
     seconds: float
@@ -108,6 +109,7 @@ class Budget:
     heat_rounds: int
     max_bytes: int
     repeats: int = 1
+    repeat_max_bytes: int = 1 << 20
 
     def max_msgs(self, nbytes: int) -> int:
         """Most messages a stream of ``nbytes`` messages may send (at least 4)."""
@@ -118,7 +120,10 @@ class Budget:
         return 1 if nbytes >= 16 * MiB else (3 if nbytes >= MiB else 50)
 
 
-FULL = Budget(seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=5, max_bytes=8 * 1024 * MiB, repeats=3)
+FULL = Budget(
+    seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=5, max_bytes=8 * 1024 * MiB,
+    repeats=3, repeat_max_bytes=1 << 40,  # every payload: full mode has the time, and 16 MiB cells vary 30 % too
+)
 QUICK = Budget(seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB, repeats=3)
 SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
 
@@ -193,18 +198,16 @@ class SystemSkipped(Exception):
 Cell = tuple[str, Callable[[], "Row | list[Row]"]]
 
 
-# Cells of these workloads and payloads up to this size are short, the noisiest, and
-# feed the targets: they are measured `repeats` times (broadcast and memcpy once, to
-# keep --quick under 3 minutes).
-REPEAT_MAX_BYTES = MiB
+# Cells of these workloads feed the targets: they are measured `repeats` times up to a
+# budget's `repeat_max_bytes` (broadcast and memcpy once, to keep --quick under 3 minutes).
 REPEATED_WORKLOADS = (STREAM, FAN_IN, PINGPONG)
 
 
-def run_cells(cells: list[Cell], report: Callable[[str], None], repeats: int = 1) -> list[Row]:
+def run_cells(cells: list[Cell], report: Callable[[str], None], budget: Budget | None = None) -> list[Row]:
     """Run measurements one after another, reporting each; a failing one is reported and left out.
 
     A cell that gives one row of a ``REPEATED_WORKLOADS`` workload with at most
-    ``REPEAT_MAX_BYTES`` per message is measured ``repeats`` times, in rounds over all such cells (``A B C, A B C,
+    ``budget.repeat_max_bytes`` per message is measured ``budget.repeats`` times, in rounds over all such cells (``A B C, A B C,
     ...``), so that a slow stretch of a shared machine hits every cell alike
     instead of one cell's every run; its row is the median run (by p50 for
     round trips, by messages per second otherwise), with every run's figure in
@@ -213,11 +216,13 @@ def run_cells(cells: list[Cell], report: Callable[[str], None], repeats: int = 1
     Args:
         cells: ``(label, measure)`` pairs; ``measure()`` returns a row or rows.
         report: prints one progress line per run.
-        repeats: measurements of each small-payload cell (1: once).
+        budget: how often and up to which payload cells are repeated (``None``: each once).
 
     Returns:
         The rows of the cells that succeeded, in the order of ``cells``.
     """
+    repeats = 1 if budget is None else budget.repeats
+    max_bytes = 0 if budget is None else budget.repeat_max_bytes
     results: list[list[Row]] = [[] for _ in cells]
     again: list[int] = []
     for rnd in range(max(1, repeats)):
@@ -234,16 +239,13 @@ def run_cells(cells: list[Cell], report: Callable[[str], None], repeats: int = 1
             got = out if isinstance(out, list) else [out]
             results[i] += got
             report(f"  {label}{suffix}: {'; '.join(r.summary() for r in got)} ({time.monotonic() - t0:.1f} s)")
-            if rnd == 0 and repeats > 1 and len(got) == 1 and _repeated(got[0]):
+            row = got[0]
+            if rnd == 0 and repeats > 1 and len(got) == 1 and row.workload in REPEATED_WORKLOADS and 0 < row.payload_bytes <= max_bytes:
                 again.append(i)
     rows: list[Row] = []
     for i, got in enumerate(results):
         rows += [median_run(got)] if i in again else got
     return rows
-
-
-def _repeated(row: Row) -> bool:
-    return row.workload in REPEATED_WORKLOADS and 0 < row.payload_bytes <= REPEAT_MAX_BYTES
 
 
 def median_run(runs: list[Row]) -> Row:

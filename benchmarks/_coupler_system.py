@@ -313,4 +313,4 @@ def run(
             cells.append((f"{system} {PINGPONG} {PINGPONG_PAYLOAD}", lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
         if HEAT in workloads:
             cells.append((f"{system} {HEAT}", bench.heat))
-        return run_cells(cells, report, budget.repeats)
+        return run_cells(cells, report, budget)

@@ -141,4 +141,4 @@ def run(system: str, budget: Budget, workloads: list[str], payloads: dict[str, l
     with LocalCluster(n_workers=2, threads_per_worker=FAN_IN_PRODUCERS, processes=True, dashboard_address=":0") as cluster:
         with Client(cluster, direct_to_workers=True) as client:
             bench = DaskBench(client, budget)
-            return run_cells([(f"{system} {label}", lambda fn=fn: fn(bench)) for label, fn in cells], report, budget.repeats)
+            return run_cells([(f"{system} {label}", lambda fn=fn: fn(bench)) for label, fn in cells], report, budget)

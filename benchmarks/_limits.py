@@ -165,4 +165,4 @@ def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], re
     if PINGPONG in workloads:
         for n in (1, PAYLOADS["4KiB"]):
             cells.append((f"tcp-raw {PINGPONG} {payload_label(n)}", lambda n=n: tcp_pingpong(n, budget)))
-    return run_cells(cells, report, budget.repeats)
+    return run_cells(cells, report, budget)

@@ -168,7 +168,7 @@ def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], re
     try:
         bench = RayBench(budget)
         wrapped: list[Cell] = [(f"ray {label}", lambda fn=fn: fn(bench)) for label, fn in cells]
-        rows = run_cells(wrapped, report, budget.repeats)
+        rows = run_cells(wrapped, report, budget)
         bench.close()
         return rows
     finally:

@@ -239,4 +239,4 @@ def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], re
     with RedisServer() as server, ProcessPoolExecutor(FAN_IN_PRODUCERS + 1, mp_context=_CTX) as pool:
         # Start every pool process now, before anything is timed.
         list(pool.map(time.sleep, [0.2] * (FAN_IN_PRODUCERS + 1)))
-        return run_cells([(f"redis {label}", lambda fn=fn: fn(pool, server.port)) for label, fn in cells], report, budget.repeats)
+        return run_cells([(f"redis {label}", lambda fn=fn: fn(pool, server.port)) for label, fn in cells], report, budget)

@@ -100,7 +100,7 @@ def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_ru
     """Repeats go round all small cells (A B, A B, A B), not one cell's runs back to back,
     and a cell's row is its median run, with every run noted."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from _common import MiB, Row, run_cells
+    from _common import Budget, MiB, Row, run_cells
 
     calls: list[str] = []
     rates = {"a": iter([30.0, 10.0, 20.0]), "b": iter([5.0, 7.0, 6.0]), "big": iter([1.0, 2.0, 3.0])}
@@ -127,7 +127,7 @@ def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_ru
 
     cells = [("a", rate("a", 4096)), ("big", rate("big", 16 * MiB)), ("b", rate("b", MiB)), ("ping", ping), ("broken", broken), ("bcast", bcast)]
     lines: list[str] = []
-    rows = run_cells(cells, lines.append, repeats=3)
+    rows = run_cells(cells, lines.append, Budget(1.0, 10, 1.0, 1, MiB, repeats=3, repeat_max_bytes=MiB))
     # Large, failed and broadcast cells run once.
     assert calls == ["a", "big", "b", "ping", "broken", "bcast", "a", "b", "ping", "a", "b", "ping"]
     by = {r.payload if r.workload == "stream-1:1" else r.workload: r for r in rows}
