@@ -207,11 +207,10 @@ def run_cells(cells: list[Cell], report: Callable[[str], None], budget: Budget |
     """Run measurements one after another, reporting each; a failing one is reported and left out.
 
     A cell that gives one row of a ``REPEATED_WORKLOADS`` workload with at most
-    ``budget.repeat_max_bytes`` per message is measured ``budget.repeats`` times, in rounds over all such cells (``A B C, A B C,
-    ...``), so that a slow stretch of a shared machine hits every cell alike
-    instead of one cell's every run; its row is the median run (by p50 for
-    round trips, by messages per second otherwise), with every run's figure in
-    ``extra["runs"]`` and their spread in ``extra["run_spread"]``.
+    ``budget.repeat_max_bytes`` per message is measured ``budget.repeats``
+    times, in rounds over all such cells (``A B C, A B C, ...``), so that a
+    slow stretch of a shared machine hits every cell alike instead of one
+    cell's every run; its row is the median run (:func:`median_run`).
 
     Args:
         cells: ``(label, measure)`` pairs; ``measure()`` returns a row or rows.
@@ -239,9 +238,10 @@ def run_cells(cells: list[Cell], report: Callable[[str], None], budget: Budget |
             got = out if isinstance(out, list) else [out]
             results[i] += got
             report(f"  {label}{suffix}: {'; '.join(r.summary() for r in got)} ({time.monotonic() - t0:.1f} s)")
-            row = got[0]
-            if rnd == 0 and repeats > 1 and len(got) == 1 and row.workload in REPEATED_WORKLOADS and 0 < row.payload_bytes <= max_bytes:
-                again.append(i)
+            if rnd == 0 and repeats > 1 and len(got) == 1:
+                row = got[0]
+                if row.workload in REPEATED_WORKLOADS and 0 < row.payload_bytes <= max_bytes:
+                    again.append(i)
     rows: list[Row] = []
     for i, got in enumerate(results):
         rows += [median_run(got)] if i in again else got
@@ -249,14 +249,19 @@ def run_cells(cells: list[Cell], report: Callable[[str], None], budget: Budget |
 
 
 def median_run(runs: list[Row]) -> Row:
-    """The median of repeated runs of one cell (the upper middle of an even count), noting every run."""
+    """The median of repeated runs of one cell, by p50 for round trips and by messages per second otherwise.
+
+    Of an even count (a repeat failed) the worse of the two middle runs is kept.
+    Every run's figure goes into ``extra["runs"]`` and their spread, relative to
+    the median, into ``extra["run_spread"]``.
+    """
     if len(runs) == 1:
         return runs[0]
     latency = runs[0].p50_us is not None
     figure = [(r.p50_us if latency else r.msgs_per_s) or 0.0 for r in runs]
     order = sorted(range(len(runs)), key=figure.__getitem__)
-    mid = runs[order[len(runs) // 2]]
-    med = figure[order[len(runs) // 2]]
+    k = order[len(runs) // 2 if latency else (len(runs) - 1) // 2]  # a higher p50, a lower rate
+    mid, med = runs[k], figure[k]
     extra = {
         **mid.extra,
         "runs": [round(v, 1) for v in figure],

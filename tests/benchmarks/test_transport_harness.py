@@ -137,6 +137,13 @@ def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_ru
     assert by["b"].msgs_per_s == 6.0 and by["ping"].p50_us == 200.0 and by["ping"].extra["run_figure"] == "p50_us"
     assert by["big"].msgs_per_s == 1.0 and "runs" not in by["big"].extra
     assert any("broken: FAILED" in line for line in lines) and any("(run 3/3)" in line for line in lines)
+    # Of two runs (a repeat failed), the worse one: the lower rate, the higher p50.
+    from _common import median_run
+
+    pair = [Row("s", "stream-1:1", "4KiB", 4096, v, 1e-5) for v in (20.0, 10.0)]
+    assert median_run(pair).msgs_per_s == 10.0
+    pings = [Row("s", "pingpong", "4KiB", 4096, 1.0, None, p50_us=v, p99_us=500.0) for v in (100.0, 300.0)]
+    assert median_run(pings).p50_us == 300.0
 
 
 def test_the_heat_loss_is_judged_with_its_noise_estimated_from_the_reference_phases() -> None:
