@@ -170,7 +170,7 @@ class Arena:
     """A producer link's pool of segments.
 
     Args:
-        max_bytes: total size of segments kept; beyond it :meth:`write` raises
+        max_bytes: total size of segments kept; beyond it :meth:`reserve` raises
             :class:`ShmUnavailable` (and the message goes over TCP).
     """
 
