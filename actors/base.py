@@ -22,7 +22,7 @@ Checkpoints. ``checkpoint()`` returns the actor's state as plain data (numpy
 arrays, numbers, strings, lists and dicts): its step counter and status, the
 subclass's ``state_dict()``, the next sequence number of each output port
 (taken after what the outputs sent was accepted), for each ``Queue`` input the
-highest sequence number per source it covers (``"delivered"``), and -- when the
+highest sequence number per source it took (``"delivered"``), and -- when the
 actor hands over to a new instance (``retire``) -- the messages still waiting
 in its ``Queue`` inputs. Once the supervisor holds a checkpoint it calls
 ``commit`` with its ``"delivered"`` marks: producers stop keeping those
@@ -390,7 +390,7 @@ class ActorHost:
         for port, inp in self.inputs.items():
             messages = [decode_message(m) for m in inputs.get(port, [])]
             if isinstance(inp.buffer, QueueBuffer):
-                # Drops what producers replayed and the checkpoint covers (taken or carried over).
+                # Keeps the carried messages first; drops what producers replayed and the checkpoint covers.
                 inp.buffer.resume(delivered.get(port, {}), messages)
             elif messages:
                 inp.buffer.preload(messages)
@@ -468,12 +468,10 @@ class ActorHost:
         # Resume as the actor was when asked, unless its loop has ended by itself since.
         ended_by_itself = self._state in ("finished", "failed")
         ck = self._snapshot(None if ended_by_itself or before not in ("running", "paused", "created") else before)
+        # "delivered" stays what was taken: producers keep the carried messages for a replay
+        # until the successor commits past them, so a crash of the successor before it takes
+        # them loses nothing (and covered by the marks, the successor would drop them).
         ck["inputs"] = {p: ms for p, ms in pending.items() if ms}
-        for p, ms in ck["inputs"].items():  # what it carries over is covered too
-            marks = ck["delivered"].setdefault(p, {})
-            for m in ms:
-                src, seq = m["header"]["source"], m["header"]["seq"]
-                marks[src] = max(marks.get(src, -1), seq)
         self._retired = True
         self._stop.set()
         self._state = "migrated"

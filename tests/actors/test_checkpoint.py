@@ -91,6 +91,33 @@ def test_simulator_hands_over_mid_run_and_its_successor_continues_exactly(coupli
     np.testing.assert_allclose(np.stack([f for *_, f in got]), np.stack(expected), rtol=1e-5, atol=1e-6)
 
 
+def test_a_consumer_handing_over_with_messages_held_passes_them_to_its_successor(coupling: Coupling, unique: str) -> None:
+    """What the consumer held and had not taken reaches its successor once, in order.
+
+    The hand-over's ``delivered`` marks are what was taken, not what it carries: marks
+    covering the carried messages made the successor drop them as duplicates (a loss
+    seen in CI, in the move test of test_supervisor.py under load).
+    """
+    ch = coupling.channel(f"ck-held-{unique}", Queue(8))
+    w = coupling.workers()
+    tally = coupling.spawn(Tally, name=f"tally-{unique}", inputs={"inp": ch}, workers=w[1])
+    tally.pause()
+    tally.start()  # parks before its first step: what arrives stays in its buffer
+    counter = coupling.spawn(Counter, 5, name=f"counter-{unique}", outputs={"out": ch}, workers=w[0])
+    counter.start()
+    assert counter.wait(30).state == "finished"  # finished: all 5 were accepted into the held buffer
+    assert coupling.supervisor.move(tally.name) == w[0]  # retire (carrying the 5), restore, commit, start paused
+    ck = coupling.supervisor.last_checkpoint(tally.name)
+    assert ck is not None and [m["header"]["seq"] for m in ck["inputs"]["inp"]] == [0, 1, 2, 3, 4]
+    assert ck["delivered"]["inp"] == {} and ck["state"]["got"] == []  # nothing taken
+    assert tally.status().state == "paused"
+    tally.resume()
+    _until("the held messages", lambda: tally.status().info["count"] >= 5, timeout=30)
+    time.sleep(0.2)
+    assert [(q, v) for _, q, v in tally.call("record")["got"]] == [(i, float(i)) for i in range(5)]
+    tally.stop()
+
+
 def test_learner_checkpoint_restores_exactly(coupling: Coupling, unique: str) -> None:
     sim = Heat2D(n=8)
     members = 4
