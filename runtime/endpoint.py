@@ -238,6 +238,8 @@ class Endpoint(WorkerPlugin):
         self.replay_logs: dict[tuple[str, str], ReplayLog] = {}  # (channel, consumer) -> kept for a replay
         self.incarnations: dict[tuple[str, str], str] = {}  # (channel, consumer) -> stream it was last sent to
         self.lost_since: dict[tuple[str, str], float] = {}  # (channel, consumer) -> when its worker was seen lost
+        self._resending: set[tuple[str, str]] = set()  # (channel, consumer) being caught up by _resend_owed
+        self._closing = threading.Event()  # stops those threads at teardown
         self._lock = threading.Lock()  # links and orphans, shared by sending threads and link threads
         self.actors: dict[str, Any] = {}  # name -> object with status_dict()
         self.host = shm.host_key()
@@ -276,6 +278,7 @@ class Endpoint(WorkerPlugin):
         return psutil.Process().create_time() + float(lifetime)
 
     def teardown(self, worker: Any) -> None:
+        self._closing.set()
         self._reporter.stop()
         self.listener.close()
         with self._lock:
@@ -433,6 +436,7 @@ class Endpoint(WorkerPlugin):
                 closing = [self.links.pop(k) for k in stale]
             for link in closing:
                 link.close(orphan=not table["closed"])
+            self._resend_owed(route)
         if table["closed"]:
             for (ch, _), buf in self.buffers.items():
                 if ch == channel:
@@ -720,6 +724,27 @@ class Endpoint(WorkerPlugin):
         successor of a lost or moved one) first gets everything in its log again:
         it drops what its checkpoint already covers (duplicate suppression).
         """
+        log = self._catch_up(route, spec, c, deadline, cancel)
+        kept = None if log is None else log.add(header, leaves, spec.nbytes)
+        try:
+            self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
+        except BaseException:
+            if kept is not None:
+                log.remove(kept)  # type: ignore[union-attr]
+            raise
+
+    def _catch_up(
+        self, route: Route, spec: Spec, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None,
+    ) -> ReplayLog | None:
+        """Send consumer ``c`` what it is owed from this worker, oldest first; return its replay log.
+
+        A consumer reached at a new stream (a successor of a lost or moved one)
+        is owed everything in its log again; one whose stream broke, what the
+        link had not delivered. Several threads may run this at once (senders, and
+        :meth:`_resend_owed`'s): an item leaves the queue only after it was handed
+        on, so a later one never overtakes it; at worst the consumer drops a copy
+        as a duplicate.
+        """
         key = (route.channel, c.cid)
         log = self._replay_log(route, c.cid)
         if log is not None:
@@ -739,13 +764,43 @@ class Endpoint(WorkerPlugin):
                 q = self.orphans.get(key)
                 if q and q[0] is item:
                     q.popleft()
-        kept = None if log is None else log.add(header, leaves, spec.nbytes)
+        return log
+
+    def _resend_owed(self, route: Route) -> None:
+        """Start sending what returned consumers are owed, in a thread per consumer (on routing updates).
+
+        Senders catch up before their next message; this covers producers that
+        send nothing more (finished, paused, or waiting for an answer), whose
+        consumer would otherwise never get back what its checkpoint did not cover.
+        """
+        table, spec, is_queue, _, consumers = route.decoded()
+        if not (is_queue and self.delivery.retain) or spec is None or table["closed"]:
+            return
+        for c in consumers:
+            key = (route.channel, c.cid)
+            log = self.replay_logs.get(key)
+            if log is None:
+                continue
+            with self._lock:
+                before = self.incarnations.get(key)
+                owed = bool(self.orphans.get(key)) or (before is not None and before != c.stream and bool(log.items))
+                if not owed or key in self._resending:
+                    continue
+                self._resending.add(key)
+            threading.Thread(
+                target=self._resend, args=(route, spec, c), name=f"coupler-resend-{route.channel}", daemon=True
+            ).start()
+
+    def _resend(self, route: Route, spec: Spec, c: ConsumerRef) -> None:
+        key = (route.channel, c.cid)
         try:
-            self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
-        except BaseException:
-            if kept is not None:
-                log.remove(kept)  # type: ignore[union-attr]
-            raise
+            self._catch_up(route, spec, c, None, self._closing)
+        except (ConsumerGone, ChannelClosed, Interrupted, _Reroute) as e:
+            # The consumer went again, or this worker closes: the next routing update starts over.
+            logger.info("channel %r: resending to consumer %r stopped: %r", route.channel, c.cid, e)
+        finally:
+            with self._lock:
+                self._resending.discard(key)
 
     def _deliver_one(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],

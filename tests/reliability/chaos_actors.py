@@ -80,10 +80,14 @@ class QueueLearner(ActorHost):
     a checksum, how many messages carried a ``field`` that was not all ``y``) is
     what a checkpoint holds; ``restored_at`` says how many
     messages the checkpoint it was restored from covered (-1: never restored).
+
+    Args:
+        period: seconds to sleep per message (stands for a training step).
     """
 
-    def __init__(self, **kw: Any) -> None:
+    def __init__(self, period: float = 0.0, **kw: Any) -> None:
         super().__init__(**kw)
+        self.period = period
         self.w = np.zeros(FEATURES)
         self.trained: list[tuple[str, int]] = []
         self.total = 0.0
@@ -92,6 +96,8 @@ class QueueLearner(ActorHost):
 
     def step(self) -> bool:
         m = self.inputs["data"].receive()
+        if self.period:
+            time.sleep(self.period)
         self.w = sgd_step(self.w, m.data["x"], m.data["y"])
         self.trained.append((m.source, m.seq))
         self.total += checksum(m.data)

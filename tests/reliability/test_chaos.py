@@ -76,18 +76,18 @@ def _start(cp: Coupling, tag: str, field: int = 0) -> tuple[object, list[object]
     return learner, sims, w
 
 
-def _assert_every_message_once(cp: Coupling, learner: object, sims: list[object]) -> dict:
+def _assert_every_message_once(cp: Coupling, learner: object, sims: list[object], n: int = N) -> dict:
     for s in sims:
         assert s.wait(120).state == "finished"
-    _until("the learner to train on every message", lambda: learner.status().info["count"] >= N * len(sims))
+    _until("the learner to train on every message", lambda: learner.status().info["count"] >= n * len(sims))
     time.sleep(0.3)  # a duplicate arriving late would show up as an extra message
     rec = learner.call("record")
     trained = rec["trained"]
-    assert len(trained) == N * len(sims)
+    assert len(trained) == n * len(sims)
     for s, seed in zip(sims, SEEDS):
         seqs = [q for src, q in trained if src == s.name]
-        assert seqs == list(range(N)), f"{s.name}: expected seqs 0..{N - 1} once each, in order"
-    expected = sum(checksum(sample(seed, i)) for seed in SEEDS for i in range(N))
+        assert seqs == list(range(n)), f"{s.name}: expected seqs 0..{n - 1} once each, in order"
+    expected = sum(checksum(sample(seed, i)) for seed in SEEDS for i in range(n))
     assert rec["total"] == pytest.approx(expected, rel=1e-12)
     assert rec["bad_fields"] == 0  # every field arrived with its own message's values
     # Offline replay of SGD over exactly the recorded messages (same float64 operations).
@@ -150,4 +150,35 @@ def test_sigkill_of_a_simulators_worker_loses_and_repeats_nothing(cluster: Coupl
     _assert_every_message_once(cp, learner, sims)
     restarted = [e for e in cp.supervisor.events if e.kind == "restarted" and e.actor == victim.name]
     assert len(restarted) == 1 and "checkpoint" in restarted[0].detail
+    learner.stop()
+
+
+def test_a_learner_restarted_after_its_simulators_finished_gets_what_its_checkpoint_did_not_cover(
+    cluster: Coupling,
+) -> None:
+    """Producers that send nothing more still replay to a consumer's successor.
+
+    Only a producer's next send used to catch a successor up, so a learner lost
+    after its simulators had finished never got what followed its checkpoint.
+    """
+    cp = cluster
+    n = 40
+    ch = cp.channel("samples-fin", Queue(64))  # the simulators finish long before the learner
+    w = cp.workers()
+    learner = cp.spawn(QueueLearner, 0.05, name="learner-fin", inputs={"data": ch}, workers=w[0])
+    sims = [
+        cp.spawn(Simulator, n, seed, 0.0, name=f"sim{seed}-fin", outputs={"out": ch}, workers=w[i + 1])
+        for i, seed in enumerate(SEEDS)
+    ]
+    learner.start()
+    for s in sims:
+        s.start()
+    for s in sims:
+        assert s.wait(60).state == "finished"  # everything sent was accepted by the learner's worker
+    ck = lambda: cp.supervisor.last_checkpoint(learner.name) or {}  # noqa: E731
+    _until("a learner checkpoint covering 10 messages", lambda: len(ck().get("state", {}).get("trained", [])) >= 10)
+    _kill(cp, w[0])  # what its buffer held dies with it; only the simulators' workers still have it
+    _until("the learner's restart", lambda: learner.generation == 1)
+    rec = _assert_every_message_once(cp, learner, sims, n)
+    assert 10 <= rec["restored_at"] < n * len(sims)  # the rest came from the finished simulators' replay
     learner.stop()
