@@ -405,17 +405,18 @@ class Supervisor:
     def should_retry(self, ref: ActorRef, generation: int, error: BaseException) -> bool:
         """Whether a failed call on ``ref`` should wait for a successor instance.
 
-        Yes when the actor moved or is being moved or restarted. For an error
-        that looks like a lost worker (a comm error, Dask's "Worker holding
-        Actor was lost"), wait a few seconds for the scheduler to confirm the
-        loss. Errors the actor's method raised itself (timeouts included) are
-        the caller's.
+        Yes when the actor moved or is being moved or restarted, and when it was
+        given up: the retry then raises the :class:`ActorFailed` set on the
+        handle, not the comm error of the lost worker. For an error that looks
+        like a lost worker (a comm error, Dask's "Worker holding Actor was
+        lost"), wait a few seconds for the scheduler to confirm the loss. Errors
+        the actor's method raised itself (timeouts included) are the caller's.
         """
         with self._lock:
             rec = self._records.get(ref.name)
-        if rec is None or rec.given_up or self._closing.is_set():
+        if rec is None or self._closing.is_set():
             return False
-        if ref.generation != generation or rec.awaiting:
+        if ref.generation != generation or rec.awaiting or rec.given_up:
             return True
         looks_lost = "Worker holding Actor was lost" in str(error) or (
             isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError))
@@ -424,9 +425,7 @@ class Supervisor:
             return False
         deadline = time.monotonic() + LOSS_CONFIRMATION
         while time.monotonic() < deadline and not self._closing.is_set():
-            if rec.given_up:
-                return False
-            if ref.generation != generation or rec.awaiting or self._lost(rec, fresh=True):
+            if ref.generation != generation or rec.awaiting or rec.given_up or self._lost(rec, fresh=True):
                 return True
             time.sleep(0.2)
         return False

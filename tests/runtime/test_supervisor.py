@@ -15,7 +15,8 @@ import pytest
 import supervision_actors
 from supervision_actors import Counter, Tally
 from coupler.runtime import ActorFailed, Coupling, Queue
-from coupler.runtime.supervisor import SupervisionPolicy
+from coupler.runtime.actor_ref import ActorRef
+from coupler.runtime.supervisor import SupervisionPolicy, Supervisor, _Supervised
 from distributed import Client
 from helper_actors import Collector
 
@@ -122,6 +123,29 @@ def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
 def _kill_worker_of(cp: Coupling, address: str) -> None:
     pid = cp.client.run(os.getpid, workers=[address])[address]
     os.kill(pid, signal.SIGKILL)
+
+
+def test_a_call_in_flight_when_the_actor_is_given_up_raises_actor_failed_not_the_comm_error() -> None:
+    """The race CI saw under load: the supervisor gave up while a call to the lost worker was failing."""
+    failure = ActorFailed("actor 'x' cannot be kept alive: lost 2 times")
+    sup = Supervisor(None, "t", SupervisionPolicy())  # type: ignore[arg-type]  (no client: nothing is spawned)
+
+    class _Lost:
+        def result(self, timeout: float | None = None) -> None:
+            rec.given_up = True  # the supervisor gives up meanwhile ...
+            ref.fail(failure)
+            raise OSError("Unable to contact Actor's worker")  # ... and the call fails as the worker is gone
+
+    class _Proxy:
+        def status(self) -> _Lost:
+            return _Lost()
+
+    ref = ActorRef("x", _Proxy(), move_timeout=5)  # type: ignore[arg-type]
+    rec = _Supervised(spec=None, ref=ref, future=None, worker="tcp://gone")  # type: ignore[arg-type]
+    sup._records["x"] = rec
+    ref.follow(sup)
+    with pytest.raises(ActorFailed, match="lost 2 times"):
+        ref.status()
 
 
 def test_a_lost_actor_restarts_from_its_checkpoint_until_restarts_run_out() -> None:
