@@ -114,12 +114,8 @@ class Route:
 
     @property
     def is_queue(self) -> bool:
+        """Whether the channel is a ``Queue`` (at-least-once, credited)."""
         return self.decoded()[2]
-
-    @property
-    def is_shared(self) -> bool:
-        """Work-sharing: each message to one consumer (``Queue(shared=True)``)."""
-        return self.decoded()[3]
 
 
 class _Reroute(Exception):
