@@ -269,7 +269,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         final = learner.stop()
         history = learner.call("history")
         weights = learner.call("weights")
-        pairs_stats = cp.channels()["pairs"]
         sim_status = finished
 
     # Evaluate in this process: the same model, the learner's weights.
@@ -297,7 +296,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sims_ended = max(s.stopped_at for s in sim_status)
     overlap = sum(1 for t, *_ in history if t < sims_ended)
     results = {
-        "samples_streamed": int(pairs_stats.received),
+        # The learner's own count: cp.channels() aggregates the workers' periodic
+        # reports, and a report sent after the learner stopped no longer lists it.
+        "samples_streamed": int(final.info["received"]),
         "simulations": len(launched) * args.members,
         "training_steps": int(final.info.get("train_steps", len(history))),
         "training_steps_while_simulating": overlap,

@@ -46,6 +46,8 @@ _NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 # Seconds between samples of the counters, and the window rates are taken over.
 RATE_SAMPLE_INTERVAL = 1.0
 RATE_WINDOW = 5.0
+# Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
+_CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -132,6 +134,9 @@ class Broker(SchedulerPlugin):
         self.channels: dict[str, ChannelRecord] = {}
         self.actors: dict[str, dict[str, Any]] = {}
         self.reports: dict[str, dict[str, Any]] = {}  # worker address -> last report
+        # channel -> counters of the consumers and producers that reports no longer list
+        # (detached, moved, or on a lost worker): totals never go back (Prometheus counters).
+        self.departed: dict[str, dict[str, int]] = {}
         self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
         self.scheduler: Any = None
@@ -306,6 +311,9 @@ class Broker(SchedulerPlugin):
         self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None = None
     ) -> dict[str, str]:
         """A worker's periodic counters (the only steady control-plane traffic)."""
+        old = self.reports.get(address)
+        if old is not None:
+            self._keep_departed(old["channels"], channels)
         self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
             points = status.pop("metrics", None)
@@ -323,9 +331,30 @@ class Broker(SchedulerPlugin):
         self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
         return {"status": "OK"}
 
+    def _keep_departed(self, before: dict[str, Any], now: dict[str, Any]) -> None:
+        """Add the last counters of the consumers and producers in a worker's report ``before`` that
+        its report ``now`` no longer lists to their channel's departed counters."""
+        for name, ch in before.items():
+            listed = now.get(name) or {}
+            gone = self.departed.setdefault(name, dict.fromkeys(_CUMULATIVE, 0))
+            for src, p in ch.get("producers", {}).items():
+                if src not in listed.get("producers", {}):
+                    gone["sent"] += p["sent"]
+                    gone["sent_bytes"] += p["nbytes"]
+            for cid, c in ch.get("consumers", {}).items():
+                if cid not in listed.get("consumers", {}):
+                    gone["received"] += c["received"]
+                    gone["received_bytes"] += c["nbytes"]
+                    gone["dropped"] += c["dropped"]
+                    gone["taken"] += c["taken"]
+
     def _aggregate(self, name: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
-        """A channel's totals, last sequence number per source, and consumer counters, over the reports."""
-        totals = {"sent": 0, "sent_bytes": 0, "received": 0, "received_bytes": 0, "dropped": 0, "depth": 0, "taken": 0}
+        """A channel's totals, last sequence number per source, and consumer counters, over the reports.
+
+        Cumulative totals include the departed counters (see :meth:`_keep_departed`), so
+        they do not drop when a consumer detaches or its worker goes; ``depth`` is of now.
+        """
+        totals = {**dict.fromkeys(_CUMULATIVE, 0), **self.departed.get(name, {}), "depth": 0}
         last_seq: dict[str, int] = {}
         consumers: dict[str, Any] = {}
         for report in self.reports.values():
@@ -396,7 +425,9 @@ class Broker(SchedulerPlugin):
     # -- worker loss -------------------------------------------------------------------
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """Consumers on a lost worker are gone; tell the producers."""
-        self.reports.pop(worker, None)
+        old = self.reports.pop(worker, None)
+        if old is not None:
+            self._keep_departed(old["channels"], {})
         for rec in self.channels.values():
             lost = [c for c, a in rec.consumers.items() if a == worker]
             for c in lost:

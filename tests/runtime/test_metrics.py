@@ -6,6 +6,7 @@ the text with prometheus_client's own parser.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import inspection_actors
 from coupler.runtime import Coupling, Queue
+from coupler.runtime.broker import Broker
 from coupler.runtime.status import MetricHistory, MetricLog, RateMeter
 from inspection_actors import Fitter, Ticker
 
@@ -42,6 +44,35 @@ def test_rate_meter_starts_again_when_the_counter_restarts() -> None:
     assert m.rate == pytest.approx(3.0)
     with pytest.raises(ValueError, match="window must be > 0"):
         RateMeter(window=0)
+
+
+def _report(received: int, taken: int, depth: int) -> dict:
+    """One consumer's counters as a worker's report lists them (``Endpoint.report_payload``)."""
+    c = {"received": received, "nbytes": 4 * received, "dropped": 0, "taken": taken, "depth": depth}
+    return {"producers": {}, "consumers": {"learner/data": c}}
+
+
+def test_channel_totals_keep_what_consumers_received_after_they_leave() -> None:
+    """Totals (and the Prometheus counters made from them) never go back when a consumer detaches,
+    moves, or loses its worker; depth is of now."""
+    broker = Broker()
+    assert broker.declare(name="pairs", policy={"kind": "queue", "maxsize": 8})["status"] == "OK"
+
+    def totals() -> dict:
+        return broker.snapshot()["channels"]["pairs"]["totals"]
+
+    prod = {"producers": {"sim": {"sent": 20, "nbytes": 80, "last_seq": 19}}, "consumers": {}}
+    broker.report("tcp://a:1", channels={"pairs": prod}, actors={})
+    broker.report("tcp://b:1", channels={"pairs": _report(10, 7, 3)}, actors={})
+    assert (totals()["received"], totals()["taken"], totals()["depth"]) == (10, 7, 3)
+    broker.report("tcp://b:1", channels={}, actors={})  # the learner detached from b: its report lists it no more
+    assert (totals()["received"], totals()["received_bytes"], totals()["taken"], totals()["depth"]) == (10, 40, 7, 0)
+    broker.report("tcp://c:1", channels={"pairs": _report(6, 6, 0)}, actors={})  # it came back on c, counting from 0
+    assert (totals()["received"], totals()["taken"]) == (16, 13)
+    asyncio.run(broker.remove_worker(None, "tcp://c:1"))  # c is lost
+    asyncio.run(broker.remove_worker(None, "tcp://a:1"))  # and the producer's worker too
+    assert (totals()["received"], totals()["taken"], totals()["sent"], totals()["sent_bytes"]) == (16, 13, 20, 80)
+    assert not broker.snapshot()["channels"]["pairs"]["consumers"]  # per-consumer rows are of consumers still there
 
 
 def test_metric_history_merges_each_point_once_and_follows_a_new_log() -> None:
