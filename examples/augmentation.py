@@ -296,8 +296,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     sims_ended = max(s.stopped_at for s in sim_status)
     overlap = sum(1 for t, *_ in history if t < sims_ended)
     results = {
-        # The learner's own count: cp.channels() aggregates the workers' periodic
-        # reports, and a report sent after the learner stopped no longer lists it.
+        # The learner's own count, exact: cp.channels() sums the workers' last
+        # reports, which lag by up to a report interval.
         "samples_streamed": int(final.info["received"]),
         "simulations": len(launched) * args.members,
         "training_steps": int(final.info.get("train_steps", len(history))),
