@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 ENDPOINT_NAME = "coupler-endpoint"
 T = TypeVar("T")
 _SWEEP_EVERY = 10.0  # seconds between sweeps of orphaned shared-memory names
+# Seconds a sender waits for a broken stream's reader to hand back what the consumer did not accept.
+LINK_WIND_UP_TIMEOUT = 10.0
 
 
 @dataclass(frozen=True)
@@ -826,15 +828,20 @@ class Endpoint(WorkerPlugin):
                 f"channel {route.channel!r}: consumer {c.cid!r} did not accept the message within the timeout "
                 f"(its queue is full: back-pressure)"
             )
+        key = (route.channel, c.cid, c.stream)
+        broken = self.links.get(key)
+        if broken is not None and broken.dead and not broken.closing and self._forget_broken(key, broken):
+            raise _Reroute()  # another thread found its stream broken: deliver what it owed first
         link = self._link(route, spec, c)
         try:
             link.submit(header, leaves if type(leaves) is list else to_host(leaves), remaining, cancel)
         except ConsumerGone:
             if link.closing:  # the route changed under us (the consumer moved)
                 raise _Reroute() from None
-            with self._lock:
-                if self.links.get((route.channel, c.cid, c.stream)) is link:
-                    del self.links[(route.channel, c.cid, c.stream)]
+            if self._forget_broken(key, link):
+                # Deliver again, through a new stream, after what the broken one owed. A consumer
+                # that is gone after all refuses the new stream (or cannot be reached): ConsumerGone.
+                raise _Reroute() from None
             raise
 
     def _link(self, route: Route, spec: Spec, c: ConsumerRef) -> Link:
@@ -858,7 +865,12 @@ class Endpoint(WorkerPlugin):
         return link
 
     def _adopt_orphans(self, key: tuple[str, str], items: list[Item]) -> None:
-        """Keep what a departed consumer did not accept, for its replacement (same consumer id)."""
+        """Keep what a consumer did not accept -- it departed, or its stream broke -- to send it again.
+
+        It goes to the consumer (or its replacement, same consumer id) before
+        anything sent later: the producer's next send or flush sends it, or on a
+        routing update a resend thread (see :meth:`_resend_owed`).
+        """
         route = self.routes.get(key[0])
         if route is not None and route.table["closed"]:
             return
@@ -867,9 +879,8 @@ class Endpoint(WorkerPlugin):
             if log is not None:
                 # The log holds these and what the consumer accepted since its commit: all of it again.
                 self.orphans[key] = deque(log.replay())
-                return
-            q = self.orphans.setdefault(key, deque())
-            q.extendleft(reversed(items))  # older than anything queued later
+            else:
+                self.orphans.setdefault(key, deque()).extendleft(reversed(items))  # older than anything queued later
 
     def _commit_received(self, key: tuple[str, str], marks: dict[str, int]) -> None:
         """The consumer ``key`` stored a checkpoint covering ``marks``: stop keeping those messages."""
@@ -900,6 +911,18 @@ class Endpoint(WorkerPlugin):
         route = self.routes.get(channel)
         if route is None:
             return
+        while not self._flush_links(route, deadline, timeout, cancel):
+            pass  # a stream broke: what it had not delivered is kept again, so deliver that first
+
+    def _flush_links(
+        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None
+    ) -> bool:
+        """One flush pass: deliver what is kept for resend, then wait for every link's acknowledgements.
+
+        Returns:
+            False if a link's stream broke while its consumer stays (the pass must be made again).
+        """
+        channel = route.channel
         while True:
             with self._lock:
                 waiting = {k: q for k, q in self.orphans.items() if k[0] == channel and q}
@@ -938,10 +961,36 @@ class Endpoint(WorkerPlugin):
                     raise Interrupted("flush interrupted: the actor is stopping")
                 time.sleep(0.05)
         with self._lock:
-            links = [l for k, l in self.links.items() if k[0] == channel]
-        for link in links:
+            links = [(k, l) for k, l in self.links.items() if k[0] == channel]
+        for key, link in links:
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            link.flush(remaining, cancel)
+            try:
+                link.flush(remaining, cancel)
+            except ConsumerGone:
+                if link.closing:
+                    raise
+                if self._forget_broken(key, link):
+                    return False
+                # Nothing is owed: the consumer accepted all of it before the stream broke.
+        return True
+
+    def _forget_broken(self, key: tuple[str, str, str], link: Link) -> bool:
+        """Drop a link whose stream broke, once what it had not delivered is kept for a resend.
+
+        Waiting for that (the link's reader hands those messages to
+        :meth:`_adopt_orphans` as it winds up) keeps anything sent from now on,
+        through a new stream, from overtaking them: a consumer drops a message
+        older than one it already has from the same source as a duplicate.
+
+        Returns:
+            Whether the consumer is owed messages now (they must go before anything else).
+        """
+        if not link.wound_up.wait(LINK_WIND_UP_TIMEOUT):
+            logger.warning("channel %r: the broken stream to %r did not wind up within %s s", key[0], key[1], LINK_WIND_UP_TIMEOUT)
+        with self._lock:
+            if self.links.get(key) is link:
+                del self.links[key]
+            return bool(self.orphans.get((key[0], key[1])))
 
     # -- reporting -------------------------------------------------------------------------------
     def register_actor(self, name: str, actor: Any) -> None:

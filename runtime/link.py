@@ -170,6 +170,8 @@ class Link:
         self.closing = False
         self.orphan_on_close = True
         self.dead = False
+        # Set once the stream is closed and what the consumer did not accept went to on_orphans.
+        self.wound_up = threading.Event()
         self.acked = 0
         self.batches = 0  # batch frames written (fewer than messages when coalescing works)
         self.ack_frames = 0  # ACK frames received (fewer than batches: acknowledgements are asked for sparingly)
@@ -659,6 +661,7 @@ class Link:
             self.on_orphans(left)
         with self.arena_lock:
             self.arena.close()
+        self.wound_up.set()
 
 
 class ReplayLog:

@@ -48,6 +48,7 @@ class Simulator(ActorHost):
         n: samples to send.
         seed: which stream of samples.
         period: seconds per step (stands for computing a field).
+        field: values of a large ``field`` array in each sample (0: none).
     """
 
     def __init__(self, n: int, seed: int, period: float = 0.0, field: int = 0, **kw: Any) -> None:
@@ -123,3 +124,30 @@ class QueueLearner(ActorHost):
         self.total = float(state["total"])
         self.bad_fields = int(state["bad_fields"])
         self.restored_at = len(self.trained)
+
+
+def break_stream_at(step: int) -> None:
+    """On this worker, make the receiving end of a producer's stream fail once, at the batch holding ``step``.
+
+    It stands for a stream cut while both ends live on (a connection reset between
+    hosts): the receiver refuses the whole batch and closes the stream, and the
+    producer's link sees the end with those messages not acknowledged.
+    """
+    from coupler.runtime.buffers import QueueBuffer
+
+    original = QueueBuffer.put_credited
+
+    def put_credited(self: QueueBuffer, link: int, messages: list) -> int:
+        if any(m.step == step for m in messages) and QueueBuffer.put_credited is put_credited:
+            QueueBuffer.put_credited = original  # once
+            raise ConnectionResetError(f"stream cut at step {step} (injected)")
+        return original(self, link, messages)
+
+    QueueBuffer.put_credited = put_credited
+
+
+def stream_breaks_left() -> bool:
+    """Whether a :func:`break_stream_at` on this worker has not fired yet."""
+    from coupler.runtime.buffers import QueueBuffer
+
+    return QueueBuffer.put_credited.__qualname__.startswith("break_stream_at")

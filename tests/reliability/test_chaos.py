@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import chaos_actors
-from chaos_actors import QueueLearner, Simulator, checksum, sample, sgd_step
+from chaos_actors import QueueLearner, Simulator, break_stream_at, checksum, sample, sgd_step, stream_breaks_left
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 
@@ -182,3 +182,34 @@ def test_a_learner_restarted_after_its_simulators_finished_gets_what_its_checkpo
     rec = _assert_every_message_once(cp, learner, sims, n)
     assert 10 <= rec["restored_at"] < n * len(sims)  # the rest came from the finished simulators' replay
     learner.stop()
+
+
+@pytest.mark.parametrize("period", [0.0, 0.02], ids=["while-finishing", "mid-stream"])
+def test_a_stream_cut_while_both_ends_live_loses_nothing(cluster: Coupling, period: float) -> None:
+    """A stream that breaks with its consumer still there (no routing change) is caught up.
+
+    What the producer's link had sent and the consumer not accepted comes again
+    through a new stream, before anything sent later, whether the producer goes on
+    sending or is finishing: its final flush used to fail with ConsumerGone, and a
+    send could wait ``lost-consumer-wait`` for a routing change that never comes.
+    """
+    cp = cluster
+    n = 40
+    tag = f"cut-{int(period * 100)}"
+    ch = cp.channel(f"samples-{tag}", Queue(64))
+    w = cp.workers()
+    cp.client.run(break_stream_at, 30, workers=[w[0]])
+    learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
+    sims = [
+        cp.spawn(Simulator, n, seed, period, name=f"sim{seed}-{tag}", outputs={"out": ch}, workers=w[i + 1])
+        for i, seed in enumerate(SEEDS)
+    ]
+    learner.start()
+    for s in sims:
+        s.start()
+    try:
+        _assert_every_message_once(cp, learner, sims, n)
+        assert not cp.client.run(stream_breaks_left, workers=[w[0]])[w[0]], "the injected cut never happened"
+    finally:
+        for ref in [learner, *sims]:
+            ref.stop()
