@@ -828,17 +828,13 @@ class Endpoint(WorkerPlugin):
                 f"channel {route.channel!r}: consumer {c.cid!r} did not accept the message within the timeout "
                 f"(its queue is full: back-pressure)"
             )
-        key = (route.channel, c.cid, c.stream)
-        broken = self.links.get(key)
-        if broken is not None and broken.dead and not broken.closing and self._forget_broken(key, broken):
-            raise _Reroute()  # another thread found its stream broken: deliver what it owed first
         link = self._link(route, spec, c)
         try:
             link.submit(header, leaves if type(leaves) is list else to_host(leaves), remaining, cancel)
         except ConsumerGone:
             if link.closing:  # the route changed under us (the consumer moved)
                 raise _Reroute() from None
-            if self._forget_broken(key, link):
+            if self._forget_broken((route.channel, c.cid, c.stream), link):
                 # Deliver again, through a new stream, after what the broken one owed. A consumer
                 # that is gone after all refuses the new stream (or cannot be reached): ConsumerGone.
                 raise _Reroute() from None
@@ -849,6 +845,8 @@ class Endpoint(WorkerPlugin):
         link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
         if link is not None and not link.dead:
             return link
+        if link is not None and not link.closing and self._forget_broken(key, link):
+            raise _Reroute()  # another thread found its stream broken: deliver what it owed first
         link = Link(
             route.channel, c.cid, c.stream, spec,
             queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
