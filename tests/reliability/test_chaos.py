@@ -57,6 +57,12 @@ def cluster() -> Iterator[Coupling]:
         yield cp
 
 
+def _workers(cp: Coupling) -> list[str]:
+    """The three workers, once a nanny has replaced the one an earlier test killed (it has a new address)."""
+    cp.client.wait_for_workers(3, timeout=60)
+    return cp.workers()
+
+
 def _kill(cp: Coupling, address: str) -> None:
     pid = cp.client.run(os.getpid, workers=[address])[address]
     os.kill(pid, signal.SIGKILL)
@@ -64,7 +70,7 @@ def _kill(cp: Coupling, address: str) -> None:
 
 def _start(cp: Coupling, tag: str, field: int = 0) -> tuple[object, list[object], list[str]]:
     ch = cp.channel(f"samples-{tag}", Queue(8))
-    w = cp.workers()
+    w = _workers(cp)
     learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
     sims = [
         cp.spawn(Simulator, N, seed, PERIOD, field, name=f"sim{seed}-{tag}", outputs={"out": ch}, workers=w[i + 1])
@@ -164,7 +170,7 @@ def test_a_learner_restarted_after_its_simulators_finished_gets_what_its_checkpo
     cp = cluster
     n = 40
     ch = cp.channel("samples-fin", Queue(64))  # the simulators finish long before the learner
-    w = cp.workers()
+    w = _workers(cp)
     learner = cp.spawn(QueueLearner, 0.05, name="learner-fin", inputs={"data": ch}, workers=w[0])
     sims = [
         cp.spawn(Simulator, n, seed, 0.0, name=f"sim{seed}-fin", outputs={"out": ch}, workers=w[i + 1])
@@ -197,7 +203,7 @@ def test_a_stream_cut_while_both_ends_live_loses_nothing(cluster: Coupling, peri
     n = 40
     tag = f"cut-{int(period * 100)}"
     ch = cp.channel(f"samples-{tag}", Queue(64))
-    w = cp.workers()
+    w = _workers(cp)
     cp.client.run(break_stream_at, 30, workers=[w[0]])
     learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
     sims = [
