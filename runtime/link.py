@@ -75,9 +75,9 @@ class TransportConfig:
     device_to_device: bool = False
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
-    """One message queued on a link."""
+    """One message queued on a link (slots: a replay log keeps tens of thousands)."""
 
     header: dict[str, Any]
     leaves: list[np.ndarray] | None  # None once the payload lives in a segment

@@ -72,10 +72,17 @@ def copy_small(a: np.ndarray) -> np.ndarray:
     numpy releases the GIL for copies of more than a few hundred elements. For a
     few kilobytes that is a loss: another thread of the process (a receiver, an
     acknowledgement reader) takes the GIL meanwhile, and getting it back costs a
-    thread switch, many times the copy itself. ``bytearray`` copies under the GIL.
+    thread switch, many times the copy itself. A memoryview assignment copies
+    under the GIL.
+
+    The copy owns its memory (``np.empty``), where one over a ``bytearray`` would
+    hang on a memoryview: two more objects for the garbage collector to walk
+    while a replay log keeps the copy, and 4-5 us more per kept 4 KiB copy
+    (measured: 5.3 against 1.2 us).
     """
-    out = np.frombuffer(bytearray(_bytes_of(a)), a.dtype)
-    return out if a.ndim == 1 else out.reshape(a.shape)
+    out = np.empty(a.shape, a.dtype)
+    _bytes_of(out)[:] = _bytes_of(a)
+    return out
 
 
 def _bytes_of(a: np.ndarray) -> memoryview:
@@ -83,7 +90,7 @@ def _bytes_of(a: np.ndarray) -> memoryview:
 
     Through a uint8 view where needed, so that dtypes the buffer protocol does not know (bfloat16) pass too.
     """
-    if a.flags.c_contiguous and a.dtype.isbuiltin == 1:
+    if a.flags.c_contiguous and a.dtype.isbuiltin == 1 and a.size:  # (memoryview cannot cast an empty shape)
         return a.data.cast("B")  # the common case, in two calls (a hot path)
     return memoryview(np.ascontiguousarray(a).reshape(-1).view(np.uint8))
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import gc
 
+import ml_dtypes  # JAX's extra dtypes (installed with jax)
 import numpy as np
 import pytest
 
-from coupler.runtime.wire import PayloadPool
+from coupler.runtime.wire import PayloadPool, copy_small
 
 
 def test_a_released_payload_block_is_reused_and_a_held_one_never() -> None:
@@ -92,3 +93,28 @@ def test_batch_headers_travel_as_columns_and_malformed_columns_are_refused() -> 
         batch_size({"h": headers})  # the old layout, or no headers at all
     with pytest.raises(ValueError, match="differ in length"):
         batch_size({"c": [*cols[:5], cols[5][:2]]})
+
+
+@pytest.mark.parametrize(
+    "a",
+    [
+        np.arange(1024, dtype=np.float32),
+        np.array(3.5),  # 0-d
+        np.zeros((0, 3)),  # empty: memoryview cannot cast it
+        np.arange(12.0).reshape(3, 4).T,  # not C-contiguous
+        np.arange(10)[::2],  # strided
+        np.array([True, False, True]),
+        np.arange(6).astype(ml_dtypes.bfloat16),  # a dtype the buffer protocol does not know
+    ],
+    ids=["float32", "0-d", "empty", "transposed", "strided", "bool", "bfloat16"],
+)
+def test_a_small_copy_is_equal_writable_and_owns_its_memory(a: np.ndarray) -> None:
+    b = copy_small(a)
+    assert b.shape == a.shape and b.dtype == a.dtype
+    assert np.array_equal(b.astype(np.float64), a.astype(np.float64))
+    assert b.flags.writeable and b.flags.c_contiguous
+    # Its own memory, no memoryview or bytearray behind it: a replay log keeps such copies by the ten thousand.
+    assert b.base is None
+    before = a.copy()
+    b[...] = 1
+    assert np.array_equal(a.astype(np.float64), before.astype(np.float64))  # a copy, not a view
