@@ -764,41 +764,61 @@ class Endpoint(WorkerPlugin):
                     q.popleft()
         return log
 
-    def _resend_owed(self, route: Route) -> None:
-        """Start sending what returned consumers are owed, in a thread per consumer (on routing updates).
+    def _resend_owed(self, route: Route, cid: str | None = None) -> None:
+        """Start sending what consumers are owed, in a thread per consumer.
 
-        Senders catch up before their next message; this covers producers that
-        send nothing more (finished, paused, or waiting for an answer), whose
-        consumer would otherwise never get back what its checkpoint did not cover.
+        Called on routing updates (a consumer came back) and when a link hands
+        back what its consumer did not accept (:meth:`_adopt_orphans`). Senders
+        catch up before their next message; this covers producers that send
+        nothing more (finished, paused, or waiting for an answer), whose consumer
+        would otherwise wait for their next send, checkpoint or final flush.
+
+        Args:
+            route: the channel's route.
+            cid: only this consumer (else every consumer on the route).
         """
         table, spec, is_queue, _, consumers = route.decoded()
-        if not (is_queue and self.delivery.retain) or spec is None or table["closed"]:
+        if spec is None or table["closed"]:
             return
+        retain = is_queue and self.delivery.retain
         for c in consumers:
-            key = (route.channel, c.cid)
-            log = self.replay_logs.get(key)
-            if log is None:
+            if cid is not None and c.cid != cid:
                 continue
+            key = (route.channel, c.cid)
+            log = self.replay_logs.get(key) if retain else None
             with self._lock:
                 before = self.incarnations.get(key)
-                owed = bool(self.orphans.get(key)) or (before is not None and before != c.stream and bool(log.items))
+                owed = bool(self.orphans.get(key)) or (
+                    log is not None and before is not None and before != c.stream and bool(log.items)
+                )
                 if not owed or key in self._resending:
                     continue
                 self._resending.add(key)
             threading.Thread(
-                target=self._resend, args=(route, spec, c), name=f"coupler-resend-{route.channel}", daemon=True
+                target=self._resend, args=(route, spec, c.cid), name=f"coupler-resend-{route.channel}", daemon=True
             ).start()
 
-    def _resend(self, route: Route, spec: Spec, c: ConsumerRef) -> None:
-        key = (route.channel, c.cid)
+    def _resend(self, route: Route, spec: Spec, cid: str) -> None:
+        key = (route.channel, cid)
         try:
-            self._catch_up(route, spec, c, None, self._closing)
-        except (ConsumerGone, ChannelClosed, Interrupted, _Reroute) as e:
+            while True:
+                c = next((x for x in route.consumers if x.cid == cid), None)
+                if c is None:
+                    return  # away: its return (a routing update) starts this again
+                try:
+                    self._catch_up(route, spec, c, None, self._closing)
+                    return
+                except _Reroute:
+                    time.sleep(0.01)  # a stream broke on the way (it handed back what it owed): again, through a new one
+        except (ConsumerGone, ChannelClosed, Interrupted) as e:
             # The consumer went again, or this worker closes: the next routing update starts over.
-            logger.info("channel %r: resending to consumer %r stopped: %r", route.channel, c.cid, e)
+            logger.info("channel %r: resending to consumer %r stopped: %r", route.channel, cid, e)
         finally:
             with self._lock:
                 self._resending.discard(key)
+                again = bool(self.orphans.get(key))
+            if again and not self._closing.is_set():
+                self._resend_owed(route, cid)  # handed back after this thread's last look
 
     def _deliver_one(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
@@ -866,8 +886,9 @@ class Endpoint(WorkerPlugin):
         """Keep what a consumer did not accept -- it departed, or its stream broke -- to send it again.
 
         It goes to the consumer (or its replacement, same consumer id) before
-        anything sent later: the producer's next send or flush sends it, or on a
-        routing update a resend thread (see :meth:`_resend_owed`).
+        anything sent later: a resend thread starts now (see :meth:`_resend_owed`)
+        if the consumer is still on the route (its stream broke), or on the routing
+        update that brings it back; the producer's next send or flush may be first.
         """
         route = self.routes.get(key[0])
         if route is not None and route.table["closed"]:
@@ -879,6 +900,8 @@ class Endpoint(WorkerPlugin):
                 self.orphans[key] = deque(log.replay())
             else:
                 self.orphans.setdefault(key, deque()).extendleft(reversed(items))  # older than anything queued later
+        if route is not None:
+            self._resend_owed(route, key[1])
 
     def _commit_received(self, key: tuple[str, str], marks: dict[str, int]) -> None:
         """The consumer ``key`` stored a checkpoint covering ``marks``: stop keeping those messages."""

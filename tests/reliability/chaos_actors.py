@@ -49,11 +49,14 @@ class Simulator(ActorHost):
         seed: which stream of samples.
         period: seconds per step (stands for computing a field).
         field: values of a large ``field`` array in each sample (0: none).
+        hold: seconds to stay in the step of the last sample before finishing (or until
+            stopped): a producer that waits, e.g. for an answer, with no step boundary,
+            so no checkpoint and no final flush.
     """
 
-    def __init__(self, n: int, seed: int, period: float = 0.0, field: int = 0, **kw: Any) -> None:
+    def __init__(self, n: int, seed: int, period: float = 0.0, field: int = 0, hold: float = 0.0, **kw: Any) -> None:
         super().__init__(**kw)
-        self.n, self.seed, self.period, self.field, self.i = n, seed, period, field, 0
+        self.n, self.seed, self.period, self.field, self.hold, self.i = n, seed, period, field, hold, 0
 
     def step(self) -> bool:
         if self.i >= self.n:
@@ -62,6 +65,10 @@ class Simulator(ActorHost):
             time.sleep(self.period)
         self.outputs["out"].send(sample(self.seed, self.i, self.field), step=self.i)
         self.i += 1
+        if self.i == self.n and self.hold:
+            end = time.monotonic() + self.hold
+            while time.monotonic() < end and not self.stopping:
+                time.sleep(0.02)
         return True
 
     def info(self) -> dict[str, Any]:

@@ -82,8 +82,8 @@ def _start(cp: Coupling, tag: str, field: int = 0) -> tuple[object, list[object]
     return learner, sims, w
 
 
-def _assert_every_message_once(cp: Coupling, learner: object, sims: list[object], n: int = N) -> dict:
-    for s in sims:
+def _assert_every_message_once(cp: Coupling, learner: object, sims: list[object], n: int = N, finished: bool = True) -> dict:
+    for s in sims if finished else ():
         assert s.wait(120).state == "finished"
     _until("the learner to train on every message", lambda: learner.status().info["count"] >= n * len(sims))
     time.sleep(0.3)  # a duplicate arriving late would show up as an extra message
@@ -216,6 +216,38 @@ def test_a_stream_cut_while_both_ends_live_loses_nothing(cluster: Coupling, peri
     try:
         _assert_every_message_once(cp, learner, sims, n)
         assert not cp.client.run(stream_breaks_left, workers=[w[0]])[w[0]], "the injected cut never happened"
+    finally:
+        for ref in [learner, *sims]:
+            ref.stop()
+
+
+def test_a_stream_cut_at_the_last_send_is_caught_up_while_the_producer_waits(cluster: Coupling) -> None:
+    """What a broken stream owes reaches the consumer even if its producer sends nothing more.
+
+    The cut hits the batch with a simulator's last sample; the simulators then
+    wait inside that step (as a producer waiting for an answer does), so neither
+    a later send, nor a checkpoint's flush, nor the final flush can catch the
+    consumer up: the endpoint must resend on its own, and soon.
+    """
+    cp = cluster
+    n, hold = 40, 60.0
+    tag = "cut-idle"
+    ch = cp.channel(f"samples-{tag}", Queue(64))
+    w = _workers(cp)
+    cp.client.run(break_stream_at, n - 1, workers=[w[0]])
+    learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
+    sims = [
+        cp.spawn(Simulator, n, seed, 0.0, 0, hold, name=f"sim{seed}-{tag}", outputs={"out": ch}, workers=w[i + 1])
+        for i, seed in enumerate(SEEDS)
+    ]
+    learner.start()
+    for s in sims:
+        s.start()
+    try:
+        _until("every sample while the simulators wait", lambda: learner.status().info["count"] >= n * len(sims), timeout=20)
+        assert [s.status().state for s in sims] == ["running"] * len(sims)  # still waiting: not their final flush
+        assert not cp.client.run(stream_breaks_left, workers=[w[0]])[w[0]], "the injected cut never happened"
+        _assert_every_message_once(cp, learner, sims, n, finished=False)
     finally:
         for ref in [learner, *sims]:
             ref.stop()
