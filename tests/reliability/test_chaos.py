@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Callable
 
@@ -58,8 +59,20 @@ def cluster() -> Iterator[Coupling]:
 
 
 def _workers(cp: Coupling) -> list[str]:
-    """The three workers, once a nanny has replaced the one an earlier test killed (it has a new address)."""
-    cp.client.wait_for_workers(3, timeout=60)
+    """The three workers, once a nanny has replaced the one an earlier test killed (it has a new address).
+
+    Once in about 17 runs of this module on 2 cores, the nanny of a killed worker
+    said it was restarting it and no worker came within 60 s (no error logged).
+    These tests are about coupler's recovery, not Dask's nanny: then the cluster
+    gets one more worker, as a batch system would start a new job.
+    """
+    try:
+        cp.client.wait_for_workers(3, timeout=60)
+    except TimeoutError:
+        cluster = cp._own_cluster
+        warnings.warn(f"a killed worker was not replaced within 60 s ({len(cp.workers())} of 3): adding one", stacklevel=2)
+        cluster.scale(len(cluster.worker_spec) + 1)
+        cp.client.wait_for_workers(3, timeout=60)
     return cp.workers()
 
 
