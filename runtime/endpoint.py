@@ -426,6 +426,8 @@ class Endpoint(WorkerPlugin):
             for cid, why in table["gone"]:
                 if "was lost" in str(why):
                     self.lost_since.setdefault((channel, cid), time.monotonic())
+                elif why == "detached" and cid not in present:
+                    self._forget_consumer(channel, cid)  # it closed its port: it will not come back for these
             for key in [k for k in self.lost_since if k[0] == channel and k[1] in present]:
                 del self.lost_since[key]
             current = {(channel, c.cid, c.stream) for c in route.consumers}
@@ -439,7 +441,21 @@ class Endpoint(WorkerPlugin):
             for (ch, _), buf in self.buffers.items():
                 if ch == channel:
                     buf.close()
+            self._forget_consumer(channel, None)  # a closed channel replays nothing (see _adopt_orphans)
         return {"status": "OK"}
+
+    def _forget_consumer(self, channel: str, cid: str | None) -> None:
+        """Drop what this worker keeps to send again to consumer ``cid`` of ``channel`` (``None``: every one).
+
+        Replay logs hold up to ``coupler.delivery.retain-bytes`` each; kept for a
+        consumer that left for good, or on a closed channel, they would hold that
+        memory for the rest of the run (and replay it all to a later consumer that
+        happened to take the same name).
+        """
+        with self._lock:
+            for kept in (self.replay_logs, self.orphans, self.incarnations):
+                for key in [k for k in kept if k[0] == channel and (cid is None or k[1] == cid)]:
+                    del kept[key]
 
     def send(
         self,

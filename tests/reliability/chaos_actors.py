@@ -133,6 +133,22 @@ class QueueLearner(ActorHost):
         self.restored_at = len(self.trained)
 
 
+class Leaver(ActorHost):
+    """Takes ``n`` messages from ``data``, then closes that input (it leaves for good) and finishes."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.n, self.count = n, 0
+
+    def step(self) -> bool:
+        self.inputs["data"].receive()
+        self.count += 1
+        if self.count < self.n:
+            return True
+        self.inputs["data"].close()
+        return False
+
+
 def break_stream_at(step: int) -> None:
     """On this worker, make the receiving end of a producer's stream fail once, at the batch holding ``step``.
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import chaos_actors
-from chaos_actors import QueueLearner, Simulator
+from chaos_actors import Leaver, QueueLearner, Simulator
 from coupler.runtime.buffers import QueueBuffer, make_buffer
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.endpoint import ENDPOINT_NAME
@@ -120,4 +120,39 @@ def test_a_commit_reaches_the_producers_worker_and_empties_its_log(coupling: Cou
         time.sleep(0.05)
     with pytest.raises(ValueError, match="got marks for"):
         learner.call("commit", {"nope": {}})
+    learner.stop()
+
+
+def _until_forgotten(cp: Coupling, worker: str, channel: str, what: str) -> None:
+    deadline = time.monotonic() + 10
+    while _replay_log_sizes(cp, worker, channel):
+        assert time.monotonic() < deadline, f"the producer's worker still keeps messages {what}"
+        time.sleep(0.05)
+
+
+def test_a_producer_forgets_what_it_kept_for_a_consumer_that_left_and_on_a_closed_channel(coupling: Coupling, unique: str) -> None:
+    w = coupling.workers()
+    n = 20
+    ch = coupling.channel(f"leave-{unique}", Queue(16))
+    leaver = coupling.spawn(Leaver, n, name=f"leaver-{unique}", inputs={"data": ch}, workers=w[0])
+    sim = coupling.spawn(Simulator, n, 3, name=f"sim-{unique}", outputs={"out": ch}, workers=w[1])
+    leaver.start()
+    sim.start()
+    assert sim.wait(60).state == "finished"
+    assert leaver.wait(60).state == "finished"
+    _until_forgotten(coupling, w[1], ch, "for a consumer that closed its port")
+
+    ch = coupling.channel(f"close-{unique}", Queue(16))
+    learner = coupling.spawn(QueueLearner, name=f"learner-{unique}", inputs={"data": ch}, workers=w[0])
+    sim = coupling.spawn(Simulator, n, 4, name=f"sim2-{unique}", outputs={"out": ch}, workers=w[1])
+    learner.start()
+    sim.start()
+    assert sim.wait(60).state == "finished"
+    deadline = time.monotonic() + 30
+    while learner.status().info["count"] < n:
+        assert time.monotonic() < deadline, "the learner did not get every message"
+        time.sleep(0.05)
+    assert _replay_log_sizes(coupling, w[1], ch) == {f"learner-{unique}/data": list(range(n))}  # no commit yet
+    coupling.close_channel(ch)
+    _until_forgotten(coupling, w[1], ch, "on a closed channel")
     learner.stop()
