@@ -466,14 +466,14 @@ class QueueBuffer(ConsumerBuffer):
         with self._cond:
             marks = {s: int(q) for s, q in taken.items()}
             kept: deque[Message] = deque()
-            for i, m in enumerate([*preload, *self._items]):
+            # The preloaded messages are not counted as received: the predecessor's buffer
+            # counted them (the broker's channel totals keep its counters after it left).
+            for m in [*preload, *self._items]:
                 if m.seq <= marks.get(m.source, -1):
                     self.stats.duplicates += 1
                     continue
                 marks[m.source] = m.seq
                 kept.append(m)
-                if i < len(preload):
-                    self._account(m)
             self._items = kept
             for src, q in taken.items():
                 self._taken[src] = max(self._taken.get(src, -1), int(q))

@@ -146,7 +146,10 @@ def test_queue_drain_and_preload_keep_order() -> None:
     other = make_buffer("q", Queue(maxsize=2))
     other.put([msg(7)])
     other.preload(left)  # the leftovers go first, even beyond maxsize
+    # Received once, by the first buffer: the broker's totals add both buffers' counters.
+    assert (other.stats.received, other.stats.depth) == (1, 4)
     assert [other.get(1).seq for _ in range(4)] == [0, 1, 2, 7]
+    assert (buf.stats.received + other.stats.received, buf.stats.taken + other.stats.taken) == (4, 4)
     other.detach()
     assert other.put([msg(8)], 0.05) == 0 and not other.accepting
 
