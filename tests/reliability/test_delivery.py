@@ -96,12 +96,12 @@ def _replay_log_sizes(cp: Coupling, worker: str, channel: str) -> dict[str, list
     return cp.client.run(sizes, workers=[worker])[worker]
 
 
-def test_a_commit_reaches_the_producers_worker_and_empties_its_log(coupling: Coupling, unique: str) -> None:
-    ch = coupling.channel(f"commit-{unique}", Queue(16))
-    w = coupling.workers()
-    n = 40
-    learner = coupling.spawn(QueueLearner, name=f"learner-{unique}", inputs={"data": ch}, workers=w[0])
-    sim = coupling.spawn(Simulator, n, 3, name=f"sim-{unique}", outputs={"out": ch}, workers=w[1])
+def _learn_from_a_simulator(cp: Coupling, tag: str, n: int) -> tuple[str, object, object, list[str]]:
+    """A learner on worker 0 fed ``n`` samples by a simulator on worker 1, both done: ``(channel, learner, sim, workers)``."""
+    ch = cp.channel(f"{tag}-ch", Queue(16))
+    w = cp.workers()
+    learner = cp.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=w[0])
+    sim = cp.spawn(Simulator, n, 3, name=f"sim-{tag}", outputs={"out": ch}, workers=w[1])
     learner.start()
     sim.start()
     assert sim.wait(60).state == "finished"
@@ -109,13 +109,19 @@ def test_a_commit_reaches_the_producers_worker_and_empties_its_log(coupling: Cou
     while learner.status().info["count"] < n:
         assert time.monotonic() < deadline, "the learner did not get every message"
         time.sleep(0.05)
+    return ch, learner, sim, w
+
+
+def test_a_commit_reaches_the_producers_worker_and_empties_its_log(coupling: Coupling, unique: str) -> None:
+    n = 40
+    ch, learner, sim, w = _learn_from_a_simulator(coupling, f"commit-{unique}", n)
     kept = _replay_log_sizes(coupling, w[1], ch)
-    assert kept == {f"learner-{unique}/data": list(range(n))}  # everything, until the consumer commits
+    assert kept == {f"learner-commit-{unique}/data": list(range(n))}  # everything, until the consumer commits
     ck = learner.checkpoint()
     assert ck["delivered"] == {"data": {sim.name: n - 1}}
     learner.call("commit", ck["delivered"])
     deadline = time.monotonic() + 10
-    while _replay_log_sizes(coupling, w[1], ch)[f"learner-{unique}/data"]:
+    while _replay_log_sizes(coupling, w[1], ch)[f"learner-commit-{unique}/data"]:
         assert time.monotonic() < deadline, "the commit did not reach the producer's worker"
         time.sleep(0.05)
     with pytest.raises(ValueError, match="got marks for"):
@@ -142,17 +148,8 @@ def test_a_producer_forgets_what_it_kept_for_a_consumer_that_left_and_on_a_close
     assert leaver.wait(60).state == "finished"
     _until_forgotten(coupling, w[1], ch, "for a consumer that closed its port")
 
-    ch = coupling.channel(f"close-{unique}", Queue(16))
-    learner = coupling.spawn(QueueLearner, name=f"learner-{unique}", inputs={"data": ch}, workers=w[0])
-    sim = coupling.spawn(Simulator, n, 4, name=f"sim2-{unique}", outputs={"out": ch}, workers=w[1])
-    learner.start()
-    sim.start()
-    assert sim.wait(60).state == "finished"
-    deadline = time.monotonic() + 30
-    while learner.status().info["count"] < n:
-        assert time.monotonic() < deadline, "the learner did not get every message"
-        time.sleep(0.05)
-    assert _replay_log_sizes(coupling, w[1], ch) == {f"learner-{unique}/data": list(range(n))}  # no commit yet
+    ch, learner, _, w = _learn_from_a_simulator(coupling, f"close-{unique}", n)
+    assert _replay_log_sizes(coupling, w[1], ch) == {f"learner-close-{unique}/data": list(range(n))}  # no commit yet
     coupling.close_channel(ch)
     _until_forgotten(coupling, w[1], ch, "on a closed channel")
     learner.stop()
