@@ -794,8 +794,8 @@ class Endpoint(WorkerPlugin):
             cid: only this consumer (else every consumer on the route).
         """
         table, spec, is_queue, _, consumers = route.decoded()
-        if spec is None or table["closed"]:
-            return
+        if spec is None or table["closed"] or self._closing.is_set():
+            return  # (at teardown every link hands back what it holds: nothing to resend to)
         retain = is_queue and self.delivery.retain
         for c in consumers:
             if cid is not None and c.cid != cid:

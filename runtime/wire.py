@@ -77,8 +77,8 @@ def copy_small(a: np.ndarray) -> np.ndarray:
 
     The copy owns its memory (``np.empty``), where one over a ``bytearray`` would
     hang on a memoryview: two more objects for the garbage collector to walk
-    while a replay log keeps the copy, and 4-5 us more per kept 4 KiB copy
-    (measured: 5.3 against 1.2 us).
+    while a replay log keeps the copy (a kept 4 KiB copy took 5.3 us that way,
+    3.3 us this way, measured).
     """
     out = np.empty(a.shape, a.dtype)
     _bytes_of(out)[:] = _bytes_of(a)
