@@ -1065,6 +1065,11 @@ class Endpoint(WorkerPlugin):
         if time.monotonic() - self._last_sweep > _SWEEP_EVERY:
             self._last_sweep = time.monotonic()
             shm.sweep_orphans()  # names left by a process killed mid-handshake
+        with self._lock:
+            links = list(self.links.values())
+        idle = [link for link in links if link.give_back_idle_credits()]
+        if idle:  # a write may block: not on the event loop
+            threading.Thread(target=lambda: [link.wake() for link in idle], name="coupler-credits", daemon=True).start()
         if self.worker.status.name not in ("running", "paused"):
             return
         try:

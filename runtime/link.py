@@ -178,6 +178,8 @@ class Link:
         self.messages = 0
         self.shm_messages = 0
         self.recycled = 0  # small messages whose copies went back to the link for reuse
+        self.submits = 0  # messages queued (see give_back_idle_credits)
+        self._submits_seen = 0
         self.arena = shm.Arena(config.shm_pool_bytes)
         # Per field, arrays of small messages the consumer accepted, for _small_item to reuse.
         self._spare: list[list[np.ndarray]] = [[] for _ in spec.fields]
@@ -285,6 +287,7 @@ class Link:
                     raise Interrupted("send interrupted: the actor is stopping")
                 self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             self.queued_bytes += nbytes
+            self.submits += 1
             if item is not None:
                 self.pending.append(item)
                 claimed = self._claim_writer()
@@ -398,6 +401,27 @@ class Link:
                 # Idle now: give unused slots back so other producers of this queue can have them.
                 self.returning += self.credits  # += : another producer's return may not be written yet
                 self.credits, self.want, self.want_dirty = 0, 0, True
+        self._pump()
+
+    def give_back_idle_credits(self) -> bool:
+        """Give back the credits of a producer that queued nothing since the last call; whether any went back.
+
+        A producer that waits inside a step (for an answer, say) neither sends nor
+        flushes, and would hold slots of the consumer's queue that its other
+        producers need: up to the whole queue, since grants may run ahead of use.
+        The caller then calls :meth:`wake` (off the event loop: it writes) to tell
+        the consumer; a producer that sends again asks for credits anew.
+        """
+        with self.lock:
+            active, self._submits_seen = self.submits != self._submits_seen, self.submits
+            if active or not self.queue or not self.credits or self.pending or self.dead or self.closing:
+                return False
+            self.returning += self.credits  # += : a return not written yet may be pending
+            self.credits, self.want, self.want_dirty = 0, 0, True
+            return True
+
+    def wake(self) -> None:
+        """Write what waits to be written (messages, or a credit return), unless another thread is at it."""
         self._pump()
 
     def close(self, orphan: bool = True) -> None:

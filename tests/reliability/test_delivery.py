@@ -153,3 +153,30 @@ def test_a_producer_forgets_what_it_kept_for_a_consumer_that_left_and_on_a_close
     coupling.close_channel(ch)
     _until_forgotten(coupling, w[1], ch, "on a closed channel")
     learner.stop()
+
+
+def test_a_producer_waiting_inside_a_step_gives_its_credits_back(coupling: Coupling, unique: str) -> None:
+    """Credits are slots of the consumer's queue: a producer that neither sends nor flushes must not keep them.
+
+    Grants may run ahead of use, up to the whole queue, and the other producers
+    of that queue would wait for slots it will not use (session 11 saw a resend
+    stuck that way behind a producer holding 62 of 64).
+    """
+    ch = coupling.channel(f"idle-{unique}", Queue(16))
+    w = coupling.workers()
+    learner = coupling.spawn(QueueLearner, name=f"learner-{unique}", inputs={"data": ch}, workers=w[0])
+    sim = coupling.spawn(Simulator, 5, 3, 0.0, 0, 30.0, name=f"sim-{unique}", outputs={"out": ch}, workers=w[1])
+    learner.start()
+    sim.start()
+
+    def credits(dask_worker) -> list[int]:  # type: ignore[no-untyped-def]
+        ep = dask_worker.plugins[ENDPOINT_NAME]
+        return [link.stats()["credits"] for key, link in ep.links.items() if key[0] == ch]
+
+    deadline = time.monotonic() + 10
+    while learner.status().info["count"] < 5 or coupling.client.run(credits, workers=[w[1]])[w[1]] != [0]:
+        assert time.monotonic() < deadline, f"the waiting producer still holds credits {coupling.client.run(credits, workers=[w[1]])}"
+        time.sleep(0.05)
+    assert sim.status().state == "running"  # still inside its step: no flush gave them back
+    sim.stop()
+    learner.stop()
