@@ -76,6 +76,19 @@ def _workers(cp: Coupling) -> list[str]:
     return cp.workers()
 
 
+def _delivery_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
+    """What a worker's endpoint keeps and sends for its consumers (for a failure's message)."""
+    from coupler.runtime.endpoint import ENDPOINT_NAME
+
+    ep = dask_worker.plugins[ENDPOINT_NAME]
+    return {
+        "orphans": {str(k): len(q) for k, q in ep.orphans.items()},
+        "resending": [str(k) for k in ep._resending],
+        "logs": {str(k): len(log.items) for k, log in ep.replay_logs.items()},
+        "links": {str(k): link.stats() for k, link in ep.links.items()},
+    }
+
+
 def _kill(cp: Coupling, address: str) -> None:
     pid = cp.client.run(os.getpid, workers=[address])[address]
     os.kill(pid, signal.SIGKILL)
@@ -257,7 +270,10 @@ def test_a_stream_cut_at_the_last_send_is_caught_up_while_the_producer_waits(clu
     for s in sims:
         s.start()
     try:
-        _until("every sample while the simulators wait", lambda: learner.status().info["count"] >= n * len(sims), timeout=20)
+        try:
+            _until("every sample while the simulators wait", lambda: learner.status().info["count"] >= n * len(sims), timeout=20)
+        except TimeoutError as e:
+            raise TimeoutError(f"{e}; the producers' endpoints: {cp.client.run(_delivery_state)}") from None
         assert [s.status().state for s in sims] == ["running"] * len(sims)  # still waiting: not their final flush
         assert not cp.client.run(stream_breaks_left, workers=[w[0]])[w[0]], "the injected cut never happened"
         _assert_every_message_once(cp, learner, sims, n, finished=False)
