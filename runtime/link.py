@@ -13,8 +13,10 @@ life. Every producer on this worker that sends to that consumer shares it.
   bounded queue; a message is queued only against a credit, so the consumer
   never holds more than ``maxsize`` and a full queue makes ``submit`` wait
   (and time out with :class:`ChannelTimeout`, the message not sent), exactly
-  like a local put. Other policies never refuse, so the link only bounds the
-  bytes in flight.
+  like a local put. A producer that queues nothing for a report interval gives
+  its credits back (it may be waiting inside a step), so that the queue's other
+  producers can use them. Other policies never refuse, so the link only bounds
+  the bytes in flight.
 - **Same host: shared memory.** When the consumer could map a probe segment at
   connection time, large messages are copied once into a segment of the link's
   :class:`~coupler.runtime.shm.Arena` and only a descriptor is sent.
