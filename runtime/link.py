@@ -400,10 +400,13 @@ class Link:
             if self.error is not None:
                 raise self.error
             if self.queue and (self.credits or self.want) and not self.pending:
-                # Idle now: give unused slots back so other producers of this queue can have them.
-                self.returning += self.credits  # += : another producer's return may not be written yet
-                self.credits, self.want, self.want_dirty = 0, 0, True
+                self._return_credits()  # idle now: other producers of this queue can have the slots
         self._pump()
+
+    def _return_credits(self) -> None:
+        """Give the unused credits back with the next WANT frame (call with the lock; then :meth:`_pump`)."""
+        self.returning += self.credits  # += : a return not written yet may be pending
+        self.credits, self.want, self.want_dirty = 0, 0, True
 
     def give_back_idle_credits(self) -> bool:
         """Give back the credits of a producer that queued nothing since the last call; whether any went back.
@@ -418,8 +421,7 @@ class Link:
             active, self._submits_seen = self.submits != self._submits_seen, self.submits
             if active or not self.queue or not self.credits or self.pending or self.dead or self.closing:
                 return False
-            self.returning += self.credits  # += : a return not written yet may be pending
-            self.credits, self.want, self.want_dirty = 0, 0, True
+            self._return_credits()
             return True
 
     def wake(self) -> None:
