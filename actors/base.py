@@ -46,7 +46,8 @@ from typing import Any, Callable
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
 from coupler.runtime.buffers import QueueBuffer
-from coupler.runtime.endpoint import Endpoint
+from coupler.runtime.endpoint import Endpoint, delivery_config
+from coupler.runtime.lineage import META_KEY, ReplayOrder, TakeLog, TakesNote, replay_order
 from coupler.runtime.status import ActorStatus, MetricLog, describe_device
 
 logger = logging.getLogger(__name__)
@@ -87,8 +88,15 @@ class HostInPort(InPort):
     def __init__(self, endpoint: Endpoint, channel: str, consumer: str, host: ActorHost) -> None:
         super().__init__(endpoint, channel, consumer)
         self._host = host
+        self.logs_takes = False  # set by the host: a Queue input of an actor that sends (runtime/lineage.py)
 
     def receive(self, timeout: float | None = None, default: Any = _MISSING) -> Message:
+        m = self._receive(timeout, default)
+        if self.logs_takes and isinstance(m, Message):
+            self._host._record_take(self.channel, m)
+        return m
+
+    def _receive(self, timeout: float | None, default: Any) -> Message:
         buf = self.buffer
         if buf.has_message():  # one is held: no wait, so nothing to give way to (and a stream's hot path)
             try:
@@ -116,6 +124,39 @@ class HostInPort(InPort):
                     raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s") from None
             if self._host._boundary_wanted():
                 raise _StepYielded()
+
+
+class HostOutPort(OutPort):
+    """An :class:`OutPort` whose messages carry their actor's takes since the last one (runtime/lineage.py).
+
+    Args:
+        endpoint: the worker's endpoint.
+        channel: channel name.
+        host: the actor host that owns the port (its name is the source).
+    """
+
+    def __init__(self, endpoint: Endpoint, channel: str, host: ActorHost) -> None:
+        super().__init__(endpoint, channel, host.name, host._stop)
+        self._host = host
+
+    def send(
+        self,
+        data: Any,
+        *,
+        timestamp: float = 0.0,
+        step: int = 0,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        note = self._host._note_for(self.channel)
+        if note is not None:
+            meta = {**(meta or {}), META_KEY: note.to_wire()}
+        seq = super().send(data, timestamp=timestamp, step=step, meta=meta, timeout=timeout)
+        if note is not None:
+            self._host._noted(self.channel, note)
+        return seq
+
+    send.__doc__ = OutPort.send.__doc__
 
 
 def encode_message(m: Message) -> dict[str, Any]:
@@ -150,7 +191,13 @@ class ActorHost:
         self.inputs: dict[str, InPort] = {
             p: HostInPort(self.endpoint, ch, f"{name}/{p}", self) for p, ch in (inputs or {}).items()
         }
-        self.outputs: dict[str, OutPort] = {p: OutPort(self.endpoint, ch, name, self._stop) for p, ch in (outputs or {}).items()}
+        self.outputs: dict[str, OutPort] = {p: HostOutPort(self.endpoint, ch, self) for p, ch in (outputs or {}).items()}
+        # Input-order logging: the Queue takes of an actor that sends, numbered, for its consumers to keep.
+        self._takes = TakeLog()
+        self._takes_lock = threading.Lock()  # the loop records and sends; commit() comes from Dask's actor thread
+        self._replayed_takes = 0  # takes a restore made this instance repeat in its predecessor's order
+        for port in self.inputs.values():
+            port.logs_takes = bool(self.outputs) and isinstance(port.buffer, QueueBuffer)
         self._state = "created"
         self._steps = 0
         self._error = ""
@@ -331,18 +378,26 @@ class ActorHost:
                 self._cond.notify_all()
         return await self._ask("retire", before, timeout)
 
-    def commit(self, delivered: dict[str, dict[str, int]]) -> None:
+    def commit(self, delivered: dict[str, dict[str, int]], takes: int | None = None) -> None:
         """A checkpoint with these ``"delivered"`` marks (port -> source -> seq) is stored safely.
 
         The producers of this actor's ``Queue`` inputs stop keeping the messages
-        the marks cover (they would otherwise send them again to a successor).
+        the marks cover (they would otherwise send them again to a successor),
+        and this actor's consumers may forget its takes before the checkpoint's.
+
+        Args:
+            delivered: the checkpoint's ``"delivered"`` marks.
+            takes: the checkpoint's ``"takes"`` (the number of its next take), if it has one.
 
         Raises:
-            ValueError: for a port this actor does not have.
+            ValueError: for a port this actor does not have, or a take count beyond its takes.
         """
         unknown = sorted(set(delivered) - set(self.inputs))
         if unknown:
             raise ValueError(f"actor {self.name!r} has inputs {sorted(self.inputs)}, got marks for {unknown}")
+        if takes is not None:
+            with self._takes_lock:
+                self._takes.commit(int(takes))
         for port, marks in delivered.items():
             inp = self.inputs[port]
             self.endpoint.commit_consumer(inp.channel, inp.consumer, marks)
@@ -394,10 +449,48 @@ class ActorHost:
                 inp.buffer.resume(delivered.get(port, {}), messages)
             elif messages:
                 inp.buffer.preload(messages)
+        self._follow_predecessor(int(checkpoint.get("takes", 0)))
         if st["state"] in ("finished", "stopped", "failed"):
             self._state, self._error = st["state"], st["error"]
             self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
         return self.status()
+
+    # -- input-order logging (runtime/lineage.py) ---------------------------------------------
+    def _record_take(self, channel: str, m: Message) -> None:
+        with self._takes_lock:
+            self._takes.record(channel, m.source, m.seq)
+
+    def _note_for(self, channel: str) -> TakesNote | None:
+        with self._takes_lock:
+            return self._takes.note_for(channel)
+
+    def _noted(self, channel: str, note: TakesNote) -> None:
+        with self._takes_lock:
+            self._takes.sent(channel, note)
+
+    def _follow_predecessor(self, since: int) -> None:
+        """Take the replayed inputs in the order the predecessor took them, as its consumers recorded it.
+
+        Only an actor that sends and takes from ``Queue`` inputs needs it: what it
+        sends may depend on the order of its takes. Its consumers hold the takes
+        that its messages carried; joined, from the checkpoint's first take on,
+        they are the order to repeat (see runtime/lineage.py).
+
+        Args:
+            since: the checkpoint's ``"takes"``: the number of its next take.
+        """
+        self._takes = TakeLog(since)
+        logging_inputs = [p for p in self.inputs.values() if getattr(p, "logs_takes", False)]
+        if not logging_inputs or not delivery_config().retain:
+            return  # without retention the replayed inputs may not come again: nothing to wait for
+        channels = sorted({p.channel for p in self.outputs.values()})
+        order = replay_order(self.endpoint.gather_takes(channels, self.name, since), since)
+        shared = ReplayOrder(order)  # one order across inputs: their interleaving is repeated too
+        for port in logging_inputs:
+            port.buffer.follow(shared)
+        self._replayed_takes = len(order)
+        if order:
+            logger.info("actor %r repeats %d takes in its predecessor's order", self.name, len(order))
 
     # -- requests served by the loop thread ------------------------------------------------------
     async def _ask(self, kind: str, arg: Any, timeout: float | None) -> dict[str, Any]:
@@ -457,6 +550,7 @@ class ActorHost:
             "outputs": {p: {"next_seq": self._next_seq(port)} for p, port in self.outputs.items()},
             "inputs": {},
             "delivered": {p: port.buffer.taken_marks() for p, port in self.inputs.items() if isinstance(port.buffer, QueueBuffer)},
+            "takes": self._takes.count,
         }
 
     def _hand_over(self, before: str) -> dict[str, Any]:

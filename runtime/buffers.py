@@ -19,6 +19,7 @@ preallocated on the first message, one array per field with a leading
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -28,8 +29,11 @@ from typing import Any, Callable
 import numpy as np
 
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
+from coupler.runtime.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import Latest, Policy, Queue, Reservoir, Window
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +49,7 @@ class BufferStats:
         lag: seconds between send and acceptance of the last message.
         duplicates: ``Queue`` messages dropped because the same (source, seq) had come before
             (a producer replaying after a restart of either end).
+        bad_notes: malformed takes notes ignored (see ``runtime/lineage.py``).
     """
 
     received: int = 0
@@ -54,6 +59,7 @@ class BufferStats:
     nbytes: int = 0
     lag: float = 0.0
     duplicates: int = 0
+    bad_notes: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict for reports."""
@@ -193,6 +199,13 @@ class QueueBuffer(ConsumerBuffer):
     freed. ``taken_marks`` is what a checkpoint records; ``resume`` applies a
     checkpoint's marks to a restored consumer; ``commit`` tells the producers'
     links which messages they no longer need to keep for a replay.
+
+    Input-order logging (``runtime/lineage.py``): the takes notes that messages
+    carry are kept in ``lineage`` for their producer's restart, and a restored
+    merging actor's :meth:`follow` makes ``get`` hand out replayed messages in
+    the order its predecessor took them. While that order lasts, the queue may
+    hold as many more messages as the order has left, so that a producer whose
+    message is due always gets a slot however many the others sent ahead.
     """
 
     def __init__(self, channel: str, policy: Queue) -> None:
@@ -213,11 +226,54 @@ class QueueBuffer(ConsumerBuffer):
         self._getters = 0  # consumer threads waiting in get()
         self._step = max(1, self.maxsize // 8)  # slots freed by get() go to links in steps this large
         self._taken_since = 0  # messages taken since the last hand-out
+        self.lineage = LineageStore()  # takes notes of the producers (see runtime/lineage.py)
+        self._order: ReplayOrder | None = None  # a restored merging actor's recorded take order
 
     def _free(self) -> int:
         if self._pull and not self._getters:
             return 0
-        return self.maxsize - len(self._items) - sum(self._granted.values())
+        extra = len(self._order) if self._order is not None else 0
+        return self.maxsize + extra - len(self._items) - sum(self._granted.values())
+
+    def _note(self, m: Message) -> None:
+        """Keep the takes note ``m`` carries, if any (call with the lock; a malformed one is ignored)."""
+        wire = m.meta.get(META_KEY)
+        if wire is None:
+            return
+        try:
+            self.lineage.add(m.source, TakesNote.from_wire(wire))
+        except ValueError as e:
+            self.stats.bad_notes += 1
+            if self.stats.bad_notes == 1:
+                logger.warning("channel %r: ignored a takes note from %r: %s", self.channel, m.source, e)
+
+    def takes_since(self, source: str, start: int) -> dict[int, Take]:
+        """The takes of producer ``source`` numbered ``start`` and above that its messages here carried."""
+        with self._cond:
+            return self.lineage.since(source, start)
+
+    def follow(self, order: ReplayOrder) -> None:
+        """Hand out messages in ``order`` first (a restored actor repeating its predecessor's takes).
+
+        ``order`` is shared with the actor's other ``Queue`` inputs: this buffer
+        hands out a message only when it is the head of the whole order. A
+        consumer waiting here for a head that is another input's wakes up at
+        its next wait slice (the order is short: one checkpoint interval).
+        """
+        with self._cond:
+            self._order = order if len(order) else None
+            grants = self._hand_out()
+            self._cond.notify_all()
+        self._notify(grants)
+
+    def _ready(self) -> int | None:
+        """The index of the message ``get`` hands out next, or ``None`` (call with the lock)."""
+        order = self._order
+        if order is not None and not len(order):
+            order = self._order = None  # another input took the last of it
+        if order is None:
+            return 0 if self._items else None
+        return order.pick(self.channel, self._items)
 
     # -- credits for remote producers ------------------------------------------------------
     def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None) -> None:
@@ -346,6 +402,8 @@ class QueueBuffer(ConsumerBuffer):
             # _is_new and _accept, inlined: this runs for every message that arrives from another worker.
             items, last_seq, stats = self._items, self.last_seq, self.stats
             for m in messages:
+                if m.meta:
+                    self._note(m)
                 if m.seq <= last_seq.get(m.source, -1):
                     stats.duplicates += 1
                     continue
@@ -367,6 +425,8 @@ class QueueBuffer(ConsumerBuffer):
         accepted = 0
         with self._cond:
             for m in messages:
+                if m.meta:
+                    self._note(m)
                 if not self._is_new(m):  # a duplicate needs no slot
                     accepted += 1
                     continue
@@ -402,7 +462,7 @@ class QueueBuffer(ConsumerBuffer):
         self.stats.depth = len(self._items)
 
     def has_message(self) -> bool:
-        return bool(self._items)
+        return bool(self._items) if self._order is None else self._ready() is not None
 
     def get(self, timeout: float | None = None) -> Message:
         pulling = False
@@ -417,12 +477,20 @@ class QueueBuffer(ConsumerBuffer):
                 self._notify(grants)
         with self._lock:
             try:
-                if not self._items:
-                    self._wait(lambda: bool(self._items), timeout, "message")
+                i = self._ready()
+                if i is None:
+                    self._wait(lambda: self._ready() is not None, timeout, "message")
+                    i = self._ready()
             finally:
                 if pulling:
                     self._getters -= 1
-            m = self._items.popleft()
+            if self._order is None or i == 0:
+                m = self._items.popleft()
+            else:
+                m = self._items[i]
+                del self._items[i]
+            if self._order is not None:
+                self._order.pop()
             if m.seq > self._taken.get(m.source, -1):
                 self._taken[m.source] = m.seq
             self.stats.taken += 1
@@ -469,6 +537,8 @@ class QueueBuffer(ConsumerBuffer):
             # The preloaded messages are not counted as received: the predecessor's buffer
             # counted them (the broker's channel totals keep its counters after it left).
             for m in [*preload, *self._items]:
+                if m.meta:
+                    self._note(m)
                 if m.seq <= marks.get(m.source, -1):
                     self.stats.duplicates += 1
                     continue

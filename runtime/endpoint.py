@@ -48,6 +48,7 @@ from coupler.runtime.errors import (
     NoCoupling,
     raise_for_reply,
 )
+from coupler.runtime.lineage import Take
 from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
@@ -249,6 +250,7 @@ class Endpoint(WorkerPlugin):
         self.listener = Listener(host, self._lookup, self._server_ssl)
         self.retire_at = self._retire_at(worker)
         worker.handlers["coupler_routing_update"] = self._handle_routing_update
+        worker.handlers["coupler_takes"] = self._handle_takes
         shm.sweep_orphans()
         self._last_sweep = time.monotonic()
         self._reporter = PeriodicCallback(self._report, self.report_interval * 1000)
@@ -935,6 +937,57 @@ class Endpoint(WorkerPlugin):
         if isinstance(buf, QueueBuffer):
             buf.commit(marks)
         self._commit_received((channel, consumer), {str(s): int(q) for s, q in marks.items()})
+
+    # -- input-order logging (runtime/lineage.py) ---------------------------------------------
+    def _handle_takes(self, channel: str, source: str, since: int) -> dict[str, Any]:
+        """What each consumer of ``channel`` on this worker holds of ``source``'s takes from ``since`` on."""
+        parts = [
+            [[n, *take] for n, take in buf.takes_since(str(source), int(since)).items()]
+            for (ch, _), buf in list(self.buffers.items())
+            if ch == channel and isinstance(buf, QueueBuffer)
+        ]
+        return {"status": "OK", "parts": parts}
+
+    def gather_takes(self, channels: list[str], source: str, since: int, timeout: float = 30.0) -> list[dict[int, Take]]:
+        """Ask every consumer of ``channels`` for the takes ``source``'s messages told it, from ``since`` on.
+
+        A restarted merging actor joins them (:func:`~coupler.runtime.lineage.replay_order`)
+        to take its replayed inputs in its predecessor's order. A consumer whose
+        worker does not answer is left out, with a warning: only one failure at a
+        time is covered (see docs/reliability.md).
+
+        Args:
+            channels: the actor's output channels (only ``Queue`` ones carry notes that matter).
+            source: the actor's name.
+            since: the number of the first take after the checkpoint it restarts from.
+            timeout: seconds for all the answers.
+
+        Returns:
+            One dict (take number -> take) per consumer.
+        """
+
+        async def ask(channel: str, address: str) -> list[list[list[Any]]]:
+            if address == self.address:
+                return self._handle_takes(channel, source, since)["parts"]
+            try:
+                reply = await self.worker.rpc(address).coupler_takes(channel=channel, source=source, since=since)
+            except (OSError, asyncio.TimeoutError) as e:
+                logger.warning("takes of %r on %r: consumer worker %s did not answer: %s", source, channel, address, e)
+                return []
+            return raise_for_reply(reply)["parts"]
+
+        async def gather() -> list[dict[int, Take]]:
+            asks = []
+            for channel in channels:
+                table = await self._broker("coupler_routing", name=channel)
+                if table["policy"]["kind"] == "queue":
+                    asks += [ask(channel, a) for a in sorted({c[1] for c in table["consumers"]})]
+            parts: list[dict[int, Take]] = []
+            for reply in await asyncio.gather(*asks):
+                parts += [{int(n): (str(ch), str(src), int(seq)) for n, ch, src, seq in part} for part in reply]
+            return parts
+
+        return self.call(gather, timeout=timeout)
 
     def flush(self, channel: str, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
         """Wait until every message sent on ``channel`` from this worker was accepted.

@@ -312,7 +312,7 @@ class Supervisor:
         stored = self.store.load(spec.name) if self.store is not None and self.policy.resume else None
         if stored is not None:
             actor.restore(stored).result(timeout=CALL_SLACK)
-            actor.commit(stored.get("delivered", {})).result(timeout=CALL_SLACK)
+            actor.commit(stored.get("delivered", {}), stored.get("takes")).result(timeout=CALL_SLACK)
         ref = ActorRef(spec.name, actor)
         ref.follow(self)
         worker = self._worker_of(fut)
@@ -364,8 +364,8 @@ class Supervisor:
                     raise
                 self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", str(e)))
                 logger.warning("coupler supervisor: %s", e)
-        if ck.get("delivered"):
-            rec.ref.proxy.commit(ck["delivered"]).result(timeout=CALL_SLACK)
+        if ck.get("delivered") or ck.get("takes"):
+            rec.ref.proxy.commit(ck.get("delivered", {}), ck.get("takes")).result(timeout=CALL_SLACK)
 
     def _submit(self, spec: SpawnSpec, workers: list[str] | None, generation: int) -> Future:
         # Every attempt gets a fresh key: a released key may linger on the scheduler for a moment.
@@ -534,7 +534,7 @@ class Supervisor:
                 actor = self._actor(fut, CALL_SLACK)
                 if rec.resume is not None:
                     actor.restore(rec.resume).result(timeout=CALL_SLACK)
-                    actor.commit(rec.resume.get("delivered", {})).result(timeout=CALL_SLACK)
+                    actor.commit(rec.resume.get("delivered", {}), rec.resume.get("takes")).result(timeout=CALL_SLACK)
                 if rec.resume_state == "paused":
                     actor.pause().result(timeout=CALL_SLACK)
                 if rec.resume_state in ("running", "paused"):
