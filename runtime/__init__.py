@@ -18,6 +18,7 @@ from coupler.runtime.errors import CouplerError as CouplerError
 from coupler.runtime.errors import Interrupted as Interrupted
 from coupler.runtime.errors import NoCoupling as NoCoupling
 from coupler.runtime.errors import NoSuitableWorker as NoSuitableWorker
+from coupler.runtime.errors import PartiallyDelivered as PartiallyDelivered
 from coupler.runtime.errors import SchedulerUnreachable as SchedulerUnreachable
 from coupler.runtime.errors import SpecMismatch as SpecMismatch
 from coupler.runtime.errors import UnknownChannel as UnknownChannel
@@ -62,6 +63,7 @@ __all__ = [
     "NoCoupling",
     "NoSuitableWorker",
     "OutPort",
+    "PartiallyDelivered",
     "Policy",
     "Queue",
     "Reservoir",

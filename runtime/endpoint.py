@@ -46,10 +46,11 @@ from coupler.runtime.errors import (
     ConsumerGone,
     Interrupted,
     NoCoupling,
+    PartiallyDelivered,
     raise_for_reply,
 )
 from coupler.runtime.lineage import Take
-from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves
+from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves, release_segments
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
 from coupler.runtime.receiver import Listener
@@ -133,10 +134,11 @@ class ProducerStats:
     nbytes: int = 0
     last_seq: int = -1
     next_seq: int = 0
+    dropped: int = 0  # copies for consumers of a lossy channel whose stream failed
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def as_dict(self) -> dict[str, int]:
-        return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq}
+        return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq, "dropped": self.dropped}
 
 
 @dataclass(frozen=True)
@@ -237,6 +239,8 @@ class Endpoint(WorkerPlugin):
         self.replay_logs: dict[tuple[str, str], ReplayLog] = {}  # (channel, consumer) -> kept for a replay
         self.incarnations: dict[tuple[str, str], str] = {}  # (channel, consumer) -> stream it was last sent to
         self.lost_since: dict[tuple[str, str], float] = {}  # (channel, consumer) -> when its worker was seen lost
+        # channel -> (consumer, stream) pairs of a lossy channel whose stream failed, skipped until the route changes
+        self.unreachable: dict[str, set[tuple[str, str]]] = {}
         self._resending: set[tuple[str, str]] = set()  # (channel, consumer) being caught up by _resend_owed
         self._closing = threading.Event()  # stops those threads at teardown
         self._lock = threading.Lock()  # links and orphans, shared by sending threads and link threads
@@ -425,6 +429,7 @@ class Endpoint(WorkerPlugin):
                 route.table = table
                 route.cond.notify_all()
             present = {c.cid for c in route.consumers}
+            self.unreachable.pop(channel, None)  # the route changed: try every consumer it lists again
             for cid, why in table["gone"]:
                 if "was lost" in str(why):
                     self.lost_since.setdefault((channel, cid), time.monotonic())
@@ -515,10 +520,18 @@ class Endpoint(WorkerPlugin):
                 "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
                 "meta": meta or {}, "sent_at": time.time(),
             }  # Message.header()'s fields, built directly: this is the hot path
-            if shared:
-                self._deliver_to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
-            else:
-                self._deliver_to_all(route, spec, header, leaves, deadline, timeout, cancel)
+            try:
+                if shared:
+                    self._deliver_to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
+                else:
+                    self._deliver_to_all(route, spec, header, leaves, deadline, timeout, cancel)
+            except (ChannelTimeout, Interrupted) as e:
+                if not getattr(e, "seq_used", False):
+                    raise
+                stats.next_seq += 1  # some consumers have it under this number: never reuse it
+                stats.sent += 1
+                stats.last_seq = header["seq"]
+                raise
             stats.next_seq += 1
             stats.sent += 1
             stats.nbytes += spec.nbytes
@@ -547,7 +560,11 @@ class Endpoint(WorkerPlugin):
                 pass  # the general path below sorts it out (and delivers at most once: nothing was taken)
         delivered: set[str] = set()
         while True:
-            todo = [c for c in self._wait_consumers(route, deadline, timeout, cancel) if c.cid not in delivered]
+            unreachable = self.unreachable.get(route.channel, ())
+            todo = [
+                c for c in self._wait_consumers(route, deadline, timeout, cancel, lossy=not is_queue)
+                if c.cid not in delivered and (c.cid, c.stream) not in unreachable
+            ]
             failures: list[Exception] = []
             reroute = False
             for c in todo:
@@ -559,11 +576,22 @@ class Endpoint(WorkerPlugin):
                 except ConsumerGone as e:
                     if self._left_route(route, c, deadline, cancel):
                         reroute = True  # kept for it if it comes back (see _keep_for_absent)
+                    elif not is_queue:
+                        # A lossy policy loses this consumer's copy, never the producer: skip the
+                        # consumer until the broker changes the route (its successor attaches anew).
+                        self.unreachable.setdefault(route.channel, set()).add((c.cid, c.stream))
+                        stats = self.producers.get((route.channel, header["source"]))
+                        if stats is not None:
+                            stats.dropped += 1
+                        delivered.add(c.cid)
                     else:
                         failures.append(e)
                 except (ChannelClosed, ChannelTimeout, Interrupted) as e:
+                    e.consumer = c.cid  # type: ignore[attr-defined]  (for _keep_for_late)
                     failures.append(e)
             if failures:
+                if delivered and is_queue:
+                    self._keep_for_late(route, spec, header, leaves, delivered, failures)
                 for kind in (ChannelClosed, Interrupted, ConsumerGone):
                     for e in failures:
                         if isinstance(e, kind):
@@ -573,6 +601,39 @@ class Endpoint(WorkerPlugin):
                 if route.is_queue and self.delivery.retain:
                     self._keep_for_absent(route, spec, header, leaves)
                 return
+
+    def _keep_for_late(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        delivered: set[str], failures: list[Exception],
+    ) -> None:
+        """A broadcast ``Queue`` message some consumers took and others did not, in time: it is sent.
+
+        Its sequence number is used (the caller's ``send`` counts it), so it must
+        reach the others too, before anything newer: it is kept for them as owed
+        (a resend thread delivers it once they have room), and a timeout becomes
+        :class:`PartiallyDelivered`, which says so. Reusing the number for the
+        next payload gave the consumers that had it a wrong value under it.
+        """
+        late = [getattr(e, "consumer", None) for e in failures if isinstance(e, (ChannelTimeout, Interrupted))]
+        late = [cid for cid in late if cid is not None]
+        kept = frozen_leaves(to_host(leaves)) if not (self.delivery.retain) else leaves
+        for cid in late:
+            log = self._replay_log(route, cid)
+            item = log.add(header, kept, spec.nbytes) if log is not None else Item(header, kept, spec.nbytes, False)
+            with self._lock:
+                self.orphans.setdefault((route.channel, cid), deque()).append(item)
+            self._resend_owed(route, cid)
+        for e in failures:
+            e.seq_used = True  # type: ignore[attr-defined]  (send counts the number as used)
+        for i, e in enumerate(failures):
+            if isinstance(e, ChannelTimeout) and not isinstance(e, PartiallyDelivered):
+                failures[i] = PartiallyDelivered(
+                    f"channel {route.channel!r}: message {header['seq']} of {header['source']!r} was taken by "
+                    f"{sorted(delivered)} but not by {late} within the timeout; it is kept for them and "
+                    f"reaches them before anything newer (do not send it again)",
+                    header["seq"], tuple(sorted(delivered)), tuple(late),
+                )
+                failures[i].seq_used = True  # type: ignore[attr-defined]
 
     def _deliver_to_one(
         self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
@@ -635,9 +696,15 @@ class Endpoint(WorkerPlugin):
             stats.last_seq = stats.next_seq - 1
 
     def _wait_consumers(
-        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None
+        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None,
+        lossy: bool = False,
     ) -> list[ConsumerRef]:
-        """The channel's consumers; waits while there are none (or they are moving)."""
+        """The channel's consumers; waits while there are none (or they are moving).
+
+        With ``lossy`` (Latest, Reservoir, Window), once consumers have left and
+        none is attached, it returns none at once: the message is dropped and the
+        producer goes on (a successor gets the values sent after it attached).
+        """
         table = route.table  # one read of the reference: the loop replaces it, never mutates it
         if table["consumers"] and not table["closed"]:
             return route.consumers
@@ -648,6 +715,8 @@ class Endpoint(WorkerPlugin):
                     raise ChannelClosed(f"channel {route.channel!r} is closed; cannot send")
                 if table["consumers"]:
                     return route.consumers
+                if table["gone"] and lossy:
+                    return []
                 if table["gone"] and not self._returning(route):
                     gone = ", ".join(f"{c} ({why})" for c, why in table["gone"])
                     raise ConsumerGone(f"channel {route.channel!r} has no consumer left: {gone}")
@@ -909,7 +978,8 @@ class Endpoint(WorkerPlugin):
         update that brings it back; the producer's next send or flush may be first.
         """
         route = self.routes.get(key[0])
-        if route is not None and route.table["closed"]:
+        if route is not None and (route.table["closed"] or not route.is_queue):
+            release_segments(items)  # a closed channel replays nothing; a lossy one loses what was in flight
             return
         log = None if route is None else self._replay_log(route, key[1])
         with self._lock:

@@ -9,6 +9,8 @@ TimeoutError`` keeps working.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class CouplerError(Exception):
     """Base class of every error raised by coupler."""
@@ -39,6 +41,27 @@ class ConsumerGone(CouplerError):
 
 class ChannelTimeout(CouplerError, TimeoutError):
     """A send or receive that did not complete in time (full queue, no consumer, no data)."""
+
+
+class PartiallyDelivered(ChannelTimeout):
+    """A broadcast ``Queue`` send that timed out after some consumers had taken the message.
+
+    The message is sent, under sequence number ``seq``: the consumers in
+    ``pending`` get it before anything newer, once they have room. Do not send
+    the same payload again (it would reach the others twice, under a new number).
+
+    Attributes:
+        seq: the message's sequence number.
+        delivered_to: the consumers that took it within the timeout.
+        pending: the consumers it is kept for.
+    """
+
+    def __init__(self, message: str, seq: int, delivered_to: tuple[str, ...], pending: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.seq, self.delivered_to, self.pending = seq, tuple(delivered_to), tuple(pending)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the attributes through pickling (Dask re-raises remote errors)
+        return (type(self), (str(self), self.seq, self.delivered_to, self.pending))
 
 
 class WrongPolicy(CouplerError, TypeError):

@@ -613,7 +613,7 @@ class Link:
                             accepted = h["accepted"]
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
                             self.acked += accepted
-                            _release_segments(batch.items[:accepted])
+                            release_segments(batch.items[:accepted])
                             self.inflight.appendleft(Batch(batch.items[accepted:], 0))
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
                             if status == "closed":
@@ -643,7 +643,7 @@ class Link:
             self.queued_bytes -= batch.nbytes
             self.acked += len(batch.items)
             if batch.items[0].segment is not None:
-                _release_segments(batch.items)
+                release_segments(batch.items)
             spare = self._spare
             for it in batch.items:
                 if it.recycled and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
@@ -826,8 +826,8 @@ def _detach(a: Any) -> Any:
     return _copy(a) if a.flags.writeable else a
 
 
-def _release_segments(items: list[Item]) -> None:
-    """The consumer accepted these items: their segments may be reused once it lets go of them."""
+def release_segments(items: list[Item]) -> None:
+    """These items were accepted (or given up): their segments may be reused once the consumer lets go of them."""
     for it in items:
         if it.segment is not None:
             it.segment.held = False
@@ -840,4 +840,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves", "owned_leaves"]
+__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves", "owned_leaves", "release_segments"]

@@ -180,3 +180,47 @@ def test_a_producer_waiting_inside_a_step_gives_its_credits_back(coupling: Coupl
     assert sim.status().state == "running"  # still inside its step: no flush gave them back
     sim.stop()
     learner.stop()
+
+
+def test_a_broadcast_send_that_times_out_at_a_slow_consumer_never_gives_a_seq_two_payloads(coupling, unique) -> None:  # type: ignore[no-untyped-def]
+    """A fast and a slow consumer of one Queue; sends with a timeout that the slow one's full queue makes expire.
+
+    The fast consumer has each message by then, so its number is used: the
+    send raises PartiallyDelivered with that number, and the message reaches
+    the slow consumer later, before anything newer. Every (source, seq) carries
+    one payload at both consumers (the number used to be reused for the next
+    payload: the fast consumer had the wrong value for 9 of 12 sends).
+    """
+    import numpy as np
+
+    from coupler.runtime import PartiallyDelivered, Queue
+    from helper_actors import Collector, Producer
+
+    cp = coupling
+    ch = cp.channel(f"bcast-{unique}", Queue(2))
+    w = cp.workers()
+    prod = cp.spawn(Producer, 0, name=f"prod-{unique}", outputs={"out": ch}, workers=w[0])
+    fast = cp.spawn(Collector, name=f"fast-{unique}", inputs={"inp": ch}, workers=w[1])
+    slow = cp.spawn(Collector, name=f"slow-{unique}", inputs={"inp": ch}, workers=w[0])
+    fast.start()  # takes everything at once; `slow` takes nothing until started: its queue of 2 fills
+    payload_of: dict[int, float] = {}
+    partial = 0
+    for i in range(12):
+        try:
+            seq = prod.call("send_now", {"x": np.full(16, float(i), np.float32)}, 0.3)
+        except PartiallyDelivered as e:
+            seq, partial = e.seq, partial + 1
+            assert e.delivered_to == (f"fast-{unique}/inp",) and e.pending == (f"slow-{unique}/inp",)
+        assert seq not in payload_of, f"seq {seq} was used for two payloads"
+        payload_of[seq] = float(i)
+    assert partial >= 8  # the slow queue held 2; later sends timed out there
+    slow.start()
+    deadline = time.monotonic() + 30
+    while min(len(fast.call("received")), len(slow.call("received"))) < 12 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for ref in (fast, slow):
+        got = ref.call("received")
+        assert [q for _, q, *_ in got] == sorted(payload_of), f"{ref.name}: every message once, in order"
+        assert all(value == payload_of[q] for _, q, _, value, _ in got), f"{ref.name}: each seq with its own payload"
+    for ref in (prod, fast, slow):
+        ref.stop()

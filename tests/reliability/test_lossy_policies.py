@@ -1,0 +1,75 @@
+"""Lossy policies never kill producers: a lost Latest/Reservoir/Window consumer costs only the values in flight.
+
+The Augmentation set-up: simulators stream into a learner's ``Reservoir``.
+When the learner's worker is SIGKILLed, the supervisor restarts the learner;
+its producers must keep running through the loss (they used to fail for good
+with ``ConsumerGone``), and the restarted consumer gets new values.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from typing import Callable
+
+import cloudpickle
+import dask
+import pytest
+
+import lossy_actors
+from coupler.runtime.coupling import Coupling
+from coupler.runtime.policies import Latest, Policy, Reservoir, Window
+from lossy_actors import Reader, Ticker
+
+cloudpickle.register_pickle_by_value(lossy_actors)
+
+
+def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"waited {timeout} s for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Coupling]:
+    settings = {
+        "coupler.supervision.poll-interval": 0.2,
+        "coupler.supervision.checkpoint-interval": 0.5,
+        "coupler.supervision.restart-backoff": 0.1,
+        "coupler.supervision.max-restarts": 100,
+    }
+    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+        yield cp
+
+
+@pytest.mark.parametrize("policy", [Latest(), Reservoir(64, seed=0), Window(64)], ids=["latest", "reservoir", "window"])
+def test_the_producers_of_a_lost_lossy_consumer_keep_running_and_feed_its_successor(cluster: Coupling, policy: Policy) -> None:
+    cp = cluster
+    tag = type(policy).__name__.lower()
+    cp.client.wait_for_workers(3, timeout=60)
+    w = cp.workers()
+    ch = cp.channel(f"lossy-{tag}", policy)
+    reader = cp.spawn(Reader, not isinstance(policy, Latest), name=f"reader-{tag}", inputs={"data": ch}, workers=w[0])
+    tickers = [cp.spawn(Ticker, name=f"tick{k}-{tag}", outputs={"out": ch}, workers=w[k + 1]) for k in (0, 1)]
+    for r in [reader, *tickers]:
+        r.start()
+    try:
+        _until("the reader to read", lambda: reader.status().info["reads"] >= 10)
+        pid = cp.client.run(os.getpid, workers=[w[0]])[w[0]]
+        os.kill(pid, signal.SIGKILL)
+        _until("the reader's restart", lambda: reader.generation == 1)
+        at_restart = max(t.status().info["i"] for t in tickers)
+        _until("new values at the restarted reader", lambda: reader.status().info["newest"] > at_restart + 5)
+        for t in tickers:
+            st = t.status()
+            assert st.state == "running", f"{t.name} must outlive its consumer's loss, got {st.state}: {st.error}"
+        steps = [t.status().info["i"] for t in tickers]
+        time.sleep(0.5)
+        assert all(t.status().info["i"] > s for t, s in zip(tickers, steps)), "the producers go on sending"
+    finally:
+        for r in [reader, *tickers]:
+            r.stop()
