@@ -34,6 +34,7 @@ import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
+from coupler.runtime.departure import Departure, Gone
 from coupler.runtime.errors import ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
@@ -98,7 +99,7 @@ class ChannelRecord:
     producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
     consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
-    gone: dict[str, str] = field(default_factory=dict)  # consumer id -> why it left
+    gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
     version: int = 0
 
     def routing(self) -> dict[str, Any]:
@@ -113,8 +114,8 @@ class ChannelRecord:
             "spec": self.spec,
             "closed": self.closed,
             "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
-            "gone": sorted(self.gone.items()),
-            "moving": sorted(c for c, why in self.gone.items() if why == "handover"),
+            "gone": [g.to_wire() for _, g in sorted(self.gone.items())],
+            "moving": sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER),
             "version": self.version,
         }
 
@@ -279,14 +280,17 @@ class Broker(SchedulerPlugin):
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
 
-    async def detach(self, name: str, ident: str, why: str = "detached") -> dict[str, Any]:
-        """Remove a consumer (it closed its port, or ``why="handover"``: it is moving)."""
+    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value) -> dict[str, Any]:
+        """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``)."""
         try:
             rec = self._channel(name)
             check_name("endpoint", ident)
+            kind = Departure(departure)
+            if kind is Departure.LOST:
+                raise ValueError("only the broker declares a consumer lost (when its worker is removed)")
             if rec.consumers.pop(ident, None) is not None:
                 rec.streams.pop(ident, None)
-                rec.gone[ident] = str(why)
+                rec.gone[ident] = Gone(ident, kind)
                 rec.version += 1
                 await self._push(rec)
             return {"status": "OK"}
@@ -433,7 +437,7 @@ class Broker(SchedulerPlugin):
             for c in lost:
                 del rec.consumers[c]
                 rec.streams.pop(c, None)
-                rec.gone[c] = f"worker {worker} was lost"
+                rec.gone[c] = Gone(c, Departure.LOST, f"worker {worker} was lost")
             rec.producers = {s: a for s, a in rec.producers.items() if a != worker}
             if lost:
                 rec.version += 1

@@ -40,6 +40,7 @@ from tornado.ioloop import PeriodicCallback
 
 from coupler.runtime import shm
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer, make_buffer
+from coupler.runtime.departure import Departure, Gone
 from coupler.runtime.errors import (
     ChannelClosed,
     ChannelTimeout,
@@ -88,6 +89,7 @@ class Route:
     _spec: tuple[Any, Spec | None] = (None, None)
 
     _decoded: tuple[Any, Spec | None, bool, bool, list[ConsumerRef]] = (None, None, False, False, [])
+    _gone: tuple[Any, list[Gone]] = (None, [])
 
     def decoded(self) -> tuple[Any, Spec | None, bool, bool, list[ConsumerRef]]:
         """``(table, spec, is_queue, is_shared, consumers)``, decoded once per routing table.
@@ -110,6 +112,15 @@ class Route:
     def consumers(self) -> list[ConsumerRef]:
         """The consumers."""
         return self.decoded()[4]
+
+    @property
+    def gone(self) -> list[Gone]:
+        """The consumers that left, and how (decoded once per routing table)."""
+        table = self.table
+        cached = self._gone
+        if cached[0] is not table:
+            cached = self._gone = (table, [Gone.from_wire(g) for g in table["gone"]])
+        return cached[1]
 
     @property
     def spec(self) -> Spec | None:
@@ -406,7 +417,8 @@ class Endpoint(WorkerPlugin):
                 if handover:
                     left = buf.drain()
                 buf.close()
-            await self._broker("coupler_detach", name=channel, ident=consumer, why="handover" if handover else "detached")
+            departure = Departure.HANDOVER if handover else Departure.DETACHED
+            await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value)
             return left
 
         return self.call(detach)
@@ -430,11 +442,11 @@ class Endpoint(WorkerPlugin):
                 route.cond.notify_all()
             present = {c.cid for c in route.consumers}
             self.unreachable.pop(channel, None)  # the route changed: try every consumer it lists again
-            for cid, why in table["gone"]:
-                if "was lost" in str(why):
-                    self.lost_since.setdefault((channel, cid), time.monotonic())
-                elif why == "detached" and cid not in present:
-                    self._forget_consumer(channel, cid)  # it closed its port: it will not come back for these
+            for gone in route.gone:
+                if gone.kind is Departure.LOST:
+                    self.lost_since.setdefault((channel, gone.consumer), time.monotonic())
+                elif gone.kind is Departure.DETACHED and gone.consumer not in present:
+                    self._forget_consumer(channel, gone.consumer)  # it closed its port: it will not come back for these
             for key in [k for k in self.lost_since if k[0] == channel and k[1] in present]:
                 del self.lost_since[key]
             current = {(channel, c.cid, c.stream) for c in route.consumers}
@@ -718,7 +730,7 @@ class Endpoint(WorkerPlugin):
                 if table["gone"] and lossy:
                     return []
                 if table["gone"] and not self._returning(route):
-                    gone = ", ".join(f"{c} ({why})" for c, why in table["gone"])
+                    gone = ", ".join(str(g) for g in route.gone)
                     raise ConsumerGone(f"channel {route.channel!r} has no consumer left: {gone}")
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -760,10 +772,10 @@ class Endpoint(WorkerPlugin):
         table = route.table
         back = set(table.get("moving") or ())
         now = time.monotonic()
-        for cid, _ in table["gone"]:
-            since = self.lost_since.get((route.channel, cid))
+        for gone in route.gone:
+            since = self.lost_since.get((route.channel, gone.consumer))
             if since is not None and now - since < self.delivery.lost_consumer_wait:
-                back.add(cid)
+                back.add(gone.consumer)
         return back
 
     def _replay_log(self, route: Route, cid: str) -> ReplayLog | None:
@@ -1091,7 +1103,7 @@ class Endpoint(WorkerPlugin):
             spec = route.spec
             assert spec is not None
             consumers = {c.cid: c for c in self._wait_consumers(route, deadline, timeout, cancel)}
-            gone = {cid for cid, _ in route.table["gone"]} - self._returning(route)
+            gone = {g.consumer for g in route.gone} - self._returning(route)
             progressed = False
             for (ch, cid), q in waiting.items():
                 c = consumers.get(cid)

@@ -418,9 +418,10 @@ class Supervisor:
             return False
         if ref.generation != generation or rec.awaiting or rec.given_up:
             return True
-        looks_lost = "Worker holding Actor was lost" in str(error) or (
-            isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError))
-        )
+        # Dask's actor proxy fails calls once the actor's future is no longer "finished" (its
+        # worker was lost): read that state, not the error's text; comm errors are OSErrors.
+        future_gone = rec.future is not None and rec.future.status not in ("finished", "pending")
+        looks_lost = future_gone or (isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError)))
         if not looks_lost:
             return False
         deadline = time.monotonic() + LOSS_CONFIRMATION
