@@ -118,3 +118,35 @@ def test_a_small_copy_is_equal_writable_and_owns_its_memory(a: np.ndarray) -> No
     before = a.copy()
     b[...] = 1
     assert np.array_equal(a.astype(np.float64), before.astype(np.float64))  # a copy, not a view
+
+
+def test_a_batch_layout_comes_from_the_spec_and_nothing_else() -> None:
+    """check_batch: sizes, offsets and header types against the consumer's spec (the sender's word counts for nothing)."""
+    from coupler.runtime.message import Spec
+    from coupler.runtime.wire import MAX_SEQ, batch_payload, check_batch, header_columns
+
+    spec = Spec.of({"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.int64)})  # 12 + 32 bytes
+    items = [[np.zeros(3, np.float32), np.zeros((2, 2), np.int64)] for _ in range(5)]
+    offsets, total, _ = batch_payload(spec, items)
+    cols = header_columns([{"timestamp": 0.0, "step": i, "source": "s", "seq": i, "meta": {}, "sent_at": 1.5} for i in range(5)])
+    good = {"c": cols, "offs": offsets, "len": total}
+    lay = check_batch(spec, good)
+    assert (lay.n, lay.offsets, lay.total) == (5, [0, 64], 64 + 192)  # blocks of 5 * 12 and 5 * 32 bytes, each padded to 64
+    for bad, match in [
+        ({"len": total + 1}, "carries 256 payload bytes"),
+        ({"len": 1_717_986_918}, "carries 256 payload bytes"),
+        ({"offs": [0, 60]}, "field offsets"),
+        ({"c": [c[:4] for c in cols]}, None),  # 4 messages described: the offsets are not theirs
+        ({"c": cols[:5]}, "header columns"),
+        ({"c": [c if k != 3 else [0, 1, 2, 3, MAX_SEQ] for k, c in enumerate(cols)]}, "0 <= seq < 2\\*\\*63"),
+        ({"c": [c if k != 3 else [0, 1, 2, 3, True] for k, c in enumerate(cols)]}, "'seq' must be"),
+        ({"c": [c if k != 2 else [b"s"] * 5 for k, c in enumerate(cols)]}, "'source' must be"),
+        ({"c": [[] for _ in cols], "offs": [0, 0], "len": 0}, "at least one message"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check_batch(spec, {**good, **bad})
+    # Several messages: at most max_bytes; one message: as large as its spec, however large.
+    with pytest.raises(ValueError, match="exceeds 128 bytes"):
+        check_batch(spec, good, max_bytes=128)
+    one = {"c": [c[:1] for c in cols], "offs": [0, 64], "len": 128}
+    assert check_batch(spec, one, max_bytes=16).total == 128
