@@ -20,6 +20,10 @@ The only window in which a name can be left behind is between a segment's
 creation and the consumer's first mapping of it. Names embed the creator's
 PID, and :func:`sweep_orphans` (run by every endpoint on start, periodically,
 and by ``Coupling.close``) unlinks segments whose creator no longer exists.
+
+Names come from a peer, so a consumer opens only names of its producer's PID
+(:func:`check_name`: no path can pass), with ``O_NOFOLLOW`` and regular files
+only, and never unlinks a probe (the producer that made it does).
 """
 
 from __future__ import annotations

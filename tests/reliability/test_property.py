@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coupler.runtime.auth import StreamKey, new_secret
 from coupler.runtime.broker import Broker
 from coupler.runtime.buffers import QueueBuffer, make_buffer
 from coupler.runtime.cli import UsageError, build_parser, cluster_choice, walltime_choice
@@ -28,7 +29,6 @@ from coupler.runtime.errors import ERRORS, SpecMismatch
 from coupler.runtime.link import Link, TransportConfig
 from coupler.runtime.message import Message, Spec, flatten
 from coupler.runtime.policies import Queue
-from coupler.runtime.auth import StreamKey, new_secret
 from coupler.runtime.receiver import ChannelSpecs, Listener
 from coupler.runtime.supervisor import SupervisionPolicy
 
