@@ -405,13 +405,14 @@ class Receiver:
         shm_ok = bool(hello.get("probe")) and shm.probe(hello["probe"], pid)
         flat_keys = flat_dict_keys(spec.treedef)
         fields = [(f.shape, f.dtype) for f in spec.fields]
+        checker = wire.BatchChecker(spec, self.batch_bytes)
         layouts: list[wire.BatchLayout] = []
 
         def payload_limit(kind: int, h: dict[str, Any]) -> int:
             # Every batch header is checked against the broker's spec before its payload is read.
             if kind != wire.BATCH:
                 return 0
-            layouts.append(wire.check_batch(spec, h, self.batch_bytes))
+            layouts.append(checker.check(h))
             return layouts[-1].total
 
         reader.payload_limit = payload_limit
@@ -442,7 +443,7 @@ class Receiver:
                 if n != 1:
                     raise ValueError(f"a shared-memory batch holds one message, this one {n} on channel {channel!r}")
             else:
-                # check_batch made the stated length the spec's; a payload of 0 bytes (a spec without fields,
+                # the checker made the stated length the spec's; a payload of 0 bytes (a spec without fields,
                 # messages of headers only, or fields of size 0) comes as no payload at all.
                 rows = wire.split_payload(spec, n, lay.offsets, _NO_BYTES if payload is None else payload)
             nbytes = spec.nbytes
