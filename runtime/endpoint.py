@@ -39,6 +39,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from tornado.ioloop import PeriodicCallback
 
 from coupler.runtime import shm
+from coupler.runtime.auth import StreamKey
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer, make_buffer
 from coupler.runtime.errors import (
     ChannelClosed,
@@ -51,7 +52,6 @@ from coupler.runtime.errors import (
 from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
-from coupler.runtime.auth import StreamKey
 from coupler.runtime.receiver import ChannelSpecs, Listener, raise_open_file_limit
 from coupler.runtime.wire import BATCH_BYTES_MAX
 
@@ -258,7 +258,7 @@ class Endpoint(WorkerPlugin):
             except Exception as e:  # no broker, or an old one: every stream is refused, saying why
                 self.stream_key.fail(f"the broker did not hand out the cluster's stream secret: {e!r}")
 
-        self.loop.create_task(fetch_secret())
+        self._secret_task = self.loop.create_task(fetch_secret())  # (held: the loop keeps only a weak reference)
         # Batches are checked against the spec the broker holds, asked for from the receiving thread.
         specs = ChannelSpecs(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["spec"])
         self.listener = Listener(
