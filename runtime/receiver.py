@@ -226,7 +226,15 @@ class Listener:
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 conn.settimeout(auth.HANDSHAKE_S)  # the TLS handshake counts against the deadline too
-                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                conn = self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                # The TLS socket owns the descriptor now: it is what a cut must shut down.
+                with self._lock:
+                    cut = ident not in self.pending
+                    if not cut:
+                        self.pending[ident] = conn  # (its place in the order stays)
+                if cut:
+                    raise ConnectionAbortedError("cut before its TLS handshake to make room for newer streams")
+                conn.do_handshake()
         except (OSError, ssl.SSLError) as e:
             logger.info("refused a data stream: %s", e)
             self._authenticated(ident)

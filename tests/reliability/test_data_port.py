@@ -156,6 +156,33 @@ def test_pending_connections_are_bounded_and_a_genuine_link_gets_through_a_flood
             s.close()
 
 
+def test_pending_tls_handshakes_are_bounded_too(tls_files: Any) -> None:
+    """Idle connections to a TLS port are cut by newer ones, not only by the deadline."""
+    security = Security(tls_ca_file=tls_files.ca_file, tls_worker_cert=tls_files.cert, tls_worker_key=tls_files.key, require_encryption=True)
+    server_ctx = security.get_listen_args("worker")["ssl_context"]
+    client_ctx = security.get_connection_args("worker")["ssl_context"]
+    buf = make_buffer(CHANNEL, Queue(maxsize=16))
+    assert isinstance(buf, QueueBuffer)
+    key = StreamKey(new_secret())
+    lst = Listener("127.0.0.1", lambda ch, cid: buf, server_ctx, key=key, specs=ChannelSpecs(lambda ch: SPEC.to_wire()), max_pending=8)
+    flood = [_connect(lst.address) for _ in range(40)]  # no TLS hello from any of them
+    try:
+        t0 = time.monotonic()
+        closed = sum(_closed_by_peer(s, within=max(0.01, t0 + 2.0 - time.monotonic())) for s in flood[:32])
+        assert closed == 32, f"{closed} of the 32 oldest idle TLS connections were cut within 2 s (the deadline is 5 s)"
+        link = Link(CHANNEL, CONSUMER, lst.address, SPEC, queue=True, maxsize=16, host="a", peer_host="b",
+                    config=TransportConfig(shared_memory=False), ssl_context=client_ctx, key=key)
+        try:
+            link.submit(_header(0), [np.zeros(4)], 10)
+            assert buf.get(10).seq == 0
+        finally:
+            link.close(orphan=False)
+    finally:
+        for s in flood:
+            s.close()
+        lst.close()
+
+
 def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     target = hard if hard != resource.RLIM_INFINITY else int(Path("/proc/sys/fs/nr_open").read_text())
