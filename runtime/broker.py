@@ -34,6 +34,7 @@ import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
+from coupler.runtime.auth import new_secret
 from coupler.runtime.departure import Departure, Gone
 from coupler.runtime.errors import ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
@@ -144,13 +145,17 @@ class Broker(SchedulerPlugin):
         self._sampler: PeriodicCallback | None = None
         self._page: Any = None  # the dashboard page's Bokeh application, once installed
         self._collected = False  # whether /metrics reports this broker
+        self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         self._sampler = PeriodicCallback(self.sample, RATE_SAMPLE_INTERVAL * 1000)
         self._sampler.start()
         self._install_inspection(scheduler)
+        if self.stream_secret is None:
+            self.stream_secret = new_secret()
         handlers = {
+            "coupler_stream_secret": self.handout_stream_secret,
             "coupler_declare": self.declare,
             "coupler_routing": self.routing,
             "coupler_fix_spec": self.fix_spec,
@@ -200,6 +205,10 @@ class Broker(SchedulerPlugin):
             self._page = None
 
     # -- handlers ----------------------------------------------------------------------
+    def handout_stream_secret(self) -> dict[str, Any]:
+        """The cluster's stream secret, for a worker's endpoint (see :mod:`coupler.runtime.auth`)."""
+        return {"status": "OK", "secret": self.stream_secret}
+
     def _channel(self, name: str) -> ChannelRecord:
         if not isinstance(name, str):
             raise UnknownChannel(f"expected a channel name (a string), got {name!r}")

@@ -39,6 +39,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from tornado.ioloop import PeriodicCallback
 
 from coupler.runtime import shm
+from coupler.runtime.auth import StreamKey
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer, make_buffer
 from coupler.runtime.departure import Departure, Gone
 from coupler.runtime.errors import (
@@ -54,7 +55,8 @@ from coupler.runtime.lineage import Take
 from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves, release_segments
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
-from coupler.runtime.receiver import Listener
+from coupler.runtime.receiver import ChannelSpecs, Listener, raise_open_file_limit
+from coupler.runtime.wire import BATCH_BYTES_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -262,7 +264,23 @@ class Endpoint(WorkerPlugin):
         except (ValueError, TypeError):
             host = "127.0.0.1"
         self._server_ssl, self._client_ssl = self._ssl_contexts(worker)
-        self.listener = Listener(host, self._lookup, self._server_ssl)
+        raise_open_file_limit()  # every stream costs a descriptor (see receiver.Listener)
+        # The cluster's stream secret comes from the broker; streams wait for it (StreamKey.secret).
+        self.stream_key = StreamKey()
+
+        async def fetch_secret() -> None:
+            try:
+                self.stream_key.set((await self._broker("coupler_stream_secret"))["secret"])
+            except Exception as e:  # no broker, or an old one: every stream is refused, saying why
+                self.stream_key.fail(f"the broker did not hand out the cluster's stream secret: {e!r}")
+
+        self._secret_task = self.loop.create_task(fetch_secret())  # (held: the loop keeps only a weak reference)
+        # Batches are checked against the spec the broker holds, asked for from the receiving thread.
+        specs = ChannelSpecs(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["spec"])
+        self.listener = Listener(
+            host, self._lookup, self._server_ssl, key=self.stream_key, specs=specs,
+            batch_bytes=max(BATCH_BYTES_MAX, self.config.batch_bytes, self.config.inline_max),
+        )
         self.retire_at = self._retire_at(worker)
         worker.handlers["coupler_routing_update"] = self._handle_routing_update
         worker.handlers["coupler_takes"] = self._handle_takes
@@ -275,8 +293,8 @@ class Endpoint(WorkerPlugin):
 
     @staticmethod
     def _ssl_contexts(worker: Any) -> tuple[Any, Any]:
-        """TLS contexts from the worker's Dask ``Security`` when the cluster uses TLS."""
-        if not str(worker.address).startswith("tls://"):
+        """TLS contexts from the worker's Dask ``Security`` whenever its comm is secured (``tls://``, ``wss://``)."""
+        if not str(worker.address).startswith(("tls://", "wss://")):
             return None, None
         server = worker.security.get_listen_args("worker").get("ssl_context")
         client = worker.security.get_connection_args("worker").get("ssl_context")
@@ -971,7 +989,7 @@ class Endpoint(WorkerPlugin):
             queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self._client_ssl,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
-            on_commit=lambda marks, k=(route.channel, c.cid): self._commit_received(k, marks),
+            on_commit=lambda marks, k=(route.channel, c.cid): self._commit_received(k, marks), key=self.stream_key,
         )
         with self._lock:
             old = self.links.get(key)

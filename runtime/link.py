@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from coupler.runtime import shm
+from coupler.runtime import auth, shm
 from coupler.runtime import wire
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
@@ -130,6 +130,7 @@ class Link:
         on_orphans: gets, in order, the messages the consumer did not accept.
         on_commit: gets the consumer's commits (source -> highest seq its stored
             checkpoint covers), for the producer to stop keeping those messages.
+        key: the cluster's stream secret (the consumer's worker refuses a stream without it).
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.
@@ -151,6 +152,7 @@ class Link:
         ssl_context: ssl.SSLContext | None = None,
         on_orphans: OrphanFn | None = None,
         on_commit: CommitFn | None = None,
+        key: auth.StreamKey,
     ) -> None:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
@@ -193,13 +195,10 @@ class Link:
             raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
         probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
         try:
-            wire.send_frame(
-                self.sock, wire.HELLO,
-                {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()},
-            )
-            self.reader = wire.FrameReader(self.sock, 64 << 10)  # the hello's reply, then acks and grants
-            kind, reply, _ = self.reader.read()
-        except OSError as e:
+            # Both ends prove that they hold the cluster's secret (auth): the reply is the consumer's, signed.
+            hello = {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()}
+            self.reader, reply = auth.open_stream(self.sock, key, hello)
+        except (OSError, ValueError) as e:
             self.sock.close()
             raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
         finally:
@@ -210,6 +209,8 @@ class Link:
             self.sock.close()
             if status == "closed":
                 raise ChannelClosed(f"channel {channel!r} is closed; cannot send")
+            if status == "spec":
+                raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} on {stream} refused the stream: {reply.get('reason')}")
             raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} on {stream} has detached")
         self.shm = bool(reply.get("shm"))
         self._reader = threading.Thread(target=self._read_loop, name=f"coupler-acks-{channel}", daemon=True)

@@ -1,9 +1,11 @@
 """The consumer side of data streams: a listener on every worker and one receiver thread per link.
 
-A producer's :class:`~coupler.runtime.link.Link` connects, says which channel
-and consumer it feeds (``HELLO``) and, when on the same host, names a probe
-segment; the receiver answers whether it can map shared memory from that
-producer (``WELCOME``). Then it reads batches, turns them into messages whose
+A producer's :class:`~coupler.runtime.link.Link` connects, proves that it
+holds the cluster's stream secret (:mod:`coupler.runtime.auth`), says which
+channel and consumer it feeds (``HELLO``) and, when on the same host, names a
+probe segment; the receiver answers whether it can open shared memory from
+that producer (``WELCOME``). Nothing a peer says is used before that proof,
+and a peer that has not given it within a few seconds is cut. Then it reads batches, turns them into messages whose
 arrays are views of the bytes just received (or of the producer's shared
 segment) and puts them into the consumer's buffer. Acknowledgements are
 cumulative and sent only when needed: when a batch asks for one (``ACK``),
@@ -15,18 +17,32 @@ For ``Queue`` channels the buffer decides when the link gets credits
 ``GRANT`` frames also carry the consumer's commits (the sequence numbers its
 stored checkpoint covers), after which the producer stops keeping those
 messages for a replay.
+
+What an authenticated producer says is still checked, because a bug must
+cost one stream, not the worker: every batch's layout against the channel's
+spec as the broker knows it (:class:`ChannelSpecs`; never the spec the hello
+states), before its payload is allocated; header columns' types and sequence
+numbers' range; credit requests clamped to the queue's size; segment names
+against the producer's own (:func:`~coupler.runtime.shm.check_name`). A frame
+that fails closes that stream only.
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import logging
+import resource
 import socket
 import ssl
 import threading
+import time
+from collections import OrderedDict
 from typing import Any, Callable
 
-from coupler.runtime import wire
+import numpy as np
+
+from coupler.runtime import auth, shm, wire
 from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.shm import Mappings
@@ -34,21 +50,120 @@ from coupler.runtime.shm import Mappings
 logger = logging.getLogger(__name__)
 
 BufferLookup = Callable[[str, str], ConsumerBuffer | None]
+SpecFetch = Callable[[str], "dict[str, Any] | None"]
 _link_ids = itertools.count(1)
+
+MAX_PENDING = 64  # connections accepted and not yet authenticated, at most (the oldest is cut for a new one)
+_BACKOFF_MAX = 1.0  # seconds between accept attempts while the process is out of descriptors, at most
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+_NO_BYTES = np.empty(0, np.uint8)
+
+
+class SpecRefused(ValueError):
+    """A producer's hello names a spec other than the channel's (or a channel without one)."""
+
+
+class ChannelSpecs:
+    """Channel specs as the broker knows them: the consumer side's own copy, never the sender's word.
+
+    A channel's spec never changes once fixed, so each is fetched once; a
+    claim that differs from the copy is checked against the broker again (the
+    channel may have been closed and declared anew) before it is refused.
+
+    Args:
+        fetch: channel -> its spec in wire form from the broker (``None`` if not fixed yet).
+    """
+
+    def __init__(self, fetch: SpecFetch) -> None:
+        self.fetch = fetch
+        self._specs: dict[str, tuple[Spec, int]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, channel: str, claimed: Any) -> Spec:
+        """The channel's spec, if the producer's ``claimed`` one (wire form) is that.
+
+        Raises:
+            SpecRefused: if the broker has no spec for it, or another one than claimed.
+        """
+        try:
+            theirs = Spec.from_wire(claimed)
+        except (TypeError, KeyError, IndexError, ValueError, AttributeError) as e:
+            raise SpecRefused(f"channel {channel!r}: a hello's spec must be a spec in wire form, got {claimed!r:.80} ({e})") from None
+        with self._lock:
+            known = self._specs.get(channel)
+        if known is None or known[0] != theirs:
+            w = self.fetch(channel)
+            if w is None:
+                raise SpecRefused(f"channel {channel!r} has no spec fixed at the broker yet")
+            spec = Spec.from_wire(w)
+            known = (spec, spec.nbytes)
+            with self._lock:
+                self._specs[channel] = known
+        if known[0] != theirs:
+            raise SpecRefused(f"channel {channel!r}: expected spec {known[0].fields}, the producer sent {theirs.fields}")
+        return known[0]
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit of open descriptors to its hard limit.
+
+    Every stream costs the consumer's worker a descriptor, and the common soft
+    limit (1024) is lower than the hard one a worker may use.
+
+    Returns:
+        The soft limit now.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard
+    if hard == resource.RLIM_INFINITY:  # Linux refuses an infinite soft limit; fs.nr_open is the real ceiling
+        try:
+            with open("/proc/sys/fs/nr_open") as f:
+                target = int(f.read())
+        except (OSError, ValueError):
+            return soft
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as e:
+            logger.warning("could not raise the open-file limit from %d to %d: %s", soft, target, e)
+    return soft
 
 
 class Listener:
     """Accepts producer links for the consumers of one worker.
 
+    A stream must finish its handshake (TLS, then :mod:`coupler.runtime.auth`)
+    within :data:`~coupler.runtime.auth.HANDSHAKE_S`; at most ``max_pending``
+    streams may be in their handshake at once, and a new one cuts the oldest
+    (a genuine producer answers within a round trip, an idle connection waits
+    to be cut). The accept loop outlives running out of descriptors
+    (``EMFILE``, ``ENFILE``) or buffers: it backs off and tries again, and ends
+    only with :meth:`close`.
+
     Args:
         host: the address to listen on (the worker's own host).
         lookup: ``(channel, consumer) -> buffer`` or ``None`` if that consumer is not here.
         ssl_context: a server TLS context, or ``None`` for plain TCP.
+        key: the cluster's stream secret.
+        specs: the channels' specs as the broker knows them.
+        batch_bytes: payload bytes of a batch of several messages, at most.
+        max_pending: streams in their handshake at once, at most.
     """
 
-    def __init__(self, host: str, lookup: BufferLookup, ssl_context: ssl.SSLContext | None = None) -> None:
-        self.lookup = lookup
-        self.ssl_context = ssl_context
+    def __init__(
+        self,
+        host: str,
+        lookup: BufferLookup,
+        ssl_context: ssl.SSLContext | None = None,
+        *,
+        key: auth.StreamKey,
+        specs: ChannelSpecs,
+        batch_bytes: int = wire.BATCH_BYTES_MAX,
+        max_pending: int = MAX_PENDING,
+    ) -> None:
+        self.lookup, self.ssl_context, self.key, self.specs = lookup, ssl_context, key, specs
+        self.batch_bytes, self.max_pending = batch_bytes, max_pending
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,59 +172,150 @@ class Listener:
         port = self.sock.getsockname()[1]
         self.address = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
         self.receivers: set[Receiver] = set()
+        self.pending: OrderedDict[int, socket.socket] = OrderedDict()  # accepted, handshake not done; oldest first
+        self.cut = 0  # pending streams cut to make room for newer ones
+        self.accept_errors = 0  # failed accepts (out of descriptors, buffers, ...) survived
+        self._ids = itertools.count()
         self._lock = threading.Lock()
-        self._closed = False
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="coupler-listener", daemon=True)
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        while not self._closed:
+        backoff = 0.0
+        while not self._closed.is_set():
             try:
                 conn, _ = self.sock.accept()
-            except OSError:
-                return
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            threading.Thread(target=self._serve, args=(conn,), name="coupler-recv", daemon=True).start()
+            except OSError as e:
+                if self._closed.is_set():
+                    return
+                # Out of descriptors or buffers (EMFILE, ENFILE, ENOBUFS, ENOMEM), or a connection
+                # that died in the backlog: the listening socket is fine, so wait and try again.
+                self.accept_errors += 1
+                backoff = min(_BACKOFF_MAX, max(0.01, 2 * backoff))
+                if self.accept_errors & (self.accept_errors - 1) == 0:  # 1st, 2nd, 4th, 8th... (not a flood of lines)
+                    level = logging.WARNING if e.errno in _OUT_OF_RESOURCES else logging.INFO
+                    logger.log(level, "coupler listener: accept failed (%s, %d times so far); retrying", e, self.accept_errors)
+                self._closed.wait(backoff)
+                continue
+            backoff = 0.0
+            self._admit(conn)
 
-    def _serve(self, conn: socket.socket) -> None:
+    def _admit(self, conn: socket.socket) -> None:
+        """Count a new connection as pending (cutting the oldest if full) and serve it in a thread."""
+        ident = next(self._ids)
+        with self._lock:
+            self.pending[ident] = conn
+            oldest = self.pending.popitem(last=False)[1] if len(self.pending) > self.max_pending else None
+        if oldest is not None:
+            self.cut += 1
+            _shutdown(oldest)  # its thread sees the stream end and closes it
         try:
+            threading.Thread(target=self._serve, args=(ident, conn), name="coupler-recv", daemon=True).start()
+        except RuntimeError:  # no thread to be had: refuse this stream, keep accepting
+            self._authenticated(ident)
+            conn.close()
+
+    def _authenticated(self, ident: int) -> None:
+        with self._lock:
+            self.pending.pop(ident, None)
+
+    def _serve(self, ident: int, conn: socket.socket) -> None:
+        deadline = time.monotonic() + auth.HANDSHAKE_S
+        try:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
-                conn = self.ssl_context.wrap_socket(conn, server_side=True)
+                conn.settimeout(auth.HANDSHAKE_S)  # the TLS handshake counts against the deadline too
+                conn = self.ssl_context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+                # The TLS socket owns the descriptor now: it is what a cut must shut down.
+                with self._lock:
+                    cut = ident not in self.pending
+                    if not cut:
+                        self.pending[ident] = conn  # (its place in the order stays)
+                if cut:
+                    raise ConnectionAbortedError("cut before its TLS handshake to make room for newer streams")
+                conn.do_handshake()
         except (OSError, ssl.SSLError) as e:
             logger.info("refused a data stream: %s", e)
+            self._authenticated(ident)
             conn.close()
             return
-        r = Receiver(conn, self.lookup)
+        r = Receiver(conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident))
         with self._lock:
             self.receivers.add(r)
         try:
+            if self._closed.is_set():
+                r.stop()
             r.run()
         finally:
+            self._authenticated(ident)
             with self._lock:
                 self.receivers.discard(r)
 
     def close(self) -> None:
         """Stop accepting and cut every stream."""
-        self._closed = True
+        self._closed.set()
+        _shutdown(self.sock)  # wakes the accept (a close alone does not, on Linux)
         try:
             self.sock.close()
         except OSError:
             pass
         with self._lock:
             receivers = list(self.receivers)
+            pending = list(self.pending.values())
         for r in receivers:
             r.stop()
+        for conn in pending:
+            _shutdown(conn)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _count(value: Any, cap: int, what: str) -> int:
+    """A count from a peer's frame, clamped to ``cap``.
+
+    Raises:
+        ValueError: unless it is a non-negative integer.
+    """
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{what} must be a non-negative integer, got {value!r:.40}")
+    return min(value, cap)
 
 
 class Receiver:
-    """Serves one producer link (runs in its own thread)."""
+    """Serves one producer link (runs in its own thread).
 
-    def __init__(self, sock: socket.socket, lookup: BufferLookup) -> None:
+    Args:
+        sock: the accepted stream (TLS already negotiated, if used).
+        lookup: finds the consumer's buffer.
+        key: the cluster's stream secret.
+        specs: the channels' specs as the broker knows them.
+        batch_bytes: payload bytes of a batch of several messages, at most.
+        deadline: ``time.monotonic()`` by which the producer's hello must have come.
+        authenticated: called once the producer has proved that it holds the secret.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        lookup: BufferLookup,
+        key: auth.StreamKey,
+        specs: ChannelSpecs,
+        batch_bytes: int,
+        deadline: float,
+        authenticated: Callable[[], None],
+    ) -> None:
         self.sock = sock
-        self.lookup = lookup
+        self.lookup, self.key, self.specs, self.batch_bytes = lookup, key, specs, batch_bytes
+        self.deadline, self.authenticated = deadline, authenticated
         self.id = next(_link_ids)
         self.write_lock = threading.Lock()  # acks from this thread, grants from the consumer's
-        self.maps = Mappings()
+        self.maps: Mappings | None = None
         self.buf: ConsumerBuffer | None = None
         self.unsent_grants = 0
         self.grant_chunk = 1
@@ -165,57 +371,65 @@ class Receiver:
         self._send(wire.GRANT, {"n": 0, "commit": marks})
 
     def stop(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        _shutdown(self.sock)
 
     def run(self) -> None:
         try:
             self._run()
         except (OSError, wire.StreamClosed):
-            pass  # producer gone; its messages not acknowledged are its to resend
+            pass  # producer gone (or refused: no secret, too slow); its messages not acknowledged are its to resend
         except Exception as e:  # a malformed stream (not a coupler link, or a broken one): refuse it, stay up
             logger.warning("coupler receiver: closed a malformed stream: %r", e)
         finally:
             if isinstance(self.buf, QueueBuffer):
                 self.buf.remove_link(self.id)
-            self.maps.close()
+            if self.maps is not None:
+                self.maps.close()
             try:
                 self.sock.close()
             except OSError:
                 pass
 
+    def _welcome(self, nonce: bytes, reply: dict[str, Any]) -> None:
+        auth.welcome(self.sock, self.key, nonce, reply)
+
     def _run(self) -> None:
         reader = wire.FrameReader(self.sock)
-        kind, hello, _ = reader.read()
-        if kind != wire.HELLO:
-            raise ValueError(f"expected a HELLO frame first, got kind {kind}")
-        channel, consumer = hello["channel"], hello["consumer"]
+        hello, nonce = auth.accept_stream(self.sock, reader, self.key, self.deadline)
+        self.authenticated()  # from here on a peer that holds the secret: no deadline, not pending
+        channel, consumer, pid = hello.get("channel"), hello.get("consumer"), hello.get("pid")
+        if not isinstance(channel, str) or not isinstance(consumer, str) or type(pid) is not int:
+            raise ValueError(f"a hello names a channel, a consumer and a pid, got {channel!r:.60}, {consumer!r:.60}, {pid!r:.20}")
         buf = self.lookup(channel, consumer)
         if buf is None or not buf.accepting:
-            status = "closed" if buf is not None and buf.closed else "gone"
-            self._send(wire.WELCOME, {"status": status})
+            self._welcome(nonce, {"status": "closed" if buf is not None and buf.closed else "gone"})
             return
-        shm_ok = False
-        if hello.get("probe"):
-            try:
-                self.maps.open(hello["probe"])
-                shm_ok = True
-            except (OSError, ValueError):
-                shm_ok = False  # another host or container: TCP only
-            self.maps.close()
-        spec = Spec.from_wire(hello["spec"])
+        try:
+            spec = self.specs.get(channel, hello.get("spec"))
+        except Exception as e:  # SpecRefused, or the broker could not be asked: say why, then close
+            self._welcome(nonce, {"status": "spec", "reason": str(e)})
+            raise
+        self.maps = Mappings(pid)
+        shm_ok = bool(hello.get("probe")) and shm.probe(hello["probe"], pid)
         flat_keys = flat_dict_keys(spec.treedef)
         fields = [(f.shape, f.dtype) for f in spec.fields]
-        # A batch of n messages is n * spec.nbytes plus at most 64 bytes of alignment per field block.
-        pad = 64 * (len(spec.fields) + 1)
-        reader.payload_limit = lambda kind, h: wire.batch_size(h) * spec.nbytes + pad if kind == wire.BATCH else 0
+        checker = wire.BatchChecker(spec, self.batch_bytes)
+        layouts: list[wire.BatchLayout] = []
+
+        def payload_limit(kind: int, h: dict[str, Any]) -> int:
+            # Every batch header is checked against the broker's spec before its payload is read.
+            if kind != wire.BATCH:
+                return 0
+            layouts.append(checker.check(h))
+            return layouts[-1].total
+
+        reader.payload_limit = payload_limit
         self.buf = buf
         queue = isinstance(buf, QueueBuffer)
-        self._send(wire.WELCOME, {"status": "OK", "shm": shm_ok})
+        maxsize = buf.maxsize if queue else 0  # type: ignore[union-attr]
+        self._welcome(nonce, {"status": "OK", "shm": shm_ok})
         if queue:
-            self.grant_chunk = max(1, buf.maxsize // 8)  # type: ignore[union-attr]
+            self.grant_chunk = max(1, maxsize // 8)
             buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
         while True:
             kind, h, payload = reader.read()
@@ -224,22 +438,22 @@ class Receiver:
                 return
             if kind == wire.WANT:
                 if queue and "n" in h:
-                    buf.want(self.id, h["n"], h.get("ret", 0))  # type: ignore[union-attr]
+                    self._want(h)
                 if h.get("ack"):
                     self._ack()
                 continue
             if kind != wire.BATCH:
                 raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")
-            n = wire.batch_size(h)
+            lay = layouts.pop()
+            n = lay.n
             if "seg" in h:
-                rows: Any = [self.maps.views(h["seg"], h["offs"], fields)]
+                rows: Any = [self.maps.views(h["seg"], lay.offsets, fields)]
                 if n != 1:
                     raise ValueError(f"a shared-memory batch holds one message, this one {n} on channel {channel!r}")
             else:
-                if payload is None and spec.fields:
-                    raise ValueError(f"a batch of {n} messages came without its payload on channel {channel!r}")
-                # (no payload at all for a spec without fields: messages of headers only, e.g. {} with a step)
-                rows = wire.split_payload(spec, n, h["offs"], payload)  # type: ignore[arg-type]
+                # the checker made the stated length the spec's; a payload of 0 bytes (a spec without fields,
+                # messages of headers only, or fields of size 0) comes as no payload at all.
+                rows = wire.split_payload(spec, n, lay.offsets, _NO_BYTES if payload is None else payload)
             nbytes = spec.nbytes
             if flat_keys is None:
                 datas: Any = (unflatten(spec.treedef, list(r)) for r in rows)
@@ -263,11 +477,19 @@ class Receiver:
                 self.unacked += 1
             if queue:
                 if "want" in h:  # after the batch: a grant it causes carries the acknowledgement
-                    want = h["want"]
-                    buf.want(self.id, want["n"], want.get("ret", 0))  # type: ignore[union-attr]
+                    self._want(h["want"])
                 self._grant_due(buf.reserved(self.id))  # type: ignore[union-attr]
             if h.get("ack"):
                 self._ack()
 
+    def _want(self, h: Any) -> None:
+        """A producer's request for credits: at most the queue's size, and give back at most what it holds."""
+        buf: QueueBuffer = self.buf  # type: ignore[assignment]
+        if not isinstance(h, dict):
+            raise ValueError(f"a credit request is a map, got {h!r:.40}")
+        n = _count(h.get("n"), buf.maxsize, "a credit request")
+        ret = _count(h.get("ret", 0), buf.reserved(self.id), "credits given back")
+        buf.want(self.id, n, ret)
 
-__all__ = ["Listener", "Receiver"]
+
+__all__ = ["ChannelSpecs", "Listener", "MAX_PENDING", "Receiver", "SpecRefused", "raise_open_file_limit"]

@@ -20,6 +20,10 @@ The only window in which a name can be left behind is between a segment's
 creation and the consumer's first mapping of it. Names embed the creator's
 PID, and :func:`sweep_orphans` (run by every endpoint on start, periodically,
 and by ``Coupling.close``) unlinks segments whose creator no longer exists.
+
+Names come from a peer, so a consumer opens only names of its producer's PID
+(:func:`check_name`: no path can pass), with ``O_NOFOLLOW`` and regular files
+only, and never unlinks a probe (the producer that made it does).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import mmap
 import os
 import re
 import socket
+import stat
 import threading
 import uuid
 import weakref
@@ -75,6 +80,11 @@ def _pid_alive(pid: int) -> bool:
 def sweep_orphans(directory: str = SHM_DIR) -> list[str]:
     """Unlink coupler segments whose creating process is gone.
 
+    Only this user's regular files are touched; whatever cannot be removed (a
+    directory named like a segment, a file of another user, a name that went
+    away meanwhile) is skipped: a sweep runs at every endpoint's start, and one
+    stray name must not stop a worker.
+
     Returns:
         The names removed.
     """
@@ -83,14 +93,20 @@ def sweep_orphans(directory: str = SHM_DIR) -> list[str]:
         names = os.listdir(directory)
     except OSError:
         return removed
+    uid = os.getuid()
     for name in names:
         m = _NAME.match(name)
-        if m and not _pid_alive(int(m.group(1))):
-            try:
-                os.unlink(os.path.join(directory, name))
-                removed.append(name)
-            except FileNotFoundError:
-                pass
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        path = os.path.join(directory, name)
+        try:
+            st = os.lstat(path)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                continue
+            os.unlink(path)
+        except OSError:
+            continue  # gone meanwhile, or not ours to remove
+        removed.append(name)
     return removed
 
 
@@ -273,6 +289,10 @@ def fill(seg: Segment, offsets: list[int], leaves: list[np.ndarray]) -> None:
         _parallel_copy(buf[HEADER + off : HEADER + off + src.nbytes], src)
 
 
+def _nbytes(shape: tuple[int, ...], dtype: str) -> int:
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+
+
 def _release(mm: mmap.mmap) -> None:
     try:
         mm[0] = FREE
@@ -280,31 +300,82 @@ def _release(mm: mmap.mmap) -> None:
         pass  # mapping closed
 
 
-class Mappings:
-    """A consumer link's segments, mapped by name on first sight and unlinked at once."""
+def check_name(name: object, pid: int) -> str:
+    """A segment name a peer sent, checked before anything opens it.
 
-    def __init__(self) -> None:
+    Args:
+        name: the name.
+        pid: the process the peer said it is (its hello): its segments carry that PID.
+
+    Raises:
+        ValueError: unless ``name`` is ``coupler-<pid>-<16 hex digits>`` (no path separator can pass).
+    """
+    m = _NAME.match(name) if isinstance(name, str) else None
+    if m is None or int(m.group(1)) != pid:
+        raise ValueError(f"expected a segment name 'coupler-{pid}-<16 hex digits>', got {name!r:.80}")
+    return name  # type: ignore[return-value]
+
+
+def _open(name: str, flags: int) -> int:
+    """Open a segment by name, refusing symlinks (``O_NOFOLLOW``) and anything but a regular file.
+
+    Raises:
+        OSError: if it cannot be opened or is not a regular file.
+    """
+    fd = os.open(os.path.join(SHM_DIR, name), flags | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{name} in {SHM_DIR} is not a regular file")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def probe(name: str, pid: int) -> bool:
+    """Whether this process can open a producer's probe segment (then both share ``/dev/shm``).
+
+    The name stays: the producer made it, the producer unlinks it.
+
+    Raises:
+        ValueError: if ``name`` is not one of ``pid``'s segment names.
+    """
+    check_name(name, pid)
+    try:
+        os.close(_open(name, os.O_RDONLY))
+    except OSError:
+        return False  # another host or container: TCP only
+    return True
+
+
+class Mappings:
+    """A consumer link's segments, mapped by name on first sight and unlinked at once.
+
+    Args:
+        pid: the producer's process (from its hello); only its segments are opened.
+    """
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
         self.maps: dict[str, mmap.mmap] = {}
 
     def open(self, name: str) -> mmap.mmap:
         """Map segment ``name`` (cached).
 
         Raises:
-            OSError: if it cannot be opened (another host or container; the producer falls back to TCP).
-            ValueError: for a name coupler did not make.
+            OSError: if it cannot be opened or is not a regular file.
+            ValueError: for a name that is not one of the producer's segments.
         """
         mm = self.maps.get(name)
         if mm is None:
-            if not _NAME.match(name):
-                raise ValueError(f"not a coupler segment name: {name!r}")
-            path = os.path.join(SHM_DIR, name)
-            fd = os.open(path, os.O_RDWR)
+            check_name(name, self.pid)
+            fd = _open(name, os.O_RDWR)
             try:
                 size = os.fstat(fd).st_size
                 mm = mmap.mmap(fd, size, flags=_MAP_FLAGS)
             finally:
                 os.close(fd)
-            os.unlink(path)  # nameless from now on: the kernel frees it with the last mapping
+            os.unlink(os.path.join(SHM_DIR, name))  # nameless from now on: the kernel frees it with the last mapping
             self.maps[name] = mm
         return mm
 
@@ -317,6 +388,9 @@ class Mappings:
             fields: (shape, dtype) of each field.
         """
         mm = self.open(name)
+        need = HEADER + (offsets[-1] + _nbytes(*fields[-1]) if fields else 0)
+        if len(mm) < need:
+            raise ValueError(f"segment {name} holds {len(mm)} bytes, its message needs {need}")
         # Every view below has ``whole`` as its .base (numpy collapses view chains
         # down to the array over the mmap), so ``whole`` dies with the last view.
         whole = np.frombuffer(mm, np.uint8, count=len(mm) - HEADER, offset=HEADER)
@@ -333,4 +407,7 @@ class Mappings:
         self.maps.clear()
 
 
-__all__ = ["Arena", "Mappings", "ShmUnavailable", "available", "fill", "host_key", "layout", "own_segments", "sweep_orphans"]
+__all__ = [
+    "Arena", "Mappings", "ShmUnavailable", "available", "check_name", "fill", "host_key", "layout", "own_segments", "probe",
+    "sweep_orphans",
+]

@@ -11,6 +11,12 @@ A batch of ``n`` messages of one channel lays each field out as one block of
 one header and one payload however many messages it holds, and message ``i``'s
 field is a view ``block[i]``. The messages' headers travel as columns too
 (:func:`header_columns`).
+
+A stream opens with a handshake (``CHALLENGE``, ``HELLO``, ``WELCOME``; see
+:mod:`coupler.runtime.auth`). The receiving side trusts no size the sender
+states: it derives each batch's layout from the channel's spec
+as the consumer's worker knows it (:class:`BatchChecker`) and refuses any
+other before a byte of payload is allocated.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import struct
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import msgpack
@@ -32,7 +39,7 @@ from coupler.runtime.shm import layout
 # producer -> consumer
 HELLO, BATCH, WANT, BYE = 1, 2, 3, 4
 # consumer -> producer
-WELCOME, ACK, GRANT = 11, 12, 13
+CHALLENGE, WELCOME, ACK, GRANT = 10, 11, 12, 13
 
 _PREFIX = struct.Struct("!BI")
 _PAD = bytes(64)
@@ -132,7 +139,8 @@ class FrameReader:
     A peer states the sizes of what follows; they are checked before anything
     is allocated, so a broken or hostile peer cannot make the reader take
     gigabytes: a header must fit the read-ahead buffer, and a payload must not
-    exceed ``payload_limit(kind, header)`` (no payload at all without one).
+    exceed ``payload_limit(kind, header)`` (no payload at all without one),
+    which sees every header first and may refuse it by raising.
 
     Args:
         sock: a connected socket.
@@ -148,6 +156,7 @@ class FrameReader:
         self.buf = bytearray(size)
         self.view = memoryview(self.buf)
         self.start = self.end = 0
+        self.deadline: float | None = None
 
     def _fill(self, n: int) -> None:
         """Make at least ``n`` bytes available from ``start`` (n <= buffer size)."""
@@ -156,6 +165,11 @@ class FrameReader:
             self.buf[:k] = self.buf[self.start : self.end]
             self.start, self.end = 0, k
         while self.end - self.start < n:
+            if self.deadline is not None:  # a handshake: the whole frame within the deadline, not each read
+                left = self.deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("the peer did not send its frame in time")
+                self.sock.settimeout(left)
             got = self.sock.recv_into(self.view[self.end :])
             if got == 0:
                 raise StreamClosed("the peer closed the stream")
@@ -167,18 +181,39 @@ class FrameReader:
         self.start += n
         return v
 
-    def read(self) -> tuple[int, dict[str, Any], np.ndarray | None]:
-        """The next frame: ``(kind, header, payload or None)``; the payload is a uint8 array the caller owns."""
+    def read(self, deadline: float | None = None) -> tuple[int, dict[str, Any], np.ndarray | None]:
+        """The next frame: ``(kind, header, payload or None)``; the payload is a uint8 array the caller owns.
+
+        Args:
+            deadline: ``time.monotonic()`` by which the whole frame must have come
+                (handshakes); ``None`` waits as long as it takes.
+
+        Raises:
+            StreamClosed: if the peer closed the stream.
+            TimeoutError: if ``deadline`` passed first.
+            ValueError: for a malformed frame or sizes beyond the limits.
+        """
+        if deadline is None:
+            return self._read()
+        self.deadline = deadline
+        try:
+            return self._read()
+        finally:
+            self.deadline = None
+            self.sock.settimeout(None)
+
+    def _read(self) -> tuple[int, dict[str, Any], np.ndarray | None]:
         kind, hlen = _PREFIX.unpack(self._take(_PREFIX.size))
         if hlen > len(self.buf):
             raise ValueError(f"frame header of {hlen} bytes; at most {len(self.buf)} expected")
         header = msgpack.unpackb(self._take(hlen), raw=False)
         if not isinstance(header, dict):
             raise ValueError(f"frame header must be a map, got {type(header).__name__}")
+        # Every frame's header goes through payload_limit (it may check more than sizes) before its payload is read.
+        limit = 0 if self.payload_limit is None else self.payload_limit(kind, header)
         n = header.get("len", 0)
         if not n:
             return kind, header, None
-        limit = 0 if self.payload_limit is None else self.payload_limit(kind, header)
         if not isinstance(n, int) or not 0 < n <= limit:
             raise ValueError(f"frame of kind {kind} announces a payload of {n!r} bytes; at most {limit} expected")
         have = min(n, self.end - self.start)
@@ -299,6 +334,106 @@ def batch_size(header: dict[str, Any]) -> int:
     return n
 
 
+MAX_SEQ = 2**63  # sequence numbers are int64 in checkpoints and Dask's msgpack
+BATCH_BYTES_MAX = 64 << 20  # payload bytes of a batch of several messages, at most (a link coalesces up to 4 MiB)
+
+
+_SCAN_MAX = 16  # batches up to this many messages have their header columns checked in Python (numpy's call costs more)
+
+
+def _bad_columns(got: str) -> ValueError:
+    return ValueError(f"a batch's header columns need integer seqs 0 <= seq < 2**63, numeric sent_at and string sources; got {got}")
+
+
+@dataclass(frozen=True)
+class BatchLayout:
+    """Where a batch frame's messages are, as checked against the channel's spec.
+
+    Attributes:
+        n: messages in the batch.
+        offsets: byte offset of each field's block.
+        total: payload bytes.
+    """
+
+    n: int
+    offsets: list[int]
+    total: int
+
+
+class BatchChecker:
+    """Checks the batch frame headers of one stream against its channel's spec, before anything is allocated.
+
+    The sizes come from ``spec`` (the consumer's own copy of the channel's
+    spec, from the broker) and the number of messages; the offsets and payload
+    length the sender states must be exactly those. A batch of one message may
+    be as large as the spec says; a batch of several carries at most
+    ``max_bytes``. Layouts are kept per message count (a stream's batches
+    mostly hold a few counts), so a check costs a few dictionary lookups and
+    the conversion of three header columns.
+
+    Args:
+        spec: the channel's spec.
+        max_bytes: payload bytes of a batch of several messages, at most.
+    """
+
+    def __init__(self, spec: Spec, max_bytes: int = BATCH_BYTES_MAX) -> None:
+        self.spec, self.max_bytes = spec, max_bytes
+        self._layouts: dict[int, BatchLayout] = {}
+
+    def _layout(self, n: int) -> BatchLayout:
+        lay = self._layouts.get(n)
+        if lay is None:
+            if n < 1:
+                raise ValueError("a batch frame holds at least one message, got 0")
+            if n > 1 and n * self.spec.nbytes > self.max_bytes:
+                raise ValueError(f"a batch of {n} messages of {self.spec.nbytes} bytes exceeds {self.max_bytes} bytes")
+            offsets, total = layout([n * f.nbytes for f in self.spec.fields])
+            lay = BatchLayout(n, offsets, total)
+            if len(self._layouts) < 1024:  # (a peer cannot grow it without bound)
+                self._layouts[n] = lay
+        return lay
+
+    def check(self, header: dict[str, Any]) -> BatchLayout:
+        """The layout of the batch ``header`` describes.
+
+        Raises:
+            ValueError: naming what was expected and what came.
+        """
+        lay = self._layout(batch_size(header))
+        if header.get("offs") != lay.offsets:
+            raise ValueError(f"a batch of {lay.n} messages has field offsets {lay.offsets}, got {header.get('offs')!r:.80}")
+        if "seg" not in header and header.get("len", 0) != lay.total:
+            raise ValueError(f"a batch of {lay.n} messages carries {lay.total} payload bytes, got {header.get('len')!r:.40}")
+        # The buffer compares seqs, keys marks by source and subtracts sent_at: those columns must be
+        # ints, strings and numbers. The other columns reach the actor as sent.
+        cols = header["c"]
+        if lay.n <= _SCAN_MAX:
+            for q in cols[3]:
+                if type(q) is not int or not 0 <= q < MAX_SEQ:
+                    raise _bad_columns(f"seq {q!r:.40}")
+            for t in cols[5]:
+                if type(t) is not float and type(t) is not int:
+                    raise _bad_columns(f"sent_at {t!r:.40}")
+            for src in cols[2]:
+                if type(src) is not str:
+                    raise _bad_columns(f"source {src!r:.40}")
+            return lay
+        # Many messages: numpy converts a column in C, a third of the cost of a type scan in Python.
+        try:
+            seqs = np.fromiter(cols[3], np.int64, lay.n)
+            sent_at = np.fromiter(cols[5], np.float64, lay.n)
+            sources = set(cols[2])
+        except (TypeError, ValueError, OverflowError) as e:
+            raise _bad_columns(str(e)) from None
+        if seqs.min() < 0:
+            raise _bad_columns(f"seq {int(seqs.min())}")
+        odd = [src for src in sources if type(src) is not str]
+        if odd:
+            raise _bad_columns(f"source {odd[0]!r:.40}")
+        cols[3], cols[5] = seqs.tolist(), sent_at.tolist()  # ints and floats, whatever numbers came
+        return lay
+
+
 def batch_payload(spec: Spec, items: list[list[np.ndarray]]) -> tuple[list[int], int, list[Any]]:
     """Lay out the leaves of ``items`` (messages) field by field.
 
@@ -337,7 +472,7 @@ def split_payload(spec: Spec, n: int, offsets: list[int], payload: np.ndarray) -
 
 
 __all__ = [
-    "ACK", "BATCH", "BYE", "GRANT", "HEADER_FIELDS", "HELLO", "WANT", "WELCOME", "FrameReader", "PAYLOADS", "PayloadPool",
-    "StreamClosed", "batch_payload", "batch_size", "copy_small", "header_columns", "pack", "recv_into_all", "send_frame",
-    "split_payload",
+    "ACK", "BATCH", "BATCH_BYTES_MAX", "BYE", "CHALLENGE", "GRANT", "HEADER_FIELDS", "HELLO", "MAX_SEQ", "WANT", "WELCOME",
+    "BatchChecker", "BatchLayout", "FrameReader", "PAYLOADS", "PayloadPool", "StreamClosed", "batch_payload", "batch_size",
+    "copy_small", "header_columns", "pack", "recv_into_all", "send_frame", "split_payload",
 ]

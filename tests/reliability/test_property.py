@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coupler.runtime.auth import StreamKey, new_secret
 from coupler.runtime.broker import Broker
 from coupler.runtime.buffers import QueueBuffer, make_buffer
 from coupler.runtime.cli import UsageError, build_parser, cluster_choice, walltime_choice
@@ -28,7 +29,7 @@ from coupler.runtime.errors import ERRORS, SpecMismatch
 from coupler.runtime.link import Link, TransportConfig
 from coupler.runtime.message import Message, Spec, flatten
 from coupler.runtime.policies import Queue
-from coupler.runtime.receiver import Listener
+from coupler.runtime.receiver import ChannelSpecs, Listener
 from coupler.runtime.supervisor import SupervisionPolicy
 
 EXAMPLES = 200
@@ -143,8 +144,10 @@ def test_replays_into_a_queue_leave_each_message_exactly_once_in_order(
 def listener() -> Any:
     spec = Spec.of({"x": np.zeros(4, np.float64)})
     buf = make_buffer("fuzz", Queue(maxsize=64))
-    lst = Listener("127.0.0.1", lambda ch, cid: buf if (ch, cid) == ("fuzz", "k/in") else None)
-    yield lst, buf, spec
+    key = StreamKey(new_secret())
+    lst = Listener("127.0.0.1", lambda ch, cid: buf if (ch, cid) == ("fuzz", "k/in") else None,
+                   key=key, specs=ChannelSpecs(lambda ch: spec.to_wire()))
+    yield lst, buf, spec, key
     lst.close()
 
 
@@ -168,7 +171,7 @@ frames = st.lists(
 
 
 def test_the_data_plane_survives_junk_streams_and_delivers_intact(listener: Any) -> None:
-    lst, buf, spec = listener
+    lst, buf, spec, key = listener
     host, port = lst.address.rsplit(":", 1)
 
     @SETTINGS
@@ -188,7 +191,7 @@ def test_the_data_plane_survives_junk_streams_and_delivers_intact(listener: Any)
     throw()
     assert len(buf) == 0  # junk never became a message
     link = Link("fuzz", "k/in", lst.address, spec, queue=True, maxsize=64, host="a", peer_host="b",
-                config=TransportConfig(shared_memory=False))
+                config=TransportConfig(shared_memory=False), key=key)
     for i in range(20):
         link.submit({"timestamp": 0.0, "step": i, "source": "p", "seq": i, "meta": {}, "sent_at": 0.0}, [np.full(4, i, np.float64)], 10)
     link.flush(10)

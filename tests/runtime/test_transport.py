@@ -25,10 +25,11 @@ import transport_actors
 from helper_actors import Collector, Producer
 from transport_actors import Blank, DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
 from coupler.runtime import Coupling, Queue, shm
+from coupler.runtime.auth import StreamKey, new_secret
 from coupler.runtime.buffers import make_buffer
 from coupler.runtime.link import Link, TransportConfig, detach_leaves, owned_leaves
 from coupler.runtime.message import Spec, flatten, on_device, to_host
-from coupler.runtime.receiver import Listener
+from coupler.runtime.receiver import ChannelSpecs, Listener
 
 cloudpickle.register_pickle_by_value(transport_actors)
 
@@ -95,9 +96,11 @@ def test_producers_that_share_a_link_and_finish_one_by_one_give_every_queue_slot
     blocked on a queue with free room (the 8:1 benchmark hung once in ten runs)."""
     spec = Spec.of({"x": np.zeros(8, np.float32)})
     buf = make_buffer("credits", Queue(maxsize=64))
-    lst = Listener("127.0.0.1", lambda ch, cid: buf if (ch, cid) == ("credits", "k/in") else None)
+    key = StreamKey(new_secret())
+    lst = Listener("127.0.0.1", lambda ch, cid: buf if (ch, cid) == ("credits", "k/in") else None,
+                   key=key, specs=ChannelSpecs(lambda ch: spec.to_wire()))
     link = Link("credits", "k/in", lst.address, spec, queue=True, maxsize=64, host="a", peer_host="b",
-                config=TransportConfig(shared_memory=False))
+                config=TransportConfig(shared_memory=False), key=key)
     sent: dict[str, int] = {}
 
     def send(source: str, timeout: float) -> None:

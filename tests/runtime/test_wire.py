@@ -118,3 +118,54 @@ def test_a_small_copy_is_equal_writable_and_owns_its_memory(a: np.ndarray) -> No
     before = a.copy()
     b[...] = 1
     assert np.array_equal(a.astype(np.float64), before.astype(np.float64))  # a copy, not a view
+
+
+def test_a_batch_layout_comes_from_the_spec_and_nothing_else() -> None:
+    """BatchChecker: sizes, offsets and header types against the consumer's spec (the sender's word counts for nothing)."""
+    from coupler.runtime.message import Spec
+    from coupler.runtime.wire import MAX_SEQ, BatchChecker, batch_payload, header_columns
+
+    spec = Spec.of({"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.int64)})  # 12 + 32 bytes
+    items = [[np.zeros(3, np.float32), np.zeros((2, 2), np.int64)] for _ in range(5)]
+    offsets, total, _ = batch_payload(spec, items)
+    cols = header_columns([{"timestamp": 0.0, "step": i, "source": "s", "seq": i, "meta": {}, "sent_at": 1.5} for i in range(5)])
+    good = {"c": cols, "offs": offsets, "len": total}
+    check = BatchChecker(spec).check
+    lay = check(good)
+    assert check(good) is lay  # kept per message count
+    assert (lay.n, lay.offsets, lay.total) == (5, [0, 64], 64 + 192)  # blocks of 5 * 12 and 5 * 32 bytes, each padded to 64
+    for bad, match in [
+        ({"len": total + 1}, "carries 256 payload bytes"),
+        ({"len": 1_717_986_918}, "carries 256 payload bytes"),
+        ({"offs": [0, 60]}, "field offsets"),
+        ({"c": [c[:4] for c in cols]}, None),  # 4 messages described: the offsets are not theirs
+        ({"c": cols[:5]}, "header columns"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            check({**good, **bad})
+    # Header columns, in a batch of 5 (checked in Python) and of 40 (converted by numpy).
+    for n in (5, 40):
+        offs, size, _ = batch_payload(spec, [items[0]] * n)
+        base = {"c": header_columns([{"timestamp": 0.0, "step": 0, "source": "s", "seq": i, "meta": {}, "sent_at": 1.5} for i in range(n)]),
+                "offs": offs, "len": size}
+
+        def column(k: int, last: object) -> dict:
+            return {**base, "c": [c if j != k else c[:-1] + [last] for j, c in enumerate(base["c"])]}
+
+        for bad in [column(3, MAX_SEQ), column(3, -1), column(3, {}), column(3, 2.5) if n == 5 else column(3, "x"),
+                    column(2, b"s"), column(2, ["s"]), column(5, "now")]:
+            with pytest.raises(ValueError, match="integer seqs 0 <= seq < 2\\*\\*63, numeric sent_at and string sources"):
+                check(bad)
+        check(base)
+    # numpy converts what it can: the buffer gets ints and floats all the same.
+    converted = column(3, "39")
+    check(converted)
+    assert converted["c"][3] == list(range(40)) and all(type(q) is int for q in converted["c"][3])
+    with pytest.raises(ValueError, match="at least one message"):
+        check({**good, "c": [[] for _ in cols], "offs": [0, 0], "len": 0})
+    # Several messages: at most max_bytes; one message: as large as its spec, however large.
+    with pytest.raises(ValueError, match="exceeds 128 bytes"):
+        BatchChecker(spec, max_bytes=128).check(good)
+    one = {"c": [c[:1] for c in cols], "offs": [0, 64], "len": 128}
+    assert BatchChecker(spec, max_bytes=16).check(one).total == 128
+
