@@ -13,12 +13,9 @@ handler reach the caller without their type.
 
 For inspection it also samples the counters every ``RATE_SAMPLE_INTERVAL``
 seconds into rates (messages/s, bytes/s per channel, steps/s per actor), keeps
-the metric series actors report (a learner's loss), and, when it starts,
-registers the "coupler" page on the scheduler's dashboard and its ``coupler_*``
-collectors on the scheduler's ``/metrics`` (see :mod:`coupler.runtime.dashboard`
-and :mod:`coupler.runtime.metrics`). Doing that in :meth:`Broker.start` covers a
-coupling that joins a scheduler already running: the plugin starts whenever it
-is registered.
+the metric series actors report (a learner's loss). The dashboard page and the
+``/metrics`` collectors that show them are installed by a plugin of their own
+(:mod:`coupler.runtime.inspection`), so the broker imports neither.
 """
 
 from __future__ import annotations
@@ -143,15 +140,12 @@ class Broker(SchedulerPlugin):
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
         self.scheduler: Any = None
         self._sampler: PeriodicCallback | None = None
-        self._page: Any = None  # the dashboard page's Bokeh application, once installed
-        self._collected = False  # whether /metrics reports this broker
         self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
 
     async def start(self, scheduler: Any) -> None:
         self.scheduler = scheduler
         self._sampler = PeriodicCallback(self.sample, RATE_SAMPLE_INTERVAL * 1000)
         self._sampler.start()
-        self._install_inspection(scheduler)
         if self.stream_secret is None:
             self.stream_secret = new_secret()
         handlers = {
@@ -168,41 +162,11 @@ class Broker(SchedulerPlugin):
         }
         scheduler.handlers.update(handlers)
 
-    def _install_inspection(self, scheduler: Any) -> None:
-        """Register the dashboard page and the /metrics collectors, where the scheduler's environment allows.
-
-        A scheduler started elsewhere may lack Bokeh or prometheus_client, and a
-        page that fails to build must not stop the coupling: both are logged and skipped.
-        """
-        try:  # imported here: the scheduler process needs them, a worker importing the broker does not
-            from coupler.runtime import metrics
-
-            metrics.register(self)
-            self._collected = True
-        except ImportError as e:
-            logger.warning("no coupler_* series on /metrics: %s", e)
-        try:
-            from coupler.runtime import dashboard
-
-            self._page = dashboard.install(scheduler)
-        except Exception as e:
-            logger.warning("no coupler page on the dashboard: %s", e, exc_info=not isinstance(e, ImportError))
-
     async def close(self) -> None:
-        """Stop sampling; take the page and collectors off the scheduler."""
+        """Stop sampling."""
         if self._sampler is not None:
             self._sampler.stop()
             self._sampler = None
-        if self._collected:
-            from coupler.runtime import metrics
-
-            metrics.unregister(self)
-            self._collected = False
-        if self._page is not None:
-            from coupler.runtime import dashboard
-
-            dashboard.uninstall(self.scheduler, self._page)
-            self._page = None
 
     # -- handlers ----------------------------------------------------------------------
     def handout_stream_secret(self) -> dict[str, Any]:

@@ -42,6 +42,7 @@ from coupler.runtime.broker import Broker, check_name
 from coupler.runtime.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.endpoint import Endpoint
 from coupler.runtime.errors import raise_for_reply
+from coupler.runtime.inspection import Inspection
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.status import ActorStatus, ChannelStats
@@ -112,6 +113,7 @@ class Coupling:
         else:
             raise TypeError(f"Coupling(cluster=...) expects None, a Client, a cluster or an address; got {cluster!r}")
         self.client.register_plugin(Broker())
+        self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
         self.client.register_plugin(Endpoint(report_interval=float(config.get("report-interval"))))
 
     @classmethod
