@@ -45,10 +45,10 @@ import traceback
 from typing import Any, Callable
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
-from coupler.runtime.buffers import QueueBuffer
-from coupler.runtime.endpoint import Endpoint, delivery_config
-from coupler.runtime.lineage import META_KEY, ReplayOrder, TakeLog, TakesNote, replay_order
-from coupler.runtime.status import ActorStatus, MetricLog, describe_device
+from coupler.runtime.dataplane.buffers import QueueBuffer
+from coupler.runtime.dataplane.endpoint import Endpoint, delivery_config
+from coupler.runtime.dataplane.lineage import META_KEY, ReplayOrder, TakeLog, TakesNote, replay_order
+from coupler.runtime.control.status import ActorStatus, MetricLog, describe_device
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class HostInPort(InPort):
     def __init__(self, endpoint: Endpoint, channel: str, consumer: str, host: ActorHost) -> None:
         super().__init__(endpoint, channel, consumer)
         self._host = host
-        self.logs_takes = False  # set by the host: a Queue input of an actor that sends (runtime/lineage.py)
+        self.logs_takes = False  # set by the host: a Queue input of an actor that sends (runtime/dataplane/lineage.py)
 
     def receive(self, timeout: float | None = None, default: Any = _MISSING) -> Message:
         m = self._receive(timeout, default)
@@ -127,7 +127,7 @@ class HostInPort(InPort):
 
 
 class HostOutPort(OutPort):
-    """An :class:`OutPort` whose messages carry their actor's takes since the last one (runtime/lineage.py).
+    """An :class:`OutPort` whose messages carry their actor's takes since the last one (runtime/dataplane/lineage.py).
 
     Args:
         endpoint: the worker's endpoint.
@@ -455,7 +455,7 @@ class ActorHost:
             self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
         return self.status()
 
-    # -- input-order logging (runtime/lineage.py) ---------------------------------------------
+    # -- input-order logging (runtime/dataplane/lineage.py) ---------------------------------------------
     def _record_take(self, channel: str, m: Message) -> None:
         with self._takes_lock:
             self._takes.record(channel, m.source, m.seq)
@@ -474,7 +474,7 @@ class ActorHost:
         Only an actor that sends and takes from ``Queue`` inputs needs it: what it
         sends may depend on the order of its takes. Its consumers hold the takes
         that its messages carried; joined, from the checkpoint's first take on,
-        they are the order to repeat (see runtime/lineage.py).
+        they are the order to repeat (see runtime/dataplane/lineage.py).
 
         Args:
             since: the checkpoint's ``"takes"``: the number of its next take.

@@ -7,9 +7,9 @@ Two rows per figure, measured in the same run and process:
   loopback without TLS, between this thread and a server thread. Its baseline
   ``hello-only`` is the handshake's former shape on the same loopback: connect,
   one HELLO frame, one WELCOME frame back.
-- ``check-batch``: :class:`~coupler.runtime.wire.BatchChecker` on the header of
+- ``check-batch``: :class:`~coupler.runtime.dataplane.wire.BatchChecker` on the header of
   a batch of ``n`` messages (what every batch now costs the receiver), against
-  its baseline ``batch-size``, :func:`~coupler.runtime.wire.batch_size` alone
+  its baseline ``batch-size``, :func:`~coupler.runtime.dataplane.wire.batch_size` alone
   (what was checked before).
 
 Usage: ``python benchmarks/data_port.py [--quick | --smoke] [--json PATH]``.
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from coupler.runtime import auth, wire
-from coupler.runtime.auth import StreamKey, new_secret
+from coupler.runtime.dataplane import auth, wire
+from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.message import Spec
 
 SPEC = Spec.of({"x": np.zeros(1024, np.float32)})  # 4 KiB messages

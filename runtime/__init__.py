@@ -1,14 +1,14 @@
 """coupler's runtime: the coupling driver, broker, channels, policies and data plane."""
 
 from coupler.runtime import config as config
-from coupler.runtime.actor_ref import ActorRef as ActorRef
-from coupler.runtime.broker import Broker as Broker
-from coupler.runtime.buffers import BufferStats as BufferStats
+from coupler.runtime.control.actor_ref import ActorRef as ActorRef
+from coupler.runtime.control.broker import Broker as Broker
+from coupler.runtime.dataplane.buffers import BufferStats as BufferStats
 from coupler.runtime.coupling import Coupling as Coupling
-from coupler.runtime.endpoint import Endpoint as Endpoint
-from coupler.runtime.endpoint import local_endpoint as local_endpoint
+from coupler.runtime.dataplane.endpoint import Endpoint as Endpoint
+from coupler.runtime.dataplane.endpoint import local_endpoint as local_endpoint
 from coupler.runtime.errors import ActorFailed as ActorFailed
-from coupler.runtime.checkpoints import CheckpointStore as CheckpointStore
+from coupler.runtime.control.checkpoints import CheckpointStore as CheckpointStore
 from coupler.runtime.errors import ChannelClosed as ChannelClosed
 from coupler.runtime.errors import CheckpointError as CheckpointError
 from coupler.runtime.errors import ChannelExists as ChannelExists
@@ -32,10 +32,10 @@ from coupler.runtime.policies import Policy as Policy
 from coupler.runtime.policies import Queue as Queue
 from coupler.runtime.policies import Reservoir as Reservoir
 from coupler.runtime.policies import Window as Window
-from coupler.runtime.ports import InPort as InPort
-from coupler.runtime.ports import OutPort as OutPort
-from coupler.runtime.status import ActorStatus as ActorStatus
-from coupler.runtime.status import ChannelStats as ChannelStats
+from coupler.runtime.dataplane.ports import InPort as InPort
+from coupler.runtime.dataplane.ports import OutPort as OutPort
+from coupler.runtime.control.status import ActorStatus as ActorStatus
+from coupler.runtime.control.status import ChannelStats as ChannelStats
 
 __all__ = [
     "ActorFailed",

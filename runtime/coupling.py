@@ -27,8 +27,10 @@ from typing import Any, Sequence
 
 from distributed import Client
 
-from coupler.runtime import config, shm
-from coupler.runtime.cluster import (
+from coupler.runtime import config
+
+from coupler.runtime.dataplane import shm
+from coupler.runtime.launch.cluster import (
     JobOptions,
     check_placement,
     close_cluster,
@@ -37,16 +39,16 @@ from coupler.runtime.cluster import (
     start_cluster,
     wait_for_workers,
 )
-from coupler.runtime.actor_ref import ActorRef
-from coupler.runtime.broker import Broker, check_name
-from coupler.runtime.devices import WORKER_ENV as WORKER_ENV
-from coupler.runtime.endpoint import Endpoint
+from coupler.runtime.control.actor_ref import ActorRef
+from coupler.runtime.control.broker import Broker, check_name
+from coupler.runtime.launch.devices import WORKER_ENV as WORKER_ENV
+from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import raise_for_reply
-from coupler.runtime.inspection import Inspection
+from coupler.runtime.observe.inspection import Inspection
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
-from coupler.runtime.status import ActorStatus, ChannelStats
-from coupler.runtime.supervisor import SpawnSpec, Supervisor
+from coupler.runtime.control.status import ActorStatus, ChannelStats
+from coupler.runtime.control.supervisor import SpawnSpec, Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +208,7 @@ class Coupling:
     @property
     def page_link(self) -> str:
         """URL of the coupler page of the Dask dashboard (live channels, actors, loss curves)."""
-        from coupler.runtime.dashboard import page_link  # Bokeh, only when asked
+        from coupler.runtime.observe.dashboard import page_link  # Bokeh, only when asked
 
         return page_link(self.client.dashboard_link)
 

@@ -1,7 +1,7 @@
 """Channel policies: how a consumer's buffer keeps, drops and hands out messages.
 
 A policy is a small frozen declaration; the buffering it implies lives on the
-consumer's worker (see :mod:`coupler.runtime.buffers`). Every consumer of a
+consumer's worker (see :mod:`coupler.runtime.dataplane.buffers`). Every consumer of a
 channel gets every message (broadcast), except a work-sharing
 ``Queue(shared=True)``, where each message goes to exactly one consumer (a task
 pool); many producers may feed one channel (fan-in).

@@ -17,7 +17,7 @@ from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, Ra
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
-from coupler.runtime.checkpoints import decode, encode
+from coupler.runtime.control.checkpoints import decode, encode
 
 # FixedPoints below lives in this test module, which the workers cannot import.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])

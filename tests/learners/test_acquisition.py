@@ -153,7 +153,7 @@ def test_pointless_marks_running_points_that_cannot_matter() -> None:
 
 
 def test_strategies_continue_from_their_state_dict_in_the_checkpoint_format() -> None:
-    from coupler.runtime.checkpoints import decode, encode
+    from coupler.runtime.control.checkpoints import decode, encode
 
     space = ParameterSpace((0.0, 0.0), (1.0, 1.0))
     empty = SearchData(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))

@@ -77,7 +77,7 @@ def test_bad_inputs_are_refused_with_what_was_expected() -> None:
 
 
 def test_state_dict_round_trips_through_the_checkpoint_format_and_training_continues_identically() -> None:
-    from coupler.runtime.checkpoints import decode, encode
+    from coupler.runtime.control.checkpoints import decode, encode
 
     cfg = EnsembleConfig(members=3, hidden=8, depth=2, fourier_features=4, steps_per_fit=20)
     x = np.random.default_rng(2).uniform(size=(24, 2)).astype(np.float32)

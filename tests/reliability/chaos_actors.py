@@ -156,7 +156,7 @@ def break_stream_at(step: int) -> None:
     hosts): the receiver refuses the whole batch and closes the stream, and the
     producer's link sees the end with those messages not acknowledged.
     """
-    from coupler.runtime.buffers import QueueBuffer
+    from coupler.runtime.dataplane.buffers import QueueBuffer
 
     original = QueueBuffer.put_credited
 
@@ -171,6 +171,6 @@ def break_stream_at(step: int) -> None:
 
 def stream_breaks_left() -> bool:
     """Whether a :func:`break_stream_at` on this worker has not fired yet."""
-    from coupler.runtime.buffers import QueueBuffer
+    from coupler.runtime.dataplane.buffers import QueueBuffer
 
     return QueueBuffer.put_credited.__qualname__.startswith("break_stream_at")

@@ -78,7 +78,7 @@ def _workers(cp: Coupling) -> list[str]:
 
 def _delivery_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
     """What a worker's endpoint keeps and sends for its consumers (for a failure's message)."""
-    from coupler.runtime.endpoint import ENDPOINT_NAME
+    from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 
     ep = dask_worker.plugins[ENDPOINT_NAME]
     return {

@@ -1,6 +1,6 @@
 """The data port against hostile and broken peers: it keeps serving its genuine streams.
 
-Unit tests drive a :class:`~coupler.runtime.receiver.Listener` in this process;
+Unit tests drive a :class:`~coupler.runtime.dataplane.receiver.Listener` in this process;
 the last test throws (hypothesis) junk, oversized frames, forged sequence
 numbers and credit requests, unauthenticated and idle connections at a real
 worker's port while a simulator streams to a learner there, and checks that
@@ -36,17 +36,17 @@ from hypothesis import strategies as st
 
 import chaos_actors
 from chaos_actors import QueueLearner, Simulator, checksum, sample
-from coupler.runtime import auth, receiver, shm, wire
-from coupler.runtime.auth import StreamKey, new_secret
-from coupler.runtime.buffers import QueueBuffer, make_buffer
-from coupler.runtime.cluster import make_tls_files
+from coupler.runtime.dataplane import auth, receiver, shm, wire
+from coupler.runtime.dataplane.auth import StreamKey, new_secret
+from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
+from coupler.runtime.launch.cluster import make_tls_files
 from coupler.runtime.coupling import Coupling
-from coupler.runtime.endpoint import ENDPOINT_NAME, Endpoint
+from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME, Endpoint
 from coupler.runtime.errors import ConsumerGone
-from coupler.runtime.link import Link, TransportConfig
+from coupler.runtime.dataplane.link import Link, TransportConfig
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Queue
-from coupler.runtime.receiver import ChannelSpecs, Listener
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
 
 cloudpickle.register_pickle_by_value(chaos_actors)
 
@@ -197,12 +197,12 @@ def test_the_open_file_limit_is_raised_to_the_hard_limit() -> None:
 _EMFILE_SCRIPT = textwrap.dedent("""
     import json, os, resource, socket, time
     import numpy as np
-    from coupler.runtime.auth import StreamKey, new_secret
-    from coupler.runtime.buffers import make_buffer
-    from coupler.runtime.link import Link, TransportConfig
+    from coupler.runtime.dataplane.auth import StreamKey, new_secret
+    from coupler.runtime.dataplane.buffers import make_buffer
+    from coupler.runtime.dataplane.link import Link, TransportConfig
     from coupler.runtime.message import Spec
     from coupler.runtime.policies import Queue
-    from coupler.runtime.receiver import ChannelSpecs, Listener
+    from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
 
     spec = Spec.of({"x": np.zeros(4, np.float64)})
     buf = make_buffer("c", Queue(maxsize=16))

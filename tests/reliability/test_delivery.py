@@ -10,10 +10,10 @@ import pytest
 
 import chaos_actors
 from chaos_actors import Leaver, QueueLearner, Simulator
-from coupler.runtime.buffers import QueueBuffer, make_buffer
+from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.coupling import Coupling
-from coupler.runtime.endpoint import ENDPOINT_NAME
-from coupler.runtime.link import ReplayLog, frozen_leaves
+from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
+from coupler.runtime.dataplane.link import ReplayLog, frozen_leaves
 from coupler.runtime.message import Message
 from coupler.runtime.policies import Queue
 

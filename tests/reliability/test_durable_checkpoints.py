@@ -12,10 +12,10 @@ import pytest
 
 import chaos_actors
 from chaos_actors import Simulator
-from coupler.runtime.checkpoints import CheckpointError, CheckpointStore, decode, encode
+from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore, decode, encode
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
-from coupler.runtime.supervisor import SupervisionPolicy
+from coupler.runtime.control.supervisor import SupervisionPolicy
 
 cloudpickle.register_pickle_by_value(chaos_actors)
 

@@ -1,4 +1,4 @@
-"""Exactly-once across the restart of an actor that merges inputs (runtime/lineage.py).
+"""Exactly-once across the restart of an actor that merges inputs (runtime/dataplane/lineage.py).
 
 A ``Merger`` forwards what it takes from a fan-in channel, or from two
 channels it polls, with its running count and a draw from its checkpointed

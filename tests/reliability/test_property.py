@@ -19,18 +19,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from coupler.runtime.auth import StreamKey, new_secret
-from coupler.runtime.broker import Broker
-from coupler.runtime.buffers import QueueBuffer, make_buffer
-from coupler.runtime.cli import UsageError, build_parser, cluster_choice, walltime_choice
-from coupler.runtime.cluster import walltime_seconds
-from coupler.runtime.endpoint import delivery_config
+from coupler.runtime.dataplane.auth import StreamKey, new_secret
+from coupler.runtime.control.broker import Broker
+from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
+from coupler.runtime.launch.cli import UsageError, build_parser, cluster_choice, walltime_choice
+from coupler.runtime.launch.cluster import walltime_seconds
+from coupler.runtime.dataplane.endpoint import delivery_config
 from coupler.runtime.errors import ERRORS, SpecMismatch
-from coupler.runtime.link import Link, TransportConfig
+from coupler.runtime.dataplane.link import Link, TransportConfig
 from coupler.runtime.message import Message, Spec, flatten
 from coupler.runtime.policies import Queue
-from coupler.runtime.receiver import ChannelSpecs, Listener
-from coupler.runtime.supervisor import SupervisionPolicy
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
+from coupler.runtime.control.supervisor import SupervisionPolicy
 
 EXAMPLES = 200
 SETTINGS = settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -23,11 +23,11 @@ import pytest
 
 import chaos_actors
 from chaos_actors import QueueLearner, Simulator
-from coupler.runtime import wire
-from coupler.runtime.cli import main
-from coupler.runtime.cluster import TLSFiles, connect, make_tls_files, tls_security
+from coupler.runtime.dataplane import wire
+from coupler.runtime.launch.cli import main
+from coupler.runtime.launch.cluster import TLSFiles, connect, make_tls_files, tls_security
 from coupler.runtime.coupling import Coupling
-from coupler.runtime.endpoint import ENDPOINT_NAME
+from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 from coupler.runtime.policies import Queue
 from distributed.comm import connect as comm_connect
 

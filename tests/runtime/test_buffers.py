@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, Interrupted, Latest, Message, Queue, Reservoir, Window, WrongPolicy
-from coupler.runtime.buffers import make_buffer
+from coupler.runtime.dataplane.buffers import make_buffer
 
 
 def msg(i: int, source: str = "p") -> Message:

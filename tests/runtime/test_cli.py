@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from coupler.runtime import Coupling, Queue
-from coupler.runtime.cli import available_demos, main
-from coupler.runtime.cluster import SchedulerUnreachable, connect
+from coupler.runtime.launch.cli import available_demos, main
+from coupler.runtime.launch.cluster import SchedulerUnreachable, connect
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

@@ -12,7 +12,7 @@ import pytest
 
 from helper_actors import Collector
 from coupler.runtime import Coupling, config
-from coupler.runtime.cluster import (
+from coupler.runtime.launch.cluster import (
     JobOptions,
     NoSuitableWorker,
     SchedulerUnreachable,
@@ -23,7 +23,7 @@ from coupler.runtime.cluster import (
     start_local,
     walltime_seconds,
 )
-from coupler.runtime.devices import (
+from coupler.runtime.launch.devices import (
     detect_gpus,
     parse_nvidia_smi,
     parse_visible_devices,
@@ -139,7 +139,7 @@ def test_slurm_gpu_job_options() -> None:
     assert kw["worker_extra_args"] == [
         "--no-dashboard",
         "--resources", "GPU=1",
-        "--preload", "coupler.runtime.devices",
+        "--preload", "coupler.runtime.launch.devices",
         "--lifetime", "3180s", "--lifetime-stagger", "120s",
     ]
     assert kw["job_script_prologue"] == [
@@ -212,7 +212,7 @@ def test_environment_variables_reach_coupler_settings(monkeypatch: pytest.Monkey
 
 def test_slurm_job_script_from_options() -> None:
     # Building the class needs no Slurm; only submitting does (tests/system).
-    from coupler.runtime.cluster import close_cluster, start_cluster
+    from coupler.runtime.launch.cluster import close_cluster, start_cluster
 
     # dask-jobqueue reads its configuration whenever it renders a job, so keep it set throughout.
     with dask.config.set({"jobqueue.slurm.cores": 2, "jobqueue.slurm.memory": "2GiB", "jobqueue.slurm.scheduler-options": {"dashboard_address": ":0"}}):

@@ -14,7 +14,7 @@ from distributed import LocalCluster
 
 import inspection_actors
 from coupler.runtime import Coupling, Queue
-from coupler.runtime.dashboard import describe_policy, html_table, page_link
+from coupler.runtime.observe.dashboard import describe_policy, html_table, page_link
 from inspection_actors import Fitter, Ticker
 
 cloudpickle.register_pickle_by_value(inspection_actors)
@@ -68,7 +68,7 @@ def ticking(coupling: Coupling, unique: str) -> Iterator[tuple[str, str, str]]:
 
 def page_contents(dask_scheduler: Any) -> dict[str, Any]:
     """Runs on the scheduler: build the page as a browser session would, refresh it, return its data."""
-    from coupler.runtime.dashboard import CouplerPage
+    from coupler.runtime.observe.dashboard import CouplerPage
 
     page = CouplerPage(dask_scheduler)
     page.update()

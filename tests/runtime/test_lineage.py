@@ -1,4 +1,4 @@
-"""The input-order logging protocol (runtime/lineage.py), driven through every interleaving by hypothesis.
+"""The input-order logging protocol (runtime/dataplane/lineage.py), driven through every interleaving by hypothesis.
 
 The model: a merging actor takes messages of two producers in some order,
 sends outputs on one or two channels (each send carries the takes since that
@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from coupler.runtime.lineage import LineageStore, ReplayOrder, TakeLog, TakesNote, replay_order
+from coupler.runtime.dataplane.lineage import LineageStore, ReplayOrder, TakeLog, TakesNote, replay_order
 
 
 class MergerModel(RuleBasedStateMachine):

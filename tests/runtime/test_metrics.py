@@ -17,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import inspection_actors
 from coupler.runtime import Coupling, Queue
-from coupler.runtime.broker import Broker
-from coupler.runtime.status import MetricHistory, MetricLog, RateMeter
+from coupler.runtime.control.broker import Broker
+from coupler.runtime.control.status import MetricHistory, MetricLog, RateMeter
 from inspection_actors import Fitter, Ticker
 
 cloudpickle.register_pickle_by_value(inspection_actors)

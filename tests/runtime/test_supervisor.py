@@ -15,8 +15,8 @@ import pytest
 import supervision_actors
 from supervision_actors import Counter, Tally
 from coupler.runtime import ActorFailed, Coupling, Queue
-from coupler.runtime.actor_ref import ActorRef
-from coupler.runtime.supervisor import SupervisionPolicy, Supervisor, _Supervised
+from coupler.runtime.control.actor_ref import ActorRef
+from coupler.runtime.control.supervisor import SupervisionPolicy, Supervisor, _Supervised
 from distributed import Client
 from helper_actors import Collector
 

@@ -25,11 +25,11 @@ import transport_actors
 from helper_actors import Collector, Producer
 from transport_actors import Blank, DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
 from coupler.runtime import Coupling, Queue, shm
-from coupler.runtime.auth import StreamKey, new_secret
-from coupler.runtime.buffers import make_buffer
-from coupler.runtime.link import Link, TransportConfig, detach_leaves, owned_leaves
+from coupler.runtime.dataplane.auth import StreamKey, new_secret
+from coupler.runtime.dataplane.buffers import make_buffer
+from coupler.runtime.dataplane.link import Link, TransportConfig, detach_leaves, owned_leaves
 from coupler.runtime.message import Spec, flatten, on_device, to_host
-from coupler.runtime.receiver import ChannelSpecs, Listener
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
 
 cloudpickle.register_pickle_by_value(transport_actors)
 

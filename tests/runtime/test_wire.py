@@ -8,7 +8,7 @@ import ml_dtypes  # JAX's extra dtypes (installed with jax)
 import numpy as np
 import pytest
 
-from coupler.runtime.wire import PayloadPool, copy_small
+from coupler.runtime.dataplane.wire import PayloadPool, copy_small
 
 
 def test_a_released_payload_block_is_reused_and_a_held_one_never() -> None:
@@ -53,7 +53,7 @@ def test_a_frame_reader_refuses_sizes_beyond_its_limits_before_allocating() -> N
     import msgpack
     import pytest
 
-    from coupler.runtime.wire import BATCH, FrameReader, send_frame
+    from coupler.runtime.dataplane.wire import BATCH, FrameReader, send_frame
 
     a, b = socket.socketpair()
     with a, b:
@@ -81,7 +81,7 @@ def test_a_frame_reader_refuses_sizes_beyond_its_limits_before_allocating() -> N
 
 def test_batch_headers_travel_as_columns_and_malformed_columns_are_refused() -> None:
     """The receiver trusts a batch's size for its payload limit only once the columns check out."""
-    from coupler.runtime.wire import HEADER_FIELDS, batch_size, header_columns
+    from coupler.runtime.dataplane.wire import HEADER_FIELDS, batch_size, header_columns
 
     headers = [{"timestamp": 0.5 * i, "step": i, "source": "sim", "seq": 10 + i, "meta": {"k": i}, "sent_at": 1.0 + i} for i in range(3)]
     cols = header_columns(headers)
@@ -123,7 +123,7 @@ def test_a_small_copy_is_equal_writable_and_owns_its_memory(a: np.ndarray) -> No
 def test_a_batch_layout_comes_from_the_spec_and_nothing_else() -> None:
     """BatchChecker: sizes, offsets and header types against the consumer's spec (the sender's word counts for nothing)."""
     from coupler.runtime.message import Spec
-    from coupler.runtime.wire import MAX_SEQ, BatchChecker, batch_payload, header_columns
+    from coupler.runtime.dataplane.wire import MAX_SEQ, BatchChecker, batch_payload, header_columns
 
     spec = Spec.of({"a": np.zeros(3, np.float32), "b": np.zeros((2, 2), np.int64)})  # 12 + 32 bytes
     items = [[np.zeros(3, np.float32), np.zeros((2, 2), np.int64)] for _ in range(5)]

@@ -15,8 +15,8 @@ import dask.config
 import pytest
 from distributed import Client
 
-from coupler.runtime.cli import run_script
-from coupler.runtime.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
+from coupler.runtime.launch.cli import run_script
+from coupler.runtime.launch.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
 from slurm_support import JOBQUEUE_YAML, REPO, SMALL_AUGMENTATION, squeue_jobs, wait_until_gone
 
 pytestmark = pytest.mark.system
@@ -130,7 +130,7 @@ def test_gpu_job_script_requests_gpus_and_gives_each_worker_one(jobqueue_config:
             assert 'export CUDA_VISIBLE_DEVICES="${CUDA_VISIBLE_DEVICES:-0,1}"' in lines
             assert "export COUPLER_GPUS_PER_JOB=2" in lines
             command = lines[-1]
-            for part in ("--nworkers 2", "--resources GPU=1", "--preload coupler.runtime.devices",
+            for part in ("--nworkers 2", "--resources GPU=1", "--preload coupler.runtime.launch.devices",
                          "--lifetime 3180s", "--lifetime-stagger 120s", "--interface lo"):
                 assert part in command, f"{part!r} not in the worker command {command!r}"
 

@@ -18,7 +18,7 @@ import dask.config
 import numpy as np
 import pytest
 
-from coupler.runtime.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
+from coupler.runtime.launch.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from slurm_support import REPO, wait_until_gone

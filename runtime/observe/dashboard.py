@@ -36,8 +36,8 @@ from bokeh.plotting import figure
 from bokeh.server.server import BokehTornado
 from tornado.ioloop import IOLoop
 
-from coupler.runtime.broker import BROKER_NAME, Broker
-from coupler.runtime.status import ActorStatus, ChannelStats
+from coupler.runtime.control.broker import BROKER_NAME, Broker
+from coupler.runtime.control.status import ActorStatus, ChannelStats
 
 logger = logging.getLogger(__name__)
 

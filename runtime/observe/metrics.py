@@ -40,7 +40,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 if TYPE_CHECKING:
-    from coupler.runtime.broker import Broker
+    from coupler.runtime.control.broker import Broker
 
 PREFIX = "coupler"
 ACTOR_STATES = ("created", "running", "paused", "finished", "stopped", "failed", "lost", "migrated")

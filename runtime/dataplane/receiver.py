@@ -1,7 +1,7 @@
 """The consumer side of data streams: a listener on every worker and one receiver thread per link.
 
-A producer's :class:`~coupler.runtime.link.Link` connects, proves that it
-holds the cluster's stream secret (:mod:`coupler.runtime.auth`), says which
+A producer's :class:`~coupler.runtime.dataplane.link.Link` connects, proves that it
+holds the cluster's stream secret (:mod:`coupler.runtime.dataplane.auth`), says which
 channel and consumer it feeds (``HELLO``) and, when on the same host, names a
 probe segment; the receiver answers whether it can open shared memory from
 that producer (``WELCOME``). Nothing a peer says is used before that proof,
@@ -23,7 +23,7 @@ cost one stream, not the worker: every batch's layout against the channel's
 spec as the broker knows it (:class:`ChannelSpecs`; never the spec the hello
 states), before its payload is allocated; header columns' types and sequence
 numbers' range; credit requests clamped to the queue's size; segment names
-against the producer's own (:func:`~coupler.runtime.shm.check_name`). A frame
+against the producer's own (:func:`~coupler.runtime.dataplane.shm.check_name`). A frame
 that fails closes that stream only.
 """
 
@@ -42,10 +42,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from coupler.runtime import auth, shm, wire
-from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer
+from coupler.runtime.dataplane import auth, shm, wire
+from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
-from coupler.runtime.shm import Mappings
+from coupler.runtime.dataplane.shm import Mappings
 
 logger = logging.getLogger(__name__)
 
@@ -133,8 +133,8 @@ def raise_open_file_limit() -> int:
 class Listener:
     """Accepts producer links for the consumers of one worker.
 
-    A stream must finish its handshake (TLS, then :mod:`coupler.runtime.auth`)
-    within :data:`~coupler.runtime.auth.HANDSHAKE_S`; at most ``max_pending``
+    A stream must finish its handshake (TLS, then :mod:`coupler.runtime.dataplane.auth`)
+    within :data:`~coupler.runtime.dataplane.auth.HANDSHAKE_S`; at most ``max_pending``
     streams may be in their handshake at once, and a new one cuts the oldest
     (a genuine producer answers within a round trip, an idle connection waits
     to be cut). The accept loop outlives running out of descriptors

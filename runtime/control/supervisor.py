@@ -43,8 +43,8 @@ from dask.utils import parse_timedelta
 from distributed import Actor, Client, Future
 
 from coupler.runtime import config
-from coupler.runtime.actor_ref import ActorRef
-from coupler.runtime.checkpoints import CheckpointError, CheckpointStore
+from coupler.runtime.control.actor_ref import ActorRef
+from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore
 from coupler.runtime.errors import ActorFailed, CouplerError
 
 logger = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ fresh nonces on both sides make a recorded handshake useless for another
 connection. It costs one more round trip when a link opens, and nothing per
 message: the frames after the handshake carry no MAC. So without TLS someone
 who can inject packets into an established TCP connection (on the path
-between the workers) can still forge frames; TLS (:mod:`coupler.runtime.cluster`)
+between the workers) can still forge frames; TLS (:mod:`coupler.runtime.launch.cluster`)
 closes that. The secret travels over the Dask comm, so it is as private as
 that comm: on a cluster without TLS, anyone who can talk to the scheduler can
 ask for it.
@@ -36,7 +36,7 @@ from typing import Any
 
 import msgpack
 
-from coupler.runtime import wire
+from coupler.runtime.dataplane import wire
 
 SECRET_BYTES = 32
 NONCE_BYTES = 16

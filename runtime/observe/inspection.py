@@ -2,8 +2,8 @@
 
 The broker keeps the control-plane state and knows nothing of how it is
 shown; this plugin, registered after it, reads it for the dashboard page
-(:mod:`coupler.runtime.dashboard`) and the Prometheus collectors
-(:mod:`coupler.runtime.metrics`). So the imports go one way: inspection ->
+(:mod:`coupler.runtime.observe.dashboard`) and the Prometheus collectors
+(:mod:`coupler.runtime.observe.metrics`). So the imports go one way: inspection ->
 dashboard, metrics -> broker.
 """
 
@@ -14,7 +14,7 @@ from typing import Any
 
 from distributed.diagnostics.plugin import SchedulerPlugin
 
-from coupler.runtime.broker import BROKER_NAME, Broker
+from coupler.runtime.control.broker import BROKER_NAME, Broker
 
 logger = logging.getLogger(__name__)
 
@@ -43,14 +43,14 @@ class Inspection(SchedulerPlugin):
             return
         self._broker = broker
         try:  # imported here: the scheduler process needs them, a worker never does
-            from coupler.runtime import metrics
+            from coupler.runtime.observe import metrics
 
             metrics.register(broker)
             self._collected = True
         except ImportError as e:
             logger.warning("no coupler_* series on /metrics: %s", e)
         try:
-            from coupler.runtime import dashboard
+            from coupler.runtime.observe import dashboard
 
             self._page = dashboard.install(scheduler)
         except Exception as e:
@@ -60,12 +60,12 @@ class Inspection(SchedulerPlugin):
     async def close(self) -> None:
         """Take the page and the collectors off the scheduler."""
         if self._collected and self._broker is not None:
-            from coupler.runtime import metrics
+            from coupler.runtime.observe import metrics
 
             metrics.unregister(self._broker)
             self._collected = False
         if self._page is not None:
-            from coupler.runtime import dashboard
+            from coupler.runtime.observe import dashboard
 
             dashboard.uninstall(self._scheduler, self._page)
             self._page = None

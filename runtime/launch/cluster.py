@@ -41,7 +41,7 @@ from distributed.security import Security
 from distributed.system import MEMORY_LIMIT
 
 from coupler.runtime import config
-from coupler.runtime.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
+from coupler.runtime.launch.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
 from coupler.runtime.errors import CouplerError, NoSuitableWorker, SchedulerUnreachable, WorkersNotReady
 
 logger = logging.getLogger(__name__)
@@ -209,7 +209,7 @@ def jobqueue_kwargs(kind: str, options: JobOptions, section: Mapping[str, Any] |
         if cores is not None and int(cores) < gpus:
             raise ValueError(f"jobqueue.{kind}.cores must be at least gpus-per-job ({gpus}) for one worker per GPU; got {cores}")
         kw["processes"] = gpus
-        worker_args += ["--resources", "GPU=1", "--preload", "coupler.runtime.devices"]
+        worker_args += ["--resources", "GPU=1", "--preload", "coupler.runtime.launch.devices"]
         all_devices = ",".join(str(i) for i in range(gpus))
         # Batch systems that bind GPUs set CUDA_VISIBLE_DEVICES; elsewhere assume the first G.
         prologue += [f'export CUDA_VISIBLE_DEVICES="${{CUDA_VISIBLE_DEVICES:-{all_devices}}}"', f"export {GPUS_PER_JOB_VAR}={gpus}"]

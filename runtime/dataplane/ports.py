@@ -16,8 +16,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from coupler.runtime.buffers import BufferStats, ConsumerBuffer, LatestBuffer
-from coupler.runtime.endpoint import Endpoint
+from coupler.runtime.dataplane.buffers import BufferStats, ConsumerBuffer, LatestBuffer
+from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import ChannelTimeout, WrongPolicy
 from coupler.runtime.message import Message
 

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from distributed.actor import Actor
 
 from coupler.runtime.errors import ActorFailed
-from coupler.runtime.status import ActorStatus
+from coupler.runtime.control.status import ActorStatus
 
 
 class Follower(Protocol):

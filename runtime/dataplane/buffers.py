@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
-from coupler.runtime.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
+from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import Latest, Policy, Queue, Reservoir, Window
 
@@ -49,7 +49,7 @@ class BufferStats:
         lag: seconds between send and acceptance of the last message.
         duplicates: ``Queue`` messages dropped because the same (source, seq) had come before
             (a producer replaying after a restart of either end).
-        bad_notes: malformed takes notes ignored (see ``runtime/lineage.py``).
+        bad_notes: malformed takes notes ignored (see ``runtime/dataplane/lineage.py``).
     """
 
     received: int = 0
@@ -200,7 +200,7 @@ class QueueBuffer(ConsumerBuffer):
     checkpoint's marks to a restored consumer; ``commit`` tells the producers'
     links which messages they no longer need to keep for a replay.
 
-    Input-order logging (``runtime/lineage.py``): the takes notes that messages
+    Input-order logging (``runtime/dataplane/lineage.py``): the takes notes that messages
     carry are kept in ``lineage`` for their producer's restart, and a restored
     merging actor's :meth:`follow` makes ``get`` hand out replayed messages in
     the order its predecessor took them. While that order lasts, the queue may
@@ -226,7 +226,7 @@ class QueueBuffer(ConsumerBuffer):
         self._getters = 0  # consumer threads waiting in get()
         self._step = max(1, self.maxsize // 8)  # slots freed by get() go to links in steps this large
         self._taken_since = 0  # messages taken since the last hand-out
-        self.lineage = LineageStore()  # takes notes of the producers (see runtime/lineage.py)
+        self.lineage = LineageStore()  # takes notes of the producers (see runtime/dataplane/lineage.py)
         self._order: ReplayOrder | None = None  # a restored merging actor's recorded take order
 
     def _free(self) -> int:

@@ -2,10 +2,10 @@
 
 Producers on this worker send messages straight to the workers of the
 channel's consumers, one hop, over a dedicated stream per (channel, consumer)
-(:class:`~coupler.runtime.link.Link`): pipelined, small messages coalesced into
+(:class:`~coupler.runtime.dataplane.link.Link`): pipelined, small messages coalesced into
 batches, ``Queue`` back-pressure by credits, and shared memory for large
 messages when both ends are on one host. Consumers on this worker receive
-them through the worker's :class:`~coupler.runtime.receiver.Listener` into
+them through the worker's :class:`~coupler.runtime.dataplane.receiver.Listener` into
 the buffer their channel's policy implies. When producer and consumer share
 a worker process the message is handed over in memory (one copy, so that the
 consumer owns its data). Nothing goes through the scheduler, Dask's comms
@@ -38,10 +38,10 @@ from distributed.comm import get_address_host
 from distributed.diagnostics.plugin import WorkerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from coupler.runtime import shm
-from coupler.runtime.auth import StreamKey
-from coupler.runtime.buffers import ConsumerBuffer, QueueBuffer, make_buffer
-from coupler.runtime.departure import Departure, Gone
+from coupler.runtime.dataplane import shm
+from coupler.runtime.dataplane.auth import StreamKey
+from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer, make_buffer
+from coupler.runtime.control.departure import Departure, Gone
 from coupler.runtime.errors import (
     ChannelClosed,
     ChannelTimeout,
@@ -51,12 +51,12 @@ from coupler.runtime.errors import (
     PartiallyDelivered,
     raise_for_reply,
 )
-from coupler.runtime.lineage import Take
-from coupler.runtime.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves, release_segments
+from coupler.runtime.dataplane.lineage import Take
+from coupler.runtime.dataplane.link import Item, Link, ReplayLog, TransportConfig, frozen_leaves, owned_leaves, release_segments
 from coupler.runtime.message import DeviceLeaves, Message, Spec, flatten, to_host, unflatten
 from coupler.runtime.policies import policy_from_wire
-from coupler.runtime.receiver import ChannelSpecs, Listener, raise_open_file_limit
-from coupler.runtime.wire import BATCH_BYTES_MAX
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, raise_open_file_limit
+from coupler.runtime.dataplane.wire import BATCH_BYTES_MAX
 
 logger = logging.getLogger(__name__)
 
@@ -1038,7 +1038,7 @@ class Endpoint(WorkerPlugin):
             buf.commit(marks)
         self._commit_received((channel, consumer), {str(s): int(q) for s, q in marks.items()})
 
-    # -- input-order logging (runtime/lineage.py) ---------------------------------------------
+    # -- input-order logging (runtime/dataplane/lineage.py) ---------------------------------------------
     def _handle_takes(self, channel: str, source: str, since: int) -> dict[str, Any]:
         """What each consumer of ``channel`` on this worker holds of ``source``'s takes from ``since`` on."""
         parts = [
@@ -1051,7 +1051,7 @@ class Endpoint(WorkerPlugin):
     def gather_takes(self, channels: list[str], source: str, since: int, timeout: float = 30.0) -> list[dict[int, Take]]:
         """Ask every consumer of ``channels`` for the takes ``source``'s messages told it, from ``since`` on.
 
-        A restarted merging actor joins them (:func:`~coupler.runtime.lineage.replay_order`)
+        A restarted merging actor joins them (:func:`~coupler.runtime.dataplane.lineage.replay_order`)
         to take its replayed inputs in its predecessor's order. A consumer whose
         worker does not answer is left out, with a warning: only one failure at a
         time is covered (see docs/reliability.md).

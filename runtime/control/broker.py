@@ -3,7 +3,7 @@
 It keeps the registry of channels (policy, spec, producers, consumers, closed
 flag), of actors, and the counters and sequence watermarks that workers report
 periodically. It never carries tensor payloads: those go worker to worker (see
-:mod:`coupler.runtime.endpoint`). When the set of consumers of a channel
+:mod:`coupler.runtime.dataplane.endpoint`). When the set of consumers of a channel
 changes, the broker pushes the new routing table to the workers of the
 channel's producers, so that producers never ask the scheduler per message.
 
@@ -15,7 +15,7 @@ For inspection it also samples the counters every ``RATE_SAMPLE_INTERVAL``
 seconds into rates (messages/s, bytes/s per channel, steps/s per actor), keeps
 the metric series actors report (a learner's loss). The dashboard page and the
 ``/metrics`` collectors that show them are installed by a plugin of their own
-(:mod:`coupler.runtime.inspection`), so the broker imports neither.
+(:mod:`coupler.runtime.observe.inspection`), so the broker imports neither.
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from coupler.runtime.auth import new_secret
-from coupler.runtime.departure import Departure, Gone
+from coupler.runtime.dataplane.auth import new_secret
+from coupler.runtime.control.departure import Departure, Gone
 from coupler.runtime.errors import ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
-from coupler.runtime.status import ActorStatus, ChannelStats, MetricHistory, RateMeter
+from coupler.runtime.control.status import ActorStatus, ChannelStats, MetricHistory, RateMeter
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ class Broker(SchedulerPlugin):
 
     # -- handlers ----------------------------------------------------------------------
     def handout_stream_secret(self) -> dict[str, Any]:
-        """The cluster's stream secret, for a worker's endpoint (see :mod:`coupler.runtime.auth`)."""
+        """The cluster's stream secret, for a worker's endpoint (see :mod:`coupler.runtime.dataplane.auth`)."""
         return {"status": "OK", "secret": self.stream_secret}
 
     def _channel(self, name: str) -> ChannelRecord:

@@ -36,7 +36,7 @@ from distributed import Client
 from tqdm import tqdm
 
 from coupler.runtime import config
-from coupler.runtime.cluster import (
+from coupler.runtime.launch.cluster import (
     KINDS,
     JobOptions,
     close_cluster,
@@ -48,10 +48,10 @@ from coupler.runtime.cluster import (
     walltime_seconds,
 )
 from coupler.runtime.errors import CouplerError
-from coupler.runtime.status import ChannelStats
+from coupler.runtime.control.status import ChannelStats
 
 # Where `coupler demo` finds its scripts: the examples/ folder of the source tree.
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # runtime/launch/cli.py -> the checkout
 
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+]*://)?[^\s:/]+:\d+$")
 
@@ -266,7 +266,7 @@ def _launched(args: argparse.Namespace) -> Iterator[str]:
                 started = time.monotonic()
                 wait_showing_progress(client, n, f"coupler: {target} workers")
                 print(f"coupler: {n} worker(s) joined in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
-            from coupler.runtime.dashboard import page_link  # Bokeh: loaded by the dashboard anyway
+            from coupler.runtime.observe.dashboard import page_link  # Bokeh: loaded by the dashboard anyway
 
             print(f"coupler: {target} cluster at {cluster.scheduler_address}; dashboard {client.dashboard_link}; "
                   f"the coupling's page {page_link(client.dashboard_link)} (once the script's coupling starts)",

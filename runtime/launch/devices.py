@@ -5,7 +5,7 @@ driver would hold GPU memory that the workers need. So devices are read from
 ``CUDA_VISIBLE_DEVICES`` when it is set (batch systems set it for the GPUs
 they allocated), else from ``nvidia-smi -L``.
 
-This module is also a Dask worker preload (``--preload coupler.runtime.devices``):
+This module is also a Dask worker preload (``--preload coupler.runtime.launch.devices``):
 in a batch job with several GPUs and one worker process per GPU, it narrows
 each worker's ``CUDA_VISIBLE_DEVICES`` to its own device before any actor
 imports JAX.

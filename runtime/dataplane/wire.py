@@ -13,7 +13,7 @@ field is a view ``block[i]``. The messages' headers travel as columns too
 (:func:`header_columns`).
 
 A stream opens with a handshake (``CHALLENGE``, ``HELLO``, ``WELCOME``; see
-:mod:`coupler.runtime.auth`). The receiving side trusts no size the sender
+:mod:`coupler.runtime.dataplane.auth`). The receiving side trusts no size the sender
 states: it derives each batch's layout from the channel's spec
 as the consumer's worker knows it (:class:`BatchChecker`) and refuses any
 other before a byte of payload is allocated.
@@ -34,7 +34,7 @@ import msgpack
 import numpy as np
 
 from coupler.runtime.message import Spec
-from coupler.runtime.shm import layout
+from coupler.runtime.dataplane.shm import layout
 
 # producer -> consumer
 HELLO, BATCH, WANT, BYE = 1, 2, 3, 4

@@ -19,7 +19,7 @@ life. Every producer on this worker that sends to that consumer shares it.
   the bytes in flight.
 - **Same host: shared memory.** When the consumer could map a probe segment at
   connection time, large messages are copied once into a segment of the link's
-  :class:`~coupler.runtime.shm.Arena` and only a descriptor is sent.
+  :class:`~coupler.runtime.dataplane.shm.Arena` and only a descriptor is sent.
 - **Large messages over TCP** are written from the producer's own arrays (no
   copy); ``submit`` returns once they are written if they are writable numpy
   arrays the producer could change afterwards.
@@ -43,8 +43,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from coupler.runtime import auth, shm
-from coupler.runtime import wire
+from coupler.runtime.dataplane import auth, shm
+from coupler.runtime.dataplane import wire
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
 

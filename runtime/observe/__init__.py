@@ -1,0 +1,1 @@
+"""Observability: the dashboard page and ``/metrics`` series, installed by one scheduler plugin (inspection)."""
