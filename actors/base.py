@@ -481,13 +481,14 @@ class ActorHost:
         """
         self._takes = TakeLog(since)
         logging_inputs = [p for p in self.inputs.values() if getattr(p, "logs_takes", False)]
-        if not logging_inputs or not delivery_config().retain:
+        delivery = delivery_config()
+        if not logging_inputs or not delivery.retain:
             return  # without retention the replayed inputs may not come again: nothing to wait for
         channels = sorted({p.channel for p in self.outputs.values()})
         order = replay_order(self.endpoint.gather_takes(channels, self.name, since), since)
         shared = ReplayOrder(order)  # one order across inputs: their interleaving is repeated too
         for port in logging_inputs:
-            port.buffer.follow(shared)
+            port.buffer.follow(shared, delivery.replay_order_wait)
         self._replayed_takes = len(order)
         if order:
             logger.info("actor %r repeats %d takes in its predecessor's order", self.name, len(order))

@@ -228,6 +228,8 @@ class QueueBuffer(ConsumerBuffer):
         self._taken_since = 0  # messages taken since the last hand-out
         self.lineage = LineageStore()  # takes notes of the producers (see runtime/dataplane/lineage.py)
         self._order: ReplayOrder | None = None  # a restored merging actor's recorded take order
+        self._order_wait = 0.0  # seconds the order's head may take to arrive (see follow)
+        self._order_since = 0.0  # when the order last moved
 
     def _free(self) -> int:
         if self._pull and not self._getters:
@@ -252,16 +254,25 @@ class QueueBuffer(ConsumerBuffer):
         with self._cond:
             return self.lineage.since(source, start)
 
-    def follow(self, order: ReplayOrder) -> None:
+    def follow(self, order: ReplayOrder, wait: float = 60.0) -> None:
         """Hand out messages in ``order`` first (a restored actor repeating its predecessor's takes).
 
         ``order`` is shared with the actor's other ``Queue`` inputs: this buffer
         hands out a message only when it is the head of the whole order. A
         consumer waiting here for a head that is another input's wakes up at
         its next wait slice (the order is short: one checkpoint interval).
+
+        Args:
+            order: the recorded takes.
+            wait: seconds the order may go without its head arriving; then it is
+                abandoned with a warning (a producer's replay log overflowed, or the
+                actor's code no longer takes its inputs as it did) and the inputs
+                run freely: liveness over exactness, said in the log.
         """
         with self._cond:
             self._order = order if len(order) else None
+            self._order_wait = wait
+            self._order_since = time.monotonic()
             grants = self._hand_out()
             self._cond.notify_all()
         self._notify(grants)
@@ -273,7 +284,16 @@ class QueueBuffer(ConsumerBuffer):
             order = self._order = None  # another input took the last of it
         if order is None:
             return 0 if self._items else None
-        return order.pick(self.channel, self._items)
+        i = order.pick(self.channel, self._items)
+        if i is None and time.monotonic() - self._order_since > self._order_wait:
+            logger.warning(
+                "channel %r: the recorded take %s did not come within %s s; repeating the predecessor's order "
+                "is given up (%d takes left), inputs run freely", self.channel, order.head(), self._order_wait, len(order),
+            )
+            order.abandon()
+            self._order = None
+            return 0 if self._items else None
+        return i
 
     # -- credits for remote producers ------------------------------------------------------
     def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None) -> None:
@@ -491,6 +511,7 @@ class QueueBuffer(ConsumerBuffer):
                 del self._items[i]
             if self._order is not None:
                 self._order.pop()
+                self._order_since = time.monotonic()
             if m.seq > self._taken.get(m.source, -1):
                 self._taken[m.source] = m.seq
             self.stats.taken += 1

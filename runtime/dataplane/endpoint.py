@@ -164,11 +164,14 @@ class DeliveryConfig:
         retain_bytes: most payload bytes kept per (channel, consumer) on a worker.
         lost_consumer_wait: seconds producers wait for a consumer whose worker was lost
             to come back (restarted by the supervisor) before sends fail with ConsumerGone.
+        replay_order_wait: seconds a restarted merging actor waits for the next input of its
+            predecessor's recorded order before it gives the order up (runtime/dataplane/lineage.py).
     """
 
     retain: bool = True
     retain_bytes: int = 256 << 20
     lost_consumer_wait: float = 300.0
+    replay_order_wait: float = 60.0
 
 
 def delivery_config() -> DeliveryConfig:
@@ -190,7 +193,17 @@ def delivery_config() -> DeliveryConfig:
         raise ValueError(f"coupler.delivery.lost-consumer-wait must be a duration (seconds or e.g. '5 minutes'), got {wait!r}") from None
     if retain_bytes < 0 or lost_wait < 0:
         raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {size!r} and {wait!r}")
-    return DeliveryConfig(retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait)
+    order = c.get("replay-order-wait", d.replay_order_wait)
+    try:
+        order_wait = float(dask.utils.parse_timedelta(order, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        raise ValueError(f"coupler.delivery.replay-order-wait must be a duration (seconds or e.g. '1 minute'), got {order!r}") from None
+    if order_wait < 0:
+        raise ValueError(f"coupler.delivery.replay-order-wait must be >= 0, got {order!r}")
+    return DeliveryConfig(
+        retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait,
+        replay_order_wait=order_wait,
+    )
 
 
 def transport_config() -> TransportConfig:

@@ -223,6 +223,10 @@ class ReplayOrder:
         """The head was handed out."""
         self._order.popleft()
 
+    def abandon(self) -> None:
+        """Give up the rest of the order (its head did not come in time): every input runs freely."""
+        self._order.clear()
+
     def pick(self, channel: str, items: Iterable[Any]) -> int | None:
         """The index in ``items`` (messages of ``channel``, with ``source`` and ``seq``) of the head.
 

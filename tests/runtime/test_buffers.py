@@ -174,3 +174,27 @@ def test_has_message_says_whether_get_returns_at_once() -> None:
     latest.put([msg(0), msg(1)])
     assert latest.has_message() and latest.get(0).seq == 1 and not latest.has_message()
     assert not make_buffer("r", Reservoir(capacity=4)).has_message()  # sampled, never taken one by one
+
+
+def test_a_queue_follows_a_recorded_order_across_inputs_and_gives_it_up_when_its_head_never_comes() -> None:
+    """A restored merging actor's inputs hand out the replay in its predecessor's order (runtime/dataplane/lineage.py)."""
+    from coupler.runtime.dataplane.lineage import ReplayOrder
+
+    a, b = make_buffer("a", Queue(4)), make_buffer("b", Queue(4))
+    order = ReplayOrder([("a", "p", 1), ("b", "q", 0), ("a", "p", 0)])
+    a.follow(order, wait=30)
+    b.follow(order, wait=30)
+    a.put([msg(0, "p"), msg(1, "p")])
+    assert not b.has_message()  # b holds nothing yet
+    assert a.get(0).seq == 1  # the order's head, although 0 came first
+    with pytest.raises(ChannelTimeout):
+        a.get(0)  # the head is b's now
+    b.put([msg(0, "q")])
+    assert b.get(0).seq == 0
+    assert a.get(0).seq == 0  # the order is done: FIFO again
+    c = make_buffer("c", Queue(4))
+    c.follow(ReplayOrder([("c", "p", 7)]), wait=0.2)
+    c.put([msg(3, "p")])
+    with pytest.raises(ChannelTimeout):
+        c.get(0)  # waiting for take 7
+    assert c.get(1.0).seq == 3  # 7 never came: after 0.2 s the order is given up
