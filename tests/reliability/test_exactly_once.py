@@ -86,6 +86,34 @@ def _kill_between_checkpoints(cp: Coupling, victim: object, sink: object, at: in
     _kill(cp, victim.status().worker)
 
 
+def _input_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
+    """What each Queue buffer of a worker holds and waits for (for a timeout's message)."""
+    from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
+
+    ep = dask_worker.plugins[ENDPOINT_NAME]
+    out = {}
+    for (ch, cid), buf in list(ep.buffers.items()):
+        order = getattr(buf, "_order", None)
+        out[cid] = {
+            "held": [(m.source, m.seq) for m in list(getattr(buf, "_items", []))][:12],
+            "order_head": None if order is None else order.head(),
+            "order_left": 0 if order is None else len(order),
+            "granted": dict(getattr(buf, "_granted", {})),
+            "demand": dict(getattr(buf, "_demand", {})),
+            "taken": dict(getattr(buf, "_taken", {})),
+        }
+    out["owed"] = {str(k): len(q) for k, q in ep.orphans.items() if q}
+    return out
+
+
+def _wait_all(cp: Coupling, sink: object, n: int, refs: list) -> None:
+    try:
+        _until("every input at the sink", lambda: sink.status().info["count"] >= n)
+    except TimeoutError as e:
+        states = {r.name: (r.status().state, r.status().steps) for r in refs}
+        raise TimeoutError(f"{e}; actors {states}; buffers {cp.client.run(_input_state)}") from None
+
+
 def _check_merger_output(got: list, merger: str, expected_inputs: Counter, n_out: int) -> None:
     mine = [g for g in got if g[0] == merger]
     assert [q for _, q, *_ in mine] == list(range(n_out)), "merger seqs must arrive once each, in order"
@@ -122,7 +150,7 @@ def test_a_fan_in_merger_killed_between_checkpoints_forwards_every_input_once(cl
     try:
         _kill_between_checkpoints(cp, merger, sink, at)
         _until("the merger's restart", lambda: merger.generation == 1)
-        _until("every input at the sink", lambda: sink.status().info["count"] >= 2 * N)
+        _wait_all(cp, sink, 2 * N, [sink, merger, *sources])
         time.sleep(0.3)  # a duplicate arriving late would show up as an extra message
         expected = Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N))
         _check_merger_output(sink.call("record"), merger.name, expected, 2 * N)
@@ -149,7 +177,7 @@ def test_a_diamond_with_a_member_killed_between_checkpoints_delivers_once(cluste
     try:
         _kill_between_checkpoints(cp, killed, sink, at)
         _until("the restart", lambda: killed.generation == 1)
-        _until("every input at the sink", lambda: sink.status().info["count"] >= 2 * N)
+        _wait_all(cp, sink, 2 * N, [sink, d, b, c, src])
         time.sleep(0.3)
         expected = Counter([value(1, i) + 1.0 for i in range(N)] + [value(1, i) + 2.0 for i in range(N)])
         _check_merger_output(sink.call("record"), d.name, expected, 2 * N)
@@ -173,7 +201,7 @@ def test_two_actors_killed_one_after_the_other_lose_and_repeat_nothing(cluster: 
         _until("the merger's restart", lambda: merger.generation == 1)
         _kill_between_checkpoints(cp, sink, sink, 60)
         _until("the sink's restart", lambda: sink.generation == 1)
-        _until("every input at the sink", lambda: sink.status().info["count"] >= 2 * N)
+        _wait_all(cp, sink, 2 * N, [sink, merger, *sources])
         time.sleep(0.3)
         expected = Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N))
         _check_merger_output(sink.call("record"), merger.name, expected, 2 * N)
