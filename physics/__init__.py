@@ -21,6 +21,12 @@ from coupler.physics.lorenz import Lorenz63Params as Lorenz63Params
 from coupler.physics.lorenz import rk4 as rk4
 from coupler.physics.assimilation import FilterConfig as FilterConfig
 from coupler.physics.assimilation import LinearObservation as LinearObservation
+from coupler.physics.assimilation_baselines import Climatology as Climatology
+from coupler.physics.assimilation_baselines import climatology as climatology
+from coupler.physics.assimilation_baselines import run_var3d as run_var3d
+from coupler.physics.assimilation_baselines import static_gain as static_gain
+from coupler.physics.ensemble_filters import mean_preserving_rotation as mean_preserving_rotation
+from coupler.physics.enkf_n import inflation_estimate as inflation_estimate
 from coupler.physics.assimilation import CycleOutput as CycleOutput
 from coupler.physics.assimilation import analysis as analysis
 from coupler.physics.assimilation import cycle as cycle
@@ -34,6 +40,12 @@ from coupler.physics.assimilation import cycle_key as cycle_key
 
 __all__ = [
     "analysis",
+    "Climatology",
+    "climatology",
+    "inflation_estimate",
+    "mean_preserving_rotation",
+    "run_var3d",
+    "static_gain",
     "cycle",
     "cycle_key",
     "CycleOutput",
