@@ -21,6 +21,10 @@ from coupler.physics.lorenz import Lorenz63Params as Lorenz63Params
 from coupler.physics.lorenz import rk4 as rk4
 from coupler.physics.assimilation import FilterConfig as FilterConfig
 from coupler.physics.assimilation import LinearObservation as LinearObservation
+from coupler.physics.assimilation_model import AssimilationModel as AssimilationModel
+from coupler.physics.assimilation_model import Lorenz63Model as Lorenz63Model
+from coupler.physics.assimilation_model import Lorenz96Model as Lorenz96Model
+from coupler.physics.assimilation_model import VorticityModel as VorticityModel
 from coupler.physics.assimilation_baselines import Climatology as Climatology
 from coupler.physics.assimilation_baselines import climatology as climatology
 from coupler.physics.assimilation_baselines import run_var3d as run_var3d
@@ -40,6 +44,7 @@ from coupler.physics.assimilation import cycle_key as cycle_key
 
 __all__ = [
     "analysis",
+    "AssimilationModel",
     "Climatology",
     "climatology",
     "inflation_estimate",
@@ -61,8 +66,10 @@ __all__ = [
     "initial_ensemble",
     "LinearObservation",
     "Lorenz63",
+    "Lorenz63Model",
     "Lorenz63Params",
     "Lorenz96",
+    "Lorenz96Model",
     "Lorenz96Params",
     "LorenzState",
     "NavierStokes2D",
@@ -76,4 +83,5 @@ __all__ = [
     "run_amplitude",
     "run_filter",
     "Simulator",
+    "VorticityModel",
 ]

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import cloudpickle
+import dask
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from coupler.actors.assimilation import AssimilationActor
 from coupler.actors.base import ActorHost
+from coupler.actors.ensemble_members import EnsembleFilterActor, MemberBlockActor, block_input, block_output
 from coupler.actors.learner import LearnerActor
 from coupler.actors.observation import ObservationSource
 from coupler.learners.correction import CorrectionConfig, MakeCorrectionTrainer
@@ -182,3 +187,104 @@ def test_vorticity_field_partially_observed_on_a_subgrid(coupling: Coupling, uni
                      correction=CorrectionConfig(grid=model.grid, shift=0.0, scale=2.0))
     assert hist["analysis"].shape == (15, 256) and hist["y"].shape == (15, 64)
     assert np.mean(hist["rmse_analysis"][-5:]) < 1.5
+
+
+def _spread_ensemble(cp: Coupling, unique: str, blocks: int, block_size: int, cycles: int, filt: FilterConfig,
+                     block_workers: list[str], filter_worker: str, gather_timeout: float = 30.0,
+                     rate: float = 0.0) -> tuple[Any, list[Any], Any]:
+    cp.channel(f"obs-{unique}", Queue(maxsize=8))
+    for b in range(blocks):
+        cp.channel(f"members{b}-{unique}", Latest())
+        cp.channel(f"forecast{b}-{unique}", Latest())
+    members = [
+        cp.spawn(MemberBlockActor, MODEL, name=f"block{b}-{unique}", block=b, inputs={"members": f"members{b}-{unique}"},
+                 outputs={"forecast": f"forecast{b}-{unique}"}, workers=block_workers[b % len(block_workers)])
+        for b in range(blocks)
+    ]
+    filt_actor = cp.spawn(
+        EnsembleFilterActor, MODEL, name=f"filter-{unique}", cycles=cycles, blocks=blocks, block_size=block_size,
+        filter=filt, seed=3, gather_timeout=gather_timeout,
+        inputs={"obs": f"obs-{unique}", **{block_input(b): f"forecast{b}-{unique}" for b in range(blocks)}},
+        outputs={block_output(b): f"members{b}-{unique}" for b in range(blocks)}, workers=filter_worker,
+    )
+    src = cp.spawn(ObservationSource, MODEL, name=f"truth-{unique}", cycles=cycles, seed=11, rate=rate,
+                   outputs={"obs": f"obs-{unique}"}, workers=filter_worker)
+    for m in members:
+        m.start()
+    filt_actor.start()
+    src.start()
+    return filt_actor, members, src
+
+
+def test_members_spread_over_workers_reproduce_the_single_vmapped_filter(coupling: Coupling, unique: str) -> None:
+    # Two blocks of 10 on two workers, every block present every cycle: the same
+    # members, keys and analysis as the offline filter on the whole ensemble.
+    cycles = 30
+    w = coupling.workers()
+    filt, members, src = _spread_ensemble(coupling, unique, 2, 10, cycles, FILTER, [w[0], w[1]], w[0])
+    _wait(filt)
+    _wait(src)
+    hist = filt.call("history")
+    for m in members:
+        m.stop()
+    assert list(hist["members_used"]) == [20] * cycles
+    ens0 = initial_ensemble(MODEL.initial_state, 20, 3)
+    truth, ys = [], []
+    x = MODEL.initial_state(jax.random.key(11))
+    from coupler.physics.assimilation import observation_noise
+    for k in range(1, cycles + 1):
+        x = MODEL.forecast(x)
+        truth.append(np.asarray(x))
+        ys.append(np.asarray(x + observation_noise(11, k, 40, 1.0)))
+    _, offline = jax.jit(
+        lambda e, y: run_filter(jax.vmap(MODEL.forecast), e, y, jnp.ones(cycles, bool), 3, LinearObservation(40), FILTER,
+                                first_cycle=1)
+    )(ens0, jnp.asarray(np.stack(ys)))
+    offline_rmse = np.sqrt(np.mean((np.asarray(offline.analysis) - np.stack(truth)) ** 2, axis=1))
+    np.testing.assert_allclose(hist["rmse"], offline_rmse, atol=1e-3)
+    for key in ("forecast", "gather", "analysis", "scatter", "cycle_time"):
+        assert np.all(hist[key] >= 0)
+
+
+@pytest.fixture(scope="module")
+def three_workers() -> Iterator[Coupling]:
+    """Three worker processes with quick supervision; the nanny replaces a killed one."""
+    settings = {
+        "coupler.supervision.poll-interval": 0.3,
+        "coupler.supervision.checkpoint-interval": 0.5,
+        "coupler.supervision.restart-backoff": 0.2,
+        "coupler.supervision.max-restarts": 2,
+    }
+    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+        yield cp
+
+
+def test_losing_a_member_worker_does_not_stop_the_assimilation(three_workers: Coupling, unique: str) -> None:
+    # Two blocks of 10 members, block 1 on its own worker, which is SIGKILLed
+    # after 15 cycles. The filter goes on with block 0 (10 members), redraws
+    # block 1's members from the analysis, and the supervisor restarts block 1
+    # elsewhere; it rejoins. The filter never stops and stays on the truth.
+    # Observations at 20 per second: 10 s of run, the restart takes a few.
+    cp, cycles = three_workers, 200
+    w = cp.workers()
+    # LETKF (radius 4): stable with the 10 members left, as with all 20.
+    filt_config = FilterConfig("letkf", 1.04, localization=4.0, local_block=2)
+    filt, members, src = _spread_ensemble(cp, unique, 2, 10, cycles, filt_config, [w[1], w[2]], w[0],
+                                          gather_timeout=3.0, rate=20.0)
+    deadline = time.monotonic() + 120
+    while filt.status().info.get("cycle", 0) < 15:
+        assert time.monotonic() < deadline, f"the filter did not reach cycle 15: {filt.status()}"
+        time.sleep(0.05)
+    pid = cp.client.run(os.getpid, workers=[w[2]])[w[2]]
+    os.kill(pid, signal.SIGKILL)
+    _wait(filt, 240)
+    _wait(src, 240)
+    hist = filt.call("history")
+    for m in members:
+        m.stop()
+    used = hist["members_used"]
+    assert len(used) == cycles and used[0] == 20
+    assert (used == 10).any(), "no cycle ran without the lost block"
+    assert used[-1] == 20, f"the lost block did not rejoin: members used {used.tolist()}"
+    # Unit observation error; the LETKF's long-run error here is about 0.2.
+    assert np.all(np.isfinite(hist["rmse"])) and np.mean(hist["rmse"][-20:]) < 0.5, hist["rmse"][::10]
