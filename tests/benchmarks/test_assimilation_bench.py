@@ -36,3 +36,19 @@ def test_twin_observations_are_the_truth_plus_unit_noise() -> None:
     noise = np.asarray(ys - truth)
     assert abs(noise.mean()) < 0.03 and abs(noise.std() - 1.0) < 0.03  # 40000 draws: over 5 sigma
     assert truth.shape == (1000, 40)
+
+
+def test_scale_benchmark_writes_rates_and_time_split(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import assimilation_scale as scale
+
+    out = tmp_path / "scale.json"
+    scale.main(["--l96-members", "8", "--field-members", "--workers", "1", "2", "--cycles", "8", "--json", str(out)])
+    data = json.loads(out.read_text())
+    modes = [(r["mode"], r["workers"]) for r in data["rows"]]
+    assert modes == [("vmapped", 1), ("spread", 1), ("spread", 2)]
+    for r in data["rows"]:
+        assert r["cycles_per_s"] > 0 and r["members"] == 8 and np.isfinite(r["rmse_last"])
+        if r["mode"] == "spread":
+            assert all(r[f"{k}_s"] >= 0 for k in ("forecast", "gather", "analysis", "scatter", "cycle_time"))
+            assert r["ratio_vs_vmapped"] > 0
+    assert "cycles/s" in capsys.readouterr().out
