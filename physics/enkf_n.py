@@ -57,15 +57,6 @@ def dual_cost_derivative(l1: jax.Array, d: jax.Array, b: jax.Array, e_n: jax.Arr
     return -2.0 * l1 * jnp.sum(b**2 / g**2) - 2.0 * e_n / l1**3 + 2.0 * c_l / l1
 
 
-def dual_cost(l1: jax.Array, d: jax.Array, b: jax.Array, e_n: jax.Array, c_l: jax.Array, n1: float) -> jax.Array:
-    """The dual cost ``J(l1)`` up to a constant, with ``b = V^T Y dy`` (for tests and diagnostics)."""
-    g = l1**2 * d + n1
-    # sum(du^2 / g) over the range of Y^T equals sum(b^2 / (d g)); the part of dy
-    # outside it does not depend on l1.
-    safe_d = jnp.where(d > 0, d, 1.0)
-    return jnp.sum(jnp.where(d > 0, b**2 / (safe_d * g), 0.0)) + e_n / l1**2 + c_l * jnp.log(l1**2)
-
-
 def inflation_estimate(scaled_anom: jax.Array, innovation: jax.Array, prior_boost: float) -> jax.Array:
     """The EnKF-N's inflation ``l1`` of the forecast anomalies for this cycle.
 

@@ -163,7 +163,7 @@ def mean_preserving_rotation(key: jax.Array, members: int, dtype: jnp.dtype = jn
     centred anomalies it keeps them centred and keeps their covariance.
     """
     basis = jnp.asarray(_ones_first_basis(members), dtype)
-    q = jax.random.orthogonal(key, members - 1, dtype=dtype) if members > 1 else jnp.zeros((0, 0), dtype)
+    q = jax.random.orthogonal(key, members - 1, dtype=dtype)
     block = jnp.zeros((members, members), dtype).at[0, 0].set(1.0).at[1:, 1:].set(q)
     return basis @ block @ basis.T
 

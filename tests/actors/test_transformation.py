@@ -219,7 +219,7 @@ def _spread_ensemble(cp: Coupling, unique: str, blocks: int, block_size: int, cy
 def test_members_spread_over_workers_reproduce_the_single_vmapped_filter(coupling: Coupling, unique: str) -> None:
     # Two blocks of 10 on two workers, every block present every cycle: the same
     # members, keys and analysis as the offline filter on the whole ensemble.
-    cycles = 30
+    cycles = 15
     w = coupling.workers()
     filt, members, src = _spread_ensemble(coupling, unique, 2, 10, cycles, FILTER, [w[0], w[1]], w[0])
     _wait(filt)

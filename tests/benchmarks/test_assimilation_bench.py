@@ -18,10 +18,11 @@ import assimilation_tables as bench  # noqa: E402
 def test_benchmark_runs_end_to_end_and_writes_its_tables(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "assim.json"
     cycles = bench.SPIN_UP + 20
-    results = bench.main(["--cycles", str(cycles), "--table-seeds", "2", "--learn-cycles", str(cycles),
-                          "--seeds", "1", "--json", str(out)])
+    # Three rows (an ensemble filter and both baselines) keep the compilation short.
+    results = bench.main(["--cycles", str(cycles), "--table-seeds", "2", "--learn-cycles", str(cycles), "--seeds", "1",
+                          "--rows", "DEnKF", "3D-Var", "Climatology", "--json", str(out)])
     data = json.loads(out.read_text())
-    assert [r["filter"] for r in data["table1"]] == [row.label for row in bench.ROWS]
+    assert [r["filter"] for r in data["table1"]] == ["DEnKF N=40 infl 1.01", "3D-Var xB=0.02", "Climatology"]
     for r in data["table1"]:
         assert len(r["per_seed"]) == 2 and all(np.isfinite(r["per_seed"]))
         assert abs(r["rmse_analysis"] - np.mean(r["per_seed"])) < 1e-6
@@ -42,10 +43,10 @@ def test_scale_benchmark_writes_rates_and_time_split(tmp_path: Path, capsys) -> 
     import assimilation_scale as scale
 
     out = tmp_path / "scale.json"
-    scale.main(["--l96-members", "8", "--field-members", "--workers", "1", "2", "--cycles", "8", "--json", str(out)])
+    scale.main(["--l96-members", "8", "--field-members", "--workers", "2", "--cycles", "8", "--json", str(out)])
     data = json.loads(out.read_text())
     modes = [(r["mode"], r["workers"]) for r in data["rows"]]
-    assert modes == [("vmapped", 1), ("spread", 1), ("spread", 2)]
+    assert modes == [("vmapped", 1), ("spread", 2)]
     for r in data["rows"]:
         assert r["cycles_per_s"] > 0 and r["members"] == 8 and np.isfinite(r["rmse_last"])
         if r["mode"] == "spread":
