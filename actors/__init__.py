@@ -18,14 +18,18 @@ from coupler.actors.steering import TaskRecord as TaskRecord
 from coupler.actors.steering import overlap_seconds as overlap_seconds
 from coupler.actors.observation import ObservationSource as ObservationSource
 from coupler.actors.assimilation import AssimilationActor as AssimilationActor
+from coupler.actors.ensemble_members import EnsembleFilterActor as EnsembleFilterActor
+from coupler.actors.ensemble_members import MemberBlockActor as MemberBlockActor
 
 __all__ = [
     "ActorHost",
     "AssimilationActor",
     "cancel_message",
+    "EnsembleFilterActor",
     "HybridSchedule",
     "HybridSimulatorActor",
     "LearnerActor",
+    "MemberBlockActor",
     "ObservationSource",
     "overlap_seconds",
     "SimulationStudy",

@@ -1,11 +1,14 @@
 """The assimilation host: a running forecast ensemble corrected by a live observation stream.
 
+The model is any :class:`~coupler.physics.assimilation_model.AssimilationModel`
+(Lorenz-63, Lorenz-96, a 2-D vorticity field, or the user's own): its
+``forecast`` covers one observation interval, however many model steps that is.
 Each loop iteration takes the next observation from the ``"obs"`` port (a
 ``Queue`` channel fed by an :class:`~coupler.actors.observation.ObservationSource`)
 and runs forecast-analysis cycles up to its time, all in one jitted,
 vmapped ensemble function (:func:`coupler.physics.assimilation.cycle`):
 
-- timestamps are matched to cycles (``cycle = timestamp / interval``); a
+- timestamps are matched to cycles (``cycle = timestamp / model.interval``); a
   timestamp off the cycle grid is refused (counted as ``mismatched``);
 - an observation for a cycle already passed arrives too late to be used
   (counted as ``late``; a filter does not go back in time);
@@ -37,7 +40,7 @@ from coupler.actors.base import ActorHost
 from coupler.runtime import ChannelTimeout
 from coupler.learners.correction import CorrectionConfig, correction_function
 from coupler.physics.assimilation import FilterConfig, LinearObservation, cycle, cycle_key, initial_ensemble
-from coupler.physics.lorenz import Lorenz96, Lorenz96Params
+from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
 
 # A timestamp within this fraction of an interval of a cycle's time is that cycle's.
 _TIME_TOLERANCE = 1e-3
@@ -48,13 +51,12 @@ class AssimilationActor(ActorHost):
     """Host an ensemble filter on a live observation stream.
 
     Args:
-        model: the forecast model (one ``step`` = one observation interval).
-        forcing: the forecast model's forcing (set it off the truth's for model error).
+        model: the forecast model (give it other parameters than the truth's for model error).
         name: actor name.
         cycles: cycles to run (the loop ends after cycle ``cycles``).
         members: ensemble size.
         filter: the analysis scheme, inflation, observation error, localisation.
-        obs: the observation operator (default: every variable).
+        obs: the observation operator (default: every variable of the model's grid).
         seed: seed of the initial ensemble and of the filter's randomness.
         correction: the correction network's config; ``None``: no correction.
         max_wait: seconds to wait for an observation before forecasting a cycle
@@ -64,14 +66,15 @@ class AssimilationActor(ActorHost):
         **kwargs: passed to :class:`ActorHost`.
 
     Raises:
-        ValueError: for ``cycles < 1``, inputs without ``"obs"``, or a
-            ``"weights"`` input without a ``correction``.
+        ValueError: for ``cycles < 1``, inputs without ``"obs"``, a
+            ``"weights"`` input without a ``correction``, or an ``obs`` that
+            does not fit the model's state.
+        TypeError: for a model without the assimilation protocol.
     """
 
     def __init__(
         self,
-        model: Lorenz96,
-        forcing: float,
+        model: AssimilationModel,
         *,
         name: str,
         cycles: int,
@@ -91,13 +94,16 @@ class AssimilationActor(ActorHost):
             raise ValueError(f"AssimilationActor needs inputs={{'obs': <channel>}}, got inputs={inputs!r}")
         if "weights" in (inputs or {}) and correction is None:
             raise ValueError("a 'weights' input needs correction=CorrectionConfig(...) to apply them")
+        if not isinstance(model, AssimilationModel):
+            raise TypeError(f"model must follow AssimilationModel (grid, interval, initial_state, forecast), got {type(model)}")
+        if obs is not None and obs.n != state_size(model):
+            raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
         super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
         self.model = model
-        self.forcing = float(forcing)
         self.cycles = cycles
         self.members = members
         self.filter = filter
-        self.obs = obs or LinearObservation(model.n)
+        self.obs = obs or observe_all(model)
         self.seed = seed
         self.correction = correction
         self.max_wait = max_wait
@@ -110,8 +116,7 @@ class AssimilationActor(ActorHost):
 
     # -- loop ----------------------------------------------------------------------------------
     def setup(self) -> None:
-        params = Lorenz96Params(forcing=jnp.asarray(self.forcing))
-        flow = lambda e: self.model.flow(e, self.forcing)  # noqa: E731
+        flow = jax.vmap(self.model.forecast)
         obs, cfg, seed = self.obs, self.filter, self.seed
         if self.correction is None:
             self._cycle = jax.jit(lambda e, y, m, k, w: cycle(flow, e, y, m, cycle_key(seed, k), obs, cfg))
@@ -121,7 +126,7 @@ class AssimilationActor(ActorHost):
             self._cycle = jax.jit(
                 lambda e, y, m, k, w: cycle(flow, e, y, m, cycle_key(seed, k), obs, cfg, lambda x: apply(w, x))
             )
-        self.ensemble = initial_ensemble(lambda k: self.model.init(k, params).x, self.members, seed)
+        self.ensemble = initial_ensemble(self.model.initial_state, self.members, seed)
         restored, self._restored = self._restored, None
         if restored is not None:
             self.ensemble = jnp.asarray(restored["ensemble"], self.ensemble.dtype)
@@ -137,8 +142,9 @@ class AssimilationActor(ActorHost):
         if msg is None:  # nothing within max_wait: keep to the schedule without it
             self._advance(None)
             return True
-        k = int(round(msg.timestamp / self.model.dt))
-        if abs(msg.timestamp - k * self.model.dt) > _TIME_TOLERANCE * self.model.dt or k < 1:
+        interval = self.model.interval
+        k = int(round(msg.timestamp / interval))
+        if abs(msg.timestamp - k * interval) > _TIME_TOLERANCE * interval or k < 1:
             self.mismatched += 1
             return True
         if k <= self.cycle:
@@ -168,7 +174,7 @@ class AssimilationActor(ActorHost):
             self.rows[key].append(value)
         if truth is not None:
             self.report_metric("rmse_analysis", float(np.sqrt(np.mean((mean - truth) ** 2))), step=k)
-        t = k * self.model.dt
+        t = k * self.model.interval
         if "analysis" in self.outputs:
             try:
                 # Readers of the analysis (a display, a downstream model) come and
@@ -187,7 +193,7 @@ class AssimilationActor(ActorHost):
         ``analysis`` ``(K, n)``, ``spread``, ``weights_version``, ``wall``,
         ``rmse_forecast``, ``rmse_analysis`` (NaN where there is no truth).
         """
-        n = self.model.n
+        n = state_size(self.model)
         rows = {k: list(v) for k, v in self.rows.items()}
         truth = np.array([np.full(n, np.nan) if t is None else t for t in rows["truth"]]).reshape(-1, n)
         out = {

@@ -1,7 +1,8 @@
 """The observation source: a hidden truth run that streams noisy, timestamped observations.
 
-It stands for an instrument network: the truth is a ``Lorenz96`` run nobody
-else sees; every ``interval`` model-time units it takes an observation ``y = H x
+It stands for an instrument network: the truth is a run of any
+:class:`~coupler.physics.assimilation_model.AssimilationModel` nobody else
+sees; every ``model.interval`` model-time units it takes an observation ``y = H x
 + e``, ``e ~ N(0, obs_std^2 I)``, and sends it on its ``"obs"`` port (a ``Queue``
 channel) with the model time as the message's ``timestamp`` and the cycle
 number in ``meta``. ``rate`` paces the stream in wall-clock time (observations
@@ -18,23 +19,21 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from coupler.actors.base import ActorHost
 from coupler.physics.assimilation import LinearObservation, observation_noise
-from coupler.physics.lorenz import Lorenz96, Lorenz96Params
+from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
 
 
 class ObservationSource(ActorHost):
     """Run the hidden truth and publish observations at a set wall-clock rate.
 
     Args:
-        model: the truth's model (one ``step`` = one observation interval).
-        forcing: the truth's forcing ``F``.
+        model: the truth's model.
         name: actor name.
         cycles: observations to produce (cycles ``1 .. cycles``).
-        obs: the observation operator (default: every variable).
+        obs: the observation operator (default: every variable of the model's grid).
         obs_std: observation-error standard deviation.
         seed: seed of the truth's initial state and of the observation noise.
         rate: observations per wall-clock second (``0``: as fast as accepted).
@@ -45,13 +44,14 @@ class ObservationSource(ActorHost):
 
     Raises:
         ValueError: for ``cycles < 1``, a negative rate, a non-positive
-            ``obs_std`` or ``outputs`` without ``"obs"``.
+            ``obs_std``, ``outputs`` without ``"obs"`` or an ``obs`` that does
+            not fit the model's state.
+        TypeError: for a model without the assimilation protocol.
     """
 
     def __init__(
         self,
-        model: Lorenz96,
-        forcing: float,
+        model: AssimilationModel,
         *,
         name: str,
         cycles: int,
@@ -68,11 +68,14 @@ class ObservationSource(ActorHost):
             raise ValueError(f"need cycles >= 1, rate >= 0 and obs_std > 0, got {cycles}, {rate}, {obs_std}")
         if "obs" not in (outputs or {}):
             raise ValueError(f"ObservationSource needs outputs={{'obs': <channel>}}, got outputs={outputs!r}")
+        if not isinstance(model, AssimilationModel):
+            raise TypeError(f"model must follow AssimilationModel (grid, interval, initial_state, forecast), got {type(model)}")
+        if obs is not None and obs.n != state_size(model):
+            raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
         super().__init__(name=name, outputs=outputs, **kwargs)
         self.model = model
-        self.forcing = float(forcing)
         self.cycles = cycles
-        self.obs = obs or LinearObservation(model.n)
+        self.obs = obs or observe_all(model)
         self.obs_std = obs_std
         self.seed = seed
         self.rate = rate
@@ -82,17 +85,15 @@ class ObservationSource(ActorHost):
         self.sent = 0
 
     def setup(self) -> None:
-        params = Lorenz96Params(forcing=jnp.asarray(self.forcing))
-        self._truth = self.model.init(jax.random.key(self.seed), params)
-        self._flow = jax.jit(lambda x: self.model.flow(x, self.forcing))
+        self._truth = self.model.initial_state(jax.random.key(self.seed))
+        self._flow = jax.jit(self.model.forecast)
         self._noise = jax.jit(lambda k: observation_noise(self.seed, k, self.obs.size, self.obs_std))
         self._next_at = time.monotonic()
 
     def step(self) -> bool:
         if self.cycle >= self.cycles:
             return False
-        x = self._flow(self._truth.x)
-        self._truth = self._truth._replace(x=x)
+        x = self._truth = self._flow(self._truth)
         self.cycle += 1
         if self.rate:
             # Pace by a schedule, not by sleeping a fixed time, so the rate holds on average.
@@ -102,7 +103,7 @@ class ObservationSource(ActorHost):
             return True
         y = np.asarray(self.obs(x) + self._noise(self.cycle))
         payload = {"y": y, "truth": np.asarray(x)} if self.verify else {"y": y}
-        self.outputs["obs"].send(payload, timestamp=self.cycle * self.model.dt, step=self.cycle, meta={"cycle": self.cycle})
+        self.outputs["obs"].send(payload, timestamp=self.cycle * self.model.interval, step=self.cycle, meta={"cycle": self.cycle})
         self.sent += 1
         return True
 

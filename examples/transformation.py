@@ -36,7 +36,7 @@ from coupler.actors.learner import LearnerActor  # noqa: E402
 from coupler.actors.observation import ObservationSource  # noqa: E402
 from coupler.learners.correction import CorrectionConfig, MakeCorrectionTrainer  # noqa: E402
 from coupler.physics.assimilation import FilterConfig  # noqa: E402
-from coupler.physics.lorenz import Lorenz96  # noqa: E402
+from coupler.physics.assimilation_model import Lorenz96Model  # noqa: E402
 from coupler.runtime import Coupling, Latest, Queue, Window  # noqa: E402
 
 
@@ -84,7 +84,8 @@ def plot(path: str, plain: dict[str, Any], learned: dict[str, Any], dt: float) -
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    model = Lorenz96()
+    truth_model = Lorenz96Model(forcing=args.truth_forcing)
+    model = Lorenz96Model(forcing=args.model_forcing)
     config = CorrectionConfig()
     filt = FilterConfig("denkf", inflation=args.inflation)
     example = {"forecast": np.zeros((64, model.n), np.float32), "increment": np.zeros((64, model.n), np.float32)}
@@ -101,13 +102,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             inputs={"data": "increments"}, outputs={"weights": "correction"}, workers=workers[-1],
         )
         common = dict(cycles=args.cycles, members=40, filter=filt, seed=args.seed, workers=workers[0])
-        plain = cp.spawn(AssimilationActor, model, args.model_forcing, name="da-plain", inputs={"obs": "obs"}, **common)
+        plain = cp.spawn(AssimilationActor, model, name="da-plain", inputs={"obs": "obs"}, **common)
         learned = cp.spawn(
-            AssimilationActor, model, args.model_forcing, name="da-learned", correction=config,
+            AssimilationActor, model, name="da-learned", correction=config,
             inputs={"obs": "obs", "weights": "correction"}, outputs={"increments": "increments"}, **common,
         )
         source = cp.spawn(
-            ObservationSource, model, args.truth_forcing, name="truth", cycles=args.cycles, seed=args.seed + 1,
+            ObservationSource, truth_model, name="truth", cycles=args.cycles, seed=args.seed + 1,
             rate=args.rate, outputs={"obs": "obs"}, workers=workers[-1],
         )
         learner.start()
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         learner.stop()
 
     path = os.path.join(args.out, "transformation.png")
-    plot(path, h_plain, h_learned, model.dt)
+    plot(path, h_plain, h_learned, model.interval)
     quarters = np.array_split(np.arange(args.cycles), 4)
     print()
     print("Forecast / analysis RMSE by quarter of the run (observation error 1.0)")

@@ -1,4 +1,4 @@
-"""A learned model-error correction for a periodic 1-D model (Lorenz-96) and its online trainer.
+"""A learned model-error correction for a periodic gridded model (Lorenz-96, a 2-D field) and its online trainer.
 
 The forecast model is imperfect (a wrong forcing, a missing term). Data
 assimilation reveals its error at every cycle: the analysis increment
@@ -8,6 +8,8 @@ state. :class:`CorrectionNet` regresses that increment on the forecast state
 with a small network that is *local and translation invariant*: each output
 ``dx_i`` depends on the stencil ``x_{i-r} .. x_{i+r}`` through weights shared by
 every grid point (a periodic 1-D convolution), as the model's own tendency does.
+On a 2-D grid (``CorrectionConfig(grid=(ny, nx))``, the state being the flat
+field) the stencil is the ``(2r+1) x (2r+1)`` periodic neighbourhood.
 The forecast ensemble then uses ``x_f = M(x) + c(M(x))``.
 
 :class:`CorrectionTrainer` fits the ``Trainer`` protocol of
@@ -18,6 +20,7 @@ jitted forecast can take as an argument, so new weights need no recompilation.
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -42,14 +45,22 @@ class CorrectionNet(nnx.Module):
         hidden: width of the two hidden layers.
         shift: subtracted from the input before the network (its climatological mean).
         scale: the input is divided by it after the shift (its climatological std).
+        grid: the periodic grid of the flat state (``None``: a ring, the last axis).
         rngs: random streams for the initialisation (keyword-only).
     """
 
-    def __init__(self, radius: int = 2, hidden: int = 32, shift: float = 0.0, scale: float = 1.0, *, rngs: nnx.Rngs) -> None:
+    def __init__(
+        self, radius: int = 2, hidden: int = 32, shift: float = 0.0, scale: float = 1.0,
+        grid: tuple[int, ...] | None = None, *, rngs: nnx.Rngs,
+    ) -> None:
         self.radius = radius
         self.shift = shift
         self.scale = scale
-        width = 2 * radius + 1
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        dims = 1 if self.grid is None else len(self.grid)
+        # Every offset of the periodic neighbourhood, one per input feature.
+        self.offsets = tuple(itertools.product(range(-radius, radius + 1), repeat=dims))
+        width = len(self.offsets)
         self.inp = nnx.Linear(width, hidden, rngs=rngs)
         self.mid = nnx.Linear(hidden, hidden, rngs=rngs)
         # Zero output layer: an untrained correction is exactly no correction.
@@ -57,17 +68,22 @@ class CorrectionNet(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         z = (x - self.shift) / self.scale
-        stencil = jnp.stack([jnp.roll(z, -k, axis=-1) for k in range(-self.radius, self.radius + 1)], axis=-1)
+        grid = (x.shape[-1],) if self.grid is None else self.grid
+        z = z.reshape(*x.shape[:-1], *grid)
+        axes = tuple(range(-len(grid), 0))
+        stencil = jnp.stack([jnp.roll(z, tuple(-o for o in off), axis=axes) for off in self.offsets], axis=-1)
         h = jnp.tanh(self.inp(stencil))
         h = jnp.tanh(self.mid(h))
-        return self.out(h)[..., 0]
+        return self.out(h)[..., 0].reshape(x.shape)
 
 
 @dataclass(frozen=True)
 class CorrectionConfig:
     """Hyperparameters of a :class:`CorrectionNet` and its optimiser (hashable, picklable).
 
-    The defaults suit Lorenz-96 at ``F = 8`` (mean about 2.3, std about 3.6).
+    The defaults suit Lorenz-96 at ``F = 8`` (mean about 2.3, std about 3.6);
+    for another model set ``shift``/``scale`` to its climatological mean/std and
+    ``grid`` to its grid shape when it has more than one dimension.
     """
 
     radius: int = 2
@@ -75,6 +91,7 @@ class CorrectionConfig:
     shift: float = 2.3
     scale: float = 3.6
     learning_rate: float = 1e-3
+    grid: tuple[int, ...] | None = None
 
     def build(self, seed: int = 0) -> CorrectionNet:
         """A freshly initialised network from ``seed``."""

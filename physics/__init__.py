@@ -21,6 +21,16 @@ from coupler.physics.lorenz import Lorenz63Params as Lorenz63Params
 from coupler.physics.lorenz import rk4 as rk4
 from coupler.physics.assimilation import FilterConfig as FilterConfig
 from coupler.physics.assimilation import LinearObservation as LinearObservation
+from coupler.physics.assimilation_model import AssimilationModel as AssimilationModel
+from coupler.physics.assimilation_model import Lorenz63Model as Lorenz63Model
+from coupler.physics.assimilation_model import Lorenz96Model as Lorenz96Model
+from coupler.physics.assimilation_model import VorticityModel as VorticityModel
+from coupler.physics.assimilation_baselines import Climatology as Climatology
+from coupler.physics.assimilation_baselines import climatology as climatology
+from coupler.physics.assimilation_baselines import run_var3d as run_var3d
+from coupler.physics.assimilation_baselines import static_gain as static_gain
+from coupler.physics.ensemble_filters import mean_preserving_rotation as mean_preserving_rotation
+from coupler.physics.enkf_n import inflation_estimate as inflation_estimate
 from coupler.physics.assimilation import CycleOutput as CycleOutput
 from coupler.physics.assimilation import analysis as analysis
 from coupler.physics.assimilation import cycle as cycle
@@ -34,6 +44,13 @@ from coupler.physics.assimilation import cycle_key as cycle_key
 
 __all__ = [
     "analysis",
+    "AssimilationModel",
+    "Climatology",
+    "climatology",
+    "inflation_estimate",
+    "mean_preserving_rotation",
+    "run_var3d",
+    "static_gain",
     "cycle",
     "cycle_key",
     "CycleOutput",
@@ -49,8 +66,10 @@ __all__ = [
     "initial_ensemble",
     "LinearObservation",
     "Lorenz63",
+    "Lorenz63Model",
     "Lorenz63Params",
     "Lorenz96",
+    "Lorenz96Model",
     "Lorenz96Params",
     "LorenzState",
     "NavierStokes2D",
@@ -64,4 +83,5 @@ __all__ = [
     "run_amplitude",
     "run_filter",
     "Simulator",
+    "VorticityModel",
 ]

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coupler.physics.assimilation_model import AssimilationModel, Lorenz63Model, Lorenz96Model, VorticityModel
 from coupler.physics.lorenz import Lorenz63, Lorenz96, Lorenz96Params, rk4
+from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams
 
 F8 = Lorenz96Params(forcing=jnp.asarray(8.0))
 
@@ -116,3 +118,32 @@ def test_bad_configuration_is_refused() -> None:
         Lorenz96(n=3)
     with pytest.raises(ValueError, match="dt > 0"):
         Lorenz63(dt=0.0)
+
+
+def test_assimilation_models_forecast_one_observation_interval() -> None:
+    # The model protocol's forecast is `steps` of the simulators' own steps.
+    l96 = Lorenz96Model(forcing=8.0, steps=3)
+    x = l96.initial_state(jax.random.key(0))
+    expected = x
+    for _ in range(3):
+        expected = Lorenz96().flow(expected, 8.0)
+    np.testing.assert_allclose(np.asarray(l96.forecast(x)), np.asarray(expected), rtol=1e-6)
+    assert l96.grid == (40,) and abs(l96.interval - 0.15) < 1e-12
+
+    l63 = Lorenz63Model()
+    z = l63.initial_state(jax.random.key(1))
+    ref = Lorenz63(0.01).advance(Lorenz63(0.01).init(jax.random.key(1), Lorenz63.classic()), Lorenz63.classic(), 25).x
+    np.testing.assert_allclose(np.asarray(l63.forecast(z)), np.asarray(ref), rtol=1e-5)
+    assert abs(l63.interval - 0.25) < 1e-12
+
+    field = VorticityModel(n=16, steps=2)
+    w = field.initial_state(jax.random.key(2))
+    sim = NavierStokes2D(n=16, dt=field.dt)
+    p = NavierStokesParams(jnp.asarray(0.01), jnp.asarray(1.0), jnp.asarray(0.1))
+    ref_w = sim.advance(sim.init(jax.random.key(2), p), p, 2).w
+    np.testing.assert_allclose(np.asarray(field.forecast(w)), np.asarray(ref_w).reshape(-1), atol=1e-5)
+    assert field.grid == (16, 16) and w.shape == (256,)
+    for model in (l96, l63, field):
+        assert isinstance(model, AssimilationModel)
+    with pytest.raises(ValueError, match="steps"):
+        Lorenz96Model(steps=0)
