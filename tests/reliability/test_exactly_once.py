@@ -110,7 +110,7 @@ def _wait_all(cp: Coupling, sink: object, n: int, refs: list) -> None:
     try:
         _until("every input at the sink", lambda: sink.status().info["count"] >= n)
     except TimeoutError as e:
-        states = {r.name: (r.status().state, r.status().steps) for r in refs}
+        states = {r.name: (r.status().state, r.status().steps, r.status().error[-600:]) for r in refs}
         raise TimeoutError(f"{e}; actors {states}; buffers {cp.client.run(_input_state)}") from None
 
 
