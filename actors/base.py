@@ -162,6 +162,10 @@ class ActorHost:
         self._loop_live = False  # True while the loop thread can still serve requests
         self._requests: list[tuple[str, concurrent.futures.Future[Any], Any]] = []
         self._retired = False
+        # Set once the actor has given back its ports (its loop ended for good, see _release);
+        # the outputs' sequence numbers are kept here from then on, for a last checkpoint.
+        self._released = False
+        self._ended_seq: dict[tuple[str, str], int] = {}
         self._metric_log = MetricLog()  # what report_metric() keeps for the broker's dashboard and /metrics
         self.endpoint.register_actor(name, self)
 
@@ -254,8 +258,11 @@ class ActorHost:
         with self._cond:
             self._stop.set()
             self._cond.notify_all()
-            if self._thread is None and self._state == "created":
+            never_started = self._thread is None and self._state == "created"
+            if never_started:
                 self._state = "stopped"
+        if never_started:
+            self._release()
         for port in self.inputs.values():
             port.buffer.interrupt()  # wake a run loop blocked in receive()/sample()
         if self._thread is not None:
@@ -397,6 +404,7 @@ class ActorHost:
         if st["state"] in ("finished", "stopped", "failed"):
             self._state, self._error = st["state"], st["error"]
             self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
+            self._release()  # it will never run: its ports must not hold up its producers
         return self.status()
 
     # -- requests served by the loop thread ------------------------------------------------------
@@ -475,7 +483,8 @@ class ActorHost:
         self._retired = True
         self._stop.set()
         self._state = "migrated"
-        self.endpoint.unregister_actor(self.name)
+        # Before the successor exists: it may land on this worker and continue these sequences.
+        self._release()
         return ck
 
     def _flush(self, port: OutPort) -> None:
@@ -494,6 +503,8 @@ class ActorHost:
     # Sequence numbers live in the endpoint, per (channel, source). A successor on
     # another worker must continue them, or its consumers would see the sequence restart.
     def _next_seq(self, port: OutPort) -> int:
+        if self._released:  # the endpoint has forgotten this producer
+            return self._ended_seq[(port.channel, port.source)]
         return self.endpoint.next_seq(port.channel, port.source)
 
     def _resume_seq(self, port: OutPort, next_seq: int) -> None:
@@ -557,3 +568,34 @@ class ActorHost:
                 leftovers, self._requests = self._requests, []
             for kind, fut, arg in leftovers:  # e.g. a forced hand-over: the loop has ended now
                 self._serve(kind, fut, arg)
+            self._release()
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _release(self) -> None:
+        """Give back what the actor holds on its worker; its loop has ended for good. Idempotent.
+
+        Its inputs detach, so that producers no longer wait for room in its
+        buffers (they get :class:`ConsumerGone`, or wait for a successor after a
+        hand-over). Its outputs' counters and, once no producer of a channel is
+        left on the worker, that channel's links (threads, sockets, shared-memory
+        arenas) are given back (``Endpoint.release_producer``). The final status
+        goes to the broker, which keeps it, and the endpoint stops reporting the
+        actor. The object itself stays until Dask releases it (the driver's
+        ``ActorRef.stop``/``release``), so its results remain readable.
+        """
+        with self._cond:
+            if self._released:
+                return
+            self._released = True
+        for port in self.inputs.values():
+            try:
+                port.close()  # after a hand-over already closed (idempotent)
+            except Exception as e:  # a worker closing, the scheduler gone: nothing left to tell
+                logger.warning("actor %r: could not detach input %r: %r", self.name, port.channel, e)
+        for port in self.outputs.values():
+            self._ended_seq[(port.channel, port.source)] = self.endpoint.next_seq(port.channel, port.source)
+            self.endpoint.release_producer(port.channel, port.source)
+        try:
+            self.endpoint.actor_ended(self.name, self.status_dict())
+        except Exception as e:
+            logger.warning("actor %r: could not report its end to the broker: %r", self.name, e)

@@ -3,7 +3,8 @@
 One *cycle* is what ``examples/augmentation.py`` does over and over: declare a
 channel, spawn a producer and a consumer (on two different workers, so the
 data goes through a stream and shared memory), stream ``--messages`` messages
-of ``--kib`` KiB, stop both actors and close the channel. After every cycle
+of ``--kib`` KiB, stop and release both actors (``ActorRef.release``) and
+close the channel. After every cycle
 each worker reports its live threads (``threading.active_count()``), its open
 file descriptors (``/proc/self/fd``) and its resident memory (``psutil``),
 after a garbage collection. The growth per cycle is the Theil-Sen slope (the
@@ -90,7 +91,7 @@ class Growth:
 
 def run_cycle(cp: Coupling, tag: str, i: int, producer_at: str, consumer_at: str, messages: int, nbytes: int) -> None:
     """Declare a channel, stream ``messages`` messages of ``nbytes`` from a new producer to a new consumer,
-    stop both and close the channel.
+    stop and release both and close the channel.
 
     Raises:
         TimeoutError: if the consumer did not take every message within ``CYCLE_TIMEOUT`` seconds.
@@ -108,8 +109,9 @@ def run_cycle(cp: Coupling, tag: str, i: int, producer_at: str, consumer_at: str
         if time.monotonic() > deadline:
             raise TimeoutError(f"cycle {i}: the consumer took {taken} of {messages} messages in {CYCLE_TIMEOUT} s")
         time.sleep(0.01)
-    producer.stop()
-    consumer.stop()
+    # Stop both and give back their instances (a stopped actor's results stay readable until then).
+    producer.release()
+    consumer.release()
     cp.close_channel(ch)
 
 

@@ -438,11 +438,62 @@ class Endpoint(WorkerPlugin):
                 link.close(orphan=not table["closed"])
             self._resend_owed(route)
         if table["closed"]:
-            for (ch, _), buf in self.buffers.items():
+            for (ch, _), buf in list(self.buffers.items()):
                 if ch == channel:
-                    buf.close()
-            self._forget_consumer(channel, None)  # a closed channel replays nothing (see _adopt_orphans)
+                    buf.close()  # its consumer drains it, sees the end, and detaches (which drops it)
+            self._forget_channel(channel)
         return {"status": "OK"}
+
+    def _forget_channel(self, channel: str) -> None:
+        """Drop everything this worker keeps to send on a closed ``channel``.
+
+        Its route, its producers' counters (the broker keeps their last ones as
+        departed totals), its replay logs and what was kept for a resend (a closed
+        channel replays nothing: see :meth:`_adopt_orphans`), and its links: each
+        holds a reader thread, a socket and a shared-memory arena, and the
+        consumer's worker a receiving thread, until it is closed. A sender still
+        blocked on the old route sees it closed (:class:`ChannelClosed`); a later
+        one asks the broker again and is refused.
+        """
+        with self._lock:
+            for key in [k for k in self.producers if k[0] == channel]:
+                del self.producers[key]
+            self.routes.pop(channel, None)
+        self._forget_consumer(channel, None)
+
+    def release_producer(self, channel: str, source: str) -> None:
+        """Producer ``source`` (an actor) of ``channel`` on this worker has ended: give back its links.
+
+        Once no other actor on this worker produces on the channel, the
+        channel's links are closed: what they carried was accepted (an ended
+        producer flushed) or is handed back for a resend, which opens a new
+        link. The route and the replay logs stay while a log holds messages a
+        consumer has not committed: a successor of that consumer must get them
+        again (docs/reliability.md); the commit, the consumer's departure or the
+        channel's close frees them. The producer's counters stay until the
+        channel is closed, so that the broker's totals count what it sent even
+        if it ended before the next report.
+
+        Args:
+            channel: channel name.
+            source: the producer's name (its actor's).
+        """
+        others = [
+            a for name, a in list(self.actors.items())
+            if name != source and any(p.channel == channel for p in getattr(a, "outputs", {}).values())
+        ]
+        if others:
+            return  # another producer on this worker still sends on these links
+        with self._lock:
+            closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel]]
+            owed = any(k[0] == channel and log.items for k, log in self.replay_logs.items())
+            owed = owed or any(k[0] == channel and q for k, q in self.orphans.items())
+            if not owed:
+                self.routes.pop(channel, None)
+        for link in closing:
+            link.close(orphan=True)
+        if not owed:
+            self._forget_consumer(channel, None)
 
     def _forget_consumer(self, channel: str, cid: str | None) -> None:
         """Drop what this worker keeps to send again to consumer ``cid`` of ``channel`` (``None``: every one).
@@ -450,12 +501,18 @@ class Endpoint(WorkerPlugin):
         Replay logs hold up to ``coupler.delivery.retain-bytes`` each; kept for a
         consumer that left for good, or on a closed channel, they would hold that
         memory for the rest of the run (and replay it all to a later consumer that
-        happened to take the same name).
+        happened to take the same name). Its links go too, without handing back
+        what they carry (nobody will take it): each holds a reader thread, a
+        socket and a shared-memory arena here and a receiving thread on the
+        consumer's worker.
         """
         with self._lock:
-            for kept in (self.replay_logs, self.orphans, self.incarnations):
+            for kept in (self.replay_logs, self.orphans, self.incarnations, self.lost_since):
                 for key in [k for k in kept if k[0] == channel and (cid is None or k[1] == cid)]:
                     del kept[key]
+            closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel and (cid is None or k[1] == cid)]]
+        for link in closing:
+            link.close(orphan=False)
 
     def send(
         self,
@@ -1036,6 +1093,20 @@ class Endpoint(WorkerPlugin):
 
     def unregister_actor(self, name: str) -> None:
         self.actors.pop(name, None)
+
+    def actor_ended(self, name: str, status: dict[str, Any], timeout: float = 10.0) -> None:
+        """Stop reporting actor ``name`` and give the broker its final ``status`` to keep.
+
+        Called from the actor's thread once its loop has ended for good (see
+        ``ActorHost._release``): the periodic report would otherwise carry it
+        for the rest of the worker's life, and the last report before it was
+        dropped might predate its end.
+
+        Raises:
+            ChannelTimeout: if the broker did not answer within ``timeout`` seconds.
+        """
+        self.actors.pop(name, None)
+        self.call(lambda: self._broker("coupler_actor_ended", name=name, status=status), timeout=timeout)
 
     def report_payload(self) -> dict[str, Any]:
         """This worker's counters, by channel, and its actors' status."""
