@@ -103,7 +103,7 @@ def run_cycle(cp: Coupling, tag: str, i: int, producer_at: str, consumer_at: str
     )
     consumer.start()
     producer.start()
-    producer.wait(timeout=CYCLE_TIMEOUT)
+    producer.wait(timeout=CYCLE_TIMEOUT, poll=0.01)
     deadline = time.monotonic() + CYCLE_TIMEOUT
     while (taken := consumer.status().info.get("taken", 0)) < messages:
         if time.monotonic() > deadline:

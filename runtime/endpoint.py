@@ -399,7 +399,10 @@ class Endpoint(WorkerPlugin):
                 buf.detach()
                 if handover:
                     left = buf.drain()
-                buf.close()
+                # Wake a thread still waiting on it. Not close(): a stream that delivers to it meanwhile
+                # must hear "gone" (ConsumerGone), not "closed" (which would end its producer as if
+                # the channel had closed).
+                buf.interrupt()
             await self._broker("coupler_detach", name=channel, ident=consumer, why="handover" if handover else "detached")
             return left
 
