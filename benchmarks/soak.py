@@ -16,6 +16,7 @@ worker. It prints a table and writes JSON (``--json PATH``)::
 
     python benchmarks/soak.py --cycles 1000 --json soak.json
     python benchmarks/soak.py --quick            # 60 cycles, a few minutes at most
+    python benchmarks/soak.py --scheduler tcp://host:8786   # on a running cluster (two workers at least)
 """
 
 from __future__ import annotations
@@ -183,10 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kib", type=int, default=512)
     ap.add_argument("--quick", action="store_true", help="60 cycles")
     ap.add_argument("--json", default=None, help="write the result there")
+    ap.add_argument("--scheduler", default=None, help="run on this cluster (default: a new 2-worker LocalCluster)")
     args = ap.parse_args(argv)
     cycles = 60 if args.quick else args.cycles
     warmup = args.warmup if args.warmup is not None else max(5, cycles // 10)
-    with Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cp:
+    cluster_args: dict[str, Any] = {} if args.scheduler else {"n_workers": 2, "threads_per_worker": 1, "dashboard_address": ":0"}
+    with Coupling(args.scheduler, **cluster_args) as cp:
         print(f"soak: {cycles} cycles of {args.messages} x {args.kib} KiB (fit after {warmup})", flush=True)
         result = soak(cp, cycles, warmup, args.messages, args.kib * 1024, report=lambda s: print(s, flush=True))
     print(table(result))
