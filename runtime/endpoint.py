@@ -465,38 +465,48 @@ class Endpoint(WorkerPlugin):
         self._forget_consumer(channel, None)
 
     def release_producer(self, channel: str, source: str) -> None:
-        """Producer ``source`` (an actor) of ``channel`` on this worker has ended: give back its links.
+        """Producer ``source`` (an actor) of ``channel`` on this worker has ended: give back what it used.
 
-        Once no other actor on this worker produces on the channel, the
-        channel's links are closed: what they carried was accepted (an ended
-        producer flushed) or is handed back for a resend, which opens a new
-        link. The route and the replay logs stay while a log holds messages a
-        consumer has not committed: a successor of that consumer must get them
-        again (docs/reliability.md); the commit, the consumer's departure or the
-        channel's close frees them. The producer's counters stay until the
-        channel is closed, so that the broker's totals count what it sent even
-        if it ended before the next report.
+        Its counters stay until the channel is closed, so that the broker's
+        totals count what it sent even if it ended before the next report. The
+        channel's links, route and replay logs go once nothing else needs them
+        (see :meth:`_release_if_idle`).
 
         Args:
             channel: channel name.
             source: the producer's name (its actor's).
         """
-        others = [
-            a for name, a in list(self.actors.items())
-            if name != source and any(p.channel == channel for p in getattr(a, "outputs", {}).values())
-        ]
-        if others:
-            return  # another producer on this worker still sends on these links
+        self._release_if_idle(channel, ending=source)
+
+    def _release_if_idle(self, channel: str, ending: str = "") -> None:
+        """Close ``channel``'s links and drop its route here if no producer on this worker needs them.
+
+        A producer needs them while its actor (other than ``ending``) is
+        registered here with an output on the channel. A consumer needs them
+        while a replay log holds messages it has not committed: its successor
+        must get them again (docs/reliability.md), and its commits come back
+        through the links. So this runs again on every commit; the consumer's
+        departure or the channel's close frees the rest. An ended producer
+        flushed, so the links carry nothing; what one still held would be
+        handed back for a resend, which opens a new link.
+
+        Args:
+            channel: channel name.
+            ending: the producer that is ending now (still registered).
+        """
+        for name, actor in list(self.actors.items()):
+            if name != ending and any(p.channel == channel for p in getattr(actor, "outputs", {}).values()):
+                return
         with self._lock:
+            if any(k[0] == channel and log.items for k, log in self.replay_logs.items()):
+                return
+            if any(k[0] == channel and q for k, q in self.orphans.items()):
+                return
+            self.routes.pop(channel, None)
             closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel]]
-            owed = any(k[0] == channel and log.items for k, log in self.replay_logs.items())
-            owed = owed or any(k[0] == channel and q for k, q in self.orphans.items())
-            if not owed:
-                self.routes.pop(channel, None)
         for link in closing:
             link.close(orphan=True)
-        if not owed:
-            self._forget_consumer(channel, None)
+        self._forget_consumer(channel, None)
 
     def _forget_consumer(self, channel: str, cid: str | None) -> None:
         """Drop what this worker keeps to send again to consumer ``cid`` of ``channel`` (``None``: every one).
@@ -984,6 +994,8 @@ class Endpoint(WorkerPlugin):
         log = self.replay_logs.get(key)
         if log is not None:
             log.commit(marks)
+            if not log.items:
+                self._release_if_idle(key[0])  # the last thing an ended producer's links were kept for
 
     def commit_consumer(self, channel: str, consumer: str, marks: dict[str, int]) -> None:
         """A consumer on this worker commits: its stored checkpoint covers ``marks`` (source -> seq).
