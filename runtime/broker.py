@@ -245,6 +245,14 @@ class Broker(SchedulerPlugin):
             if spec is not None:
                 spec = check_spec(spec)
             rec = self.channels.get(name)
+            if rec is not None and rec.closed:
+                # Closed, with consumers still draining it (they detach as they end): the name is
+                # not free yet. A new channel now would take their detaches for its own consumers.
+                draining = sorted(rec.consumers) + sorted(c for c, why in rec.gone.items() if why == "handover")
+                raise ChannelClosed(
+                    f"channel {name!r} is closed and consumers {draining} have not detached yet; "
+                    "declare it again once they have ended"
+                )
             if rec is None:
                 self.channels[name] = ChannelRecord(name, p, spec, run=run)
                 self.closed_names.pop(name, None)

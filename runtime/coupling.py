@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
 from typing import Any, Sequence
 
@@ -50,13 +51,16 @@ from coupler.runtime.actor_ref import ActorRef
 from coupler.runtime.broker import Broker, check_name
 from coupler.runtime.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.endpoint import Endpoint
-from coupler.runtime.errors import raise_for_reply
+from coupler.runtime.errors import ChannelClosed, raise_for_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.status import ActorStatus, ChannelStats
 from coupler.runtime.supervisor import SpawnSpec, Supervisor
 
 logger = logging.getLogger(__name__)
+
+# Seconds a declaration waits for the consumers of a closed channel of the same name to detach.
+DRAIN_WAIT = 10.0
 
 
 class Coupling:
@@ -247,14 +251,26 @@ class Coupling:
         Raises:
             ValueError: for a bad name.
             ChannelExists: if declared before with another policy or spec.
+            ChannelClosed: if a closed channel of that name still has consumers
+                after ``DRAIN_WAIT`` seconds, or this coupling's run has ended.
         """
         check_name("channel", name)
         if spec is not None and not isinstance(spec, Spec):
             spec = Spec.of(spec)
-        self._broker(
-            "coupler_declare", name=name, policy=policy_to_wire(policy), spec=spec.to_wire() if spec else None, run=self.run_id
-        )
-        return name
+        deadline = time.monotonic() + DRAIN_WAIT
+        while True:
+            try:
+                self._broker(
+                    "coupler_declare", name=name, policy=policy_to_wire(policy), spec=spec.to_wire() if spec else None,
+                    run=self.run_id,
+                )
+                return name
+            except ChannelClosed:
+                # A closed channel of that name whose consumers are still draining it (an earlier
+                # run's, whose end closed it): they end at its end of stream, then the name is free.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close_channel(self, name: str) -> None:
         """Close a channel: sends fail, consumers drain what they hold then see it closed.

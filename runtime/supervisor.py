@@ -435,9 +435,8 @@ class Supervisor:
     def release(self, ref: ActorRef) -> None:
         """Stop supervising ``ref``'s actor, which ended, and drop its spawn's future.
 
-        With the handle's proxy gone too (``ActorRef.release``), Dask releases the
-        instance: its worker's actor table no longer holds it. The record goes,
-        so a new actor may take the name.
+        Dask releases the instance: its worker's actor table no longer holds it.
+        The record goes, so a new actor may take the name.
         """
         with self._lock:
             rec = self._records.get(ref.name)
@@ -445,7 +444,9 @@ class Supervisor:
                 return
             del self._records[ref.name]
         if rec.future is not None:
-            rec.future.release()
+            # Cancelled, not just released: the handle's proxy holds a future of the same key, which
+            # the garbage collector may free much later (a reference cycle); the instance goes now.
+            self.client.cancel([rec.future], force=True)
             rec.future = None
 
     # -- the watch loop -------------------------------------------------------------------

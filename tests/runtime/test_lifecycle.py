@@ -10,17 +10,19 @@ first one's abandoned buffers, and each soak cycle grew a worker by a thread,
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import threading
 import time
+from types import SimpleNamespace
 from typing import Any, Callable
 
 import cloudpickle
 import pytest
 
 import lifecycle_actors
-from coupler.runtime import ActorFailed, ChannelClosed, ChannelTimeout, ConsumerGone, Coupling, Queue
+from coupler.runtime import ActorFailed, Broker, ChannelClosed, ChannelTimeout, ConsumerGone, Coupling, Queue
 from coupler.runtime.actor_ref import Ending
 from coupler.runtime.endpoint import ENDPOINT_NAME
 from coupler.runtime.errors import ActorReleased, raise_for_reply
@@ -199,3 +201,57 @@ def test_soak_cycles_grow_no_worker(coupling: Coupling, unique: str) -> None:
         assert g["threads"] < soak.TARGETS["threads"], soak.table(result)
         assert g["fds"] < soak.TARGETS["fds"], soak.table(result)
         assert g["rss_mib"] < soak.TARGETS["rss_mib"], soak.table(result)
+
+
+def _broker() -> Broker:
+    """A broker outside a scheduler: pushes go nowhere (no worker produces or consumes in these tests)."""
+    b = Broker()
+    b.scheduler = SimpleNamespace(status=SimpleNamespace(name="running"))
+    return b
+
+
+def test_the_broker_forgets_a_closed_channel_once_its_last_consumer_detaches() -> None:
+    b = _broker()
+    q = {"kind": "queue", "maxsize": 4}
+    assert b.declare(name="ch", policy=q)["status"] == "OK"
+    assert asyncio.run(b.attach(name="ch", role="consumer", ident="c/inp", address="tcp://w:1"))["status"] == "OK"
+    assert asyncio.run(b.close_channel(name="ch"))["status"] == "OK"
+    assert "ch" in b.channels  # its consumer drains it first
+    refused = b.declare(name="ch", policy=q)  # the name is not free while it drains
+    assert refused["error"] == "ChannelClosed" and "c/inp" in refused["message"]
+    assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"
+    assert "ch" not in b.channels and "ch" not in b.departed
+    assert b.routing(name="ch")["error"] == "ChannelClosed"  # a late request hears "closed", not "unknown"
+    assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"  # idempotent
+    assert asyncio.run(b.close_channel(name="ch"))["status"] == "OK"
+    assert b.declare(name="ch", policy={"kind": "latest"})["status"] == "OK"  # a new channel, any policy
+    assert b.routing(name="ch")["policy"] == {"kind": "latest"} and not b.routing(name="ch")["closed"]
+
+
+def test_a_run_ends_with_its_channels_and_its_requests_are_refused_after() -> None:
+    b = _broker()
+    q = {"kind": "queue", "maxsize": 4}
+    assert b.begin_run(run="run-1", client="client-1")["status"] == "OK"
+    assert b.declare(name="mine", policy=q, run="run-1")["status"] == "OK"
+    assert b.declare(name="shared", policy=q, run="run-0")["status"] == "OK"
+    assert b.declare(name="shared", policy=q, run="run-1")["status"] == "OK"  # joins it; run-0 owns it
+
+    async def client_goes() -> None:  # the driver died: the scheduler tells the broker its client went
+        b.remove_client(b.scheduler, "client-1")
+        await asyncio.sleep(0.05)  # the run ends on the loop
+
+    asyncio.run(client_goes())
+    assert sorted(b.channels) == ["shared"]
+    for reply in (b.declare(name="late", policy=q, run="run-1"), b.begin_run(run="run-1", client="client-1")):
+        assert reply["error"] == "ChannelClosed" and "has ended" in reply["message"]
+    assert b.begin_run(run=3, client="x")["error"] == "ValueError"
+    assert b.declare(name="x", policy=q, run=["bad"])["error"] == "ValueError"
+
+
+def test_the_broker_keeps_an_ended_actors_final_status() -> None:
+    b = _broker()
+    final = {"name": "a", "state": "finished", "steps": 7, "metrics": {"loss": [[6, 0.5]]}}
+    assert b.actor_ended(name="a", status=final)["status"] == "OK"
+    assert b.snapshot()["actors"]["a"]["state"] == "finished" and b.snapshot()["actors"]["a"]["steps"] == 7
+    assert b.actor_ended(name="bad name", status={})["error"] == "ValueError"
+    assert b.actor_ended(name="a", status=[1])["error"] == "ValueError"
