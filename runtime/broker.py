@@ -423,6 +423,8 @@ class Broker(SchedulerPlugin):
             return  # forgotten meanwhile (another handler ran during a push), or declared anew
         del self.channels[rec.name]
         self.departed.pop(rec.name, None)
+        for report in self.reports.values():  # the workers forgot it when it closed: so do their last reports
+            report["channels"].pop(rec.name, None)
         for key in [k for k in self.meters if k[0] == "channel" and k[1] == rec.name]:
             del self.meters[key]
         self.closed_names[rec.name] = None
@@ -436,6 +438,8 @@ class Broker(SchedulerPlugin):
         old = self.reports.get(address)
         if old is not None:
             self._keep_departed(old["channels"], channels)
+        # A channel forgotten meanwhile (a report sent before its worker heard it closed) is dropped.
+        channels = {name: ch for name, ch in channels.items() if name in self.channels}
         self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
             points = status.pop("metrics", None)
