@@ -32,6 +32,12 @@ The state is always taken at a step boundary, by the loop's own thread: the
 remote call posts a request and waits for it. A step waiting in ``receive`` or
 ``sample`` is abandoned and retried after the request (it has taken nothing),
 so steps must take their inputs before they change the actor's state.
+
+Ends. When the loop ends for good (finished, stopped, failed, or handed over)
+the actor gives back what it holds on its worker: its inputs detach, the links
+of channels no other actor there produces on close, and the broker keeps its
+final status (see ``_release`` and docs/reliability.md, "Lifecycle"). The
+instance itself goes when the driver releases it (``ActorRef.release``).
 """
 
 from __future__ import annotations
@@ -576,16 +582,18 @@ class ActorHost:
 
         Its inputs detach, so that producers no longer wait for room in its
         buffers (they get :class:`ConsumerGone`, or wait for a successor after a
-        hand-over). Its outputs' counters and, once no producer of a channel is
-        left on the worker, that channel's links (threads, sockets, shared-memory
-        arenas) are given back (``Endpoint.release_producer``). The final status
-        goes to the broker, which keeps it, and the endpoint stops reporting the
-        actor. The object itself stays until Dask releases it (the driver's
-        ``ActorRef.stop``/``release``), so its results remain readable.
+        hand-over). Once no producer of a channel is left on the worker, that
+        channel's links (threads, sockets, shared-memory arenas) are given back
+        (``Endpoint.release_producer``). The final status goes to the broker,
+        which keeps it, and the endpoint stops reporting the actor. The object
+        itself stays until Dask releases it (the driver's ``ActorRef.release``),
+        so its results remain readable.
         """
         with self._cond:
             if self._released:
                 return
+            # Before the flag: from then on a checkpoint reads the sequence numbers here.
+            self._ended_seq = {(p.channel, p.source): self.endpoint.next_seq(p.channel, p.source) for p in self.outputs.values()}
             self._released = True
         for port in self.inputs.values():
             try:
@@ -593,7 +601,6 @@ class ActorHost:
             except Exception as e:  # a worker closing, the scheduler gone: nothing left to tell
                 logger.warning("actor %r: could not detach input %r: %r", self.name, port.channel, e)
         for port in self.outputs.values():
-            self._ended_seq[(port.channel, port.source)] = self.endpoint.next_seq(port.channel, port.source)
             self.endpoint.release_producer(port.channel, port.source)
         try:
             self.endpoint.actor_ended(self.name, self.status_dict())
