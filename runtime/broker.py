@@ -38,7 +38,7 @@ from tornado.ioloop import PeriodicCallback
 from coupler.runtime.errors import ChannelClosed, ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
-from coupler.runtime.status import ActorStatus, ChannelStats, MetricHistory, RateMeter
+from coupler.runtime.status import TERMINAL_STATES, ActorStatus, ChannelStats, MetricHistory, RateMeter
 
 logger = logging.getLogger(__name__)
 
@@ -532,6 +532,9 @@ class Broker(SchedulerPlugin):
             for counter in ("sent", "sent_bytes"):
                 self.meters.setdefault(("channel", name, counter), RateMeter(RATE_WINDOW)).add(now, totals[counter])
         for name, a in self.actors.items():
+            if a.get("state") in TERMINAL_STATES:
+                self.meters.pop(("actor", name, "steps"), None)  # its rate is 0 from now on: no meter to keep
+                continue
             self.meters.setdefault(("actor", name, "steps"), RateMeter(RATE_WINDOW)).add(now, a.get("steps", 0))
 
     def channel_stats(self) -> dict[str, ChannelStats]:
