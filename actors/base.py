@@ -32,6 +32,12 @@ The state is always taken at a step boundary, by the loop's own thread: the
 remote call posts a request and waits for it. A step waiting in ``receive`` or
 ``sample`` is abandoned and retried after the request (it has taken nothing),
 so steps must take their inputs before they change the actor's state.
+
+Ends. When the loop ends for good (finished, stopped, failed, or handed over)
+the actor gives back what it holds on its worker: its inputs detach, the links
+of channels no other actor there produces on close, and the broker keeps its
+final status (see ``_release`` and docs/reliability.md, "Lifecycle"). The
+instance itself goes when the driver releases it (``ActorRef.release``).
 """
 
 from __future__ import annotations
@@ -209,6 +215,10 @@ class ActorHost:
         self._loop_live = False  # True while the loop thread can still serve requests
         self._requests: list[tuple[str, concurrent.futures.Future[Any], Any]] = []
         self._retired = False
+        # Set once the actor has given back its ports (its loop ended for good, see _release);
+        # the outputs' sequence numbers are kept here from then on, for a last checkpoint.
+        self._released = False
+        self._ended_seq: dict[tuple[str, str], int] = {}
         self._metric_log = MetricLog()  # what report_metric() keeps for the broker's dashboard and /metrics
         self.endpoint.register_actor(name, self)
 
@@ -301,8 +311,11 @@ class ActorHost:
         with self._cond:
             self._stop.set()
             self._cond.notify_all()
-            if self._thread is None and self._state == "created":
+            never_started = self._thread is None and self._state == "created"
+            if never_started:
                 self._state = "stopped"
+        if never_started:
+            self._release()
         for port in self.inputs.values():
             port.buffer.interrupt()  # wake a run loop blocked in receive()/sample()
         if self._thread is not None:
@@ -453,6 +466,7 @@ class ActorHost:
         if st["state"] in ("finished", "stopped", "failed"):
             self._state, self._error = st["state"], st["error"]
             self._started_at, self._stopped_at = st["started_at"], st["stopped_at"]
+            self._release()  # it will never run: its ports must not hold up its producers
         return self.status()
 
     # -- input-order logging (runtime/dataplane/lineage.py) ---------------------------------------------
@@ -570,7 +584,8 @@ class ActorHost:
         self._retired = True
         self._stop.set()
         self._state = "migrated"
-        self.endpoint.unregister_actor(self.name)
+        # Before the successor exists: it may land on this worker and continue these sequences.
+        self._release()
         return ck
 
     def _flush(self, port: OutPort) -> None:
@@ -589,6 +604,8 @@ class ActorHost:
     # Sequence numbers live in the endpoint, per (channel, source). A successor on
     # another worker must continue them, or its consumers would see the sequence restart.
     def _next_seq(self, port: OutPort) -> int:
+        if self._released:  # the endpoint has forgotten this producer
+            return self._ended_seq[(port.channel, port.source)]
         return self.endpoint.next_seq(port.channel, port.source)
 
     def _resume_seq(self, port: OutPort, next_seq: int) -> None:
@@ -652,3 +669,35 @@ class ActorHost:
                 leftovers, self._requests = self._requests, []
             for kind, fut, arg in leftovers:  # e.g. a forced hand-over: the loop has ended now
                 self._serve(kind, fut, arg)
+            self._release()
+
+    # -- the end ---------------------------------------------------------------------------------
+    def _release(self) -> None:
+        """Give back what the actor holds on its worker; its loop has ended for good. Idempotent.
+
+        Its inputs detach, so that producers no longer wait for room in its
+        buffers (they get :class:`ConsumerGone`, or wait for a successor after a
+        hand-over). Once no producer of a channel is left on the worker, that
+        channel's links (threads, sockets, shared-memory arenas) are given back
+        (``Endpoint.release_producer``). The final status goes to the broker,
+        which keeps it, and the endpoint stops reporting the actor. The object
+        itself stays until Dask releases it (the driver's ``ActorRef.release``),
+        so its results remain readable.
+        """
+        with self._cond:
+            if self._released:
+                return
+            # Before the flag: from then on a checkpoint reads the sequence numbers here.
+            self._ended_seq = {(p.channel, p.source): self.endpoint.next_seq(p.channel, p.source) for p in self.outputs.values()}
+            self._released = True
+        for port in self.inputs.values():
+            try:
+                port.close()  # after a hand-over already closed (idempotent)
+            except Exception as e:  # a worker closing, the scheduler gone: nothing left to tell
+                logger.warning("actor %r: could not detach input %r: %r", self.name, port.channel, e)
+        for port in self.outputs.values():
+            self.endpoint.release_producer(port.channel, port.source)
+        try:
+            self.endpoint.actor_ended(self.name, self.status_dict())
+        except Exception as e:
+            logger.warning("actor %r: could not report its end to the broker: %r", self.name, e)

@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         while True:
             for s in [s for s in active if s.status().done]:
                 active.remove(s)
-                finished.append(s.wait(10))
+                finished.append(s.wait(10))  # raises ActorFailed with the remote traceback
+                s.release()  # give its instance back to its worker (its status stays readable)
             if time.perf_counter() < launch_until:
                 while len(active) < args.simulators:
                     i = len(launched)

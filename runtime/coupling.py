@@ -10,6 +10,14 @@ options (jobs, GPUs per job, walltime). It installs the broker on
 the scheduler and an endpoint on every worker, declares channels, spawns actor
 hosts where asked, and on exit closes what it started, and only that.
 
+Every coupling is a *run* with an id of its own (:attr:`Coupling.run_id`). The
+broker ties the channels a run declares to it: when the coupling closes, or
+its client goes without closing it (a driver killed), the run ends and its
+channels are closed and forgotten on every worker and in the broker, so a
+later coupling on the same long-lived cluster (``coupler run --cluster
+ADDRESS``) starts from clean channels under the same names; requests of an
+ended run are refused.
+
 Example::
 
     with Coupling() as cp:
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+import uuid
 from typing import Any, Sequence
 
 from distributed import Client
@@ -43,7 +53,7 @@ from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import Broker, check_name
 from coupler.runtime.launch.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.dataplane.endpoint import Endpoint
-from coupler.runtime.errors import raise_for_reply
+from coupler.runtime.errors import ChannelClosed, raise_for_reply
 from coupler.runtime.observe.inspection import Inspection
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
@@ -51,6 +61,9 @@ from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.supervisor import SpawnSpec, Supervisor
 
 logger = logging.getLogger(__name__)
+
+# Seconds a declaration waits for the consumers of a closed channel of the same name to detach.
+DRAIN_WAIT = 10.0
 
 
 class Coupling:
@@ -117,6 +130,8 @@ class Coupling:
         self.client.register_plugin(Broker())
         self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
         self.client.register_plugin(Endpoint(report_interval=float(config.get("report-interval"))))
+        self.run_id = f"run-{uuid.uuid4().hex}"
+        self._broker("coupler_begin_run", run=self.run_id, client=self.client.id)
 
     @classmethod
     def from_config(
@@ -181,16 +196,21 @@ class Coupling:
         self.close()
 
     def close(self) -> None:
-        """Stop the actors this coupling spawned; close the client and cluster it started."""
+        """Stop and release the actors this coupling spawned, end its run (its channels are closed
+        and forgotten everywhere), close the client and cluster it started."""
         if self._supervisor is not None:  # first, so that it does not restart what is stopped below
             self._supervisor.close()
-            self._supervisor = None
         for ref in list(self._actors.values()):
             try:
-                ref.stop(timeout=5)
+                ref.release(timeout=5)
             except Exception as e:  # a lost worker must not stop the teardown
                 logger.info("could not stop actor %s: %s", ref.name, e)
+        self._supervisor = None
         self._actors.clear()
+        try:
+            self._broker("coupler_end_run", run=self.run_id)
+        except Exception as e:  # the scheduler is gone: nothing is left to forget there
+            logger.info("could not end run %s: %s", self.run_id, e)
         if self._own_client:
             self.client.close()
         if self._own_cluster is not None:
@@ -235,15 +255,34 @@ class Coupling:
         Raises:
             ValueError: for a bad name.
             ChannelExists: if declared before with another policy or spec.
+            ChannelClosed: if a closed channel of that name still has consumers
+                after ``DRAIN_WAIT`` seconds, or this coupling's run has ended.
         """
         check_name("channel", name)
         if spec is not None and not isinstance(spec, Spec):
             spec = Spec.of(spec)
-        self._broker("coupler_declare", name=name, policy=policy_to_wire(policy), spec=spec.to_wire() if spec else None)
-        return name
+        deadline = time.monotonic() + DRAIN_WAIT
+        while True:
+            try:
+                self._broker(
+                    "coupler_declare", name=name, policy=policy_to_wire(policy), spec=spec.to_wire() if spec else None,
+                    run=self.run_id,
+                )
+                return name
+            except ChannelClosed:
+                # A closed channel of that name whose consumers are still draining it (an earlier
+                # run's, whose end closed it): they end at its end of stream, then the name is free.
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
 
     def close_channel(self, name: str) -> None:
         """Close a channel: sends fail, consumers drain what they hold then see it closed.
+
+        Every worker forgets it at once (routes, links, counters, replay logs);
+        the broker forgets it once its last consumer has detached (consumers
+        detach when their loop ends), and from then on a declaration of the name
+        starts a new channel.
 
         Raises:
             UnknownChannel: if it was never declared.
@@ -279,12 +318,12 @@ class Coupling:
             A handle to control it.
 
         Raises:
-            ValueError: for a bad or duplicate name.
+            ValueError: for a bad name, or the name of an actor of this coupling that was not released.
             NoSuitableWorker: if no worker has ``resources`` within ``coupler.placement-timeout``.
         """
         check_name("actor", name)
-        if name in self._actors:
-            raise ValueError(f"an actor named {name!r} already exists in this coupling")
+        if name in self._actors and self._actors[name].ending is None:
+            raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):
             workers = [workers]
         # Dask would queue an actor no worker can host forever; fail with a clear error instead.

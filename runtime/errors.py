@@ -127,3 +127,10 @@ def raise_for_reply(reply: dict) -> dict:
     if isinstance(reply, dict) and reply.get("status") == "error":
         raise ERRORS.get(reply.get("error", ""), CouplerError)(reply.get("message", "remote error"))
     return reply
+
+
+class ActorReleased(CouplerError, RuntimeError):
+    """A call on an actor whose instance was given back (``ActorRef.release``); only its status answers."""
+
+
+ERRORS[ActorReleased.__name__] = ActorReleased

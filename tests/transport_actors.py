@@ -16,6 +16,7 @@ class Streamer(ActorHost):
     def __init__(self, n: int, size: int, read_only: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
         self.n, self.size, self.read_only, self.i = n, size, read_only, 0
+        self._final_links: list[dict[str, Any]] | None = None
 
     def step(self) -> bool:
         if self.i >= self.n:
@@ -27,8 +28,15 @@ class Streamer(ActorHost):
         self.i += 1
         return True
 
+    def teardown(self) -> None:
+        # An ended producer's links close (nothing else here sends on them): keep their last figures.
+        self._final_links = self._live_link_stats()
+
     def link_stats(self) -> list[dict[str, Any]]:
-        """This worker's producer links (what the endpoint reports)."""
+        """This worker's producer links (what the endpoint reports); once the loop ended, as they were then."""
+        return self._final_links if self._final_links is not None else self._live_link_stats()
+
+    def _live_link_stats(self) -> list[dict[str, Any]]:
         with self.endpoint._lock:
             return [link.stats() for link in self.endpoint.links.values()]
 

@@ -4,25 +4,58 @@ The handle outlives the actor instance behind it: when the coupling's
 supervisor moves an actor to another worker (its worker retires) or restarts it
 (its worker was lost), the handle follows the new instance. Calls made while a
 move is under way wait for it to finish.
+
+When its loop has ended (finished, stopped or failed) the actor has already
+given back its ports, threads and links on its worker; :meth:`ActorRef.release`
+gives back the instance itself (Dask's actor, with its state) and keeps its
+final status, which :meth:`ActorRef.status` and :meth:`ActorRef.wait` still
+answer.
 """
 
 from __future__ import annotations
 
+import enum
 import threading
 import time
 from typing import Any, Protocol
 
 from distributed.actor import Actor
 
-from coupler.runtime.errors import ActorFailed
 from coupler.runtime.control.status import ActorStatus
+from coupler.runtime.errors import ActorFailed, ActorReleased
+
+
+class Ending(enum.Enum):
+    """How a released actor's loop ended (as opposed to a lost one, which its supervisor restarts)."""
+
+    FINISHED = "finished"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+    @classmethod
+    def of(cls, status: ActorStatus) -> Ending:
+        """The ending of a status whose loop has ended.
+
+        Raises:
+            ValueError: for a status whose loop has not ended.
+        """
+        try:
+            return cls(status.state)
+        except ValueError:
+            raise ValueError(
+                f"actor {status.name!r}: expected an ended state ({', '.join(e.value for e in cls)}), got {status.state!r}"
+            ) from None
 
 
 class Follower(Protocol):
-    """What an :class:`ActorRef` asks its supervisor when a call fails."""
+    """What an :class:`ActorRef` asks its supervisor when a call fails, and tells it on release."""
 
     def should_retry(self, ref: ActorRef, generation: int, error: BaseException) -> bool:
         """Whether ``error`` came from a lost or moving instance that a successor replaces."""
+        ...
+
+    def release(self, ref: ActorRef) -> None:
+        """Stop supervising ``ref``'s actor and drop what holds its instance (it has ended)."""
         ...
 
 
@@ -49,6 +82,7 @@ class ActorRef:
         self._generation = 0
         self._moving = False
         self._failure: ActorFailed | None = None
+        self._final: ActorStatus | None = None  # set by release(): the instance is gone
         self._follower: Follower | None = None
         self.intent = "created"  # what the user last asked: created, running, paused or stopped
 
@@ -58,9 +92,26 @@ class ActorRef:
     # -- following the instance (used by the supervisor) -------------------------------------
     @property
     def proxy(self) -> Actor:
-        """The Dask actor proxy of the current instance."""
+        """The Dask actor proxy of the current instance.
+
+        Raises:
+            ActorReleased: after :meth:`release`.
+        """
         with self._cond:
+            if self._final is not None:
+                raise self._released_error()
             return self._actor
+
+    @property
+    def ending(self) -> Ending | None:
+        """How the actor ended, once released (``None``: not released)."""
+        with self._cond:
+            return None if self._final is None else Ending.of(self._final)
+
+    def _released_error(self) -> ActorReleased:
+        st = self._final
+        assert st is not None
+        return ActorReleased(f"actor {self.name!r} {st.state} and was released; only status() and wait() answer")
 
     @property
     def generation(self) -> int:
@@ -106,6 +157,8 @@ class ActorRef:
                 self._cond.wait(left)
             if self._failure is not None:
                 raise self._failure
+            if self._final is not None:
+                raise self._released_error()
             return self._actor, self._generation
 
     def _wait_for_successor(self, generation: int, deadline: float) -> bool:
@@ -153,12 +206,50 @@ class ActorRef:
         return st
 
     def stop(self, timeout: float = 30.0) -> ActorStatus:
-        """Ask the run loop to end after its current step and wait up to ``timeout`` s."""
+        """Ask the run loop to end after its current step and wait up to ``timeout`` s.
+
+        The ended actor gives back its ports, threads and links on its worker;
+        its instance stays, for calls that read its results, until :meth:`release`.
+        """
+        if self._final is not None:
+            return self._final
         self.intent = "stopped"
         return self._control("stop", timeout)
 
+    def release(self, timeout: float = 30.0) -> ActorStatus:
+        """Stop the actor if it runs, then give back its instance (Dask's actor and its state).
+
+        Afterwards :meth:`status` and :meth:`wait` return the final status kept
+        here; every other call raises :class:`ActorReleased`. Idempotent.
+
+        Args:
+            timeout: seconds to wait for the loop to end.
+
+        Returns:
+            The final status.
+
+        Raises:
+            TimeoutError: if the loop did not end within ``timeout`` (nothing is released).
+        """
+        with self._cond:
+            if self._final is not None:
+                return self._final
+        st = self.stop(timeout)
+        if not st.done:
+            raise TimeoutError(f"actor {self.name!r} is still {st.state} {timeout} s after stop(); not released")
+        with self._cond:
+            self._final = st
+            self._actor = None  # the proxy holds a future of the instance: dropping it lets Dask release it
+            self._cond.notify_all()
+        if self._follower is not None:
+            self._follower.release(self)
+        return st
+
     def status(self) -> ActorStatus:
-        """The actor's current status."""
+        """The actor's current status (after :meth:`release`, its final one)."""
+        with self._cond:
+            if self._final is not None:
+                return self._final
         return self._control("status")
 
     def checkpoint(self, timeout: float = 30.0) -> dict[str, Any]:

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,12 +32,12 @@ import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from coupler.runtime.dataplane.auth import new_secret
 from coupler.runtime.control.departure import Departure, Gone
-from coupler.runtime.errors import ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.control.status import TERMINAL_STATES, ActorStatus, ChannelStats, MetricHistory, RateMeter
+from coupler.runtime.dataplane.auth import new_secret
+from coupler.runtime.errors import ChannelClosed, ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
-from coupler.runtime.control.status import ActorStatus, ChannelStats, MetricHistory, RateMeter
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ RATE_SAMPLE_INTERVAL = 1.0
 RATE_WINDOW = 5.0
 # Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
 _CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
+# Names of forgotten closed channels remembered, so that a late send says "closed", not "unknown".
+CLOSED_NAMES_KEPT = 4096
 
 
 def check_name(kind: str, name: Any) -> str:
@@ -99,6 +102,12 @@ class ChannelRecord:
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
     gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
     version: int = 0
+    run: str = ""  # the coupling run that declared it ("": none named); it ends with that run
+
+    @property
+    def drained(self) -> bool:
+        """Closed, with no consumer attached or moving: nothing can use it any more."""
+        return self.closed and not self.consumers and not any(g.kind is Departure.HANDOVER for g in self.gone.values())
 
     def routing(self) -> dict[str, Any]:
         """What a producer's worker needs to send on this channel.
@@ -139,6 +148,11 @@ class Broker(SchedulerPlugin):
         self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
         self.scheduler: Any = None
+        # Closed channels that were forgotten (newest last), and the coupling runs: run -> client id.
+        # A run ends when its coupling closes or its client goes; its channels are closed and forgotten.
+        self.closed_names: OrderedDict[str, None] = OrderedDict()
+        self.runs: dict[str, str] = {}
+        self.ended_runs: OrderedDict[str, None] = OrderedDict()
         self._sampler: PeriodicCallback | None = None
         self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
 
@@ -156,6 +170,9 @@ class Broker(SchedulerPlugin):
             "coupler_attach": self.attach,
             "coupler_detach": self.detach,
             "coupler_close": self.close_channel,
+            "coupler_begin_run": self.begin_run,
+            "coupler_end_run": self.end_run,
+            "coupler_actor_ended": self.actor_ended,
             "coupler_report": self.report,
             "coupler_register_actor": self.register_actor,
             "coupler_snapshot": self.snapshot,
@@ -179,21 +196,40 @@ class Broker(SchedulerPlugin):
         try:
             return self.channels[name]
         except KeyError:
+            if name in self.closed_names:
+                raise ChannelClosed(f"channel {name!r} was closed (and forgotten); declare it again to reuse the name") from None
             known = ", ".join(sorted(self.channels)) or "none"
             raise UnknownChannel(f"unknown channel {name!r}; declared channels: {known}") from None
 
-    def declare(self, name: str, policy: dict[str, Any], spec: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Declare a channel (idempotent for an identical declaration)."""
+    def declare(
+        self, name: str, policy: dict[str, Any], spec: dict[str, Any] | None = None, run: str = ""
+    ) -> dict[str, Any]:
+        """Declare a channel (idempotent for an identical declaration).
+
+        A declaration of a name that was closed and forgotten starts a new channel.
+        ``run`` names the coupling run declaring it: the channel ends with the first
+        run that declared it; a run that has ended is refused.
+        """
         try:
             check_name("channel", name)
+            self._check_run(run)
             p = policy_to_wire(policy_from_wire(policy))  # validates
             if any(isinstance(v, int) and v not in _INT_RANGE for v in p.values()):
                 raise ValueError(f"policy arguments must fit 64-bit integers, got {p}")
             if spec is not None:
                 spec = check_spec(spec)
             rec = self.channels.get(name)
+            if rec is not None and rec.closed:
+                # Closed, with consumers still draining it (they detach as they end): the name is
+                # not free yet. A new channel now would take their detaches for its own consumers.
+                draining = sorted(rec.consumers) + sorted(c for c, g in rec.gone.items() if g.kind is Departure.HANDOVER)
+                raise ChannelClosed(
+                    f"channel {name!r} is closed and consumers {draining} have not detached yet; "
+                    "declare it again once they have ended"
+                )
             if rec is None:
-                self.channels[name] = ChannelRecord(name, p, spec)
+                self.channels[name] = ChannelRecord(name, p, spec, run=run)
+                self.closed_names.pop(name, None)
             elif rec.policy != p or (spec is not None and rec.spec is not None and rec.spec != spec):
                 raise ChannelExists(
                     f"channel {name!r} already declared with policy {rec.policy} and spec {rec.spec}; "
@@ -206,6 +242,63 @@ class Broker(SchedulerPlugin):
             return error_reply(e)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             return {"status": "error", "error": "ValueError", "message": f"bad channel declaration: {e}"}
+
+    def _check_run(self, run: Any) -> None:
+        """Refuse a request of a coupling run that has ended (a stale driver or actor).
+
+        Raises:
+            ValueError: for a run id that is not a string.
+            ChannelClosed: for a run that has ended.
+        """
+        if not isinstance(run, str):
+            raise ValueError(f"run must be a string, got {run!r}")
+        if run and run in self.ended_runs:
+            raise ChannelClosed(f"coupling run {run!r} has ended; its channels are closed")
+
+    def begin_run(self, run: str, client: str = "") -> dict[str, Any]:
+        """Start coupling run ``run`` of Dask client ``client`` (it ends when the client goes, at the latest)."""
+        try:
+            check_name("run", run)
+            self._check_run(run)
+            if not isinstance(client, str):
+                raise ValueError(f"client must be a string, got {client!r}")
+        except ChannelClosed as e:
+            return error_reply(e)
+        except ValueError as e:
+            return {"status": "error", "error": "ValueError", "message": str(e)}
+        self.runs[run] = client
+        return {"status": "OK"}
+
+    async def end_run(self, run: str) -> dict[str, Any]:
+        """End coupling run ``run``: close every channel it declared; later requests of it are refused."""
+        if not isinstance(run, str) or run not in self.runs:
+            return {"status": "OK"}  # unknown or already ended: nothing to do (idempotent)
+        del self.runs[run]
+        self.ended_runs[run] = None
+        while len(self.ended_runs) > CLOSED_NAMES_KEPT:
+            self.ended_runs.popitem(last=False)
+        for rec in [r for r in self.channels.values() if r.run == run]:
+            await self._close(rec)
+        return {"status": "OK"}
+
+    def remove_client(self, scheduler: Any, client: str) -> None:
+        """A client went (its driver closed or died): end the runs it began."""
+        for run in [r for r, c in self.runs.items() if c == client]:
+            asyncio.ensure_future(self.end_run(run))
+
+    def actor_ended(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
+        """An actor's loop ended for good: keep its final ``status`` (its worker reports it no more)."""
+        try:
+            check_name("actor", name)
+            if not isinstance(status, dict):
+                raise ValueError(f"status must be a dict, got {type(status).__name__}")
+        except ValueError as e:
+            return {"status": "error", "error": "ValueError", "message": str(e)}
+        points = status.pop("metrics", None)
+        if points:
+            self.histories.setdefault(name, MetricHistory()).merge(points)
+        self.actors.setdefault(name, {}).update(status)
+        return {"status": "OK"}
 
     def routing(self, name: str) -> dict[str, Any]:
         """The routing table of a channel."""
@@ -256,33 +349,64 @@ class Broker(SchedulerPlugin):
     async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value) -> dict[str, Any]:
         """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``)."""
         try:
-            rec = self._channel(name)
             check_name("endpoint", ident)
             kind = Departure(departure)
             if kind is Departure.LOST:
                 raise ValueError("only the broker declares a consumer lost (when its worker is removed)")
-            if rec.consumers.pop(ident, None) is not None:
-                rec.streams.pop(ident, None)
-                rec.gone[ident] = Gone(ident, kind)
-                rec.version += 1
-                await self._push(rec)
-            return {"status": "OK"}
+            rec = self._channel(name)
+        except ChannelClosed:
+            return {"status": "OK"}  # its channel was closed and forgotten: it is detached already
         except CouplerError as e:
             return error_reply(e)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
+        if rec.consumers.pop(ident, None) is not None:
+            rec.streams.pop(ident, None)
+            rec.gone[ident] = Gone(ident, kind)
+            rec.version += 1
+            await self._push(rec)
+        if rec.drained:
+            self._forget(rec)
+        return {"status": "OK"}
 
     async def close_channel(self, name: str) -> dict[str, Any]:
         """Close a channel: producers can no longer send; consumers drain then see it closed."""
         try:
             rec = self._channel(name)
-            if not rec.closed:
-                rec.closed = True
-                rec.version += 1
-                await self._push(rec, consumers_too=True)
-            return {"status": "OK"}
+        except ChannelClosed:
+            return {"status": "OK"}  # closed and forgotten already
         except CouplerError as e:
             return error_reply(e)
+        await self._close(rec)
+        return {"status": "OK"}
+
+    async def _close(self, rec: ChannelRecord) -> None:
+        """Close ``rec`` on every worker that uses it; forget it once no consumer can use it.
+
+        Every producer's and consumer's worker drops its route, links, counters and
+        replay logs (``Endpoint._forget_channel``); consumers drain what they hold,
+        see the end and detach, and the last detach forgets the channel here.
+        """
+        if not rec.closed:
+            rec.closed = True
+            rec.version += 1
+            await self._push(rec, consumers_too=True)
+        if rec.drained:
+            self._forget(rec)
+
+    def _forget(self, rec: ChannelRecord) -> None:
+        """Drop a drained channel and what is kept about it; remember its name as closed."""
+        if self.channels.get(rec.name) is not rec:
+            return  # forgotten meanwhile (another handler ran during a push), or declared anew
+        del self.channels[rec.name]
+        self.departed.pop(rec.name, None)
+        for report in self.reports.values():  # the workers forgot it when it closed: so do their last reports
+            report["channels"].pop(rec.name, None)
+        for key in [k for k in self.meters if k[0] == "channel" and k[1] == rec.name]:
+            del self.meters[key]
+        self.closed_names[rec.name] = None
+        while len(self.closed_names) > CLOSED_NAMES_KEPT:
+            self.closed_names.popitem(last=False)
 
     def report(
         self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None = None
@@ -291,6 +415,8 @@ class Broker(SchedulerPlugin):
         old = self.reports.get(address)
         if old is not None:
             self._keep_departed(old["channels"], channels)
+        # A channel forgotten meanwhile (a report sent before its worker heard it closed) is dropped.
+        channels = {name: ch for name, ch in channels.items() if name in self.channels}
         self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
             points = status.pop("metrics", None)
@@ -312,6 +438,8 @@ class Broker(SchedulerPlugin):
         """Add the last counters of the consumers and producers in a worker's report ``before`` that
         its report ``now`` no longer lists to their channel's departed counters."""
         for name, ch in before.items():
+            if name not in self.channels:
+                continue  # closed and forgotten: nothing adds up over it any more
             listed = now.get(name) or {}
             gone = self.departed.setdefault(name, dict.fromkeys(_CUMULATIVE, 0))
             for src, p in ch.get("producers", {}).items():
@@ -381,6 +509,9 @@ class Broker(SchedulerPlugin):
             for counter in ("sent", "sent_bytes"):
                 self.meters.setdefault(("channel", name, counter), RateMeter(RATE_WINDOW)).add(now, totals[counter])
         for name, a in self.actors.items():
+            if a.get("state") in TERMINAL_STATES:
+                self.meters.pop(("actor", name, "steps"), None)  # its rate is 0 from now on: no meter to keep
+                continue
             self.meters.setdefault(("actor", name, "steps"), RateMeter(RATE_WINDOW)).add(now, a.get("steps", 0))
 
     def channel_stats(self) -> dict[str, ChannelStats]:

@@ -340,7 +340,9 @@ class Supervisor:
             CheckpointError: if a checkpoint could not be written.
         """
         with self._lock:
-            records = [self._records[n] for n in names] if names is not None else [r for r in self._records.values() if not r.given_up]
+            records = [self._records[n] for n in names] if names is not None else [
+                r for r in self._records.values() if not r.given_up and r.ref.ending is None
+            ]
         out = {}
         with self._acting:
             for rec in records:
@@ -431,6 +433,23 @@ class Supervisor:
             time.sleep(0.2)
         return False
 
+    def release(self, ref: ActorRef) -> None:
+        """Stop supervising ``ref``'s actor, which ended, and drop its spawn's future.
+
+        Dask releases the instance: its worker's actor table no longer holds it.
+        The record goes, so a new actor may take the name.
+        """
+        with self._lock:
+            rec = self._records.get(ref.name)
+            if rec is None or rec.ref is not ref:
+                return
+            del self._records[ref.name]
+        if rec.future is not None:
+            # Cancelled, not just released: the handle's proxy holds a future of the same key, which
+            # the garbage collector may free much later (a reference cycle); the instance goes now.
+            self.client.cancel([rec.future], force=True)
+            rec.future = None
+
     # -- the watch loop -------------------------------------------------------------------
     def _watch(self) -> None:
         while not self._closing.wait(self.policy.poll_interval):
@@ -448,7 +467,8 @@ class Supervisor:
         with self._acting:
             self._refresh_workers()
             with self._lock:
-                records = [r for r in self._records.values() if not r.given_up]
+                # A released actor ended (an Ending, not a loss): nothing to move, restart or checkpoint.
+                records = [r for r in self._records.values() if not r.given_up and r.ref.ending is None]
             for rec in _producers_first(records):
                 if self._closing.is_set():
                     return

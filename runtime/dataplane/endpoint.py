@@ -447,7 +447,10 @@ class Endpoint(WorkerPlugin):
                 buf.detach()
                 if handover:
                     left = buf.drain()
-                buf.close()
+                # Wake a thread still waiting on it. Not close(): a stream that delivers to it meanwhile
+                # must hear "gone" (ConsumerGone), not "closed" (which would end its producer as if
+                # the channel had closed).
+                buf.interrupt()
             departure = Departure.HANDOVER if handover else Departure.DETACHED
             await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value)
             return left
@@ -488,11 +491,72 @@ class Endpoint(WorkerPlugin):
                 link.close(orphan=not table["closed"])
             self._resend_owed(route)
         if table["closed"]:
-            for (ch, _), buf in self.buffers.items():
+            for (ch, _), buf in list(self.buffers.items()):
                 if ch == channel:
-                    buf.close()
-            self._forget_consumer(channel, None)  # a closed channel replays nothing (see _adopt_orphans)
+                    buf.close()  # its consumer drains it, sees the end, and detaches (which drops it)
+            self._forget_channel(channel)
         return {"status": "OK"}
+
+    def _forget_channel(self, channel: str) -> None:
+        """Drop everything this worker keeps to send on a closed ``channel``.
+
+        Its route, its producers' counters (the broker keeps their last ones as
+        departed totals), its replay logs and what was kept for a resend (a closed
+        channel replays nothing: see :meth:`_adopt_orphans`), and its links: each
+        holds a reader thread, a socket and a shared-memory arena, and the
+        consumer's worker a receiving thread, until it is closed. A sender still
+        blocked on the old route sees it closed (:class:`ChannelClosed`); a later
+        one asks the broker again and is refused.
+        """
+        with self._lock:
+            for key in [k for k in self.producers if k[0] == channel]:
+                del self.producers[key]
+            self.routes.pop(channel, None)
+        self._forget_consumer(channel, None)
+
+    def release_producer(self, channel: str, source: str) -> None:
+        """Producer ``source`` (an actor) of ``channel`` on this worker has ended: give back what it used.
+
+        Its counters stay until the channel is closed, so that the broker's
+        totals count what it sent even if it ended before the next report. The
+        channel's links, route and replay logs go once nothing else needs them
+        (see :meth:`_release_if_idle`).
+
+        Args:
+            channel: channel name.
+            source: the producer's name (its actor's).
+        """
+        self._release_if_idle(channel, ending=source)
+
+    def _release_if_idle(self, channel: str, ending: str = "") -> None:
+        """Close ``channel``'s links and drop its route here if no producer on this worker needs them.
+
+        A producer needs them while its actor (other than ``ending``) is
+        registered here with an output on the channel. A consumer needs them
+        while a replay log holds messages it has not committed: its successor
+        must get them again (docs/reliability.md), and its commits come back
+        through the links. So this runs again on every commit; the consumer's
+        departure or the channel's close frees the rest. An ended producer
+        flushed, so the links carry nothing; what one still held would be
+        handed back for a resend, which opens a new link.
+
+        Args:
+            channel: channel name.
+            ending: the producer that is ending now (still registered).
+        """
+        for name, actor in list(self.actors.items()):
+            if name != ending and any(p.channel == channel for p in getattr(actor, "outputs", {}).values()):
+                return
+        with self._lock:
+            if any(k[0] == channel and log.items for k, log in self.replay_logs.items()):
+                return
+            if any(k[0] == channel and q for k, q in self.orphans.items()):
+                return
+            self.routes.pop(channel, None)
+            closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel]]
+        for link in closing:
+            link.close(orphan=True)
+        self._forget_consumer(channel, None)
 
     def _forget_consumer(self, channel: str, cid: str | None) -> None:
         """Drop what this worker keeps to send again to consumer ``cid`` of ``channel`` (``None``: every one).
@@ -500,12 +564,18 @@ class Endpoint(WorkerPlugin):
         Replay logs hold up to ``coupler.delivery.retain-bytes`` each; kept for a
         consumer that left for good, or on a closed channel, they would hold that
         memory for the rest of the run (and replay it all to a later consumer that
-        happened to take the same name).
+        happened to take the same name). Its links go too, without handing back
+        what they carry (nobody will take it): each holds a reader thread, a
+        socket and a shared-memory arena here and a receiving thread on the
+        consumer's worker.
         """
         with self._lock:
-            for kept in (self.replay_logs, self.orphans, self.incarnations):
+            for kept in (self.replay_logs, self.orphans, self.incarnations, self.lost_since):
                 for key in [k for k in kept if k[0] == channel and (cid is None or k[1] == cid)]:
                     del kept[key]
+            closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel and (cid is None or k[1] == cid)]]
+        for link in closing:
+            link.close(orphan=False)
 
     def send(
         self,
@@ -1039,6 +1109,8 @@ class Endpoint(WorkerPlugin):
         log = self.replay_logs.get(key)
         if log is not None:
             log.commit(marks)
+            if not log.items:
+                self._release_if_idle(key[0])  # the last thing an ended producer's links were kept for
 
     def commit_consumer(self, channel: str, consumer: str, marks: dict[str, int]) -> None:
         """A consumer on this worker commits: its stored checkpoint covers ``marks`` (source -> seq).
@@ -1202,6 +1274,20 @@ class Endpoint(WorkerPlugin):
 
     def unregister_actor(self, name: str) -> None:
         self.actors.pop(name, None)
+
+    def actor_ended(self, name: str, status: dict[str, Any], timeout: float = 10.0) -> None:
+        """Stop reporting actor ``name`` and give the broker its final ``status`` to keep.
+
+        Called from the actor's thread once its loop has ended for good (see
+        ``ActorHost._release``): the periodic report would otherwise carry it
+        for the rest of the worker's life, and the last report before it was
+        dropped might predate its end.
+
+        Raises:
+            ChannelTimeout: if the broker did not answer within ``timeout`` seconds.
+        """
+        self.actors.pop(name, None)
+        self.call(lambda: self._broker("coupler_actor_ended", name=name, status=status), timeout=timeout)
 
     def report_payload(self) -> dict[str, Any]:
         """This worker's counters, by channel, and its actors' status."""

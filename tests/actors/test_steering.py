@@ -266,8 +266,9 @@ def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupli
     _until("half the tasks issued, after a fit", lambda: first.status().info["issued"] >= n // 2)
     first.pause()
     ck = decode(encode(first.checkpoint()))  # as a durable checkpoint stores it
-    first.stop()
+    first.stop()  # its results input detaches: a member's next result would fail with ConsumerGone
     coupling.close_channel(f"tasks-a-{unique}")
+    coupling.close_channel(f"results-a-{unique}")  # so the run's end is an end of stream for the pool
     for p in pool:
         p.wait(60)
     before = {t["task"]: t for t in ck["state"]["steerer"]["tasks"]}

@@ -57,6 +57,13 @@ class Simulator(ActorHost):
     def __init__(self, n: int, seed: int, period: float = 0.0, field: int = 0, hold: float = 0.0, **kw: Any) -> None:
         super().__init__(**kw)
         self.n, self.seed, self.period, self.field, self.hold, self.i = n, seed, period, field, hold, 0
+        self.shm_messages = 0  # what its worker's links carried in shared memory, as of its end
+
+    def teardown(self) -> None:
+        # Its links close after its end (nothing else on its worker sends on them): count them now.
+        ep, channel = self.endpoint, self.outputs["out"].channel
+        with ep._lock:
+            self.shm_messages = sum(link.stats()["shm_messages"] for key, link in ep.links.items() if key[0] == channel)
 
     def step(self) -> bool:
         if self.i >= self.n:
@@ -72,7 +79,7 @@ class Simulator(ActorHost):
         return True
 
     def info(self) -> dict[str, Any]:
-        return {"i": self.i}
+        return {"i": self.i, "shm_messages": self.shm_messages}
 
     def state_dict(self) -> dict[str, Any]:
         return {"i": self.i}
