@@ -29,4 +29,5 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys) -> None:
     summary = on_disk["summary"]
     assert {"matched_resolution", "speedup_at_matched_accuracy"} <= set(summary)
     assert summary["matched_resolution"] in (None, 16, 32)
+    assert summary["matched_resolution"] is None or summary["payoff"] == (summary["matched_resolution"] > 16)
     assert "held-out runs" in capsys.readouterr().out
