@@ -1,4 +1,4 @@
-"""The hybrid simulator host: the solver, with ``k`` of every ``m`` blocks done by a surrogate.
+"""Hybrid simulator hosts: a solver with blocks done by a surrogate, or with a learned correction.
 
 A ``SimulatorActor`` advances its state in blocks of ``publish_every`` solver
 steps. ``HybridSimulatorActor`` replaces some of those blocks by a single
@@ -16,15 +16,19 @@ its state is a ``NamedTuple`` with fields ``t`` and ``step``, the observed
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from coupler.actors.simulator import SimulatorActor
-from coupler.learners.online import ModelFactory, OnlineTrainer
+from coupler.learners.online import ModelFactory, OnlineTrainer, replace_checked
+from coupler.learners.solver_correction import CoarseCorrectionConfig, corrected_rollout
+from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,13 @@ class HybridSimulatorActor(SimulatorActor):
     """A ``SimulatorActor`` whose blocks follow a ``HybridSchedule`` of solver and surrogate.
 
     Publishes exactly like ``SimulatorActor`` (a surrogate block's result is
-    published as any other block's). ``info()`` adds the blocks done by each
-    and the training step of the weights in use.
+    published as any other block's); every message's ``meta["weights_version"]``
+    is the training step of the weights in use when its block ran (absent before
+    the first weights). ``info()`` adds the blocks done by each, that training
+    step (``weights_step``), how many training steps the newest weights on the
+    channel are ahead of it (``weights_behind``) and the seconds since the
+    learner sent the weights in use (``weights_age_s``: the staleness a
+    dashboard shows; ``None`` before the first weights).
 
     A checkpoint adds the weights in use and the block counters, so a restored
     instance continues with the same surrogate until newer weights arrive.
@@ -138,6 +147,7 @@ class HybridSimulatorActor(SimulatorActor):
         self.weights_step: int | None = None
         self._weights: dict[str, Any] | None = None
         self._weights_seq: tuple[str, int] | None = None
+        self._weights_sent_at: float | None = None
 
     def setup(self) -> None:
         restored = self._restored
@@ -158,6 +168,11 @@ class HybridSimulatorActor(SimulatorActor):
         if msg is not None and (msg.source, msg.seq) != self._weights_seq:
             self._install(msg.data, int(msg.step))
             self._weights_seq = (msg.source, msg.seq)
+            self._weights_sent_at = msg.sent_at
+
+    def weights_version(self) -> int | None:
+        """Training step of the weights in use (``None`` before the first arrive)."""
+        return self.weights_step
 
     def _hybrid_advance(self, state: Any, params: Any) -> Any:
         block = self.sim_steps // self.publish_every
@@ -200,9 +215,116 @@ class HybridSimulatorActor(SimulatorActor):
             self.solver_blocks = int(state.get("solver_blocks", 0))
 
     def info(self) -> dict[str, Any]:
+        available = self.available_weights_step()
         return {
             **super().info(),
             "surrogate_blocks": self.surrogate_blocks,
             "solver_blocks": self.solver_blocks,
             "weights_step": self.weights_step,
+            "weights_behind": None if available is None or self.weights_step is None else available - self.weights_step,
+            "weights_age_s": None if self._weights_sent_at is None else round(time.time() - self._weights_sent_at, 3),
+        }
+
+
+def corrected_advance(
+    coarse: NavierStokes2D, graph: nnx.GraphDef, weights: nnx.State, state: NavierStokesState, params: NavierStokesParams, steps: int
+) -> NavierStokesState:
+    """``steps`` corrected coarse steps of one run or a batch of runs (``state.w`` ``(n, n)`` or ``(B, n, n)``)."""
+    single = state.w.ndim == 2
+    w = state.w[None] if single else state.w
+    pm = jnp.stack([params.viscosity, params.forcing_amplitude, params.drag], axis=-1).reshape(-1, 3)
+    w = corrected_rollout(coarse, nnx.merge(graph, weights), w, pm.astype(jnp.float32), steps)[-1]
+    step = state.step + steps
+    return state._replace(w=w[0] if single else w, step=step, t=(step * coarse.dt).astype(state.t.dtype))
+
+
+class CorrectedSimulatorActor(SimulatorActor):
+    """A coarse ``NavierStokes2D`` run (or ensemble) whose every step adds a learned correction.
+
+    The correction (``learners.solver_correction``) takes the newest weights on
+    the input port ``"weights"`` (a ``Latest`` channel a ``LearnerActor`` with a
+    ``SolverCorrectionConfig`` trainer publishes to) at the start of each block;
+    until the first arrive, blocks are plain coarse steps. Every message's
+    ``meta["weights_version"]`` (and, with ``lineage=True``, its payload) says
+    which weights produced it; ``info()`` adds ``weights_step``,
+    ``weights_behind`` and ``weights_age_s`` as ``HybridSimulatorActor`` does.
+    A checkpoint holds the run, not the weights: a restored instance takes the
+    newest ones from its channel.
+
+    Args:
+        simulator: the coarse solver (the ``coarse`` of the trainer's config).
+        params: ``NavierStokesParams`` (batched over members if ``ensemble``).
+        correction: the network's hyperparameters (the trainer's ``model``).
+        inputs: must map ``"weights"`` to a ``Latest`` channel.
+        **kwargs: passed to :class:`SimulatorActor`.
+
+    Raises:
+        ValueError: without a ``"weights"`` input.
+        TypeError: if ``simulator`` is not a ``NavierStokes2D``.
+    """
+
+    def __init__(
+        self,
+        simulator: NavierStokes2D,
+        params: NavierStokesParams,
+        *,
+        correction: CoarseCorrectionConfig,
+        inputs: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if "weights" not in (inputs or {}):
+            raise ValueError(f"CorrectedSimulatorActor needs inputs={{'weights': <Latest channel>}}, got inputs={inputs!r}")
+        if not isinstance(simulator, NavierStokes2D):
+            raise TypeError(f"CorrectedSimulatorActor corrects a NavierStokes2D, got {type(simulator).__name__}")
+        super().__init__(simulator, params, inputs=inputs, **kwargs)
+        self.correction = correction
+        self.corrected_blocks = 0
+        self.solver_blocks = 0
+        self.weights_step: int | None = None
+        self._weights_seq: tuple[str, int] | None = None
+        self._weights_sent_at: float | None = None
+
+    def setup(self) -> None:
+        super().setup()
+        self._net = self.correction.build(0)
+        self._graph = nnx.graphdef(self._net)
+        self._weights: nnx.State | None = None
+        steps = self.publish_every
+        self._corrected = jax.jit(lambda s, p, w: corrected_advance(self.simulator, self._graph, w, s, p, steps))
+        self._solver_advance = self._advance
+        self._advance = self._corrected_advance
+
+    def _poll_weights(self) -> None:
+        msg = self.inputs["weights"].latest()
+        if msg is not None and (msg.source, msg.seq) != self._weights_seq:
+            replace_checked(nnx.state(self._net), msg.data, "weights")
+            self._weights = nnx.state(self._net)
+            self.weights_step, self._weights_seq, self._weights_sent_at = int(msg.step), (msg.source, msg.seq), msg.sent_at
+
+    def _corrected_advance(self, state: NavierStokesState, params: NavierStokesParams) -> NavierStokesState:
+        self._poll_weights()
+        if self._weights is None:
+            self.solver_blocks += 1
+            return self._solver_advance(state, params)
+        self.corrected_blocks += 1
+        return self._corrected(state, params, self._weights)
+
+    def weights_version(self) -> int | None:
+        """Training step of the weights in use (``None`` before the first arrive)."""
+        return self.weights_step
+
+    def available_weights_step(self) -> int | None:
+        """Training step of the newest weights on the ``"weights"`` channel (``None``: none yet)."""
+        msg = self.inputs["weights"].latest()
+        return None if msg is None else int(msg.step)
+
+    def info(self) -> dict[str, Any]:
+        available = self.available_weights_step()
+        return {
+            **super().info(),
+            "corrected_blocks": self.corrected_blocks,
+            "solver_blocks": self.solver_blocks,
+            "weights_step": self.weights_step,
+            "weights_behind": None if available is None or self.weights_step is None else available - self.weights_step,
+            "weights_age_s": None if self._weights_sent_at is None else round(time.time() - self._weights_sent_at, 3),
         }

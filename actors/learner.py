@@ -6,6 +6,8 @@ import threading
 import time
 from typing import Any, Callable, Protocol
 
+import numpy as np
+
 from coupler.actors.base import ActorHost
 
 
@@ -50,6 +52,9 @@ class LearnerActor(ActorHost):
         min_samples: messages to wait for before the first step.
         max_steps: training steps after which the loop ends (``None``: until stopped).
         publish_every: steps between weight publications (0: never).
+        lineage_keys: payload keys recorded for every sample of every training
+            step (e.g. ``("params", "weights_version")`` from simulators started
+            with ``lineage=True``); ``lineage()`` returns them.
         warmup: an example batch (shapes and dtypes of real ones); when given, the
             training step is compiled in ``setup``, before data arrives, and
             ``status().info["ready"]`` turns true once that is done.
@@ -70,6 +75,7 @@ class LearnerActor(ActorHost):
         min_samples: int = 64,
         max_steps: int | None = None,
         publish_every: int = 0,
+        lineage_keys: tuple[str, ...] = (),
         warmup: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
         outputs: dict[str, str] | None = None,
@@ -86,6 +92,9 @@ class LearnerActor(ActorHost):
         self.max_steps = max_steps
         self.publish_every = publish_every
         self.warmup_batch = warmup
+        self.lineage_keys = tuple(lineage_keys)
+        # (training step, {key: per-sample values}) for every step, when lineage_keys is set
+        self.lineage_rows: list[tuple[int, dict[str, Any]]] = []
         self.ready = False
         self.trainer: Trainer | None = None
         self.train_steps = 0
@@ -116,6 +125,11 @@ class LearnerActor(ActorHost):
             loss = self.trainer.step(batch)
             self.train_steps += 1
         self.history_rows.append((time.time(), self.train_steps, loss, data.stats.received))
+        if self.lineage_keys:
+            missing = [k for k in self.lineage_keys if k not in batch]
+            if missing:
+                raise KeyError(f"learner {self.name!r}: lineage keys {missing} are not in the batch (keys {sorted(batch)})")
+            self.lineage_rows.append((self.train_steps, {k: np.asarray(batch[k]) for k in self.lineage_keys}))
         self.report_metric("loss", loss, step=self.train_steps)  # the dashboard's loss curve
         if self.publish_every and "weights" in self.outputs and self.train_steps % self.publish_every == 0:
             self.outputs["weights"].send(self.weights(), step=self.train_steps)
@@ -161,6 +175,10 @@ class LearnerActor(ActorHost):
             raise RuntimeError(f"learner {self.name!r} has not built its trainer yet; start it first")
         with self._lock:
             return self.trainer.get_weights()
+
+    def lineage(self) -> list[tuple[int, dict[str, Any]]]:
+        """``(training step, {key: values of the batch's samples})`` for every step (see ``lineage_keys``)."""
+        return list(self.lineage_rows)
 
     def history(self) -> list[tuple[float, int, float, int]]:
         """``(wall time, step, loss, messages received)`` for every training step so far."""

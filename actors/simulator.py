@@ -73,6 +73,12 @@ class SimulatorActor(ActorHost):
       the training pairs of a surrogate that jumps ``publish_every`` steps.
 
     ``f`` is the run's conditioning vector ``features`` (left out when ``None``).
+    With ``lineage=True`` every payload also carries ``"weights_version"``: the
+    training step of the learned weights the block ran with (``-1``: none, a
+    plain solver), so that a learner drawing it from a replay buffer can say
+    which parameters and which weights produced each training sample. Subclasses
+    that run learned weights (``HybridSimulatorActor``) also put it in the
+    message's ``meta``.
 
     A checkpoint (``state_dict``) holds the simulator state, the parameters, the
     PRNG key, the last published field, the counters and the messages of the
@@ -93,6 +99,7 @@ class SimulatorActor(ActorHost):
         features: per-run conditioning vector published with each message (e.g.
             the diffusivity); shape ``(P,)`` or ``(members, P)``.
         mode: ``"pairs"`` or ``"snapshots"``.
+        lineage: add ``"weights_version"`` to every payload (see above).
         ensemble: whether ``params`` carry a leading member axis.
         seed: PRNG seed for ``simulator.init``.
         outputs: must map ``"fields"`` to a channel.
@@ -114,6 +121,7 @@ class SimulatorActor(ActorHost):
         field: str = "u",
         features: np.ndarray | None = None,
         mode: Literal["pairs", "snapshots"] = "snapshots",
+        lineage: bool = False,
         ensemble: bool = False,
         seed: int = 0,
         outputs: dict[str, str] | None = None,
@@ -132,6 +140,7 @@ class SimulatorActor(ActorHost):
         self.publish_every = publish_every
         self.field = field
         self.mode = mode
+        self.lineage = lineage
         self.ensemble = ensemble
         self.seed = seed
         self.features = None if features is None else np.asarray(features, np.float32)
@@ -192,8 +201,18 @@ class SimulatorActor(ActorHost):
             payload: dict[str, Any] = {"input": x_prev, "target": x_now} if self.mode == "pairs" else {"field": x_now}
             if f is not None:
                 payload["params"] = f
-            self._pending.append((payload, sim_time, self.sim_steps, {"member": m or 0}))
+            version = self.weights_version()
+            if self.lineage:
+                payload["weights_version"] = np.int64(-1 if version is None else version)
+            meta: dict[str, Any] = {"member": m or 0}
+            if version is not None:
+                meta["weights_version"] = version
+            self._pending.append((payload, sim_time, self.sim_steps, meta))
         self._prev = current
+
+    def weights_version(self) -> int | None:
+        """Training step of the learned weights the last block ran with; ``None`` for a plain solver."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         """Simulator state, parameters, PRNG key, last field, counters and unsent messages (numpy).

@@ -10,10 +10,15 @@ import numpy as np
 import pytest
 
 from helper_actors import Collector, Producer
-from coupler.actors.hybrid import HybridSchedule, HybridSimulatorActor, surrogate_jump
-from coupler.learners.online import OnlineTrainer, SurrogateConfig
+from coupler.actors.hybrid import CorrectedSimulatorActor, HybridSchedule, HybridSimulatorActor, surrogate_jump
+from coupler.actors.learner import LearnerActor
+from coupler.actors.simulator import SimulatorActor
+from coupler.learners.online import OnlineTrainer, OptimizerConfig, SurrogateConfig
+from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig
+from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.heat import Heat2D
-from coupler.runtime import Coupling, Latest, Window
+from coupler.physics.navier_stokes import NavierStokes2D
+from coupler.runtime import Coupling, Latest, Reservoir, Window
 
 CONFIG = SurrogateConfig(width=4, depth=1, patch=1)
 
@@ -78,7 +83,7 @@ def test_hybrid_actor_uses_the_weights_from_its_latest_channel(coupling: Couplin
         pub = coupling.spawn(Producer, 0, name=f"pub-{label}-{unique}", outputs={"out": wch}, workers=w[1])
         hyb = coupling.spawn(
             HybridSimulatorActor, sim, params, name=f"hyb-{label}-{unique}", surrogate=CONFIG, replace=1, every=2,
-            steps=k * blocks, publish_every=k, mode="pairs", ensemble=True, features=features,
+            steps=k * blocks, publish_every=k, mode="pairs", ensemble=True, features=features, lineage=True,
             inputs={"weights": wch}, outputs={"fields": out}, workers=w[0],
         )
         if send:  # the consumer is attached once spawned; start only when the weights are there
@@ -92,6 +97,9 @@ def test_hybrid_actor_uses_the_weights_from_its_latest_channel(coupling: Couplin
     st, got = runs["with"]
     assert st.state == "finished"
     assert (st.info["surrogate_blocks"], st.info["solver_blocks"], st.info["weights_step"]) == (3, 3, 0)
+    # Every message names the weights its block ran with; the status says how old they are.
+    np.testing.assert_array_equal(got["weights_version"], np.zeros(members * blocks, np.int64))
+    assert st.info["weights_behind"] == 0 and st.info["weights_age_s"] >= 0
     expected = _expected_targets(sim, params, features, weights, k, blocks, HybridSchedule(1, 2))
     np.testing.assert_allclose(got["target"], expected, rtol=1e-5, atol=1e-6)
     # The surrogate's blocks differ from the solver's: the check above could not pass by accident.
@@ -100,6 +108,8 @@ def test_hybrid_actor_uses_the_weights_from_its_latest_channel(coupling: Couplin
     # No weights on the channel: every block is a solver block, the pure simulator's result.
     st, got = runs["without"]
     assert (st.info["surrogate_blocks"], st.info["solver_blocks"], st.info["weights_step"]) == (0, blocks, None)
+    np.testing.assert_array_equal(got["weights_version"], np.full(members * blocks, -1, np.int64))
+    assert st.info["weights_age_s"] is None
     np.testing.assert_allclose(got["target"], solver_only, rtol=1e-5, atol=1e-6)
 
 
@@ -112,3 +122,52 @@ def test_hybrid_actor_checks_its_ports_and_features() -> None:
     with pytest.raises(ValueError, match="needs features"):
         HybridSimulatorActor(sim, p, surrogate=CONFIG, replace=1, every=2, name="h", steps=4,
                              inputs={"weights": "w"}, outputs={"fields": "f"})
+
+
+def test_correction_trains_through_the_runtime_with_versioned_weights_and_lineage(coupling: Coupling, unique: str) -> None:
+    # Fine runs (32^2, two viscosities) stream coarse-grained windows into a Reservoir; the learner
+    # trains the coarse solver's correction from them and publishes versioned weights on a Latest
+    # channel; a coarse corrected run takes them while it runs.
+    fine = NavierStokes2D(n=32, dt=0.02)
+    cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=2, window=3, spinup=10)
+    members, blocks = 2, 6
+    params = jax.vmap(lambda k: fine.random_params(k, viscosity_range=(0.01, 0.02)))(jax.random.split(jax.random.key(0), members))
+    features = np.stack([np.asarray(params.viscosity), np.asarray(params.forcing_amplitude), np.asarray(params.drag)], -1)
+    data = coupling.channel(f"windows-{unique}", Reservoir(capacity=64, seed=0))
+    weights = coupling.channel(f"correction-{unique}", Latest())
+    fields = coupling.channel(f"corrected-{unique}", Window(capacity=100))
+    w = coupling.workers()
+    small = CoarseCorrectionConfig(width=4, depth=2)
+    trainer = SolverCorrectionConfig(cg.coarse(), small, OptimizerConfig(learning_rate=1e-3, warmup_steps=0), unroll=2)
+    # The weights' consumer is attached first: a Latest channel's producer sends to attached consumers.
+    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": fields}, workers=w[1])
+    coarse_run = coupling.spawn(
+        CorrectedSimulatorActor, cg.coarse(), params, name=f"coarse-{unique}", correction=small, steps=8,
+        publish_every=4, field="w", ensemble=True, lineage=True, inputs={"weights": weights}, outputs={"fields": fields},
+        workers=w[0],
+    )
+    learner = coupling.spawn(
+        LearnerActor, trainer, name=f"learner-{unique}", batch_size=4, min_samples=4, max_steps=6, publish_every=2,
+        lineage_keys=("params", "weights_version"), inputs={"data": data}, outputs={"weights": weights}, workers=w[1],
+    )
+    sims = coupling.spawn(
+        SimulatorActor, cg, params, name=f"fine-{unique}", steps=2 * blocks, publish_every=2, field="window",
+        features=features, ensemble=True, lineage=True, outputs={"fields": data}, workers=w[0],
+    )
+    learner.start()
+    sims.start()
+    assert sims.wait(120).state == "finished"
+    assert learner.wait(120).state == "finished"
+    # Lineage: every sample of every step came from one of the fine runs (its parameters), by the solver (-1).
+    lineage = learner.call("lineage")
+    assert [s for s, _ in lineage] == list(range(1, 7))
+    for _, rows in lineage:
+        assert rows["params"].shape == (4, 3) and np.all(rows["weights_version"] == -1)
+        assert all(any(np.allclose(r, f) for f in features) for r in rows["params"])
+    assert coarse_run.call("available_weights_step") == 6  # the learner's last publication
+    coarse_run.start()
+    st = coarse_run.wait(120)
+    assert st.state == "finished" and st.info["corrected_blocks"] == 2 and st.info["solver_blocks"] == 0
+    assert st.info["weights_step"] == 6 and st.info["weights_behind"] == 0 and st.info["weights_age_s"] >= 0
+    np.testing.assert_array_equal(col.call("contents")["weights_version"], np.full(2 * members, 6, np.int64))
+    sims.wait(120)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coupler.physics.base import Simulator
-from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
+from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState, spectral_resample
 
 
 def _params(nu: float, amp: float = 0.0, drag: float = 0.0) -> NavierStokesParams:
@@ -125,3 +125,26 @@ def test_bad_configuration_is_refused(kwargs: dict, match: str) -> None:
 def test_bad_parameter_ranges_are_refused() -> None:
     with pytest.raises(ValueError, match="viscosity"):
         NavierStokes2D().random_params(jax.random.key(0), viscosity_range=(0.0, 0.1))
+
+
+def test_spectral_restriction_keeps_resolved_modes_and_drops_the_rest() -> None:
+    # A Taylor-Green vortex of wavenumber 3 is resolved on 16x16 (|k| < 8): restriction from 64
+    # must reproduce the 16-grid sampling of the same analytic field up to float32 FFT round-off
+    # (tolerance 1e-5 relative L2). A wavenumber-10 vortex is not representable on 16x16: the sharp
+    # spectral filter must remove it entirely (relative to its own amplitude, < 1e-6).
+    fine, coarse = NavierStokes2D(n=64), NavierStokes2D(n=16)
+    resolved = fine.taylor_green(3, 1.0, 0.0, 0.0, 0.0).astype(jnp.float32)
+    assert _rel(spectral_resample(resolved, 16), coarse.taylor_green(3, 1.0, 0.0, 0.0, 0.0)) < 1e-5
+    unresolved = fine.taylor_green(10, 1.0, 0.0, 0.0, 0.0).astype(jnp.float32)
+    assert float(jnp.max(jnp.abs(spectral_resample(unresolved, 16)))) < 1e-6 * float(jnp.max(jnp.abs(unresolved)))
+    # Prolongation is exact trigonometric interpolation: restricting it back gives the field again,
+    # and a batch axis is carried through.
+    w = jax.random.normal(jax.random.key(0), (2, 16, 16))
+    w = spectral_resample(spectral_resample(w, 8), 16)  # band-limit to |k| < 4 first
+    np.testing.assert_allclose(np.asarray(spectral_resample(spectral_resample(w, 48), 16)), np.asarray(w), atol=1e-5)
+
+
+@pytest.mark.parametrize("shape, n, match", [((15, 15), 8, "m even"), ((16, 8), 8, "square"), ((16, 16), 7, "even n")])
+def test_spectral_resample_refuses_bad_shapes(shape: tuple[int, int], n: int, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        spectral_resample(jnp.zeros(shape), n)
