@@ -35,7 +35,17 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Iterable
+
+TAKES_LIMIT = 100_000
+"""Most takes kept per actor (and per producer at a consumer) without a commit; the oldest go beyond.
+
+An actor that never commits (checkpoints off) would otherwise keep every take it
+ever made. Beyond the limit a restart cannot repeat the whole order from its
+checkpoint; it repeats none of it (the joined order has a gap at its start),
+as a replay log beyond ``retain-bytes`` cannot replay everything.
+"""
 
 META_KEY = "coupler.takes"
 """The ``Message.meta`` key that carries a :class:`TakesNote` (reserved: the ``coupler.`` prefix)."""
@@ -91,11 +101,14 @@ class TakeLog:
 
     Args:
         count: the number of the next take (a restored actor continues its checkpoint's).
+        limit: most takes kept; beyond, the oldest tenth goes (see :data:`TAKES_LIMIT`).
     """
 
-    def __init__(self, count: int = 0) -> None:
+    def __init__(self, count: int = 0, limit: int = TAKES_LIMIT) -> None:
         self._base = count  # number of self._takes[0]
         self._takes: list[Take] = []
+        self.limit = max(1, limit)
+        self.overflowed = 0  # takes dropped uncommitted
         self._noted: dict[str, int] = {}  # output channel -> number of the first take its next note carries
 
     @property
@@ -111,6 +124,11 @@ class TakeLog:
     def record(self, channel: str, source: str, seq: int) -> None:
         """Number one take of a ``Queue`` message."""
         self._takes.append((channel, source, seq))
+        if len(self._takes) > self.limit:
+            drop = max(1, self.limit // 10)
+            del self._takes[:drop]
+            self._base += drop  # notes now tell consumers to forget them too
+            self.overflowed += drop
 
     def note_for(self, channel: str) -> TakesNote | None:
         """What the next message on ``channel`` carries: the takes since the last one it carried.
@@ -142,11 +160,16 @@ class TakeLog:
 
 
 class LineageStore:
-    """A consumer's side: the takes its producers' notes carried, per source, since their committed base."""
+    """A consumer's side: the takes its producers' notes carried, per source, since their committed base.
 
-    def __init__(self) -> None:
+    Args:
+        limit: most takes kept per source; beyond, the oldest tenth goes (see :data:`TAKES_LIMIT`).
+    """
+
+    def __init__(self, limit: int = TAKES_LIMIT) -> None:
         self._takes: dict[str, dict[int, Take]] = {}
         self._base: dict[str, int] = {}
+        self.limit = max(1, limit)
 
     def add(self, source: str, note: TakesNote) -> None:
         """Keep the takes a message from ``source`` carried; forget those below its base."""
@@ -160,6 +183,9 @@ class LineageStore:
             n = note.first + i
             if n >= base:
                 kept[n] = take
+        if len(kept) > self.limit:  # numbers arrive in increasing order: the first keys are the oldest
+            for n in list(islice(kept, max(1, self.limit // 10))):
+                del kept[n]
 
     def since(self, source: str, start: int) -> dict[int, Take]:
         """The takes of ``source`` numbered ``start`` and above that this consumer holds."""

@@ -129,3 +129,17 @@ def test_a_commit_beyond_the_takes_made_is_refused() -> None:
     log.record("a", "p", 0)
     with pytest.raises(ValueError, match="only 4 takes"):
         log.commit(5)
+
+
+def test_without_commits_the_takes_kept_stay_bounded_and_a_restart_then_repeats_nothing() -> None:
+    log, store = TakeLog(limit=100), LineageStore(limit=100)
+    for i in range(1000):
+        log.record("a", "p", i)
+        note = log.note_for("o")
+        assert note is not None
+        store.add("m", note)
+        log.sent("o", note)
+    assert log.count - log.base <= 100, "the actor keeps at most its limit"
+    assert len(store) <= 100, "so does each consumer, per producer"
+    assert log.overflowed >= 900
+    assert replay_order([store.since("m", 0)], 0) == []  # the start of the order is gone: nothing to repeat
