@@ -46,7 +46,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from coupler.actors.steering import Steerer
+from coupler.learners.steerer import Steerer
 from coupler.learners.acquisition import ExpectedImprovement, MaxUncertainty, ParameterSpace, RandomSweep, Strategy
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, run_amplitude
