@@ -23,6 +23,10 @@ import numpy as np
 
 from coupler.learners.acquisition import ParameterSpace, SearchData, Strategy
 from coupler.learners.ensemble import DeepEnsemble, EnsembleConfig
+from coupler.learners.gp import GaussianProcess, GPConfig
+
+SurrogateConfig = EnsembleConfig | GPConfig
+"""What a steerer fits: a deep ensemble (many points, cheap batched fits) or a GP (few dimensions, few points)."""
 
 
 class TaskStatus(IntEnum):
@@ -61,19 +65,25 @@ class Steerer:
     Args:
         space: the parameter box.
         strategy: the acquisition strategy (grid and random sweeps work too).
-        ensemble: surrogate hyperparameters; ``None`` fits no model (sweeps).
+        ensemble: the surrogate's settings: an :class:`EnsembleConfig` (a
+            :class:`DeepEnsemble`) or a :class:`GPConfig` (a :class:`GaussianProcess`);
+            ``None`` fits no model (sweeps).
         seed: seed of the surrogate.
     """
 
     space: ParameterSpace
     strategy: Strategy
-    ensemble: EnsembleConfig | None = None
+    ensemble: SurrogateConfig | None = None
     seed: int = 0
     tasks: dict[int, TaskRecord] = field(default_factory=dict)
     fits: int = 0
 
     def __post_init__(self) -> None:
-        self.model = DeepEnsemble(self.ensemble, self.space.dim, self.seed) if self.ensemble is not None else None
+        self.model: DeepEnsemble | GaussianProcess | None = None
+        if isinstance(self.ensemble, GPConfig):
+            self.model = GaussianProcess(self.ensemble, self.space.dim, self.seed)
+        elif self.ensemble is not None:
+            self.model = DeepEnsemble(self.ensemble, self.space.dim, self.seed)
         self._fitted_on = 0
 
     # -- bookkeeping ---------------------------------------------------------------------

@@ -64,3 +64,16 @@ def test_steerer_adopts_answers_to_tasks_an_earlier_incarnation_sent() -> None:
     np.testing.assert_array_equal(steerer.tasks[3].x, np.float32([0.03, 0.06]))
     np.testing.assert_array_equal(steerer.tasks[1].x, np.float32([0.05, 0.055]))
     assert [r.task for r in steerer.propose(1)] == [4]  # new ids go past every id known
+
+
+def test_a_gp_steerer_continues_exactly_after_a_checkpoint() -> None:
+    from coupler.learners.gp import GPConfig
+
+    def make() -> Steerer:
+        return Steerer(SPACE, ExpectedImprovement(SPACE, initial=4, candidates=64, local=16, seed=3), GPConfig(), seed=1)
+
+    first = make()
+    _decide(first, 4, 2)
+    second = make()
+    second.load_state_dict(decode(encode(first.state_dict())))
+    np.testing.assert_array_equal(np.stack(_decide(first, 2, 2)), np.stack(_decide(second, 2, 2)))
