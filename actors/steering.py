@@ -8,6 +8,13 @@ pool has room (there is no barrier between rounds: simulations keep running
 while it fits and proposes) and broadcasts cancellations of running tasks the
 strategy no longer needs. It finishes when ``budget`` tasks were issued and all
 are answered.
+
+The decisions come from an acquisition strategy with a surrogate, or from any
+ask/tell optimiser (:class:`~coupler.learners.ask_tell.Generator`, e.g. an
+Optuna study behind ten lines of glue; see docs/modulation.md). A generator's
+suggestion may ask for resources (``{"GPU": 1}``): ``routes`` sends such tasks
+to their own work-sharing channel, read by the pool members spawned with those
+Dask worker resources (``coupling.spawn(..., resources={"GPU": 1})``).
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import numpy as np
 from coupler.actors.base import ActorHost
 from coupler.actors.pool import cancel_message, task_message
 from coupler.learners.acquisition import ParameterSpace, Strategy
-from coupler.learners.ensemble import EnsembleConfig
+from coupler.learners.ask_tell import AskTellSteerer, Generator
 from coupler.learners.steerer import Steerer as Steerer
+from coupler.learners.steerer import SurrogateConfig
 from coupler.learners.steerer import TaskRecord as TaskRecord
 from coupler.learners.steerer import overlap_seconds as overlap_seconds
 
@@ -31,13 +39,14 @@ class SteeringActor(ActorHost):
 
     Args:
         space: the parameter box.
-        strategy: acquisition strategy.
+        strategy: an acquisition strategy, or an ask/tell :class:`Generator` (then
+            ``ensemble`` must be ``None``: the generator models what it likes).
         name: actor name.
         budget: tasks to issue in total.
         in_flight: most tasks outstanding at once (keep it about the pool's size
             times one plus its per-member prefetch, so sends do not block).
         batch: tasks proposed at a time (fewer when fewer slots are free).
-        ensemble: surrogate hyperparameters (``None``: no model, for sweeps).
+        ensemble: surrogate settings (``EnsembleConfig`` or ``GPConfig``; ``None``: no model, for sweeps).
         seed: seed of the surrogate.
         reissue_on_restore: after :meth:`restore`, send again the tasks that were
             pending at the checkpoint. A resume after the whole cluster was lost needs
@@ -45,26 +54,32 @@ class SteeringActor(ActorHost):
             would wait forever); after a restart with the pool alive, the channel's
             replay already delivers them and a re-issued task may run twice -- its
             second answer is counted in ``answers`` and ignored.
+        routes: ``{resource: output port}``: a task whose suggestion asks for a
+            positive amount of ``resource`` goes to that port instead of ``tasks``
+            (the first matching route in this order); ``None``: every task to ``tasks``.
         inputs: ``{"results": <channel>}``.
-        outputs: ``{"tasks": <shared Queue>}`` and optionally ``{"cancel": <Queue>}``.
+        outputs: ``{"tasks": <shared Queue>}``, one more shared Queue per route, and
+            optionally ``{"cancel": <Queue>}``.
         **kwargs: passed to :class:`ActorHost`.
 
     Raises:
-        ValueError: for missing ports or non-positive sizes.
+        ValueError: for missing ports, a route to a port not in ``outputs``,
+            non-positive sizes, or a generator with a surrogate.
     """
 
     def __init__(
         self,
         space: ParameterSpace,
-        strategy: Strategy,
+        strategy: Strategy | Generator,
         *,
         name: str,
         budget: int,
         in_flight: int = 4,
         batch: int = 2,
-        ensemble: EnsembleConfig | None = None,
+        ensemble: SurrogateConfig | None = None,
         seed: int = 0,
         reissue_on_restore: bool = True,
+        routes: dict[str, str] | None = None,
         inputs: dict[str, str] | None = None,
         outputs: dict[str, str] | None = None,
         **kwargs: Any,
@@ -76,8 +91,17 @@ class SteeringActor(ActorHost):
             )
         if budget < 1 or in_flight < 1 or batch < 1:
             raise ValueError(f"budget, in_flight and batch must be >= 1, got {budget}, {in_flight}, {batch}")
+        unrouted = sorted(set((routes or {}).values()) - set(outputs or {}))
+        if unrouted:
+            raise ValueError(f"routes name output ports {unrouted} that are not in outputs {sorted(outputs or {})}")
         super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
-        self.steerer = Steerer(space, strategy, ensemble, seed)
+        if isinstance(strategy, Generator):
+            if ensemble is not None:
+                raise ValueError(f"a generator steers without a surrogate; got ensemble={ensemble!r}")
+            self.steerer: Steerer = AskTellSteerer(space, strategy)
+        else:
+            self.steerer = Steerer(space, strategy, ensemble, seed)
+        self.routes = dict(routes or {})
         self.budget, self.in_flight, self.batch = budget, in_flight, batch
         self.activity: list[tuple[str, float, float]] = []  # (what, start, end), wall clock
         self.exhausted = False
@@ -85,10 +109,16 @@ class SteeringActor(ActorHost):
         self._reissue: list[int] = []  # pending at the checkpoint restored from; sent at the first step
         self.reissued = 0
 
+    def _send(self, task: int) -> None:
+        """Send a task on its route: the port of the first resource it needs, else ``tasks``."""
+        need = self.steerer.resources(task)
+        port = next((p for r, p in self.routes.items() if need.get(r, 0) > 0), "tasks")
+        self.outputs[port].send(task_message(task, self.steerer.tasks[task].x))
+
     def step(self) -> bool:
         if self._reissue:
             for t in self._reissue:
-                self.outputs["tasks"].send(task_message(t, self.steerer.tasks[t].x))
+                self._send(t)
             self.reissued += len(self._reissue)
             self._reissue = []
         arrived = self._take_results(wait=0.0)
@@ -142,7 +172,7 @@ class SteeringActor(ActorHost):
             self.exhausted = True  # a finite sweep has no more points
             return 0
         for rec in new:
-            self.outputs["tasks"].send(task_message(rec.task, rec.x))
+            self._send(rec.task)
         self.activity.append(("propose", t0, time.time()))
         return len(new)
 

@@ -150,6 +150,12 @@ class Steerer:
         rec.status, rec.qoi, rec.member, rec.error = int(status), float(qoi), member, error
         rec.started, rec.finished = started, finished or time.time()
 
+    def resources(self, task: int) -> dict[str, float]:
+        """What a task needs of the pool member that runs it: nothing (any member); an
+        :class:`~coupler.learners.ask_tell.AskTellSteerer` passes on its generator's requests."""
+        del task
+        return {}
+
     def refit(self) -> float | None:
         """Fit the surrogate if results arrived since the last fit; returns the loss (``None``: no fit)."""
         done = self.answered()
