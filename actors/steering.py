@@ -219,6 +219,10 @@ class SteeringActor(ActorHost):
         """``(what, start, end)`` of every fit and proposal, wall clock."""
         return list(self.activity)
 
+    def generator(self) -> Generator | None:
+        """The ask/tell generator as it is now (a copy comes back to the caller); ``None`` with a strategy."""
+        return self.steerer.generator if isinstance(self.steerer, AskTellSteerer) else None
+
     def info(self) -> dict[str, Any]:
         best = self.steerer.best()
         return {

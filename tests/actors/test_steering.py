@@ -15,6 +15,7 @@ from coupler.actors.pool import SimulationStudy, SimulatorPoolActor, TaskStatus
 from coupler.actors.steering import SteeringActor
 from coupler.learners.steerer import overlap_seconds
 from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, RandomSweep, SearchData
+from coupler.learners.ask_tell import Outcome, Suggestion
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
@@ -241,3 +242,72 @@ def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupli
                 assert h["qoi"] == before[h["task"]]["qoi"] and h["member"] == before[h["task"]]["member"]
     assert {h["member"] for h in history if h["task"] in lost} <= {p.name for p in pool}
     assert info["fits"] > ck["state"]["steerer"]["fits"]  # it went on learning
+
+
+class OptunaGenerator:
+    """Optuna's ask/tell behind the Generator protocol (the glue of docs/modulation.md); every
+    ``gpu_every``-th trial asks for a GPU for its task (0: none does)."""
+
+    def __init__(self, space: ParameterSpace, seed: int, gpu_every: int = 0) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+        self.dists = {n: optuna.distributions.FloatDistribution(lo, hi) for n, lo, hi in zip(space.names, space.lower, space.upper)}
+        self.gpu_every = gpu_every
+
+    def ask(self, n: int) -> list[Suggestion]:
+        out = []
+        for _ in range(n):
+            t = self.study.ask(self.dists)
+            gpu = self.gpu_every and t.number % self.gpu_every == 0
+            out.append(Suggestion(dict(t.params), {"GPU": 1.0} if gpu else {}, t.number))
+        return out
+
+    def tell(self, results: list[Outcome]) -> None:
+        import optuna
+
+        for r in results:
+            if r.status == TaskStatus.OK:
+                self.study.tell(int(r.suggestion.handle), r.value)
+            else:
+                self.study.tell(int(r.suggestion.handle), state=optuna.trial.TrialState.FAIL)
+
+
+def test_an_optuna_study_steers_the_pool_and_its_gpu_tasks_run_on_gpu_members() -> None:
+    import optuna
+
+    # An Optuna study drives the steering actor through ask/tell. A cluster whose worker offers the Dask resource GPU=1: the GPU member is spawned with
+    # resources={"GPU": 1} (Dask places it there or refuses); the steerer routes every task that
+    # asks for a GPU to that member's channel and the rest to the CPU member's.
+    with Coupling(n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0") as cp:
+        for ch in ("cpu", "gpu"):
+            cp.channel(f"tasks-{ch}", Queue(1, shared=True))
+        cp.channel("results", Queue(64))
+        study = SimulationStudy(GrayScott(n=8), params_from_vector, pattern_amplitude, steps=20, bounds=BOUNDS)
+        cpu = cp.spawn(SimulatorPoolActor, study, name="cpu-member", inputs={"tasks": "tasks-cpu"}, outputs={"results": "results"})
+        gpu = cp.spawn(SimulatorPoolActor, study, name="gpu-member", inputs={"tasks": "tasks-gpu"},
+                       outputs={"results": "results"}, resources={"GPU": 1})  # fmt: skip
+        for p in (cpu, gpu):
+            p.start()
+        n = 9
+        steer = cp.spawn(
+            SteeringActor, SPACE, OptunaGenerator(SPACE, seed=1, gpu_every=3), name="steer", budget=n, in_flight=4,
+            batch=2, routes={"GPU": "gpu_tasks"}, inputs={"results": "results"},
+            outputs={"tasks": "tasks-cpu", "gpu_tasks": "tasks-gpu"},
+        )  # fmt: skip
+        steer.start()
+        assert steer.wait(120).state == "finished"
+        history = steer.call("history")
+        for ch in ("cpu", "gpu"):
+            cp.close_channel(f"tasks-{ch}")
+        trials = steer.call("generator").study.get_trials(deepcopy=False)
+        assert [h["answers"] for h in history] == [1] * n and all(h["status"] == TaskStatus.OK for h in history)
+        assert [h["member"] for h in history] == ["gpu-member" if t % 3 == 0 else "cpu-member" for t in range(n)]
+        # Task i is trial i (asked in order); the study holds the amplitude the pool computed for it.
+        assert len(trials) == n and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        for h, t in zip(history, trials):
+            assert t.value == pytest.approx(h["qoi"]) and t.params["F"] == pytest.approx(h["x"][0], rel=1e-6)
+    with pytest.raises(ValueError, match="not in outputs"):
+        SteeringActor(SPACE, RandomSweep(SPACE), name="x", budget=1, routes={"GPU": "gpu_tasks"},
+                      inputs={"results": "r"}, outputs={"tasks": "t"})  # fmt: skip
