@@ -29,7 +29,7 @@ from coupler.actors.pool import cancel_message, task_message
 from coupler.learners.acquisition import ParameterSpace, Strategy
 from coupler.learners.ask_tell import AskTellSteerer, Generator
 from coupler.learners.steerer import Steerer as Steerer
-from coupler.learners.steerer import SurrogateConfig
+from coupler.learners.steerer import SteeringSurrogate
 from coupler.learners.steerer import TaskRecord as TaskRecord
 from coupler.learners.steerer import overlap_seconds as overlap_seconds
 
@@ -76,7 +76,7 @@ class SteeringActor(ActorHost):
         budget: int,
         in_flight: int = 4,
         batch: int = 2,
-        ensemble: SurrogateConfig | None = None,
+        ensemble: SteeringSurrogate | None = None,
         seed: int = 0,
         reissue_on_restore: bool = True,
         routes: dict[str, str] | None = None,

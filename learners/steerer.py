@@ -25,7 +25,7 @@ from coupler.learners.acquisition import ParameterSpace, SearchData, Strategy
 from coupler.learners.ensemble import DeepEnsemble, EnsembleConfig
 from coupler.learners.gp import GaussianProcess, GPConfig
 
-SurrogateConfig = EnsembleConfig | GPConfig
+SteeringSurrogate = EnsembleConfig | GPConfig
 """What a steerer fits: a deep ensemble (many points, cheap batched fits) or a GP (few dimensions, few points)."""
 
 
@@ -73,7 +73,7 @@ class Steerer:
 
     space: ParameterSpace
     strategy: Strategy
-    ensemble: SurrogateConfig | None = None
+    ensemble: SteeringSurrogate | None = None
     seed: int = 0
     tasks: dict[int, TaskRecord] = field(default_factory=dict)
     fits: int = 0
