@@ -73,6 +73,25 @@ def test_refits_choose_hyperparameters_again_only_after_the_data_grew() -> None:
     assert gp.choices == 2 and gp.fits == 3
 
 
+def test_an_extended_factor_predicts_as_a_fresh_factorisation() -> None:
+    # Conditioning on 4 more points with the hyperparameters kept extends the Cholesky factor
+    # (block formula); a process loaded with the same hyperparameters and data factorises afresh.
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(64, 3))
+    y = np.sin(4 * x[:, 0]) * x[:, 1] + x[:, 2]
+    grown = GaussianProcess(GPConfig(reoptimise_growth=0.5), 3)
+    grown.fit(x[:60], y[:60])
+    grown.fit(x, y)
+    assert grown.choices == 1 and grown.extensions == 1
+    fresh = GaussianProcess(GPConfig(), 3)
+    fresh.load_state_dict(grown.state_dict())  # refactorises from the data
+    test = rng.uniform(size=(100, 3))
+    for a, b in zip(grown.predict(test), fresh.predict(test)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)  # float64 rounding of two factorisations
+    grown.fit(x[::-1], y[::-1])  # not an extension of the points factorised: factorised afresh
+    assert grown.extensions == 1
+
+
 def test_state_survives_the_checkpoint_format() -> None:
     rng = np.random.default_rng(3)
     x = rng.uniform(size=(25, 2))
