@@ -171,9 +171,11 @@ class SteeringActor(ActorHost):
         if not new:
             self.exhausted = True  # a finite sweep has no more points
             return 0
+        # The deciding is steering; the sends after it may wait for a free pool member (the
+        # tasks queue's backpressure) and are not.
+        self.activity.append(("propose", t0, time.time()))
         for rec in new:
             self._send(rec.task)
-        self.activity.append(("propose", t0, time.time()))
         return len(new)
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -86,7 +86,8 @@ def plot(path: str, space: ParameterSpace, history: list[dict[str, Any]], title:
             continue
         xy = np.array([h["x"] for h in pts])
         colour = [h["qoi"] for h in pts] if status == TaskStatus.OK else "black"
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, marker=marker, cmap="viridis", label=label, s=30)
+        cmap = "viridis" if status == TaskStatus.OK else None  # one colour for the others
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, marker=marker, cmap=cmap, label=label, s=30)
         if status == TaskStatus.OK:
             fig.colorbar(sc, ax=ax, label="pattern amplitude")
     ax.set_xlim(space.lower[0], space.upper[0])
