@@ -183,6 +183,7 @@ class Run:
     errors: list[tuple[int, float]]
     overhead_s: float = 0.0
     fit_s: list[tuple[int, float]] | None = None  # (points fitted, seconds) of each refit
+    overhead_cpu_s: float = 0.0  # the same overhead in this process's CPU seconds (robust to a shared machine)
 
 
 def steer(oracle: Oracle, steerer: Steerer, batch: int, budget: int, every: int,
@@ -195,18 +196,20 @@ def steer(oracle: Oracle, steerer: Steerer, batch: int, budget: int, every: int,
     run = Run("", "", 0, budget, [], [], 0.0, [])
     assert run.fit_s is not None
     while len(steerer.tasks) < budget:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         recs = steerer.propose(min(batch, budget - len(steerer.tasks)))
         run.overhead_s += time.perf_counter() - t0
+        run.overhead_cpu_s += time.process_time() - c0
         ys = oracle(steerer.space.to_unit(np.array([r.x for r in recs])))
         for r, y in zip(recs, ys):
             ok = np.isfinite(y)
             steerer.record(r.task, TaskStatus.OK if ok else TaskStatus.FAILED, float(y), finished=time.time())
             run.values.append(float(y) if ok else -np.inf)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         steerer.refit()
         spent = time.perf_counter() - t0
         run.overhead_s += spent
+        run.overhead_cpu_s += time.process_time() - c0
         run.fit_s.append((len(steerer.answered()), spent))
         n = len(steerer.tasks)
         if error is not None and (n % every < batch or n == budget):
@@ -346,14 +349,17 @@ def bench_dims(dims: int, setup: Setup, seeds: int) -> tuple[list[dict[str, Any]
     steered = [r for r in runs if r.strategy.startswith("steered")]
     sims = np.mean([r.budget for r in steered])
     overhead = float(np.mean([r.overhead_s for r in steered]))
+    overhead_cpu = float(np.mean([r.overhead_cpu_s for r in steered]))
     fits = [f for r in steered for f in (r.fit_s or [])]
     largest = max(n for n, _ in fits)
     info = {
         "dims": dims, "names": list(space.names), "seconds_per_sim": sec, "best_known": oracle.best(), "target": target,
         "hit_share": float(np.mean(ref >= target)), "reference_hits": int(np.sum(ref >= target)), "reference_points": int(len(ref)),
-        "steer_overhead_s_per_run": overhead, "sims_per_steered_run": float(sims),
-        # Simulations of 1 s, `batch` at a time, with no overlap of steering and simulation (the host overlaps them).
+        "steer_overhead_s_per_run": overhead, "steer_overhead_cpu_s_per_run": overhead_cpu, "sims_per_steered_run": float(sims),
+        # Simulations of 1 s, `batch` at a time, with no overlap of steering and simulation (the host overlaps
+        # them); wall seconds, and CPU seconds (what steering costs on a core of its own).
         "steer_share_at_1s": overhead / (overhead + sims / setup.batch * 1.0),
+        "steer_share_at_1s_cpu": overhead_cpu / (overhead_cpu + sims / setup.batch * 1.0),
         "steer_share_measured": overhead / (overhead + sims * sec),
         "refit_s_at_most_points": float(np.mean([s for n, s in fits if n >= 0.9 * largest])),
         "refit_s_at_quarter_points": float(np.mean([s for n, s in fits if n <= 0.25 * largest])),
@@ -396,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"{info['reference_hits']} of {info['reference_points']} random points reach the optimum's goal; steering {info['steer_overhead_s_per_run']:.1f} s per "
               f"{info['sims_per_steered_run']:.0f}-sim run, refit {1e3 * info['refit_s_at_quarter_points']:.0f} ms at a quarter "
               f"of the points, {1e3 * info['refit_s_at_most_points']:.0f} ms at the end; share of wall time with 1 s sims "
-              f"{100 * info['steer_share_at_1s']:.1f}%")  # fmt: skip
+              f"{100 * info['steer_share_at_1s']:.1f}% ({100 * info['steer_share_at_1s_cpu']:.1f}% counting steering's CPU "
+              f"seconds, {info['steer_overhead_cpu_s_per_run']:.1f} s per run)")  # fmt: skip
     print(f"  {'D':>2} {'task':<8}{'strategy':<22}{'sims mean':>10}{'se':>8}  per seed")
     for r in rows:
         mean = "-" if r["sims_mean"] is None else ((">=" if r["censored"] else "") + f"{r['sims_mean']:.0f}")

@@ -61,7 +61,7 @@ class GPConfig:
     signal_bounds: tuple[float, float] = (0.05, 20.0)
     max_iter: int = 60
     fresh_starts_until: int = 64
-    reoptimise_growth: float = 0.1
+    reoptimise_growth: float = 0.2
 
     def __post_init__(self) -> None:
         for name in ("length_bounds", "noise_bounds", "signal_bounds"):

@@ -65,4 +65,4 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
             assert len(r["sims_all_seeds"]) == 2 and r["sims_se"] >= 0 and 1 <= r["sims_mean"]
     assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, "optimum"), (4, "map")}
     for info in data["dims"]:
-        assert 0 < info["steer_share_at_1s"] < 1 and info["target"] <= info["best_known"]
+        assert 0 < info["steer_share_at_1s"] < 1 and 0 < info["steer_share_at_1s_cpu"] < 1 and info["target"] <= info["best_known"]
