@@ -8,7 +8,7 @@ scale per input (automatic relevance determination; Rasmussen & Williams 2006,
 likelihood (L-BFGS-B on their logarithms, within bounds).
 
 Refits keep up with the data: hyperparameters are chosen again only once the
-data grew by ``reoptimise_growth`` (10 %) since the last choice, and then
+data grew by ``reoptimise_growth`` (20 %) since the last choice, and then
 warm-started from it (plus one fixed default start while the data are few);
 the fits in between only condition on the new points (one ``O(N^3)`` Cholesky
 factorisation of ``N`` points, milliseconds for the hundreds of points a
