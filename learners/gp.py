@@ -10,9 +10,9 @@ likelihood (L-BFGS-B on their logarithms, within bounds).
 Refits keep up with the data: hyperparameters are chosen again only once the
 data grew by ``reoptimise_growth`` (20 %) since the last choice, and then
 warm-started from it (plus one fixed default start while the data are few);
-the fits in between only condition on the new points (one ``O(N^3)`` Cholesky
-factorisation of ``N`` points, milliseconds for the hundreds of points a
-steered study gathers).
+the fits in between only condition on the new points, extending the last
+Cholesky factor when the points only grew (``O(N^2 k)`` for ``k`` new points;
+milliseconds for the hundreds of points a steered study gathers).
 
 It offers the surrogate interface the :class:`~coupler.learners.steerer.Steerer`
 uses (``fit``, ``predict``, ``state_dict``, ``load_state_dict``), like
