@@ -25,22 +25,14 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any, Callable, Protocol
 
 import jax
 import numpy as np
 
 from coupler.actors.base import ActorHost
+from coupler.learners.steerer import TaskStatus as TaskStatus
 from coupler.physics.base import Simulator
-
-
-class TaskStatus(IntEnum):
-    """Outcome of a task, as carried in a result's ``status`` field."""
-
-    OK = 0
-    FAILED = 1
-    CANCELLED = 2
 
 
 def task_message(task: int, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -41,6 +41,7 @@ from coupler.learners.acquisition import (
     UpperConfidenceBound,
 )
 from coupler.learners.ensemble import EnsembleConfig
+from coupler.learners.gp import GPConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
 
@@ -65,6 +66,13 @@ def make_strategy(name: str, space: ParameterSpace, budget: int, seed: int) -> S
     return GridSweep(space, max(2, int(budget**0.5)))
 
 
+def surrogate(args: argparse.Namespace) -> EnsembleConfig | GPConfig:
+    """The guided strategies' model: a GP, or a deep ensemble (the map's settings for max-std)."""
+    if args.surrogate == "gp":
+        return GPConfig()
+    return MAP_ENSEMBLE if args.strategy == "max-std" else EnsembleConfig()
+
+
 def plot(path: str, space: ParameterSpace, history: list[dict[str, Any]], title: str) -> None:
     import matplotlib
 
@@ -78,7 +86,8 @@ def plot(path: str, space: ParameterSpace, history: list[dict[str, Any]], title:
             continue
         xy = np.array([h["x"] for h in pts])
         colour = [h["qoi"] for h in pts] if status == TaskStatus.OK else "black"
-        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, marker=marker, cmap="viridis", label=label, s=30)
+        cmap = "viridis" if status == TaskStatus.OK else None  # one colour for the others
+        sc = ax.scatter(xy[:, 0], xy[:, 1], c=colour, marker=marker, cmap=cmap, label=label, s=30)
         if status == TaskStatus.OK:
             fig.colorbar(sc, ax=ax, label="pattern amplitude")
     ax.set_xlim(space.lower[0], space.upper[0])
@@ -102,6 +111,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     p.add_argument("--out", type=str, default="artifacts", help="folder of the PNG (default artifacts/)")
     p.add_argument("--json", type=str, default="", help="also write the results to this JSON file")
+    p.add_argument("--surrogate", choices=("ensemble", "gp"), default="ensemble",
+                   help="model of the guided strategies: deep ensemble or Gaussian process (default ensemble)")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -132,7 +143,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         steer = cp.spawn(
             SteeringActor, space, strategy, name="steerer", budget=args.budget,
             in_flight=2 * args.members, batch=args.batch,
-            ensemble=(MAP_ENSEMBLE if args.strategy == "max-std" else EnsembleConfig()) if strategy.uses_model else None,
+            ensemble=surrogate(args) if strategy.uses_model else None,
             seed=args.seed,
             inputs={"results": "results"}, outputs={"tasks": "tasks", "cancel": "cancel"}, workers=workers[0],
         )  # fmt: skip
@@ -175,6 +186,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "steering_seconds_while_simulating": overlap_seconds(steering, sims),
         "proposals_while_simulating": sum(1 for h in history if any(s < h["proposed_at"] < e for s, e in sims)),
         "wall_seconds": wall,
+        # Steering's share of the time the pool was busy (first start to last finish): what it costs
+        # the study, whether or not it overlapped the simulations.
+        "steering_share": sum(e - s for s, e in steering) / max(max(e for _, e in sims) - min(s for s, _ in sims), 1e-9),
+        "seconds_per_simulation": sum(e - s for s, e in sims) / max(len(sims), 1),
         "pool": pool_info,
     }
     print()
@@ -182,10 +197,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  {'simulations (ok / failed / cancelled)':<44}{results['simulations']:>6} ({results['ok']} / {results['failed']} / {results['cancelled']})")
     best_x = results["best_x"] or [float("nan")] * 2
     print(f"  {'best pattern amplitude':<44}{results['best_qoi'] or float('nan'):>10.4f} at F={best_x[0]:.4f}, k={best_x[1]:.4f}")
-    print(f"  {'ensemble fits':<44}{results['fits']:>6}")
+    print(f"  {'surrogate fits':<44}{results['fits']:>6}")
     print(f"  {'steering seconds (fit + propose)':<44}{results['steering_seconds']:>10.2f}")
     print(f"  {'  of which while simulations ran':<44}{results['steering_seconds_while_simulating']:>10.2f}")
     print(f"  {'tasks proposed while others ran':<44}{results['proposals_while_simulating']:>6}")
+    print(f"  {'seconds per simulation':<44}{results['seconds_per_simulation']:>10.2f}")
+    print(f"  {'steering / time the pool was busy':<44}{100 * results['steering_share']:>9.1f}%")
     print(f"  {'tasks per member':<44}{', '.join(str(i['ok'] + i['failed'] + i['cancelled']) for i in pool_info.values())}")
     print(f"  {'wall time (s)':<44}{wall:>10.1f}")
     os.makedirs(args.out, exist_ok=True)

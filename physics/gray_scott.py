@@ -11,7 +11,9 @@ Pearson's ``Du = 2e-5``, ``Dv = 1e-5`` on his 256-point grid of side 2.5
 (``Du / dx^2 = 2e-5 / (2.5/256)^2 = 0.21``), so patterns have his wavelength in
 cells; a small grid shows a few wavelengths of them.
 
-The parameters are the feed rate ``F`` and the kill rate ``k``. The homogeneous
+The parameters are the feed rate ``F`` and the kill rate ``k``; a run may also
+set its own ``Du``, ``Dv`` and seed (size and concentration), so studies of up
+to six parameters vmap over one simulator (:class:`GrayScottParams`). The homogeneous
 steady states are known in closed form: the trivial state ``(u, v) = (1, 0)``
 for every ``(F, k)``, and, where ``F >= 4 (F + k)^2`` (left of the saddle-node
 line ``k = sqrt(F)/2 - F``), ``u = (1 +- sqrt(1 - 4 (F + k)^2 / F)) / 2`` with
@@ -35,10 +37,29 @@ import jax.numpy as jnp
 
 
 class GrayScottParams(NamedTuple):
-    """Parameters of one run: feed rate ``F`` and kill rate ``k`` (scalars, >= 0)."""
+    """Parameters of one run: feed rate ``F`` and kill rate ``k`` (scalars, >= 0), and
+    optionally per-run values of settings the simulator otherwise fixes.
+
+    A field left ``None`` takes the simulator's value (``GrayScott.diffusion_u`` and so
+    on); a given one overrides it for this run, so a batch of runs can be vmapped over
+    diffusivities and seeds as well as rates. Per-run diffusivities must keep
+    ``dt * max(Du, Dv) <= 0.25`` (the step cannot check a traced value: bound the study).
+
+    Attributes:
+        feed: ``F``.
+        kill: ``k``.
+        diffusion_u: ``Du`` in grid units.
+        diffusion_v: ``Dv`` in grid units.
+        seed_fraction: side of the central seed square as a share of ``n`` (in ``(0, 1)``).
+        seed_v: ``v`` inside the seed square (Pearson: 0.25; ``u`` there is ``1 - 2 seed_v``).
+    """
 
     feed: jax.Array
     kill: jax.Array
+    diffusion_u: jax.Array | None = None
+    diffusion_v: jax.Array | None = None
+    seed_fraction: jax.Array | None = None
+    seed_v: jax.Array | None = None
 
 
 class GrayScottState(NamedTuple):
@@ -99,19 +120,24 @@ class GrayScott:
 
         Args:
             key: PRNG key of the seed's noise (fixed key: deterministic runs).
-            params: the run's parameters (unused: the seed does not depend on them).
+            params: the run's parameters; only ``seed_fraction`` and ``seed_v`` matter
+                here (``None``: the simulator's seed fraction and Pearson's ``v = 1/4``).
 
         Returns:
             The state at ``t = 0``.
         """
-        del params
         n = self.n
-        half = max(1, int(round(self.seed_fraction * n / 2)))
         idx = jnp.arange(n)
-        inside = (jnp.abs(idx - n // 2) < half)[:, None] & (jnp.abs(idx - n // 2) < half)[None, :]
+        if params.seed_fraction is None:
+            half = jnp.float32(max(1, int(round(self.seed_fraction * n / 2))))
+        else:  # traced: the same rounding, at least one cell
+            half = jnp.maximum(1.0, jnp.round(jnp.asarray(params.seed_fraction, jnp.float32) * n / 2))
+        seed_v = jnp.float32(0.25) if params.seed_v is None else jnp.asarray(params.seed_v, jnp.float32)
+        near = jnp.abs(idx - n // 2) < half
+        inside = near[:, None] & near[None, :]
         ku, kv = jax.random.split(key)
-        u = jnp.where(inside, 0.5, 1.0) + self.noise * (jax.random.uniform(ku, (n, n)) - 0.5) * inside
-        v = jnp.where(inside, 0.25, 0.0) + self.noise * (jax.random.uniform(kv, (n, n)) - 0.5) * inside
+        u = jnp.where(inside, 1.0 - 2.0 * seed_v, 1.0) + self.noise * (jax.random.uniform(ku, (n, n)) - 0.5) * inside
+        v = jnp.where(inside, seed_v, 0.0) + self.noise * (jax.random.uniform(kv, (n, n)) - 0.5) * inside
         zero = jnp.zeros((), jnp.float32)
         return GrayScottState(u=u.astype(jnp.float32), v=v.astype(jnp.float32), t=zero, step=jnp.zeros((), jnp.int32))
 
@@ -125,9 +151,11 @@ class GrayScott:
         u, v = state.u, state.v
         f = jnp.asarray(params.feed, u.dtype)
         k = jnp.asarray(params.kill, u.dtype)
+        d_u = self.diffusion_u if params.diffusion_u is None else jnp.asarray(params.diffusion_u, u.dtype)
+        d_v = self.diffusion_v if params.diffusion_v is None else jnp.asarray(params.diffusion_v, u.dtype)
         uvv = u * v * v
-        du = self.diffusion_u * self.laplacian(u) - uvv + f * (1.0 - u)
-        dv = self.diffusion_v * self.laplacian(v) + uvv - (f + k) * v
+        du = d_u * self.laplacian(u) - uvv + f * (1.0 - u)
+        dv = d_v * self.laplacian(v) + uvv - (f + k) * v
         step = state.step + 1
         # t from the step count: no float32 drift over long runs.
         return GrayScottState(u=u + self.dt * du, v=v + self.dt * dv, t=(step * self.dt).astype(state.t.dtype), step=step)
@@ -175,20 +203,35 @@ def pattern_amplitude(state: GrayScottState) -> jax.Array:
     return jnp.std(state.v)
 
 
+VECTOR_LAYOUT = ("feed", "kill", "diffusion_u", "diffusion_v", "seed_fraction", "seed_v")
+"""The order of :class:`GrayScottParams` fields in a parameter vector (a prefix of it)."""
+
+
 def params_from_vector(x: jax.Array) -> GrayScottParams:
-    """``GrayScottParams`` from a vector ``(F, k)``: the layout a parameter study proposes."""
-    return GrayScottParams(feed=jnp.asarray(x[0], jnp.float32), kill=jnp.asarray(x[1], jnp.float32))
+    """``GrayScottParams`` from a vector: the layout a parameter study proposes.
+
+    The vector holds the first ``len(x)`` fields of :data:`VECTOR_LAYOUT`: ``(F, k)``,
+    ``(F, k, Du, Dv)``, ``(F, k, Du, Dv, seed_fraction)`` and so on; the fields after it
+    keep the simulator's values.
+
+    Raises:
+        ValueError: for a vector of fewer than 2 or more than 6 entries.
+    """
+    size = x.shape[0]
+    if not 2 <= size <= len(VECTOR_LAYOUT):
+        raise ValueError(f"expected a vector of 2 to {len(VECTOR_LAYOUT)} entries {VECTOR_LAYOUT}, got {size}")
+    return GrayScottParams(**{name: jnp.asarray(x[i], jnp.float32) for i, name in enumerate(VECTOR_LAYOUT[:size])})
 
 
 def run_amplitude(sim: GrayScott, x: jax.Array, steps: int, seed: int = 0) -> jax.Array:
-    """Pattern amplitude after ``steps`` steps at ``x = (F, k)`` from the seed of ``seed``.
+    """Pattern amplitude after ``steps`` steps at ``x`` from the seed of ``seed``.
 
     Pure and vmap-able over ``x``: ``jax.jit(jax.vmap(lambda x: run_amplitude(sim, x, 2000)))``
     evaluates a whole batch of parameter points in one call.
 
     Args:
         sim: the simulator.
-        x: ``(2,)`` parameters ``(F, k)``.
+        x: ``(d,)`` parameters in the layout of :func:`params_from_vector` (``d`` in 2..6).
         steps: time steps to run.
         seed: PRNG seed of the initial perturbation (the same for every ``x``).
 

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from coupler.actors.pool import SimulationStudy, SimulatorPoolActor, TaskStatus
-from coupler.actors.steering import Steerer, SteeringActor, overlap_seconds
+from coupler.actors.steering import SteeringActor
+from coupler.learners.steerer import overlap_seconds
 from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, RandomSweep, SearchData
+from coupler.learners.ask_tell import Outcome, Suggestion
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
@@ -163,12 +165,6 @@ def test_steering_fits_and_proposes_while_simulations_run(coupling: Coupling, un
     assert info["best_qoi"] == max(h["qoi"] for h in history)
 
 
-def test_overlap_seconds_measures_the_intersection_of_two_unions() -> None:
-    assert overlap_seconds([(0, 2), (1, 3)], [(2.5, 5)]) == pytest.approx(0.5)
-    assert overlap_seconds([(0, 1)], [(1, 2)]) == 0.0
-    assert overlap_seconds([(0, 10)], [(1, 2), (1.5, 3), (5, 6)]) == pytest.approx(3.0)
-
-
 def _until(what: str, ready: Callable[[], bool], timeout: float = 120.0) -> None:
     deadline = time.monotonic() + timeout
     while not ready():
@@ -191,56 +187,6 @@ def _assert_same_state(a: Any, b: Any, path: str = "") -> None:
         np.testing.assert_array_equal(a, b, err_msg=path)
     else:
         assert a == b or (a != a and b != b), f"{path}: {a!r} != {b!r}"  # NaN qoi of pending tasks
-
-
-def _decide(steerer: Steerer, rounds: int, batch: int) -> list[np.ndarray]:
-    """Propose, answer with a known function, refit; the points proposed, in order."""
-    out = []
-    for _ in range(rounds):
-        for rec in steerer.propose(batch):
-            u = steerer.space.to_unit(rec.x[None])[0]
-            steerer.record(rec.task, TaskStatus.OK, float(np.sin(6 * u[0]) * u[1]), finished=float(rec.task + 1))
-            out.append(rec.x)
-        steerer.refit()
-    return out
-
-
-def test_steerer_state_survives_the_checkpoint_format_and_continues_exactly() -> None:
-    def make() -> Steerer:
-        strategy = ExpectedImprovement(SPACE, initial=4, candidates=64, local=16, seed=3)
-        return Steerer(SPACE, strategy, EnsembleConfig(members=2, hidden=8, depth=1, fourier_features=4, steps_per_fit=10), seed=1)
-
-    first = make()
-    _decide(first, 3, 2)  # past the initial design: the model and the generator both matter
-    pending = first.propose(2)  # proposed and never answered: pending at the checkpoint
-    state = decode(encode(first.state_dict()))  # the durable checkpoints' msgpack format, no pickle
-    second = make()
-    second.load_state_dict(state)
-    assert [t for t in second.pending()] == [r.task for r in pending]
-    np.testing.assert_array_equal(first.model.members(first.data().x), second.model.members(second.data().x))
-    for rec in pending:
-        for s in (first, second):
-            s.record(rec.task, TaskStatus.OK, 0.5, finished=100.0 + rec.task)
-        for s in (first, second):
-            s.refit()
-    # Same generator, same surrogate, same data: the very same next decisions.
-    np.testing.assert_array_equal(np.stack(_decide(first, 2, 2)), np.stack(_decide(second, 2, 2)))
-    with pytest.raises(ValueError, match="surrogate"):
-        Steerer(SPACE, RandomSweep(SPACE), None).load_state_dict(state)
-
-
-def test_steerer_adopts_answers_to_tasks_an_earlier_incarnation_sent() -> None:
-    steerer = Steerer(SPACE, RandomSweep(SPACE, seed=0))
-    steerer.propose(2)  # tasks 0 and 1
-    with pytest.raises(KeyError, match="task 5"):
-        steerer.record(5, TaskStatus.OK, 1.0)
-    # After a restore, the pool answers task 3 (sent after the checkpoint) and task 1 in the
-    # version the channel kept: the parameters the pool ran are the truth.
-    steerer.record(3, TaskStatus.OK, 0.7, x=np.array([0.03, 0.06], np.float32), started=1.0)
-    steerer.record(1, TaskStatus.OK, 0.2, x=np.array([0.05, 0.055], np.float32))
-    np.testing.assert_array_equal(steerer.tasks[3].x, np.float32([0.03, 0.06]))
-    np.testing.assert_array_equal(steerer.tasks[1].x, np.float32([0.05, 0.055]))
-    assert [r.task for r in steerer.propose(1)] == [4]  # new ids go past every id known
 
 
 def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupling: Coupling, unique: str) -> None:
@@ -297,3 +243,72 @@ def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupli
                 assert h["qoi"] == before[h["task"]]["qoi"] and h["member"] == before[h["task"]]["member"]
     assert {h["member"] for h in history if h["task"] in lost} <= {p.name for p in pool}
     assert info["fits"] > ck["state"]["steerer"]["fits"]  # it went on learning
+
+
+class OptunaGenerator:
+    """Optuna's ask/tell behind the Generator protocol (the glue of docs/modulation.md); every
+    ``gpu_every``-th trial asks for a GPU for its task (0: none does)."""
+
+    def __init__(self, space: ParameterSpace, seed: int, gpu_every: int = 0) -> None:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed, n_startup_trials=4))
+        self.dists = {n: optuna.distributions.FloatDistribution(lo, hi) for n, lo, hi in zip(space.names, space.lower, space.upper)}
+        self.gpu_every = gpu_every
+
+    def ask(self, n: int) -> list[Suggestion]:
+        out = []
+        for _ in range(n):
+            t = self.study.ask(self.dists)
+            gpu = self.gpu_every and t.number % self.gpu_every == 0
+            out.append(Suggestion(dict(t.params), {"GPU": 1.0} if gpu else {}, t.number))
+        return out
+
+    def tell(self, results: list[Outcome]) -> None:
+        import optuna
+
+        for r in results:
+            if r.status == TaskStatus.OK:
+                self.study.tell(int(r.suggestion.handle), r.value)
+            else:
+                self.study.tell(int(r.suggestion.handle), state=optuna.trial.TrialState.FAIL)
+
+
+def test_an_optuna_study_steers_the_pool_and_its_gpu_tasks_run_on_gpu_members() -> None:
+    import optuna
+
+    # An Optuna study drives the steering actor through ask/tell. A cluster whose worker offers the Dask resource GPU=1: the GPU member is spawned with
+    # resources={"GPU": 1} (Dask places it there or refuses); the steerer routes every task that
+    # asks for a GPU to that member's channel and the rest to the CPU member's.
+    with Coupling(n_workers=1, threads_per_worker=2, resources={"GPU": 1}, dashboard_address=":0") as cp:
+        for ch in ("cpu", "gpu"):
+            cp.channel(f"tasks-{ch}", Queue(1, shared=True))
+        cp.channel("results", Queue(64))
+        study = SimulationStudy(GrayScott(n=8), params_from_vector, pattern_amplitude, steps=20, bounds=BOUNDS)
+        cpu = cp.spawn(SimulatorPoolActor, study, name="cpu-member", inputs={"tasks": "tasks-cpu"}, outputs={"results": "results"})
+        gpu = cp.spawn(SimulatorPoolActor, study, name="gpu-member", inputs={"tasks": "tasks-gpu"},
+                       outputs={"results": "results"}, resources={"GPU": 1})  # fmt: skip
+        for p in (cpu, gpu):
+            p.start()
+        n = 9
+        steer = cp.spawn(
+            SteeringActor, SPACE, OptunaGenerator(SPACE, seed=1, gpu_every=3), name="steer", budget=n, in_flight=4,
+            batch=2, routes={"GPU": "gpu_tasks"}, inputs={"results": "results"},
+            outputs={"tasks": "tasks-cpu", "gpu_tasks": "tasks-gpu"},
+        )  # fmt: skip
+        steer.start()
+        assert steer.wait(120).state == "finished"
+        history = steer.call("history")
+        for ch in ("cpu", "gpu"):
+            cp.close_channel(f"tasks-{ch}")
+        trials = steer.call("generator").study.get_trials(deepcopy=False)
+        assert [h["answers"] for h in history] == [1] * n and all(h["status"] == TaskStatus.OK for h in history)
+        assert [h["member"] for h in history] == ["gpu-member" if t % 3 == 0 else "cpu-member" for t in range(n)]
+        # Task i is trial i (asked in order); the study holds the amplitude the pool computed for it.
+        assert len(trials) == n and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+        for h, t in zip(history, trials):
+            assert t.value == pytest.approx(h["qoi"]) and t.params["F"] == pytest.approx(h["x"][0], rel=1e-6)
+    with pytest.raises(ValueError, match="not in outputs"):
+        SteeringActor(SPACE, RandomSweep(SPACE), name="x", budget=1, routes={"GPU": "gpu_tasks"},
+                      inputs={"results": "r"}, outputs={"tasks": "t"})  # fmt: skip

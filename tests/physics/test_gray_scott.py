@@ -111,3 +111,34 @@ def test_init_is_pearsons_seed_and_observe_publishes_both_fields() -> None:
 def test_bad_configuration_is_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         GrayScott(**kwargs)
+
+
+def test_per_run_diffusivity_decays_a_fourier_mode_at_its_exact_rate() -> None:
+    # As the fixed-Du test above, with Du = 0.05 given per run (the simulator's own is 0.21): forward
+    # Euler multiplies mode p by (1 - 4 Du dt sin^2(pi p / n)) per step, exactly (float32 rounding only).
+    sim = GrayScott(n=16)
+    du, p, steps, eps = 0.05, 2, 200, 0.1
+    x = jnp.arange(sim.n)
+    mode = jnp.cos(2 * jnp.pi * p * x / sim.n)[:, None] * jnp.ones((1, sim.n))
+    s0 = _uniform(sim, 1.0, 0.0)._replace(u=(1.0 + eps * mode).astype(jnp.float32))
+    s = sim.advance(s0, params_from_vector(jnp.array([0.0, 0.0, du, 0.1])), steps)
+    factor = (1 - 4 * du * sim.dt * math.sin(math.pi * p / sim.n) ** 2) ** steps
+    np.testing.assert_allclose(np.asarray(s.u), np.asarray(1.0 + eps * factor * mode), atol=1e-5)
+
+
+def test_a_vector_with_the_simulators_own_values_runs_the_same_as_the_short_one() -> None:
+    sim = GrayScott(n=8, seed_fraction=0.5)
+    full = jnp.array([0.04, 0.06, sim.diffusion_u, sim.diffusion_v, sim.seed_fraction, 0.25], jnp.float32)
+    a = float(run_amplitude(sim, full[:2], 100))
+    b = float(run_amplitude(sim, full, 100))
+    assert a == pytest.approx(b, rel=1e-5, abs=1e-7)
+    with pytest.raises(ValueError, match="2 to 6 entries"):
+        params_from_vector(jnp.zeros(7))
+
+
+def test_per_run_seed_sets_the_square_and_its_concentration() -> None:
+    # seed_fraction 0.5 of n = 16: half-width round(0.5 * 16 / 2) = 4 cells, so |i - 8| < 4 is 7 cells a side.
+    sim = GrayScott(n=16, noise=0.0)
+    s = sim.init(jax.random.key(0), params_from_vector(jnp.array([0.04, 0.06, 0.2, 0.1, 0.5, 0.4])))
+    v, u = np.asarray(s.v), np.asarray(s.u)
+    assert int((v > 0).sum()) == 49 and v.max() == pytest.approx(0.4) and u.min() == pytest.approx(0.2)

@@ -1,0 +1,273 @@
+"""A Gaussian-process surrogate: the standard model of Bayesian optimisation in a few dimensions.
+
+A zero-mean GP on standardised targets with a Matérn 5/2 kernel and one length
+scale per input (automatic relevance determination; Rasmussen & Williams 2006,
+"Gaussian Processes for Machine Learning", eqs. 2.25-2.26 for the posterior,
+4.17 for the kernel, 5.8 for the log marginal likelihood). Its hyperparameters
+(length scales, signal and noise variance) maximise the log marginal
+likelihood (L-BFGS-B on their logarithms, within bounds).
+
+Refits keep up with the data: hyperparameters are chosen again only once the
+data grew by ``reoptimise_growth`` (20 %) since the last choice, and then
+warm-started from it (plus one fixed default start while the data are few);
+the fits in between only condition on the new points, extending the last
+Cholesky factor when the points only grew (``O(N^2 k)`` for ``k`` new points;
+milliseconds for the hundreds of points a steered study gathers).
+
+It offers the surrogate interface the :class:`~coupler.learners.steerer.Steerer`
+uses (``fit``, ``predict``, ``state_dict``, ``load_state_dict``), like
+:class:`~coupler.learners.ensemble.DeepEnsemble`; inputs are in the unit box.
+
+Example:
+    >>> gp = GaussianProcess(GPConfig(), dim=2)
+    >>> x = np.random.default_rng(0).uniform(size=(20, 2))
+    >>> _ = gp.fit(x, np.sin(3 * x[:, 0]))
+    >>> mean, std = gp.predict(x[:3])
+    >>> mean.shape, bool(np.all(std < 0.1))
+    ((3,), True)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.optimize import minimize
+
+_SQRT5 = math.sqrt(5.0)
+
+
+@dataclass(frozen=True)
+class GPConfig:
+    """Hyperparameter bounds and fit settings of a :class:`GaussianProcess`.
+
+    Attributes:
+        length_bounds: range of every length scale (unit-box units).
+        noise_bounds: range of the noise variance (standardised targets).
+        signal_bounds: range of the signal variance (standardised targets).
+        max_iter: L-BFGS-B iterations per fit.
+        fresh_starts_until: below this many points, each fit also tries the default
+            start (length 0.3, signal 1, noise 1e-3); the better optimum wins.
+        reoptimise_growth: choose hyperparameters again only once the data grew by this
+            share since they were last chosen; fits in between keep them and only
+            condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
+    """
+
+    length_bounds: tuple[float, float] = (0.01, 10.0)
+    noise_bounds: tuple[float, float] = (1e-6, 0.5)
+    signal_bounds: tuple[float, float] = (0.05, 20.0)
+    max_iter: int = 60
+    fresh_starts_until: int = 64
+    reoptimise_growth: float = 0.2
+
+    def __post_init__(self) -> None:
+        for name in ("length_bounds", "noise_bounds", "signal_bounds"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ValueError(f"{name} must satisfy 0 < low < high, got {(lo, hi)}")
+        if self.max_iter < 1 or self.reoptimise_growth < 0:
+            raise ValueError(f"max_iter must be >= 1 and reoptimise_growth >= 0, got {self.max_iter}, {self.reoptimise_growth}")
+
+
+def matern52(a: np.ndarray, b: np.ndarray, lengths: np.ndarray, signal: float) -> np.ndarray:
+    """Matérn 5/2 covariance ``s (1 + sqrt5 r + 5 r^2 / 3) exp(-sqrt5 r)``, ``r`` the length-scaled distance.
+
+    ``r^2 = |a|^2 + |b|^2 - 2 a.b`` on the scaled inputs: one matrix product rather than an
+    ``(N, M, d)`` array of differences (six times faster for a thousand candidates against
+    hundreds of points); rounding can make it slightly negative, hence the clip.
+    """
+    sa, sb = a / lengths, b / lengths
+    r2 = np.maximum((sa * sa).sum(1)[:, None] + (sb * sb).sum(1)[None, :] - 2.0 * sa @ sb.T, 0.0)
+    r = np.sqrt(r2)
+    return signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r2) * np.exp(-_SQRT5 * r)
+
+
+class GaussianProcess:
+    """GP regressor over the unit box (numpy in, numpy out).
+
+    Args:
+        config: bounds and fit settings.
+        dim: input dimension.
+        seed: unused by the fit (deterministic); kept so that every surrogate is built alike.
+
+    Raises:
+        ValueError: for ``dim < 1``.
+    """
+
+    def __init__(self, config: GPConfig, dim: int, seed: int = 0) -> None:
+        if dim < 1:
+            raise ValueError(f"dim must be >= 1, got {dim}")
+        del seed
+        self.config = config
+        self.dim = dim
+        self._theta = self._default_theta()
+        self._x = np.zeros((0, dim))
+        self._y_mean, self._y_scale = 0.0, 1.0
+        self._chol: tuple[np.ndarray, bool] | None = None
+        self._alpha = np.zeros(0)
+        self.fits = 0
+        self.choices = 0  # fits that chose hyperparameters (the others only conditioned)
+        self.extensions = 0  # fits that extended the last factor rather than factorising again
+        self._conditioned_theta: np.ndarray | None = None
+        self._chosen_on, self._last_nll = 0, 0.0
+        self.evaluations = 0  # likelihood evaluations over all fits (the cost of fitting)
+
+    def _default_theta(self) -> np.ndarray:
+        return np.log(np.concatenate([np.full(self.dim, 0.3), [1.0, 1e-3]]))
+
+    def _bounds(self) -> list[tuple[float, float]]:
+        c = self.config
+        return [tuple(np.log(c.length_bounds))] * self.dim + [tuple(np.log(c.signal_bounds)), tuple(np.log(c.noise_bounds))]
+
+    def _unpack(self, theta: np.ndarray) -> tuple[np.ndarray, float, float]:
+        e = np.exp(theta)
+        return e[: self.dim], float(e[self.dim]), float(e[self.dim + 1])
+
+    def _neg_log_likelihood(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+        """The negative log marginal likelihood and its gradient in ``theta`` (R&W eq. 5.9).
+
+        ``dK/dlog l_i = s (5/3) (1 + sqrt5 r) exp(-sqrt5 r) d_i^2 / l_i^2`` (the Matérn 5/2
+        kernel differentiated through ``r``), ``dK/dlog s = K - noise I``, ``dK/dlog noise = noise I``.
+        """
+        self.evaluations += 1
+        lengths, signal, noise = self._unpack(theta)
+        d2 = ((x[:, None, :] - x[None, :, :]) / lengths) ** 2  # (N, N, dim)
+        r = np.sqrt(np.maximum(d2.sum(-1), 0.0))
+        decay = np.exp(-_SQRT5 * r)
+        ks = signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r * r) * decay
+        k = ks + (noise + 1e-8) * np.eye(len(x))
+        try:
+            low = np.linalg.cholesky(k)
+        except np.linalg.LinAlgError:
+            return 1e10, np.zeros_like(theta)  # not positive definite at these hyperparameters: reject the step
+        alpha = cho_solve((low, True), y)
+        nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
+        w = cho_solve((low, True), np.eye(len(x))) - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
+        common = signal * 5.0 / 3.0 * (1.0 + _SQRT5 * r) * decay
+        grad = np.empty_like(theta)
+        grad[: self.dim] = 0.5 * np.einsum("ij,ij,ijk->k", w, common, d2)
+        grad[self.dim] = 0.5 * np.sum(w * ks)
+        grad[self.dim + 1] = 0.5 * noise * np.trace(w)
+        return nll, grad
+
+    def fit(self, x: np.ndarray, y: np.ndarray) -> float:
+        """Choose hyperparameters for all the data (warm start from the last fit) and condition on it.
+
+        Args:
+            x: ``(N, dim)`` inputs in the unit box.
+            y: ``(N,)`` finite targets.
+
+        Returns:
+            The negative log marginal likelihood per point when the hyperparameters were last chosen.
+
+        Raises:
+            ValueError: for mismatched shapes, no data or non-finite targets.
+        """
+        x = np.asarray(x, np.float64)
+        y = np.asarray(y, np.float64)
+        if x.ndim != 2 or x.shape[1] != self.dim or y.shape != (x.shape[0],) or x.shape[0] == 0:
+            raise ValueError(f"expected x (N, {self.dim}) and y (N,) with N >= 1, got x {x.shape} and y {y.shape}")
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"targets must be finite; {int(np.sum(~np.isfinite(y)))} of {len(y)} are not")
+        self._y_mean = float(y.mean())
+        self._y_scale = float(y.std()) or 1.0
+        ys = (y - self._y_mean) / self._y_scale
+        if self.fits == 0 or len(y) >= (1.0 + self.config.reoptimise_growth) * self._chosen_on:
+            self._choose(x, ys)
+        self._condition(x, ys)
+        self.fits += 1
+        return self._last_nll / max(self._chosen_on, 1)
+
+    def _choose(self, x: np.ndarray, ys: np.ndarray) -> None:
+        """Maximise the marginal likelihood from the last choice (and the default, while data are few)."""
+        starts = [self._theta]
+        if len(ys) < self.config.fresh_starts_until and self.fits > 0:
+            starts.append(self._default_theta())
+        best: tuple[float, np.ndarray] | None = None
+        for start in starts:
+            res = minimize(self._neg_log_likelihood, start, args=(x, ys), method="L-BFGS-B", jac=True, bounds=self._bounds(),
+                           options={"maxiter": self.config.max_iter})  # fmt: skip
+            if best is None or res.fun < best[0]:
+                best = (float(res.fun), np.asarray(res.x))
+        assert best is not None
+        self._theta, self._last_nll, self._chosen_on = best[1], best[0], len(ys)
+        self.choices += 1
+
+    def _condition(self, x: np.ndarray, ys: np.ndarray) -> None:
+        """Factorise the covariance of ``x``; when ``x`` extends the points last factorised and the
+        hyperparameters did not change, extend that factor instead (``O(N^2 k)`` for ``k`` new
+        points rather than ``O(N^3)``): ``L' = [[L, 0], [B, C]]`` with ``B = K(new, old) L^-T`` and
+        ``C C^T = K(new, new) - B B^T``."""
+        lengths, signal, noise = self._unpack(self._theta)
+        n_old = len(self._x)
+        extend = (
+            self._chol is not None and self._conditioned_theta is not None
+            and np.array_equal(self._conditioned_theta, self._theta)
+            and 0 < n_old < len(x) and np.array_equal(x[:n_old], self._x)
+        )  # fmt: skip
+        if extend:
+            assert self._chol is not None
+            low, new = self._chol[0], x[n_old:]
+            b = solve_triangular(low, matern52(self._x, new, lengths, signal), lower=True).T
+            c = np.linalg.cholesky(matern52(new, new, lengths, signal) + (noise + 1e-8) * np.eye(len(new)) - b @ b.T)
+            grown = np.zeros((len(x), len(x)))
+            grown[:n_old, :n_old], grown[n_old:, :n_old], grown[n_old:, n_old:] = low, b, c
+            self._chol = (grown, True)
+            self.extensions += 1
+        else:
+            k = matern52(x, x, lengths, signal) + (noise + 1e-8) * np.eye(len(x))
+            self._chol = cho_factor(k, lower=True)
+        self._alpha = cho_solve(self._chol, ys)
+        self._x = x
+        self._conditioned_theta = self._theta.copy()
+
+    def predict(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Posterior mean and standard deviation of the latent function at ``(N, dim)`` points.
+
+        Raises:
+            RuntimeError: before the first fit.
+        """
+        if self._chol is None:
+            raise RuntimeError("GaussianProcess.predict before any fit")
+        x = np.asarray(x, np.float64).reshape(-1, self.dim)
+        lengths, signal, _ = self._unpack(self._theta)
+        ks = matern52(x, self._x, lengths, signal)
+        mean = ks @ self._alpha
+        v = solve_triangular(self._chol[0], ks.T, lower=True)
+        var = np.maximum(signal - (v * v).sum(0), 0.0)
+        return self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
+
+    @property
+    def length_scales(self) -> np.ndarray:
+        """The fitted length scale of each input (short: the quantity varies fast along it)."""
+        return self._unpack(self._theta)[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Hyperparameters and the data conditioned on (plain data for a checkpoint)."""
+        return {"theta": self._theta.copy(), "x": self._x.copy(), "y_mean": self._y_mean, "y_scale": self._y_scale,
+                "alpha": self._alpha.copy(), "fits": self.fits, "choices": self.choices, "chosen_on": self._chosen_on,
+                "last_nll": self._last_nll}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict` of a process of the same dimension.
+
+        Raises:
+            ValueError: for a state of another dimension.
+        """
+        theta = np.asarray(state["theta"], np.float64)
+        if theta.shape != (self.dim + 2,):
+            raise ValueError(f"expected hyperparameters of shape ({self.dim + 2},), got {theta.shape}")
+        self._theta = theta
+        self._y_mean, self._y_scale, self.fits = float(state["y_mean"]), float(state["y_scale"]), int(state["fits"])
+        self.choices, self._chosen_on, self._last_nll = int(state["choices"]), int(state["chosen_on"]), float(state["last_nll"])
+        x = np.asarray(state["x"], np.float64).reshape(-1, self.dim)
+        if len(x):
+            # Refactor from the data (a Cholesky factor is cheap to recompute and large to store).
+            lengths, signal, noise = self._unpack(theta)
+            self._chol = cho_factor(matern52(x, x, lengths, signal) + (noise + 1e-8) * np.eye(len(x)), lower=True)
+            self._alpha = np.asarray(state["alpha"], np.float64)
+            self._x = x
+            self._conditioned_theta = theta.copy()

@@ -1,0 +1,106 @@
+"""The Gaussian-process surrogate: its kernel and likelihood gradient against closed forms, fits, refits, checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import approx_fprime
+
+from coupler.learners.gp import GaussianProcess, GPConfig, matern52
+from coupler.runtime.checkpoints import decode, encode
+
+
+def _smooth(x: np.ndarray) -> np.ndarray:
+    return np.sin(3 * x[:, 0]) + 0.5 * np.cos(5 * x[:, 1])
+
+
+def test_matern52_matches_its_closed_form() -> None:
+    # Rasmussen & Williams (2006) eq. 4.17 with nu = 5/2: k(r) = s (1 + sqrt5 r + 5 r^2 / 3) exp(-sqrt5 r).
+    a = np.zeros((1, 2))
+    b = np.array([[0.6, 0.8], [0.0, 0.0]])  # distance 1 with unit length scales, and 0
+    k = matern52(a, b, np.ones(2), 2.0)[0]
+    assert k[1] == pytest.approx(2.0)
+    assert k[0] == pytest.approx(2.0 * (1 + math.sqrt(5) + 5 / 3) * math.exp(-math.sqrt(5)), rel=1e-12)
+    # Length scales divide each axis: length 2 on the first axis halves its distance.
+    assert matern52(a, np.array([[1.2, 0.0]]), np.array([2.0, 1.0]), 1.0)[0, 0] == pytest.approx(
+        matern52(a, np.array([[0.6, 0.0]]), np.ones(2), 1.0)[0, 0], rel=1e-12
+    )
+
+
+def test_likelihood_gradient_matches_finite_differences() -> None:
+    rng = np.random.default_rng(0)
+    gp = GaussianProcess(GPConfig(), 3)
+    x = rng.uniform(size=(30, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 2]
+    y = (y - y.mean()) / y.std()
+    theta = np.log(np.array([0.3, 0.7, 0.2, 1.3, 0.02]))
+    analytic = gp._neg_log_likelihood(theta, x, y)[1]
+    numeric = approx_fprime(theta, lambda t: gp._neg_log_likelihood(t, x, y)[0], 1e-6)
+    # Central differences are not used: forward differences of step 1e-6 carry O(1e-6 * curvature) error.
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-4)
+
+
+def test_fit_interpolates_a_smooth_function_and_knows_where_it_has_no_data() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(40, 2))
+    gp = GaussianProcess(GPConfig(), 2)
+    gp.fit(x, _smooth(x))
+    test = rng.uniform(size=(200, 2))
+    mean, std = gp.predict(test)
+    assert np.sqrt(np.mean((mean - _smooth(test)) ** 2)) < 0.05  # range of the function: about 3
+    _, at_data = gp.predict(x)
+    _, far = gp.predict(np.array([[3.0, 3.0]]))  # far outside the data: back to the prior
+    assert at_data.max() < 0.05 < far[0]
+    with pytest.raises(ValueError, match="finite"):
+        gp.fit(x, np.full(40, np.nan))
+    with pytest.raises(RuntimeError, match="before any fit"):
+        GaussianProcess(GPConfig(), 2).predict(x)
+
+
+def test_refits_choose_hyperparameters_again_only_after_the_data_grew() -> None:
+    rng = np.random.default_rng(2)
+    x = rng.uniform(size=(60, 2))
+    gp = GaussianProcess(GPConfig(reoptimise_growth=0.1), 2)
+    gp.fit(x[:40], _smooth(x[:40]))
+    assert gp.choices == 1
+    lengths = gp.length_scales.copy()
+    gp.fit(x[:43], _smooth(x[:43]))  # 7.5 % more: condition only, the same hyperparameters
+    assert gp.choices == 1 and np.array_equal(gp.length_scales, lengths)
+    np.testing.assert_allclose(gp.predict(x[:43])[0], _smooth(x[:43]), atol=0.02)  # but it does use the new points
+    gp.fit(x[:44], _smooth(x[:44]))  # 10 % more than at the last choice
+    assert gp.choices == 2 and gp.fits == 3
+
+
+def test_an_extended_factor_predicts_as_a_fresh_factorisation() -> None:
+    # Conditioning on 4 more points with the hyperparameters kept extends the Cholesky factor
+    # (block formula); a process loaded with the same hyperparameters and data factorises afresh.
+    rng = np.random.default_rng(4)
+    x = rng.uniform(size=(64, 3))
+    y = np.sin(4 * x[:, 0]) * x[:, 1] + x[:, 2]
+    grown = GaussianProcess(GPConfig(reoptimise_growth=0.5), 3)
+    grown.fit(x[:60], y[:60])
+    grown.fit(x, y)
+    assert grown.choices == 1 and grown.extensions == 1
+    fresh = GaussianProcess(GPConfig(), 3)
+    fresh.load_state_dict(grown.state_dict())  # refactorises from the data
+    test = rng.uniform(size=(100, 3))
+    for a, b in zip(grown.predict(test), fresh.predict(test)):
+        np.testing.assert_allclose(a, b, rtol=1e-7, atol=1e-9)  # float64 rounding of two factorisations
+    grown.fit(x[::-1], y[::-1])  # not an extension of the points factorised: factorised afresh
+    assert grown.extensions == 1
+
+
+def test_state_survives_the_checkpoint_format() -> None:
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(25, 2))
+    a = GaussianProcess(GPConfig(), 2)
+    a.fit(x, _smooth(x))
+    b = GaussianProcess(GPConfig(), 2)
+    b.load_state_dict(decode(encode(a.state_dict())))
+    test = rng.uniform(size=(50, 2))
+    for u, v in zip(a.predict(test), b.predict(test)):
+        np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="shape"):
+        GaussianProcess(GPConfig(), 3).load_state_dict(a.state_dict())
