@@ -6,6 +6,7 @@ from coupler.actors.learner import Trainer as Trainer
 from coupler.actors.simulator import SimulatorActor as SimulatorActor
 from coupler.actors.hybrid import HybridSimulatorActor as HybridSimulatorActor
 from coupler.actors.hybrid import HybridSchedule as HybridSchedule
+from coupler.actors.hybrid import CorrectedSimulatorActor as CorrectedSimulatorActor
 from coupler.actors.pool import SimulatorPoolActor as SimulatorPoolActor
 from coupler.actors.pool import SimulationStudy as SimulationStudy
 from coupler.actors.pool import Study as Study
@@ -22,6 +23,7 @@ from coupler.actors.ensemble_members import EnsembleFilterActor as EnsembleFilte
 from coupler.actors.ensemble_members import MemberBlockActor as MemberBlockActor
 
 __all__ = [
+    "CorrectedSimulatorActor",
     "ActorHost",
     "AssimilationActor",
     "cancel_message",

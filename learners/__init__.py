@@ -39,8 +39,34 @@ from coupler.learners.correction import CorrectionConfig as CorrectionConfig
 from coupler.learners.correction import CorrectionTrainer as CorrectionTrainer
 from coupler.learners.correction import MakeCorrectionTrainer as MakeCorrectionTrainer
 from coupler.learners.correction import correction_function as correction_function
+from coupler.learners.gp import GaussianProcess as GaussianProcess
+from coupler.learners.gp import GPConfig as GPConfig
+from coupler.learners.samplers import SobolSweep as SobolSweep
+from coupler.learners.samplers import LatinHypercubeSweep as LatinHypercubeSweep
+from coupler.learners.steerer import Steerer as Steerer
+from coupler.learners.ask_tell import AskTellSteerer as AskTellSteerer
+from coupler.learners.ask_tell import Generator as Generator
+from coupler.learners.ask_tell import Suggestion as Suggestion
+from coupler.learners.ask_tell import Outcome as Outcome
+from coupler.learners.solver_correction import CoarseCorrectionNet as CoarseCorrectionNet
+from coupler.learners.solver_correction import CoarseCorrectionConfig as CoarseCorrectionConfig
+from coupler.learners.solver_correction import SolverCorrectionConfig as SolverCorrectionConfig
+from coupler.learners.solver_correction import SolverCorrectionTrainer as SolverCorrectionTrainer
 
 __all__ = [
+    "GaussianProcess",
+    "GPConfig",
+    "SobolSweep",
+    "LatinHypercubeSweep",
+    "Steerer",
+    "AskTellSteerer",
+    "Generator",
+    "Suggestion",
+    "Outcome",
+    "CoarseCorrectionNet",
+    "CoarseCorrectionConfig",
+    "SolverCorrectionConfig",
+    "SolverCorrectionTrainer",
     "ConvSurrogate",
     "correction_function",
     "CorrectionConfig",

@@ -11,7 +11,7 @@ import pytest
 from coupler.learners.acquisition import ParameterSpace
 from coupler.learners.ask_tell import AskTellSteerer, Outcome, Suggestion
 from coupler.learners.steerer import TaskStatus
-from coupler.runtime.checkpoints import decode, encode
+from coupler.runtime.control.checkpoints import decode, encode
 
 SPACE = ParameterSpace((-1.0, -1.0, -1.0, -1.0), (1.0, 1.0, 1.0, 1.0), ("a", "b", "c", "d"))
 PEAK = np.array([0.3, -0.2, 0.5, 0.1])

@@ -9,7 +9,7 @@ import pytest
 from scipy.optimize import approx_fprime
 
 from coupler.learners.gp import GaussianProcess, GPConfig, matern52
-from coupler.runtime.checkpoints import decode, encode
+from coupler.runtime.control.checkpoints import decode, encode
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:

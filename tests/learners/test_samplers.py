@@ -7,7 +7,7 @@ from scipy.stats import qmc
 
 from coupler.learners.acquisition import ParameterSpace, SearchData
 from coupler.learners.samplers import LatinHypercubeSweep, SobolSweep
-from coupler.runtime.checkpoints import decode, encode
+from coupler.runtime.control.checkpoints import decode, encode
 
 SPACE = ParameterSpace((0.0,) * 4, (1.0,) * 4)
 EMPTY = SearchData(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 4), np.float32))

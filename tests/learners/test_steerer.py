@@ -8,7 +8,7 @@ import pytest
 from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, RandomSweep
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.learners.steerer import Steerer, TaskStatus, overlap_seconds
-from coupler.runtime.checkpoints import decode, encode
+from coupler.runtime.control.checkpoints import decode, encode
 
 SPACE = ParameterSpace((0.02, 0.05), (0.08, 0.07), ("F", "k"))
 
