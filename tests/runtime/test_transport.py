@@ -24,7 +24,8 @@ import pytest
 import transport_actors
 from helper_actors import Collector, Producer
 from transport_actors import Blank, DeviceStreamer, FakeDeviceArray, Inspector, Keeper, Streamer
-from coupler.runtime import Coupling, Queue, shm
+from coupler.runtime import Coupling, Queue
+from coupler.runtime.dataplane import shm
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import make_buffer
 from coupler.runtime.dataplane.link import Link, TransportConfig, detach_leaves, owned_leaves
