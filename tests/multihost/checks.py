@@ -42,7 +42,10 @@ def assert_every_message_once(learner: Any, sources: dict[str, int], n: int, tim
     Returns:
         The learner's record.
     """
-    wait_for("the learner to train on every message", lambda: learner.status().info["count"] >= n * len(sources), timeout)
+    try:
+        wait_for("the learner to train on every message", lambda: learner.status().info["count"] >= n * len(sources), timeout)
+    except TimeoutError as e:
+        raise AssertionError(f"{e}; it has {summary(learner.call('record')['trained'], sources, n)}") from None
     time.sleep(0.5)  # a duplicate arriving late would show up as an extra message
     rec = learner.call("record")
     trained = rec["trained"]
@@ -60,3 +63,14 @@ def assert_every_message_once(learner: Any, sources: dict[str, int], n: int, tim
         w = sgd_step(w, d["x"], d["y"])
     np.testing.assert_allclose(rec["w"], w, rtol=1e-12, atol=0)
     return rec
+
+
+def summary(trained: list[tuple[str, int]], sources: dict[str, int], n: int) -> dict[str, dict[str, Any]]:
+    """Per source: how many of its messages the learner took, the first missing seq, and seqs taken twice."""
+    out = {}
+    for name in sources:
+        seqs = [q for src, q in trained if src == name]
+        missing = sorted(set(range(n)) - set(seqs))
+        out[name] = {"count": len(seqs), "first_missing": missing[0] if missing else None,
+                     "missing": len(missing), "twice": sorted({q for q in seqs if seqs.count(q) > 1})[:10]}
+    return out

@@ -121,9 +121,14 @@ class HostCluster:
         return next(a for a, n in self._names().items() if n == name)
 
     def kill_worker(self, host: Host) -> None:
-        """SIGKILL ``host``'s worker process (by the pid this cluster started it with)."""
-        proc = self.procs.pop(host.index)
-        os.kill(proc.pid, signal.SIGKILL)
+        """SIGKILL ``host``'s primary worker process (by the pid this cluster started it with)."""
+        self.kill_worker_process(self.procs.pop(host.index))
+
+    @staticmethod
+    def kill_worker_process(proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker process this cluster started, unless it has ended; reap it."""
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
 
     def ensure_workers(self) -> None:
