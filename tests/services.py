@@ -32,8 +32,8 @@ def require(service: str, problem: str | None) -> None:
     if problem is None:
         return
     if in_ci():
-        pytest.fail(f"CI=true but {service} is not usable: {problem}")
-    pytest.skip(f"{service} is not usable: {problem}")
+        pytest.fail(f"CI=true but {service} unavailable: {problem}")
+    pytest.skip(f"{service} unavailable: {problem}")
 
 
 def require_executable(name: str, how_to_get: str) -> str:
