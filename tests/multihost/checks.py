@@ -74,3 +74,24 @@ def summary(trained: list[tuple[str, int]], sources: dict[str, int], n: int) -> 
         out[name] = {"count": len(seqs), "first_missing": missing[0] if missing else None,
                      "missing": len(missing), "twice": sorted({q for q in seqs if seqs.count(q) > 1})[:10]}
     return out
+
+
+def assert_one_instance_at_a_time(rec: dict[str, Any], source: str, successor: int) -> list[int]:
+    """Of ``source``'s messages, in the order the learner trained on them, each instance sent one unbroken run,
+    and ``successor`` (its current instance) the last: once a successor delivered, an old instance never did again.
+
+    Args:
+        rec: an ``InstanceLearner``'s record.
+        source: the simulator's name.
+        successor: its current instance's identity.
+
+    Returns:
+        The instances in the order they delivered.
+    """
+    order: list[int] = []
+    for (src, _), instance in zip(rec["trained"], rec["instances"]):
+        if src == source and (not order or order[-1] != instance):
+            assert instance not in order, f"{source}: instance {instance} delivered again after {order[-1]} had"
+            order.append(instance)
+    assert order and order[-1] == successor, f"{source}: instances in delivery order {order}; the current one is {successor}"
+    return order

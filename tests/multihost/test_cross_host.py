@@ -195,6 +195,7 @@ def test_walltime_moves_the_learner_from_one_host_to_another(supervised: HostClu
     assert hc.host_of(moved[0].target) in (h2, h3)
     assert not [e for e in cp.supervisor.events if e.actor == learner.name and e.kind in ("restarted", "gave-up")]
     learner.stop()
+    hc.procs[h1.index].wait(30)  # the short-lived worker ends at its lifetime (then the fixture starts another)
 
 
 def test_nothing_is_left_in_any_hosts_dev_shm(three_hosts: HostCluster) -> None:

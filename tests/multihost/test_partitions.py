@@ -35,10 +35,9 @@ import pytest
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
-from chaos_actors import QueueLearner
-from checks import assert_every_message_once, wait_for
+from checks import assert_every_message_once, assert_one_instance_at_a_time, wait_for
 from coupler.runtime import Queue
-from host_actors import TimedSimulator
+from host_actors import InstanceLearner, TimedSimulator
 from host_cluster import HostCluster, host_cluster
 
 pytestmark = pytest.mark.multihost
@@ -84,7 +83,7 @@ def _stream(hc: HostCluster, victim: str, n: int, period: float) -> tuple[Any, l
     learner_on, sims_on = LAYOUTS[victim]
     tag = f"p{next(_examples)}"
     ch = hc.coupling.channel(f"cut-{tag}", Queue(8))
-    learner = hc.coupling.spawn(QueueLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=hc.address(hc.host(learner_on)))
+    learner = hc.coupling.spawn(InstanceLearner, name=f"learner-{tag}", inputs={"data": ch}, workers=hc.address(hc.host(learner_on)))
     sims = [
         hc.coupling.spawn(TimedSimulator, n, seed, period, name=f"sim{seed}-{tag}", outputs={"out": ch},
                           workers=hc.address(hc.host(h)))
@@ -128,7 +127,9 @@ def test_a_short_cut_loses_and_repeats_nothing(hosts: HostCluster, victim: str, 
     cut, heal = _cut(hc, 1, start, length)
     for s in sims:
         assert s.wait(120).state == "finished"
-    assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    rec = assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    for s in sims:  # each simulator's one instance sent all its messages
+        assert len(assert_one_instance_at_a_time(rec, s.name, s.call("instance_id"))) == 1
     assert learner.generation == 0 and all(s.generation == 0 for s in sims)
     # No actor moved or restarted (a periodic checkpoint may fail while a send waits on the cut link: allowed).
     names = {learner.name, *(s.name for s in sims)}
@@ -194,7 +195,11 @@ def test_a_cut_longer_than_the_death_timeout_restarts_the_hosts_actor_elsewhere_
     for s in sims:
         assert s.wait(120).state == "finished"
     zombie_ended = _after_the_zombie(hc, 1)  # its streams had their chance to deliver stale messages
-    assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    rec = assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    # A restarted simulator's old instance delivered before its successor, never after; the others: one instance.
+    for s in sims:
+        runs = assert_one_instance_at_a_time(rec, s.name, s.call("instance_id"))
+        assert len(runs) == (2 if s is lost else 1), (s.name, runs)
     restarts = _restarts(hc, {learner.name, *(s.name for s in sims)})
     assert [e.actor for e in restarts] == [lost.name], restarts  # that one, exactly once
     assert hc.host_of(restarts[0].target).index != 1 and "checkpoint" in restarts[0].detail, restarts
@@ -225,7 +230,11 @@ def test_a_cut_about_as_long_as_the_death_timeout_never_has_two_instances_delive
         assert s.wait(120).state == "finished"
     restarted = bool(_restarts(hc, names))
     zombie_ended = _after_the_zombie(hc, 1) if restarted else None
-    assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    rec = assert_every_message_once(learner, {s.name: seed for s, seed in zip(sims, SEEDS)}, n)
+    # A restarted simulator's old instance delivered before its successor, never after; the others: one instance.
+    for s in sims:
+        runs = assert_one_instance_at_a_time(rec, s.name, s.call("instance_id"))
+        assert len(runs) == (2 if s is lost and restarted else 1), (s.name, runs)
     assert [e.actor for e in _restarts(hc, names)] == ([lost.name] if restarted else [])
     _record("boundary", victim=victim, cut_s=round(heal - cut, 2), restarted=restarted, zombie_ended_by_itself=zombie_ended)
     learner.stop()
