@@ -240,6 +240,19 @@ class EmulatedHosts:
         """Bring ``host``'s link back."""
         _ip("link", "set", host.veth, "up")
 
+    def limit_rate(self, host: Host, rate: str) -> None:
+        """Limit the traffic into ``host`` to ``rate`` (``tc`` syntax, e.g. ``"1gbit"``) with a token bucket.
+
+        The kernel here has ``tbf`` but not ``netem``: rates, not delays or losses.
+        The 4 MB bucket lets a 10 Gb/s-like rate through at a 1000 Hz timer.
+        """
+        out = subprocess.run(
+            ["tc", "qdisc", "replace", "dev", host.veth, "root", "tbf", "rate", rate, "burst", "4mb", "latency", "50ms"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        if out.returncode != 0:
+            raise HostsError(f"tc tbf {rate} on {host.veth} failed: {out.stderr.strip()}")
+
     def shm_names(self, host: Host) -> list[str]:
         """What is in ``host``'s private ``/dev/shm``."""
         out = subprocess.run(
