@@ -9,6 +9,7 @@ segments), and nothing may be left in any host's /dev/shm.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -134,10 +135,12 @@ def test_latest_reservoir_and_window_across_hosts(three_hosts: HostCluster) -> N
     # Window: exactly the newest 10.
     wait_for("every window message", lambda: win.call("buffer_stats")["received"] == 37)
     assert sorted(win.call("contents")["x"][:, 0].tolist()) == [float(s) for s in range(27, 37)]
+    for c in (latest, res, win):
+        c.stop()
 
 
 @pytest.fixture
-def supervised(three_hosts: HostCluster):  # type: ignore[no-untyped-def]
+def supervised(three_hosts: HostCluster) -> Iterator[HostCluster]:
     """The three-host cluster, with a worker back on every host after the test (it kills or retires one)."""
     yield three_hosts
     three_hosts.ensure_workers()
@@ -199,8 +202,6 @@ def test_walltime_moves_the_learner_from_one_host_to_another(supervised: HostClu
 
 
 def test_nothing_is_left_in_any_hosts_dev_shm(three_hosts: HostCluster) -> None:
-    """After the streams above (512 KiB messages included) end and their actors stop, every /dev/shm is empty."""
+    """After the streams above (512 KiB messages included) ended and their consumers stopped, every /dev/shm is empty."""
     hc = three_hosts
-    for ref in list(hc.coupling._actors.values()):
-        ref.stop()
     wait_for("every host's /dev/shm to be empty", lambda: not any(hc.shm_left().values()), timeout=30)
