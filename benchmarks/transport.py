@@ -40,7 +40,7 @@ from _common import (  # noqa: E402
     SystemSkipped,
 )
 
-SYSTEMS = ("coupler", "coupler-tcp", "coupler-alo", "dask-actor", "dask-queue", "redis", "ray", "limits")
+SYSTEMS = ("coupler", "coupler-tcp", "coupler-alo", "coupler-xhost", "dask-actor", "dask-queue", "redis", "ray", "limits")
 SMOKE_SYSTEMS = ("coupler", "limits")
 
 # Payloads per workload and mode; the large ones are kept where a target needs them.
@@ -56,6 +56,8 @@ PLANS: dict[str, dict[str, list[str]]] = {
 # coupler-tcp exists to compare with raw TCP, coupler-alo to show what at-least-once
 # retention costs (the other coupler rows run without it, like every peer): they stream only.
 TCP_PLANS = {"full": ["4KiB", "1MiB", "16MiB", "128MiB"], "quick": ["4KiB", "16MiB"], "smoke": ["4KiB"]}
+# coupler-xhost (two emulated hosts, as root) streams what its target needs, with raw TCP over the same link.
+XHOST_PLANS = {"full": ["4KiB", "16MiB"], "quick": ["4KiB", "16MiB"], "smoke": ["4KiB"]}
 SMOKE_WORKLOADS = (STREAM, PINGPONG)
 
 
@@ -63,8 +65,11 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def run_system(system: str, budget: Budget, mode: str, workloads: list[str]) -> list[Row]:
+def run_system(system: str, budget: Budget, mode: str, workloads: list[str], xhost_rate: str | None = None) -> list[Row]:
     """Measure one system (imports it only now: a missing optional one skips, not fails).
+
+    Args:
+        xhost_rate: a ``tbf`` rate for coupler-xhost's links (``None``: none).
 
     Raises:
         SystemSkipped: the system cannot run on this machine.
@@ -84,6 +89,10 @@ def run_system(system: str, budget: Budget, mode: str, workloads: list[str]) -> 
         return _coupler_system.run(
             system, budget, [w for w in workloads if w == STREAM], {STREAM: TCP_PLANS[mode]}, True, _say, retain=True
         )
+    if system == "coupler-xhost":
+        import _xhost
+
+        return _xhost.run(budget, [w for w in workloads if w in (STREAM, PINGPONG)], XHOST_PLANS[mode], _say, rate=xhost_rate)
     if system in ("dask-actor", "dask-queue"):
         import _dask_peers
 
@@ -127,7 +136,12 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-SYSTEMS_ORDER = {s: i for i, s in enumerate(("coupler", "coupler-tcp", "coupler-alo", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy"))}
+SYSTEMS_ORDER = {
+    s: i
+    for i, s in enumerate(
+        ("coupler", "coupler-tcp", "coupler-alo", "coupler-xhost", "tcp-raw-xhost", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy")
+    )
+}
 
 
 def format_ratios(ratios: list[Any]) -> str:
@@ -147,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_true", help="a few seconds per system: coupler and limits, 4 KiB/1 MiB streams and ping-pong (for tests)")
     p.add_argument("--systems", default=None, help=f"comma-separated subset of: {', '.join(SYSTEMS)}")
     p.add_argument("--workloads", default=None, help=f"comma-separated subset of: {', '.join(WORKLOADS)}")
+    p.add_argument("--xhost-rate", default=None, metavar="RATE", help="coupler-xhost: tbf rate limit on both hosts' links, e.g. 10gbit or 1gbit")
     p.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="write rows, ratios and skips as JSON")
     args = p.parse_args(argv)
     for opt, allowed in (("systems", SYSTEMS), ("workloads", WORKLOADS)):
@@ -176,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.monotonic()
         _say(f"== {system}")
         try:
-            got = run_system(system, budget, mode, workloads)
+            got = run_system(system, budget, mode, workloads, args.xhost_rate)
         except SystemSkipped as e:
             skipped[system] = str(e)
             _say(f"   skipped: {e}")
@@ -184,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
         rows += got
         _say(f"   {len(got)} rows in {time.monotonic() - t0:.1f} s")
     ratios = _ratios.compute(rows)
+    if "coupler-xhost" in systems:
+        import _xhost
+
+        ratios += _xhost.ratios(rows)
     wall = time.monotonic() - t_start
     _say("")
     _say(format_table(rows))

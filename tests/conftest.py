@@ -28,3 +28,10 @@ def coupling() -> Iterator[Coupling]:
 def unique() -> str:
     """A fresh suffix for channel and actor names (the cluster is shared)."""
     return f"t{next(_names)}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Markers of tests that need a service (their skip-or-fail rule: tests/services.py)."""
+    config.addinivalue_line(
+        "markers", "multihost: workers on emulated hosts (network namespaces, as root; tests/multihost/emulated_hosts.py)"
+    )

@@ -1,30 +1,27 @@
 """Fixtures of the system tests: a real Slurm (started by .ci/slurm-up.sh) and its configuration.
 
 Outside CI a missing Slurm skips these tests with the reason; with ``CI=true`` it
-fails them, because CI starts Slurm and must not pass without running them.
+fails them, because CI starts Slurm and must not pass without running them (the
+rule of ``tests/services.py``, shared with the browser and emulated-host tests).
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from collections.abc import Iterator
 
 import dask.config
 import pytest
 
 from coupler.runtime import config
+from services import require
 from slurm_support import JOBQUEUE_YAML, slurm_problem
 
 
 @pytest.fixture(scope="session")
 def slurm() -> None:
     """A Slurm that accepts jobs; skip (outside CI) or fail (CI=true) otherwise."""
-    problem = slurm_problem()
-    if problem is not None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"CI=true but Slurm is not usable: {problem}")
-        pytest.skip(problem)
+    require("Slurm", slurm_problem())
 
 
 @pytest.fixture
