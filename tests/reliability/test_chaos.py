@@ -12,19 +12,15 @@ plus each later message once).
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-import warnings
 from collections.abc import Iterator
-from typing import Callable
 
 import cloudpickle
-import dask
 import numpy as np
 import pytest
 
 import chaos_actors
+from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
 from chaos_actors import QueueLearner, Simulator, break_stream_at, checksum, sample, sgd_step, stream_breaks_left
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
@@ -37,43 +33,15 @@ SEEDS = (1, 2)
 FIELD = 1 << 17  # float32 values per field in the shared-memory variant: 512 KiB, above coupler.transport.inline-max
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
+_until = until
+_workers = three_workers
+_kill = kill_worker
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    """Three worker processes; the nanny replaces a killed one (with a new address)."""
-    settings = {
-        "coupler.supervision.poll-interval": 0.3,
-        "coupler.supervision.checkpoint-interval": 0.5,
-        "coupler.supervision.restart-backoff": 0.2,
-        "coupler.supervision.max-restarts": 2,
-    }
-    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+    with chaos_coupling(checkpoint_interval=0.5) as cp:
         yield cp
-
-
-def _workers(cp: Coupling) -> list[str]:
-    """The three workers, once a nanny has replaced the one an earlier test killed (it has a new address).
-
-    Once in about 17 runs of this module on 2 cores, the nanny of a killed worker
-    said it was restarting it and no worker came within 60 s (no error logged).
-    These tests are about coupler's recovery, not Dask's nanny: then the cluster
-    gets one more worker, as a batch system would start a new job.
-    """
-    try:
-        cp.client.wait_for_workers(3, timeout=60)
-    except TimeoutError:
-        cluster = cp._own_cluster
-        warnings.warn(f"a killed worker was not replaced within 60 s ({len(cp.workers())} of 3): adding one", stacklevel=2)
-        cluster.scale(len(cluster.worker_spec) + 1)
-        cp.client.wait_for_workers(3, timeout=60)
-    return cp.workers()
 
 
 def _delivery_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
@@ -87,11 +55,6 @@ def _delivery_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
         "logs": {str(k): len(log.items) for k, log in ep.replay_logs.items()},
         "links": {str(k): link.stats() for k, link in ep.links.items()},
     }
-
-
-def _kill(cp: Coupling, address: str) -> None:
-    pid = cp.client.run(os.getpid, workers=[address])[address]
-    os.kill(pid, signal.SIGKILL)
 
 
 def _start(cp: Coupling, tag: str, field: int = 0) -> tuple[object, list[object], list[str]]:

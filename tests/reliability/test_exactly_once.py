@@ -14,12 +14,9 @@ one input and forwarded another twice.
 from __future__ import annotations
 
 import os
-import signal
 import time
-import warnings
 from collections import Counter
 from collections.abc import Iterator
-from typing import Callable
 
 import cloudpickle
 import dask
@@ -29,6 +26,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import merge_actors
+from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
@@ -41,40 +39,17 @@ RUNS = int(os.environ.get("COUPLER_EXACTLY_ONCE_RUNS", "4"))  # kill points per 
 MERGER_SEED = 7
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
+_until = until
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    """Three worker processes; the nanny replaces a killed one (with a new address)."""
-    settings_ = {
-        "coupler.supervision.poll-interval": 0.2,
-        "coupler.supervision.checkpoint-interval": 0.4,
-        "coupler.supervision.restart-backoff": 0.1,
-        "coupler.supervision.max-restarts": 1000,
-    }
-    with dask.config.set(settings_), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+    with chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.1, restarts=1000) as cp:
         yield cp
 
 
 def _workers(cp: Coupling) -> list[str]:
-    try:
-        cp.client.wait_for_workers(3, timeout=20)
-    except TimeoutError:  # the nanny sometimes takes a minute: a batch system would start a new job
-        warnings.warn("a killed worker was not replaced within 20 s: adding one", stacklevel=2)
-        cp._own_cluster.scale(len(cp._own_cluster.worker_spec) + 1)
-        cp.client.wait_for_workers(3, timeout=60)
-    return cp.workers()
-
-
-def _kill(cp: Coupling, address: str) -> None:
-    pid = cp.client.run(os.getpid, workers=[address])[address]
-    os.kill(pid, signal.SIGKILL)
+    return three_workers(cp, wait=20)
 
 
 def _kill_between_checkpoints(cp: Coupling, victim: object, sink: object, at: int) -> None:
@@ -83,7 +58,7 @@ def _kill_between_checkpoints(cp: Coupling, victim: object, sink: object, at: in
     before = cp.supervisor.last_checkpoint(victim.name) or {}
     _until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(victim.name) or {}).get("time") != before.get("time"), 10)
     time.sleep(0.15)  # mid-interval: takes and sends after the checkpoint that the restart must repeat
-    _kill(cp, victim.status().worker)
+    kill_worker(cp, victim.status().worker)
 
 
 def _input_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]

@@ -8,17 +8,14 @@ with ``ConsumerGone``), and the restarted consumer gets new values.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
 from collections.abc import Iterator
-from typing import Callable
 
 import cloudpickle
-import dask
 import pytest
 
 import lossy_actors
+from chaos_cluster import chaos_coupling, kill_worker, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Latest, Policy, Reservoir, Window
 from lossy_actors import Reader, Ticker
@@ -26,23 +23,9 @@ from lossy_actors import Reader, Ticker
 cloudpickle.register_pickle_by_value(lossy_actors)
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    settings = {
-        "coupler.supervision.poll-interval": 0.2,
-        "coupler.supervision.checkpoint-interval": 0.5,
-        "coupler.supervision.restart-backoff": 0.1,
-        "coupler.supervision.max-restarts": 100,
-    }
-    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
+    with chaos_coupling(checkpoint_interval=0.5, poll=0.2, backoff=0.1, restarts=100) as cp:
         yield cp
 
 
@@ -58,12 +41,11 @@ def test_the_producers_of_a_lost_lossy_consumer_keep_running_and_feed_its_succes
     for r in [reader, *tickers]:
         r.start()
     try:
-        _until("the reader to read", lambda: reader.status().info["reads"] >= 10)
-        pid = cp.client.run(os.getpid, workers=[w[0]])[w[0]]
-        os.kill(pid, signal.SIGKILL)
-        _until("the reader's restart", lambda: reader.generation == 1)
+        until("the reader to read", lambda: reader.status().info["reads"] >= 10)
+        kill_worker(cp, w[0])
+        until("the reader's restart", lambda: reader.generation == 1)
         at_restart = max(t.status().info["i"] for t in tickers)
-        _until("new values at the restarted reader", lambda: reader.status().info["newest"] > at_restart + 5)
+        until("new values at the restarted reader", lambda: reader.status().info["newest"] > at_restart + 5)
         for t in tickers:
             st = t.status()
             assert st.state == "running", f"{t.name} must outlive its consumer's loss, got {st.state}: {st.error}"
