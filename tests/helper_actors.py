@@ -28,6 +28,17 @@ class Producer(ActorHost):
     def info(self) -> dict[str, Any]:
         return {"sent": self.i}
 
+    def teardown(self) -> None:
+        # Its worker's links on the channel close after its end: keep their figures now.
+        ep, channel = self.endpoint, self.outputs["out"].channel
+        with ep._lock:
+            stats = [link.stats() for key, link in ep.links.items() if key[0] == channel]
+        self.links_at_end = (sum(s["messages"] for s in stats), sum(s["shm_messages"] for s in stats))
+
+    def link_figures(self) -> tuple[int, int]:
+        """(messages, of which through shared memory) of its worker's links on its channel, as of its end."""
+        return getattr(self, "links_at_end", (0, 0))
+
     def send_now(self, data: Any, timeout: float | None = None) -> int:
         """Send from the remote call itself (for error tests); returns the seq."""
         return self.outputs["out"].send(data, timeout=timeout)
