@@ -10,8 +10,8 @@ with these two methods is a :class:`Generator`::
         def tell(self, results: list[Outcome]) -> None: ...
 
 and :class:`AskTellSteerer` runs it wherever a
-:class:`~coupler.learners.steerer.Steerer` runs: in-process, or hosted by a
-:class:`~coupler.actors.steering.SteeringActor` in front of a pool of simulator
+:class:`~coupler.learners.steerer.Steerer` runs: in-process, or hosted by the steering
+actor host (``actors/``) in front of a pool of simulator
 actors (pass the generator where a strategy goes). Results are told as they
 arrive, one :class:`Outcome` per task, in any order and while other points run.
 

@@ -140,7 +140,65 @@ def replace_checked(state: nnx.State, pure: Mapping[str, Any], what: str) -> Non
         var.set_value(jnp.asarray(value, dtype=var.get_value().dtype))
 
 
-class OnlineTrainer:
+class TrainerState:
+    """The half of a trainer that is its state: weights to publish, checkpoints to resume from.
+
+    A trainer that has ``model`` and ``optimizer`` (Flax NNX), a ``_lock``
+    guarding them and a ``_history`` of ``(step, loss)`` pairs gets these four
+    methods; :class:`OnlineTrainer` and the solver-correction trainer share them.
+    """
+
+    model: nnx.Module
+    optimizer: nnx.Optimizer
+    _lock: threading.Lock
+    _history: list[tuple[int, float]]
+
+    def get_weights(self) -> Weights:
+        """The model's variables as a nested dict of numpy arrays (copies).
+
+        Pure data: picklable, msgpack-able, independent of JAX devices, and a
+        valid channel message (a learner publishes it for hybrid simulators).
+        Keys are strings: attribute names, and digit strings for list entries
+        (``blocks/"0"``), which ``set_weights`` maps back.
+        """
+        with self._lock:
+            return _string_keys(to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
+
+    def set_weights(self, weights: Mapping[str, Any]) -> None:
+        """Replace the model's variables by ``weights`` (from ``get_weights``).
+
+        The optimiser state is kept (weights broadcast from another learner are
+        a warm start, not a checkpoint; use ``restore`` for that). String keys
+        for integer paths (as msgpack produces) are accepted.
+
+        Raises:
+            ValueError: if a path is missing or unexpected, or a shape differs.
+        """
+        with self._lock:
+            replace_checked(nnx.state(self.model), weights, "weights")
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume: weights, optimiser state and loss history (numpy)."""
+        with self._lock:
+            return {
+                "model": to_numpy(nnx.to_pure_dict(nnx.state(self.model))),
+                "optimizer": to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
+                "loss_history": list(self._history),
+            }
+
+    def restore(self, checkpoint: Mapping[str, Any]) -> None:
+        """Resume from ``checkpoint()`` output: training continues exactly as it would have.
+
+        Raises:
+            ValueError: if the checkpoint does not fit this model and optimiser.
+        """
+        with self._lock:
+            replace_checked(nnx.state(self.model), checkpoint["model"], "checkpoint model")
+            replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "checkpoint optimizer")
+            self._history = [(int(s), float(v)) for s, v in checkpoint["loss_history"]]
+
+
+class OnlineTrainer(TrainerState):
     """Train a surrogate on a stream of mini-batches (numpy in, numpy out).
 
     Every public method is thread-safe: a run loop may call ``step``/``fit``
@@ -281,47 +339,3 @@ class OnlineTrainer:
         with self._lock:
             out = np.asarray(predict(self.model, jnp.asarray(u), jnp.asarray(params)))
         return out[0] if single else out
-
-    def get_weights(self) -> Weights:
-        """The model's variables as a nested dict of numpy arrays (copies).
-
-        Pure data: picklable, msgpack-able, independent of JAX devices, and a
-        valid channel message (a learner publishes it for hybrid simulators).
-        Keys are strings: attribute names, and digit strings for list entries
-        (``blocks/"0"``), which ``set_weights`` maps back.
-        """
-        with self._lock:
-            return _string_keys(to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
-
-    def set_weights(self, weights: Mapping[str, Any]) -> None:
-        """Replace the model's variables by ``weights`` (from ``get_weights``).
-
-        The optimiser state is kept (weights broadcast from another learner are
-        a warm start, not a checkpoint; use ``restore`` for that). String keys
-        for integer paths (as msgpack produces) are accepted.
-
-        Raises:
-            ValueError: if a path is missing or unexpected, or a shape differs.
-        """
-        with self._lock:
-            replace_checked(nnx.state(self.model), weights, "weights")
-
-    def checkpoint(self) -> dict[str, Any]:
-        """Everything needed to resume: weights, optimiser state and loss history (numpy)."""
-        with self._lock:
-            return {
-                "model": to_numpy(nnx.to_pure_dict(nnx.state(self.model))),
-                "optimizer": to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
-                "loss_history": list(self._history),
-            }
-
-    def restore(self, checkpoint: Mapping[str, Any]) -> None:
-        """Resume from ``checkpoint()`` output: training continues exactly as it would have.
-
-        Raises:
-            ValueError: if the checkpoint does not fit this model and optimiser.
-        """
-        with self._lock:
-            replace_checked(nnx.state(self.model), checkpoint["model"], "checkpoint model")
-            replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "checkpoint optimizer")
-            self._history = [(int(s), float(v)) for s, v in checkpoint["loss_history"]]

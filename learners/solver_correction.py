@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from coupler.learners.online import OptimizerConfig, Weights, _string_keys, replace_checked, to_numpy
+from coupler.learners.online import OptimizerConfig, TrainerState
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 PARAMS_WIDTH = 3
@@ -216,7 +216,7 @@ class SolverCorrectionConfig:
         return SolverCorrectionTrainer(self)
 
 
-class SolverCorrectionTrainer:
+class SolverCorrectionTrainer(TrainerState):
     """Trains a ``CoarseCorrectionNet`` on coarse-grained fine trajectories (numpy in, numpy out).
 
     Fits the ``LearnerActor`` trainer protocol (``step``, ``warmup``,
@@ -293,37 +293,3 @@ class SolverCorrectionTrainer:
         with self._lock:
             model, optimizer = nnx.clone(self.model), nnx.clone(self.optimizer)
         jax.block_until_ready(_train_step(model, optimizer, f, p, self.config.coarse, self.config.unroll))
-
-    def get_weights(self) -> Weights:
-        """The network's variables as a nested dict of numpy arrays (a valid channel message)."""
-        with self._lock:
-            return _string_keys(to_numpy(nnx.to_pure_dict(nnx.state(self.model))))
-
-    def set_weights(self, weights: Mapping[str, Any]) -> None:
-        """Replace the network's variables by ``weights`` (from ``get_weights``).
-
-        Raises:
-            ValueError: if a path is missing or unexpected, or a shape differs.
-        """
-        with self._lock:
-            replace_checked(nnx.state(self.model), weights, "weights")
-
-    def checkpoint(self) -> dict[str, Any]:
-        """Weights, optimiser state and loss history (numpy)."""
-        with self._lock:
-            return {
-                "model": to_numpy(nnx.to_pure_dict(nnx.state(self.model))),
-                "optimizer": to_numpy(nnx.to_pure_dict(nnx.state(self.optimizer))),
-                "loss_history": list(self._history),
-            }
-
-    def restore(self, checkpoint: Mapping[str, Any]) -> None:
-        """Resume from ``checkpoint()`` output.
-
-        Raises:
-            ValueError: if the checkpoint does not fit this network and optimiser.
-        """
-        with self._lock:
-            replace_checked(nnx.state(self.model), checkpoint["model"], "checkpoint model")
-            replace_checked(nnx.state(self.optimizer), checkpoint["optimizer"], "checkpoint optimizer")
-            self._history = [(int(s), float(v)) for s, v in checkpoint["loss_history"]]

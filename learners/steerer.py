@@ -4,8 +4,8 @@
 cancelled), fits a :class:`~coupler.learners.ensemble.DeepEnsemble` to the
 answered ones and asks an acquisition strategy (:mod:`coupler.learners.acquisition`)
 for the next batch. It runs in-process (the benchmark drives it directly) and is
-hosted on a cluster by :class:`coupler.actors.steering.SteeringActor`, which only
-moves its tasks and results over channels.
+hosted on a cluster by the steering actor host (``actors/``, which this package
+never imports): the host only moves its tasks and results over channels.
 
 Results may arrive in any order and while later batches run: :meth:`Steerer.data`
 treats every proposed, unanswered point as pending, so a strategy keeps new

@@ -51,7 +51,7 @@ from coupler.physics.observation_operator import LinearObservation
 
 @runtime_checkable
 class AssimilationModel(Protocol):
-    """The model protocol of :class:`~coupler.actors.assimilation.AssimilationActor` and friends."""
+    """The model protocol that the assimilation actors (``actors/``, never imported here) run."""
 
     @property
     def grid(self) -> tuple[int, ...]: ...

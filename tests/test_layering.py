@@ -89,3 +89,11 @@ def test_physics_and_learners_never_import_dask(folder: str) -> None:
             assert not any(n.split(".")[0] in ("dask", "distributed", "coupler") and not n.startswith(("coupler.physics", "coupler.learners")) for n in names), (
                 f"{path.relative_to(ROOT)} imports {names}: physics/ and learners/ stay free of Dask and the runtime"
             )
+
+
+@pytest.mark.parametrize("folder", ["physics", "learners"])
+def test_physics_and_learners_do_not_even_name_the_runtime_or_the_actors(folder: str) -> None:
+    """Cross-references count too: a docstring pointing up the layers is how an import starts."""
+    for path in (ROOT / folder).rglob("*.py"):
+        for lineno, line in enumerate(path.read_text().splitlines(), 1):
+            assert "coupler.actors" not in line and "coupler.runtime" not in line, f"{path.relative_to(ROOT)}:{lineno}: {line.strip()}"
