@@ -201,7 +201,6 @@ class ActorHost:
         # Input-order logging: the Queue takes of an actor that sends, numbered, for its consumers to keep.
         self._takes = TakeLog()
         self._takes_lock = threading.Lock()  # the loop records and sends; commit() comes from Dask's actor thread
-        self._replayed_takes = 0  # takes a restore made this instance repeat in its predecessor's order
         for port in self.inputs.values():
             port.logs_takes = bool(self.outputs) and isinstance(port.buffer, QueueBuffer)
         self._state = "created"
@@ -474,6 +473,10 @@ class ActorHost:
         with self._takes_lock:
             self._takes.record(channel, m.source, m.seq)
 
+    def _take_count(self) -> int:
+        with self._takes_lock:  # a commit moves the base and the list together
+            return self._takes.count
+
     def _note_for(self, channel: str) -> TakesNote | None:
         with self._takes_lock:
             return self._takes.note_for(channel)
@@ -503,7 +506,6 @@ class ActorHost:
         shared = ReplayOrder(order)  # one order across inputs: their interleaving is repeated too
         for port in logging_inputs:
             port.buffer.follow(shared, delivery.replay_order_wait)
-        self._replayed_takes = len(order)
         if order:
             logger.info("actor %r repeats %d takes in its predecessor's order", self.name, len(order))
 
@@ -565,7 +567,7 @@ class ActorHost:
             "outputs": {p: {"next_seq": self._next_seq(port)} for p, port in self.outputs.items()},
             "inputs": {},
             "delivered": {p: port.buffer.taken_marks() for p, port in self.inputs.items() if isinstance(port.buffer, QueueBuffer)},
-            "takes": self._takes.count,
+            "takes": self._take_count(),
         }
 
     def _hand_over(self, before: str) -> dict[str, Any]:
