@@ -132,9 +132,18 @@ class HostCluster:
         proc.wait(10)
 
     def ensure_workers(self) -> None:
-        """Restart the worker of every host whose worker is gone (an earlier test killed or cut it off)."""
+        """Restart the worker of every host whose worker is gone (an earlier test killed or cut it off).
+
+        A worker the scheduler removed during a cut may still be running, on its way
+        to shutting itself down: it is replaced too (waiting for it to rejoin is waiting
+        for something that does not happen).
+        """
+        known = set(self._names().values())
         for h in self.hosts.hosts:
             proc = self.procs.get(h.index)
+            if proc is not None and proc.poll() is None and self.names.get(h.index) not in known:
+                self.kill_worker_process(proc)
+                proc = None
             if proc is None or proc.poll() is not None:
                 self.start_worker(h)
         wait_for("every host's worker", lambda: set(self.names.values()) <= set(self._names().values()), logs=self.hosts.logs)
