@@ -142,7 +142,11 @@ class DeviceStreamer(ActorHost):
     def report(self) -> dict[str, Any]:
         """Host reads of the fake arrays, where the JAX arrays sent lived, and what replay logs keep."""
         kept = [type(a).__name__ for log in self.endpoint.replay_logs.values() for it in log.replay() for a in it.leaves or []]
-        logs = [type(it.leaves).__name__ for log in self.endpoint.replay_logs.values() for it in log.replay()]
+        # A stream's item may live in a shared-memory segment (the log keeps the segment, no arrays).
+        logs = [
+            "segment" if it.segment is not None else type(it.leaves).__name__
+            for log in self.endpoint.replay_logs.values() for it in log.replay()
+        ]
         return {"host_reads": FakeDeviceArray.host_reads - self.reads_before, "pointers": self.pointers,
                 "kept": sorted(set(kept)), "logs": sorted(set(logs))}
 

@@ -570,7 +570,9 @@ class Endpoint(WorkerPlugin):
         consumer's worker.
         """
         with self._lock:
-            for kept in (self.replay_logs, self.orphans, self.incarnations, self.lost_since):
+            for key in [k for k in self.replay_logs if k[0] == channel and (cid is None or k[1] == cid)]:
+                self.replay_logs.pop(key).clear()  # lets go of the segments it kept
+            for kept in (self.orphans, self.incarnations, self.lost_since):
                 for key in [k for k in kept if k[0] == channel and (cid is None or k[1] == cid)]:
                     del kept[key]
             closing = [self.links.pop(k) for k in [k for k in self.links if k[0] == channel and (cid is None or k[1] == cid)]]
@@ -660,14 +662,10 @@ class Endpoint(WorkerPlugin):
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
         table, _, is_queue, _, consumers = route.decoded()
-        retain = is_queue and self.delivery.retain
-        if retain:
-            leaves = self._frozen(route, leaves)
-        if len(consumers) == 1 and not table["closed"] and not retain and not self.orphans.get((route.channel, consumers[0].cid)):
-            # The common case -- one consumer, nothing owed to it, no retention -- without
-            # the bookkeeping below (what _deliver does then is exactly _deliver_one).
+        if len(consumers) == 1 and not table["closed"] and not self.orphans.get((route.channel, consumers[0].cid)):
+            # The common case -- one consumer, nothing owed to it -- without the bookkeeping below.
             try:
-                self._deliver_one(route, spec, consumers[0], header, leaves, deadline, cancel)
+                self._deliver(route, spec, consumers[0], header, leaves, deadline, cancel)
                 return
             except (_Reroute, ConsumerGone):
                 pass  # the general path below sorts it out (and delivers at most once: nothing was taken)
@@ -729,7 +727,7 @@ class Endpoint(WorkerPlugin):
         """
         late = [getattr(e, "consumer", None) for e in failures if isinstance(e, (ChannelTimeout, Interrupted))]
         late = [cid for cid in late if cid is not None]
-        kept = frozen_leaves(to_host(leaves)) if not (self.delivery.retain) else leaves
+        kept = frozen_leaves(to_host(leaves))
         for cid in late:
             log = self._replay_log(route, cid)
             item = log.add(header, kept, spec.nbytes) if log is not None else Item(header, kept, spec.nbytes, False)
@@ -761,7 +759,6 @@ class Endpoint(WorkerPlugin):
         come back asynchronously from several consumers, and a task channel's
         messages are coarse, so a millisecond-scale poll costs nothing that matters.
         """
-        leaves = self._frozen(route, leaves)
         backoff = 0.001
         while True:
             consumers = self._wait_consumers(route, deadline, timeout, cancel)
@@ -903,7 +900,10 @@ class Endpoint(WorkerPlugin):
         They get it, after what else they are owed, when they return (see :meth:`_deliver`).
         """
         present = {c.cid for c in route.consumers}
-        for cid in self._returning(route) - present:
+        absent = self._returning(route) - present
+        if absent:
+            leaves = self._frozen(route, leaves)
+        for cid in absent:
             log = self._replay_log(route, cid)
             if log is None:
                 return
@@ -918,12 +918,16 @@ class Endpoint(WorkerPlugin):
         """Hand one message to one consumer, after any messages it still has to get back.
 
         On a ``Queue`` channel the message is also kept in the consumer's replay
-        log until the consumer commits it; a consumer reached at a new stream (a
-        successor of a lost or moved one) first gets everything in its log again:
-        it drops what its checkpoint already covers (duplicate suppression).
+        log until the consumer commits it (the stream's link puts it there; for a
+        consumer on this worker, a read-only copy goes there here); a consumer
+        reached at a new stream (a successor of a lost or moved one) first gets
+        everything in its log again: it drops what its checkpoint already covers
+        (duplicate suppression).
         """
         log = self._catch_up(route, spec, c, deadline, cancel)
-        kept = None if log is None else log.add(header, leaves, spec.nbytes)
+        kept = None
+        if log is not None and c.worker == self.address:
+            kept = log.add(header, self._frozen(route, leaves), spec.nbytes)
         try:
             self._deliver_one(route, spec, c, header, leaves, deadline, cancel)
         except BaseException:
@@ -945,7 +949,7 @@ class Endpoint(WorkerPlugin):
         """
         key = (route.channel, c.cid)
         log = self._replay_log(route, c.cid)
-        if log is not None:
+        if log is not None and self.incarnations.get(key) != c.stream:  # (a dict read: no lock per message)
             with self._lock:
                 before = self.incarnations.get(key)
                 self.incarnations[key] = c.stream
@@ -957,7 +961,7 @@ class Endpoint(WorkerPlugin):
                 item = q[0] if q else None
             if item is None:
                 break
-            self._deliver_one(route, spec, c, item.header, item.leaves or [], deadline, cancel)
+            self._deliver_one(route, spec, c, item.header, item.payload_leaves(spec), deadline, cancel)
             with self._lock:
                 q = self.orphans.get(key)
                 if q and q[0] is item:
@@ -1073,6 +1077,7 @@ class Endpoint(WorkerPlugin):
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self._client_ssl,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
             on_commit=lambda marks, k=(route.channel, c.cid): self._commit_received(k, marks), key=self.stream_key,
+            log=self._replay_log(route, c.cid),
         )
         with self._lock:
             old = self.links.get(key)
@@ -1218,7 +1223,7 @@ class Endpoint(WorkerPlugin):
                 elif c is not None:
                     item = q[0]
                     try:
-                        self._deliver_one(route, spec, c, item.header, item.leaves or [], deadline, cancel)
+                        self._deliver_one(route, spec, c, item.header, item.payload_leaves(spec), deadline, cancel)
                     except _Reroute:
                         continue
                     except ConsumerGone:

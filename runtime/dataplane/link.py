@@ -131,6 +131,12 @@ class Link:
         on_commit: gets the consumer's commits (source -> highest seq its stored
             checkpoint covers), for the producer to stop keeping those messages.
         key: the cluster's stream secret (the consumer's worker refuses a stream without it).
+        log: the consumer's replay log (at-least-once retention), or ``None``. Each
+            message goes into it as the link queues it, as the link's own item: the
+            copy the link makes anyway (small messages, or the shared-memory segment,
+            which the consumer then maps copy-on-write) is what the log keeps, so
+            retention adds no copy on those paths. A large message over TCP is copied
+            once (it would otherwise go out zero-copy from the producer's arrays).
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.
@@ -153,8 +159,10 @@ class Link:
         on_orphans: OrphanFn | None = None,
         on_commit: CommitFn | None = None,
         key: auth.StreamKey,
+        log: ReplayLog | None = None,
     ) -> None:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
+        self.log = log
         self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
         self.prefetch = max(1, min(256, maxsize // 2))
         # Held with `with self.lock` (a C-level enter/exit; a Condition's are Python calls, and the
@@ -292,6 +300,8 @@ class Link:
             self.queued_bytes += nbytes
             self.submits += 1
             if item is not None:
+                if self.log is not None:  # before it is queued: a failed stream hands on what the log holds
+                    self.log.keep(item)
                 self.pending.append(item)
                 claimed = self._claim_writer()
         if item is not None:
@@ -311,6 +321,8 @@ class Link:
             # It was prepared without the lock: the link may have failed meanwhile, and
             # then nothing would hand this item on (the caller gets the error instead).
             self._raise_if_failed()
+            if self.log is not None:
+                self.log.keep(item)
             self.pending.append(item)
         self._pump()
         if item.written is not None:
@@ -360,6 +372,10 @@ class Link:
             except shm.ShmUnavailable as e:
                 logger.debug("shared memory unavailable for %s, sending over TCP: %s", self.channel, e)
         if item.large:
+            if self.log is not None:
+                # Kept for a replay after send returns, when the producer may change its arrays.
+                item.leaves = frozen_leaves(leaves)
+                return
             # Zero copy: the sender writes from these arrays; wait for that unless
             # nobody can change them (read-only, e.g. JAX's host buffers).
             if any(a.flags.writeable for a in leaves):
@@ -578,6 +594,8 @@ class Link:
             header["want"] = want
         if first.segment is not None:
             header.update(seg=first.segment.name, offs=first.offsets)
+            if first.segment.kept:
+                header["cow"] = True  # the log keeps these bytes: the consumer's writes must stay its own
             wire.send_frame(self.sock, wire.BATCH, header)
             return
         offsets, total, bufs = wire.batch_payload(self.spec, [it.leaves for it in items])  # type: ignore[misc]
@@ -646,6 +664,8 @@ class Link:
             if batch.items[0].segment is not None:
                 release_segments(batch.items)
             spare = self._spare
+            if self.log is not None:
+                continue  # the log holds the link's copies: none comes back for reuse
             for it in batch.items:
                 if it.recycled and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
                     for k, b in enumerate(it.leaves):  # type: ignore[arg-type]
@@ -684,6 +704,8 @@ class Link:
         if left and orphan and self.on_orphans is not None:
             for it in left:
                 it.leaves = it.payload_leaves(self.spec)
+                if it.segment is not None:
+                    it.segment.kept = False  # the (logged) item now holds a copy: the pool may close it
                 it.segment = None
                 if it.written is not None:
                     it.written.set()
@@ -700,8 +722,11 @@ class ReplayLog:
     successor restarts from its last stored checkpoint, and everything it
     received after that checkpoint must come again. The consumer commits the
     sequence numbers its stored checkpoint covers (:meth:`commit`); what they
-    cover is forgotten here. Held payloads are read-only (copies of writable
-    arrays), so they can be sent again without copying.
+    cover is forgotten here. What it holds nobody changes: a stream's own items
+    (see ``Link``'s ``log``: the link's copies, or a shared-memory segment that
+    the consumer maps copy-on-write), or read-only arrays (copies of writable
+    ones, for a consumer on the producer's worker), so they can be sent again
+    without copying.
 
     Args:
         channel: channel name (for the warning when the log overflows).
@@ -722,12 +747,23 @@ class ReplayLog:
         """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`); returns its entry."""
         # A plain list: a DeviceLeaves would keep the message's GPU arrays alive as long as the log.
         item = Item(header, leaves if type(leaves) is list else list(leaves), nbytes, large=False)
+        self.keep(item)
+        return item
+
+    def keep(self, item: Item) -> None:
+        """Keep a link's item as it is: its leaves are the link's own or read-only, or it lives in a segment.
+
+        A segment is marked ``kept`` (not reused, not unmapped) until the log lets go of the item.
+        """
+        if item.segment is not None:
+            item.segment.kept = True
         with self.lock:
             self.items.append(item)
-            self.nbytes += nbytes
+            self.nbytes += item.nbytes
             while self.nbytes > self.limit_bytes and len(self.items) > 1:
                 old = self.items.popleft()
                 self.nbytes -= old.nbytes
+                _let_go(old)
                 self.forgotten += 1
                 if self.forgotten == 1:
                     logger.warning(
@@ -744,6 +780,7 @@ class ReplayLog:
                 if self.items[i] is item:
                     del self.items[i]
                     self.nbytes -= item.nbytes
+                    _let_go(item)
                     return
 
     def commit(self, marks: dict[str, int]) -> None:
@@ -751,14 +788,33 @@ class ReplayLog:
         with self.lock:
             for src, q in marks.items():
                 self.committed[src] = max(self.committed.get(src, -1), q)
-            keep = deque(it for it in self.items if it.header["seq"] > self.committed.get(it.header["source"], -1))
+            keep: deque[Item] = deque()
+            for it in self.items:
+                if it.header["seq"] > self.committed.get(it.header["source"], -1):
+                    keep.append(it)
+                else:
+                    _let_go(it)
             self.nbytes = sum(it.nbytes for it in keep)
             self.items = keep
+
+    def clear(self) -> None:
+        """Forget everything (the channel or the consumer is forgotten)."""
+        with self.lock:
+            for it in self.items:
+                _let_go(it)
+            self.items.clear()
+            self.nbytes = 0
 
     def replay(self) -> list[Item]:
         """Every message kept, oldest first (to send again to a successor of the consumer)."""
         with self.lock:
             return list(self.items)
+
+
+def _let_go(item: Item) -> None:
+    """A replay log no longer keeps ``item``: its segment may be reused (once also acknowledged and freed)."""
+    if item.segment is not None:
+        item.segment.kept = False
 
 
 def _copy(a: np.ndarray) -> np.ndarray:

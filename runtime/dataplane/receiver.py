@@ -447,7 +447,7 @@ class Receiver:
             lay = layouts.pop()
             n = lay.n
             if "seg" in h:
-                rows: Any = [self.maps.views(h["seg"], lay.offsets, fields)]
+                rows: Any = [self.maps.views(h["seg"], lay.offsets, fields, private=h.get("cow") is True)]
                 if n != 1:
                     raise ValueError(f"a shared-memory batch holds one message, this one {n} on channel {channel!r}")
             else:
