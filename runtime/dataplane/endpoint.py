@@ -662,8 +662,12 @@ class Endpoint(WorkerPlugin):
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
         table, _, is_queue, _, consumers = route.decoded()
-        if len(consumers) == 1 and not table["closed"] and not self.orphans.get((route.channel, consumers[0].cid)):
-            # The common case -- one consumer, nothing owed to it -- without the bookkeeping below.
+        if (
+            len(consumers) == 1 and not table["closed"] and not self.orphans.get((route.channel, consumers[0].cid))
+            and not ((table["gone"] or table.get("moving")) and self._returning(route))
+        ):
+            # The common case -- one consumer, nothing owed to it, nobody away and expected
+            # back (for whom the message must be kept, see below) -- without the bookkeeping.
             try:
                 self._deliver(route, spec, consumers[0], header, leaves, deadline, cancel)
                 return
