@@ -42,7 +42,7 @@ from coupler.demos.quick import parse_with_quick  # noqa: E402
 
 
 # --quick: small enough for a smoke run (the wheel test runs one) in well under a minute.
-QUICK = {"cycles": 150, "rate": 200.0}
+QUICK = {"cycles": 300, "rate": 50.0}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
