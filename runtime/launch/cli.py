@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -283,6 +283,30 @@ def _launched(args: argparse.Namespace) -> Iterator[str]:
         close_cluster(cluster)
 
 
+def exit_status(run: Callable[[], object]) -> int:
+    """Call ``run`` as ``python`` would run a program, and give its exit status.
+
+    Args:
+        run: the program (a script or a demo's ``main``), called with no argument.
+
+    Returns:
+        0 when it returns; its ``SystemExit`` code (``--help``, bad options:
+        argparse exits); 1 with its full traceback on stderr for an error, as
+        ``python SCRIPT`` shows it.
+    """
+    try:
+        run()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except Exception:  # the program's own error
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def run_script(script: str, script_args: Sequence[str], address: str) -> int:
     """Run ``script`` as ``__main__`` with ``address`` as its default scheduler.
 
@@ -294,18 +318,9 @@ def run_script(script: str, script_args: Sequence[str], address: str) -> int:
     sys.path.insert(0, str(Path(script).resolve().parent))  # as `python SCRIPT` does
     try:
         with dask.config.set({"coupler.scheduler-address": address}):
-            runpy.run_path(script, run_name="__main__")
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    except Exception:  # the script's own error: its full traceback, as `python SCRIPT` shows it
-        traceback.print_exc()
-        return 1
+            return exit_status(lambda: runpy.run_path(script, run_name="__main__"))
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-    return 0
 
 
 def run_demo_module(name: str, script_args: Sequence[str], address: str) -> int:
@@ -321,26 +336,15 @@ def run_demo_module(name: str, script_args: Sequence[str], address: str) -> int:
         address: the scheduler its ``Coupling()`` joins.
 
     Returns:
-        The demo's exit status: 0 when ``main`` returns, else its ``SystemExit``
-        code (``--help``, bad options) or 1 with its traceback for an error.
+        The demo's exit status (see :func:`exit_status`).
     """
     saved_argv = sys.argv
     sys.argv = [f"coupler demo {name}", *script_args]  # what the demo's --help shows as its program
     try:
-        module = importlib.import_module(f"coupler.demos.{name}")
         with dask.config.set({"coupler.scheduler-address": address}):
-            module.main(list(script_args))
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    except Exception:  # the demo's own error: its full traceback, as `python -m` shows it
-        traceback.print_exc()
-        return 1
+            return exit_status(lambda: importlib.import_module(f"coupler.demos.{name}").main(list(script_args)))
     finally:
         sys.argv = saved_argv
-    return 0
 
 
 def cmd_run(args: argparse.Namespace, script_args: Sequence[str]) -> int:
