@@ -1,0 +1,113 @@
+"""``coupler run --cluster slurm --jobs 3`` on a Slurm of three nodes that are three (emulated) hosts.
+
+The Slurm is ``.ci/slurm-multi-up.sh``'s: one slurmd per network namespace, each with
+its own address, hostname and private ``/dev/shm``, so a job's worker really sits on
+another host than its neighbours and than the scheduler (in the root namespace, where
+``coupler run`` runs). Outside CI, and without root or that Slurm, the test skips with
+the reason; under ``CI=true`` it fails (tests/services.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "system"))
+
+import slurm_nodes  # noqa: E402
+from services import require  # noqa: E402
+from slurm_support import squeue_jobs, wait_until_gone  # noqa: E402
+
+pytestmark = [pytest.mark.multihost, pytest.mark.system]
+
+NODES = 3
+SCRIPT = Path(__file__).resolve().with_name("slurm_stream.py")
+
+
+class JobWatcher(threading.Thread):
+    """Polls the several-node Slurm's squeue while a run goes on: every job seen, by id."""
+
+    def __init__(self, interval: float = 0.3) -> None:
+        super().__init__(daemon=True)
+        self.interval = interval
+        self.jobs: dict[str, tuple[str, str]] = {}
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            self.jobs.update(squeue_jobs(slurm_nodes.slurm_env()))
+            time.sleep(self.interval)
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join(10)
+
+
+def test_coupler_run_places_three_jobs_on_three_hosts_and_streams_between_them(tmp_path: Path) -> None:
+    require(f"a Slurm of {NODES} nodes on emulated hosts", slurm_nodes.problem(NODES))
+    env = slurm_nodes.slurm_env()
+    # sbatch passes the driver's environment to the jobs: the workers import the helper
+    # actors that tasks refer to by module (not every task ships them by value).
+    env["PYTHONPATH"] = os.pathsep.join([str(slurm_nodes.REPO / "tests"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    out = tmp_path / "record.json"
+    n = 40
+    before = set(squeue_jobs(env))
+    cmd = [
+        str(Path(sys.executable).parent / "coupler"), "--config", str(slurm_nodes.JOBQUEUE_YAML),
+        "run", str(SCRIPT), "--cluster", "slurm", "--jobs", str(NODES),
+        "--", "--json", str(out), "--messages", str(n),
+    ]  # fmt: skip
+    watcher = JobWatcher()
+    watcher.start()
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=slurm_nodes.REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        log, _ = proc.communicate(timeout=100)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # its jobs are cancelled below, and by .ci/slurm-multi-down.sh at the latest
+        log, _ = proc.communicate()
+        subprocess.run(["scancel", *sorted(set(watcher.jobs) - before)], env=env, timeout=15, check=False)
+        pytest.fail(f"coupler run did not finish in 100 s:\n{log[-4000:]}")
+    finally:
+        watcher.stop()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, log[-4000:]
+    assert f"slurm cluster at tcp://{slurm_nodes.BRIDGE_ADDR}:" in log  # the scheduler on the bridge, as configured
+    record = json.loads(out.read_text())
+
+    # Three workers, each a job of its own on a node of its own, each on its node's host.
+    facts, workers = record["facts"], record["workers"]
+    assert len(workers) == NODES, workers
+    names = slurm_nodes.node_names(NODES)
+    assert sorted(f["node"] for f in facts.values()) == names, facts  # Slurm placed the jobs on 3 nodes
+    ours = {f["job"] for f in facts.values()}
+    assert len(ours) == NODES and ours <= set(watcher.jobs) - before, (facts, watcher.jobs)
+    assert {watcher.jobs[j][0] for j in ours} == {"coupler-multi-worker"}
+    for address, f in facts.items():
+        assert f["hostname"] == f["node"], f  # the job runs on its node's host (its UTS namespace)
+        assert workers[address]["host"] == slurm_nodes.node_addr(f["node"]), (address, f)  # and binds its address
+    # Each host has its own /dev/shm, none the driver's.
+    assert len({f["shm_dev"] for f in facts.values()} | {record["driver_shm_dev"]}) == NODES + 1, record
+
+    # The stream between two of those hosts: every message once, in order, intact, over TCP.
+    producer, consumer = record["placement"]["producer"], record["placement"]["consumer"]
+    assert facts[producer]["hostname"] != facts[consumer]["hostname"], record["placement"]
+    assert record["producer_end"] == "finished"
+    got = record["received"]
+    assert [(src, seq) for src, seq, *_ in got] == [("producer", i) for i in range(n)]
+    assert [value for *_, value, _ in got] == [1e6 + i for i in range(n)]
+    messages, through_shm = record["link_figures"]
+    assert (messages, through_shm) == (n, 0), "a cross-host link must not use shared memory"
+
+    # Nothing left: no job in squeue, no coupler segment in any host's /dev/shm.
+    assert wait_until_gone(ours, env=env) == set(), "coupler run left jobs in squeue"
+    left = {node: [s for s in slurm_nodes.shm_names(node) if s.startswith("coupler-")] for node in names}
+    assert left == {node: [] for node in names}, f"coupler segments left in the hosts' /dev/shm: {left}"
+    print(f"coupler run on {NODES} Slurm nodes: {elapsed:.1f} s in all, stream of {n} messages {record['seconds']:.2f} s")
