@@ -16,13 +16,16 @@ export SLURM_CONF
 log() { echo "slurm-multi-down: $*"; }
 [ "$(id -u)" = 0 ] || { echo "slurm-multi-down: error: must run as root; got uid $(id -u)" >&2; exit 1; }
 
+# running PID: the process exists and is no zombie (this VM's pid 1 reaps late, and a
+# zombie answers kill -0).
+running() { local st; st=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
 # stop_pid PID NAME: SIGTERM, up to 5 s, then SIGKILL.
 stop_pid() {
   local pid=$1 what=$2
-  kill -0 "$pid" 2>/dev/null || return 0
+  running "$pid" || return 0
   log "stopping $what (pid $pid)"
   kill "$pid" 2>/dev/null
-  for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  for _ in $(seq 50); do running "$pid" || return 0; sleep 0.1; done
   log "$what (pid $pid) still running after 5 s: SIGKILL"
   kill -9 "$pid" 2>/dev/null
 }
@@ -35,10 +38,27 @@ stop_pidfile() {
 namespaces() { ip netns list 2>/dev/null | awk '{print $1}' | grep "^${NODE_PREFIX}[0-9]*$"; }
 
 # Jobs first, while slurmctld can still end them cleanly (a short timeout: it may be gone).
-if [ -s "$STATE/slurmctld.pid" ] && kill -0 "$(cat "$STATE/slurmctld.pid")" 2>/dev/null; then
+if [ -s "$STATE/slurmctld.pid" ] && running "$(cat "$STATE/slurmctld.pid")"; then
   timeout 10 scancel --user="$(id -un)" 2>/dev/null || true
 fi
-for f in "$STATE"/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
+# All slurmd at once (each takes seconds to end).
+slurmds=()
+for f in "$STATE"/slurmd-*.pid; do
+  [ -e "$f" ] || continue
+  pid=$(cat "$f" 2>/dev/null) && [ -n "$pid" ] && running "$pid" && slurmds+=("$pid")
+  rm -f "$f"
+done
+if [ "${#slurmds[@]}" -gt 0 ]; then
+  log "stopping slurmd (pids ${slurmds[*]})"
+  kill "${slurmds[@]}" 2>/dev/null
+  for _ in $(seq 100); do
+    alive_any=0
+    for pid in "${slurmds[@]}"; do running "$pid" && alive_any=1; done
+    [ "$alive_any" = 0 ] && break
+    sleep 0.1
+  done
+  for pid in "${slurmds[@]}"; do running "$pid" && { log "slurmd $pid still running after 10 s: SIGKILL"; kill -9 "$pid"; }; done
+fi
 # What is left in a node (jobs' processes, a slurmd without a pid file): by pid, per namespace.
 for ns in $(namespaces); do
   pids=$(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')
@@ -63,7 +83,7 @@ if ip link show "$BRIDGE" >/dev/null 2>&1; then
 fi
 
 if [ -e "$STATE/munged-ours" ]; then
-  if [ -s /run/slurmctld.pid ] && kill -0 "$(cat /run/slurmctld.pid)" 2>/dev/null; then
+  if [ -s /run/slurmctld.pid ] && running "$(cat /run/slurmctld.pid)"; then
     log "leaving munged running: the single-node Slurm uses it"
   else
     stop_pidfile /run/munge/munged.pid

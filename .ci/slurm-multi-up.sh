@@ -34,11 +34,24 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 export SLURM_CONF
 
 idle_nodes() { timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 == "idle" {print $1}' | sort -u | wc -l; }
-alive() { local pid; pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; }
+# Nodes that run or can run jobs: a Slurm in use (by another run's jobs) is healthy too.
+usable_nodes() {
+  timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 ~ /^(idle|mixed|allocated|completing)$/ {print $1}' | sort -u | wc -l
+}
+# running PID: the process exists and is no zombie (this VM's pid 1 reaps late, and a
+# zombie answers kill -0).
+running() { local st; st=$(sed -E 's/^.*\) (.).*$/\1/' "/proc/$1/stat" 2>/dev/null) && [ -n "$st" ] && [ "$st" != Z ]; }
+alive() { local pid; pid=$(cat "$1" 2>/dev/null) && [ -n "$pid" ] && running "$pid"; }
 
+daemons_alive() {
+  alive "$STATE/slurmctld.pid" || return 1
+  for i in $(seq "$N"); do alive "$STATE/slurmd-${NODE_PREFIX}$i.pid" || return 1; done
+}
+
+# slurmctld notices a dead slurmd only after SlurmdTimeout: look at the daemons too.
 if [ -s "$SLURM_CONF" ] && command -v sinfo >/dev/null && [ "$(grep -c '^NodeName=' "$SLURM_CONF")" = "$N" ] \
-   && [ "$(idle_nodes)" = "$N" ]; then
-  log "$N nodes already idle; nothing to do"
+   && daemons_alive && [ "$(usable_nodes)" = "$N" ]; then
+  log "$N nodes already up; nothing to do"
   exit 0
 fi
 # Whatever is there is broken or of another size: remove it by pid and by name first.
