@@ -90,8 +90,10 @@ if [ -e "$STATE/munged-ours" ]; then
   fi
   rm -f "$STATE/munged-ours"
 fi
-# Spool (saved state, job scripts) goes; logs stay for a look after a failure.
+# Spool (saved state, job scripts) and configuration go; logs stay for a look after a failure.
 rm -rf "$SPOOL"
+rm -f "$SLURM_CONF"
+rmdir "$(dirname "$SLURM_CONF")" 2>/dev/null || true
 rmdir "$STATE" 2>/dev/null || true
 
 left=$(namespaces; ip link show "$BRIDGE" 2>/dev/null | head -n 1)

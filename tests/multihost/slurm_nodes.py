@@ -62,6 +62,9 @@ def problem(n: int) -> str | None:
         return f"commands not found ({', '.join(missing)}); start it with `sudo .ci/slurm-multi-up.sh`"
     if not Path(SETTINGS["SLURM_CONF"]).is_file():
         return f"no {SETTINGS['SLURM_CONF']}; start it with `sudo .ci/slurm-multi-up.sh`"
+    ctld_pid = Path(SETTINGS["STATE"]) / "slurmctld.pid"
+    if not _running(ctld_pid):
+        return f"its slurmctld is not running (no live pid in {ctld_pid}); start it with `sudo .ci/slurm-multi-up.sh`"
     try:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %T"], capture_output=True, text=True, timeout=15, env=slurm_env())
     except subprocess.TimeoutExpired:
@@ -75,6 +78,15 @@ def problem(n: int) -> str | None:
     return None
 
 
+def _running(pid_file: Path) -> bool:
+    """Whether the pid in ``pid_file`` names a live process (not a zombie)."""
+    try:
+        stat = Path(f"/proc/{int(pid_file.read_text().strip())}/stat").read_text()
+    except (OSError, ValueError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def slurmd_pid(node: str) -> int:
     """The pid of ``node``'s slurmd (from its pid file): a process in the node's namespaces.
 
@@ -82,12 +94,9 @@ def slurmd_pid(node: str) -> int:
         RuntimeError: no live slurmd for ``node``.
     """
     pid_file = Path(SETTINGS["STATE"]) / f"slurmd-{node}.pid"
-    try:
-        pid = int(pid_file.read_text().strip())
-        os.kill(pid, 0)
-    except (OSError, ValueError) as e:
-        raise RuntimeError(f"no live slurmd for {node} ({pid_file}: {e})") from None
-    return pid
+    if not _running(pid_file):
+        raise RuntimeError(f"no live slurmd for {node} (no live pid in {pid_file})")
+    return int(pid_file.read_text().strip())
 
 
 def shm_names(node: str) -> list[str]:
