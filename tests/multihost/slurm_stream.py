@@ -47,7 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=1 << 17, help="float32 values per message (default: 512 KiB, above inline-max)")
     args = p.parse_args(argv)
 
+    t0 = time.monotonic()
+    phases: dict[str, float] = {}  # seconds since the script began, for the test's timing line
     with Coupling() as cp:
+        phases["joined"] = time.monotonic() - t0
         workers = cp.client.scheduler_info(n_workers=-1)["workers"]
         facts = cp.client.run(worker_facts)
         producer_at = sorted(workers)[0]
@@ -56,6 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         ch = cp.channel("slurm-nodes", Queue(8))
         consumer = cp.spawn(Collector, name="consumer", inputs={"inp": ch}, workers=consumer_at)
         producer = cp.spawn(Producer, args.messages, ident=1, size=args.size, name="producer", outputs={"out": ch}, workers=producer_at)
+        phases["spawned"] = time.monotonic() - t0
         started = time.monotonic()
         consumer.start()
         producer.start()
@@ -75,6 +79,9 @@ def main(argv: list[str] | None = None) -> None:
             "seconds": time.monotonic() - started,
         }
         consumer.stop()
+        phases["streamed"] = time.monotonic() - t0
+    phases["closed"] = time.monotonic() - t0
+    record["phases"] = phases
     Path(args.json).write_text(json.dumps(record))
 
 
