@@ -56,6 +56,8 @@ if [ -s "$SLURM_CONF" ] && command -v sinfo >/dev/null && [ "$(grep -c '^NodeNam
 fi
 # Whatever is there is broken or of another size: remove it by pid and by name first.
 bash "$HERE/slurm-multi-down.sh"
+# A start that fails half-way leaves nothing running either (the logs stay).
+trap 'rc=$?; if [ "$rc" != 0 ]; then log "start failed (exit $rc); removing what it made"; bash "$HERE/slurm-multi-down.sh" >&2 || true; fi' EXIT
 
 # --- packages (as .ci/slurm-up.sh) ----------------------------------------------------
 missing=()
