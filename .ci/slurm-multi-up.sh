@@ -112,9 +112,10 @@ done
 HOST=$(hostname -s)
 CPUS=$(nproc)
 MEM_KB=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
-# Every node sees the whole VM; each declares a share, so that the nodes together
-# do not promise more memory than there is (and at most what `slurmd -C` reports).
-MEM_MB=$(( MEM_KB * 9 / 10 / 1024 / N ))
+# Every node sees the whole VM and declares (as .ci/slurm-up.sh) 90 % of it, at most what
+# `slurmd -C` reports: together they promise more than there is, as emulated hosts share
+# one kernel; a small VM still takes a job of the tests' size (2 GiB) on every node.
+MEM_MB=$(( MEM_KB * 9 / 10 / 1024 ))
 mkdir -p "$(dirname "$SLURM_CONF")" "$SPOOL/ctld" "$LOGS"
 chown slurm:slurm "$SPOOL/ctld" "$LOGS"
 {
