@@ -12,6 +12,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=slurm-multi-env.sh
 . "$HERE/slurm-multi-env.sh"
 export SLURM_CONF
+# One start or removal at a time on this machine (two CI runs may share it); a removal
+# that a start runs itself holds the start's lock already.
+if [ -z "${SLURM_MULTI_LOCKED:-}" ]; then
+  exec 9>"$LOCK"
+  flock -w 120 9 || { echo "slurm-multi: error: another start or removal holds $LOCK for 120 s" >&2; exit 1; }
+  export SLURM_MULTI_LOCKED=1
+fi
 
 log() { echo "slurm-multi-down: $*"; }
 [ "$(id -u)" = 0 ] || { echo "slurm-multi-down: error: must run as root; got uid $(id -u)" >&2; exit 1; }

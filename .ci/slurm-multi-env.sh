@@ -16,4 +16,5 @@ NET=10.79.0                       # node i has 10.79.0.<i>; the bridge (slurmctl
 CTLD_ADDR=10.79.0.254
 CTLD_PORT=6917                    # the single-node Slurm has 6817 and 6818
 SLURMD_PORT=6918
+LOCK=/run/slurm-multi.lock          # serializes slurm-multi-up.sh and -down.sh
 SHM_SIZE=1g                       # each node's private /dev/shm

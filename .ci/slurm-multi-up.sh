@@ -32,6 +32,13 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=slurm-multi-env.sh
 . "$HERE/slurm-multi-env.sh"
 export SLURM_CONF
+# One start or removal at a time on this machine (two CI runs may share it); a removal
+# that a start runs itself holds the start's lock already.
+if [ -z "${SLURM_MULTI_LOCKED:-}" ]; then
+  exec 9>"$LOCK"
+  flock -w 120 9 || { echo "slurm-multi: error: another start or removal holds $LOCK for 120 s" >&2; exit 1; }
+  export SLURM_MULTI_LOCKED=1
+fi
 
 idle_nodes() { timeout 10 sinfo -h -N -o '%N %T' 2>/dev/null | awk '$2 == "idle" {print $1}' | sort -u | wc -l; }
 # Nodes that run or can run jobs: a Slurm in use (by another run's jobs) is healthy too.
