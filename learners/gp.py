@@ -85,6 +85,38 @@ def matern52(a: np.ndarray, b: np.ndarray, lengths: np.ndarray, signal: float) -
     return signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r2) * np.exp(-_SQRT5 * r)
 
 
+@dataclass(frozen=True)
+class PosteriorCovariance:
+    """A GP's posterior covariance among ``points`` (standardised units), entry by entry.
+
+    ``cov(a, b) = k(a, b) - w_a . w_b`` with ``w = L^-1 k(X, .)`` the whitened
+    cross-covariances (R&W eq. 2.26). It does not depend on the observed values:
+    only on where they were observed and on the hyperparameters.
+
+    Attributes:
+        points: ``(M, dim)`` the points.
+        whitened: ``(N, M)`` ``L^-1 k(X, points)``.
+        lengths: the length scales.
+        signal: the signal variance.
+        noise: the noise variance of an observation.
+    """
+
+    points: np.ndarray
+    whitened: np.ndarray
+    lengths: np.ndarray
+    signal: float
+    noise: float
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The ``(len(rows), len(cols))`` covariance block between points given by index."""
+        prior = matern52(self.points[rows], self.points[cols], self.lengths, self.signal)
+        return prior - self.whitened[:, rows].T @ self.whitened[:, cols]
+
+    def variance(self) -> np.ndarray:
+        """The posterior variance at every point, ``(M,)``."""
+        return np.maximum(self.signal - (self.whitened * self.whitened).sum(0), 0.0)
+
+
 class GaussianProcess:
     """GP regressor over the unit box (numpy in, numpy out).
 
@@ -239,6 +271,30 @@ class GaussianProcess:
         v = solve_triangular(self._chol[0], ks.T, lower=True)
         var = np.maximum(signal - (v * v).sum(0), 0.0)
         return self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
+
+    def joint(self, points: np.ndarray) -> PosteriorCovariance:
+        """The posterior covariance among a fixed set of points, for design criteria.
+
+        The whitened cross-covariances ``L^-1 k(X, points)`` are computed once
+        (``O(N^2 M)`` for ``M`` points); every covariance asked of the result then costs
+        ``O(N)`` per entry. Units are the standardised targets' (the ranking of
+        design criteria does not depend on them).
+
+        Args:
+            points: ``(M, dim)`` points in the unit box.
+
+        Returns:
+            A :class:`PosteriorCovariance` over ``points``.
+
+        Raises:
+            RuntimeError: before the first fit.
+        """
+        if self._chol is None:
+            raise RuntimeError("GaussianProcess.joint before any fit")
+        pts = np.asarray(points, np.float64).reshape(-1, self.dim)
+        lengths, signal, noise = self._unpack(self._theta)
+        whitened = solve_triangular(self._chol[0], matern52(self._x, pts, lengths, signal), lower=True)
+        return PosteriorCovariance(pts, whitened, lengths, signal, noise + 1e-8)
 
     @property
     def length_scales(self) -> np.ndarray:
