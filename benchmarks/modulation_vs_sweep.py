@@ -80,12 +80,12 @@ class Setup:
     opt_budget: int = 250
     sweep_budget: int = 4096
     map_budget: int = 600
-    map_every: int = 20
+    map_every: int = 10
     grid_cap: int = 4096
     opt_tol: float = 0.03
     map_tol: float = 0.10
     heat_grid: int = 16
-    heat_time: float = 0.02
+    heat_time: float = 0.005
     # Candidates scored per proposal by the steered strategies (uniform, and local around the best):
     # fewer than the strategies' defaults, as the GP's variance costs O(N^2) per candidate.
     candidates: int = 1024
