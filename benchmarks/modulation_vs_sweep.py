@@ -251,7 +251,8 @@ MAP_STRATEGIES = ("steered (IVR)", "steered (max-std)")
 """The steered map strategies: integrated-variance reduction (the proposal) and max-std (the simple one)."""
 
 
-def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: ParameterSpace, seed: int) -> list[Run]:
+def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: ParameterSpace, seed: int,
+             map_strategies: tuple[str, ...] = MAP_STRATEGIES) -> list[Run]:  # fmt: skip
     """Every strategy on every task for one seed: optimum on ``oracle``, a map on each of ``maps``."""
     d = space.dim
     initial = max(8, 2 * d)
@@ -274,6 +275,8 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
         ivr = IntegratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference, seed=seed)
         mu = MaxUncertainty(space, **sizes)
         for name, strategy in zip(MAP_STRATEGIES, (ivr, mu)):
+            if name not in map_strategies:
+                continue
             run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error)
             out.append(replace(run, strategy=name, task=case.task, seed=seed))
         for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
@@ -357,7 +360,7 @@ def verdicts(dims: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def bench_dims(dims: int, setup: Setup, seeds: range) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str, ...] = MAP_STRATEGIES) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     space = space_of(dims)
     oracle = Oracle(setup, space, gray_scott_run(setup.grid, setup.steps))
     heat_space = space_of(dims, HEAT)
@@ -373,7 +376,7 @@ def bench_dims(dims: int, setup: Setup, seeds: range) -> tuple[list[dict[str, An
     ref = maps[0].ref
     runs: list[Run] = []
     for seed in seeds:
-        runs += run_seed(setup, oracle, maps, space, seed)
+        runs += run_seed(setup, oracle, maps, space, seed, map_strategies)
         print(f"  D={dims} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     target = (1 - setup.opt_tol) * oracle.best()
     grid = grid_needs(oracle, maps, space, setup, target)
@@ -413,6 +416,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 6], help="study dimensions, 2..8 (default 2 4 6)")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged over (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
+    p.add_argument("--map-strategies", nargs="+", choices=("ivr", "max-std"), default=["ivr", "max-std"],
+                   help="steered map strategies (default both; the verdict uses ivr)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -430,7 +435,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:
-        r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds))
+        chosen = tuple(MAP_STRATEGIES[("ivr", "max-std").index(m)] for m in args.map_strategies)
+        r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds), chosen)
         rows += r
         infos.append(info)
         levels += lv

@@ -9,7 +9,8 @@ likelihood (L-BFGS-B on their logarithms, within bounds).
 
 Refits keep up with the data: hyperparameters are chosen again only once the
 data grew by ``reoptimise_growth`` (20 %) since the last choice, and then
-warm-started from it and from a fixed default start (the better optimum wins);
+warm-started from it (plus a fixed default start while the data are few, or
+when the warm start ends degenerate; the better optimum wins);
 the fits in between only condition on the new points, extending the last
 Cholesky factor when the points only grew (``O(N^2 k)`` for ``k`` new points;
 milliseconds for the hundreds of points a steered study gathers).
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg.lapack import dpotri
 from scipy.optimize import minimize
 
 _SQRT5 = math.sqrt(5.0)
@@ -51,10 +53,11 @@ class GPConfig:
         max_iter: L-BFGS-B iterations per fit.
         fresh_starts_until: below this many points, each choice also starts from the
             default (length 0.3, signal 1, noise 1e-3) besides the last choice; the
-            better optimum wins. The default is always: a warm start alone can stay in
-            a degenerate optimum once it has fallen in (every length scale at its lower
-            bound, the data explained as uncorrelated: seen on an 8-parameter heat map
-            at 80 points, RMS error 17 % where the default start's optimum gives 6 %).
+            better optimum wins. Above it, the default start is tried only when the
+            warm start's optimum is degenerate (length scales far below the spacing of
+            the data, which it explains as uncorrelated): a warm start alone stays in
+            such an optimum once it fell in (seen on an 8-parameter heat map at 80
+            points: RMS error 17 % where the default start's optimum gives 6 %).
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
@@ -64,7 +67,7 @@ class GPConfig:
     noise_bounds: tuple[float, float] = (1e-6, 0.5)
     signal_bounds: tuple[float, float] = (0.05, 20.0)
     max_iter: int = 60
-    fresh_starts_until: int = 1 << 30
+    fresh_starts_until: int = 64
     reoptimise_growth: float = 0.2
 
     def __post_init__(self) -> None:
@@ -181,7 +184,11 @@ class GaussianProcess:
             return 1e10, np.zeros_like(theta)  # not positive definite at these hyperparameters: reject the step
         alpha = cho_solve((low, True), y)
         nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
-        w = cho_solve((low, True), np.eye(len(x))) - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
+        inv, info = dpotri(low, lower=1)  # K^-1 from its factor: a third of solving against the identity
+        if info != 0:
+            return 1e10, np.zeros_like(theta)
+        inv = np.tril(inv) + np.tril(inv, -1).T  # dpotri fills the lower triangle only
+        w = inv - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
         common = signal * 5.0 / 3.0 * (1.0 + _SQRT5 * r) * decay
         grad = np.empty_like(theta)
         grad[: self.dim] = 0.5 * np.einsum("ij,ij,ijk->k", w, common, d2)
@@ -217,13 +224,24 @@ class GaussianProcess:
         self.fits += 1
         return self._last_nll / max(self._chosen_on, 1)
 
+    def _degenerate(self, theta: np.ndarray, x: np.ndarray) -> bool:
+        """Whether ``theta`` explains the data as nearly uncorrelated: a point's correlation
+        with its nearest neighbour below 0.1 on average (an optimum with length scales far
+        below the spacing of the data, which a warm start can stay in for good)."""
+        corr = matern52(x, x, self._unpack(theta)[0], 1.0)
+        np.fill_diagonal(corr, 0.0)
+        return bool(np.mean(corr.max(1)) < 0.1)
+
     def _choose(self, x: np.ndarray, ys: np.ndarray) -> None:
-        """Maximise the marginal likelihood from the last choice (and the default, while data are few)."""
-        starts = [self._theta]
-        if len(ys) < self.config.fresh_starts_until and self.fits > 0:
-            starts.append(self._default_theta())
+        """Maximise the marginal likelihood from the last choice, and from the default while
+        the data are few or when the last choice's optimum is degenerate."""
         best: tuple[float, np.ndarray] | None = None
-        for start in starts:
+        for start in [self._theta, self._default_theta()]:
+            again = start is not self._theta
+            if again and self.fits > 0 and len(ys) >= self.config.fresh_starts_until and best is not None and not self._degenerate(best[1], x):
+                break
+            if again and self.fits == 0:
+                break  # the first fit already started from the default
             res = minimize(self._neg_log_likelihood, start, args=(x, ys), method="L-BFGS-B", jac=True, bounds=self._bounds(),
                            options={"maxiter": self.config.max_iter})  # fmt: skip
             if best is None or res.fun < best[0]:
