@@ -47,6 +47,12 @@ def test_the_eight_parameter_gray_scott_run_is_the_simulators_own_up_to_six() ->
         assert float(ours(jnp.asarray(xi))) == pytest.approx(float(run_amplitude(sim, jnp.asarray(xi), 40)), rel=1e-6)
     eight = bench.space_of(8).from_unit(np.full((1, 8), 0.5))[0]
     assert np.isfinite(float(ours(jnp.asarray(eight))))
+    # The mean of u: 1 everywhere at the start but in the seed (u = 1 - 2 seed_v there).
+    start = float(bench.gray_scott_run(8, 0, "mean_u")(jnp.asarray(x[0])))
+    side = 2 * max(1, round(float(x[0][4]) * 8 / 2)) - 1  # cells with |i - n/2| < half
+    assert start == pytest.approx(1 - side**2 / 64 * 2 * float(x[0][5]), abs=0.02 * side**2 / 64)
+    with pytest.raises(ValueError, match="qoi"):
+        bench.gray_scott_run(8, 1, "max_v")
 
 
 def test_the_heat_run_is_the_analytic_peak_for_one_mode() -> None:
