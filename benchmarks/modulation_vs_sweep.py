@@ -430,7 +430,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
     p.add_argument("--map-strategies", nargs="+", choices=("ivr", "max-std"), default=["ivr", "max-std"],
                    help="steered map strategies (default both; the verdict uses ivr)")
-    p.add_argument("--maps", nargs="+", choices=MAP_TASKS, default=["map", "map-heat"], help="map tasks (default map map-heat)")
+    p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
+    p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat"], help="map tasks (default map map-heat)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -440,7 +441,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol)
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget)
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
