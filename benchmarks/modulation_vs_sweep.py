@@ -1,24 +1,32 @@
-"""Modulation benchmark: how many Gray-Scott simulations each strategy needs, in 2 to 6 dimensions.
+"""Modulation benchmark: how many simulations each strategy needs, in 2 to 8 dimensions.
 
-The simulator is Gray-Scott (``coupler.physics.gray_scott``) on a periodic
-``grid x grid`` square; a study of ``D`` dimensions varies the first ``D`` of
-``(F, k, Du, Dv, seed_fraction, seed_v)`` in :data:`PARAMETERS` and keeps the
-others at the simulator's values. The quantity of interest is the pattern
-amplitude (spatial std of ``v`` after ``steps`` steps). Two tasks, each over
-``--seeds`` seeds (mean and standard error):
+Two families of ``benchmarks/_modulation_families.py``, each of up to eight
+parameters (a study of ``D`` dimensions varies the first ``D``):
 
-- optimum: simulations until a strategy has run one point within ``--opt-tol``
-  (relative) of the best amplitude any simulation of this benchmark found.
-  The share of the box that reaches it (estimated on the reference sample) is
-  printed: at 6 dimensions it is about 1 point in 2000, a narrow optimum.
-- map: simulations until the estimated surface has an RMS error, over the
-  ``reference`` random points, of at most ``--map-tol`` of their maximum.
+- Gray-Scott (``coupler.physics.gray_scott``) on a periodic ``grid x grid``
+  square, parameters ``(F, k, Du, Dv, seed_fraction, seed_v, seed_aspect,
+  seed_u)``, quantity of interest the pattern amplitude (spatial std of ``v``
+  after ``steps`` steps);
+- heat (``coupler.physics.heat``) on a ``heat_grid x heat_grid`` plate,
+  parameters the diffusivity and seven initial sine-mode amplitudes, quantity
+  of interest the peak temperature at ``heat_time``.
+
+Three tasks, each over ``--seeds`` seeds (mean and standard error):
+
+- optimum (Gray-Scott): simulations until a strategy has run one point within
+  ``--opt-tol`` (relative) of the best amplitude any simulation of this
+  benchmark found. The share of the box that reaches it (estimated on the
+  reference sample) is printed: at 6 dimensions about 1 point in 2000.
+- map (Gray-Scott) and map-heat: simulations until the GP's mean has an RMS
+  error, over ``reference`` random points (a sample of their own), of at most
+  ``--map-tol`` of their maximum.
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process; expected improvement for the optimum, max-uncertainty for the
-map), uniform random, scrambled Sobol (the strong baseline; the map fits the
-same GP to the sweeps' points) and the coarsest regular grid that reaches the
-goal (multilinear interpolation for the map), tried while ``m**D`` stays within
+Gaussian process; expected improvement for the optimum; integrated-variance
+reduction, IVR, and max-uncertainty for the maps), uniform random, scrambled
+Sobol (the strong baseline; the maps fit the same GP, same settings, to the
+sweeps' points) and the coarsest regular grid that reaches the goal
+(multilinear interpolation for the maps), tried while ``m**D`` stays within
 ``grid_cap`` simulations. A strategy that does not reach the goal within its
 budget counts its budget, and the row says ``censored`` (its mean is then a
 lower bound, and a ratio against it an upper bound).
@@ -29,7 +37,7 @@ is timed, and its share of wall time is projected for simulations of 1 s run
 ``batch`` at a time with no overlap (a pessimistic bound: the actor overlaps
 them). Prints a table, writes JSON (``--json``)::
 
-    python benchmarks/modulation_vs_sweep.py --dims 2 4 6 --seeds 3 --json modulation.json
+    python benchmarks/modulation_vs_sweep.py --dims 2 4 6 8 --seeds 3 --json modulation.json
 """
 
 from __future__ import annotations
@@ -54,17 +62,9 @@ from coupler.learners.acquisition import ExpectedImprovement, MaxUncertainty, Pa
 from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
-from coupler.physics.gray_scott import GrayScott, run_amplitude  # noqa: E402
+from coupler.learners.variance_reduction import IntegratedVarianceReduction  # noqa: E402
 
-PARAMETERS = (
-    ("F", 0.02, 0.08),
-    ("k", 0.05, 0.07),
-    ("Du", 0.10, 0.24),
-    ("Dv", 0.04, 0.12),
-    ("seed_fraction", 0.2, 0.8),
-    ("seed_v", 0.15, 0.45),
-)
-"""Name and range of each parameter, in the layout of ``gray_scott.params_from_vector``."""
+from _modulation_families import GRAY_SCOTT, HEAT, Family, Run as SimRun, gray_scott_run, heat_run  # noqa: E402
 
 BIG_CHUNK = 256
 
@@ -80,40 +80,43 @@ class Setup:
     opt_budget: int = 250
     sweep_budget: int = 4096
     map_budget: int = 600
-    map_every: int = 20
+    map_every: int = 10
     grid_cap: int = 4096
     opt_tol: float = 0.03
     map_tol: float = 0.10
+    heat_grid: int = 16
+    heat_time: float = 0.005
+    u_steps: int = 300  # map-u: the mean of u after this many steps
     # Candidates scored per proposal by the steered strategies (uniform, and local around the best):
     # fewer than the strategies' defaults, as the GP's variance costs O(N^2) per candidate.
     candidates: int = 1024
     local: int = 256
+    # Integrated-variance reduction: candidates per proposal and its reference set (cost O(N (C + R) + C R)).
+    ivr_candidates: int = 512
+    ivr_reference: int = 256
 
 
-def space_of(dims: int) -> ParameterSpace:
-    """The box of the first ``dims`` parameters of :data:`PARAMETERS`.
+def space_of(dims: int, family: Family = GRAY_SCOTT) -> ParameterSpace:
+    """The box of the first ``dims`` parameters of ``family``.
 
     Raises:
-        ValueError: for ``dims`` outside 2..6.
+        ValueError: for ``dims`` outside ``2..8``.
     """
-    if not 2 <= dims <= len(PARAMETERS):
-        raise ValueError(f"dims must be in 2..{len(PARAMETERS)}, got {dims}")
-    names, lo, hi = zip(*PARAMETERS[:dims])
-    return ParameterSpace(tuple(lo), tuple(hi), tuple(names))
+    return family.space(dims)
 
 
 class Oracle:
-    """Runs Gray-Scott at unit-box points (vmapped, memoised) and charges their cost.
+    """Runs a simulation at unit-box points (vmapped, memoised) and charges their cost.
 
     Args:
         setup: the sizes.
         space: the parameter box.
+        run: one simulation, parameters to quantity of interest.
     """
 
-    def __init__(self, setup: Setup, space: ParameterSpace) -> None:
-        sim = GrayScott(n=setup.grid, seed_fraction=0.5)
+    def __init__(self, setup: Setup, space: ParameterSpace, run: SimRun) -> None:
         self.space = space
-        self._run = jax.jit(jax.vmap(lambda x: run_amplitude(sim, x, setup.steps)))
+        self._run = jax.jit(jax.vmap(run))
         self._cache: dict[bytes, float] = {}
         # Two batch shapes only (a steering batch, a sweep chunk), compiled now: the
         # timed calls then measure simulation, not compilation.
@@ -124,7 +127,7 @@ class Oracle:
         self.seconds = 0.0
 
     def __call__(self, unit: np.ndarray) -> np.ndarray:
-        """Amplitudes at ``(N, d)`` unit-box points."""
+        """Quantities of interest at ``(N, d)`` unit-box points."""
         unit = np.asarray(unit, np.float32).reshape(-1, self.space.dim)
         keys = [u.tobytes() for u in unit]
         todo = sorted({k: i for i, k in enumerate(keys) if k not in self._cache}.values())
@@ -146,7 +149,7 @@ class Oracle:
         return self.seconds / max(self.simulated, 1)
 
     def best(self) -> float:
-        """The largest finite amplitude simulated so far."""
+        """The largest finite quantity of interest simulated so far."""
         return float(np.nanmax(np.array(list(self._cache.values()))))
 
 
@@ -235,49 +238,76 @@ def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.n
     return out
 
 
-def run_seed(setup: Setup, oracle: Oracle, space: ParameterSpace, ref_unit: np.ndarray, ref: np.ndarray, seed: int) -> list[Run]:
+@dataclass
+class MapCase:
+    """A map task: its simulations and the reference sample the map is judged on."""
+
+    task: str
+    oracle: Oracle
+    ref_unit: np.ndarray
+    ref: np.ndarray
+
+
+MAP_STRATEGIES = ("steered (IVR)", "steered (max-std)")
+"""The steered map strategies: integrated-variance reduction (the proposal) and max-std (the simple one)."""
+
+
+def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: ParameterSpace, seed: int,
+             map_strategies: tuple[str, ...] = MAP_STRATEGIES) -> list[Run]:  # fmt: skip
+    """Every strategy on every task for one seed: optimum on ``oracle``, a map on each of ``maps``."""
     d = space.dim
     initial = max(8, 2 * d)
     out: list[Run] = []
-
-    def map_error(s: Steerer) -> float:
-        assert s.model is not None
-        return rms_error(s.model.predict(ref_unit)[0], ref)
-
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
     ei = steer(oracle, Steerer(space, ExpectedImprovement(space, **sizes), GPConfig(), seed),
                setup.batch, setup.opt_budget, setup.map_every, None)  # fmt: skip
     out.append(replace(ei, strategy="steered (EI)", task="optimum", seed=seed))
-    mu = steer(oracle, Steerer(space, MaxUncertainty(space, **sizes), GPConfig(), seed),
-               setup.batch, setup.map_budget, setup.map_every, map_error)  # fmt: skip
-    out.append(replace(mu, strategy="steered (max-std)", task="map", seed=seed))
     for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
         pts = sweep_points(sweep, setup.sweep_budget, d)
         values = [float(v) if np.isfinite(v) else -np.inf for v in oracle(pts)]
         out.append(Run(name, "optimum", seed, setup.sweep_budget, values, []))
-        errors = sweep_map_errors(oracle, pts[: setup.map_budget], setup.map_every, ref_unit, ref)
-        out.append(Run(f"{name} + GP", "map", seed, setup.map_budget, [], errors))
+    for case in maps:
+
+        def map_error(s: Steerer, case: MapCase = case) -> float:
+            assert s.model is not None
+            return rms_error(s.model.predict(case.ref_unit)[0], case.ref)
+
+        # The design criterion's candidates and reference set are its own (not the judge's reference sample).
+        ivr = IntegratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference, seed=seed)
+        mu = MaxUncertainty(space, **sizes)
+        for name, strategy in zip(MAP_STRATEGIES, (ivr, mu)):
+            if name not in map_strategies:
+                continue
+            run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error)
+            out.append(replace(run, strategy=name, task=case.task, seed=seed))
+        for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
+            pts = sweep_points(sweep, setup.map_budget, d)
+            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref)
+            out.append(Run(f"{name} + GP", case.task, seed, setup.map_budget, [], errors))
     return out
 
 
-def grid_needs(oracle: Oracle, space: ParameterSpace, setup: Setup, target: float, ref_unit: np.ndarray, ref: np.ndarray) -> dict[str, int | None]:
+def grid_needs(oracle: Oracle, maps: list[MapCase], space: ParameterSpace, setup: Setup, target: float) -> dict[str, int | None]:
     """Simulations of the coarsest grid ``m**D`` (``m >= 2``, within ``grid_cap``) that reaches each goal."""
-    need: dict[str, int | None] = {"optimum": None, "map": None}
+    need: dict[str, int | None] = {"optimum": None, **{c.task: None for c in maps}}
     m = 2
     while m**space.dim <= setup.grid_cap and None in need.values():
-        v = oracle(space.grid(m))
+        nodes = space.grid(m)
+        v = oracle(nodes)
         if need["optimum"] is None and np.nanmax(v) >= target:
             need["optimum"] = m**space.dim
-        if need["map"] is None and np.all(np.isfinite(v)):
-            err = rms_error(multilinear(v.reshape((m,) * space.dim), ref_unit), ref)
-            need["map"] = m**space.dim if err <= setup.map_tol else None
+        for case in maps:
+            w = v if case.oracle is oracle else case.oracle(nodes)
+            if need[case.task] is None and np.all(np.isfinite(w)):
+                err = rms_error(multilinear(w.reshape((m,) * space.dim), case.ref_unit), case.ref)
+                need[case.task] = m**space.dim if err <= setup.map_tol else None
         m += 1
     return need
 
 
 def summarise(dims: int, runs: list[Run], grid: dict[str, int | None], target: float, setup: Setup, grid_tried: int) -> list[dict[str, Any]]:
     rows = []
-    for task in ("optimum", "map"):
+    for task in dict.fromkeys(r.task for r in runs):
         for name in dict.fromkeys(r.strategy for r in runs if r.task == task):
             mine = [r for r in runs if r.task == task and r.strategy == name]
             got = [first_hit(r.values, target) if task == "optimum" else first_below(r.errors, setup.map_tol) for r in mine]
@@ -303,9 +333,9 @@ def map_levels(dims: int, runs: list[Run]) -> list[dict[str, Any]]:
     """Per map strategy: simulations to reach each of :data:`MAP_LEVELS` (``None``: not within its
     budget, per seed) and the map error at its budget (mean over seeds)."""
     out = []
-    for name in dict.fromkeys(r.strategy for r in runs if r.task == "map"):
-        mine = [r for r in runs if r.task == "map" and r.strategy == name]
-        out.append({"dims": dims, "strategy": name, "budget": mine[0].budget,
+    for task, name in dict.fromkeys((r.task, r.strategy) for r in runs if r.task.startswith("map")):
+        mine = [r for r in runs if r.task == task and r.strategy == name]
+        out.append({"dims": dims, "task": task, "strategy": name, "budget": mine[0].budget,
                     "error_at_budget": float(np.mean([r.errors[-1][1] for r in mine])),
                     "sims_to": {str(t): [first_below(r.errors, t) for r in mine] for t in MAP_LEVELS}})  # fmt: skip
     return out
@@ -314,7 +344,9 @@ def map_levels(dims: int, runs: list[Run]) -> list[dict[str, Any]]:
 def verdicts(dims: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Steered / best of random and Sobol, per task, against the issue's goals (1/5 optimum, 1/3 map)."""
     out = []
-    for task, steered, goal in (("optimum", "steered (EI)", 1 / 5), ("map", "steered (max-std)", 1 / 3)):
+    tasks = [(t, "steered (EI)" if t == "optimum" else MAP_STRATEGIES[0], 1 / 5 if t == "optimum" else 1 / 3)
+             for t in dict.fromkeys(r["task"] for r in rows if r["dims"] == dims)]  # fmt: skip
+    for task, steered, goal in tasks:
         mine = {r["strategy"]: r for r in rows if r["dims"] == dims and r["task"] == task}
         base = [mine[n] for n in (("random", "sobol") if task == "optimum" else ("random + GP", "sobol + GP"))]
         best = min(base, key=lambda r: r["sims_mean"])
@@ -329,24 +361,47 @@ def verdicts(dims: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def bench_dims(dims: int, setup: Setup, seeds: int) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+MAP_TASKS = ("map", "map-heat", "map-u")
+"""Map tasks: Gray-Scott's pattern amplitude, the heat plate's peak temperature, Gray-Scott's mean u after
+``u_steps`` (not run by default: in a development run no strategy mapped it to 10 % in 600 simulations at
+4 dimensions, all at 11 %)."""
+
+
+def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str, ...] = MAP_STRATEGIES,
+               map_tasks: tuple[str, ...] = MAP_TASKS) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     space = space_of(dims)
-    oracle = Oracle(setup, space)
+    oracle = Oracle(setup, space, gray_scott_run(setup.grid, setup.steps))
+    heat_space = space_of(dims, HEAT)
+    heat = Oracle(setup, heat_space, heat_run(setup.heat_grid, setup.heat_time))
     t0 = time.perf_counter()
-    ref_unit = np.random.default_rng(12345).uniform(size=(setup.reference, dims)).astype(np.float32)
-    ref = oracle(ref_unit)
-    keep = np.isfinite(ref)  # the map is judged where the simulation is defined
-    ref_unit, ref = ref_unit[keep], ref[keep]
+    maps = []
+    mean_u = Oracle(setup, space, gray_scott_run(setup.grid, setup.u_steps, "mean_u")) if "map-u" in map_tasks else oracle
+    for task, o in (("map", oracle), ("map-heat", heat), ("map-u", mean_u)):
+        if task not in map_tasks:
+            continue
+        # The judge's reference sample: its own seed, unseen by every strategy.
+        ref_unit = np.random.default_rng(12345).uniform(size=(setup.reference, dims)).astype(np.float32)
+        ref = o(ref_unit)
+        keep = np.isfinite(ref)  # the map is judged where the simulation is defined
+        maps.append(MapCase(task, o, ref_unit[keep], ref[keep]))
+    sample = oracle(np.random.default_rng(12345).uniform(size=(setup.reference, dims)).astype(np.float32))
+    ref = sample[np.isfinite(sample)]  # the optimum's share of the box, on the same sample
     runs: list[Run] = []
-    for seed in range(seeds):
-        runs += run_seed(setup, oracle, space, ref_unit, ref, seed)
+    for seed in seeds:
+        runs += run_seed(setup, oracle, maps, space, seed, map_strategies)
         print(f"  D={dims} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     target = (1 - setup.opt_tol) * oracle.best()
-    grid = grid_needs(oracle, space, setup, target, ref_unit, ref)
+    grid = grid_needs(oracle, maps, space, setup, target)
     tried = max(m for m in range(2, 64) if m**dims <= setup.grid_cap) if 2**dims <= setup.grid_cap else 1
     rows = summarise(dims, runs, grid, target, setup, tried)
     sec = oracle.seconds_per_sim
     steered = [r for r in runs if r.strategy.startswith("steered")]
+    by_strategy = {}
+    for name in dict.fromkeys(f"{r.task}: {r.strategy}" for r in steered):
+        mine = [r for r in steered if f"{r.task}: {r.strategy}" == name]
+        wall, cpu, n = (float(np.mean([getattr(r, a) for r in mine])) for a in ("overhead_s", "overhead_cpu_s", "budget"))
+        by_strategy[name] = {"overhead_s": wall, "overhead_cpu_s": cpu, "sims": n,
+                             "share_at_1s": wall / (wall + n / setup.batch), "share_at_1s_cpu": cpu / (cpu + n / setup.batch)}  # fmt: skip
     sims = np.mean([r.budget for r in steered])
     overhead = float(np.mean([r.overhead_s for r in steered]))
     overhead_cpu = float(np.mean([r.overhead_cpu_s for r in steered]))
@@ -361,6 +416,7 @@ def bench_dims(dims: int, setup: Setup, seeds: int) -> tuple[list[dict[str, Any]
         "steer_share_at_1s": overhead / (overhead + sims / setup.batch * 1.0),
         "steer_share_at_1s_cpu": overhead_cpu / (overhead_cpu + sims / setup.batch * 1.0),
         "steer_share_measured": overhead / (overhead + sims * sec),
+        "steer_share_by_strategy": by_strategy, "heat_seconds_per_sim": heat.seconds_per_sim,
         "refit_s_at_most_points": float(np.mean([s for n, s in fits if n >= 0.9 * largest])),
         "refit_s_at_quarter_points": float(np.mean([s for n, s in fits if n <= 0.25 * largest])),
     }  # fmt: skip
@@ -369,8 +425,13 @@ def bench_dims(dims: int, setup: Setup, seeds: int) -> tuple[list[dict[str, Any]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 6], help="study dimensions, 2..6 (default 2 4 6)")
+    p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 6], help="study dimensions, 2..8 (default 2 4 6)")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged over (default 3)")
+    p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
+    p.add_argument("--map-strategies", nargs="+", choices=("ivr", "max-std"), default=["ivr", "max-std"],
+                   help="steered map strategies (default both; the verdict uses ivr)")
+    p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
+    p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat"], help="map tasks (default map map-heat)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -380,21 +441,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol)
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget)
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
-                      map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64)  # fmt: skip
+                      map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
+                      ivr_candidates=64, ivr_reference=32)  # fmt: skip
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:
-        r, info, lv = bench_dims(dims, setup, args.seeds)
+        chosen = tuple(MAP_STRATEGIES[("ivr", "max-std").index(m)] for m in args.map_strategies)
+        r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds), chosen, tuple(args.maps))
         rows += r
         infos.append(info)
         levels += lv
         verdict += verdicts(dims, r)
 
     print()
-    print(f"Modulation on Gray-Scott {setup.grid}x{setup.grid}, {setup.steps} steps; {args.seeds} seeds; goals: optimum within "
+    print(f"Modulation on Gray-Scott {setup.grid}x{setup.grid}, {setup.steps} steps (optimum, map: {GRAY_SCOTT.qoi}) and heat "
+          f"{setup.heat_grid}x{setup.heat_grid} to t={setup.heat_time} (map-heat: {HEAT.qoi}); {args.seeds} seeds; goals: optimum within "
           f"{100 * setup.opt_tol:.0f}% of the best found, map RMS error <= {100 * setup.map_tol:.0f}% of the max "
           f"over {setup.reference} random points")  # fmt: skip
     for info in infos:
@@ -404,17 +468,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"of the points, {1e3 * info['refit_s_at_most_points']:.0f} ms at the end; share of wall time with 1 s sims "
               f"{100 * info['steer_share_at_1s']:.1f}% ({100 * info['steer_share_at_1s_cpu']:.1f}% counting steering's CPU "
               f"seconds, {info['steer_overhead_cpu_s_per_run']:.1f} s per run)")  # fmt: skip
-    print(f"  {'D':>2} {'task':<8}{'strategy':<22}{'sims mean':>10}{'se':>8}  per seed")
+        for name, sh in info["steer_share_by_strategy"].items():
+            print(f"      {name:<30} steering {sh['overhead_s']:.1f} s wall / {sh['overhead_cpu_s']:.1f} s CPU per {sh['sims']:.0f}-sim run: "
+                  f"{100 * sh['share_at_1s']:.1f}% / {100 * sh['share_at_1s_cpu']:.1f}% of the wall time with 1 s sims, {setup.batch} at a time")  # fmt: skip
+    print(f"  {'D':>2} {'task':<9}{'strategy':<22}{'sims mean':>10}{'se':>8}  per seed")
     for r in rows:
         mean = "-" if r["sims_mean"] is None else ((">=" if r["censored"] else "") + f"{r['sims_mean']:.0f}")
         if r["strategy"].startswith("grid") and r["sims_mean"] is None:
             mean = f"> {r['grid_tried_up_to']}^{r['dims']}"
         per = ",".join("-" if s is None else str(s) for s in r["sims_all_seeds"])
-        print(f"  {r['dims']:>2} {r['task']:<8}{r['strategy']:<22}{mean:>10}{r['sims_se']:>8.1f}  {per}")
+        print(f"  {r['dims']:>2} {r['task']:<9}{r['strategy']:<22}{mean:>10}{r['sims_se']:>8.1f}  {per}")
     print(f"  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
     for lv in levels:
         cells = "; ".join(f"<= {100 * float(t):.0f}%: " + ",".join("-" if n is None else str(n) for n in ns) for t, ns in lv["sims_to"].items())
-        print(f"    D={lv['dims']} {lv['strategy']:<20} {cells}; error after {lv['budget']}: {100 * lv['error_at_budget']:.1f}%")
+        print(f"    D={lv['dims']} {lv['task']:<9}{lv['strategy']:<20} {cells}; error after {lv['budget']}: {100 * lv['error_at_budget']:.1f}%")
     for v in verdict:
         shown = "unknown" if v["ratio_is"] == "unknown" else f"{'' if v['ratio_is'] == '=' else v['ratio_is']}{v['ratio']:.3f}"
         print(f"  D={v['dims']} {v['task']}: steered / {v['against']} = {shown} (goal <= {v['goal']:.3f}): "

@@ -89,6 +89,21 @@ class ParameterSpace:
         return np.stack(mesh, -1).reshape(-1, self.dim).astype(np.float32)
 
 
+class JointCovariance(Protocol):
+    """A surrogate's posterior covariance among a fixed set of points (e.g.
+    :class:`~coupler.learners.gp.PosteriorCovariance`)."""
+
+    noise: float
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The covariance block between the points indexed by ``rows`` and by ``cols``."""
+        ...
+
+    def variance(self) -> np.ndarray:
+        """The posterior variance at every point."""
+        ...
+
+
 @dataclass
 class SearchData:
     """What a strategy decides from (unit-box coordinates).
@@ -98,12 +113,15 @@ class SearchData:
         y: ``(N,)`` their quantities of interest.
         pending: ``(P, d)`` points proposed and not yet answered.
         predict: the surrogate (``None`` before it has been fitted).
+        covariance: the surrogate's joint posterior over given ``(M, d)`` points, for
+            design criteria (``None``: not fitted, or a surrogate without one).
     """
 
     x: np.ndarray
     y: np.ndarray
     pending: np.ndarray
     predict: Predictor | None = None
+    covariance: Callable[[np.ndarray], JointCovariance] | None = None
 
 
 class Strategy(Protocol):

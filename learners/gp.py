@@ -9,7 +9,8 @@ likelihood (L-BFGS-B on their logarithms, within bounds).
 
 Refits keep up with the data: hyperparameters are chosen again only once the
 data grew by ``reoptimise_growth`` (20 %) since the last choice, and then
-warm-started from it (plus one fixed default start while the data are few);
+warm-started from it (plus a fixed default start while the data are few, or
+when the warm start ends degenerate; the better optimum wins);
 the fits in between only condition on the new points, extending the last
 Cholesky factor when the points only grew (``O(N^2 k)`` for ``k`` new points;
 milliseconds for the hundreds of points a steered study gathers).
@@ -35,6 +36,7 @@ from typing import Any
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
+from scipy.linalg.lapack import dpotri
 from scipy.optimize import minimize
 
 _SQRT5 = math.sqrt(5.0)
@@ -49,8 +51,13 @@ class GPConfig:
         noise_bounds: range of the noise variance (standardised targets).
         signal_bounds: range of the signal variance (standardised targets).
         max_iter: L-BFGS-B iterations per fit.
-        fresh_starts_until: below this many points, each fit also tries the default
-            start (length 0.3, signal 1, noise 1e-3); the better optimum wins.
+        fresh_starts_until: below this many points, each choice also starts from the
+            default (length 0.3, signal 1, noise 1e-3) besides the last choice; the
+            better optimum wins. Above it, the default start is tried only when the
+            warm start's optimum is degenerate (length scales far below the spacing of
+            the data, which it explains as uncorrelated): a warm start alone stays in
+            such an optimum once it fell in (seen on an 8-parameter heat map at 80
+            points: RMS error 17 % where the default start's optimum gives 6 %).
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
@@ -83,6 +90,38 @@ def matern52(a: np.ndarray, b: np.ndarray, lengths: np.ndarray, signal: float) -
     r2 = np.maximum((sa * sa).sum(1)[:, None] + (sb * sb).sum(1)[None, :] - 2.0 * sa @ sb.T, 0.0)
     r = np.sqrt(r2)
     return signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r2) * np.exp(-_SQRT5 * r)
+
+
+@dataclass(frozen=True)
+class PosteriorCovariance:
+    """A GP's posterior covariance among ``points`` (standardised units), entry by entry.
+
+    ``cov(a, b) = k(a, b) - w_a . w_b`` with ``w = L^-1 k(X, .)`` the whitened
+    cross-covariances (R&W eq. 2.26). It does not depend on the observed values:
+    only on where they were observed and on the hyperparameters.
+
+    Attributes:
+        points: ``(M, dim)`` the points.
+        whitened: ``(N, M)`` ``L^-1 k(X, points)``.
+        lengths: the length scales.
+        signal: the signal variance.
+        noise: the noise variance of an observation.
+    """
+
+    points: np.ndarray
+    whitened: np.ndarray
+    lengths: np.ndarray
+    signal: float
+    noise: float
+
+    def __call__(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """The ``(len(rows), len(cols))`` covariance block between points given by index."""
+        prior = matern52(self.points[rows], self.points[cols], self.lengths, self.signal)
+        return prior - self.whitened[:, rows].T @ self.whitened[:, cols]
+
+    def variance(self) -> np.ndarray:
+        """The posterior variance at every point, ``(M,)``."""
+        return np.maximum(self.signal - (self.whitened * self.whitened).sum(0), 0.0)
 
 
 class GaussianProcess:
@@ -145,7 +184,11 @@ class GaussianProcess:
             return 1e10, np.zeros_like(theta)  # not positive definite at these hyperparameters: reject the step
         alpha = cho_solve((low, True), y)
         nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
-        w = cho_solve((low, True), np.eye(len(x))) - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
+        inv, info = dpotri(low, lower=1)  # K^-1 from its factor: a third of solving against the identity
+        if info != 0:
+            return 1e10, np.zeros_like(theta)
+        inv = np.tril(inv) + np.tril(inv, -1).T  # dpotri fills the lower triangle only
+        w = inv - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
         common = signal * 5.0 / 3.0 * (1.0 + _SQRT5 * r) * decay
         grad = np.empty_like(theta)
         grad[: self.dim] = 0.5 * np.einsum("ij,ij,ijk->k", w, common, d2)
@@ -181,13 +224,24 @@ class GaussianProcess:
         self.fits += 1
         return self._last_nll / max(self._chosen_on, 1)
 
+    def _degenerate(self, theta: np.ndarray, x: np.ndarray) -> bool:
+        """Whether ``theta`` explains the data as nearly uncorrelated: a point's correlation
+        with its nearest neighbour below 0.1 on average (an optimum with length scales far
+        below the spacing of the data, which a warm start can stay in for good)."""
+        corr = matern52(x, x, self._unpack(theta)[0], 1.0)
+        np.fill_diagonal(corr, 0.0)
+        return bool(np.mean(corr.max(1)) < 0.1)
+
     def _choose(self, x: np.ndarray, ys: np.ndarray) -> None:
-        """Maximise the marginal likelihood from the last choice (and the default, while data are few)."""
-        starts = [self._theta]
-        if len(ys) < self.config.fresh_starts_until and self.fits > 0:
-            starts.append(self._default_theta())
+        """Maximise the marginal likelihood from the last choice, and from the default while
+        the data are few or when the last choice's optimum is degenerate."""
         best: tuple[float, np.ndarray] | None = None
-        for start in starts:
+        for start in [self._theta, self._default_theta()]:
+            again = start is not self._theta
+            if again and self.fits > 0 and len(ys) >= self.config.fresh_starts_until and best is not None and not self._degenerate(best[1], x):
+                break
+            if again and self.fits == 0:
+                break  # the first fit already started from the default
             res = minimize(self._neg_log_likelihood, start, args=(x, ys), method="L-BFGS-B", jac=True, bounds=self._bounds(),
                            options={"maxiter": self.config.max_iter})  # fmt: skip
             if best is None or res.fun < best[0]:
@@ -239,6 +293,30 @@ class GaussianProcess:
         v = solve_triangular(self._chol[0], ks.T, lower=True)
         var = np.maximum(signal - (v * v).sum(0), 0.0)
         return self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
+
+    def joint(self, points: np.ndarray) -> PosteriorCovariance:
+        """The posterior covariance among a fixed set of points, for design criteria.
+
+        The whitened cross-covariances ``L^-1 k(X, points)`` are computed once
+        (``O(N^2 M)`` for ``M`` points); every covariance asked of the result then costs
+        ``O(N)`` per entry. Units are the standardised targets' (the ranking of
+        design criteria does not depend on them).
+
+        Args:
+            points: ``(M, dim)`` points in the unit box.
+
+        Returns:
+            A :class:`PosteriorCovariance` over ``points``.
+
+        Raises:
+            RuntimeError: before the first fit.
+        """
+        if self._chol is None:
+            raise RuntimeError("GaussianProcess.joint before any fit")
+        pts = np.asarray(points, np.float64).reshape(-1, self.dim)
+        lengths, signal, noise = self._unpack(self._theta)
+        whitened = solve_triangular(self._chol[0], matern52(self._x, pts, lengths, signal), lower=True)
+        return PosteriorCovariance(pts, whitened, lengths, signal, noise + 1e-8)
 
     @property
     def length_scales(self) -> np.ndarray:

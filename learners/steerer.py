@@ -104,7 +104,8 @@ class Steerer:
         avoid = [r.x for r in self.tasks.values() if r.status in (PENDING, TaskStatus.FAILED)]
         pend = self.space.to_unit(np.array(avoid).reshape(-1, self.space.dim))
         fitted = self.model is not None and self._fitted_on > 0
-        return SearchData(x=x, y=y, pending=pend, predict=self.model.predict if fitted else None)
+        joint = getattr(self.model, "joint", None) if fitted else None
+        return SearchData(x=x, y=y, pending=pend, predict=self.model.predict if fitted else None, covariance=joint)
 
     def best(self) -> TaskRecord | None:
         """The answered task with the largest quantity of interest."""

@@ -7,8 +7,12 @@ import os
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from coupler.physics.gray_scott import GrayScott, run_amplitude
+from coupler.physics.heat import Heat2D
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
@@ -27,15 +31,44 @@ def test_multilinear_interpolation_is_exact_for_multilinear_functions() -> None:
 def test_goal_counts_and_the_parameter_boxes() -> None:
     assert bench.first_hit([0.1, 0.5, 0.9, 1.0], 0.8) == 3 and bench.first_hit([0.1], 0.8) is None
     assert bench.first_below([(10, 0.3), (20, 0.09), (30, 0.05)], 0.1) == 20 and bench.first_below([(10, 0.3)], 0.1) is None
-    assert bench.space_of(4).names == ("F", "k", "Du", "Dv") and bench.space_of(6).dim == 6
-    with pytest.raises(ValueError, match="2..6"):
-        bench.space_of(7)
+    assert bench.space_of(4).names == ("F", "k", "Du", "Dv") and bench.space_of(8).dim == 8
+    assert bench.space_of(3, bench.HEAT).names == ("diffusivity", "a11", "a12")
+    with pytest.raises(ValueError, match="2..8"):
+        bench.space_of(9)
+
+
+def test_the_eight_parameter_gray_scott_run_is_the_simulators_own_up_to_six() -> None:
+    # The benchmark's own seed (rectangular, with its own u) reduces to GrayScott.init at the defaults.
+    space = bench.space_of(6)
+    x = space.from_unit(np.random.default_rng(0).uniform(size=(3, 6)))
+    sim = GrayScott(n=8, seed_fraction=0.5)
+    ours = bench.gray_scott_run(8, 40)
+    for xi in x:
+        assert float(ours(jnp.asarray(xi))) == pytest.approx(float(run_amplitude(sim, jnp.asarray(xi), 40)), rel=1e-6)
+    eight = bench.space_of(8).from_unit(np.full((1, 8), 0.5))[0]
+    assert np.isfinite(float(ours(jnp.asarray(eight))))
+    # The mean of u: 1 everywhere at the start but in the seed (u = 1 - 2 seed_v there).
+    start = float(bench.gray_scott_run(8, 0, "mean_u")(jnp.asarray(x[0])))
+    side = 2 * max(1, round(float(x[0][4]) * 8 / 2)) - 1  # cells with |i - n/2| < half
+    assert start == pytest.approx(1 - side**2 / 64 * 2 * float(x[0][5]), abs=0.02 * side**2 / 64)
+    with pytest.raises(ValueError, match="qoi"):
+        bench.gray_scott_run(8, 1, "max_v")
+
+
+def test_the_heat_run_is_the_analytic_peak_for_one_mode() -> None:
+    # One mode: u = a11 exp(-2 pi^2 a t) sin(pi x) sin(pi y); its peak on the grid is at the centre cell.
+    run = bench.heat_run(15, 0.02)  # 15 interior points: the centre x = 0.5 is a node
+    x = np.array([0.5, 0.8], np.float32)
+    sim = Heat2D(n=15, modes=3, max_diffusivity=1.0)
+    steps = round(0.02 / sim.dt)
+    lam = 4 / sim.dx**2 * np.sin(np.pi * sim.dx / 2) ** 2 * 2  # the discrete eigenvalue of mode (1, 1)
+    assert float(run(jnp.asarray(x))) == pytest.approx(0.8 * (1 - 0.5 * sim.dt * lam) ** steps, rel=1e-5)
 
 
 def test_verdicts_bound_the_ratio_when_a_side_is_censored() -> None:
     def rows(steered: float, s_cens: bool, rnd: float, r_cens: bool) -> list[dict]:
         out = []
-        for task, names in (("optimum", ("steered (EI)", "random", "sobol")), ("map", ("steered (max-std)", "random + GP", "sobol + GP"))):
+        for task, names in (("optimum", ("steered (EI)", "random", "sobol")), ("map", ("steered (IVR)", "random + GP", "sobol + GP"))):
             out.append({"dims": 4, "task": task, "strategy": names[0], "sims_mean": steered, "censored": s_cens})
             out.append({"dims": 4, "task": task, "strategy": names[1], "sims_mean": rnd, "censored": r_cens})
             out.append({"dims": 4, "task": task, "strategy": names[2], "sims_mean": 2 * rnd, "censored": True})
@@ -59,10 +92,11 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
     strategies = {(r["dims"], r["task"], r["strategy"]) for r in data["rows"]}
     for d in (4,):
         assert {(d, "optimum", s) for s in ("steered (EI)", "random", "sobol", "grid (coarsest hit)")} <= strategies
-        assert {(d, "map", s) for s in ("steered (max-std)", "random + GP", "sobol + GP", "grid (coarsest hit)")} <= strategies
+        for task in ("map", "map-heat"):
+            assert {(d, task, s) for s in ("steered (IVR)", "steered (max-std)", "random + GP", "sobol + GP", "grid (coarsest hit)")} <= strategies
     for r in data["rows"]:
         if not r["strategy"].startswith("grid"):
             assert len(r["sims_all_seeds"]) == 2 and r["sims_se"] >= 0 and 1 <= r["sims_mean"]
-    assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, "optimum"), (4, "map")}
+    assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, "optimum"), (4, "map"), (4, "map-heat")}
     for info in data["dims"]:
         assert 0 < info["steer_share_at_1s"] < 1 and 0 < info["steer_share_at_1s_cpu"] < 1 and info["target"] <= info["best_known"]

@@ -104,3 +104,14 @@ def test_state_survives_the_checkpoint_format() -> None:
         np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-12)
     with pytest.raises(ValueError, match="shape"):
         GaussianProcess(GPConfig(), 3).load_state_dict(a.state_dict())
+
+
+def test_a_degenerate_optimum_is_recognised_so_that_the_default_start_is_tried_again() -> None:
+    # Length scales far below the spacing of the data explain it as uncorrelated noise-free values:
+    # the optimum a warm start once stayed in for good (8-parameter heat map, 17% RMS error vs 6%).
+    x = np.random.default_rng(0).uniform(size=(80, 8))
+    gp = GaussianProcess(GPConfig(), 8)
+    tiny = np.log(np.concatenate([np.full(8, 0.01), [1.0, 1e-6]]))
+    assert gp._degenerate(tiny, x)
+    flat = GaussianProcess(GPConfig(), 2)
+    assert not flat._degenerate(flat._default_theta(), x[:, :2])

@@ -1,0 +1,146 @@
+"""The parameter families the modulation benchmark steers over: boxes and quantities of interest.
+
+Two simulators of ``coupler.physics``, each with up to eight real parameters
+(a study of ``D`` dimensions varies the first ``D`` and keeps the rest at their
+defaults):
+
+- Gray-Scott (:data:`GRAY_SCOTT`): ``(F, k, Du, Dv)``, the seed square's size and
+  concentration, its aspect ratio and the ``u`` inside it; quantity of interest
+  the pattern amplitude (spatial std of ``v``) after a fixed time. Its optimum
+  is narrow, and its surface has cliffs (pattern or none) and a chaotic band.
+  The mean of ``u`` after a shorter time (``qoi="mean_u"``) is a smoother Gray-Scott
+  surface: how much of the feed the seed has consumed so far.
+- heat (:data:`HEAT`): the diffusivity and seven sine-mode amplitudes of the
+  initial temperature on a plate held at zero on its edges; quantity of interest
+  the peak temperature after a fixed time. A smooth surface with kinks where the
+  hottest spot jumps: the kind of map an engineer makes of a plate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from coupler.learners.acquisition import ParameterSpace
+from coupler.physics.gray_scott import GrayScott, GrayScottParams, GrayScottState, pattern_amplitude
+from coupler.physics.heat import Heat2D, HeatParams
+
+Run = Callable[[jax.Array], jax.Array]
+"""One simulation: ``(D,)`` parameters to a scalar quantity of interest (vmap-able)."""
+
+
+@dataclass(frozen=True)
+class Family:
+    """A simulator's parameters (name, low, high, default) and what a run of it returns."""
+
+    name: str
+    parameters: tuple[tuple[str, float, float, float], ...]
+    qoi: str
+
+    def space(self, dims: int) -> ParameterSpace:
+        """The box of the first ``dims`` parameters.
+
+        Raises:
+            ValueError: for ``dims`` outside ``2..len(parameters)``.
+        """
+        if not 2 <= dims <= len(self.parameters):
+            raise ValueError(f"dims must be in 2..{len(self.parameters)}, got {dims}")
+        names, lo, hi, _ = zip(*self.parameters[:dims])
+        return ParameterSpace(tuple(lo), tuple(hi), tuple(names))
+
+    def full(self, x: jax.Array) -> jax.Array:
+        """All parameters: the ``(D,)`` given ones, then the defaults of the rest."""
+        defaults = jnp.asarray([p[3] for p in self.parameters], jnp.float32)
+        return defaults.at[: x.shape[0]].set(jnp.asarray(x, jnp.float32))
+
+
+GRAY_SCOTT = Family(
+    "gray-scott",
+    (
+        ("F", 0.02, 0.08, 0.04),
+        ("k", 0.05, 0.07, 0.06),
+        ("Du", 0.10, 0.24, 0.21),
+        ("Dv", 0.04, 0.12, 0.105),
+        ("seed_fraction", 0.2, 0.8, 0.5),
+        ("seed_v", 0.15, 0.45, 0.25),
+        ("seed_aspect", 0.5, 1.5, 1.0),
+        ("seed_u", 0.2, 0.8, 0.5),
+    ),
+    "pattern amplitude (spatial std of v)",
+)
+"""Gray-Scott; the defaults of the seed are the simulator's (``seed_u = 1 - 2 seed_v`` at the default)."""
+
+HEAT = Family(
+    "heat",
+    (
+        ("diffusivity", 0.25, 1.0, 0.5),
+        ("a11", -1.0, 1.0, 1.0),
+        ("a12", -1.0, 1.0, 0.0),
+        ("a21", -1.0, 1.0, 0.0),
+        ("a22", -1.0, 1.0, 0.0),
+        ("a13", -1.0, 1.0, 0.0),
+        ("a31", -1.0, 1.0, 0.0),
+        ("a23", -1.0, 1.0, 0.0),
+    ),
+    "peak temperature",
+)
+"""Heat on the unit square: diffusivity and the amplitudes of ``sin(m pi x) sin(l pi y)``, mode ``(m, l)``."""
+
+_HEAT_MODES = ((1, 1), (1, 2), (2, 1), (2, 2), (1, 3), (3, 1), (2, 3))
+
+
+def gray_scott_run(grid: int, steps: int, qoi: str = "amplitude") -> Run:
+    """Pattern amplitude (or, ``qoi="mean_u"``, the mean of ``u``) after ``steps`` steps on a
+    ``grid x grid`` Gray-Scott square.
+
+    The initial condition is :meth:`GrayScott.init`'s (same noise, same rounding to
+    cells) with a rectangular seed: half-width ``round(seed_fraction n / 2)``,
+    half-height ``round(seed_fraction seed_aspect n / 2)``, ``u = seed_u`` and
+    ``v = seed_v`` inside. At the default aspect (1) and ``seed_u = 1 - 2 seed_v``
+    it is ``GrayScott.init`` exactly, so studies of up to six parameters are
+    those of ``run_amplitude``.
+
+    Raises:
+        ValueError: for a ``qoi`` other than ``"amplitude"`` and ``"mean_u"``.
+    """
+    if qoi not in ("amplitude", "mean_u"):
+        raise ValueError(f"qoi must be 'amplitude' or 'mean_u', got {qoi!r}")
+    sim = GrayScott(n=grid, seed_fraction=0.5)
+    idx = jnp.arange(grid)
+
+    def run(x: jax.Array) -> jax.Array:
+        p = GRAY_SCOTT.full(x)
+        half_w = jnp.maximum(1.0, jnp.round(p[4] * grid / 2))
+        half_h = jnp.maximum(1.0, jnp.round(p[4] * p[6] * grid / 2))
+        # u inside the seed: Pearson's 1 - 2 v unless this study varies it (the 8th parameter).
+        seed_u = p[7] if x.shape[0] >= 8 else 1.0 - 2.0 * p[5]
+        inside = (jnp.abs(idx - grid // 2) < half_w)[:, None] & (jnp.abs(idx - grid // 2) < half_h)[None, :]
+        ku, kv = jax.random.split(jax.random.key(0))
+        u = jnp.where(inside, seed_u, 1.0) + sim.noise * (jax.random.uniform(ku, (grid, grid)) - 0.5) * inside
+        v = jnp.where(inside, p[5], 0.0) + sim.noise * (jax.random.uniform(kv, (grid, grid)) - 0.5) * inside
+        state = GrayScottState(u.astype(jnp.float32), v.astype(jnp.float32), jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        params = GrayScottParams(p[0], p[1], p[2], p[3])
+        end = sim.advance(state, params, steps)
+        return pattern_amplitude(end) if qoi == "amplitude" else jnp.mean(end.u)
+
+    return run
+
+
+def heat_run(grid: int, time: float) -> Run:
+    """Peak temperature at ``time`` on a ``grid x grid`` plate (FTCS, ``Heat2D``)."""
+    sim = Heat2D(n=grid, modes=3, max_diffusivity=HEAT.parameters[0][2])
+    steps = max(1, round(time / sim.dt))
+
+    def run(x: jax.Array) -> jax.Array:
+        p = HEAT.full(x)
+        amplitudes = jnp.zeros((3, 3), jnp.float32)
+        for i, (m, l) in enumerate(_HEAT_MODES):
+            amplitudes = amplitudes.at[m - 1, l - 1].set(p[1 + i])
+        params = HeatParams(p[0], amplitudes)
+        state = sim.advance(sim.init(jax.random.key(0), params), params, steps)
+        return jnp.max(state.u)
+
+    return run
