@@ -29,6 +29,7 @@ from coupler.learners.acquisition import RandomSweep as RandomSweep
 from coupler.learners.acquisition import MaxUncertainty as MaxUncertainty
 from coupler.learners.acquisition import ExpectedImprovement as ExpectedImprovement
 from coupler.learners.acquisition import UpperConfidenceBound as UpperConfidenceBound
+from coupler.learners.variance_reduction import IntegratedVarianceReduction as IntegratedVarianceReduction
 from coupler.learners.acquisition import expected_improvement as expected_improvement
 from coupler.learners.acquisition import upper_confidence_bound as upper_confidence_bound
 from coupler.learners.acquisition import latin_hypercube as latin_hypercube
@@ -55,6 +56,7 @@ from coupler.learners.solver_correction import SolverCorrectionTrainer as Solver
 
 __all__ = [
     "GaussianProcess",
+    "IntegratedVarianceReduction",
     "GPConfig",
     "SobolSweep",
     "LatinHypercubeSweep",
