@@ -43,7 +43,8 @@ from coupler.runtime.launch.cluster import make_tls_files
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME, Endpoint
 from coupler.runtime.errors import ConsumerGone
-from coupler.runtime.dataplane.link import Link, TransportConfig
+from coupler.runtime.dataplane.link import Link
+from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Queue
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
@@ -199,7 +200,8 @@ _EMFILE_SCRIPT = textwrap.dedent("""
     import numpy as np
     from coupler.runtime.dataplane.auth import StreamKey, new_secret
     from coupler.runtime.dataplane.buffers import make_buffer
-    from coupler.runtime.dataplane.link import Link, TransportConfig
+    from coupler.runtime.dataplane.link import Link
+    from coupler.runtime.dataplane.settings import TransportConfig
     from coupler.runtime.message import Spec
     from coupler.runtime.policies import Queue
     from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
