@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.coupler-installed
+DOCS_STAMP := $(VENV)/.coupler-docs-installed
 
-.PHONY: demo test test-gpu venv clean
+.PHONY: demo test test-gpu venv docs docs-serve clean
 
 venv: $(STAMP)
 
@@ -21,9 +22,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
+# The site in docs/ (mkdocs.yml) into site/; --strict fails on broken links and missing API references.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[test,docs]"
+	touch $(DOCS_STAMP)
+
 # Only on a machine with a GPU (and JAX built for it): fails there if the workers find none.
 test-gpu: $(STAMP)
 	$(PY) -m pytest -m gpu tests/gpu
 
 clean:
-	rm -rf $(VENV) artifacts .pytest_cache
+	rm -rf $(VENV) artifacts .pytest_cache site

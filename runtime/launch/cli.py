@@ -10,8 +10,12 @@ Examples::
 
     coupler run examples/augmentation.py --cluster slurm --jobs 2 -- --train-seconds 20
     coupler --config examples/jobqueue.yaml run my_coupling.py --cluster slurm --gpus-per-job 1
-    coupler demo augmentation
+    coupler demo augmentation -- --quick
     coupler info --cluster tcp://10.0.0.5:8786
+    coupler --version
+
+``coupler demo NAME`` runs a demo that ships inside the package
+(``coupler.demos``), so an installed wheel runs it from any directory.
 """
 
 from __future__ import annotations
@@ -20,12 +24,13 @@ import argparse
 import concurrent.futures
 import os
 import re
+import importlib
 import runpy
 import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NoReturn
@@ -49,9 +54,8 @@ from coupler.runtime.launch.cluster import (
 )
 from coupler.runtime.errors import CouplerError
 from coupler.runtime.control.status import ChannelStats
+from coupler.runtime.version import __version__
 
-# Where `coupler demo` finds its scripts: the examples/ folder of the source tree.
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"  # runtime/launch/cli.py -> the checkout
 
 _ADDRESS = re.compile(r"^([a-z][a-z0-9+]*://)?[^\s:/]+:\d+$")
 
@@ -146,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "~/.config/dask/). Arguments after `--` go to the script.",
     )
     p.add_argument("--config", action="append", default=[], metavar="FILE", help=config_help)
+    p.add_argument("--version", action="version", version=f"coupler {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     run = sub.add_parser(
@@ -156,14 +161,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("script", help="path of the Python coupling script")
     demo = sub.add_parser(
-        "demo", parents=[common, launch], help="run one of the bundled examples",
-        description="Run a bundled example (from examples/) like `coupler run`.",
+        "demo", parents=[common, launch], help="run one of the bundled demos",
+        description="Run a demo bundled in the package (coupler.demos) on a cluster, like `coupler run`. "
+        "The demo's own options go after `--`; every demo takes --quick (a small smoke run) and --help.",
+        epilog="Example: coupler demo modulation -- --quick",
     )
-    demos = ", ".join(available_demos()) or "none found"
-    demo.add_argument("name", nargs="?", default="augmentation", help=f"the example (default augmentation; have: {demos})")
+    demos = ", ".join(available_demos())
+    demo.add_argument("name", nargs="?", default="augmentation", help=f"the demo (default augmentation; have: {demos})")
     info = sub.add_parser(
         "info", parents=[common], help="show a running cluster: workers, devices, actors, channels",
-        description="Show a running cluster's scheduler, workers (resources, devices, batch job), "
+        description="Show coupler's version and a running cluster's scheduler, workers (resources, devices, batch job), "
         "and the coupling's actors and channels.",
     )
     info.add_argument("--cluster", type=cluster_choice, default=None, metavar="ADDRESS",
@@ -173,10 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def available_demos() -> list[str]:
-    """Names of the bundled examples (``examples/<name>.py``)."""
-    if not EXAMPLES.is_dir():
-        return []
-    return sorted(f.stem for f in EXAMPLES.glob("*.py") if not f.name.startswith("_"))
+    """Names of the demos bundled in the package (``coupler.demos.DEMOS``)."""
+    from coupler.demos.registry import DEMOS  # not at import: the CLI's other commands need no demo
+
+    return sorted(DEMOS)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -276,6 +283,30 @@ def _launched(args: argparse.Namespace) -> Iterator[str]:
         close_cluster(cluster)
 
 
+def exit_status(run: Callable[[], object]) -> int:
+    """Call ``run`` as ``python`` would run a program, and give its exit status.
+
+    Args:
+        run: the program (a script or a demo's ``main``), called with no argument.
+
+    Returns:
+        0 when it returns; its ``SystemExit`` code (``--help``, bad options:
+        argparse exits); 1 with its full traceback on stderr for an error, as
+        ``python SCRIPT`` shows it.
+    """
+    try:
+        run()
+    except SystemExit as e:
+        if e.code is None or isinstance(e.code, int):
+            return e.code or 0
+        print(e.code, file=sys.stderr)
+        return 1
+    except Exception:  # the program's own error
+        traceback.print_exc()
+        return 1
+    return 0
+
+
 def run_script(script: str, script_args: Sequence[str], address: str) -> int:
     """Run ``script`` as ``__main__`` with ``address`` as its default scheduler.
 
@@ -287,18 +318,33 @@ def run_script(script: str, script_args: Sequence[str], address: str) -> int:
     sys.path.insert(0, str(Path(script).resolve().parent))  # as `python SCRIPT` does
     try:
         with dask.config.set({"coupler.scheduler-address": address}):
-            runpy.run_path(script, run_name="__main__")
-    except SystemExit as e:
-        if e.code is None or isinstance(e.code, int):
-            return e.code or 0
-        print(e.code, file=sys.stderr)
-        return 1
-    except Exception:  # the script's own error: its full traceback, as `python SCRIPT` shows it
-        traceback.print_exc()
-        return 1
+            return exit_status(lambda: runpy.run_path(script, run_name="__main__"))
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
-    return 0
+
+
+def run_demo_module(name: str, script_args: Sequence[str], address: str) -> int:
+    """Run bundled demo ``name`` (module ``coupler.demos.<name>``) with ``address`` as its default scheduler.
+
+    The demo is imported as a module and its ``main(argv)`` called, so the
+    classes it ships to workers are pickled by reference to an importable
+    module (the installed package), not by value from a ``__main__``.
+
+    Args:
+        name: the demo (one of :func:`available_demos`).
+        script_args: the demo's own arguments (after ``--``).
+        address: the scheduler its ``Coupling()`` joins.
+
+    Returns:
+        The demo's exit status (see :func:`exit_status`).
+    """
+    saved_argv = sys.argv
+    sys.argv = [f"coupler demo {name}", *script_args]  # what the demo's --help shows as its program
+    try:
+        with dask.config.set({"coupler.scheduler-address": address}):
+            return exit_status(lambda: importlib.import_module(f"coupler.demos.{name}").main(list(script_args)))
+    finally:
+        sys.argv = saved_argv
 
 
 def cmd_run(args: argparse.Namespace, script_args: Sequence[str]) -> int:
@@ -312,10 +358,9 @@ def cmd_run(args: argparse.Namespace, script_args: Sequence[str]) -> int:
 def cmd_demo(args: argparse.Namespace, script_args: Sequence[str]) -> int:
     demos = available_demos()
     if args.name not in demos:
-        where = f"examples in {EXAMPLES}: {', '.join(demos)}" if demos else f"no examples at {EXAMPLES} (they ship with the source tree)"
-        raise UsageError(f"coupler demo: error: unknown demo {args.name!r}; {where}")
+        raise UsageError(f"coupler demo: error: unknown demo {args.name!r}; bundled demos: {', '.join(demos)}")
     with launched(args) as address:
-        return run_script(str(EXAMPLES / f"{args.name}.py"), script_args, address)
+        return run_demo_module(args.name, script_args, address)
 
 
 # -- info -----------------------------------------------------------------------------------------
@@ -329,7 +374,7 @@ def describe(client: Client) -> list[str]:
     """Lines describing the cluster behind ``client``: scheduler, workers, actors, channels."""
     info = client.scheduler_info(n_workers=-1)
     workers = info["workers"]
-    lines = [f"scheduler  {info['address']}", f"dashboard  {client.dashboard_link}", f"workers    {len(workers)}"]
+    lines = [f"coupler    {__version__}", f"scheduler  {info['address']}", f"dashboard  {client.dashboard_link}", f"workers    {len(workers)}"]
     facts = client.run(worker_facts, on_error="return") if workers else {}
     for addr in sorted(workers):
         w = workers[addr]

@@ -38,6 +38,7 @@ from tornado.ioloop import IOLoop
 
 from coupler.runtime.control.broker import BROKER_NAME, Broker
 from coupler.runtime.control.status import ActorStatus, ChannelStats
+from coupler.runtime.version import __version__
 
 logger = logging.getLogger(__name__)
 
@@ -224,13 +225,13 @@ class CouplerPage:
         """Refresh every table and plot from the broker."""
         broker = self.broker()
         if broker is None:
-            self.summary.text = "<p>No coupling on this scheduler (no coupler broker is installed).</p>"
+            self.summary.text = f"<p><b>coupler {__version__}</b>: no coupling on this scheduler (no coupler broker is installed).</p>"
             return
         channels, actors = broker.channel_stats(), broker.actor_statuses()
         last = broker.last_metrics()
         running = sum(a.state == "running" for a in actors.values())
         self.summary.text = (
-            f"<p><b>coupler</b>: {len(channels)} channels, {len(actors)} actors ({running} running), "
+            f"<p><b>coupler {__version__}</b>: {len(channels)} channels, {len(actors)} actors ({running} running), "
             f"{sum(c.message_rate for c in channels.values()):,.1f} messages/s, "
             f"{sum(c.byte_rate for c in channels.values()) / 1e6:,.3f} MB/s</p>"
         )

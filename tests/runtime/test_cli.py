@@ -14,6 +14,7 @@ import pytest
 from coupler.runtime import Coupling, Queue
 from coupler.runtime.launch.cli import available_demos, main
 from coupler.runtime.launch.cluster import SchedulerUnreachable, connect
+from coupler.runtime.version import coupler_version
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
@@ -84,8 +85,49 @@ def test_unreachable_scheduler_is_one_line_status_1_and_fast(capsys: pytest.Capt
     assert time.monotonic() - t0 < 10
 
 
-def test_demo_lists_the_bundled_examples() -> None:
-    assert "augmentation" in available_demos()
+def test_demo_lists_the_bundled_demos() -> None:
+    from coupler.demos import DEMOS
+
+    assert available_demos() == sorted(DEMOS)
+    assert {"augmentation", "modulation", "transformation"} <= set(available_demos())
+
+
+def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[str]) -> None:
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0
+    assert capsys.readouterr().out.strip() == f"coupler {version('coupler')}"
+
+
+def test_every_demo_is_a_module_with_main_and_a_quick_option(capsys: pytest.CaptureFixture[str]) -> None:
+    """Found by module name, not by a path in a checkout: what an installed wheel needs."""
+    from coupler.demos import demo_module
+
+    for name in available_demos():
+        module = demo_module(name)
+        assert module.__name__ == f"coupler.demos.{name}" and callable(module.main)
+        with pytest.raises(SystemExit) as e:
+            module.parse_args(["--help"])
+        assert e.value.code == 0
+        assert "--quick" in capsys.readouterr().out, name
+        quick = module.parse_args(["--quick"])
+        assert all(getattr(quick, k) == v for k, v in module.QUICK.items()), name
+
+
+def test_quick_defaults_give_way_to_explicit_options() -> None:
+    from coupler.demos.augmentation import QUICK, parse_args
+
+    args = parse_args(["--quick", "--grid", "12"])
+    assert args.quick and args.grid == 12 and args.members == QUICK["members"]
+    assert parse_args([]).grid == 32 and not parse_args([]).quick
+
+
+def test_demo_options_after_the_separator_reach_the_demo(coupling: Coupling, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _run(["demo", "transformation", "--cluster", coupling.client.scheduler.address, "--", "--help"], capsys)
+    assert code == 0  # the demo's own --help, then a clean exit, without starting anything
+    assert "usage: coupler demo transformation" in out and "--cycles" in out
 
 
 # -- against real clusters ----------------------------------------------------------------------
@@ -152,6 +194,7 @@ def test_info_shows_workers_actors_and_channels(coupling: Coupling, unique: str,
         ref.stop()
     assert code == 0, err
     assert f"scheduler  {coupling.client.scheduler.address}" in out
+    assert out.startswith(f"coupler    {coupler_version()}\n")
     assert "workers    2" in out
     for w in coupling.workers():
         assert f"  {w}  name=" in out and "devices=" in out and "job=-" in out

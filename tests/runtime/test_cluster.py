@@ -294,18 +294,3 @@ def test_coupling_joins_the_configured_scheduler_and_leaves_it_running(coupling:
             assert cp.client.scheduler.address == address
             assert cp.workers() == coupling.workers()
     assert coupling.workers()  # the shared cluster is still up
-
-
-def test_readme_shows_the_tested_slurm_configuration() -> None:
-    """README's "Running on a Slurm cluster" YAML is examples/jobqueue.yaml, which the system tests use."""
-    import re
-    from pathlib import Path
-
-    import yaml
-
-    root = Path(__file__).resolve().parents[2]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("## Running on a Slurm cluster") :]
-    block = re.search(r"```yaml\n(.*?)```", section, re.S)
-    assert block is not None, "no YAML block in the README's Slurm section"
-    assert yaml.safe_load(block.group(1)) == yaml.safe_load((root / "examples" / "jobqueue.yaml").read_text())

@@ -15,6 +15,7 @@ from distributed import LocalCluster
 import inspection_actors
 from coupler.runtime import Coupling, Queue
 from coupler.runtime.observe.dashboard import describe_policy, html_table, page_link
+from coupler.runtime.version import coupler_version
 from inspection_actors import Fitter, Ticker
 
 cloudpickle.register_pickle_by_value(inspection_actors)
@@ -118,6 +119,7 @@ def test_page_shows_live_channels_actors_and_loss(coupling: Coupling, ticking: t
     # Fitter's loss at step k is 1 / (2 + k): the curve carries exactly these points.
     assert losses == pytest.approx([1.0 / (2.0 + k) for k in steps], rel=1e-12)
     assert f"{len(page['channels']['channel'])} channels" in page["summary"]
+    assert f"coupler {coupler_version()}</b>" in page["summary"]  # the page says which coupler it is
     assert f"<td>{channel}</td>" in page["html"] and f"<td>{fit}</td>" in page["html"]
 
 

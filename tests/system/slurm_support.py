@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 
@@ -36,10 +37,16 @@ def slurm_problem() -> str | None:
     return None
 
 
-def squeue_jobs() -> dict[str, tuple[str, str]]:
-    """This user's jobs: id -> (name, state)."""
+def squeue_jobs(env: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """This user's jobs: id -> (name, state).
+
+    Args:
+        env: the environment of ``squeue`` (default this process's); its ``SLURM_CONF``
+            picks the Slurm (e.g. the several-node one of tests/multihost/slurm_nodes.py).
+    """
     out = subprocess.run(
-        ["squeue", "-h", f"--user={os.getuid()}", "-o", "%i %j %T"], capture_output=True, text=True, timeout=15, check=True
+        ["squeue", "-h", f"--user={os.getuid()}", "-o", "%i %j %T"], capture_output=True, text=True, timeout=15, check=True,
+        env=None if env is None else dict(env),
     )
     jobs = {}
     for line in out.stdout.splitlines():
@@ -48,11 +55,11 @@ def squeue_jobs() -> dict[str, tuple[str, str]]:
     return jobs
 
 
-def wait_until_gone(jobs: set[str], timeout: float = 20.0) -> set[str]:
-    """Wait for ``jobs`` to leave ``squeue``; return those still there after ``timeout``."""
+def wait_until_gone(jobs: set[str], timeout: float = 20.0, env: Mapping[str, str] | None = None) -> set[str]:
+    """Wait for ``jobs`` to leave ``squeue`` (run with ``env``, see :func:`squeue_jobs`); return those still there after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:
-        left = jobs & set(squeue_jobs())
+        left = jobs & set(squeue_jobs(env))
         if not left or time.monotonic() > deadline:
             return left
         time.sleep(0.3)
