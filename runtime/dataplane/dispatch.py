@@ -142,7 +142,10 @@ class Dispatch:
 
         Raises:
             Reroute: the route changed under the send (deliver along the new one).
-            ConsumerGone, ChannelClosed, ChannelTimeout, Interrupted.
+            ConsumerGone: the consumer left and is not expected back.
+            ChannelClosed: the channel was closed.
+            ChannelTimeout: no room by ``deadline``.
+            Interrupted: ``cancel`` was set.
         """
         box = self.catch_up(route, spec, c, deadline, cancel)
         kept = None
@@ -176,7 +179,11 @@ class Dispatch:
         """Hand one message to ``c``: into its buffer if it is on this worker, else to its stream's link.
 
         Raises:
-            Reroute, ConsumerGone, ChannelClosed, ChannelTimeout, Interrupted.
+            Reroute: the consumer moved, or its stream broke and it is owed what the stream held.
+            ConsumerGone: the consumer left (or cannot be reached).
+            ChannelClosed: the channel was closed.
+            ChannelTimeout: no room by ``deadline`` (back-pressure).
+            Interrupted: ``cancel`` was set.
         """
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if c.worker == self.address():

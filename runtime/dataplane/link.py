@@ -350,7 +350,9 @@ class Link:
         """Wait until everything queued was accepted by the consumer.
 
         Raises:
-            ChannelTimeout, Interrupted, and the link's failure if any.
+            ChannelTimeout: not everything was accepted within ``timeout``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: the link failed (or ChannelClosed, if the consumer refused on a close).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:

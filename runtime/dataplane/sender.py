@@ -79,7 +79,13 @@ class Sender:
             The message's sequence number.
 
         Raises:
-            UnknownChannel, SpecMismatch, ChannelClosed, ConsumerGone, ChannelTimeout, Interrupted.
+            UnknownChannel: the channel was never declared.
+            SpecMismatch: ``data`` does not fit the channel's spec.
+            ChannelClosed: the channel is closed.
+            ConsumerGone: every consumer left, and none is expected back.
+            ChannelTimeout: no consumer, or no room, within ``timeout``.
+            PartiallyDelivered: a broadcast that some consumers took and others not in time.
+            Interrupted: ``cancel`` was set.
         """
         leaves, treedef = flatten(data)
         route = self.routes.get(channel)
@@ -295,7 +301,10 @@ class Sender:
         Messages kept for a moving consumer are delivered first (this waits for it).
 
         Raises:
-            ChannelTimeout, Interrupted, ConsumerGone, ChannelClosed.
+            ChannelTimeout: not everything was accepted within ``timeout``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: a consumer left for good with messages it had not accepted.
+            ChannelClosed: the channel was closed.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         route = self.routes.get(channel)
