@@ -51,6 +51,7 @@ import traceback
 from typing import Any, Callable
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
+from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.dataplane.settings import delivery_config
@@ -338,9 +339,10 @@ class ActorHost:
             stopped_at=self._stopped_at,
             info=self.info(),
             device=describe_device(),
+            waiting=waits.current(self._thread),
         )
         # The broker keeps the metric points (reports carry the recent ones) and drops them from the status.
-        return {**st.__dict__, "metrics": self._metric_log.recent()}
+        return {**st.to_dict(), "metrics": self._metric_log.recent()}
 
     async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """The actor's state at a step boundary, as plain data (see the module docstring).

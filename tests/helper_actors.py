@@ -98,3 +98,19 @@ class Blocker(ActorHost):
 
     def in_step(self) -> bool:
         return self.entered.wait(10)
+
+
+class TakeOneThenStall(ActorHost):
+    """Receives one message from ``inp``, then stalls its run loop until stopped (its queue fills up)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.took = 0
+
+    def step(self) -> bool:
+        if self.took == 0:
+            self.inputs["inp"].receive()
+            self.took = 1
+        while not self.stopping:
+            time.sleep(0.01)  # stands for a long step that does not read its input
+        return True

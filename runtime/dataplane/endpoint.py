@@ -248,6 +248,7 @@ class Endpoint(WorkerPlugin):
         async def attach() -> ConsumerBuffer:
             table = await self._broker("coupler_routing", name=channel)
             buf = make_buffer(channel, policy_from_wire(table["policy"]))
+            buf.consumer = consumer
             if preload:
                 buf.preload(preload)
             self.buffers[(channel, consumer)] = buf  # before the broker tells producers

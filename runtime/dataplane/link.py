@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from coupler.runtime.dataplane import auth, shm
-from coupler.runtime.dataplane import wire
+from coupler.runtime.dataplane import waits, wire
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
 from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
@@ -227,33 +228,7 @@ class Link:
         # one acquisition: producers that share this link contend for the lock.
         item = None if large else self._small_item(header, leaves, nbytes)
         with self.lock:
-            while True:
-                self._raise_if_failed()
-                if self.queue:
-                    if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
-                        self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
-                    if self.credits > 0:
-                        self.credits -= 1
-                        break
-                    if self.want_dirty and not self.writing:
-                        self.cond.release()
-                        try:
-                            self._pump()
-                        finally:
-                            self.cond.acquire()
-                        continue
-                elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
-                    raise ChannelTimeout(
-                        f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
-                        f"within the timeout ({why})"
-                    )
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("send interrupted: the actor is stopping")
-                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            self._take_room(nbytes, deadline, timeout, cancel)
             self.queued_bytes += nbytes
             self.submits += 1
             if item is not None:
@@ -286,6 +261,52 @@ class Link:
             while not item.written.wait(0.05):
                 with self.lock:
                     self._raise_if_failed()
+
+    def _take_room(self, nbytes: int, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+        """Take a credit (``Queue``) or window room for a message of ``nbytes``; wait while there is none.
+
+        Call with the lock held. A wait is noted (see :mod:`~coupler.runtime.dataplane.waits`) only
+        once the send blocks.
+
+        Raises:
+            ChannelTimeout: no room by ``deadline``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: the link failed (or ChannelClosed).
+        """
+        outer: Any = False
+        try:
+                while True:
+                    self._raise_if_failed()
+                    if self.queue:
+                        if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
+                            self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
+                        if self.credits > 0:
+                            self.credits -= 1
+                            return
+                        if self.want_dirty and not self.writing:
+                            self.cond.release()
+                            try:
+                                self._pump()
+                            finally:
+                                self.cond.acquire()
+                            continue
+                    elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
+                        return
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
+                        raise ChannelTimeout(
+                            f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
+                            f"within the timeout ({why})"
+                        )
+                    if cancel is not None and cancel.is_set():
+                        raise Interrupted("send interrupted: the actor is stopping")
+                    if outer is False:
+                        outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
+                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+        finally:
+            if outer is not False:
+                waits.end(outer)
 
     def _small_item(self, header: dict[str, Any], leaves: list[Any], nbytes: int) -> Item:
         """A small message's item, its writable leaves copied into arrays this link recycles.
@@ -355,6 +376,17 @@ class Link:
             ConsumerGone: the link failed (or ChannelClosed, if the consumer refused on a close).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        with waits.waiting(WaitKind.ACCEPTANCE, self.channel, self.consumer):
+            self._wait_acknowledged(deadline, timeout, cancel)
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            if self.queue and (self.credits or self.want) and not self.pending:
+                self._return_credits()  # idle now: other producers of this queue can have the slots
+        self._pump()
+
+    def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+        """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
         while True:
             with self.lock:
                 if not (self.pending or self.inflight) or self.error is not None or self.dead:
@@ -372,12 +404,6 @@ class Link:
                     self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             if sync:
                 self._pump()
-        with self.lock:
-            if self.error is not None:
-                raise self.error
-            if self.queue and (self.credits or self.want) and not self.pending:
-                self._return_credits()  # idle now: other producers of this queue can have the slots
-        self._pump()
 
     def _return_credits(self) -> None:
         """Give the unused credits back with the next WANT frame (call with the lock; then :meth:`_pump`)."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coupler.runtime.control.departure import Departure, Gone
+from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
 
@@ -143,29 +145,38 @@ class Route:
         table = self.table  # one read of the reference: the loop replaces it, never mutates it
         if table["consumers"] and not table["closed"]:
             return self.consumers
+        noted, outer = False, None
         with self.cond:
-            while True:
-                table = self.table
-                if table["closed"]:
-                    raise ChannelClosed(f"channel {self.channel!r} is closed; cannot send")
-                if table["consumers"]:
-                    return self.consumers
-                if table["gone"] and lossy:
-                    return []
-                if table["gone"] and not self.returning(lost_wait):
-                    gone = ", ".join(str(g) for g in self.gone)
-                    raise ConsumerGone(f"channel {self.channel!r} has no consumer left: {gone}")
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ChannelTimeout(f"channel {self.channel!r}: no consumer attached within {timeout} s")
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("send interrupted: the actor is stopping")
-                # Routing updates notify; the timeout only bounds how late a cancel or deadline is seen.
-                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            try:
+                while True:
+                    table = self.table
+                    if table["closed"]:
+                        raise ChannelClosed(f"channel {self.channel!r} is closed; cannot send")
+                    if table["consumers"]:
+                        return self.consumers
+                    if table["gone"] and lossy:
+                        return []
+                    back = self.returning(lost_wait) if table["gone"] or table.get("moving") else set()
+                    if table["gone"] and not back:
+                        gone = ", ".join(str(g) for g in self.gone)
+                        raise ConsumerGone(f"channel {self.channel!r} has no consumer left: {gone}")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ChannelTimeout(f"channel {self.channel!r}: no consumer attached within {timeout} s")
+                    if cancel is not None and cancel.is_set():
+                        raise Interrupted("send interrupted: the actor is stopping")
+                    if not noted:
+                        kind = WaitKind.RETURN if back else WaitKind.CONSUMER
+                        outer, noted = waits.begin(kind, self.channel, ", ".join(sorted(back))), True
+                    # Routing updates notify; the timeout only bounds how late a cancel or deadline is seen.
+                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            finally:
+                if noted:
+                    waits.end(outer)
 
     def wait_departure(self, c: ConsumerRef, limit: float, cancel: threading.Event | None) -> bool:
         """Wait until the broker takes consumer ``c`` (at its stream) off the route; ``False`` at ``limit`` or on ``cancel``."""
-        with self.cond:
+        with self.cond, waits.waiting(WaitKind.RETURN, self.channel, c.cid):
             while any(x.cid == c.cid and x.stream == c.stream for x in self.consumers):
                 if time.monotonic() >= limit or (cancel is not None and cancel.is_set()):
                     return False

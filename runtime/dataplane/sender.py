@@ -17,9 +17,11 @@ from typing import Any, Callable
 
 import numpy as np
 
+from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route
 from coupler.runtime.dataplane.settings import DeliveryConfig
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted, PartiallyDelivered
 from coupler.runtime.message import Spec, flatten
 
@@ -254,7 +256,8 @@ class Sender:
                 )
             if cancel is not None and cancel.is_set():
                 raise Interrupted("send interrupted: the actor is stopping")
-            time.sleep(backoff)
+            with waits.waiting(WaitKind.ROOM, route.channel):  # (any consumer of the work-sharing queue)
+                time.sleep(backoff)
             backoff = min(2 * backoff, 0.02)
 
     def _left_route(self, route: Route, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None) -> bool:
@@ -354,7 +357,8 @@ class Sender:
                     raise ChannelTimeout(f"channel {channel!r}: the consumers kept for resend did not come back within {timeout} s")
                 if cancel is not None and cancel.is_set():
                     raise Interrupted("flush interrupted: the actor is stopping")
-                time.sleep(0.05)
+                with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
+                    time.sleep(0.05)
         for key, link in self.dispatch.links_of(channel):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
