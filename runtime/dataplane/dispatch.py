@@ -29,7 +29,7 @@ from coupler.runtime.dataplane.outbox import Outbox, ReplayLog
 from coupler.runtime.dataplane.payloads import Item, frozen_leaves, owned_leaves, release_segments
 from coupler.runtime.dataplane.routing import ConsumerRef, Reroute, Route
 from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
-from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import DeviceLeaves, Message, Spec, to_host, unflatten
 
 logger = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class Dispatch:
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self.ssl_context,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
             on_commit=lambda marks, k=(route.channel, c.cid): self.commit_received(k, marks), key=self.key,
-            log=box.log,
+            log=box.log, origin=self.address(),
         )
         with self.lock:
             old = self.links.get(key)
@@ -387,6 +387,10 @@ class Dispatch:
         except (ConsumerGone, ChannelClosed, Interrupted) as e:
             # The consumer went again, or this worker closes: the next routing update starts over.
             logger.info("channel %r: resending to consumer %r stopped: %r", route.channel, box.consumer, e)
+        except Fenced as e:
+            # This worker's producers were replaced elsewhere: what they owe is their successors' to send.
+            n = box.drop_owed()
+            logger.warning("channel %r: dropped %d messages owed to %r: %s", route.channel, n, box.consumer, e)
         finally:
             if box.resend_ended() and not self.closing.is_set():
                 self.resend_owed(route, box.consumer)  # handed back after this thread's last look

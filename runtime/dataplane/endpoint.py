@@ -41,7 +41,7 @@ from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer, make_
 from coupler.runtime.control.departure import Departure
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.lineage import Take
-from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, raise_open_file_limit
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, ProducerOwners, raise_open_file_limit
 from coupler.runtime.dataplane.routing import ProducerStats, Route
 from coupler.runtime.dataplane.sender import Sender
 from coupler.runtime.dataplane.settings import delivery_config, transport_config
@@ -128,8 +128,9 @@ class Endpoint(WorkerPlugin):
         self._secret_task = self.loop.create_task(fetch_secret())  # (held: the loop keeps only a weak reference)
         # Batches are checked against the spec the broker holds, asked for from the receiving thread.
         specs = ChannelSpecs(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["spec"])
+        owners = ProducerOwners(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["producers"])
         self.listener = Listener(
-            host, self._lookup, self._server_ssl, key=self.stream_key, specs=specs,
+            host, self._lookup, self._server_ssl, key=self.stream_key, specs=specs, owners=owners,
             batch_bytes=max(BATCH_BYTES_MAX, self.config.batch_bytes, self.config.inline_max),
         )
         self.retire_at = self._retire_at(worker)

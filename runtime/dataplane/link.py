@@ -48,7 +48,7 @@ from coupler.runtime.dataplane import waits, wire
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
 from coupler.runtime.dataplane.settings import TransportConfig
-from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import Spec
 
 if TYPE_CHECKING:  # (outbox imports payloads only; a run-time import would be fine, but the link needs only the type)
@@ -95,6 +95,8 @@ class Link:
             which the consumer then maps copy-on-write) is what the log keeps, so
             retention adds no copy on those paths. A large message over TCP is copied
             once (it would otherwise go out zero-copy from the producer's arrays).
+        origin: this worker's address: the consumer refuses batches of producers that the
+            broker places elsewhere (see ``receiver.ProducerOwners``).
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.
@@ -118,6 +120,7 @@ class Link:
         on_commit: CommitFn | None = None,
         key: auth.StreamKey,
         log: ReplayLog | None = None,
+        origin: str = "",
     ) -> None:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.log = log
@@ -162,7 +165,10 @@ class Link:
         probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
         try:
             # Both ends prove that they hold the cluster's secret (auth): the reply is the consumer's, signed.
-            hello = {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()}
+            hello = {
+                "channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid(),
+                "worker": origin,
+            }
             self.reader, reply = auth.open_stream(self.sock, key, hello)
         except (OSError, ValueError) as e:
             self.sock.close()
@@ -622,6 +628,11 @@ class Link:
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
                             if status == "closed":
                                 self.error = ChannelClosed(f"channel {self.channel!r} is closed; consumer {self.consumer!r} refused messages")
+                            elif status == "fenced":
+                                self.error = Fenced(
+                                    f"channel {self.channel!r}: consumer {self.consumer!r} refused this worker's messages: the "
+                                    f"broker places their producer on another worker (this instance was replaced)"
+                                )
                             else:
                                 self.error = ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
                             self.dead = refused = True
