@@ -51,8 +51,10 @@ import traceback
 from typing import Any, Callable
 
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
+from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
-from coupler.runtime.dataplane.endpoint import Endpoint, delivery_config
+from coupler.runtime.dataplane.endpoint import Endpoint
+from coupler.runtime.dataplane.settings import delivery_config
 from coupler.runtime.dataplane.lineage import META_KEY, ReplayOrder, TakeLog, TakesNote, replay_order
 from coupler.runtime.control.status import ActorStatus, MetricLog, describe_device
 
@@ -337,9 +339,10 @@ class ActorHost:
             stopped_at=self._stopped_at,
             info=self.info(),
             device=describe_device(),
+            waiting=waits.current(self._thread),
         )
         # The broker keeps the metric points (reports carry the recent ones) and drops them from the status.
-        return {**st.__dict__, "metrics": self._metric_log.recent()}
+        return {**st.to_dict(), "metrics": self._metric_log.recent()}
 
     async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """The actor's state at a step boundary, as plain data (see the module docstring).
@@ -608,10 +611,10 @@ class ActorHost:
     def _next_seq(self, port: OutPort) -> int:
         if self._released:  # the endpoint has forgotten this producer
             return self._ended_seq[(port.channel, port.source)]
-        return self.endpoint.next_seq(port.channel, port.source)
+        return self.endpoint.sender.next_seq(port.channel, port.source)
 
     def _resume_seq(self, port: OutPort, next_seq: int) -> None:
-        self.endpoint.resume_seq(port.channel, port.source, next_seq)
+        self.endpoint.sender.resume_seq(port.channel, port.source, next_seq)
 
     # -- the loop --------------------------------------------------------------------------------
     def _at_boundary(self) -> bool:
@@ -690,7 +693,7 @@ class ActorHost:
             if self._released:
                 return
             # Before the flag: from then on a checkpoint reads the sequence numbers here.
-            self._ended_seq = {(p.channel, p.source): self.endpoint.next_seq(p.channel, p.source) for p in self.outputs.values()}
+            self._ended_seq = {(p.channel, p.source): self.endpoint.sender.next_seq(p.channel, p.source) for p in self.outputs.values()}
             self._released = True
         for port in self.inputs.values():
             try:

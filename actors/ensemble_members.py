@@ -66,9 +66,9 @@ class MemberBlockActor(ActorHost):
         model: the forecast model.
         name: actor name.
         block: this block's index (it tags its forecasts with it).
-        inputs: must map ``"members"`` (a ``Latest`` channel from the filter).
-        outputs: must map ``"forecast"`` (a ``Latest`` channel to the filter).
-        **kwargs: passed to :class:`ActorHost`.
+        **kwargs: passed to :class:`ActorHost`; its ``inputs`` must map ``"members"`` (a
+            ``Latest`` channel from the filter), its ``outputs`` ``"forecast"`` (a ``Latest``
+            channel to the filter).
 
     Raises:
         ValueError: for missing ports.

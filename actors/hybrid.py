@@ -40,7 +40,7 @@ class HybridSchedule:
     Raises:
         ValueError: unless ``0 <= replace <= every`` and ``every >= 1``.
 
-    Example:
+    Examples:
         >>> [HybridSchedule(1, 3).uses_surrogate(b) for b in range(6)]
         [True, False, False, True, False, False]
     """

@@ -15,6 +15,7 @@ from coupler.runtime.errors import ChannelExists as ChannelExists
 from coupler.runtime.errors import ChannelTimeout as ChannelTimeout
 from coupler.runtime.errors import ConsumerGone as ConsumerGone
 from coupler.runtime.errors import CouplerError as CouplerError
+from coupler.runtime.errors import Fenced as Fenced
 from coupler.runtime.errors import Interrupted as Interrupted
 from coupler.runtime.errors import NoCoupling as NoCoupling
 from coupler.runtime.errors import NoSuitableWorker as NoSuitableWorker
@@ -51,6 +52,7 @@ __all__ = [
     "CheckpointStore",
     "config",
     "ConsumerGone",
+    "Fenced",
     "CouplerError",
     "Coupling",
     "Endpoint",

@@ -39,6 +39,14 @@ class ConsumerGone(CouplerError):
     """A consumer of the channel disappeared (detached, or its worker was lost)."""
 
 
+class Fenced(CouplerError):
+    """This instance of an actor was replaced: a successor runs elsewhere, and its consumers refuse this one's streams.
+
+    What a worker that the scheduler declared dead, and that came back, gets
+    when its old actors send: they must stop (their successors carry on).
+    """
+
+
 class ChannelTimeout(CouplerError, TimeoutError):
     """A send or receive that did not complete in time (full queue, no consumer, no data)."""
 
@@ -104,6 +112,7 @@ ERRORS: dict[str, type[CouplerError]] = {
         SpecMismatch,
         ChannelClosed,
         ConsumerGone,
+        Fenced,
         ChannelTimeout,
         WrongPolicy,
         NoCoupling,

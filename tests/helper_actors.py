@@ -31,8 +31,8 @@ class Producer(ActorHost):
     def teardown(self) -> None:
         # Its worker's links on the channel close after its end: keep their figures now.
         ep, channel = self.endpoint, self.outputs["out"].channel
-        with ep._lock:
-            stats = [link.stats() for key, link in ep.links.items() if key[0] == channel]
+        with ep.dispatch.lock:
+            stats = [link.stats() for key, link in ep.dispatch.links.items() if key[0] == channel]
         self.links_at_end = (sum(s["messages"] for s in stats), sum(s["shm_messages"] for s in stats))
 
     def link_figures(self) -> tuple[int, int]:
@@ -98,3 +98,19 @@ class Blocker(ActorHost):
 
     def in_step(self) -> bool:
         return self.entered.wait(10)
+
+
+class TakeOneThenStall(ActorHost):
+    """Receives one message from ``inp``, then stalls its run loop until stopped (its queue fills up)."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.took = 0
+
+    def step(self) -> bool:
+        if self.took == 0:
+            self.inputs["inp"].receive()
+            self.took = 1
+        while not self.stopping:
+            time.sleep(0.01)  # stands for a long step that does not read its input
+        return True

@@ -37,8 +37,8 @@ class Streamer(ActorHost):
         return self._final_links if self._final_links is not None else self._live_link_stats()
 
     def _live_link_stats(self) -> list[dict[str, Any]]:
-        with self.endpoint._lock:
-            return [link.stats() for link in self.endpoint.links.values()]
+        with self.endpoint.dispatch.lock:
+            return [link.stats() for link in self.endpoint.dispatch.links.values()]
 
     def pid(self) -> int:
         return os.getpid()
@@ -141,11 +141,11 @@ class DeviceStreamer(ActorHost):
 
     def report(self) -> dict[str, Any]:
         """Host reads of the fake arrays, where the JAX arrays sent lived, and what replay logs keep."""
-        kept = [type(a).__name__ for log in self.endpoint.replay_logs.values() for it in log.replay() for a in it.leaves or []]
+        kept = [type(a).__name__ for box in self.endpoint.dispatch.outboxes.values() if box.log for it in box.log.replay() for a in it.leaves or []]
         # A stream's item may live in a shared-memory segment (the log keeps the segment, no arrays).
         logs = [
             "segment" if it.segment is not None else type(it.leaves).__name__
-            for log in self.endpoint.replay_logs.values() for it in log.replay()
+            for box in self.endpoint.dispatch.outboxes.values() if box.log for it in box.log.replay()
         ]
         return {"host_reads": FakeDeviceArray.host_reads - self.reads_before, "pointers": self.pointers,
                 "kept": sorted(set(kept)), "logs": sorted(set(logs))}

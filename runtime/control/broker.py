@@ -113,7 +113,9 @@ class ChannelRecord:
         """What a producer's worker needs to send on this channel.
 
         ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
-        consumers that left to be restarted elsewhere (producers wait for them).
+        consumers that left to be restarted elsewhere (producers wait for them);
+        ``producers`` maps each producer to the worker it last registered from
+        (consumers refuse the streams of a replaced instance: receiver.ProducerOwners).
         """
         return {
             "channel": self.name,
@@ -123,6 +125,7 @@ class ChannelRecord:
             "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
             "gone": [g.to_wire() for _, g in sorted(self.gone.items())],
             "moving": sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER),
+            "producers": dict(sorted(self.producers.items())),
             "version": self.version,
         }
 

@@ -92,7 +92,7 @@ class CheckpointStore:
     Raises:
         CheckpointError: for a URL when fsspec is not installed.
 
-    Example:
+    Examples:
         >>> store = CheckpointStore(tempfile.mkdtemp())
         >>> _ = store.save("sim", {"format": 1, "state": {"u": np.zeros(3)}})
         >>> store.load("sim")["state"]["u"].tolist()

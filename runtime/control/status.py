@@ -17,6 +17,8 @@ from collections import deque
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from coupler.runtime.dataplane.waits import Wait
+
 TERMINAL_STATES = frozenset({"finished", "stopped", "failed", "lost"})
 
 
@@ -38,6 +40,8 @@ class ActorStatus:
         device: where its computations run (``"cpu:0"``, ``"cuda:0"``), known once the loop started.
         step_rate: run-loop iterations per second over the last seconds (as the broker measured
             it; 0 in a status asked of the actor directly).
+        waiting: what its run loop is blocked on in the data plane (a consumer to attach,
+            room at a full consumer, input...), and since when; ``None`` when it is not.
     """
 
     name: str
@@ -51,6 +55,7 @@ class ActorStatus:
     info: dict[str, Any] = field(default_factory=dict)
     device: str = ""
     step_rate: float = 0.0
+    waiting: Wait | None = None
 
     @property
     def last_error(self) -> str:
@@ -63,11 +68,25 @@ class ActorStatus:
         """Whether the run loop has ended (for any reason)."""
         return self.state in TERMINAL_STATES
 
+    @property
+    def explanation(self) -> str:
+        """What it is doing, in words: ``"waits 12 s for room at consumer ..."``, or ``""``."""
+        return "" if self.waiting is None or self.done else self.waiting.describe()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (what actors report and the broker keeps)."""
+        d = dict(self.__dict__)
+        d["waiting"] = None if self.waiting is None else self.waiting.to_dict()
+        return d
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ActorStatus:
         """Build from a status dict, ignoring keys this version does not know."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        kw = {k: v for k, v in d.items() if k in names}
+        if isinstance(kw.get("waiting"), dict):
+            kw["waiting"] = Wait.from_dict(kw["waiting"])
+        return cls(**kw)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,17 @@
 
 Modules, one concept each:
 
-- :mod:`~coupler.runtime.dataplane.endpoint`: the worker plugin: routes, sends, delivery
-  guarantees (retention, replay, resend), consumer buffers' registry.
+- :mod:`~coupler.runtime.dataplane.endpoint`: the worker plugin that assembles the
+  parts below and connects them to the broker (routing updates, attach/detach,
+  commits, reports).
+- :mod:`~coupler.runtime.dataplane.sender` (sequence numbers, broadcast, work
+  sharing, flush) over :mod:`~coupler.runtime.dataplane.dispatch` (one message to
+  one consumer, after what it is owed; the worker's links and outboxes).
+- :mod:`~coupler.runtime.dataplane.outbox` (sans-IO): what one worker owes one
+  consumer: its replay log, its owed messages, its incarnation, its resend.
+- :mod:`~coupler.runtime.dataplane.routing`: a worker's copy of a channel's routing
+  table, and the waits on it.
+- :mod:`~coupler.runtime.dataplane.payloads`: who owns a payload, and every copy.
 - :mod:`~coupler.runtime.dataplane.link` (producer side) and
   :mod:`~coupler.runtime.dataplane.receiver` (consumer side): one stream per
   (channel, consumer, producing worker).
@@ -14,6 +23,7 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.lineage`: input-order logging (sans-IO): exactly-once
   across the restart of an actor that merges inputs.
 - :mod:`~coupler.runtime.dataplane.ports`: the ports actors send and receive on.
+- :mod:`~coupler.runtime.dataplane.settings`: ``coupler.transport`` and ``coupler.delivery``.
 
 Thread model (one worker process):
 
@@ -24,16 +34,18 @@ Thread model (one worker process):
   routing updates pushed by the broker, and the periodic report.
 - Per link, one *acknowledgement reader* thread (``coupler-acks-*``) reads the
   consumer's ACK and GRANT frames; it hands what a broken stream owed back to the
-  endpoint (``on_orphans``).
+  consumer's outbox (``on_orphans``) and passes commits on.
 - Per worker, one *listener* thread accepts streams; per accepted stream one
   *receiver* thread (``coupler-recv``) reads frames into the consumer's buffer.
-- Short-lived threads: a resend per consumer owed messages (``_resend_owed``), a
+- Short-lived threads: a resend per consumer owed messages (``Dispatch.resend_owed``), a
   stream's closing writer (``coupler-link-bye``), idle-credit returns.
 
 Locks, outer first (a thread holding one never takes an earlier one):
 ``ProducerStats.lock`` (held for a whole send: one gap-free sequence per source),
-``Route.cond``, ``Endpoint._lock`` (the links and owed-message tables), then the
-leaf locks ``Link.lock`` and ``ConsumerBuffer._cond``. Buffers call grant and
-commit callbacks after releasing their lock. ``ActorHost._takes_lock`` (lineage)
-is taken alone.
+``Route.cond``, ``Endpoint._lock`` (routes and counters), ``Dispatch.lock`` (the
+link and outbox tables), then ``Link.lock`` or ``Outbox.lock`` (never one under
+the other), then the leaf ``ReplayLog.lock`` (a link takes it to log a message
+it queues; an outbox, to owe the log's messages). ``ConsumerBuffer._cond`` is a
+leaf too: buffers call grant and commit callbacks after releasing it.
+``ActorHost._takes_lock`` (lineage) is taken alone.
 """

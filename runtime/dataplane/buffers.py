@@ -28,6 +28,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
 from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
 from coupler.runtime.message import Message, Spec, flatten, unflatten
@@ -75,6 +77,7 @@ class ConsumerBuffer:
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
+        self.consumer = ""  # its consumer (``actor/port``), set when it attaches: named in waits
         self.stats = BufferStats()
         self.last_seq: dict[str, int] = {}
         # Hot paths hold `_lock` with `with` (C-level); `_cond` waits and notifies on the same lock.
@@ -167,18 +170,21 @@ class ConsumerBuffer:
         with self._cond:
             return self.stats.depth
 
-    def _wait(self, ready: Any, timeout: float | None, what: str) -> None:
+    def _wait(self, ready: Any, timeout: float | None, what: str, kind: WaitKind = WaitKind.INPUT) -> None:
         """Block the calling (consumer) thread until ``ready()``; call with the lock held."""
+        if ready():
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not ready():
-            if self._interrupted:
-                raise Interrupted(f"channel {self.channel!r}: receive interrupted, the actor is stopping")
-            if self._closed:
-                raise ChannelClosed(f"channel {self.channel!r} is closed and has no more messages")
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s")
-            self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
+        with waits.waiting(kind, self.channel, self.consumer):
+            while not ready():
+                if self._interrupted:
+                    raise Interrupted(f"channel {self.channel!r}: receive interrupted, the actor is stopping")
+                if self._closed:
+                    raise ChannelClosed(f"channel {self.channel!r} is closed and has no more messages")
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s")
+                self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
 
 GrantFn = Callable[[int, int], None]  # (slots granted, slots reserved for the link in all)
@@ -458,7 +464,8 @@ class QueueBuffer(ConsumerBuffer):
                         return accepted
                     self._local_waiting += 1  # the next free slot is kept for us, not granted away
                     try:
-                        self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                        with waits.waiting(WaitKind.ROOM, self.channel, self.consumer):
+                            self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
                     finally:
                         self._local_waiting -= 1
                 if self._detached:
@@ -499,7 +506,8 @@ class QueueBuffer(ConsumerBuffer):
             try:
                 i = self._ready()
                 if i is None:
-                    self._wait(lambda: self._ready() is not None, timeout, "message")
+                    kind = WaitKind.INPUT if self._order is None else WaitKind.ORDER
+                    self._wait(lambda: self._ready() is not None, timeout, "message", kind)
                     i = self._ready()
             finally:
                 if pulling:

@@ -39,67 +39,25 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from coupler.runtime.dataplane import auth, shm
-from coupler.runtime.dataplane import wire
-from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.dataplane import waits, wire
+from coupler.runtime.dataplane.waits import WaitKind
+from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
+from coupler.runtime.dataplane.settings import TransportConfig
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import Spec
+
+if TYPE_CHECKING:  # (outbox imports payloads only; a run-time import would be fine, but the link needs only the type)
+    from coupler.runtime.dataplane.outbox import ReplayLog
 
 logger = logging.getLogger(__name__)
 
 MAX_INFLIGHT = 2  # batches of small messages written and not yet acknowledged
 MAX_INFLIGHT_LARGE = 8  # the same for large messages (each alone in its batch)
-
-
-@dataclass
-class TransportConfig:
-    """Tuning of links (``coupler.transport`` in dask.config).
-
-    Attributes:
-        shared_memory: use shared memory between processes of one host.
-        inline_max: messages up to this many bytes are copied and coalesced; larger ones go alone.
-        batch_bytes: most payload bytes in one batch of small messages.
-        window_bytes: most bytes queued or unacknowledged per link (non-Queue channels).
-        shm_pool_bytes: most shared memory a link keeps.
-        device_to_device: hand accelerator arrays (JAX arrays on a GPU) to consumers
-            in the producer's process as they are, on their device; off, every
-            consumer gets one host copy. Between processes they always go by host.
-    """
-
-    shared_memory: bool = True
-    inline_max: int = 256 << 10
-    batch_bytes: int = 4 << 20
-    window_bytes: int = 256 << 20
-    shm_pool_bytes: int = 2 << 30
-    device_to_device: bool = False
-
-
-@dataclass(slots=True)
-class Item:
-    """One message queued on a link (slots: a replay log keeps tens of thousands)."""
-
-    header: dict[str, Any]
-    leaves: list[np.ndarray] | None  # None once the payload lives in a segment
-    nbytes: int
-    large: bool
-    segment: shm.Segment | None = None
-    offsets: list[int] | None = None
-    written: threading.Event | None = None  # set once a zero-copy payload is on the wire
-    recycled: bool = False  # every leaf is the link's own copy: reused once the consumer accepted it
-
-    def payload_leaves(self, spec: Spec) -> list[np.ndarray]:
-        """The payload as arrays (copied back out of its segment if it went there)."""
-        if self.leaves is not None:
-            return self.leaves
-        assert self.segment is not None and self.offsets is not None
-        whole = np.frombuffer(self.segment.mm, np.uint8, offset=shm.HEADER)
-        out = []
-        for f, off in zip(spec.fields, self.offsets):
-            out.append(whole[off : off + f.nbytes].view(f.dtype).reshape(f.shape).copy())
-        return out
 
 
 @dataclass
@@ -137,6 +95,8 @@ class Link:
             which the consumer then maps copy-on-write) is what the log keeps, so
             retention adds no copy on those paths. A large message over TCP is copied
             once (it would otherwise go out zero-copy from the producer's arrays).
+        origin: this worker's address: the consumer refuses batches of producers that the
+            broker places elsewhere (see ``receiver.ProducerOwners``).
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.
@@ -160,6 +120,7 @@ class Link:
         on_commit: CommitFn | None = None,
         key: auth.StreamKey,
         log: ReplayLog | None = None,
+        origin: str = "",
     ) -> None:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.log = log
@@ -204,7 +165,10 @@ class Link:
         probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
         try:
             # Both ends prove that they hold the cluster's secret (auth): the reply is the consumer's, signed.
-            hello = {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid()}
+            hello = {
+                "channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid(),
+                "worker": origin,
+            }
             self.reader, reply = auth.open_stream(self.sock, key, hello)
         except (OSError, ValueError) as e:
             self.sock.close()
@@ -270,33 +234,7 @@ class Link:
         # one acquisition: producers that share this link contend for the lock.
         item = None if large else self._small_item(header, leaves, nbytes)
         with self.lock:
-            while True:
-                self._raise_if_failed()
-                if self.queue:
-                    if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
-                        self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
-                    if self.credits > 0:
-                        self.credits -= 1
-                        break
-                    if self.want_dirty and not self.writing:
-                        self.cond.release()
-                        try:
-                            self._pump()
-                        finally:
-                            self.cond.acquire()
-                        continue
-                elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
-                    raise ChannelTimeout(
-                        f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
-                        f"within the timeout ({why})"
-                    )
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("send interrupted: the actor is stopping")
-                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            self._take_room(nbytes, deadline, timeout, cancel)
             self.queued_bytes += nbytes
             self.submits += 1
             if item is not None:
@@ -329,6 +267,52 @@ class Link:
             while not item.written.wait(0.05):
                 with self.lock:
                     self._raise_if_failed()
+
+    def _take_room(self, nbytes: int, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+        """Take a credit (``Queue``) or window room for a message of ``nbytes``; wait while there is none.
+
+        Call with the lock held. A wait is noted (see :mod:`~coupler.runtime.dataplane.waits`) only
+        once the send blocks.
+
+        Raises:
+            ChannelTimeout: no room by ``deadline``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: the link failed (or ChannelClosed).
+        """
+        outer: Any = False
+        try:
+                while True:
+                    self._raise_if_failed()
+                    if self.queue:
+                        if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
+                            self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
+                        if self.credits > 0:
+                            self.credits -= 1
+                            return
+                        if self.want_dirty and not self.writing:
+                            self.cond.release()
+                            try:
+                                self._pump()
+                            finally:
+                                self.cond.acquire()
+                            continue
+                    elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
+                        return
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
+                        raise ChannelTimeout(
+                            f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
+                            f"within the timeout ({why})"
+                        )
+                    if cancel is not None and cancel.is_set():
+                        raise Interrupted("send interrupted: the actor is stopping")
+                    if outer is False:
+                        outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
+                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+        finally:
+            if outer is not False:
+                waits.end(outer)
 
     def _small_item(self, header: dict[str, Any], leaves: list[Any], nbytes: int) -> Item:
         """A small message's item, its writable leaves copied into arrays this link recycles.
@@ -393,9 +377,22 @@ class Link:
         """Wait until everything queued was accepted by the consumer.
 
         Raises:
-            ChannelTimeout, Interrupted, and the link's failure if any.
+            ChannelTimeout: not everything was accepted within ``timeout``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: the link failed (or ChannelClosed, if the consumer refused on a close).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        with waits.waiting(WaitKind.ACCEPTANCE, self.channel, self.consumer):
+            self._wait_acknowledged(deadline, timeout, cancel)
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            if self.queue and (self.credits or self.want) and not self.pending:
+                self._return_credits()  # idle now: other producers of this queue can have the slots
+        self._pump()
+
+    def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+        """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
         while True:
             with self.lock:
                 if not (self.pending or self.inflight) or self.error is not None or self.dead:
@@ -413,12 +410,6 @@ class Link:
                     self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             if sync:
                 self._pump()
-        with self.lock:
-            if self.error is not None:
-                raise self.error
-            if self.queue and (self.credits or self.want) and not self.pending:
-                self._return_credits()  # idle now: other producers of this queue can have the slots
-        self._pump()
 
     def _return_credits(self) -> None:
         """Give the unused credits back with the next WANT frame (call with the lock; then :meth:`_pump`)."""
@@ -637,6 +628,11 @@ class Link:
                             self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
                             if status == "closed":
                                 self.error = ChannelClosed(f"channel {self.channel!r} is closed; consumer {self.consumer!r} refused messages")
+                            elif status == "fenced":
+                                self.error = Fenced(
+                                    f"channel {self.channel!r}: consumer {self.consumer!r} refused this worker's messages: the "
+                                    f"broker places their producer on another worker (this instance was replaced)"
+                                )
                             else:
                                 self.error = ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
                             self.dead = refused = True
@@ -715,181 +711,6 @@ class Link:
         self.wound_up.set()
 
 
-class ReplayLog:
-    """What one worker sent to one consumer of a ``Queue`` channel and that consumer's checkpoint does not cover yet.
-
-    The producer side of at-least-once delivery: if the consumer is lost, its
-    successor restarts from its last stored checkpoint, and everything it
-    received after that checkpoint must come again. The consumer commits the
-    sequence numbers its stored checkpoint covers (:meth:`commit`); what they
-    cover is forgotten here. What it holds nobody changes: a stream's own items
-    (see ``Link``'s ``log``: the link's copies, or a shared-memory segment that
-    the consumer maps copy-on-write), or read-only arrays (copies of writable
-    ones, for a consumer on the producer's worker), so they can be sent again
-    without copying.
-
-    Args:
-        channel: channel name (for the warning when the log overflows).
-        consumer: consumer id.
-        limit_bytes: most payload bytes kept; beyond, the oldest are forgotten (and a
-            replay after a loss would miss them: the warning says so).
-    """
-
-    def __init__(self, channel: str, consumer: str, limit_bytes: int) -> None:
-        self.channel, self.consumer, self.limit_bytes = channel, consumer, limit_bytes
-        self.items: deque[Item] = deque()
-        self.nbytes = 0
-        self.committed: dict[str, int] = {}
-        self.forgotten = 0  # messages dropped over the limit before being committed
-        self.lock = threading.Lock()
-
-    def add(self, header: dict[str, Any], leaves: list[np.ndarray], nbytes: int) -> Item:
-        """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`); returns its entry."""
-        # A plain list: a DeviceLeaves would keep the message's GPU arrays alive as long as the log.
-        item = Item(header, leaves if type(leaves) is list else list(leaves), nbytes, large=False)
-        self.keep(item)
-        return item
-
-    def keep(self, item: Item) -> None:
-        """Keep a link's item as it is: its leaves are the link's own or read-only, or it lives in a segment.
-
-        A segment is marked ``kept`` (not reused, not unmapped) until the log lets go of the item.
-        """
-        if item.segment is not None:
-            item.segment.kept = True
-        with self.lock:
-            self.items.append(item)
-            self.nbytes += item.nbytes
-            while self.nbytes > self.limit_bytes and len(self.items) > 1:
-                old = self.items.popleft()
-                self.nbytes -= old.nbytes
-                _let_go(old)
-                self.forgotten += 1
-                if self.forgotten == 1:
-                    logger.warning(
-                        "channel %r: more than %d bytes sent to consumer %r since its last commit; the oldest are "
-                        "no longer kept for a replay (raise coupler.delivery.retain-bytes or checkpoint more often)",
-                        self.channel, self.limit_bytes, self.consumer,
-                    )
-        return item
-
-    def remove(self, item: Item) -> None:
-        """Forget ``item`` (its delivery failed before the consumer got it)."""
-        with self.lock:
-            for i in range(len(self.items) - 1, -1, -1):
-                if self.items[i] is item:
-                    del self.items[i]
-                    self.nbytes -= item.nbytes
-                    _let_go(item)
-                    return
-
-    def commit(self, marks: dict[str, int]) -> None:
-        """Forget every message of source ``s`` with seq <= ``marks[s]``."""
-        with self.lock:
-            for src, q in marks.items():
-                self.committed[src] = max(self.committed.get(src, -1), q)
-            keep: deque[Item] = deque()
-            for it in self.items:
-                if it.header["seq"] > self.committed.get(it.header["source"], -1):
-                    keep.append(it)
-                else:
-                    _let_go(it)
-            self.nbytes = sum(it.nbytes for it in keep)
-            self.items = keep
-
-    def clear(self) -> None:
-        """Forget everything (the channel or the consumer is forgotten)."""
-        with self.lock:
-            for it in self.items:
-                _let_go(it)
-            self.items.clear()
-            self.nbytes = 0
-
-    def replay(self) -> list[Item]:
-        """Every message kept, oldest first (to send again to a successor of the consumer)."""
-        with self.lock:
-            return list(self.items)
-
-
-def _let_go(item: Item) -> None:
-    """A replay log no longer keeps ``item``: its segment may be reused (once also acknowledged and freed)."""
-    if item.segment is not None:
-        item.segment.kept = False
-
-
-def _copy(a: np.ndarray) -> np.ndarray:
-    """A writable copy of ``a``: small ones under the GIL, larger ones into recycled memory.
-
-    See :func:`wire.copy_small`; a fresh copy of megabytes costs a page fault and a
-    zero-fill per page, and a replay log renews its copies at the stream's rate.
-    """
-    if a.dtype.hasobject:  # references, not bytes: neither a byte copy nor a recycled block can hold them
-        return np.array(a, copy=True)
-    if a.nbytes <= wire.GIL_COPY_MAX:
-        return wire.copy_small(a)
-    block = wire.PAYLOADS.take(a.nbytes).view(a.dtype).reshape(a.shape)
-    np.copyto(block, a)
-    return block
-
-
-def frozen_leaves(leaves: list[np.ndarray]) -> list[np.ndarray]:
-    """Leaves nobody can change: read-only arrays as they are, read-only copies of the others."""
-    out = []
-    for a in leaves:
-        if a.flags.writeable:
-            a = _copy(a)
-            a.flags.writeable = False
-        out.append(a)
-    return out
-
-
-def detach_leaves(leaves: list[Any]) -> list[Any]:
-    """Leaves the producer cannot change any more: read-only arrays as they are, copies of the others.
-
-    Read-only arrays are taken as immutable: that is what ``np.asarray`` of a JAX
-    array on the host gives (its own buffer, no copy), and JAX never writes a
-    buffer in place. For the same reason a JAX array on a device is kept as it
-    is; another accelerator array (CuPy, say) is copied on its device.
-    """
-    return [_detach(a) for a in leaves]
-
-
-def owned_leaves(leaves: list[Any], originals: list[Any] | None = None) -> list[Any]:
-    """Leaves for a consumer in the producer's process: arrays it owns and may write.
-
-    Host arrays the producer passed are always copied, read-only ones too, so
-    that a consumer gets writable arrays wherever it runs (as from shared memory
-    or a stream). The exception: a host copy that the data plane made of a
-    device array (where ``originals`` has the device array) is handed over as
-    it is, read-only: it belongs to this message alone, and copying it again
-    cut the rate from a GPU to a consumer on its worker 3-6x (H200). Device
-    arrays are kept or copied on their device as :func:`detach_leaves` does.
-
-    Args:
-        leaves: the message's leaves as this consumer is to get them.
-        originals: the leaves as the producer sent them, where some were on a device.
-    """
-    if originals is None:
-        return [_copy(a) if type(a) is np.ndarray else _detach(a) for a in leaves]
-    return [
-        _detach(a) if type(a) is not np.ndarray else a if type(o) is not np.ndarray else _copy(a)
-        for a, o in zip(leaves, originals)
-    ]
-
-
-def _detach(a: Any) -> Any:
-    if type(a) is not np.ndarray:  # an accelerator array (see message.on_device)
-        return a if type(a).__module__.partition(".")[0] in ("jax", "jaxlib") else a.copy()
-    return _copy(a) if a.flags.writeable else a
-
-
-def release_segments(items: list[Item]) -> None:
-    """These items were accepted (or given up): their segments may be reused once the consumer lets go of them."""
-    for it in items:
-        if it.segment is not None:
-            it.segment.held = False
-
-
 def _unlink_quietly(name: str) -> None:
     try:
         os.unlink(os.path.join(shm.SHM_DIR, name))
@@ -897,4 +718,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["Item", "Link", "ReplayLog", "TransportConfig", "detach_leaves", "frozen_leaves", "owned_leaves", "release_segments"]
+__all__ = ["Link"]

@@ -69,7 +69,7 @@ class OutPort:
             Interrupted: the port's actor is stopping.
             UnknownChannel: the channel was never declared.
         """
-        return self.endpoint.send(
+        return self.endpoint.sender.send(
             self.channel, self.source, data, timestamp=timestamp, step=step, meta=meta, timeout=timeout, cancel=self.cancel
         )
 
@@ -85,7 +85,7 @@ class OutPort:
             ConsumerGone, ChannelClosed: a consumer failed to take them.
             Interrupted: the port's actor is stopping.
         """
-        self.endpoint.flush(self.channel, timeout=timeout, cancel=self.cancel)
+        self.endpoint.sender.flush(self.channel, timeout=timeout, cancel=self.cancel)
 
 
 class InPort:

@@ -57,6 +57,7 @@ MAX_PENDING = 64  # connections accepted and not yet authenticated, at most (the
 _BACKOFF_MAX = 1.0  # seconds between accept attempts while the process is out of descriptors, at most
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _NO_BYTES = np.empty(0, np.uint8)
+_SOURCE = wire.HEADER_FIELDS.index("source")  # the sources' column in a batch header
 
 
 class SpecRefused(ValueError):
@@ -104,6 +105,51 @@ class ChannelSpecs:
         return known[0]
 
 
+class ProducerOwners:
+    """Which worker each producer of a channel sends from, as the broker knows it: the fence of restarted actors.
+
+    A producer registers with the broker from the worker it runs on; its
+    successor (after a restart or a move) registers again from its new worker.
+    A batch whose sources the broker places on another worker than the stream's
+    comes from an instance that was replaced -- a worker the scheduler declared
+    dead that came back, with its old actors still running -- and is refused,
+    so that two instances of one actor never both deliver. A channel's owners
+    are fetched again when a stream opens (a successor's first stream refreshes
+    them before its messages arrive) and when a batch disagrees with them.
+
+    Args:
+        fetch: channel -> ``{source: worker address}`` from the broker.
+    """
+
+    def __init__(self, fetch: Callable[[str], dict[str, str]]) -> None:
+        self.fetch = fetch
+        self._owners: dict[str, dict[str, str]] = {}
+        self.fenced = 0  # batches refused
+
+    def refresh(self, channel: str) -> None:
+        """Ask the broker again (a stream of ``channel`` opens)."""
+        owners = self.fetch(channel)
+        if not isinstance(owners, dict):
+            raise ValueError(f"the broker's producers of {channel!r} must be a map, got {owners!r:.60}")
+        self._owners[channel] = {str(s): str(w) for s, w in owners.items()}  # (one dict store: atomic)
+
+    def allowed(self, channel: str, sources: set[str], origin: str) -> bool:
+        """Whether the stream from worker ``origin`` may deliver messages of ``sources``.
+
+        A source the broker does not know is let through: only a source placed
+        elsewhere is proof that this instance was replaced.
+        """
+        known = self._owners.get(channel)
+        if known is not None and all(known.get(s, origin) == origin for s in sources):
+            return True  # (every batch of a genuine stream: one dict read per source)
+        self.refresh(channel)
+        known = self._owners[channel]
+        if all(known.get(s, origin) == origin for s in sources):
+            return True
+        self.fenced += 1
+        return False
+
+
 def raise_open_file_limit() -> int:
     """Raise this process's soft limit of open descriptors to its hard limit.
 
@@ -147,6 +193,8 @@ class Listener:
         ssl_context: a server TLS context, or ``None`` for plain TCP.
         key: the cluster's stream secret.
         specs: the channels' specs as the broker knows them.
+        owners: where the broker places each producer (see :class:`ProducerOwners`); ``None``
+            fences nothing (a listener outside a cluster, in tests).
         batch_bytes: payload bytes of a batch of several messages, at most.
         max_pending: streams in their handshake at once, at most.
     """
@@ -159,10 +207,12 @@ class Listener:
         *,
         key: auth.StreamKey,
         specs: ChannelSpecs,
+        owners: ProducerOwners | None = None,
         batch_bytes: int = wire.BATCH_BYTES_MAX,
         max_pending: int = MAX_PENDING,
     ) -> None:
         self.lookup, self.ssl_context, self.key, self.specs = lookup, ssl_context, key, specs
+        self.owners = owners
         self.batch_bytes, self.max_pending = batch_bytes, max_pending
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -240,7 +290,9 @@ class Listener:
             self._authenticated(ident)
             conn.close()
             return
-        r = Receiver(conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident))
+        r = Receiver(
+            conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident), self.owners
+        )
         with self._lock:
             self.receivers.add(r)
         try:
@@ -309,9 +361,11 @@ class Receiver:
         batch_bytes: int,
         deadline: float,
         authenticated: Callable[[], None],
+        owners: ProducerOwners | None = None,
     ) -> None:
         self.sock = sock
         self.lookup, self.key, self.specs, self.batch_bytes = lookup, key, specs, batch_bytes
+        self.owners = owners
         self.deadline, self.authenticated = deadline, authenticated
         self.id = next(_link_ids)
         self.write_lock = threading.Lock()  # acks from this thread, grants from the consumer's
@@ -398,14 +452,20 @@ class Receiver:
         hello, nonce = auth.accept_stream(self.sock, reader, self.key, self.deadline)
         self.authenticated()  # from here on a peer that holds the secret: no deadline, not pending
         channel, consumer, pid = hello.get("channel"), hello.get("consumer"), hello.get("pid")
-        if not isinstance(channel, str) or not isinstance(consumer, str) or type(pid) is not int:
-            raise ValueError(f"a hello names a channel, a consumer and a pid, got {channel!r:.60}, {consumer!r:.60}, {pid!r:.20}")
+        origin = hello.get("worker", "")
+        if not isinstance(channel, str) or not isinstance(consumer, str) or type(pid) is not int or not isinstance(origin, str):
+            raise ValueError(
+                f"a hello names a channel, a consumer, a pid and a worker, got {channel!r:.60}, {consumer!r:.60}, "
+                f"{pid!r:.20}, {origin!r:.60}"
+            )
         buf = self.lookup(channel, consumer)
         if buf is None or not buf.accepting:
             self._welcome(nonce, {"status": "closed" if buf is not None and buf.closed else "gone"})
             return
         try:
             spec = self.specs.get(channel, hello.get("spec"))
+            if self.owners is not None:
+                self.owners.refresh(channel)  # a successor's first stream: fence its predecessor from now on
         except Exception as e:  # SpecRefused, or the broker could not be asked: say why, then close
             self._welcome(nonce, {"status": "spec", "reason": str(e)})
             raise
@@ -462,6 +522,14 @@ class Receiver:
                 datas = ({key: a} for (a,) in rows)
             else:  # a flat dict of arrays: no tree walk per message
                 datas = (dict(zip(flat_keys, r)) for r in rows)
+            if self.owners is not None and not self.owners.allowed(channel, set(h["c"][_SOURCE]), origin):
+                logger.warning(
+                    "coupler receiver: refused a batch of %s on %r from %s: the broker places that producer on "
+                    "another worker (a replaced instance still running); closing its stream", sorted(set(h["c"][_SOURCE])),
+                    channel, origin,
+                )
+                self._ack("fenced")
+                return
             # Message(...) positionally from the header columns (wire.HEADER_FIELDS' order): this runs for every message.
             msgs = [Message(d, t, st, src, q, m, at, nbytes) for d, t, st, src, q, m, at in zip(datas, *h["c"])]
             del rows, datas, payload
@@ -492,4 +560,4 @@ class Receiver:
         buf.want(self.id, n, ret)
 
 
-__all__ = ["ChannelSpecs", "Listener", "MAX_PENDING", "Receiver", "SpecRefused", "raise_open_file_limit"]
+__all__ = ["ChannelSpecs", "Listener", "MAX_PENDING", "ProducerOwners", "Receiver", "SpecRefused", "raise_open_file_limit"]

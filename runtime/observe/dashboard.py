@@ -174,7 +174,7 @@ class CouplerPage:
     ACTOR_COLUMNS: Columns = [
         ("actor", "actor", None), ("cls", "class", None), ("state", "state", None), ("worker", "worker", None),
         ("device", "device", None), ("steps", "steps", ",d"), ("step_rate", "steps/s", ",.1f"),
-        ("metrics", "metrics", None), ("error", "last error", None),
+        ("metrics", "metrics", None), ("waiting", "waits for", None), ("error", "last error", None),
     ]
 
     def __init__(self, scheduler: Any) -> None:
@@ -291,6 +291,7 @@ class CouplerPage:
             "steps": [a.steps for a in rows],
             "step_rate": [a.step_rate for a in rows],
             "metrics": [" ".join(f"{k}={v:.4g}" for k, v in sorted(last.get(a.name, {}).items())) for a in rows],
+            "waiting": [a.explanation for a in rows],
             "error": [a.last_error for a in rows],
         }
 

@@ -50,10 +50,10 @@ def _delivery_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
 
     ep = dask_worker.plugins[ENDPOINT_NAME]
     return {
-        "orphans": {str(k): len(q) for k, q in ep.orphans.items()},
-        "resending": [str(k) for k in ep._resending],
-        "logs": {str(k): len(log.items) for k, log in ep.replay_logs.items()},
-        "links": {str(k): link.stats() for k, link in ep.links.items()},
+        "owed": {str(k): len(b.owed) for k, b in ep.dispatch.outboxes.items()},
+        "resending": [str(k) for k, b in ep.dispatch.outboxes.items() if b.resending],
+        "logs": {str(k): len(b.log.items) for k, b in ep.dispatch.outboxes.items() if b.log},
+        "links": {str(k): link.stats() for k, link in ep.dispatch.links.items()},
     }
 
 

@@ -13,7 +13,8 @@ from chaos_actors import Leaver, QueueLearner, Simulator
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
-from coupler.runtime.dataplane.link import ReplayLog, frozen_leaves
+from coupler.runtime.dataplane.outbox import ReplayLog
+from coupler.runtime.dataplane.payloads import frozen_leaves
 from coupler.runtime.message import Message
 from coupler.runtime.policies import Queue
 
@@ -91,7 +92,7 @@ def test_frozen_leaves_copy_writable_arrays_only() -> None:
 def _replay_log_sizes(cp: Coupling, worker: str, channel: str) -> dict[str, list[int]]:
     def sizes(dask_worker) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
         ep = dask_worker.plugins[ENDPOINT_NAME]
-        return {k[1]: [i.header["seq"] for i in log.replay()] for k, log in ep.replay_logs.items() if k[0] == channel}
+        return {k[1]: [i.header["seq"] for i in log.replay()] for k, box in ep.dispatch.outboxes.items() if k[0] == channel and box.log for log in [box.log]}
 
     return cp.client.run(sizes, workers=[worker])[worker]
 
@@ -172,7 +173,7 @@ def test_a_producer_waiting_inside_a_step_gives_its_credits_back(coupling: Coupl
 
     def credits(dask_worker) -> list[int]:  # type: ignore[no-untyped-def]
         ep = dask_worker.plugins[ENDPOINT_NAME]
-        return [link.stats()["credits"] for key, link in ep.links.items() if key[0] == ch]
+        return [link.stats()["credits"] for key, link in ep.dispatch.links.items() if key[0] == ch]
 
     deadline = time.monotonic() + 10
     while learner.status().info["count"] < 5 or coupling.client.run(credits, workers=[w[1]])[w[1]] != [0]:

@@ -76,8 +76,13 @@ def _input_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
             "granted": dict(getattr(buf, "_granted", {})),
             "demand": dict(getattr(buf, "_demand", {})),
             "taken": dict(getattr(buf, "_taken", {})),
+            "received": dict(getattr(buf, "last_seq", {})),
+            "duplicates": buf.stats.duplicates,
         }
-    out["owed"] = {str(k): len(q) for k, q in ep.orphans.items() if q}
+    out["links"] = {str(k): {x: v for x, v in link.stats().items() if x in ("acked", "messages", "pending", "credits")}
+                    for k, link in list(ep.dispatch.links.items())}
+    out["logs"] = {str(k): [it.header["seq"] for it in b.log.replay()][-6:] for k, b in ep.dispatch.outboxes.items() if b.log}
+    out["owed"] = {str(k): len(b.owed) for k, b in ep.dispatch.outboxes.items() if b.owed}
     return out
 
 

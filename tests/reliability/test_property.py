@@ -24,9 +24,10 @@ from coupler.runtime.control.broker import Broker
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.launch.cli import UsageError, build_parser, cluster_choice, walltime_choice
 from coupler.runtime.launch.cluster import walltime_seconds
-from coupler.runtime.dataplane.endpoint import delivery_config
+from coupler.runtime.dataplane.settings import delivery_config
 from coupler.runtime.errors import ERRORS, SpecMismatch
-from coupler.runtime.dataplane.link import Link, TransportConfig
+from coupler.runtime.dataplane.link import Link
+from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.message import Message, Spec, flatten
 from coupler.runtime.policies import Queue
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener

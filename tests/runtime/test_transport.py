@@ -28,7 +28,9 @@ from coupler.runtime import Coupling, Queue
 from coupler.runtime.dataplane import shm
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import make_buffer
-from coupler.runtime.dataplane.link import Link, TransportConfig, detach_leaves, owned_leaves
+from coupler.runtime.dataplane.link import Link
+from coupler.runtime.dataplane.payloads import detach_leaves, owned_leaves
+from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.message import Spec, flatten, on_device, to_host
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
 

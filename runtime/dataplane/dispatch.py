@@ -1,0 +1,399 @@
+"""Handing one message to one consumer: in memory on this worker, or through a stream, after what it is owed.
+
+The :class:`Dispatch` of a worker owns its producer links (one stream per
+(channel, consumer, consumer incarnation)) and its outboxes (one per
+(channel, consumer), see :mod:`~coupler.runtime.dataplane.outbox`). Senders
+(:mod:`~coupler.runtime.dataplane.sender`) call :meth:`Dispatch.deliver` for
+each consumer a message goes to; link threads hand back what a broken stream
+owed; resend threads catch up consumers that nobody sends to any more.
+
+Order per consumer: what it is owed always goes before anything newer. Several
+threads may catch a consumer up at once (senders, a resend thread): an owed
+message leaves the queue only after it was handed on, so a later one never
+overtakes it; at worst the consumer drops a copy as a duplicate.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from coupler.runtime.dataplane.auth import StreamKey
+from coupler.runtime.dataplane.buffers import ConsumerBuffer
+from coupler.runtime.dataplane.link import Link
+from coupler.runtime.dataplane.outbox import Outbox, ReplayLog
+from coupler.runtime.dataplane.payloads import Item, frozen_leaves, owned_leaves, release_segments
+from coupler.runtime.dataplane.routing import ConsumerRef, Reroute, Route
+from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
+from coupler.runtime.message import DeviceLeaves, Message, Spec, to_host, unflatten
+
+logger = logging.getLogger(__name__)
+
+# Seconds a sender waits for a broken stream's reader to hand back what the consumer did not accept.
+LINK_WIND_UP_TIMEOUT = 10.0
+LinkKey = tuple[str, str, str]  # (channel, consumer, stream)
+OutboxKey = tuple[str, str]  # (channel, consumer)
+
+
+class Dispatch:
+    """A worker's producer links and outboxes, and the delivery of one message to one consumer.
+
+    Args:
+        address: this worker's address (a consumer there gets messages in memory).
+        buffers: this worker's consumer buffers, by (channel, consumer).
+        routes: this worker's routes, by channel (read to resend to consumers that came back).
+        config: transport settings.
+        delivery: delivery settings (retention).
+        host: this host's key (shared memory between equal keys).
+        ssl_context: a client TLS context for streams, or ``None``.
+        key: the cluster's stream secret.
+        closing: set at teardown (stops resends).
+        on_drained: called with a channel once a consumer's commit emptied its log
+            (the channel's links may be released, see ``Endpoint.release_producer``).
+    """
+
+    def __init__(
+        self, *, address: Callable[[], str], buffers: dict[tuple[str, str], ConsumerBuffer], routes: dict[str, Route],
+        config: TransportConfig, delivery: DeliveryConfig, host: str, ssl_context: Any, key: StreamKey,
+        closing: threading.Event, on_drained: Callable[[str], None],
+    ) -> None:
+        self.address, self.buffers, self.routes = address, buffers, routes
+        self.config, self.delivery, self.host = config, delivery, host
+        self.ssl_context, self.key, self.closing, self.on_drained = ssl_context, key, closing, on_drained
+        self.links: dict[LinkKey, Link] = {}
+        self.outboxes: dict[OutboxKey, Outbox] = {}
+        self.lock = threading.Lock()  # the two tables (not what is in them)
+
+    # -- outboxes -------------------------------------------------------------------------------
+    def outbox(self, route: Route, cid: str) -> Outbox:
+        """Consumer ``cid``'s outbox (made on first use; with a replay log on a ``Queue`` with retention)."""
+        key = (route.channel, cid)
+        box = self.outboxes.get(key)  # a dict read is atomic: no lock on the hot path
+        if box is None:
+            log = ReplayLog(route.channel, cid, self.delivery.retain_bytes) if route.is_queue and self.delivery.retain else None
+            with self.lock:
+                box = self.outboxes.setdefault(key, Outbox(route.channel, cid, log))
+        return box
+
+    def owes(self, channel: str, cid: str) -> bool:
+        """Whether consumer ``cid`` is owed messages (a hint, read without locks)."""
+        box = self.outboxes.get((channel, cid))
+        return box is not None and box.owes
+
+    def owing(self, channel: str) -> list[Outbox]:
+        """The outboxes of ``channel`` that owe messages now."""
+        with self.lock:
+            boxes = [b for k, b in self.outboxes.items() if k[0] == channel]
+        return [b for b in boxes if b.owes]
+
+    def holds(self, channel: str) -> bool:
+        """Whether an outbox of ``channel`` keeps messages (its links must stay for the commits)."""
+        with self.lock:
+            boxes = [b for k, b in self.outboxes.items() if k[0] == channel]
+        return any(b.holds for b in boxes)
+
+    def frozen(self, route: Route, leaves: list[np.ndarray]) -> list[np.ndarray]:
+        """Leaves fit to keep in a replay log (Queue channels with retention), else as they are."""
+        if not (route.is_queue and self.delivery.retain):
+            return leaves
+        frozen = frozen_leaves(to_host(leaves))
+        return DeviceLeaves(frozen, leaves.device) if isinstance(leaves, DeviceLeaves) else frozen
+
+    def keep_for_absent(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray], absent: set[str]) -> None:
+        """Keep a broadcast Queue message for consumers that are away and expected back.
+
+        They get it, after what else they are owed, when they return (see :meth:`deliver`).
+        """
+        if not (absent and route.is_queue and self.delivery.retain):
+            return
+        leaves = self.frozen(route, leaves)
+        for cid in absent:
+            box = self.outbox(route, cid)
+            box.log.add(header, leaves, spec.nbytes)  # type: ignore[union-attr]  (retention: it has a log)
+            box.owe_all_kept()
+
+    def owe_late(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray], late: list[str]) -> None:
+        """A broadcast ``Queue`` message that consumers ``late`` did not take in time: it reaches them before anything newer."""
+        kept = frozen_leaves(to_host(leaves))
+        for cid in late:
+            box = self.outbox(route, cid)
+            item = box.log.add(header, kept, spec.nbytes) if box.log is not None else Item(header, kept, spec.nbytes, False)
+            box.owe(item)
+            self.resend_owed(route, cid)
+
+    # -- delivery -------------------------------------------------------------------------------
+    def deliver(
+        self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, cancel: threading.Event | None,
+    ) -> None:
+        """Hand one message to one consumer, after any messages it still has to get back.
+
+        On a ``Queue`` channel the message is also kept in the consumer's replay
+        log until the consumer commits it (the stream's link puts it there; for a
+        consumer on this worker, a read-only copy goes there here); a consumer
+        reached at a new stream (a successor of a lost or moved one) first gets
+        everything in its log again: it drops what its checkpoint already covers
+        (duplicate suppression).
+
+        Raises:
+            Reroute: the route changed under the send (deliver along the new one).
+            ConsumerGone: the consumer left and is not expected back.
+            ChannelClosed: the channel was closed.
+            ChannelTimeout: no room by ``deadline``.
+            Interrupted: ``cancel`` was set.
+        """
+        box = self.catch_up(route, spec, c, deadline, cancel)
+        kept = None
+        if box.log is not None and c.worker == self.address():
+            kept = box.log.add(header, self.frozen(route, leaves), spec.nbytes)
+        try:
+            self.deliver_one(route, spec, c, header, leaves, deadline, cancel)
+        except BaseException:
+            if kept is not None:
+                box.log.remove(kept)  # type: ignore[union-attr]
+            raise
+
+    def catch_up(
+        self, route: Route, spec: Spec, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None,
+    ) -> Outbox:
+        """Send consumer ``c`` what it is owed from this worker, oldest first; return its outbox."""
+        box = self.outbox(route, c.cid)
+        box.meet(c.stream)
+        while box.owes:  # leftovers of a previous instance of this consumer go first, in order
+            item = box.head()
+            if item is None:
+                break
+            self.deliver_one(route, spec, c, item.header, item.payload_leaves(spec), deadline, cancel)
+            box.sent(item)
+        return box
+
+    def deliver_one(
+        self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, cancel: threading.Event | None,
+    ) -> None:
+        """Hand one message to ``c``: into its buffer if it is on this worker, else to its stream's link.
+
+        Raises:
+            Reroute: the consumer moved, or its stream broke and it is owed what the stream held.
+            ConsumerGone: the consumer left (or cannot be reached).
+            ChannelClosed: the channel was closed.
+            ChannelTimeout: no room by ``deadline`` (back-pressure).
+            Interrupted: ``cancel`` was set.
+        """
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if c.worker == self.address():
+            buf = self.buffers.get((route.channel, c.cid))
+            if buf is None or not buf.accepting:
+                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
+            # Same process: the consumer owns its host arrays (a copy, writable as
+            # anywhere else); with device-to-device, JAX arrays on the device are shared.
+            if not isinstance(leaves, DeviceLeaves):
+                mine = owned_leaves(leaves)
+            elif self.config.device_to_device:
+                mine = owned_leaves(leaves.device)
+            else:
+                mine = owned_leaves(to_host(leaves), leaves.device)
+            data = unflatten(spec.treedef, mine)
+            if buf.put([Message.from_header(header, data, spec.nbytes)], remaining, cancel):
+                return
+            if not buf.accepting:
+                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("send interrupted: the actor is stopping")
+            raise ChannelTimeout(
+                f"channel {route.channel!r}: consumer {c.cid!r} did not accept the message within the timeout "
+                f"(its queue is full: back-pressure)"
+            )
+        link = self.link(route, spec, c)
+        try:
+            link.submit(header, leaves if type(leaves) is list else to_host(leaves), remaining, cancel)
+        except ConsumerGone:
+            if link.closing:  # the route changed under us (the consumer moved)
+                raise Reroute() from None
+            if self.forget_broken((route.channel, c.cid, c.stream), link):
+                # Deliver again, through a new stream, after what the broken one owed. A consumer
+                # that is gone after all refuses the new stream (or cannot be reached): ConsumerGone.
+                raise Reroute() from None
+            raise
+
+    # -- links ----------------------------------------------------------------------------------
+    def link(self, route: Route, spec: Spec, c: ConsumerRef) -> Link:
+        """The live link to ``c`` at its stream (opened on first use).
+
+        Raises:
+            Reroute: another thread found the stream broken (deliver what it owed first).
+            ConsumerGone, ChannelClosed: the stream cannot be opened.
+        """
+        key = (route.channel, c.cid, c.stream)
+        link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
+        if link is not None and not link.dead:
+            return link
+        if link is not None and not link.closing and self.forget_broken(key, link):
+            raise Reroute()
+        box = self.outbox(route, c.cid)
+        link = Link(
+            route.channel, c.cid, c.stream, spec,
+            queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
+            host=self.host, peer_host=c.host, config=self.config, ssl_context=self.ssl_context,
+            on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
+            on_commit=lambda marks, k=(route.channel, c.cid): self.commit_received(k, marks), key=self.key,
+            log=box.log, origin=self.address(),
+        )
+        with self.lock:
+            old = self.links.get(key)
+            if old is not None and not old.dead:
+                link.close(orphan=False)
+                return old
+            self.links[key] = link
+        return link
+
+    def links_of(self, channel: str) -> list[tuple[LinkKey, Link]]:
+        """The links of ``channel``, with their keys."""
+        with self.lock:
+            return [(k, link) for k, link in self.links.items() if k[0] == channel]
+
+    def all_links(self) -> list[Link]:
+        with self.lock:
+            return list(self.links.values())
+
+    def close_links(self, channel: str, keep: set[LinkKey] | None = None, cid: str | None = None, orphan: bool = True) -> None:
+        """Close ``channel``'s links (of consumer ``cid`` only, if given) except those in ``keep``.
+
+        Args:
+            orphan: hand back what they did not deliver (to send again), or drop it.
+        """
+        with self.lock:
+            keys = [k for k in self.links if k[0] == channel and (cid is None or k[1] == cid) and (keep is None or k not in keep)]
+            closing = [self.links.pop(k) for k in keys]
+        for link in closing:
+            link.close(orphan=orphan)
+
+    def forget(self, channel: str, cid: str | None) -> None:
+        """Drop what this worker keeps to send to consumer ``cid`` of ``channel`` (``None``: every one), and its links.
+
+        Replay logs hold up to ``coupler.delivery.retain-bytes`` each; kept for a
+        consumer that left for good, or on a closed channel, they would hold that
+        memory for the rest of the run (and replay it all to a later consumer that
+        happened to take the same name). Its links go too, without handing back
+        what they carry (nobody will take it): each holds a reader thread, a
+        socket and a shared-memory arena here and a receiving thread on the
+        consumer's worker.
+        """
+        with self.lock:
+            boxes = [self.outboxes.pop(k) for k in [k for k in self.outboxes if k[0] == channel and (cid is None or k[1] == cid)]]
+        for box in boxes:
+            box.clear()
+        self.close_links(channel, cid=cid, orphan=False)
+
+    def close(self) -> None:
+        """Teardown: close every link without handing anything back."""
+        with self.lock:
+            links = list(self.links.values())
+            self.links.clear()
+        for link in links:
+            link.close(orphan=False)
+
+    def forget_broken(self, key: LinkKey, link: Link) -> bool:
+        """Drop a link whose stream broke, once what it had not delivered is kept for a resend.
+
+        Waiting for that (the link's reader hands those messages to the outbox as
+        it winds up) keeps anything sent from now on, through a new stream, from
+        overtaking them: a consumer drops a message older than one it already
+        has from the same source as a duplicate.
+
+        Returns:
+            Whether the consumer is owed messages now (they must go before anything else).
+        """
+        if not link.wound_up.wait(LINK_WIND_UP_TIMEOUT):
+            logger.warning("channel %r: the broken stream to %r did not wind up within %s s", key[0], key[1], LINK_WIND_UP_TIMEOUT)
+        with self.lock:
+            if self.links.get(key) is link:
+                del self.links[key]
+        return self.owes(key[0], key[1])
+
+    # -- what streams hand back -------------------------------------------------------------------
+    def _adopt_orphans(self, key: OutboxKey, items: list[Item]) -> None:
+        """Keep what a consumer did not accept -- it departed, or its stream broke -- to send it again.
+
+        It goes to the consumer (or its replacement, same consumer id) before
+        anything sent later: a resend thread starts now (see :meth:`resend_owed`)
+        if the consumer is still on the route (its stream broke), or on the routing
+        update that brings it back; the producer's next send or flush may be first.
+        """
+        route = self.routes.get(key[0])
+        if route is not None and (route.table["closed"] or not route.is_queue):
+            release_segments(items)  # a closed channel replays nothing; a lossy one loses what was in flight
+            return
+        if route is None:
+            box = self.outboxes.get(key)
+            if box is None:
+                release_segments(items)  # forgotten: nobody will send these
+                return
+        else:
+            box = self.outbox(route, key[1])
+        box.adopt(items)
+        if route is not None:
+            self.resend_owed(route, key[1])
+
+    def commit_received(self, key: OutboxKey, marks: dict[str, int]) -> None:
+        """The consumer ``key`` stored a checkpoint covering ``marks``: stop keeping those messages."""
+        box = self.outboxes.get(key)
+        if box is not None and box.commit(marks):
+            self.on_drained(key[0])  # the last thing an ended producer's links were kept for
+
+    # -- resends ----------------------------------------------------------------------------------
+    def resend_owed(self, route: Route, cid: str | None = None) -> None:
+        """Start sending what consumers are owed, in a thread per consumer.
+
+        Called on routing updates (a consumer came back) and when a link hands
+        back what its consumer did not accept. Senders catch up before their
+        next message; this covers producers that send nothing more (finished,
+        paused, or waiting for an answer), whose consumer would otherwise wait
+        for their next send, checkpoint or final flush.
+
+        Args:
+            route: the channel's route.
+            cid: only this consumer (else every consumer on the route).
+        """
+        table, spec, _, _, consumers = route.decoded()
+        if spec is None or table["closed"] or self.closing.is_set():
+            return  # (at teardown every link hands back what it holds: nothing to resend to)
+        for c in consumers:
+            if cid is not None and c.cid != cid:
+                continue
+            box = self.outboxes.get((route.channel, c.cid))
+            if box is None or not box.needs_resend(c.stream):
+                continue
+            threading.Thread(
+                target=self._resend, args=(route, spec, box), name=f"coupler-resend-{route.channel}", daemon=True
+            ).start()
+
+    def _resend(self, route: Route, spec: Spec, box: Outbox) -> None:
+        try:
+            while True:
+                c = next((x for x in route.consumers if x.cid == box.consumer), None)
+                if c is None:
+                    return  # away: its return (a routing update) starts this again
+                try:
+                    self.catch_up(route, spec, c, None, self.closing)
+                    return
+                except Reroute:
+                    time.sleep(0.01)  # a stream broke on the way (it handed back what it owed): again, through a new one
+        except (ConsumerGone, ChannelClosed, Interrupted) as e:
+            # The consumer went again, or this worker closes: the next routing update starts over.
+            logger.info("channel %r: resending to consumer %r stopped: %r", route.channel, box.consumer, e)
+        except Fenced as e:
+            # This worker's producers were replaced elsewhere: what they owe is their successors' to send.
+            n = box.drop_owed()
+            logger.warning("channel %r: dropped %d messages owed to %r: %s", route.channel, n, box.consumer, e)
+        finally:
+            if box.resend_ended() and not self.closing.is_set():
+                self.resend_owed(route, box.consumer)  # handed back after this thread's last look
+
+
+__all__ = ["Dispatch", "LINK_WIND_UP_TIMEOUT"]

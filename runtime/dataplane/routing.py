@@ -1,0 +1,206 @@
+"""A producing worker's view of where each channel's consumers are.
+
+The broker owns the routing tables and pushes every change to the workers that
+produce on the channel; a :class:`Route` is a worker's copy, read by sending
+threads on every message (decoded once per table) and replaced by the worker's
+event loop.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from coupler.runtime.control.departure import Departure, Gone
+from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.waits import WaitKind
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.message import Spec
+
+
+@dataclass(frozen=True)
+class ConsumerRef:
+    """Where a consumer lives: its id, worker, stream address and host key."""
+
+    cid: str
+    worker: str
+    stream: str
+    host: str
+
+
+@dataclass
+class Route:
+    """A producer-side copy of a channel's routing table, updated by the broker.
+
+    Read by sending threads, replaced by the worker's loop; ``cond`` wakes
+    senders that wait for a consumer.
+    """
+
+    channel: str
+    table: dict[str, Any]
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    # Consumer -> when this worker first saw it lost (its worker died); it is expected back
+    # (restarted by the supervisor) for ``coupler.delivery.lost-consumer-wait`` seconds.
+    lost_since: dict[str, float] = field(default_factory=dict)
+    # (consumer, stream) pairs of a lossy channel whose stream failed: skipped until the route changes.
+    unreachable: set[tuple[str, str]] = field(default_factory=set)
+    _spec: tuple[Any, Spec | None] = (None, None)
+
+    _decoded: tuple[Any, Spec | None, bool, bool, list[ConsumerRef]] = (None, None, False, False, [])
+    _gone: tuple[Any, list[Gone]] = (None, [])
+
+    def decoded(self) -> tuple[Any, Spec | None, bool, bool, list[ConsumerRef]]:
+        """``(table, spec, is_queue, is_shared, consumers)``, decoded once per routing table.
+
+        Every send reads them: one call and one identity check, not one property each.
+        """
+        table = self.table
+        d = self._decoded
+        if d[0] is not table:
+            wire, policy = table.get("spec"), table["policy"]
+            if self._spec[0] is not wire:  # the spec is decoded again only when it changed
+                self._spec = (wire, None if wire is None else Spec.from_wire(wire))
+            d = self._decoded = (
+                table, self._spec[1], policy["kind"] == "queue", bool(policy.get("shared", False)),
+                [ConsumerRef(*c) for c in table["consumers"]],
+            )
+        return d
+
+    @property
+    def consumers(self) -> list[ConsumerRef]:
+        """The consumers."""
+        return self.decoded()[4]
+
+    @property
+    def gone(self) -> list[Gone]:
+        """The consumers that left, and how (decoded once per routing table)."""
+        table = self.table
+        cached = self._gone
+        if cached[0] is not table:
+            cached = self._gone = (table, [Gone.from_wire(g) for g in table["gone"]])
+        return cached[1]
+
+    @property
+    def spec(self) -> Spec | None:
+        """The channel's spec (``None`` until the first message fixes it)."""
+        return self.decoded()[1]
+
+    @property
+    def is_queue(self) -> bool:
+        """Whether the channel is a ``Queue`` (at-least-once, credited)."""
+        return self.decoded()[2]
+
+    def update(self, table: dict[str, Any]) -> bool:
+        """Take a routing table the broker pushed (ignored if older than the one held); wake waiting senders.
+
+        Returns:
+            Whether the route changed.
+        """
+        if table["version"] < self.table["version"]:
+            return False
+        with self.cond:
+            self.table = table
+            self.unreachable = set()  # the route changed: try every consumer it lists again
+            present = {c.cid for c in self.consumers}
+            for gone in self.gone:
+                if gone.kind is Departure.LOST:
+                    self.lost_since.setdefault(gone.consumer, time.monotonic())
+            for cid in [c for c in self.lost_since if c in present]:
+                del self.lost_since[cid]
+            self.cond.notify_all()
+        return True
+
+    def returning(self, lost_wait: float) -> set[str]:
+        """Consumers that left and are expected back: moving ones, and lost ones for ``lost_wait`` seconds.
+
+        A consumer whose worker was lost is restarted by the supervisor (after a
+        back-off and a placement); producers wait for it rather than fail at once.
+        """
+        back = set(self.table.get("moving") or ())
+        now = time.monotonic()
+        for gone in self.gone:
+            since = self.lost_since.get(gone.consumer)
+            if since is not None and now - since < lost_wait:
+                back.add(gone.consumer)
+        return back
+
+    def wait_consumers(
+        self, deadline: float | None, timeout: float | None, cancel: threading.Event | None, lost_wait: float,
+        lossy: bool = False,
+    ) -> list[ConsumerRef]:
+        """The channel's consumers; waits while there are none (or they are moving, or lost and expected back).
+
+        With ``lossy`` (Latest, Reservoir, Window), once consumers have left and
+        none is attached, it returns none at once: the message is dropped and the
+        producer goes on (a successor gets the values sent after it attached).
+
+        Raises:
+            ChannelClosed: the channel is closed.
+            ConsumerGone: every consumer left, and none is expected back.
+            ChannelTimeout: none attached by ``deadline``.
+            Interrupted: ``cancel`` was set.
+        """
+        table = self.table  # one read of the reference: the loop replaces it, never mutates it
+        if table["consumers"] and not table["closed"]:
+            return self.consumers
+        noted, outer = False, None
+        with self.cond:
+            try:
+                while True:
+                    table = self.table
+                    if table["closed"]:
+                        raise ChannelClosed(f"channel {self.channel!r} is closed; cannot send")
+                    if table["consumers"]:
+                        return self.consumers
+                    if table["gone"] and lossy:
+                        return []
+                    back = self.returning(lost_wait) if table["gone"] or table.get("moving") else set()
+                    if table["gone"] and not back:
+                        gone = ", ".join(str(g) for g in self.gone)
+                        raise ConsumerGone(f"channel {self.channel!r} has no consumer left: {gone}")
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        raise ChannelTimeout(f"channel {self.channel!r}: no consumer attached within {timeout} s")
+                    if cancel is not None and cancel.is_set():
+                        raise Interrupted("send interrupted: the actor is stopping")
+                    if not noted:
+                        kind = WaitKind.RETURN if back else WaitKind.CONSUMER
+                        outer, noted = waits.begin(kind, self.channel, ", ".join(sorted(back))), True
+                    # Routing updates notify; the timeout only bounds how late a cancel or deadline is seen.
+                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            finally:
+                if noted:
+                    waits.end(outer)
+
+    def wait_departure(self, c: ConsumerRef, limit: float, cancel: threading.Event | None) -> bool:
+        """Wait until the broker takes consumer ``c`` (at its stream) off the route; ``False`` at ``limit`` or on ``cancel``."""
+        with self.cond, waits.waiting(WaitKind.RETURN, self.channel, c.cid):
+            while any(x.cid == c.cid and x.stream == c.stream for x in self.consumers):
+                if time.monotonic() >= limit or (cancel is not None and cancel.is_set()):
+                    return False
+                self.cond.wait(0.05)
+        return True
+
+
+class Reroute(Exception):
+    """A link closed because its consumer moved: deliver along the new route."""
+
+
+@dataclass
+class ProducerStats:
+    """Counters of one (channel, source) pair on this worker."""
+
+    sent: int = 0
+    nbytes: int = 0
+    last_seq: int = -1
+    next_seq: int = 0
+    dropped: int = 0  # copies for consumers of a lossy channel whose stream failed
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq, "dropped": self.dropped}
+
+
+__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route"]

@@ -1,0 +1,375 @@
+"""The producer side of a channel on one worker: sequence numbers, broadcast, work sharing, flush.
+
+:meth:`Sender.send` validates a message against the channel's spec, numbers
+it (one gap-free sequence per source), and hands it to every consumer
+(broadcast) or to exactly one (a work-sharing ``Queue``) through the worker's
+:class:`~coupler.runtime.dataplane.dispatch.Dispatch`. It runs in the calling
+actor's thread; it touches the worker's event loop only the first time a
+source uses a channel (to register with the broker, through ``register``).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.dispatch import Dispatch
+from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route
+from coupler.runtime.dataplane.settings import DeliveryConfig
+from coupler.runtime.dataplane.waits import WaitKind
+from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted, PartiallyDelivered
+from coupler.runtime.message import Spec, flatten
+
+logger = logging.getLogger(__name__)
+
+
+class Sender:
+    """Sends of every producer on this worker.
+
+    Args:
+        dispatch: the worker's dispatch (links, outboxes, delivery to one consumer).
+        routes: the worker's routes, by channel (shared with the endpoint, which applies updates).
+        producers: counters per (channel, source) (shared with the endpoint's reports).
+        delivery: delivery settings.
+        register: registers a source on a channel with the broker and returns the route (blocks).
+        fix_spec: asks the broker to fix a channel's spec from a first message; returns the spec it holds (blocks).
+    """
+
+    def __init__(
+        self, dispatch: Dispatch, routes: dict[str, Route], producers: dict[tuple[str, str], ProducerStats],
+        delivery: DeliveryConfig, register: Callable[[str, str], Route], fix_spec: Callable[[str, Spec], dict[str, Any]],
+    ) -> None:
+        self.dispatch, self.routes, self.producers, self.delivery = dispatch, routes, producers, delivery
+        self.register, self.fix_spec = register, fix_spec
+
+    def send(
+        self,
+        channel: str,
+        source: str,
+        data: Any,
+        *,
+        timestamp: float = 0.0,
+        step: int = 0,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> int:
+        """Validate ``data`` against the channel's spec and deliver it to every consumer.
+
+        Returns once every consumer's link has taken the message (it is then
+        delivered in order, or handed to the consumer's replacement). Blocks while
+        a ``Queue`` consumer is full: back-pressure. On a work-sharing
+        ``Queue(shared=True)`` the message goes to exactly one consumer, and the
+        send blocks only while none has room.
+
+        Args:
+            channel: channel name.
+            source: producer name (an actor name); sequence numbers are per source.
+            data: payload pytree.
+            timestamp: simulation time.
+            step: producer's step counter.
+            meta: small metadata dict.
+            timeout: seconds to wait for a consumer to exist and for room.
+            cancel: an event that gives up the wait when set (the actor is stopping).
+
+        Returns:
+            The message's sequence number.
+
+        Raises:
+            UnknownChannel: the channel was never declared.
+            SpecMismatch: ``data`` does not fit the channel's spec.
+            ChannelClosed: the channel is closed.
+            ConsumerGone: every consumer left, and none is expected back.
+            ChannelTimeout: no consumer, or no room, within ``timeout``.
+            PartiallyDelivered: a broadcast that some consumers took and others not in time.
+            Interrupted: ``cancel`` was set.
+        """
+        leaves, treedef = flatten(data)
+        route = self.routes.get(channel)
+        stats = self.producers.get((channel, source))
+        if route is None or stats is None:
+            route = self.register(channel, source)
+            stats = self.producers.setdefault((channel, source), ProducerStats())
+        _, spec, _, shared, _ = route.decoded()
+        if spec is None:
+            wire_spec = self.fix_spec(channel, Spec.from_leaves(treedef, leaves))
+            with route.cond:
+                route.table = {**route.table, "spec": wire_spec}
+            spec = Spec.from_wire(wire_spec)
+        spec.check(channel, treedef, leaves)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
+            header = {
+                "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
+                "meta": meta or {}, "sent_at": time.time(),
+            }  # Message.header()'s fields, built directly: this is the hot path
+            try:
+                if shared:
+                    self._to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
+                else:
+                    self._to_all(route, spec, header, leaves, deadline, timeout, cancel)
+            except (ChannelTimeout, Interrupted) as e:
+                if not getattr(e, "seq_used", False):
+                    raise
+                stats.next_seq += 1  # some consumers have it under this number: never reuse it
+                stats.sent += 1
+                stats.last_seq = header["seq"]
+                raise
+            stats.next_seq += 1
+            stats.sent += 1
+            stats.nbytes += spec.nbytes
+            stats.last_seq = header["seq"]
+        return header["seq"]
+
+    def _consumers(
+        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None, lossy: bool = False,
+    ) -> list[ConsumerRef]:
+        return route.wait_consumers(deadline, timeout, cancel, self.delivery.lost_consumer_wait, lossy=lossy)
+
+    def _to_all(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, timeout: float | None, cancel: threading.Event | None,
+    ) -> None:
+        """Broadcast: hand the message to every consumer (a moved one along its new route).
+
+        On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
+        """
+        table, _, is_queue, _, consumers = route.decoded()
+        if (
+            len(consumers) == 1 and not table["closed"] and not self.dispatch.owes(route.channel, consumers[0].cid)
+            and not ((table["gone"] or table.get("moving")) and route.returning(self.delivery.lost_consumer_wait))
+        ):
+            # The common case -- one consumer, nothing owed to it, nobody away and expected
+            # back (for whom the message must be kept, see below) -- without the bookkeeping.
+            try:
+                self.dispatch.deliver(route, spec, consumers[0], header, leaves, deadline, cancel)
+                return
+            except (Reroute, ConsumerGone):
+                pass  # the general path below sorts it out (and delivers at most once: nothing was taken)
+        delivered: set[str] = set()
+        while True:
+            unreachable = route.unreachable
+            todo = [
+                c for c in self._consumers(route, deadline, timeout, cancel, lossy=not is_queue)
+                if c.cid not in delivered and (c.cid, c.stream) not in unreachable
+            ]
+            failures: list[Exception] = []
+            reroute = False
+            for c in todo:
+                try:
+                    self.dispatch.deliver(route, spec, c, header, leaves, deadline, cancel)
+                    delivered.add(c.cid)
+                except Reroute:
+                    reroute = True
+                except ConsumerGone as e:
+                    if self._left_route(route, c, deadline, cancel):
+                        reroute = True  # kept for it if it comes back (see Dispatch.keep_for_absent)
+                    elif not is_queue:
+                        # A lossy policy loses this consumer's copy, never the producer: skip the
+                        # consumer until the broker changes the route (its successor attaches anew).
+                        route.unreachable.add((c.cid, c.stream))
+                        stats = self.producers.get((route.channel, header["source"]))
+                        if stats is not None:
+                            stats.dropped += 1
+                        delivered.add(c.cid)
+                    else:
+                        failures.append(e)
+                except (ChannelClosed, ChannelTimeout, Interrupted) as e:
+                    e.consumer = c.cid  # type: ignore[attr-defined]  (for _partial)
+                    failures.append(e)
+            if failures:
+                if delivered and is_queue:
+                    self._partial(route, spec, header, leaves, delivered, failures)
+                for kind in (ChannelClosed, Interrupted, ConsumerGone):
+                    for e in failures:
+                        if isinstance(e, kind):
+                            raise e
+                raise failures[0]
+            if not reroute:
+                present = {c.cid for c in route.consumers}
+                self.dispatch.keep_for_absent(route, spec, header, leaves, route.returning(self.delivery.lost_consumer_wait) - present)
+                return
+
+    def _partial(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        delivered: set[str], failures: list[Exception],
+    ) -> None:
+        """A broadcast ``Queue`` message some consumers took and others did not, in time: it is sent.
+
+        Its sequence number is used (``send`` counts it), so it must reach the
+        others too, before anything newer: it is kept for them as owed (a resend
+        thread delivers it once they have room), and a timeout becomes
+        :class:`PartiallyDelivered`, which says so. Reusing the number for the
+        next payload gave the consumers that had it a wrong value under it.
+        """
+        late = [getattr(e, "consumer", None) for e in failures if isinstance(e, (ChannelTimeout, Interrupted))]
+        late = [cid for cid in late if cid is not None]
+        self.dispatch.owe_late(route, spec, header, leaves, late)
+        for e in failures:
+            e.seq_used = True  # type: ignore[attr-defined]  (send counts the number as used)
+        for i, e in enumerate(failures):
+            if isinstance(e, ChannelTimeout) and not isinstance(e, PartiallyDelivered):
+                failures[i] = PartiallyDelivered(
+                    f"channel {route.channel!r}: message {header['seq']} of {header['source']!r} was taken by "
+                    f"{sorted(delivered)} but not by {late} within the timeout; it is kept for them and "
+                    f"reaches them before anything newer (do not send it again)",
+                    header["seq"], tuple(sorted(delivered)), tuple(late),
+                )
+                failures[i].seq_used = True  # type: ignore[attr-defined]
+
+    def _to_one(
+        self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
+        deadline: float | None, timeout: float | None, cancel: threading.Event | None, turn: int,
+    ) -> None:
+        """Work-sharing: hand the message to exactly one consumer that has room.
+
+        Each pass offers it, without waiting, to every consumer in turn (starting
+        at a rotating one, so that members with room share the work evenly). A
+        refusal (no credit, gone, moving) takes nothing, so the message is never
+        at two consumers. Between passes the sender backs off briefly: credits
+        come back asynchronously from several consumers, and a task channel's
+        messages are coarse, so a millisecond-scale poll costs nothing that matters.
+        """
+        backoff = 0.001
+        while True:
+            consumers = self._consumers(route, deadline, timeout, cancel)
+            gone: list[Exception] = []
+            for i in range(len(consumers)):
+                c = consumers[(turn + i) % len(consumers)]
+                try:
+                    self.dispatch.deliver(route, spec, c, header, leaves, time.monotonic(), cancel)
+                    return
+                except (Reroute, ChannelTimeout):
+                    continue
+                except ConsumerGone as e:
+                    gone.append(e)
+            if len(gone) == len(consumers) and not route.table.get("moving"):
+                raise gone[0]
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ChannelTimeout(
+                    f"channel {route.channel!r}: no consumer of the work-sharing queue had room within {timeout} s"
+                )
+            if cancel is not None and cancel.is_set():
+                raise Interrupted("send interrupted: the actor is stopping")
+            with waits.waiting(WaitKind.ROOM, route.channel):  # (any consumer of the work-sharing queue)
+                time.sleep(backoff)
+            backoff = min(2 * backoff, 0.02)
+
+    def _left_route(self, route: Route, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None) -> bool:
+        """After its stream broke: wait for the broker to take consumer ``c`` off the route.
+
+        On a ``Queue`` channel with retention a consumer whose worker died is
+        expected back (restarted by the supervisor); the send goes on once the
+        broker has confirmed the loss. Returns ``False`` (the send fails with
+        :class:`ConsumerGone`) for other channels, or if the route did not change
+        within ``lost_consumer_wait`` (or the send's deadline).
+        """
+        if not (route.is_queue and self.delivery.retain):
+            return False
+        limit = time.monotonic() + self.delivery.lost_consumer_wait
+        if deadline is not None:
+            limit = min(limit, deadline)
+        return route.wait_departure(c, limit, cancel)
+
+    def next_seq(self, channel: str, source: str) -> int:
+        """The sequence number ``source``'s next message on ``channel`` will carry (for checkpoints)."""
+        stats = self.producers.get((channel, source))
+        return 0 if stats is None else stats.next_seq
+
+    def resume_seq(self, channel: str, source: str, next_seq: int) -> None:
+        """Continue ``source``'s sequence on ``channel`` at ``next_seq`` (a restored producer).
+
+        Registers the source with the broker first, as its first send would.
+
+        Raises:
+            ValueError: for a negative ``next_seq``.
+            UnknownChannel: if the channel was never declared.
+        """
+        if next_seq < 0:
+            raise ValueError(f"next_seq must be >= 0, got {next_seq}")
+        self.register(channel, source)
+        stats = self.producers.setdefault((channel, source), ProducerStats())
+        with stats.lock:
+            stats.next_seq = max(stats.next_seq, int(next_seq))
+            stats.last_seq = stats.next_seq - 1
+
+    def flush(self, channel: str, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
+        """Wait until every message sent on ``channel`` from this worker was accepted.
+
+        Messages kept for a moving consumer are delivered first (this waits for it).
+
+        Raises:
+            ChannelTimeout: not everything was accepted within ``timeout``.
+            Interrupted: ``cancel`` was set.
+            ConsumerGone: a consumer left for good with messages it had not accepted.
+            ChannelClosed: the channel was closed.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        route = self.routes.get(channel)
+        if route is None:
+            return
+        while not self._flush_pass(route, deadline, timeout, cancel):
+            pass  # a stream broke: what it had not delivered is kept again, so deliver that first
+
+    def _flush_pass(self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> bool:
+        """One flush pass: deliver what is owed, then wait for every link's acknowledgements.
+
+        Returns:
+            False if a link's stream broke while its consumer stays (the pass must be made again).
+        """
+        channel = route.channel
+        while True:
+            waiting = self.dispatch.owing(channel)
+            if not waiting:
+                break
+            spec = route.spec
+            assert spec is not None
+            consumers = {c.cid: c for c in self._consumers(route, deadline, timeout, cancel)}
+            gone = {g.consumer for g in route.gone} - route.returning(self.delivery.lost_consumer_wait)
+            progressed = False
+            for box in waiting:
+                c = consumers.get(box.consumer)
+                if c is None and box.consumer in gone:
+                    n = box.drop_owed()
+                    logger.warning("channel %r: dropping %d messages kept for consumer %r, which left for good", channel, n, box.consumer)
+                    progressed = True
+                elif c is not None:
+                    item = box.head()
+                    if item is None:
+                        continue
+                    try:
+                        self.dispatch.deliver_one(route, spec, c, item.header, item.payload_leaves(spec), deadline, cancel)
+                    except Reroute:
+                        continue
+                    except ConsumerGone:
+                        if self._left_route(route, c, deadline, cancel):
+                            continue  # lost: kept for its successor, which the next pass waits for
+                        raise
+                    box.sent(item)
+                    progressed = True
+            if not progressed:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise ChannelTimeout(f"channel {channel!r}: the consumers kept for resend did not come back within {timeout} s")
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("flush interrupted: the actor is stopping")
+                with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
+                    time.sleep(0.05)
+        for key, link in self.dispatch.links_of(channel):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                link.flush(remaining, cancel)
+            except ConsumerGone:
+                if link.closing:
+                    raise
+                if self.dispatch.forget_broken(key, link):
+                    return False
+                # Nothing is owed: the consumer accepted all of it before the stream broke.
+        return True
+
+
+__all__ = ["Sender"]

@@ -1,0 +1,100 @@
+"""The data plane's settings: ``coupler.transport`` (links) and ``coupler.delivery`` (retention) in dask.config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import dask.config
+import dask.utils
+
+
+@dataclass
+class TransportConfig:
+    """Tuning of links (``coupler.transport`` in dask.config).
+
+    Attributes:
+        shared_memory: use shared memory between processes of one host.
+        inline_max: messages up to this many bytes are copied and coalesced; larger ones go alone.
+        batch_bytes: most payload bytes in one batch of small messages.
+        window_bytes: most bytes queued or unacknowledged per link (non-Queue channels).
+        shm_pool_bytes: most shared memory a link keeps.
+        device_to_device: hand accelerator arrays (JAX arrays on a GPU) to consumers
+            in the producer's process as they are, on their device; off, every
+            consumer gets one host copy. Between processes they always go by host.
+    """
+
+    shared_memory: bool = True
+    inline_max: int = 256 << 10
+    batch_bytes: int = 4 << 20
+    window_bytes: int = 256 << 20
+    shm_pool_bytes: int = 2 << 30
+    device_to_device: bool = False
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    """At-least-once delivery on ``Queue`` channels (``coupler.delivery`` in dask.config).
+
+    Attributes:
+        retain: keep what was sent to each ``Queue`` consumer until its stored checkpoint
+            covers it, to replay to its successor after a loss.
+        retain_bytes: most payload bytes kept per (channel, consumer) on a worker.
+        lost_consumer_wait: seconds producers wait for a consumer whose worker was lost
+            to come back (restarted by the supervisor) before sends fail with ConsumerGone.
+        replay_order_wait: seconds a restarted merging actor waits for the next input of its
+            predecessor's recorded order before it gives the order up (runtime/dataplane/lineage.py).
+    """
+
+    retain: bool = True
+    retain_bytes: int = 256 << 20
+    lost_consumer_wait: float = 300.0
+    replay_order_wait: float = 60.0
+
+
+def delivery_config() -> DeliveryConfig:
+    """The ``coupler.delivery`` settings of this process.
+
+    Raises:
+        ValueError: for a negative size or duration.
+    """
+    c = dask.config.get("coupler.delivery", default={}) or {}
+    d = DeliveryConfig()
+    size, wait = c.get("retain-bytes", d.retain_bytes), c.get("lost-consumer-wait", d.lost_consumer_wait)
+    try:
+        retain_bytes = int(dask.utils.parse_bytes(size))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"coupler.delivery.retain-bytes must be a size (bytes or e.g. '1 GiB'), got {size!r}") from None
+    try:
+        lost_wait = float(dask.utils.parse_timedelta(wait, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        raise ValueError(f"coupler.delivery.lost-consumer-wait must be a duration (seconds or e.g. '5 minutes'), got {wait!r}") from None
+    if retain_bytes < 0 or lost_wait < 0:
+        raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {size!r} and {wait!r}")
+    order = c.get("replay-order-wait", d.replay_order_wait)
+    try:
+        order_wait = float(dask.utils.parse_timedelta(order, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        raise ValueError(f"coupler.delivery.replay-order-wait must be a duration (seconds or e.g. '1 minute'), got {order!r}") from None
+    if order_wait < 0:
+        raise ValueError(f"coupler.delivery.replay-order-wait must be >= 0, got {order!r}")
+    return DeliveryConfig(
+        retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait,
+        replay_order_wait=order_wait,
+    )
+
+
+def transport_config() -> TransportConfig:
+    """The ``coupler.transport`` settings of this process."""
+    c = dask.config.get("coupler.transport", default={}) or {}
+    d = TransportConfig()
+    return TransportConfig(
+        shared_memory=bool(c.get("shared-memory", d.shared_memory)),
+        inline_max=int(dask.utils.parse_bytes(c.get("inline-max", d.inline_max))),
+        batch_bytes=int(dask.utils.parse_bytes(c.get("batch-bytes", d.batch_bytes))),
+        window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
+        shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
+        device_to_device=bool(c.get("device-to-device", d.device_to_device)),
+    )
+
+
+__all__ = ["DeliveryConfig", "TransportConfig", "delivery_config", "transport_config"]
