@@ -37,8 +37,6 @@ import socket
 import ssl
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -48,24 +46,14 @@ from coupler.runtime.dataplane import waits, wire
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
 from coupler.runtime.dataplane.settings import TransportConfig
+from coupler.runtime.dataplane.window import Batch, Room, SendWindow
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import Spec
 
-if TYPE_CHECKING:  # (outbox imports payloads only; a run-time import would be fine, but the link needs only the type)
+if TYPE_CHECKING:  # the link only passes its log the items it queues
     from coupler.runtime.dataplane.outbox import ReplayLog
 
 logger = logging.getLogger(__name__)
-
-MAX_INFLIGHT = 2  # batches of small messages written and not yet acknowledged
-MAX_INFLIGHT_LARGE = 8  # the same for large messages (each alone in its batch)
-
-
-@dataclass
-class Batch:
-    items: list[Item]
-    nbytes: int
-    asked: bool = False  # the batch asked the consumer for an acknowledgement
-
 
 OrphanFn = Callable[[list[Item]], None]
 CommitFn = Callable[[dict[str, int]], None]
@@ -125,34 +113,21 @@ class Link:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.log = log
         self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
-        self.prefetch = max(1, min(256, maxsize // 2))
         # Held with `with self.lock` (a C-level enter/exit; a Condition's are Python calls, and the
         # lock is taken several times per message); `cond` waits and notifies on the same lock.
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
-        self.pending: deque[Item] = deque()
-        self.inflight: deque[Batch] = deque()
-        self.credits = 0
-        self.want = 0  # credits asked for and not granted yet
-        self.want_dirty = False
-        self.sync_dirty = False  # flush() waits for acknowledgements nobody asked for yet
-        self.returning = 0  # unused credits to give back with the next WANT
+        self.window = SendWindow(queue=queue, maxsize=maxsize, config=config)  # the protocol's state (sans-IO)
         self.writing = False  # a thread holds the writer role (see _pump)
-        self.queued_bytes = 0
         self.error: Exception | None = None
         self.closing = False
         self.orphan_on_close = True
         self.dead = False
         # Set once the stream is closed and what the consumer did not accept went to on_orphans.
         self.wound_up = threading.Event()
-        self.acked = 0
-        self.batches = 0  # batch frames written (fewer than messages when coalescing works)
         self.ack_frames = 0  # ACK frames received (fewer than batches: acknowledgements are asked for sparingly)
-        self.messages = 0
         self.shm_messages = 0
         self.recycled = 0  # small messages whose copies went back to the link for reuse
-        self.submits = 0  # messages queued (see give_back_idle_credits)
-        self._submits_seen = 0
         self.arena = shm.Arena(config.shm_pool_bytes)
         # Per field, arrays of small messages the consumer accepted, for _small_item to reuse.
         self._spare: list[list[np.ndarray]] = [[] for _ in spec.fields]
@@ -233,14 +208,14 @@ class Link:
         # the GIL held), so that it is queued and the writer role claimed under
         # one acquisition: producers that share this link contend for the lock.
         item = None if large else self._small_item(header, leaves, nbytes)
+        window = self.window
         with self.lock:
             self._take_room(nbytes, deadline, timeout, cancel)
-            self.queued_bytes += nbytes
-            self.submits += 1
+            window.reserve(nbytes)
             if item is not None:
                 if self.log is not None:  # before it is queued: a failed stream hands on what the log holds
                     self.log.keep(item)
-                self.pending.append(item)
+                window.queue_item(item)
                 claimed = self._claim_writer()
         if item is not None:
             if claimed:
@@ -251,9 +226,7 @@ class Link:
             self._prepare(item)
         except BaseException:
             with self.lock:
-                self.queued_bytes -= nbytes
-                if self.queue:
-                    self.credits += 1
+                window.unreserve(nbytes)
             raise
         with self.lock:
             # It was prepared without the lock: the link may have failed meanwhile, and
@@ -261,7 +234,7 @@ class Link:
             self._raise_if_failed()
             if self.log is not None:
                 self.log.keep(item)
-            self.pending.append(item)
+            window.queue_item(item)
         self._pump()
         if item.written is not None:
             while not item.written.wait(0.05):
@@ -280,36 +253,32 @@ class Link:
             ConsumerGone: the link failed (or ChannelClosed).
         """
         outer: Any = False
+        window = self.window
         try:
-                while True:
-                    self._raise_if_failed()
-                    if self.queue:
-                        if self.credits < self.prefetch // 2 + 1 and self.want < self.prefetch:
-                            self.want, self.want_dirty = self.prefetch, True  # ask ahead: no stall at the end of credit
-                        if self.credits > 0:
-                            self.credits -= 1
-                            return
-                        if self.want_dirty and not self.writing:
-                            self.cond.release()
-                            try:
-                                self._pump()
-                            finally:
-                                self.cond.acquire()
-                            continue
-                    elif self.queued_bytes + nbytes <= self.config.window_bytes or not (self.pending or self.inflight):
-                        return
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
-                        raise ChannelTimeout(
-                            f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
-                            f"within the timeout ({why})"
-                        )
-                    if cancel is not None and cancel.is_set():
-                        raise Interrupted("send interrupted: the actor is stopping")
-                    if outer is False:
-                        outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
-                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            while True:
+                self._raise_if_failed()
+                room = window.room(nbytes)
+                if room is Room.TAKEN:
+                    return
+                if room is Room.ASK and not self.writing:
+                    self.cond.release()  # write the request for credits, then look again
+                    try:
+                        self._pump()
+                    finally:
+                        self.cond.acquire()
+                    continue
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
+                    raise ChannelTimeout(
+                        f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
+                        f"within the timeout ({why})"
+                    )
+                if cancel is not None and cancel.is_set():
+                    raise Interrupted("send interrupted: the actor is stopping")
+                if outer is False:
+                    outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
+                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
         finally:
             if outer is not False:
                 waits.end(outer)
@@ -387,15 +356,16 @@ class Link:
         with self.lock:
             if self.error is not None:
                 raise self.error
-            if self.queue and (self.credits or self.want) and not self.pending:
-                self._return_credits()  # idle now: other producers of this queue can have the slots
+            w = self.window
+            if self.queue and (w.credits or w.want) and not w.pending:
+                w.return_credits()  # idle now: other producers of this queue can have the slots
         self._pump()
 
     def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
         """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
         while True:
             with self.lock:
-                if not (self.pending or self.inflight) or self.error is not None or self.dead:
+                if self.window.drained or self.error is not None or self.dead:
                     break
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
@@ -403,18 +373,11 @@ class Link:
                 if cancel is not None and cancel.is_set():
                     raise Interrupted("flush interrupted: the actor is stopping")
                 # Everything is written, but the last batch did not ask for an acknowledgement: ask now.
-                sync = not self.pending and not self.inflight[-1].asked and not self.sync_dirty
-                if sync:
-                    self.sync_dirty = True
-                else:
+                sync = self.window.ask_sync()
+                if not sync:
                     self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
             if sync:
                 self._pump()
-
-    def _return_credits(self) -> None:
-        """Give the unused credits back with the next WANT frame (call with the lock; then :meth:`_pump`)."""
-        self.returning += self.credits  # += : a return not written yet may be pending
-        self.credits, self.want, self.want_dirty = 0, 0, True
 
     def give_back_idle_credits(self) -> bool:
         """Give back the credits of a producer that queued nothing since the last call; whether any went back.
@@ -426,11 +389,7 @@ class Link:
         the consumer; a producer that sends again asks for credits anew.
         """
         with self.lock:
-            active, self._submits_seen = self.submits != self._submits_seen, self.submits
-            if active or not self.queue or not self.credits or self.pending or self.dead or self.closing:
-                return False
-            self._return_credits()
-            return True
+            return not (self.dead or self.closing) and self.window.idle()
 
     def wake(self) -> None:
         """Write what waits to be written (messages, or a credit return), unless another thread is at it."""
@@ -454,52 +413,6 @@ class Link:
         threading.Thread(target=self._pump, name="coupler-link-bye", daemon=True).start()
 
     # -- the link's threads --------------------------------------------------------------------
-    def _take(self) -> Batch | None:
-        """The next batch of pending items, and whether it asks for an acknowledgement (call with the lock).
-
-        Acknowledgements are asked for only where the producer side needs them:
-        when it would otherwise stop writing (as many batches in flight as it
-        allows, or half the byte window used), for large messages sent from the
-        producer's arrays (which it should not hold longer than it must; one in
-        shared memory holds none), and by :meth:`flush`. The consumer's grants
-        carry acknowledgements too, for free.
-        """
-        items: list[Item] = []
-        nbytes = 0
-        if self.pending and self.pending[0].large:
-            items.append(self.pending.popleft())
-            nbytes = items[0].nbytes
-        else:
-            while self.pending and not self.pending[0].large and (not items or nbytes + self.pending[0].nbytes <= self.config.batch_bytes):
-                it = self.pending.popleft()
-                items.append(it)
-                nbytes += it.nbytes
-        if not items:
-            return None
-        batch = Batch(items, nbytes)
-        self.inflight.append(batch)
-        first = items[0]
-        if first.segment is not None:
-            # In shared memory the producer holds none of its arrays, so an ACK per
-            # message (a frame and a thread wake on both sides, ~100 us of CPU at
-            # 1 MiB) buys nothing: on a Queue channel grants acknowledge it soon
-            # enough; otherwise ask before the writer would stop.
-            ask = not self.queue and len(self.inflight) >= MAX_INFLIGHT_LARGE - 2
-        else:
-            ask = first.large or len(self.inflight) >= MAX_INFLIGHT
-        batch.asked = ask or self.sync_dirty or (not self.queue and 2 * self.queued_bytes > self.config.window_bytes)
-        if batch.asked:
-            self.sync_dirty = False
-        return batch
-
-    def _inflight_limit(self) -> int:
-        """Batches that may be written and not acknowledged before the next one (call with the lock)."""
-        if not self.pending or not self.pending[0].large:
-            return MAX_INFLIGHT
-        if self.queue and self.pending[0].segment is not None:
-            return 1 << 30  # credits bound them, and grants acknowledge them (see _take)
-        return MAX_INFLIGHT_LARGE
-
     def _claim_writer(self) -> bool:
         """Take the writer role if it is free (call with the lock); the caller then runs :meth:`_write_loop`."""
         if self.writing or self.dead:
@@ -530,20 +443,13 @@ class Link:
                         self.writing = False
                         return
                     bye = self.closing
-                    batch = None
-                    want = None
-                    sync = False
+                    frame = None
                     if not bye:
                         # At most a couple of batches unacknowledged: what is queued
                         # meanwhile waits for an ack and leaves as one batch (the
                         # reader thread writes it). A lone message still leaves at once.
-                        batch = self._take() if len(self.inflight) < self._inflight_limit() else None
-                        want = {"n": self.want, "ret": self.returning} if self.want_dirty else None
-                        self.want_dirty, self.returning = False, 0
-                        sync, self.sync_dirty = self.sync_dirty and batch is None, False
-                        if sync and self.inflight:
-                            self.inflight[-1].asked = True  # the acknowledgement covers it: flush() need not ask again
-                        if batch is None and want is None and not sync:
+                        frame = self.window.next_frame()
+                        if frame is None:
                             self.writing = False
                             self.cond.notify_all()
                             return
@@ -553,10 +459,11 @@ class Link:
                         self.dead = True  # nothing more may be written; the reader still reads acks
                         self.writing = False
                     return
-                if batch is not None:
-                    self._write_batch(batch, want)  # the wish for credits rides along
-                elif want is not None or sync:
-                    wire.send_frame(self.sock, wire.WANT, {**(want or {}), "ack": sync})
+                assert frame is not None
+                if frame.batch is not None:
+                    self._write_batch(frame.batch, frame.want)  # the wish for credits rides along
+                else:
+                    wire.send_frame(self.sock, wire.WANT, {**(frame.want or {}), "ack": frame.sync})
         except OSError as e:
             with self.lock:
                 self.writing = False
@@ -566,17 +473,13 @@ class Link:
         """Counters of this link, for reports and tests."""
         with self.lock:
             return {
-                "consumer": self.consumer, "stream": self.stream, "shm": self.shm, "batches": self.batches,
-                "messages": self.messages, "shm_messages": self.shm_messages, "acked": self.acked,
-                "ack_frames": self.ack_frames, "recycled": self.recycled,
-                "pending": len(self.pending), "credits": self.credits,
+                "consumer": self.consumer, "stream": self.stream, "shm": self.shm, **self.window.stats(),
+                "shm_messages": self.shm_messages, "ack_frames": self.ack_frames, "recycled": self.recycled,
             }
 
     def _write_batch(self, batch: Batch, want: dict[str, int] | None) -> None:
         items = batch.items
         first = items[0]
-        self.batches += 1
-        self.messages += len(items)
         self.shm_messages += first.segment is not None
         header: dict[str, Any] = {"c": wire.header_columns([it.header for it in items])}
         if batch.asked:
@@ -606,26 +509,20 @@ class Link:
                 if kind == wire.GRANT and "commit" in h and self.on_commit is not None:
                     self.on_commit({str(s): int(q) for s, q in h["commit"].items()})
                 with self.lock:
+                    window = self.window
                     if kind == wire.GRANT:
-                        self.credits += h["n"]
-                        self.want = max(0, self.want - h["n"])
+                        window.granted(h["n"])
                         if h.get("acked"):
                             self._acked(h["acked"])
-                            more = bool(self.pending)
+                            more = bool(window.pending)
                     elif kind == wire.ACK:
                         self.ack_frames += 1
                         status = h["status"]
                         # The oldest `n` batches: all accepted, but the last if it was refused.
                         self._acked(h["n"] - (status != "OK"))
-                        more = bool(self.pending)
+                        more = bool(window.pending)
                         if status != "OK":
-                            batch = self.inflight.popleft()
-                            accepted = h["accepted"]
-                            self.queued_bytes -= sum(it.nbytes for it in batch.items[:accepted])
-                            self.acked += accepted
-                            release_segments(batch.items[:accepted])
-                            self.inflight.appendleft(Batch(batch.items[accepted:], 0))
-                            self.queued_bytes -= sum(it.nbytes for it in batch.items[accepted:])
+                            release_segments(window.refused(h["accepted"]))
                             if status == "closed":
                                 self.error = ChannelClosed(f"channel {self.channel!r} is closed; consumer {self.consumer!r} refused messages")
                             elif status == "fenced":
@@ -653,10 +550,7 @@ class Link:
 
     def _acked(self, n: int) -> None:
         """The oldest ``n`` batches in flight were accepted whole (call with the lock)."""
-        for _ in range(n):
-            batch = self.inflight.popleft()
-            self.queued_bytes -= batch.nbytes
-            self.acked += len(batch.items)
+        for batch in self.window.acknowledged(n):
             if batch.items[0].segment is not None:
                 release_segments(batch.items)
             spare = self._spare
@@ -687,9 +581,7 @@ class Link:
             if self._finished:
                 return
             self._finished = True
-            left = [it for b in self.inflight for it in b.items] + list(self.pending)
-            self.inflight.clear()
-            self.pending.clear()
+            left = self.window.left()
             self.dead = True
             self.cond.notify_all()
         try:
