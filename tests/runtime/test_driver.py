@@ -430,3 +430,20 @@ def test_every_end_of_a_driver_port_gives_back_its_relay(coupling: Coupling, uni
             _until("the broker forgets the channel", lambda: ch not in coupling.channels())
     _wait_relays_gone(coupling, names, counters=end in ("channel-closed", "coupling-closed"))
     _until("the driver's call threads end", lambda: not [t for t in threading.enumerate() if t.name == "coupler-driver-call"])
+
+
+# -- the demo -----------------------------------------------------------------------------------------
+def test_the_live_stream_demo_steers_a_simulation_and_plots_what_it_receives(
+    coupling: Coupling, tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import dask.config
+
+    from coupler.demos.live_stream import QUICK, main
+
+    with dask.config.set({"coupler.scheduler-address": coupling.client.scheduler.address}):  # as `coupler demo --cluster`
+        result = main(["--quick", "--out", str(tmp_path)])
+    assert result["frames"] == QUICK["frames"] and result["in_order"]
+    # Lorenz-96 at F = 3 holds far less energy than at F = 8: the steering reached the running simulation.
+    assert result["energy_last_quarter"] < 0.5 * result["energy_first_quarter"]
+    assert result["png"] == str(tmp_path / "live_stream.png") and (tmp_path / "live_stream.png").stat().st_size > 10_000
+    assert "frames received by the script: 120" in capsys.readouterr().out
