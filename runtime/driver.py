@@ -443,7 +443,8 @@ class DriverPorts:
     def __init__(self, spawn: SpawnRelay) -> None:
         self._spawn = spawn
         self._count = itertools.count()
-        self._lock = threading.Lock()
+        # Re-entrant: a garbage collection in a thread that holds it may run a port's finalizer, which takes it.
+        self._lock = threading.RLock()
         self._open: weakref.WeakSet[_Port] = weakref.WeakSet()
         self._publishers: dict[str, Publisher] = {}  # the one Coupling.send uses, per channel
         self._inboxes: dict[str, Subscription] = {}  # the one Coupling.receive uses, per channel

@@ -267,6 +267,27 @@ def test_a_driver_sending_on_latest_is_never_held_up_and_its_consumer_gets_the_n
     taker.release()
 
 
+def test_a_subscription_on_a_work_sharing_queue_is_one_member_of_the_pool(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"pool-{unique}", Queue(1, shared=True))
+    member = coupling.spawn(Collector, 0.02, name=f"member-{unique}", inputs={"inp": ch})
+    with coupling.subscribe(ch) as sub:
+        member.start()
+        sender = coupling.spawn(SendN, 40, name=f"sender-{unique}", outputs={"out": ch})
+        sender.start()
+        mine: list[int] = []
+        # A shared Queue hands a message only to a consumer that waits: the driver waits in receive.
+        while len(mine) + len(member.call("received")) < 40:
+            m = sub.receive(timeout=0.5, default=None)
+            if m is not None:
+                mine.append(m.seq)
+        theirs = [seq for _, seq, *_ in member.call("received")]
+    assert sender.wait(30).state == "finished"
+    assert mine and theirs, (mine, theirs)  # both members took a share
+    assert sorted(mine + theirs) == list(range(40))  # each message to exactly one of them
+    member.release()
+    sender.release()
+
+
 @pytest.mark.parametrize("policy", REPLAY)
 def test_a_replay_subscription_samples_and_refuses_receive(coupling: Coupling, unique: str, policy: Policy) -> None:
     ch = coupling.channel(f"replay-{unique}", policy)
