@@ -88,7 +88,7 @@ class _Call(Generic[T]):
         self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
         self._lock = threading.Lock()  # orders the result against abandon()
         self._abandoned = False
-        self._keep, self._what = keep, what
+        self._keep = keep
 
         def body() -> None:
             with order:  # one call at a time per port, in the order they were made
@@ -96,10 +96,10 @@ class _Call(Generic[T]):
                     result = run()
                 except BaseException as e:
                     with self._lock:
-                        if self._abandoned:
-                            logger.warning("%s, given up by its caller, failed: %r", what, e)
-                        else:
+                        if not self._abandoned:
                             self.future.set_exception(e)
+                        elif not isinstance(e, Interrupted):  # Interrupted: its port was closed meanwhile
+                            logger.warning("%s, given up by its caller, failed: %r", what, e)
                     return
                 with self._lock:
                     if self._abandoned:
@@ -111,15 +111,24 @@ class _Call(Generic[T]):
         threading.Thread(target=body, name="coupler-driver-call", daemon=True).start()
 
     def wait(self) -> T:
-        """The call's result, waiting in this thread; an interrupted wait abandons the call."""
+        """The call's result, waiting in this thread; an interrupted wait (Ctrl-C) abandons the call.
+
+        Raises:
+            Exception: what the call raised (the relay's typed errors).
+        """
         try:
-            return self.future.result()
+            self.future.exception()  # waits, without raising the call's own error
         except BaseException:
             self.abandon()
             raise
+        return self.future.result()
 
     async def await_(self) -> T:
-        """The call's result, awaited; a cancelled await abandons the call."""
+        """The call's result, awaited; a cancelled await abandons the call.
+
+        Raises:
+            Exception: what the call raised (the relay's typed errors).
+        """
         try:
             return await asyncio.wrap_future(self.future)
         except asyncio.CancelledError:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
+import signal
 import sys
 import threading
 import time
@@ -402,6 +404,20 @@ def test_a_message_that_arrives_after_a_cancelled_receive_is_kept_for_the_next(c
             return [float(first.data["x"][0]), float(second.data["x"][0])]
 
     assert asyncio.run(main()) == [1.0, 2.0]  # neither lost nor reordered
+
+
+def test_a_message_that_arrives_after_an_interrupted_receive_is_kept_for_the_next(coupling: Coupling, unique: str) -> None:
+    """Ctrl-C in a notebook while a receive waits: the call is given up, the message it takes later is not."""
+    ch = coupling.channel(f"ctrl-c-{unique}", Queue(4))
+    with coupling.subscribe(ch) as sub:
+        timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sub.receive()  # waits for ever: nothing is sent until it was interrupted
+        timer.join()
+        coupling.send(ch, _x(1.0))
+        coupling.send(ch, _x(2.0))
+        assert [float(sub.receive(timeout=30).data["x"][0]) for _ in range(2)] == [1.0, 2.0]
 
 
 # -- nothing left behind ------------------------------------------------------------------------------
