@@ -420,6 +420,22 @@ def test_a_message_that_arrives_after_an_interrupted_receive_is_kept_for_the_nex
         assert [float(sub.receive(timeout=30).data["x"][0]) for _ in range(2)] == [1.0, 2.0]
 
 
+def test_driver_ports_follow_their_relays_when_the_supervisor_moves_them(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"moving-{unique}", Queue(8))
+    with coupling.subscribe(ch, timeout=30) as sub, coupling.publisher(ch) as pub:
+        for i in range(3):
+            pub.send(_x(float(i)))
+        assert float(sub.receive().data["x"][0]) == 0.0
+        pub.flush(30)
+        before = {r: coupling.supervisor._records[r].worker for r in (sub.relay.name, pub.source)}
+        for relay in before:  # as when its worker retires: hand over to a new instance on another worker
+            assert coupling.supervisor.move(relay) != before[relay]
+        pub.send(_x(3.0))
+        got = [(m.seq, float(m.data["x"][0])) for _, m in zip(range(3), sub)]
+    # What the subscription held travelled with it; the publisher's sequence went on.
+    assert got == [(1, 1.0), (2, 2.0), (3, 3.0)]
+
+
 # -- nothing left behind ------------------------------------------------------------------------------
 def _holds_any(cp: Coupling, names: list[str]) -> bool:
     """Whether some worker holds something of the relays ``names``."""
