@@ -12,7 +12,8 @@ and the typed errors all come from the same ports, and errors raised here
 reach the driver as the same exceptions (Dask re-raises an actor method's
 exception at the caller).
 
-The relay runs no loop of its own: it is driven by calls. Port operations
+The relay runs no loop of its own: it is driven by calls (so its status reads
+``created`` until it is released; ``info()`` counts what it passed on). Port operations
 block (a full ``Queue``, an empty buffer), and every synchronous actor method
 of a worker shares one thread, so each method is ``async`` (it runs on the
 worker's event loop) and does its port operation in a thread of its own for

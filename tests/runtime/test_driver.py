@@ -391,6 +391,29 @@ def test_the_async_twins_in_asyncio_run(coupling: Coupling, unique: str, policy:
     doubler.release()
 
 
+@pytest.mark.parametrize("policy", TAKING)
+def test_coupling_asend_and_areceive_in_asyncio_run(coupling: Coupling, unique: str, policy: Policy) -> None:
+    ch = coupling.channel(f"aset-{unique}", policy)
+
+    async def main() -> tuple[Any, list[float]]:
+        nothing = await coupling.areceive(ch, timeout=0.1, default="nothing")  # attaches the driver's consumer
+        if isinstance(policy, Latest):  # never held up: send both; the 1.5 may be replaced before it is taken
+            assert [await coupling.asend(ch, {"v": np.float64(v)}) for v in (1.5, 2.5)] == [0, 1]
+            got = [float((await coupling.areceive(ch, timeout=30)).data["v"])]
+            if got[-1] != 2.5:
+                got.append(float((await coupling.areceive(ch, timeout=30)).data["v"]))
+            return nothing, got[-1:]
+        got = []
+        for v in (1.5, 2.5):  # one at a time: a Queue(1) consumer that does not take holds the sender up
+            await coupling.asend(ch, {"v": np.float64(v)})
+            got.append(float((await coupling.areceive(ch, timeout=30)).data["v"]))
+        return nothing, got
+
+    nothing, got = asyncio.run(main())
+    assert nothing == "nothing"
+    assert got == ([2.5] if isinstance(policy, Latest) else [1.5, 2.5])
+
+
 def test_a_message_that_arrives_after_a_cancelled_receive_is_kept_for_the_next(coupling: Coupling, unique: str) -> None:
     ch = coupling.channel(f"cancel-{unique}", Queue(4))
 
