@@ -12,6 +12,7 @@ Demos:
     modulation: a steerer proposes Gray-Scott runs to a work-sharing pool.
     transformation: an ensemble Kalman filter assimilates Lorenz-96 observations as they stream.
     transformation_2d: the same filter on a 2D vorticity field.
+    live_stream: the coupling script itself steers a simulation and plots its stream live.
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ DEMOS: dict[str, str] = {
     "modulation": "a steerer proposes Gray-Scott runs to a work-sharing pool of simulators",
     "transformation": "an ensemble Kalman filter assimilates streamed Lorenz-96 observations; a learner corrects the model",
     "transformation_2d": "the ensemble filter on a 2D vorticity field observed on a coarse grid",
+    "live_stream": "the coupling script steers a running Lorenz-96 and plots its stream as it arrives",
 }
 
 

@@ -6,6 +6,8 @@ from coupler.runtime.control.broker import Broker as Broker
 from coupler.runtime.dataplane.buffers import BufferStats as BufferStats
 from coupler.runtime.coupling import Coupling as Coupling
 from coupler.runtime.dataplane.endpoint import Endpoint as Endpoint
+from coupler.runtime.driver import Publisher as Publisher
+from coupler.runtime.driver import Subscription as Subscription
 from coupler.runtime.dataplane.endpoint import local_endpoint as local_endpoint
 from coupler.runtime.errors import ActorFailed as ActorFailed
 from coupler.runtime.control.checkpoints import CheckpointStore as CheckpointStore
@@ -67,11 +69,13 @@ __all__ = [
     "OutPort",
     "PartiallyDelivered",
     "Policy",
+    "Publisher",
     "Queue",
     "Reservoir",
     "SchedulerUnreachable",
     "Spec",
     "SpecMismatch",
+    "Subscription",
     "UnknownChannel",
     "Window",
     "WorkersNotReady",

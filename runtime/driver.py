@@ -1,0 +1,543 @@
+"""The coupling script as a participant: it sends on channels and receives from them.
+
+The script that holds a :class:`~coupler.runtime.Coupling` (the *driver*) is
+not a Dask worker and has no data-plane endpoint. Its ports are therefore held
+for it on a worker, each by a relay actor (``coupler.actors.relay.DriverRelay``)
+that it calls through an :class:`~coupler.runtime.ActorRef`:
+
+- a :class:`Publisher` is a producer on one channel: its messages carry the
+  relay's name as their source and gap-free sequence numbers, they are checked
+  against the channel's spec, and a send waits while a ``Queue`` consumer is
+  full, exactly as an actor's ``OutPort.send``;
+- a :class:`Subscription` is a consumer on one channel: it attaches when made,
+  its buffer follows the channel's policy (a ``Queue`` consumer that does not
+  take pushes back on the producers, ``Latest`` hands out the newest), and it
+  detaches when closed, when it has drained a closed channel, when it is
+  garbage collected, or when the coupling closes.
+
+Errors are the ports' own typed errors (``SpecMismatch``, ``ChannelClosed``,
+``ChannelTimeout``, ``ConsumerGone``, ``WrongPolicy``...), re-raised here.
+
+Every call is synchronous, with an awaitable twin (``asend``, ``areceive``,
+``async for``) for notebooks and asyncio programs. A call runs in a thread of
+its own, one at a time per port, so a caller may give up waiting (Ctrl-C in a
+notebook, a cancelled task) without losing what the call took: a message that
+arrives after its receiver gave up is kept and is the next one received.
+
+Example::
+
+    with Coupling() as cp:
+        cp.channel("numbers", Queue(8))
+        with cp.subscribe("numbers", timeout=30) as sub:
+            cp.send("numbers", {"x": np.arange(3.0)})
+            print(sub.receive().data["x"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import itertools
+import logging
+import threading
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, Generic, TypeVar
+
+from coupler.runtime.control.actor_ref import ActorRef
+from coupler.runtime.control.broker import check_name
+from coupler.runtime.control.supervisor import SpawnSpec
+from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted
+from coupler.runtime.message import Message
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+NO_DEFAULT: Any = object()  # the default of `default=`: raise instead of returning one
+# Seconds a closing publisher waits for what it sent to be accepted.
+CLOSE_FLUSH_TIMEOUT = 30.0
+# Seconds a closing port waits for its relay to stop (it stops at once unless its worker is lost).
+RELEASE_TIMEOUT = 10.0
+
+SpawnRelay = Callable[[SpawnSpec], ActorRef]
+
+
+def relay_spec(name: str, *, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None) -> SpawnSpec:
+    """How to spawn the relay of one driver port.
+
+    Args:
+        name: the relay's actor name.
+        inputs: ``{"in": channel}`` for a subscription.
+        outputs: ``{"out": channel}`` for a publisher.
+
+    Returns:
+        The spawn spec (any worker, no resources).
+    """
+    # The relay is an actor host, and actor hosts live a layer above the runtime (they
+    # import it): imported when the first driver port is made, not with the runtime.
+    from coupler.actors.relay import DriverRelay
+
+    return SpawnSpec(DriverRelay, (), {"inputs": inputs or {}, "outputs": outputs or {}}, name)
+
+
+class _Call(Generic[T]):
+    """One call on a relay, run in its own thread; the caller may give up waiting for it."""
+
+    def __init__(self, run: Callable[[], T], order: threading.Lock, keep: Callable[[T], None] | None, what: str) -> None:
+        self.future: concurrent.futures.Future[T] = concurrent.futures.Future()
+        self._lock = threading.Lock()  # orders the result against abandon()
+        self._abandoned = False
+        self._keep = keep
+
+        def body() -> None:
+            with order:  # one call at a time per port, in the order they were made
+                try:
+                    result = run()
+                except BaseException as e:
+                    with self._lock:
+                        if not self._abandoned:
+                            self.future.set_exception(e)
+                        elif not isinstance(e, Interrupted):  # Interrupted: its port was closed meanwhile
+                            logger.warning("%s, given up by its caller, failed: %r", what, e)
+                    return
+                with self._lock:
+                    if self._abandoned:
+                        if keep is not None:
+                            keep(result)
+                    else:
+                        self.future.set_result(result)
+
+        threading.Thread(target=body, name="coupler-driver-call", daemon=True).start()
+
+    def wait(self) -> T:
+        """The call's result, waiting in this thread; an interrupted wait (Ctrl-C) abandons the call.
+
+        Raises:
+            Exception: what the call raised (the relay's typed errors).
+        """
+        try:
+            self.future.exception()  # waits, without raising the call's own error
+        except BaseException:
+            self.abandon()
+            raise
+        return self.future.result()
+
+    async def await_(self) -> T:
+        """The call's result, awaited; a cancelled await abandons the call.
+
+        Raises:
+            Exception: what the call raised (the relay's typed errors).
+        """
+        try:
+            return await asyncio.wrap_future(self.future)
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Nobody waits for the result any more: a result still to come, or come unread, is kept."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self._abandoned = True
+            f = self.future
+            if f.done() and not f.cancelled() and f.exception() is None and self._keep is not None:
+                self._keep(f.result())
+
+
+class _Port:
+    """What a publisher and a subscription share: a relay, calls in order, a close that is idempotent."""
+
+    def __init__(self, channel: str, relay: ActorRef, release: Callable[[ActorRef], None]) -> None:
+        self.channel = channel
+        self.relay = relay
+        self._order = threading.Lock()
+        self._closed = False
+        # Garbage collection of an unclosed port gives its relay back, from another thread: a
+        # collection may run in the Dask client's own event-loop thread, where a call would hang.
+        self._finalizer = weakref.finalize(self, release, relay)
+        self._finalizer.atexit = False  # at exit the coupling, if still open, closes it
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (or the port ended by itself)."""
+        return self._closed
+
+    def _call(self, method: str, *args: Any, keep: Callable[[Any], None] | None = None, **kwargs: Any) -> _Call[Any]:
+        if self._closed:
+            raise ChannelClosed(f"the driver's {type(self).__name__.lower()} {self.relay.name!r} on channel {self.channel!r} is closed")
+        return _Call(lambda: self.relay.call(method, *args, **kwargs), self._order, keep, f"{self.relay.name}.{method}")
+
+    def _release(self, timeout: float = RELEASE_TIMEOUT) -> None:
+        self._closed = True
+        self._finalizer.detach()
+        self.relay.release(timeout)
+
+
+class Publisher(_Port):
+    """The coupling script's producer on one channel (made by ``Coupling.publisher`` or ``Coupling.send``).
+
+    Args:
+        channel: the channel.
+        relay: the handle of its relay actor (an output port ``out`` on ``channel``).
+        release: gives a relay back when an unclosed publisher is garbage collected.
+    """
+
+    @property
+    def source(self) -> str:
+        """The source name its messages carry (its relay's name)."""
+        return self.relay.name
+
+    def send(
+        self,
+        data: Any,
+        *,
+        timestamp: float = 0.0,
+        step: int = 0,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """Send one message; wait while a ``Queue`` consumer is full (like ``OutPort.send``).
+
+        Args:
+            data: pytree of arrays; must fit the channel's spec.
+            timestamp: simulation time of the data.
+            step: the sender's step counter.
+            meta: small JSON-like metadata.
+            timeout: seconds to wait for consumers and space (``None``: forever).
+
+        Returns:
+            The message's sequence number.
+
+        Raises:
+            SpecMismatch: the data does not fit the channel's spec (nothing is sent).
+            ChannelClosed: the channel, or this publisher, is closed.
+            ConsumerGone: a consumer left or its worker was lost.
+            ChannelTimeout: no consumer or no space within ``timeout``.
+        """
+        return self._call("send", data, timestamp=timestamp, step=step, meta=meta, timeout=timeout).wait()
+
+    async def asend(
+        self,
+        data: Any,
+        *,
+        timestamp: float = 0.0,
+        step: int = 0,
+        meta: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> int:
+        """:meth:`send`, awaitable. A cancelled await does not withdraw the message."""
+        return await self._call("send", data, timestamp=timestamp, step=step, meta=meta, timeout=timeout).await_()
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every message sent was accepted by its consumers (sends are pipelined).
+
+        Raises:
+            ChannelTimeout: not all accepted within ``timeout``.
+            ConsumerGone, ChannelClosed: a consumer failed to take them.
+        """
+        self._call("flush", timeout).wait()
+
+    async def aflush(self, timeout: float | None = None) -> None:
+        """:meth:`flush`, awaitable."""
+        await self._call("flush", timeout).await_()
+
+    def close(self, timeout: float = CLOSE_FLUSH_TIMEOUT, *, flush: bool = True) -> None:
+        """Flush, then give the relay back; idempotent.
+
+        Args:
+            timeout: seconds to wait for what was sent to be accepted.
+            flush: ``False`` gives the relay back at once, without waiting for
+                what was sent (when it can no longer be accepted: the channel
+                closed, its consumer left).
+
+        Raises:
+            ChannelTimeout, ConsumerGone, ChannelClosed: what was sent was not all
+                accepted (the relay is given back all the same).
+        """
+        if self._closed:
+            return
+        try:
+            if flush:
+                self.flush(timeout)
+        finally:
+            self._release()
+
+    async def aclose(self, timeout: float = CLOSE_FLUSH_TIMEOUT, *, flush: bool = True) -> None:
+        """:meth:`close`, awaitable."""
+        await asyncio.to_thread(lambda: self.close(timeout, flush=flush))
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Publisher({self.channel!r}, source={self.source!r}{', closed' if self._closed else ''})"
+
+
+class Subscription(_Port):
+    """The coupling script's consumer on one channel (made by ``Coupling.subscribe``).
+
+    Iterating it yields messages as they arrive and ends when the channel is
+    closed and drained. It stays attached, taking its share of every message
+    (and, on a ``Queue``, holding up producers when it does not take), until it
+    is closed: by :meth:`close` or a ``with`` block, at the end of a closed
+    channel, when garbage collected (so ``for msg in cp.subscribe(...)`` ends
+    it when the loop is left), or when the coupling closes.
+
+    Args:
+        channel: the channel.
+        relay: the handle of its relay actor (an input port ``in`` on ``channel``).
+        release: gives a relay back when an unclosed subscription is garbage collected.
+        timeout: seconds each step of an iteration waits for a message (``None``: forever).
+    """
+
+    def __init__(self, channel: str, relay: ActorRef, release: Callable[[ActorRef], None], timeout: float | None = None) -> None:
+        super().__init__(channel, relay, release)
+        self.timeout = timeout
+        self._kept: collections.deque[Message] = collections.deque()  # taken for a caller that gave up
+
+    @property
+    def consumer(self) -> str:
+        """Its consumer name on the channel."""
+        return f"{self.relay.name}/in"
+
+    def _receive_call(self, timeout: float | None) -> _Call[Message]:
+        def run() -> Message:
+            # Run with the port's order lock held: a kept message is older than anything still to come.
+            return self._kept.popleft() if self._kept else self.relay.call("receive", timeout)
+
+        if self._closed:
+            raise ChannelClosed(f"the driver's subscription {self.relay.name!r} on channel {self.channel!r} is closed")
+        return _Call(run, self._order, self._kept.append, f"{self.relay.name}.receive")
+
+    def receive(self, timeout: float | None = None, default: Any = NO_DEFAULT) -> Message:
+        """Take the next message (``Queue``: oldest; ``Latest``: newest not yet taken).
+
+        Args:
+            timeout: seconds to wait (``None``: forever; ``0``: do not wait).
+            default: returned instead of raising when nothing arrives in time.
+
+        Returns:
+            The message.
+
+        Raises:
+            ChannelTimeout: nothing arrived in time and no ``default`` was given.
+            ChannelClosed: the channel is closed and drained (the subscription
+                then closes), or the subscription was closed.
+            WrongPolicy: the channel is a replay buffer (use :meth:`sample`).
+        """
+        return self._ended_or_default(lambda: self._receive_call(timeout).wait(), default)
+
+    async def areceive(self, timeout: float | None = None, default: Any = NO_DEFAULT) -> Message:
+        """:meth:`receive`, awaitable. A message that arrives after a cancelled await is kept for the next."""
+        try:
+            return await self._receive_call(timeout).await_()
+        except Exception as e:
+            return self._after_error(e, default)
+
+    def sample(self, n: int, timeout: float | None = None) -> Any:
+        """Draw a mini-batch of ``n`` payloads from a ``Reservoir`` or ``Window`` channel.
+
+        Returns:
+            The payloads stacked along a new first axis (like ``InPort.sample``).
+
+        Raises:
+            WrongPolicy: on ``Queue`` and ``Latest`` channels.
+            ChannelTimeout: if the buffer stays empty for ``timeout`` seconds.
+        """
+        return self._call("sample", n, timeout).wait()
+
+    async def asample(self, n: int, timeout: float | None = None) -> Any:
+        """:meth:`sample`, awaitable."""
+        return await self._call("sample", n, timeout).await_()
+
+    def latest(self) -> Message | None:
+        """The newest message of a ``Latest`` channel without waiting, taken before or not.
+
+        Raises:
+            WrongPolicy: on other policies.
+        """
+        return self._call("latest").wait()
+
+    def close(self) -> None:
+        """Detach from the channel and give the relay back; idempotent.
+
+        A message taken for a caller that gave up waiting and not received since is dropped.
+        """
+        if not self._closed:
+            self._release()
+
+    async def aclose(self) -> None:
+        """:meth:`close`, awaitable."""
+        await asyncio.to_thread(self.close)
+
+    # -- iteration -------------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[Message]:
+        return self
+
+    def __next__(self) -> Message:
+        if self._closed:
+            raise StopIteration
+        m = self._next_or_end()
+        if m is None:
+            raise StopIteration
+        return m
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self
+
+    async def __anext__(self) -> Message:
+        if self._closed:
+            raise StopAsyncIteration
+        try:
+            return await self._receive_call(self.timeout).await_()
+        except (ChannelClosed, Interrupted, ActorReleased):
+            self._end()
+            raise StopAsyncIteration from None
+
+    def _next_or_end(self) -> Message | None:
+        try:
+            return self._receive_call(self.timeout).wait()
+        except (ChannelClosed, Interrupted, ActorReleased):
+            self._end()  # the channel ended, or the subscription was closed meanwhile
+            return None
+
+    # -- ends --------------------------------------------------------------------------------------
+    def _ended_or_default(self, take: Callable[[], Message], default: Any) -> Message:
+        try:
+            return take()
+        except Exception as e:
+            return self._after_error(e, default)
+
+    def _after_error(self, e: Exception, default: Any) -> Any:
+        if isinstance(e, ChannelTimeout) and default is not NO_DEFAULT:
+            return default
+        if isinstance(e, ChannelClosed):
+            self._end()  # drained and closed: detach, so the broker can forget the channel
+        raise e
+
+    def _end(self) -> None:
+        try:
+            self.close()
+        except Exception as e:  # its worker may be gone with the channel: nothing is left to give back
+            logger.info("subscription %r on %r: could not give its relay back: %r", self.relay.name, self.channel, e)
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.channel!r}, consumer={self.consumer!r}{', closed' if self._closed else ''})"
+
+
+class DriverPorts:
+    """The driver's publishers and subscriptions in one coupling: it makes them and ends them all.
+
+    Args:
+        spawn: spawns a relay actor from its spec and returns its handle (the coupling's supervisor).
+    """
+
+    def __init__(self, spawn: SpawnRelay) -> None:
+        self._spawn = spawn
+        self._count = itertools.count()
+        # Re-entrant: a garbage collection in a thread that holds it may run a port's finalizer, which takes it.
+        self._lock = threading.RLock()
+        self._open: weakref.WeakSet[_Port] = weakref.WeakSet()
+        self._publishers: dict[str, Publisher] = {}  # the one Coupling.send uses, per channel
+        self._inboxes: dict[str, Subscription] = {}  # the one Coupling.receive uses, per channel
+        self._releasing: set[threading.Thread] = set()
+
+    def _name(self, kind: str, channel: str) -> str:
+        return check_name("actor", f"driver-{kind}{next(self._count)}:{channel}"[:200])
+
+    def publisher(self, channel: str) -> Publisher:
+        """A new producer on ``channel``, under a source name of its own.
+
+        Raises:
+            UnknownChannel: if ``channel`` was never declared.
+        """
+        relay = self._spawn(relay_spec(self._name("pub", channel), outputs={"out": channel}))
+        return self._track(Publisher(channel, relay, self._release_soon))
+
+    def subscribe(self, channel: str, timeout: float | None = None) -> Subscription:
+        """A new consumer on ``channel``, attached from now on.
+
+        Raises:
+            UnknownChannel: if ``channel`` was never declared.
+        """
+        relay = self._spawn(relay_spec(self._name("sub", channel), inputs={"in": channel}))
+        return self._track(Subscription(channel, relay, self._release_soon, timeout))
+
+    def default_publisher(self, channel: str) -> Publisher:
+        """The publisher ``Coupling.send`` uses on ``channel`` (made on first use, until closed)."""
+        with self._lock:
+            pub = self._publishers.get(channel)
+        if pub is None or pub.closed:
+            pub = self.publisher(channel)
+            with self._lock:
+                self._publishers[channel] = pub
+        return pub
+
+    def inbox(self, channel: str) -> Subscription:
+        """The subscription ``Coupling.receive`` uses on ``channel`` (made on first use, until it ends)."""
+        with self._lock:
+            sub = self._inboxes.get(channel)
+        if sub is None or sub.closed:
+            sub = self.subscribe(channel)
+            with self._lock:
+                self._inboxes[channel] = sub
+        return sub
+
+    def _track(self, port: T) -> T:
+        with self._lock:
+            self._open.add(port)  # type: ignore[arg-type]
+        return port
+
+    def _release_soon(self, relay: ActorRef) -> None:
+        """Give back the relay of a port collected unclosed, in a thread (see ``_Port``)."""
+
+        def run() -> None:
+            try:
+                relay.release(RELEASE_TIMEOUT)
+            except Exception as e:  # the coupling may be closing: it releases what is left
+                logger.info("could not give back driver relay %r: %r", relay.name, e)
+            finally:
+                with self._lock:
+                    self._releasing.discard(threading.current_thread())
+
+        t = threading.Thread(target=run, name=f"coupler-driver-release-{relay.name}", daemon=True)
+        with self._lock:
+            self._releasing.add(t)
+        t.start()
+
+    def close(self, flush_timeout: float = 5.0) -> None:
+        """Close every port still open (publishers flush first, for up to ``flush_timeout`` s each).
+
+        Errors are logged, not raised: a lost worker must not stop the coupling's teardown.
+        """
+        with self._lock:
+            ports, releasing = list(self._open), list(self._releasing)
+            self._publishers.clear()
+            self._inboxes.clear()
+        for t in releasing:
+            t.join(RELEASE_TIMEOUT)
+        for port in ports:
+            try:
+                if isinstance(port, Publisher):
+                    port.close(flush_timeout)
+                elif isinstance(port, Subscription):
+                    port.close()
+            except Exception as e:
+                logger.info("could not close %r: %r", port, e)
