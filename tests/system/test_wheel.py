@@ -70,7 +70,7 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
 
 def test_wheel_holds_the_demos_the_defaults_and_the_command(wheel: Path) -> None:
     names = set(zipfile.ZipFile(wheel).namelist())
-    for module in ("demos/__init__.py", "demos/augmentation.py", "demos/modulation.py", "demos/transformation.py",
+    for module in ("demos/__init__.py", "demos/augmentation.py", "demos/live_stream.py", "demos/modulation.py", "demos/transformation.py",
                    "runtime/coupler.yaml", "runtime/py.typed", "runtime/launch/cli.py"):
         assert f"coupler/{module}" in names, f"{module} missing from {wheel.name}"
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
@@ -87,7 +87,7 @@ def test_installed_coupler_comes_from_the_wheel(venv: Path, tmp_path: Path) -> N
     assert _run([str(venv / "coupler"), "--version"], tmp_path, 120).stdout.strip() == f"coupler {VERSION}"
 
 
-DEMOS = ["augmentation"] + (["augmentation_turbulence", "modulation", "transformation", "transformation_2d"]
+DEMOS = ["augmentation"] + (["augmentation_turbulence", "live_stream", "modulation", "transformation", "transformation_2d"]
                             if os.environ.get("COUPLER_WHEEL_ALL_DEMOS") == "1" else [])
 
 
