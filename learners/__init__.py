@@ -52,6 +52,8 @@ from coupler.learners.solver_correction import CoarseCorrectionNet as CoarseCorr
 from coupler.learners.solver_correction import CoarseCorrectionConfig as CoarseCorrectionConfig
 from coupler.learners.solver_correction import SolverCorrectionConfig as SolverCorrectionConfig
 from coupler.learners.solver_correction import SolverCorrectionTrainer as SolverCorrectionTrainer
+from coupler.learners.spectral_closure import SpectralClosureNet as SpectralClosureNet
+from coupler.learners.spectral_closure import SpectralClosureConfig as SpectralClosureConfig
 
 __all__ = [
     "GaussianProcess",
@@ -67,6 +69,8 @@ __all__ = [
     "CoarseCorrectionConfig",
     "SolverCorrectionConfig",
     "SolverCorrectionTrainer",
+    "SpectralClosureNet",
+    "SpectralClosureConfig",
     "ConvSurrogate",
     "correction_function",
     "CorrectionConfig",
