@@ -113,6 +113,13 @@ QUICK = Setup(
     model=SpectralClosureConfig(),
     coarse_dealias="pad",
 )
+MODELS = {
+    "closure": SpectralClosureConfig(),
+    "closure-state": SpectralClosureConfig(state_features=True),
+    "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.9),
+}
+"""The learned models ``--model`` picks from (the setup's own when not given)."""
+
 TINY = replace(QUICK, fine_n=32, spinup=2.0, train_runs=2, train_time=1.0, window=5, train_steps=3, batch_size=2, eval_runs=2, eval_time=0.8, frame_every=2, model=SpectralClosureConfig(hidden=4, depth=1))
 
 
@@ -296,6 +303,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--tiny", action="store_true", help="code path only (seconds; the smoke test)")
     p.add_argument("--unroll", type=int, default=0, help="unroll length of the solver-in-the-loop training (default: window - 1)")
     p.add_argument("--train-steps", type=int, default=0, help="override the optimiser steps of each training")
+    p.add_argument("--model", default="", choices=["", *MODELS], help="the learned model (default: the setup's)")
     p.add_argument("--viscosity", default="", help="override the viscosity range, 'lo,hi'")
     p.add_argument("--eval-time", type=float, default=0.0, help="override the horizon (time units)")
     p.add_argument("--seed", type=int, default=0)
@@ -315,6 +323,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         setup = replace(setup, viscosity=(lo, hi))
     if args.eval_time:
         setup = replace(setup, eval_time=args.eval_time)
+    if args.model:
+        setup = replace(setup, model=MODELS[args.model])
     key = jax.random.key(args.seed)
     data, data_s = training_windows(setup, jax.random.fold_in(key, 0))
     print(f"training data: {data['field'].shape[0]} windows of {setup.window} frames in {data_s:.1f} s", flush=True)

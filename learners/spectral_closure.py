@@ -41,6 +41,10 @@ class SpectralClosureNet(nnx.Module):
         depth: hidden layers (>= 1).
         viscosity_scale: ``nu_t`` is the MLP's first output times this.
         log_nu_center: centre of the ``log(viscosity)`` feature.
+        state_features: also feed the MLP the state's spectrum at every step: the log energy of
+            the mode and of the band next to the cutoff (``|k| > 3/4`` of it), as the
+            Chollet-Lesieur spectral eddy viscosity scales with the energy at the cutoff. The
+            coefficients are then recomputed every step (a small cost).
         rngs: flax random streams (keyword-only, as in flax NNX).
 
     Raises:
@@ -54,6 +58,7 @@ class SpectralClosureNet(nnx.Module):
         depth: int = 2,
         viscosity_scale: float = 0.01,
         log_nu_center: float = -4.0,
+        state_features: bool = False,
         rngs: nnx.Rngs,
     ) -> None:
         if depth < 1 or hidden < 1 or not viscosity_scale > 0:
@@ -62,16 +67,23 @@ class SpectralClosureNet(nnx.Module):
             )
         self.viscosity_scale = viscosity_scale
         self.log_nu_center = log_nu_center
-        sizes = [4] + [hidden] * depth
+        self.state_features = state_features
+        sizes = [6 if state_features else 4] + [hidden] * depth
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])])
         self.out = nnx.Linear(hidden, 2, kernel_init=nnx.initializers.zeros, rngs=rngs)
 
-    def coefficients(self, coarse: NavierStokes2D, params: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def coefficients(
+        self, coarse: NavierStokes2D, params: jax.Array, w: jax.Array | None = None
+    ) -> tuple[jax.Array, jax.Array]:
         """``(nu_t, 1 + g)`` of a batch, each ``(B, n, n//2 + 1)`` in the ``rfft2`` layout.
 
         Args:
             coarse: the coarse solver (its grid sets the wavenumbers and the cutoff).
             params: ``(B, 3)`` viscosity, forcing amplitude, drag.
+            w: ``(B, n, n)`` the current vorticity (needed with ``state_features``, else unused).
+
+        Raises:
+            ValueError: with ``state_features`` and no ``w``.
         """
         kx, ky = coarse.wavenumbers()
         cut = coarse.n / 2
@@ -80,15 +92,21 @@ class SpectralClosureNet(nnx.Module):
         b = params.shape[0]
         shape = (b,) + k.shape
         log_nu = jnp.log(params[:, 0]) - self.log_nu_center
-        x = jnp.stack(
-            [
-                jnp.broadcast_to(k, shape),
-                jnp.broadcast_to(kmax, shape),
-                jnp.broadcast_to(log_nu[:, None, None], shape),
-                jnp.broadcast_to(params[:, 1, None, None] - 1.0, shape),
-            ],
-            axis=-1,
-        )
+        features = [
+            jnp.broadcast_to(k, shape),
+            jnp.broadcast_to(kmax, shape),
+            jnp.broadcast_to(log_nu[:, None, None], shape),
+            jnp.broadcast_to(params[:, 1, None, None] - 1.0, shape),
+        ]
+        if self.state_features:
+            if w is None:
+                raise ValueError("a closure with state_features needs the state w")
+            # Energy per mode, normalised so that a field of unit rms has modes of order 1.
+            e = jnp.abs(jnp.fft.rfft2(w)) ** 2 / coarse.n**2
+            band = (k > 0.75) & (k < 1.0)
+            e_band = jnp.sum(e * band, axis=(-2, -1)) / jnp.sum(band)
+            features += [jnp.log(e + 1e-6) / 4.0, jnp.broadcast_to(jnp.log(e_band + 1e-6)[:, None, None] / 4.0, shape)]
+        x = jnp.stack(features, axis=-1)
         for layer in self.layers:
             x = jax.nn.gelu(layer(x))
         out = self.out(x)
@@ -96,25 +114,29 @@ class SpectralClosureNet(nnx.Module):
 
     def one_step(self, coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.Array:
         """One closed coarse step of a batch: ``(B, n, n)`` vorticity, ``(B, 3)`` params."""
-        return _closed_steps(coarse, w, params, *self.coefficients(coarse, params), 1)[-1]
+        return _closed_step(coarse, w, params, *self.coefficients(coarse, params, w))
 
     def rollout(self, coarse: NavierStokes2D, w0: jax.Array, params: jax.Array, steps: int) -> jax.Array:
-        """``steps`` closed steps from ``w0`` (coefficients computed once); ``(steps, B, n, n)``."""
-        return _closed_steps(coarse, w0, params, *self.coefficients(coarse, params), steps)
+        """``steps`` closed steps from ``w0`` inside one ``lax.scan``; ``(steps, B, n, n)``.
+
+        Without ``state_features`` the coefficients are computed once, outside the loop.
+        """
+        fixed = None if self.state_features else self.coefficients(coarse, params)
+
+        def body(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
+            coeffs = fixed if fixed is not None else self.coefficients(coarse, params, w)
+            w = _closed_step(coarse, w, params, *coeffs)
+            return w, w
+
+        return jax.lax.scan(body, w0, None, length=steps)[1]
 
 
-def _closed_steps(
-    coarse: NavierStokes2D, w0: jax.Array, params: jax.Array, nu_t: jax.Array, gain: jax.Array, steps: int
-) -> jax.Array:
-    def one(w: jax.Array, p: jax.Array, nt: jax.Array, g: jax.Array) -> jax.Array:
-        state = NavierStokesState(w, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+def _closed_step(coarse: NavierStokes2D, w: jax.Array, params: jax.Array, nu_t: jax.Array, gain: jax.Array) -> jax.Array:
+    def one(w1: jax.Array, p: jax.Array, nt: jax.Array, g: jax.Array) -> jax.Array:
+        state = NavierStokesState(w1, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
         return coarse.step_with_closure(state, NavierStokesParams(p[0], p[1], p[2]), nt, g).w
 
-    def body(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
-        w = jax.vmap(one)(w, params, nu_t, gain)
-        return w, w
-
-    return jax.lax.scan(body, w0, None, length=steps)[1]
+    return jax.vmap(one)(w, params, nu_t, gain)
 
 
 @dataclass(frozen=True)
@@ -125,6 +147,7 @@ class SpectralClosureConfig:
     depth: int = 2
     viscosity_scale: float = 0.01
     log_nu_center: float = -4.0
+    state_features: bool = False
 
     def build(self, seed: int = 0) -> SpectralClosureNet:
         """Initialise a ``SpectralClosureNet`` from ``seed``."""
@@ -133,5 +156,6 @@ class SpectralClosureConfig:
             depth=self.depth,
             viscosity_scale=self.viscosity_scale,
             log_nu_center=self.log_nu_center,
+            state_features=self.state_features,
             rngs=nnx.Rngs(seed),
         )
