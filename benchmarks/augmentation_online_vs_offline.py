@@ -411,6 +411,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller step budgets (a few minutes on 2 cores)")
     p.add_argument("--setups", default="ns-correction,navier-stokes,heat-melissa", help="comma-separated setups to run")
+    p.add_argument("--correction-model", default="closure", choices=sorted(correction.MODELS),
+                   help="the ns-correction setup's learned model")
     p.add_argument("--seeds", type=int, default=1, help="repeat each setup with this many seeds (mean and SE)")
     p.add_argument("--steps", type=int, default=0, help="override every setup's step budget")
     p.add_argument("--offline-sims", type=int, default=0, help="override every setup's stored simulations")
@@ -435,6 +437,7 @@ def build_setups(args: argparse.Namespace) -> list[Any]:
             raise ValueError(f"unknown setup {name!r}; expected one of {sorted(known)}")
         s = known[name](args.quick)
         if isinstance(s, correction.CorrectionSetup):
+            s = replace(s, model=correction.MODELS[args.correction_model])
             if args.steps:
                 s = replace(s, train_steps=args.steps)
             if args.offline_sims:

@@ -32,13 +32,18 @@ import numpy as np
 from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import OptimizerConfig
-from coupler.learners.solver_correction import SolverCorrectionConfig, SolverCorrectionTrainer, corrected_rollout
+from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, SolverCorrectionTrainer, corrected_rollout
 from coupler.learners.spectral_closure import SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
 VALIDATION_FRACTION = 0.2
+MODELS = {
+    "closure": SpectralClosureConfig(hidden=32, depth=2),
+    "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.5),
+}
+"""The learned models the setup can train: the spectral closure (about 1.2k weights) or the additive CNN."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +65,7 @@ class CorrectionSetup:
     simulator: CoarseGrainedNavierStokes
     viscosity: tuple[float, float] = (1.5e-2, 3e-2)
     amplitude: tuple[float, float] = (0.8, 1.2)
-    model: Any = field(default_factory=SpectralClosureConfig)
+    model: Any = field(default_factory=lambda: MODELS["closure"])
     blocks: int = 4
     offline_sims: int = 8
     train_steps: int = 200
