@@ -126,6 +126,9 @@ QUICK = Setup(
     model=SpectralClosureConfig(hidden=32, depth=2),
     coarse_dealias="pad",
 )
+DEMO = replace(QUICK, train_runs=8, window=17, train_steps=200, eval_runs=16, repeats=3)
+"""A smaller ``QUICK`` for a demo (fewer training runs and steps, 16 held-out runs); same regime and rows."""
+
 MODELS = {
     "closure": SpectralClosureConfig(hidden=32, depth=2),
     "closure-state": SpectralClosureConfig(state_features=True),
@@ -350,6 +353,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size = p.add_mutually_exclusive_group()
     size.add_argument("--quick", action="store_true", help="coarse 16, reference 64 (a few minutes on 2 cores)")
     size.add_argument("--tiny", action="store_true", help="code path only (seconds; the smoke test)")
+    size.add_argument("--demo", action="store_true", help="QUICK made smaller for a demo (16 held-out runs)")
     p.add_argument("--unroll", type=int, default=0, help="unroll length of the solver-in-the-loop training (default: window - 1)")
     p.add_argument("--train-steps", type=int, default=0, help="override the optimiser steps of each training")
     p.add_argument("--model", default="", choices=["", *MODELS], help="the learned model (default: the setup's)")
@@ -362,7 +366,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = TINY if args.tiny else QUICK if args.quick else Setup()
+    setup = TINY if args.tiny else DEMO if args.demo else QUICK if args.quick else Setup()
     unroll = args.unroll or setup.window - 1
     setup = replace(setup, window=max(setup.window, unroll + 1))
     if args.train_steps:
@@ -389,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
         "setup": {**asdict(setup), "model": asdict(setup.model)},
-        "mode": "tiny" if args.tiny else "quick" if args.quick else "full",
+        "mode": "tiny" if args.tiny else "demo" if args.demo else "quick" if args.quick else "full",
         "device": jax.devices()[0].platform,
     }
     if args.json:

@@ -28,6 +28,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
@@ -125,13 +126,22 @@ def _flatten(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v.reshape((-1,) + v.shape[2:]) for k, v in data.items()}
 
 
+@nnx.jit(static_argnames=("coarse", "steps"))
+def _rollout_error(model: Any, field: jax.Array, params: jax.Array, coarse: NavierStokes2D, steps: int) -> jax.Array:
+    traj = jnp.swapaxes(corrected_rollout(coarse, model, field[:, 0], params, steps), 0, 1)
+    num = jnp.sum((traj - field[:, 1:]) ** 2, axis=(1, 2, 3))
+    return jnp.mean(jnp.sqrt(num / jnp.sum(field[:, 1:] ** 2, axis=(1, 2, 3))))
+
+
 def heldout_error(setup: CorrectionSetup, model: Any, test: dict[str, np.ndarray]) -> float:
     """Mean over windows of the corrected rollout's relative L2 error over the window (``model=None``: plain)."""
-    coarse = setup.simulator.coarse()
     f, p = jnp.asarray(test["field"]), jnp.asarray(test["params"])
-    traj = jnp.swapaxes(corrected_rollout(coarse, model, f[:, 0], p, setup.unroll), 0, 1)
-    num = jnp.sum((traj - f[:, 1:]) ** 2, axis=(1, 2, 3))
-    return float(jnp.mean(jnp.sqrt(num / jnp.sum(f[:, 1:] ** 2, axis=(1, 2, 3)))))
+    coarse = setup.simulator.coarse()
+    if model is None:
+        traj = jnp.swapaxes(corrected_rollout(coarse, None, f[:, 0], p, setup.unroll), 0, 1)
+        num = jnp.sum((traj - f[:, 1:]) ** 2, axis=(1, 2, 3))
+        return float(jnp.mean(jnp.sqrt(num / jnp.sum(f[:, 1:] ** 2, axis=(1, 2, 3)))))
+    return float(_rollout_error(model, f, p, coarse, setup.unroll))
 
 
 def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
