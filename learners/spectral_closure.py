@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from coupler.learners.solver_correction import CoarseCorrectionConfig
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
@@ -159,3 +160,49 @@ class SpectralClosureConfig:
             state_features=self.state_features,
             rngs=nnx.Rngs(seed),
         )
+
+
+class ClosureWithCorrection(nnx.Module):
+    """A spectral closure with an additive CNN on top: ``w <- C(w) + N(C(w), nu, A)``.
+
+    ``C`` is a ``SpectralClosureNet`` step, ``N`` a ``CoarseCorrectionNet``; both
+    start as the identity, so an untrained model is the plain solver.
+
+    Args:
+        closure: the closure's hyperparameters.
+        correction: the CNN's hyperparameters.
+        seed: initialisation seed.
+    """
+
+    def __init__(self, closure: SpectralClosureConfig, correction: CoarseCorrectionConfig, seed: int = 0) -> None:
+        self.closure = closure.build(seed)
+        self.correction = correction.build(seed + 1)
+
+    def one_step(self, coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.Array:
+        """One step of a batch: the closed step, then the CNN's correction of it."""
+        w1 = self.closure.one_step(coarse, w, params)
+        return w1 + self.correction(w1, params)
+
+    def rollout(self, coarse: NavierStokes2D, w0: jax.Array, params: jax.Array, steps: int) -> jax.Array:
+        """``steps`` steps from ``w0`` inside one ``lax.scan``; ``(steps, B, n, n)``."""
+        fixed = None if self.closure.state_features else self.closure.coefficients(coarse, params)
+
+        def body(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
+            coeffs = fixed if fixed is not None else self.closure.coefficients(coarse, params, w)
+            w = _closed_step(coarse, w, params, *coeffs)
+            w = w + self.correction(w, params)
+            return w, w
+
+        return jax.lax.scan(body, w0, None, length=steps)[1]
+
+
+@dataclass(frozen=True)
+class ClosureWithCorrectionConfig:
+    """Hyperparameters of a ``ClosureWithCorrection``; hashable and picklable (a model factory)."""
+
+    closure: SpectralClosureConfig = SpectralClosureConfig(hidden=32)
+    correction: CoarseCorrectionConfig | None = None
+
+    def build(self, seed: int = 0) -> ClosureWithCorrection:
+        """Initialise a ``ClosureWithCorrection`` from ``seed`` (the CNN defaults to 8 channels, 3 layers)."""
+        return ClosureWithCorrection(self.closure, self.correction or CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.5), seed)

@@ -9,8 +9,7 @@ import pytest
 
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import SolverCorrectionConfig, corrected_rollout, trajectory_loss
-from coupler.learners.spectral_closure import SpectralClosureConfig
-
+from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
 from coupler.physics.navier_stokes import NavierStokes2D
 
 COARSE = NavierStokes2D(n=16, dt=0.08, dealias="pad")
@@ -31,6 +30,10 @@ def test_an_untrained_closure_is_the_plain_solver() -> None:
     np.testing.assert_allclose(np.asarray(closed), np.asarray(plain), atol=1e-6)
     nu_t, gain = SMALL.build(0).coefficients(COARSE, p)
     assert nu_t.shape == gain.shape == (3, 16, 9)
+    # With the additive CNN on top (its last layer zero too), and one step at a time.
+    both = ClosureWithCorrectionConfig(SMALL).build(0)
+    np.testing.assert_allclose(np.asarray(corrected_rollout(COARSE, both, w0, p, 4)), np.asarray(plain), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(both.one_step(COARSE, w0, p)), np.asarray(plain[0]), atol=1e-6)
 
 
 def _missing_viscosity_windows(seed: int, runs: int, k: int) -> dict[str, np.ndarray]:
