@@ -54,6 +54,8 @@ from coupler.learners.solver_correction import SolverCorrectionConfig as SolverC
 from coupler.learners.solver_correction import SolverCorrectionTrainer as SolverCorrectionTrainer
 from coupler.learners.spectral_closure import SpectralClosureNet as SpectralClosureNet
 from coupler.learners.spectral_closure import SpectralClosureConfig as SpectralClosureConfig
+from coupler.learners.spectral_closure import ClosureWithCorrection as ClosureWithCorrection
+from coupler.learners.spectral_closure import ClosureWithCorrectionConfig as ClosureWithCorrectionConfig
 
 __all__ = [
     "GaussianProcess",
@@ -71,6 +73,8 @@ __all__ = [
     "SolverCorrectionTrainer",
     "SpectralClosureNet",
     "SpectralClosureConfig",
+    "ClosureWithCorrection",
+    "ClosureWithCorrectionConfig",
     "ConvSurrogate",
     "correction_function",
     "CorrectionConfig",

@@ -135,7 +135,12 @@ class NavierStokes2D:
         """The ``rfft2`` on the ``n`` grid's modes of a product formed by ``_to_grid``."""
         if self.dealias == "truncate":
             return jnp.fft.rfft2(x)
-        return jnp.fft.rfft2(spectral_resample(x, self.n))
+        m, keep = x.shape[-1], self.n // 2
+        x_hat = jnp.fft.rfft2(x)[..., :keep]
+        rows = [x_hat[..., :keep, :], jnp.zeros(x_hat.shape[:-2] + (1, keep), x_hat.dtype), x_hat[..., m - keep + 1 :, :]]
+        out = jnp.concatenate(rows, axis=-2)
+        # The n grid's modes, its Nyquist column and row zero (the mask drops them anyway).
+        return jnp.concatenate([out, jnp.zeros(out.shape[:-1] + (1,), out.dtype)], axis=-1) * (self.n / m) ** 2
 
     def velocity(self, w_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Velocity ``(u, v)`` on the grid from the vorticity's ``rfft2``."""
