@@ -27,7 +27,7 @@ from flax import nnx
 
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import ModelFactory, OnlineTrainer, replace_checked
-from coupler.learners.solver_correction import CoarseCorrectionConfig, corrected_rollout
+from coupler.learners.solver_correction import CorrectionModelConfig, corrected_rollout
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
@@ -254,7 +254,8 @@ class CorrectedSimulatorActor(SimulatorActor):
     Args:
         simulator: the coarse solver (the ``coarse`` of the trainer's config).
         params: ``NavierStokesParams`` (batched over members if ``ensemble``).
-        correction: the network's hyperparameters (the trainer's ``model``).
+        correction: the model's hyperparameters (the trainer's ``model``: a
+            ``CoarseCorrectionConfig`` or a ``SpectralClosureConfig``).
         inputs: must map ``"weights"`` to a ``Latest`` channel.
         **kwargs: passed to :class:`SimulatorActor`.
 
@@ -268,7 +269,7 @@ class CorrectedSimulatorActor(SimulatorActor):
         simulator: NavierStokes2D,
         params: NavierStokesParams,
         *,
-        correction: CoarseCorrectionConfig,
+        correction: CorrectionModelConfig,
         inputs: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:

@@ -21,12 +21,18 @@ relative L2 error of the ``K``-step prediction. The table reports that error,
 its ratio, the unique samples each saw, the samples per second into the learner
 (arrivals, and drawn in mini-batches), and the learner process's CPU use.
 
-Setups: ``navier-stokes`` (``NavierStokes2D`` on a 32x32 grid, ``FNO2D``; a
+Setups: ``ns-correction`` (the coarse-solver correction of
+``augmentation_speedup.py``, trained through the coarse solver; in
+``correction_online_vs_offline.py``), ``navier-stokes`` (``NavierStokes2D`` on a 32x32 grid, ``FNO2D``; a
 wide parameter space of viscosity, forcing and random initial vorticity) and
 ``heat-melissa`` (the Melissa heat setup: ``Heat2D`` on a 100x100 grid, 100
 simulations offline, our ``ConvSurrogate``).
 
-Run: ``python benchmarks/augmentation_online_vs_offline.py [--quick] [--json out.json]``.
+``--seeds N`` repeats every setup with seeds ``seed .. seed+N-1`` (fresh offline,
+online and held-out runs each) and reports the mean and standard error of the
+online error reduction.
+
+Run: ``python benchmarks/augmentation_online_vs_offline.py [--quick] [--seeds 3] [--json out.json]``.
 """
 
 from __future__ import annotations
@@ -53,9 +59,12 @@ from coupler.physics.heat import Heat2D
 from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
+import correction_online_vs_offline as correction  # noqa: E402  (a sibling script)
+
+# The workers cannot import these scripts: ship their functions by value.
 if __name__ != "__main__":
-    # Imported (by a test): the workers cannot import this script, so ship its functions by value.
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(correction)
 
 VALIDATION_FRACTION = 0.2
 TEST_SIMS = 48
@@ -391,16 +400,20 @@ def print_table(results: list[dict[str, Any]]) -> None:
                     else f"{row['epochs']} epochs, budget reached" if row["mode"] == "offline" else "Reservoir stream")
             print(f"{res['setup']:<15}{row['mode']:<9}{100 * row['heldout_rel_l2']:>15.2f}%{row['simulations']:>8,d}"
                   f"{row['unique_samples']:>16,d}{row['train_steps']:>7,d}{_fmt(row['arrival_samples_per_s'], 12, 1)}"
-                  f"{row['batch_samples_per_s']:>17.1f}{row['learner_cpu_cores']:>12.2f}c{row['train_seconds']:>9.1f}  {note}")
+                  f"{row['batch_samples_per_s']:>17.1f}{_fmt(row['learner_cpu_cores'], 12, 2)}c{row['train_seconds']:>9.1f}  {note}")
         print(f"{'':<15}online/offline error ratio {res['online_over_offline_error']:.3f} "
-              f"(online {100 * res['online_error_reduction']:+.1f} % lower); persistence {100 * res['persistence_rel_l2']:.2f}%; "
+              f"(online {100 * res['online_error_reduction']:+.1f} % lower); {res.get('baseline', 'persistence')} "
+              f"{100 * res['persistence_rel_l2']:.2f}%; "
               f"memory budget {res['memory_budget_pairs']} pairs, grid {res['grid']}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="smaller step budgets (a few minutes on 2 cores)")
-    p.add_argument("--setups", default="navier-stokes,heat-melissa", help="comma-separated setups to run")
+    p.add_argument("--setups", default="ns-correction,navier-stokes,heat-melissa", help="comma-separated setups to run")
+    p.add_argument("--correction-model", default="closure", choices=sorted(correction.MODELS),
+                   help="the ns-correction setup's learned model")
+    p.add_argument("--seeds", type=int, default=1, help="repeat each setup with this many seeds (mean and SE)")
     p.add_argument("--steps", type=int, default=0, help="override every setup's step budget")
     p.add_argument("--offline-sims", type=int, default=0, help="override every setup's stored simulations")
     p.add_argument("--blocks", type=int, default=0, help="override pairs per simulation")
@@ -411,18 +424,28 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def build_setups(args: argparse.Namespace) -> list[Setup]:
+def build_setups(args: argparse.Namespace) -> list[Any]:
     """The requested setups with the command line's overrides applied.
 
     Raises:
         ValueError: for an unknown setup name.
     """
-    known = {"navier-stokes": navier_stokes_setup, "heat-melissa": heat_setup}
+    known = {"ns-correction": correction.correction_setup, "navier-stokes": navier_stokes_setup, "heat-melissa": heat_setup}
     out = []
     for name in filter(None, args.setups.split(",")):
         if name not in known:
             raise ValueError(f"unknown setup {name!r}; expected one of {sorted(known)}")
         s = known[name](args.quick)
+        if isinstance(s, correction.CorrectionSetup):
+            s = replace(s, model=correction.MODELS[args.correction_model])
+            if args.steps:
+                s = replace(s, train_steps=args.steps)
+            if args.offline_sims:
+                s = replace(s, offline_sims=args.offline_sims)
+            if args.blocks:
+                s = replace(s, blocks=args.blocks)
+            out.append(s)
+            continue
         if args.steps:
             s = replace(s, train_steps=args.steps)
         if args.offline_sims:
@@ -441,15 +464,31 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     results = []
     with Coupling(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cp:
         for setup in setups:
-            print(f"{setup.name}: budget {setup.train_steps} steps x {setup.batch_size}, "
-                  f"{setup.capacity} pairs in memory", flush=True)
-            results.append(run_setup(setup, cp, args.seed))
+            for seed in range(args.seed, args.seed + args.seeds):
+                print(f"{setup.name} seed {seed}: budget {setup.train_steps} steps x {setup.batch_size}, "
+                      f"{setup.capacity} samples in memory", flush=True)
+                run = correction.run_setup if isinstance(setup, correction.CorrectionSetup) else run_setup
+                results.append({**run(setup, cp, seed), "seed": seed})
     print()
     print_table(results)
+    summary = summarize_seeds(results)
+    for name, s in summary.items():
+        print(f"{name}: online error reduction {100 * s['mean']:+.1f} % +- {100 * s['se']:.1f} % (mean +- SE over "
+              f"{s['seeds']} seeds; target >= 15 %)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"quick": args.quick, "results": results, "device": jax.devices()[0].platform}, f, indent=2)
+            json.dump({"quick": args.quick, "results": results, "summary": summary, "device": jax.devices()[0].platform}, f, indent=2)
     return results
+
+
+def summarize_seeds(results: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per setup: mean and standard error (``std / sqrt(n)``, ``ddof=1``; 0 for one seed) of the error reduction."""
+    out = {}
+    for name in dict.fromkeys(r["setup"] for r in results):
+        x = np.array([r["online_error_reduction"] for r in results if r["setup"] == name])
+        se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
+        out[name] = {"mean": float(np.mean(x)), "se": se, "seeds": len(x)}
+    return out
 
 
 if __name__ == "__main__":

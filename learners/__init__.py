@@ -53,6 +53,10 @@ from coupler.learners.solver_correction import CoarseCorrectionNet as CoarseCorr
 from coupler.learners.solver_correction import CoarseCorrectionConfig as CoarseCorrectionConfig
 from coupler.learners.solver_correction import SolverCorrectionConfig as SolverCorrectionConfig
 from coupler.learners.solver_correction import SolverCorrectionTrainer as SolverCorrectionTrainer
+from coupler.learners.spectral_closure import SpectralClosureNet as SpectralClosureNet
+from coupler.learners.spectral_closure import SpectralClosureConfig as SpectralClosureConfig
+from coupler.learners.spectral_closure import ClosureWithCorrection as ClosureWithCorrection
+from coupler.learners.spectral_closure import ClosureWithCorrectionConfig as ClosureWithCorrectionConfig
 
 __all__ = [
     "GaussianProcess",
@@ -69,6 +73,10 @@ __all__ = [
     "CoarseCorrectionConfig",
     "SolverCorrectionConfig",
     "SolverCorrectionTrainer",
+    "SpectralClosureNet",
+    "SpectralClosureConfig",
+    "ClosureWithCorrection",
+    "ClosureWithCorrectionConfig",
     "ConvSurrogate",
     "correction_function",
     "CorrectionConfig",

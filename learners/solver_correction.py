@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -101,6 +101,38 @@ class CoarseCorrectionNet(nnx.Module):
         out = self.layers[-1](x)[..., 0] * self.field_scale
         return out - jnp.mean(out, axis=(-2, -1), keepdims=True)
 
+    def one_step(self, coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.Array:
+        """One corrected coarse step ``S(w) + N(S(w))`` of a batch (shapes as ``coarse_step``)."""
+        w1 = coarse_step(coarse, w, params)
+        return w1 + self(w1, params)
+
+    def rollout(self, coarse: NavierStokes2D, w0: jax.Array, params: jax.Array, steps: int) -> jax.Array:
+        """``steps`` corrected steps from ``w0`` inside one ``lax.scan``; ``(steps, B, n, n)``."""
+
+        def body(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
+            w = self.one_step(coarse, w, params)
+            return w, w
+
+        return jax.lax.scan(body, w0, None, length=steps)[1]
+
+
+class CorrectionModel(Protocol):
+    """What a learned coarse-solver model offers: a batched step and a rollout.
+
+    ``CoarseCorrectionNet`` (an additive CNN) and
+    ``learners.spectral_closure.SpectralClosureNet`` (a learned eddy viscosity) fit it.
+    """
+
+    def one_step(self, coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.Array: ...
+
+    def rollout(self, coarse: NavierStokes2D, w0: jax.Array, params: jax.Array, steps: int) -> jax.Array: ...
+
+
+class CorrectionModelConfig(Protocol):
+    """A picklable factory of a ``CorrectionModel`` (``CoarseCorrectionConfig``, ``SpectralClosureConfig``)."""
+
+    def build(self, seed: int = 0) -> Any: ...
+
 
 @dataclass(frozen=True)
 class CoarseCorrectionConfig:
@@ -134,23 +166,24 @@ def coarse_step(coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.
     return jax.vmap(one)(w, params)
 
 
-def corrected_step(coarse: NavierStokes2D, model: CoarseCorrectionNet, w: jax.Array, params: jax.Array) -> jax.Array:
-    """One corrected coarse step ``S(w) + N(S(w))`` of a batch (shapes as ``coarse_step``)."""
-    w1 = coarse_step(coarse, w, params)
-    return w1 + model(w1, params)
+def corrected_step(coarse: NavierStokes2D, model: CorrectionModel, w: jax.Array, params: jax.Array) -> jax.Array:
+    """One corrected coarse step of a batch (shapes as ``coarse_step``): ``model.one_step``."""
+    return model.one_step(coarse, w, params)
 
 
 def corrected_rollout(
-    coarse: NavierStokes2D, model: CoarseCorrectionNet | None, w0: jax.Array, params: jax.Array, steps: int
+    coarse: NavierStokes2D, model: CorrectionModel | None, w0: jax.Array, params: jax.Array, steps: int
 ) -> jax.Array:
     """``steps`` corrected steps from ``w0`` inside one ``lax.scan``; ``model=None`` is the plain solver.
 
     Returns:
         The trajectory ``(steps, B, n, n)`` (the frames after each step, ``w0`` excluded).
     """
+    if model is not None:
+        return model.rollout(coarse, w0, params, steps)
 
     def body(w: jax.Array, _: Any) -> tuple[jax.Array, jax.Array]:
-        w = coarse_step(coarse, w, params) if model is None else corrected_step(coarse, model, w, params)
+        w = coarse_step(coarse, w, params)
         return w, w
 
     return jax.lax.scan(body, w0, None, length=steps)[1]
@@ -162,7 +195,7 @@ def _relative_sq(pred: jax.Array, target: jax.Array) -> jax.Array:
 
 
 def trajectory_loss(
-    model: CoarseCorrectionNet, coarse: NavierStokes2D, field: jax.Array, params: jax.Array, unroll: int
+    model: CorrectionModel, coarse: NavierStokes2D, field: jax.Array, params: jax.Array, unroll: int
 ) -> jax.Array:
     """Mean relative squared error of the corrected solver on windows ``field`` ``(B, K+1, n, n)``.
 
@@ -181,7 +214,7 @@ def trajectory_loss(
 
 @nnx.jit(static_argnames=("coarse", "unroll"))
 def _train_step(
-    model: CoarseCorrectionNet,
+    model: Any,
     optimizer: nnx.Optimizer,
     field: jax.Array,
     params: jax.Array,
@@ -199,14 +232,15 @@ class SolverCorrectionConfig:
 
     Attributes:
         coarse: the coarse solver the correction lives in.
-        model: the correction network's hyperparameters.
+        model: the correction model's hyperparameters (``CoarseCorrectionConfig``: an additive
+            CNN; ``SpectralClosureConfig``: a learned spectral eddy viscosity).
         optimizer: optimiser hyperparameters.
         unroll: steps of the training rollout (1: one-step training).
         seed: initialisation seed.
     """
 
     coarse: NavierStokes2D
-    model: CoarseCorrectionConfig = field(default_factory=CoarseCorrectionConfig)
+    model: CorrectionModelConfig = field(default_factory=CoarseCorrectionConfig)
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=1e-3, decay_steps=2000))
     unroll: int = 1
     seed: int = 0

@@ -46,6 +46,8 @@ class CoarseGrainedNavierStokes:
         substeps: fine steps per coarse step (the coarse ``dt`` is ``substeps * fine.dt``).
         window: coarse frames kept and observed (``>= 2``).
         spinup: fine steps taken in ``init`` before the first frame (lets turbulence develop).
+        coarse_dealias: the dealiasing of the coarse solver ``coarse()`` returns
+            (``NavierStokes2D.dealias``: ``"truncate"`` or ``"pad"``).
 
     Raises:
         ValueError: for a coarse grid finer than the fine one or that cannot hold the
@@ -57,6 +59,7 @@ class CoarseGrainedNavierStokes:
     substeps: int
     window: int = 5
     spinup: int = 0
+    coarse_dealias: str = "truncate"
 
     def __post_init__(self) -> None:
         if not (self.coarse_n <= self.fine.n and self.coarse_n % 2 == 0):
@@ -76,11 +79,12 @@ class CoarseGrainedNavierStokes:
         """The plain coarse solver whose steps line up with this one's frames.
 
         Raises:
-            ValueError: if ``coarse_n`` cannot resolve the forcing wavenumber.
+            ValueError: if ``coarse_n`` cannot resolve the forcing wavenumber (or cannot be padded).
         """
         f = self.fine
         return NavierStokes2D(
-            n=self.coarse_n, dt=self.dt, forcing_wavenumber=f.forcing_wavenumber, init_peak=f.init_peak, init_rms=f.init_rms
+            n=self.coarse_n, dt=self.dt, forcing_wavenumber=f.forcing_wavenumber, init_peak=f.init_peak, init_rms=f.init_rms,
+            dealias=self.coarse_dealias,
         )
 
     def init(self, key: jax.Array, params: NavierStokesParams) -> CoarseGrainedState:

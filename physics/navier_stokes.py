@@ -61,9 +61,14 @@ class NavierStokes2D:
         forcing_wavenumber: ``k_f`` of the Kolmogorov force (an integer: periodic).
         init_peak: wavenumber where the random initial vorticity's spectrum peaks.
         init_rms: root-mean-square of the random initial vorticity.
+        dealias: ``"truncate"`` (the 2/3 rule: modes above ``n/3`` get no advection
+            term) or ``"pad"`` (the 3/2 rule: the product is formed on a ``3n/2`` grid, so
+            every mode below ``n/2`` gets its exact, alias-free advection term; needs
+            ``n`` divisible by 4).
 
     Raises:
-        ValueError: for an odd or too small ``n``, a non-positive ``dt``,
+        ValueError: for an odd or too small ``n``, an unknown ``dealias`` (or ``"pad"``
+            with ``n`` not divisible by 4), a non-positive ``dt``,
             ``forcing_wavenumber`` outside ``[0, n/3]`` or a bad initial spectrum.
 
     Example:
@@ -79,6 +84,7 @@ class NavierStokes2D:
     forcing_wavenumber: int = 4
     init_peak: float = 3.0
     init_rms: float = 2.0
+    dealias: str = "truncate"
 
     def __post_init__(self) -> None:
         if self.n < 8 or self.n % 2:
@@ -87,6 +93,8 @@ class NavierStokes2D:
             raise ValueError(f"dt must be > 0, got {self.dt}")
         if not 0 <= self.forcing_wavenumber <= self.n // 3:
             raise ValueError(f"forcing_wavenumber must be in [0, n/3={self.n // 3}] (resolved), got {self.forcing_wavenumber}")
+        if self.dealias not in ("truncate", "pad") or (self.dealias == "pad" and self.n % 4):
+            raise ValueError(f"dealias must be 'truncate' or 'pad' (with n divisible by 4), got {self.dealias!r} for n={self.n}")
         if not (self.init_peak > 0 and self.init_rms >= 0):
             raise ValueError(f"need init_peak > 0 and init_rms >= 0, got {self.init_peak}, {self.init_rms}")
 
@@ -108,10 +116,31 @@ class NavierStokes2D:
         return jnp.meshgrid(kx, ky, indexing="ij")
 
     def dealias_mask(self) -> jax.Array:
-        """The 2/3-rule mask: 1 where ``|kx|, |ky| < n/3``, else 0 (``(n, n//2 + 1)``)."""
+        """Modes the advection term may fill (``(n, n//2 + 1)``, 1 or 0).
+
+        ``"truncate"``: ``|kx|, |ky| < n/3`` (the 2/3 rule). ``"pad"``: every mode but
+        the Nyquist ones, ``|kx|, |ky| < n/2``.
+        """
         kx, ky = self.wavenumbers()
-        cut = self.n / 3
+        cut = self.n / 3 if self.dealias == "truncate" else self.n / 2
         return ((jnp.abs(kx) < cut) & (jnp.abs(ky) < cut)).astype(jnp.float32)
+
+    def _to_grid(self, x_hat: jax.Array) -> jax.Array:
+        """A spectral field on the product grid (``n``, or ``3n/2`` zero-padded with ``"pad"``)."""
+        if self.dealias == "truncate":
+            return jnp.fft.irfft2(x_hat, s=(self.n, self.n))
+        return spectral_resample_hat(x_hat, self.n, 3 * self.n // 2)
+
+    def _from_grid(self, x: jax.Array) -> jax.Array:
+        """The ``rfft2`` on the ``n`` grid's modes of a product formed by ``_to_grid``."""
+        if self.dealias == "truncate":
+            return jnp.fft.rfft2(x)
+        m, keep = x.shape[-1], self.n // 2
+        x_hat = jnp.fft.rfft2(x)[..., :keep]
+        rows = [x_hat[..., :keep, :], jnp.zeros(x_hat.shape[:-2] + (1, keep), x_hat.dtype), x_hat[..., m - keep + 1 :, :]]
+        out = jnp.concatenate(rows, axis=-2)
+        # The n grid's modes, its Nyquist column and row zero (the mask drops them anyway).
+        return jnp.concatenate([out, jnp.zeros(out.shape[:-1] + (1,), out.dtype)], axis=-1) * (self.n / m) ** 2
 
     def velocity(self, w_hat: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Velocity ``(u, v)`` on the grid from the vorticity's ``rfft2``."""
@@ -131,10 +160,10 @@ class NavierStokes2D:
     def nonlinear(self, w_hat: jax.Array, f_hat: jax.Array) -> jax.Array:
         """Spectral right-hand side without the linear terms: ``-(u . grad w)^ + f^``, dealiased."""
         kx, ky = self.wavenumbers()
-        u, v = self.velocity(w_hat)
-        wx = jnp.fft.irfft2(1j * kx * w_hat, s=(self.n, self.n))
-        wy = jnp.fft.irfft2(1j * ky * w_hat, s=(self.n, self.n))
-        return -self.dealias_mask() * jnp.fft.rfft2(u * wx + v * wy) + f_hat
+        psi_hat = w_hat / jnp.where(kx**2 + ky**2 == 0, 1.0, kx**2 + ky**2)
+        u, v = self._to_grid(1j * ky * psi_hat), self._to_grid(-1j * kx * psi_hat)
+        wx, wy = self._to_grid(1j * kx * w_hat), self._to_grid(1j * ky * w_hat)
+        return -self.dealias_mask() * self._from_grid(u * wx + v * wy) + f_hat
 
     # -- protocol ---------------------------------------------------------------------------
     def random_params(
@@ -197,18 +226,44 @@ class NavierStokes2D:
 
     def step(self, state: NavierStokesState, params: NavierStokesParams) -> NavierStokesState:
         """One integrating-factor RK4 step of ``dt``."""
+        return self.step_with_closure(state, params, jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
+
+    def step_with_closure(
+        self, state: NavierStokesState, params: NavierStokesParams, eddy_viscosity: jax.Array, advection_gain: jax.Array
+    ) -> NavierStokesState:
+        """One step of the equation with a diagonal spectral closure (a coarse-grid model of unresolved scales).
+
+        Solves ``dw/dt = -(1 + g(k)) (u . grad w)^ - (nu + nu_t(k)) |k|^2 w^ - alpha w^ + f^``:
+        ``nu_t`` is a wavenumber-dependent eddy viscosity (negative values are
+        backscatter) integrated exactly with the other linear terms, ``g`` rescales
+        the advection term mode by mode. ``nu_t = 0, g = 0`` is ``step``.
+
+        Args:
+            state: the state.
+            params: the run's parameters.
+            eddy_viscosity: ``nu_t``, broadcastable to ``(n, n//2 + 1)`` (the ``rfft2`` layout).
+            advection_gain: ``1 + g``, broadcastable to ``(n, n//2 + 1)``.
+
+        Returns:
+            The state one ``dt`` later.
+        """
         kx, ky = self.wavenumbers()
-        linear = -params.viscosity * (kx**2 + ky**2) - params.drag
+        k2 = kx**2 + ky**2
+        linear = -(params.viscosity + eddy_viscosity) * k2 - params.drag
         e_half = jnp.exp(linear * (self.dt / 2))
         e_full = e_half * e_half
         f_hat = jnp.fft.rfft2(self.forcing(params))
+
+        def rhs(w_hat: jax.Array) -> jax.Array:
+            return advection_gain * self.nonlinear(w_hat, jnp.zeros_like(w_hat)) + f_hat
+
         h = self.dt
         w0 = jnp.fft.rfft2(state.w)
-        k1 = self.nonlinear(w0, f_hat)
-        k2 = self.nonlinear(e_half * (w0 + h / 2 * k1), f_hat)
-        k3 = self.nonlinear(e_half * w0 + h / 2 * k2, f_hat)
-        k4 = self.nonlinear(e_full * w0 + h * e_half * k3, f_hat)
-        w1 = e_full * w0 + h / 6 * (e_full * k1 + 2 * e_half * (k2 + k3) + k4)
+        k1 = rhs(w0)
+        k2_ = rhs(e_half * (w0 + h / 2 * k1))
+        k3 = rhs(e_half * w0 + h / 2 * k2_)
+        k4 = rhs(e_full * w0 + h * e_half * k3)
+        w1 = e_full * w0 + h / 6 * (e_full * k1 + 2 * e_half * (k2_ + k3) + k4)
         w = jnp.fft.irfft2(w1, s=(self.n, self.n)).astype(state.w.dtype)
         step = state.step + 1
         # t from the step count: no float32 drift over long runs.
@@ -235,6 +290,27 @@ class NavierStokes2D:
         """
         x, y = self.grid()
         return 2 * amplitude * k * jnp.cos(k * x) * jnp.cos(k * y) * jnp.exp(-(2 * viscosity * k**2 + drag) * t)
+
+
+def spectral_resample_hat(w_hat: jax.Array, m: int, n: int) -> jax.Array:
+    """The field on an ``n x n`` grid whose ``m x m`` grid ``rfft2`` is ``w_hat`` (see ``spectral_resample``).
+
+    Args:
+        w_hat: ``rfft2`` of real field(s) on an ``m x m`` grid, shape ``(..., m, m//2 + 1)``.
+        m: even size of the grid ``w_hat`` belongs to.
+        n: even size of the new grid.
+
+    Returns:
+        The real field(s) on the ``n x n`` grid, shape ``(..., n, n)``.
+    """
+    keep = min(m, n) // 2  # modes 0..keep-1 and -(keep-1)..-1 on each axis
+    lead = w_hat.shape[:-2]
+    cols = w_hat[..., :keep]
+    rows = [cols[..., :keep, :], jnp.zeros(lead + (n - 2 * keep + 1, keep), w_hat.dtype), cols[..., m - keep + 1 :, :]]
+    out = jnp.concatenate(rows, axis=-2)
+    out = jnp.concatenate([out, jnp.zeros(lead + (n, n // 2 + 1 - keep), w_hat.dtype)], axis=-1)
+    # rfft2 is unnormalised: the same mode amplitude on n^2 points is (n/m)^2 times larger.
+    return jnp.fft.irfft2(out * (n / m) ** 2, s=(n, n))
 
 
 def spectral_resample(w: jax.Array, n: int) -> jax.Array:
@@ -270,10 +346,4 @@ def spectral_resample(w: jax.Array, n: int) -> jax.Array:
         raise ValueError(f"spectral_resample needs an even n >= 2, got n={n}")
     if n == m:
         return w
-    w_hat = jnp.fft.rfft2(w)
-    keep = min(m, n) // 2  # modes 0..keep-1 and -(keep-1)..-1 on each axis
-    out = jnp.zeros(w.shape[:-2] + (n, n // 2 + 1), w_hat.dtype)
-    out = out.at[..., :keep, :keep].set(w_hat[..., :keep, :keep])
-    out = out.at[..., n - keep + 1 :, :keep].set(w_hat[..., m - keep + 1 :, :keep])
-    # rfft2 is unnormalised: the same mode amplitude on n^2 points is (n/m)^2 times larger.
-    return jnp.fft.irfft2(out * (n / m) ** 2, s=(n, n)).astype(w.dtype)
+    return spectral_resample_hat(jnp.fft.rfft2(w), m, n).astype(w.dtype)

@@ -9,12 +9,20 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from flax import nnx
 from helper_actors import Collector, Producer
-from coupler.actors.hybrid import CorrectedSimulatorActor, HybridSchedule, HybridSimulatorActor, surrogate_jump
+from coupler.actors.hybrid import (
+    CorrectedSimulatorActor,
+    HybridSchedule,
+    HybridSimulatorActor,
+    corrected_advance,
+    surrogate_jump,
+)
 from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import OnlineTrainer, OptimizerConfig, SurrogateConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig
+from coupler.learners.spectral_closure import SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.heat import Heat2D
 from coupler.physics.navier_stokes import NavierStokes2D
@@ -171,3 +179,15 @@ def test_correction_trains_through_the_runtime_with_versioned_weights_and_lineag
     assert st.info["weights_step"] == 6 and st.info["weights_behind"] == 0 and st.info["weights_age_s"] >= 0
     np.testing.assert_array_equal(col.call("contents")["weights_version"], np.full(2 * members, 6, np.int64))
     sims.wait(120)
+
+
+def test_corrected_advance_takes_the_spectral_closure() -> None:
+    # The actor's pure step with the other model kind: an untrained closure is the plain coarse solver
+    # (its last layer is zero).
+    coarse = NavierStokes2D(n=16, dt=0.08, dealias="pad")
+    net = SpectralClosureConfig(hidden=4, depth=1).build(0)
+    p = coarse.random_params(jax.random.key(0), viscosity_range=(0.02, 0.04))
+    state = coarse.init(jax.random.key(1), p)
+    out = corrected_advance(coarse, nnx.graphdef(net), nnx.state(net), state, p, 3)
+    np.testing.assert_allclose(np.asarray(out.w), np.asarray(coarse.advance(state, p, 3).w), atol=1e-5)
+    assert int(out.step) == 3

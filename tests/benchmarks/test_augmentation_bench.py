@@ -64,3 +64,27 @@ def jax_advance(setup: bench.Setup, params, u: np.ndarray) -> np.ndarray:
     state = bench.jax.vmap(sim.init)(bench.jax.random.split(bench.jax.random.key(1), 2), params)
     state = state._replace(u=bench.jax.numpy.asarray(u))
     return np.asarray(bench.jax.vmap(lambda s, p: sim.advance(s, p, setup.k))(state, params).u)
+
+
+@pytest.mark.system
+@pytest.mark.timeout(900)
+def test_offline_and_online_rows_of_the_correction_setup(coupling: Coupling) -> None:
+    # The coarse-solver correction (ns-correction) through the same comparison, tiny: fine 32^2 -> 16^2.
+    args = bench.parse_args(["--setups", "ns-correction", "--steps", "6", "--offline-sims", "5", "--blocks", "2"])
+    (setup,) = bench.build_setups(args)
+    fine = replace(setup.simulator.fine, n=32, dt=0.04)
+    setup = replace(setup, simulator=replace(setup.simulator, fine=fine, substeps=2, window=3, spinup=10), members=2, patience=2)
+    result = bench.correction.run_setup(setup, coupling, seed=0, test_sims=2)
+    offline, online = result["rows"]
+    assert offline["stored_samples"] == 10 and offline["unique_samples"] == 8 and 1 <= offline["train_steps"] <= 6
+    assert online["train_steps"] == 6 and online["stored_samples"] == 10 and online["unique_samples"] >= 2 * setup.batch_size
+    for row in (offline, online):
+        assert math.isfinite(row["heldout_rel_l2"]) and row["heldout_rel_l2"] > 0
+    assert math.isfinite(result["persistence_rel_l2"]) and result["baseline"] == "plain coarse solver"
+
+
+def test_seed_summary_is_the_mean_and_standard_error() -> None:
+    results = [{"setup": "a", "online_error_reduction": v} for v in (0.1, 0.2, 0.3)] + [{"setup": "b", "online_error_reduction": 0.5}]
+    s = bench.summarize_seeds(results)
+    assert s["a"]["mean"] == pytest.approx(0.2) and s["a"]["se"] == pytest.approx(0.1 / np.sqrt(3)) and s["a"]["seeds"] == 3
+    assert s["b"] == {"mean": 0.5, "se": 0.0, "seeds": 1}

@@ -1,0 +1,273 @@
+"""Online vs offline training of the coarse-solver correction, at the same compute and memory budget.
+
+The ``ns-correction`` setup of ``augmentation_online_vs_offline.py``: the same
+experiment (Melissa's, Meyer et al. 2023) for the learned model of
+``augmentation_speedup.py`` instead of a field surrogate.
+
+* samples are windows of coarse-grained fine Kolmogorov runs
+  (``CoarseGrainedNavierStokes``: fine 64^2, coarse 16^2) and the run's
+  parameters; the model is trained through the coarse solver, unrolled over the
+  window (``SolverCorrectionTrainer``);
+* **offline** stores ``offline_sims`` runs' windows (the memory budget), splits
+  them by run into train and validation, trains with early stopping and keeps
+  the best weights;
+* **online** streams fresh runs from ``SimulatorActor`` ensembles into a
+  ``Reservoir`` of the same capacity, a ``LearnerActor`` trains from it for the
+  same number of optimiser steps;
+* the held-out error is the mean, over held-out windows, of the relative L2
+  error of the corrected coarse rollout over the window (the plain coarse
+  solver's is reported as the baseline).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from coupler.actors.learner import LearnerActor
+from coupler.actors.simulator import SimulatorActor
+from coupler.learners.online import OptimizerConfig
+from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, SolverCorrectionTrainer, corrected_rollout
+from coupler.learners.spectral_closure import SpectralClosureConfig
+from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
+from coupler.physics.navier_stokes import NavierStokes2D
+from coupler.runtime import Coupling, Reservoir
+
+VALIDATION_FRACTION = 0.2
+MODELS = {
+    "closure": SpectralClosureConfig(hidden=32, depth=2),
+    "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.5),
+}
+"""The learned models the setup can train: the spectral closure (about 1.2k weights) or the additive CNN."""
+
+
+@dataclass(frozen=True)
+class CorrectionSetup:
+    """The correction's online-vs-offline problem and its budgets.
+
+    Attributes:
+        name: row label.
+        simulator: the fine run seen on the coarse grid (its ``window`` is unroll + 1).
+        viscosity, amplitude: ranges of the drawn parameters.
+        model: the learned model's factory.
+        blocks: windows per simulation.
+        offline_sims: simulations the memory budget stores (``offline_sims * blocks`` windows).
+        train_steps: optimiser steps allowed (the compute budget).
+        batch_size, members, sim_actors, learning_rate, patience: as in the surrogate setups.
+    """
+
+    name: str
+    simulator: CoarseGrainedNavierStokes
+    viscosity: tuple[float, float] = (1.5e-2, 3e-2)
+    amplitude: tuple[float, float] = (0.8, 1.2)
+    model: Any = field(default_factory=lambda: MODELS["closure"])
+    blocks: int = 4
+    offline_sims: int = 8
+    train_steps: int = 200
+    batch_size: int = 8
+    members: int = 8
+    sim_actors: int = 1
+    learning_rate: float = 3e-3
+    patience: int = 10
+
+    @property
+    def capacity(self) -> int:
+        """The memory budget in windows: what offline stores and the reservoir holds."""
+        return self.offline_sims * self.blocks
+
+    @property
+    def unroll(self) -> int:
+        """Coarse steps of the training rollout (the window less one)."""
+        return self.simulator.window - 1
+
+    def trainer(self, seed: int) -> SolverCorrectionConfig:
+        """The trainer factory both runs use (cosine decay over the whole budget)."""
+        opt = OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=20, decay_steps=self.train_steps)
+        return SolverCorrectionConfig(self.simulator.coarse(), self.model, opt, unroll=self.unroll, seed=seed)
+
+
+def correction_setup(quick: bool) -> CorrectionSetup:
+    """Fine 64^2 -> coarse 16^2 (3/2-rule), windows of 9 frames, the spectral closure of the speed-up benchmark."""
+    fine = NavierStokes2D(n=64, dt=0.02)
+    cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=4, window=9, spinup=500, coarse_dealias="pad")
+    return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400)
+
+
+def _params(setup: CorrectionSetup, key: jax.Array, sims: int) -> Any:
+    fine = setup.simulator.fine
+    draw = lambda k: fine.random_params(k, viscosity_range=setup.viscosity, amplitude_range=setup.amplitude)  # noqa: E731
+    return jax.vmap(draw)(jax.random.split(key, sims))
+
+
+def _matrix(params: Any) -> np.ndarray:
+    return np.stack([np.asarray(params.viscosity), np.asarray(params.forcing_amplitude), np.asarray(params.drag)], -1).astype(np.float32)
+
+
+def simulate_windows(setup: CorrectionSetup, key: jax.Array, sims: int) -> dict[str, np.ndarray]:
+    """``sims`` runs' non-overlapping windows: ``{"field": (sims, blocks, W, n, n), "params": (sims, blocks, 3)}``."""
+    cg = setup.simulator
+    params = _params(setup, key, sims)
+    state = jax.jit(jax.vmap(cg.init))(jax.random.split(jax.random.fold_in(key, 1), sims), params)
+    advance = jax.jit(jax.vmap(lambda s, p: jax.lax.fori_loop(0, setup.unroll, lambda _, x: cg.step(x, p), s)))
+    out = []
+    for _ in range(setup.blocks):
+        state = advance(state, params)
+        out.append(np.asarray(state.frames))
+    return {"field": np.stack(out, 1), "params": np.repeat(_matrix(params)[:, None], setup.blocks, axis=1)}
+
+
+def _flatten(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in data.items()}
+
+
+@nnx.jit(static_argnames=("coarse", "steps"))
+def _rollout_error(model: Any, field: jax.Array, params: jax.Array, coarse: NavierStokes2D, steps: int) -> jax.Array:
+    traj = jnp.swapaxes(corrected_rollout(coarse, model, field[:, 0], params, steps), 0, 1)
+    num = jnp.sum((traj - field[:, 1:]) ** 2, axis=(1, 2, 3))
+    return jnp.mean(jnp.sqrt(num / jnp.sum(field[:, 1:] ** 2, axis=(1, 2, 3))))
+
+
+def heldout_error(setup: CorrectionSetup, model: Any, test: dict[str, np.ndarray]) -> float:
+    """Mean over windows of the corrected rollout's relative L2 error over the window (``model=None``: plain)."""
+    f, p = jnp.asarray(test["field"]), jnp.asarray(test["params"])
+    coarse = setup.simulator.coarse()
+    if model is None:
+        traj = jnp.swapaxes(corrected_rollout(coarse, None, f[:, 0], p, setup.unroll), 0, 1)
+        num = jnp.sum((traj - f[:, 1:]) ** 2, axis=(1, 2, 3))
+        return float(jnp.mean(jnp.sqrt(num / jnp.sum(f[:, 1:] ** 2, axis=(1, 2, 3)))))
+    return float(_rollout_error(model, f, p, coarse, setup.unroll))
+
+
+def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
+    """Train on ``offline_sims`` stored runs with early stopping (one validation pass per epoch)."""
+    data = simulate_windows(setup, jax.random.key(seed), setup.offline_sims)
+    n_val = max(1, round(VALIDATION_FRACTION * setup.offline_sims))
+    train = _flatten({k: v[n_val:] for k, v in data.items()})
+    val = _flatten({k: v[:n_val] for k, v in data.items()})
+    trainer = setup.trainer(seed)()
+    b = setup.batch_size
+    trainer.warmup({k: v[:b] for k, v in train.items()})
+    rng = np.random.default_rng(seed)
+    n = len(train["field"])
+    best, best_weights, best_step, stale, steps, epochs = np.inf, trainer.get_weights(), 0, 0, 0, 0
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    while steps < setup.train_steps and stale < setup.patience:
+        order = rng.permutation(n)
+        for i in range(0, max(n - b + 1, 1), b):
+            if steps >= setup.train_steps:
+                break
+            trainer.step({k: v[np.resize(order[i : i + b], b)] for k, v in train.items()})
+            steps += 1
+        epochs += 1
+        err = heldout_error(setup, trainer.model, val)
+        if err < best:
+            best, best_weights, best_step, stale = err, trainer.get_weights(), steps, 0
+        else:
+            stale += 1
+    wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    trainer.set_weights(best_weights)
+    return {
+        "mode": "offline",
+        "heldout_rel_l2": heldout_error(setup, trainer.model, test),
+        "validation_rel_l2": float(best),
+        "simulations": setup.offline_sims,
+        "unique_samples": int(n),
+        "stored_samples": int(n + len(val["field"])),
+        "train_steps": steps,
+        "best_step": best_step,
+        "epochs": epochs,
+        "early_stopped": bool(stale >= setup.patience),
+        "train_seconds": wall,
+        "arrival_samples_per_s": None,
+        "batch_samples_per_s": steps * b / wall,
+        "learner_cpu_cores": cpu / wall,
+    }
+
+
+def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray], seed: int, progress: bool = True) -> dict[str, Any]:
+    """Train while fine simulator actors stream fresh runs' windows into a Reservoir of the same capacity."""
+    tag = f"{setup.name}-{seed}-{time.monotonic_ns()}"
+    channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.capacity, seed=seed))
+    workers = cp.workers()
+    learner_worker, sim_workers = workers[-1], (workers[:-1] or workers)
+    b, n = setup.batch_size, setup.simulator.coarse_n
+    example = {"field": np.zeros((b, setup.unroll + 1, n, n), np.float32), "params": np.full((b, 3), 0.02, np.float32)}
+    learner = cp.spawn(
+        LearnerActor, setup.trainer(seed), name=f"learner-{tag}", batch_size=b, min_samples=2 * b,
+        max_steps=setup.train_steps, warmup=example, inputs={"data": channel}, workers=learner_worker,
+    )
+    learner.start()
+    stream_key = jax.random.fold_in(jax.random.key(seed), 7919)  # never the offline or test runs
+    launched, active, next_report = 0, [], time.monotonic() + 15
+    while not learner.status().done:
+        for ref in [r for r in active if r.status().done]:
+            active.remove(ref)
+            ref.wait(10)
+        while len(active) < setup.sim_actors:
+            key = jax.random.fold_in(stream_key, launched)
+            params = _params(setup, key, setup.members)
+            ref = cp.spawn(
+                SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{launched}",
+                steps=setup.blocks * setup.unroll, publish_every=setup.unroll, field="window",
+                features=_matrix(params), ensemble=True, seed=int(jax.random.randint(key, (), 0, 2**30)),
+                outputs={"fields": channel}, workers=sim_workers[launched % len(sim_workers)],
+            )
+            ref.start()
+            launched += 1
+            active.append(ref)
+        if progress and time.monotonic() >= next_report:
+            info = learner.status().info
+            print(f"  {setup.name} online: step {info.get('train_steps', 0)}/{setup.train_steps}, "
+                  f"received {info.get('received', 0)}, simulations launched {launched * setup.members}", flush=True)
+            next_report = time.monotonic() + 15
+        time.sleep(0.25)
+    final = learner.wait(30)
+    for ref in active:
+        ref.stop()
+    history = learner.call("history")
+    (t_first, *_), (t_last, steps, _, received) = history[0], history[-1]
+    wall = max(t_last - t_first, 1e-9)
+    trainer = SolverCorrectionTrainer(setup.trainer(seed))
+    trainer.set_weights(learner.call("weights"))
+    return {
+        "mode": "online",
+        "heldout_rel_l2": heldout_error(setup, trainer.model, test),
+        "validation_rel_l2": None,
+        "simulations": launched * setup.members,
+        "unique_samples": int(received),
+        "stored_samples": setup.capacity,
+        "train_steps": int(final.info.get("train_steps", steps)),
+        "best_step": int(steps),
+        "epochs": None,
+        "early_stopped": False,
+        "train_seconds": wall,
+        "arrival_samples_per_s": (received - history[0][3]) / wall,
+        "batch_samples_per_s": steps * b / wall,
+        "learner_cpu_cores": None,
+    }
+
+
+def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 16) -> dict[str, Any]:
+    """Offline and online on the same held-out runs; both rows, the ratio, and the plain coarse solver's error."""
+    test = _flatten(simulate_windows(setup, jax.random.key(10_000 + seed), test_sims))
+    offline = run_offline(setup, test, seed)
+    online = run_online(setup, cp, test, seed)
+    n = setup.simulator.coarse_n
+    return {
+        "setup": setup.name,
+        "grid": [n, n],
+        "memory_budget_pairs": setup.capacity,
+        "step_budget": setup.train_steps,
+        "baseline": "plain coarse solver",
+        "persistence_rel_l2": heldout_error(setup, None, test),
+        "rows": [offline, online],
+        "online_over_offline_error": online["heldout_rel_l2"] / offline["heldout_rel_l2"],
+        "online_error_reduction": 1 - online["heldout_rel_l2"] / offline["heldout_rel_l2"],
+    }
