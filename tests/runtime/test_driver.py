@@ -432,12 +432,18 @@ def test_a_message_that_arrives_after_a_cancelled_receive_is_kept_for_the_next(c
 def test_a_message_that_arrives_after_an_interrupted_receive_is_kept_for_the_next(coupling: Coupling, unique: str) -> None:
     """Ctrl-C in a notebook while a receive waits: the call is given up, the message it takes later is not."""
     ch = coupling.channel(f"ctrl-c-{unique}", Queue(4))
+    # Python's own Ctrl-C handler, as in a notebook: importing dask_jobqueue's runner (other tests
+    # do) replaces it in this process with one that exits.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     with coupling.subscribe(ch) as sub:
         timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
         timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            sub.receive()  # waits for ever: nothing is sent until it was interrupted
-        timer.join()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                sub.receive()  # waits for ever: nothing is sent until it was interrupted
+        finally:
+            timer.join()
+            signal.signal(signal.SIGINT, previous)
         coupling.send(ch, _x(1.0))
         coupling.send(ch, _x(2.0))
         assert [float(sub.receive(timeout=30).data["x"][0]) for _ in range(2)] == [1.0, 2.0]
