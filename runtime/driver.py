@@ -38,6 +38,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import functools
+import importlib.metadata
 import itertools
 import logging
 import threading
@@ -74,11 +76,28 @@ def relay_spec(name: str, *, inputs: dict[str, str] | None = None, outputs: dict
     Returns:
         The spawn spec (any worker, no resources).
     """
-    # The relay is an actor host, and actor hosts live a layer above the runtime (they
-    # import it): imported when the first driver port is made, not with the runtime.
-    from coupler.actors.relay import DriverRelay
+    return SpawnSpec(relay_class(), (), {"inputs": inputs or {}, "outputs": outputs or {}}, name)
 
-    return SpawnSpec(DriverRelay, (), {"inputs": inputs or {}, "outputs": outputs or {}}, name)
+
+@functools.cache
+def relay_class() -> type:
+    """The actor host class of a driver port, which the actor layer provides.
+
+    Actor hosts live a layer above the runtime (they import it), so the runtime
+    does not import one: the ``relay`` entry point of the ``coupler.driver``
+    group (``pyproject.toml``) names it, and it is loaded when the first driver
+    port is made.
+
+    Raises:
+        RuntimeError: if no installed package provides the entry point.
+    """
+    found = importlib.metadata.entry_points(group="coupler.driver", name="relay")
+    if not found:
+        raise RuntimeError(
+            "expected the 'relay' entry point of group 'coupler.driver' (coupler.actors.relay:DriverRelay), found "
+            "none: install coupler (make venv, or pip install the wheel) rather than importing it from a source tree"
+        )
+    return next(iter(found)).load()
 
 
 class _Call(Generic[T]):

@@ -91,6 +91,28 @@ def test_physics_and_learners_never_import_dask(folder: str) -> None:
             )
 
 
+def test_the_runtime_never_imports_the_layers_above_it() -> None:
+    """DESIGN.md: runtime/ imports dask, distributed and numpy; the driver's relay actor reaches it through an entry point."""
+    for path in (ROOT / "runtime").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.startswith(("coupler.actors", "coupler.physics", "coupler.learners")) for n in names), (
+                f"{path.relative_to(ROOT)} imports {names}: the runtime sits below actors, physics and learners"
+            )
+            # The one exception, by design: `coupler demo NAME` (launch/cli.py) runs the bundled
+            # demos, which like examples/ may import everything.
+            if path.relative_to(ROOT).as_posix() != "runtime/launch/cli.py":
+                assert not any(n.startswith("coupler.demos") for n in names), f"{path.relative_to(ROOT)} imports {names}"
+
+
+def test_the_driver_relay_comes_from_the_actor_layer_through_its_entry_point() -> None:
+    from coupler.actors.base import ActorHost
+    from coupler.runtime.driver import relay_class
+
+    cls = relay_class()
+    assert issubclass(cls, ActorHost) and cls.__module__ == "coupler.actors.relay"
+
+
 @pytest.mark.parametrize("folder", ["physics", "learners"])
 def test_physics_and_learners_do_not_even_name_the_runtime_or_the_actors(folder: str) -> None:
     """Cross-references count too: a docstring pointing up the layers is how an import starts."""
