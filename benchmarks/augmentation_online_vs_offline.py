@@ -60,6 +60,7 @@ from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
 import correction_online_vs_offline as correction  # noqa: E402  (a sibling script)
+from _online_row import online_row  # noqa: E402
 
 # The workers cannot import these scripts: ship their functions by value.
 if __name__ != "__main__":
@@ -342,27 +343,13 @@ def run_online(setup: Setup, cp: Coupling, test: dict[str, np.ndarray], seed: in
     for ref in active:
         ref.stop()
     history = learner.call("history")
-    weights = learner.call("weights")
-    (t_first, *_), (t_last, steps, _, received) = history[0], history[-1]
-    wall = max(t_last - t_first, 1e-9)
     trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
-    trainer.set_weights(weights)
-    return {
-        "mode": "online",
-        "heldout_rel_l2": heldout_error(trainer, test),
-        "validation_rel_l2": None,
-        "simulations": launched * setup.members,
-        "unique_samples": int(received),
-        "stored_samples": setup.capacity,
-        "train_steps": int(final.info.get("train_steps", steps)),
-        "best_step": int(steps),
-        "epochs": None,
-        "early_stopped": False,
-        "train_seconds": wall,
-        "arrival_samples_per_s": (received - history[0][3]) / wall,
-        "batch_samples_per_s": steps * b / wall,
-        "learner_cpu_cores": (cpu1 - cpu0) / max(final.stopped_at - t_first, 1e-9),
-    }
+    trainer.set_weights(learner.call("weights"))
+    return online_row(
+        history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(trainer, test),
+        simulations=launched * setup.members, stored_samples=setup.capacity, batch_size=b,
+        learner_cpu_cores=(cpu1 - cpu0) / max(final.stopped_at - history[0][0], 1e-9) if history else None,
+    )
 
 
 # -- driver --------------------------------------------------------------------------------------------

@@ -39,6 +39,8 @@ from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
+from _online_row import online_row  # noqa: E402  (a sibling module of these scripts)
+
 VALIDATION_FRACTION = 0.2
 MODELS = {
     "closure": SpectralClosureConfig(hidden=32, depth=2),
@@ -232,26 +234,12 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
     for ref in active:
         ref.stop()
     history = learner.call("history")
-    (t_first, *_), (t_last, steps, _, received) = history[0], history[-1]
-    wall = max(t_last - t_first, 1e-9)
     trainer = SolverCorrectionTrainer(setup.trainer(seed))
     trainer.set_weights(learner.call("weights"))
-    return {
-        "mode": "online",
-        "heldout_rel_l2": heldout_error(setup, trainer.model, test),
-        "validation_rel_l2": None,
-        "simulations": launched * setup.members,
-        "unique_samples": int(received),
-        "stored_samples": setup.capacity,
-        "train_steps": int(final.info.get("train_steps", steps)),
-        "best_step": int(steps),
-        "epochs": None,
-        "early_stopped": False,
-        "train_seconds": wall,
-        "arrival_samples_per_s": (received - history[0][3]) / wall,
-        "batch_samples_per_s": steps * b / wall,
-        "learner_cpu_cores": None,
-    }
+    return online_row(
+        history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(setup, trainer.model, test),
+        simulations=launched * setup.members, stored_samples=setup.capacity, batch_size=b, learner_cpu_cores=None,
+    )
 
 
 def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 16) -> dict[str, Any]:
