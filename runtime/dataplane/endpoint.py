@@ -278,6 +278,10 @@ class Endpoint(WorkerPlugin):
 
         async def detach() -> list[Message]:
             buf = self.buffers.pop((channel, consumer), None)
+            if not any(ch == channel for ch, _ in self.buffers):  # what the data port knows of it goes too
+                self.listener.specs.forget(channel)
+                if self.listener.owners is not None:
+                    self.listener.owners.forget(channel)
             left: list[Message] = []
             if buf is not None:
                 buf.detach()

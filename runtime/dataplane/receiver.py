@@ -104,6 +104,11 @@ class ChannelSpecs:
             raise SpecRefused(f"channel {channel!r}: expected spec {known[0].fields}, the producer sent {theirs.fields}")
         return known[0]
 
+    def forget(self, channel: str) -> None:
+        """No consumer of ``channel`` is left on this worker: drop its copy (asked again if one attaches)."""
+        with self._lock:
+            self._specs.pop(channel, None)
+
 
 class ProducerOwners:
     """Which worker each producer of a channel sends from, as the broker knows it: the fence of restarted actors.
@@ -132,6 +137,10 @@ class ProducerOwners:
         if not isinstance(owners, dict):
             raise ValueError(f"the broker's producers of {channel!r} must be a map, got {owners!r:.60}")
         self._owners[channel] = {str(s): str(w) for s, w in owners.items()}  # (one dict store: atomic)
+
+    def forget(self, channel: str) -> None:
+        """No consumer of ``channel`` is left on this worker: drop its owners (asked again when a stream opens)."""
+        self._owners.pop(channel, None)
 
     def allowed(self, channel: str, sources: set[str], origin: str) -> bool:
         """Whether the stream from worker ``origin`` may deliver messages of ``sources``.
