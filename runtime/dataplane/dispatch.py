@@ -114,7 +114,8 @@ class Dispatch:
         leaves = self.frozen(route, leaves)
         for cid in absent:
             box = self.outbox(route, cid)
-            box.log.add(header, leaves, spec.nbytes)  # type: ignore[union-attr]  (retention: it has a log)
+            # Forced: the log is the only way it reaches the consumer, full or not.
+            box.log.add(header, leaves, spec.nbytes, force=True)  # type: ignore[union-attr]  (retention: it has a log)
             box.owe_all_kept()
 
     def owe_late(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray], late: list[str]) -> None:
@@ -150,7 +151,10 @@ class Dispatch:
         box = self.catch_up(route, spec, c, deadline, cancel)
         kept = None
         if box.log is not None and c.worker == self.address():
-            kept = box.log.add(header, self.frozen(route, leaves), spec.nbytes)
+            if box.log.full:  # no copy for a log that would not keep it
+                box.log.missed(header)
+            else:
+                kept = box.log.add(header, self.frozen(route, leaves), spec.nbytes)
         try:
             self.deliver_one(route, spec, c, header, leaves, deadline, cancel)
         except BaseException:

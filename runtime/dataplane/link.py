@@ -83,6 +83,7 @@ class Link:
             which the consumer then maps copy-on-write) is what the log keeps, so
             retention adds no copy on those paths. A large message over TCP is copied
             once (it would otherwise go out zero-copy from the producer's arrays).
+            While the log is full it keeps nothing, and messages go as without it.
         origin: this worker's address: the consumer refuses batches of producers that the
             broker places elsewhere (see ``receiver.ProducerOwners``).
 
@@ -233,7 +234,10 @@ class Link:
             # then nothing would hand this item on (the caller gets the error instead).
             self._raise_if_failed()
             if self.log is not None:
-                self.log.keep(item)
+                if item.written is None:
+                    self.log.keep(item)
+                else:  # the producer's own arrays go on the wire (the log was full when it was prepared)
+                    self.log.missed(item.header)
             window.queue_item(item)
         self._pump()
         if item.written is not None:
@@ -325,7 +329,7 @@ class Link:
             except shm.ShmUnavailable as e:
                 logger.debug("shared memory unavailable for %s, sending over TCP: %s", self.channel, e)
         if item.large:
-            if self.log is not None:
+            if self.log is not None and not self.log.full:
                 # Kept for a replay after send returns, when the producer may change its arrays.
                 item.leaves = frozen_leaves(leaves)
                 return
@@ -554,10 +558,9 @@ class Link:
             if batch.items[0].segment is not None:
                 release_segments(batch.items)
             spare = self._spare
-            if self.log is not None:
-                continue  # the log holds the link's copies: none comes back for reuse
             for it in batch.items:
-                if it.recycled and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
+                # A logged item's copies stay in the log: they cannot be reused (see ReplayLog).
+                if it.recycled and not it.logged and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
                     for k, b in enumerate(it.leaves):  # type: ignore[arg-type]
                         spare[k].append(b)
                     self.recycled += 1

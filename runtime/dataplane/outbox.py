@@ -14,7 +14,7 @@ An outbox owns, for one (channel, consumer) pair on this worker:
 
 It is sans-IO: the dispatcher (:mod:`~coupler.runtime.dataplane.dispatch`)
 does the sending; an outbox only says what to send next and takes note of
-what went. Its lock is a leaf lock (nothing is called while it is held).
+what went. Under its lock only its log's lock is ever taken (the log's is a leaf lock).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class ReplayLog:
-    """What one worker sent to one consumer of a ``Queue`` channel and that consumer's checkpoint does not cover yet.
+    """What one worker sent to one consumer of a ``Queue`` channel since that consumer's last commit.
 
     The producer side of at-least-once delivery: if the consumer is lost, its
     successor restarts from its last stored checkpoint, and everything it
@@ -44,11 +44,22 @@ class ReplayLog:
     ones, for a consumer on the producer's worker), so they can be sent again
     without copying.
 
+    **When it is full.** The log keeps the run of messages that follows the last
+    commit, up to ``limit_bytes``. A message that does not fit is not kept, and
+    from then on nothing is kept until a commit covers every message that was
+    not (the log *heals*): a replay after a loss would have a hole there anyway,
+    and what the log keeps is then the part of the stream right after the
+    checkpoint, so the successor continues its predecessor's history up to the
+    hole. Not keeping is what makes a full log cheap: a message that is not
+    kept goes as without retention (its link's copies and segments are reused),
+    whereas a log that kept the newest messages would renew ``limit_bytes`` of
+    copies at the stream's rate. ``gaps`` (source -> highest sequence number not
+    kept) says where the holes are.
+
     Args:
-        channel: channel name (for the warning when the log overflows).
+        channel: channel name (for the warning when the log is full).
         consumer: consumer id.
-        limit_bytes: most payload bytes kept; beyond, the oldest are forgotten (and a
-            replay after a loss would miss them: the warning says so).
+        limit_bytes: most payload bytes kept (a single message is kept even when larger).
     """
 
     def __init__(self, channel: str, consumer: str, limit_bytes: int) -> None:
@@ -56,38 +67,76 @@ class ReplayLog:
         self.items: deque[Item] = deque()
         self.nbytes = 0
         self.committed: dict[str, int] = {}
-        self.forgotten = 0  # messages dropped over the limit before being committed
+        self.gaps: dict[str, int] = {}  # source -> highest seq sent and not kept since the log was last whole
+        self.forgotten = 0  # messages not kept (the log was full)
         self.lock = threading.Lock()
 
-    def add(self, header: dict[str, Any], leaves: list[np.ndarray], nbytes: int) -> Item:
-        """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`); returns its entry."""
+    @property
+    def full(self) -> bool:
+        """Whether it has stopped keeping messages until a commit covers its holes (read without the lock: a hint)."""
+        return bool(self.gaps)
+
+    def add(self, header: dict[str, Any], leaves: list[np.ndarray], nbytes: int, force: bool = False) -> Item:
+        """Keep a message (``leaves`` read-only, see :func:`frozen_leaves`) if it fits; returns its entry.
+
+        Args:
+            header: the message's header (its ``source`` and ``seq``).
+            leaves: its payload, read-only.
+            nbytes: its payload bytes.
+            force: keep it even when full (it is the only way it reaches a consumer that is away);
+                the oldest messages are then forgotten to make room.
+        """
         # A plain list: a DeviceLeaves would keep the message's GPU arrays alive as long as the log.
         item = Item(header, leaves if type(leaves) is list else list(leaves), nbytes, large=False)
-        self.keep(item)
+        self.keep(item, force)
         return item
 
-    def keep(self, item: Item) -> None:
-        """Keep a link's item as it is: its leaves are the link's own or read-only, or it lives in a segment.
+    def keep(self, item: Item, force: bool = False) -> bool:
+        """Keep a link's item as it is (its leaves are the link's own or read-only, or it lives in a segment).
 
-        A segment is marked ``kept`` (not reused, not unmapped) until the log lets go of the item.
+        A kept item is marked ``logged``, and its segment ``kept`` (not reused,
+        not unmapped), until the log lets go of it.
+
+        Args:
+            item: the message.
+            force: see :meth:`add`.
+
+        Returns:
+            Whether it was kept (not: the log is full, see the class docstring).
         """
-        if item.segment is not None:
-            item.segment.kept = True
         with self.lock:
+            if not force and (self.gaps or (self.items and self.nbytes + item.nbytes > self.limit_bytes)):
+                self._not_kept(item.header)
+                return False
+            item.logged = True
+            if item.segment is not None:
+                item.segment.kept = True
             self.items.append(item)
             self.nbytes += item.nbytes
-            while self.nbytes > self.limit_bytes and len(self.items) > 1:
+            while self.nbytes > self.limit_bytes and len(self.items) > 1:  # only a forced add goes over
                 old = self.items.popleft()
                 self.nbytes -= old.nbytes
                 _let_go(old)
-                self.forgotten += 1
-                if self.forgotten == 1:
-                    logger.warning(
-                        "channel %r: more than %d bytes sent to consumer %r since its last commit; the oldest are "
-                        "no longer kept for a replay (raise coupler.delivery.retain-bytes or checkpoint more often)",
-                        self.channel, self.limit_bytes, self.consumer,
-                    )
-        return item
+                self._not_kept(old.header)
+        return True
+
+    def missed(self, header: dict[str, Any]) -> None:
+        """A message was sent that could not be kept (the producer's own arrays went on the wire): a hole."""
+        with self.lock:
+            self._not_kept(header)
+
+    def _not_kept(self, header: dict[str, Any]) -> None:
+        """Note a hole (call with the lock held)."""
+        src, seq = header["source"], header["seq"]
+        if self.gaps.get(src, -1) < seq:
+            self.gaps[src] = seq
+        self.forgotten += 1
+        if self.forgotten == 1:
+            logger.warning(
+                "channel %r: more than %d bytes sent to consumer %r since its last commit; until its next checkpoint "
+                "covers them, later messages are not kept for a replay (raise coupler.delivery.retain-bytes or "
+                "checkpoint more often)", self.channel, self.limit_bytes, self.consumer,
+            )
 
     def remove(self, item: Item) -> None:
         """Forget ``item`` (its delivery failed before the consumer got it)."""
@@ -100,7 +149,7 @@ class ReplayLog:
                     return
 
     def commit(self, marks: dict[str, int]) -> None:
-        """Forget every message of source ``s`` with seq <= ``marks[s]``."""
+        """Forget every message of source ``s`` with seq <= ``marks[s]``; heal once every hole is covered."""
         with self.lock:
             for src, q in marks.items():
                 self.committed[src] = max(self.committed.get(src, -1), q)
@@ -112,6 +161,8 @@ class ReplayLog:
                     _let_go(it)
             self.nbytes = sum(it.nbytes for it in keep)
             self.items = keep
+            if self.gaps and all(self.committed.get(src, -1) >= q for src, q in self.gaps.items()):
+                self.gaps.clear()
 
     def clear(self) -> None:
         """Forget everything (the channel or the consumer is forgotten)."""
@@ -129,8 +180,32 @@ class ReplayLog:
 
 def _let_go(item: Item) -> None:
     """A replay log no longer keeps ``item``: its segment may be reused (once also acknowledged and freed)."""
+    item.logged = False
     if item.segment is not None:
         item.segment.kept = False
+
+
+def _by_seq(log: ReplayLog, others: Any) -> deque[Item]:
+    """What ``log`` keeps, and those of ``others`` it does not keep (a full log) and no commit covers.
+
+    Each source's messages go in order of sequence number: a consumer drops a
+    message older than one it already took from the same source. (``sorted``
+    is stable, and sequence numbers of different sources need no order between them.)
+    """
+    kept = log.replay()
+    with log.lock:
+        committed = dict(log.committed)
+    seen: set[int] = set()
+    extra = []
+    for it in others:
+        h = it.header
+        if not it.logged and id(it) not in seen and h["seq"] > committed.get(h["source"], -1):
+            seen.add(id(it))
+            extra.append(it)
+    if not extra:
+        return deque(kept)
+    return deque(sorted(kept + extra, key=lambda it: it.header["seq"]))
+
 
 class Outbox:
     """What this worker owes one consumer of one channel (see the module docstring).
@@ -163,7 +238,7 @@ class Outbox:
         with self.lock:
             before, self.stream = self.stream, stream
             if before is not None and before != stream and self.log is not None:
-                self.owed = deque(self.log.replay())
+                self.owed = _by_seq(self.log, self.owed)
 
     def needs_resend(self, stream: str) -> bool:
         """Whether a resend thread should catch the consumer, reached at ``stream``, up (and none is running).
@@ -205,18 +280,19 @@ class Outbox:
         """Owe everything in the log again (a message kept for an absent consumer joined it)."""
         if self.log is not None:
             with self.lock:
-                self.owed = deque(self.log.replay())
+                self.owed = _by_seq(self.log, self.owed)
 
     def adopt(self, items: list[Item]) -> None:
         """A broken or closed stream hands back what the consumer did not accept, oldest first.
 
         With a log, everything in it is owed again: the log holds these and what
-        the consumer accepted since its commit (a consumer drops duplicates).
-        Without, they go before anything owed later.
+        the consumer accepted since its commit (a consumer drops duplicates),
+        except, when it is full, those it did not keep: they are owed too.
+        Without a log, they go before anything owed later.
         """
         with self.lock:
             if self.log is not None:
-                self.owed = deque(self.log.replay())
+                self.owed = _by_seq(self.log, [*self.owed, *items])
             else:
                 self.owed.extendleft(reversed(items))
 

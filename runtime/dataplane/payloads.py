@@ -35,6 +35,7 @@ class Item:
     offsets: list[int] | None = None
     written: threading.Event | None = None  # set once a zero-copy payload is on the wire
     recycled: bool = False  # every leaf is the link's own copy: reused once the consumer accepted it
+    logged: bool = False  # a replay log keeps it: its copies and segment are not reused
 
     def payload_leaves(self, spec: Spec) -> list[np.ndarray]:
         """The payload as arrays (copied back out of its segment if it went there)."""

@@ -71,12 +71,17 @@ def test_replay_log_forgets_what_is_committed_and_bounds_its_bytes() -> None:
     log = ReplayLog("c", "k/in", limit_bytes=3 * 8)
     hdr = lambda s, q: {"source": s, "seq": q}  # noqa: E731
     items = [log.add(hdr("a", q), [np.zeros(1)], 8) for q in range(3)]
-    log.add(hdr("b", 0), [np.zeros(1)], 8)  # over the limit: the oldest is forgotten
-    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("a", 1), ("a", 2), ("b", 0)]
-    assert log.forgotten == 1
+    log.add(hdr("b", 0), [np.zeros(1)], 8)  # over the limit: not kept, and the log is full until a commit covers it
+    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("a", 0), ("a", 1), ("a", 2)]
+    assert log.forgotten == 1 and log.gaps == {"b": 0}
     log.remove(items[2])
-    log.commit({"a": 1})
-    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("b", 0)] and log.nbytes == 8
+    log.commit({"a": 0})
+    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("a", 1)] and log.nbytes == 8
+    assert log.full  # b's hole is not covered yet
+    log.commit({"b": 0})
+    assert not log.full
+    log.add(hdr("b", 1), [np.zeros(1)], 8)
+    assert [(i.header["source"], i.header["seq"]) for i in log.replay()] == [("a", 1), ("b", 1)] and log.nbytes == 16
 
 
 def test_frozen_leaves_copy_writable_arrays_only() -> None:
