@@ -53,6 +53,7 @@ from typing import Any, Callable
 from coupler.runtime import ChannelClosed, ChannelTimeout, InPort, Interrupted, Message, OutPort, local_endpoint
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.dataplane.settings import delivery_config
 from coupler.runtime.dataplane.lineage import META_KEY, ReplayOrder, TakeLog, TakesNote, replay_order
@@ -194,7 +195,7 @@ class ActorHost:
         # Captured here, in a task context, because get_worker() from the
         # run-loop thread cannot be trusted to find this actor's worker.
         self.endpoint = local_endpoint()
-        self._stop = threading.Event()
+        self._stop = Cancel()  # wakes a blocked send at once when raised
         self._thread: threading.Thread | None = None
         self.inputs: dict[str, InPort] = {
             p: HostInPort(self.endpoint, ch, f"{name}/{p}", self) for p, ch in (inputs or {}).items()

@@ -23,6 +23,7 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.lineage`: input-order logging (sans-IO): exactly-once
   across the restart of an actor that merges inputs.
 - :mod:`~coupler.runtime.dataplane.ports`: the ports actors send and receive on.
+- :mod:`~coupler.runtime.dataplane.cancel`: the flag that interrupts an actor's blocked sends.
 - :mod:`~coupler.runtime.dataplane.settings`: ``coupler.transport`` and ``coupler.delivery``.
 
 Thread model (one worker process):
@@ -40,6 +41,15 @@ Thread model (one worker process):
 - Short-lived threads: a resend per consumer owed messages (``Dispatch.resend_owed``), a
   stream's closing writer (``coupler-link-bye``), idle-credit returns.
 
+Waits: a blocked send or flush waits on the condition that the awaited change
+notifies (a link's ``cond`` for credits, acknowledgements and failures; a
+route's ``cond`` for routing updates; a buffer's for free slots), with its
+deadline, or the end of a lost consumer's expected return, as its only timeout.
+What stops an actor is a :class:`~coupler.runtime.dataplane.cancel.Cancel`,
+which notifies those conditions itself, so no wait looks at a flag in slices.
+One wait still polls: a send on a work-sharing ``Queue`` whose consumers all
+lack room backs off (up to 20 ms) before it looks at each link again.
+
 Locks, outer first (a thread holding one never takes an earlier one):
 ``ProducerStats.lock`` (held for a whole send: one gap-free sequence per source),
 ``Route.cond``, ``Endpoint._lock`` (routes and counters), ``Dispatch.lock`` (the
@@ -47,5 +57,7 @@ link and outbox tables), then ``Link.lock`` or ``Outbox.lock`` (never one under
 the other), then the leaf ``ReplayLog.lock`` (a link takes it to log a message
 it queues; an outbox, to owe the log's messages). ``ConsumerBuffer._cond`` is a
 leaf too: buffers call grant and commit callbacks after releasing it.
-``ActorHost._takes_lock`` (lineage) is taken alone.
+``ActorHost._takes_lock`` (lineage) is taken alone. ``Cancel``'s registry lock is a leaf; ``Cancel.set``
+takes the conditions' locks with none of its own held, and the threads that
+raise it (an actor's stop, the endpoint's teardown) hold no data-plane lock.
 """

@@ -24,6 +24,7 @@ import numpy as np
 
 from coupler.runtime.dataplane.auth import StreamKey
 from coupler.runtime.dataplane.buffers import ConsumerBuffer
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.outbox import Outbox, ReplayLog
 from coupler.runtime.dataplane.payloads import Item, frozen_leaves, owned_leaves, release_segments
@@ -60,7 +61,7 @@ class Dispatch:
     def __init__(
         self, *, address: Callable[[], str], buffers: dict[tuple[str, str], ConsumerBuffer], routes: dict[str, Route],
         config: TransportConfig, delivery: DeliveryConfig, host: str, ssl_context: Any, key: StreamKey,
-        closing: threading.Event, on_drained: Callable[[str], None],
+        closing: Cancel, on_drained: Callable[[str], None],
     ) -> None:
         self.address, self.buffers, self.routes = address, buffers, routes
         self.config, self.delivery, self.host = config, delivery, host
@@ -130,7 +131,7 @@ class Dispatch:
     # -- delivery -------------------------------------------------------------------------------
     def deliver(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
-        deadline: float | None, cancel: threading.Event | None,
+        deadline: float | None, cancel: Cancel | None,
     ) -> None:
         """Hand one message to one consumer, after any messages it still has to get back.
 
@@ -163,7 +164,7 @@ class Dispatch:
             raise
 
     def catch_up(
-        self, route: Route, spec: Spec, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None,
+        self, route: Route, spec: Spec, c: ConsumerRef, deadline: float | None, cancel: Cancel | None,
     ) -> Outbox:
         """Send consumer ``c`` what it is owed from this worker, oldest first; return its outbox."""
         box = self.outbox(route, c.cid)
@@ -178,7 +179,7 @@ class Dispatch:
 
     def deliver_one(
         self, route: Route, spec: Spec, c: ConsumerRef, header: dict[str, Any], leaves: list[np.ndarray],
-        deadline: float | None, cancel: threading.Event | None,
+        deadline: float | None, cancel: Cancel | None,
     ) -> None:
         """Hand one message to ``c``: into its buffer if it is on this worker, else to its stream's link.
 

@@ -26,6 +26,7 @@ import logging
 import threading
 import time
 from concurrent.futures import wait as futures_wait
+from contextlib import nullcontext
 from typing import Any, Awaitable, Callable, TypeVar
 
 import dask.config
@@ -38,6 +39,7 @@ from tornado.ioloop import PeriodicCallback
 from coupler.runtime.dataplane import shm
 from coupler.runtime.dataplane.auth import StreamKey
 from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer, make_buffer
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.control.departure import Departure
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.lineage import Take
@@ -97,7 +99,7 @@ class Endpoint(WorkerPlugin):
         self.routes: dict[str, Route] = {}
         self.producers: dict[tuple[str, str], ProducerStats] = {}
         self.delivery = delivery_config()
-        self._closing = threading.Event()  # stops resend threads at teardown
+        self._closing = Cancel()  # stops resend threads at teardown (and wakes their waits)
         self._lock = threading.Lock()  # routes and producers' counters against their removal
         self.actors: dict[str, Any] = {}  # name -> object with status_dict()
         self.host = shm.host_key()
@@ -181,7 +183,7 @@ class Endpoint(WorkerPlugin):
 
     # -- bridging threads and the loop -----------------------------------------------------
     def call(
-        self, fn: Callable[[], Awaitable[T]], timeout: float | None = None, cancel: threading.Event | None = None
+        self, fn: Callable[[], Awaitable[T]], timeout: float | None = None, cancel: Cancel | None = None
     ) -> T:
         """Run a coroutine on the worker's loop from another thread and wait for it.
 
@@ -208,23 +210,19 @@ class Endpoint(WorkerPlugin):
             return await fn()
 
         fut = asyncio.run_coroutine_threadsafe(run(), self.loop)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            waits = [0.1 if cancel is not None else None]
-            if deadline is not None:
-                waits.append(max(0.0, deadline - time.monotonic()))
-            wait = min((w for w in waits if w is not None), default=None)
-            # Not fut.result(wait): our ChannelTimeout is a TimeoutError, which is
-            # what result() raises on expiry too; futures_wait tells the two apart.
-            done, _ = futures_wait([fut], timeout=wait)
-            if done:
-                return fut.result()
+        # A cancel cancels the future, which ends the wait (no polling for it).
+        with nullcontext() if cancel is None else cancel.calling(fut.cancel):
             if cancel is not None and cancel.is_set():
                 fut.cancel()
-                raise Interrupted("send interrupted: the actor is stopping")
-            if deadline is not None and time.monotonic() >= deadline:
-                fut.cancel()
-                raise ChannelTimeout(f"operation did not complete within {timeout} s")
+            # Not fut.result(timeout): our ChannelTimeout is a TimeoutError, which is
+            # what result() raises on expiry too; futures_wait tells the two apart.
+            done, _ = futures_wait([fut], timeout=timeout)
+        if done and not fut.cancelled():
+            return fut.result()
+        fut.cancel()
+        if cancel is not None and cancel.is_set():
+            raise Interrupted("send interrupted: the actor is stopping")
+        raise ChannelTimeout(f"operation did not complete within {timeout} s")
 
     async def _broker(self, op: str, **kwargs: Any) -> dict[str, Any]:
         reply = await getattr(self.worker.scheduler, op)(**kwargs)

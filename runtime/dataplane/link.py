@@ -43,6 +43,7 @@ import numpy as np
 
 from coupler.runtime.dataplane import auth, shm
 from coupler.runtime.dataplane import waits, wire
+from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
 from coupler.runtime.dataplane.settings import TransportConfig
@@ -189,7 +190,7 @@ class Link:
     # -- producer threads -----------------------------------------------------------------
     def submit(
         self, header: dict[str, Any], leaves: list[np.ndarray], timeout: float | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
     ) -> None:
         """Queue one message for the consumer.
 
@@ -245,7 +246,7 @@ class Link:
                 with self.lock:
                     self._raise_if_failed()
 
-    def _take_room(self, nbytes: int, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+    def _take_room(self, nbytes: int, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> None:
         """Take a credit (``Queue``) or window room for a message of ``nbytes``; wait while there is none.
 
         Call with the lock held. A wait is noted (see :mod:`~coupler.runtime.dataplane.waits`) only
@@ -259,30 +260,31 @@ class Link:
         outer: Any = False
         window = self.window
         try:
-            while True:
-                self._raise_if_failed()
-                room = window.room(nbytes)
-                if room is Room.TAKEN:
-                    return
-                if room is Room.ASK and not self.writing:
-                    self.cond.release()  # write the request for credits, then look again
-                    try:
-                        self._pump()
-                    finally:
-                        self.cond.acquire()
-                    continue
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
-                    raise ChannelTimeout(
-                        f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
-                        f"within the timeout ({why})"
-                    )
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("send interrupted: the actor is stopping")
-                if outer is False:
-                    outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
-                self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+            with waking(cancel, self.cond):
+                while True:
+                    self._raise_if_failed()
+                    room = window.room(nbytes)
+                    if room is Room.TAKEN:
+                        return
+                    if room is Room.ASK and not self.writing:
+                        self.cond.release()  # write the request for credits, then look again
+                        try:
+                            self._pump()
+                        finally:
+                            self.cond.acquire()
+                        continue
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
+                        raise ChannelTimeout(
+                            f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
+                            f"within the timeout ({why})"
+                        )
+                    if cancel is not None and cancel.is_set():
+                        raise Interrupted("send interrupted: the actor is stopping")
+                    if outer is False:
+                        outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
+                    self.cond.wait(remaining)  # credits, acknowledgements, a failure and the cancel notify
         finally:
             if outer is not False:
                 waits.end(outer)
@@ -346,7 +348,7 @@ class Link:
         if self.dead or self.closing:
             raise ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
 
-    def flush(self, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
+    def flush(self, timeout: float | None = None, cancel: Cancel | None = None) -> None:
         """Wait until everything queued was accepted by the consumer.
 
         Raises:
@@ -365,7 +367,7 @@ class Link:
                 w.return_credits()  # idle now: other producers of this queue can have the slots
         self._pump()
 
-    def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> None:
+    def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> None:
         """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
         while True:
             with self.lock:
@@ -379,7 +381,9 @@ class Link:
                 # Everything is written, but the last batch did not ask for an acknowledgement: ask now.
                 sync = self.window.ask_sync()
                 if not sync:
-                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    with waking(cancel, self.cond):
+                        if cancel is None or not cancel.is_set():  # again, now that a cancel would notify
+                            self.cond.wait(remaining)
             if sync:
                 self._pump()
 
@@ -592,14 +596,18 @@ class Link:
         except OSError:
             pass
         self.sock.close()
-        if left and orphan and self.on_orphans is not None:
+        handing_on = bool(left and orphan and self.on_orphans is not None)
+        for it in left:
+            if it.written is not None and not it.written.is_set():
+                if handing_on:  # the producer's own arrays, which it may change once its send returns
+                    it.leaves = detach_leaves(it.leaves)
+                it.written.set()  # its send waits for this, written or not (it then sees the failure)
+        if handing_on:
             for it in left:
                 it.leaves = it.payload_leaves(self.spec)
                 if it.segment is not None:
                     it.segment.kept = False  # the (logged) item now holds a copy: the pool may close it
                 it.segment = None
-                if it.written is not None:
-                    it.written.set()
             self.on_orphans(left)
         with self.arena_lock:
             self.arena.close()

@@ -13,10 +13,10 @@ Example (inside an actor's ``step``)::
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 from coupler.runtime.dataplane.buffers import BufferStats, ConsumerBuffer, LatestBuffer
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import ChannelTimeout, WrongPolicy
 from coupler.runtime.message import Message
@@ -34,7 +34,7 @@ class OutPort:
         cancel: an event that interrupts a blocked ``send`` when set (its actor stops).
     """
 
-    def __init__(self, endpoint: Endpoint, channel: str, source: str, cancel: threading.Event | None = None) -> None:
+    def __init__(self, endpoint: Endpoint, channel: str, source: str, cancel: Cancel | None = None) -> None:
         self.endpoint = endpoint
         self.channel = channel
         self.source = source

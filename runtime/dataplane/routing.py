@@ -15,6 +15,7 @@ from typing import Any
 
 from coupler.runtime.control.departure import Departure, Gone
 from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
@@ -126,8 +127,18 @@ class Route:
                 back.add(gone.consumer)
         return back
 
+    def expected_for(self, lost_wait: float) -> float | None:
+        """Seconds until the last lost consumer is no longer expected back (``None``: none is).
+
+        Moving consumers have no such limit: a routing update ends their move.
+        """
+        now = time.monotonic()
+        left = [self.lost_since[g.consumer] + lost_wait - now for g in self.gone if g.consumer in self.lost_since]
+        left = [t for t in left if t > 0]
+        return max(left) if left else None
+
     def wait_consumers(
-        self, deadline: float | None, timeout: float | None, cancel: threading.Event | None, lost_wait: float,
+        self, deadline: float | None, timeout: float | None, cancel: Cancel | None, lost_wait: float,
         lossy: bool = False,
     ) -> list[ConsumerRef]:
         """The channel's consumers; waits while there are none (or they are moving, or lost and expected back).
@@ -146,7 +157,7 @@ class Route:
         if table["consumers"] and not table["closed"]:
             return self.consumers
         noted, outer = False, None
-        with self.cond:
+        with self.cond, waking(cancel, self.cond):
             try:
                 while True:
                     table = self.table
@@ -168,20 +179,28 @@ class Route:
                     if not noted:
                         kind = WaitKind.RETURN if back else WaitKind.CONSUMER
                         outer, noted = waits.begin(kind, self.channel, ", ".join(sorted(back))), True
-                    # Routing updates notify; the timeout only bounds how late a cancel or deadline is seen.
-                    self.cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                    # Routing updates and the cancel notify; a lost consumer's wait and the deadline end in time.
+                    self.cond.wait(earliest(remaining, self.expected_for(lost_wait) if back else None))
             finally:
                 if noted:
                     waits.end(outer)
 
-    def wait_departure(self, c: ConsumerRef, limit: float, cancel: threading.Event | None) -> bool:
+    def wait_departure(self, c: ConsumerRef, limit: float, cancel: Cancel | None) -> bool:
         """Wait until the broker takes consumer ``c`` (at its stream) off the route; ``False`` at ``limit`` or on ``cancel``."""
-        with self.cond, waits.waiting(WaitKind.RETURN, self.channel, c.cid):
+        with self.cond, waking(cancel, self.cond), waits.waiting(WaitKind.RETURN, self.channel, c.cid):
             while any(x.cid == c.cid and x.stream == c.stream for x in self.consumers):
-                if time.monotonic() >= limit or (cancel is not None and cancel.is_set()):
+                left = limit - time.monotonic()
+                if left <= 0 or (cancel is not None and cancel.is_set()):
                     return False
-                self.cond.wait(0.05)
+                self.cond.wait(left)  # routing updates and the cancel notify
         return True
+
+
+def earliest(a: float | None, b: float | None) -> float | None:
+    """The smaller of two waits in seconds, ``None`` meaning no limit."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 class Reroute(Exception):
@@ -203,4 +222,4 @@ class ProducerStats:
         return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq, "dropped": self.dropped}
 
 
-__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route"]
+__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route", "earliest"]

@@ -11,7 +11,6 @@ source uses a channel (to register with the broker, through ``register``).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Any, Callable
 
@@ -19,7 +18,8 @@ import numpy as np
 
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.dispatch import Dispatch
-from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route
+from coupler.runtime.dataplane.cancel import Cancel, waking
+from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route, earliest
 from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted, PartiallyDelivered
@@ -57,7 +57,7 @@ class Sender:
         step: int = 0,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
-        cancel: threading.Event | None = None,
+        cancel: Cancel | None = None,
     ) -> int:
         """Validate ``data`` against the channel's spec and deliver it to every consumer.
 
@@ -127,13 +127,13 @@ class Sender:
         return header["seq"]
 
     def _consumers(
-        self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None, lossy: bool = False,
+        self, route: Route, deadline: float | None, timeout: float | None, cancel: Cancel | None, lossy: bool = False,
     ) -> list[ConsumerRef]:
         return route.wait_consumers(deadline, timeout, cancel, self.delivery.lost_consumer_wait, lossy=lossy)
 
     def _to_all(
         self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
-        deadline: float | None, timeout: float | None, cancel: threading.Event | None,
+        deadline: float | None, timeout: float | None, cancel: Cancel | None,
     ) -> None:
         """Broadcast: hand the message to every consumer (a moved one along its new route).
 
@@ -224,7 +224,7 @@ class Sender:
 
     def _to_one(
         self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
-        deadline: float | None, timeout: float | None, cancel: threading.Event | None, turn: int,
+        deadline: float | None, timeout: float | None, cancel: Cancel | None, turn: int,
     ) -> None:
         """Work-sharing: hand the message to exactly one consumer that has room.
 
@@ -260,7 +260,7 @@ class Sender:
                 time.sleep(backoff)
             backoff = min(2 * backoff, 0.02)
 
-    def _left_route(self, route: Route, c: ConsumerRef, deadline: float | None, cancel: threading.Event | None) -> bool:
+    def _left_route(self, route: Route, c: ConsumerRef, deadline: float | None, cancel: Cancel | None) -> bool:
         """After its stream broke: wait for the broker to take consumer ``c`` off the route.
 
         On a ``Queue`` channel with retention a consumer whose worker died is
@@ -298,7 +298,7 @@ class Sender:
             stats.next_seq = max(stats.next_seq, int(next_seq))
             stats.last_seq = stats.next_seq - 1
 
-    def flush(self, channel: str, timeout: float | None = None, cancel: threading.Event | None = None) -> None:
+    def flush(self, channel: str, timeout: float | None = None, cancel: Cancel | None = None) -> None:
         """Wait until every message sent on ``channel`` from this worker was accepted.
 
         Messages kept for a moving consumer are delivered first (this waits for it).
@@ -316,7 +316,7 @@ class Sender:
         while not self._flush_pass(route, deadline, timeout, cancel):
             pass  # a stream broke: what it had not delivered is kept again, so deliver that first
 
-    def _flush_pass(self, route: Route, deadline: float | None, timeout: float | None, cancel: threading.Event | None) -> bool:
+    def _flush_pass(self, route: Route, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> bool:
         """One flush pass: deliver what is owed, then wait for every link's acknowledgements.
 
         Returns:
@@ -324,6 +324,7 @@ class Sender:
         """
         channel = route.channel
         while True:
+            table = route.table  # replaced, never changed, by a routing update: tells whether one came
             waiting = self.dispatch.owing(channel)
             if not waiting:
                 break
@@ -357,8 +358,14 @@ class Sender:
                     raise ChannelTimeout(f"channel {channel!r}: the consumers kept for resend did not come back within {timeout} s")
                 if cancel is not None and cancel.is_set():
                     raise Interrupted("flush interrupted: the actor is stopping")
-                with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
-                    time.sleep(0.05)
+                # Only a routing update (the consumer is back, or gone for good), the end of the
+                # lost consumer's wait, the deadline or the cancel can change that: wait for one.
+                with route.cond, waking(cancel, route.cond):
+                    if route.table is table and not (cancel is not None and cancel.is_set()):
+                        remaining = None if deadline is None else deadline - time.monotonic()
+                        until = route.expected_for(self.delivery.lost_consumer_wait)
+                        with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
+                            route.cond.wait(earliest(remaining, until))
         for key, link in self.dispatch.links_of(channel):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
