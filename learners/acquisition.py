@@ -120,6 +120,8 @@ class SearchData:
             design criteria (``None``: not fitted, or a surrogate without one).
         leave_one_out: the surrogate's leave-one-out residuals at the points it was fitted
             to (``None``: not fitted, or a surrogate without them).
+        length_scales: the surrogate's length scale per input, unit-box units (``None``:
+            not fitted, or a surrogate without them).
     """
 
     x: np.ndarray
@@ -128,6 +130,7 @@ class SearchData:
     predict: Predictor | None = None
     covariance: Callable[[np.ndarray], JointCovariance] | None = None
     leave_one_out: Callable[[], LeaveOneOut] | None = None
+    length_scales: np.ndarray | None = None
 
 
 class Strategy(Protocol):
