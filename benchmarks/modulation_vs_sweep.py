@@ -347,6 +347,7 @@ def summarise(dims: int, runs: list[Run], grid: dict[str, int | None], target: f
                 "sims_se": float(np.std(sims, ddof=1) / np.sqrt(len(sims))) if len(sims) > 1 else 0.0,
                 "sims_all_seeds": got, "censored": any(g is None for g in got),
                 "steer_overhead_s": float(np.mean([r.overhead_s for r in mine])),
+                **({"best_per_seed": [max(r.values, default=float("nan")) for r in mine]} if task == "optimum" else {}),
             })  # fmt: skip
         rows.append({"dims": dims, "task": task, "strategy": "grid (coarsest hit)",
                      "sims_mean": None if grid[task] is None else float(grid[task]), "sims_se": 0.0,
