@@ -1,6 +1,6 @@
 """Modulation benchmark: how many simulations each strategy needs, in 2 to 8 dimensions.
 
-Two families of ``benchmarks/_modulation_families.py``, each of up to eight
+Four families of ``benchmarks/_modulation_families.py``, each of up to eight
 parameters (a study of ``D`` dimensions varies the first ``D``):
 
 - Gray-Scott (``coupler.physics.gray_scott``) on a periodic ``grid x grid``
@@ -9,7 +9,11 @@ parameters (a study of ``D`` dimensions varies the first ``D``):
   after ``steps`` steps);
 - heat (``coupler.physics.heat``) on a ``heat_grid x heat_grid`` plate,
   parameters the diffusivity and seven initial sine-mode amplitudes, quantity
-  of interest the peak temperature at ``heat_time``.
+  of interest the peak temperature at ``heat_time``;
+- a heated track and a heated strip on a ``strip_grid`` plate, quantity of
+  interest the temperature one sensor reads at ``strip_time``: maps with
+  localized structure (flat but in a part of the box; see the families' module
+  on which class of map each family stands for).
 
 Three tasks, each over ``--seeds`` seeds (mean and standard error):
 
@@ -17,13 +21,14 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
   ``--opt-tol`` (relative) of the best amplitude any simulation of this
   benchmark found. The share of the box that reaches it (estimated on the
   reference sample) is printed: at 6 dimensions about 1 point in 2000.
-- map (Gray-Scott) and map-heat: simulations until the GP's mean has an RMS
-  error, over ``reference`` random points (a sample of their own), of at most
-  ``--map-tol`` of their maximum.
+- map (Gray-Scott), map-heat, map-strip and map-track: simulations until the
+  GP's mean has an RMS error, over ``reference`` random points (a sample of
+  their own), of at most ``--map-tol`` of their maximum (a run stops there).
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process; expected improvement for the optimum; integrated-variance
-reduction, IVR, and max-uncertainty for the maps), uniform random, scrambled
+Gaussian process; expected improvement for the optimum, over the whole box and
+in a trust region; for the maps integrated-variance reduction weighted by the
+GP's leave-one-out calibration, plain IVR, and max-uncertainty), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
 sweeps' points) and the coarsest regular grid that reaches the goal
 (multilinear interpolation for the maps), tried while ``m**D`` stays within
@@ -62,9 +67,10 @@ from coupler.learners.acquisition import ExpectedImprovement, MaxUncertainty, Pa
 from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
-from coupler.learners.variance_reduction import IntegratedVarianceReduction  # noqa: E402
+from coupler.learners.trust_region import TrustRegionExpectedImprovement  # noqa: E402
+from coupler.learners.variance_reduction import CalibratedVarianceReduction, IntegratedVarianceReduction  # noqa: E402
 
-from _modulation_families import GRAY_SCOTT, HEAT, Family, Run as SimRun, gray_scott_run, heat_run  # noqa: E402
+from _modulation_families import GRAY_SCOTT, HEAT, HOT_STRIP, HOT_TRACK, Family, Run as SimRun, gray_scott_run, heat_run, hot_strip_run, hot_track_run  # noqa: E402
 
 BIG_CHUNK = 256
 
@@ -87,6 +93,8 @@ class Setup:
     heat_grid: int = 16
     heat_time: float = 0.005
     u_steps: int = 300  # map-u: the mean of u after this many steps
+    strip_grid: int = 48  # map-strip and map-track: the plate and the time the sensor is read at
+    strip_time: float = 0.0005
     # Candidates scored per proposal by the steered strategies (uniform, and local around the best):
     # fewer than the strategies' defaults, as the GP's variance costs O(N^2) per candidate.
     candidates: int = 1024
@@ -190,11 +198,13 @@ class Run:
 
 
 def steer(oracle: Oracle, steerer: Steerer, batch: int, budget: int, every: int,
-          error: Callable[[Steerer], float] | None) -> Run:  # fmt: skip
+          error: Callable[[Steerer], float] | None, stop_below: float = 0.0) -> Run:  # fmt: skip
     """Propose a batch, simulate it, refit; ``budget`` simulations in all.
 
     The map error (when ``error`` is given) is measured whenever ``every`` more
-    simulations were done; measuring is not charged as steering overhead.
+    simulations were done; measuring is not charged as steering overhead. The run
+    ends early once that error is at most ``stop_below`` (the goal: later errors
+    change no count).
     """
     run = Run("", "", 0, budget, [], [], 0.0, [])
     assert run.fit_s is not None
@@ -217,6 +227,8 @@ def steer(oracle: Oracle, steerer: Steerer, batch: int, budget: int, every: int,
         n = len(steerer.tasks)
         if error is not None and (n % every < batch or n == budget):
             run.errors.append((n, error(steerer)))
+            if run.errors[-1][1] <= stop_below:
+                break
     return run
 
 
@@ -226,8 +238,10 @@ def sweep_points(strategy: Strategy, n: int, dim: int) -> np.ndarray:
     return strategy.propose(n, empty)
 
 
-def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.ndarray, ref: np.ndarray) -> list[tuple[int, float]]:
-    """Fit the steered map's GP to the first ``n`` points of a sweep, ``n = every, 2 every, ...``."""
+def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.ndarray, ref: np.ndarray,
+                     stop_below: float = 0.0) -> list[tuple[int, float]]:  # fmt: skip
+    """Fit the steered map's GP to the first ``n`` points of a sweep, ``n = every, 2 every, ...``,
+    until the error is at most ``stop_below``."""
     gp = GaussianProcess(GPConfig(), pts.shape[1])
     ys = oracle(pts)
     out = []
@@ -235,6 +249,8 @@ def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.n
         ok = np.isfinite(ys[:n])
         gp.fit(pts[:n][ok], ys[:n][ok])
         out.append((n, rms_error(gp.predict(ref_unit)[0], ref)))
+        if out[-1][1] <= stop_below:
+            break
     return out
 
 
@@ -248,21 +264,30 @@ class MapCase:
     ref: np.ndarray
 
 
-MAP_STRATEGIES = ("steered (IVR)", "steered (max-std)")
-"""The steered map strategies: integrated-variance reduction (the proposal) and max-std (the simple one)."""
+OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)")
+"""The steered optimum searches: expected improvement over the whole box (the verdict's) and inside a
+trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`)."""
+
+MAP_STRATEGIES = ("steered (calibrated IVR)", "steered (IVR)", "steered (max-std)")
+"""The steered map strategies: integrated-variance reduction weighted by the GP's leave-one-out
+calibration (the proposal), plain integrated-variance reduction and max-std (the simple one). A
+task's verdict uses the first of them that ran on it."""
 
 
 def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: ParameterSpace, seed: int,
-             map_strategies: tuple[str, ...] = MAP_STRATEGIES) -> list[Run]:  # fmt: skip
-    """Every strategy on every task for one seed: optimum on ``oracle``, a map on each of ``maps``."""
+             map_strategies: tuple[str, ...] = MAP_STRATEGIES, optimum: bool = True,
+             opt_strategies: tuple[str, ...] = OPT_STRATEGIES) -> list[Run]:  # fmt: skip
+    """Every strategy on every task for one seed: optimum on ``oracle`` (unless ``optimum`` is false),
+    a map on each of ``maps``."""
     d = space.dim
     initial = max(8, 2 * d)
     out: list[Run] = []
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
-    ei = steer(oracle, Steerer(space, ExpectedImprovement(space, **sizes), GPConfig(), seed),
-               setup.batch, setup.opt_budget, setup.map_every, None)  # fmt: skip
-    out.append(replace(ei, strategy="steered (EI)", task="optimum", seed=seed))
-    for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
+    for name in opt_strategies if optimum else ():
+        kind = ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement
+        ei = steer(oracle, Steerer(space, kind(space, **sizes), GPConfig(), seed), setup.batch, setup.opt_budget, setup.map_every, None)
+        out.append(replace(ei, strategy=name, task="optimum", seed=seed))
+    for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))) if optimum else ():
         pts = sweep_points(sweep, setup.sweep_budget, d)
         values = [float(v) if np.isfinite(v) else -np.inf for v in oracle(pts)]
         out.append(Run(name, "optimum", seed, setup.sweep_budget, values, []))
@@ -274,27 +299,31 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
 
         # The design criterion's candidates and reference set are its own (not the judge's reference sample).
         ivr = IntegratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference, seed=seed)
+        cal = CalibratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference,
+                                          local=setup.ivr_candidates // 2, seed=seed)  # fmt: skip
         mu = MaxUncertainty(space, **sizes)
-        for name, strategy in zip(MAP_STRATEGIES, (ivr, mu)):
+        for name, strategy in zip(MAP_STRATEGIES, (cal, ivr, mu)):
             if name not in map_strategies:
                 continue
-            run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error)
+            run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error,
+                        stop_below=setup.map_tol)  # fmt: skip
             out.append(replace(run, strategy=name, task=case.task, seed=seed))
         for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
             pts = sweep_points(sweep, setup.map_budget, d)
-            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref)
+            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol)
             out.append(Run(f"{name} + GP", case.task, seed, setup.map_budget, [], errors))
     return out
 
 
-def grid_needs(oracle: Oracle, maps: list[MapCase], space: ParameterSpace, setup: Setup, target: float) -> dict[str, int | None]:
+def grid_needs(oracle: Oracle, maps: list[MapCase], space: ParameterSpace, setup: Setup, target: float,
+               optimum: bool = True) -> dict[str, int | None]:  # fmt: skip
     """Simulations of the coarsest grid ``m**D`` (``m >= 2``, within ``grid_cap``) that reaches each goal."""
-    need: dict[str, int | None] = {"optimum": None, **{c.task: None for c in maps}}
+    need: dict[str, int | None] = {**({"optimum": None} if optimum else {}), **{c.task: None for c in maps}}
     m = 2
     while m**space.dim <= setup.grid_cap and None in need.values():
         nodes = space.grid(m)
         v = oracle(nodes)
-        if need["optimum"] is None and np.nanmax(v) >= target:
+        if optimum and need["optimum"] is None and np.nanmax(v) >= target:
             need["optimum"] = m**space.dim
         for case in maps:
             w = v if case.oracle is oracle else case.oracle(nodes)
@@ -318,6 +347,7 @@ def summarise(dims: int, runs: list[Run], grid: dict[str, int | None], target: f
                 "sims_se": float(np.std(sims, ddof=1) / np.sqrt(len(sims))) if len(sims) > 1 else 0.0,
                 "sims_all_seeds": got, "censored": any(g is None for g in got),
                 "steer_overhead_s": float(np.mean([r.overhead_s for r in mine])),
+                **({"best_per_seed": [max(r.values, default=float("nan")) for r in mine]} if task == "optimum" else {}),
             })  # fmt: skip
         rows.append({"dims": dims, "task": task, "strategy": "grid (coarsest hit)",
                      "sims_mean": None if grid[task] is None else float(grid[task]), "sims_se": 0.0,
@@ -336,7 +366,7 @@ def map_levels(dims: int, runs: list[Run]) -> list[dict[str, Any]]:
     for task, name in dict.fromkeys((r.task, r.strategy) for r in runs if r.task.startswith("map")):
         mine = [r for r in runs if r.task == task and r.strategy == name]
         out.append({"dims": dims, "task": task, "strategy": name, "budget": mine[0].budget,
-                    "error_at_budget": float(np.mean([r.errors[-1][1] for r in mine])),
+                    "error_at_end": float(np.mean([r.errors[-1][1] for r in mine])),
                     "sims_to": {str(t): [first_below(r.errors, t) for r in mine] for t in MAP_LEVELS}})  # fmt: skip
     return out
 
@@ -344,7 +374,9 @@ def map_levels(dims: int, runs: list[Run]) -> list[dict[str, Any]]:
 def verdicts(dims: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Steered / best of random and Sobol, per task, against the issue's goals (1/5 optimum, 1/3 map)."""
     out = []
-    tasks = [(t, "steered (EI)" if t == "optimum" else MAP_STRATEGIES[0], 1 / 5 if t == "optimum" else 1 / 3)
+    ran = {(r["task"], r["strategy"]) for r in rows if r["dims"] == dims}
+    opt = next((m for m in OPT_STRATEGIES if ("optimum", m) in ran), OPT_STRATEGIES[0])
+    tasks = [(t, opt if t == "optimum" else next(m for m in MAP_STRATEGIES if (t, m) in ran), 1 / 5 if t == "optimum" else 1 / 3)
              for t in dict.fromkeys(r["task"] for r in rows if r["dims"] == dims)]  # fmt: skip
     for task, steered, goal in tasks:
         mine = {r["strategy"]: r for r in rows if r["dims"] == dims and r["task"] == task}
@@ -361,14 +393,16 @@ def verdicts(dims: int, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-MAP_TASKS = ("map", "map-heat", "map-u")
+MAP_TASKS = ("map", "map-heat", "map-u", "map-strip", "map-track")
 """Map tasks: Gray-Scott's pattern amplitude, the heat plate's peak temperature, Gray-Scott's mean u after
 ``u_steps`` (not run by default: in a development run no strategy mapped it to 10 % in 600 simulations at
-4 dimensions, all at 11 %)."""
+4 dimensions, all at 11 %), and the heated strip's sensor temperature (localized structure: see
+:data:`~_modulation_families.HOT_STRIP`)."""
 
 
 def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str, ...] = MAP_STRATEGIES,
-               map_tasks: tuple[str, ...] = MAP_TASKS) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+               map_tasks: tuple[str, ...] = MAP_TASKS, optimum: bool = True,
+               opt_strategies: tuple[str, ...] = OPT_STRATEGIES) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
     space = space_of(dims)
     oracle = Oracle(setup, space, gray_scott_run(setup.grid, setup.steps))
     heat_space = space_of(dims, HEAT)
@@ -376,7 +410,9 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     t0 = time.perf_counter()
     maps = []
     mean_u = Oracle(setup, space, gray_scott_run(setup.grid, setup.u_steps, "mean_u")) if "map-u" in map_tasks else oracle
-    for task, o in (("map", oracle), ("map-heat", heat), ("map-u", mean_u)):
+    strip = Oracle(setup, HOT_STRIP.space(dims), hot_strip_run(setup.strip_grid, setup.strip_time)) if "map-strip" in map_tasks else oracle
+    track = Oracle(setup, HOT_TRACK.space(dims), hot_track_run(setup.strip_grid, setup.strip_time)) if "map-track" in map_tasks else oracle
+    for task, o in (("map", oracle), ("map-heat", heat), ("map-u", mean_u), ("map-strip", strip), ("map-track", track)):
         if task not in map_tasks:
             continue
         # The judge's reference sample: its own seed, unseen by every strategy.
@@ -388,10 +424,10 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     ref = sample[np.isfinite(sample)]  # the optimum's share of the box, on the same sample
     runs: list[Run] = []
     for seed in seeds:
-        runs += run_seed(setup, oracle, maps, space, seed, map_strategies)
+        runs += run_seed(setup, oracle, maps, space, seed, map_strategies, optimum, opt_strategies)
         print(f"  D={dims} seed {seed} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     target = (1 - setup.opt_tol) * oracle.best()
-    grid = grid_needs(oracle, maps, space, setup, target)
+    grid = grid_needs(oracle, maps, space, setup, target, optimum)
     tried = max(m for m in range(2, 64) if m**dims <= setup.grid_cap) if 2**dims <= setup.grid_cap else 1
     rows = summarise(dims, runs, grid, target, setup, tried)
     sec = oracle.seconds_per_sim
@@ -423,15 +459,21 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     return rows, info, map_levels(dims, runs)
 
 
+STRATEGY_FLAGS = dict(zip(("calibrated", "ivr", "max-std"), MAP_STRATEGIES))
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dims", type=int, nargs="+", default=[2, 4, 6], help="study dimensions, 2..8 (default 2 4 6)")
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged over (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
-    p.add_argument("--map-strategies", nargs="+", choices=("ivr", "max-std"), default=["ivr", "max-std"],
-                   help="steered map strategies (default both; the verdict uses ivr)")
+    p.add_argument("--map-strategies", nargs="+", choices=tuple(STRATEGY_FLAGS), default=list(STRATEGY_FLAGS),
+                   help="steered map strategies (default all; a task's verdict uses the first of calibrated, ivr, max-std that ran)")
+    p.add_argument("--no-optimum", action="store_true", help="run the map tasks only")
+    p.add_argument("--opt-strategies", nargs="+", choices=("ei", "tr-ei"), default=["ei", "tr-ei"],
+                   help="steered optimum searches (default both; the verdict uses ei when it ran)")
     p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
-    p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat"], help="map tasks (default map map-heat)")
+    p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -449,8 +491,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:
-        chosen = tuple(MAP_STRATEGIES[("ivr", "max-std").index(m)] for m in args.map_strategies)
-        r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds), chosen, tuple(args.maps))
+        chosen = tuple(STRATEGY_FLAGS[m] for m in args.map_strategies)
+        opt = tuple(OPT_STRATEGIES[("ei", "tr-ei").index(m)] for m in args.opt_strategies)
+        r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds), chosen, tuple(args.maps),
+                                 not args.no_optimum, opt)  # fmt: skip
         rows += r
         infos.append(info)
         levels += lv
@@ -481,7 +525,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
     for lv in levels:
         cells = "; ".join(f"<= {100 * float(t):.0f}%: " + ",".join("-" if n is None else str(n) for n in ns) for t, ns in lv["sims_to"].items())
-        print(f"    D={lv['dims']} {lv['task']:<9}{lv['strategy']:<20} {cells}; error after {lv['budget']}: {100 * lv['error_at_budget']:.1f}%")
+        print(f"    D={lv['dims']} {lv['task']:<9}{lv['strategy']:<20} {cells}; error at the end (the goal or {lv['budget']}): {100 * lv['error_at_end']:.1f}%")
     for v in verdict:
         shown = "unknown" if v["ratio_is"] == "unknown" else f"{'' if v['ratio_is'] == '=' else v['ratio_is']}{v['ratio']:.3f}"
         print(f"  D={v['dims']} {v['task']}: steered / {v['against']} = {shown} (goal <= {v['goal']:.3f}): "

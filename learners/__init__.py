@@ -29,6 +29,8 @@ from coupler.learners.acquisition import RandomSweep as RandomSweep
 from coupler.learners.acquisition import MaxUncertainty as MaxUncertainty
 from coupler.learners.acquisition import ExpectedImprovement as ExpectedImprovement
 from coupler.learners.acquisition import UpperConfidenceBound as UpperConfidenceBound
+from coupler.learners.trust_region import TrustRegionExpectedImprovement as TrustRegionExpectedImprovement
+from coupler.learners.variance_reduction import CalibratedVarianceReduction as CalibratedVarianceReduction
 from coupler.learners.variance_reduction import IntegratedVarianceReduction as IntegratedVarianceReduction
 from coupler.learners.acquisition import expected_improvement as expected_improvement
 from coupler.learners.acquisition import upper_confidence_bound as upper_confidence_bound
@@ -61,6 +63,8 @@ from coupler.learners.spectral_closure import ClosureWithCorrectionConfig as Clo
 __all__ = [
     "GaussianProcess",
     "IntegratedVarianceReduction",
+    "CalibratedVarianceReduction",
+    "TrustRegionExpectedImprovement",
     "GPConfig",
     "SobolSweep",
     "LatinHypercubeSweep",

@@ -28,9 +28,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from coupler.learners.gp import LeaveOneOut
 
 Predictor = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
 """Maps ``(N, d)`` unit-box points to ``(mean, std)``, each ``(N,)``."""
@@ -115,6 +118,10 @@ class SearchData:
         predict: the surrogate (``None`` before it has been fitted).
         covariance: the surrogate's joint posterior over given ``(M, d)`` points, for
             design criteria (``None``: not fitted, or a surrogate without one).
+        leave_one_out: the surrogate's leave-one-out residuals at the points it was fitted
+            to (``None``: not fitted, or a surrogate without them).
+        length_scales: the surrogate's length scale per input, unit-box units (``None``:
+            not fitted, or a surrogate without them).
     """
 
     x: np.ndarray
@@ -122,6 +129,8 @@ class SearchData:
     pending: np.ndarray
     predict: Predictor | None = None
     covariance: Callable[[np.ndarray], JointCovariance] | None = None
+    leave_one_out: Callable[[], LeaveOneOut] | None = None
+    length_scales: np.ndarray | None = None
 
 
 class Strategy(Protocol):

@@ -105,7 +105,10 @@ class Steerer:
         pend = self.space.to_unit(np.array(avoid).reshape(-1, self.space.dim))
         fitted = self.model is not None and self._fitted_on > 0
         joint = getattr(self.model, "joint", None) if fitted else None
-        return SearchData(x=x, y=y, pending=pend, predict=self.model.predict if fitted else None, covariance=joint)
+        loo = getattr(self.model, "leave_one_out", None) if fitted else None
+        lengths = getattr(self.model, "length_scales", None) if fitted else None
+        return SearchData(x=x, y=y, pending=pend, predict=self.model.predict if fitted else None, covariance=joint,
+                          leave_one_out=loo, length_scales=lengths)  # fmt: skip
 
     def best(self) -> TaskRecord | None:
         """The answered task with the largest quantity of interest."""

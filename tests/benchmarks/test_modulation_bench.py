@@ -65,6 +65,27 @@ def test_the_heat_run_is_the_analytic_peak_for_one_mode() -> None:
     assert float(run(jnp.asarray(x))) == pytest.approx(0.8 * (1 - 0.5 * sim.dt * lam) ** steps, rel=1e-5)
 
 
+def test_the_track_and_strip_runs_are_a_diffusing_gaussian_at_the_sensor() -> None:
+    # Far from the plate's edges and the track's ends, a Gaussian line of std w diffuses into one of
+    # variance w^2 + 2 a t and peak w / sqrt(w^2 + 2 a t) (the infinite-plate solution); FTCS on 95 points.
+    grid, w, a = 95, 0.03, 0.5
+    sim = Heat2D(n=grid, modes=2, max_diffusivity=1.0)
+    t = round(0.0005 / sim.dt) * sim.dt  # the time the run reaches
+    s2 = w**2 + 2 * a * t
+    track, strip = bench.hot_track_run(grid, 0.0005), bench.hot_strip_run(grid, 0.0005)
+    for offset in (0.0, 0.03):  # the track's centre line passes the sensor at this distance
+        expected = w / np.sqrt(s2) * np.exp(-(offset**2) / (2 * s2))
+        x = np.array([0.5, 0.5 + offset, 0.0, 0.2, a], np.float32)  # horizontal, midpoint (nearly) above the sensor
+        assert float(track(jnp.asarray(x))) == pytest.approx(expected, rel=0.02)
+        sx, sy = (round(c * (grid + 1)) / (grid + 1) for c in (0.4, 0.45))  # the strip's sensor node
+        assert float(strip(jnp.asarray(np.array([sx, sy + offset, 0.0, w, a], np.float32)))) == pytest.approx(expected, rel=0.02)
+    # b12 and b21 have a node line through the centre: the track's sensor does not see them.
+    base = np.array([0.3, 0.3, 1.0, 0.1, a, 0.1, 0.0, 0.0], np.float32)
+    inert = base.copy()
+    inert[6:] = (0.1, -0.1)
+    assert float(track(jnp.asarray(inert))) == pytest.approx(float(track(jnp.asarray(base))), abs=1e-6)
+
+
 def test_verdicts_bound_the_ratio_when_a_side_is_censored() -> None:
     def rows(steered: float, s_cens: bool, rnd: float, r_cens: bool) -> list[dict]:
         out = []
@@ -84,19 +105,20 @@ def test_verdicts_bound_the_ratio_when_a_side_is_censored() -> None:
 
 def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "modulation.json"
-    result = bench.main(["--quick", "--dims", "4", "--seeds", "2", "--json", str(out)])
+    # Two of the map tasks (the others differ only in their oracle, which the tests above check).
+    result = bench.main(["--quick", "--dims", "4", "--seeds", "2", "--maps", "map-heat", "map-track", "--json", str(out)])
     data = json.loads(out.read_text())
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     for r in data["rows"]:
         assert {"dims", "task", "strategy", "sims_mean", "sims_se"} <= set(r)
     strategies = {(r["dims"], r["task"], r["strategy"]) for r in data["rows"]}
     for d in (4,):
-        assert {(d, "optimum", s) for s in ("steered (EI)", "random", "sobol", "grid (coarsest hit)")} <= strategies
-        for task in ("map", "map-heat"):
-            assert {(d, task, s) for s in ("steered (IVR)", "steered (max-std)", "random + GP", "sobol + GP", "grid (coarsest hit)")} <= strategies
+        assert {(d, "optimum", s) for s in bench.OPT_STRATEGIES + ("random", "sobol", "grid (coarsest hit)")} <= strategies
+        for task in ("map-heat", "map-track"):
+            assert {(d, task, s) for s in bench.MAP_STRATEGIES + ("random + GP", "sobol + GP", "grid (coarsest hit)")} <= strategies
     for r in data["rows"]:
         if not r["strategy"].startswith("grid"):
             assert len(r["sims_all_seeds"]) == 2 and r["sims_se"] >= 0 and 1 <= r["sims_mean"]
-    assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, "optimum"), (4, "map"), (4, "map-heat")}
+    assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, t) for t in ("optimum", "map-heat", "map-track")}
     for info in data["dims"]:
         assert 0 < info["steer_share_at_1s"] < 1 and 0 < info["steer_share_at_1s_cpu"] < 1 and info["target"] <= info["best_known"]

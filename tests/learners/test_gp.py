@@ -115,3 +115,28 @@ def test_a_degenerate_optimum_is_recognised_so_that_the_default_start_is_tried_a
     assert gp._degenerate(tiny, x)
     flat = GaussianProcess(GPConfig(), 2)
     assert not flat._degenerate(flat._default_theta(), x[:, :2])
+
+
+def test_leave_one_out_is_a_refit_without_the_point() -> None:
+    # R&W eq. 5.12 against brute force: the posterior at x_i given every other point, same hyperparameters.
+    rng = np.random.default_rng(3)
+    x = rng.uniform(size=(25, 2))
+    y = np.sin(5 * x[:, 0]) + x[:, 1]
+    gp = GaussianProcess(GPConfig(), 2)
+    gp.fit(x, y)
+    loo = gp.leave_one_out()
+    np.testing.assert_array_equal(loo.points, x)
+    np.testing.assert_allclose(loo.lengths, gp.length_scales)
+    state = gp.state_dict()
+    lengths, (signal, noise) = np.exp(state["theta"][:2]), np.exp(state["theta"][2:])
+    ys = (y - state["y_mean"]) / state["y_scale"]
+    for i in (0, 7, 24):
+        keep = np.arange(len(x)) != i
+        k = matern52(x[keep], x[keep], lengths, signal) + (noise + 1e-8) * np.eye(len(x) - 1)
+        kx = matern52(x[keep], x[i : i + 1], lengths, signal)[:, 0]
+        mean = kx @ np.linalg.solve(k, ys[keep])
+        var = signal - kx @ np.linalg.solve(k, kx) + noise + 1e-8
+        assert loo.residuals[i] == pytest.approx(state["y_scale"] * (ys[i] - mean), rel=1e-6, abs=1e-9)
+        assert loo.variances[i] == pytest.approx(state["y_scale"] ** 2 * var, rel=1e-6)
+    with pytest.raises(RuntimeError, match="before any fit"):
+        GaussianProcess(GPConfig(), 2).leave_one_out()
