@@ -7,6 +7,9 @@ import math
 import os
 import sys
 
+import jax.numpy as jnp
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import augmentation_speedup as bench  # noqa: E402
@@ -58,3 +61,18 @@ def test_summary_needs_a_finer_match_and_a_learned_gain() -> None:
     # A plain solver on the coarse grid at the corrected solver's long step is a plain row of that grid too.
     s = bench.summarize(plain + [_row("plain-pad-2dt", 16, 9.5, 1.0), _row("corrected-a", 16, 9.0, 2.5)])
     assert s["coarse_plain_time_to_corr_095"] == 9.5 and not s["learned_adds"] and not s["payoff"]
+
+
+def test_a_run_that_blows_up_counts_as_decorrelated() -> None:
+    setup = bench.replace(bench.TINY, eval_runs=2, eval_time=0.48, frame_every=2)  # 3 frames, 0.16 apart
+    reference = jnp.ones((3, 2, 4, 4)).at[..., 0, 0].set(2.0)
+    frames = reference.at[1:, 1].set(jnp.nan)  # the second run blows up at the second frame
+    r = bench.row(setup, "plain", 16, frames, reference, wall=1.0)
+    # Its correlation is 0 from then on: the mean (1 + 0) / 2 is below 0.95 at the second frame.
+    assert r["correlation"] == [1.0, 0.5, 0.5] and r["time_to_corr_095"] == pytest.approx(0.16)
+    assert not r["censored"] and r["unstable_runs"] == 1
+
+
+def test_the_long_step_must_divide_the_frame_interval() -> None:
+    with pytest.raises(ValueError, match="learned_step"):
+        bench.replace(bench.QUICK, learned_step=3)  # frame_every is 4
