@@ -7,6 +7,9 @@ import math
 import os
 import sys
 
+import jax.numpy as jnp
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import augmentation_speedup as bench  # noqa: E402
@@ -18,14 +21,16 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys) -> None:
     on_disk = json.loads(path.read_text())
     assert on_disk["rows"] == json.loads(json.dumps(result["rows"]))
     methods = [(r["method"], r["resolution"]) for r in on_disk["rows"]]
-    assert methods == [("plain", 16), ("plain-pad", 16), ("reference", 32), ("corrected-1step", 16), ("corrected-unroll2", 16)]
+    # TINY steps the corrected solver twice as far as the plain ones: the plain solver at that step is a row too.
+    assert methods == [("plain", 16), ("plain-pad", 16), ("plain-pad-2dt", 16), ("reference", 32),
+                       ("corrected-1step", 16), ("corrected-unroll2", 16)]
     for r in on_disk["rows"]:
         assert {"method", "resolution", "wall_s_per_time_unit", "time_to_corr_095", "rel_l2_final"} <= set(r)
         assert r["wall_s_per_time_unit"] > 0 and 0 <= r["time_to_corr_095"] <= bench.TINY.eval_time
         assert math.isfinite(r["rel_l2_final"]) and len(r["correlation"]) == 5  # 0.8 time units, a frame every 2 x 0.08
-    reference = on_disk["rows"][2]
+    reference = on_disk["rows"][3]
     assert reference["rel_l2_final"] == 0 and reference["censored"] and all(c > 0.9999 for c in reference["correlation"])
-    assert all(r["training_s"] > 0 for r in on_disk["rows"][3:])
+    assert all(r["training_s"] > 0 for r in on_disk["rows"][4:])
     summary = on_disk["summary"]
     assert {"matched_resolution", "speedup_at_matched_accuracy"} <= set(summary)
     assert summary["matched_resolution"] in (None, 16, 32)
@@ -53,3 +58,21 @@ def test_summary_needs_a_finer_match_and_a_learned_gain() -> None:
     padded_enough = [_row("plain-pad", 16, 9.0, 2.0) if r["method"] == "plain-pad" else r for r in plain]
     s = bench.summarize(padded_enough + [_row("corrected-a", 16, 9.0, 2.5)])
     assert s["matched_resolution"] == 32 and not s["learned_adds"] and not s["payoff"]
+    # A plain solver on the coarse grid at the corrected solver's long step is a plain row of that grid too.
+    s = bench.summarize(plain + [_row("plain-pad-2dt", 16, 9.5, 1.0), _row("corrected-a", 16, 9.0, 2.5)])
+    assert s["coarse_plain_time_to_corr_095"] == 9.5 and not s["learned_adds"] and not s["payoff"]
+
+
+def test_a_run_that_blows_up_counts_as_decorrelated() -> None:
+    setup = bench.replace(bench.TINY, eval_runs=2, eval_time=0.48, frame_every=2)  # 3 frames, 0.16 apart
+    reference = jnp.ones((3, 2, 4, 4)).at[..., 0, 0].set(2.0)
+    frames = reference.at[1:, 1].set(jnp.nan)  # the second run blows up at the second frame
+    r = bench.row(setup, "plain", 16, frames, reference, wall=1.0)
+    # Its correlation is 0 from then on: the mean (1 + 0) / 2 is below 0.95 at the second frame.
+    assert r["correlation"] == [1.0, 0.5, 0.5] and r["time_to_corr_095"] == pytest.approx(0.16)
+    assert not r["censored"] and r["unstable_runs"] == 1
+
+
+def test_the_long_step_must_divide_the_frame_interval() -> None:
+    with pytest.raises(ValueError, match="learned_step"):
+        bench.replace(bench.QUICK, learned_step=3)  # frame_every is 4
