@@ -57,7 +57,7 @@ def dial(
         sock = _connect(stream, ssl_context)
     except OSError as e:  # its worker is gone (or going): the broker will say so
         raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
-    probe = _probe() if same_host and shm.available() else None
+    probe = probe_segment() if same_host and shm.available() else None
     try:
         # Both ends prove that they hold the cluster's secret (auth): the reply is the consumer's, signed.
         hello = {"channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid(), "worker": origin}
@@ -89,7 +89,7 @@ def _connect(stream: str, ssl_context: ssl.SSLContext | None) -> socket.socket:
     return sock
 
 
-def _probe() -> str | None:
+def probe_segment() -> str | None:
     """A tiny segment the consumer must be able to map for shared memory to be used."""
     name = f"{shm.PREFIX}{os.getpid()}-{os.urandom(8).hex()}"
     try:
@@ -108,4 +108,4 @@ def _unlink_quietly(name: str) -> None:
         pass
 
 
-__all__ = ["OpenStream", "dial"]
+__all__ = ["OpenStream", "dial", "probe_segment"]
