@@ -15,7 +15,9 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.payloads`: who owns a payload, and every copy.
 - :mod:`~coupler.runtime.dataplane.link` (producer side) and
   :mod:`~coupler.runtime.dataplane.receiver` (consumer side): one stream per
-  (channel, consumer, producing worker).
+  (channel, consumer, producing worker). A link's parts: ``dial`` (opening the
+  stream), ``staging`` (its copies and segments), ``window`` (sans-IO: credits,
+  batching, acknowledgements) and ``acks`` (the thread reading the stream back).
 - :mod:`~coupler.runtime.dataplane.wire`: framing and the checks of every frame.
 - :mod:`~coupler.runtime.dataplane.auth`: the per-cluster stream secret and handshake.
 - :mod:`~coupler.runtime.dataplane.shm`: shared-memory segments on one host.
@@ -33,7 +35,7 @@ Thread model (one worker process):
   when no other thread is writing (the "writer role", ``Link._pump``).
 - *The worker's event loop* runs broker calls (attach, detach, routing), applies
   routing updates pushed by the broker, and the periodic report.
-- Per link, one *acknowledgement reader* thread (``coupler-acks-*``) reads the
+- Per link, one *acknowledgement reader* thread (``coupler-acks-*``, ``acks.AckReader``) reads the
   consumer's ACK and GRANT frames; it hands what a broken stream owed back to the
   consumer's outbox (``on_orphans``) and passes commits on.
 - Per worker, one *listener* thread accepts streams; per accepted stream one

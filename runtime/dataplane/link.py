@@ -27,12 +27,18 @@ life. Every producer on this worker that sends to that consumer shares it.
   accept (refused, or never acknowledged because its worker died) are handed
   to ``on_orphans``, in order, so that a ``Queue`` channel can deliver them to
   the consumer that takes its place.
+
+Its parts: :mod:`~coupler.runtime.dataplane.dial` opens the stream,
+:mod:`~coupler.runtime.dataplane.staging` makes each message the link's own
+(copies, segments), the sans-IO :mod:`~coupler.runtime.dataplane.window` holds
+the protocol's state, :func:`write_frame` writes what the window chose (in the
+thread that holds the writer role), and :mod:`~coupler.runtime.dataplane.acks`
+is the thread that reads the consumer's frames and ends the link.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import ssl
 import threading
@@ -41,14 +47,16 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from coupler.runtime.dataplane import auth, shm
-from coupler.runtime.dataplane import waits, wire
+from coupler.runtime.dataplane import auth, waits, wire
+from coupler.runtime.dataplane.acks import AckReader
 from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
-from coupler.runtime.dataplane.payloads import Item, detach_leaves, frozen_leaves, release_segments
+from coupler.runtime.dataplane.dial import dial
+from coupler.runtime.dataplane.payloads import Item
 from coupler.runtime.dataplane.settings import TransportConfig
-from coupler.runtime.dataplane.window import Batch, Room, SendWindow
-from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
+from coupler.runtime.dataplane.staging import Staging
+from coupler.runtime.dataplane.window import Frame, Room, SendWindow
+from coupler.runtime.errors import ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
 
 if TYPE_CHECKING:  # the link only passes its log the items it queues
@@ -127,65 +135,16 @@ class Link:
         self.dead = False
         # Set once the stream is closed and what the consumer did not accept went to on_orphans.
         self.wound_up = threading.Event()
-        self.ack_frames = 0  # ACK frames received (fewer than batches: acknowledgements are asked for sparingly)
         self.shm_messages = 0
-        self.recycled = 0  # small messages whose copies went back to the link for reuse
-        self.arena = shm.Arena(config.shm_pool_bytes)
-        # Per field, arrays of small messages the consumer accepted, for _small_item to reuse.
-        self._spare: list[list[np.ndarray]] = [[] for _ in spec.fields]
-        self._spare_max = max(16, min(1024, (4 << 20) // max(1, spec.nbytes)))  # about 4 MiB per link
-        self.arena_lock = threading.Lock()
-        try:
-            self.sock = self._connect(stream, ssl_context)
-        except OSError as e:  # its worker is gone (or going): the broker will say so
-            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
-        probe = self._probe() if config.shared_memory and host == peer_host and shm.available() else None
-        try:
-            # Both ends prove that they hold the cluster's secret (auth): the reply is the consumer's, signed.
-            hello = {
-                "channel": channel, "consumer": consumer, "spec": spec.to_wire(), "probe": probe, "pid": os.getpid(),
-                "worker": origin,
-            }
-            self.reader, reply = auth.open_stream(self.sock, key, hello)
-        except (OSError, ValueError) as e:
-            self.sock.close()
-            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} at {stream} is unreachable ({e})") from e
-        finally:
-            if probe:
-                _unlink_quietly(probe)
-        status = reply.get("status")
-        if status != "OK":
-            self.sock.close()
-            if status == "closed":
-                raise ChannelClosed(f"channel {channel!r} is closed; cannot send")
-            if status == "spec":
-                raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} on {stream} refused the stream: {reply.get('reason')}")
-            raise ConsumerGone(f"channel {channel!r}: consumer {consumer!r} on {stream} has detached")
-        self.shm = bool(reply.get("shm"))
-        self._reader = threading.Thread(target=self._read_loop, name=f"coupler-acks-{channel}", daemon=True)
-        self._reader.start()
-
-    @staticmethod
-    def _connect(stream: str, ssl_context: ssl.SSLContext | None) -> socket.socket:
-        host, port = stream.rsplit(":", 1)
-        sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
-        sock.settimeout(None)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if ssl_context is not None:
-            sock = ssl_context.wrap_socket(sock, server_hostname=None)
-        return sock
-
-    @staticmethod
-    def _probe() -> str | None:
-        """A tiny segment the consumer must be able to map for shared memory to be used."""
-        name = f"{shm.PREFIX}{os.getpid()}-{os.urandom(8).hex()}"
-        try:
-            fd = os.open(os.path.join(shm.SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)
-            os.ftruncate(fd, shm.HEADER)
-            os.close(fd)
-        except OSError:
-            return None
-        return name
+        self.staging = Staging(channel, spec, config, log)  # copies and segments of what is queued
+        opened = dial(
+            channel, consumer, stream, spec, same_host=config.shared_memory and host == peer_host,
+            ssl_context=ssl_context, key=key, origin=origin,
+        )
+        self.sock, self.reader, self.shm = opened.sock, opened.reader, opened.shm
+        self.staging.shm = self.shm
+        self.acks = AckReader(self)  # the thread that reads the consumer's frames, and ends the link
+        self.acks.thread.start()
 
     # -- producer threads -----------------------------------------------------------------
     def submit(
@@ -209,7 +168,7 @@ class Link:
         # A small message is copied first, outside the lock (a few microseconds,
         # the GIL held), so that it is queued and the writer role claimed under
         # one acquisition: producers that share this link contend for the lock.
-        item = None if large else self._small_item(header, leaves, nbytes)
+        item = None if large else self.staging.small_item(header, leaves, nbytes)
         window = self.window
         with self.lock:
             self._take_room(nbytes, deadline, timeout, cancel)
@@ -225,7 +184,7 @@ class Link:
             return
         item = Item(header, leaves, nbytes, large)
         try:
-            self._prepare(item)
+            self.staging.prepare(item)
         except BaseException:
             with self.lock:
                 window.unreserve(nbytes)
@@ -288,59 +247,6 @@ class Link:
         finally:
             if outer is not False:
                 waits.end(outer)
-
-    def _small_item(self, header: dict[str, Any], leaves: list[Any], nbytes: int) -> Item:
-        """A small message's item, its writable leaves copied into arrays this link recycles.
-
-        A fresh copy costs an allocation and a numpy wrapper, and its free happens
-        in the acknowledging thread: in place (the GIL held, see ``wire.copy_small``)
-        into an array the consumer has already accepted, it is a memcpy. Arrays
-        come back in :meth:`_acked`, only from items whose every leaf was copied
-        here, so no array anyone else holds is ever written.
-        """
-        spare = self._spare
-        out = []
-        for k, a in enumerate(leaves):
-            if type(a) is not np.ndarray:
-                return Item(header, detach_leaves(leaves), nbytes, False)  # keeps or copies as it must
-            flags = a.flags  # once: every .flags builds a new object
-            if not flags.writeable or a.dtype.hasobject:
-                return Item(header, detach_leaves(leaves), nbytes, False)
-            try:  # pop, not test-then-pop: producers that share the link run this concurrently
-                b = spare[k].pop() if flags.c_contiguous and a.dtype.isbuiltin == 1 else None
-            except IndexError:
-                b = None
-            if b is None:
-                b = wire.copy_small(a)
-            else:
-                b.data.cast("B")[:] = a.data.cast("B")  # a memcpy; the spec check fixed shape and dtype
-            out.append(b)
-        return Item(header, out, nbytes, False, None, None, None, True)  # positional (recycled=True): per message
-
-    def _prepare(self, item: Item) -> None:
-        """Make the item independent of the producer's arrays (or arrange to wait for the write)."""
-        leaves = item.leaves
-        assert leaves is not None
-        if item.large and self.shm:
-            try:
-                with self.arena_lock:
-                    item.segment, item.offsets, _ = self.arena.reserve([a.nbytes for a in leaves])
-                shm.fill(item.segment, item.offsets, leaves)
-                item.leaves = None
-                return
-            except shm.ShmUnavailable as e:
-                logger.debug("shared memory unavailable for %s, sending over TCP: %s", self.channel, e)
-        if item.large:
-            if self.log is not None and not self.log.full:
-                # Kept for a replay after send returns, when the producer may change its arrays.
-                item.leaves = frozen_leaves(leaves)
-                return
-            # Zero copy: the sender writes from these arrays; wait for that unless
-            # nobody can change them (read-only, e.g. JAX's host buffers).
-            if any(a.flags.writeable for a in leaves):
-                item.written = threading.Event()
-            return
-        item.leaves = detach_leaves(leaves)
 
     def _raise_if_failed(self) -> None:
         if self.error is not None:
@@ -468,10 +374,7 @@ class Link:
                         self.writing = False
                     return
                 assert frame is not None
-                if frame.batch is not None:
-                    self._write_batch(frame.batch, frame.want)  # the wish for credits rides along
-                else:
-                    wire.send_frame(self.sock, wire.WANT, {**(frame.want or {}), "ack": frame.sync})
+                self.shm_messages += write_frame(self.sock, self.spec, frame)
         except OSError as e:
             with self.lock:
                 self.writing = False
@@ -482,92 +385,8 @@ class Link:
         with self.lock:
             return {
                 "consumer": self.consumer, "stream": self.stream, "shm": self.shm, **self.window.stats(),
-                "shm_messages": self.shm_messages, "ack_frames": self.ack_frames, "recycled": self.recycled,
+                "shm_messages": self.shm_messages, "ack_frames": self.acks.frames, "recycled": self.staging.recycled,
             }
-
-    def _write_batch(self, batch: Batch, want: dict[str, int] | None) -> None:
-        items = batch.items
-        first = items[0]
-        self.shm_messages += first.segment is not None
-        header: dict[str, Any] = {"c": wire.header_columns([it.header for it in items])}
-        if batch.asked:
-            header["ack"] = True
-        if want is not None:
-            header["want"] = want
-        if first.segment is not None:
-            header.update(seg=first.segment.name, offs=first.offsets)
-            if first.segment.kept:
-                header["cow"] = True  # the log keeps these bytes: the consumer's writes must stay its own
-            wire.send_frame(self.sock, wire.BATCH, header)
-            return
-        offsets, total, bufs = wire.batch_payload(self.spec, [it.leaves for it in items])  # type: ignore[misc]
-        header.update(offs=offsets, len=total)
-        wire.send_frame(self.sock, wire.BATCH, header, bufs)
-        for it in items:
-            if it.written is not None:
-                # The producer may change its arrays from now on. We keep the reference
-                # only to resend if this consumer goes away before acknowledging it.
-                it.written.set()
-
-    def _read_loop(self) -> None:
-        try:
-            refused = more = False
-            while not refused:
-                kind, h, _ = self.reader.read()
-                if kind == wire.GRANT and "commit" in h and self.on_commit is not None:
-                    self.on_commit({str(s): int(q) for s, q in h["commit"].items()})
-                with self.lock:
-                    window = self.window
-                    if kind == wire.GRANT:
-                        window.granted(h["n"])
-                        if h.get("acked"):
-                            self._acked(h["acked"])
-                            more = bool(window.pending)
-                    elif kind == wire.ACK:
-                        self.ack_frames += 1
-                        status = h["status"]
-                        # The oldest `n` batches: all accepted, but the last if it was refused.
-                        self._acked(h["n"] - (status != "OK"))
-                        more = bool(window.pending)
-                        if status != "OK":
-                            release_segments(window.refused(h["accepted"]))
-                            if status == "closed":
-                                self.error = ChannelClosed(f"channel {self.channel!r} is closed; consumer {self.consumer!r} refused messages")
-                            elif status == "fenced":
-                                self.error = Fenced(
-                                    f"channel {self.channel!r}: consumer {self.consumer!r} refused this worker's messages: the "
-                                    f"broker places their producer on another worker (this instance was replaced)"
-                                )
-                            else:
-                                self.error = ConsumerGone(f"channel {self.channel!r}: consumer {self.consumer!r} has detached")
-                            self.dead = refused = True
-                    self.cond.notify_all()
-                if more and not refused:
-                    more = False
-                    self._pump()
-        except (OSError, wire.StreamClosed) as e:
-            with self.lock:
-                if not self.closing and self.error is None:
-                    self.error = ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})")
-                self.dead = True
-                self.cond.notify_all()
-        except Exception as e:  # a protocol bug: fail loudly rather than hang producers
-            logger.exception("coupler link %s -> %s failed", self.channel, self.consumer)
-            self._fail(ConsumerGone(f"channel {self.channel!r}: stream to {self.consumer!r} failed: {e!r}"))
-        self._finish(orphan=self.orphan_on_close)
-
-    def _acked(self, n: int) -> None:
-        """The oldest ``n`` batches in flight were accepted whole (call with the lock)."""
-        for batch in self.window.acknowledged(n):
-            if batch.items[0].segment is not None:
-                release_segments(batch.items)
-            spare = self._spare
-            for it in batch.items:
-                # A logged item's copies stay in the log: they cannot be reused (see ReplayLog).
-                if it.recycled and not it.logged and spare and len(spare[0]) < self._spare_max:  # (a spec may have no fields)
-                    for k, b in enumerate(it.leaves):  # type: ignore[arg-type]
-                        spare[k].append(b)
-                    self.recycled += 1
 
     def _fail(self, error: Exception) -> None:
         with self.lock:
@@ -580,45 +399,43 @@ class Link:
         except OSError:
             pass
 
-    _finished = False
 
-    def _finish(self, orphan: bool) -> None:
-        """Close the socket once; give the messages not accepted to ``on_orphans`` (in order)."""
-        with self.lock:
-            if self._finished:
-                return
-            self._finished = True
-            left = self.window.left()
-            self.dead = True
-            self.cond.notify_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
-        handing_on = bool(left and orphan and self.on_orphans is not None)
-        for it in left:
-            if it.written is not None and not it.written.is_set():
-                if handing_on:  # the producer's own arrays, which it may change once its send returns
-                    it.leaves = detach_leaves(it.leaves)
-                it.written.set()  # its send waits for this, written or not (it then sees the failure)
-        if handing_on:
-            for it in left:
-                it.leaves = it.payload_leaves(self.spec)
-                if it.segment is not None:
-                    it.segment.kept = False  # the (logged) item now holds a copy: the pool may close it
-                it.segment = None
-            self.on_orphans(left)
-        with self.arena_lock:
-            self.arena.close()
-        self.wound_up.set()
+def write_frame(sock: socket.socket, spec: Spec, frame: Frame) -> bool:
+    """Write what the window chose: a batch (a credit request riding along), or a bare request.
 
+    A batch in shared memory goes as its segment's name; over TCP its payload
+    follows the header (see ``wire.batch_payload``). Once a zero-copy payload
+    is written, its send may return (the producer may change its arrays).
 
-def _unlink_quietly(name: str) -> None:
-    try:
-        os.unlink(os.path.join(shm.SHM_DIR, name))
-    except FileNotFoundError:
-        pass
+    Returns:
+        Whether it was a batch in shared memory.
+    """
+    batch, want = frame.batch, frame.want
+    if batch is None:
+        wire.send_frame(sock, wire.WANT, {**(want or {}), "ack": frame.sync})
+        return False
+    items = batch.items
+    first = items[0]
+    header: dict[str, Any] = {"c": wire.header_columns([it.header for it in items])}
+    if batch.asked:
+        header["ack"] = True
+    if want is not None:
+        header["want"] = want
+    if first.segment is not None:
+        header.update(seg=first.segment.name, offs=first.offsets)
+        if first.segment.kept:
+            header["cow"] = True  # the log keeps these bytes: the consumer's writes must stay its own
+        wire.send_frame(sock, wire.BATCH, header)
+        return True
+    offsets, total, bufs = wire.batch_payload(spec, [it.leaves for it in items])  # type: ignore[misc]
+    header.update(offs=offsets, len=total)
+    wire.send_frame(sock, wire.BATCH, header, bufs)
+    for it in items:
+        if it.written is not None:
+            # The producer may change its arrays from now on. We keep the reference
+            # only to resend if this consumer goes away before acknowledging it.
+            it.written.set()
+    return False
 
 
-__all__ = ["Link"]
+__all__ = ["Link", "write_frame"]

@@ -18,7 +18,6 @@ import ssl
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from coupler.runtime.launch.cluster import make_tls_files
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME, Endpoint
 from coupler.runtime.errors import ConsumerGone
+from coupler.runtime.dataplane.dial import probe_segment
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.message import Spec
@@ -391,7 +391,7 @@ def test_segment_names_from_a_peer_are_checked_and_symlinks_never_followed(tmp_p
 
 
 def test_a_probe_leaves_the_producers_segment_where_it_is() -> None:
-    name = Link._probe()
+    name = probe_segment()
     assert name is not None
     try:
         assert shm.probe(name, os.getpid())
