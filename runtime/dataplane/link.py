@@ -216,8 +216,11 @@ class Link:
             Interrupted: ``cancel`` was set.
             ConsumerGone: the link failed (or ChannelClosed).
         """
-        outer: Any = False
         window = self.window
+        self._raise_if_failed()
+        if window.room(nbytes) is Room.TAKEN:  # the common case, without the wait's set-up
+            return
+        outer: Any = False
         try:
             with waking(cancel, self.cond):
                 while True:
