@@ -65,7 +65,8 @@ from coupler.runtime.observe.inspection import Inspection
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.control.status import ActorStatus, ChannelStats
-from coupler.runtime.control.supervisor import SpawnSpec, Supervisor
+from coupler.runtime.control.spawning import SpawnSpec
+from coupler.runtime.control.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
