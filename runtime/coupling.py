@@ -20,7 +20,7 @@ ended run are refused.
 
 The script takes part too: :meth:`Coupling.send`, :meth:`Coupling.receive`
 and :meth:`Coupling.subscribe` make it a producer or a consumer on a channel
-like any actor (see :mod:`coupler.runtime.driver`).
+like any actor (see :mod:`coupler.runtime.participant` and :mod:`coupler.runtime.driver`).
 
 Example::
 
@@ -33,7 +33,6 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import time
@@ -58,14 +57,14 @@ from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import Broker, check_name
 from coupler.runtime.launch.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.dataplane.endpoint import Endpoint
-from coupler.runtime.driver import NO_DEFAULT, DriverPorts, Publisher, Subscription
 from coupler.runtime.errors import ChannelClosed, raise_for_reply
-from coupler.runtime.message import Message
 from coupler.runtime.observe.inspection import Inspection
+from coupler.runtime.participant import Participant
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.control.status import ActorStatus, ChannelStats
-from coupler.runtime.control.supervisor import SpawnSpec, Supervisor
+from coupler.runtime.control.spawning import SpawnSpec
+from coupler.runtime.control.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +72,7 @@ logger = logging.getLogger(__name__)
 DRAIN_WAIT = 10.0
 
 
-class Coupling:
+class Coupling(Participant):
     """Connect to or start a cluster and drive a coupled run.
 
     Args:
@@ -95,7 +94,6 @@ class Coupling:
     """
 
     _supervisor: Supervisor | None = None
-    _driver_ports: DriverPorts | None = None
 
     def __init__(
         self,
@@ -208,9 +206,7 @@ class Coupling:
         and forgotten everywhere), close the client and cluster it started."""
         if self._supervisor is not None:  # first, so that it does not restart what is stopped below
             self._supervisor.close()
-        if self._driver_ports is not None:  # before the actors: what the driver sent goes to them first
-            self._driver_ports.close()
-            self._driver_ports = None
+        self._close_ports()  # before the actors: what the driver sent goes to them first
         for ref in list(self._actors.values()):
             try:
                 ref.release(timeout=5)
@@ -352,135 +348,9 @@ class Coupling:
             self._supervisor = Supervisor(self.client, key_prefix=f"coupler-actor-{os.getpid()}-{id(self)}")
         return self._supervisor
 
+    def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
+        return self.supervisor.spawn(spec)
+
     def actors(self) -> dict[str, ActorStatus]:
         """Status of every actor this coupling spawned (asked directly)."""
         return {name: ref.status() for name, ref in self._actors.items()}
-
-    # -- the driver as a participant (coupler.runtime.driver) --------------------------------------
-    @property
-    def _ports(self) -> DriverPorts:
-        if self._driver_ports is None:
-            self._driver_ports = DriverPorts(self.supervisor.spawn)
-        return self._driver_ports
-
-    def publisher(self, channel: str) -> Publisher:
-        """A new producer on ``channel`` for this script, with a source name of its own.
-
-        Its relay actor is given back by ``Publisher.close`` (a ``with`` block),
-        when it is garbage collected, or when the coupling closes.
-
-        Raises:
-            UnknownChannel: if ``channel`` was never declared.
-        """
-        return self._ports.publisher(channel)
-
-    def send(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        timestamp: float = 0.0,
-        step: int = 0,
-        meta: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> int:
-        """Send one message on ``channel`` from this script, like an actor's ``OutPort.send``.
-
-        The first send on a channel makes this script a producer there (the
-        coupling's own :class:`Publisher` for it, kept until the coupling closes):
-        sequence numbers, spec checks and back-pressure are those of every producer.
-
-        Args:
-            channel: a declared channel.
-            data: pytree of arrays; must fit the channel's spec.
-            timestamp: simulation time of the data.
-            step: the sender's step counter.
-            meta: small JSON-like metadata.
-            timeout: seconds to wait for consumers and space (``None``: forever).
-
-        Returns:
-            The message's sequence number.
-
-        Raises:
-            UnknownChannel: the channel was never declared.
-            SpecMismatch: the data does not fit the channel's spec (nothing is sent).
-            ChannelClosed: the channel is closed.
-            ConsumerGone: a consumer left or its worker was lost.
-            ChannelTimeout: no consumer or no space within ``timeout``.
-        """
-        pub = self._ports.default_publisher(channel)
-        try:
-            return pub.send(data, timestamp=timestamp, step=step, meta=meta, timeout=timeout)
-        except ChannelClosed:
-            pub.close(flush=False)  # nothing more can go out on it; a later send starts a new producer
-            raise
-
-    async def asend(
-        self,
-        channel: str,
-        data: Any,
-        *,
-        timestamp: float = 0.0,
-        step: int = 0,
-        meta: dict[str, Any] | None = None,
-        timeout: float | None = None,
-    ) -> int:
-        """:meth:`send`, awaitable (for notebooks and asyncio programs)."""
-        pub = await asyncio.to_thread(self._ports.default_publisher, channel)
-        try:
-            return await pub.asend(data, timestamp=timestamp, step=step, meta=meta, timeout=timeout)
-        except ChannelClosed:
-            await pub.aclose(flush=False)
-            raise
-
-    def subscribe(self, channel: str, *, timeout: float | None = None) -> Subscription:
-        """Make this script a consumer on ``channel``, from now on; iterate the result for its messages.
-
-        Each subscription is a consumer of its own: on a broadcast channel it
-        gets every message sent after it attached, on a ``Queue`` it holds up
-        producers while it does not take. It ends with ``close()``, a ``with``
-        block, the end of a closed channel, garbage collection (so a loop over
-        ``cp.subscribe(...)`` that is left detaches it), or the coupling's close.
-
-        Args:
-            channel: a declared channel.
-            timeout: seconds each step of an iteration waits for a message
-                before it raises ``ChannelTimeout`` (``None``: forever).
-
-        Returns:
-            The subscription: ``for msg in sub``, ``async for msg in sub``,
-            ``sub.receive()``, ``sub.sample(n)``, ``sub.latest()``.
-
-        Raises:
-            UnknownChannel: if ``channel`` was never declared.
-        """
-        return self._ports.subscribe(channel, timeout)
-
-    def receive(self, channel: str, timeout: float | None = None, default: Any = NO_DEFAULT) -> Message:
-        """Take the next message of ``channel`` for this script, like an actor's ``InPort.receive``.
-
-        The first call on a channel attaches this script as a consumer (the
-        coupling's own :class:`Subscription` for it), so it sees what is sent from
-        then on; :meth:`subscribe` first to see messages that producers send
-        before. The consumer stays attached until the channel ends or the coupling closes.
-
-        Args:
-            channel: a declared channel.
-            timeout: seconds to wait (``None``: forever; ``0``: do not wait).
-            default: returned instead of raising when nothing arrives in time.
-
-        Returns:
-            The message.
-
-        Raises:
-            UnknownChannel: the channel was never declared.
-            ChannelTimeout: nothing arrived in time and no ``default`` was given.
-            ChannelClosed: the channel is closed and drained.
-            WrongPolicy: the channel is a replay buffer (``subscribe`` and ``sample`` instead).
-        """
-        return self._ports.inbox(channel).receive(timeout, default)
-
-    async def areceive(self, channel: str, timeout: float | None = None, default: Any = NO_DEFAULT) -> Message:
-        """:meth:`receive`, awaitable (for notebooks and asyncio programs)."""
-        sub = await asyncio.to_thread(self._ports.inbox, channel)
-        return await sub.areceive(timeout, default)

@@ -49,7 +49,7 @@ from typing import Any, Generic, TypeVar
 
 from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import check_name
-from coupler.runtime.control.supervisor import SpawnSpec
+from coupler.runtime.control.spawning import SpawnSpec
 from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted
 from coupler.runtime.message import Message
 

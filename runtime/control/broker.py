@@ -12,8 +12,9 @@ Handlers reply with plain dicts; typed errors are encoded with
 handler reach the caller without their type.
 
 For inspection it also samples the counters every ``RATE_SAMPLE_INTERVAL``
-seconds into rates (messages/s, bytes/s per channel, steps/s per actor), keeps
-the metric series actors report (a learner's loss). The dashboard page and the
+seconds into rates (messages/s, bytes/s per channel, steps/s per actor), and
+keeps the metric series actors report (a learner's loss): what workers report
+is tallied by :mod:`coupler.runtime.control.tallies`. The dashboard page and the
 ``/metrics`` collectors that show them are installed by a plugin of their own
 (:mod:`coupler.runtime.observe.inspection`), so the broker imports neither.
 """
@@ -23,19 +24,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from distributed.diagnostics.plugin import SchedulerPlugin
 from tornado.ioloop import PeriodicCallback
 
-from coupler.runtime.control.departure import Departure, Gone
-from coupler.runtime.control.status import TERMINAL_STATES, ActorStatus, ChannelStats, MetricHistory, RateMeter
+from coupler.runtime.control.channel_record import ChannelRecord
+from coupler.runtime.control.departure import Departure
+from coupler.runtime.control.runs import RunBook
+from coupler.runtime.control.status import ActorStatus, ChannelStats
+from coupler.runtime.control.tallies import Tallies
 from coupler.runtime.dataplane.auth import new_secret
-from coupler.runtime.errors import ChannelClosed, ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelClosed, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
@@ -43,11 +45,8 @@ logger = logging.getLogger(__name__)
 
 BROKER_NAME = "coupler-broker"
 _NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
-# Seconds between samples of the counters, and the window rates are taken over.
+# Seconds between samples of the counters into rates.
 RATE_SAMPLE_INTERVAL = 1.0
-RATE_WINDOW = 5.0
-# Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
-_CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
 # Names of forgotten closed channels remembered, so that a late send says "closed", not "unknown".
 CLOSED_NAMES_KEPT = 4096
 
@@ -65,6 +64,18 @@ def check_name(kind: str, name: Any) -> str:
 
 # Integers in policies and specs must fit the 64-bit integers of Dask's msgpack comms.
 _INT_RANGE = range(-(2**63), 2**63)
+
+
+def check_policy(wire: Any) -> dict[str, Any]:
+    """A policy from a handler's input, decoded and re-encoded (normalized).
+
+    Raises:
+        ValueError, TypeError, KeyError: unless ``wire`` is a policy whose integers fit 64 bits.
+    """
+    p = policy_to_wire(policy_from_wire(wire))  # validates
+    if any(isinstance(v, int) and v not in _INT_RANGE for v in p.values()):
+        raise ValueError(f"policy arguments must fit 64-bit integers, got {p}")
+    return p
 
 
 def check_spec(wire: Any) -> dict[str, Any]:
@@ -89,47 +100,6 @@ def check_spec(wire: Any) -> dict[str, Any]:
         ) from None
 
 
-@dataclass
-class ChannelRecord:
-    """Everything the broker knows about one channel."""
-
-    name: str
-    policy: dict[str, Any]
-    spec: dict[str, Any] | None = None
-    closed: bool = False
-    producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
-    consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
-    streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
-    gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
-    version: int = 0
-    run: str = ""  # the coupling run that declared it ("": none named); it ends with that run
-
-    @property
-    def drained(self) -> bool:
-        """Closed, with no consumer attached or moving: nothing can use it any more."""
-        return self.closed and not self.consumers and not any(g.kind is Departure.HANDOVER for g in self.gone.values())
-
-    def routing(self) -> dict[str, Any]:
-        """What a producer's worker needs to send on this channel.
-
-        ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
-        consumers that left to be restarted elsewhere (producers wait for them);
-        ``producers`` maps each producer to the worker it last registered from
-        (consumers refuse the streams of a replaced instance: receiver.ProducerOwners).
-        """
-        return {
-            "channel": self.name,
-            "policy": self.policy,
-            "spec": self.spec,
-            "closed": self.closed,
-            "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
-            "gone": [g.to_wire() for _, g in sorted(self.gone.items())],
-            "moving": sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER),
-            "producers": dict(sorted(self.producers.items())),
-            "version": self.version,
-        }
-
-
 class Broker(SchedulerPlugin):
     """Scheduler extension holding the coupling's control-plane state.
 
@@ -143,19 +113,12 @@ class Broker(SchedulerPlugin):
 
     def __init__(self) -> None:
         self.channels: dict[str, ChannelRecord] = {}
-        self.actors: dict[str, dict[str, Any]] = {}
-        self.reports: dict[str, dict[str, Any]] = {}  # worker address -> last report
-        # channel -> counters of the consumers and producers that reports no longer list
-        # (detached, moved, or on a lost worker): totals never go back (Prometheus counters).
-        self.departed: dict[str, dict[str, int]] = {}
-        self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
-        self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
+        self.tallies = Tallies()  # what workers report: counters, actors' statuses, metric series, rates
         self.scheduler: Any = None
-        # Closed channels that were forgotten (newest last), and the coupling runs: run -> client id.
+        # Closed channels that were forgotten (newest last), and the coupling runs.
         # A run ends when its coupling closes or its client goes; its channels are closed and forgotten.
         self.closed_names: OrderedDict[str, None] = OrderedDict()
-        self.runs: dict[str, str] = {}
-        self.ended_runs: OrderedDict[str, None] = OrderedDict()
+        self.runs = RunBook()
         self._sampler: PeriodicCallback | None = None
         self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
 
@@ -215,78 +178,47 @@ class Broker(SchedulerPlugin):
         """
         try:
             check_name("channel", name)
-            self._check_run(run)
-            p = policy_to_wire(policy_from_wire(policy))  # validates
-            if any(isinstance(v, int) and v not in _INT_RANGE for v in p.values()):
-                raise ValueError(f"policy arguments must fit 64-bit integers, got {p}")
+            self.runs.check(run)
+            p = check_policy(policy)
             if spec is not None:
                 spec = check_spec(spec)
             rec = self.channels.get(name)
-            if rec is not None and rec.closed:
-                # Closed, with consumers still draining it (they detach as they end): the name is
-                # not free yet. A new channel now would take their detaches for its own consumers.
-                draining = sorted(rec.consumers) + sorted(c for c, g in rec.gone.items() if g.kind is Departure.HANDOVER)
-                raise ChannelClosed(
-                    f"channel {name!r} is closed and consumers {draining} have not detached yet; "
-                    "declare it again once they have ended"
-                )
-            if rec is None:
+            if rec is not None:
+                rec.redeclare(p, spec)
+            else:
                 self.channels[name] = ChannelRecord(name, p, spec, run=run)
                 self.closed_names.pop(name, None)
-            elif rec.policy != p or (spec is not None and rec.spec is not None and rec.spec != spec):
-                raise ChannelExists(
-                    f"channel {name!r} already declared with policy {rec.policy} and spec {rec.spec}; "
-                    f"got policy {p} and spec {spec}"
-                )
-            elif spec is not None and rec.spec is None:
-                rec.spec = spec
             return {"status": "OK", **self.channels[name].routing()}
         except CouplerError as e:
             return error_reply(e)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             return {"status": "error", "error": "ValueError", "message": f"bad channel declaration: {e}"}
 
-    def _check_run(self, run: Any) -> None:
-        """Refuse a request of a coupling run that has ended (a stale driver or actor).
-
-        Raises:
-            ValueError: for a run id that is not a string.
-            ChannelClosed: for a run that has ended.
-        """
-        if not isinstance(run, str):
-            raise ValueError(f"run must be a string, got {run!r}")
-        if run and run in self.ended_runs:
-            raise ChannelClosed(f"coupling run {run!r} has ended; its channels are closed")
-
     def begin_run(self, run: str, client: str = "") -> dict[str, Any]:
         """Start coupling run ``run`` of Dask client ``client`` (it ends when the client goes, at the latest)."""
         try:
             check_name("run", run)
-            self._check_run(run)
+            self.runs.check(run)
             if not isinstance(client, str):
                 raise ValueError(f"client must be a string, got {client!r}")
         except ChannelClosed as e:
             return error_reply(e)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
-        self.runs[run] = client
+        self.runs.begin(run, client)
         return {"status": "OK"}
 
     async def end_run(self, run: str) -> dict[str, Any]:
         """End coupling run ``run``: close every channel it declared; later requests of it are refused."""
-        if not isinstance(run, str) or run not in self.runs:
+        if not self.runs.end(run):
             return {"status": "OK"}  # unknown or already ended: nothing to do (idempotent)
-        del self.runs[run]
-        self.ended_runs[run] = None
-        while len(self.ended_runs) > CLOSED_NAMES_KEPT:
-            self.ended_runs.popitem(last=False)
         for rec in [r for r in self.channels.values() if r.run == run]:
             await self._close(rec)
         return {"status": "OK"}
 
     def remove_client(self, scheduler: Any, client: str) -> None:
         """A client went (its driver closed or died): end the runs it began."""
-        for run in [r for r, c in self.runs.items() if c == client]:
+        for run in self.runs.of_client(client):
             asyncio.ensure_future(self.end_run(run))
 
     def actor_ended(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
@@ -297,10 +229,7 @@ class Broker(SchedulerPlugin):
                 raise ValueError(f"status must be a dict, got {type(status).__name__}")
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
-        points = status.pop("metrics", None)
-        if points:
-            self.histories.setdefault(name, MetricHistory()).merge(points)
-        self.actors.setdefault(name, {}).update(status)
+        self.tallies.actor_status(name, status)
         return {"status": "OK"}
 
     def routing(self, name: str) -> dict[str, Any]:
@@ -338,10 +267,7 @@ class Broker(SchedulerPlugin):
                 raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
             if not isinstance(stream, str) or not isinstance(host, str):
                 raise ValueError(f"stream and host must be strings, got {stream!r} and {host!r}")
-            rec.consumers[ident] = address
-            rec.streams[ident] = (stream, host)
-            rec.gone.pop(ident, None)
-            rec.version += 1
+            rec.attach_consumer(ident, address, stream, host)
             await self._push(rec)
             return {"status": "OK", **rec.routing()}
         except CouplerError as e:
@@ -363,10 +289,7 @@ class Broker(SchedulerPlugin):
             return error_reply(e)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
-        if rec.consumers.pop(ident, None) is not None:
-            rec.streams.pop(ident, None)
-            rec.gone[ident] = Gone(ident, kind)
-            rec.version += 1
+        if rec.detach_consumer(ident, kind):
             await self._push(rec)
         if rec.drained:
             self._forget(rec)
@@ -402,11 +325,7 @@ class Broker(SchedulerPlugin):
         if self.channels.get(rec.name) is not rec:
             return  # forgotten meanwhile (another handler ran during a push), or declared anew
         del self.channels[rec.name]
-        self.departed.pop(rec.name, None)
-        for report in self.reports.values():  # the workers forgot it when it closed: so do their last reports
-            report["channels"].pop(rec.name, None)
-        for key in [k for k in self.meters if k[0] == "channel" and k[1] == rec.name]:
-            del self.meters[key]
+        self.tallies.forget_channel(rec.name)  # the workers forgot it when it closed
         self.closed_names[rec.name] = None
         while len(self.closed_names) > CLOSED_NAMES_KEPT:
             self.closed_names.popitem(last=False)
@@ -415,17 +334,7 @@ class Broker(SchedulerPlugin):
         self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None = None
     ) -> dict[str, str]:
         """A worker's periodic counters (the only steady control-plane traffic)."""
-        old = self.reports.get(address)
-        if old is not None:
-            self._keep_departed(old["channels"], channels)
-        # A channel forgotten meanwhile (a report sent before its worker heard it closed) is dropped.
-        channels = {name: ch for name, ch in channels.items() if name in self.channels}
-        self.reports[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
-        for name, status in actors.items():
-            points = status.pop("metrics", None)
-            if points:
-                self.histories.setdefault(name, MetricHistory()).merge(points)
-            self.actors.setdefault(name, {}).update(status)
+        self.tallies.report(address, channels, actors, retire_at, self.channels)
         return {"status": "OK"}
 
     def register_actor(self, name: str, address: str, cls: str) -> dict[str, Any]:
@@ -434,88 +343,29 @@ class Broker(SchedulerPlugin):
             check_name("actor", name)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
-        self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
+        self.tallies.register_actor(name, address, cls)
         return {"status": "OK"}
-
-    def _keep_departed(self, before: dict[str, Any], now: dict[str, Any]) -> None:
-        """Add the last counters of the consumers and producers in a worker's report ``before`` that
-        its report ``now`` no longer lists to their channel's departed counters."""
-        for name, ch in before.items():
-            if name not in self.channels:
-                continue  # closed and forgotten: nothing adds up over it any more
-            listed = now.get(name) or {}
-            gone = self.departed.setdefault(name, dict.fromkeys(_CUMULATIVE, 0))
-            for src, p in ch.get("producers", {}).items():
-                if src not in listed.get("producers", {}):
-                    gone["sent"] += p["sent"]
-                    gone["sent_bytes"] += p["nbytes"]
-            for cid, c in ch.get("consumers", {}).items():
-                if cid not in listed.get("consumers", {}):
-                    gone["received"] += c["received"]
-                    gone["received_bytes"] += c["nbytes"]
-                    gone["dropped"] += c["dropped"]
-                    gone["taken"] += c["taken"]
-
-    def _aggregate(self, name: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
-        """A channel's totals, last sequence number per source, and consumer counters, over the reports.
-
-        Cumulative totals include the departed counters (see :meth:`_keep_departed`), so
-        they do not drop when a consumer detaches or its worker goes; ``depth`` is of now.
-        """
-        totals = {**dict.fromkeys(_CUMULATIVE, 0), **self.departed.get(name, {}), "depth": 0}
-        last_seq: dict[str, int] = {}
-        consumers: dict[str, Any] = {}
-        for report in self.reports.values():
-            ch = report["channels"].get(name)
-            if not ch:
-                continue
-            for src, p in ch.get("producers", {}).items():
-                totals["sent"] += p["sent"]
-                totals["sent_bytes"] += p["nbytes"]
-                last_seq[src] = max(last_seq.get(src, -1), p["last_seq"])
-            for cid, c in ch.get("consumers", {}).items():
-                consumers[cid] = c
-                totals["received"] += c["received"]
-                totals["received_bytes"] += c["nbytes"]
-                totals["dropped"] += c["dropped"]
-                totals["depth"] += c["depth"]
-                totals["taken"] += c["taken"]
-        return totals, last_seq, consumers
-
-    def _rate(self, kind: str, name: str, counter: str) -> float:
-        meter = self.meters.get((kind, name, counter))
-        return 0.0 if meter is None else meter.rate
 
     def snapshot(self) -> dict[str, Any]:
         """Channels with their aggregated counters and rates, and actors (for stats and dashboards)."""
         out: dict[str, Any] = {}
+        rate = self.tallies.rate
         for name, rec in self.channels.items():
-            totals, last_seq, consumers = self._aggregate(name)
+            totals, last_seq, consumers = self.tallies.aggregate(name)
             out[name] = {
                 **rec.routing(),
                 "producers": sorted(rec.producers),
                 "totals": totals,
-                "rates": {"messages": self._rate("channel", name, "sent"), "bytes": self._rate("channel", name, "sent_bytes")},
+                "rates": {"messages": rate("channel", name, "sent"), "bytes": rate("channel", name, "sent_bytes")},
                 "producer_seq": last_seq,
                 "consumer_stats": consumers,
             }
-        workers = {addr: {"retire_at": r.get("retire_at"), "reported_at": r["time"]} for addr, r in self.reports.items()}
-        actors = {name: {**a, "step_rate": self._rate("actor", name, "steps")} for name, a in self.actors.items()}
-        return {"status": "OK", "channels": out, "actors": actors, "workers": workers}
+        return {"status": "OK", "channels": out, "actors": self.tallies.actor_rows(), "workers": self.tallies.workers()}
 
     # -- inspection (in the scheduler's process: the dashboard page and /metrics) ------------------
     def sample(self) -> None:
         """Feed the rate meters with the counters now (called every ``RATE_SAMPLE_INTERVAL``)."""
-        now = time.monotonic()
-        for name in self.channels:
-            totals, _, _ = self._aggregate(name)
-            for counter in ("sent", "sent_bytes"):
-                self.meters.setdefault(("channel", name, counter), RateMeter(RATE_WINDOW)).add(now, totals[counter])
-        for name, a in self.actors.items():
-            if a.get("state") in TERMINAL_STATES:
-                self.meters.pop(("actor", name, "steps"), None)  # its rate is 0 from now on: no meter to keep
-                continue
-            self.meters.setdefault(("actor", name, "steps"), RateMeter(RATE_WINDOW)).add(now, a.get("steps", 0))
+        self.tallies.sample(self.channels)
 
     def channel_stats(self) -> dict[str, ChannelStats]:
         """Every channel's counters and rates, by name."""
@@ -527,31 +377,19 @@ class Broker(SchedulerPlugin):
 
     def metric_series(self) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
         """Actor name -> metric name -> (steps, values), for the metrics actors recorded."""
-        return {name: h.series() for name, h in self.histories.items()}
+        return {name: h.series() for name, h in self.tallies.histories.items()}
 
     def last_metrics(self) -> dict[str, dict[str, float]]:
         """Actor name -> metric name -> latest value."""
-        return {name: h.last() for name, h in self.histories.items()}
+        return {name: h.last() for name, h in self.tallies.histories.items()}
 
     # -- worker loss -------------------------------------------------------------------
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
         """Consumers on a lost worker are gone; tell the producers."""
-        old = self.reports.pop(worker, None)
-        if old is not None:
-            self._keep_departed(old["channels"], {})
+        self.tallies.worker_lost(worker, self.channels)
         for rec in self.channels.values():
-            lost = [c for c, a in rec.consumers.items() if a == worker]
-            for c in lost:
-                del rec.consumers[c]
-                rec.streams.pop(c, None)
-                rec.gone[c] = Gone(c, Departure.LOST, f"worker {worker} was lost")
-            rec.producers = {s: a for s, a in rec.producers.items() if a != worker}
-            if lost:
-                rec.version += 1
+            if rec.lose_worker(worker):
                 await self._push(rec)
-        for a in self.actors.values():
-            if a.get("worker") == worker and a.get("state") not in ("finished", "stopped", "failed"):
-                a["state"] = "lost"
 
     async def _push(self, rec: ChannelRecord, consumers_too: bool = False) -> None:
         """Send the routing table to every worker that produces (or consumes) on ``rec``."""
@@ -560,12 +398,16 @@ class Broker(SchedulerPlugin):
         addresses = set(rec.producers.values())
         if consumers_too:
             addresses |= set(rec.consumers.values())
-        table = rec.routing()
+        await push_routing(self.scheduler, rec.routing(), addresses)
 
-        async def one(addr: str) -> None:
-            try:
-                await asyncio.wait_for(self.scheduler.rpc(addr).coupler_routing_update(table=table), 10)
-            except Exception as e:  # a dead worker is handled by remove_worker
-                logger.info("could not push routing of %r to %s: %s", rec.name, addr, e)
 
-        await asyncio.gather(*(one(a) for a in addresses))
+async def push_routing(scheduler: Any, table: dict[str, Any], addresses: set[str]) -> None:
+    """Send the routing ``table`` of a channel to the workers at ``addresses``, at once, each within 10 s."""
+
+    async def one(addr: str) -> None:
+        try:
+            await asyncio.wait_for(scheduler.rpc(addr).coupler_routing_update(table=table), 10)
+        except Exception as e:  # a dead worker is handled by remove_worker
+            logger.info("could not push routing of %r to %s: %s", table["channel"], addr, e)
+
+    await asyncio.gather(*(one(a) for a in addresses))

@@ -31,26 +31,25 @@ asks the worker itself.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
-import psutil
 from dask.utils import parse_timedelta
-from distributed import Actor, Client, Future
+from distributed import Client, Future
 
 from coupler.runtime import config
 from coupler.runtime.control.actor_ref import ActorRef
-from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore
+from coupler.runtime.control.checkpoints import CheckpointStore
+from coupler.runtime.control.keeping import ENDED_STATES, CheckpointKeeper
+from coupler.runtime.control.roster import WorkerRoster
+from coupler.runtime.control.spawning import SpawnSpec, Spawner
 from coupler.runtime.errors import ActorFailed, CouplerError
 
 logger = logging.getLogger(__name__)
 
-# Seconds allowed for a control call's round trip on top of the wait it asks for.
-CALL_SLACK = 30.0
 # Seconds a failed call waits for the scheduler to confirm that the actor's worker is gone.
 LOSS_CONFIRMATION = 10.0
 
@@ -137,27 +136,6 @@ class SupervisionPolicy:
 
 
 @dataclass(frozen=True)
-class SpawnSpec:
-    """How an actor was spawned: enough to spawn it again elsewhere.
-
-    Attributes:
-        cls: the actor host class.
-        args: its positional arguments.
-        kwargs: its keyword arguments (without ``name``).
-        name: the actor's name.
-        workers: the workers it was restricted to (``None``: any).
-        resources: the Dask resources it needs.
-    """
-
-    cls: type
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    name: str
-    workers: tuple[str, ...] | None = None
-    resources: dict[str, float] | None = None
-
-
-@dataclass(frozen=True)
 class SupervisionEvent:
     """Something the supervisor did.
 
@@ -188,8 +166,6 @@ class _Supervised:
     future: Future | None
     worker: str
     generation: int = 0
-    checkpoint: dict[str, Any] | None = None
-    checkpoint_at: float = field(default_factory=time.time)
     restarts: int = 0
     last_error: str = ""
     given_up: bool = False
@@ -200,6 +176,26 @@ class _Supervised:
     awaiting_since: float = 0.0
     retry_at: float = 0.0
     left: str = ""  # the worker it left or lost
+
+    def await_successor(self, kind: str, resume: dict[str, Any] | None, state: str, retry_at: float) -> Future | None:
+        """Wait for a worker to host a successor (call with the supervisor's lock).
+
+        Returns:
+            The old instance's future, for the caller to release (``None``: none held).
+        """
+        self.awaiting, self.resume, self.resume_state = kind, resume, state
+        self.awaiting_since = time.monotonic()
+        self.retry_at = retry_at
+        self.left = self.worker
+        old, self.future = self.future, None
+        return old
+
+    def succeeded(self, future: Future, worker: str) -> None:
+        """A successor runs on ``worker`` (call with the supervisor's lock)."""
+        if self.awaiting == "restarted":
+            self.last_error = ""
+        self.future, self.worker, self.generation = future, worker, self.generation + 1
+        self.awaiting, self.left = "", ""
 
 
 def _producers_first(records: list[_Supervised]) -> list[_Supervised]:
@@ -226,17 +222,31 @@ def _producers_first(records: list[_Supervised]) -> list[_Supervised]:
     return ordered
 
 
-def worker_retire_at(dask_worker: Any) -> float | None:
-    """When ``dask_worker`` closes itself at its lifetime, as epoch seconds (``None``: never).
+def _restart_state(checkpoint: dict[str, Any] | None, intent: str) -> str:
+    """The state a lost actor's successor is brought to: an ended actor's, else what its user asked for last
+    (``created`` where its user had asked it to stop and it had not ended yet: the successor is not started)."""
+    ended = checkpoint is not None and checkpoint["status"]["state"] in ENDED_STATES
+    state = checkpoint["status"]["state"] if ended and checkpoint is not None else intent
+    return "created" if state == "stopped" and not ended else state
 
-    Run on the worker (``client.run``). Dask counts the lifetime from the
-    worker's construction, a moment after its process started; the process
-    start time gives a slightly early, hence safe, estimate.
-    """
-    lifetime = getattr(dask_worker, "lifetime", None)
-    if not lifetime:
-        return None
-    return psutil.Process().create_time() + float(lifetime)
+
+def _looks_lost(future: Future | None, error: BaseException) -> bool:
+    """Whether a call's ``error`` looks like the loss of the worker that holds ``future``'s actor."""
+    # Dask's actor proxy fails calls once the actor's future is no longer "finished" (its
+    # worker was lost): read that state, not the error's text; comm errors are OSErrors.
+    future_gone = future is not None and future.status not in ("finished", "pending")
+    return future_gone or (isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError)))
+
+
+def _placement_detail(kind: str, resume: dict[str, Any] | None, awaiting_since: float) -> str:
+    """Why and from what a successor was placed, for its event."""
+    if kind == "moved":
+        detail = "its worker retires"
+    elif resume is not None:
+        detail = f"worker lost; from its checkpoint of {time.ctime(resume['time'])}"
+    else:
+        detail = "worker lost; from scratch (no checkpoint yet)"
+    return detail + f"; {time.monotonic() - awaiting_since:.1f} s without an instance"
 
 
 class Supervisor:
@@ -253,19 +263,18 @@ class Supervisor:
         self, client: Client, key_prefix: str, policy: SupervisionPolicy | None = None, clock: Callable[[], float] = time.time
     ) -> None:
         self.client = client
-        self.key_prefix = key_prefix
         self.policy = policy or SupervisionPolicy.from_config()
         self.clock = clock
+        self.spawner = Spawner(client, key_prefix)
+        self.roster = WorkerRoster(client, self.policy.retire_margin, clock)
         self._records: dict[str, _Supervised] = {}
         self._lock = threading.Lock()
         self._events: list[SupervisionEvent] = []
-        self._retire_cache: dict[str, float | None] = {}
-        self._live: dict[str, dict[str, Any]] = {}
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
-        self._attempts = itertools.count()
         self._acting = threading.RLock()  # one of poll() and move() acts on the actors at a time
-        self.store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
+        store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
+        self.keeper = CheckpointKeeper(store, clock, self._checkpoint_failed)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -298,7 +307,7 @@ class Supervisor:
             KeyError: for an actor this supervisor does not know.
         """
         with self._lock:
-            return self._records[name].checkpoint
+            return self.keeper.held(self._records[name].ref)
 
     # -- spawning -------------------------------------------------------------------------
     def spawn(self, spec: SpawnSpec) -> ActorRef:
@@ -307,19 +316,18 @@ class Supervisor:
         Returns:
             Its handle, which follows it across moves and restarts.
         """
-        fut = self._submit(spec, list(spec.workers) if spec.workers else None, 0)
-        actor = self._actor(fut)
-        stored = self.store.load(spec.name) if self.store is not None and self.policy.resume else None
-        if stored is not None:
-            actor.restore(stored).result(timeout=CALL_SLACK)
-            actor.commit(stored.get("delivered", {}), stored.get("takes")).result(timeout=CALL_SLACK)
+        fut = self.spawner.submit(spec, list(spec.workers) if spec.workers else None, 0)
+        actor = self.spawner.actor(fut)
+        stored = self.keeper.stored(spec.name) if self.policy.resume else None
+        self.spawner.restore(actor, stored)
         ref = ActorRef(spec.name, actor)
         ref.follow(self)
-        worker = self._worker_of(fut)
+        worker = self.spawner.worker_of(fut)
         with self._lock:
-            self._records[spec.name] = _Supervised(spec, ref, fut, worker, checkpoint=stored)
+            self._records[spec.name] = _Supervised(spec, ref, fut, worker)
+            self.keeper.begin(ref, stored)
         if stored is not None:
-            detail = f"from its stored checkpoint of {time.ctime(stored['time'])} ({self.store.path(spec.name)})"  # type: ignore[union-attr]
+            detail = f"from its stored checkpoint of {time.ctime(stored['time'])} ({self.keeper.where(spec.name)})"
             self._record(SupervisionEvent(self.clock(), spec.name, "resumed", "", worker, detail))
         self.start()
         return ref
@@ -340,68 +348,9 @@ class Supervisor:
             CheckpointError: if a checkpoint could not be written.
         """
         with self._lock:
-            records = [self._records[n] for n in names] if names is not None else [
-                r for r in self._records.values() if not r.given_up and r.ref.ending is None
-            ]
-        out = {}
+            records = [self._records[n] for n in names] if names is not None else self._active()
         with self._acting:
-            for rec in records:
-                ck = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
-                self._keep(rec, ck, strict=True)
-                out[rec.spec.name] = ck
-        return out
-
-    def _keep(self, rec: _Supervised, ck: dict[str, Any], strict: bool = False) -> None:
-        """Hold ``ck`` as the actor's last checkpoint, write it to the store, then commit its deliveries.
-
-        The commit comes last: producers may forget messages only once the checkpoint
-        that covers them is held (and stored, when there is a store).
-        """
-        rec.checkpoint, rec.checkpoint_at = ck, self.clock()
-        if self.store is not None:
-            try:
-                self.store.save(rec.spec.name, ck)
-            except CheckpointError as e:
-                if strict:
-                    raise
-                self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", str(e)))
-                logger.warning("coupler supervisor: %s", e)
-        if ck.get("delivered") or ck.get("takes"):
-            rec.ref.proxy.commit(ck.get("delivered", {}), ck.get("takes")).result(timeout=CALL_SLACK)
-
-    def _submit(self, spec: SpawnSpec, workers: list[str] | None, generation: int) -> Future:
-        # Every attempt gets a fresh key: a released key may linger on the scheduler for a moment.
-        key = f"{self.key_prefix}-{spec.name}" + (f"-g{generation}-{next(self._attempts)}" if generation else "")
-        return self.client.submit(
-            spec.cls,
-            *spec.args,
-            name=spec.name,
-            actor=True,
-            workers=workers,
-            resources=spec.resources,
-            allow_other_workers=False,
-            key=key,
-            **spec.kwargs,
-        )
-
-    def _actor(self, fut: Future, timeout: float | None = None) -> Actor:
-        """The actor of a spawn, bound to this coupling's client.
-
-        distributed binds an Actor handle to the client current where it is
-        deserialized: without ``as_current``, the newest Client alive in the
-        process, which need not be ours. A Client whose connection failed stays
-        that default until it is garbage collected; an actor bound to it sends
-        its calls to a stopped event loop and waits for ever (a CI hang after
-        the TLS tests, one run in two).
-        """
-        with self.client.as_current():
-            return fut.result(timeout=timeout)
-
-    def _worker_of(self, fut: Future) -> str:
-        addrs = self.client.who_has([fut]).get(fut.key) or []
-        if addrs:
-            return addrs[0]
-        return str(self._actor(fut).status().result(timeout=CALL_SLACK)["worker"])
+            return {rec.spec.name: self.keeper.take(rec.ref, rec.worker, timeout) for rec in records}
 
     # -- what ActorRef asks -------------------------------------------------------------------
     def should_retry(self, ref: ActorRef, generation: int, error: BaseException) -> bool:
@@ -420,11 +369,7 @@ class Supervisor:
             return False
         if ref.generation != generation or rec.awaiting or rec.given_up:
             return True
-        # Dask's actor proxy fails calls once the actor's future is no longer "finished" (its
-        # worker was lost): read that state, not the error's text; comm errors are OSErrors.
-        future_gone = rec.future is not None and rec.future.status not in ("finished", "pending")
-        looks_lost = future_gone or (isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError)))
-        if not looks_lost:
+        if not _looks_lost(rec.future, error):
             return False
         deadline = time.monotonic() + LOSS_CONFIRMATION
         while time.monotonic() < deadline and not self._closing.is_set():
@@ -444,6 +389,7 @@ class Supervisor:
             if rec is None or rec.ref is not ref:
                 return
             del self._records[ref.name]
+            self.keeper.forget(ref)
         if rec.future is not None:
             # Cancelled, not just released: the handle's proxy holds a future of the same key, which
             # the garbage collector may free much later (a reference cycle); the instance goes now.
@@ -465,10 +411,9 @@ class Supervisor:
         actor waits behind another one that waits for a worker.
         """
         with self._acting:
-            self._refresh_workers()
+            self.roster.refresh()
             with self._lock:
-                # A released actor ended (an Ending, not a loss): nothing to move, restart or checkpoint.
-                records = [r for r in self._records.values() if not r.given_up and r.ref.ending is None]
+                records = self._active()
             for rec in _producers_first(records):
                 if self._closing.is_set():
                     return
@@ -476,69 +421,25 @@ class Supervisor:
                     continue
                 if self._lost(rec):
                     self._lose(rec, f"worker {rec.worker} was lost")
-                elif self._retiring(rec.worker, self.clock()):
+                elif self.roster.retiring(rec.worker, self.clock()):
                     self._hand_over(rec)
             for rec in records:
                 if rec.awaiting and not self._closing.is_set() and self.clock() >= rec.retry_at:
                     self._try_place(rec)
             interval = self.policy.checkpoint_interval
             for rec in records:
-                if interval and not rec.awaiting and not rec.given_up and self.clock() - rec.checkpoint_at >= interval:
-                    self._periodic_checkpoint(rec)
+                if not rec.awaiting and not rec.given_up and self.keeper.due(rec.ref, interval):
+                    self.keeper.periodic(rec.ref, rec.worker, interval)
+
+    def _active(self) -> list[_Supervised]:
+        """The records of actors neither given up nor ended (call with the lock): a released actor
+        ended (an Ending, not a loss), so there is nothing to move, restart or checkpoint."""
+        return [r for r in self._records.values() if not r.given_up and r.ref.ending is None]
 
     def _lost(self, rec: _Supervised, fresh: bool = False) -> bool:
-        if rec.future is not None and rec.future.status == "error":
-            return True
-        live = self.client.scheduler_info(n_workers=-1)["workers"] if fresh else self._live
-        return bool(live) and rec.worker not in live
+        return (rec.future is not None and rec.future.status == "error") or self.roster.gone(rec.worker, fresh)
 
-    def _refresh_workers(self) -> None:
-        self._live = dict(self.client.scheduler_info(n_workers=-1)["workers"])
-        reported: dict[str, Any] = {}
-        try:
-            reported = self.client.sync(self.client.scheduler.coupler_snapshot).get("workers", {})
-        except Exception as e:  # a broker without worker reports: ask the workers below
-            logger.debug("coupler supervisor: no worker reports from the broker: %s", e)
-        for addr, w in reported.items():
-            if addr in self._live and "retire_at" in w:
-                self._retire_cache[addr] = w["retire_at"]
-        unknown = [a for a in self._live if a not in self._retire_cache]
-        if unknown:
-            answers = self.client.run(worker_retire_at, workers=unknown, on_error="return")
-            for addr, value in answers.items():
-                if not isinstance(value, BaseException):
-                    self._retire_cache[addr] = value
-        for addr in list(self._retire_cache):
-            if addr not in self._live:
-                del self._retire_cache[addr]
-
-    def retire_times(self) -> dict[str, float | None]:
-        """Each live worker's retirement time (epoch seconds; ``None``: no lifetime), as last seen."""
-        return {a: self._retire_cache.get(a) for a in self._live}
-
-    def _retiring(self, worker: str, now: float, margin: float | None = None) -> bool:
-        at = self._retire_cache.get(worker)
-        return at is not None and at - now < (self.policy.retire_margin if margin is None else margin)
-
-    # -- placement ------------------------------------------------------------------------
-    def _candidates(self, spec: SpawnSpec) -> list[str]:
-        """Live workers with the actor's resources (and among its pinned workers if any are left)
-        that do not retire within the margin; those that stay for two margins if there are any."""
-        now = self.clock()
-        ok = []
-        for addr, info in self._live.items():
-            if self._retiring(addr, now):
-                continue
-            have = info.get("resources", {}) or {}
-            if spec.resources and any(have.get(r, 0) < q for r, q in spec.resources.items()):
-                continue
-            ok.append(addr)
-        if spec.workers:
-            pinned = [a for a in ok if a in spec.workers]
-            ok = pinned or ok  # pinned workers that are gone must not strand the actor
-        lasting = [a for a in ok if not self._retiring(a, now, 2 * self.policy.retire_margin)]
-        return lasting or ok  # a worker that stays longer spares the actor a second move soon
-
+    # -- moves and restarts ---------------------------------------------------------------
     def _try_place(self, rec: _Supervised) -> bool:
         """Spawn a successor of an awaiting actor, restore it and bring it to its state.
 
@@ -547,40 +448,21 @@ class Supervisor:
             after the placement timeout).
         """
         spec = rec.spec
-        candidates = self._candidates(spec)
-        logger.debug("coupler supervisor: candidates for %r: %s (retire times %s)", spec.name, candidates, self._retire_cache)
+        candidates = self.roster.candidates(spec)
+        logger.debug("coupler supervisor: candidates for %r: %s (retire times %s)", spec.name, candidates, self.roster.retire_times())
         if candidates:
-            fut = self._submit(spec, candidates, rec.generation + 1)
             try:
-                actor = self._actor(fut, CALL_SLACK)
-                if rec.resume is not None:
-                    actor.restore(rec.resume).result(timeout=CALL_SLACK)
-                    actor.commit(rec.resume.get("delivered", {}), rec.resume.get("takes")).result(timeout=CALL_SLACK)
-                if rec.resume_state == "paused":
-                    actor.pause().result(timeout=CALL_SLACK)
-                if rec.resume_state in ("running", "paused"):
-                    actor.start().result(timeout=CALL_SLACK)
-                worker = self._worker_of(fut)
+                fut, actor, worker = self.spawner.place(spec, candidates, rec.generation + 1, rec.resume, rec.resume_state)
             except Exception as e:  # e.g. the chosen worker went away meanwhile: next poll
                 rec.last_error = f"placing it on {candidates} failed: {e!r}"
                 logger.warning("coupler supervisor: %r: %s", spec.name, rec.last_error)
-                fut.release()
             else:
                 kind, left = rec.awaiting, rec.left
                 with self._lock:
-                    rec.future, rec.worker, rec.generation = fut, worker, rec.generation + 1
-                    rec.awaiting, rec.left = "", ""
-                    if kind == "restarted":
-                        rec.last_error = ""
-                rec.checkpoint_at = self.clock()
+                    rec.succeeded(fut, worker)
+                self.keeper.reset_interval(rec.ref)
                 rec.ref.rebind(actor)
-                if kind == "moved":
-                    detail = "its worker retires"
-                elif rec.resume is not None:
-                    detail = f"worker lost; from its checkpoint of {time.ctime(rec.resume['time'])}"
-                else:
-                    detail = "worker lost; from scratch (no checkpoint yet)"
-                detail += f"; {time.monotonic() - rec.awaiting_since:.1f} s without an instance"
+                detail = _placement_detail(kind, rec.resume, rec.awaiting_since)
                 self._record(SupervisionEvent(self.clock(), spec.name, kind, left, worker, detail))
                 logger.warning("coupler supervisor: %s %r from %s to %s (%s)", kind, spec.name, left, worker, detail)
                 return True
@@ -589,7 +471,6 @@ class Supervisor:
             self._give_up(rec, f"no worker could host it within {self.policy.placement_timeout} s ({why})")
         return False
 
-    # -- moves, restarts, checkpoints ---------------------------------------------------------
     def move(self, name: str, timeout: float | None = None) -> str:
         """Move the actor ``name`` to another worker now (what happens when its worker retires).
 
@@ -607,15 +488,15 @@ class Supervisor:
         with self._acting:
             with self._lock:
                 rec = self._records[name]
-            self._refresh_workers()
+            self.roster.refresh()
             avoid = rec.worker
             self._hand_over(rec)
             if rec.awaiting != "moved":
                 raise CouplerError(f"actor {name!r} could not hand over on {avoid}: {rec.last_error}")
             deadline = time.monotonic() + (self.policy.placement_timeout if timeout is None else timeout)
             while True:
-                self._refresh_workers()
-                self._live.pop(avoid, None)  # asked to move: somewhere else
+                self.roster.refresh()
+                self.roster.live.pop(avoid, None)  # asked to move: somewhere else
                 if self._try_place(rec):
                     return rec.worker
                 if rec.given_up or time.monotonic() > deadline:
@@ -624,37 +505,21 @@ class Supervisor:
 
     def _await(self, rec: _Supervised, kind: str, resume: dict[str, Any] | None, state: str, delay: float) -> None:
         with self._lock:
-            rec.awaiting, rec.resume, rec.resume_state = kind, resume, state
-            rec.awaiting_since = time.monotonic()
-            rec.retry_at = self.clock() + delay
-            rec.left = rec.worker
-        if rec.future is not None:
-            rec.future.release()  # the old instance is done with; its worker may retire cleanly
-            rec.future = None
+            old = rec.await_successor(kind, resume, state, self.clock() + delay)
+        if old is not None:
+            old.release()  # the old instance is done with; its worker may retire cleanly
 
     def _hand_over(self, rec: _Supervised) -> None:
         """End the actor's loop at a step boundary and keep its final checkpoint for its successor."""
-        name = rec.spec.name
         rec.ref.begin_move()
-        old = rec.ref.proxy
-        wait = self.policy.handover_timeout
         try:
-            try:
-                ck = old.retire(wait).result(timeout=wait + CALL_SLACK)
-            except TimeoutError as e:
-                logger.warning("coupler supervisor: %r did not reach a step boundary (%s); stopping it by force", name, e)
-                ck = old.retire(wait, True).result(timeout=wait + CALL_SLACK)
+            ck = self.spawner.retire(rec.spec.name, rec.ref.proxy, self.policy.handover_timeout)
         except Exception as e:  # its worker went first: restart from the last checkpoint instead
             rec.ref.end_move()
-            logger.warning("coupler supervisor: %r could not hand over on %s: %r", name, rec.worker, e)
+            logger.warning("coupler supervisor: %r could not hand over on %s: %r", rec.spec.name, rec.worker, e)
             self._lose(rec, f"hand-over on retiring worker {rec.worker} failed: {e!r}")
             return
-        rec.checkpoint, rec.checkpoint_at = ck, self.clock()
-        if self.store is not None:
-            try:
-                self.store.save(rec.spec.name, ck)
-            except CheckpointError as e:  # the successor still gets it from memory
-                logger.warning("coupler supervisor: %s", e)
+        self.keeper.hold_final(rec.ref, ck)
         self._await(rec, "moved", ck, ck["status"]["state"], 0.0)
 
     def _lose(self, rec: _Supervised, why: str) -> None:
@@ -665,11 +530,9 @@ class Supervisor:
             return
         rec.restarts += 1
         rec.ref.begin_move()
-        ck = rec.checkpoint
-        ended = ck is not None and ck["status"]["state"] in ("finished", "stopped", "failed")
-        state = ck["status"]["state"] if ended and ck is not None else rec.ref.intent
-        state = "created" if state == "stopped" and not ended else state
-        self._await(rec, "restarted", ck, state, self.policy.restart_backoff * 2 ** (rec.restarts - 1))
+        ck = self.keeper.held(rec.ref)
+        delay = self.policy.restart_backoff * 2 ** (rec.restarts - 1)
+        self._await(rec, "restarted", ck, _restart_state(ck, rec.ref.intent), delay)
 
     def _give_up(self, rec: _Supervised, why: str) -> None:
         error = ActorFailed(f"actor {rec.spec.name!r} cannot be kept alive: {why}; last error: {rec.last_error or 'none'}")
@@ -680,17 +543,8 @@ class Supervisor:
         self._record(SupervisionEvent(self.clock(), rec.spec.name, "gave-up", rec.left or rec.worker, "", str(error)))
         logger.error("coupler supervisor: %s", error)
 
-    def _periodic_checkpoint(self, rec: _Supervised) -> None:
-        if rec.checkpoint is not None and rec.checkpoint["status"]["state"] in ("finished", "stopped", "failed"):
-            return  # an ended actor does not change any more
-        try:
-            timeout = min(5.0, self.policy.checkpoint_interval)
-            ck = rec.ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
-            self._keep(rec, ck)
-        except Exception as e:  # a step held up by back-pressure: try again next time
-            self._record(SupervisionEvent(self.clock(), rec.spec.name, "checkpoint-failed", rec.worker, "", repr(e)))
-            logger.info("coupler supervisor: checkpoint of %r failed: %r", rec.spec.name, e)
-        rec.checkpoint_at = self.clock()
+    def _checkpoint_failed(self, name: str, worker: str, why: str) -> None:
+        self._record(SupervisionEvent(self.clock(), name, "checkpoint-failed", worker, "", why))
 
     def _record(self, event: SupervisionEvent) -> None:
         with self._lock:

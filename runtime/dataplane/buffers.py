@@ -6,7 +6,7 @@ takes them with ``get`` / ``sample``. A ``threading.Condition`` guards the
 contents; nothing here touches the worker's event loop.
 
 A ``Queue`` is bounded. Producers on other workers hold *credits*: slots of
-the queue reserved for them (see :meth:`QueueBuffer.grant`), so a batch that
+the queue reserved for them (see ``runtime/dataplane/credits.py``), so a batch that
 arrives over the network always fits and a receiver never blocks; a producer
 on the same worker waits in ``put`` for a free slot. Either way the queue never
 holds more than ``maxsize`` messages and a full queue makes producers wait
@@ -24,14 +24,17 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
+from coupler.runtime.dataplane.credits import CreditLedger, GrantFn
 from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
+from coupler.runtime.dataplane.marks import CommitFn, DeliveryMarks, dedupe, raise_marks
+from coupler.runtime.dataplane.order_cursor import OrderCursor
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import Latest, Policy, Queue, Reservoir, Window
 
@@ -187,61 +190,44 @@ class ConsumerBuffer:
                 self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
 
 
-GrantFn = Callable[[int, int], None]  # (slots granted, slots reserved for the link in all)
-CommitFn = Callable[[dict[str, int]], None]  # (source -> highest seq the consumer's checkpoint covers)
-
-
 class QueueBuffer(ConsumerBuffer):
     """Ordered FIFO of at most ``maxsize`` messages, shared by local producers and credited links.
 
     Slots are either held (messages), granted (reserved for a link's future
-    messages) or free. A link asks for credits with :meth:`want`; free slots
-    are granted to waiting links in turn as the consumer takes messages, by
-    calling the link's grant function (which tells the producer).
+    messages: a link asks with :meth:`want`, see ``runtime/dataplane/credits.py``) or free.
 
-    Delivery is at-least-once and processed-once: a message whose (source, seq)
-    is not above the highest seq already received from that source is a
-    duplicate (a producer replaying after a restart) and is dropped, its slot
-    freed. ``taken_marks`` is what a checkpoint records; ``resume`` applies a
+    Delivery is at-least-once and processed-once (``runtime/dataplane/marks.py``):
+    a (source, seq) not above what came from that source before is a duplicate
+    (a producer replaying after a restart), dropped, its slot freed.
+    ``taken_marks`` is what a checkpoint records; ``resume`` applies a
     checkpoint's marks to a restored consumer; ``commit`` tells the producers'
     links which messages they no longer need to keep for a replay.
 
-    Input-order logging (``runtime/dataplane/lineage.py``): the takes notes that messages
-    carry are kept in ``lineage`` for their producer's restart, and a restored
-    merging actor's :meth:`follow` makes ``get`` hand out replayed messages in
-    the order its predecessor took them. While that order lasts, the queue may
-    hold as many more messages as the order has left, so that a producer whose
-    message is due always gets a slot however many the others sent ahead.
+    Input-order logging (``runtime/dataplane/lineage.py``): the takes notes messages carry
+    are kept in ``lineage`` for their producer's restart; a restored merging actor's
+    :meth:`follow` makes ``get`` hand out replays in its predecessor's order
+    (``runtime/dataplane/order_cursor.py``), and while it lasts the queue may hold as many
+    more messages as it has left, so that a producer's message that is due always gets a slot.
     """
 
     def __init__(self, channel: str, policy: Queue) -> None:
         super().__init__(channel)
         self.maxsize = policy.maxsize
         self._items: deque[Message] = deque()
-        self._granted: dict[int, int] = {}  # link id -> slots reserved and not used yet
-        self._demand: dict[int, int] = {}  # link id -> slots it still wants
-        self._grant_fns: dict[int, GrantFn] = {}
-        self._local_waiting = 0  # producers on this worker waiting in put(): served before links
-        self._taken: dict[str, int] = {}  # source -> highest seq handed to the consumer
-        self._committed: dict[str, int] = {}  # source -> highest seq a stored checkpoint covers
-        self._commit_fns: dict[int, CommitFn] = {}
+        self.credits = CreditLedger(channel, self.maxsize, self._free)  # slots reserved for links on other workers
+        self.marks = DeliveryMarks()  # per source: the highest seq taken, and committed
         # Work-sharing queues are pulled: a member has room only while its consumer
         # waits for a message, so no task waits at a busy member while another idles,
         # and members on the producer's own worker get no head start over remote ones.
         self._pull = policy.shared
         self._getters = 0  # consumer threads waiting in get()
-        self._step = max(1, self.maxsize // 8)  # slots freed by get() go to links in steps this large
-        self._taken_since = 0  # messages taken since the last hand-out
         self.lineage = LineageStore()  # takes notes of the producers (see runtime/dataplane/lineage.py)
-        self._order: ReplayOrder | None = None  # a restored merging actor's recorded take order
-        self._order_wait = 0.0  # seconds the order's head may take to arrive (see follow)
-        self._order_since = 0.0  # when the order last moved
+        self._cursor = OrderCursor(channel)  # where a restored merging actor stands in its recorded takes
 
     def _free(self) -> int:
         if self._pull and not self._getters:
             return 0
-        extra = len(self._order) if self._order is not None else 0
-        return self.maxsize + extra - len(self._items) - sum(self._granted.values())
+        return self.maxsize + self._cursor.extra() - len(self._items) - self.credits.total()
 
     def _note(self, m: Message) -> None:
         """Keep the takes note ``m`` carries, if any (call with the lock; a malformed one is ignored)."""
@@ -276,30 +262,10 @@ class QueueBuffer(ConsumerBuffer):
                 run freely: liveness over exactness, said in the log.
         """
         with self._cond:
-            self._order = order if len(order) else None
-            self._order_wait = wait
-            self._order_since = time.monotonic()
-            grants = self._hand_out()
+            self._cursor.follow(order, wait)
+            grants = self.credits.hand_out()
             self._cond.notify_all()
-        self._notify(grants)
-
-    def _ready(self) -> int | None:
-        """The index of the message ``get`` hands out next, or ``None`` (call with the lock)."""
-        order = self._order
-        if order is not None and not len(order):
-            order = self._order = None  # another input took the last of it
-        if order is None:
-            return 0 if self._items else None
-        i = order.pick(self.channel, self._items)
-        if i is None and time.monotonic() - self._order_since > self._order_wait:
-            logger.warning(
-                "channel %r: the recorded take %s did not come within %s s; repeating the predecessor's order "
-                "is given up (%d takes left), inputs run freely", self.channel, order.head(), self._order_wait, len(order),
-            )
-            order.abandon()
-            self._order = None
-            return 0 if self._items else None
-        return i
+        self.credits.notify(grants)
 
     # -- credits for remote producers ------------------------------------------------------
     def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None) -> None:
@@ -313,24 +279,21 @@ class QueueBuffer(ConsumerBuffer):
                 at every :meth:`commit` (the producer then forgets what they cover).
         """
         with self._cond:
-            self._grant_fns[link] = grant
-            self._granted.setdefault(link, 0)
+            self.credits.add(link, grant)
             if commit is not None:
-                self._commit_fns[link] = commit
-            marks = dict(self._committed)
+                self.marks.fns[link] = commit
+            marks = dict(self.marks.committed)
         if commit is not None and marks:
             commit(marks)
 
     def remove_link(self, link: int) -> None:
         """Forget a link; its unused credits become free slots again."""
         with self._cond:
-            self._grant_fns.pop(link, None)
-            self._commit_fns.pop(link, None)
-            self._granted.pop(link, None)
-            self._demand.pop(link, None)
-            grants = self._hand_out()
+            self.credits.remove(link)
+            self.marks.fns.pop(link, None)
+            grants = self.credits.hand_out()
             self._cond.notify_all()
-        self._notify(grants)
+        self.credits.notify(grants)
 
     def want(self, link: int, n: int, returned: int = 0) -> None:
         """A link would like ``n`` more slots than it holds; grant what is free now, the rest later.
@@ -341,71 +304,16 @@ class QueueBuffer(ConsumerBuffer):
             returned: unused slots the link gives back (its producer went idle).
         """
         with self._cond:
-            self._demand[link] = max(0, n)
+            self.credits.want(link, n, returned)
             if returned:
-                self._granted[link] = max(0, self._granted.get(link, 0) - returned)
                 self._cond.notify_all()
-            grants = self._hand_out()
-        self._notify(grants)
-
-    def _hand_out(self) -> list[tuple[GrantFn, int, int]]:
-        """Give free slots to links that want them, one at a time in turn (call with the lock)."""
-        if not self._demand:
-            return []
-        self._taken_since = 0
-        free = self._free() - self._local_waiting
-        if len(self._demand) == 1:  # one producing worker, the common case: all it may have at once
-            ((link, d),) = self._demand.items()
-            n = min(free, d)
-            if n <= 0 or link not in self._grant_fns:
-                return []
-            self._demand[link] = d - n
-            granted = self._granted[link] = self._granted.get(link, 0) + n
-            return [(self._grant_fns[link], n, granted)]
-        out: dict[int, int] = {}
-        while free > 0:
-            link = next((k for k, d in self._demand.items() if d > 0 and k in self._grant_fns), None)
-            if link is None:
-                break
-            # Re-inserted at the end: the next free slot goes to the next link in turn.
-            d = self._demand.pop(link)
-            self._demand[link] = d - 1
-            self._granted[link] = self._granted.get(link, 0) + 1
-            out[link] = out.get(link, 0) + 1
-            free -= 1
-        return [(self._grant_fns[link], n, self._granted[link]) for link, n in out.items()]
-
-    def _hand_out_due(self) -> bool:
-        """Whether the slots freed by ``get`` should go to links now (call with the lock; counts this get).
-
-        A hand-out costs a call into each link's receiver, as much again as the
-        rest of a ``get`` (2.9 against 1.2 us per get, measured). So freed slots
-        go out once ``_step`` messages were taken since the last hand-out, or at
-        once while a link that wants slots holds fewer than ``_step``: it may run
-        short. A link holding more has credits left or messages on their way,
-        and their arrival (``put_credited``) hands out whatever is free then.
-        """
-        step = self._step
-        if step == 1 or self._pull:
-            return True
-        self._taken_since += 1
-        if self._taken_since >= step:
-            return True
-        granted = self._granted
-        for link, d in self._demand.items():
-            if d > 0 and granted.get(link, 0) < step:
-                return True
-        return False
-
-    @staticmethod
-    def _notify(grants: list[tuple[GrantFn, int, int]]) -> None:
-        for fn, n, reserved in grants:
-            fn(n, reserved)
+            grants = self.credits.hand_out()
+        self.credits.notify(grants)
 
     def reserved(self, link: int) -> int:
         """Slots reserved for ``link``: credits it holds, plus messages on their way, plus grants not yet sent."""
         with self._cond:
-            return self._granted.get(link, 0)
+            return self.credits.reserved(link)
 
     def put_credited(self, link: int, messages: list[Message]) -> int:
         """Accept messages sent against ``link``'s credits (never waits).
@@ -419,12 +327,7 @@ class QueueBuffer(ConsumerBuffer):
         with self._cond:
             if self._detached:
                 return 0
-            have = self._granted.get(link, 0)
-            if len(messages) > have:
-                raise RuntimeError(
-                    f"channel {self.channel!r}: a producer link sent {len(messages)} messages on {have} credits"
-                )
-            self._granted[link] = have - len(messages)
+            self.credits.spend(link, len(messages))
             # _is_new and _accept, inlined: this runs for every message that arrives from another worker.
             items, last_seq, stats = self._items, self.last_seq, self.stats
             for m in messages:
@@ -439,9 +342,9 @@ class QueueBuffer(ConsumerBuffer):
                 stats.nbytes += m.nbytes if m.nbytes >= 0 else sum(int(a.nbytes) for a in flatten(m.data)[0])
             stats.lag = max(0.0, time.time() - messages[-1].sent_at) if messages else stats.lag
             stats.depth = len(items)
-            grants = self._hand_out()  # slots of dropped duplicates are free again
+            grants = self.credits.hand_out()  # slots of dropped duplicates are free again
             self._cond.notify_all()
-        self._notify(grants)
+        self.credits.notify(grants)
         return len(messages)
 
     # -- producers on this worker -----------------------------------------------------------
@@ -462,12 +365,12 @@ class QueueBuffer(ConsumerBuffer):
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:
                         return accepted
-                    self._local_waiting += 1  # the next free slot is kept for us, not granted away
+                    self.credits.local_waiting += 1  # the next free slot is kept for us, not granted away
                     try:
                         with waits.waiting(WaitKind.ROOM, self.channel, self.consumer):
                             self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
                     finally:
-                        self._local_waiting -= 1
+                        self.credits.local_waiting -= 1
                 if self._detached:
                     return accepted
                 if self._is_new(m):  # again: a resume() may have covered it while we waited
@@ -489,7 +392,7 @@ class QueueBuffer(ConsumerBuffer):
         self.stats.depth = len(self._items)
 
     def has_message(self) -> bool:
-        return bool(self._items) if self._order is None else self._ready() is not None
+        return bool(self._items) if self._cursor.order is None else self._cursor.pick(self._items) is not None
 
     def get(self, timeout: float | None = None) -> Message:
         pulling = False
@@ -498,37 +401,36 @@ class QueueBuffer(ConsumerBuffer):
                 pulling = not self._items
                 if pulling:  # ready for work: offer room to the producers (see _free)
                     self._getters += 1
-                    grants = self._hand_out()
+                    grants = self.credits.hand_out()
                     self._cond.notify_all()  # a local producer may wait for that room
             if pulling:
-                self._notify(grants)
+                self.credits.notify(grants)
+        cursor, credits = self._cursor, self.credits
         with self._lock:
             try:
-                i = self._ready()
+                i = cursor.pick(self._items)
                 if i is None:
-                    kind = WaitKind.INPUT if self._order is None else WaitKind.ORDER
-                    self._wait(lambda: self._ready() is not None, timeout, "message", kind)
-                    i = self._ready()
+                    kind = WaitKind.INPUT if cursor.order is None else WaitKind.ORDER
+                    self._wait(lambda: cursor.pick(self._items) is not None, timeout, "message", kind)
+                    i = cursor.pick(self._items)
             finally:
                 if pulling:
                     self._getters -= 1
-            if self._order is None or i == 0:
+            if cursor.order is None or i == 0:
                 m = self._items.popleft()
             else:
                 m = self._items[i]
                 del self._items[i]
-            if self._order is not None:
-                self._order.pop()
-                self._order_since = time.monotonic()
-            if m.seq > self._taken.get(m.source, -1):
-                self._taken[m.source] = m.seq
+            if cursor.order is not None:
+                cursor.took()
+            self.marks.took(m)
             self.stats.taken += 1
             self.stats.depth = len(self._items)
-            grants = self._hand_out() if self._demand and self._hand_out_due() else []
-            if self._local_waiting:  # a local producer waits for the slot (nobody else waits for a get)
+            grants = credits.hand_out() if credits.demand and credits.due(self._pull) else []
+            if credits.local_waiting:  # a local producer waits for the slot (nobody else waits for a get)
                 self._cond.notify_all()
         if grants:
-            self._notify(grants)
+            credits.notify(grants)
         return m
 
     def drain(self) -> list[Message]:
@@ -536,9 +438,9 @@ class QueueBuffer(ConsumerBuffer):
             out = list(self._items)
             self._items.clear()
             self.stats.depth = 0
-            grants = self._hand_out()
+            grants = self.credits.hand_out()
             self._cond.notify_all()
-        self._notify(grants)
+        self.credits.notify(grants)
         return out
 
     def preload(self, messages: list[Message]) -> None:
@@ -547,7 +449,7 @@ class QueueBuffer(ConsumerBuffer):
     def taken_marks(self) -> dict[str, int]:
         """Source -> highest seq handed to the consumer (what a checkpoint at a step boundary covers)."""
         with self._cond:
-            return dict(self._taken)
+            return dict(self.marks.taken)
 
     def resume(self, taken: dict[str, int], preload: list[Message] = ()) -> None:  # type: ignore[assignment]
         """Continue a consumer from its checkpoint: ``taken`` was processed, ``preload`` was held.
@@ -561,42 +463,33 @@ class QueueBuffer(ConsumerBuffer):
             preload: messages its predecessor held and had not taken (may exceed ``maxsize``).
         """
         with self._cond:
-            marks = {s: int(q) for s, q in taken.items()}
-            kept: deque[Message] = deque()
-            # The preloaded messages are not counted as received: the predecessor's buffer
-            # counted them (the broker's channel totals keep its counters after it left).
-            for m in [*preload, *self._items]:
+            held = [*preload, *self._items]
+            for m in held:
                 if m.meta:
                     self._note(m)
-                if m.seq <= marks.get(m.source, -1):
-                    self.stats.duplicates += 1
-                    continue
-                marks[m.source] = m.seq
-                kept.append(m)
-            self._items = kept
-            for src, q in taken.items():
-                self._taken[src] = max(self._taken.get(src, -1), int(q))
-            for src, q in marks.items():
-                self.last_seq[src] = max(self.last_seq.get(src, -1), q)
+            # The preloaded messages are not counted as received: the predecessor's buffer
+            # counted them (the broker's channel totals keep its counters after it left).
+            marks = {s: int(q) for s, q in taken.items()}
+            self._items, dropped = dedupe(held, marks)
+            self.stats.duplicates += dropped
+            raise_marks(self.marks.taken, taken)
+            raise_marks(self.last_seq, marks)
             self.stats.depth = len(self._items)
-            grants = self._hand_out()
+            grants = self.credits.hand_out()
             self._cond.notify_all()
-        self._notify(grants)
+        self.credits.notify(grants)
 
     def commit(self, marks: dict[str, int]) -> None:
         """A checkpoint covering ``marks`` (source -> seq) is stored: producers may forget those messages."""
         with self._cond:
-            for src, q in marks.items():
-                self._committed[src] = max(self._committed.get(src, -1), int(q))
-            fns = list(self._commit_fns.values())
-            committed = dict(self._committed)
+            fns, committed = self.marks.commit(marks)
         for fn in fns:
             fn(committed)
 
     def committed_marks(self) -> dict[str, int]:
         """Source -> highest seq committed so far."""
         with self._cond:
-            return dict(self._committed)
+            return dict(self.marks.committed)
 
 
 class LatestBuffer(ConsumerBuffer):

@@ -68,14 +68,15 @@ def _input_state(dask_worker) -> dict:  # type: ignore[no-untyped-def]
     ep = dask_worker.plugins[ENDPOINT_NAME]
     out = {}
     for (ch, cid), buf in list(ep.buffers.items()):
-        order = getattr(buf, "_order", None)
+        credits, marks, cursor = getattr(buf, "credits", None), getattr(buf, "marks", None), getattr(buf, "_cursor", None)
+        order = None if cursor is None else cursor.order
         out[cid] = {
             "held": [(m.source, m.seq) for m in list(getattr(buf, "_items", []))][:12],
             "order_head": None if order is None else order.head(),
             "order_left": 0 if order is None else len(order),
-            "granted": dict(getattr(buf, "_granted", {})),
-            "demand": dict(getattr(buf, "_demand", {})),
-            "taken": dict(getattr(buf, "_taken", {})),
+            "granted": {} if credits is None else dict(credits.granted),
+            "demand": {} if credits is None else dict(credits.demand),
+            "taken": {} if marks is None else dict(marks.taken),
             "received": dict(getattr(buf, "last_seq", {})),
             "duplicates": buf.stats.duplicates,
         }

@@ -107,7 +107,7 @@ def test_queue_credits_never_exceed_maxsize_and_rotate_between_links() -> None:
     buf.get(1)  # two slots free: one to each link that still wants, in turn
     assert grants == {1: 4, 2: 1}
     buf.remove_link(1)  # link 1's unused credits (1 + 1 granted) go to link 2
-    assert grants[2] == 3 and buf.maxsize - len(buf) - sum(buf._granted.values()) == 0
+    assert grants[2] == 3 and buf.maxsize - len(buf) - sum(buf.credits.granted.values()) == 0
 
 
 def test_slots_freed_by_get_go_to_a_link_in_steps_and_at_once_while_it_holds_few() -> None:
@@ -132,7 +132,7 @@ def test_slots_freed_by_get_go_to_a_link_in_steps_and_at_once_while_it_holds_few
     assert grants == [(8, 16)]
     # Its 16 messages arrive and fill the queue; the next slot freed goes to it at once.
     buf.put_credited(1, [msg(64 + i) for i in range(16)])
-    assert len(buf) == 64 and buf._granted[1] == 0
+    assert len(buf) == 64 and buf.credits.granted[1] == 0
     grants.clear()
     buf.get(1)
     assert grants == [(1, 1)]

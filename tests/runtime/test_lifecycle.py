@@ -221,7 +221,7 @@ def test_the_broker_forgets_a_closed_channel_once_its_last_consumer_detaches() -
     refused = b.declare(name="ch", policy=q)  # the name is not free while it drains
     assert refused["error"] == "ChannelClosed" and "c/inp" in refused["message"]
     assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"
-    assert "ch" not in b.channels and "ch" not in b.departed
+    assert "ch" not in b.channels and "ch" not in b.tallies.departed
     assert b.routing(name="ch")["error"] == "ChannelClosed"  # a late request hears "closed", not "unknown"
     assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"  # idempotent
     assert asyncio.run(b.close_channel(name="ch"))["status"] == "OK"

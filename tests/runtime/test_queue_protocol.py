@@ -110,7 +110,7 @@ class QueueProtocol(RuleBasedStateMachine):
     @invariant()
     def bounded(self) -> None:
         with self.buf._cond:
-            held, granted = len(self.buf._items), sum(self.buf._granted.values())
+            held, granted = len(self.buf._items), sum(self.buf.credits.granted.values())
         assert held + granted <= MAXSIZE, f"{held} held and {granted} granted in a queue of {MAXSIZE}"
         assert granted == sum(self.credits.values()), "every reserved slot is a credit a link knows of"
 
@@ -125,7 +125,7 @@ class QueueProtocol(RuleBasedStateMachine):
         """Free slots and a link still wanting: the buffer has granted what it could."""
         with self.buf._cond:
             free = self.buf._free()
-            wanting = [k for k, d in self.buf._demand.items() if d > 0]
+            wanting = [k for k, d in self.buf.credits.demand.items() if d > 0]
         assert not (free > 0 and wanting), f"{free} free slots while links {wanting} want some"
 
 

@@ -1,0 +1,111 @@
+"""The broker's record of one channel: its routing table, and how consumers come and go.
+
+A record is plain state (sans-IO): the broker validates requests, applies
+them here, and pushes the resulting :meth:`ChannelRecord.routing` table to
+the workers that need it. Every change that producers must hear about bumps
+``version``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from coupler.runtime.control.departure import Departure, Gone
+from coupler.runtime.errors import ChannelClosed, ChannelExists
+
+
+@dataclass
+class ChannelRecord:
+    """Everything the broker knows about one channel."""
+
+    name: str
+    policy: dict[str, Any]
+    spec: dict[str, Any] | None = None
+    closed: bool = False
+    producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
+    consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
+    streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
+    gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
+    version: int = 0
+    run: str = ""  # the coupling run that declared it ("": none named); it ends with that run
+
+    @property
+    def drained(self) -> bool:
+        """Closed, with no consumer attached or moving: nothing can use it any more."""
+        return self.closed and not self.consumers and not any(g.kind is Departure.HANDOVER for g in self.gone.values())
+
+    def routing(self) -> dict[str, Any]:
+        """What a producer's worker needs to send on this channel.
+
+        ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
+        consumers that left to be restarted elsewhere (producers wait for them);
+        ``producers`` maps each producer to the worker it last registered from
+        (consumers refuse the streams of a replaced instance: receiver.ProducerOwners).
+        """
+        return {
+            "channel": self.name,
+            "policy": self.policy,
+            "spec": self.spec,
+            "closed": self.closed,
+            "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
+            "gone": [g.to_wire() for _, g in sorted(self.gone.items())],
+            "moving": sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER),
+            "producers": dict(sorted(self.producers.items())),
+            "version": self.version,
+        }
+
+    def redeclare(self, policy: dict[str, Any], spec: dict[str, Any] | None) -> None:
+        """A declaration of this channel again: the same policy and spec, or a first spec (then fixed).
+
+        Raises:
+            ChannelClosed: while it is closed and consumers still drain it.
+            ChannelExists: for another policy or spec.
+        """
+        if self.closed:
+            # Consumers still drain it (they detach as they end): the name is not free yet.
+            # A new channel now would take their detaches for its own consumers.
+            raise ChannelClosed(
+                f"channel {self.name!r} is closed and consumers {self.draining()} have not detached yet; "
+                "declare it again once they have ended"
+            )
+        if self.policy != policy or (spec is not None and self.spec is not None and self.spec != spec):
+            raise ChannelExists(
+                f"channel {self.name!r} already declared with policy {self.policy} and spec {self.spec}; "
+                f"got policy {policy} and spec {spec}"
+            )
+        if spec is not None and self.spec is None:
+            self.spec = spec
+
+    def draining(self) -> list[str]:
+        """The consumers attached or moving: a closed channel's name is not free until none are left."""
+        return sorted(self.consumers) + sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER)
+
+    def attach_consumer(self, ident: str, address: str, stream: str, host: str) -> None:
+        """Consumer ``ident`` on worker ``address`` takes data at ``stream`` (``host``: its host key)."""
+        self.consumers[ident] = address
+        self.streams[ident] = (stream, host)
+        self.gone.pop(ident, None)
+        self.version += 1
+
+    def detach_consumer(self, ident: str, kind: Departure) -> bool:
+        """Consumer ``ident`` left as ``kind``; whether it was attached (else nothing changes)."""
+        if self.consumers.pop(ident, None) is None:
+            return False
+        self.streams.pop(ident, None)
+        self.gone[ident] = Gone(ident, kind)
+        self.version += 1
+        return True
+
+    def lose_worker(self, worker: str) -> bool:
+        """Worker ``worker`` was removed: its consumers are lost, its producers forgotten; whether any consumer was."""
+        lost = [c for c, a in self.consumers.items() if a == worker]
+        for c in lost:
+            del self.consumers[c]
+            self.streams.pop(c, None)
+            self.gone[c] = Gone(c, Departure.LOST, f"worker {worker} was lost")
+        self.producers = {s: a for s, a in self.producers.items() if a != worker}
+        if lost:
+            self.version += 1
+        return bool(lost)
+

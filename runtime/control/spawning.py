@@ -1,0 +1,144 @@
+"""Actor instances: how an actor is spawned, and putting an instance on a worker in a given state.
+
+The supervisor spawns every actor of a coupling, and spawns it again when its
+worker retires or is lost. This module owns the mechanics of one spawn: the
+recipe (:class:`SpawnSpec`), the Dask task that holds the instance (a fresh key
+per attempt), the handle bound to the coupling's client, the worker it landed
+on, and bringing a new instance to a checkpointed state (restore, commit,
+pause, start). Which worker to choose, and when, is the supervisor's.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Actor, Client, Future
+
+logger = logging.getLogger(__name__)
+
+# Seconds allowed for a control call's round trip on top of the wait it asks for.
+CALL_SLACK = 30.0
+
+
+@dataclass(frozen=True)
+class SpawnSpec:
+    """How an actor was spawned: enough to spawn it again elsewhere.
+
+    Attributes:
+        cls: the actor host class.
+        args: its positional arguments.
+        kwargs: its keyword arguments (without ``name``).
+        name: the actor's name.
+        workers: the workers it was restricted to (``None``: any).
+        resources: the Dask resources it needs.
+    """
+
+    cls: type
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    name: str
+    workers: tuple[str, ...] | None = None
+    resources: dict[str, float] | None = None
+
+
+class Spawner:
+    """Spawn actor instances for one coupling.
+
+    Args:
+        client: the coupling's client.
+        key_prefix: Dask key prefix for the actors' tasks (unique per coupling).
+    """
+
+    def __init__(self, client: Client, key_prefix: str) -> None:
+        self.client = client
+        self.key_prefix = key_prefix
+        self._attempts = itertools.count()
+
+    def submit(self, spec: SpawnSpec, workers: list[str] | None, generation: int) -> Future:
+        """Submit the task that creates generation ``generation`` of the actor on one of ``workers``."""
+        # Every attempt gets a fresh key: a released key may linger on the scheduler for a moment.
+        key = f"{self.key_prefix}-{spec.name}" + (f"-g{generation}-{next(self._attempts)}" if generation else "")
+        return self.client.submit(
+            spec.cls,
+            *spec.args,
+            name=spec.name,
+            actor=True,
+            workers=workers,
+            resources=spec.resources,
+            allow_other_workers=False,
+            key=key,
+            **spec.kwargs,
+        )
+
+    def actor(self, fut: Future, timeout: float | None = None) -> Actor:
+        """The actor of a spawn, bound to this coupling's client.
+
+        distributed binds an Actor handle to the client current where it is
+        deserialized: without ``as_current``, the newest Client alive in the
+        process, which need not be ours. A Client whose connection failed stays
+        that default until it is garbage collected; an actor bound to it sends
+        its calls to a stopped event loop and waits for ever (a CI hang after
+        the TLS tests, one run in two).
+        """
+        with self.client.as_current():
+            return fut.result(timeout=timeout)
+
+    def worker_of(self, fut: Future) -> str:
+        """The address of the worker that holds the spawn's instance."""
+        addrs = self.client.who_has([fut]).get(fut.key) or []
+        if addrs:
+            return addrs[0]
+        return str(self.actor(fut).status().result(timeout=CALL_SLACK)["worker"])
+
+    def place(
+        self, spec: SpawnSpec, workers: list[str], generation: int, checkpoint: dict[str, Any] | None, state: str
+    ) -> tuple[Future, Actor, str]:
+        """Spawn generation ``generation`` of an actor on one of ``workers``, restored to ``checkpoint`` and ``state``.
+
+        Returns:
+            The spawn's future, the new instance, and its worker.
+
+        Raises:
+            Exception: whatever failed (the chosen worker went away meanwhile, say); the spawn is released.
+        """
+        fut = self.submit(spec, workers, generation)
+        try:
+            actor = self.actor(fut, CALL_SLACK)
+            self.restore(actor, checkpoint, state)
+            return fut, actor, self.worker_of(fut)
+        except Exception:
+            fut.release()
+            raise
+
+    @staticmethod
+    def restore(actor: Actor, checkpoint: dict[str, Any] | None, state: str = "created") -> None:
+        """Bring a new instance to ``checkpoint`` (if any), then to ``state``.
+
+        Args:
+            actor: the new instance.
+            checkpoint: what to restore; its deliveries are committed too (``None``: start afresh).
+            state: ``running`` or ``paused`` start its loop (paused first); any other state leaves it as built.
+        """
+        if checkpoint is not None:
+            actor.restore(checkpoint).result(timeout=CALL_SLACK)
+            actor.commit(checkpoint.get("delivered", {}), checkpoint.get("takes")).result(timeout=CALL_SLACK)
+        if state == "paused":
+            actor.pause().result(timeout=CALL_SLACK)
+        if state in ("running", "paused"):
+            actor.start().result(timeout=CALL_SLACK)
+
+    @staticmethod
+    def retire(name: str, actor: Actor, wait: float) -> dict[str, Any]:
+        """End actor ``name``'s loop at a step boundary (by force after ``wait`` s) and return its final checkpoint.
+
+        Raises:
+            Exception: whatever the call raised (its worker went first, say).
+        """
+        try:
+            return actor.retire(wait).result(timeout=wait + CALL_SLACK)
+        except TimeoutError as e:
+            logger.warning("coupler supervisor: %r did not reach a step boundary (%s); stopping it by force", name, e)
+            return actor.retire(wait, True).result(timeout=wait + CALL_SLACK)

@@ -1,0 +1,150 @@
+"""The broker's tallies of what workers report: channel counters, actor statuses, metric series, rates.
+
+Every worker's endpoint reports its counters periodically (the only steady
+control-plane traffic). The tallies keep each worker's last report, add up a
+channel's counters over them, and keep the last counters of the consumers and
+producers that reports no longer list (detached, moved, or on a lost worker),
+so that totals never go back (Prometheus counters). They also keep the
+actors' statuses and the metric series actors report (a learner's loss), and
+sample the counters into rates for the dashboard and ``/metrics``.
+
+Which channels exist is the broker's: the tallies are told which names are
+known, and forget a channel when the broker does.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Collection
+
+from coupler.runtime.control.status import TERMINAL_STATES, MetricHistory, RateMeter
+
+# The window rates are taken over, in seconds.
+RATE_WINDOW = 5.0
+# Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
+_CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
+
+
+class Tallies:
+    """Workers' last reports, the counters of those that left, actors' statuses and rates."""
+
+    def __init__(self) -> None:
+        self.by_worker: dict[str, dict[str, Any]] = {}  # worker address -> last report
+        # channel -> counters of the consumers and producers that reports no longer list.
+        self.departed: dict[str, dict[str, int]] = {}
+        self.actors: dict[str, dict[str, Any]] = {}  # actor name -> last status
+        self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
+        self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
+
+    # -- what comes in ------------------------------------------------------------------------
+    def report(
+        self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None, known: Collection[str]
+    ) -> None:
+        """Take worker ``address``'s report; channels not in ``known`` (forgotten meanwhile) are dropped."""
+        old = self.by_worker.get(address)
+        if old is not None:
+            self._keep_departed(old["channels"], channels, known)
+        channels = {name: ch for name, ch in channels.items() if name in known}
+        self.by_worker[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
+        for name, status in actors.items():
+            self.actor_status(name, status)
+
+    def actor_status(self, name: str, status: dict[str, Any]) -> None:
+        """Merge an actor's reported ``status`` (its ``metrics`` points go to its series)."""
+        points = status.pop("metrics", None)
+        if points:
+            self.histories.setdefault(name, MetricHistory()).merge(points)
+        self.actors.setdefault(name, {}).update(status)
+
+    def register_actor(self, name: str, address: str, cls: str) -> None:
+        """Start the status of an actor spawned on ``address``."""
+        self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
+
+    def worker_lost(self, worker: str, known: Collection[str]) -> None:
+        """``worker`` was removed: its last counters depart and its actors that had not ended are lost."""
+        old = self.by_worker.pop(worker, None)
+        if old is not None:
+            self._keep_departed(old["channels"], {}, known)
+        for a in self.actors.values():
+            if a.get("worker") == worker and a.get("state") not in ("finished", "stopped", "failed"):
+                a["state"] = "lost"
+
+    def forget_channel(self, name: str) -> None:
+        """Drop what is kept of channel ``name`` (closed and drained: the workers forgot it too)."""
+        self.departed.pop(name, None)
+        for report in self.by_worker.values():
+            report["channels"].pop(name, None)
+        for key in [k for k in self.meters if k[0] == "channel" and k[1] == name]:
+            del self.meters[key]
+
+    def _keep_departed(self, before: dict[str, Any], now: dict[str, Any], known: Collection[str]) -> None:
+        """Add the last counters of the consumers and producers in a worker's report ``before`` that
+        its report ``now`` no longer lists to their channel's departed counters."""
+        for name, ch in before.items():
+            if name not in known:
+                continue  # closed and forgotten: nothing adds up over it any more
+            listed = now.get(name) or {}
+            gone = self.departed.setdefault(name, dict.fromkeys(_CUMULATIVE, 0))
+            for src, p in ch.get("producers", {}).items():
+                if src not in listed.get("producers", {}):
+                    gone["sent"] += p["sent"]
+                    gone["sent_bytes"] += p["nbytes"]
+            for cid, c in ch.get("consumers", {}).items():
+                if cid not in listed.get("consumers", {}):
+                    gone["received"] += c["received"]
+                    gone["received_bytes"] += c["nbytes"]
+                    gone["dropped"] += c["dropped"]
+                    gone["taken"] += c["taken"]
+
+    # -- what goes out ------------------------------------------------------------------------
+    def aggregate(self, name: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:
+        """A channel's totals, last sequence number per source, and consumer counters, over the reports.
+
+        Cumulative totals include the departed counters (see :meth:`_keep_departed`), so
+        they do not drop when a consumer detaches or its worker goes; ``depth`` is of now.
+        """
+        totals = {**dict.fromkeys(_CUMULATIVE, 0), **self.departed.get(name, {}), "depth": 0}
+        last_seq: dict[str, int] = {}
+        consumers: dict[str, Any] = {}
+        for report in self.by_worker.values():
+            ch = report["channels"].get(name)
+            if not ch:
+                continue
+            for src, p in ch.get("producers", {}).items():
+                totals["sent"] += p["sent"]
+                totals["sent_bytes"] += p["nbytes"]
+                last_seq[src] = max(last_seq.get(src, -1), p["last_seq"])
+            for cid, c in ch.get("consumers", {}).items():
+                consumers[cid] = c
+                totals["received"] += c["received"]
+                totals["received_bytes"] += c["nbytes"]
+                totals["dropped"] += c["dropped"]
+                totals["depth"] += c["depth"]
+                totals["taken"] += c["taken"]
+        return totals, last_seq, consumers
+
+    def rate(self, kind: str, name: str, counter: str) -> float:
+        """The rate of ``counter`` of channel or actor ``name`` (``kind``), per second (0 if not sampled)."""
+        meter = self.meters.get((kind, name, counter))
+        return 0.0 if meter is None else meter.rate
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        """Worker address -> its retirement time and when it last reported."""
+        return {addr: {"retire_at": r.get("retire_at"), "reported_at": r["time"]} for addr, r in self.by_worker.items()}
+
+    def actor_rows(self) -> dict[str, dict[str, Any]]:
+        """Actor name -> its last status with its step rate."""
+        return {name: {**a, "step_rate": self.rate("actor", name, "steps")} for name, a in self.actors.items()}
+
+    def sample(self, channels: Collection[str]) -> None:
+        """Feed the rate meters of ``channels`` and of the actors with the counters now."""
+        now = time.monotonic()
+        for name in channels:
+            totals, _, _ = self.aggregate(name)
+            for counter in ("sent", "sent_bytes"):
+                self.meters.setdefault(("channel", name, counter), RateMeter(RATE_WINDOW)).add(now, totals[counter])
+        for name, a in self.actors.items():
+            if a.get("state") in TERMINAL_STATES:
+                self.meters.pop(("actor", name, "steps"), None)  # its rate is 0 from now on: no meter to keep
+                continue
+            self.meters.setdefault(("actor", name, "steps"), RateMeter(RATE_WINDOW)).add(now, a.get("steps", 0))
