@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from distributed import Actor, Client, Future
 
+from coupler.runtime.errors import CouplerError
+
 logger = logging.getLogger(__name__)
 
 # Seconds allowed for a control call's round trip on top of the wait it asks for.
 CALL_SLACK = 30.0
+# Seconds between looks at whether the workers a spawn is pinned to are still there.
+PINNED_CHECK_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,7 @@ class Spawner:
             **spec.kwargs,
         )
 
-    def actor(self, fut: Future, timeout: float | None = None) -> Actor:
+    def actor(self, fut: Future, timeout: float | None = None, workers: list[str] | None = None) -> Actor:
         """The actor of a spawn, bound to this coupling's client.
 
         distributed binds an Actor handle to the client current where it is
@@ -82,9 +87,39 @@ class Spawner:
         that default until it is garbage collected; an actor bound to it sends
         its calls to a stopped event loop and waits for ever (a CI hang after
         the TLS tests, one run in two).
+
+        Args:
+            fut: the spawn's future.
+            timeout: seconds to wait for the instance.
+            workers: the workers the spawn is pinned to: once none of them is
+                alive, it can never start (the scheduler does not move a pinned
+                task), so the wait ends then instead of at ``timeout``.
+
+        Raises:
+            TimeoutError: no instance within ``timeout``.
+            CouplerError: every worker it was pinned to left first.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self.client.as_current():
-            return fut.result(timeout=timeout)
+            while True:
+                left = None if deadline is None else deadline - time.monotonic()
+                step = PINNED_CHECK_S if left is None else max(0.0, min(left, PINNED_CHECK_S))
+                try:
+                    return fut.result(timeout=step)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise
+                # Only the scheduler knows whether they left: ask it (a cheap call, once a second).
+                if workers and not self._any_alive(workers):
+                    raise CouplerError(f"every worker it was placed on left before it started: {sorted(workers)}")
+
+    def _any_alive(self, workers: list[str]) -> bool:
+        """Whether one of ``workers`` (addresses, names or hosts, as Dask takes them) is a live worker."""
+        wanted = {str(w) for w in workers}
+        for addr, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
+            if addr in wanted or str(info.get("name")) in wanted or info.get("host") in wanted:
+                return True
+        return False
 
     def worker_of(self, fut: Future) -> str:
         """The address of the worker that holds the spawn's instance."""
@@ -106,7 +141,7 @@ class Spawner:
         """
         fut = self.submit(spec, workers, generation)
         try:
-            actor = self.actor(fut, CALL_SLACK)
+            actor = self.actor(fut, CALL_SLACK, workers)
             self.restore(actor, checkpoint, state)
             return fut, actor, self.worker_of(fut)
         except Exception:

@@ -315,9 +315,17 @@ class Supervisor:
 
         Returns:
             Its handle, which follows it across moves and restarts.
+
+        Raises:
+            CouplerError: it was pinned to workers (``spec.workers``) that all left before it started.
         """
-        fut = self.spawner.submit(spec, list(spec.workers) if spec.workers else None, 0)
-        actor = self.spawner.actor(fut)
+        pinned = list(spec.workers) if spec.workers else None
+        fut = self.spawner.submit(spec, pinned, 0)
+        try:
+            actor = self.spawner.actor(fut, workers=pinned)
+        except Exception:
+            fut.release()
+            raise
         stored = self.keeper.stored(spec.name) if self.policy.resume else None
         self.spawner.restore(actor, stored)
         ref = ActorRef(spec.name, actor)

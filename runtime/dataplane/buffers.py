@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from coupler.runtime.dataplane import waits
+from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
 from coupler.runtime.dataplane.credits import CreditLedger, GrantFn
@@ -91,7 +92,7 @@ class ConsumerBuffer:
         self._interrupted = False
 
     # -- producer side (data-plane threads) -------------------------------------------
-    def put(self, messages: list[Message], timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+    def put(self, messages: list[Message], timeout: float | None = None, cancel: Cancel | None = None) -> int:
         """Accept messages; return how many were accepted (all, unless the consumer detached).
 
         Messages already on their way when the channel closes are still taken in:
@@ -348,7 +349,7 @@ class QueueBuffer(ConsumerBuffer):
         return len(messages)
 
     # -- producers on this worker -----------------------------------------------------------
-    def put(self, messages: list[Message], timeout: float | None = None, cancel: threading.Event | None = None) -> int:
+    def put(self, messages: list[Message], timeout: float | None = None, cancel: Cancel | None = None) -> int:
         """Accept messages one by one, waiting for free slots; return how many fit before ``timeout``."""
         deadline = None if timeout is None else time.monotonic() + timeout
         accepted = 0
@@ -367,8 +368,9 @@ class QueueBuffer(ConsumerBuffer):
                         return accepted
                     self.credits.local_waiting += 1  # the next free slot is kept for us, not granted away
                     try:
-                        with waits.waiting(WaitKind.ROOM, self.channel, self.consumer):
-                            self._cond.wait(0.05 if remaining is None else min(remaining, 0.05))
+                        with waking(cancel, self._cond), waits.waiting(WaitKind.ROOM, self.channel, self.consumer):
+                            if cancel is None or not cancel.is_set():  # again, now that a cancel would notify
+                                self._cond.wait(remaining)  # a take, a detach and the cancel notify
                     finally:
                         self.credits.local_waiting -= 1
                 if self._detached:
