@@ -35,7 +35,7 @@ from tornado.ioloop import PeriodicCallback
 from coupler.runtime.control.departure import Departure, Gone
 from coupler.runtime.control.status import TERMINAL_STATES, ActorStatus, ChannelStats, MetricHistory, RateMeter
 from coupler.runtime.dataplane.auth import new_secret
-from coupler.runtime.errors import ChannelClosed, ChannelExists, CouplerError, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelClosed, ChannelExists, CouplerError, Fenced, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
@@ -98,6 +98,7 @@ class ChannelRecord:
     spec: dict[str, Any] | None = None
     closed: bool = False
     producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
+    epochs: dict[str, int] = field(default_factory=dict)  # source -> epoch of its current instance (dataplane/fence.py)
     consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
     gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
@@ -114,8 +115,7 @@ class ChannelRecord:
 
         ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
         consumers that left to be restarted elsewhere (producers wait for them);
-        ``producers`` maps each producer to the worker it last registered from
-        (consumers refuse the streams of a replaced instance: receiver.ProducerOwners).
+        ``producers`` maps each producer to the worker it last registered from.
         """
         return {
             "channel": self.name,
@@ -327,13 +327,24 @@ class Broker(SchedulerPlugin):
 
         A consumer gives the ``stream`` address (``host:port``) where its worker
         accepts data and its ``host`` key (shared memory is tried between equal keys).
+
+        A producer's reply carries its instance's ``epoch`` (runtime/dataplane/fence.py):
+        one more than its predecessor's if that one's worker was lost, else the same.
+        A worker the scheduler no longer knows (declared dead, back after a partition)
+        cannot register: its instances were replaced (:class:`Fenced`).
         """
         try:
             rec = self._channel(name)
             check_name("endpoint", ident)
             if role == "producer":
+                live = getattr(self.scheduler, "workers", None)  # (None: a broker outside a scheduler, in tests)
+                if live is not None and address not in live:
+                    raise Fenced(f"producer {ident!r} of {name!r}: worker {address} is not in the cluster any more")
+                before = rec.producers.get(ident)
+                if before is not None and before != address and live is not None and before not in live:
+                    rec.epochs[ident] = rec.epochs.get(ident, 0) + 1  # lost there; remove_worker has not run yet
                 rec.producers[ident] = address
-                return {"status": "OK", **rec.routing()}
+                return {"status": "OK", "epoch": rec.epochs.get(ident, 0), **rec.routing()}
             if role != "consumer":
                 raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
             if not isinstance(stream, str) or not isinstance(host, str):
@@ -545,7 +556,9 @@ class Broker(SchedulerPlugin):
                 del rec.consumers[c]
                 rec.streams.pop(c, None)
                 rec.gone[c] = Gone(c, Departure.LOST, f"worker {worker} was lost")
-            rec.producers = {s: a for s, a in rec.producers.items() if a != worker}
+            for s in [s for s, a in rec.producers.items() if a == worker]:
+                del rec.producers[s]
+                rec.epochs[s] = rec.epochs.get(s, 0) + 1  # its successor's epoch: fences this instance if it comes back
             if lost:
                 rec.version += 1
                 await self._push(rec)
