@@ -360,8 +360,13 @@ class Broker(SchedulerPlugin):
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
 
-    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value) -> dict[str, Any]:
-        """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``)."""
+    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "") -> dict[str, Any]:
+        """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
+
+        With the ``address`` of the worker it detaches from, a detach of an instance that
+        was replaced (its worker declared dead, back after a partition, while a successor
+        attached elsewhere) changes nothing.
+        """
         try:
             check_name("endpoint", ident)
             kind = Departure(departure)
@@ -374,6 +379,8 @@ class Broker(SchedulerPlugin):
             return error_reply(e)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
+        if address and rec.consumers.get(ident, address) != address:
+            return {"status": "OK"}  # a replaced instance's: its successor stays attached
         if rec.consumers.pop(ident, None) is not None:
             rec.streams.pop(ident, None)
             rec.gone[ident] = Gone(ident, kind)

@@ -292,7 +292,7 @@ class Endpoint(WorkerPlugin):
                 # the channel had closed).
                 buf.interrupt()
             departure = Departure.HANDOVER if handover else Departure.DETACHED
-            await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value)
+            await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address)
             return left
 
         return self.call(detach)

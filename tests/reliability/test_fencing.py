@@ -20,6 +20,7 @@ The first two tests below are those two paths.
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
+from coupler.runtime.control.broker import Broker
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.dataplane.fence import EPOCH_KEY, Fence, epoch_of, judge, stamps
@@ -327,6 +329,54 @@ class Partition(RuleBasedStateMachine):
 
 Partition.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_every_interleaving_of_instances_delivers_each_message_once_in_order_and_one_instance_at_a_time = Partition.TestCase
+
+
+class _Scheduler:
+    """What the broker reads of its scheduler here: the live workers (and a status that skips routing pushes)."""
+
+    def __init__(self, *workers: str) -> None:
+        self.workers = dict.fromkeys(workers)
+        self.status = type("Status", (), {"name": "closing"})()
+
+
+def _broker(*workers: str) -> tuple[Broker, _Scheduler]:
+    b, sched = Broker(), _Scheduler(*workers)
+    b.scheduler = sched
+    assert b.declare(name=CHANNEL, policy={"kind": "queue", "maxsize": 4})["status"] == "OK"
+    return b, sched
+
+
+def _register(b: Broker, source: str, worker: str) -> dict[str, Any]:
+    return asyncio.run(b.attach(name=CHANNEL, role="producer", ident=source, address=worker))
+
+
+def test_the_broker_gives_a_producer_the_next_epoch_once_its_worker_is_lost_and_only_then() -> None:
+    C = "tcp://10.0.0.3:1"
+    b, sched = _broker(A, B, C)
+    assert _register(b, "sim", A)["epoch"] == 0
+    assert _register(b, "sim", A)["epoch"] == 0  # the same instance again (a route dropped and asked for anew)
+    assert _register(b, "sim", B)["epoch"] == 0  # a move: its predecessor on A is alive, stopped and flushed
+    del sched.workers[B]
+    asyncio.run(b.remove_worker(sched, B))
+    assert _register(b, "sim", C)["epoch"] == 1  # its successor after the loss
+    # Lost again, and the successor registers before the broker's remove_worker has run: bumped once.
+    del sched.workers[C]
+    assert _register(b, "sim", A)["epoch"] == 2
+    asyncio.run(b.remove_worker(sched, C))
+    assert _register(b, "sim", A)["epoch"] == 2
+    # The old worker, back after the partition, cannot register a producer: its instances were replaced.
+    reply = _register(b, "other", C)
+    assert reply["status"] == "error" and reply["error"] == "Fenced", reply
+
+
+def test_a_replaced_consumer_s_late_detach_leaves_its_successor_attached() -> None:
+    b, _ = _broker(A, B)
+    consumer = "learner/data"
+    assert asyncio.run(b.attach(name=CHANNEL, role="consumer", ident=consumer, address=B, stream="10.0.0.2:9"))["status"] == "OK"
+    asyncio.run(b.detach(name=CHANNEL, ident=consumer, address=A))  # the old instance's worker, shutting down
+    assert [c[0] for c in b.routing(name=CHANNEL)["consumers"]] == [consumer]
+    asyncio.run(b.detach(name=CHANNEL, ident=consumer, address=B))
+    assert b.routing(name=CHANNEL)["consumers"] == []
 
 
 def test_a_fenced_link_fails_for_good_and_is_not_taken_for_a_departed_consumer() -> None:
