@@ -92,11 +92,12 @@ def judge(marks: Mapping[str, int], batch: Sequence[Stamp]) -> tuple[bool, Mappi
 class Fence:
     """The marks of one worker: per channel, the highest epoch seen of each source.
 
-    Receiving threads call :meth:`admitting` around each batch they deliver; an
-    in-memory delivery on this worker calls :meth:`saw` first. A batch that
-    raises a mark waits until every batch admitted before it has been put
-    into its buffer, so that no message of an old instance, judged before the
-    rise, lands behind the message that raised it.
+    A receiving thread calls :meth:`enter` before it delivers a batch and, if the
+    batch was admitted, :meth:`leave` once it is in its buffer; an in-memory
+    delivery on this worker calls :meth:`saw` first. A batch that raises a mark
+    waits until every batch admitted before it has been put into its buffer, so
+    that no message of an old instance, judged before the rise, lands behind the
+    message that raised it.
     """
 
     def __init__(self) -> None:
@@ -109,33 +110,52 @@ class Fence:
         """Source -> the highest epoch seen on ``channel`` above 0."""
         return dict(self._marks.get(channel, {}))
 
-    @contextmanager
-    def admitting(self, channel: str, batch: Sequence[Stamp]) -> Iterator[bool]:
-        """Judge a batch of ``channel``; the body delivers it if the value is true.
+    def marks_kept(self) -> list[str]:
+        """The channels whose marks this worker keeps."""
+        return list(self._marks)
+
+    def enter(self, channel: str, sources: Sequence[str], metas: Sequence[Any]) -> bool:
+        """Judge a batch of ``channel`` from its header columns; if admitted, call :meth:`leave` once it is delivered.
 
         Raises:
-            nothing of its own; the body's exceptions pass through.
+            ValueError: a message states a malformed epoch.
         """
         with self._cond:
-            marks = self._marks.get(channel, {})
-            admitted, after = judge(marks, batch)
-            if not admitted:
-                self.fenced += 1
-            elif after is not marks:
-                self._marks[channel] = after
-                while self._busy.get(channel):  # those judged before the rise go in first
-                    self._cond.wait()
-            if admitted:
-                self._busy[channel] = self._busy.get(channel, 0) + 1
+            marks = self._marks.get(channel)
+            if marks is None and not any(metas):
+                pass  # no epoch here, none seen: admitted, raises nothing (every batch while no producer was replaced)
+            else:
+                marks = marks or {}
+                admitted, after = judge(marks, stamps(sources, metas))
+                if not admitted:
+                    self.fenced += 1
+                    return False
+                if after is not marks:
+                    self._marks[channel] = after
+                    while self._busy.get(channel):  # those judged before the rise go in first
+                        self._cond.wait()
+            self._busy[channel] = self._busy.get(channel, 0) + 1
+            return True
+
+    def leave(self, channel: str) -> None:
+        """An admitted batch of ``channel`` is in its buffer (or failed)."""
+        with self._cond:
+            n = self._busy[channel] - 1
+            if n:
+                self._busy[channel] = n
+            else:
+                del self._busy[channel]
+                self._cond.notify_all()
+
+    @contextmanager
+    def admitting(self, channel: str, batch: Sequence[Stamp]) -> Iterator[bool]:
+        """:meth:`enter` and :meth:`leave` around a block, for a batch given as (source, epoch) pairs."""
+        admitted = self.enter(channel, [s for s, _ in batch], [{EPOCH_KEY: e} if e else {} for _, e in batch])
         try:
             yield admitted
         finally:
             if admitted:
-                with self._cond:
-                    self._busy[channel] -= 1
-                    if not self._busy[channel]:
-                        del self._busy[channel]
-                        self._cond.notify_all()
+                self.leave(channel)
 
     def saw(self, channel: str, source: str, epoch: int) -> None:
         """A message of ``source`` at ``epoch`` is delivered on this worker, in memory: raise its mark first.
@@ -145,13 +165,9 @@ class Fence:
         replaced too).
         """
         if epoch <= self._marks.get(channel, {}).get(source, 0):
-            return  # (every message of a first instance: one dict read)
-        with self.admitting(channel, [(source, epoch)]):
-            pass
-
-    def marks_kept(self) -> list[str]:
-        """The channels whose marks this worker keeps."""
-        return list(self._marks)
+            return  # (every message of a first instance: two dict reads)
+        if self.enter(channel, [source], [{EPOCH_KEY: epoch}]):
+            self.leave(channel)
 
     def forget(self, channel: str) -> None:
         """No consumer of ``channel`` is left on this worker: drop its marks."""

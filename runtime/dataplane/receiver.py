@@ -49,7 +49,7 @@ import numpy as np
 
 from coupler.runtime.dataplane import auth, shm, wire
 from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
-from coupler.runtime.dataplane.fence import Fence, stamps
+from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.dataplane.shm import Mappings
 
@@ -488,21 +488,22 @@ class Receiver:
                 datas = ({key: a} for (a,) in rows)
             else:  # a flat dict of arrays: no tree walk per message
                 datas = (dict(zip(flat_keys, r)) for r in rows)
-            if self.fence is None:
+            fence = self.fence
+            if fence is None:
                 accepted = self._deliver(buf, queue, datas, h["c"], nbytes)
+            elif fence.enter(channel, h["c"][_SOURCE], h["c"][_META]):
+                try:  # in the buffer before the fence lets a batch that raises a mark go on
+                    accepted = self._deliver(buf, queue, datas, h["c"], nbytes)
+                finally:
+                    fence.leave(channel)
             else:
-                batch = stamps(h["c"][_SOURCE], h["c"][_META])
-                with self.fence.admitting(channel, batch) as admitted:
-                    if admitted:  # delivered before the fence looks at another batch that raises a mark
-                        accepted = self._deliver(buf, queue, datas, h["c"], nbytes)
-                if not admitted:
-                    logger.warning(
-                        "coupler receiver: refused a batch of %s on %r from %s: a successor of that producer (a higher "
-                        "epoch) has delivered here (a replaced instance still running); closing its stream",
-                        sorted({s for s, _ in batch}), channel, origin,
-                    )
-                    self._ack("fenced")
-                    return
+                logger.warning(
+                    "coupler receiver: refused a batch of %s on %r from %s: a successor of that producer (a higher "
+                    "epoch) has delivered here (a replaced instance still running); closing its stream",
+                    sorted(set(h["c"][_SOURCE])), channel, origin,
+                )
+                self._ack("fenced")
+                return
             del rows, datas, payload
             if accepted < n:
                 self._ack("closed" if buf.closed else "gone", accepted)
