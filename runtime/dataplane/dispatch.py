@@ -234,11 +234,17 @@ class Dispatch:
         Raises:
             Reroute: another thread found the stream broken (deliver what it owed first).
             ConsumerGone, ChannelClosed: the stream cannot be opened.
+            Interrupted: this worker is closing (its links dropped what they owed: nothing newer may follow).
         """
         key = (route.channel, c.cid, c.stream)
         link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
         if link is not None and not link.dead:
             return link
+        if self.closing.is_set():
+            # Teardown closed the links without handing back what they had not delivered; a
+            # new stream would carry this producer's next message past them, and the consumer
+            # would drop them when its successor sends them again (a gap in the sequence).
+            raise Interrupted(f"channel {route.channel!r}: this worker is closing; no new stream to {c.cid!r}")
         if link is not None and not link.closing and self.forget_broken(key, link):
             raise Reroute()
         box = self.outbox(route, c.cid)
@@ -297,7 +303,7 @@ class Dispatch:
         self.close_links(channel, cid=cid, orphan=False)
 
     def close(self) -> None:
-        """Teardown: close every link without handing anything back."""
+        """Teardown: close every link without handing anything back (and open no new one: see :meth:`link`)."""
         with self.lock:
             links = list(self.links.values())
             self.links.clear()

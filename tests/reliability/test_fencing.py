@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,11 +35,13 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coupler.runtime.control.broker import Broker
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
+from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.fence import EPOCH_KEY, Fence, epoch_of, judge, stamps
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
-from coupler.runtime.dataplane.settings import TransportConfig
-from coupler.runtime.errors import ConsumerGone, Fenced
+from coupler.runtime.dataplane.routing import Route
+from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
+from coupler.runtime.errors import ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import Message, Spec
 from coupler.runtime.policies import Queue
 
@@ -329,6 +332,34 @@ class Partition(RuleBasedStateMachine):
 
 Partition.TestCase.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
 test_every_interleaving_of_instances_delivers_each_message_once_in_order_and_one_instance_at_a_time = Partition.TestCase
+
+
+def test_a_worker_that_is_closing_opens_no_new_stream(port: tuple[Listener, QueueBuffer, StreamKey, Fence]) -> None:
+    """A zombie worker's teardown drops what its links owed; its actors, still running, must not send past that.
+
+    Seen in the boundary partition test: the old simulator's worker learned it was
+    unknown to the scheduler and closed its links (seq 46 pending on one), while the
+    actor went on and sent 47 through a new stream. The learner took 47 before its
+    successor (restored at 31) had sent anything, and later dropped the successor's 46
+    as a duplicate: 46 was lost.
+    """
+    lst, buf, key, _ = port
+    closing = threading.Event()
+    dispatch = Dispatch(
+        address=lambda: A, buffers={}, routes={}, config=TransportConfig(shared_memory=False),
+        delivery=DeliveryConfig(), host="a", ssl_context=None, key=key, closing=closing, on_drained=lambda ch: None,
+    )
+    table = {"channel": CHANNEL, "policy": {"kind": "queue", "maxsize": 64}, "spec": SPEC.to_wire(), "closed": False,
+             "consumers": [[CONSUMER, B, lst.address, "b"]], "gone": [], "moving": [], "producers": {}, "version": 1}
+    route = Route(CHANNEL, table)
+    consumer = route.consumers[0]
+    leaves = [np.full(4, 0.0)]
+    dispatch.deliver_one(route, SPEC, consumer, _header("sim", 0, 0), leaves, time.monotonic() + 10, None)
+    closing.set()
+    dispatch.close()  # (the worker's teardown)
+    with pytest.raises(Interrupted):
+        dispatch.deliver_one(route, SPEC, consumer, _header("sim", 1, 0), leaves, time.monotonic() + 10, None)
+    assert dispatch.links == {}
 
 
 class _Scheduler:
