@@ -37,7 +37,7 @@ from coupler.runtime.control.runs import RunBook
 from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.tallies import Tallies
 from coupler.runtime.dataplane.auth import new_secret
-from coupler.runtime.errors import ChannelClosed, CouplerError, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelClosed, CouplerError, Fenced, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
@@ -256,13 +256,24 @@ class Broker(SchedulerPlugin):
 
         A consumer gives the ``stream`` address (``host:port``) where its worker
         accepts data and its ``host`` key (shared memory is tried between equal keys).
+
+        A producer's reply carries its instance's ``epoch`` (runtime/dataplane/fence.py):
+        one more than its predecessor's if that one's worker was lost, else the same.
+        A worker the scheduler no longer knows (declared dead, back after a partition)
+        cannot register: its instances were replaced (:class:`Fenced`).
         """
         try:
             rec = self._channel(name)
             check_name("endpoint", ident)
             if role == "producer":
+                live = getattr(self.scheduler, "workers", None)  # (None: a broker outside a scheduler, in tests)
+                if live is not None and address not in live:
+                    raise Fenced(f"producer {ident!r} of {name!r}: worker {address} is not in the cluster any more")
+                before = rec.producers.get(ident)
+                if before is not None and before != address and live is not None and before not in live:
+                    rec.epochs[ident] = rec.epochs.get(ident, 0) + 1  # lost there; remove_worker has not run yet
                 rec.producers[ident] = address
-                return {"status": "OK", **rec.routing()}
+                return {"status": "OK", "epoch": rec.epochs.get(ident, 0), **rec.routing()}
             if role != "consumer":
                 raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
             if not isinstance(stream, str) or not isinstance(host, str):
@@ -275,8 +286,13 @@ class Broker(SchedulerPlugin):
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
 
-    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value) -> dict[str, Any]:
-        """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``)."""
+    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "") -> dict[str, Any]:
+        """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
+
+        With the ``address`` of the worker it detaches from, a detach of an instance that
+        was replaced (its worker declared dead, back after a partition, while a successor
+        attached elsewhere) changes nothing.
+        """
         try:
             check_name("endpoint", ident)
             kind = Departure(departure)
@@ -289,7 +305,7 @@ class Broker(SchedulerPlugin):
             return error_reply(e)
         except ValueError as e:
             return {"status": "error", "error": "ValueError", "message": str(e)}
-        if rec.detach_consumer(ident, kind):
+        if rec.detach_consumer(ident, kind, address):
             await self._push(rec)
         if rec.drained:
             self._forget(rec)

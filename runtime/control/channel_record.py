@@ -24,6 +24,7 @@ class ChannelRecord:
     spec: dict[str, Any] | None = None
     closed: bool = False
     producers: dict[str, str] = field(default_factory=dict)  # source -> worker address
+    epochs: dict[str, int] = field(default_factory=dict)  # source -> epoch of its current instance (dataplane/fence.py)
     consumers: dict[str, str] = field(default_factory=dict)  # consumer id -> worker address
     streams: dict[str, tuple[str, str]] = field(default_factory=dict)  # consumer id -> (stream address, host key)
     gone: dict[str, Gone] = field(default_factory=dict)  # consumer id -> how it left
@@ -40,8 +41,7 @@ class ChannelRecord:
 
         ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
         consumers that left to be restarted elsewhere (producers wait for them);
-        ``producers`` maps each producer to the worker it last registered from
-        (consumers refuse the streams of a replaced instance: receiver.ProducerOwners).
+        ``producers`` maps each producer to the worker it last registered from.
         """
         return {
             "channel": self.name,
@@ -88,8 +88,15 @@ class ChannelRecord:
         self.gone.pop(ident, None)
         self.version += 1
 
-    def detach_consumer(self, ident: str, kind: Departure) -> bool:
-        """Consumer ``ident`` left as ``kind``; whether it was attached (else nothing changes)."""
+    def detach_consumer(self, ident: str, kind: Departure, address: str = "") -> bool:
+        """Consumer ``ident`` left as ``kind``; whether it was attached (else nothing changes).
+
+        With the ``address`` of the worker it detaches from, a detach of an instance that
+        was replaced (its worker declared dead, back after a partition, while a successor
+        attached elsewhere) changes nothing.
+        """
+        if address and self.consumers.get(ident, address) != address:
+            return False  # a replaced instance's: its successor stays attached
         if self.consumers.pop(ident, None) is None:
             return False
         self.streams.pop(ident, None)
@@ -98,13 +105,15 @@ class ChannelRecord:
         return True
 
     def lose_worker(self, worker: str) -> bool:
-        """Worker ``worker`` was removed: its consumers are lost, its producers forgotten; whether any consumer was."""
+        """Worker ``worker`` was removed: its consumers are lost, its producers' next instances get a new epoch; whether any consumer was."""
         lost = [c for c, a in self.consumers.items() if a == worker]
         for c in lost:
             del self.consumers[c]
             self.streams.pop(c, None)
             self.gone[c] = Gone(c, Departure.LOST, f"worker {worker} was lost")
-        self.producers = {s: a for s, a in self.producers.items() if a != worker}
+        for src in [src for src, a in self.producers.items() if a == worker]:
+            del self.producers[src]
+            self.epochs[src] = self.epochs.get(src, 0) + 1  # its successor's epoch: fences this instance if it comes back
         if lost:
             self.version += 1
         return bool(lost)

@@ -18,6 +18,8 @@ Modules, one concept each:
   (channel, consumer, producing worker). A link's parts: ``dial`` (opening the
   stream), ``staging`` (its copies and segments), ``window`` (sans-IO: credits,
   batching, acknowledgements) and ``acks`` (the thread reading the stream back).
+- :mod:`~coupler.runtime.dataplane.fence` (sans-IO): producer instances' epochs, and the
+  rule by which a consumer's worker refuses a replaced instance once its successor delivered.
 - :mod:`~coupler.runtime.dataplane.wire`: framing and the checks of every frame.
 - :mod:`~coupler.runtime.dataplane.auth`: the per-cluster stream secret and handshake.
 - :mod:`~coupler.runtime.dataplane.shm`: shared-memory segments on one host.
@@ -59,7 +61,10 @@ link and outbox tables), then ``Link.lock`` or ``Outbox.lock`` (never one under
 the other), then the leaf ``ReplayLog.lock`` (a link takes it to log a message
 it queues; an outbox, to owe the log's messages). ``ConsumerBuffer._cond`` is a
 leaf too: buffers call grant and commit callbacks after releasing it.
-``ActorHost._takes_lock`` (lineage) is taken alone. ``Cancel``'s registry lock is a leaf; ``Cancel.set``
+``ActorHost._takes_lock`` (lineage) is taken alone. ``Fence._cond`` is a leaf too: a
+receiving thread holds it to judge a batch, not while it puts the batch into a buffer;
+a batch (or an in-memory send) that raises a mark waits on it for the batches admitted
+before it, which take only buffer and ``Receiver.write_lock`` locks. ``Cancel``'s registry lock is a leaf; ``Cancel.set``
 takes the conditions' locks with none of its own held, and the threads that
 raise it (an actor's stop, the endpoint's teardown) hold no data-plane lock.
 """

@@ -25,6 +25,7 @@ import numpy as np
 from coupler.runtime.dataplane.auth import StreamKey
 from coupler.runtime.dataplane.buffers import ConsumerBuffer
 from coupler.runtime.dataplane.cancel import Cancel
+from coupler.runtime.dataplane.fence import Fence, epoch_of
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.outbox import Outbox, ReplayLog
 from coupler.runtime.dataplane.payloads import Item, frozen_leaves, owned_leaves, release_segments
@@ -56,16 +57,19 @@ class Dispatch:
         closing: set at teardown (stops resends).
         on_drained: called with a channel once a consumer's commit emptied its log
             (the channel's links may be released, see ``Endpoint.release_producer``).
+        fence: this worker's marks of producer epochs (a message delivered here in memory raises
+            its source's, see ``fence.py``), or ``None``.
     """
 
     def __init__(
         self, *, address: Callable[[], str], buffers: dict[tuple[str, str], ConsumerBuffer], routes: dict[str, Route],
         config: TransportConfig, delivery: DeliveryConfig, host: str, ssl_context: Any, key: StreamKey,
-        closing: Cancel, on_drained: Callable[[str], None],
+        closing: Cancel, on_drained: Callable[[str], None], fence: Fence | None = None,
     ) -> None:
         self.address, self.buffers, self.routes = address, buffers, routes
         self.config, self.delivery, self.host = config, delivery, host
         self.ssl_context, self.key, self.closing, self.on_drained = ssl_context, key, closing, on_drained
+        self.fence = fence
         self.links: dict[LinkKey, Link] = {}
         self.outboxes: dict[OutboxKey, Outbox] = {}
         self.lock = threading.Lock()  # the two tables (not what is in them)
@@ -195,6 +199,8 @@ class Dispatch:
             buf = self.buffers.get((route.channel, c.cid))
             if buf is None or not buf.accepting:
                 raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
+            if self.fence is not None:  # a successor's message, delivered here: its predecessor's streams are refused
+                self.fence.saw(route.channel, header["source"], epoch_of(header["meta"]))
             # Same process: the consumer owns its host arrays (a copy, writable as
             # anywhere else); with device-to-device, JAX arrays on the device are shared.
             if not isinstance(leaves, DeviceLeaves):
@@ -233,11 +239,17 @@ class Dispatch:
         Raises:
             Reroute: another thread found the stream broken (deliver what it owed first).
             ConsumerGone, ChannelClosed: the stream cannot be opened.
+            Interrupted: this worker is closing (its links dropped what they owed: nothing newer may follow).
         """
         key = (route.channel, c.cid, c.stream)
         link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
         if link is not None and not link.dead:
             return link
+        if self.closing.is_set():
+            # Teardown closed the links without handing back what they had not delivered; a
+            # new stream would carry this producer's next message past them, and the consumer
+            # would drop them when its successor sends them again (a gap in the sequence).
+            raise Interrupted(f"channel {route.channel!r}: this worker is closing; no new stream to {c.cid!r}")
         if link is not None and not link.closing and self.forget_broken(key, link):
             raise Reroute()
         box = self.outbox(route, c.cid)
@@ -296,7 +308,7 @@ class Dispatch:
         self.close_links(channel, cid=cid, orphan=False)
 
     def close(self) -> None:
-        """Teardown: close every link without handing anything back."""
+        """Teardown: close every link without handing anything back (and open no new one: see :meth:`link`)."""
         with self.lock:
             links = list(self.links.values())
             self.links.clear()

@@ -43,7 +43,8 @@ from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.control.departure import Departure
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.lineage import Take
-from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, ProducerOwners, raise_open_file_limit
+from coupler.runtime.dataplane.fence import Fence
+from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, raise_open_file_limit
 from coupler.runtime.dataplane.routing import ProducerStats, Route
 from coupler.runtime.dataplane.sender import Sender
 from coupler.runtime.dataplane.settings import delivery_config, transport_config
@@ -111,10 +112,11 @@ class Endpoint(WorkerPlugin):
         raise_open_file_limit()  # every stream costs a descriptor (see receiver.Listener)
         # The cluster's stream secret comes from the broker; streams wait for it (StreamKey.secret).
         self.stream_key = StreamKey()
+        self.fence = Fence()  # epochs of the producers seen here: replaced instances are refused (fence.py)
         self.dispatch = Dispatch(
             address=lambda: self.address, buffers=self.buffers, routes=self.routes, config=self.config,
             delivery=self.delivery, host=self.host, ssl_context=client_ssl, key=self.stream_key,
-            closing=self._closing, on_drained=self._release_if_idle,
+            closing=self._closing, on_drained=self._release_if_idle, fence=self.fence,
         )
         self.sender = Sender(
             self.dispatch, self.routes, self.producers, self.delivery,
@@ -130,9 +132,8 @@ class Endpoint(WorkerPlugin):
         self._secret_task = self.loop.create_task(fetch_secret())  # (held: the loop keeps only a weak reference)
         # Batches are checked against the spec the broker holds, asked for from the receiving thread.
         specs = ChannelSpecs(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["spec"])
-        owners = ProducerOwners(lambda ch: self.call(lambda: self._broker("coupler_routing", name=ch), timeout=30)["producers"])
         self.listener = Listener(
-            host, self._lookup, self._server_ssl, key=self.stream_key, specs=specs, owners=owners,
+            host, self._lookup, self._server_ssl, key=self.stream_key, specs=specs, fence=self.fence,
             batch_bytes=max(BATCH_BYTES_MAX, self.config.batch_bytes, self.config.inline_max),
         )
         self.retire_at = self._retire_at(worker)
@@ -278,8 +279,7 @@ class Endpoint(WorkerPlugin):
             buf = self.buffers.pop((channel, consumer), None)
             if not any(ch == channel for ch, _ in self.buffers):  # what the data port knows of it goes too
                 self.listener.specs.forget(channel)
-                if self.listener.owners is not None:
-                    self.listener.owners.forget(channel)
+                self.fence.forget(channel)
             left: list[Message] = []
             if buf is not None:
                 buf.detach()
@@ -290,7 +290,7 @@ class Endpoint(WorkerPlugin):
                 # the channel had closed).
                 buf.interrupt()
             departure = Departure.HANDOVER if handover else Departure.DETACHED
-            await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value)
+            await self._broker("coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address)
             return left
 
         return self.call(detach)
@@ -302,11 +302,11 @@ class Endpoint(WorkerPlugin):
 
     async def _route(self, channel: str, source: str) -> Route:
         route = self.routes.get(channel)
-        if route is None:
+        if route is None or (channel, source) not in self.producers:
             table = await self._broker("coupler_attach", name=channel, role="producer", ident=source, address=self.address)
-            route = self.routes.setdefault(channel, Route(channel, table))
-        elif (channel, source) not in self.producers:
-            await self._broker("coupler_attach", name=channel, role="producer", ident=source, address=self.address)
+            route = self.routes.setdefault(channel, Route(channel, table)) if route is None else route
+            # The epoch the broker gave this instance: its messages carry it (fence.py).
+            self.producers.setdefault((channel, source), ProducerStats()).epoch = int(table.get("epoch", 0))
         return route
 
     def _handle_routing_update(self, table: dict[str, Any]) -> dict[str, str]:

@@ -93,8 +93,8 @@ class Link:
             retention adds no copy on those paths. A large message over TCP is copied
             once (it would otherwise go out zero-copy from the producer's arrays).
             While the log is full it keeps nothing, and messages go as without it.
-        origin: this worker's address: the consumer refuses batches of producers that the
-            broker places elsewhere (see ``receiver.ProducerOwners``).
+        origin: this worker's address (the consumer names it when it refuses a batch of a
+            replaced producer instance, see ``fence.py``).
 
     Raises:
         ConsumerGone: if the consumer cannot be reached or has left.

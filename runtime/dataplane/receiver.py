@@ -25,6 +25,11 @@ states), before its payload is allocated; header columns' types and sequence
 numbers' range; credit requests clamped to the queue's size; segment names
 against the producer's own (:func:`~coupler.runtime.dataplane.shm.check_name`). A frame
 that fails closes that stream only.
+
+A batch that holds a message of a replaced producer instance -- one whose
+epoch is below one this worker has already seen of the same source, see
+:mod:`~coupler.runtime.dataplane.fence` -- is refused: the stream is answered
+``fenced`` and closed, and the old instance's ``send`` raises ``Fenced``.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import numpy as np
 
 from coupler.runtime.dataplane import auth, shm, wire
 from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
+from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.dataplane.shm import Mappings
 
@@ -58,6 +64,7 @@ _BACKOFF_MAX = 1.0  # seconds between accept attempts while the process is out o
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _NO_BYTES = np.empty(0, np.uint8)
 _SOURCE = wire.HEADER_FIELDS.index("source")  # the sources' column in a batch header
+_META = wire.HEADER_FIELDS.index("meta")  # the metadata column (a replaced instance's epoch, see fence.py)
 
 
 class SpecRefused(ValueError):
@@ -110,55 +117,6 @@ class ChannelSpecs:
             self._specs.pop(channel, None)
 
 
-class ProducerOwners:
-    """Which worker each producer of a channel sends from, as the broker knows it: the fence of restarted actors.
-
-    A producer registers with the broker from the worker it runs on; its
-    successor (after a restart or a move) registers again from its new worker.
-    A batch whose sources the broker places on another worker than the stream's
-    comes from an instance that was replaced -- a worker the scheduler declared
-    dead that came back, with its old actors still running -- and is refused,
-    so that two instances of one actor never both deliver. A channel's owners
-    are fetched again when a stream opens (a successor's first stream refreshes
-    them before its messages arrive) and when a batch disagrees with them.
-
-    Args:
-        fetch: channel -> ``{source: worker address}`` from the broker.
-    """
-
-    def __init__(self, fetch: Callable[[str], dict[str, str]]) -> None:
-        self.fetch = fetch
-        self._owners: dict[str, dict[str, str]] = {}
-        self.fenced = 0  # batches refused
-
-    def refresh(self, channel: str) -> None:
-        """Ask the broker again (a stream of ``channel`` opens)."""
-        owners = self.fetch(channel)
-        if not isinstance(owners, dict):
-            raise ValueError(f"the broker's producers of {channel!r} must be a map, got {owners!r:.60}")
-        self._owners[channel] = {str(s): str(w) for s, w in owners.items()}  # (one dict store: atomic)
-
-    def forget(self, channel: str) -> None:
-        """No consumer of ``channel`` is left on this worker: drop its owners (asked again when a stream opens)."""
-        self._owners.pop(channel, None)
-
-    def allowed(self, channel: str, sources: set[str], origin: str) -> bool:
-        """Whether the stream from worker ``origin`` may deliver messages of ``sources``.
-
-        A source the broker does not know is let through: only a source placed
-        elsewhere is proof that this instance was replaced.
-        """
-        known = self._owners.get(channel)
-        if known is not None and all(known.get(s, origin) == origin for s in sources):
-            return True  # (every batch of a genuine stream: one dict read per source)
-        self.refresh(channel)
-        known = self._owners[channel]
-        if all(known.get(s, origin) == origin for s in sources):
-            return True
-        self.fenced += 1
-        return False
-
-
 def raise_open_file_limit() -> int:
     """Raise this process's soft limit of open descriptors to its hard limit.
 
@@ -202,8 +160,8 @@ class Listener:
         ssl_context: a server TLS context, or ``None`` for plain TCP.
         key: the cluster's stream secret.
         specs: the channels' specs as the broker knows them.
-        owners: where the broker places each producer (see :class:`ProducerOwners`); ``None``
-            fences nothing (a listener outside a cluster, in tests).
+        fence: this worker's marks of producer epochs (see :mod:`~coupler.runtime.dataplane.fence`);
+            ``None`` fences nothing (a listener outside a cluster, in tests).
         batch_bytes: payload bytes of a batch of several messages, at most.
         max_pending: streams in their handshake at once, at most.
     """
@@ -216,12 +174,12 @@ class Listener:
         *,
         key: auth.StreamKey,
         specs: ChannelSpecs,
-        owners: ProducerOwners | None = None,
+        fence: Fence | None = None,
         batch_bytes: int = wire.BATCH_BYTES_MAX,
         max_pending: int = MAX_PENDING,
     ) -> None:
         self.lookup, self.ssl_context, self.key, self.specs = lookup, ssl_context, key, specs
-        self.owners = owners
+        self.fence = fence
         self.batch_bytes, self.max_pending = batch_bytes, max_pending
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -300,7 +258,7 @@ class Listener:
             conn.close()
             return
         r = Receiver(
-            conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident), self.owners
+            conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident), self.fence
         )
         with self._lock:
             self.receivers.add(r)
@@ -359,6 +317,7 @@ class Receiver:
         batch_bytes: payload bytes of a batch of several messages, at most.
         deadline: ``time.monotonic()`` by which the producer's hello must have come.
         authenticated: called once the producer has proved that it holds the secret.
+        fence: this worker's marks of producer epochs, or ``None`` (fence nothing).
     """
 
     def __init__(
@@ -370,11 +329,11 @@ class Receiver:
         batch_bytes: int,
         deadline: float,
         authenticated: Callable[[], None],
-        owners: ProducerOwners | None = None,
+        fence: Fence | None = None,
     ) -> None:
         self.sock = sock
         self.lookup, self.key, self.specs, self.batch_bytes = lookup, key, specs, batch_bytes
-        self.owners = owners
+        self.fence = fence
         self.deadline, self.authenticated = deadline, authenticated
         self.id = next(_link_ids)
         self.write_lock = threading.Lock()  # acks from this thread, grants from the consumer's
@@ -473,8 +432,6 @@ class Receiver:
             return
         try:
             spec = self.specs.get(channel, hello.get("spec"))
-            if self.owners is not None:
-                self.owners.refresh(channel)  # a successor's first stream: fence its predecessor from now on
         except Exception as e:  # SpecRefused, or the broker could not be asked: say why, then close
             self._welcome(nonce, {"status": "spec", "reason": str(e)})
             raise
@@ -531,22 +488,23 @@ class Receiver:
                 datas = ({key: a} for (a,) in rows)
             else:  # a flat dict of arrays: no tree walk per message
                 datas = (dict(zip(flat_keys, r)) for r in rows)
-            if self.owners is not None and not self.owners.allowed(channel, set(h["c"][_SOURCE]), origin):
+            fence = self.fence
+            if fence is None:
+                accepted = self._deliver(buf, queue, datas, h["c"], nbytes)
+            elif fence.enter(channel, h["c"][_SOURCE], h["c"][_META]):
+                try:  # in the buffer before the fence lets a batch that raises a mark go on
+                    accepted = self._deliver(buf, queue, datas, h["c"], nbytes)
+                finally:
+                    fence.leave(channel)
+            else:
                 logger.warning(
-                    "coupler receiver: refused a batch of %s on %r from %s: the broker places that producer on "
-                    "another worker (a replaced instance still running); closing its stream", sorted(set(h["c"][_SOURCE])),
-                    channel, origin,
+                    "coupler receiver: refused a batch of %s on %r from %s: a successor of that producer (a higher "
+                    "epoch) has delivered here (a replaced instance still running); closing its stream",
+                    sorted(set(h["c"][_SOURCE])), channel, origin,
                 )
                 self._ack("fenced")
                 return
-            # Message(...) positionally from the header columns (wire.HEADER_FIELDS' order): this runs for every message.
-            msgs = [Message(d, t, st, src, q, m, at, nbytes) for d, t, st, src, q, m, at in zip(datas, *h["c"])]
             del rows, datas, payload
-            if queue:
-                accepted = buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
-            else:
-                accepted = buf.put(msgs)
-            del msgs
             if accepted < n:
                 self._ack("closed" if buf.closed else "gone", accepted)
                 continue
@@ -559,6 +517,14 @@ class Receiver:
             if h.get("ack"):
                 self._ack()
 
+    def _deliver(self, buf: ConsumerBuffer, queue: bool, datas: Any, columns: list[list[Any]], nbytes: int) -> int:
+        """Put a batch's messages into the consumer's buffer; return how many it accepted."""
+        # Message(...) positionally from the header columns (wire.HEADER_FIELDS' order): this runs for every message.
+        msgs = [Message(d, t, st, src, q, m, at, nbytes) for d, t, st, src, q, m, at in zip(datas, *columns)]
+        if queue:
+            return buf.put_credited(self.id, msgs)  # type: ignore[union-attr]
+        return buf.put(msgs)
+
     def _want(self, h: Any) -> None:
         """A producer's request for credits: at most the queue's size, and give back at most what it holds."""
         buf: QueueBuffer = self.buf  # type: ignore[assignment]
@@ -569,4 +535,4 @@ class Receiver:
         buf.want(self.id, n, ret)
 
 
-__all__ = ["ChannelSpecs", "Listener", "MAX_PENDING", "ProducerOwners", "Receiver", "SpecRefused", "raise_open_file_limit"]
+__all__ = ["ChannelSpecs", "Listener", "MAX_PENDING", "Receiver", "SpecRefused", "raise_open_file_limit"]

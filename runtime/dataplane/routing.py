@@ -216,6 +216,7 @@ class ProducerStats:
     last_seq: int = -1
     next_seq: int = 0
     dropped: int = 0  # copies for consumers of a lossy channel whose stream failed
+    epoch: int = 0  # this producer instance's epoch, from the broker (its messages carry it if above 0: fence.py)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def as_dict(self) -> dict[str, int]:

@@ -19,6 +19,7 @@ import numpy as np
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.cancel import Cancel, waking
+from coupler.runtime.dataplane.fence import EPOCH_KEY
 from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route, earliest
 from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
@@ -106,8 +107,8 @@ class Sender:
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
             header = {
                 "timestamp": float(timestamp), "step": int(step), "source": source, "seq": stats.next_seq,
-                "meta": meta or {}, "sent_at": time.time(),
-            }  # Message.header()'s fields, built directly: this is the hot path
+                "meta": {**(meta or {}), EPOCH_KEY: stats.epoch} if stats.epoch else (meta or {}), "sent_at": time.time(),
+            }  # Message.header()'s fields, built directly: this is the hot path (a replaced instance's epoch: fence.py)
             try:
                 if shared:
                     self._to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)

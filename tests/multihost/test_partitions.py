@@ -208,13 +208,6 @@ def test_a_cut_longer_than_the_death_timeout_restarts_the_hosts_actor_elsewhere_
     learner.stop()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug (issue 21/23 notes): with the cut simulator as victim, a cut of about the death timeout lost "
-    "the 3 messages that were in flight on its stream (sim1 seq 46-48 of 250) in 3 of 7 runs of session 12's runtime; "
-    "with fencing (session 13) it passed 4 of 5 runs. The other cases of this test pass. Kept running so that the fix "
-    "shows as XPASS.",
-)
 @FEW
 @given(
     victim=st.sampled_from(["simulator", "learner"]),

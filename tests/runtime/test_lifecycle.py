@@ -52,9 +52,9 @@ def _held(dask_worker: Any, channel: str, names: list[str]) -> dict[str, list[An
         "producers": on(ep.producers),
         "links": on(ep.dispatch.links),
         "outboxes": on(ep.dispatch.outboxes),
-        # what the data port keeps of a channel to check its streams (spec, producers' workers)
+        # what the data port keeps of a channel to check its streams (spec, producers' epochs)
         "port_specs": [c for c in ep.listener.specs._specs if c == channel],
-        "port_owners": [c for c in ep.listener.owners._owners if c == channel],
+        "port_epochs": [c for c in ep.fence.marks_kept() if c == channel],
         "lost_since": [c for r in ep.routes.values() if r.channel == channel for c in r.lost_since],
         "dask_actors": sorted(str(k) for k in dask_worker.state.actors if any(str(k).endswith(n) for n in names)),
         "reported_actors": sorted(n for n in ep.actors if n in names),
