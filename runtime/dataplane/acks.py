@@ -21,16 +21,41 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
+from typing import Callable, Protocol
 
 from coupler.runtime.dataplane import wire
-from coupler.runtime.dataplane.payloads import detach_leaves, release_segments
+from coupler.runtime.dataplane.payloads import Item, detach_leaves, release_segments
+from coupler.runtime.dataplane.staging import Staging
+from coupler.runtime.dataplane.window import SendWindow
 from coupler.runtime.errors import ChannelClosed, ConsumerGone, Fenced
-
-if TYPE_CHECKING:
-    from coupler.runtime.dataplane.link import Link
+from coupler.runtime.message import Spec
 
 logger = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    """What the reader uses of its :class:`~coupler.runtime.dataplane.link.Link` (which imports this module)."""
+
+    channel: str
+    consumer: str
+    spec: Spec
+    sock: socket.socket
+    reader: wire.FrameReader
+    lock: threading.RLock
+    cond: threading.Condition
+    window: SendWindow
+    staging: Staging
+    error: Exception | None
+    dead: bool
+    closing: bool
+    orphan_on_close: bool
+    wound_up: threading.Event
+    on_commit: Callable[[dict[str, int]], None] | None
+    on_orphans: Callable[[list[Item]], None] | None
+
+    def _pump(self) -> None: ...
+
+    def _fail(self, error: Exception) -> None: ...
 
 
 class AckReader:
@@ -113,10 +138,7 @@ class AckReader:
             left = link.window.left()
             link.dead = True
             link.cond.notify_all()
-        try:
-            link.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown_quietly(link.sock)
         link.sock.close()
         handing_on = bool(left and orphan and link.on_orphans is not None)
         for it in left:
@@ -135,4 +157,12 @@ class AckReader:
         link.wound_up.set()
 
 
-__all__ = ["AckReader"]
+def shutdown_quietly(sock: socket.socket) -> None:
+    """Shut a stream's socket down both ways (wakes a thread blocked reading it); already shut is fine."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+__all__ = ["AckReader", "shutdown_quietly"]

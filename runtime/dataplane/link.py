@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from coupler.runtime.dataplane import auth, waits, wire
-from coupler.runtime.dataplane.acks import AckReader
+from coupler.runtime.dataplane.acks import AckReader, shutdown_quietly
 from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.dial import dial
@@ -397,10 +397,7 @@ class Link:
                 self.error = error
             self.dead = True
             self.cond.notify_all()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+        shutdown_quietly(self.sock)
 
 
 def write_frame(sock: socket.socket, spec: Spec, frame: Frame) -> bool:
