@@ -59,7 +59,9 @@ async def _in_scheduler(dask_scheduler: Any, n: int, tag: str) -> dict[str, floa
     await timed("declare", lambda i: (broker.declare(f"{tag}-ch{i}", QUEUE), broker.declare(f"{tag}-cons{i}", QUEUE))[0])
     await timed("routing", lambda i: broker.routing(f"{tag}-ch{i}"))
     await timed("register-actor", lambda i: broker.register_actor(f"{tag}-a{i}", "tcp://127.0.0.1:1", "X"))
-    await timed("attach", lambda i: broker.attach(f"{tag}-ch{i}", "producer", f"p{i}", "tcp://127.0.0.1:1"))
+    # A producer registers from a live worker: the broker refuses one it does not know (fencing).
+    worker = next(iter(dask_scheduler.workers))
+    await timed("attach", lambda i: broker.attach(f"{tag}-ch{i}", "producer", f"p{i}", worker))
     await timed("attach+detach", attach_detach)
     return out
 
@@ -91,7 +93,8 @@ async def _client_ops(address: str, n: int, tag: str, concurrency: int) -> dict[
             await s.coupler_declare(name=f"{tag}-cons{i}", policy=QUEUE)
         await run("routing", lambda i: s.coupler_routing(name=f"{tag}-ch{i}"))
         await run("register-actor", lambda i: s.coupler_register_actor(name=f"{tag}-a{i}", address="tcp://127.0.0.1:1", cls="X"))
-        await run("attach", lambda i: s.coupler_attach(name=f"{tag}-ch{i}", role="producer", ident=f"p{i}", address="tcp://127.0.0.1:1"))
+        worker = next(iter((await s.identity())["workers"]))  # a producer registers from a live worker
+        await run("attach", lambda i: s.coupler_attach(name=f"{tag}-ch{i}", role="producer", ident=f"p{i}", address=worker))
 
         async def attach_detach(i: int) -> dict[str, Any]:
             await s.coupler_attach(name=f"{tag}-cons{i}", role="consumer", ident=f"c{i}", address="tcp://127.0.0.1:1", stream="127.0.0.1:1", host="h")
