@@ -501,23 +501,21 @@ class DriverPorts:
 
     def default_publisher(self, channel: str) -> Publisher:
         """The publisher ``Coupling.send`` uses on ``channel`` (made on first use, until closed)."""
-        with self._lock:
-            pub = self._publishers.get(channel)
-        if pub is None or pub.closed:
-            pub = self.publisher(channel)
-            with self._lock:
-                self._publishers[channel] = pub
-        return pub
+        return self._kept(self._publishers, channel, self.publisher)
 
     def inbox(self, channel: str) -> Subscription:
         """The subscription ``Coupling.receive`` uses on ``channel`` (made on first use, until it ends)."""
+        return self._kept(self._inboxes, channel, self.subscribe)
+
+    def _kept(self, table: dict[str, T], channel: str, make: Callable[[str], T]) -> T:
+        """``table``'s open port on ``channel``, or a new one from ``make`` (made outside the lock: it spawns)."""
         with self._lock:
-            sub = self._inboxes.get(channel)
-        if sub is None or sub.closed:
-            sub = self.subscribe(channel)
+            port = table.get(channel)
+        if port is None or port.closed:  # type: ignore[attr-defined]
+            port = make(channel)
             with self._lock:
-                self._inboxes[channel] = sub
-        return sub
+                table[channel] = port
+        return port
 
     def _track(self, port: T) -> T:
         with self._lock:

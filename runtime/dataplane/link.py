@@ -141,8 +141,8 @@ class Link:
             channel, consumer, stream, spec, same_host=config.shared_memory and host == peer_host,
             ssl_context=ssl_context, key=key, origin=origin,
         )
-        self.sock, self.reader, self.shm = opened.sock, opened.reader, opened.shm
-        self.staging.shm = self.shm
+        self.sock, self.reader = opened.sock, opened.reader
+        self.staging.shm = opened.shm  # staging decides where large messages go: it alone keeps this
         self.acks = AckReader(self)  # the thread that reads the consumer's frames, and ends the link
         self.acks.thread.start()
 
@@ -387,7 +387,7 @@ class Link:
         """Counters of this link, for reports and tests."""
         with self.lock:
             return {
-                "consumer": self.consumer, "stream": self.stream, "shm": self.shm, **self.window.stats(),
+                "consumer": self.consumer, "stream": self.stream, "shm": self.staging.shm, **self.window.stats(),
                 "shm_messages": self.shm_messages, "ack_frames": self.acks.frames, "recycled": self.staging.recycled,
             }
 
