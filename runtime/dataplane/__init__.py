@@ -7,7 +7,9 @@ Modules, one concept each:
   commits, reports).
 - :mod:`~coupler.runtime.dataplane.sender` (sequence numbers, broadcast, work
   sharing, flush) over :mod:`~coupler.runtime.dataplane.dispatch` (one message to
-  one consumer, after what it is owed; the worker's links and outboxes).
+  one consumer, after what it is owed), which keeps the worker's links in a
+  ``link_table`` and its outboxes in an ``outbox_table``, and hands a message for
+  a consumer on its own worker to ``local_delivery``.
 - :mod:`~coupler.runtime.dataplane.outbox` (sans-IO): what one worker owes one
   consumer: its replay log, its owed messages, its incarnation, its resend.
 - :mod:`~coupler.runtime.dataplane.routing`: a worker's copy of a channel's routing
@@ -59,8 +61,8 @@ lack room backs off (up to 20 ms) before it looks at each link again.
 
 Locks, outer first (a thread holding one never takes an earlier one):
 ``ProducerStats.lock`` (held for a whole send: one gap-free sequence per source),
-``Route.cond``, ``Endpoint._lock`` (routes and counters), ``Dispatch.lock`` (the
-link and outbox tables), then ``Link.lock`` or ``Outbox.lock`` (never one under
+``Route.cond``, ``Endpoint._lock`` (routes and counters), ``LinkTable._lock`` or
+``OutboxTable._lock`` (the tables, never one under the other), then ``Link.lock`` or ``Outbox.lock`` (never one under
 the other), then the leaf ``ReplayLog.lock`` (a link takes it to log a message
 it queues; an outbox, to owe the log's messages). ``ConsumerBuffer._cond`` is a
 leaf too: buffers call grant and commit callbacks after releasing it.

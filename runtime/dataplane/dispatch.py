@@ -1,7 +1,8 @@
 """Handing one message to one consumer: in memory on this worker, or through a stream, after what it is owed.
 
 The :class:`Dispatch` of a worker owns its producer links (one stream per
-(channel, consumer, consumer incarnation)) and its outboxes (one per
+(channel, consumer, consumer incarnation), in a
+:class:`~coupler.runtime.dataplane.link_table.LinkTable`) and its outboxes (one per
 (channel, consumer), see :mod:`~coupler.runtime.dataplane.outbox`). Senders
 (:mod:`~coupler.runtime.dataplane.sender`) call :meth:`Dispatch.deliver` for
 each consumer a message goes to; link threads hand back what a broken stream
@@ -25,21 +26,20 @@ import numpy as np
 from coupler.runtime.dataplane.auth import StreamKey
 from coupler.runtime.dataplane.buffers import ConsumerBuffer
 from coupler.runtime.dataplane.cancel import Cancel
-from coupler.runtime.dataplane.fence import Fence, epoch_of
+from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.dataplane.link import Link
-from coupler.runtime.dataplane.outbox import Outbox, ReplayLog
-from coupler.runtime.dataplane.payloads import Item, frozen_leaves, owned_leaves, release_segments
+from coupler.runtime.dataplane.link_table import LinkKey, LinkTable
+from coupler.runtime.dataplane.local_delivery import deliver_here
+from coupler.runtime.dataplane.outbox import Outbox
+from coupler.runtime.dataplane.outbox_table import OutboxKey, OutboxTable
+from coupler.runtime.dataplane.payloads import Item, frozen_leaves, release_segments
 from coupler.runtime.dataplane.routing import ConsumerRef, Reroute, Route
 from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
-from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Fenced, Interrupted
-from coupler.runtime.message import DeviceLeaves, Message, Spec, to_host, unflatten
+from coupler.runtime.errors import ChannelClosed, ConsumerGone, Fenced, Interrupted
+from coupler.runtime.message import DeviceLeaves, Spec, to_host
 
 logger = logging.getLogger(__name__)
 
-# Seconds a sender waits for a broken stream's reader to hand back what the consumer did not accept.
-LINK_WIND_UP_TIMEOUT = 10.0
-LinkKey = tuple[str, str, str]  # (channel, consumer, stream)
-OutboxKey = tuple[str, str]  # (channel, consumer)
 
 
 class Dispatch:
@@ -70,38 +70,10 @@ class Dispatch:
         self.config, self.delivery, self.host = config, delivery, host
         self.ssl_context, self.key, self.closing, self.on_drained = ssl_context, key, closing, on_drained
         self.fence = fence
-        self.links: dict[LinkKey, Link] = {}
-        self.outboxes: dict[OutboxKey, Outbox] = {}
-        self.lock = threading.Lock()  # the two tables (not what is in them)
+        self.links = LinkTable()
+        self.outboxes = OutboxTable(delivery)
 
-    # -- outboxes -------------------------------------------------------------------------------
-    def outbox(self, route: Route, cid: str) -> Outbox:
-        """Consumer ``cid``'s outbox (made on first use; with a replay log on a ``Queue`` with retention)."""
-        key = (route.channel, cid)
-        box = self.outboxes.get(key)  # a dict read is atomic: no lock on the hot path
-        if box is None:
-            log = ReplayLog(route.channel, cid, self.delivery.retain_bytes) if route.is_queue and self.delivery.retain else None
-            with self.lock:
-                box = self.outboxes.setdefault(key, Outbox(route.channel, cid, log))
-        return box
-
-    def owes(self, channel: str, cid: str) -> bool:
-        """Whether consumer ``cid`` is owed messages (a hint, read without locks)."""
-        box = self.outboxes.get((channel, cid))
-        return box is not None and box.owes
-
-    def owing(self, channel: str) -> list[Outbox]:
-        """The outboxes of ``channel`` that owe messages now."""
-        with self.lock:
-            boxes = [b for k, b in self.outboxes.items() if k[0] == channel]
-        return [b for b in boxes if b.owes]
-
-    def holds(self, channel: str) -> bool:
-        """Whether an outbox of ``channel`` keeps messages (its links must stay for the commits)."""
-        with self.lock:
-            boxes = [b for k, b in self.outboxes.items() if k[0] == channel]
-        return any(b.holds for b in boxes)
-
+    # -- what is kept for consumers ---------------------------------------------------------------
     def frozen(self, route: Route, leaves: list[np.ndarray]) -> list[np.ndarray]:
         """Leaves fit to keep in a replay log (Queue channels with retention), else as they are."""
         if not (route.is_queue and self.delivery.retain):
@@ -118,7 +90,7 @@ class Dispatch:
             return
         leaves = self.frozen(route, leaves)
         for cid in absent:
-            box = self.outbox(route, cid)
+            box = self.outboxes.get(route, cid)
             # Forced: the log is the only way it reaches the consumer, full or not.
             box.log.add(header, leaves, spec.nbytes, force=True)  # type: ignore[union-attr]  (retention: it has a log)
             box.owe_all_kept()
@@ -127,7 +99,7 @@ class Dispatch:
         """A broadcast ``Queue`` message that consumers ``late`` did not take in time: it reaches them before anything newer."""
         kept = frozen_leaves(to_host(leaves))
         for cid in late:
-            box = self.outbox(route, cid)
+            box = self.outboxes.get(route, cid)
             item = box.log.add(header, kept, spec.nbytes) if box.log is not None else Item(header, kept, spec.nbytes, False)
             box.owe(item)
             self.resend_owed(route, cid)
@@ -171,7 +143,7 @@ class Dispatch:
         self, route: Route, spec: Spec, c: ConsumerRef, deadline: float | None, cancel: Cancel | None,
     ) -> Outbox:
         """Send consumer ``c`` what it is owed from this worker, oldest first; return its outbox."""
-        box = self.outbox(route, c.cid)
+        box = self.outboxes.get(route, c.cid)
         box.meet(c.stream)
         while box.owes:  # leftovers of a previous instance of this consumer go first, in order
             item = box.head()
@@ -196,30 +168,9 @@ class Dispatch:
         """
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
         if c.worker == self.address():
-            buf = self.buffers.get((route.channel, c.cid))
-            if buf is None or not buf.accepting:
-                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
-            if self.fence is not None:  # a successor's message, delivered here: its predecessor's streams are refused
-                self.fence.saw(route.channel, header["source"], epoch_of(header["meta"]))
-            # Same process: the consumer owns its host arrays (a copy, writable as
-            # anywhere else); with device-to-device, JAX arrays on the device are shared.
-            if not isinstance(leaves, DeviceLeaves):
-                mine = owned_leaves(leaves)
-            elif self.config.device_to_device:
-                mine = owned_leaves(leaves.device)
-            else:
-                mine = owned_leaves(to_host(leaves), leaves.device)
-            data = unflatten(spec.treedef, mine)
-            if buf.put([Message.from_header(header, data, spec.nbytes)], remaining, cancel):
-                return
-            if not buf.accepting:
-                raise ConsumerGone(f"channel {route.channel!r}: consumer {c.cid!r} on {c.worker} has detached")
-            if cancel is not None and cancel.is_set():
-                raise Interrupted("send interrupted: the actor is stopping")
-            raise ChannelTimeout(
-                f"channel {route.channel!r}: consumer {c.cid!r} did not accept the message within the timeout "
-                f"(its queue is full: back-pressure)"
-            )
+            deliver_here(self.buffers.get((route.channel, c.cid)), route.channel, c, spec, header, leaves, remaining, cancel,
+                         fence=self.fence, device_to_device=self.config.device_to_device)
+            return
         link = self.link(route, spec, c)
         try:
             link.submit(header, leaves if type(leaves) is list else to_host(leaves), remaining, cancel)
@@ -242,41 +193,26 @@ class Dispatch:
             Interrupted: this worker is closing (its links dropped what they owed: nothing newer may follow).
         """
         key = (route.channel, c.cid, c.stream)
-        link = self.links.get(key)  # a dict read is atomic: no lock on the hot path
-        if link is not None and not link.dead:
+        link = self.links.live(key)
+        if link is not None:
             return link
         if self.closing.is_set():
             # Teardown closed the links without handing back what they had not delivered; a
             # new stream would carry this producer's next message past them, and the consumer
             # would drop them when its successor sends them again (a gap in the sequence).
             raise Interrupted(f"channel {route.channel!r}: this worker is closing; no new stream to {c.cid!r}")
-        if link is not None and not link.closing and self.forget_broken(key, link):
+        broken = self.links.get(key)
+        if broken is not None and not broken.closing and self.forget_broken(key, broken):
             raise Reroute()
-        box = self.outbox(route, c.cid)
-        link = Link(
+        box = self.outboxes.get(route, c.cid)
+        return self.links.install(key, lambda: Link(
             route.channel, c.cid, c.stream, spec,
             queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self.ssl_context,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
             on_commit=lambda marks, k=(route.channel, c.cid): self.commit_received(k, marks), key=self.key,
             log=box.log, origin=self.address(),
-        )
-        with self.lock:
-            old = self.links.get(key)
-            if old is not None and not old.dead:
-                link.close(orphan=False)
-                return old
-            self.links[key] = link
-        return link
-
-    def links_of(self, channel: str) -> list[tuple[LinkKey, Link]]:
-        """The links of ``channel``, with their keys."""
-        with self.lock:
-            return [(k, link) for k, link in self.links.items() if k[0] == channel]
-
-    def all_links(self) -> list[Link]:
-        with self.lock:
-            return list(self.links.values())
+        ))
 
     def close_links(self, channel: str, keep: set[LinkKey] | None = None, cid: str | None = None, orphan: bool = True) -> None:
         """Close ``channel``'s links (of consumer ``cid`` only, if given) except those in ``keep``.
@@ -284,11 +220,7 @@ class Dispatch:
         Args:
             orphan: hand back what they did not deliver (to send again), or drop it.
         """
-        with self.lock:
-            keys = [k for k in self.links if k[0] == channel and (cid is None or k[1] == cid) and (keep is None or k not in keep)]
-            closing = [self.links.pop(k) for k in keys]
-        for link in closing:
-            link.close(orphan=orphan)
+        self.links.close(channel, keep, cid, orphan)
 
     def forget(self, channel: str, cid: str | None) -> None:
         """Drop what this worker keeps to send to consumer ``cid`` of ``channel`` (``None``: every one), and its links.
@@ -301,37 +233,22 @@ class Dispatch:
         socket and a shared-memory arena here and a receiving thread on the
         consumer's worker.
         """
-        with self.lock:
-            boxes = [self.outboxes.pop(k) for k in [k for k in self.outboxes if k[0] == channel and (cid is None or k[1] == cid)]]
-        for box in boxes:
+        for box in self.outboxes.pop(channel, cid):
             box.clear()
-        self.close_links(channel, cid=cid, orphan=False)
+        self.links.close(channel, cid=cid, orphan=False)
 
     def close(self) -> None:
         """Teardown: close every link without handing anything back (and open no new one: see :meth:`link`)."""
-        with self.lock:
-            links = list(self.links.values())
-            self.links.clear()
-        for link in links:
-            link.close(orphan=False)
+        self.links.close(orphan=False)
 
     def forget_broken(self, key: LinkKey, link: Link) -> bool:
-        """Drop a link whose stream broke, once what it had not delivered is kept for a resend.
-
-        Waiting for that (the link's reader hands those messages to the outbox as
-        it winds up) keeps anything sent from now on, through a new stream, from
-        overtaking them: a consumer drops a message older than one it already
-        has from the same source as a duplicate.
+        """Drop a link whose stream broke, once what it had not delivered is kept for a resend (see ``LinkTable.drop_broken``).
 
         Returns:
             Whether the consumer is owed messages now (they must go before anything else).
         """
-        if not link.wound_up.wait(LINK_WIND_UP_TIMEOUT):
-            logger.warning("channel %r: the broken stream to %r did not wind up within %s s", key[0], key[1], LINK_WIND_UP_TIMEOUT)
-        with self.lock:
-            if self.links.get(key) is link:
-                del self.links[key]
-        return self.owes(key[0], key[1])
+        self.links.drop_broken(key, link)
+        return self.outboxes.owes(key[0], key[1])
 
     # -- what streams hand back -------------------------------------------------------------------
     def _adopt_orphans(self, key: OutboxKey, items: list[Item]) -> None:
@@ -347,19 +264,19 @@ class Dispatch:
             release_segments(items)  # a closed channel replays nothing; a lossy one loses what was in flight
             return
         if route is None:
-            box = self.outboxes.get(key)
+            box = self.outboxes.find(key)
             if box is None:
                 release_segments(items)  # forgotten: nobody will send these
                 return
         else:
-            box = self.outbox(route, key[1])
+            box = self.outboxes.get(route, key[1])
         box.adopt(items)
         if route is not None:
             self.resend_owed(route, key[1])
 
     def commit_received(self, key: OutboxKey, marks: dict[str, int]) -> None:
         """The consumer ``key`` stored a checkpoint covering ``marks``: stop keeping those messages."""
-        box = self.outboxes.get(key)
+        box = self.outboxes.find(key)
         if box is not None and box.commit(marks):
             self.on_drained(key[0])  # the last thing an ended producer's links were kept for
 
@@ -383,7 +300,7 @@ class Dispatch:
         for c in consumers:
             if cid is not None and c.cid != cid:
                 continue
-            box = self.outboxes.get((route.channel, c.cid))
+            box = self.outboxes.find((route.channel, c.cid))
             if box is None or not box.needs_resend(c.stream):
                 continue
             threading.Thread(
@@ -413,4 +330,4 @@ class Dispatch:
                 self.resend_owed(route, box.consumer)  # handed back after this thread's last look
 
 
-__all__ = ["Dispatch", "LINK_WIND_UP_TIMEOUT"]
+__all__ = ["Dispatch"]

@@ -376,7 +376,7 @@ class Endpoint(WorkerPlugin):
         for name, actor in list(self.actors.items()):
             if name != ending and any(p.channel == channel for p in getattr(actor, "outputs", {}).values()):
                 return
-        if self.dispatch.holds(channel):
+        if self.dispatch.outboxes.holds(channel):
             return
         with self._lock:
             self.routes.pop(channel, None)
@@ -484,7 +484,7 @@ class Endpoint(WorkerPlugin):
                 actors[name] = a.status_dict()
             except Exception as e:  # a broken status must not stop the reports
                 actors[name] = {"state": "unknown", "error": repr(e)}
-        for link in self.dispatch.all_links():
+        for link in self.dispatch.links.values():
             ch = channels.setdefault(link.channel, {"producers": {}, "consumers": {}})
             ch.setdefault("links", []).append(link.stats())
         return {"channels": channels, "actors": actors, "retire_at": self.retire_at}
@@ -493,7 +493,7 @@ class Endpoint(WorkerPlugin):
         if time.monotonic() - self._last_sweep > _SWEEP_EVERY:
             self._last_sweep = time.monotonic()
             shm.sweep_orphans()  # names left by a process killed mid-handshake
-        links = self.dispatch.all_links()
+        links = self.dispatch.links.values()
         idle = [link for link in links if link.give_back_idle_credits()]
         if idle:  # a write may block: not on the event loop
             threading.Thread(target=lambda: [link.wake() for link in idle], name="coupler-credits", daemon=True).start()

@@ -142,7 +142,7 @@ class Sender:
         """
         table, _, is_queue, _, consumers = route.decoded()
         if (
-            len(consumers) == 1 and not table["closed"] and not self.dispatch.owes(route.channel, consumers[0].cid)
+            len(consumers) == 1 and not table["closed"] and not self.dispatch.outboxes.owes(route.channel, consumers[0].cid)
             and not ((table["gone"] or table.get("moving")) and route.returning(self.delivery.lost_consumer_wait))
         ):
             # The common case -- one consumer, nothing owed to it, nobody away and expected
@@ -326,7 +326,7 @@ class Sender:
         channel = route.channel
         while True:
             table = route.table  # replaced, never changed, by a routing update: tells whether one came
-            waiting = self.dispatch.owing(channel)
+            waiting = self.dispatch.outboxes.owing(channel)
             if not waiting:
                 break
             spec = route.spec
@@ -367,7 +367,7 @@ class Sender:
                         until = route.expected_for(self.delivery.lost_consumer_wait)
                         with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
                             route.cond.wait(earliest(remaining, until))
-        for key, link in self.dispatch.links_of(channel):
+        for key, link in self.dispatch.links.items(channel):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 link.flush(remaining, cancel)

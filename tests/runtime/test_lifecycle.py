@@ -50,8 +50,8 @@ def _held(dask_worker: Any, channel: str, names: list[str]) -> dict[str, list[An
         "routes": [c for c in ep.routes if c == channel],
         "buffers": on(ep.buffers),
         "producers": on(ep.producers),
-        "links": on(ep.dispatch.links),
-        "outboxes": on(ep.dispatch.outboxes),
+        "links": sorted(str(k) for k, _ in ep.dispatch.links.items(channel)),
+        "outboxes": on(k for k, _ in ep.dispatch.outboxes.items()),
         # what the data port keeps of a channel to check its streams (spec, producers' epochs)
         "port_specs": [c for c in ep.listener.specs._specs if c == channel],
         "port_epochs": [c for c in ep.fence.marks_kept() if c == channel],
