@@ -31,8 +31,7 @@ class Producer(ActorHost):
     def teardown(self) -> None:
         # Its worker's links on the channel close after its end: keep their figures now.
         ep, channel = self.endpoint, self.outputs["out"].channel
-        with ep.dispatch.lock:
-            stats = [link.stats() for key, link in ep.dispatch.links.items() if key[0] == channel]
+        stats = [link.stats() for key, link in ep.dispatch.links.items(channel)]
         self.links_at_end = (sum(s["messages"] for s in stats), sum(s["shm_messages"] for s in stats))
 
     def link_figures(self) -> tuple[int, int]:

@@ -37,8 +37,7 @@ class Streamer(ActorHost):
         return self._final_links if self._final_links is not None else self._live_link_stats()
 
     def _live_link_stats(self) -> list[dict[str, Any]]:
-        with self.endpoint.dispatch.lock:
-            return [link.stats() for link in self.endpoint.dispatch.links.values()]
+        return [link.stats() for link in self.endpoint.dispatch.links.values()]
 
     def pid(self) -> int:
         return os.getpid()

@@ -9,7 +9,8 @@ Modules, one concept each:
   sharing, flush) over :mod:`~coupler.runtime.dataplane.dispatch` (one message to
   one consumer, after what it is owed), which keeps the worker's links in a
   ``link_table`` and its outboxes in an ``outbox_table``, and hands a message for
-  a consumer on its own worker to ``local_delivery``.
+  a consumer on its own worker to ``local_delivery``; ``flush`` waits until a
+  channel's messages from this worker were all accepted.
 - :mod:`~coupler.runtime.dataplane.outbox` (sans-IO): what one worker owes one
   consumer: its replay log, its owed messages, its incarnation, its resend.
 - :mod:`~coupler.runtime.dataplane.routing`: a worker's copy of a channel's routing

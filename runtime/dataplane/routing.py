@@ -16,6 +16,7 @@ from typing import Any
 from coupler.runtime.control.departure import Departure, Gone
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.cancel import Cancel, waking
+from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
@@ -196,6 +197,33 @@ class Route:
         return True
 
 
+def expected_back(route: Route, c: ConsumerRef, delivery: DeliveryConfig, deadline: float | None, cancel: Cancel | None) -> bool:
+    """After its stream broke: wait for the broker to take consumer ``c`` off the route.
+
+    On a ``Queue`` channel with retention a consumer whose worker died is
+    expected back (restarted by the supervisor); the send goes on once the
+    broker has confirmed the loss.
+
+    Args:
+        route: the channel's route.
+        c: the consumer whose stream broke.
+        delivery: delivery settings (retention, how long a lost consumer is waited for).
+        deadline: ``time.monotonic()`` of the send's deadline, or ``None``.
+        cancel: gives up the wait when set.
+
+    Returns:
+        Whether it left the route (it is kept for, and the send goes on). ``False``
+        (the send fails with :class:`ConsumerGone`) for other channels, or if the
+        route did not change within ``lost_consumer_wait`` (or by the deadline).
+    """
+    if not (route.is_queue and delivery.retain):
+        return False
+    limit = time.monotonic() + delivery.lost_consumer_wait
+    if deadline is not None:
+        limit = min(limit, deadline)
+    return route.wait_departure(c, limit, cancel)
+
+
 def earliest(a: float | None, b: float | None) -> float | None:
     """The smaller of two waits in seconds, ``None`` meaning no limit."""
     if a is None:
@@ -223,4 +251,4 @@ class ProducerStats:
         return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq, "dropped": self.dropped}
 
 
-__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route", "earliest"]
+__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route", "earliest", "expected_back"]

@@ -6,11 +6,11 @@ it (one gap-free sequence per source), and hands it to every consumer
 :class:`~coupler.runtime.dataplane.dispatch.Dispatch`. It runs in the calling
 actor's thread; it touches the worker's event loop only the first time a
 source uses a channel (to register with the broker, through ``register``).
+A flush is :mod:`~coupler.runtime.dataplane.flush`'s.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Any, Callable
 
@@ -18,16 +18,14 @@ import numpy as np
 
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.dispatch import Dispatch
-from coupler.runtime.dataplane.cancel import Cancel, waking
+from coupler.runtime.dataplane.flush import flush
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.fence import EPOCH_KEY
-from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route, earliest
+from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route, expected_back
 from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted, PartiallyDelivered
 from coupler.runtime.message import Spec, flatten
-
-logger = logging.getLogger(__name__)
-
 
 class Sender:
     """Sends of every producer on this worker.
@@ -168,7 +166,7 @@ class Sender:
                 except Reroute:
                     reroute = True
                 except ConsumerGone as e:
-                    if self._left_route(route, c, deadline, cancel):
+                    if expected_back(route, c, self.delivery, deadline, cancel):
                         reroute = True  # kept for it if it comes back (see Dispatch.keep_for_absent)
                     elif not is_queue:
                         # A lossy policy loses this consumer's copy, never the producer: skip the
@@ -261,22 +259,6 @@ class Sender:
                 time.sleep(backoff)
             backoff = min(2 * backoff, 0.02)
 
-    def _left_route(self, route: Route, c: ConsumerRef, deadline: float | None, cancel: Cancel | None) -> bool:
-        """After its stream broke: wait for the broker to take consumer ``c`` off the route.
-
-        On a ``Queue`` channel with retention a consumer whose worker died is
-        expected back (restarted by the supervisor); the send goes on once the
-        broker has confirmed the loss. Returns ``False`` (the send fails with
-        :class:`ConsumerGone`) for other channels, or if the route did not change
-        within ``lost_consumer_wait`` (or the send's deadline).
-        """
-        if not (route.is_queue and self.delivery.retain):
-            return False
-        limit = time.monotonic() + self.delivery.lost_consumer_wait
-        if deadline is not None:
-            limit = min(limit, deadline)
-        return route.wait_departure(c, limit, cancel)
-
     def next_seq(self, channel: str, source: str) -> int:
         """The sequence number ``source``'s next message on ``channel`` will carry (for checkpoints)."""
         stats = self.producers.get((channel, source))
@@ -300,9 +282,7 @@ class Sender:
             stats.last_seq = stats.next_seq - 1
 
     def flush(self, channel: str, timeout: float | None = None, cancel: Cancel | None = None) -> None:
-        """Wait until every message sent on ``channel`` from this worker was accepted.
-
-        Messages kept for a moving consumer are delivered first (this waits for it).
+        """Wait until every message sent on ``channel`` from this worker was accepted (see :func:`~coupler.runtime.dataplane.flush.flush`).
 
         Raises:
             ChannelTimeout: not everything was accepted within ``timeout``.
@@ -310,74 +290,9 @@ class Sender:
             ConsumerGone: a consumer left for good with messages it had not accepted.
             ChannelClosed: the channel was closed.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
         route = self.routes.get(channel)
-        if route is None:
-            return
-        while not self._flush_pass(route, deadline, timeout, cancel):
-            pass  # a stream broke: what it had not delivered is kept again, so deliver that first
-
-    def _flush_pass(self, route: Route, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> bool:
-        """One flush pass: deliver what is owed, then wait for every link's acknowledgements.
-
-        Returns:
-            False if a link's stream broke while its consumer stays (the pass must be made again).
-        """
-        channel = route.channel
-        while True:
-            table = route.table  # replaced, never changed, by a routing update: tells whether one came
-            waiting = self.dispatch.outboxes.owing(channel)
-            if not waiting:
-                break
-            spec = route.spec
-            assert spec is not None
-            consumers = {c.cid: c for c in self._consumers(route, deadline, timeout, cancel)}
-            gone = {g.consumer for g in route.gone} - route.returning(self.delivery.lost_consumer_wait)
-            progressed = False
-            for box in waiting:
-                c = consumers.get(box.consumer)
-                if c is None and box.consumer in gone:
-                    n = box.drop_owed()
-                    logger.warning("channel %r: dropping %d messages kept for consumer %r, which left for good", channel, n, box.consumer)
-                    progressed = True
-                elif c is not None:
-                    item = box.head()
-                    if item is None:
-                        continue
-                    try:
-                        self.dispatch.deliver_one(route, spec, c, item.header, item.payload_leaves(spec), deadline, cancel)
-                    except Reroute:
-                        continue
-                    except ConsumerGone:
-                        if self._left_route(route, c, deadline, cancel):
-                            continue  # lost: kept for its successor, which the next pass waits for
-                        raise
-                    box.sent(item)
-                    progressed = True
-            if not progressed:
-                if deadline is not None and time.monotonic() > deadline:
-                    raise ChannelTimeout(f"channel {channel!r}: the consumers kept for resend did not come back within {timeout} s")
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("flush interrupted: the actor is stopping")
-                # Only a routing update (the consumer is back, or gone for good), the end of the
-                # lost consumer's wait, the deadline or the cancel can change that: wait for one.
-                with route.cond, waking(cancel, route.cond):
-                    if route.table is table and not (cancel is not None and cancel.is_set()):
-                        remaining = None if deadline is None else deadline - time.monotonic()
-                        until = route.expected_for(self.delivery.lost_consumer_wait)
-                        with waits.waiting(WaitKind.RETURN, channel, ", ".join(b.consumer for b in waiting)):
-                            route.cond.wait(earliest(remaining, until))
-        for key, link in self.dispatch.links.items(channel):
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                link.flush(remaining, cancel)
-            except ConsumerGone:
-                if link.closing:
-                    raise
-                if self.dispatch.forget_broken(key, link):
-                    return False
-                # Nothing is owed: the consumer accepted all of it before the stream broke.
-        return True
+        if route is not None:
+            flush(self.dispatch, route, self.delivery, timeout, cancel)
 
 
 __all__ = ["Sender"]

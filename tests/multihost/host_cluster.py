@@ -155,8 +155,7 @@ class HostCluster:
             from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 
             ep = dask_worker.plugins[ENDPOINT_NAME]
-            with ep.dispatch.lock:
-                return [dict(link.stats(), peer=key) for key, link in ep.dispatch.links.items()]
+            return [dict(link.stats(), peer=key) for key, link in ep.dispatch.links.items()]
 
         return self.coupling.client.run(stats)
 

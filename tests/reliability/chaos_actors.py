@@ -62,8 +62,7 @@ class Simulator(ActorHost):
     def teardown(self) -> None:
         # Its links close after its end (nothing else on its worker sends on them): count them now.
         ep, channel = self.endpoint, self.outputs["out"].channel
-        with ep.dispatch.lock:
-            self.shm_messages = sum(link.stats()["shm_messages"] for key, link in ep.dispatch.links.items() if key[0] == channel)
+        self.shm_messages = sum(link.stats()["shm_messages"] for key, link in ep.dispatch.links.items(channel))
 
     def step(self) -> bool:
         if self.i >= self.n:
