@@ -40,7 +40,7 @@ Thread model (one worker process):
 
 - *Actor run-loop threads* (one per actor) call ``send`` and ``receive``. A send
   runs the delivery in the calling thread: it writes to the link's socket itself
-  when no other thread is writing (the "writer role", ``Link._pump``).
+  when no other thread is writing (the "writer role", ``Link.pump``).
 - *The worker's event loop* runs broker calls (attach, detach, routing), applies
   routing updates pushed by the broker, and the periodic report.
 - Per link, one *acknowledgement reader* thread (``coupler-acks-*``, ``acks.AckReader``) reads the

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 
 class Link(Protocol):
-    """What the reader uses of its :class:`~coupler.runtime.dataplane.link.Link` (which imports this module)."""
+    """What the reader (and ``link_waits``) use of a :class:`~coupler.runtime.dataplane.link.Link` (which imports both)."""
 
     channel: str
     consumer: str
@@ -52,10 +52,14 @@ class Link(Protocol):
     wound_up: threading.Event
     on_commit: Callable[[dict[str, int]], None] | None
     on_orphans: Callable[[list[Item]], None] | None
+    queue: bool
+    writing: bool
 
-    def _pump(self) -> None: ...
+    def pump(self) -> None: ...
 
-    def _fail(self, error: Exception) -> None: ...
+    def raise_if_failed(self) -> None: ...
+
+    def fail(self, error: Exception) -> None: ...
 
 
 class AckReader:
@@ -108,7 +112,7 @@ class AckReader:
                     link.cond.notify_all()
                 if more and not refused:
                     more = False
-                    link._pump()
+                    link.pump()
         except (OSError, wire.StreamClosed) as e:
             with link.lock:
                 if not link.closing and link.error is None:
@@ -117,7 +121,7 @@ class AckReader:
                 link.cond.notify_all()
         except Exception as e:  # a protocol bug: fail loudly rather than hang producers
             logger.exception("coupler link %s -> %s failed", link.channel, link.consumer)
-            link._fail(ConsumerGone(f"channel {link.channel!r}: stream to {link.consumer!r} failed: {e!r}"))
+            link.fail(ConsumerGone(f"channel {link.channel!r}: stream to {link.consumer!r} failed: {e!r}"))
         self.finish(orphan=link.orphan_on_close)
 
     def _acked(self, n: int) -> None:

@@ -4,11 +4,12 @@ A link is a TCP connection (TLS when the cluster uses it) straight to the
 consumer's worker, opened on the first message and kept for the channel's
 life. Every producer on this worker that sends to that consumer shares it.
 
-- **Pipelined and coalesced.** ``submit`` only queues the message and wakes
-  the link's sender thread, which writes everything queued meanwhile as one
-  batch (one header, one payload with one block per field). Nothing waits for
-  the consumer's reply, so small messages stream at socket speed while the
-  latency of a lone message stays one write. Order is the queue's order.
+- **Pipelined and coalesced.** ``submit`` queues the message, and the
+  producer's own thread writes it unless another thread holds the writer role;
+  that writer writes everything queued meanwhile as one batch (one header, one
+  payload with one block per field). Nothing waits for the consumer's reply, so
+  small messages stream at socket speed while the latency of a lone message
+  stays one write. Order is the queue's order.
 - **Credits (Queue channels).** The consumer grants the link slots of its
   bounded queue; a message is queued only against a credit, so the consumer
   never holds more than ``maxsize`` and a full queue makes ``submit`` wait
@@ -29,6 +30,7 @@ life. Every producer on this worker that sends to that consumer shares it.
   the consumer that takes its place.
 
 Its parts: :mod:`~coupler.runtime.dataplane.dial` opens the stream,
+:mod:`~coupler.runtime.dataplane.link_waits` holds its two waits (for room, for acknowledgements),
 :mod:`~coupler.runtime.dataplane.staging` makes each message the link's own
 (copies, segments), the sans-IO :mod:`~coupler.runtime.dataplane.window` holds
 the protocol's state, :func:`write_frame` writes what the window chose (in the
@@ -49,14 +51,15 @@ import numpy as np
 
 from coupler.runtime.dataplane import auth, waits, wire
 from coupler.runtime.dataplane.acks import AckReader, shutdown_quietly
-from coupler.runtime.dataplane.cancel import Cancel, waking
+from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.dataplane.dial import dial
+from coupler.runtime.dataplane.link_waits import take_room, wait_acknowledged
 from coupler.runtime.dataplane.payloads import Item
 from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.dataplane.staging import Staging
-from coupler.runtime.dataplane.window import Frame, Room, SendWindow
-from coupler.runtime.errors import ChannelTimeout, ConsumerGone, Interrupted
+from coupler.runtime.dataplane.window import Frame, SendWindow
+from coupler.runtime.errors import ConsumerGone
 from coupler.runtime.message import Spec
 
 if TYPE_CHECKING:  # the link only passes its log the items it queues
@@ -128,7 +131,7 @@ class Link:
         self.lock = threading.RLock()
         self.cond = threading.Condition(self.lock)
         self.window = SendWindow(queue=queue, maxsize=maxsize, config=config)  # the protocol's state (sans-IO)
-        self.writing = False  # a thread holds the writer role (see _pump)
+        self.writing = False  # a thread holds the writer role (see pump)
         self.error: Exception | None = None
         self.closing = False
         self.orphan_on_close = True
@@ -171,7 +174,7 @@ class Link:
         item = None if large else self.staging.small_item(header, leaves, nbytes)
         window = self.window
         with self.lock:
-            self._take_room(nbytes, deadline, timeout, cancel)
+            take_room(self, nbytes, deadline, timeout, cancel)
             window.reserve(nbytes)
             if item is not None:
                 if self.log is not None:  # before it is queued: a failed stream hands on what the log holds
@@ -192,66 +195,20 @@ class Link:
         with self.lock:
             # It was prepared without the lock: the link may have failed meanwhile, and
             # then nothing would hand this item on (the caller gets the error instead).
-            self._raise_if_failed()
+            self.raise_if_failed()
             if self.log is not None:
                 if item.written is None:
                     self.log.keep(item)
                 else:  # the producer's own arrays go on the wire (the log was full when it was prepared)
                     self.log.missed(item.header)
             window.queue_item(item)
-        self._pump()
+        self.pump()
         if item.written is not None:
             while not item.written.wait(0.05):
                 with self.lock:
-                    self._raise_if_failed()
+                    self.raise_if_failed()
 
-    def _take_room(self, nbytes: int, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> None:
-        """Take a credit (``Queue``) or window room for a message of ``nbytes``; wait while there is none.
-
-        Call with the lock held. A wait is noted (see :mod:`~coupler.runtime.dataplane.waits`) only
-        once the send blocks.
-
-        Raises:
-            ChannelTimeout: no room by ``deadline``.
-            Interrupted: ``cancel`` was set.
-            ConsumerGone: the link failed (or ChannelClosed).
-        """
-        window = self.window
-        self._raise_if_failed()
-        if window.room(nbytes) is Room.TAKEN:  # the common case, without the wait's set-up
-            return
-        outer: Any = False
-        try:
-            with waking(cancel, self.cond):
-                while True:
-                    self._raise_if_failed()
-                    room = window.room(nbytes)
-                    if room is Room.TAKEN:
-                        return
-                    if room is Room.ASK and not self.writing:
-                        self.cond.release()  # write the request for credits, then look again
-                        try:
-                            self._pump()
-                        finally:
-                            self.cond.acquire()
-                        continue
-                    remaining = None if deadline is None else deadline - time.monotonic()
-                    if remaining is not None and remaining <= 0:
-                        why = "its queue is full: back-pressure" if self.queue else "too many bytes in flight"
-                        raise ChannelTimeout(
-                            f"channel {self.channel!r}: consumer {self.consumer!r} did not accept the message "
-                            f"within the timeout ({why})"
-                        )
-                    if cancel is not None and cancel.is_set():
-                        raise Interrupted("send interrupted: the actor is stopping")
-                    if outer is False:
-                        outer = waits.begin(WaitKind.ROOM, self.channel, self.consumer)
-                    self.cond.wait(remaining)  # credits, acknowledgements, a failure and the cancel notify
-        finally:
-            if outer is not False:
-                waits.end(outer)
-
-    def _raise_if_failed(self) -> None:
+    def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
         if self.dead or self.closing:
@@ -267,34 +224,14 @@ class Link:
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         with waits.waiting(WaitKind.ACCEPTANCE, self.channel, self.consumer):
-            self._wait_acknowledged(deadline, timeout, cancel)
+            wait_acknowledged(self, deadline, timeout, cancel)
         with self.lock:
             if self.error is not None:
                 raise self.error
             w = self.window
             if self.queue and (w.credits or w.want) and not w.pending:
                 w.return_credits()  # idle now: other producers of this queue can have the slots
-        self._pump()
-
-    def _wait_acknowledged(self, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> None:
-        """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
-        while True:
-            with self.lock:
-                if self.window.drained or self.error is not None or self.dead:
-                    break
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    raise ChannelTimeout(f"channel {self.channel!r}: consumer {self.consumer!r} did not take everything within {timeout} s")
-                if cancel is not None and cancel.is_set():
-                    raise Interrupted("flush interrupted: the actor is stopping")
-                # Everything is written, but the last batch did not ask for an acknowledgement: ask now.
-                sync = self.window.ask_sync()
-                if not sync:
-                    with waking(cancel, self.cond):
-                        if cancel is None or not cancel.is_set():  # again, now that a cancel would notify
-                            self.cond.wait(remaining)
-            if sync:
-                self._pump()
+        self.pump()
 
     def give_back_idle_credits(self) -> bool:
         """Give back the credits of a producer that queued nothing since the last call; whether any went back.
@@ -310,7 +247,7 @@ class Link:
 
     def wake(self) -> None:
         """Write what waits to be written (messages, or a credit return), unless another thread is at it."""
-        self._pump()
+        self.pump()
 
     def close(self, orphan: bool = True) -> None:
         """Stop sending (the consumer left or the channel's route changed); give back what is left.
@@ -327,7 +264,7 @@ class Link:
         # The writer says goodbye; the consumer acknowledges what it accepted and
         # closes; the reader then sees the end and hands back the rest. In a thread
         # of its own: close() runs on the worker's event loop, which must not block.
-        threading.Thread(target=self._pump, name="coupler-link-bye", daemon=True).start()
+        threading.Thread(target=self.pump, name="coupler-link-bye", daemon=True).start()
 
     # -- the link's threads --------------------------------------------------------------------
     def _claim_writer(self) -> bool:
@@ -337,7 +274,7 @@ class Link:
         self.writing = True
         return True
 
-    def _pump(self) -> None:
+    def pump(self) -> None:
         """Write what is pending, as the link's single writer; return at once if another thread is it.
 
         Producer threads write themselves instead of waking a sender thread: one
@@ -381,7 +318,7 @@ class Link:
         except OSError as e:
             with self.lock:
                 self.writing = False
-            self._fail(ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})"))
+            self.fail(ConsumerGone(f"channel {self.channel!r}: lost the stream to consumer {self.consumer!r} ({e})"))
 
     def stats(self) -> dict[str, Any]:
         """Counters of this link, for reports and tests."""
@@ -391,7 +328,7 @@ class Link:
                 "shm_messages": self.shm_messages, "ack_frames": self.acks.frames, "recycled": self.staging.recycled,
             }
 
-    def _fail(self, error: Exception) -> None:
+    def fail(self, error: Exception) -> None:
         with self.lock:
             if self.error is None:
                 self.error = error
