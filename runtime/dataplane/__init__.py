@@ -3,8 +3,12 @@
 Modules, one concept each:
 
 - :mod:`~coupler.runtime.dataplane.endpoint`: the worker plugin that assembles the
-  parts below and connects them to the broker (routing updates, attach/detach,
-  commits, reports).
+  parts below and connects them to the broker (routing updates, commits). Its
+  own parts: ``consumers`` (attaching and detaching the consumers on the worker),
+  ``retention`` (dropping a channel's routes, links and outboxes once nothing
+  needs them), ``takes`` (gathering a restarted merging actor's takes from its
+  consumers' workers), ``report`` (the periodic report to the broker) and
+  ``security`` (TLS as the Dask comm has it; the cluster's stream secret).
 - :mod:`~coupler.runtime.dataplane.sender` (sequence numbers, broadcast, work
   sharing, flush) over :mod:`~coupler.runtime.dataplane.dispatch` (one message to
   one consumer, after what it is owed), which keeps the worker's links in a

@@ -40,7 +40,7 @@ from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.launch.cluster import make_tls_files
 from coupler.runtime.coupling import Coupling
-from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME, Endpoint
+from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 from coupler.runtime.errors import ConsumerGone
 from coupler.runtime.dataplane.dial import probe_segment
 from coupler.runtime.dataplane.link import Link
@@ -48,6 +48,7 @@ from coupler.runtime.dataplane.settings import TransportConfig
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Queue
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
+from coupler.runtime.dataplane.security import ssl_contexts
 
 cloudpickle.register_pickle_by_value(chaos_actors)
 
@@ -424,7 +425,7 @@ def tls_files(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_the_data_port_uses_tls_whenever_the_dask_comm_is_secured(tls_files: Any, scheme: str) -> None:
     files = tls_files
     security = Security(tls_ca_file=files.ca_file, tls_worker_cert=files.cert, tls_worker_key=files.key, require_encryption=True)
-    server, client = Endpoint._ssl_contexts(SimpleNamespace(address=f"{scheme}://127.0.0.1:1", security=security))
+    server, client = ssl_contexts(SimpleNamespace(address=f"{scheme}://127.0.0.1:1", security=security))
     secured = scheme in ("tls", "wss")
     assert isinstance(server, ssl.SSLContext) is secured and isinstance(client, ssl.SSLContext) is secured
 
