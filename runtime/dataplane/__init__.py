@@ -24,7 +24,8 @@ Modules, one concept each:
   :mod:`~coupler.runtime.dataplane.receiver` (consumer side): one stream per
   (channel, consumer, producing worker). A link's parts: ``dial`` (opening the
   stream), ``staging`` (its copies and segments), ``window`` (sans-IO: credits,
-  batching, acknowledgements) and ``acks`` (the thread reading the stream back).
+  batching, acknowledgements), ``link_waits`` (waiting for room and for
+  acknowledgements) and ``acks`` (the thread reading the stream back).
 - :mod:`~coupler.runtime.dataplane.fence` (sans-IO): producer instances' epochs, and the
   rule by which a consumer's worker refuses a replaced instance once its successor delivered.
 - :mod:`~coupler.runtime.dataplane.wire`: framing and the checks of every frame.
