@@ -13,7 +13,12 @@ The reader applies each frame to the link's :class:`~coupler.runtime.dataplane.w
 under the link's lock, wakes waiting senders, and writes what became sendable.
 When the stream ends (refused, closed, broken) it ends the link
 (:meth:`AckReader.finish`): what the consumer did not accept goes to the link's
-``on_orphans``, in order.
+``on_orphans``, in order -- except the messages of producers refused as
+``fenced``. Their instances were replaced, and their successors send those
+messages again from their checkpoints: resent from here, they would only be
+refused again, through a new stream each time, for as long as the old instance
+lived. They are dropped, and ``on_fenced`` names those producers (and the
+epoch refused) so that their later sends fail at once.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import threading
 from typing import Callable, Protocol
 
 from coupler.runtime.dataplane import wire
+from coupler.runtime.dataplane.fence import epoch_of
 from coupler.runtime.dataplane.payloads import Item, detach_leaves, release_segments
 from coupler.runtime.dataplane.staging import Staging
 from coupler.runtime.dataplane.window import SendWindow
@@ -52,6 +58,8 @@ class Link(Protocol):
     wound_up: threading.Event
     on_commit: Callable[[dict[str, int]], None] | None
     on_orphans: Callable[[list[Item]], None] | None
+    on_fenced: Callable[[dict[str, int]], None] | None
+    fenced_sources: dict[str, int]
     queue: bool
     writing: bool
 
@@ -80,6 +88,7 @@ class AckReader:
         link = self.link
         try:
             refused = more = False
+            fenced: dict[str, int] = {}
             while not refused:
                 kind, h, _ = link.reader.read()
                 if kind == wire.GRANT and "commit" in h and link.on_commit is not None:
@@ -102,6 +111,10 @@ class AckReader:
                             if status == "closed":
                                 link.error = ChannelClosed(f"channel {link.channel!r} is closed; consumer {link.consumer!r} refused messages")
                             elif status == "fenced":
+                                # The refused batch's producers were replaced: what they sent is their
+                                # successors' to send, never this worker's to resend (see finish).
+                                fenced = refused_sources(window.inflight[0].items if window.inflight else [])
+                                link.fenced_sources = fenced
                                 link.error = Fenced(
                                     f"channel {link.channel!r}: consumer {link.consumer!r} refused this worker's messages: the "
                                     f"broker places their producer on another worker (this instance was replaced)"
@@ -110,6 +123,8 @@ class AckReader:
                                 link.error = ConsumerGone(f"channel {link.channel!r}: consumer {link.consumer!r} has detached")
                             link.dead = refused = True
                     link.cond.notify_all()
+                if fenced and link.on_fenced is not None:
+                    link.on_fenced(fenced)
                 if more and not refused:
                     more = False
                     link.pump()
@@ -144,6 +159,13 @@ class AckReader:
             link.cond.notify_all()
         shutdown_quietly(link.sock)
         link.sock.close()
+        if link.fenced_sources:  # a replaced producer's messages: dropped (the module docstring says why)
+            dropped = [it for it in left if it.header["source"] in link.fenced_sources]
+            left = [it for it in left if it.header["source"] not in link.fenced_sources]
+            for it in dropped:
+                if it.written is not None:
+                    it.written.set()
+            release_segments(dropped)
         handing_on = bool(left and orphan and link.on_orphans is not None)
         for it in left:
             if it.written is not None and not it.written.is_set():
@@ -159,6 +181,15 @@ class AckReader:
             link.on_orphans(left)
         link.staging.close()
         link.wound_up.set()
+
+
+def refused_sources(items: list[Item]) -> dict[str, int]:
+    """The producers of a batch refused as ``fenced``, with the highest epoch of theirs it held (0: a first instance)."""
+    out: dict[str, int] = {}
+    for it in items:
+        src = it.header["source"]
+        out[src] = max(out.get(src, 0), epoch_of(it.header["meta"]))
+    return out
 
 
 def shutdown_quietly(sock: socket.socket) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 from coupler.runtime.dataplane.auth import StreamKey
 from coupler.runtime.dataplane.buffers import ConsumerBuffer
 from coupler.runtime.dataplane.cancel import Cancel
-from coupler.runtime.dataplane.fence import Fence
+from coupler.runtime.dataplane.fence import Fence, Refusals
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.link_table import LinkKey, LinkTable
 from coupler.runtime.dataplane.local_delivery import deliver_here
@@ -72,6 +72,7 @@ class Dispatch:
         self.fence = fence
         self.links = LinkTable()
         self.outboxes = OutboxTable(delivery)
+        self.refusals = Refusals()  # producer instances a consumer refused as replaced: their sends fail at once
 
     # -- what is kept for consumers ---------------------------------------------------------------
     def frozen(self, route: Route, leaves: list[np.ndarray]) -> list[np.ndarray]:
@@ -125,6 +126,8 @@ class Dispatch:
             ChannelTimeout: no room by ``deadline``.
             Interrupted: ``cancel`` was set.
         """
+        if self.refusals:
+            self.refusals.check(route.channel, header)
         box = self.catch_up(route, spec, c, deadline, cancel)
         kept = None
         if box.log is not None and c.worker == self.address():
@@ -211,6 +214,7 @@ class Dispatch:
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self.ssl_context,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
             on_commit=lambda marks, k=(route.channel, c.cid): self.commit_received(k, marks), key=self.key,
+            on_fenced=lambda sources, ch=route.channel: self.refusals.note(ch, sources),
             log=box.log, origin=self.address(),
         ))
 
@@ -235,6 +239,8 @@ class Dispatch:
         """
         for box in self.outboxes.pop(channel, cid):
             box.clear()
+        if cid is None:
+            self.refusals.forget(channel)
         self.links.close(channel, cid=cid, orphan=False)
 
     def close(self) -> None:

@@ -38,6 +38,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from coupler.runtime.errors import Fenced
+
 #: The metadata key under which a message carries its producer instance's epoch (absent: 0).
 EPOCH_KEY = "coupler.epoch"
 
@@ -175,4 +177,45 @@ class Fence:
             self._marks.pop(channel, None)
 
 
-__all__ = ["EPOCH_KEY", "Fence", "Stamp", "epoch_of", "judge", "stamps"]
+class Refusals:
+    """The producer side: instances on this worker that a consumer refused as replaced.
+
+    A refused instance's later messages fail at once with :class:`Fenced`
+    instead of opening stream after stream that the consumer refuses again; a
+    later instance of the same producer (a higher epoch, restarted here) sends.
+    Written by links' reading threads and read by senders: single dict reads and
+    writes, atomic under the GIL.
+    """
+
+    def __init__(self) -> None:
+        self._epochs: dict[tuple[str, str], int] = {}  # (channel, source) -> the highest epoch refused
+
+    def __bool__(self) -> bool:
+        return bool(self._epochs)
+
+    def note(self, channel: str, sources: Mapping[str, int]) -> None:
+        """A consumer refused these producers of ``channel`` (source -> the epoch it refused)."""
+        for src, epoch in sources.items():
+            key = (channel, src)
+            self._epochs[key] = max(self._epochs.get(key, 0), epoch)
+
+    def check(self, channel: str, header: Mapping[str, Any]) -> None:
+        """Refuse a message of an instance at or below the epoch refused.
+
+        Raises:
+            Fenced: the message's producer instance was replaced.
+        """
+        refused = self._epochs.get((channel, header["source"]))
+        if refused is not None and epoch_of(header["meta"]) <= refused:
+            raise Fenced(
+                f"channel {channel!r}: producer {header['source']!r} was replaced (a consumer refused its epoch "
+                f"{refused}); its successor sends from its checkpoint"
+            )
+
+    def forget(self, channel: str) -> None:
+        """Drop what is known of ``channel`` (it closed, or nothing on this worker produces on it any more)."""
+        for key in [k for k in list(self._epochs) if k[0] == channel]:
+            self._epochs.pop(key, None)
+
+
+__all__ = ["EPOCH_KEY", "Fence", "Refusals", "Stamp", "epoch_of", "judge", "stamps"]

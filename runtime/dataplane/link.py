@@ -88,6 +88,8 @@ class Link:
         on_orphans: gets, in order, the messages the consumer did not accept.
         on_commit: gets the consumer's commits (source -> highest seq its stored
             checkpoint covers), for the producer to stop keeping those messages.
+        on_fenced: gets the producers the consumer refused as replaced (source -> the
+            epoch refused); their messages are dropped, not handed to ``on_orphans``.
         key: the cluster's stream secret (the consumer's worker refuses a stream without it).
         log: the consumer's replay log (at-least-once retention), or ``None``. Each
             message goes into it as the link queues it, as the link's own item: the
@@ -119,6 +121,7 @@ class Link:
         ssl_context: ssl.SSLContext | None = None,
         on_orphans: OrphanFn | None = None,
         on_commit: CommitFn | None = None,
+        on_fenced: Callable[[dict[str, int]], None] | None = None,
         key: auth.StreamKey,
         log: ReplayLog | None = None,
         origin: str = "",
@@ -126,6 +129,8 @@ class Link:
         self.channel, self.consumer, self.stream, self.spec = channel, consumer, stream, spec
         self.log = log
         self.queue, self.config, self.on_orphans, self.on_commit = queue, config, on_orphans, on_commit
+        self.on_fenced = on_fenced
+        self.fenced_sources: dict[str, int] = {}  # producers the consumer refused as replaced (source -> epoch)
         # Held with `with self.lock` (a C-level enter/exit; a Condition's are Python calls, and the
         # lock is taken several times per message); `cond` waits and notifies on the same lock.
         self.lock = threading.RLock()

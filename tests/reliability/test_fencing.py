@@ -36,10 +36,10 @@ from coupler.runtime.control.broker import Broker
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.dataplane.dispatch import Dispatch
-from coupler.runtime.dataplane.fence import EPOCH_KEY, Fence, epoch_of, judge, stamps
+from coupler.runtime.dataplane.fence import EPOCH_KEY, Fence, Refusals, epoch_of, judge, stamps
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener
-from coupler.runtime.dataplane.routing import Route
+from coupler.runtime.dataplane.routing import Reroute, Route
 from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
 from coupler.runtime.errors import ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import Message, Spec
@@ -413,3 +413,64 @@ def test_a_replaced_consumer_s_late_detach_leaves_its_successor_attached() -> No
 def test_a_fenced_link_fails_for_good_and_is_not_taken_for_a_departed_consumer() -> None:
     """Fenced is not ConsumerGone: a sender must not wait for the consumer to come back, or resend elsewhere."""
     assert not issubclass(Fenced, ConsumerGone)
+
+
+def test_a_fenced_instance_s_refused_messages_are_not_resent_and_its_later_sends_fail_at_once(
+    port: tuple[Listener, QueueBuffer, StreamKey, Fence],
+) -> None:
+    """What a replaced instance sent is its successor's to send: refused once, never resent through new streams.
+
+    Before, the refused batch and what followed it went back to the consumer's
+    outbox as if the stream had broken; a resend thread then opened a new stream,
+    was refused again, and so on for as long as the old instance lived (and its
+    next send opened yet another stream instead of raising ``Fenced``).
+    """
+    lst, buf, key, fence = port
+    _send_here(fence, buf, "sim", 0, 1)  # the successor (epoch 1) has delivered on the consumer's worker
+    dispatch = Dispatch(
+        address=lambda: A, buffers={}, routes={}, config=TransportConfig(shared_memory=False),
+        delivery=DeliveryConfig(), host="a", ssl_context=None, key=key, closing=threading.Event(), on_drained=lambda ch: None,
+    )
+    table = {"channel": CHANNEL, "policy": {"kind": "queue", "maxsize": 64}, "spec": SPEC.to_wire(), "closed": False,
+             "consumers": [[CONSUMER, B, lst.address, "b"]], "gone": [], "moving": [], "producers": {}, "version": 1}
+    route = Route(CHANNEL, table)
+    dispatch.routes[CHANNEL] = route
+    consumer = route.consumers[0]
+
+    def deliver(seq: int) -> None:
+        for _ in range(100):  # as Sender does: a broken stream reroutes, after what it owed
+            try:
+                dispatch.deliver(route, SPEC, consumer, _header("sim", seq, 0), [np.full(4, seq, np.float64)], time.monotonic() + 10, None)
+                return
+            except Reroute:
+                continue
+        raise AssertionError(f"seq {seq}: rerouted 100 times")
+
+    with pytest.raises(Fenced):  # the refusal comes back with an acknowledgement: some send after it sees it
+        for seq in range(5, 200):
+            deliver(seq)
+            time.sleep(0.005)
+    refused = fence.fenced
+    for seq in range(200, 205):
+        with pytest.raises(Fenced):
+            deliver(seq)
+    time.sleep(0.5)  # a resend thread, if one were started, would have come back by now
+    assert fence.fenced == refused, f"the old instance was refused {fence.fenced - refused} more times after it knew"
+    assert not any(box.owes for box in dispatch.outboxes.values()), "a fenced instance's messages are kept to resend"
+    assert _drain(buf) == [("sim", 0)]
+    dispatch.close()
+
+
+def test_a_refusal_fails_that_instance_and_older_ones_not_a_later_one_nor_other_producers() -> None:
+    refusals = Refusals()
+    assert not refusals
+    refusals.note(CHANNEL, {"sim": 1})
+    for epoch in (0, 1):
+        with pytest.raises(Fenced):
+            refusals.check(CHANNEL, _header("sim", 9, epoch))
+    refusals.check(CHANNEL, _header("sim", 9, 2))  # restarted here later: it sends
+    refusals.check(CHANNEL, _header("other", 9, 0))
+    refusals.check("another-channel", _header("sim", 9, 0))
+    refusals.forget(CHANNEL)
+    refusals.check(CHANNEL, _header("sim", 9, 0))
+    assert not refusals
