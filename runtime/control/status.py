@@ -309,14 +309,20 @@ class MetricHistory:
 
 
 def _jax_started() -> bool:
-    """Whether this process has started a JAX backend (imported is not enough: modules import JAX freely)."""
-    if "jax" not in sys.modules:
-        return False
-    try:
-        from jax._src import xla_bridge  # no public way to ask without starting a backend
+    """Whether this process has started a JAX backend (imported is not enough: modules import JAX freely).
 
-        return bool(xla_bridge.backends_are_initialized())
-    except (ImportError, AttributeError):
+    It imports nothing: a status call runs on the worker's event loop while an
+    actor's thread may be importing JAX, and a second thread importing JAX's
+    modules meanwhile made that import fail ("partially initialized module
+    'jax._src.xla_bridge'", seen when an actor's ``setup`` imported JAX).
+    """
+    xb = sys.modules.get("jax._src.xla_bridge")
+    if xb is None or getattr(getattr(xb, "__spec__", None), "_initializing", False):
+        return False
+    started = getattr(xb, "backends_are_initialized", None)  # no public way to ask without starting a backend
+    try:
+        return bool(started()) if callable(started) else False
+    except Exception:  # a broken backend must not break a status report
         return False
 
 
