@@ -16,7 +16,7 @@ from coupler.runtime.dataplane.buffers import ConsumerBuffer, make_buffer
 from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.dataplane.receiver import Listener
 from coupler.runtime.message import Message
-from coupler.runtime.policies import policy_from_wire
+from coupler.runtime.control.routing_table import RoutingTable
 
 Broker = Callable[..., Awaitable[dict[str, Any]]]
 
@@ -59,17 +59,17 @@ class LocalConsumers:
         Raises:
             UnknownChannel: if the channel was never declared.
         """
-        table = await self.broker("coupler_routing", name=channel)
-        buf = make_buffer(channel, policy_from_wire(table["policy"]))
+        table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel))
+        buf = make_buffer(channel, table.policy)
         buf.consumer = consumer
         if preload:
             buf.preload(preload)
         self.buffers[(channel, consumer)] = buf  # before the broker tells producers
-        table = await self.broker(
+        table = RoutingTable.from_wire(await self.broker(
             "coupler_attach", name=channel, role="consumer", ident=consumer, address=self.address(),
             stream=self.listener.address, host=self.host,
-        )
-        if table["closed"]:
+        ))
+        if table.closed:
             buf.close()
         return buf
 

@@ -33,7 +33,8 @@ from coupler.runtime.dataplane.local_delivery import deliver_here
 from coupler.runtime.dataplane.outbox import Outbox
 from coupler.runtime.dataplane.outbox_table import OutboxKey, OutboxTable
 from coupler.runtime.dataplane.payloads import Item, frozen_leaves, release_segments
-from coupler.runtime.dataplane.routing import ConsumerRef, Reroute, Route
+from coupler.runtime.control.routing_table import ConsumerRef
+from coupler.runtime.dataplane.routing import Reroute, Route
 from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
 from coupler.runtime.errors import ChannelClosed, ConsumerGone, Fenced, Interrupted
 from coupler.runtime.message import DeviceLeaves, Spec, to_host
@@ -210,7 +211,7 @@ class Dispatch:
         box = self.outboxes.get(route, c.cid)
         return self.links.install(key, lambda: Link(
             route.channel, c.cid, c.stream, spec,
-            queue=route.is_queue, maxsize=int(route.table["policy"].get("maxsize", 0) or 0),
+            queue=route.is_queue, maxsize=route.table.maxsize,
             host=self.host, peer_host=c.host, config=self.config, ssl_context=self.ssl_context,
             on_orphans=lambda items, k=(route.channel, c.cid): self._adopt_orphans(k, items),
             on_commit=lambda marks, k=(route.channel, c.cid): self.commit_received(k, marks), key=self.key,
@@ -266,7 +267,7 @@ class Dispatch:
         update that brings it back; the producer's next send or flush may be first.
         """
         route = self.routes.get(key[0])
-        if route is not None and (route.table["closed"] or not route.is_queue):
+        if route is not None and (route.table.closed or not route.is_queue):
             release_segments(items)  # a closed channel replays nothing; a lossy one loses what was in flight
             return
         if route is None:
@@ -300,8 +301,9 @@ class Dispatch:
             route: the channel's route.
             cid: only this consumer (else every consumer on the route).
         """
-        table, spec, _, _, consumers = route.decoded()
-        if spec is None or table["closed"] or self.closing.is_set():
+        table = route.table
+        spec, consumers = table.spec, table.consumers
+        if spec is None or table.closed or self.closing.is_set():
             return  # (at teardown every link hands back what it holds: nothing to resend to)
         for c in consumers:
             if cid is not None and c.cid != cid:

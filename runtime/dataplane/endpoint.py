@@ -43,6 +43,7 @@ from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.consumers import LocalConsumers
 from coupler.runtime.control.departure import Departure
+from coupler.runtime.control.routing_table import RoutingTable
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.lineage import Take
 from coupler.runtime.dataplane.report import Reporter
@@ -249,14 +250,18 @@ class Endpoint(WorkerPlugin):
     async def _route(self, channel: str, source: str) -> Route:
         route = self.routes.get(channel)
         if route is None or (channel, source) not in self.producers:
-            table = await self._broker("coupler_attach", name=channel, role="producer", ident=source, address=self.address)
-            route = self.routes.setdefault(channel, Route(channel, table)) if route is None else route
+            reply = await self._broker("coupler_attach", name=channel, role="producer", ident=source, address=self.address)
+            if route is None:
+                route = self.routes.setdefault(channel, Route(channel, RoutingTable.from_wire(reply)))
             # The epoch the broker gave this instance: its messages carry it (fence.py).
-            self.producers.setdefault((channel, source), ProducerStats()).epoch = int(table.get("epoch", 0))
+            self.producers.setdefault((channel, source), ProducerStats()).epoch = int(reply.get("epoch", 0))
         return route
 
     def _handle_routing_update(self, table: dict[str, Any]) -> dict[str, str]:
-        channel = table["channel"]
+        return self._apply_routing(RoutingTable.from_wire(table))
+
+    def _apply_routing(self, table: RoutingTable) -> dict[str, str]:
+        channel = table.channel
         route = self.routes.get(channel)
         if route is not None and route.update(table):
             present = {c.cid for c in route.consumers}
@@ -264,9 +269,9 @@ class Endpoint(WorkerPlugin):
                 if gone.kind is Departure.DETACHED and gone.consumer not in present:
                     self.dispatch.forget(channel, gone.consumer)  # it closed its port: it will not come back for these
             current = {(channel, c.cid, c.stream) for c in route.consumers}
-            self.dispatch.close_links(channel, keep=current, orphan=not table["closed"])
+            self.dispatch.close_links(channel, keep=current, orphan=not table.closed)
             self.dispatch.resend_owed(route)
-        if table["closed"]:
+        if table.closed:
             self.consumers.close_channel(channel)
             self.retention.forget(channel)
         return {"status": "OK"}

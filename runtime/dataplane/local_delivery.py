@@ -15,7 +15,7 @@ from coupler.runtime.dataplane.buffers import ConsumerBuffer
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.fence import Fence, epoch_of
 from coupler.runtime.dataplane.payloads import owned_leaves
-from coupler.runtime.dataplane.routing import ConsumerRef
+from coupler.runtime.control.routing_table import ConsumerRef
 from coupler.runtime.errors import ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import DeviceLeaves, Message, Spec, to_host, unflatten
 

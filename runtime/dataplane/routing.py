@@ -2,7 +2,7 @@
 
 The broker owns the routing tables and pushes every change to the workers that
 produce on the channel; a :class:`Route` is a worker's copy, read by sending
-threads on every message (decoded once per table) and replaced by the worker's
+threads on every message (typed: decoded once, on arrival) and replaced by the worker's
 event loop.
 """
 
@@ -11,25 +11,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from coupler.runtime.control.departure import Departure, Gone
+from coupler.runtime.control.routing_table import ConsumerRef, RoutingTable
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
-
-
-@dataclass(frozen=True)
-class ConsumerRef:
-    """Where a consumer lives: its id, worker, stream address and host key."""
-
-    cid: str
-    worker: str
-    stream: str
-    host: str
 
 
 @dataclass
@@ -41,72 +31,47 @@ class Route:
     """
 
     channel: str
-    table: dict[str, Any]
+    table: RoutingTable  # replaced, never changed: a sender's one read of it sees one version
     cond: threading.Condition = field(default_factory=threading.Condition)
     # Consumer -> when this worker first saw it lost (its worker died); it is expected back
     # (restarted by the supervisor) for ``coupler.delivery.lost-consumer-wait`` seconds.
     lost_since: dict[str, float] = field(default_factory=dict)
     # (consumer, stream) pairs of a lossy channel whose stream failed: skipped until the route changes.
     unreachable: set[tuple[str, str]] = field(default_factory=set)
-    _spec: tuple[Any, Spec | None] = (None, None)
-
-    _decoded: tuple[Any, Spec | None, bool, bool, list[ConsumerRef]] = (None, None, False, False, [])
-    _gone: tuple[Any, list[Gone]] = (None, [])
-
-    def decoded(self) -> tuple[Any, Spec | None, bool, bool, list[ConsumerRef]]:
-        """``(table, spec, is_queue, is_shared, consumers)``, decoded once per routing table.
-
-        Every send reads them: one call and one identity check, not one property each.
-        """
-        table = self.table
-        d = self._decoded
-        if d[0] is not table:
-            wire, policy = table.get("spec"), table["policy"]
-            if self._spec[0] is not wire:  # the spec is decoded again only when it changed
-                self._spec = (wire, None if wire is None else Spec.from_wire(wire))
-            d = self._decoded = (
-                table, self._spec[1], policy["kind"] == "queue", bool(policy.get("shared", False)),
-                [ConsumerRef(*c) for c in table["consumers"]],
-            )
-        return d
 
     @property
-    def consumers(self) -> list[ConsumerRef]:
+    def consumers(self) -> tuple[ConsumerRef, ...]:
         """The consumers."""
-        return self.decoded()[4]
+        return self.table.consumers
 
     @property
-    def gone(self) -> list[Gone]:
-        """The consumers that left, and how (decoded once per routing table)."""
-        table = self.table
-        cached = self._gone
-        if cached[0] is not table:
-            cached = self._gone = (table, [Gone.from_wire(g) for g in table["gone"]])
-        return cached[1]
+    def gone(self) -> tuple[Gone, ...]:
+        """The consumers that left, and how."""
+        return self.table.gone
 
     @property
     def spec(self) -> Spec | None:
         """The channel's spec (``None`` until the first message fixes it)."""
-        return self.decoded()[1]
+        return self.table.spec
 
     @property
     def is_queue(self) -> bool:
         """Whether the channel is a ``Queue`` (at-least-once, credited)."""
-        return self.decoded()[2]
+        return self.table.is_queue
 
-    def update(self, table: dict[str, Any]) -> bool:
+    def update(self, table: RoutingTable) -> bool:
         """Take a routing table the broker pushed (ignored if older than the one held); wake waiting senders.
 
         Returns:
             Whether the route changed.
         """
-        if table["version"] < self.table["version"]:
+        if table.version < self.table.version:
             return False
         with self.cond:
             self.table = table
             self.unreachable = set()  # the route changed: try every consumer it lists again
-            present = {c.cid for c in self.consumers}
-            for gone in self.gone:
+            present = {c.cid for c in table.consumers}
+            for gone in table.gone:
                 if gone.kind is Departure.LOST:
                     self.lost_since.setdefault(gone.consumer, time.monotonic())
             for cid in [c for c in self.lost_since if c in present]:
@@ -120,7 +85,7 @@ class Route:
         A consumer whose worker was lost is restarted by the supervisor (after a
         back-off and a placement); producers wait for it rather than fail at once.
         """
-        back = set(self.table.get("moving") or ())
+        back = set(self.table.moving)
         now = time.monotonic()
         for gone in self.gone:
             since = self.lost_since.get(gone.consumer)
@@ -141,7 +106,7 @@ class Route:
     def wait_consumers(
         self, deadline: float | None, timeout: float | None, cancel: Cancel | None, lost_wait: float,
         lossy: bool = False,
-    ) -> list[ConsumerRef]:
+    ) -> tuple[ConsumerRef, ...]:
         """The channel's consumers; waits while there are none (or they are moving, or lost and expected back).
 
         With ``lossy`` (Latest, Reservoir, Window), once consumers have left and
@@ -155,21 +120,21 @@ class Route:
             Interrupted: ``cancel`` was set.
         """
         table = self.table  # one read of the reference: the loop replaces it, never mutates it
-        if table["consumers"] and not table["closed"]:
-            return self.consumers
+        if table.consumers and not table.closed:
+            return table.consumers
         noted, outer = False, None
         with self.cond, waking(cancel, self.cond):
             try:
                 while True:
                     table = self.table
-                    if table["closed"]:
+                    if table.closed:
                         raise ChannelClosed(f"channel {self.channel!r} is closed; cannot send")
-                    if table["consumers"]:
-                        return self.consumers
-                    if table["gone"] and lossy:
-                        return []
-                    back = self.returning(lost_wait) if table["gone"] or table.get("moving") else set()
-                    if table["gone"] and not back:
+                    if table.consumers:
+                        return table.consumers
+                    if table.gone and lossy:
+                        return ()
+                    back = self.returning(lost_wait) if table.gone else set()
+                    if table.gone and not back:
                         gone = ", ".join(str(g) for g in self.gone)
                         raise ConsumerGone(f"channel {self.channel!r} has no consumer left: {gone}")
                     remaining = None if deadline is None else deadline - time.monotonic()
@@ -251,4 +216,4 @@ class ProducerStats:
         return {"sent": self.sent, "nbytes": self.nbytes, "last_seq": self.last_seq, "dropped": self.dropped}
 
 
-__all__ = ["ConsumerRef", "ProducerStats", "Reroute", "Route", "earliest", "expected_back"]
+__all__ = ["ProducerStats", "Reroute", "Route", "earliest", "expected_back"]

@@ -12,6 +12,7 @@ A flush is :mod:`~coupler.runtime.dataplane.flush`'s.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -21,7 +22,8 @@ from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.flush import flush
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.fence import EPOCH_KEY
-from coupler.runtime.dataplane.routing import ConsumerRef, ProducerStats, Reroute, Route, expected_back
+from coupler.runtime.control.routing_table import ConsumerRef
+from coupler.runtime.dataplane.routing import ProducerStats, Reroute, Route, expected_back
 from coupler.runtime.dataplane.settings import DeliveryConfig
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted, PartiallyDelivered
@@ -94,12 +96,12 @@ class Sender:
         if route is None or stats is None:
             route = self.register(channel, source)
             stats = self.producers.setdefault((channel, source), ProducerStats())
-        _, spec, _, shared, _ = route.decoded()
+        table = route.table
+        spec, shared = table.spec, table.shared
         if spec is None:
-            wire_spec = self.fix_spec(channel, Spec.from_leaves(treedef, leaves))
+            spec = Spec.from_wire(self.fix_spec(channel, Spec.from_leaves(treedef, leaves)))
             with route.cond:
-                route.table = {**route.table, "spec": wire_spec}
-            spec = Spec.from_wire(wire_spec)
+                route.table = replace(route.table, spec=spec)
         spec.check(channel, treedef, leaves)
         deadline = None if timeout is None else time.monotonic() + timeout
         with stats.lock:  # one sequence per source, gap-free even if a port is shared by threads
@@ -138,10 +140,11 @@ class Sender:
 
         On a ``Queue`` channel a consumer that is away and expected back gets it on its return.
         """
-        table, _, is_queue, _, consumers = route.decoded()
+        table = route.table
+        is_queue, consumers = table.is_queue, table.consumers
         if (
-            len(consumers) == 1 and not table["closed"] and not self.dispatch.outboxes.owes(route.channel, consumers[0].cid)
-            and not ((table["gone"] or table.get("moving")) and route.returning(self.delivery.lost_consumer_wait))
+            len(consumers) == 1 and not table.closed and not self.dispatch.outboxes.owes(route.channel, consumers[0].cid)
+            and not (table.gone and route.returning(self.delivery.lost_consumer_wait))
         ):
             # The common case -- one consumer, nothing owed to it, nobody away and expected
             # back (for whom the message must be kept, see below) -- without the bookkeeping.
@@ -247,7 +250,7 @@ class Sender:
                     continue
                 except ConsumerGone as e:
                     gone.append(e)
-            if len(gone) == len(consumers) and not route.table.get("moving"):
+            if len(gone) == len(consumers) and not route.table.moving:
                 raise gone[0]
             if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelTimeout(

@@ -15,6 +15,7 @@ import logging
 from typing import Any, Awaitable, Callable, Mapping
 
 from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
+from coupler.runtime.control.routing_table import RoutingTable
 from coupler.runtime.dataplane.lineage import Take
 from coupler.runtime.errors import raise_for_reply
 
@@ -81,9 +82,9 @@ class TakeGathering:
         """
         asks = []
         for channel in channels:
-            table = await self.broker("coupler_routing", name=channel)
-            if table["policy"]["kind"] == "queue":
-                asks += [self._ask(channel, a, source, since) for a in sorted({c[1] for c in table["consumers"]})]
+            table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel))
+            if table.is_queue:
+                asks += [self._ask(channel, a, source, since) for a in sorted({c.worker for c in table.consumers})]
         parts: list[dict[int, Take]] = []
         for reply in await asyncio.gather(*asks):
             parts += [{int(n): (str(ch), str(src), int(seq)) for n, ch, src, seq in part} for part in reply]

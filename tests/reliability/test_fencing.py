@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from coupler.runtime.control.broker import Broker
+from coupler.runtime.control.routing_table import RoutingTable
 from coupler.runtime.dataplane.auth import StreamKey, new_secret
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.dataplane.dispatch import Dispatch
@@ -351,7 +352,7 @@ def test_a_worker_that_is_closing_opens_no_new_stream(port: tuple[Listener, Queu
     )
     table = {"channel": CHANNEL, "policy": {"kind": "queue", "maxsize": 64}, "spec": SPEC.to_wire(), "closed": False,
              "consumers": [[CONSUMER, B, lst.address, "b"]], "gone": [], "moving": [], "producers": {}, "version": 1}
-    route = Route(CHANNEL, table)
+    route = Route(CHANNEL, RoutingTable.from_wire(table))
     consumer = route.consumers[0]
     leaves = [np.full(4, 0.0)]
     dispatch.deliver_one(route, SPEC, consumer, _header("sim", 0, 0), leaves, time.monotonic() + 10, None)
@@ -433,7 +434,7 @@ def test_a_fenced_instance_s_refused_messages_are_not_resent_and_its_later_sends
     )
     table = {"channel": CHANNEL, "policy": {"kind": "queue", "maxsize": 64}, "spec": SPEC.to_wire(), "closed": False,
              "consumers": [[CONSUMER, B, lst.address, "b"]], "gone": [], "moving": [], "producers": {}, "version": 1}
-    route = Route(CHANNEL, table)
+    route = Route(CHANNEL, RoutingTable.from_wire(table))
     dispatch.routes[CHANNEL] = route
     consumer = route.consumers[0]
 

@@ -15,6 +15,7 @@ from typing import Any
 import psutil
 import pytest
 
+from coupler.runtime.control.routing_table import RoutingTable
 from coupler.runtime.dataplane.auth import AuthError, StreamKey
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.dispatch import Dispatch
@@ -23,6 +24,7 @@ from coupler.runtime.dataplane.retention import SendRetention
 from coupler.runtime.dataplane.routing import ProducerStats, Route
 from coupler.runtime.dataplane.security import fetch_stream_secret, ssl_contexts
 from coupler.runtime.dataplane.settings import DeliveryConfig, TransportConfig
+from coupler.runtime.policies import Queue
 
 
 def test_the_stream_secret_is_set_from_the_brokers_reply() -> None:
@@ -57,7 +59,7 @@ def test_retire_at_is_the_process_start_plus_the_lifetime() -> None:
 
 
 def _retention(actors: dict[str, Any]) -> tuple[SendRetention, dict[str, Route], dict[tuple[str, str], ProducerStats]]:
-    routes: dict[str, Route] = {"c": Route("c", {"channel": "c"}), "other": Route("other", {"channel": "other"})}
+    routes: dict[str, Route] = {ch: Route(ch, RoutingTable(ch, 1, Queue())) for ch in ("c", "other")}
     producers = {("c", "p"): ProducerStats(), ("other", "p"): ProducerStats()}
     dispatch = Dispatch(
         address=lambda: "tcp://127.0.0.1:1", buffers={}, routes=routes, config=TransportConfig(shared_memory=False),
