@@ -1,4 +1,10 @@
-"""Actor hosts: long-lived Dask actors that run simulators, learners, steering and assimilation."""
+"""Actor hosts: long-lived Dask actors that run simulators, learners, steering and assimilation.
+
+Every actor subclasses ``ActorHost`` (``coupler.actors.base``), which is composed
+of parts with one job each: its run loop and the control requests served between
+steps (``run_loop``), its ports (``ports``), the order of its ``Queue`` takes
+(``take_order``) and its checkpoints (``checkpointing``).
+"""
 
 from coupler.actors.base import ActorHost as ActorHost
 from coupler.actors.learner import LearnerActor as LearnerActor

@@ -11,8 +11,9 @@
   them off retiring workers, restarts lost ones from checkpoints, commits checkpoints.
   Its parts: :mod:`~coupler.runtime.control.spawning` (one instance on a worker,
   brought to a state), :mod:`~coupler.runtime.control.roster` (live workers, their
-  retirement times, candidates) and :mod:`~coupler.runtime.control.keeping` (hold,
-  store, then commit checkpoints).
+  retirement times, candidates), :mod:`~coupler.runtime.control.keeping` (hold,
+  store, then commit checkpoints; periodic ones asked and collected across polls)
+  and :mod:`~coupler.runtime.control.journal` (the events it records).
 - :mod:`~coupler.runtime.control.checkpoints`: durable checkpoint files.
 - :mod:`~coupler.runtime.control.actor_ref`: the driver's handle that follows an
   actor across moves and restarts.

@@ -37,7 +37,7 @@ from coupler.runtime.control.runs import RunBook
 from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.tallies import Tallies
 from coupler.runtime.dataplane.auth import new_secret
-from coupler.runtime.errors import ChannelClosed, CouplerError, Fenced, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelClosed, CouplerError, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
@@ -47,6 +47,22 @@ BROKER_NAME = "coupler-broker"
 _NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
 # Seconds between samples of the counters into rates.
 RATE_SAMPLE_INTERVAL = 1.0
+# The scheduler's handlers the broker installs: operation -> Broker method.
+HANDLERS = {
+    "coupler_stream_secret": "handout_stream_secret",
+    "coupler_declare": "declare",
+    "coupler_routing": "routing",
+    "coupler_fix_spec": "fix_spec",
+    "coupler_attach": "attach",
+    "coupler_detach": "detach",
+    "coupler_close": "close_channel",
+    "coupler_begin_run": "begin_run",
+    "coupler_end_run": "end_run",
+    "coupler_actor_ended": "actor_ended",
+    "coupler_report": "report",
+    "coupler_register_actor": "register_actor",
+    "coupler_snapshot": "snapshot",
+}
 # Names of forgotten closed channels remembered, so that a late send says "closed", not "unknown".
 CLOSED_NAMES_KEPT = 4096
 
@@ -128,22 +144,7 @@ class Broker(SchedulerPlugin):
         self._sampler.start()
         if self.stream_secret is None:
             self.stream_secret = new_secret()
-        handlers = {
-            "coupler_stream_secret": self.handout_stream_secret,
-            "coupler_declare": self.declare,
-            "coupler_routing": self.routing,
-            "coupler_fix_spec": self.fix_spec,
-            "coupler_attach": self.attach,
-            "coupler_detach": self.detach,
-            "coupler_close": self.close_channel,
-            "coupler_begin_run": self.begin_run,
-            "coupler_end_run": self.end_run,
-            "coupler_actor_ended": self.actor_ended,
-            "coupler_report": self.report,
-            "coupler_register_actor": self.register_actor,
-            "coupler_snapshot": self.snapshot,
-        }
-        scheduler.handlers.update(handlers)
+        scheduler.handlers.update({op: getattr(self, method) for op, method in HANDLERS.items()})
 
     async def close(self) -> None:
         """Stop sampling."""
@@ -267,13 +268,8 @@ class Broker(SchedulerPlugin):
             check_name("endpoint", ident)
             if role == "producer":
                 live = getattr(self.scheduler, "workers", None)  # (None: a broker outside a scheduler, in tests)
-                if live is not None and address not in live:
-                    raise Fenced(f"producer {ident!r} of {name!r}: worker {address} is not in the cluster any more")
-                before = rec.producers.get(ident)
-                if before is not None and before != address and live is not None and before not in live:
-                    rec.epochs[ident] = rec.epochs.get(ident, 0) + 1  # lost there; remove_worker has not run yet
-                rec.producers[ident] = address
-                return {"status": "OK", "epoch": rec.epochs.get(ident, 0), **rec.routing()}
+                epoch = rec.attach_producer(ident, address, live)
+                return {"status": "OK", "epoch": epoch, **rec.routing()}
             if role != "consumer":
                 raise ValueError(f"role must be 'producer' or 'consumer', got {role!r}")
             if not isinstance(stream, str) or not isinstance(host, str):
@@ -364,18 +360,7 @@ class Broker(SchedulerPlugin):
 
     def snapshot(self) -> dict[str, Any]:
         """Channels with their aggregated counters and rates, and actors (for stats and dashboards)."""
-        out: dict[str, Any] = {}
-        rate = self.tallies.rate
-        for name, rec in self.channels.items():
-            totals, last_seq, consumers = self.tallies.aggregate(name)
-            out[name] = {
-                **rec.routing(),
-                "producers": sorted(rec.producers),
-                "totals": totals,
-                "rates": {"messages": rate("channel", name, "sent"), "bytes": rate("channel", name, "sent_bytes")},
-                "producer_seq": last_seq,
-                "consumer_stats": consumers,
-            }
+        out = {name: self.tallies.channel_row(name, rec.routing()) for name, rec in self.channels.items()}
         return {"status": "OK", "channels": out, "actors": self.tallies.actor_rows(), "workers": self.tallies.workers()}
 
     # -- inspection (in the scheduler's process: the dashboard page and /metrics) ------------------
@@ -401,10 +386,15 @@ class Broker(SchedulerPlugin):
 
     # -- worker loss -------------------------------------------------------------------
     async def remove_worker(self, scheduler: Any, worker: str, **kwargs: Any) -> None:
-        """Consumers on a lost worker are gone; tell the producers."""
+        """Consumers on a lost worker are gone; tell the producers.
+
+        Every channel learns of the loss before the first push: a push awaits,
+        and other handlers (a declare, a close) change ``self.channels`` meanwhile.
+        """
         self.tallies.worker_lost(worker, self.channels)
-        for rec in self.channels.values():
-            if rec.lose_worker(worker):
+        changed = [rec for rec in list(self.channels.values()) if rec.lose_worker(worker)]
+        for rec in changed:
+            if self.channels.get(rec.name) is rec:  # not forgotten (or declared anew) during an earlier push
                 await self._push(rec)
 
     async def _push(self, rec: ChannelRecord, consumers_too: bool = False) -> None:

@@ -9,10 +9,10 @@ the workers that need it. Every change that producers must hear about bumps
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Collection
 
 from coupler.runtime.control.departure import Departure, Gone
-from coupler.runtime.errors import ChannelClosed, ChannelExists
+from coupler.runtime.errors import ChannelClosed, ChannelExists, Fenced
 
 
 @dataclass
@@ -80,6 +80,27 @@ class ChannelRecord:
     def draining(self) -> list[str]:
         """The consumers attached or moving: a closed channel's name is not free until none are left."""
         return sorted(self.consumers) + sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER)
+
+    def attach_producer(self, ident: str, address: str, live: Collection[str] | None) -> int:
+        """Producer ``ident`` registers from worker ``address``; return its instance's epoch (dataplane/fence.py).
+
+        One more than its predecessor's if that one's worker was lost, else the same.
+
+        Args:
+            ident: the producer's source name.
+            address: its worker.
+            live: the workers the scheduler knows (``None``: not known, e.g. a broker outside a scheduler).
+
+        Raises:
+            Fenced: if ``address`` is not in ``live`` (declared dead, back after a partition: its instances were replaced).
+        """
+        if live is not None and address not in live:
+            raise Fenced(f"producer {ident!r} of {self.name!r}: worker {address} is not in the cluster any more")
+        before = self.producers.get(ident)
+        if before is not None and before != address and live is not None and before not in live:
+            self.epochs[ident] = self.epochs.get(ident, 0) + 1  # lost there; the broker's remove_worker has not run yet
+        self.producers[ident] = address
+        return self.epochs.get(ident, 0)
 
     def attach_consumer(self, ident: str, address: str, stream: str, host: str) -> None:
         """Consumer ``ident`` on worker ``address`` takes data at ``stream`` (``host``: its host key)."""

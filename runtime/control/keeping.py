@@ -8,11 +8,21 @@ one, and then committing it (``ActorHost.commit``) so that producers forget
 the messages it covers. The order is the point: producers may forget messages
 only once the checkpoint that covers them is held (and stored, when there is
 a store). When to restart, and from what, stays the supervisor's.
+
+Periodic checkpoints never make the supervisor's poll wait. A poll *requests*
+one (the actor call returns a future at once; Dask runs it on the client's
+event loop) and a later poll *collects* it when its future is done: holds it,
+stores it, and requests its commit, whose answer again a later poll reads.
+One cycle is in flight per actor at a time. A checkpoint that comes back after
+a newer one was held (a hand-over's final one, or ``checkpoint_now``) is
+dropped: holding it would go back to before what the newer one committed.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from coupler.runtime.control.actor_ref import ActorRef
@@ -26,6 +36,25 @@ ENDED_STATES = ("finished", "stopped", "failed")
 
 # Called with (actor name, its worker, why) when a checkpoint could not be taken or written.
 FailureFn = Callable[[str, str, str], None]
+
+
+@dataclass
+class _InFlight:
+    """A periodic checkpoint cycle under way: the checkpoint asked for, then its commit.
+
+    Attributes:
+        future: the actor call's future (``done()``, ``result()``).
+        worker: the actor's worker, for a failure report.
+        deadline: ``time.monotonic()`` after which the answer is given up.
+        version: the keeper's version of the actor when the checkpoint was asked.
+        committing: whether ``future`` is the commit's (else the checkpoint's).
+    """
+
+    future: Any
+    worker: str
+    deadline: float
+    version: int
+    committing: bool = False
 
 
 class CheckpointKeeper:
@@ -46,15 +75,28 @@ class CheckpointKeeper:
         self._failed = failed
         self._held: dict[ActorRef, dict[str, Any] | None] = {}
         self._at: dict[ActorRef, float] = {}
+        # Bumped whenever a checkpoint is held: a periodic one asked before is then stale.
+        self._version: dict[ActorRef, int] = {}
+        self._in_flight: dict[ActorRef, _InFlight] = {}
+
+    def _hold(self, ref: ActorRef, ck: dict[str, Any] | None) -> None:
+        self._held[ref], self._at[ref] = ck, self.clock()
+        self._version[ref] = self._version.get(ref, 0) + 1
 
     def begin(self, ref: ActorRef, checkpoint: dict[str, Any] | None = None) -> None:
         """Keep ``ref``'s checkpoints from ``checkpoint`` (``None``: none yet); the interval counts from now."""
-        self._held[ref], self._at[ref] = checkpoint, self.clock()
+        self._hold(ref, checkpoint)
 
     def forget(self, ref: ActorRef) -> None:
         """Drop what is kept of ``ref`` (its actor ended and was released)."""
         self._held.pop(ref, None)
         self._at.pop(ref, None)
+        self._version.pop(ref, None)
+        self._in_flight.pop(ref, None)
+
+    def abandon(self, ref: ActorRef) -> None:
+        """Stop waiting for ``ref``'s periodic checkpoint or commit (its instance is being replaced)."""
+        self._in_flight.pop(ref, None)
 
     def stored(self, name: str) -> dict[str, Any] | None:
         """Actor ``name``'s checkpoint in the store (``None``: none, or no store)."""
@@ -99,7 +141,7 @@ class CheckpointKeeper:
         Raises:
             CheckpointError: if ``strict`` and the store could not write it.
         """
-        self._held[ref], self._at[ref] = ck, self.clock()
+        self._hold(ref, ck)
         if self.store is not None:
             try:
                 self.store.save(ref.name, ck)
@@ -108,12 +150,12 @@ class CheckpointKeeper:
                     raise
                 self._failed(ref.name, worker, str(e))
                 logger.warning("coupler supervisor: %s", e)
-        if ck.get("delivered") or ck.get("takes"):
+        if _commits(ck):
             ref.proxy.commit(ck.get("delivered", {}), ck.get("takes")).result(timeout=CALL_SLACK)
 
     def hold_final(self, ref: ActorRef, ck: dict[str, Any]) -> None:
         """Hold and store the checkpoint a handed-over actor left; its successor's restore commits it."""
-        self._held[ref], self._at[ref] = ck, self.clock()
+        self._hold(ref, ck)
         if self.store is not None:
             try:
                 self.store.save(ref.name, ck)
@@ -121,15 +163,76 @@ class CheckpointKeeper:
                 logger.warning("coupler supervisor: %s", e)
 
     def periodic(self, ref: ActorRef, worker: str, interval: float) -> None:
-        """Take and keep a periodic checkpoint of a running actor; a failure is reported, then retried next time."""
+        """Advance ``ref``'s periodic checkpoint cycle without waiting: collect what came back, ask when due.
+
+        A checkpoint that came back is held, stored and its commit asked for; a
+        failure (a step held up by back-pressure, no answer in time, a store that
+        fails) is reported and the checkpoint tried again at the next interval.
+
+        Args:
+            ref: a running actor.
+            worker: its worker, for failure reports.
+            interval: seconds between its checkpoints (0: none).
+        """
+        if ref in self._in_flight:
+            self._collect(ref)
+        if ref in self._in_flight or not self.due(ref, interval):
+            return
         held = self._held.get(ref)
         if held is not None and held["status"]["state"] in ENDED_STATES:
             return  # an ended actor does not change any more
-        try:
-            timeout = min(5.0, interval)
-            ck = ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
-            self.keep(ref, worker, ck)
-        except Exception as e:  # a step held up by back-pressure: try again next time
-            self._failed(ref.name, worker, repr(e))
-            logger.info("coupler supervisor: checkpoint of %r failed: %r", ref.name, e)
+        timeout = min(5.0, interval)
         self._at[ref] = self.clock()
+        try:
+            future = ref.proxy.checkpoint(timeout)
+        except Exception as e:  # e.g. released meanwhile
+            self._report(ref, worker, e)
+            return
+        deadline = time.monotonic() + timeout + CALL_SLACK
+        self._in_flight[ref] = _InFlight(future, worker, deadline, self._version.get(ref, 0))
+
+    def _collect(self, ref: ActorRef) -> None:
+        """Take the answer of ``ref``'s cycle if it came: hold and store a checkpoint, then ask its commit."""
+        cycle = self._in_flight[ref]
+        if not cycle.future.done():
+            if time.monotonic() > cycle.deadline:
+                del self._in_flight[ref]
+                self._report(ref, cycle.worker, TimeoutError(f"no answer to its {_what(cycle)} in time"))
+            return
+        del self._in_flight[ref]
+        try:
+            result = cycle.future.result()
+        except Exception as e:
+            self._report(ref, cycle.worker, e)
+            return
+        if cycle.committing:
+            return
+        if self._version.get(ref, 0) != cycle.version:
+            return  # a newer checkpoint was held meanwhile, and maybe committed
+        self._hold(ref, result)
+        if self.store is not None:
+            try:
+                self.store.save(ref.name, result)
+            except CheckpointError as e:
+                self._report(ref, cycle.worker, e)
+        if _commits(result):
+            try:
+                future = ref.proxy.commit(result.get("delivered", {}), result.get("takes"))
+            except Exception as e:
+                self._report(ref, cycle.worker, e)
+                return
+            deadline = time.monotonic() + CALL_SLACK
+            self._in_flight[ref] = _InFlight(future, cycle.worker, deadline, self._version[ref], committing=True)
+
+    def _report(self, ref: ActorRef, worker: str, error: BaseException) -> None:
+        self._failed(ref.name, worker, str(error) if isinstance(error, CheckpointError) else repr(error))
+        logger.info("coupler supervisor: checkpoint of %r failed: %r", ref.name, error)
+
+
+def _commits(ck: dict[str, Any]) -> bool:
+    """Whether committing ``ck`` tells its actor anything (it took from a ``Queue``, or logs its takes)."""
+    return bool(ck.get("delivered") or ck.get("takes"))
+
+
+def _what(cycle: _InFlight) -> str:
+    return "commit" if cycle.committing else "checkpoint request"

@@ -27,6 +27,28 @@ The user's :class:`ActorRef` follows every move: calls made during a move wait
 for it. Workers' retirement times come from the broker's snapshot (the
 endpoints report them); for a worker that has not reported yet the supervisor
 asks the worker itself.
+
+Threads, and what waits for what. The watch thread (``coupler-supervisor``)
+runs :meth:`Supervisor.poll`; ``move`` and ``checkpoint_now`` run in their
+callers' threads. One of them acts on the actors at a time (``_acting``);
+``_lock`` guards the records, briefly. Calls to actors go through Dask's actor
+proxies, which run them on the client's event loop and return futures.
+
+- A poll handles lost and retiring workers first, then places waiting actors,
+  then advances each actor's periodic checkpoint: it *asks* for a checkpoint
+  when one is due and *collects* the answer on a later poll, once its future
+  is done (:meth:`CheckpointKeeper.periodic`); the commit that follows is
+  asked and read the same way. So an actor whose checkpoint is slow (a large
+  state, a step held up by back-pressure) never delays the handling of
+  another actor's lost worker or walltime move. Holding and storing a
+  checkpoint that came back happens in the poll (a slow ``checkpoint-dir``
+  does delay it).
+- A hand-over (``retire``), a placement and ``checkpoint_now`` wait for their
+  answers, bounded by ``handover-timeout``, ``placement-timeout`` and the
+  caller's timeout: the poll needs their outcome before it goes on.
+- An actor whose instance is replaced (lost, moved) has its periodic cycle in
+  flight abandoned; an answer that comes after a newer checkpoint was held is
+  dropped, never held over it.
 """
 
 from __future__ import annotations
@@ -43,6 +65,7 @@ from distributed import Client, Future
 from coupler.runtime import config
 from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.checkpoints import CheckpointStore
+from coupler.runtime.control.journal import Journal, SupervisionEvent
 from coupler.runtime.control.keeping import ENDED_STATES, CheckpointKeeper
 from coupler.runtime.control.roster import WorkerRoster
 from coupler.runtime.control.spawning import SpawnSpec, Spawner
@@ -135,28 +158,6 @@ class SupervisionPolicy:
         )
 
 
-@dataclass(frozen=True)
-class SupervisionEvent:
-    """Something the supervisor did.
-
-    Attributes:
-        time: wall-clock time (``time.time()``).
-        actor: the actor's name.
-        kind: ``moved``, ``restarted``, ``resumed`` (from a stored checkpoint), ``gave-up``
-            or ``checkpoint-failed``.
-        source: the worker it left (or lost).
-        target: the worker it went to (``""`` if none).
-        detail: a human-readable reason.
-    """
-
-    time: float
-    actor: str
-    kind: str
-    source: str
-    target: str = ""
-    detail: str = ""
-
-
 @dataclass
 class _Supervised:
     """The supervisor's record of one actor."""
@@ -238,6 +239,16 @@ def _looks_lost(future: Future | None, error: BaseException) -> bool:
     return future_gone or (isinstance(error, OSError) and not isinstance(error, (TimeoutError, CouplerError)))
 
 
+def _confirmed(check: Callable[[], bool], within: float, closing: threading.Event) -> bool:
+    """Whether ``check()`` comes true within ``within`` seconds (asked every 0.2 s; no longer once ``closing``)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline and not closing.is_set():
+        if check():
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def _placement_detail(kind: str, resume: dict[str, Any] | None, awaiting_since: float) -> str:
     """Why and from what a successor was placed, for its event."""
     if kind == "moved":
@@ -269,12 +280,12 @@ class Supervisor:
         self.roster = WorkerRoster(client, self.policy.retire_margin, clock)
         self._records: dict[str, _Supervised] = {}
         self._lock = threading.Lock()
-        self._events: list[SupervisionEvent] = []
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._acting = threading.RLock()  # one of poll() and move() acts on the actors at a time
         store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
-        self.keeper = CheckpointKeeper(store, clock, self._checkpoint_failed)
+        self.journal = Journal(clock)
+        self.keeper = CheckpointKeeper(store, clock, self.journal.checkpoint_failed)
 
     # -- life cycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -297,8 +308,7 @@ class Supervisor:
     @property
     def events(self) -> list[SupervisionEvent]:
         """What the supervisor did so far, oldest first (a copy)."""
-        with self._lock:
-            return list(self._events)
+        return self.journal.events()
 
     def last_checkpoint(self, name: str) -> dict[str, Any] | None:
         """The newest checkpoint the supervisor holds of actor ``name`` (``None``: none yet).
@@ -336,7 +346,7 @@ class Supervisor:
             self.keeper.begin(ref, stored)
         if stored is not None:
             detail = f"from its stored checkpoint of {time.ctime(stored['time'])} ({self.keeper.where(spec.name)})"
-            self._record(SupervisionEvent(self.clock(), spec.name, "resumed", "", worker, detail))
+            self.journal.add(spec.name, "resumed", "", worker, detail)
         self.start()
         return ref
 
@@ -379,12 +389,8 @@ class Supervisor:
             return True
         if not _looks_lost(rec.future, error):
             return False
-        deadline = time.monotonic() + LOSS_CONFIRMATION
-        while time.monotonic() < deadline and not self._closing.is_set():
-            if ref.generation != generation or rec.awaiting or rec.given_up or self._lost(rec, fresh=True):
-                return True
-            time.sleep(0.2)
-        return False
+        gone = lambda: ref.generation != generation or bool(rec.awaiting) or rec.given_up or self._lost(rec, fresh=True)  # noqa: E731
+        return _confirmed(gone, LOSS_CONFIRMATION, self._closing)
 
     def release(self, ref: ActorRef) -> None:
         """Stop supervising ``ref``'s actor, which ended, and drop its spawn's future.
@@ -434,10 +440,9 @@ class Supervisor:
             for rec in records:
                 if rec.awaiting and not self._closing.is_set() and self.clock() >= rec.retry_at:
                     self._try_place(rec)
-            interval = self.policy.checkpoint_interval
-            for rec in records:
-                if not rec.awaiting and not rec.given_up and self.keeper.due(rec.ref, interval):
-                    self.keeper.periodic(rec.ref, rec.worker, interval)
+            for rec in records:  # asks or collects, never waits (see the module docstring)
+                if not rec.awaiting and not rec.given_up:
+                    self.keeper.periodic(rec.ref, rec.worker, self.policy.checkpoint_interval)
 
     def _active(self) -> list[_Supervised]:
         """The records of actors neither given up nor ended (call with the lock): a released actor
@@ -471,7 +476,7 @@ class Supervisor:
                 self.keeper.reset_interval(rec.ref)
                 rec.ref.rebind(actor)
                 detail = _placement_detail(kind, rec.resume, rec.awaiting_since)
-                self._record(SupervisionEvent(self.clock(), spec.name, kind, left, worker, detail))
+                self.journal.add(spec.name, kind, left, worker, detail)
                 logger.warning("coupler supervisor: %s %r from %s to %s (%s)", kind, spec.name, left, worker, detail)
                 return True
         if time.monotonic() - rec.awaiting_since > self.policy.placement_timeout:
@@ -512,6 +517,7 @@ class Supervisor:
                 time.sleep(self.policy.poll_interval)
 
     def _await(self, rec: _Supervised, kind: str, resume: dict[str, Any] | None, state: str, delay: float) -> None:
+        self.keeper.abandon(rec.ref)  # a periodic checkpoint of the old instance comes too late now
         with self._lock:
             old = rec.await_successor(kind, resume, state, self.clock() + delay)
         if old is not None:
@@ -548,12 +554,5 @@ class Supervisor:
             rec.given_up = True
             rec.awaiting = ""
         rec.ref.fail(error)
-        self._record(SupervisionEvent(self.clock(), rec.spec.name, "gave-up", rec.left or rec.worker, "", str(error)))
+        self.journal.add(rec.spec.name, "gave-up", rec.left or rec.worker, "", str(error))
         logger.error("coupler supervisor: %s", error)
-
-    def _checkpoint_failed(self, name: str, worker: str, why: str) -> None:
-        self._record(SupervisionEvent(self.clock(), name, "checkpoint-failed", worker, "", why))
-
-    def _record(self, event: SupervisionEvent) -> None:
-        with self._lock:
-            self._events.append(event)

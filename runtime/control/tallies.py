@@ -123,6 +123,18 @@ class Tallies:
                 totals["taken"] += c["taken"]
         return totals, last_seq, consumers
 
+    def channel_row(self, name: str, routing: dict[str, Any]) -> dict[str, Any]:
+        """Channel ``name``'s row of the broker's snapshot: its ``routing`` table with its totals and rates."""
+        totals, last_seq, consumers = self.aggregate(name)
+        return {
+            **routing,
+            "producers": sorted(routing["producers"]),
+            "totals": totals,
+            "rates": {"messages": self.rate("channel", name, "sent"), "bytes": self.rate("channel", name, "sent_bytes")},
+            "producer_seq": last_seq,
+            "consumer_stats": consumers,
+        }
+
     def rate(self, kind: str, name: str, counter: str) -> float:
         """The rate of ``counter`` of channel or actor ``name`` (``kind``), per second (0 if not sampled)."""
         meter = self.meters.get((kind, name, counter))
