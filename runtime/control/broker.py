@@ -322,7 +322,7 @@ class Broker(SchedulerPlugin):
         """Close ``rec`` on every worker that uses it; forget it once no consumer can use it.
 
         Every producer's and consumer's worker drops its route, links, counters and
-        replay logs (``Endpoint._forget_channel``); consumers drain what they hold,
+        replay logs (``SendRetention.forget``, runtime/dataplane/retention.py); consumers drain what they hold,
         see the end and detach, and the last detach forgets the channel here.
         """
         if not rec.closed:

@@ -12,7 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any, Collection
 
 from coupler.runtime.control.departure import Departure, Gone
+from coupler.runtime.control.routing_table import ConsumerRef, RoutingTable
 from coupler.runtime.errors import ChannelClosed, ChannelExists, Fenced
+from coupler.runtime.message import Spec
+from coupler.runtime.policies import policy_from_wire
 
 
 @dataclass
@@ -37,23 +40,17 @@ class ChannelRecord:
         return self.closed and not self.consumers and not any(g.kind is Departure.HANDOVER for g in self.gone.values())
 
     def routing(self) -> dict[str, Any]:
-        """What a producer's worker needs to send on this channel.
-
-        ``consumers`` lists ``[id, worker, stream, host]``; ``moving`` names the
-        consumers that left to be restarted elsewhere (producers wait for them);
-        ``producers`` maps each producer to the worker it last registered from.
-        """
-        return {
-            "channel": self.name,
-            "policy": self.policy,
-            "spec": self.spec,
-            "closed": self.closed,
-            "consumers": [[c, a, *self.streams.get(c, ("", ""))] for c, a in sorted(self.consumers.items())],
-            "gone": [g.to_wire() for _, g in sorted(self.gone.items())],
-            "moving": sorted(c for c, g in self.gone.items() if g.kind is Departure.HANDOVER),
-            "producers": dict(sorted(self.producers.items())),
-            "version": self.version,
-        }
+        """What a producer's worker needs to send on this channel: its :class:`RoutingTable`, on the wire."""
+        return RoutingTable(
+            channel=self.name,
+            version=self.version,
+            policy=policy_from_wire(self.policy),
+            spec=None if self.spec is None else Spec.from_wire(self.spec),
+            closed=self.closed,
+            consumers=tuple(ConsumerRef(c, a, *self.streams.get(c, ("", ""))) for c, a in sorted(self.consumers.items())),
+            gone=tuple(g for _, g in sorted(self.gone.items())),
+            producers=dict(sorted(self.producers.items())),
+        ).to_wire()
 
     def redeclare(self, policy: dict[str, Any], spec: dict[str, Any] | None) -> None:
         """A declaration of this channel again: the same policy and spec, or a first spec (then fixed).
