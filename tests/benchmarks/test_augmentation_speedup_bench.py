@@ -80,8 +80,12 @@ def test_the_long_step_must_divide_the_frame_interval() -> None:
 
 def test_schedules_name_their_rows_and_validation_draws_other_runs(capsys) -> None:
     held_out = bench.main(["--tiny", "--schedules", "1,2"])
-    validation = bench.main(["--tiny", "--schedules", "1,2", "--validation"])
-    assert [r["method"] for r in validation["rows"]][-1] == "corrected-unroll1-2"
+    validation = bench.main(["--tiny", "--schedules", "1,2", "--validation", "--ic-bound"])
+    methods = [r["method"] for r in validation["rows"]]
+    assert methods[-1] == "corrected-unroll1-2" and "reference-coarse-ic" not in [r["method"] for r in held_out["rows"]]
+    # The fine solver from the coarse initial field: the dropped modes make it differ from the reference.
+    bound = validation["rows"][methods.index("reference-coarse-ic")]
+    assert bound["resolution"] == 32 and bound["rel_l2_final"] > 0
     assert (held_out["eval_set"], validation["eval_set"]) == ("held-out", "validation")
     assert validation["schedules"] == [[1, 2]] and validation["setup"]["window"] >= 3
     # Other initial conditions and parameters: the plain solver's error differs.
