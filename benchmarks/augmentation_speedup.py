@@ -36,6 +36,11 @@ minutes on a shared 2-core machine). ``--quick16``: coarse 16, reference 64, 64
 held-out runs, the spectral closure (the earlier measured setup of
 docs/augmentation.md). Default: coarse 32, reference 128 (the old additive-CNN
 setup). ``--tiny`` only exercises the code path (the smoke test).
+``--schedules 1 32 8,32,64``: the trainings, one row each (an unroll length, or a
+curriculum of them over one training). ``--validation``: evaluate on runs drawn
+from another key than the held-out runs, for choosing a configuration (the
+held-out runs only report). ``--ic-bound``: add the reference solver started
+from the coarse initial field (``reference-coarse-ic``; see ``evaluate``).
 ``blew up`` counts held-out runs whose field went non-finite (a step past the
 solver's stability limit); they count as decorrelated from then on.
 """
