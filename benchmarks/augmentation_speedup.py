@@ -36,6 +36,11 @@ minutes on a shared 2-core machine). ``--quick16``: coarse 16, reference 64, 64
 held-out runs, the spectral closure (the earlier measured setup of
 docs/augmentation.md). Default: coarse 32, reference 128 (the old additive-CNN
 setup). ``--tiny`` only exercises the code path (the smoke test).
+``--schedules 1 32 8,32,64``: the trainings, one row each (an unroll length, or a
+curriculum of them over one training). ``--validation``: evaluate on runs drawn
+from another key than the held-out runs, for choosing a configuration (the
+held-out runs only report). ``--ic-bound``: add the reference solver started
+from the coarse initial field (``reference-coarse-ic``; see ``evaluate``).
 ``blew up`` counts held-out runs whose field went non-finite (a step past the
 solver's stability limit); they count as decorrelated from then on.
 """
@@ -57,11 +62,15 @@ from flax import nnx
 
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, corrected_rollout
-from coupler.learners.spectral_closure import SpectralClosureConfig
+from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, spectral_resample
 
 THRESHOLD = 0.95
+HELD_OUT_KEY = 1
+VALIDATION_KEY = 2
+"""``fold_in`` keys of the evaluation runs (the training runs use 0): the held-out set reports, the
+validation set (``--validation``) chooses configurations."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +190,7 @@ MODELS = {
     "closure": SpectralClosureConfig(hidden=32, depth=2),
     "closure-state": SpectralClosureConfig(state_features=True),
     "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.9),
+    "closure-cnn": ClosureWithCorrectionConfig(SpectralClosureConfig(hidden=32, depth=2)),
 }
 """The learned models ``--model`` picks from (the setup's own when not given)."""
 
@@ -217,30 +227,34 @@ def training_windows(setup: Setup, key: jax.Array) -> tuple[dict[str, np.ndarray
     return {"field": field, "params": p}, time.perf_counter() - t0
 
 
-def train(setup: Setup, data: dict[str, np.ndarray], unroll: int, seed: int) -> tuple[Any, float, float]:
-    """Train a correction; returns the model, the seconds and the last 10 steps' mean loss."""
-    cfg = SolverCorrectionConfig(
-        setup.coarse_grained().coarse(),
-        setup.model,
-        OptimizerConfig(learning_rate=setup.learning_rate, warmup_steps=min(50, setup.train_steps), decay_steps=setup.train_steps),
-        unroll=unroll,
-        seed=seed,
-    )
-    trainer = cfg()
+def train(setup: Setup, data: dict[str, np.ndarray], unroll: int | tuple[int, ...], seed: int) -> tuple[Any, float, float]:
+    """Train a correction; returns the model, the seconds and the last 10 steps' mean loss.
+
+    ``unroll`` may be a curriculum ``(K1, K2, ...)``: ``train_steps`` split evenly
+    over stages of increasing unroll length, the same model and optimiser state
+    carried through (the learning-rate schedule spans all stages).
+    """
+    stages = (unroll,) if isinstance(unroll, int) else tuple(unroll)
+    optimizer = OptimizerConfig(learning_rate=setup.learning_rate, warmup_steps=min(50, setup.train_steps), decay_steps=setup.train_steps)
+    coarse = setup.coarse_grained().coarse()
+    trainer = SolverCorrectionConfig(coarse, setup.model, optimizer, unroll=stages[0], seed=seed)()
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     losses = []
-    for _ in range(setup.train_steps):
-        rows = rng.integers(0, len(data["field"]), setup.batch_size)
-        # One-step training sees every pair of the window, unrolled training unroll + 1 consecutive frames
-        # from a random start in the window (all of it when unroll = window - 1, the default): the same
-        # data, and at most the same solver steps per optimiser step.
-        if unroll == 1:
-            field = data["field"][rows]
-        else:
-            start = int(rng.integers(0, data["field"].shape[1] - unroll))
-            field = data["field"][rows, start : start + unroll + 1]
-        losses.append(trainer.step({"field": field, "params": data["params"][rows]}))
+    for i, k in enumerate(stages):
+        trainer.set_unroll(k)
+        steps = setup.train_steps // len(stages) + (i < setup.train_steps % len(stages))
+        for _ in range(steps):
+            rows = rng.integers(0, len(data["field"]), setup.batch_size)
+            # One-step training sees every pair of the window, unrolled training k + 1 consecutive frames
+            # from a random start in the window (all of it when k = window - 1, the default): the same
+            # data, and at most the same solver steps per optimiser step.
+            if k == 1:
+                field = data["field"][rows]
+            else:
+                start = int(rng.integers(0, data["field"].shape[1] - k))
+                field = data["field"][rows, start : start + k + 1]
+            losses.append(trainer.step({"field": field, "params": data["params"][rows]}))
     return trainer.model, time.perf_counter() - t0, float(np.mean(losses[-10:]))
 
 
@@ -295,8 +309,17 @@ def row(
     }
 
 
-def evaluate(setup: Setup, models: dict[str, tuple[Any, float]], key: jax.Array) -> list[dict[str, Any]]:
-    """Rows of the plain solvers, the corrected coarse solvers and the reference on held-out runs."""
+def evaluate(
+    setup: Setup, models: dict[str, tuple[Any, float]], key: jax.Array, ic_bound: bool = False
+) -> list[dict[str, Any]]:
+    """Rows of the plain solvers, the corrected coarse solvers and the reference on held-out runs.
+
+    ``ic_bound`` adds the row ``reference-coarse-ic``: the reference solver started from the
+    initial field filtered to the coarse grid. No candidate (the summary ignores it): exact
+    dynamics from what the coarse grid knows at the start, while every finer plain solver
+    starts with more modes. A practical, not a strict, bound on any coarse model: a model could
+    still infer some of the dropped modes from the kept ones (they are zero here).
+    """
     cg = setup.coarse_grained()
     fine, coarse = cg.fine, cg.coarse()
     params = draw_params(setup, jax.random.fold_in(key, 0), setup.eval_runs)
@@ -316,11 +339,13 @@ def evaluate(setup: Setup, models: dict[str, tuple[Any, float]], key: jax.Array)
                 specs.append((f"{method}-{setup.learned_step}dt", n, coarse, None))
         n *= 2
     specs.append(("reference", setup.fine_n, fine, None))
+    if ic_bound:
+        specs.append(("reference-coarse-ic", setup.fine_n, fine, None))
     specs += [(name, setup.coarse_n, coarse, model) for name, (model, _) in models.items()]
     runs = []
-    for _, n, sim, model in specs:
+    for method, n, sim, model in specs:
         every = setup.frame_every * n // setup.coarse_n if sim is not coarse else setup.frame_every // setup.learned_step
-        w0 = spectral_resample(start, n)
+        w0 = spectral_resample(spectral_resample(start, setup.coarse_n) if method == "reference-coarse-ic" else start, n)
         if model is None:
             assert sim is not None
             fn = jax.jit(functools.partial(lambda sim, every, w: corrected_rollout(sim, None, w, pm, n_frames * every)[every - 1 :: every], sim, every))
@@ -380,8 +405,8 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def print_table(rows: list[dict[str, Any]], summary: dict[str, Any], setup: Setup) -> None:
-    print(f"\nKolmogorov flow, {setup.eval_runs} held-out runs, horizon {setup.eval_time} time units, reference {setup.fine_n}^2")
+def print_table(rows: list[dict[str, Any]], summary: dict[str, Any], setup: Setup, eval_set: str = "held-out") -> None:
+    print(f"\nKolmogorov flow, {setup.eval_runs} {eval_set} runs, horizon {setup.eval_time} time units, reference {setup.fine_n}^2")
     print(f"{'method':<20}{'grid':>6}{'ms/time unit/run':>18}{'t(corr<0.95)':>14}{'rel L2 end':>12}{'training s':>12}{'blew up':>9}")
     for r in rows:
         t = f"{r['time_to_corr_095']:.2f}{'+' if r['censored'] else ''}"
@@ -418,9 +443,23 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     size.add_argument("--demo", action="store_true", help="QUICK made smaller for a demo (16 held-out runs)")
     p.add_argument("--unroll", type=int, default=0, help="unroll length of the solver-in-the-loop training (default: the setup's, else window - 1)")
     p.add_argument("--train-steps", type=int, default=0, help="override the optimiser steps of each training")
+    p.add_argument("--train-runs", type=int, default=0, help="override the number of fine training runs")
     p.add_argument("--model", default="", choices=["", *MODELS], help="the learned model (default: the setup's)")
     p.add_argument("--viscosity", default="", help="override the viscosity range, 'lo,hi'")
     p.add_argument("--eval-time", type=float, default=0.0, help="override the horizon (time units)")
+    p.add_argument(
+        "--schedules", nargs="+", default=None,
+        help="the trainings, one row each: an unroll length ('1': one-step) or a curriculum 'K1,K2,...' "
+             "(train steps split evenly over the stages); default: '1' and the unroll length",
+    )
+    p.add_argument(
+        "--validation", action="store_true",
+        help="evaluate on validation runs (other seeds than the held-out set): for choosing a configuration",
+    )
+    p.add_argument(
+        "--ic-bound", action="store_true",
+        help="add the reference solver started from the coarse initial field (the bound of any coarse model)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
@@ -430,9 +469,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     setup = TINY if args.tiny else DEMO if args.demo else QUICK if args.quick else QUICK16 if args.quick16 else Setup()
     unroll = args.unroll or setup.unroll or setup.window - 1
-    setup = replace(setup, window=max(setup.window, unroll + 1))
+    schedules = [tuple(int(k) for k in s.split(",")) for s in args.schedules] if args.schedules else [(1,), (unroll,)]
+    setup = replace(setup, window=max(setup.window, max(max(s) for s in schedules) + 1))
     if args.train_steps:
         setup = replace(setup, train_steps=args.train_steps)
+    if args.train_runs:
+        setup = replace(setup, train_runs=args.train_runs)
     if args.viscosity:
         lo, hi = (float(v) for v in args.viscosity.split(","))
         setup = replace(setup, viscosity=(lo, hi))
@@ -444,17 +486,23 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     data, data_s = training_windows(setup, jax.random.fold_in(key, 0))
     print(f"training data: {data['field'].shape[0]} windows of {setup.window} frames in {data_s:.1f} s", flush=True)
     models = {}
-    for name, k in (("corrected-1step", 1), (f"corrected-unroll{unroll}", unroll)):
-        model, train_s, loss = train(setup, data, k, args.seed)
+    for stages in schedules:
+        name = "corrected-1step" if stages == (1,) else f"corrected-unroll{'-'.join(map(str, stages))}"
+        model, train_s, loss = train(setup, data, stages, args.seed)
         print(f"{name}: {setup.train_steps} steps in {train_s:.1f} s, final loss {loss:.2e}", flush=True)
         models[name] = (model, data_s + train_s)
-    rows = evaluate(setup, models, jax.random.fold_in(key, 1))
+    # The held-out runs are never used to choose a configuration: --validation draws other runs for that.
+    rows = evaluate(
+        setup, models, jax.random.fold_in(key, VALIDATION_KEY if args.validation else HELD_OUT_KEY), ic_bound=args.ic_bound
+    )
     summary = summarize(rows)
-    print_table(rows, summary, setup)
+    print_table(rows, summary, setup, "validation" if args.validation else "held-out")
     result = {
         "rows": rows,
         "summary": summary,
         "setup": {**asdict(setup), "model": asdict(setup.model)},
+        "eval_set": "validation" if args.validation else "held-out",
+        "schedules": [list(s) for s in schedules],
         "mode": "tiny" if args.tiny else "demo" if args.demo else "quick" if args.quick else "quick16" if args.quick16 else "full",
         "device": jax.devices()[0].platform,
     }

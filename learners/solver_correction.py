@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import jax
@@ -295,6 +295,19 @@ class SolverCorrectionTrainer(TrainerState):
         if p.shape != (f.shape[0], PARAMS_WIDTH):
             raise ValueError(f"expected params ({f.shape[0]}, {PARAMS_WIDTH}) (viscosity, amplitude, drag), got {p.shape}")
         return jnp.asarray(f), jnp.asarray(p)
+
+    def set_unroll(self, unroll: int) -> None:
+        """Train on ``unroll``-step rollouts from the next step on (a curriculum of unroll lengths).
+
+        The model, the optimiser state and the loss history carry over.
+
+        Raises:
+            ValueError: for ``unroll < 1``.
+        """
+        if unroll < 1:
+            raise ValueError(f"unroll must be >= 1, got {unroll}")
+        with self._lock:
+            self.config = replace(self.config, unroll=unroll)
 
     @property
     def steps_taken(self) -> int:

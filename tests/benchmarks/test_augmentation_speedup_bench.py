@@ -76,3 +76,19 @@ def test_a_run_that_blows_up_counts_as_decorrelated() -> None:
 def test_the_long_step_must_divide_the_frame_interval() -> None:
     with pytest.raises(ValueError, match="learned_step"):
         bench.replace(bench.QUICK, learned_step=3)  # frame_every is 4
+
+
+def test_schedules_name_their_rows_and_validation_draws_other_runs(capsys) -> None:
+    held_out = bench.main(["--tiny", "--schedules", "1,2"])
+    validation = bench.main(["--tiny", "--schedules", "1,2", "--validation", "--ic-bound"])
+    methods = [r["method"] for r in validation["rows"]]
+    assert methods[-1] == "corrected-unroll1-2" and "reference-coarse-ic" not in [r["method"] for r in held_out["rows"]]
+    # The fine solver from the coarse initial field: the dropped modes make it differ from the reference.
+    bound = validation["rows"][methods.index("reference-coarse-ic")]
+    assert bound["resolution"] == 32 and bound["rel_l2_final"] > 0
+    assert (held_out["eval_set"], validation["eval_set"]) == ("held-out", "validation")
+    assert validation["schedules"] == [[1, 2]] and validation["setup"]["window"] >= 3
+    # Other initial conditions and parameters: the plain solver's error differs.
+    plain = [r["rel_l2_final"] for res in (held_out, validation) for r in res["rows"] if r["method"] == "plain"]
+    assert plain[0] != plain[1]
+    assert "validation runs" in capsys.readouterr().out

@@ -127,3 +127,20 @@ def test_bad_batches_and_configs_are_refused() -> None:
         SolverCorrectionConfig(COARSE, SMALL, unroll=0)()
     with pytest.raises(ValueError, match="depth"):
         CoarseCorrectionConfig(depth=1).build(0)
+
+
+def test_a_curriculum_lengthens_the_unroll_and_keeps_model_and_optimiser() -> None:
+    data = _windows(4, 2, 1, 4)
+    trainer = SolverCorrectionConfig(COARSE, SMALL, unroll=1)()
+    trainer.step(data)
+    weights = jax.tree.leaves(trainer.get_weights())
+    trainer.set_unroll(4)
+    # The same weights: the loss of the next step is the 4-step loss of the model the 1-step stage left.
+    expected = float(trajectory_loss(trainer.model, COARSE, jnp.asarray(data["field"]), jnp.asarray(data["params"]), 4))
+    assert trainer.step(data) == pytest.approx(expected, rel=1e-5)
+    assert trainer.steps_taken == 2 and [s for s, _ in trainer.loss_history] == [1, 2]
+    assert any(not np.array_equal(a, b) for a, b in zip(weights, jax.tree.leaves(trainer.get_weights())))
+    with pytest.raises(ValueError, match="unroll=4"):
+        trainer.step({**data, "field": data["field"][:, :4]})
+    with pytest.raises(ValueError, match="unroll"):
+        trainer.set_unroll(0)
