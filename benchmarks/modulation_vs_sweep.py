@@ -28,7 +28,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process; expected improvement for the optimum, over the whole box and
 in a trust region; for the maps integrated-variance reduction weighted by the
-GP's leave-one-out calibration, plain IVR, and max-uncertainty), uniform random, scrambled
+GP's leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
+global fit, EIGF), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
 sweeps' points) and the coarsest regular grid that reaches the goal
 (multilinear interpolation for the maps), tried while ``m**D`` stays within
