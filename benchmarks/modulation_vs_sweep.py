@@ -103,6 +103,8 @@ class Setup:
     # Integrated-variance reduction: candidates per proposal and its reference set (cost O(N (C + R) + C R)).
     ivr_candidates: int = 512
     ivr_reference: int = 256
+    # The GP of every strategy (steered and the sweeps' maps alike).
+    gp: GPConfig = GPConfig()
 
 
 def space_of(dims: int, family: Family = GRAY_SCOTT) -> ParameterSpace:
@@ -240,10 +242,10 @@ def sweep_points(strategy: Strategy, n: int, dim: int) -> np.ndarray:
 
 
 def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.ndarray, ref: np.ndarray,
-                     stop_below: float = 0.0) -> list[tuple[int, float]]:  # fmt: skip
+                     stop_below: float = 0.0, gp_config: GPConfig = GPConfig()) -> list[tuple[int, float]]:  # fmt: skip
     """Fit the steered map's GP to the first ``n`` points of a sweep, ``n = every, 2 every, ...``,
     until the error is at most ``stop_below``."""
-    gp = GaussianProcess(GPConfig(), pts.shape[1])
+    gp = GaussianProcess(gp_config, pts.shape[1])
     ys = oracle(pts)
     out = []
     for n in range(every, len(pts) + 1, every):
@@ -287,7 +289,7 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
     for name in opt_strategies if optimum else ():
         kind = ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement
-        ei = steer(oracle, Steerer(space, kind(space, **sizes), GPConfig(), seed), setup.batch, setup.opt_budget, setup.map_every, None)
+        ei = steer(oracle, Steerer(space, kind(space, **sizes), setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
         out.append(replace(ei, strategy=name, task="optimum", seed=seed))
     for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))) if optimum else ():
         pts = sweep_points(sweep, setup.sweep_budget, d)
@@ -308,12 +310,12 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
         for name, strategy in zip(MAP_STRATEGIES, (cal, ivr, mu, eigf)):
             if name not in map_strategies:
                 continue
-            run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error,
+            run = steer(case.oracle, Steerer(space, strategy, setup.gp, seed), setup.batch, setup.map_budget, setup.map_every, map_error,
                         stop_below=setup.map_tol)  # fmt: skip
             out.append(replace(run, strategy=name, task=case.task, seed=seed))
         for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
             pts = sweep_points(sweep, setup.map_budget, d)
-            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol)
+            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol, setup.gp)
             out.append(Run(f"{name} + GP", case.task, seed, setup.map_budget, [], errors))
     return out
 
@@ -478,6 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="steered optimum searches (default both; the verdict uses ei when it ran)")
     p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
     p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
+    p.add_argument("--gp-median", action="store_true", help="every strategy's GP centres its targets on their median (GPConfig.median_mean)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -487,11 +490,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget)
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, gp=GPConfig(median_mean=args.gp_median))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
-                      ivr_candidates=64, ivr_reference=32)  # fmt: skip
+                      ivr_candidates=64, ivr_reference=32, gp=setup.gp)  # fmt: skip
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:

@@ -65,6 +65,10 @@ class GPConfig:
         fresh_lengths: the length scale (all inputs alike) of each fresh start; one start
             alone lands in the degenerate optimum on some data (0.3 did on the hot track
             at 300 points, 0.1 did not), so there are two.
+        median_mean: centre the targets on their median, not their mean (the GP reverts to
+            it away from the data). For a surface flat over most of the box with a localized
+            excursion, the median is the flat level while the mean is pulled towards the
+            excursion, the more so the more a design concentrates there.
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
@@ -76,6 +80,7 @@ class GPConfig:
     max_iter: int = 60
     fresh_starts_until: int = 4096
     fresh_lengths: tuple[float, ...] = (0.3, 0.1)
+    median_mean: bool = False
     reoptimise_growth: float = 0.2
 
     def __post_init__(self) -> None:
@@ -241,7 +246,7 @@ class GaussianProcess:
             raise ValueError(f"expected x (N, {self.dim}) and y (N,) with N >= 1, got x {x.shape} and y {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ValueError(f"targets must be finite; {int(np.sum(~np.isfinite(y)))} of {len(y)} are not")
-        self._y_mean = float(y.mean())
+        self._y_mean = float(np.median(y) if self.config.median_mean else y.mean())
         self._y_scale = float(y.std()) or 1.0
         ys = (y - self._y_mean) / self._y_scale
         if self.fits == 0 or len(y) >= (1.0 + self.config.reoptimise_growth) * self._chosen_on:

@@ -159,3 +159,15 @@ def test_a_choice_takes_the_best_optimum_of_the_warm_and_the_fresh_starts() -> N
     assert gp.choices == 1 and gp.length_scales[0] < 1.0
     with pytest.raises(ValueError, match="fresh_lengths"):
         GPConfig(fresh_lengths=(0.3, 0.0))
+
+
+def test_median_mean_makes_the_gp_revert_to_the_flat_level_far_from_the_data() -> None:
+    # Nine points on a flat level 0 and three on a bump of 1: far from every point the GP predicts the
+    # centre of its targets, the median (0) with median_mean, the mean (0.25) without.
+    x = np.concatenate([np.linspace(0.0, 0.3, 9), [0.34, 0.35, 0.36]])[:, None]
+    y = np.concatenate([np.zeros(9), np.ones(3)])
+    far = np.array([[50.0]])
+    for median, centre in ((True, 0.0), (False, 0.25)):
+        gp = GaussianProcess(GPConfig(median_mean=median, length_bounds=(0.01, 0.2)), 1)
+        gp.fit(x, y)
+        assert gp.predict(far)[0][0] == pytest.approx(centre, abs=1e-6)
