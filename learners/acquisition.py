@@ -10,6 +10,7 @@ deviation (e.g. a :class:`~coupler.learners.ensemble.DeepEnsemble`):
 | strategy | score | for |
 |---|---|---|
 | :class:`MaxUncertainty` | ``std`` | mapping a response surface |
+| :class:`ExpectedGlobalFit` | ``(mean - y(nearest))^2 + std^2`` (Lam 2008) | mapping a surface with localized features |
 | :class:`ExpectedImprovement` | ``E[max(y - best - xi, 0)]`` (Jones et al. 1998) | finding the maximum |
 | :class:`UpperConfidenceBound` | ``mean + beta * std`` (Srinivas et al. 2010) | finding the maximum |
 
