@@ -103,6 +103,7 @@ class Setup:
     # Integrated-variance reduction: candidates per proposal and its reference set (cost O(N (C + R) + C R)).
     ivr_candidates: int = 512
     ivr_reference: int = 256
+    opt_initial: int = 0  # the optimum searches' initial Latin hypercube (0: max(8, 2 D), as the maps')
     # The GP of every strategy (steered and the sweeps' maps alike).
     gp: GPConfig = GPConfig()
 
@@ -285,11 +286,13 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
     a map on each of ``maps``."""
     d = space.dim
     initial = max(8, 2 * d)
+    opt_initial = setup.opt_initial or initial
     out: list[Run] = []
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
+    opt_sizes = {**sizes, "initial": opt_initial}
     for name in opt_strategies if optimum else ():
         kind = ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement
-        ei = steer(oracle, Steerer(space, kind(space, **sizes), setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
+        ei = steer(oracle, Steerer(space, kind(space, **opt_sizes), setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
         out.append(replace(ei, strategy=name, task="optimum", seed=seed))
     for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))) if optimum else ():
         pts = sweep_points(sweep, setup.sweep_budget, d)
@@ -480,6 +483,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="steered optimum searches (default both; the verdict uses ei when it ran)")
     p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
     p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
+    p.add_argument("--opt-initial", type=int, default=0, help="initial Latin hypercube of the optimum searches (default max(8, 2 D))")
     p.add_argument("--gp-median", action="store_true", help="every strategy's GP centres its targets on their median (GPConfig.median_mean)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
@@ -490,7 +494,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, gp=GPConfig(median_mean=args.gp_median))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
