@@ -28,7 +28,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process; expected improvement for the optimum, over the whole box and
 in a trust region; for the maps integrated-variance reduction weighted by the
-GP's leave-one-out calibration, plain IVR, and max-uncertainty), uniform random, scrambled
+GP's leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
+global fit, EIGF), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
 sweeps' points) and the coarsest regular grid that reaches the goal
 (multilinear interpolation for the maps), tried while ``m**D`` stays within
@@ -63,7 +64,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.interpolate import RegularGridInterpolator  # noqa: E402
 
-from coupler.learners.acquisition import ExpectedImprovement, MaxUncertainty, ParameterSpace, RandomSweep, SearchData, Strategy  # noqa: E402
+from coupler.learners.acquisition import ExpectedGlobalFit, ExpectedImprovement, MaxUncertainty, ParameterSpace, RandomSweep, SearchData, Strategy  # noqa: E402
 from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
@@ -102,6 +103,9 @@ class Setup:
     # Integrated-variance reduction: candidates per proposal and its reference set (cost O(N (C + R) + C R)).
     ivr_candidates: int = 512
     ivr_reference: int = 256
+    opt_initial: int = 0  # the optimum searches' initial Latin hypercube (0: max(8, 2 D), as the maps')
+    # The GP of every strategy (steered and the sweeps' maps alike).
+    gp: GPConfig = GPConfig()
 
 
 def space_of(dims: int, family: Family = GRAY_SCOTT) -> ParameterSpace:
@@ -239,10 +243,10 @@ def sweep_points(strategy: Strategy, n: int, dim: int) -> np.ndarray:
 
 
 def sweep_map_errors(oracle: Oracle, pts: np.ndarray, every: int, ref_unit: np.ndarray, ref: np.ndarray,
-                     stop_below: float = 0.0) -> list[tuple[int, float]]:  # fmt: skip
+                     stop_below: float = 0.0, gp_config: GPConfig = GPConfig()) -> list[tuple[int, float]]:  # fmt: skip
     """Fit the steered map's GP to the first ``n`` points of a sweep, ``n = every, 2 every, ...``,
     until the error is at most ``stop_below``."""
-    gp = GaussianProcess(GPConfig(), pts.shape[1])
+    gp = GaussianProcess(gp_config, pts.shape[1])
     ys = oracle(pts)
     out = []
     for n in range(every, len(pts) + 1, every):
@@ -268,10 +272,11 @@ OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)")
 """The steered optimum searches: expected improvement over the whole box (the verdict's) and inside a
 trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`)."""
 
-MAP_STRATEGIES = ("steered (calibrated IVR)", "steered (IVR)", "steered (max-std)")
+MAP_STRATEGIES = ("steered (calibrated IVR)", "steered (IVR)", "steered (max-std)", "steered (EIGF)")
 """The steered map strategies: integrated-variance reduction weighted by the GP's leave-one-out
-calibration (the proposal), plain integrated-variance reduction and max-std (the simple one). A
-task's verdict uses the first of them that ran on it."""
+calibration (the proposal), plain integrated-variance reduction, max-std (the simple one) and the
+expected improvement for global fit (EIGF, Lam 2008: value-aware, tried and measured after the verdict's
+strategy was chosen). A task's verdict uses the first of them that ran on it."""
 
 
 def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: ParameterSpace, seed: int,
@@ -281,11 +286,13 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
     a map on each of ``maps``."""
     d = space.dim
     initial = max(8, 2 * d)
+    opt_initial = setup.opt_initial or initial
     out: list[Run] = []
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
+    opt_sizes = {**sizes, "initial": opt_initial}
     for name in opt_strategies if optimum else ():
         kind = ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement
-        ei = steer(oracle, Steerer(space, kind(space, **sizes), GPConfig(), seed), setup.batch, setup.opt_budget, setup.map_every, None)
+        ei = steer(oracle, Steerer(space, kind(space, **opt_sizes), setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
         out.append(replace(ei, strategy=name, task="optimum", seed=seed))
     for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))) if optimum else ():
         pts = sweep_points(sweep, setup.sweep_budget, d)
@@ -302,15 +309,16 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
         cal = CalibratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference,
                                           local=setup.ivr_candidates // 2, seed=seed)  # fmt: skip
         mu = MaxUncertainty(space, **sizes)
-        for name, strategy in zip(MAP_STRATEGIES, (cal, ivr, mu)):
+        eigf = ExpectedGlobalFit(space, **sizes)
+        for name, strategy in zip(MAP_STRATEGIES, (cal, ivr, mu, eigf)):
             if name not in map_strategies:
                 continue
-            run = steer(case.oracle, Steerer(space, strategy, GPConfig(), seed), setup.batch, setup.map_budget, setup.map_every, map_error,
+            run = steer(case.oracle, Steerer(space, strategy, setup.gp, seed), setup.batch, setup.map_budget, setup.map_every, map_error,
                         stop_below=setup.map_tol)  # fmt: skip
             out.append(replace(run, strategy=name, task=case.task, seed=seed))
         for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
             pts = sweep_points(sweep, setup.map_budget, d)
-            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol)
+            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol, setup.gp)
             out.append(Run(f"{name} + GP", case.task, seed, setup.map_budget, [], errors))
     return out
 
@@ -435,10 +443,11 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     by_strategy = {}
     for name in dict.fromkeys(f"{r.task}: {r.strategy}" for r in steered):
         mine = [r for r in steered if f"{r.task}: {r.strategy}" == name]
-        wall, cpu, n = (float(np.mean([getattr(r, a) for r in mine])) for a in ("overhead_s", "overhead_cpu_s", "budget"))
+        wall, cpu = (float(np.mean([getattr(r, a) for r in mine])) for a in ("overhead_s", "overhead_cpu_s"))
+        n = float(np.mean([len(r.values) for r in mine]))  # simulated (a map run stops at its goal), not the budget
         by_strategy[name] = {"overhead_s": wall, "overhead_cpu_s": cpu, "sims": n,
                              "share_at_1s": wall / (wall + n / setup.batch), "share_at_1s_cpu": cpu / (cpu + n / setup.batch)}  # fmt: skip
-    sims = np.mean([r.budget for r in steered])
+    sims = np.mean([len(r.values) for r in steered])
     overhead = float(np.mean([r.overhead_s for r in steered]))
     overhead_cpu = float(np.mean([r.overhead_cpu_s for r in steered]))
     fits = [f for r in steered for f in (r.fit_s or [])]
@@ -459,7 +468,7 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     return rows, info, map_levels(dims, runs)
 
 
-STRATEGY_FLAGS = dict(zip(("calibrated", "ivr", "max-std"), MAP_STRATEGIES))
+STRATEGY_FLAGS = dict(zip(("calibrated", "ivr", "max-std", "eigf"), MAP_STRATEGIES))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -468,12 +477,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged over (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
     p.add_argument("--map-strategies", nargs="+", choices=tuple(STRATEGY_FLAGS), default=list(STRATEGY_FLAGS),
-                   help="steered map strategies (default all; a task's verdict uses the first of calibrated, ivr, max-std that ran)")
+                   help="steered map strategies (default all; a task's verdict uses the first of calibrated, ivr, max-std, eigf that ran)")
     p.add_argument("--no-optimum", action="store_true", help="run the map tasks only")
     p.add_argument("--opt-strategies", nargs="+", choices=("ei", "tr-ei"), default=["ei", "tr-ei"],
                    help="steered optimum searches (default both; the verdict uses ei when it ran)")
     p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
     p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
+    p.add_argument("--opt-initial", type=int, default=0, help="initial Latin hypercube of the optimum searches (default max(8, 2 D))")
+    p.add_argument("--gp-median", action="store_true", help="every strategy's GP centres its targets on their median (GPConfig.median_mean)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -483,11 +494,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget)
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
-                      ivr_candidates=64, ivr_reference=32)  # fmt: skip
+                      ivr_candidates=64, ivr_reference=32, gp=setup.gp)  # fmt: skip
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from coupler.learners.acquisition import (
+    ExpectedGlobalFit,
     ExpectedImprovement,
     GridSweep,
     MaxUncertainty,
@@ -170,3 +171,34 @@ def test_strategies_continue_from_their_state_dict_in_the_checkpoint_format() ->
         np.testing.assert_array_equal(a.propose(4, empty), b.propose(4, empty))
     with pytest.raises(ValueError, match="PCG64"):
         RandomSweep(space).load_state_dict({"rng": '{"bit_generator": "MT19937"}'})
+
+
+def _front(u: np.ndarray) -> np.ndarray:
+    # Flat (0) over most of the square, a steep rise across the line u0 = 0.7 (a regime boundary).
+    return np.tanh((u[:, 0] - 0.7) / 0.03) + 1.0
+
+
+def test_expected_global_fit_scores_as_lam_2008_and_concentrates_on_a_front() -> None:
+    from coupler.learners.gp import GaussianProcess, GPConfig
+
+    x = latin_hypercube(40, 2, np.random.default_rng(0))
+    gp = GaussianProcess(GPConfig(), 2)
+    gp.fit(x, _front(x))
+    data = SearchData(x=x.astype(np.float32), y=_front(x).astype(np.float32), pending=np.zeros((0, 2)), predict=gp.predict)
+    eigf = ExpectedGlobalFit(SPACE, initial=0, candidates=400, local=0, spread=0.0, seed=1)
+    picks = eigf.propose(8, data)
+    # Score by hand for the first pick, over the same candidates (Lam 2008: (mean - y(nearest))^2 + var).
+    cands = np.random.default_rng(1).uniform(size=(400, 2))
+    mean, std = gp.predict(cands)
+    nearest = np.argmin(((cands[:, None] - x[None]) ** 2).sum(-1), 1)
+    by_hand = (mean - _front(x)[nearest]) ** 2 + std**2
+    np.testing.assert_allclose(picks[0], cands[np.argmax(by_hand)], atol=1e-6)
+    # The front (|u0 - 0.7| < 0.1) is a fifth of the square; a value-blind design would put a fifth there.
+    assert np.mean(np.abs(picks[:, 0] - 0.7) < 0.1) >= 0.75
+    # A batch keeps min_distance from the pending points and from its own picks.
+    pending = picks[:3]
+    more = eigf.propose(4, SearchData(x=data.x, y=data.y, pending=pending, predict=gp.predict))
+    taken = np.concatenate([pending, more])
+    gaps = np.sqrt(((taken[:, None] - taken[None]) ** 2).sum(-1))[np.triu_indices(len(taken), 1)]
+    assert gaps.min() >= eigf.min_distance
+    assert not eigf.pointless(pending, data).any()

@@ -140,3 +140,34 @@ def test_leave_one_out_is_a_refit_without_the_point() -> None:
         assert loo.variances[i] == pytest.approx(state["y_scale"] ** 2 * var, rel=1e-6)
     with pytest.raises(RuntimeError, match="before any fit"):
         GaussianProcess(GPConfig(), 2).leave_one_out()
+
+
+def test_a_choice_takes_the_best_optimum_of_the_warm_and_the_fresh_starts() -> None:
+    # A warm start alone can stay in a poor optimum (on the hot-track map: length 10 for an input that
+    # matters, from 100 to 600 points); every choice also starts fresh, and the best likelihood wins.
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(120, 2))
+    y = np.sin(6 * x[:, 0]) + 0.1 * x[:, 1]
+    stuck = np.log(np.array([10.0, 0.3, 1.0, 0.3]))
+    nll = {}
+    for name, lengths in (("warm", ()), ("0.3", (0.3,)), ("0.1", (0.1,)), ("all", (0.3, 0.1))):
+        gp = GaussianProcess(GPConfig(fresh_lengths=lengths), 2)
+        gp.fits, gp._theta = 1, stuck.copy()  # as after an earlier fit that chose it
+        gp.fit(x, y)
+        nll[name] = gp._last_nll
+    assert nll["all"] <= min(nll["warm"], nll["0.3"], nll["0.1"]) + 1e-9
+    assert gp.choices == 1 and gp.length_scales[0] < 1.0
+    with pytest.raises(ValueError, match="fresh_lengths"):
+        GPConfig(fresh_lengths=(0.3, 0.0))
+
+
+def test_median_mean_makes_the_gp_revert_to_the_flat_level_far_from_the_data() -> None:
+    # Nine points on a flat level 0 and three on a bump of 1: far from every point the GP predicts the
+    # centre of its targets, the median (0) with median_mean, the mean (0.25) without.
+    x = np.concatenate([np.linspace(0.0, 0.3, 9), [0.34, 0.35, 0.36]])[:, None]
+    y = np.concatenate([np.zeros(9), np.ones(3)])
+    far = np.array([[50.0]])
+    for median, centre in ((True, 0.0), (False, 0.25)):
+        gp = GaussianProcess(GPConfig(median_mean=median, length_bounds=(0.01, 0.2)), 1)
+        gp.fit(x, y)
+        assert gp.predict(far)[0][0] == pytest.approx(centre, abs=1e-6)
