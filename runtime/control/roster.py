@@ -2,8 +2,8 @@
 
 Workers' retirement times come from the broker's snapshot (the endpoints
 report them); for a worker that has not reported yet the roster asks the
-worker itself (:func:`worker_retire_at`). The roster is refreshed once per
-supervisor poll and read in between; it decides nothing about actors.
+worker itself (:func:`~coupler.runtime.dataplane.report.retire_at`, what its
+reports carry). The roster is refreshed once per supervisor poll and read in between; it decides nothing about actors.
 """
 
 from __future__ import annotations
@@ -11,25 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-import psutil
 from distributed import Client
 
 from coupler.runtime.control.spawning import SpawnSpec
+from coupler.runtime.dataplane.report import retire_at
 
 logger = logging.getLogger(__name__)
-
-
-def worker_retire_at(dask_worker: Any) -> float | None:
-    """When ``dask_worker`` closes itself at its lifetime, as epoch seconds (``None``: never).
-
-    Run on the worker (``client.run``). Dask counts the lifetime from the
-    worker's construction, a moment after its process started; the process
-    start time gives a slightly early, hence safe, estimate.
-    """
-    lifetime = getattr(dask_worker, "lifetime", None)
-    if not lifetime:
-        return None
-    return psutil.Process().create_time() + float(lifetime)
 
 
 class WorkerRoster:
@@ -61,7 +48,7 @@ class WorkerRoster:
                 self._retire_at[addr] = w["retire_at"]
         unknown = [a for a in self.live if a not in self._retire_at]
         if unknown:
-            answers = self.client.run(worker_retire_at, workers=unknown, on_error="return")
+            answers = self.client.run(retire_at, workers=unknown, on_error="return")
             for addr, value in answers.items():
                 if not isinstance(value, BaseException):
                     self._retire_at[addr] = value
