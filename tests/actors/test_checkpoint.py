@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import jax
@@ -17,16 +17,11 @@ from coupler.actors import LearnerActor, SimulatorActor
 from coupler.learners import OnlineTrainer, SurrogateConfig
 from coupler.physics import Heat2D
 from coupler.runtime import Coupling, Queue, Reservoir
+from polling import until
 
 cloudpickle.register_pickle_by_value(supervision_actors)
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def _assert_same_tree(a: Any, b: Any, path: str = "") -> None:
@@ -57,7 +52,7 @@ def test_simulator_hands_over_mid_run_and_its_successor_continues_exactly(coupli
     first = coupling.spawn(SimulatorActor, sim, params, name=f"sim-a-{unique}", workers=w[0], **common)
     log.start()
     first.start()
-    _until("a third of the messages", lambda: log.status().info["count"] >= members * blocks // 3)
+    until("a third of the messages", lambda: log.status().info["count"] >= members * blocks // 3)
     ck = first.call("retire", 30.0)  # ends its loop at a step boundary and returns the final checkpoint
     assert first.status().state == "migrated" and ck["status"]["state"] == "running"
     assert 0 < ck["state"]["sim_steps"] < k * blocks
@@ -71,7 +66,7 @@ def test_simulator_hands_over_mid_run_and_its_successor_continues_exactly(coupli
     assert again["status"]["steps"] == ck["status"]["steps"] and again["outputs"] == ck["outputs"]
     second.resume()
     assert second.wait(60).state == "finished"
-    _until("every message", lambda: log.status().info["count"] >= members * blocks)
+    until("every message", lambda: log.status().info["count"] >= members * blocks)
     time.sleep(0.3)
     got = log.call("record")
     log.stop()
@@ -112,7 +107,7 @@ def test_a_consumer_handing_over_with_messages_held_passes_them_to_its_successor
     assert ck["delivered"]["inp"] == {} and ck["state"]["got"] == []  # nothing taken
     assert tally.status().state == "paused"
     tally.resume()
-    _until("the held messages", lambda: tally.status().info["count"] >= 5, timeout=30)
+    until("the held messages", lambda: tally.status().info["count"] >= 5, timeout=30)
     time.sleep(0.2)
     assert [(q, v) for _, q, v in tally.call("record")["got"]] == [(i, float(i)) for i in range(5)]
     tally.stop()
@@ -134,7 +129,7 @@ def test_learner_checkpoint_restores_exactly(coupling: Coupling, unique: str) ->
     )
     learner.start()
     producer.start()
-    _until("five training steps", lambda: learner.status().info["train_steps"] >= 5, timeout=90)
+    until("five training steps", lambda: learner.status().info["train_steps"] >= 5, timeout=90)
     learner.pause()
     ck = learner.checkpoint()  # the loop takes it at the boundary where it parks
     weights = learner.call("weights")
@@ -147,7 +142,7 @@ def test_learner_checkpoint_restores_exactly(coupling: Coupling, unique: str) ->
     successor.call("restore", ck)
     successor.pause()
     successor.start()
-    _until("the restored trainer", lambda: successor.status().info["ready"], timeout=90)
+    until("the restored trainer", lambda: successor.status().info["ready"], timeout=90)
     again = successor.checkpoint()
     _assert_same_tree(ck["state"], again["state"])
     _assert_same_tree(weights, successor.call("weights"))

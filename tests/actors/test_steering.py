@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -20,6 +19,7 @@ from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
 from coupler.runtime.control.checkpoints import decode, encode
+from polling import until
 
 # FixedPoints below lives in this test module, which the workers cannot import.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -165,12 +165,6 @@ def test_steering_fits_and_proposes_while_simulations_run(coupling: Coupling, un
     assert info["best_qoi"] == max(h["qoi"] for h in history)
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def _assert_same_state(a: Any, b: Any, path: str = "") -> None:
@@ -209,7 +203,7 @@ def test_steering_actor_restores_from_a_checkpoint_and_finishes_the_sweep(coupli
     pool = _pool(coupling, f"a-{unique}", 1, study(20_000))  # slow: the sweep is still running when paused
     first = steering("a")
     first.start()
-    _until("half the tasks issued, after a fit", lambda: first.status().info["issued"] >= n // 2)
+    until("half the tasks issued, after a fit", lambda: first.status().info["issued"] >= n // 2, timeout=120)
     first.pause()
     ck = decode(encode(first.checkpoint()))  # as a durable checkpoint stores it
     first.stop()  # its results input detaches: a member's next result would fail with ConsumerGone

@@ -24,6 +24,7 @@ from coupler.learners.correction import CorrectionConfig, MakeCorrectionTrainer
 from coupler.physics.assimilation import FilterConfig, LinearObservation, initial_ensemble, run_filter
 from coupler.physics.assimilation_model import Lorenz63Model, Lorenz96Model, VorticityModel
 from coupler.runtime import Coupling, Latest, Queue, Window
+from polling import until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -47,11 +48,6 @@ class ScriptedObservations(ActorHost):
         return True
 
 
-def _until(what: str, ready: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
-        time.sleep(0.05)
 
 
 def _wait(ref: Any, timeout: float = 120.0) -> None:
@@ -147,9 +143,9 @@ def test_learned_correction_weights_reach_the_running_ensemble(coupling: Couplin
     # The learner's first weights take a compile and min_samples increments, which on a loaded
     # machine outlast 80 cycles at 200 a second: hold the truth back until it has published,
     # so that the test checks the weights' path, not a race (the filter waits for observations).
-    _until("the filter has cycled", lambda: da.status().info["cycle"] >= 30)
+    until("the filter has cycled", lambda: da.status().info["cycle"] >= 30)
     src.pause()
-    _until("the learner has published", lambda: learner.status().info["train_steps"] >= 5, timeout=120)
+    until("the learner has published", lambda: learner.status().info["train_steps"] >= 5, timeout=120)
     src.resume()
     _wait(src)
     _wait(da)

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -43,6 +43,7 @@ from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 from coupler.runtime.driver import Publisher, Subscription
 from helper_actors import Collector
 from lifecycle_actors import SendN
+from polling import until
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Doubler: workers cannot import this module
 
@@ -60,11 +61,6 @@ class Doubler(ActorHost):
         return True
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
-        time.sleep(0.05)
 
 
 def _x(value: float, size: int = 4) -> dict[str, np.ndarray]:
@@ -322,7 +318,7 @@ def test_closing_the_channel_ends_the_iteration_after_what_is_held(coupling: Cou
     expected = [(n - 1, n - 1.0)] if isinstance(policy, Latest) else [(i, float(i)) for i in range(n)]
     assert got == expected
     assert sub.closed  # it ended with the channel, and detached
-    _until("the broker forgets the drained channel", lambda: ch not in coupling.channels())
+    until("the broker forgets the drained channel", lambda: ch not in coupling.channels(), timeout=30)
     with pytest.raises(ChannelClosed):
         sub.receive(timeout=1)
     sender.release()
@@ -509,9 +505,9 @@ def test_every_end_of_a_driver_port_gives_back_its_relay(coupling: Coupling, uni
             with pytest.raises(ChannelClosed):
                 pub.send(_x(3.0))
             pub.close(flush=False)
-            _until("the broker forgets the channel", lambda: ch not in coupling.channels())
+            until("the broker forgets the channel", lambda: ch not in coupling.channels(), timeout=30)
     _wait_relays_gone(coupling, names, counters=end in ("channel-closed", "coupling-closed"))
-    _until("the driver's call threads end", lambda: not [t for t in threading.enumerate() if t.name == "coupler-driver-call"])
+    until("the driver's call threads end", lambda: not [t for t in threading.enumerate() if t.name == "coupler-driver-call"], timeout=30)
 
 
 # -- the demo -----------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import pytest
@@ -31,15 +31,11 @@ from lifecycle_actors import SendN, TakeN
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import soak  # noqa: E402
+from polling import until
 
 cloudpickle.register_pickle_by_value(lifecycle_actors)
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting until {what}"
-        time.sleep(0.05)
 
 
 def _held(dask_worker: Any, channel: str, names: list[str]) -> dict[str, list[Any]]:
@@ -142,7 +138,7 @@ def test_a_closed_channel_is_forgotten_on_every_worker_and_in_the_broker(couplin
     sender.start()
     local.start()
     assert sender.wait(30).state == "finished" and local.wait(30).state == "finished"
-    _until("the consumer took all 20", lambda: taker.status().steps == 20)
+    until("the consumer took all 20", lambda: taker.status().steps == 20, timeout=30)
     coupling.close_channel(ch)
     assert taker.wait(30).state == "finished"  # it drained, saw the end, and detached
     taker.release()
@@ -179,7 +175,7 @@ def test_a_second_coupling_on_the_same_cluster_with_the_same_names_works(couplin
     assert _stream_once(third, unique, 6, w) == expected
     third.client.close()
     third._supervisor.close()  # type: ignore[union-attr]  (what the dead driver's process took with it)
-    _until("the dead driver's channel is forgotten", lambda: f"same-ch-{unique}" not in coupling.channels())
+    until("the dead driver's channel is forgotten", lambda: f"same-ch-{unique}" not in coupling.channels(), timeout=30)
     with Coupling(address) as fourth:
         assert _stream_once(fourth, unique, 6, w) == expected
     reply = coupling.client.sync(

@@ -6,7 +6,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 import cloudpickle
 import dask
@@ -14,6 +14,7 @@ import dask
 import supervision_actors
 from supervision_actors import Counter
 from coupler.runtime import Coupling
+from polling import until
 
 cloudpickle.register_pickle_by_value(supervision_actors)
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # SlowCheckpoint travels to the workers by value
@@ -37,12 +38,6 @@ class SlowCheckpoint(Counter):
         return {**super().info(), "begun": self.begun}
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def test_a_slow_checkpoint_does_not_delay_the_restart_of_another_actor() -> None:
@@ -59,7 +54,7 @@ def test_a_slow_checkpoint_does_not_delay_the_restart_of_another_actor() -> None
         other = cp.spawn(Counter, 1_000_000, 8, 0.01, name="other", workers=w[1])
         slow.start()
         other.start()
-        _until("the slow checkpoint to begin", lambda: slow.status().info["begun"] >= 1, timeout=30)
+        until("the slow checkpoint to begin", lambda: slow.status().info["begun"] >= 1, timeout=30)
 
         began = time.monotonic()
         cp.supervisor.poll()  # the watch thread's poll holds the same lock while it acts
@@ -68,11 +63,11 @@ def test_a_slow_checkpoint_does_not_delay_the_restart_of_another_actor() -> None
         pid = cp.client.run(os.getpid, workers=[w[1]])[w[1]]
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        _until("the restart", lambda: other.generation == 1, timeout=45)
+        until("the restart", lambda: other.generation == 1, timeout=45)
         noticed = cp.supervisor._records["other"].awaiting_since - killed
         assert noticed < 2.0, f"the loss was handled {noticed:.1f} s after the kill"
 
         # The slow checkpoint is collected by a later poll once it is done.
-        _until("the slow checkpoint", lambda: cp.supervisor.last_checkpoint("slow") is not None, timeout=30)
+        until("the slow checkpoint", lambda: cp.supervisor.last_checkpoint("slow") is not None, timeout=30)
         assert not [e for e in cp.supervisor.events if e.kind == "checkpoint-failed" and e.actor == "slow"]
         assert other.status().state == "running"

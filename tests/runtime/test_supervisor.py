@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
 
 import cloudpickle
 import dask
@@ -19,18 +18,13 @@ from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.supervisor import SupervisionPolicy, Supervisor, _Supervised
 from distributed import Client
 from helper_actors import Collector
+from polling import until
 
 cloudpickle.register_pickle_by_value(supervision_actors)
 
 SIZE = 8  # floats per Counter message
 
 
-def _until(what: str, ready: Callable[[], bool], timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"waited {timeout} s for {what}")
-        time.sleep(0.05)
 
 
 def _assert_exactly_once_in_order(record: dict, source: str, n: int) -> None:
@@ -92,13 +86,13 @@ def test_moving_consumer_and_producer_mid_stream_loses_nothing(coupling: Couplin
     counter = coupling.spawn(Counter, n, SIZE, 0.004, name=f"counter-{unique}", outputs={"out": ch}, workers=w[0])
     tally.start()
     counter.start()
-    _until("a quarter of the stream", lambda: tally.status().info["count"] >= n // 4)
+    until("a quarter of the stream", lambda: tally.status().info["count"] >= n // 4)
     assert coupling.supervisor.move(tally.name) == w[0]  # the consumer leaves mid-stream
     assert tally.generation == 1 and tally.status().state == "running" and tally.status().worker == w[0]
-    _until("half of the stream", lambda: tally.status().info["count"] >= n // 2)
+    until("half of the stream", lambda: tally.status().info["count"] >= n // 2)
     assert coupling.supervisor.move(counter.name) == w[1]  # then the producer
     assert counter.wait(60).info["i"] == n
-    _until("the whole stream", lambda: tally.status().info["count"] >= n)
+    until("the whole stream", lambda: tally.status().info["count"] >= n)
     time.sleep(0.3)
     record = tally.call("record")
     _assert_exactly_once_in_order(record, counter.name, n)
@@ -128,7 +122,7 @@ def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
         tally.start()
         counter.start()  # 12 s of data, and 5-10 s without a consumer: longer than any worker lives
         assert counter.wait(90).info["i"] == n
-        _until("the whole stream", lambda: tally.status().info["count"] >= n, timeout=30)
+        until("the whole stream", lambda: tally.status().info["count"] >= n, timeout=30)
         time.sleep(0.3)
         record = tally.call("record")
         events = cp.supervisor.events
@@ -182,11 +176,11 @@ def test_a_lost_actor_restarts_from_its_checkpoint_until_restarts_run_out() -> N
         policy = cp.supervisor.policy
         assert (policy.checkpoint_interval, policy.max_restarts, policy.restart_backoff) == (0.5, 1, 0.2)
         counter.start()
-        _until("a checkpoint after some steps", lambda: (cp.supervisor.last_checkpoint("counter") or {}).get("state", {}).get("i", 0) >= 20)
+        until("a checkpoint after some steps", lambda: (cp.supervisor.last_checkpoint("counter") or {}).get("state", {}).get("i", 0) >= 20)
         first = counter.status()
         _kill_worker_of(cp, first.worker)
         # The handle waits for the restart, then talks to the new instance.
-        _until("the restart", lambda: counter.generation == 1, timeout=45)
+        until("the restart", lambda: counter.generation == 1, timeout=45)
         st = counter.status()
         assert st.state == "running" and st.worker != first.worker
         assert st.info["i"] >= 20  # resumed from a checkpoint, not from scratch
@@ -195,7 +189,7 @@ def test_a_lost_actor_restarts_from_its_checkpoint_until_restarts_run_out() -> N
 
         _kill_worker_of(cp, st.worker)  # a second loss: max-restarts=1 is exhausted
         with pytest.raises(ActorFailed, match=r"actor 'counter' cannot be kept alive: lost 2 times.*was lost"):
-            _until("giving up", lambda: counter.status() is None, timeout=45)
+            until("giving up", lambda: counter.status() is None, timeout=45)
         with pytest.raises(ActorFailed, match="counter"):
             counter.wait(5)
 
