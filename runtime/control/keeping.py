@@ -119,39 +119,19 @@ class CheckpointKeeper:
         self._at[ref] = self.clock()
 
     def take(self, ref: ActorRef, worker: str, timeout: float) -> dict[str, Any]:
-        """Checkpoint ``ref``'s actor now, then :meth:`keep` it; a store that fails raises.
+        """Checkpoint ``ref``'s actor now, hold it, write it to the store, then commit its deliveries.
 
         Raises:
             TimeoutError: if the actor did not reach a step boundary within ``timeout``.
-            CheckpointError: if the checkpoint could not be written.
+            CheckpointError: if the checkpoint could not be written (it is held, not committed).
         """
         ck = ref.proxy.checkpoint(timeout).result(timeout=timeout + CALL_SLACK)
-        self.keep(ref, worker, ck, strict=True)
-        return ck
-
-    def keep(self, ref: ActorRef, worker: str, ck: dict[str, Any], strict: bool = False) -> None:
-        """Hold ``ck`` as the actor's last checkpoint, write it to the store, then commit its deliveries.
-
-        Args:
-            ref: the actor.
-            worker: its worker, for the failure report.
-            ck: its checkpoint.
-            strict: raise a store's failure instead of reporting it.
-
-        Raises:
-            CheckpointError: if ``strict`` and the store could not write it.
-        """
         self._hold(ref, ck)
         if self.store is not None:
-            try:
-                self.store.save(ref.name, ck)
-            except CheckpointError as e:
-                if strict:
-                    raise
-                self._failed(ref.name, worker, str(e))
-                logger.warning("coupler supervisor: %s", e)
+            self.store.save(ref.name, ck)
         if _commits(ck):
             ref.proxy.commit(ck.get("delivered", {}), ck.get("takes")).result(timeout=CALL_SLACK)
+        return ck
 
     def hold_final(self, ref: ActorRef, ck: dict[str, Any]) -> None:
         """Hold and store the checkpoint a handed-over actor left; its successor's restore commits it."""
@@ -214,7 +194,10 @@ class CheckpointKeeper:
             try:
                 self.store.save(ref.name, result)
             except CheckpointError as e:
+                # Not committed: a run resumed from the store would start from the older
+                # checkpoint there, and producers must still hold what came after it.
                 self._report(ref, cycle.worker, e)
+                return
         if _commits(result):
             try:
                 future = ref.proxy.commit(result.get("delivered", {}), result.get("takes"))

@@ -11,6 +11,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from coupler.runtime.control.actor_ref import ActorRef
+from coupler.runtime.control.checkpoints import CheckpointError
 from coupler.runtime.control.keeping import CheckpointKeeper
 
 
@@ -94,3 +95,23 @@ def test_an_abandoned_cycle_is_never_collected() -> None:
     proxy.asked[0].set_result(_ck(3))
     keeper.periodic(ref, "w", 10.0)
     assert keeper.held(ref) is None and failed == []
+
+
+class _FailingStore:
+    """A checkpoint store whose writes fail (a full disk, a lost mount)."""
+
+    def save(self, name: str, ck: dict[str, Any]) -> None:
+        raise CheckpointError(f"cannot write the checkpoint of {name!r}: no space left")
+
+
+def test_a_checkpoint_the_store_could_not_write_is_held_but_not_committed() -> None:
+    """Producers may forget messages only once the checkpoint covering them is stored: a run resumed
+    from the store starts from the older checkpoint there and needs them."""
+    keeper, ref, proxy, failed, now = _keeper()
+    keeper.store = _FailingStore()  # type: ignore[assignment]
+    now[0] = 10.0
+    keeper.periodic(ref, "w", 10.0)
+    proxy.asked[0].set_result(_ck(7))
+    keeper.periodic(ref, "w", 10.0)
+    assert keeper.held(ref) == _ck(7)  # a restart in this run still gets it
+    assert proxy.commits == [] and len(failed) == 1 and "no space left" in failed[0][2]
