@@ -202,7 +202,7 @@ class RunLoop:
                         return True
                     if not self._pause_requested:
                         return False
-                    self._cond.wait(0.5)
+                    self._cond.wait()  # resume, a request, stop and abort notify: no need to look in slices
                     continue
             for kind, fut, arg in requests:
                 self._serve(kind, fut, arg)
