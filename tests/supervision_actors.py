@@ -44,10 +44,15 @@ class Counter(ActorHost):
 
 
 class Tally(ActorHost):
-    """Receives from ``inp`` and records ``(source, seq, value)`` of every message, plus a checksum."""
+    """Receives from ``inp`` and records ``(source, seq, value)`` of every message, plus a checksum.
 
-    def __init__(self, **kw: Any) -> None:
+    Args:
+        period: seconds to sleep after each message (a slow consumer: it has messages left when a channel closes).
+    """
+
+    def __init__(self, period: float = 0.0, **kw: Any) -> None:
         super().__init__(**kw)
+        self.period = period
         self.got: list[tuple[str, int, float]] = []
         self.checksum = 0.0
         self.workers_seen: list[str] = []
@@ -60,6 +65,8 @@ class Tally(ActorHost):
         x = m.data["x"]
         self.got.append((m.source, m.seq, float(x[0])))
         self.checksum += float(x.sum())
+        if self.period:
+            time.sleep(self.period)
         return True
 
     def info(self) -> dict[str, Any]:

@@ -131,9 +131,10 @@ class Broker(SchedulerPlugin):
         self.channels: dict[str, ChannelRecord] = {}
         self.tallies = Tallies()  # what workers report: counters, actors' statuses, metric series, rates
         self.scheduler: Any = None
-        # Closed channels that were forgotten (newest last), and the coupling runs.
-        # A run ends when its coupling closes or its client goes; its channels are closed and forgotten.
-        self.closed_names: OrderedDict[str, None] = OrderedDict()
+        # Closed channels that were forgotten (newest last), each with the routing table a late
+        # consumer gets (see ChannelRecord.final_routing), and the coupling runs. A run ends when
+        # its coupling closes or its client goes; its channels are closed and forgotten.
+        self.closed_names: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.runs = RunBook()
         self._sampler: PeriodicCallback | None = None
         self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
@@ -233,8 +234,16 @@ class Broker(SchedulerPlugin):
         self.tallies.actor_status(name, status)
         return {"status": "OK"}
 
-    def routing(self, name: str) -> dict[str, Any]:
-        """The routing table of a channel."""
+    def routing(self, name: str, forgotten_ok: bool = False) -> dict[str, Any]:
+        """The routing table of a channel.
+
+        Args:
+            name: the channel.
+            forgotten_ok: of a channel closed and forgotten, answer its final table (closed,
+                nobody attached; what a late consumer attaches to), not ``ChannelClosed``.
+        """
+        if forgotten_ok and name in self.closed_names and name not in self.channels:
+            return {"status": "OK", **self.closed_names[name]}
         try:
             return {"status": "OK", **self._channel(name).routing()}
         except CouplerError as e:
@@ -264,8 +273,15 @@ class Broker(SchedulerPlugin):
         cannot register: its instances were replaced (:class:`Fenced`).
         """
         try:
-            rec = self._channel(name)
             check_name("endpoint", ident)
+            if role == "consumer" and name in self.closed_names and name not in self.channels:
+                # A consumer that comes after the channel was closed and forgotten (the successor
+                # of one whose worker was lost while it drained): it finds the channel closed and
+                # empty, and nothing is recorded for it (its detach finds nothing either).
+                if not isinstance(stream, str) or not isinstance(host, str):
+                    raise ValueError(f"stream and host must be strings, got {stream!r} and {host!r}")
+                return {"status": "OK", **self.closed_names[name]}
+            rec = self._channel(name)
             if role == "producer":
                 live = getattr(self.scheduler, "workers", None)  # (None: a broker outside a scheduler, in tests)
                 epoch = rec.attach_producer(ident, address, live)
@@ -333,12 +349,12 @@ class Broker(SchedulerPlugin):
             self._forget(rec)
 
     def _forget(self, rec: ChannelRecord) -> None:
-        """Drop a drained channel and what is kept about it; remember its name as closed."""
+        """Drop a drained channel and what is kept about it; remember its name and final table as closed."""
         if self.channels.get(rec.name) is not rec:
             return  # forgotten meanwhile (another handler ran during a push), or declared anew
         del self.channels[rec.name]
         self.tallies.forget_channel(rec.name)  # the workers forgot it when it closed
-        self.closed_names[rec.name] = None
+        self.closed_names[rec.name] = rec.final_routing()
         while len(self.closed_names) > CLOSED_NAMES_KEPT:
             self.closed_names.popitem(last=False)
 
@@ -396,6 +412,8 @@ class Broker(SchedulerPlugin):
         for rec in changed:
             if self.channels.get(rec.name) is rec:  # not forgotten (or declared anew) during an earlier push
                 await self._push(rec)
+            if rec.drained:  # closed, and its last consumer was on that worker: nothing can use it any more
+                self._forget(rec)
 
     async def _push(self, rec: ChannelRecord, consumers_too: bool = False) -> None:
         """Send the routing table to every worker that produces (or consumes) on ``rec``."""

@@ -52,6 +52,18 @@ class ChannelRecord:
             producers=dict(sorted(self.producers.items())),
         ).to_wire()
 
+    def final_routing(self) -> dict[str, Any]:
+        """The routing table of this channel once it is forgotten, on the wire: closed, nobody attached.
+
+        What a consumer gets that attaches after that, for instance the successor of
+        one whose worker was lost while it drained: it finds the channel closed and
+        empty, as its predecessor would have at the end.
+        """
+        return RoutingTable(
+            channel=self.name, version=self.version + 1, policy=policy_from_wire(self.policy),
+            spec=None if self.spec is None else Spec.from_wire(self.spec), closed=True, consumers=(), gone=(), producers={},
+        ).to_wire()
+
     def redeclare(self, policy: dict[str, Any], spec: dict[str, Any] | None) -> None:
         """A declaration of this channel again: the same policy and spec, or a first spec (then fixed).
 

@@ -54,12 +54,13 @@ class LocalConsumers:
             preload: messages to hold before anything arrives (a moved consumer's leftovers).
 
         Returns:
-            The consumer's buffer (closed already if the channel is).
+            The consumer's buffer (closed already if the channel is, or was closed and
+            forgotten: the successor of a consumer lost while it drained ends as it would have).
 
         Raises:
             UnknownChannel: if the channel was never declared.
         """
-        table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel))
+        table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel, forgotten_ok=True))
         buf = make_buffer(channel, table.policy)
         buf.consumer = consumer
         if preload:

@@ -82,7 +82,7 @@ class TakeGathering:
         """
         asks = []
         for channel in channels:
-            table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel))
+            table = RoutingTable.from_wire(await self.broker("coupler_routing", name=channel, forgotten_ok=True))
             if table.is_queue:
                 asks += [self._ask(channel, a, source, since) for a in sorted({c.worker for c in table.consumers})]
         parts: list[dict[int, Take]] = []

@@ -78,3 +78,31 @@ def test_remove_worker_tells_every_channel_while_others_are_declared_and_closed(
         # Closed with their only consumer lost: drained and forgotten; nothing was pushed for a forgotten one after.
         assert not [name for name in b.channels if name.startswith("c")]
         assert {addr for addr, _ in pushed} <= {ALIVE, LOST}
+
+
+@pytest.mark.parametrize("order", ["close, then lose the consumer", "lose the consumer, then close"])
+def test_a_closed_channel_whose_last_consumer_was_lost_is_forgotten_and_its_successor_finds_it_closed(order: str) -> None:
+    """Forgotten whichever comes first. A successor of the lost consumer (its restart)
+    attaches to a closed, empty channel and records nothing; a producer is refused."""
+
+    async def scenario() -> Broker:
+        b = await _broker_with_consumers_on_the_lost_worker(1)
+        if order.startswith("close"):
+            assert (await b.close_channel(name="c0"))["status"] == "OK"
+            assert "c0" in b.channels  # its consumer has not drained it yet
+            await b.remove_worker(b.scheduler, LOST)
+        else:
+            await b.remove_worker(b.scheduler, LOST)
+            assert (await b.close_channel(name="c0"))["status"] == "OK"
+        return b
+
+    b = asyncio.run(scenario())
+    assert "c0" not in b.channels and "c0" not in b.snapshot()["channels"]
+    late = asyncio.run(b.attach(name="c0", role="consumer", ident="a0/in", address=ALIVE, stream="10.0.0.2:9", host="h"))
+    assert late["status"] == "OK" and late["closed"] is True and late["consumers"] == [] and late["policy"]["kind"] == "queue"
+    assert b.routing(name="c0", forgotten_ok=True) == late and b.routing(name="c0")["error"] == "ChannelClosed"
+    assert "c0" not in b.channels  # nothing recorded for the late consumer
+    assert asyncio.run(b.detach(name="c0", ident="a0/in"))["status"] == "OK"
+    refused = asyncio.run(b.attach(name="c0", role="producer", ident="p0", address=ALIVE))
+    assert refused["status"] == "error" and refused["error"] == "ChannelClosed"
+    assert b.declare(name="c0", policy=QUEUE)["status"] == "OK" and not b.routing(name="c0")["closed"]  # the name is free
