@@ -60,7 +60,7 @@ from typing import Any
 from coupler.runtime import InPort, OutPort, local_endpoint
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
-from coupler.runtime.control.status import ActorStatus, MetricLog, describe_device
+from coupler.runtime.control.status import ActorStatus, MetricLog, WeightsInUse, describe_device
 from coupler.actors.checkpointing import Checkpointer
 from coupler.actors.ports import HostInPort, HostOutPort, give_back
 from coupler.actors.run_loop import ENDED_STATES, RunLoop
@@ -141,6 +141,14 @@ class ActorHost:
         """
         self._metric_log.record(metric, self._life.steps if step is None else step, value)
 
+    def weights_in_use(self) -> WeightsInUse | None:
+        """The learned weights this actor computes with, for its status and the dashboard.
+
+        Actors that install a learner's weights (``actors/hybrid.py``) say which and
+        how old; the default: none.
+        """
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         """The subclass's state as plain data (numpy arrays, numbers, strings, lists, dicts).
 
@@ -210,6 +218,7 @@ class ActorHost:
             info=self.info(),
             device=describe_device(),
             waiting=waits.current(self._loop.thread),
+            weights=self.weights_in_use(),
         )
         # The broker keeps the metric points (reports carry the recent ones) and drops them from the status.
         return {**st.to_dict(), "metrics": self._metric_log.recent()}

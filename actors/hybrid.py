@@ -26,6 +26,7 @@ import numpy as np
 from flax import nnx
 
 from coupler.actors.simulator import SimulatorActor
+from coupler.runtime.control.status import WeightsInUse
 from coupler.learners.online import ModelFactory, OnlineTrainer, replace_checked
 from coupler.learners.solver_correction import CorrectionModelConfig, corrected_rollout
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
@@ -156,6 +157,7 @@ class HybridSimulatorActor(SimulatorActor):
         self._model = OnlineTrainer(self.surrogate)
         if restored is not None and restored.get("weights") is not None:
             self._install(restored["weights"], restored.get("weights_step"))
+            self._weights_sent_at = restored.get("weights_sent_at")
         self._solver_advance = self._advance
         self._advance = self._hybrid_advance
 
@@ -203,6 +205,7 @@ class HybridSimulatorActor(SimulatorActor):
             **state,
             "weights": self._weights,
             "weights_step": self.weights_step,
+            "weights_sent_at": self._weights_sent_at,  # their age goes on across a restart
             "surrogate_blocks": self.surrogate_blocks,
             "solver_blocks": self.solver_blocks,
         }
@@ -214,6 +217,9 @@ class HybridSimulatorActor(SimulatorActor):
             self.surrogate_blocks = int(state.get("surrogate_blocks", 0))
             self.solver_blocks = int(state.get("solver_blocks", 0))
 
+    def weights_in_use(self) -> WeightsInUse | None:
+        return _in_use(self.weights_step, self._weights_sent_at, self.available_weights_step())
+
     def info(self) -> dict[str, Any]:
         available = self.available_weights_step()
         return {
@@ -224,6 +230,13 @@ class HybridSimulatorActor(SimulatorActor):
             "weights_behind": None if available is None or self.weights_step is None else available - self.weights_step,
             "weights_age_s": None if self._weights_sent_at is None else round(time.time() - self._weights_sent_at, 3),
         }
+
+
+def _in_use(step: int | None, sent_at: float | None, available: int | None) -> WeightsInUse | None:
+    """The weights of ``step``, sent at ``sent_at`` (``None`` before the first), ``available`` the newest arrived."""
+    if step is None or sent_at is None:
+        return None
+    return WeightsInUse(step, sent_at, None if available is None else available - step)
 
 
 def corrected_advance(
@@ -318,6 +331,9 @@ class CorrectedSimulatorActor(SimulatorActor):
         """Training step of the newest weights on the ``"weights"`` channel (``None``: none yet)."""
         msg = self.inputs["weights"].latest()
         return None if msg is None else int(msg.step)
+
+    def weights_in_use(self) -> WeightsInUse | None:
+        return _in_use(self.weights_step, self._weights_sent_at, self.available_weights_step())
 
     def info(self) -> dict[str, Any]:
         available = self.available_weights_step()

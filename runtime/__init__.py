@@ -38,12 +38,14 @@ from coupler.runtime.policies import Window as Window
 from coupler.runtime.dataplane.ports import InPort as InPort
 from coupler.runtime.dataplane.ports import OutPort as OutPort
 from coupler.runtime.control.status import ActorStatus as ActorStatus
+from coupler.runtime.control.status import WeightsInUse as WeightsInUse
 from coupler.runtime.control.status import ChannelStats as ChannelStats
 
 __all__ = [
     "ActorFailed",
     "ActorRef",
     "ActorStatus",
+    "WeightsInUse",
     "Broker",
     "BufferStats",
     "ChannelClosed",

@@ -14,12 +14,50 @@ import sys
 import threading
 import uuid
 from collections import deque
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from coupler.runtime.dataplane.waits import Wait
 
 TERMINAL_STATES = frozenset({"finished", "stopped", "failed", "lost"})
+
+
+@dataclass(frozen=True)
+class WeightsInUse:
+    """The learned weights an actor computes with (a hybrid or a corrected simulator).
+
+    Attributes:
+        version: the training step of the learner that produced them.
+        sent_at: wall-clock time the learner sent them (``time.time()`` on its worker).
+        behind: how many training steps newer the newest weights that have arrived
+            are (not installed yet: the actor installs them at its next block); ``None``: unknown.
+    """
+
+    version: int
+    sent_at: float
+    behind: int | None = None
+
+    def age(self, now: float) -> float:
+        """Seconds since the learner sent them (0 if the clocks disagree)."""
+        return max(0.0, now - self.sent_at)
+
+    def describe(self, now: float) -> str:
+        """``"step 120, 3.4 s old"``, and ``", 20 steps behind"`` when newer ones wait."""
+        text = f"step {self.version}, {self.age(now):.1f} s old"
+        return text + (f", {self.behind} steps behind" if self.behind else "")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> WeightsInUse:
+        """Build from :meth:`to_dict` (``dataclasses.asdict``).
+
+        Raises:
+            ValueError: if ``d`` lacks ``version`` or ``sent_at``, or they are not numbers.
+        """
+        try:
+            behind = d.get("behind")
+            return cls(int(d["version"]), float(d["sent_at"]), None if behind is None else int(behind))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"weights in use need a version and a sent_at, got {d!r:.120}") from e
 
 
 @dataclass(frozen=True)
@@ -42,6 +80,8 @@ class ActorStatus:
             it; 0 in a status asked of the actor directly).
         waiting: what its run loop is blocked on in the data plane (a consumer to attach,
             room at a full consumer, input...), and since when; ``None`` when it is not.
+        weights: the learned weights it computes with, for actors that use a learner's
+            (their version and age: the staleness the dashboard shows); else ``None``.
     """
 
     name: str
@@ -56,6 +96,7 @@ class ActorStatus:
     device: str = ""
     step_rate: float = 0.0
     waiting: Wait | None = None
+    weights: WeightsInUse | None = None
 
     @property
     def last_error(self) -> str:
@@ -77,6 +118,7 @@ class ActorStatus:
         """Plain data (what actors report and the broker keeps)."""
         d = dict(self.__dict__)
         d["waiting"] = None if self.waiting is None else self.waiting.to_dict()
+        d["weights"] = None if self.weights is None else asdict(self.weights)
         return d
 
     @classmethod
@@ -86,6 +128,8 @@ class ActorStatus:
         kw = {k: v for k, v in d.items() if k in names}
         if isinstance(kw.get("waiting"), dict):
             kw["waiting"] = Wait.from_dict(kw["waiting"])
+        if isinstance(kw.get("weights"), dict):
+            kw["weights"] = WeightsInUse.from_dict(kw["weights"])
         return cls(**kw)
 
 

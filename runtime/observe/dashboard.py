@@ -174,7 +174,8 @@ class CouplerPage:
     ACTOR_COLUMNS: Columns = [
         ("actor", "actor", None), ("cls", "class", None), ("state", "state", None), ("worker", "worker", None),
         ("device", "device", None), ("steps", "steps", ",d"), ("step_rate", "steps/s", ",.1f"),
-        ("metrics", "metrics", None), ("waiting", "waits for", None), ("error", "last error", None),
+        ("metrics", "metrics", None), ("weights", "weights in use", None), ("waiting", "waits for", None),
+        ("error", "last error", None),
     ]
 
     def __init__(self, scheduler: Any) -> None:
@@ -282,6 +283,7 @@ class CouplerPage:
     def actor_rows(self, actors: dict[str, ActorStatus], last: dict[str, dict[str, float]]) -> dict[str, list[Any]]:
         """Columns of the actor table."""
         rows = [actors[n] for n in sorted(actors)]
+        now = time.time()
         return {
             "actor": [a.name for a in rows],
             "cls": [a.cls for a in rows],
@@ -291,6 +293,7 @@ class CouplerPage:
             "steps": [a.steps for a in rows],
             "step_rate": [a.step_rate for a in rows],
             "metrics": [" ".join(f"{k}={v:.4g}" for k, v in sorted(last.get(a.name, {}).items())) for a in rows],
+            "weights": ["" if a.weights is None else a.weights.describe(now) for a in rows],
             "waiting": [a.explanation for a in rows],
             "error": [a.last_error for a in rows],
         }

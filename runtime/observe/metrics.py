@@ -24,6 +24,8 @@ Series (labels in braces)::
     coupler_actor_step_rate{actor,cls,worker,device}      iterations/s over the broker's window
     coupler_actor_state{actor,state}                      1 for the actor's current state
     coupler_actor_metric{actor,metric}                    last value of what the actor records (loss)
+    coupler_actor_weights_version{actor}                  training step of the learned weights it uses (hybrids)
+    coupler_actor_weights_age_seconds{actor}              seconds since the learner sent them (staleness)
 
 Several schedulers in one process (tests start clusters one after another)
 share the one registry, as distributed's own collectors do: the collector
@@ -33,6 +35,7 @@ reports the broker started last among those still running.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -130,24 +133,30 @@ def channel_metrics(broker: Broker) -> list[Metric]:
 
 
 def actor_metrics(broker: Broker) -> list[Metric]:
-    """Per-actor families: steps, step rate, state, and the last value of each recorded metric."""
+    """Per-actor families: steps, step rate, state, the weights in use (hybrids), and the last value of each recorded metric."""
     labels = ["actor", "cls", "worker", "device"]
     steps = CounterMetricFamily(_name("actor_steps"), "Run-loop iterations the actor completed", labels=labels)
     rate = GaugeMetricFamily(_name("actor_step_rate"), "Run-loop iterations per second over the broker's rate window", labels=labels)
     state = GaugeMetricFamily(_name("actor_state"), "1 for the actor's current state, 0 for the others", labels=["actor", "state"])
+    version = GaugeMetricFamily(_name("actor_weights_version"), "Training step of the learned weights the actor uses", labels=["actor"])
+    age = GaugeMetricFamily(_name("actor_weights_age_seconds"), "Seconds since the learner sent the weights the actor uses", labels=["actor"])
+    now = time.time()
     for name, a in sorted(broker.actor_statuses().items()):
         values = [name, a.cls, a.worker, a.device]
         steps.add_metric(values, a.steps)
         rate.add_metric(values, a.step_rate)
         for s in sorted({*ACTOR_STATES, a.state}):
             state.add_metric([name, s], int(s == a.state))
+        if a.weights is not None:
+            version.add_metric([name], a.weights.version)
+            age.add_metric([name], a.weights.age(now))
     recorded = GaugeMetricFamily(
         _name("actor_metric"), "Last value of a metric the actor records (e.g. a learner's loss)", labels=["actor", "metric"]
     )
     for name, last in sorted(broker.last_metrics().items()):
         for metric, value in sorted(last.items()):
             recorded.add_metric([name, metric], value)
-    return [steps, rate, state, recorded]
+    return [steps, rate, state, version, age, recorded]
 
 
 _COLLECTOR = CouplerCollector()

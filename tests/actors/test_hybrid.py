@@ -108,6 +108,8 @@ def test_hybrid_actor_uses_the_weights_from_its_latest_channel(coupling: Couplin
     # Every message names the weights its block ran with; the status says how old they are.
     np.testing.assert_array_equal(got["weights_version"], np.zeros(members * blocks, np.int64))
     assert st.info["weights_behind"] == 0 and st.info["weights_age_s"] >= 0
+    assert st.weights is not None and (st.weights.version, st.weights.behind) == (0, 0)  # what the dashboard shows
+    assert 0 <= st.weights.age(time.time()) < 300
     expected = _expected_targets(sim, params, features, weights, k, blocks, HybridSchedule(1, 2))
     np.testing.assert_allclose(got["target"], expected, rtol=1e-5, atol=1e-6)
     # The surrogate's blocks differ from the solver's: the check above could not pass by accident.
@@ -117,7 +119,7 @@ def test_hybrid_actor_uses_the_weights_from_its_latest_channel(coupling: Couplin
     st, got = runs["without"]
     assert (st.info["surrogate_blocks"], st.info["solver_blocks"], st.info["weights_step"]) == (0, blocks, None)
     np.testing.assert_array_equal(got["weights_version"], np.full(members * blocks, -1, np.int64))
-    assert st.info["weights_age_s"] is None
+    assert st.info["weights_age_s"] is None and st.weights is None
     np.testing.assert_allclose(got["target"], solver_only, rtol=1e-5, atol=1e-6)
 
 
@@ -177,6 +179,7 @@ def test_correction_trains_through_the_runtime_with_versioned_weights_and_lineag
     st = coarse_run.wait(120)
     assert st.state == "finished" and st.info["corrected_blocks"] == 2 and st.info["solver_blocks"] == 0
     assert st.info["weights_step"] == 6 and st.info["weights_behind"] == 0 and st.info["weights_age_s"] >= 0
+    assert st.weights is not None and (st.weights.version, st.weights.behind) == (6, 0)
     np.testing.assert_array_equal(col.call("contents")["weights_version"], np.full(2 * members, 6, np.int64))
     sims.wait(120)
 

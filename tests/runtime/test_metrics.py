@@ -184,3 +184,18 @@ def test_metrics_lists_live_coupler_series_per_channel_and_actor(
         coupling, lambda s: value(s, "coupler_channel_messages_sent_total", channel=channel, policy="queue") > sent
     )
     assert value(later, "coupler_actor_steps_total", actor=fit) >= value(first, "coupler_actor_steps_total", actor=fit)
+
+
+def test_the_weights_an_actor_uses_are_series_with_their_age() -> None:
+    from coupler.runtime.control.status import ActorStatus, WeightsInUse
+    from coupler.runtime.observe.metrics import actor_metrics
+
+    broker = Broker()
+    sent = time.time() - 30.0
+    hybrid = ActorStatus(name="hybrid", cls="HybridSimulatorActor", state="running", weights=WeightsInUse(40, sent, 0))
+    broker.report("tcp://a:1", channels={}, actors={"hybrid": hybrid.to_dict(), "learner": ActorStatus(name="learner").to_dict()})
+    families = {f.name: f for f in actor_metrics(broker)}
+    (version,) = families["coupler_actor_weights_version"].samples  # the learner uses no weights: no series
+    (age,) = families["coupler_actor_weights_age_seconds"].samples
+    assert version.labels == {"actor": "hybrid"} and version.value == 40
+    assert age.labels == {"actor": "hybrid"} and 30.0 <= age.value < 60.0

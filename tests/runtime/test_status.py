@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 import sys
+import time
 import types
 from typing import Any
 
@@ -41,3 +42,30 @@ def test_a_started_backend_names_its_first_device() -> None:
     import jax  # a dependency of the project: no skip
     jax.numpy.zeros(1).block_until_ready()
     assert status.describe_device() == f"{jax.devices()[0].platform}:{jax.devices()[0].id}"
+
+
+def test_weights_in_use_travel_with_the_status_and_say_their_age() -> None:
+    weights = status.WeightsInUse(version=120, sent_at=1000.0, behind=20)
+    st = status.ActorStatus(name="hybrid", state="running", weights=weights)
+    again = status.ActorStatus.from_dict(st.to_dict())  # as a worker reports it and the broker keeps it
+    assert again == st and again.weights == weights
+    assert weights.age(1003.44) == pytest.approx(3.44) and weights.age(999.0) == 0.0  # clocks that disagree: 0
+    assert weights.describe(1003.44) == "step 120, 3.4 s old, 20 steps behind"
+    assert status.WeightsInUse(7, 1000.0, 0).describe(1000.0) == "step 7, 0.0 s old"
+    assert status.ActorStatus.from_dict(status.ActorStatus(name="plain").to_dict()).weights is None
+    with pytest.raises(ValueError, match="need a version and a sent_at, got"):
+        status.WeightsInUse.from_dict({"version": 3})
+
+
+def test_the_dashboard_shows_the_weights_each_actor_uses() -> None:
+    from coupler.runtime.observe.dashboard import CouplerPage
+
+    now = time.time()
+    actors = {
+        "hybrid": status.ActorStatus(name="hybrid", weights=status.WeightsInUse(5, now - 60.0, 2)),
+        "learner": status.ActorStatus(name="learner"),
+    }
+    rows = CouplerPage(None).actor_rows(actors, {})
+    assert rows["actor"] == ["hybrid", "learner"]
+    assert rows["weights"][1] == "" and rows["weights"][0].startswith("step 5, 60.") and rows["weights"][0].endswith(" s old, 2 steps behind")
+    assert ("weights", "weights in use", None) in CouplerPage.ACTOR_COLUMNS
