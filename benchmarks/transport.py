@@ -21,7 +21,7 @@ import os
 import platform
 import sys
 import time
-from typing import Any, Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # the helper modules sit next to this script
 
@@ -29,7 +29,6 @@ from _common import (  # noqa: E402
     BROADCAST,
     FAN_IN,
     FULL,
-    HEAT,
     PINGPONG,
     QUICK,
     SMOKE,

@@ -30,7 +30,7 @@ def test_a_blocked_run_loop_does_not_block_other_actors_on_the_worker(coupling: 
 def test_pause_resume_and_lifecycle(coupling: Coupling, unique: str) -> None:
     ch = coupling.channel(f"life-{unique}", Queue(1000))
     w = coupling.workers()
-    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch}, workers=w[1])
+    coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch}, workers=w[1])  # attached: room for every message
     prod = coupling.spawn(Producer, 300, name=f"prod-{unique}", outputs={"out": ch}, workers=w[0])
     assert prod.status().state == "created"
     prod.start()

@@ -19,7 +19,6 @@ from collections import Counter
 from collections.abc import Iterator
 
 import cloudpickle
-import dask
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
