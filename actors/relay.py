@@ -26,11 +26,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
 from coupler.actors.base import ActorHost
 from coupler.runtime import InPort, Message, OutPort
+from coupler.runtime.errors import SequenceBehind
 
 T = TypeVar("T")
 
@@ -54,6 +57,11 @@ class DriverRelay(ActorHost):
     def __init__(self, *, name: str, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None) -> None:
         super().__init__(name=name, inputs=inputs, outputs=outputs)
         self._relayed = {"sent": 0, "received": 0}
+        # Held by a send for its whole length, and by a checkpoint or a hand-over: a checkpoint
+        # is of a step boundary, which a relay, sending from the script's calls in threads
+        # of their own, has only between two sends. Its next sequence number then covers
+        # exactly the messages its flush saw accepted.
+        self._sending = asyncio.Lock()
 
     def info(self) -> dict[str, Any]:
         """What the relay passed on so far: ``{"relay": "driver", "sent": n, "received": n}``."""
@@ -68,8 +76,17 @@ class DriverRelay(ActorHost):
         step: int = 0,
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
+        expect: int | None = None,
     ) -> int:
         """Send one message on the relay's output port (see ``OutPort.send``).
+
+        Args:
+            expect: the sequence number the script gives this message (``None``: any, its
+                first). A relay restarted from a checkpoint may resume before it: then nothing
+                is sent and :class:`SequenceBehind` says where it resumes, for the script to
+                send what it kept from there on again. One just after it means that the
+                relay's predecessor sent this very message before the checkpoint (the call
+                came again after the loss of its worker): it is not sent twice.
 
         Returns:
             The message's sequence number (per channel and source, the relay's name).
@@ -77,12 +94,77 @@ class DriverRelay(ActorHost):
         Raises:
             SpecMismatch, ChannelClosed, ConsumerGone, ChannelTimeout: as ``OutPort.send``.
             Interrupted: the relay was stopped while the send waited.
-            RuntimeError: the relay has no output port (it is a subscription's).
+            SequenceBehind: the relay resumes before ``expect``.
+            RuntimeError: the relay has no output port (it is a subscription's), or it is
+                further ahead of ``expect`` than the one message a repeated call explains.
         """
         port = self._out()
+        async with self._sending:
+            return await self._send(port, data, timestamp, step, meta, timeout, expect)
+
+    async def _send(
+        self, port: OutPort, data: Any, timestamp: float, step: int, meta: dict[str, Any] | None, timeout: float | None,
+        expect: int | None,
+    ) -> int:
+        if expect is not None:
+            have = self.endpoint.sender.next_seq(port.channel, port.source)
+            if have == expect + 1:
+                return expect
+            if have < expect:
+                raise SequenceBehind(
+                    f"driver relay {self.name!r} resumes at sequence number {have}, the script's next is {expect}", have,
+                )
+            if have != expect:
+                raise RuntimeError(f"driver relay {self.name!r} is at sequence number {have}, the script's next is {expect}")
         seq = await self._in_thread(lambda: port.send(data, timestamp=timestamp, step=step, meta=meta, timeout=timeout))
         self._relayed["sent"] += 1
         return seq
+
+    async def skip_to(self, seq: int) -> None:
+        """Number the next message ``seq``: the script lost the ones before it (see ``runtime/driver.py``).
+
+        Raises:
+            ValueError: if ``seq`` is not ahead of the next number.
+            RuntimeError: the relay has no output port.
+        """
+        port = self._out()
+        async with self._sending:
+            have = self.endpoint.sender.next_seq(port.channel, port.source)
+            if seq < have:
+                raise ValueError(f"driver relay {self.name!r} is at sequence number {have}, cannot go back to {seq}")
+            # In a thread: a source's first number registers it with the broker (a call the loop cannot wait for).
+            await self._in_thread(lambda: self.endpoint.sender.resume_seq(port.channel, port.source, seq))
+
+    async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
+        """``ActorHost.checkpoint``, between two sends (see ``_sending``).
+
+        Raises:
+            TimeoutError: if no send ended, or the checkpoint was not taken, within ``timeout``.
+        """
+        async with self._between_sends(timeout):
+            return await super().checkpoint(timeout)
+
+    async def retire(self, timeout: float | None = 30.0, force: bool = False) -> dict[str, Any]:
+        """``ActorHost.retire``, between two sends; ``force`` does not wait for a send to end (it interrupts it).
+
+        Raises:
+            TimeoutError: as :meth:`checkpoint`.
+        """
+        if force:
+            return await super().retire(timeout, force)
+        async with self._between_sends(timeout):
+            return await super().retire(timeout, force)
+
+    @contextlib.asynccontextmanager
+    async def _between_sends(self, timeout: float | None) -> AsyncIterator[None]:
+        try:
+            await asyncio.wait_for(self._sending.acquire(), timeout)
+        except asyncio.TimeoutError:
+            raise TimeoutError(f"driver relay {self.name!r}: a send still waits after {timeout} s (back-pressure)") from None
+        try:
+            yield
+        finally:
+            self._sending.release()
 
     async def flush(self, timeout: float | None = None) -> None:
         """Wait until what the relay sent was accepted by its consumers (see ``OutPort.flush``).

@@ -351,6 +351,12 @@ class Coupling(Participant):
     def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
         return self.supervisor.spawn(spec)
 
+    def _relay_checkpoint(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.supervisor.last_checkpoint(name)
+        except KeyError:  # released meanwhile
+            return None
+
     def actors(self) -> dict[str, ActorStatus]:
         """Status of every actor this coupling spawned (asked directly)."""
         return {name: ref.status() for name, ref in self._actors.items()}

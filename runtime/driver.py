@@ -6,7 +6,8 @@ for it on a worker, each by a relay actor (``coupler.actors.relay.DriverRelay``)
 that it calls through an :class:`~coupler.runtime.ActorRef`:
 
 - a :class:`Publisher` is a producer on one channel: its messages carry the
-  relay's name as their source and gap-free sequence numbers, they are checked
+  relay's name as their source and gap-free sequence numbers (see
+  :class:`Publisher` for the loss of its relay's worker), they are checked
   against the channel's spec, and a send waits while a ``Queue`` consumer is
   full, exactly as an actor's ``OutPort.send``;
 - a :class:`Subscription` is a consumer on one channel: it attaches when made,
@@ -43,6 +44,7 @@ import importlib.metadata
 import itertools
 import logging
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Generic, TypeVar
@@ -50,7 +52,9 @@ from typing import Any, Generic, TypeVar
 from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import check_name
 from coupler.runtime.control.spawning import SpawnSpec
-from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted
+from coupler.runtime.dataplane.settings import delivery_config
+from coupler.runtime.driver_resend import ResendLog
+from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted, PartiallyDelivered, SequenceBehind
 from coupler.runtime.message import Message
 
 logger = logging.getLogger(__name__)
@@ -197,11 +201,32 @@ class _Port:
 class Publisher(_Port):
     """The coupling script's producer on one channel (made by ``Coupling.publisher`` or ``Coupling.send``).
 
+    **Across the loss of its relay's worker.** An actor that produces restarts from
+    its checkpoint and sends again what came after it. The script does not restart,
+    so its publisher keeps what it sent since the relay's last checkpoint (up to
+    ``coupler.delivery.retain-bytes``, copied: the script may change its arrays)
+    and numbers its messages itself. When the restarted relay resumes before the
+    next number (``SequenceBehind``), the publisher sends what it kept from there
+    on again, in order, under the same numbers, then its new message: consumers
+    drop what they already had, and every send that returned a number arrives once.
+
     Args:
         channel: the channel.
         relay: the handle of its relay actor (an output port ``out`` on ``channel``).
         release: gives a relay back when an unclosed publisher is garbage collected.
+        checkpointed: the sequence number at which the relay's last checkpoint resumes
+            (``None``: none yet); what comes before it is not kept.
+        keep_bytes: payload bytes kept for sending again, at most.
     """
+
+    def __init__(
+        self, channel: str, relay: ActorRef, release: Callable[[ActorRef], None],
+        checkpointed: Callable[[], int | None] = lambda: None, keep_bytes: int = 256 << 20,
+    ) -> None:
+        super().__init__(channel, relay, release)
+        self._resend = ResendLog(relay.name, channel, keep_bytes)
+        self._checkpointed = checkpointed
+        self._next: int | None = None  # the number of the script's next message (None: the relay's first)
 
     @property
     def source(self) -> str:
@@ -235,7 +260,7 @@ class Publisher(_Port):
             ConsumerGone: a consumer left or its worker was lost.
             ChannelTimeout: no consumer or no space within ``timeout``.
         """
-        return self._call("send", data, timestamp=timestamp, step=step, meta=meta, timeout=timeout).wait()
+        return self._send_call(data, dict(timestamp=timestamp, step=step, meta=meta, timeout=timeout)).wait()
 
     async def asend(
         self,
@@ -247,7 +272,50 @@ class Publisher(_Port):
         timeout: float | None = None,
     ) -> int:
         """:meth:`send`, awaitable. A cancelled await does not withdraw the message."""
-        return await self._call("send", data, timestamp=timestamp, step=step, meta=meta, timeout=timeout).await_()
+        return await self._send_call(data, dict(timestamp=timestamp, step=step, meta=meta, timeout=timeout)).await_()
+
+    def _send_call(self, data: Any, kw: dict[str, Any]) -> _Call[int]:
+        if self._closed:
+            raise ChannelClosed(f"the driver's publisher {self.relay.name!r} on channel {self.channel!r} is closed")
+        kept = self._resend.copy(data) if self._resend.keeps else None  # now: the script may change its arrays after
+        return _Call(lambda: self._send_in_order(data, kept, kw), self._order, None, f"{self.relay.name}.send")
+
+    def _send_in_order(self, data: Any, kept: Any, kw: dict[str, Any]) -> int:
+        """Send one message under the next number, after what a restarted relay must send again (see the class)."""
+        while True:
+            try:
+                seq = self.relay.call("send", data, expect=self._next, **kw)
+            except SequenceBehind as e:
+                self._send_again(e.next_seq)
+                continue
+            except PartiallyDelivered as e:  # sent, under e.seq, to some consumers: kept for the others
+                self._sent(e.seq, kept, kw)
+                raise
+            self._sent(seq, kept, kw)
+            return seq
+
+    def _send_again(self, start: int) -> None:
+        """Send what was kept from ``start`` on again, under the same numbers (the relay resumed at ``start``).
+
+        If the log was full, the messages it did not keep are lost: the relay skips their
+        numbers (a consumer must not take a later message under one of them), with a warning.
+        """
+        kept = self._resend.since(start)
+        for item in kept:
+            got = self.relay.call("send", item.data, expect=item.seq, **item.kwargs)
+            if got != item.seq:
+                raise RuntimeError(f"driver relay {self.relay.name!r} numbered a message sent again {got}, not {item.seq}")
+        hole = start + len(kept)
+        if self._next is not None and hole < self._next:
+            logger.warning(
+                "publisher %r on %r: its relay was restarted; messages %d to %d were not kept (retain-bytes) and are lost",
+                self.relay.name, self.channel, hole, self._next - 1,
+            )
+            self.relay.call("skip_to", self._next)
+
+    def _sent(self, seq: int, kept: Any, kw: dict[str, Any]) -> None:
+        self._next = seq + 1
+        self._resend.add(seq, kept, kw, self._checkpointed())
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent was accepted by its consumers (sends are pipelined).
@@ -312,12 +380,18 @@ class Subscription(_Port):
         relay: the handle of its relay actor (an input port ``in`` on ``channel``).
         release: gives a relay back when an unclosed subscription is garbage collected.
         timeout: seconds each step of an iteration waits for a message (``None``: forever).
+
+    **Across the loss of its relay's worker.** The restarted relay takes again what
+    came after its checkpoint; the script, which does not restart, has had some of
+    it. So a subscription drops a message numbered at or below the last one it gave
+    the script from the same source: the script takes every message once, in order.
     """
 
     def __init__(self, channel: str, relay: ActorRef, release: Callable[[ActorRef], None], timeout: float | None = None) -> None:
         super().__init__(channel, relay, release)
         self.timeout = timeout
         self._kept: collections.deque[Message] = collections.deque()  # taken for a caller that gave up
+        self._last: dict[str, int] = {}  # source -> the highest number the script was given
 
     @property
     def consumer(self) -> str:
@@ -327,7 +401,16 @@ class Subscription(_Port):
     def _receive_call(self, timeout: float | None) -> _Call[Message]:
         def run() -> Message:
             # Run with the port's order lock held: a kept message is older than anything still to come.
-            return self._kept.popleft() if self._kept else self.relay.call("receive", timeout)
+            if self._kept:
+                return self._kept.popleft()
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                m = self.relay.call("receive", left)
+                if m.seq > self._last.get(m.source, -1):
+                    self._last[m.source] = m.seq
+                    return m
+                # else: a restarted relay's second delivery of what the script has had (see the class)
 
         if self._closed:
             raise ChannelClosed(f"the driver's subscription {self.relay.name!r} on channel {self.channel!r} is closed")
@@ -466,10 +549,12 @@ class DriverPorts:
 
     Args:
         spawn: spawns a relay actor from its spec and returns its handle (the coupling's supervisor).
+        checkpoint: the last checkpoint the supervisor holds of a relay, by name (``None``: none yet).
     """
 
-    def __init__(self, spawn: SpawnRelay) -> None:
+    def __init__(self, spawn: SpawnRelay, checkpoint: Callable[[str], dict[str, Any] | None] = lambda name: None) -> None:
         self._spawn = spawn
+        self._checkpoint = checkpoint
         self._count = itertools.count()
         # Re-entrant: a garbage collection in a thread that holds it may run a port's finalizer, which takes it.
         self._lock = threading.RLock()
@@ -488,7 +573,14 @@ class DriverPorts:
             UnknownChannel: if ``channel`` was never declared.
         """
         relay = self._spawn(relay_spec(self._name("pub", channel), outputs={"out": channel}))
-        return self._track(Publisher(channel, relay, self._release_soon))
+
+        def checkpointed() -> int | None:
+            ck = self._checkpoint(relay.name)
+            return None if ck is None else int(ck["outputs"]["out"]["next_seq"])
+
+        delivery = delivery_config()
+        keep = delivery.retain_bytes if delivery.retain else 0
+        return self._track(Publisher(channel, relay, self._release_soon, checkpointed, keep))
 
     def subscribe(self, channel: str, timeout: float | None = None) -> Subscription:
         """A new consumer on ``channel``, attached from now on.

@@ -72,6 +72,25 @@ class PartiallyDelivered(ChannelTimeout):
         return (type(self), (str(self), self.seq, self.delivered_to, self.pending))
 
 
+class SequenceBehind(CouplerError):
+    """A driver's relay, restarted from a checkpoint, resumes before the next message its script numbers.
+
+    Raised by the relay to the driver (``runtime/driver.py``), which sends what it
+    kept from ``next_seq`` on again, in order, before its next message; scripts
+    do not see it.
+
+    Attributes:
+        next_seq: the sequence number the restarted relay's next message gets.
+    """
+
+    def __init__(self, message: str, next_seq: int) -> None:
+        super().__init__(message)
+        self.next_seq = int(next_seq)
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keeps the attribute through pickling (Dask re-raises remote errors)
+        return (type(self), (str(self), self.next_seq))
+
+
 class WrongPolicy(CouplerError, TypeError):
     """An operation the channel's policy does not support (e.g. ``receive`` on a Reservoir)."""
 

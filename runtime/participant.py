@@ -33,10 +33,14 @@ class Participant(ABC):
     def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
         """Spawn (and supervise) the relay actor of one of the script's ports."""
 
+    def _relay_checkpoint(self, name: str) -> dict[str, Any] | None:
+        """The last checkpoint its supervisor holds of relay ``name`` (``None``: none, or no supervisor)."""
+        return None
+
     @property
     def _ports(self) -> DriverPorts:
         if self._driver_ports is None:
-            self._driver_ports = DriverPorts(self._spawn_relay)
+            self._driver_ports = DriverPorts(self._spawn_relay, self._relay_checkpoint)
         return self._driver_ports
 
     def _close_ports(self) -> None:
