@@ -220,7 +220,9 @@ class ActorRef:
         """Stop the actor if it runs, then give back its instance (Dask's actor and its state).
 
         Afterwards :meth:`status` and :meth:`wait` return the final status kept
-        here; every other call raises :class:`ActorReleased`. Idempotent.
+        here; every other call raises :class:`ActorReleased`. Idempotent. An actor
+        its supervisor gave up on (lost more than ``max-restarts`` times) has nothing
+        running: it is released at once, its final status ``failed`` with the reason.
 
         Args:
             timeout: seconds to wait for the loop to end.
@@ -234,9 +236,16 @@ class ActorRef:
         with self._cond:
             if self._final is not None:
                 return self._final
+            failure = self._failure
+        if failure is not None:  # given up by its supervisor: nothing runs, nothing to stop
+            return self._released(ActorStatus(name=self.name, state="failed", error=str(failure)))
         st = self.stop(timeout)
         if not st.done:
             raise TimeoutError(f"actor {self.name!r} is still {st.state} {timeout} s after stop(); not released")
+        return self._released(st)
+
+    def _released(self, st: ActorStatus) -> ActorStatus:
+        """Keep ``st`` as the final status, drop the instance, and tell the supervisor."""
         with self._cond:
             self._final = st
             self._actor = None  # the proxy holds a future of the instance: dropping it lets Dask release it

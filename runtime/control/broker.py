@@ -55,6 +55,7 @@ HANDLERS = {
     "coupler_fix_spec": "fix_spec",
     "coupler_attach": "attach",
     "coupler_detach": "detach",
+    "coupler_consumers_given_up": "consumers_given_up",
     "coupler_close": "close_channel",
     "coupler_begin_run": "begin_run",
     "coupler_end_run": "end_run",
@@ -321,6 +322,26 @@ class Broker(SchedulerPlugin):
             await self._push(rec)
         if rec.drained:
             self._forget(rec)
+        return {"status": "OK"}
+
+    async def consumers_given_up(self, consumers: list[list[str]], detail: str = "") -> dict[str, Any]:
+        """Lost consumers that will not be restarted (their supervisor gave up): they left for good.
+
+        Args:
+            consumers: ``[channel, consumer]`` pairs (the given-up actor's inputs).
+            detail: why, for the producers' ``ConsumerGone``.
+        """
+        try:
+            pairs = [(str(ch), check_name("endpoint", ident)) for ch, ident in consumers]
+        except (TypeError, ValueError) as e:
+            return {"status": "error", "error": "ValueError", "message": f"expected [channel, consumer] pairs: {e}"}
+        for name, ident in pairs:
+            rec = self.channels.get(name)
+            if rec is None or not rec.give_up_consumer(ident, detail):
+                continue  # forgotten, or not a lost consumer of it (it came back, or never attached)
+            await self._push(rec)
+            if rec.drained:
+                self._forget(rec)
         return {"status": "OK"}
 
     async def close_channel(self, name: str) -> dict[str, Any]:

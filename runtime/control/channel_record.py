@@ -134,6 +134,19 @@ class ChannelRecord:
         self.version += 1
         return True
 
+    def give_up_consumer(self, ident: str, detail: str) -> bool:
+        """Lost consumer ``ident`` will not be restarted (its supervisor gave up): it left for good.
+
+        Its producers stop waiting for its return and fail as for a consumer that
+        detached (``ConsumerGone``). Whether it was a lost consumer of this channel.
+        """
+        gone = self.gone.get(ident)
+        if gone is None or gone.kind is not Departure.LOST or ident in self.consumers:
+            return False
+        self.gone[ident] = Gone(ident, Departure.DETACHED, detail)
+        self.version += 1
+        return True
+
     def lose_worker(self, worker: str) -> bool:
         """Worker ``worker`` was removed: its consumers are lost, its producers' next instances get a new epoch; whether any consumer was."""
         lost = [c for c, a in self.consumers.items() if a == worker]

@@ -556,3 +556,18 @@ class Supervisor:
         rec.ref.fail(error)
         self.journal.add(rec.spec.name, "gave-up", rec.left or rec.worker, "", str(error))
         logger.error("coupler supervisor: %s", error)
+        self._inputs_gone_for_good(rec, f"actor {rec.spec.name!r} was lost and will not be restarted ({why})")
+
+    def _inputs_gone_for_good(self, rec: _Supervised, detail: str) -> None:
+        """Tell the broker that a given-up actor's inputs will not come back.
+
+        Its ``Queue`` producers waited for it as for a lost consumer that its supervisor
+        restarts (``lost-consumer-wait``); now they fail with ``ConsumerGone`` at once.
+        """
+        consumers = [[ch, f"{rec.spec.name}/{port}"] for port, ch in sorted((rec.spec.kwargs.get("inputs") or {}).items())]
+        if not consumers or self.client is None:
+            return
+        try:
+            self.client.sync(self.client.scheduler.coupler_consumers_given_up, consumers=consumers, detail=detail)
+        except Exception as e:  # the cluster may be going away; producers then end with it
+            logger.warning("coupler supervisor: could not tell the broker that %r's inputs are gone: %r", rec.spec.name, e)

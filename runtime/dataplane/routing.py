@@ -70,11 +70,11 @@ class Route:
         with self.cond:
             self.table = table
             self.unreachable = set()  # the route changed: try every consumer it lists again
-            present = {c.cid for c in table.consumers}
-            for gone in table.gone:
-                if gone.kind is Departure.LOST:
-                    self.lost_since.setdefault(gone.consumer, time.monotonic())
-            for cid in [c for c in self.lost_since if c in present]:
+            lost = {g.consumer for g in table.gone if g.kind is Departure.LOST}
+            for cid in lost:
+                self.lost_since.setdefault(cid, time.monotonic())
+            # Back (attached again), or gone for good (its supervisor gave up on it): no longer expected.
+            for cid in [c for c in self.lost_since if c not in lost]:
                 del self.lost_since[cid]
             self.cond.notify_all()
         return True

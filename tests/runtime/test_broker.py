@@ -106,3 +106,25 @@ def test_a_closed_channel_whose_last_consumer_was_lost_is_forgotten_and_its_succ
     refused = asyncio.run(b.attach(name="c0", role="producer", ident="p0", address=ALIVE))
     assert refused["status"] == "error" and refused["error"] == "ChannelClosed"
     assert b.declare(name="c0", policy=QUEUE)["status"] == "OK" and not b.routing(name="c0")["closed"]  # the name is free
+
+
+def test_consumers_given_up_leave_for_good_and_a_closed_channel_they_drained_is_forgotten() -> None:
+    async def scenario() -> Broker:
+        b = await _broker_with_consumers_on_the_lost_worker(3)
+        await b.attach(name="c1", role="consumer", ident="x/in", address=ALIVE, stream="10.0.0.2:9", host="h")
+        await b.remove_worker(b.scheduler, LOST)
+        assert (await b.close_channel(name="c2"))["status"] == "OK"  # drained already (its consumer is lost): forgotten
+        b.scheduler.pushed.clear()
+        reply = await b.consumers_given_up(
+            consumers=[["c0", "a0/in"], ["c1", "a1/in"], ["c1", "x/in"], ["c2", "a2/in"], ["nope", "a9/in"]], detail="gave up",
+        )
+        assert reply["status"] == "OK"
+        return b
+
+    b = asyncio.run(scenario())
+    for name in ("c0", "c1"):
+        gone = b.routing(name=name)["gone"]
+        assert [g[:2] for g in gone] == [[f"a{name[1]}/in", "detached"]] and gone[0][2] == "gave up"
+    assert [c[0] for c in b.routing(name="c1")["consumers"]] == ["x/in"]  # an attached consumer is not given up
+    assert {ch for _, ch in b.scheduler.pushed} == {"c0", "c1"}  # the producers heard it
+    assert asyncio.run(b.consumers_given_up(consumers=[["c0"]]))["error"] == "ValueError"

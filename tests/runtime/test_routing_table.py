@@ -60,3 +60,19 @@ def test_a_malformed_table_says_what_was_expected_and_what_came(wire: dict, says
     with pytest.raises(ValueError) as e:
         RoutingTable.from_wire(wire)
     assert says in str(e.value)
+
+
+def test_a_lost_consumer_is_expected_back_until_it_returns_or_is_given_up() -> None:
+    from coupler.runtime.dataplane.routing import Route
+
+    def table(version: int, consumers: tuple[ConsumerRef, ...], gone: tuple[Gone, ...]) -> RoutingTable:
+        return RoutingTable(channel="ch", version=version, policy=Queue(4), spec=None, closed=False, consumers=consumers, gone=gone, producers={})
+
+    a, b = ConsumerRef("a/in", "tcp://w:1", "w:9", "h"), ConsumerRef("b/in", "tcp://w:2", "w:8", "h")
+    route = Route("ch", table(1, (a, b), ()))
+    route.update(table(2, (), (Gone("a/in", Departure.LOST), Gone("b/in", Departure.LOST))))
+    assert route.returning(300) == {"a/in", "b/in"} and route.expected_for(300) is not None
+    route.update(table(3, (a,), (Gone("b/in", Departure.LOST),)))  # a came back
+    assert route.returning(300) == {"b/in"}
+    route.update(table(4, (a,), (Gone("b/in", Departure.DETACHED, "given up"),)))  # b will not: producers stop waiting
+    assert route.returning(300) == set() and route.expected_for(300) is None
