@@ -1,6 +1,7 @@
 """A Gaussian-process surrogate: the standard model of Bayesian optimisation in a few dimensions.
 
-A zero-mean GP on standardised targets with a Matérn 5/2 kernel and one length
+A GP on standardised targets with a constant prior mean fitted by generalised
+least squares (ordinary kriging; ``GPConfig.trend``), a Matérn 5/2 kernel and one length
 scale per input (automatic relevance determination; Rasmussen & Williams 2006,
 "Gaussian Processes for Machine Learning", eqs. 2.25-2.26 for the posterior,
 4.17 for the kernel, 5.8 for the log marginal likelihood). Its hyperparameters
@@ -65,14 +66,14 @@ class GPConfig:
         fresh_lengths: the length scale (all inputs alike) of each fresh start; one start
             alone lands in the degenerate optimum on some data (0.3 did on the hot track
             at 300 points, 0.1 did not), so there are two.
-        median_mean: centre the targets on their median, not their mean (the GP reverts to
-            it away from the data). For a surface flat over most of the box with a localized
+        median_mean: centre the targets on their median, not their mean (with ``trend="none"``,
+            the GP reverts to it away from the data; a fitted trend re-estimates the level). For a surface flat over most of the box with a localized
             excursion, the median is the flat level while the mean is pulled towards the
             excursion, the more so the more a design concentrates there.
         trend: the GP's prior mean, fitted by generalised least squares and profiled out of the
             likelihood (universal kriging; Santner, Williams & Notz 2003, sec. 3.3): ``"none"``
-            (zero, on targets centred as ``median_mean`` says), ``"constant"`` (ordinary kriging) or
-            ``"linear"`` (``b0 + b . x``). The GLS estimate weighs points by how independent they
+            (zero, on targets centred as ``median_mean`` says), ``"constant"`` (ordinary kriging,
+            the default, as DiceKriging's) or ``"linear"`` (``b0 + b . x``). The GLS estimate weighs points by how independent they
             are, so a cluster of points counts about as one: a design concentrated on a localized
             excursion no longer drags the level the GP reverts to far from the data towards it,
             as the plain mean of the targets does.
@@ -88,7 +89,7 @@ class GPConfig:
     fresh_starts_until: int = 4096
     fresh_lengths: tuple[float, ...] = (0.3, 0.1)
     median_mean: bool = False
-    trend: Literal["none", "constant", "linear"] = "none"
+    trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
 
     def __post_init__(self) -> None:
@@ -388,7 +389,11 @@ class GaussianProcess:
 
         Closed form, no refits (R&W eq. 5.12): without point ``i``, the mean there misses
         its target by ``alpha_i / [K^-1]_ii`` and its variance is ``1 / [K^-1]_ii``
-        (hyperparameters kept; ``K`` includes the noise). ``O(N^3 / 3)`` for the inverse's diagonal.
+        (hyperparameters kept; ``K`` includes the noise). With a fitted trend, its coefficients
+        are estimated again without the point too: ``K^-1`` becomes the projected precision
+        ``Q = K^-1 - K^-1 H (H^T K^-1 H)^-1 H^T K^-1`` (``alpha = Q y``), and ``1 / Q_ii`` is the
+        universal-kriging variance, which counts the trend's uncertainty (Dubrule 1983,
+        "Cross validation of kriging in a unique neighborhood"). ``O(N^3 / 3)`` for the diagonal.
 
         Returns:
             A :class:`LeaveOneOut`.
@@ -400,6 +405,10 @@ class GaussianProcess:
             raise RuntimeError("GaussianProcess.leave_one_out before any fit")
         inv_low = solve_triangular(self._chol[0], np.eye(len(self._x)), lower=True)
         diag = (inv_low * inv_low).sum(0)  # diag(K^-1) = column norms of L^-1, as K^-1 = L^-T L^-1
+        h = self._basis(self._x)
+        if h.shape[1]:
+            kih = cho_solve(self._chol, h)
+            diag = diag - np.einsum("ij,jk,ik->i", kih, np.linalg.pinv(h.T @ kih), kih)
         return LeaveOneOut(self._x.copy(), self._y_scale * self._alpha / diag, self._y_scale**2 / diag, self.length_scales)
 
     @property
