@@ -227,9 +227,9 @@ HOT_TRACK = Family(
         ("angle", 0.0, 3.14159, 0.0),
         ("half_length", 0.08, 0.2, 0.12),
         ("diffusivity", 0.25, 1.0, 0.5),
-        ("b11", 0.0, 0.2, 0.0),
-        ("b12", -0.1, 0.1, 0.0),
-        ("b21", -0.1, 0.1, 0.0),
+        ("b11", 0.0, 0.04, 0.0),
+        ("b12", -0.02, 0.02, 0.0),
+        ("b21", -0.02, 0.02, 0.0),
     ),
     "sensor temperature",
 )
@@ -243,7 +243,17 @@ and ends) that holds about 15 % of the box; elsewhere the reading is the weak am
 modes ``b12`` and ``b21`` have a node line through the centre, so at the sensor (the grid node
 nearest it) they hardly matter: at 7 and 8 dimensions the family also has nearly inert parameters.
 A map of it is what a source-localisation study inverts; the 10 % goal is about half the error of
-the best constant (19 % at 4 dimensions)."""
+the best constant (19 % at 4 dimensions).
+
+The ambient field is weak: at most 0.04 at the sensor, 5 % of the track's largest reading. Until
+session 16 ``b11`` ranged over ``[0, 0.2]`` (``b12``, ``b21`` over ``[-0.1, 0.1]``): a quarter of
+the track's peak, which lifted the reading above a tenth of the maximum over 57 % of the box from
+6 dimensions on (13 % at 4), so the 6- to 8-dimensional studies were no longer of this family's
+class (flat over most of the box) but a smooth ramp in ``b11`` plus the track, and their goal
+(10 % of a maximum raised by the ambient) was looser than at 4 dimensions: random and Sobol sweeps
+reached it with 40-150 simulations at 8 dimensions. With the weak field, 6 to 8 dimensions are the
+4- to 5-dimensional track plus nearly inert inputs, which a GP with a length scale per input
+should learn to ignore."""
 
 
 _TRACK_SENSOR = (0.5, 0.5)

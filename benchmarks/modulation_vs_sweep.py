@@ -26,9 +26,9 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
   their own), of at most ``--map-tol`` of their maximum (a run stops there).
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process; expected improvement for the optimum, over the whole box and
-in a trust region; for the maps integrated-variance reduction weighted by the
-GP's leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
+Gaussian process with a GLS constant mean; expected improvement for the optimum, over the
+whole box and in a trust region; for the maps integrated-variance reduction weighted by the
+change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
 sweeps' points) and the coarsest regular grid that reaches the goal
@@ -69,7 +69,7 @@ from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
 from coupler.learners.trust_region import TrustRegionExpectedImprovement  # noqa: E402
-from coupler.learners.variance_reduction import CalibratedVarianceReduction, IntegratedVarianceReduction  # noqa: E402
+from coupler.learners.variance_reduction import CalibratedVarianceReduction, GradientWeightedVarianceReduction, IntegratedVarianceReduction  # noqa: E402
 
 from _modulation_families import GRAY_SCOTT, HEAT, HOT_STRIP, HOT_TRACK, Family, Run as SimRun, gray_scott_run, heat_run, hot_strip_run, hot_track_run  # noqa: E402
 
@@ -104,8 +104,8 @@ class Setup:
     ivr_candidates: int = 512
     ivr_reference: int = 256
     opt_initial: int = 0  # the optimum searches' initial Latin hypercube (0: max(8, 2 D), as the maps')
-    # The GP of every strategy (steered and the sweeps' maps alike).
-    gp: GPConfig = GPConfig()
+    # The GP of every strategy (steered and the sweeps' maps alike); ordinary kriging (a GLS constant mean).
+    gp: GPConfig = GPConfig(trend="constant")
 
 
 def space_of(dims: int, family: Family = GRAY_SCOTT) -> ParameterSpace:
@@ -272,9 +272,10 @@ OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)")
 """The steered optimum searches: expected improvement over the whole box (the verdict's) and inside a
 trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`)."""
 
-MAP_STRATEGIES = ("steered (calibrated IVR)", "steered (IVR)", "steered (max-std)", "steered (EIGF)")
-"""The steered map strategies: integrated-variance reduction weighted by the GP's leave-one-out
-calibration (the proposal), plain integrated-variance reduction, max-std (the simple one) and the
+MAP_STRATEGIES = ("steered (gradient IVR)", "steered (calibrated IVR)", "steered (IVR)", "steered (max-std)", "steered (EIGF)")
+"""The steered map strategies: integrated-variance reduction weighted by the change of the GP's mean
+across a length scale (session 16's proposal, the verdict's), weighted by the GP's leave-one-out
+calibration (the earlier proposal), plain integrated-variance reduction, max-std (the simple one) and the
 expected improvement for global fit (EIGF, Lam 2008: value-aware, tried and measured after the verdict's
 strategy was chosen). A task's verdict uses the first of them that ran on it."""
 
@@ -308,9 +309,11 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
         ivr = IntegratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference, seed=seed)
         cal = CalibratedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference,
                                           local=setup.ivr_candidates // 2, seed=seed)  # fmt: skip
+        grad = GradientWeightedVarianceReduction(space, initial=initial, candidates=setup.ivr_candidates, reference=setup.ivr_reference,
+                                                 local=setup.ivr_candidates // 2, seed=seed)  # fmt: skip
         mu = MaxUncertainty(space, **sizes)
         eigf = ExpectedGlobalFit(space, **sizes)
-        for name, strategy in zip(MAP_STRATEGIES, (cal, ivr, mu, eigf)):
+        for name, strategy in zip(MAP_STRATEGIES, (grad, cal, ivr, mu, eigf)):
             if name not in map_strategies:
                 continue
             run = steer(case.oracle, Steerer(space, strategy, setup.gp, seed), setup.batch, setup.map_budget, setup.map_every, map_error,
@@ -468,7 +471,7 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
     return rows, info, map_levels(dims, runs)
 
 
-STRATEGY_FLAGS = dict(zip(("calibrated", "ivr", "max-std", "eigf"), MAP_STRATEGIES))
+STRATEGY_FLAGS = dict(zip(("gradient", "calibrated", "ivr", "max-std", "eigf"), MAP_STRATEGIES))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -477,7 +480,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3, help="seeds averaged over (default 3)")
     p.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ... (development runs: others than the reported 0, 1, 2)")
     p.add_argument("--map-strategies", nargs="+", choices=tuple(STRATEGY_FLAGS), default=list(STRATEGY_FLAGS),
-                   help="steered map strategies (default all; a task's verdict uses the first of calibrated, ivr, max-std, eigf that ran)")
+                   help="steered map strategies (default all; a task's verdict uses the first of gradient, calibrated, ivr, max-std, eigf that ran)")
     p.add_argument("--no-optimum", action="store_true", help="run the map tasks only")
     p.add_argument("--opt-strategies", nargs="+", choices=("ei", "tr-ei"), default=["ei", "tr-ei"],
                    help="steered optimum searches (default both; the verdict uses ei when it ran)")
@@ -485,6 +488,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
     p.add_argument("--opt-initial", type=int, default=0, help="initial Latin hypercube of the optimum searches (default max(8, 2 D))")
     p.add_argument("--gp-median", action="store_true", help="every strategy's GP centres its targets on their median (GPConfig.median_mean)")
+    p.add_argument("--gp-trend", choices=("none", "constant", "linear"), default="constant",
+                   help="every strategy's GP (steered and the sweeps' alike) fits this prior mean by generalised least squares "
+                        "(GPConfig.trend; default constant, ordinary kriging)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -494,7 +500,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,

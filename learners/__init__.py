@@ -31,6 +31,7 @@ from coupler.learners.acquisition import ExpectedImprovement as ExpectedImprovem
 from coupler.learners.acquisition import UpperConfidenceBound as UpperConfidenceBound
 from coupler.learners.trust_region import TrustRegionExpectedImprovement as TrustRegionExpectedImprovement
 from coupler.learners.variance_reduction import CalibratedVarianceReduction as CalibratedVarianceReduction
+from coupler.learners.variance_reduction import GradientWeightedVarianceReduction as GradientWeightedVarianceReduction
 from coupler.learners.variance_reduction import IntegratedVarianceReduction as IntegratedVarianceReduction
 from coupler.learners.acquisition import expected_improvement as expected_improvement
 from coupler.learners.acquisition import upper_confidence_bound as upper_confidence_bound
@@ -64,6 +65,7 @@ __all__ = [
     "GaussianProcess",
     "IntegratedVarianceReduction",
     "CalibratedVarianceReduction",
+    "GradientWeightedVarianceReduction",
     "TrustRegionExpectedImprovement",
     "GPConfig",
     "SobolSweep",

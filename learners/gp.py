@@ -1,6 +1,7 @@
 """A Gaussian-process surrogate: the standard model of Bayesian optimisation in a few dimensions.
 
-A zero-mean GP on standardised targets with a Matérn 5/2 kernel and one length
+A GP on standardised targets with a constant prior mean fitted by generalised
+least squares (ordinary kriging; ``GPConfig.trend``), a Matérn 5/2 kernel and one length
 scale per input (automatic relevance determination; Rasmussen & Williams 2006,
 "Gaussian Processes for Machine Learning", eqs. 2.25-2.26 for the posterior,
 4.17 for the kernel, 5.8 for the log marginal likelihood). Its hyperparameters
@@ -32,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
@@ -65,10 +66,17 @@ class GPConfig:
         fresh_lengths: the length scale (all inputs alike) of each fresh start; one start
             alone lands in the degenerate optimum on some data (0.3 did on the hot track
             at 300 points, 0.1 did not), so there are two.
-        median_mean: centre the targets on their median, not their mean (the GP reverts to
-            it away from the data). For a surface flat over most of the box with a localized
+        median_mean: centre the targets on their median, not their mean (with ``trend="none"``,
+            the GP reverts to it away from the data; a fitted trend re-estimates the level). For a surface flat over most of the box with a localized
             excursion, the median is the flat level while the mean is pulled towards the
             excursion, the more so the more a design concentrates there.
+        trend: the GP's prior mean, fitted by generalised least squares and profiled out of the
+            likelihood (universal kriging; Santner, Williams & Notz 2003, sec. 3.3): ``"none"``
+            (zero, on targets centred as ``median_mean`` says), ``"constant"`` (ordinary kriging,
+            the default, as DiceKriging's) or ``"linear"`` (``b0 + b . x``). The GLS estimate weighs points by how independent they
+            are, so a cluster of points counts about as one: a design concentrated on a localized
+            excursion no longer drags the level the GP reverts to far from the data towards it,
+            as the plain mean of the targets does.
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
@@ -81,6 +89,7 @@ class GPConfig:
     fresh_starts_until: int = 4096
     fresh_lengths: tuple[float, ...] = (0.3, 0.1)
     median_mean: bool = False
+    trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
 
     def __post_init__(self) -> None:
@@ -90,6 +99,8 @@ class GPConfig:
                 raise ValueError(f"{name} must satisfy 0 < low < high, got {(lo, hi)}")
         if not all(length > 0 for length in self.fresh_lengths):
             raise ValueError(f"fresh_lengths must be positive, got {self.fresh_lengths}")
+        if self.trend not in ("none", "constant", "linear"):
+            raise ValueError(f"trend must be 'none', 'constant' or 'linear', got {self.trend!r}")
         if self.max_iter < 1 or self.reoptimise_growth < 0:
             raise ValueError(f"max_iter must be >= 1 and reoptimise_growth >= 0, got {self.max_iter}, {self.reoptimise_growth}")
 
@@ -178,12 +189,32 @@ class GaussianProcess:
         self._y_mean, self._y_scale = 0.0, 1.0
         self._chol: tuple[np.ndarray, bool] | None = None
         self._alpha = np.zeros(0)
+        self._beta = np.zeros(self._trend_terms())
         self.fits = 0
         self.choices = 0  # fits that chose hyperparameters (the others only conditioned)
         self.extensions = 0  # fits that extended the last factor rather than factorising again
         self._conditioned_theta: np.ndarray | None = None
         self._chosen_on, self._last_nll = 0, 0.0
         self.evaluations = 0  # likelihood evaluations over all fits (the cost of fitting)
+
+    def _trend_terms(self) -> int:
+        return {"none": 0, "constant": 1, "linear": 1 + self.dim}[self.config.trend]
+
+    def _basis(self, x: np.ndarray) -> np.ndarray:
+        """The trend's regressors at ``(N, dim)`` points, ``(N, terms)``."""
+        if self.config.trend == "none":
+            return np.zeros((len(x), 0))
+        one = np.ones((len(x), 1))
+        return one if self.config.trend == "constant" else np.concatenate([one, x - 0.5], 1)
+
+    def _gls(self, solve: Any, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The GLS trend coefficients ``(H^T K^-1 H)^-1 H^T K^-1 y`` (``solve`` applies ``K^-1``)."""
+        h = self._basis(x)
+        if h.shape[1] == 0:
+            return np.zeros(0)
+        kih = solve(h)
+        gram = h.T @ kih
+        return np.linalg.lstsq(gram + 1e-10 * np.trace(gram) * np.eye(len(gram)), kih.T @ y, rcond=None)[0]
 
     def _default_theta(self) -> np.ndarray:
         return np.log(np.concatenate([np.full(self.dim, 0.3), [1.0, 1e-3]]))
@@ -213,6 +244,8 @@ class GaussianProcess:
             low = np.linalg.cholesky(k)
         except np.linalg.LinAlgError:
             return 1e10, np.zeros_like(theta)  # not positive definite at these hyperparameters: reject the step
+        beta = self._gls(lambda b: cho_solve((low, True), b), x, y)
+        y = y - self._basis(x) @ beta  # profiled: at the optimal beta, the gradient in theta is the partial one
         alpha = cho_solve((low, True), y)
         nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
         inv, info = dpotri(low, lower=1)  # K^-1 from its factor: a third of solving against the identity
@@ -306,7 +339,8 @@ class GaussianProcess:
         else:
             k = matern52(x, x, lengths, signal) + (noise + 1e-8) * np.eye(len(x))
             self._chol = cho_factor(k, lower=True)
-        self._alpha = cho_solve(self._chol, ys)
+        self._beta = self._gls(lambda b: cho_solve(self._chol, b), x, ys)
+        self._alpha = cho_solve(self._chol, ys - self._basis(x) @ self._beta)
         self._x = x
         self._conditioned_theta = self._theta.copy()
 
@@ -321,7 +355,7 @@ class GaussianProcess:
         x = np.asarray(x, np.float64).reshape(-1, self.dim)
         lengths, signal, _ = self._unpack(self._theta)
         ks = matern52(x, self._x, lengths, signal)
-        mean = ks @ self._alpha
+        mean = ks @ self._alpha + self._basis(x) @ self._beta
         v = solve_triangular(self._chol[0], ks.T, lower=True)
         var = np.maximum(signal - (v * v).sum(0), 0.0)
         return self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
@@ -355,7 +389,11 @@ class GaussianProcess:
 
         Closed form, no refits (R&W eq. 5.12): without point ``i``, the mean there misses
         its target by ``alpha_i / [K^-1]_ii`` and its variance is ``1 / [K^-1]_ii``
-        (hyperparameters kept; ``K`` includes the noise). ``O(N^3 / 3)`` for the inverse's diagonal.
+        (hyperparameters kept; ``K`` includes the noise). With a fitted trend, its coefficients
+        are estimated again without the point too: ``K^-1`` becomes the projected precision
+        ``Q = K^-1 - K^-1 H (H^T K^-1 H)^-1 H^T K^-1`` (``alpha = Q y``), and ``1 / Q_ii`` is the
+        universal-kriging variance, which counts the trend's uncertainty (Dubrule 1983,
+        "Cross validation of kriging in a unique neighborhood"). ``O(N^3 / 3)`` for the diagonal.
 
         Returns:
             A :class:`LeaveOneOut`.
@@ -367,6 +405,10 @@ class GaussianProcess:
             raise RuntimeError("GaussianProcess.leave_one_out before any fit")
         inv_low = solve_triangular(self._chol[0], np.eye(len(self._x)), lower=True)
         diag = (inv_low * inv_low).sum(0)  # diag(K^-1) = column norms of L^-1, as K^-1 = L^-T L^-1
+        h = self._basis(self._x)
+        if h.shape[1]:
+            kih = cho_solve(self._chol, h)
+            diag = diag - np.einsum("ij,jk,ik->i", kih, np.linalg.pinv(h.T @ kih), kih)
         return LeaveOneOut(self._x.copy(), self._y_scale * self._alpha / diag, self._y_scale**2 / diag, self.length_scales)
 
     @property
@@ -378,7 +420,7 @@ class GaussianProcess:
         """Hyperparameters and the data conditioned on (plain data for a checkpoint)."""
         return {"theta": self._theta.copy(), "x": self._x.copy(), "y_mean": self._y_mean, "y_scale": self._y_scale,
                 "alpha": self._alpha.copy(), "fits": self.fits, "choices": self.choices, "chosen_on": self._chosen_on,
-                "last_nll": self._last_nll}  # fmt: skip
+                "last_nll": self._last_nll, "beta": self._beta.copy()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a process of the same dimension.
@@ -398,5 +440,6 @@ class GaussianProcess:
             lengths, signal, noise = self._unpack(theta)
             self._chol = cho_factor(matern52(x, x, lengths, signal) + (noise + 1e-8) * np.eye(len(x)), lower=True)
             self._alpha = np.asarray(state["alpha"], np.float64)
+            self._beta = np.asarray(state.get("beta", np.zeros(self._trend_terms())), np.float64)
             self._x = x
             self._conditioned_theta = theta.copy()

@@ -117,12 +117,14 @@ def test_a_degenerate_optimum_is_recognised_so_that_the_default_start_is_tried_a
     assert not flat._degenerate(flat._default_theta(), x[:, :2])
 
 
-def test_leave_one_out_is_a_refit_without_the_point() -> None:
-    # R&W eq. 5.12 against brute force: the posterior at x_i given every other point, same hyperparameters.
+@pytest.mark.parametrize("trend", ["none", "constant", "linear"])
+def test_leave_one_out_is_a_refit_without_the_point(trend: str) -> None:
+    # R&W eq. 5.12 against brute force: the posterior at x_i given every other point, same hyperparameters;
+    # a trend's GLS coefficients estimated again without the point, and their uncertainty in the variance.
     rng = np.random.default_rng(3)
     x = rng.uniform(size=(25, 2))
     y = np.sin(5 * x[:, 0]) + x[:, 1]
-    gp = GaussianProcess(GPConfig(), 2)
+    gp = GaussianProcess(GPConfig(trend=trend), 2)  # type: ignore[arg-type]
     gp.fit(x, y)
     loo = gp.leave_one_out()
     np.testing.assert_array_equal(loo.points, x)
@@ -134,8 +136,14 @@ def test_leave_one_out_is_a_refit_without_the_point() -> None:
         keep = np.arange(len(x)) != i
         k = matern52(x[keep], x[keep], lengths, signal) + (noise + 1e-8) * np.eye(len(x) - 1)
         kx = matern52(x[keep], x[i : i + 1], lengths, signal)[:, 0]
-        mean = kx @ np.linalg.solve(k, ys[keep])
-        var = signal - kx @ np.linalg.solve(k, kx) + noise + 1e-8
+        h = {"none": np.zeros((len(x), 0)), "constant": np.ones((len(x), 1)), "linear": np.c_[np.ones(len(x)), x - 0.5]}[trend]
+        hk, hi = h[keep], h[i]
+        kinv_h = np.linalg.solve(k, hk)
+        gram = hk.T @ kinv_h
+        beta = np.linalg.solve(gram, kinv_h.T @ ys[keep]) if h.shape[1] else np.zeros(0)
+        mean = hi @ beta + kx @ np.linalg.solve(k, ys[keep] - hk @ beta)
+        r = hi - kinv_h.T @ kx  # the trend's share of the error (universal kriging)
+        var = signal - kx @ np.linalg.solve(k, kx) + noise + 1e-8 + (r @ np.linalg.solve(gram, r) if h.shape[1] else 0.0)
         assert loo.residuals[i] == pytest.approx(state["y_scale"] * (ys[i] - mean), rel=1e-6, abs=1e-9)
         assert loo.variances[i] == pytest.approx(state["y_scale"] ** 2 * var, rel=1e-6)
     with pytest.raises(RuntimeError, match="before any fit"):
@@ -168,6 +176,49 @@ def test_median_mean_makes_the_gp_revert_to_the_flat_level_far_from_the_data() -
     y = np.concatenate([np.zeros(9), np.ones(3)])
     far = np.array([[50.0]])
     for median, centre in ((True, 0.0), (False, 0.25)):
-        gp = GaussianProcess(GPConfig(median_mean=median, length_bounds=(0.01, 0.2)), 1)
+        gp = GaussianProcess(GPConfig(median_mean=median, trend="none", length_bounds=(0.01, 0.2)), 1)
         gp.fit(x, y)
         assert gp.predict(far)[0][0] == pytest.approx(centre, abs=1e-6)
+
+
+@pytest.mark.parametrize("trend", ["constant", "linear"])
+def test_profiled_trend_likelihood_gradient_matches_finite_differences(trend: str) -> None:
+    # The GLS coefficients are profiled out: at them, the gradient in theta is the partial one.
+    rng = np.random.default_rng(1)
+    gp = GaussianProcess(GPConfig(trend=trend), 3)  # type: ignore[arg-type]
+    x = rng.uniform(size=(30, 3))
+    y = np.sin(4 * x[:, 0]) + 2.0 * x[:, 2] + 1.0
+    theta = np.log(np.array([0.3, 0.7, 0.2, 1.3, 0.02]))
+    analytic = gp._neg_log_likelihood(theta, x, y)[1]
+    numeric = approx_fprime(theta, lambda t: gp._neg_log_likelihood(t, x, y)[0], 1e-6)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-5)
+
+
+def test_gls_constant_trend_reverts_to_the_flat_level_not_to_a_cluster() -> None:
+    # Nine points spread over a flat level 0 and nine clustered on a bump of 1: far from every point
+    # the plain GP reverts to the targets' mean (0.5); ordinary kriging's GLS constant counts the
+    # cluster about as one point and reverts near the flat level.
+    x = np.concatenate([np.linspace(0.0, 0.8, 9), np.linspace(0.95, 0.96, 9)])[:, None]
+    y = np.concatenate([np.zeros(9), np.ones(9)])
+    far = np.array([[50.0]])
+    level = {}
+    for trend in ("none", "constant"):
+        gp = GaussianProcess(GPConfig(trend=trend, length_bounds=(0.01, 0.05)), 1)  # type: ignore[arg-type]
+        gp.fit(x, y)
+        level[trend] = float(gp.predict(far)[0][0])
+    assert level["none"] == pytest.approx(0.5, abs=1e-6)
+    assert abs(level["constant"]) < 0.15  # about 1 / (9 + 1)
+
+
+def test_linear_trend_extrapolates_a_plane_and_survives_a_checkpoint() -> None:
+    x = np.random.default_rng(2).uniform(size=(25, 2))
+    plane = lambda u: 1.0 + 2.0 * u[:, 0] - 3.0 * u[:, 1]  # noqa: E731
+    gp = GaussianProcess(GPConfig(trend="linear"), 2)
+    gp.fit(x, plane(x))
+    far = np.array([[3.0, -2.0]])
+    assert gp.predict(far)[0][0] == pytest.approx(plane(far)[0], rel=1e-3)
+    other = GaussianProcess(GPConfig(trend="linear"), 2)
+    other.load_state_dict(decode(encode(gp.state_dict())))
+    np.testing.assert_allclose(other.predict(far)[0], gp.predict(far)[0], rtol=1e-9)
+    with pytest.raises(ValueError, match="trend"):
+        GPConfig(trend="quadratic")  # type: ignore[arg-type]
