@@ -13,10 +13,10 @@ cancel and checkpoint as plain data.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.stats import qmc
 
 from coupler.learners.acquisition import ParameterSpace, SearchData, latin_hypercube, rng_state, set_rng_state
 
@@ -35,7 +35,7 @@ class SobolSweep:
     uses_model: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self._sobol = qmc.Sobol(self.space.dim, scramble=True, seed=self.seed)
+        self._sobol = sobol_engine(self.space.dim, scramble=True, seed=self.seed)
         self._drawn = 0
 
     def propose(self, n: int, data: SearchData) -> np.ndarray:
@@ -57,7 +57,7 @@ class SobolSweep:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue the sequence of a sweep with the same seed from :meth:`state_dict`."""
-        self._sobol = qmc.Sobol(self.space.dim, scramble=True, seed=self.seed)
+        self._sobol = sobol_engine(self.space.dim, scramble=True, seed=self.seed)
         self._drawn = int(state["drawn"])
         self._sobol.fast_forward(self._drawn)
 
@@ -103,3 +103,22 @@ class LatinHypercubeSweep:
         """Continue from :meth:`state_dict` of a sweep with the same settings."""
         set_rng_state(self._rng, str(state["rng"]))
         self._queue = np.asarray(state["queue"], np.float32).reshape(-1, self.space.dim)
+
+
+def sobol_engine(dim: int, scramble: bool, seed: int | None) -> Any:
+    """A ``scipy.stats.qmc.Sobol`` engine; ``scipy.stats`` is imported on first use.
+
+    It takes about a second to import, which every process that imports this
+    package paid at start (every worker does, for its actor hosts).
+
+    Args:
+        dim: dimensions.
+        scramble: Owen scrambling.
+        seed: the scrambling's seed.
+
+    Returns:
+        The engine.
+    """
+    from scipy.stats import qmc
+
+    return qmc.Sobol(dim, scramble=scramble, seed=seed)

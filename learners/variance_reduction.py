@@ -30,10 +30,10 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import qmc
 
 from coupler.learners.acquisition import JointCovariance, MaxUncertainty, SearchData, _far_enough
 from coupler.learners.gp import matern52
+from coupler.learners.samplers import sobol_engine
 
 
 @dataclass
@@ -59,7 +59,7 @@ class IntegratedVarianceReduction(MaxUncertainty):
             raise ValueError(f"reference must be >= 1, got {self.reference}")
         with warnings.catch_warnings():  # a reference set need not be a power of two
             warnings.filterwarnings("ignore", message="The balance properties", category=UserWarning)
-            self._reference = qmc.Sobol(self.space.dim, scramble=True, seed=self.seed).random(self.reference)
+            self._reference = sobol_engine(self.space.dim, scramble=True, seed=self.seed).random(self.reference)
 
     def _greedy(self, n: int, data: SearchData, already: np.ndarray) -> list[np.ndarray]:
         if data.covariance is None:
@@ -293,3 +293,4 @@ class GradientWeightedVarianceReduction(IntegratedVarianceReduction):
         if len(picks) < n:
             picks.extend(self._rng.uniform(size=(n - len(picks), d)))
         return picks
+
