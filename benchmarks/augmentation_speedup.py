@@ -41,7 +41,7 @@ curriculum of them over one training). ``--validation``: evaluate on runs drawn
 from another key than the held-out runs, for choosing a configuration (the
 held-out runs only report). ``--ic-bound``: add the reference solver started
 from the coarse initial field (``reference-coarse-ic``; see ``evaluate``).
-``--plain-steps 1 2``: every plain solver also at twice its own step (``plain-2dt``);
+``--plain-steps 1 2`` (the default): every plain solver also at twice its own step (``plain-2dt``);
 the speed-up is against the cheapest plain row as accurate as the matched one
 (see ``summarize``). ``--learned-step K``: the corrected solver's step in plain
 coarse steps.
@@ -66,6 +66,7 @@ from flax import nnx
 
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, corrected_rollout
+from coupler.learners.mixed_closure import MixedClosureConfig
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, spectral_resample
@@ -102,8 +103,8 @@ class Setup:
             plain row on the coarse grid at the same step shows what the step alone gives.
         unroll: steps of the solver-in-the-loop training (0: ``window - 1``).
         plain_steps: the time steps of the plain rows, in multiples of each grid's own step
-            (``coarse_dt * coarse_n / n``): ``(1, 2)`` adds a ``plain-2dt`` and a ``plain-pad-2dt``
-            row per grid. A finer plain solver may stay as accurate at a longer step; the
+            (``coarse_dt * coarse_n / n``): ``(1, 2)`` (the default) adds a ``plain-2dt`` and a
+            ``plain-pad-2dt`` row per grid. A finer plain solver may stay as accurate at a longer step; the
             summary's speed-up is against the cheapest plain row that is as accurate, so
             without these rows it would flatter the corrected solver.
     """
@@ -122,13 +123,13 @@ class Setup:
     learning_rate: float = 1e-3
     eval_runs: int = 16
     eval_time: float = 8.0
-    frame_every: int = 5
+    frame_every: int = 4
     model: Any = CoarseCorrectionConfig(width=16, depth=3, log_nu_center=-6.0)
     coarse_dealias: str = "truncate"
     repeats: int = 5
     learned_step: int = 1
     unroll: int = 0
-    plain_steps: tuple[int, ...] = (1,)
+    plain_steps: tuple[int, ...] = (1, 2)
 
     def __post_init__(self) -> None:
         if self.learned_step < 1 or self.frame_every % self.learned_step:
@@ -203,6 +204,8 @@ MODELS = {
     "closure-state": SpectralClosureConfig(state_features=True),
     "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.9),
     "closure-cnn": ClosureWithCorrectionConfig(SpectralClosureConfig(hidden=32, depth=2)),
+    "mixed": MixedClosureConfig(hidden=32, depth=2, features=("similarity",)),
+    "mixed-gradient": MixedClosureConfig(hidden=32, depth=2, features=("similarity", "gradient")),
 }
 """The learned models ``--model`` picks from (the setup's own when not given)."""
 
