@@ -60,6 +60,8 @@ from coupler.learners.spectral_closure import SpectralClosureNet as SpectralClos
 from coupler.learners.spectral_closure import SpectralClosureConfig as SpectralClosureConfig
 from coupler.learners.spectral_closure import ClosureWithCorrection as ClosureWithCorrection
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig as ClosureWithCorrectionConfig
+from coupler.learners.mixed_closure import MixedClosureNet as MixedClosureNet
+from coupler.learners.mixed_closure import MixedClosureConfig as MixedClosureConfig
 
 __all__ = [
     "GaussianProcess",
@@ -81,6 +83,8 @@ __all__ = [
     "SolverCorrectionTrainer",
     "SpectralClosureNet",
     "SpectralClosureConfig",
+    "MixedClosureNet",
+    "MixedClosureConfig",
     "ClosureWithCorrection",
     "ClosureWithCorrectionConfig",
     "ConvSurrogate",

@@ -229,7 +229,12 @@ class NavierStokes2D:
         return self.step_with_closure(state, params, jnp.zeros((), jnp.float32), jnp.ones((), jnp.float32))
 
     def step_with_closure(
-        self, state: NavierStokesState, params: NavierStokesParams, eddy_viscosity: jax.Array, advection_gain: jax.Array
+        self,
+        state: NavierStokesState,
+        params: NavierStokesParams,
+        eddy_viscosity: jax.Array,
+        advection_gain: jax.Array,
+        tendency: jax.Array | None = None,
     ) -> NavierStokesState:
         """One step of the equation with a diagonal spectral closure (a coarse-grid model of unresolved scales).
 
@@ -243,6 +248,8 @@ class NavierStokes2D:
             params: the run's parameters.
             eddy_viscosity: ``nu_t``, broadcastable to ``(n, n//2 + 1)`` (the ``rfft2`` layout).
             advection_gain: ``1 + g``, broadcastable to ``(n, n//2 + 1)``.
+            tendency: an extra spectral tendency ``(n, n//2 + 1)`` added to the right-hand
+                side, held fixed over the step (a subgrid model evaluated at the step's start).
 
         Returns:
             The state one ``dt`` later.
@@ -253,6 +260,8 @@ class NavierStokes2D:
         e_half = jnp.exp(linear * (self.dt / 2))
         e_full = e_half * e_half
         f_hat = jnp.fft.rfft2(self.forcing(params))
+        if tendency is not None:
+            f_hat = f_hat + tendency
 
         def rhs(w_hat: jax.Array) -> jax.Array:
             return advection_gain * self.nonlinear(w_hat, jnp.zeros_like(w_hat)) + f_hat
@@ -268,6 +277,57 @@ class NavierStokes2D:
         step = state.step + 1
         # t from the step count: no float32 drift over long runs.
         return NavierStokesState(w=w, t=(step * self.dt).astype(state.t.dtype), step=step)
+
+    def gradient_model_tendency(self, w_hat: jax.Array) -> jax.Array:
+        """The gradient (Clark) model of the subgrid vorticity flux, as a spectral tendency.
+
+        The flux the grid misses, ``tau_j = bar(u_j w) - bar(u_j) bar(w)``, expanded in the
+        filter width ``Delta`` (Clark, Ferziger and Reynolds, J. Fluid Mech. 91, 1979):
+        ``tau_j ~ (Delta^2 / 12) d_k u_j d_k w``, here with ``Delta = dx``. Returns
+        ``-(d_j tau_j)^`` on the grid's dealiased modes: what the subgrid flux adds to
+        ``dw/dt``. It is state-dependent, its products are dealiased as the advection
+        term's are, and it costs about one and a half advection terms; a learned
+        coefficient per wavenumber scales it (``learners.gradient_closure``).
+
+        Args:
+            w_hat: the vorticity's ``rfft2``, ``(n, n//2 + 1)``.
+
+        Returns:
+            The tendency in the ``rfft2`` layout, ``(n, n//2 + 1)``.
+        """
+        kx, ky = self.wavenumbers()
+        k2 = kx**2 + ky**2
+        psi_hat = w_hat / jnp.where(k2 == 0, 1.0, k2)
+        u_hat, v_hat = 1j * ky * psi_hat, -1j * kx * psi_hat
+        # Products by the solver's own rule: on the n grid itself their aliasing swamps the low modes.
+        g = self._to_grid
+        ux, uy, vx, vy = g(1j * kx * u_hat), g(1j * ky * u_hat), g(1j * kx * v_hat), g(1j * ky * v_hat)
+        wx, wy = g(1j * kx * w_hat), g(1j * ky * w_hat)
+        c = self.dx**2 / 12
+        tau_x, tau_y = self._from_grid(c * (ux * wx + uy * wy)), self._from_grid(c * (vx * wx + vy * wy))
+        return -self.dealias_mask() * (1j * kx * tau_x + 1j * ky * tau_y)
+
+    def similarity_tendency(self, w_hat: jax.Array, ratio: float = 0.5) -> jax.Array:
+        """A scale-similarity model of the subgrid advection, as a spectral tendency.
+
+        The advection term's share that comes from the top band of resolved modes,
+        ``N(w) - N(w_<)`` with ``w_<`` the field's modes below ``ratio`` of the grid's
+        cutoff ``n/2`` (``N`` the dealiased ``-(u . grad w)^``): Bardina et al.'s idea
+        (AIAA 80-1357, 1980) that the interactions just below the cutoff resemble
+        those just above it, in spectral form. A learned coefficient per wavenumber
+        scales it (``learners.mixed_closure``).
+
+        Args:
+            w_hat: the vorticity's ``rfft2``, ``(n, n//2 + 1)``.
+            ratio: the test filter's cutoff relative to the grid's (in ``(0, 1)``).
+
+        Returns:
+            The tendency in the ``rfft2`` layout, ``(n, n//2 + 1)``.
+        """
+        kx, ky = self.wavenumbers()
+        low = jnp.sqrt(kx**2 + ky**2) < ratio * self.n / 2
+        zero = jnp.zeros_like(w_hat)
+        return self.nonlinear(w_hat, zero) - self.nonlinear(w_hat * low, zero)
 
     def advance(self, state: NavierStokesState, params: NavierStokesParams, steps: int) -> NavierStokesState:
         """Take ``steps`` steps inside one ``lax.fori_loop`` (jit this, not a Python loop)."""

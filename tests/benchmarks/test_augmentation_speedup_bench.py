@@ -21,16 +21,16 @@ def test_tiny_run_writes_the_documented_json(tmp_path, capsys) -> None:
     on_disk = json.loads(path.read_text())
     assert on_disk["rows"] == json.loads(json.dumps(result["rows"]))
     methods = [(r["method"], r["resolution"]) for r in on_disk["rows"]]
-    # TINY steps the corrected solver twice as far as the plain ones: the plain solver at that step is a row too.
-    assert methods == [("plain", 16), ("plain-pad", 16), ("plain-pad-2dt", 16), ("reference", 32),
+    # Every plain solver at its own step and at twice it (TINY's corrected solver's step is the latter too).
+    assert methods == [("plain", 16), ("plain-2dt", 16), ("plain-pad", 16), ("plain-pad-2dt", 16), ("reference", 32),
                        ("corrected-1step", 16), ("corrected-unroll2", 16)]
     for r in on_disk["rows"]:
         assert {"method", "resolution", "wall_s_per_time_unit", "time_to_corr_095", "rel_l2_final"} <= set(r)
         assert r["wall_s_per_time_unit"] > 0 and 0 <= r["time_to_corr_095"] <= bench.TINY.eval_time
         assert math.isfinite(r["rel_l2_final"]) and len(r["correlation"]) == 5  # 0.8 time units, a frame every 2 x 0.08
-    reference = on_disk["rows"][3]
+    reference = on_disk["rows"][4]
     assert reference["rel_l2_final"] == 0 and reference["censored"] and all(c > 0.9999 for c in reference["correlation"])
-    assert all(r["training_s"] > 0 for r in on_disk["rows"][4:])
+    assert all(r["training_s"] > 0 for r in on_disk["rows"][5:])
     summary = on_disk["summary"]
     assert {"matched_resolution", "speedup_at_matched_accuracy"} <= set(summary)
     assert summary["matched_resolution"] in (None, 16, 32)
@@ -92,3 +92,44 @@ def test_schedules_name_their_rows_and_validation_draws_other_runs(capsys) -> No
     plain = [r["rel_l2_final"] for res in (held_out, validation) for r in res["rows"] if r["method"] == "plain"]
     assert plain[0] != plain[1]
     assert "validation runs" in capsys.readouterr().out
+
+
+def test_plain_rows_at_longer_steps_are_rows_of_their_grid(capsys) -> None:
+    result = bench.main(["--tiny", "--schedules", "2"])
+    rows = {(r["method"], r["resolution"]): r for r in result["rows"]}
+    # By default every plain solver also at twice its own step; on the coarse grid the padded one at 2 dt is the
+    # corrected solver's step (learned_step 2), listed once. '--plain-steps 1' keeps only that one.
+    assert [m for m, n in rows if m.startswith("plain")] == ["plain", "plain-2dt", "plain-pad", "plain-pad-2dt"]
+    assert tuple(result["setup"]["plain_steps"]) == (1, 2)
+    # The same frames compared: the 2 dt rows are sampled at the same times as the others.
+    assert all(len(r["correlation"]) == 5 for r in result["rows"])
+    # The long step is a different solver: its error is not the short step's.
+    assert rows[("plain-2dt", 16)]["rel_l2_final"] != rows[("plain", 16)]["rel_l2_final"]
+    only = bench.main(["--tiny", "--schedules", "2", "--plain-steps", "1"])
+    assert [r["method"] for r in only["rows"] if r["method"].startswith("plain")] == ["plain", "plain-pad", "plain-pad-2dt"]
+    capsys.readouterr()
+
+
+def test_plain_steps_must_divide_the_frame_interval() -> None:
+    with pytest.raises(ValueError, match="plain_steps"):
+        bench.replace(bench.QUICK, plain_steps=(1, 3))  # frame_every is 4
+
+
+def test_the_speedup_is_against_the_cheapest_plain_row_as_accurate_long_steps_included() -> None:
+    rows = [_row("plain", 16, 2.0, 1.0), _row("plain", 32, 8.0, 9.0), _row("plain-2dt", 32, 8.0, 4.5),
+            _row("plain-4dt", 32, 3.0, 2.3), _row("corrected-a", 16, 8.5, 1.5)]
+    s = bench.summarize(rows)
+    # It matches plain 32^2 (8.0); plain 32^2 at twice its step is as accurate and cheaper: that is the baseline.
+    # At four times its step it is cheaper still but lost accuracy: never the baseline.
+    assert (s["matched_resolution"], s["matched_method"], s["matched_time_to_corr_095"]) == (32, "plain-2dt", 8.0)
+    assert s["speedup_at_matched_accuracy"] == 4.5 / 1.5
+    # Without the long-step rows the same model would read 6x faster than plain 32^2.
+    assert bench.summarize(rows[:2] + rows[-1:])["speedup_at_matched_accuracy"] == 9.0 / 1.5
+
+
+def test_a_finer_solver_that_blows_up_at_a_long_step_is_no_match() -> None:
+    # Measured on validation runs (32^2 corrected against 64^2): plain 64^2 at 4x its step blew up (t = 0.32).
+    rows = [_row("plain", 32, 4.16, 1.5), _row("plain-pad", 32, 8.16, 3.3), _row("plain", 64, 11.52, 12.0),
+            _row("plain-2dt", 64, 11.52, 5.9), _row("plain-4dt", 64, 0.32, 3.4), _row("corrected-a", 32, 8.48, 1.8)]
+    s = bench.summarize(rows)
+    assert (s["matched_resolution"], s["matched_method"], s["payoff"]) == (32, "plain-pad", False)
