@@ -127,7 +127,10 @@ def test_ending_an_actor_whose_worker_was_just_lost_leaves_nothing_running(clust
         assert not _advancing(t)
         t.release()
     until("no instance left", lambda: not _everywhere(cp, name), 20)
-    # the name is free: a new actor runs alone under it
+    # the name is free: a new actor runs alone under it (after a collection: see the xfail test below)
+    import gc
+
+    gc.collect()
     again = cp.spawn(Ticker, name=name, outputs={"out": ch}, workers=w[0])
     again.start()
     try:
@@ -138,3 +141,44 @@ def test_ending_an_actor_whose_worker_was_just_lost_leaves_nothing_running(clust
     finally:
         again.release()
         reader.release()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "a first instance's Dask key is '<prefix>-<name>' with no attempt suffix (runtime/control/spawning.py:68): "
+    "spawning the name again after release() reuses the key of the instance whose worker was lost, and the new "
+    "spawn raises that old task's 'RuntimeError: Worker holding Actor was lost' (3 rounds in 3 with the collector held "
+    "off, 2 runs; about 1 in 3 without)"))
+def test_a_name_released_after_its_worker_was_lost_can_be_spawned_again_at_once(cluster: Coupling) -> None:
+    """Three rounds; the garbage collector is held off meanwhile (as when it has not run yet: the
+    released instance's Dask proxy sits in a reference cycle, runtime/control/supervisor.py:410)."""
+    import gc
+
+    cp = cluster
+    tag = _tag("respawn")
+    w = three_workers(cp)
+    ch = cp.channel(f"l-{tag}", Latest())
+    reader = cp.spawn(Reader, False, name=f"r-{tag}", inputs={"data": ch}, workers=w[0])
+    reader.start()
+    errors = []
+    gc.disable()
+    try:
+        for k in range(3):
+            w = three_workers(cp)
+            name = f"t{k}-{tag}"
+            t = cp.spawn(Ticker, name=name, outputs={"out": ch}, workers=w[2] if w[2] != reader.status().worker else w[1])
+            t.start()
+            until("ticks", lambda: t.status().info["i"] > 20)
+            kill_worker(cp, t.status().worker)
+            until("the restart", lambda: t.generation == 1, 60)
+            t.release()
+            try:
+                again = cp.spawn(Ticker, name=name, outputs={"out": ch}, workers=reader.status().worker)
+                again.start()
+                until("the new actor ticks", lambda: again.status().info["i"] > 5)
+                again.release()
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"round {k}: {e!r}"[:200])
+    finally:
+        gc.enable()
+        reader.release()
+    assert not errors, errors
