@@ -22,28 +22,33 @@ cloudpickle.register_pickle_by_value(helper_actors)
 
 @pytest.mark.xfail(strict=True, reason=(
     "both scripts' publishers are named driver-pub0:<channel> (runtime/driver.py:481 _name counts per coupling): the "
-    "second script's sends return seqs 0..2 with no error and the consumer drops them as duplicates of the first's"))
+    "second script's sends return seqs 0..2 with no error and the consumer drops them as duplicates of the first's "
+    "(most rounds; one round in four or so gets all six)"))
 def test_two_open_couplings_sending_on_one_channel_are_two_producers(coupling: Coupling, unique: str) -> None:
+    """Three channels, so three pairs of alike-named publishers (driver-pub0, 1, 2 in both scripts)."""
     address = coupling.client.scheduler.address
-    with Coupling(address) as first, Coupling(address) as other:  # two scripts, each with its first port
-        ch = first.channel(f"two-{unique}", Queue(16))
-        sink = coupling.spawn(Collector, name=f"sink-{unique}", inputs={"inp": ch})
-        sink.start()
-        try:
-            other.channel(ch, Queue(16))
-        except Exception as e:  # a refusal with a clear error would be a fair answer too
-            raise AssertionError(f"the second script cannot use the channel: {e!r}") from None
-        for i in range(3):
-            first.send(ch, {"x": np.full(16, float(i), np.float32)}, timeout=30)
-            other.send(ch, {"x": np.full(16, 100.0 + i, np.float32)}, timeout=30)
-        deadline = time.monotonic() + 20
-        while len(sink.call("received")) < 6 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        got = sink.call("received")
-        sink.release()
-    values = sorted(v for _, _, _, v, _ in got)
-    sources = sorted({s for s, *_ in got})
-    assert values == [0.0, 1.0, 2.0, 100.0, 101.0, 102.0], f"got {[(s, q, v) for s, q, _, v, _ in got]} from sources {sources}"
+    lost = {}
+    with Coupling(address) as first, Coupling(address) as other:  # two scripts, each with its first ports
+        for k in range(3):
+            ch = first.channel(f"two{k}-{unique}", Queue(16))
+            sink = coupling.spawn(Collector, name=f"sink{k}-{unique}", inputs={"inp": ch})
+            sink.start()
+            try:
+                other.channel(ch, Queue(16))
+            except Exception as e:  # a refusal with a clear error would be a fair answer too
+                raise AssertionError(f"the second script cannot use the channel: {e!r}") from None
+            for i in range(3):
+                first.send(ch, {"x": np.full(16, float(i), np.float32)}, timeout=30)
+                other.send(ch, {"x": np.full(16, 100.0 + i, np.float32)}, timeout=30)
+            deadline = time.monotonic() + 10
+            while len(sink.call("received")) < 6 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            got = sink.call("received")
+            sink.release()
+            values = sorted(v for _, _, _, v, _ in got)
+            if values != [0.0, 1.0, 2.0, 100.0, 101.0, 102.0]:
+                lost[ch] = [(s, q, v) for s, q, _, v, _ in got]
+    assert not lost, f"accepted sends that never arrived; what the consumers got: {lost}"
 
 
 @pytest.mark.xfail(strict=True, reason=(
