@@ -43,6 +43,7 @@ import functools
 import importlib.metadata
 import itertools
 import logging
+import secrets
 import threading
 import time
 import weakref
@@ -556,6 +557,7 @@ class DriverPorts:
         self._spawn = spawn
         self._checkpoint = checkpoint
         self._count = itertools.count()
+        self._token = secrets.token_hex(4)
         # Re-entrant: a garbage collection in a thread that holds it may run a port's finalizer, which takes it.
         self._lock = threading.RLock()
         self._open: weakref.WeakSet[_Port] = weakref.WeakSet()
@@ -564,7 +566,10 @@ class DriverPorts:
         self._releasing: set[threading.Thread] = set()
 
     def _name(self, kind: str, channel: str) -> str:
-        return check_name("actor", f"driver-{kind}{next(self._count)}:{channel}"[:200])
+        # The token tells apart the ports of two scripts on one cluster: both count from 0, and
+        # alike-named publishers would be one source (the consumer drops the second's messages
+        # as duplicates), alike-named subscriptions one consumer.
+        return check_name("actor", f"driver-{kind}{next(self._count)}-{self._token}:{channel}"[:200])
 
     def publisher(self, channel: str) -> Publisher:
         """A new producer on ``channel``, under a source name of its own.

@@ -20,10 +20,6 @@ from helper_actors import Collector
 cloudpickle.register_pickle_by_value(helper_actors)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "both scripts' publishers are named driver-pub0:<channel> (runtime/driver.py:481 _name counts per coupling): the "
-    "second script's sends return seqs 0..2 with no error and the consumer drops them as duplicates of the first's "
-    "(most rounds; one round in four or so gets all six)"))
 def test_two_open_couplings_sending_on_one_channel_are_two_producers(coupling: Coupling, unique: str) -> None:
     """Three channels, so three pairs of alike-named publishers (driver-pub0, 1, 2 in both scripts)."""
     address = coupling.client.scheduler.address
@@ -51,9 +47,6 @@ def test_two_open_couplings_sending_on_one_channel_are_two_producers(coupling: C
     assert not lost, f"accepted sends that never arrived; what the consumers got: {lost}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "both subscriptions are the consumer driver-sub0:<channel>/in (runtime/driver.py:481): the second script's "
-    "subscription takes the first's place, which then gets nothing (ChannelTimeout)"))
 def test_two_open_couplings_subscribing_to_one_channel_are_two_consumers(coupling: Coupling, unique: str) -> None:
     address = coupling.client.scheduler.address
     with Coupling(address) as first, Coupling(address) as other:  # two scripts, each with its first port
