@@ -64,8 +64,10 @@ class Spawner:
 
     def submit(self, spec: SpawnSpec, workers: list[str] | None, generation: int) -> Future:
         """Submit the task that creates generation ``generation`` of the actor on one of ``workers``."""
-        # Every attempt gets a fresh key: a released key may linger on the scheduler for a moment.
-        key = f"{self.key_prefix}-{spec.name}" + (f"-g{generation}-{next(self._attempts)}" if generation else "")
+        # Every attempt gets a fresh key, a first instance too: a released key may linger on the
+        # scheduler for a moment, and a name spawned again after its release (its first instance
+        # on a worker that was lost) would get the old task's "Worker holding Actor was lost".
+        key = f"{self.key_prefix}-{spec.name}-g{generation}-{next(self._attempts)}"
         return self.client.submit(
             spec.cls,
             *spec.args,

@@ -127,7 +127,7 @@ def test_ending_an_actor_whose_worker_was_just_lost_leaves_nothing_running(clust
         assert not _advancing(t)
         t.release()
     until("no instance left", lambda: not _everywhere(cp, name), 20)
-    # the name is free: a new actor runs alone under it (after a collection: see the xfail test below)
+    # the name is free: a new actor runs alone under it (without a collection: see the test below)
     import gc
 
     gc.collect()
@@ -143,11 +143,6 @@ def test_ending_an_actor_whose_worker_was_just_lost_leaves_nothing_running(clust
         reader.release()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a first instance's Dask key is '<prefix>-<name>' with no attempt suffix (runtime/control/spawning.py:68): "
-    "spawning the name again after release() reuses the key of the instance whose worker was lost, and the new "
-    "spawn raises that old task's 'RuntimeError: Worker holding Actor was lost' (3 rounds in 3 with the collector held "
-    "off, 2 runs; about 1 in 3 without)"))
 def test_a_name_released_after_its_worker_was_lost_can_be_spawned_again_at_once(cluster: Coupling) -> None:
     """Three rounds; the garbage collector is held off meanwhile (as when it has not run yet: the
     released instance's Dask proxy sits in a reference cycle, runtime/control/supervisor.py:410)."""
