@@ -57,13 +57,13 @@ from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import Broker, check_name
 from coupler.runtime.launch.devices import WORKER_ENV as WORKER_ENV
 from coupler.runtime.dataplane.endpoint import Endpoint
-from coupler.runtime.errors import ChannelClosed, raise_for_reply
+from coupler.runtime.errors import ChannelClosed, NoCoupling, raise_for_reply
 from coupler.runtime.observe.inspection import Inspection
 from coupler.runtime.participant import Participant
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.control.status import ActorStatus, ChannelStats
-from coupler.runtime.control.spawning import SpawnSpec
+from coupler.runtime.control.spawning import SpawnSpec, check_actor_class, check_ports
 from coupler.runtime.control.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
@@ -137,6 +137,7 @@ class Coupling(Participant):
         self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
         self.client.register_plugin(Endpoint(report_interval=float(config.get("report-interval"))))
         self.run_id = f"run-{uuid.uuid4().hex}"
+        self._closed = False
         self._broker("coupler_begin_run", run=self.run_id, client=self.client.id)
 
     @classmethod
@@ -203,7 +204,9 @@ class Coupling(Participant):
 
     def close(self) -> None:
         """Stop and release the actors this coupling spawned, end its run (its channels are closed
-        and forgotten everywhere), close the client and cluster it started."""
+        and forgotten everywhere), close the client and cluster it started. Idempotent."""
+        if getattr(self, "_closed", False):
+            return
         if self._supervisor is not None:  # first, so that it does not restart what is stopped below
             self._supervisor.close()
         self._close_ports()  # before the actors: what the driver sent goes to them first
@@ -226,6 +229,7 @@ class Coupling(Participant):
             # Workers unlink their shared-memory names on exit; this catches the
             # names of any worker killed while a segment was being handed over.
             shm.sweep_orphans()
+        self._closed = True  # after its own last broker call: from now on every call says so
 
     @property
     def dashboard_link(self) -> str:
@@ -245,7 +249,12 @@ class Coupling(Participant):
 
     # -- channels -----------------------------------------------------------------------
     def _broker(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        self._check_open()
         return raise_for_reply(self.client.sync(getattr(self.client.scheduler, op), **kwargs))
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise NoCoupling(f"this coupling is closed ({self.run_id}); open a new Coupling to go on")
 
     def channel(self, name: str, policy: Policy, spec: Spec | Any | None = None) -> str:
         """Declare a channel (idempotent for the same policy and spec).
@@ -325,10 +334,17 @@ class Coupling(Participant):
             A handle to control it.
 
         Raises:
+            TypeError: if ``cls`` is not an actor host class, or ``inputs``/``outputs`` are not
+                dicts of port names to channel names.
             ValueError: for a bad name, or the name of an actor of this coupling that was not released.
             NoSuitableWorker: if no worker has ``resources`` within ``coupler.placement-timeout``.
+            NoCoupling: if the coupling is closed.
         """
+        self._check_open()
         check_name("actor", name)
+        check_actor_class(cls)
+        for ports in ("inputs", "outputs"):
+            check_ports(ports, kwargs.get(ports))
         if name in self._actors and self._actors[name].ending is None:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):

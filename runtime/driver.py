@@ -54,6 +54,7 @@ from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.broker import check_name
 from coupler.runtime.control.spawning import SpawnSpec
 from coupler.runtime.dataplane.settings import delivery_config
+from coupler.runtime.dataplane.waits import check_timeout
 from coupler.runtime.driver_resend import ResendLog
 from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted, PartiallyDelivered, SequenceBehind
 from coupler.runtime.message import Message
@@ -278,6 +279,7 @@ class Publisher(_Port):
     def _send_call(self, data: Any, kw: dict[str, Any]) -> _Call[int]:
         if self._closed:
             raise ChannelClosed(f"the driver's publisher {self.relay.name!r} on channel {self.channel!r} is closed")
+        check_timeout(kw["timeout"])
         kept = self._resend.copy(data) if self._resend.keeps else None  # now: the script may change its arrays after
         return _Call(lambda: self._send_in_order(data, kept, kw), self._order, None, f"{self.relay.name}.send")
 
@@ -415,6 +417,7 @@ class Subscription(_Port):
 
         if self._closed:
             raise ChannelClosed(f"the driver's subscription {self.relay.name!r} on channel {self.channel!r} is closed")
+        check_timeout(timeout)
         return _Call(run, self._order, self._kept.append, f"{self.relay.name}.receive")
 
     def receive(self, timeout: float | None = None, default: Any = NO_DEFAULT) -> Message:

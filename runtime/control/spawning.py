@@ -49,6 +49,36 @@ class SpawnSpec:
     resources: dict[str, float] | None = None
 
 
+# What the supervisor calls on every actor host (coupler.actors.ActorHost, which the runtime does not import).
+_HOST_METHODS = ("start", "stop", "status", "checkpoint", "restore", "retire")
+
+
+def check_actor_class(cls: Any) -> None:
+    """Refuse, at spawn, what is not an actor host class (it would fail later, on the worker).
+
+    Raises:
+        TypeError: naming what came.
+    """
+    if not isinstance(cls, type) or not all(callable(getattr(cls, m, None)) for m in _HOST_METHODS):
+        raise TypeError(f"spawn expects an actor host class (a subclass of coupler.actors.ActorHost), got {cls!r}")
+
+
+def check_ports(kind: str, ports: Any) -> None:
+    """Refuse ports that are not a dict of port names to channel names.
+
+    Args:
+        kind: ``"inputs"`` or ``"outputs"``.
+        ports: what was given (``None``: no ports).
+
+    Raises:
+        TypeError: naming what came.
+    """
+    if ports is None:
+        return
+    if not isinstance(ports, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in ports.items()):
+        raise TypeError(f"{kind} must be a dict {{port name: channel name}}, got {ports!r:.120}")
+
+
 class Spawner:
     """Spawn actor instances for one coupling.
 

@@ -18,6 +18,7 @@ from typing import Any
 from coupler.runtime.dataplane.buffers import BufferStats, ConsumerBuffer, LatestBuffer
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.endpoint import Endpoint
+from coupler.runtime.dataplane.waits import check_timeout
 from coupler.runtime.errors import ChannelTimeout, WrongPolicy
 from coupler.runtime.message import Message
 
@@ -68,7 +69,9 @@ class OutPort:
             ChannelTimeout: no consumer or no space within ``timeout``.
             Interrupted: the port's actor is stopping.
             UnknownChannel: the channel was never declared.
+            ValueError: for a timeout that is not a number (or NaN).
         """
+        check_timeout(timeout)
         return self.endpoint.sender.send(
             self.channel, self.source, data, timestamp=timestamp, step=step, meta=meta, timeout=timeout, cancel=self.cancel
         )
@@ -123,6 +126,7 @@ class InPort:
             ChannelClosed: the channel is closed and drained.
             WrongPolicy: the channel is a replay buffer (use :meth:`sample`).
         """
+        check_timeout(timeout)
         try:
             return self.buffer.get(timeout)
         except ChannelTimeout:
@@ -147,6 +151,7 @@ class InPort:
             WrongPolicy: on ``Queue`` and ``Latest`` channels.
             ChannelTimeout: if the buffer stays empty for ``timeout`` seconds.
         """
+        check_timeout(timeout)
         return self.buffer.sample(n, timeout=timeout)
 
     def __len__(self) -> int:

@@ -19,6 +19,20 @@ from enum import Enum
 from typing import Any
 
 
+def check_timeout(timeout: Any) -> None:
+    """Refuse a timeout that no wait can honour: not a number, or NaN (which compares false to every deadline).
+
+    ``None`` waits for ever; a negative or zero timeout does not wait.
+
+    Raises:
+        ValueError: naming what came.
+    """
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout != timeout:
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+
+
 class WaitKind(Enum):
     """What a blocked send, flush or receive waits for."""
 
