@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import cloudpickle
 import numpy as np
@@ -77,6 +78,25 @@ def _check(got: list, last: str, expected_inputs: Counter, n_out: int, seed: int
     assert got_inputs == expected_inputs, f"every input forwarded exactly once: extra {got_inputs - expected_inputs}, missing {expected_inputs - got_inputs}"
     assert [n for *_, n, _ in mine] == [float(q + 1) for q in range(n_out)], "the running count of one consistent run"
     np.testing.assert_array_equal([d for *_, d in mine], np.random.default_rng(seed).standard_normal(n_out))
+
+
+def _fan_in(cp: Coupling, tag: str, w: list[str]) -> tuple[Any, Any, list[Any]]:
+    """Two sources on w[1] into a merger on w[2] into a sink on w[0], started; returns (sink, merger, every ref)."""
+    data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(8))
+    sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
+    merger = cp.spawn(Merger, 1.0, SEED, name=f"merger-{tag}", inputs={"data": data}, outputs={"out": out}, workers=w[2])
+    srcs = [cp.spawn(Source, N, s, PERIOD, name=f"src{s}-{tag}", outputs={"out": data}, workers=w[1]) for s in (1, 2)]
+    refs = [sink, merger, *srcs]
+    for r in refs:
+        r.start()
+    return sink, merger, refs
+
+
+def _merged_once(sink: Any, merger: Any, refs: list[Any]) -> None:
+    """Wait for both sources' every input at the sink, then check that the merger forwarded each once."""
+    _wait_all(sink, 2 * N, refs)
+    time.sleep(0.3)
+    _check(sink.call("record"), merger.name, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
 
 
 def _stop(*refs: object) -> None:
@@ -144,19 +164,11 @@ def test_a_merger_killed_right_after_a_checkpoint_delivers_once(cluster: Couplin
     cp = cluster
     tag = _tag("now")
     w = three_workers(cp)
-    data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(8))
-    sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
-    merger = cp.spawn(Merger, 1.0, SEED, name=f"merger-{tag}", inputs={"data": data}, outputs={"out": out}, workers=w[2])
-    srcs = [cp.spawn(Source, N, s, PERIOD, name=f"src{s}-{tag}", outputs={"out": data}, workers=w[1]) for s in (1, 2)]
-    refs = [sink, merger, *srcs]
-    for r in refs:
-        r.start()
+    sink, merger, refs = _fan_in(cp, tag, w)
     try:
         _kill_between_checkpoints(cp, merger, sink, 20, pause=0.0)
         until("the merger's restart", lambda: merger.generation == 1)
-        _wait_all(sink, 2 * N, refs)
-        time.sleep(0.3)
-        _check(sink.call("record"), merger.name, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
+        _merged_once(sink, merger, refs)
     finally:
         _stop(*refs)
 
@@ -165,13 +177,7 @@ def test_a_merger_moved_then_killed_delivers_once(cluster: Coupling) -> None:
     cp = cluster
     tag = _tag("mvkill")
     w = three_workers(cp)
-    data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(8))
-    sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
-    merger = cp.spawn(Merger, 1.0, SEED, name=f"merger-{tag}", inputs={"data": data}, outputs={"out": out}, workers=w[2])
-    srcs = [cp.spawn(Source, N, s, PERIOD, name=f"src{s}-{tag}", outputs={"out": data}, workers=w[1]) for s in (1, 2)]
-    refs = [sink, merger, *srcs]
-    for r in refs:
-        r.start()
+    sink, merger, refs = _fan_in(cp, tag, w)
     try:
         until("20 at the sink", lambda: sink.status().info["count"] >= 20)
         cp.supervisor.move(merger.name)
@@ -182,9 +188,7 @@ def test_a_merger_moved_then_killed_delivers_once(cluster: Coupling) -> None:
         gen = merger.generation
         _kill_between_checkpoints(cp, merger, sink, 50)
         until("the merger's restart", lambda: merger.generation == gen + 1)
-        _wait_all(sink, 2 * N, refs)
-        time.sleep(0.3)
-        _check(sink.call("record"), merger.name, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
+        _merged_once(sink, merger, refs)
     finally:
         _stop(*refs)
 
@@ -194,13 +198,7 @@ def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster
     cp = cluster
     tag = _tag("mvcut")
     w = three_workers(cp)
-    data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(8))
-    sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
-    merger = cp.spawn(Merger, 1.0, SEED, name=f"merger-{tag}", inputs={"data": data}, outputs={"out": out}, workers=w[2])
-    srcs = [cp.spawn(Source, N, s, PERIOD, name=f"src{s}-{tag}", outputs={"out": data}, workers=w[1]) for s in (1, 2)]
-    refs = [sink, merger, *srcs]
-    for r in refs:
-        r.start()
+    sink, merger, refs = _fan_in(cp, tag, w)
     errors: list[BaseException] = []
 
     def move() -> None:
@@ -219,9 +217,7 @@ def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster
         kill_worker(cp, pid_worker)
         t.join(90)
         until("the merger runs again", lambda: merger.generation >= 1 and merger.status().state == "running", 60)
-        _wait_all(sink, 2 * N, refs)
-        time.sleep(0.3)
-        _check(sink.call("record"), merger.name, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
+        _merged_once(sink, merger, refs)
     finally:
         _stop(*refs)
 
