@@ -173,8 +173,8 @@ async def watch_page(
         deadline = time.monotonic() + 60
         while True:
             rows = await browser.rows()
-            # channel table: 12 columns (channel ... closed); actor table: 10 (actor ... waits for, last error)
-            ch, producer, consumer = find(rows, channel, 12), find(rows, tick, 10), find(rows, fit, 10)
+            # channel table: 12 columns (channel ... closed); actor table: 11 (actor ... weights in use, waits for, last error)
+            ch, producer, consumer = find(rows, channel, 12), find(rows, tick, 11), find(rows, fit, 11)
             if ch and producer and consumer and number(ch[4]) > 0 and number(producer[6]) > 0:
                 if "first" not in seen:
                     seen.update(first=ch)
@@ -206,6 +206,7 @@ def test_coupler_page_in_a_real_browser_shows_the_running_coupling(
     for row, cls in ((seen["producer"], "Ticker"), (seen["consumer"], "Fitter")):
         assert row[1:3] == [cls, "running"], row
         assert row[3].startswith("tcp://") and row[4] in ("cpu", "cpu:0") and number(row[5]) > 0, row
-        assert row[8] == "" or row[8].startswith("waits "), row  # what its loop waits for, if anything
+        assert row[8] == "", row  # no learned weights in use
+        assert row[9] == "" or row[9].startswith("waits "), row  # what its loop waits for, if anything
     assert seen["consumer"][7].startswith("loss="), seen["consumer"]
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
