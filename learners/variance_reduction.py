@@ -64,12 +64,22 @@ class IntegratedVarianceReduction(MaxUncertainty):
     def _greedy(self, n: int, data: SearchData, already: np.ndarray) -> list[np.ndarray]:
         if data.covariance is None:
             return super()._greedy(n, data, already)
+        return self._weighted_picks(n, data, already, np.empty((0, self.space.dim)), None)
+
+    def _weighted_picks(
+        self, n: int, data: SearchData, already: np.ndarray, local: np.ndarray, w: np.ndarray | None,
+    ) -> list[np.ndarray]:
+        """``n`` points that most reduce the (``w``-weighted) variance over the reference points.
+
+        Candidates are uniform in the box plus ``local`` ones (where a subclass expects
+        the error), away from the data; pending and already chosen points count as data.
+        """
         d = self.space.dim
-        cands = self._rng.uniform(size=(self.candidates, d))
+        cands = np.concatenate([self._rng.uniform(size=(self.candidates, d)), local])
         cands = cands[_far_enough(cands, data.x.reshape(-1, d), 1e-4)]
         fantasy = np.concatenate([data.pending.reshape(-1, d), already.reshape(-1, d)])
-        joint = data.covariance(np.concatenate([fantasy, cands, self._reference]))
-        chosen = greedy_variance_reduction(joint, len(fantasy), len(cands), n)
+        joint = data.covariance(np.concatenate([fantasy, cands, self._reference]))  # type: ignore[misc]
+        chosen = greedy_variance_reduction(joint, len(fantasy), len(cands), n, w)
         picks = [cands[i] for i in chosen]
         if len(picks) < n:  # fewer candidates than asked for (all but a few were answered already)
             picks.extend(self._rng.uniform(size=(n - len(picks), d)))
@@ -209,15 +219,7 @@ class CalibratedVarianceReduction(IntegratedVarianceReduction):
         centres = worst[self._rng.integers(0, len(worst), self.local)]
         scale = 0.5 * np.minimum(loo.lengths, 0.5)
         local = np.clip(centres + scale * self._rng.normal(size=(self.local, d)), 0.0, 1.0)
-        cands = np.concatenate([self._rng.uniform(size=(self.candidates, d)), local])
-        cands = cands[_far_enough(cands, data.x.reshape(-1, d), 1e-4)]
-        fantasy = np.concatenate([data.pending.reshape(-1, d), already.reshape(-1, d)])
-        joint = data.covariance(np.concatenate([fantasy, cands, self._reference]))  # type: ignore[misc]
-        chosen = greedy_variance_reduction(joint, len(fantasy), len(cands), n, w)
-        picks = [cands[i] for i in chosen]
-        if len(picks) < n:
-            picks.extend(self._rng.uniform(size=(n - len(picks), d)))
-        return picks
+        return self._weighted_picks(n, data, already, local, w)
 
 
 @dataclass
@@ -284,13 +286,5 @@ class GradientWeightedVarianceReduction(IntegratedVarianceReduction):
         top = self._reference[np.argsort(w)[-32:]]
         centres = top[self._rng.integers(0, len(top), self.local)]
         local = np.clip(centres + 0.5 * lengths * self._rng.normal(size=(self.local, d)), 0.0, 1.0)
-        cands = np.concatenate([self._rng.uniform(size=(self.candidates, d)), local])
-        cands = cands[_far_enough(cands, data.x.reshape(-1, d), 1e-4)]
-        fantasy = np.concatenate([data.pending.reshape(-1, d), already.reshape(-1, d)])
-        joint = data.covariance(np.concatenate([fantasy, cands, self._reference]))  # type: ignore[misc]
-        chosen = greedy_variance_reduction(joint, len(fantasy), len(cands), n, w)
-        picks = [cands[i] for i in chosen]
-        if len(picks) < n:
-            picks.extend(self._rng.uniform(size=(n - len(picks), d)))
-        return picks
+        return self._weighted_picks(n, data, already, local, w)
 
