@@ -252,8 +252,16 @@ def test_a_killed_member_of_a_work_sharing_queue_leaves_each_message_at_exactly_
         _stop(*refs)
 
 
-def test_a_producer_and_its_consumer_killed_together_lose_and_repeat_nothing(cluster: Coupling) -> None:
-    """Both ends of one Queue on one worker: a single worker loss takes both."""
+def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_only_one_window(cluster: Coupling) -> None:
+    """Both ends of one Queue on one worker: a single worker loss takes both.
+
+    docs/reliability.md, Limits ("one failure at a time"): when a producer's and its
+    consumer's workers are both lost before the consumer's next commit, what the
+    consumer received after its checkpoint is lost with the producer's replay log.
+    So the promise here is: nothing twice, in order, and at most one run of numbers
+    missing, the window between the consumer's checkpoint and the loss (CI saw 20-29
+    go; a quiet run, where the checkpoints fell right, none).
+    """
     cp = cluster
     tag = _tag("both")
     w = three_workers(cp)
@@ -271,9 +279,12 @@ def test_a_producer_and_its_consumer_killed_together_lose_and_repeat_nothing(clu
         until("both restarts", lambda: sink.generation == 1 and src.generation == 1)
         assert src.wait(120).state == "finished"
         try:
-            until("every message", lambda: sink.status().info["count"] >= N, 30)
+            until("the stream's end", lambda: any(q == N - 1 for _, q, *_ in sink.call("record")), 30)
         finally:
             seqs = [q for _, q, *_ in sink.call("record")]
-            assert seqs == list(range(N)), f"dup={[q for q, c in Counter(seqs).items() if c > 1]} missing={sorted(set(range(N)) - set(seqs))}"
+            missing = sorted(set(range(N)) - set(seqs))
+            assert seqs == sorted(set(seqs)), f"dup={[q for q, c in Counter(seqs).items() if c > 1]}, or out of order"
+            assert seqs[-1] == N - 1, f"the stream's end is missing: {missing}"
+            assert not missing or missing == list(range(missing[0], missing[-1] + 1)), f"more than one window lost: {missing}"
     finally:
         _stop(*refs)
