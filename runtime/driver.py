@@ -189,9 +189,12 @@ class _Port:
         """Whether :meth:`close` was called (or the port ended by itself)."""
         return self._closed
 
-    def _call(self, method: str, *args: Any, keep: Callable[[Any], None] | None = None, **kwargs: Any) -> _Call[Any]:
+    def _check_open(self) -> None:
         if self._closed:
             raise ChannelClosed(f"the driver's {type(self).__name__.lower()} {self.relay.name!r} on channel {self.channel!r} is closed")
+
+    def _call(self, method: str, *args: Any, keep: Callable[[Any], None] | None = None, **kwargs: Any) -> _Call[Any]:
+        self._check_open()
         return _Call(lambda: self.relay.call(method, *args, **kwargs), self._order, keep, f"{self.relay.name}.{method}")
 
     def _release(self, timeout: float = RELEASE_TIMEOUT) -> None:
@@ -277,8 +280,7 @@ class Publisher(_Port):
         return await self._send_call(data, dict(timestamp=timestamp, step=step, meta=meta, timeout=timeout)).await_()
 
     def _send_call(self, data: Any, kw: dict[str, Any]) -> _Call[int]:
-        if self._closed:
-            raise ChannelClosed(f"the driver's publisher {self.relay.name!r} on channel {self.channel!r} is closed")
+        self._check_open()
         check_timeout(kw["timeout"])
         kept = self._resend.copy(data) if self._resend.keeps else None  # now: the script may change its arrays after
         return _Call(lambda: self._send_in_order(data, kept, kw), self._order, None, f"{self.relay.name}.send")
@@ -415,8 +417,7 @@ class Subscription(_Port):
                     return m
                 # else: a restarted relay's second delivery of what the script has had (see the class)
 
-        if self._closed:
-            raise ChannelClosed(f"the driver's subscription {self.relay.name!r} on channel {self.channel!r} is closed")
+        self._check_open()
         check_timeout(timeout)
         return _Call(run, self._order, self._kept.append, f"{self.relay.name}.receive")
 
