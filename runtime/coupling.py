@@ -368,8 +368,9 @@ class Coupling(Participant):
         return self.supervisor.spawn(spec)
 
     def _relay_checkpoint(self, name: str) -> dict[str, Any] | None:
+        sup = self._supervisor  # not the property: a question must not start a supervisor
         try:
-            return self.supervisor.last_checkpoint(name)
+            return None if sup is None else sup.last_checkpoint(name)
         except KeyError:  # released meanwhile
             return None
 
