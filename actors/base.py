@@ -270,23 +270,34 @@ class ActorHost:
             self._loop.abort()  # interrupts a blocked send through the ports' cancel event
         return await self._loop.ask("retire", before, timeout)
 
-    def commit(self, delivered: dict[str, dict[str, int]], takes: int | None = None) -> None:
+    def commit(
+        self, delivered: dict[str, dict[str, int]], takes: int | None = None, outputs: dict[str, dict[str, int]] | None = None,
+    ) -> None:
         """A checkpoint with these ``"delivered"`` marks (port -> source -> seq) is stored safely.
 
         The producers of this actor's ``Queue`` inputs stop keeping the messages
         the marks cover (they would otherwise send them again to a successor),
-        and this actor's consumers may forget its takes before the checkpoint's.
+        this actor's consumers may forget its takes before the checkpoint's, and
+        the members of its work-sharing outputs their receipts before the
+        checkpoint's next numbers (a restart never sends those again).
 
         Args:
             delivered: the checkpoint's ``"delivered"`` marks.
             takes: the checkpoint's ``"takes"`` (the number of its next take), if it has one.
+            outputs: the checkpoint's ``"outputs"`` (port -> ``{"next_seq": n}``), if it has them.
 
         Raises:
             ValueError: for a port this actor does not have, or a take count beyond its takes.
         """
-        unknown = sorted(set(delivered) - set(self.inputs))
+        unknown = sorted(set(delivered) - set(self.inputs)) + sorted(set(outputs or {}) - set(self.outputs))
         if unknown:
-            raise ValueError(f"actor {self.name!r} has inputs {sorted(self.inputs)}, got marks for {unknown}")
+            raise ValueError(
+                f"actor {self.name!r} has inputs {sorted(self.inputs)} and outputs {sorted(self.outputs)}, "
+                f"got marks for {unknown}"
+            )
+        for port, rec in (outputs or {}).items():
+            out = self.outputs[port]
+            self.endpoint.sender.committed(out.channel, out.source, int(rec["next_seq"]))
         if takes is not None:
             self._takes.commit(int(takes))
         for port, marks in delivered.items():

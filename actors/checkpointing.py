@@ -169,8 +169,10 @@ class Checkpointer:
         st = checkpoint["status"]
         self.record.steps = int(st["steps"])
         for port, seq in outputs.items():
-            out = self.outputs[port]
-            self.endpoint.sender.resume_seq(out.channel, out.source, int(seq["next_seq"]))
+            out, next_seq = self.outputs[port], int(seq["next_seq"])
+            # On a work-sharing queue, what is sent again goes where the members say (receipts.py).
+            plan = self.endpoint.gather_receipts(out.channel, out.source, next_seq)
+            self.endpoint.sender.resume_seq(out.channel, out.source, next_seq, plan)
         delivered = checkpoint.get("delivered", {})
         for port, inp in self.inputs.items():
             messages = [decode_message(m) for m in inputs.get(port, [])]

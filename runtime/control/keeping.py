@@ -130,7 +130,7 @@ class CheckpointKeeper:
         if self.store is not None:
             self.store.save(ref.name, ck)
         if _commits(ck):
-            ref.proxy.commit(ck.get("delivered", {}), ck.get("takes")).result(timeout=CALL_SLACK)
+            ref.proxy.commit(ck.get("delivered", {}), ck.get("takes"), ck.get("outputs")).result(timeout=CALL_SLACK)
         return ck
 
     def hold_final(self, ref: ActorRef, ck: dict[str, Any]) -> None:
@@ -200,7 +200,7 @@ class CheckpointKeeper:
                 return
         if _commits(result):
             try:
-                future = ref.proxy.commit(result.get("delivered", {}), result.get("takes"))
+                future = ref.proxy.commit(result.get("delivered", {}), result.get("takes"), result.get("outputs"))
             except Exception as e:
                 self._report(ref, cycle.worker, e)
                 return
@@ -213,8 +213,8 @@ class CheckpointKeeper:
 
 
 def _commits(ck: dict[str, Any]) -> bool:
-    """Whether committing ``ck`` tells its actor anything (it took from a ``Queue``, or logs its takes)."""
-    return bool(ck.get("delivered") or ck.get("takes"))
+    """Whether committing ``ck`` tells its actor anything (it took from a ``Queue``, logs its takes, or sent)."""
+    return bool(ck.get("delivered") or ck.get("takes") or ck.get("outputs"))
 
 
 def _what(cycle: _InFlight) -> str:

@@ -191,7 +191,7 @@ class Spawner:
         """
         if checkpoint is not None:
             actor.restore(checkpoint).result(timeout=CALL_SLACK)
-            actor.commit(checkpoint.get("delivered", {}), checkpoint.get("takes")).result(timeout=CALL_SLACK)
+            actor.commit(checkpoint.get("delivered", {}), checkpoint.get("takes"), checkpoint.get("outputs")).result(timeout=CALL_SLACK)
         if state == "paused":
             actor.pause().result(timeout=CALL_SLACK)
         if state in ("running", "paused"):

@@ -36,6 +36,7 @@ from coupler.runtime.dataplane.credits import CreditLedger, GrantFn
 from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
 from coupler.runtime.dataplane.marks import CommitFn, DeliveryMarks, dedupe, raise_marks
 from coupler.runtime.dataplane.order_cursor import OrderCursor
+from coupler.runtime.dataplane.receipts import ReceiptLog, floor_of
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import Latest, Policy, Queue, Reservoir, Window
 
@@ -221,6 +222,8 @@ class QueueBuffer(ConsumerBuffer):
         # waits for a message, so no task waits at a busy member while another idles,
         # and members on the producer's own worker get no head start over remote ones.
         self._pull = policy.shared
+        # A work-sharing member keeps what it received for a producer's restart (receipts.py).
+        self.receipts = ReceiptLog() if policy.shared else None
         self._getters = 0  # consumer threads waiting in get()
         self.lineage = LineageStore()  # takes notes of the producers (see runtime/dataplane/lineage.py)
         self._cursor = OrderCursor(channel)  # where a restored merging actor stands in its recorded takes
@@ -330,7 +333,7 @@ class QueueBuffer(ConsumerBuffer):
                 return 0
             self.credits.spend(link, len(messages))
             # _is_new and _accept, inlined: this runs for every message that arrives from another worker.
-            items, last_seq, stats = self._items, self.last_seq, self.stats
+            items, last_seq, stats, receipts = self._items, self.last_seq, self.stats, self.receipts
             for m in messages:
                 if m.meta:
                     self._note(m)
@@ -339,6 +342,8 @@ class QueueBuffer(ConsumerBuffer):
                     continue
                 items.append(m)
                 last_seq[m.source] = m.seq
+                if receipts is not None:
+                    receipts.add(m.source, m.seq, floor_of(m.meta))
                 stats.received += 1
                 stats.nbytes += m.nbytes if m.nbytes >= 0 else sum(int(a.nbytes) for a in flatten(m.data)[0])
             stats.lag = max(0.0, time.time() - messages[-1].sent_at) if messages else stats.lag
@@ -392,6 +397,19 @@ class QueueBuffer(ConsumerBuffer):
         self._items.append(m)
         self._account(m)
         self.stats.depth = len(self._items)
+        if self.receipts is not None:
+            self.receipts.add(m.source, m.seq, floor_of(m.meta))
+
+    def receipts_since(self, source: str, start: int) -> tuple[int, list[int]]:
+        """What this work-sharing member had of ``source``: its highest number, and those from ``start`` on.
+
+        Raises:
+            WrongPolicy: if the queue is not work-sharing (its consumer is the only one: marks suffice).
+        """
+        with self._cond:
+            if self.receipts is None:
+                raise WrongPolicy(f"channel {self.channel!r}: receipts are kept by work-sharing queues only")
+            return self.last_seq.get(source, -1), self.receipts.since(source, start)
 
     def has_message(self) -> bool:
         return bool(self._items) if self._cursor.order is None else self._cursor.pick(self._items) is not None
@@ -473,6 +491,11 @@ class QueueBuffer(ConsumerBuffer):
             # counted them (the broker's channel totals keep its counters after it left).
             marks = {s: int(q) for s, q in taken.items()}
             self._items, dropped = dedupe(held, marks)
+            if self.receipts is not None and preload:
+                kept = {id(m) for m in self._items}
+                for m in preload:  # its predecessor received them (under this member's id)
+                    if id(m) in kept:
+                        self.receipts.add(m.source, m.seq, floor_of(m.meta))
             self.stats.duplicates += dropped
             raise_marks(self.marks.taken, taken)
             raise_marks(self.last_seq, marks)

@@ -13,8 +13,8 @@ It assembles the worker's parts and connects them to the broker:
 - the routes (:mod:`~coupler.runtime.dataplane.routing`), updated when the broker
   pushes a change, and dropped when nothing needs them
   (:class:`~coupler.runtime.dataplane.retention.SendRetention`); the commits of
-  consumers here; input-order takes
-  (:class:`~coupler.runtime.dataplane.takes.TakeGathering`); the periodic report
+  consumers here; what consumers hold of a restarted producer's messages
+  (:class:`~coupler.runtime.dataplane.gathering.ConsumerRecords`); the periodic report
   (:class:`~coupler.runtime.dataplane.report.Reporter`).
 
 Producers send straight to the workers of the channel's consumers, one hop.
@@ -46,10 +46,11 @@ from coupler.runtime.control.departure import Departure
 from coupler.runtime.control.routing_table import RoutingTable
 from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.lineage import Take
+from coupler.runtime.dataplane.receipts import ReplayPlan
 from coupler.runtime.dataplane.report import Reporter
 from coupler.runtime.dataplane.retention import SendRetention
 from coupler.runtime.dataplane.security import fetch_stream_secret, ssl_contexts
-from coupler.runtime.dataplane.takes import TakeGathering
+from coupler.runtime.dataplane.gathering import ConsumerRecords
 from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.dataplane.receiver import ChannelSpecs, Listener, raise_open_file_limit
 from coupler.runtime.dataplane.routing import ProducerStats, Route
@@ -133,9 +134,10 @@ class Endpoint(WorkerPlugin):
             batch_bytes=max(BATCH_BYTES_MAX, self.config.batch_bytes, self.config.inline_max),
         )
         self.consumers = LocalConsumers(self.buffers, self.listener, self.fence, lambda: self.address, self.host, self._broker)
-        self.takes = TakeGathering(worker, self.buffers, lambda: self.address, self._broker)
+        self.records = ConsumerRecords(worker, self.buffers, lambda: self.address, self._broker)
         worker.handlers["coupler_routing_update"] = self._handle_routing_update
-        worker.handlers["coupler_takes"] = self.takes.held
+        worker.handlers["coupler_takes"] = self.records.held_takes
+        worker.handlers["coupler_receipts"] = self.records.held_receipts
         shm.sweep_orphans()
         self.reporter = Reporter(worker, lambda: self.address, self.buffers, self.producers, self.dispatch, self.report_interval)
         self.retention = SendRetention(self.routes, self.producers, self._lock, self.dispatch, self.reporter.actors)
@@ -305,7 +307,7 @@ class Endpoint(WorkerPlugin):
 
         A restarted merging actor joins them (:func:`~coupler.runtime.dataplane.lineage.replay_order`)
         to take its replayed inputs in its predecessor's order; see
-        :meth:`TakeGathering.gather <coupler.runtime.dataplane.takes.TakeGathering.gather>`.
+        :meth:`ConsumerRecords.gather_takes <coupler.runtime.dataplane.gathering.ConsumerRecords.gather_takes>`.
 
         Args:
             channels: the actor's output channels.
@@ -319,7 +321,21 @@ class Endpoint(WorkerPlugin):
         Raises:
             ChannelTimeout: after ``timeout``.
         """
-        return self.call(lambda: self.takes.gather(channels, source, since), timeout=timeout)
+        return self.call(lambda: self.records.gather_takes(channels, source, since), timeout=timeout)
+
+    def gather_receipts(self, channel: str, source: str, since: int, timeout: float = 30.0) -> ReplayPlan | None:
+        """Ask the members of work-sharing ``channel`` what they had of ``source``'s messages from ``since`` on.
+
+        A restarted producer routes what it sends again by the plan (see
+        :mod:`~coupler.runtime.dataplane.receipts`).
+
+        Returns:
+            The plan, or ``None`` when the channel is not work-sharing or no member had anything from ``since`` on.
+
+        Raises:
+            ChannelTimeout: after ``timeout``.
+        """
+        return self.call(lambda: self.records.gather_receipts(channel, source, since), timeout=timeout)
 
     # -- reporting (runtime/dataplane/report.py) ----------------------------------------------------
     def register_actor(self, name: str, actor: Any) -> None:

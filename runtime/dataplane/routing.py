@@ -17,6 +17,7 @@ from coupler.runtime.control.routing_table import ConsumerRef, RoutingTable
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.settings import DeliveryConfig
+from coupler.runtime.dataplane.receipts import ReplayPlan
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, ConsumerGone, Interrupted
 from coupler.runtime.message import Spec
@@ -210,6 +211,8 @@ class ProducerStats:
     next_seq: int = 0
     dropped: int = 0  # copies for consumers of a lossy channel whose stream failed
     epoch: int = 0  # this producer instance's epoch, from the broker (its messages carry it if above 0: fence.py)
+    floor: int = 0  # next_seq of the producer's last committed checkpoint (work-sharing messages carry it: receipts.py)
+    replay: ReplayPlan | None = None  # a restarted producer's routing of its repeated work-sharing messages
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def as_dict(self) -> dict[str, int]:

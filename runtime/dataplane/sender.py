@@ -22,6 +22,7 @@ from coupler.runtime.dataplane.dispatch import Dispatch
 from coupler.runtime.dataplane.flush import flush
 from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.fence import EPOCH_KEY
+from coupler.runtime.dataplane.receipts import FLOOR_KEY, Avoid, Pin, ReplayPlan
 from coupler.runtime.control.routing_table import ConsumerRef
 from coupler.runtime.dataplane.routing import ProducerStats, Reroute, Route, expected_back
 from coupler.runtime.dataplane.settings import DeliveryConfig
@@ -111,7 +112,9 @@ class Sender:
             }  # Message.header()'s fields, built directly: this is the hot path (a replaced instance's epoch: fence.py)
             try:
                 if shared:
-                    self._to_one(route, spec, header, leaves, deadline, timeout, cancel, stats.sent)
+                    if stats.floor:  # members keep their receipts from here on (receipts.py)
+                        header["meta"] = {**header["meta"], FLOOR_KEY: stats.floor}
+                    self._to_one(route, spec, header, leaves, deadline, timeout, cancel, stats)
                 else:
                     self._to_all(route, spec, header, leaves, deadline, timeout, cancel)
             except (ChannelTimeout, Interrupted) as e:
@@ -226,7 +229,7 @@ class Sender:
 
     def _to_one(
         self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray],
-        deadline: float | None, timeout: float | None, cancel: Cancel | None, turn: int,
+        deadline: float | None, timeout: float | None, cancel: Cancel | None, stats: ProducerStats,
     ) -> None:
         """Work-sharing: hand the message to exactly one consumer that has room.
 
@@ -236,21 +239,44 @@ class Sender:
         at two consumers. Between passes the sender backs off briefly: credits
         come back asynchronously from several consumers, and a task channel's
         messages are coarse, so a millisecond-scale poll costs nothing that matters.
+
+        A restarted producer's repeated messages follow its :class:`ReplayPlan`
+        (``stats.replay``): one a member had goes back to that member alone, and
+        one no member had avoids the members that would drop it as old.
         """
+        seq, turn = header["seq"], stats.sent
+        plan = stats.replay
+        if plan is not None and plan.over(seq):
+            stats.replay = plan = None
+        where = None if plan is None else plan.route(seq)
+        if isinstance(where, Pin) and self._pinned_away(route, spec, header, leaves, where.cid):
+            plan.sent(seq, where.cid)  # type: ignore[union-attr]
+            return
         backoff = 0.001
         while True:
             consumers = self._consumers(route, deadline, timeout, cancel)
+            if isinstance(where, Pin):
+                offer = [c for c in consumers if c.cid == where.cid]
+                if not offer and self._pinned_away(route, spec, header, leaves, where.cid):
+                    plan.sent(seq, where.cid)  # type: ignore[union-attr]
+                    return
+            elif isinstance(where, Avoid):
+                offer = [c for c in consumers if c.cid not in where.cids] or list(consumers)
+            else:
+                offer = list(consumers)
             gone: list[Exception] = []
-            for i in range(len(consumers)):
-                c = consumers[(turn + i) % len(consumers)]
+            for i in range(len(offer)):
+                c = offer[(turn + i) % len(offer)]
                 try:
                     self.dispatch.deliver(route, spec, c, header, leaves, time.monotonic(), cancel)
+                    if plan is not None:
+                        plan.sent(seq, c.cid)
                     return
                 except (Reroute, ChannelTimeout):
                     continue
                 except ConsumerGone as e:
                     gone.append(e)
-            if len(gone) == len(consumers) and not route.table.moving:
+            if offer and len(gone) == len(offer) and len(offer) == len(consumers) and not route.table.moving:
                 raise gone[0]
             if deadline is not None and time.monotonic() >= deadline:
                 raise ChannelTimeout(
@@ -262,15 +288,34 @@ class Sender:
                 time.sleep(backoff)
             backoff = min(2 * backoff, 0.02)
 
+    def _pinned_away(self, route: Route, spec: Spec, header: dict[str, Any], leaves: list[np.ndarray], cid: str) -> bool:
+        """Whether the member a repeated message belongs to is not attached; then it is settled without a send.
+
+        A member away and expected back gets it kept in its replay log (its
+        successor may need it); one that left for good had processed it.
+        """
+        if any(c.cid == cid for c in route.consumers):
+            return False
+        if cid in route.returning(self.delivery.lost_consumer_wait):
+            self.dispatch.keep_for_absent(route, spec, header, leaves, {cid})
+        return True
+
     def next_seq(self, channel: str, source: str) -> int:
         """The sequence number ``source``'s next message on ``channel`` will carry (for checkpoints)."""
         stats = self.producers.get((channel, source))
         return 0 if stats is None else stats.next_seq
 
-    def resume_seq(self, channel: str, source: str, next_seq: int) -> None:
+    def resume_seq(self, channel: str, source: str, next_seq: int, replay: ReplayPlan | None = None) -> None:
         """Continue ``source``'s sequence on ``channel`` at ``next_seq`` (a restored producer).
 
         Registers the source with the broker first, as its first send would.
+
+        Args:
+            channel: channel name.
+            source: the producer's name.
+            next_seq: the checkpoint's next number (also the committed floor).
+            replay: on a work-sharing queue, where the messages sent again go
+                (from what the members had, see :mod:`~coupler.runtime.dataplane.receipts`).
 
         Raises:
             ValueError: for a negative ``next_seq``.
@@ -283,6 +328,20 @@ class Sender:
         with stats.lock:
             stats.next_seq = max(stats.next_seq, int(next_seq))
             stats.last_seq = stats.next_seq - 1
+            stats.floor = max(stats.floor, int(next_seq))
+            stats.replay = replay
+
+    def committed(self, channel: str, source: str, next_seq: int) -> None:
+        """A checkpoint of ``source`` whose next number on ``channel`` is ``next_seq`` is stored.
+
+        A restart never sends again what comes before it, so a work-sharing
+        queue's members may forget their receipts below it (their floor).
+        """
+        stats = self.producers.get((channel, source))
+        if stats is not None:
+            # Not under stats.lock, which a send blocked on back-pressure holds: one int
+            # store, and only this commit path raises it after the restore.
+            stats.floor = max(stats.floor, int(next_seq))
 
     def flush(self, channel: str, timeout: float | None = None, cancel: Cancel | None = None) -> None:
         """Wait until every message sent on ``channel`` from this worker was accepted (see :func:`~coupler.runtime.dataplane.flush.flush`).

@@ -26,7 +26,7 @@ class _Proxy:
         self.asked.append(Future())
         return self.asked[-1]
 
-    def commit(self, delivered: dict[str, Any], takes: int | None) -> Future[Any]:
+    def commit(self, delivered: dict[str, Any], takes: int | None, outputs: dict[str, Any] | None = None) -> Future[Any]:
         self.commits.append((delivered, takes))
         done: Future[Any] = Future()
         done.set_result(None)
