@@ -20,6 +20,9 @@ worker's event loop) and does its port operation in a thread of its own for
 the length of the call; a relay holds no thread between calls. Stopping the
 relay (``ActorRef.release``) interrupts a call blocked in a port and, like any
 actor's end, detaches its input and gives back its output's links.
+
+A subscription's relay numbers what it hands the script and keeps each
+hand-out until the script's next call acknowledges it (:mod:`~coupler.actors.hand_outs`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Callable, TypeVar
 
 from coupler.actors.base import ActorHost
+from coupler.actors.hand_outs import HandOut, HandOutLog
 from coupler.runtime import InPort, Message, OutPort
 from coupler.runtime.errors import SequenceBehind
 
@@ -62,6 +66,7 @@ class DriverRelay(ActorHost):
         # of their own, has only between two sends. Its next sequence number then covers
         # exactly the messages its flush saw accepted.
         self._sending = asyncio.Lock()
+        self._hand_outs = HandOutLog()  # a subscription's, until the script acknowledges them
 
     def info(self) -> dict[str, Any]:
         """What the relay passed on so far: ``{"relay": "driver", "sent": n, "received": n}``."""
@@ -138,22 +143,31 @@ class DriverRelay(ActorHost):
     async def checkpoint(self, timeout: float | None = 30.0) -> dict[str, Any]:
         """``ActorHost.checkpoint``, between two sends (see ``_sending``).
 
+        A subscription's checkpoint covers the takes it handed out (its state keeps
+        those not acknowledged), not a take still on its way to being handed out:
+        the producers keep that one for a successor.
+
         Raises:
             TimeoutError: if no send ended, or the checkpoint was not taken, within ``timeout``.
         """
         async with self._between_sends(timeout):
-            return await super().checkpoint(timeout)
+            ck = await super().checkpoint(timeout)
+        if IN_PORT in ck.get("delivered", {}):
+            ck["delivered"][IN_PORT] = dict(ck["state"]["covered"])  # read with the hand-outs it keeps
+        return ck
 
-    async def retire(self, timeout: float | None = 30.0, force: bool = False) -> dict[str, Any]:
-        """``ActorHost.retire``, between two sends; ``force`` does not wait for a send to end (it interrupts it).
+    def state_dict(self) -> dict[str, Any]:
+        """A subscription's hand-outs the script has not acknowledged (see :class:`HandOutLog`)."""
+        return self._hand_outs.state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a predecessor's hand-outs: those not acknowledged are handed again first.
 
         Raises:
-            TimeoutError: as :meth:`checkpoint`.
+            ValueError: if ``state`` is not a relay's.
         """
-        if force:
-            return await super().retire(timeout, force)
-        async with self._between_sends(timeout):
-            return await super().retire(timeout, force)
+        if state:
+            self._hand_outs.load(state)
 
     @contextlib.asynccontextmanager
     async def _between_sends(self, timeout: float | None) -> AsyncIterator[None]:
@@ -175,8 +189,17 @@ class DriverRelay(ActorHost):
         port = self._out()
         await self._in_thread(lambda: port.flush(timeout=timeout))
 
-    async def receive(self, timeout: float | None = None) -> Message:
+    async def receive(self, timeout: float | None = None, ack: int = -1) -> HandOut:
         """Take the next message from the relay's input port (see ``InPort.receive``).
+
+        Args:
+            timeout: seconds to wait for a message (``None``: forever).
+            ack: the number of the last hand-out the script got (``-1``: none); the
+                relay forgets it and those before.
+
+        Returns:
+            The message, numbered: a restored relay first hands again what its
+            predecessor handed and the script had not acknowledged.
 
         Raises:
             ChannelTimeout: nothing arrived within ``timeout``.
@@ -185,9 +208,17 @@ class DriverRelay(ActorHost):
             Interrupted: the relay was stopped while the receive waited.
         """
         port = self._in()
-        m = await self._in_thread(lambda: port.receive(timeout))
+        again = self._hand_outs.acknowledge(ack)
+        if again is not None:
+            return again
+
+        def take() -> HandOut:
+            # Recorded in the thread that took it: a checkpoint covers no take the log lacks.
+            return self._hand_outs.record(port.receive(timeout))
+
+        h = await self._in_thread(take)
         self._relayed["received"] += 1
-        return m
+        return h
 
     async def sample(self, n: int, timeout: float | None = None) -> Any:
         """A mini-batch of ``n`` payloads of a ``Reservoir`` or ``Window`` channel (see ``InPort.sample``).

@@ -390,6 +390,8 @@ class Subscription(_Port):
     came after its checkpoint; the script, which does not restart, has had some of
     it. So a subscription drops a message numbered at or below the last one it gave
     the script from the same source: the script takes every message once, in order.
+    Its relay keeps what it handed until the next call acknowledges it, so a reply
+    lost with the relay's worker is handed again by the successor (``actors/relay.py``).
     """
 
     def __init__(self, channel: str, relay: ActorRef, release: Callable[[ActorRef], None], timeout: float | None = None) -> None:
@@ -397,6 +399,7 @@ class Subscription(_Port):
         self.timeout = timeout
         self._kept: collections.deque[Message] = collections.deque()  # taken for a caller that gave up
         self._last: dict[str, int] = {}  # source -> the highest number the script was given
+        self._ack = -1  # the relay's number of the last hand-out this subscription got
 
     @property
     def consumer(self) -> str:
@@ -411,7 +414,8 @@ class Subscription(_Port):
             deadline = None if timeout is None else time.monotonic() + timeout
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                m = self.relay.call("receive", left)
+                handed = self.relay.call("receive", left, self._ack)
+                self._ack, m = handed.number, handed.message
                 if m.seq > self._last.get(m.source, -1):
                     self._last[m.source] = m.seq
                     return m

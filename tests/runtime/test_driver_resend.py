@@ -114,6 +114,7 @@ def test_the_log_keeps_a_gap_free_run_after_the_checkpoint_within_its_bytes() ->
 
 
 def test_a_subscription_drops_what_a_restarted_relay_takes_again() -> None:
+    from coupler.actors.hand_outs import HandOut
     from coupler.runtime.driver import Subscription
     from coupler.runtime.message import Message
 
@@ -122,10 +123,12 @@ def test_a_subscription_drops_what_a_restarted_relay_takes_again() -> None:
 
         def __init__(self, seqs: list[tuple[str, int]]) -> None:
             self.queue = [Message({"v": np.array(float(q))}, source=s, seq=q) for s, q in seqs]
+            self.number = -1
 
         def call(self, method: str, *args: Any) -> Any:
             assert method == "receive"
-            return self.queue.pop(0)
+            self.number += 1
+            return HandOut(self.number, self.queue.pop(0))
 
     # The relay was restarted from a checkpoint that covered a/0 only: a/1 and a/2 come again;
     # b's numbers are its own.
