@@ -462,10 +462,10 @@ def hybrid_row_lines(row: dict[str, Any], k: int, n: int) -> list[str]:
         # Said as a slowdown: a "speed-up" below 1 reads as a payoff that is not there.
         lines.append(f"  {label + ': SLOWDOWN':<44}{1 / row['speedup']:>11.2f}x")
         lines.append(
-            f"    why: one surrogate pass ({row['hybrid_ms']:.1f} ms for the run with surrogate blocks against "
-            f"{row['solver_ms']:.1f} ms for the solver alone) costs more than the {k} explicit "
-            f"{n}x{n} heat steps it replaces: explicit steps are cheap on a small grid and few "
-            f"make a short jump (a finer grid or a longer jump takes more steps per pass; see the module docstring)"
+            f"    why: the run with surrogate blocks took {row['hybrid_ms']:.1f} ms against {row['solver_ms']:.1f} ms "
+            f"for the solver alone: one surrogate pass costs more than the {k} explicit {n}x{n} heat steps it "
+            f"replaces (explicit steps are cheap on a small grid, and a short jump takes few of them; "
+            f"--help says where the surrogate pays)"
         )
     lines.append(f"  {label + ': rel. L2 at end vs solver':<44}{100 * row['error']:>11.2f}%")
     return lines
