@@ -121,7 +121,7 @@ def test_quick_defaults_give_way_to_explicit_options() -> None:
 
     args = parse_args(["--quick", "--grid", "12"])
     assert args.quick and args.grid == 12 and args.members == QUICK["members"]
-    assert parse_args([]).grid == 32 and not parse_args([]).quick
+    assert parse_args([]).grid == 64 and not parse_args([]).quick
 
 
 def test_demo_options_after_the_separator_reach_the_demo(coupling: Coupling, capsys: pytest.CaptureFixture[str]) -> None:
