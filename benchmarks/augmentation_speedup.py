@@ -245,6 +245,9 @@ def training_windows(setup: Setup, key: jax.Array) -> tuple[dict[str, np.ndarray
 def train(setup: Setup, data: dict[str, np.ndarray], unroll: int | tuple[int, ...], seed: int) -> tuple[Any, float, float]:
     """Train a correction; returns the model, the seconds and the last 10 steps' mean loss.
 
+    Raises:
+        FloatingPointError: when a step's loss is not finite (training diverged).
+
     ``unroll`` may be a curriculum ``(K1, K2, ...)``: ``train_steps`` split evenly
     over stages of increasing unroll length, the same model and optimiser state
     carried through (the learning-rate schedule spans all stages).
@@ -270,6 +273,12 @@ def train(setup: Setup, data: dict[str, np.ndarray], unroll: int | tuple[int, ..
                 start = int(rng.integers(0, data["field"].shape[1] - k))
                 field = data["field"][rows, start : start + k + 1]
             losses.append(trainer.step({"field": field, "params": data["params"][rows]}))
+            if not np.isfinite(losses[-1]):
+                # Go no further: a model trained into NaN would make every row after it meaningless.
+                raise FloatingPointError(
+                    f"training diverged at step {len(losses)} (unroll {k}, learning rate {setup.learning_rate}): "
+                    f"loss {losses[-1]}; expected a finite loss (lower the setup's learning_rate or the unroll)"
+                )
     return trainer.model, time.perf_counter() - t0, float(np.mean(losses[-10:]))
 
 

@@ -133,3 +133,12 @@ def test_a_finer_solver_that_blows_up_at_a_long_step_is_no_match() -> None:
             _row("plain-2dt", 64, 11.52, 5.9), _row("plain-4dt", 64, 0.32, 3.4), _row("corrected-a", 32, 8.48, 1.8)]
     s = bench.summarize(rows)
     assert (s["matched_resolution"], s["matched_method"], s["payoff"]) == (32, "plain-pad", False)
+
+
+def test_training_that_diverges_stops_the_benchmark_with_what_it_saw() -> None:
+    import jax
+
+    setup = bench.replace(bench.TINY, learning_rate=1e30, train_steps=20)  # steps of 1e30 overflow at once
+    data, _ = bench.training_windows(setup, jax.random.key(0))
+    with pytest.raises(FloatingPointError, match=r"training diverged at step \d+ .*expected a finite loss"):
+        bench.train(setup, data, 1, seed=0)
