@@ -19,13 +19,16 @@ import cloudpickle
 import numpy as np
 import pytest
 
+import attack_actors
 import merge_actors
+from attack_actors import SeqSink
 from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
 
 cloudpickle.register_pickle_by_value(merge_actors)
+cloudpickle.register_pickle_by_value(attack_actors)
 
 N = 60
 PERIOD = 0.02
@@ -100,6 +103,40 @@ def test_a_merger_feeding_a_work_sharing_pool_killed_between_checkpoints_deliver
         time.sleep(0.5)
         mine = [g for s in sinks for g in s.call("record") if g[0] == merger.name]
         _check(mine, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
+    finally:
+        _stop(*refs)
+
+
+@pytest.mark.parametrize("pause", [0.05, 0.3])
+def test_a_plain_producer_of_a_work_sharing_pool_killed_between_checkpoints_delivers_once(cluster: Coupling, pause: float) -> None:
+    """No merger: the producer's own repeat after its restart goes where the members' receipts say."""
+    cp = cluster
+    tag = _tag("src-pool")
+    w = three_workers(cp)
+    out = cp.channel(f"pool-{tag}", Queue(2, shared=True))
+    sinks = [cp.spawn(SeqSink, name=f"sink{k}-{tag}", inputs={"data": out}, workers=w[k + 1]) for k in (0, 1)]
+    src = cp.spawn(Source, 2 * N, 3, PERIOD, name=f"src-{tag}", outputs={"out": out}, workers=w[0])
+    refs = [*sinks, src]
+    for r in refs:
+        r.start()
+
+    def total() -> int:
+        return sum(s.status().info["count"] for s in sinks)
+
+    try:
+        until("enough at the members", lambda: total() >= 30)
+        before = cp.supervisor.last_checkpoint(src.name) or {}
+        until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(src.name) or {}).get("time") != before.get("time"), 10)
+        time.sleep(pause)
+        kill_worker(cp, src.status().worker)
+        until("the producer's restart", lambda: src.generation == 1)
+        until("every message at a member", lambda: total() >= 2 * N, 120)
+        time.sleep(0.5)
+        got = [g for s in sinks for g in s.call("record") if g[0] == src.name]
+        seqs = Counter(q for _, q, _ in got)
+        assert sorted(seqs) == list(range(2 * N)), f"missing {sorted(set(range(2 * N)) - set(seqs))}"
+        assert max(seqs.values()) == 1, f"taken twice: {sorted(q for q, c in seqs.items() if c > 1)}"
+        assert sorted(v for _, _, v in got) == [value(3, i) for i in range(2 * N)]
     finally:
         _stop(*refs)
 
