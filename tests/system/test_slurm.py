@@ -156,11 +156,11 @@ def test_gpu_job_script_requests_gpus_and_gives_each_worker_one(jobqueue_config:
 
 
 def test_a_queue_pipeline_outlives_slurm_jobs_with_a_short_walltime(slurm: None, jobqueue_config: None) -> None:
-    """Jobs of 50 s walltime retire (dask's --lifetime) and are replaced; the actors move; nothing is lost."""
+    """Jobs of 40 s walltime retire (dask's --lifetime) and are replaced; the actors move; nothing is lost."""
     from coupler.runtime import Coupling, Queue
     from supervision_actors import Counter, Tally
     settings = {
-        "coupler.jobqueue.lifetime-margin": "8s",   # lifetime = 50 - 8 - 2 = 40 s, +-2 s
+        "coupler.jobqueue.lifetime-margin": "8s",   # lifetime = 40 - 8 - 2 = 30 s, +-2 s
         "coupler.jobqueue.lifetime-stagger": "2s",
         # A hand-over ends the actor's loop and keeps its final checkpoint in the driver; the
         # successor waits for a worker (a new job) if none is up, so the margin only has to
@@ -172,23 +172,24 @@ def test_a_queue_pipeline_outlives_slurm_jobs_with_a_short_walltime(slurm: None,
         # Dask pickles the actor classes by reference: the jobs must import this test helper module.
         "jobqueue.slurm.job-script-prologue": [f"export PYTHONPATH={REPO / 'tests'}:${{PYTHONPATH:-}}"],
     }
-    n, size = 600, 8
+    n, size = 450, 8
     with dask.config.set(settings):
-        # One job first, the second 12 s later: on this 2-CPU node only two 1-core jobs
+        # One job first, the second 10 s later: on this 2-CPU node only two 1-core jobs
         # fit, and staggered starts leave a worker to move to whenever one retires. The
-        # first job's actors move at 28-32 s, it ends at 38-42 s and its replacement (the
-        # third job) starts a few seconds later, well inside the stream (~66 s).
-        cluster = start_cluster("slurm", JobOptions.from_config(jobs=1, walltime="00:00:50"))
+        # first job's actors move at 18-22 s, it ends at 28-32 s and its replacement (the
+        # third job) had a worker about 16 s later in a run here (~48 s), inside the stream
+        # (~60 s of data, and the second job's actors wait for the third job: ~70 s).
+        cluster = start_cluster("slurm", JobOptions.from_config(jobs=1, walltime="00:00:40"))
         try:
             with Coupling(cluster) as cp:
                 wait_for_workers(cp.client, 1, timeout="120s")
                 jobs_seen: set[str] = set()
                 ch = cp.channel("slurm-walltime", Queue(16))
                 tally = cp.spawn(Tally, name="tally", inputs={"inp": ch})
-                counter = cp.spawn(Counter, n, size, 0.11, name="counter", outputs={"out": ch})  # ~66 s of data
+                counter = cp.spawn(Counter, n, size, 0.11, name="counter", outputs={"out": ch})  # ~60 s of data
                 tally.start()
                 counter.start()
-                time.sleep(12)
+                time.sleep(10)
                 cluster.adapt(minimum_jobs=2, maximum_jobs=2)
                 deadline = time.monotonic() + 240
                 while counter.status().info.get("i", 0) < n or tally.status().info.get("count", 0) < n:
