@@ -192,8 +192,11 @@ def test_soak_cycles_grow_no_worker(coupling: Coupling, unique: str) -> None:
 
     The slope is the Theil-Sen estimate (median of pairwise slopes) over the cycles after a
     warm-up, so that a garbage collection or a pool refill in one cycle cannot move it.
+    40 measured cycles: the leak this test was written for (1 thread, ~6 descriptors, ~5 MiB a
+    cycle) has a slope 10x the targets over any of them, and a leak of a single thread or
+    descriptor per cycle still fails (slope 1).
     """
-    result = soak.soak(coupling, cycles=100, warmup=20, tag=f"soak-{unique}")
+    result = soak.soak(coupling, cycles=60, warmup=20, tag=f"soak-{unique}")
     for g in result["growth"]:
         assert g["threads"] < soak.TARGETS["threads"], soak.table(result)
         assert g["fds"] < soak.TARGETS["fds"], soak.table(result)

@@ -13,10 +13,11 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 #: The configuration the README documents; the tests use the same file so the docs are tested.
 JOBQUEUE_YAML = REPO / "examples" / "jobqueue.yaml"
-#: The augmentation example at a size that runs in well under a minute on 2 cores.
+#: The augmentation example at a size that runs in well under a minute on 2 cores (the
+#: quick demo's sizes with the 4 s of training docs/tutorials/augmentation.md runs).
 SMALL_AUGMENTATION = [
     "--grid", "16", "--members", "4", "--blocks", "4", "--k", "10",
-    "--train-seconds", "8", "--capacity", "256", "--batch-size", "8",
+    "--train-seconds", "4", "--capacity", "256", "--batch-size", "8",
 ]
 
 

@@ -156,34 +156,40 @@ def test_gpu_job_script_requests_gpus_and_gives_each_worker_one(jobqueue_config:
 
 
 def test_a_queue_pipeline_outlives_slurm_jobs_with_a_short_walltime(slurm: None, jobqueue_config: None) -> None:
-    """Jobs of 80 s walltime retire (dask's --lifetime) and are replaced; the actors move; nothing is lost."""
+    """Jobs of 40 s walltime retire (dask's --lifetime) and are replaced; the actors move; nothing is lost."""
     from coupler.runtime import Coupling, Queue
     from supervision_actors import Counter, Tally
     settings = {
-        "coupler.jobqueue.lifetime-margin": "16s",   # lifetime = 80 - 16 - 4 = 60 s, +-4 s
-        "coupler.jobqueue.lifetime-stagger": "4s",
-        "coupler.supervision.retire-margin": 14,
+        "coupler.jobqueue.lifetime-margin": "8s",   # lifetime = 40 - 8 - 2 = 30 s, +-2 s
+        "coupler.jobqueue.lifetime-stagger": "2s",
+        # A hand-over ends the actor's loop and keeps its final checkpoint in the driver; the
+        # successor waits for a worker (a new job) if none is up, so the margin only has to
+        # cover the hand-over itself (at most handover-timeout) and a poll.
+        "coupler.supervision.retire-margin": 10,
         "coupler.supervision.poll-interval": 0.5,
-        "coupler.supervision.handover-timeout": 8,
+        "coupler.supervision.handover-timeout": 6,
         "coupler.supervision.checkpoint-interval": 0,
         # Dask pickles the actor classes by reference: the jobs must import this test helper module.
         "jobqueue.slurm.job-script-prologue": [f"export PYTHONPATH={REPO / 'tests'}:${{PYTHONPATH:-}}"],
     }
-    n, size = 900, 8
+    n, size = 450, 8
     with dask.config.set(settings):
-        # One job first, the second 30 s later: on this 2-CPU node only two 1-core jobs
-        # fit, and staggered starts leave a worker to move to whenever one retires.
-        cluster = start_cluster("slurm", JobOptions.from_config(jobs=1, walltime="00:01:20"))
+        # One job first, the second 10 s later: on this 2-CPU node only two 1-core jobs
+        # fit, and staggered starts leave a worker to move to whenever one retires. The
+        # first job's actors move at 18-22 s, it ends at 28-32 s and its replacement (the
+        # third job) had a worker about 16 s later in a run here (~48 s), inside the stream
+        # (~60 s of data, and the second job's actors wait for the third job: ~70 s).
+        cluster = start_cluster("slurm", JobOptions.from_config(jobs=1, walltime="00:00:40"))
         try:
             with Coupling(cluster) as cp:
                 wait_for_workers(cp.client, 1, timeout="120s")
                 jobs_seen: set[str] = set()
                 ch = cp.channel("slurm-walltime", Queue(16))
                 tally = cp.spawn(Tally, name="tally", inputs={"inp": ch})
-                counter = cp.spawn(Counter, n, size, 0.11, name="counter", outputs={"out": ch})  # ~100 s of data
+                counter = cp.spawn(Counter, n, size, 0.11, name="counter", outputs={"out": ch})  # ~60 s of data
                 tally.start()
                 counter.start()
-                time.sleep(25)
+                time.sleep(10)
                 cluster.adapt(minimum_jobs=2, maximum_jobs=2)
                 deadline = time.monotonic() + 240
                 while counter.status().info.get("i", 0) < n or tally.status().info.get("count", 0) < n:

@@ -43,7 +43,7 @@ def test_scancel_of_the_learners_job_loses_and_repeats_nothing(slurm: None, jobq
         # Dask pickles actor classes by reference: the jobs must import the test actors too.
         "jobqueue.slurm.job-script-prologue": [f"export PYTHONPATH={RELIABILITY}:${{PYTHONPATH:-}}"],
     }
-    n, seed = 300, 7
+    n, seed = 200, 7  # 8 s of samples: the cancel comes after a checkpoint of 80 (~4 s in), mid-stream
     with dask.config.set(settings):
         cluster = start_cluster("slurm", JobOptions.from_config(jobs=2))
         try:
