@@ -2,14 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import itertools
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 
-import cloudpickle
-import pytest
+# One JAX compilation cache for the whole session, before anything imports JAX: the
+# suite compiles the same solvers and models again in many processes (every test's
+# workers), and a hit loads the executable instead (tests/benchmarks/test_augmentation_
+# speedup_bench.py: 92 s without, 39 s with a cache that starts empty). Fresh per session,
+# so no run depends on an earlier one; inherited by worker processes through the
+# environment. A cache a user set up is left as it is.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _jax_cache = tempfile.mkdtemp(prefix="coupler-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _jax_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, _jax_cache, True)
 
-import helper_actors
-from coupler.runtime import Coupling
+import cloudpickle  # noqa: E402
+import pytest  # noqa: E402
+
+import helper_actors  # noqa: E402
+from coupler.runtime import Coupling  # noqa: E402
 
 # Test actors live in a test module the workers cannot import: ship them by value.
 cloudpickle.register_pickle_by_value(helper_actors)
