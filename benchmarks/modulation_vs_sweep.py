@@ -26,7 +26,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
   their own), of at most ``--map-tol`` of their maximum (a run stops there).
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process with a GLS constant mean; expected improvement for the optimum, over the
+Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
+targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`; expected improvement for the optimum, over the
 whole box and in a trust region; for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
