@@ -26,7 +26,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
   their own), of at most ``--map-tol`` of their maximum (a run stops there).
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process with a GLS constant mean; expected improvement for the optimum, over the
+Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
+targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`; expected improvement for the optimum, over the
 whole box and in a trust region; for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
@@ -491,6 +492,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gp-trend", choices=("none", "constant", "linear"), default="constant",
                    help="every strategy's GP (steered and the sweeps' alike) fits this prior mean by generalised least squares "
                         "(GPConfig.trend; default constant, ordinary kriging)")
+    p.add_argument("--gp-warp", choices=("none", "log"), default="none",
+                   help="every strategy's GP (steered and the sweeps' alike) is fitted to a shifted log of the targets, its offset "
+                        "chosen by marginal likelihood (GPConfig.output_warp; default none)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -500,7 +504,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,

@@ -45,6 +45,7 @@ from coupler.learners.correction import MakeCorrectionTrainer as MakeCorrectionT
 from coupler.learners.correction import correction_function as correction_function
 from coupler.learners.gp import GaussianProcess as GaussianProcess
 from coupler.learners.gp import GPConfig as GPConfig
+from coupler.learners.output_warping import LogWarp as LogWarp
 from coupler.learners.samplers import SobolSweep as SobolSweep
 from coupler.learners.samplers import LatinHypercubeSweep as LatinHypercubeSweep
 from coupler.learners.steerer import Steerer as Steerer
@@ -70,6 +71,7 @@ __all__ = [
     "GradientWeightedVarianceReduction",
     "TrustRegionExpectedImprovement",
     "GPConfig",
+    "LogWarp",
     "SobolSweep",
     "LatinHypercubeSweep",
     "Steerer",

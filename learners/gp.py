@@ -40,6 +40,8 @@ from scipy.linalg import cho_factor, cho_solve, solve_triangular
 from scipy.linalg.lapack import dpotri
 from scipy.optimize import minimize
 
+from coupler.learners.output_warping import LOG_OFFSETS, LogWarp, backward, forward, log_jacobian, log_warp
+
 _SQRT5 = math.sqrt(5.0)
 
 
@@ -80,6 +82,11 @@ class GPConfig:
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
+        output_warp: ``"none"`` or ``"log"``: fit the GP to a shifted logarithm of the targets,
+            its offset chosen with the hyperparameters by the marginal likelihood of the
+            original targets (:mod:`~coupler.learners.output_warping`); predictions are the
+            log-normal's median and standard deviation. For surfaces flat but for an excursion
+            whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth.
     """
 
     length_bounds: tuple[float, float] = (0.01, 10.0)
@@ -91,6 +98,7 @@ class GPConfig:
     median_mean: bool = False
     trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
+    output_warp: Literal["none", "log"] = "none"
 
     def __post_init__(self) -> None:
         for name in ("length_bounds", "noise_bounds", "signal_bounds"):
@@ -101,6 +109,8 @@ class GPConfig:
             raise ValueError(f"fresh_lengths must be positive, got {self.fresh_lengths}")
         if self.trend not in ("none", "constant", "linear"):
             raise ValueError(f"trend must be 'none', 'constant' or 'linear', got {self.trend!r}")
+        if self.output_warp not in ("none", "log"):
+            raise ValueError(f"output_warp must be 'none' or 'log', got {self.output_warp!r}")
         if self.max_iter < 1 or self.reoptimise_growth < 0:
             raise ValueError(f"max_iter must be >= 1 and reoptimise_growth >= 0, got {self.max_iter}, {self.reoptimise_growth}")
 
@@ -196,6 +206,7 @@ class GaussianProcess:
         self._conditioned_theta: np.ndarray | None = None
         self._chosen_on, self._last_nll = 0, 0.0
         self.evaluations = 0  # likelihood evaluations over all fits (the cost of fitting)
+        self.warp: LogWarp | None = None  # the output warping (config.output_warp == "log"), chosen with the hyperparameters
 
     def _trend_terms(self) -> int:
         return {"none": 0, "constant": 1, "linear": 1 + self.dim}[self.config.trend]
@@ -279,14 +290,46 @@ class GaussianProcess:
             raise ValueError(f"expected x (N, {self.dim}) and y (N,) with N >= 1, got x {x.shape} and y {y.shape}")
         if not np.all(np.isfinite(y)):
             raise ValueError(f"targets must be finite; {int(np.sum(~np.isfinite(y)))} of {len(y)} are not")
-        self._y_mean = float(np.median(y) if self.config.median_mean else y.mean())
-        self._y_scale = float(y.std()) or 1.0
-        ys = (y - self._y_mean) / self._y_scale
-        if self.fits == 0 or len(y) >= (1.0 + self.config.reoptimise_growth) * self._chosen_on:
-            self._choose(x, ys)
-        self._condition(x, ys)
+        choose = self.fits == 0 or len(y) >= (1.0 + self.config.reoptimise_growth) * self._chosen_on
+        if self.config.output_warp == "log" and choose:
+            self._choose_warped(x, y)
+        else:
+            if self.warp is not None:
+                self.warp = log_warp(y, self.warp.offset)  # the offset kept, the shift below the new targets
+            ys = self._standardise(y)
+            if choose:
+                self._theta, self._last_nll = self._optimise(x, ys)
+                self._chosen_on = len(y)
+                self.choices += 1
+        self._condition(x, self._standardise(y))
         self.fits += 1
         return self._last_nll / max(self._chosen_on, 1)
+
+    def _standardise(self, y: np.ndarray) -> np.ndarray:
+        """Warp (when a warping is set) and standardise targets, setting the scale it used."""
+        g = y if self.warp is None else forward(self.warp, y)
+        self._y_mean = float(np.median(g) if self.config.median_mean else g.mean())
+        self._y_scale = float(g.std()) or 1.0
+        return (g - self._y_mean) / self._y_scale
+
+    def _choose_warped(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Choose hyperparameters and the log warping's offset together: for each offset of
+        :data:`LOG_OFFSETS` and for no warping, the hyperparameters that maximise the likelihood of the warped
+        targets; the pair whose likelihood of the *original* targets is largest wins (the
+        warped one plus the Jacobian of warping and standardising)."""
+        start = self._theta
+        best: tuple[float, np.ndarray, LogWarp | None, float] | None = None
+        for offset in (None, *LOG_OFFSETS):  # None: no warping, a candidate like the others
+            self.warp, self._theta = (None if offset is None else log_warp(y, offset)), start
+            ys = self._standardise(y)
+            theta, nll = self._optimise(x, ys)
+            nll_y = nll + len(y) * math.log(self._y_scale) - (0.0 if self.warp is None else log_jacobian(self.warp, y))
+            if best is None or nll_y < best[0]:
+                best = (nll_y, theta, self.warp, nll)
+        assert best is not None
+        _, self._theta, self.warp, self._last_nll = best
+        self._chosen_on = len(y)
+        self.choices += 1
 
     def _degenerate(self, theta: np.ndarray, x: np.ndarray) -> bool:
         """Whether ``theta`` explains the data as nearly uncorrelated: a point's correlation
@@ -296,9 +339,10 @@ class GaussianProcess:
         np.fill_diagonal(corr, 0.0)
         return bool(np.mean(corr.max(1)) < 0.1)
 
-    def _choose(self, x: np.ndarray, ys: np.ndarray) -> None:
+    def _optimise(self, x: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, float]:
         """Maximise the marginal likelihood from the last choice, and from the default while
-        the data are few or when the last choice's optimum is degenerate."""
+        the data are few or when the last choice's optimum is degenerate; the best
+        hyperparameters and their negative log likelihood."""
         best: tuple[float, np.ndarray] | None = None
         fresh = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
         for i, start in enumerate([self._theta, *fresh]):
@@ -312,8 +356,7 @@ class GaussianProcess:
             if best is None or res.fun < best[0]:
                 best = (float(res.fun), np.asarray(res.x))
         assert best is not None
-        self._theta, self._last_nll, self._chosen_on = best[1], best[0], len(ys)
-        self.choices += 1
+        return best[1], best[0]
 
     def _condition(self, x: np.ndarray, ys: np.ndarray) -> None:
         """Factorise the covariance of ``x``; when ``x`` extends the points last factorised and the
@@ -358,7 +401,8 @@ class GaussianProcess:
         mean = ks @ self._alpha + self._basis(x) @ self._beta
         v = solve_triangular(self._chol[0], ks.T, lower=True)
         var = np.maximum(signal - (v * v).sum(0), 0.0)
-        return self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
+        mean, std = self._y_mean + self._y_scale * mean, self._y_scale * np.sqrt(var)
+        return (mean, std) if self.warp is None else backward(self.warp, mean, std)
 
     def joint(self, points: np.ndarray) -> PosteriorCovariance:
         """The posterior covariance among a fixed set of points, for design criteria.
@@ -420,7 +464,8 @@ class GaussianProcess:
         """Hyperparameters and the data conditioned on (plain data for a checkpoint)."""
         return {"theta": self._theta.copy(), "x": self._x.copy(), "y_mean": self._y_mean, "y_scale": self._y_scale,
                 "alpha": self._alpha.copy(), "fits": self.fits, "choices": self.choices, "chosen_on": self._chosen_on,
-                "last_nll": self._last_nll, "beta": self._beta.copy()}  # fmt: skip
+                "last_nll": self._last_nll, "beta": self._beta.copy(),
+                "warp": None if self.warp is None else (self.warp.offset, self.warp.shift)}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a process of the same dimension.
@@ -434,6 +479,8 @@ class GaussianProcess:
         self._theta = theta
         self._y_mean, self._y_scale, self.fits = float(state["y_mean"]), float(state["y_scale"]), int(state["fits"])
         self.choices, self._chosen_on, self._last_nll = int(state["choices"]), int(state["chosen_on"]), float(state["last_nll"])
+        warp = state.get("warp")
+        self.warp = None if warp is None else LogWarp(float(warp[0]), float(warp[1]))
         x = np.asarray(state["x"], np.float64).reshape(-1, self.dim)
         if len(x):
             # Refactor from the data (a Cholesky factor is cheap to recompute and large to store).

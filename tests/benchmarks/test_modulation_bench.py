@@ -122,3 +122,13 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
     assert {(v["dims"], v["task"]) for v in data["acceptance"]} == {(4, t) for t in ("optimum", "map-heat", "map-track")}
     for info in data["dims"]:
         assert 0 < info["steer_share_at_1s"] < 1 and 0 < info["steer_share_at_1s_cpu"] < 1 and info["target"] <= info["best_known"]
+
+
+def test_the_log_warped_gp_reaches_every_strategy_of_a_map_task(tmp_path: Path) -> None:
+    out = tmp_path / "warped.json"
+    result = bench.main(["--quick", "--dims", "4", "--seeds", "1", "--maps", "map-track", "--map-strategies", "gradient",
+                         "--no-optimum", "--gp-warp", "log", "--json", str(out)])  # fmt: skip
+    assert json.loads(out.read_text())["setup"]["gp"]["output_warp"] == "log"
+    got = {r["strategy"] for r in result["rows"]}
+    assert {"steered (gradient IVR)", "random + GP", "sobol + GP"} <= got
+    assert bench.parse_args([]).gp_warp == "none"  # the earlier tables' model stays the default
