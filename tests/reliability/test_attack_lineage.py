@@ -21,11 +21,11 @@ import pytest
 
 import attack_actors
 import merge_actors
-from attack_actors import SeqSink
 from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
+from pools import assert_each_once, start_pool, taken
 
 cloudpickle.register_pickle_by_value(merge_actors)
 cloudpickle.register_pickle_by_value(attack_actors)
@@ -111,34 +111,20 @@ def test_a_merger_feeding_a_work_sharing_pool_killed_between_checkpoints_deliver
 def test_a_plain_producer_of_a_work_sharing_pool_killed_between_checkpoints_delivers_once(cluster: Coupling, pause: float) -> None:
     """No merger: the producer's own repeat after its restart goes where the members' receipts say."""
     cp = cluster
-    tag = _tag("src-pool")
-    w = three_workers(cp)
-    out = cp.channel(f"pool-{tag}", Queue(2, shared=True))
-    sinks = [cp.spawn(SeqSink, name=f"sink{k}-{tag}", inputs={"data": out}, workers=w[k + 1]) for k in (0, 1)]
-    src = cp.spawn(Source, 2 * N, 3, PERIOD, name=f"src-{tag}", outputs={"out": out}, workers=w[0])
-    refs = [*sinks, src]
-    for r in refs:
-        r.start()
-
-    def total() -> int:
-        return sum(s.status().info["count"] for s in sinks)
-
+    sinks, src = start_pool(cp, _tag("src-pool"), 2, 2 * N, 3, PERIOD)
     try:
-        until("enough at the members", lambda: total() >= 30)
+        until("enough at the members", lambda: taken(sinks) >= 30)
         before = cp.supervisor.last_checkpoint(src.name) or {}
         until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(src.name) or {}).get("time") != before.get("time"), 10)
         time.sleep(pause)
         kill_worker(cp, src.status().worker)
         until("the producer's restart", lambda: src.generation == 1)
-        until("every message at a member", lambda: total() >= 2 * N, 120)
+        until("every message at a member", lambda: taken(sinks) >= 2 * N, 120)
         time.sleep(0.5)
-        got = [g for s in sinks for g in s.call("record") if g[0] == src.name]
-        seqs = Counter(q for _, q, _ in got)
-        assert sorted(seqs) == list(range(2 * N)), f"missing {sorted(set(range(2 * N)) - set(seqs))}"
-        assert max(seqs.values()) == 1, f"taken twice: {sorted(q for q, c in seqs.items() if c > 1)}"
+        got = assert_each_once(sinks, src.name, 2 * N)
         assert sorted(v for _, _, v in got) == [value(3, i) for i in range(2 * N)]
     finally:
-        _stop(*refs)
+        _stop(*sinks, src)
 
 
 def test_a_merger_feeding_the_script_killed_between_checkpoints_delivers_once(cluster: Coupling) -> None:

@@ -30,6 +30,7 @@ from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from attack_actors import SeqSink
 from merge_actors import Merger, Sink, Source, value
+from pools import assert_each_once, start_pool, taken
 
 cloudpickle.register_pickle_by_value(merge_actors)
 cloudpickle.register_pickle_by_value(attack_actors)
@@ -224,14 +225,7 @@ def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster
 
 def test_a_killed_member_of_a_work_sharing_queue_leaves_each_message_at_exactly_one_member(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("pool")
-    w = three_workers(cp)
-    ch = cp.channel(f"pool-{tag}", Queue(4, shared=True))
-    sinks = [cp.spawn(SeqSink, name=f"sink{k}-{tag}", inputs={"data": ch}, workers=w[k + 1]) for k in (0, 1)]
-    src = cp.spawn(Source, 2 * N, 1, PERIOD, name=f"src-{tag}", outputs={"out": ch}, workers=w[0])
-    refs = [*sinks, src]
-    for r in refs:
-        r.start()
+    sinks, src = start_pool(cp, _tag("pool"), 4, 2 * N, 1, PERIOD)
     try:
         until("both members take", lambda: all(s.status().info["count"] >= 10 for s in sinks))
         _fresh_checkpoint(cp, sinks[1])
@@ -239,17 +233,11 @@ def test_a_killed_member_of_a_work_sharing_queue_leaves_each_message_at_exactly_
         kill_worker(cp, sinks[1].status().worker)
         until("the member's restart", lambda: sinks[1].generation == 1)
         assert src.wait(120).state == "finished"
-
-        def total() -> int:
-            return sum(s.status().info["count"] for s in sinks)
-
-        until("every message at a member", lambda: total() >= 2 * N, 60)
+        until("every message at a member", lambda: taken(sinks) >= 2 * N, 60)
         time.sleep(0.5)
-        seqs = Counter(q for s in sinks for _, q, *_ in s.call("record"))
-        assert sorted(seqs) == list(range(2 * N)), f"missing {sorted(set(range(2 * N)) - set(seqs))}"
-        assert max(seqs.values()) == 1, f"taken twice: {sorted(q for q, c in seqs.items() if c > 1)}"
+        assert_each_once(sinks, src.name, 2 * N)
     finally:
-        _stop(*refs)
+        _stop(*sinks, src)
 
 
 def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_only_one_window(cluster: Coupling) -> None:
