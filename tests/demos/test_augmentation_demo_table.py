@@ -91,3 +91,20 @@ def test_hybrid_run_times_the_real_solver_and_surrogate_on_the_same_runs() -> No
     np.testing.assert_allclose(timing.hybrid[0], np.asarray(half), rtol=1e-5, atol=1e-6)
     rows = hybrid_rows(timing)
     assert rows[0]["error"] == pytest.approx(float(relative_l2(np.asarray(half), timing.truth).mean()), rel=1e-4)
+
+
+def test_the_turbulence_trade_off_says_a_slower_setting_is_slower_and_why() -> None:
+    from coupler.demos.augmentation_turbulence import trade_off_lines, wall_vs_solver
+
+    assert wall_vs_solver(2.0) == "2.00x faster" and wall_vs_solver(0.8) == "1.25x SLOWER"
+    rows = [
+        {"k/m": "0/1", "solver_steps": 80, "step_speedup": 1.0, "wall_speedup": 1.0, "wall_ms": 10.0, "rel_l2_final": 0.0, "rel_l2_mean": 0.0},
+        {"k/m": "1/2", "solver_steps": 40, "step_speedup": 2.0, "wall_speedup": 0.85, "wall_ms": 11.8, "rel_l2_final": 0.31, "rel_l2_mean": 0.2},
+        {"k/m": "1/4", "solver_steps": 60, "step_speedup": 1.33, "wall_speedup": 1.1, "wall_ms": 9.1, "rel_l2_final": 0.24, "rel_l2_mean": 0.1},
+    ]
+    lines = trade_off_lines(rows)
+    table = "\n".join(lines)
+    assert "0.85x" not in table  # no speed-up below 1 is printed
+    assert "the solver" in lines[1] and "1.18x SLOWER" in lines[2] and "1.10x faster" in lines[3]
+    assert lines[-1].startswith("  slower than the solver: 1/2.") and "Why:" in lines[-1]
+    assert "slower than the solver" not in "\n".join(trade_off_lines([rows[0], rows[2]]))
