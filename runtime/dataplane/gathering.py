@@ -30,6 +30,13 @@ logger = logging.getLogger(__name__)
 
 Broker = Callable[..., Awaitable[dict[str, Any]]]
 
+ASK_TIMEOUT = 10.0
+"""Seconds one consumer's worker has to answer; then it is left out, as one that refused the connection.
+
+A worker cut off by a partition would otherwise hold the restart for the whole
+gathering's timeout, and fail it.
+"""
+
 
 class ConsumerRecords:
     """One worker's side of the gathering: what its consumers hold, and asking the others.
@@ -101,7 +108,9 @@ class ConsumerRecords:
         if address == self.address():
             return self.held_takes(channel, source, since)["parts"]
         try:
-            reply = await self.worker.rpc(address).coupler_takes(channel=channel, source=source, since=since)
+            reply = await asyncio.wait_for(
+                self.worker.rpc(address).coupler_takes(channel=channel, source=source, since=since), ASK_TIMEOUT,
+            )
         except (OSError, asyncio.TimeoutError) as e:
             logger.warning("takes of %r on %r: consumer worker %s did not answer: %s", source, channel, address, e)
             return []
@@ -154,7 +163,10 @@ class ConsumerRecords:
         if address == self.address():
             return self.held_receipts(channel, cid, source, since)
         try:
-            reply = await self.worker.rpc(address).coupler_receipts(channel=channel, consumer=cid, source=source, since=since)
+            reply = await asyncio.wait_for(
+                self.worker.rpc(address).coupler_receipts(channel=channel, consumer=cid, source=source, since=since),
+                ASK_TIMEOUT,
+            )
         except (OSError, asyncio.TimeoutError) as e:
             logger.warning("receipts of %r on %r: member worker %s did not answer: %s", source, channel, address, e)
             return None
