@@ -63,3 +63,27 @@ def kill_worker(cp: Coupling, address: str) -> None:
     """SIGKILL the worker process at ``address``."""
     pid = cp.client.run(os.getpid, workers=[address])[address]
     os.kill(pid, signal.SIGKILL)
+
+
+def fresh_tag(kind: str) -> str:
+    """A fresh suffix for channel and actor names on a module's shared cluster."""
+    return f"{kind}-{time.monotonic_ns() % 10**7}"
+
+
+def stop_all(*refs: object) -> None:
+    """Stop every actor in ``refs``, going on past one that fails to stop (cleanup after a test)."""
+    for r in refs:
+        try:
+            r.stop()  # type: ignore[attr-defined]
+        except Exception:
+            pass
+
+
+def fresh_checkpoint(cp: Coupling, victim: object, timeout: float = 10.0) -> None:
+    """Wait until the supervisor holds a checkpoint of ``victim`` newer than the one it holds now."""
+    before = cp.supervisor.last_checkpoint(victim.name) or {}  # type: ignore[attr-defined]
+    until(
+        "a fresh checkpoint",
+        lambda: (cp.supervisor.last_checkpoint(victim.name) or {}).get("time") != before.get("time"),  # type: ignore[attr-defined]
+        timeout,
+    )

@@ -1,4 +1,4 @@
-"""A work-sharing pool for the attack tests: one ``Source`` feeding two ``SeqSink`` members."""
+"""Set-ups the attack tests share: a ``Source`` streaming into one ``SeqSink``, or into a work-sharing pool of two."""
 
 from __future__ import annotations
 
@@ -10,6 +10,21 @@ from chaos_cluster import three_workers
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Source
+
+
+def start_stream(cp: Coupling, tag: str, maxsize: int) -> tuple[Any, Any, str, list[str]]:
+    """Start a long ``Source`` (10,000 messages, one per 10 ms) on the first of three workers, into a ``SeqSink`` on the third.
+
+    Returns:
+        The sink, the source (both started), the channel's name and the three workers.
+    """
+    w = three_workers(cp)
+    ch = cp.channel(f"q-{tag}", Queue(maxsize))
+    sink = cp.spawn(SeqSink, name=f"sink-{tag}", inputs={"data": ch}, workers=w[2])
+    src = cp.spawn(Source, 10_000, 1, 0.01, name=f"src-{tag}", outputs={"out": ch}, workers=w[0])
+    sink.start()
+    src.start()
+    return sink, src, ch, w
 
 
 def start_pool(cp: Coupling, tag: str, maxsize: int, n: int, seed: int, period: float) -> tuple[list[Any], Any]:

@@ -19,10 +19,10 @@ import pytest
 import attack_actors
 import merge_actors
 from attack_actors import SeqSink
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, kill_worker, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
-from merge_actors import Source
+from pools import start_stream
 
 cloudpickle.register_pickle_by_value(merge_actors)
 cloudpickle.register_pickle_by_value(attack_actors)
@@ -39,12 +39,7 @@ def cluster() -> Iterator[Coupling]:
 def test_a_channel_closed_while_its_consumer_is_lost_is_forgotten_and_its_name_reusable(cluster: Coupling, when: str) -> None:
     cp = cluster
     tag = f"cl{when[0]}-{time.monotonic_ns() % 10**7}"
-    w = three_workers(cp)
-    ch = cp.channel(f"q-{tag}", Queue(4))
-    sink = cp.spawn(SeqSink, name=f"sink-{tag}", inputs={"data": ch}, workers=w[2])
-    src = cp.spawn(Source, 10_000, 1, 0.01, name=f"src-{tag}", outputs={"out": ch}, workers=w[0])
-    sink.start()
-    src.start()
+    sink, src, ch, w = start_stream(cp, tag, 4)
     try:
         until("a stream", lambda: sink.status().info["count"] >= 20)
         kill_worker(cp, w[2])
@@ -83,12 +78,7 @@ def test_a_consumer_lost_when_its_channel_closed_ends_instead_of_retrying_its_pl
 
     cp = slow_restarts
     tag = f"clx-{time.monotonic_ns() % 10**7}"
-    w = three_workers(cp)
-    ch = cp.channel(f"q-{tag}", Queue(4))
-    sink = cp.spawn(SeqSink, name=f"sink-{tag}", inputs={"data": ch}, workers=w[2])
-    src = cp.spawn(Source, 10_000, 1, 0.01, name=f"src-{tag}", outputs={"out": ch}, workers=w[0])
-    sink.start()
-    src.start()
+    sink, src, ch, w = start_stream(cp, tag, 4)
     until("a stream", lambda: sink.status().info["count"] >= 20)
     until("a checkpoint that took some", lambda: len((cp.supervisor.last_checkpoint(sink.name) or {}).get("state", {}).get("got", [])) >= 10, 20)
     kill_worker(cp, w[2])

@@ -21,7 +21,7 @@ import pytest
 import attack_actors
 import merge_actors
 from attack_actors import SeqSink
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_tag, kill_worker, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Source, value
@@ -38,17 +38,13 @@ def cluster() -> Iterator[Coupling]:
         yield cp
 
 
-def _tag(kind: str) -> str:
-    return f"{kind}-{time.monotonic_ns() % 10**7}"
-
-
 def _worker_of(cp: Coupling, relay: str) -> str:
     return cp.supervisor._records[relay].worker
 
 
 def test_a_subscription_whose_relay_worker_is_killed_takes_every_message_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("subk")
+    tag = fresh_tag("subk")
     w = three_workers(cp)
     ch = cp.channel(f"s-{tag}", Queue(8))
     sub = cp.subscribe(ch, timeout=30)
@@ -99,7 +95,7 @@ def test_a_subscription_whose_relay_worker_is_killed_takes_every_message_once(cl
 
 def test_a_publisher_whose_relay_worker_is_killed_delivers_every_accepted_send_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("pubk")
+    tag = fresh_tag("pubk")
     w = three_workers(cp)
     ch = cp.channel(f"p-{tag}", Queue(8))
     pub = cp.publisher(ch)

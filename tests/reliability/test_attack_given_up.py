@@ -23,7 +23,7 @@ from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
 from coupler.runtime import ActorFailed
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
-from merge_actors import Source
+from pools import start_stream
 
 cloudpickle.register_pickle_by_value(merge_actors)
 cloudpickle.register_pickle_by_value(attack_actors)
@@ -40,12 +40,7 @@ def cluster() -> Iterator[Coupling]:
 def test_a_producer_of_a_consumer_given_up_on_fails_promptly_with_consumer_gone(cluster: Coupling) -> None:
     cp = cluster
     tag = f"gaveup-{time.monotonic_ns() % 10**7}"
-    w = three_workers(cp)
-    ch = cp.channel(f"q-{tag}", Queue(2))
-    sink = cp.spawn(SeqSink, name=f"sink-{tag}", inputs={"data": ch}, workers=w[2])
-    src = cp.spawn(Source, 10_000, 1, 0.01, name=f"src-{tag}", outputs={"out": ch}, workers=w[0])
-    sink.start()
-    src.start()
+    sink, src, ch, w = start_stream(cp, tag, 2)
     try:
         until("a stream", lambda: sink.status().info["count"] >= 20)
         kill_worker(cp, w[2])

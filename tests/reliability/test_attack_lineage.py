@@ -21,7 +21,7 @@ import pytest
 
 import attack_actors
 import merge_actors
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_checkpoint, fresh_tag, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
@@ -41,14 +41,9 @@ def cluster() -> Iterator[Coupling]:
         yield cp
 
 
-def _tag(kind: str) -> str:
-    return f"{kind}-{time.monotonic_ns() % 10**7}"
-
-
 def _kill_mid_interval(cp: Coupling, victim: object, ready: object) -> None:
     until("enough at the consumers", ready)
-    before = cp.supervisor.last_checkpoint(victim.name) or {}
-    until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(victim.name) or {}).get("time") != before.get("time"), 10)
+    fresh_checkpoint(cp, victim)
     time.sleep(0.15)
     kill_worker(cp, victim.status().worker)
 
@@ -64,14 +59,6 @@ def _check(mine: list, expected_inputs: Counter, n_out: int) -> None:
     np.testing.assert_array_equal([d for *_, d in mine], np.random.default_rng(SEED).standard_normal(n_out))
 
 
-def _stop(*refs: object) -> None:
-    for r in refs:
-        try:
-            r.stop()
-        except Exception:
-            pass
-
-
 @pytest.mark.parametrize("members", [2, 3])
 def test_a_merger_feeding_a_work_sharing_pool_killed_between_checkpoints_delivers_once(cluster: Coupling, members: int) -> None:
     """Each member drops what it had itself; only the members' receipts say what *another* member had.
@@ -80,7 +67,7 @@ def test_a_merger_feeding_a_work_sharing_pool_killed_between_checkpoints_deliver
     output again to a member that had not had it: processed twice (CI, 1 run in 4).
     """
     cp = cluster
-    tag = _tag("pool")
+    tag = fresh_tag("pool")
     w = three_workers(cp)
     data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(4, shared=True))
     sinks = [cp.spawn(Sink, name=f"sink{k}-{tag}", inputs={"data": out}, workers=w[k % 2]) for k in range(members)]
@@ -104,18 +91,17 @@ def test_a_merger_feeding_a_work_sharing_pool_killed_between_checkpoints_deliver
         mine = [g for s in sinks for g in s.call("record") if g[0] == merger.name]
         _check(mine, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 @pytest.mark.parametrize("pause", [0.05, 0.3])
 def test_a_plain_producer_of_a_work_sharing_pool_killed_between_checkpoints_delivers_once(cluster: Coupling, pause: float) -> None:
     """No merger: the producer's own repeat after its restart goes where the members' receipts say."""
     cp = cluster
-    sinks, src = start_pool(cp, _tag("src-pool"), 2, 2 * N, 3, PERIOD)
+    sinks, src = start_pool(cp, fresh_tag("src-pool"), 2, 2 * N, 3, PERIOD)
     try:
         until("enough at the members", lambda: taken(sinks) >= 30)
-        before = cp.supervisor.last_checkpoint(src.name) or {}
-        until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(src.name) or {}).get("time") != before.get("time"), 10)
+        fresh_checkpoint(cp, src)
         time.sleep(pause)
         kill_worker(cp, src.status().worker)
         until("the producer's restart", lambda: src.generation == 1)
@@ -124,12 +110,12 @@ def test_a_plain_producer_of_a_work_sharing_pool_killed_between_checkpoints_deli
         got = assert_each_once(sinks, src.name, 2 * N)
         assert sorted(v for _, _, v in got) == [value(3, i) for i in range(2 * N)]
     finally:
-        _stop(*sinks, src)
+        stop_all(*sinks, src)
 
 
 def test_a_merger_feeding_the_script_killed_between_checkpoints_delivers_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("drv")
+    tag = fresh_tag("drv")
     w = three_workers(cp)
     data, out = cp.channel(f"in-{tag}", Queue(8)), cp.channel(f"out-{tag}", Queue(8))
     sub = cp.subscribe(out, timeout=30)
@@ -171,5 +157,5 @@ def test_a_merger_feeding_the_script_killed_between_checkpoints_delivers_once(cl
         assert arrival == sorted(arrival), "the script takes the merger's numbers in order"
         _check([g for g in got if g[0] == merger.name], Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
         sub.close()

@@ -9,14 +9,13 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
 import cloudpickle
 import pytest
 
 import lossy_actors
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_tag, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Latest, Policy, Reservoir, Window
 from lossy_actors import Reader, Ticker
@@ -33,18 +32,6 @@ def cluster() -> Iterator[Coupling]:
         yield cp
 
 
-def _tag(kind: str) -> str:
-    return f"{kind}-{time.monotonic_ns() % 10**7}"
-
-
-def _stop(*refs: object) -> None:
-    for r in refs:
-        try:
-            r.stop()
-        except Exception:
-            pass
-
-
 def _running(refs: list) -> None:
     for t in refs:
         st = t.status()
@@ -54,7 +41,7 @@ def _running(refs: list) -> None:
 @pytest.mark.parametrize("policy", POLICIES, ids=IDS)
 def test_the_other_consumer_of_a_lossy_channel_stays_fed_while_one_is_lost_twice(cluster: Coupling, policy: Policy) -> None:
     cp = cluster
-    tag = _tag(type(policy).__name__.lower())
+    tag = fresh_tag(type(policy).__name__.lower())
     w = three_workers(cp)
     ch = cp.channel(f"two-{tag}", policy)
     sample = not isinstance(policy, Latest)
@@ -78,13 +65,13 @@ def test_the_other_consumer_of_a_lossy_channel_stays_fed_while_one_is_lost_twice
                 break  # a second kill would take another actor with it
         _running([other, *tickers])
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 @pytest.mark.parametrize("policy", POLICIES, ids=IDS)
 def test_a_lost_lossy_producer_is_restarted_and_its_consumer_keeps_running(cluster: Coupling, policy: Policy) -> None:
     cp = cluster
-    tag = _tag("p" + type(policy).__name__.lower())
+    tag = fresh_tag("p" + type(policy).__name__.lower())
     w = three_workers(cp)
     ch = cp.channel(f"prod-{tag}", policy)
     sample = not isinstance(policy, Latest)
@@ -105,4 +92,4 @@ def test_a_lost_lossy_producer_is_restarted_and_its_consumer_keeps_running(clust
         _running([reader, victim, other])
         assert cp.channels()[ch] is not None
     finally:
-        _stop(*refs)
+        stop_all(*refs)

@@ -25,7 +25,7 @@ import pytest
 
 import attack_actors
 import merge_actors
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_checkpoint, fresh_tag, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from attack_actors import SeqSink
@@ -46,18 +46,9 @@ def cluster() -> Iterator[Coupling]:
         yield cp
 
 
-def _tag(kind: str) -> str:
-    return f"{kind}-{time.monotonic_ns() % 10**7}"
-
-
-def _fresh_checkpoint(cp: Coupling, victim: object) -> None:
-    before = cp.supervisor.last_checkpoint(victim.name) or {}
-    until("a fresh checkpoint", lambda: (cp.supervisor.last_checkpoint(victim.name) or {}).get("time") != before.get("time"), 10)
-
-
 def _kill_between_checkpoints(cp: Coupling, victim: object, sink: object, at: int, pause: float = 0.15) -> None:
     until(f"{at} messages at the sink", lambda: sink.status().info["count"] >= at)
-    _fresh_checkpoint(cp, victim)
+    fresh_checkpoint(cp, victim)
     if pause:
         time.sleep(pause)
     kill_worker(cp, victim.status().worker)
@@ -100,18 +91,10 @@ def _merged_once(sink: Any, merger: Any, refs: list[Any]) -> None:
     _check(sink.call("record"), merger.name, Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N)), 2 * N)
 
 
-def _stop(*refs: object) -> None:
-    for r in refs:
-        try:
-            r.stop()
-        except Exception:
-            pass
-
-
 def test_the_middle_of_a_chain_of_three_mergers_killed_between_checkpoints_delivers_once(cluster: Coupling) -> None:
     """src1 + src2 -> t1 -> t2 -> t3 -> sink; t2 (consumer of a merger, producer for a merger) is killed."""
     cp = cluster
-    tag = _tag("chain")
+    tag = fresh_tag("chain")
     w = three_workers(cp)
     a, b, c, out = (cp.channel(f"{x}-{tag}", Queue(8)) for x in ("a", "b", "c", "out"))
     sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
@@ -129,12 +112,12 @@ def test_the_middle_of_a_chain_of_three_mergers_killed_between_checkpoints_deliv
         time.sleep(0.3)
         _check(sink.call("record"), t3.name, Counter(value(s, i) + 3.0 for s in (1, 2) for i in range(N)), 2 * N)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 def test_a_diamond_whose_merge_actor_is_killed_twice_delivers_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("dia2")
+    tag = fresh_tag("dia2")
     w = three_workers(cp)
     a, bd, cd, out = (cp.channel(f"{c}-{tag}", Queue(8)) for c in ("a", "bd", "cd", "out"))
     sink = cp.spawn(Sink, name=f"sink-{tag}", inputs={"data": out}, workers=w[0])
@@ -158,12 +141,12 @@ def test_a_diamond_whose_merge_actor_is_killed_twice_delivers_once(cluster: Coup
         expected = Counter([value(1, i) + 1.0 for i in range(N)] + [value(1, i) + 2.0 for i in range(N)])
         _check(sink.call("record"), d.name, expected, 2 * N)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 def test_a_merger_killed_right_after_a_checkpoint_delivers_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("now")
+    tag = fresh_tag("now")
     w = three_workers(cp)
     sink, merger, refs = _fan_in(cp, tag, w)
     try:
@@ -171,12 +154,12 @@ def test_a_merger_killed_right_after_a_checkpoint_delivers_once(cluster: Couplin
         until("the merger's restart", lambda: merger.generation == 1)
         _merged_once(sink, merger, refs)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 def test_a_merger_moved_then_killed_delivers_once(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("mvkill")
+    tag = fresh_tag("mvkill")
     w = three_workers(cp)
     sink, merger, refs = _fan_in(cp, tag, w)
     try:
@@ -191,13 +174,13 @@ def test_a_merger_moved_then_killed_delivers_once(cluster: Coupling) -> None:
         until("the merger's restart", lambda: merger.generation == gen + 1)
         _merged_once(sink, merger, refs)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster: Coupling) -> None:
     """The merger's worker is SIGKILLed while the supervisor hands it over (or just after)."""
     cp = cluster
-    tag = _tag("mvcut")
+    tag = fresh_tag("mvcut")
     w = three_workers(cp)
     sink, merger, refs = _fan_in(cp, tag, w)
     errors: list[BaseException] = []
@@ -210,7 +193,7 @@ def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster
 
     try:
         until("20 at the sink", lambda: sink.status().info["count"] >= 20)
-        _fresh_checkpoint(cp, merger)
+        fresh_checkpoint(cp, merger)
         pid_worker = merger.status().worker
         t = threading.Thread(target=move)
         t.start()
@@ -220,15 +203,15 @@ def test_a_move_cut_short_by_the_kill_of_the_movers_worker_delivers_once(cluster
         until("the merger runs again", lambda: merger.generation >= 1 and merger.status().state == "running", 60)
         _merged_once(sink, merger, refs)
     finally:
-        _stop(*refs)
+        stop_all(*refs)
 
 
 def test_a_killed_member_of_a_work_sharing_queue_leaves_each_message_at_exactly_one_member(cluster: Coupling) -> None:
     cp = cluster
-    sinks, src = start_pool(cp, _tag("pool"), 4, 2 * N, 1, PERIOD)
+    sinks, src = start_pool(cp, fresh_tag("pool"), 4, 2 * N, 1, PERIOD)
     try:
         until("both members take", lambda: all(s.status().info["count"] >= 10 for s in sinks))
-        _fresh_checkpoint(cp, sinks[1])
+        fresh_checkpoint(cp, sinks[1])
         time.sleep(0.15)
         kill_worker(cp, sinks[1].status().worker)
         until("the member's restart", lambda: sinks[1].generation == 1)
@@ -237,7 +220,7 @@ def test_a_killed_member_of_a_work_sharing_queue_leaves_each_message_at_exactly_
         time.sleep(0.5)
         assert_each_once(sinks, src.name, 2 * N)
     finally:
-        _stop(*sinks, src)
+        stop_all(*sinks, src)
 
 
 def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_only_one_window(cluster: Coupling) -> None:
@@ -251,7 +234,7 @@ def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_onl
     go; a quiet run, where the checkpoints fell right, none).
     """
     cp = cluster
-    tag = _tag("both")
+    tag = fresh_tag("both")
     w = three_workers(cp)
     ch = cp.channel(f"q-{tag}", Queue(8))
     sink = cp.spawn(SeqSink, name=f"sink-{tag}", inputs={"data": ch}, workers=w[2])
@@ -261,7 +244,7 @@ def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_onl
         r.start()
     try:
         until("20 at the sink", lambda: sink.status().info["count"] >= 20)
-        _fresh_checkpoint(cp, src)
+        fresh_checkpoint(cp, src)
         time.sleep(0.15)
         kill_worker(cp, w[2])
         until("both restarts", lambda: sink.generation == 1 and src.generation == 1)
@@ -275,4 +258,4 @@ def test_a_producer_and_its_consumer_killed_together_repeat_nothing_and_lose_onl
             assert seqs[-1] == N - 1, f"the stream's end is missing: {missing}"
             assert not missing or missing == list(range(missing[0], missing[-1] + 1)), f"more than one window lost: {missing}"
     finally:
-        _stop(*refs)
+        stop_all(*refs)

@@ -17,7 +17,7 @@ import cloudpickle
 import pytest
 
 import lossy_actors
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_tag, kill_worker, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Latest
 from lossy_actors import Reader, Ticker
@@ -29,10 +29,6 @@ cloudpickle.register_pickle_by_value(lossy_actors)
 def cluster() -> Iterator[Coupling]:
     with chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.5, restarts=100) as cp:
         yield cp
-
-
-def _tag(kind: str) -> str:
-    return f"{kind}-{time.monotonic_ns() % 10**7}"
 
 
 def _instances(dask_worker: Any, name: str) -> list[str]:
@@ -57,15 +53,24 @@ def _advancing(ref: Any, wait: float = 1.0) -> bool:
     return ref.call("info")["i"] > a
 
 
-def test_a_paused_actor_s_successor_is_paused_and_resumes(cluster: Coupling) -> None:
-    cp = cluster
-    tag = _tag("paused")
+def _ticking(cp: Coupling, tag: str) -> tuple[Any, Any, str, list[str]]:
+    """A ``Ticker`` on the third of three workers publishing on a ``Latest`` channel to a ``Reader`` on the second.
+
+    Returns:
+        The reader and the ticker (both started), the channel's name and the workers.
+    """
     w = three_workers(cp)
     ch = cp.channel(f"l-{tag}", Latest())
     reader = cp.spawn(Reader, False, name=f"r-{tag}", inputs={"data": ch}, workers=w[1])
     reader.start()
     t = cp.spawn(Ticker, name=f"t-{tag}", outputs={"out": ch}, workers=w[2])
     t.start()
+    return reader, t, ch, w
+
+
+def test_a_paused_actor_s_successor_is_paused_and_resumes(cluster: Coupling) -> None:
+    cp = cluster
+    reader, t, _, _ = _ticking(cp, fresh_tag("paused"))
     try:
         until("ticks", lambda: t.status().info["i"] > 20)
         t.pause()
@@ -83,13 +88,7 @@ def test_a_paused_actor_s_successor_is_paused_and_resumes(cluster: Coupling) -> 
 
 def test_a_stopped_actor_s_successor_stays_stopped_with_its_results(cluster: Coupling) -> None:
     cp = cluster
-    tag = _tag("stopped")
-    w = three_workers(cp)
-    ch = cp.channel(f"l-{tag}", Latest())
-    reader = cp.spawn(Reader, False, name=f"r-{tag}", inputs={"data": ch}, workers=w[1])
-    reader.start()
-    t = cp.spawn(Ticker, name=f"t-{tag}", outputs={"out": ch}, workers=w[2])
-    t.start()
+    reader, t, _, _ = _ticking(cp, fresh_tag("stopped"))
     try:
         until("ticks", lambda: t.status().info["i"] > 20)
         t.stop()
@@ -109,14 +108,8 @@ def test_a_stopped_actor_s_successor_stays_stopped_with_its_results(cluster: Cou
 @pytest.mark.parametrize("end", ["stop", "release"])
 def test_ending_an_actor_whose_worker_was_just_lost_leaves_nothing_running(cluster: Coupling, end: str) -> None:
     cp = cluster
-    tag = _tag(end)
-    w = three_workers(cp)
-    ch = cp.channel(f"l-{tag}", Latest())
-    reader = cp.spawn(Reader, False, name=f"r-{tag}", inputs={"data": ch}, workers=w[1])
-    reader.start()
-    name = f"t-{tag}"
-    t = cp.spawn(Ticker, name=name, outputs={"out": ch}, workers=w[2])
-    t.start()
+    reader, t, ch, w = _ticking(cp, fresh_tag(end))
+    name = t.name
     until("ticks", lambda: t.status().info["i"] > 20)
     kill_worker(cp, w[2])
     st = getattr(t, end)()  # the restart is pending (backoff 0.5 s): this must win over it
@@ -149,7 +142,7 @@ def test_a_name_released_after_its_worker_was_lost_can_be_spawned_again_at_once(
     import gc
 
     cp = cluster
-    tag = _tag("respawn")
+    tag = fresh_tag("respawn")
     w = three_workers(cp)
     ch = cp.channel(f"l-{tag}", Latest())
     reader = cp.spawn(Reader, False, name=f"r-{tag}", inputs={"data": ch}, workers=w[0])

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import merge_actors
-from chaos_cluster import chaos_coupling, kill_worker, three_workers, until
+from chaos_cluster import chaos_coupling, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
@@ -103,14 +103,6 @@ def _check_merger_output(got: list, merger: str, expected_inputs: Counter, n_out
     np.testing.assert_array_equal([d for *_, d in mine], draws)  # each draw once, in order
 
 
-def _stop(*refs: object) -> None:
-    for r in refs:
-        try:
-            r.stop()
-        except Exception:
-            pass
-
-
 # Each example kills a worker: generate kill points, do not shrink (a failure prints its kill point).
 _RUNS = dict(deadline=None, derandomize=True, phases=(Phase.explicit, Phase.generate), suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -135,7 +127,7 @@ def test_a_fan_in_merger_killed_between_checkpoints_forwards_every_input_once(cl
         expected = Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N))
         _check_merger_output(sink.call("record"), merger.name, expected, 2 * N)
     finally:
-        _stop(sink, merger, *sources)
+        stop_all(sink, merger, *sources)
 
 
 @settings(max_examples=max(2, RUNS // 2), **_RUNS)
@@ -162,7 +154,7 @@ def test_a_diamond_with_a_member_killed_between_checkpoints_delivers_once(cluste
         expected = Counter([value(1, i) + 1.0 for i in range(N)] + [value(1, i) + 2.0 for i in range(N)])
         _check_merger_output(sink.call("record"), d.name, expected, 2 * N)
     finally:
-        _stop(sink, d, b, c, src)
+        stop_all(sink, d, b, c, src)
 
 
 def test_two_actors_killed_one_after_the_other_lose_and_repeat_nothing(cluster: Coupling) -> None:
@@ -188,4 +180,4 @@ def test_two_actors_killed_one_after_the_other_lose_and_repeat_nothing(cluster: 
         expected = Counter(value(s, i) + 1.0 for s in (1, 2) for i in range(N))
         _check_merger_output(sink.call("record"), merger.name, expected, 2 * N)
     finally:
-        _stop(sink, merger, *sources)
+        stop_all(sink, merger, *sources)
