@@ -6,7 +6,7 @@ Modules, one concept each:
   parts below and connects them to the broker (routing updates, commits). Its
   own parts: ``consumers`` (attaching and detaching the consumers on the worker),
   ``retention`` (dropping a channel's routes, links and outboxes once nothing
-  needs them), ``takes`` (gathering a restarted merging actor's takes from its
+  needs them), ``gathering`` (a restarted producer's takes and receipts from its
   consumers' workers), ``report`` (the periodic report to the broker) and
   ``security`` (TLS as the Dask comm has it; the cluster's stream secret).
 - :mod:`~coupler.runtime.dataplane.sender` (sequence numbers, broadcast, work
@@ -29,6 +29,8 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.fence` (sans-IO): producer instances' epochs, and the
   rule by which a consumer's worker refuses a replaced instance once its successor delivered.
 - :mod:`~coupler.runtime.dataplane.wire`: framing and the checks of every frame.
+- :mod:`~coupler.runtime.dataplane.read_role` (its state sans-IO): which of a stream's
+  receiver thread and its waiting consumer's thread reads the socket.
 - :mod:`~coupler.runtime.dataplane.auth`: the per-cluster stream secret and handshake.
 - :mod:`~coupler.runtime.dataplane.shm`: shared-memory segments on one host.
 - :mod:`~coupler.runtime.dataplane.buffers`: the consumer buffer each policy implies.
@@ -53,6 +55,11 @@ Thread model (one worker process):
   consumer's outbox (``on_orphans``) and passes commits on.
 - Per worker, one *listener* thread accepts streams; per accepted stream one
   *receiver* thread (``coupler-recv``) reads frames into the consumer's buffer.
+  A consumer's thread waiting on an empty ``Queue`` fed by one plain-TCP stream
+  takes that stream's *reader role* and reads the next frame itself
+  (:mod:`~coupler.runtime.dataplane.read_role`): one reader at a time, the
+  receiver thread asleep meanwhile and reading again at most ``PARK_S`` after
+  the consumer left.
 - Short-lived threads: a resend per consumer owed messages (``Dispatch.resend_owed``), a
   stream's closing writer (``coupler-link-bye``), idle-credit returns.
 
@@ -72,7 +79,9 @@ Locks, outer first (a thread holding one never takes an earlier one):
 the other), then the leaf ``ReplayLog.lock`` (a link takes it to log a message
 it queues; an outbox, to owe the log's messages). ``ConsumerBuffer._cond`` is a
 leaf too: buffers call grant and commit callbacks after releasing it.
-``ActorHost._takes_lock`` (lineage) is taken alone. ``Fence._cond`` is a leaf too: a
+``ActorHost._takes_lock`` (lineage) is taken alone. ``ReadRole._cond`` is a leaf:
+a consumer takes it under its buffer's lock (and releases that lock before it reads
+as the role's holder); the receiver thread takes it alone. ``Fence._cond`` is a leaf too: a
 receiving thread holds it to judge a batch, not while it puts the batch into a buffer;
 a batch (or an in-memory send) that raises a mark waits on it for the batches admitted
 before it, which take only buffer and ``Receiver.write_lock`` locks. ``Cancel``'s registry lock is a leaf; ``Cancel.set``

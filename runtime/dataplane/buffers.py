@@ -36,6 +36,7 @@ from coupler.runtime.dataplane.credits import CreditLedger, GrantFn
 from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
 from coupler.runtime.dataplane.marks import CommitFn, DeliveryMarks, dedupe, raise_marks
 from coupler.runtime.dataplane.order_cursor import OrderCursor
+from coupler.runtime.dataplane.read_role import Outcome, ReadRole, RoleCondition
 from coupler.runtime.dataplane.receipts import ReceiptLog, floor_of
 from coupler.runtime.message import Message, Spec, flatten, unflatten
 from coupler.runtime.policies import Latest, Policy, Queue, Reservoir, Window
@@ -87,7 +88,7 @@ class ConsumerBuffer:
         self.last_seq: dict[str, int] = {}
         # Hot paths hold `_lock` with `with` (C-level); `_cond` waits and notifies on the same lock.
         self._lock = threading.RLock()
-        self._cond = threading.Condition(self._lock)
+        self._cond = RoleCondition(self._lock)
         self._closed = False
         self._detached = False
         self._interrupted = False
@@ -189,7 +190,27 @@ class ConsumerBuffer:
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s")
+                role = self._reader_role()
+                # Refused (the receiving thread is reading a frame): it may have put what we wait for
+                # while the lock was ours no more, so look before waiting for its notification.
+                if role is not None and (self._read_as_consumer(role, deadline) is not Outcome.REFUSED or ready()):
+                    continue
                 self._cond.wait(remaining if remaining is None else min(remaining, 1.0))
+
+    def _reader_role(self) -> ReadRole | None:
+        """The stream whose reader role the waiting consumer may take (see read_role.py), if any."""
+        return None
+
+    def _read_as_consumer(self, role: ReadRole, deadline: float | None) -> Outcome:
+        """Wait for a frame on ``role``'s stream in this (the consumer's) thread; call with the lock held once."""
+        cond = self._cond
+        cond.reading, seen = role, cond.changes
+        saved = cond._release_save()  # type: ignore[attr-defined]  # the frame's handling takes the lock
+        try:
+            return role.consumer_turn(deadline, lambda: cond.changes != seen)
+        finally:
+            cond._acquire_restore(saved)  # type: ignore[attr-defined]
+            cond.reading = None
 
 
 class QueueBuffer(ConsumerBuffer):
@@ -227,6 +248,7 @@ class QueueBuffer(ConsumerBuffer):
         self._getters = 0  # consumer threads waiting in get()
         self.lineage = LineageStore()  # takes notes of the producers (see runtime/dataplane/lineage.py)
         self._cursor = OrderCursor(channel)  # where a restored merging actor stands in its recorded takes
+        self._roles: dict[int, ReadRole | None] = {}  # per link from another worker: its reader role, if it offers one
 
     def _free(self) -> int:
         if self._pull and not self._getters:
@@ -272,7 +294,7 @@ class QueueBuffer(ConsumerBuffer):
         self.credits.notify(grants)
 
     # -- credits for remote producers ------------------------------------------------------
-    def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None) -> None:
+    def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None, role: ReadRole | None = None) -> None:
         """Register a producer link and how to tell it about new credits (and commits).
 
         Args:
@@ -281,8 +303,11 @@ class QueueBuffer(ConsumerBuffer):
                 slots are reserved for it.
             commit: called with the consumer's committed marks, now if there are any and
                 at every :meth:`commit` (the producer then forgets what they cover).
+            role: the link's reader role, which a waiting consumer takes while this
+                is the queue's only link (see read_role.py).
         """
         with self._cond:
+            self._roles[link] = role
             self.credits.add(link, grant)
             if commit is not None:
                 self.marks.fns[link] = commit
@@ -293,6 +318,7 @@ class QueueBuffer(ConsumerBuffer):
     def remove_link(self, link: int) -> None:
         """Forget a link; its unused credits become free slots again."""
         with self._cond:
+            self._roles.pop(link, None)
             self.credits.remove(link)
             self.marks.fns.pop(link, None)
             grants = self.credits.hand_out()
@@ -413,6 +439,13 @@ class QueueBuffer(ConsumerBuffer):
 
     def has_message(self) -> bool:
         return bool(self._items) if self._cursor.order is None else self._cursor.pick(self._items) is not None
+
+    def _reader_role(self) -> ReadRole | None:
+        # One stream only: a consumer reading one socket would leave the others' messages waiting. Not for
+        # work-sharing members (their room is offered while they wait) nor a restored actor following an order.
+        if len(self._roles) != 1 or self._pull or self._cursor.order is not None:
+            return None
+        return next(iter(self._roles.values()))
 
     def get(self, timeout: float | None = None) -> Message:
         pulling = False

@@ -50,6 +50,7 @@ import numpy as np
 from coupler.runtime.dataplane import auth, shm, wire
 from coupler.runtime.dataplane.buffers import ConsumerBuffer, QueueBuffer
 from coupler.runtime.dataplane.fence import Fence
+from coupler.runtime.dataplane.read_role import ReadRole
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.dataplane.shm import Mappings
 
@@ -339,6 +340,7 @@ class Receiver:
         self.write_lock = threading.Lock()  # acks from this thread, grants from the consumer's
         self.maps: Mappings | None = None
         self.buf: ConsumerBuffer | None = None
+        self.role: ReadRole | None = None  # the stream's reader role (a Queue's plain TCP stream)
         self.unsent_grants = 0
         self.grant_chunk = 1
         self.unacked = 0  # batches accepted whole and not acknowledged yet
@@ -404,7 +406,9 @@ class Receiver:
             logger.warning("coupler receiver: closed a malformed stream: %r", e)
         finally:
             if isinstance(self.buf, QueueBuffer):
-                self.buf.remove_link(self.id)
+                self.buf.remove_link(self.id)  # the role out of the buffer, under its lock, before its kicks close
+            if self.role is not None:
+                self.role.close()
             if self.maps is not None:
                 self.maps.close()
             try:
@@ -454,20 +458,18 @@ class Receiver:
         queue = isinstance(buf, QueueBuffer)
         maxsize = buf.maxsize if queue else 0  # type: ignore[union-attr]
         self._welcome(nonce, {"status": "OK", "shm": shm_ok})
-        if queue:
-            self.grant_chunk = max(1, maxsize // 8)
-            buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
-        while True:
-            kind, h, payload = reader.read()
+
+        def handle(kind: int, h: dict[str, Any], payload: Any) -> bool:
+            """One frame, in whichever thread holds the reader role; False at the stream's end."""
             if kind == wire.BYE:
                 self._ack()  # what was accepted is not the producer's to hand on
-                return
+                return False
             if kind == wire.WANT:
                 if queue and "n" in h:
                     self._want(h)
                 if h.get("ack"):
                     self._ack()
-                continue
+                return True
             if kind != wire.BATCH:
                 raise ValueError(f"unexpected frame kind {kind} on channel {channel!r}")
             lay = layouts.pop()
@@ -503,11 +505,11 @@ class Receiver:
                     sorted(set(h["c"][_SOURCE])), channel, origin,
                 )
                 self._ack("fenced")
-                return
+                return False
             del rows, datas, payload
             if accepted < n:
                 self._ack("closed" if buf.closed else "gone", accepted)
-                continue
+                return True
             with self.write_lock:
                 self.unacked += 1
             if queue:
@@ -516,6 +518,21 @@ class Receiver:
                 self._grant_due(buf.reserved(self.id))  # type: ignore[union-attr]
             if h.get("ack"):
                 self._ack()
+            return True
+
+        if not queue:
+            while handle(*reader.read()):
+                pass
+            return
+        self.grant_chunk = max(1, maxsize // 8)
+        if isinstance(self.sock, ssl.SSLSocket):  # TLS keeps bytes that poll cannot see: no reader role
+            buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
+            while handle(*reader.read()):
+                pass
+            return
+        self.role = ReadRole(self.sock, reader, handle)
+        buf.add_link(self.id, self._grant, self._commit, self.role)  # type: ignore[union-attr]
+        self.role.serve()
 
     def _deliver(self, buf: ConsumerBuffer, queue: bool, datas: Any, columns: list[list[Any]], nbytes: int) -> int:
         """Put a batch's messages into the consumer's buffer; return how many it accepted."""

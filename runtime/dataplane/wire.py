@@ -28,6 +28,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any, Callable, Iterable
 
 import msgpack
@@ -133,6 +134,14 @@ def send_frame(sock: socket.socket, kind: int, header: dict[str, Any], payload: 
             bufs[i] = bufs[i][sent:]
 
 
+class Buffered(Enum):
+    """What a :class:`FrameReader` holds read ahead (see :meth:`FrameReader.buffered`)."""
+
+    FRAME = "frame"  # a whole frame: ``read`` returns it without touching the socket
+    PART = "part"  # part of a frame that fits the read-ahead buffer (or nothing)
+    UNREADABLE = "unreadable"  # a frame too large for the buffer, or a malformed one: only a blocking ``read`` takes it
+
+
 class FrameReader:
     """Reads frames from a socket through a buffer, so that small frames cost one system call for many.
 
@@ -157,6 +166,8 @@ class FrameReader:
         self.view = memoryview(self.buf)
         self.start = self.end = 0
         self.deadline: float | None = None
+        self._peeked: tuple[int, Any] | None = None  # (offset, header) decoded by buffered(), for read()
+        self.last_size = 0  # bytes of the last frame read
 
     def _fill(self, n: int) -> None:
         """Make at least ``n`` bytes available from ``start`` (n <= buffer size)."""
@@ -174,6 +185,55 @@ class FrameReader:
             if got == 0:
                 raise StreamClosed("the peer closed the stream")
             self.end += got
+
+    def buffered(self) -> Buffered:
+        """Whether the read-ahead holds a whole frame, part of one, or one it cannot hold (no system call).
+
+        A frame counts as whole only if it fits the read-ahead buffer, so that
+        :meth:`read` returns it without blocking. The header is decoded once:
+        :meth:`read` uses this decoding. Nothing here is checked or trusted;
+        :meth:`read` does that.
+        """
+        have, p = self.end - self.start, _PREFIX.size
+        if have < p:
+            return Buffered.PART
+        _, hlen = _PREFIX.unpack_from(self.buf, self.start)
+        if p + hlen > len(self.buf):
+            return Buffered.UNREADABLE
+        if have < p + hlen:
+            return Buffered.PART
+        if self._peeked is None or self._peeked[0] != self.start:
+            try:
+                header = msgpack.unpackb(self.view[self.start + p : self.start + p + hlen], raw=False)
+            except Exception:  # malformed: read() raises it, in the thread that closes the stream
+                return Buffered.UNREADABLE
+            self._peeked = (self.start, header)
+        header = self._peeked[1]
+        n = header.get("len", 0) if isinstance(header, dict) else 0
+        if type(n) is not int or n < 0 or p + hlen + n > len(self.buf):
+            return Buffered.UNREADABLE
+        return Buffered.FRAME if have >= p + hlen + n else Buffered.PART
+
+    def fill_nowait(self) -> int:
+        """Read what the socket holds into the read-ahead, without waiting; returns the bytes read.
+
+        Raises:
+            StreamClosed: if the peer closed the stream.
+            OSError: if the socket failed.
+        """
+        if self.end == len(self.buf) and self.start:  # move the tail to the front
+            k = self.end - self.start
+            self.buf[:k] = self.buf[self.start : self.end]
+            self.start, self.end = 0, k
+            self._peeked = None
+        try:
+            got = self.sock.recv_into(self.view[self.end :], 0, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        if got == 0:
+            raise StreamClosed("the peer closed the stream")
+        self.end += got
+        return got
 
     def _take(self, n: int) -> memoryview:
         self._fill(n)
@@ -203,15 +263,22 @@ class FrameReader:
             self.sock.settimeout(None)
 
     def _read(self) -> tuple[int, dict[str, Any], np.ndarray | None]:
+        peeked, self._peeked = self._peeked, None
+        at = self.start if self.end - self.start >= _PREFIX.size else -1
         kind, hlen = _PREFIX.unpack(self._take(_PREFIX.size))
         if hlen > len(self.buf):
             raise ValueError(f"frame header of {hlen} bytes; at most {len(self.buf)} expected")
-        header = msgpack.unpackb(self._take(hlen), raw=False)
+        if peeked is not None and peeked[0] == at:  # decoded by buffered(), in place still
+            self.start += hlen
+            header = peeked[1]
+        else:
+            header = msgpack.unpackb(self._take(hlen), raw=False)
         if not isinstance(header, dict):
             raise ValueError(f"frame header must be a map, got {type(header).__name__}")
         # Every frame's header goes through payload_limit (it may check more than sizes) before its payload is read.
         limit = 0 if self.payload_limit is None else self.payload_limit(kind, header)
         n = header.get("len", 0)
+        self.last_size = _PREFIX.size + hlen + (n if type(n) is int else 0)
         if not n:
             return kind, header, None
         if not isinstance(n, int) or not 0 < n <= limit:

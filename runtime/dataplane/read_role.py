@@ -1,0 +1,367 @@
+"""The reader role of one stream: the consumer's own thread reads its stream while it waits.
+
+A message that the receiving thread reads and puts into the consumer's buffer
+costs a thread wake: the receiver notifies the buffer's condition, and the
+consumer's thread, asleep in ``receive``, has to be scheduled and take the GIL
+back. On a VM that wake is the largest single cost of a small message's hop
+(``docs/concepts.md``, "Threads"). So while a consumer waits on an empty
+``Queue`` fed by one stream, its thread takes the stream's *reader role*: it
+waits on the socket itself and runs the same frame handling the receiving
+thread would (checks, fence, buffer, grants), and the message it waited for
+needs no wake at all.
+
+Two threads may read a stream's socket, never at once. :class:`RoleState`
+(sans-IO) says whose turn it is:
+
+- ``RECEIVER``: the receiving thread's. It waits for the socket *or* a kick, and
+  reads a frame only after :meth:`RoleState.receiver_begin` says so.
+- ``CONSUMER``: the consumer's thread reads; the receiving thread sleeps. A
+  consumer that takes the role from ``RECEIVER`` kicks the receiving thread out
+  of its wait on the socket, so that a frame wakes one thread, not two.
+- ``LEASED``: the consumer gave the role back on its way out of ``receive``,
+  without waking anyone: a wake there would cost the very thread switch the role
+  saves. A consumer that comes back within the lease (:data:`LEASE_S`:
+  ping-pong, a steady stream) takes the role again at no cost. The receiving
+  thread, asleep while the consumer reads, looks again at least every
+  :data:`PARK_S` and takes the role back once the lease has ended, so a
+  consumer that went off to compute leaves its stream unread (credit requests,
+  acknowledgement requests, its producer's goodbye) for at most that long.
+  This timed sleep is the role's one cost: about 50 wakes a second per stream
+  whose consumer waits on it, against one wake per message without the role.
+- A frame that cannot be read without blocking (one larger than the read-ahead
+  buffer, or a malformed one) is handed back to the receiving thread at once,
+  and the consumer does not take the role again until the receiving thread has
+  read a frame it could have read: a stream of large batches stays with the
+  receiving thread, which reads them while the consumer works.
+- The end of the stream, seen by either thread, ends the role; the receiving
+  thread, which owns the socket, closes it.
+
+:class:`ReadRole` is the thin threaded layer: a condition for the state and the
+two kicks (an ``eventfd`` or a pipe each). Lock order: ``ReadRole._cond`` is a
+leaf; a consumer takes it under its buffer's lock, never the other way round.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from coupler.runtime.dataplane import wire
+
+LEASE_S = 0.002  # seconds the receiving thread leaves the role to a consumer that just gave it back
+PARK_S = 0.02  # seconds the receiving thread sleeps at most while the consumer holds the role
+
+
+class Holder(Enum):
+    """Whose turn it is to read a stream."""
+
+    RECEIVER = "receiver"
+    CONSUMER = "consumer"
+    LEASED = "leased"  # the consumer's, given back: the receiver's once the lease ends
+
+
+class Take(Enum):
+    """What a consumer's request for the role got."""
+
+    REFUSED = "refused"  # the receiving thread is reading a frame, or the stream ended: wait on the buffer
+    TAKEN = "taken"  # the receiving thread was asleep already
+    TAKEN_KICK = "taken-kick"  # the receiving thread may be waiting on the socket: kick it
+
+
+@dataclass(frozen=True)
+class Turn:
+    """What the receiving thread does next: read (``go``), stop (``end``), or sleep until ``until`` (or a wake)."""
+
+    go: bool = False
+    end: bool = False
+    until: float = 0.0
+
+
+class RoleState:
+    """Whose turn it is to read one stream (sans-IO: no socket, thread or clock of its own).
+
+    Invariant: the receiving thread reads only between :meth:`receiver_begin`
+    and :meth:`receiver_end`, and the consumer holds the role only outside
+    them, so at most one thread reads the socket.
+
+    Args:
+        lease: seconds a role given back stays the consumer's to retake.
+        park: seconds the receiving thread sleeps at most before it looks again.
+    """
+
+    def __init__(self, lease: float = LEASE_S, park: float = PARK_S) -> None:
+        self.lease, self.park = lease, park
+        self.holder = Holder.RECEIVER
+        self.receiver_reading = False
+        self.lease_end = 0.0
+        self.ended = False
+        self.small_frames = True  # the last frame could be read without blocking: worth the consumer's turn
+
+    def consumer_take(self) -> Take:
+        """The consumer, about to wait for a message, asks for the role."""
+        if self.ended or self.receiver_reading or self.holder is Holder.CONSUMER or not self.small_frames:
+            return Take.REFUSED
+        kick = self.holder is Holder.RECEIVER
+        self.holder = Holder.CONSUMER
+        return Take.TAKEN_KICK if kick else Take.TAKEN
+
+    def consumer_give_back(self, now: float, *, ended: bool = False, hand_over: bool = False) -> bool:
+        """The consumer leaves the role; returns whether the receiving thread must be woken now.
+
+        Args:
+            now: the clock.
+            ended: the consumer saw the stream end (or fail): the receiving thread closes it.
+            hand_over: a frame the consumer cannot read without blocking: the receiving thread's at once.
+
+        Raises:
+            RuntimeError: if the consumer does not hold the role (a bug in the caller).
+        """
+        if self.holder is not Holder.CONSUMER:
+            raise RuntimeError(f"the consumer gives back a reader role it does not hold ({self.holder.value})")
+        if ended:
+            self.ended = True
+        if hand_over:
+            self.small_frames = False
+        if ended or hand_over:
+            self.holder = Holder.RECEIVER
+            return True
+        self.holder, self.lease_end = Holder.LEASED, now + self.lease
+        return False  # the receiving thread looks again by itself (see receiver_turn)
+
+    def receiver_turn(self, now: float) -> Turn:
+        """What the receiving thread does now: read, stop, or sleep while the consumer holds or leases the role."""
+        if self.ended:
+            return Turn(end=True)
+        if self.holder is Holder.LEASED and now >= self.lease_end:
+            self.holder = Holder.RECEIVER
+        if self.holder is Holder.RECEIVER:
+            return Turn(go=True)
+        until = now + self.park
+        return Turn(until=min(until, self.lease_end) if self.holder is Holder.LEASED else until)
+
+    def receiver_begin(self) -> bool:
+        """The receiving thread, woken by its socket, asks to read one frame."""
+        if self.ended or self.holder is not Holder.RECEIVER:
+            return False
+        self.receiver_reading = True
+        return True
+
+    def receiver_end(self, *, ended: bool = False, small: bool = True) -> None:
+        """The receiving thread read and handled its frame.
+
+        Args:
+            ended: that was the stream's end.
+            small: the frame fitted the read-ahead (a consumer could have read it without blocking).
+        """
+        self.receiver_reading = False
+        self.ended = self.ended or ended
+        self.small_frames = small
+
+
+class Kick:
+    """A file descriptor that a thread waiting in ``poll`` can be woken through (``eventfd``, else a pipe)."""
+
+    def __init__(self) -> None:
+        if hasattr(os, "eventfd"):
+            self._r = self._w = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        else:  # pragma: no cover - macOS
+            self._r, self._w = os.pipe()
+            os.set_blocking(self._r, False)
+            os.set_blocking(self._w, False)
+        self.closed = False
+
+    def fileno(self) -> int:
+        return self._r
+
+    def set(self) -> None:
+        try:
+            os.write(self._w, (1).to_bytes(8, "little"))
+        except (BlockingIOError, OSError):
+            pass  # already set (a full pipe or counter), or closed at the stream's end: nobody waits on it
+
+    def clear(self) -> None:
+        try:
+            os.read(self._r, 64)
+        except (BlockingIOError, OSError):
+            pass
+
+    def close(self) -> None:
+        self.closed = True
+        os.close(self._r)
+        if self._w != self._r:
+            os.close(self._w)
+
+
+class RoleCondition(threading.Condition):
+    """A buffer's condition that also wakes a consumer waiting on its stream's socket as the reader.
+
+    Everything that changes a buffer in another thread notifies its condition
+    (a local producer's put, a close, a detach, the actor's stop); a consumer
+    reading its stream waits in ``poll``, not on the condition, so the
+    notification also kicks it. ``reading`` is set under the buffer's lock.
+    """
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self.reading: ReadRole | None = None  # the role the consumer holds while it waits on its socket
+        self.changes = 0  # notifications so far: a consumer compares it across taking the role
+
+    def notify_all(self) -> None:
+        self.changes += 1
+        super().notify_all()
+        role = self.reading
+        if role is not None:
+            role.wake_consumer()
+
+
+class Outcome(Enum):
+    """How a consumer's turn with the role ended."""
+
+    REFUSED = "refused"  # not taken: wait on the buffer's condition instead
+    READ = "read"  # a frame went into the buffer (or somewhere: look at the buffer again)
+    WOKEN = "woken"  # the buffer changed otherwise (a local put, a close, a stop): look at it again
+    TIMEOUT = "timeout"  # nothing before the deadline
+
+
+class ReadRole:
+    """The reader role of one stream, between its receiving thread and its consumer's thread.
+
+    Args:
+        sock: the stream's socket (plain TCP: a TLS socket's buffered bytes are invisible to ``poll``).
+        reader: the stream's frame reader (its read-ahead is shared by whoever holds the role).
+        handle: handles one frame, as the receiving thread would; returns False at the stream's end.
+        lease: see :data:`LEASE_S`.
+    """
+
+    def __init__(
+        self, sock: Any, reader: wire.FrameReader, handle: Callable[[int, dict[str, Any], Any], bool], lease: float = LEASE_S
+    ) -> None:
+        self.sock, self.reader, self.handle = sock, reader, handle
+        self._state = RoleState(lease)
+        self._cond = threading.Condition(threading.Lock())
+        self._receiver_kick, self._consumer_kick = Kick(), Kick()
+        self._receiver_poll = select.poll()
+        self._receiver_poll.register(sock, select.POLLIN)
+        self._receiver_poll.register(self._receiver_kick, select.POLLIN)
+        self._consumer_poll = select.poll()
+        self._consumer_poll.register(sock, select.POLLIN)
+        self._consumer_poll.register(self._consumer_kick, select.POLLIN)
+        self.consumer_ident: int | None = None  # the consumer's thread while it holds the role
+        self.error: BaseException | None = None  # what ended the stream in the consumer's turn
+
+    # -- the consumer's thread ------------------------------------------------------------
+    def wake_consumer(self) -> None:
+        """Wake the consumer out of its wait on the socket (its buffer changed in another thread).
+
+        Call with the buffer's lock held: the receiving thread closes the kicks
+        only after it has taken this role out of the buffer under that lock.
+        """
+        if self.consumer_ident is not None and self.consumer_ident != threading.get_ident():
+            self._consumer_kick.set()
+
+    def consumer_turn(self, deadline: float | None, stale: Callable[[], bool] = lambda: False) -> Outcome:
+        """Wait for one frame as the reader, until ``deadline`` (``time.monotonic()``) or a wake.
+
+        Call without the buffer's lock: the frame's handling puts into the buffer.
+        Never raises what the stream does: the receiving thread gets that (:attr:`error`).
+
+        Args:
+            deadline: when to stop waiting (``None``: until a frame or a wake).
+            stale: whether the buffer changed since the consumer last looked at it.
+                Asked once the consumer can be woken (:meth:`wake_consumer`), so a change
+                made while the lock was free is never missed: either it shows here
+                or its notification wakes the wait.
+        """
+        with self._cond:
+            take = self._state.consumer_take()
+        if take is Take.REFUSED:
+            return Outcome.REFUSED
+        if take is Take.TAKEN_KICK:
+            self._receiver_kick.set()
+        self.consumer_ident = threading.get_ident()
+        ended = hand_over = False
+        outcome = Outcome.READ
+        try:
+            while True:
+                if stale():
+                    outcome = Outcome.WOKEN
+                    break
+                ready = self.reader.buffered()
+                if ready is wire.Buffered.UNREADABLE:
+                    hand_over = True
+                    outcome = Outcome.WOKEN
+                    break
+                if ready is wire.Buffered.FRAME:
+                    ended = not self.handle(*self.reader.read())
+                    break
+                left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
+                events = self._consumer_poll.poll(left)
+                if not events:
+                    outcome = Outcome.TIMEOUT
+                    break
+                if any(fd == self._consumer_kick.fileno() for fd, _ in events):
+                    self._consumer_kick.clear()
+                    outcome = Outcome.WOKEN
+                    break
+                self.reader.fill_nowait()
+        except BaseException as e:  # the stream's end or a malformed frame: the receiving thread's to handle
+            self.error, ended = e, True
+        finally:
+            self.consumer_ident = None
+            with self._cond:
+                wake = self._state.consumer_give_back(time.monotonic(), ended=ended, hand_over=hand_over)
+                if wake:
+                    self._cond.notify_all()
+        return outcome
+
+    # -- the receiving thread --------------------------------------------------------------
+    def serve(self) -> None:
+        """Read and handle frames in the receiving thread until the stream ends (whoever sees the end).
+
+        Raises:
+            what ended the stream: the socket's or the frame checks' errors, in
+            whichever thread they came.
+        """
+        state = self._state
+        while True:
+            with self._cond:
+                turn = state.receiver_turn(time.monotonic())
+                while not (turn.go or turn.end):
+                    self._cond.wait(max(0.0, turn.until - time.monotonic()))
+                    turn = state.receiver_turn(time.monotonic())
+            if turn.end:
+                if self.error is not None:
+                    raise self.error
+                return
+            # Wait for the socket only when the read-ahead holds part of a frame that fits it; a whole
+            # frame is read at once, and one that does not fit (or a malformed one) is read blocking.
+            if self.reader.buffered() is wire.Buffered.PART:
+                events = self._receiver_poll.poll()
+                if any(fd == self._receiver_kick.fileno() for fd, _ in events):
+                    self._receiver_kick.clear()  # the consumer may hold the role now: look again
+                    continue
+            with self._cond:
+                if not state.receiver_begin():
+                    continue
+            ended = True
+            try:
+                ended = not self.handle(*self.reader.read())
+            finally:
+                with self._cond:
+                    state.receiver_end(ended=ended, small=self.reader.last_size <= len(self.reader.buf))
+            if ended:
+                return
+
+    def close(self) -> None:
+        """Release the kicks (the receiving thread, once nobody can hold the role any more)."""
+        self._receiver_kick.close()
+        self._consumer_kick.close()
+
+
+__all__ = ["Holder", "Kick", "LEASE_S", "PARK_S", "Outcome", "ReadRole", "RoleCondition", "RoleState", "Take", "Turn"]
