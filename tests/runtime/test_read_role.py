@@ -368,3 +368,17 @@ def test_a_message_put_between_the_consumer_s_look_and_its_turn_ends_the_turn_at
         role.close()
         producer.close()
         consumer_sock.close()
+
+
+def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receiving_thread() -> None:
+    """The receiving thread, asleep while the consumer held the role, wakes by itself: no wake is sent."""
+    s = Stream()
+    try:
+        for i in range(10):
+            threading.Timer(0.002, s.send, (2 * i,)).start()
+            assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ
+            s.send(2 * i + 1)  # the consumer is away now (computing, or finished)
+            s.wait_handled(2 * i + 2)
+            assert s.handled[-1] == ("receiver", 2 * i + 1)
+    finally:
+        s.close()
