@@ -22,12 +22,16 @@ Two threads may read a stream's socket, never at once. :class:`RoleState`
   without waking anyone: a wake there would cost the very thread switch the role
   saves. A consumer that comes back within the lease (:data:`LEASE_S`:
   ping-pong, a steady stream) takes the role again at no cost. The receiving
-  thread, asleep while the consumer reads, looks again at least every
-  :data:`PARK_S` and takes the role back once the lease has ended, so a
-  consumer that went off to compute leaves its stream unread (credit requests,
-  acknowledgement requests, its producer's goodbye) for at most that long.
-  This timed sleep is the role's one cost: about 50 wakes a second per stream
-  whose consumer waits on it, against one wake per message without the role.
+  thread, asleep while the consumer reads, looks again after :data:`PARK_S`,
+  or after as long as the consumer has waited so far (at most
+  :data:`PARK_MAX_S`), and takes the role back once the lease has ended. A
+  consumer that gives the role back while the receiving thread sleeps for longer
+  than :data:`PARK_S` wakes it (once, after a long wait), so a consumer that
+  went off to compute leaves its stream unread (credit requests, acknowledgement
+  requests, its producer's goodbye) for at most :data:`PARK_S` after the lease.
+  The timed sleep is the role's one cost: 50 wakes a second per stream whose
+  consumer is busy receiving, fewer than one a second per stream whose consumer
+  waits long, against one wake per message without the role.
 - A frame that cannot be read without blocking (one larger than the read-ahead
   buffer, or a malformed one) is handed back to the receiving thread at once,
   and the consumer does not take the role again until the receiving thread has
@@ -55,7 +59,8 @@ from typing import Any
 from coupler.runtime.dataplane import wire
 
 LEASE_S = 0.002  # seconds the receiving thread leaves the role to a consumer that just gave it back
-PARK_S = 0.02  # seconds the receiving thread sleeps at most while the consumer holds the role
+PARK_S = 0.02  # seconds the receiving thread sleeps while a consumer that just took the role holds it
+PARK_MAX_S = 1.0  # ... and at most, however long the consumer has waited
 
 
 class Holder(Enum):
@@ -92,22 +97,27 @@ class RoleState:
 
     Args:
         lease: seconds a role given back stays the consumer's to retake.
-        park: seconds the receiving thread sleeps at most before it looks again.
+        park: seconds the receiving thread sleeps before it looks again, at first.
+        park_max: seconds it sleeps at most (its sleep grows with the consumer's wait).
     """
 
-    def __init__(self, lease: float = LEASE_S, park: float = PARK_S) -> None:
-        self.lease, self.park = lease, park
+    def __init__(self, lease: float = LEASE_S, park: float = PARK_S, park_max: float = PARK_MAX_S) -> None:
+        self.lease, self.park, self.park_max = lease, park, max(park, park_max)
         self.holder = Holder.RECEIVER
+        self.taken_at = 0.0  # when the consumer last took the role
+        self.receiver_until = 0.0  # when the sleeping receiving thread looks again
         self.receiver_reading = False
         self.lease_end = 0.0
         self.ended = False
         self.small_frames = True  # the last frame could be read without blocking: worth the consumer's turn
 
-    def consumer_take(self) -> Take:
+    def consumer_take(self, now: float) -> Take:
         """The consumer, about to wait for a message, asks for the role."""
         if self.ended or self.receiver_reading or self.holder is Holder.CONSUMER or not self.small_frames:
             return Take.REFUSED
         kick = self.holder is Holder.RECEIVER
+        if kick or now > self.lease_end:  # a new wait, not the next message of a busy consumer
+            self.taken_at = now
         self.holder = Holder.CONSUMER
         return Take.TAKEN_KICK if kick else Take.TAKEN
 
@@ -129,21 +139,30 @@ class RoleState:
         if hand_over:
             self.small_frames = False
         if ended or hand_over:
-            self.holder = Holder.RECEIVER
+            self.holder, self.receiver_until = Holder.RECEIVER, 0.0
             return True
         self.holder, self.lease_end = Holder.LEASED, now + self.lease
-        return False  # the receiving thread looks again by itself (see receiver_turn)
+        # The receiving thread looks again by itself (see receiver_turn), unless it sleeps long: then wake it.
+        if self.receiver_until > self.lease_end + self.park:
+            self.receiver_until = 0.0  # it looks at once
+            return True
+        return False
 
     def receiver_turn(self, now: float) -> Turn:
         """What the receiving thread does now: read, stop, or sleep while the consumer holds or leases the role."""
+        self.receiver_until = 0.0  # awake now
         if self.ended:
             return Turn(end=True)
         if self.holder is Holder.LEASED and now >= self.lease_end:
             self.holder = Holder.RECEIVER
         if self.holder is Holder.RECEIVER:
             return Turn(go=True)
-        until = now + self.park
-        return Turn(until=min(until, self.lease_end) if self.holder is Holder.LEASED else until)
+        if self.holder is Holder.LEASED:
+            until = min(now + self.park, self.lease_end)
+        else:  # the consumer waits: the longer it has waited, the longer it will (a sleep of its wait so far)
+            until = now + min(self.park_max, max(self.park, now - self.taken_at))
+        self.receiver_until = until
+        return Turn(until=until)
 
     def receiver_begin(self) -> bool:
         """The receiving thread, woken by its socket, asks to read one frame."""
@@ -237,13 +256,21 @@ class ReadRole:
         reader: the stream's frame reader (its read-ahead is shared by whoever holds the role).
         handle: handles one frame, as the receiving thread would; returns False at the stream's end.
         lease: see :data:`LEASE_S`.
+        park: see :data:`PARK_S`.
+        park_max: see :data:`PARK_MAX_S`.
     """
 
     def __init__(
-        self, sock: Any, reader: wire.FrameReader, handle: Callable[[int, dict[str, Any], Any], bool], lease: float = LEASE_S
+        self,
+        sock: Any,
+        reader: wire.FrameReader,
+        handle: Callable[[int, dict[str, Any], Any], bool],
+        lease: float = LEASE_S,
+        park: float = PARK_S,
+        park_max: float = PARK_MAX_S,
     ) -> None:
         self.sock, self.reader, self.handle = sock, reader, handle
-        self._state = RoleState(lease)
+        self._state = RoleState(lease, park, park_max)
         self._cond = threading.Condition(threading.Lock())
         self._receiver_kick, self._consumer_kick = Kick(), Kick()
         self._receiver_poll = select.poll()
@@ -279,7 +306,7 @@ class ReadRole:
                 or its notification wakes the wait.
         """
         with self._cond:
-            take = self._state.consumer_take()
+            take = self._state.consumer_take(time.monotonic())
         if take is Take.REFUSED:
             return Outcome.REFUSED
         if take is Take.TAKEN_KICK:
@@ -364,4 +391,4 @@ class ReadRole:
         self._consumer_kick.close()
 
 
-__all__ = ["Holder", "Kick", "LEASE_S", "PARK_S", "Outcome", "ReadRole", "RoleCondition", "RoleState", "Take", "Turn"]
+__all__ = ["Holder", "Kick", "LEASE_S", "PARK_MAX_S", "PARK_S", "Outcome", "ReadRole", "RoleCondition", "RoleState", "Take", "Turn"]

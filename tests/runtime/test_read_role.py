@@ -26,7 +26,7 @@ from coupler.runtime.errors import Interrupted
 from coupler.runtime.message import Message
 from coupler.runtime.policies import Queue
 
-LEASE, PARK = 0.002, 0.02
+LEASE, PARK, PARK_MAX = 0.002, 0.02, 1.0
 
 
 class RoleMachine(RuleBasedStateMachine):
@@ -34,20 +34,21 @@ class RoleMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.role = RoleState(LEASE, PARK)
+        self.role = RoleState(LEASE, PARK, PARK_MAX)
         self.now = 0.0
+        self.asleep_until: float | None = None  # the receiving thread sleeps until then (None: awake)
         self.consumer_holds = False
         self.receiver_reads = False
         self.handed_over = False  # a frame the consumer could not read waits for the receiving thread
         self.ended = False
 
-    @rule(dt=st.sampled_from([0.0, 0.0005, 0.001, 0.003, 0.05]))
+    @rule(dt=st.sampled_from([0.0, 0.0005, 0.001, 0.003, 0.05, 0.7]))
     def tick(self, dt: float) -> None:
         self.now += dt
 
     @rule()
     def consumer_takes(self) -> None:
-        take = self.role.consumer_take()
+        take = self.role.consumer_take(self.now)
         if self.ended or self.receiver_reads or self.consumer_holds or self.handed_over:
             assert take is Take.REFUSED
         else:
@@ -57,10 +58,13 @@ class RoleMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.consumer_holds)
     @rule(how=st.sampled_from(["lease", "hand_over", "ended"]))
     def consumer_gives_back(self, how: str) -> None:
+        sleeps_long = self.asleep_until is not None and self.asleep_until > self.now + LEASE + PARK
         wake = self.role.consumer_give_back(self.now, ended=how == "ended", hand_over=how == "hand_over")
         self.consumer_holds = False
-        # The receiving thread is woken when it must act now; a lease costs no wake.
-        assert wake == (how != "lease")
+        # The receiving thread is woken when it must act now, or when it would sleep long; else a lease costs no wake.
+        assert wake == (how != "lease" or sleeps_long)
+        if wake:
+            self.asleep_until = None
         self.handed_over = self.handed_over or how == "hand_over"
         self.ended = self.ended or how == "ended"
 
@@ -68,10 +72,11 @@ class RoleMachine(RuleBasedStateMachine):
     @rule()
     def receiver_looks(self) -> None:
         turn = self.role.receiver_turn(self.now)
+        self.asleep_until = None if turn.go or turn.end else turn.until
         if self.ended:
             assert turn.end
         elif self.consumer_holds:
-            assert not turn.go and self.now < turn.until <= self.now + PARK  # asleep, never for long
+            assert not turn.go and self.now < turn.until <= self.now + PARK_MAX  # asleep, for a bounded time
         elif turn.go:
             assert self.role.holder is Holder.RECEIVER
         else:  # leased: asleep until the lease ends at the latest
@@ -100,11 +105,14 @@ class RoleMachine(RuleBasedStateMachine):
 
     @invariant()
     def the_receiving_thread_gets_the_stream_back(self) -> None:
-        # Whenever the consumer does not hold the role, the receiving thread reads once the lease ended.
+        # Whenever the consumer does not hold the role, the receiving thread reads once the lease ended,
+        # and it is not asleep for longer than PARK after that.
         if not self.consumer_holds and not self.ended and not self.receiver_reads:
-            probe = RoleState(LEASE, PARK)
+            probe = RoleState(LEASE, PARK, PARK_MAX)
             probe.__dict__.update(self.role.__dict__)
-            assert probe.receiver_turn(self.now + LEASE).go
+            assert probe.receiver_turn(max(self.now, self.role.lease_end)).go
+            if self.asleep_until is not None:
+                assert self.asleep_until <= max(self.now, self.role.lease_end) + PARK + 1e-9
 
 
 TestRoleMachine = RoleMachine.TestCase
@@ -122,12 +130,11 @@ def test_giving_back_a_role_one_does_not_hold_is_a_bug_that_raises() -> None:
 class Stream:
     """A socket pair, a reader role on one end, its receiving thread running, and who handled which frame."""
 
-    def __init__(self, lease: float = LEASE) -> None:
+    def __init__(self, lease: float = LEASE, park_max: float = PARK_MAX) -> None:
         self.producer, consumer_sock = socket.socketpair()
         self.reader = wire.FrameReader(consumer_sock, size=64 << 10, payload_limit=lambda kind, h: 1 << 24)
         self.handled: list[tuple[str, int]] = []
-        self.receiver_thread: threading.Thread | None = None
-        self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease)
+        self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -380,5 +387,21 @@ def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receivin
             s.send(2 * i + 1)  # the consumer is away now (computing, or finished)
             s.wait_handled(2 * i + 2)
             assert s.handled[-1] == ("receiver", 2 * i + 1)
+    finally:
+        s.close()
+
+
+def test_after_a_long_wait_the_consumer_wakes_the_receiving_thread_as_it_leaves() -> None:
+    """The receiving thread sleeps longer the longer the consumer waits; leaving, the consumer wakes it once."""
+    s = Stream(park_max=60.0)
+    try:
+        threading.Timer(3.0, s.send, (0,)).start()  # the receiving thread sleeps ~1.5 s and more meanwhile
+        assert s.role.consumer_turn(time.monotonic() + 30) is Outcome.READ
+        t0 = time.monotonic()
+        s.send(1)
+        s.wait_handled(2)
+        assert s.handled[-1] == ("receiver", 1)
+        # Read at once, not at the end of a sleep as long as the wait was (a second and more).
+        assert time.monotonic() - t0 < 1.0
     finally:
         s.close()
