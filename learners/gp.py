@@ -128,6 +128,11 @@ def matern52(a: np.ndarray, b: np.ndarray, lengths: np.ndarray, signal: float) -
     return signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r2) * np.exp(-_SQRT5 * r)
 
 
+def _squared_differences(x: np.ndarray) -> np.ndarray:
+    """``(N^2, dim)``: ``(x_i - x_j)^2`` along each input, row ``i N + j``."""
+    return ((x[:, None, :] - x[None, :, :]) ** 2).reshape(-1, x.shape[1])
+
+
 class LeaveOneOut(NamedTuple):
     """A GP's leave-one-out predictions at the points it is conditioned on (targets' units).
 
@@ -238,19 +243,26 @@ class GaussianProcess:
         e = np.exp(theta)
         return e[: self.dim], float(e[self.dim]), float(e[self.dim + 1])
 
-    def _neg_log_likelihood(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _neg_log_likelihood(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray,
+                            sq: np.ndarray | None = None) -> tuple[float, np.ndarray]:  # fmt: skip
         """The negative log marginal likelihood and its gradient in ``theta`` (R&W eq. 5.9).
 
         ``dK/dlog l_i = s (5/3) (1 + sqrt5 r) exp(-sqrt5 r) d_i^2 / l_i^2`` (the Matérn 5/2
         kernel differentiated through ``r``), ``dK/dlog s = K - noise I``, ``dK/dlog noise = noise I``.
+        ``sq``, the ``(N^2, dim)`` squared differences of ``x`` along each input, does not change
+        during an optimisation (:meth:`_optimise` passes it): the scaled distances are then one
+        matrix-vector product, and the length scales' gradient another.
         """
         self.evaluations += 1
+        n = len(x)
+        if sq is None:
+            sq = _squared_differences(x)
         lengths, signal, noise = self._unpack(theta)
-        d2 = ((x[:, None, :] - x[None, :, :]) / lengths) ** 2  # (N, N, dim)
-        r = np.sqrt(np.maximum(d2.sum(-1), 0.0))
+        inv_l2 = 1.0 / (lengths * lengths)
+        r = np.sqrt(np.maximum(sq @ inv_l2, 0.0)).reshape(n, n)
         decay = np.exp(-_SQRT5 * r)
         ks = signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r * r) * decay
-        k = ks + (noise + 1e-8) * np.eye(len(x))
+        k = ks + (noise + 1e-8) * np.eye(n)
         try:
             low = np.linalg.cholesky(k)
         except np.linalg.LinAlgError:
@@ -258,7 +270,7 @@ class GaussianProcess:
         beta = self._gls(lambda b: cho_solve((low, True), b), x, y)
         y = y - self._basis(x) @ beta  # profiled: at the optimal beta, the gradient in theta is the partial one
         alpha = cho_solve((low, True), y)
-        nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
+        nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * n * math.log(2 * math.pi))
         inv, info = dpotri(low, lower=1)  # K^-1 from its factor: a third of solving against the identity
         if info != 0:
             return 1e10, np.zeros_like(theta)
@@ -266,7 +278,7 @@ class GaussianProcess:
         w = inv - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
         common = signal * 5.0 / 3.0 * (1.0 + _SQRT5 * r) * decay
         grad = np.empty_like(theta)
-        grad[: self.dim] = 0.5 * np.einsum("ij,ij,ijk->k", w, common, d2)
+        grad[: self.dim] = 0.5 * ((w * common).reshape(-1) @ sq) * inv_l2
         grad[self.dim] = 0.5 * np.sum(w * ks)
         grad[self.dim + 1] = 0.5 * noise * np.trace(w)
         return nll, grad
@@ -345,13 +357,14 @@ class GaussianProcess:
         hyperparameters and their negative log likelihood."""
         best: tuple[float, np.ndarray] | None = None
         fresh = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
+        sq = _squared_differences(x)
         for i, start in enumerate([self._theta, *fresh]):
             again = i > 0
             if again and self.fits > 0 and len(ys) >= self.config.fresh_starts_until and best is not None and not self._degenerate(best[1], x):
                 break
             if again and self.fits == 0 and np.array_equal(start, self._theta):
                 continue  # the first fit already started from the default
-            res = minimize(self._neg_log_likelihood, start, args=(x, ys), method="L-BFGS-B", jac=True, bounds=self._bounds(),
+            res = minimize(self._neg_log_likelihood, start, args=(x, ys, sq), method="L-BFGS-B", jac=True, bounds=self._bounds(),
                            options={"maxiter": self.config.max_iter})  # fmt: skip
             if best is None or res.fun < best[0]:
                 best = (float(res.fun), np.asarray(res.x))
