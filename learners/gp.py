@@ -87,6 +87,17 @@ class GPConfig:
             original targets (:mod:`~coupler.learners.output_warping`); predictions are the
             log-normal's median and standard deviation. For surfaces flat but for an excursion
             whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth.
+        full_search_growth: with the log warping, every offset is tried (each with the fresh
+            starts too) at the first choice and once the data grew by this factor since the last
+            such full search; the choices in between warm-start the last offset and its two
+            neighbours only (3 optimisations rather than 24). 1 searches in full at every choice.
+        surprise: a light warped choice whose best likelihood per point (original targets) is
+            lower than the last choice's by more than this (nats) searches in full at once: the
+            data no longer fit the model chosen, as when a warm start sits in a poor optimum. The
+            likelihood per point does climb as a design gathers on an excursion (on the 8-D hot
+            track, by up to 0.5 nats per choice of 20 % more points), hence a whole nat.
+        fresh_offsets: a full search warm-starts every offset, then starts this many of the
+            best afresh (from each of ``fresh_lengths``).
     """
 
     length_bounds: tuple[float, float] = (0.01, 10.0)
@@ -99,6 +110,9 @@ class GPConfig:
     trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
     output_warp: Literal["none", "log"] = "none"
+    full_search_growth: float = 2.0
+    surprise: float = 1.0
+    fresh_offsets: int = 3
 
     def __post_init__(self) -> None:
         for name in ("length_bounds", "noise_bounds", "signal_bounds"):
@@ -111,6 +125,9 @@ class GPConfig:
             raise ValueError(f"trend must be 'none', 'constant' or 'linear', got {self.trend!r}")
         if self.output_warp not in ("none", "log"):
             raise ValueError(f"output_warp must be 'none' or 'log', got {self.output_warp!r}")
+        if self.full_search_growth < 1 or self.surprise < 0 or self.fresh_offsets < 1:
+            raise ValueError(f"full_search_growth must be >= 1, surprise >= 0 and fresh_offsets >= 1, got "
+                             f"{self.full_search_growth}, {self.surprise}, {self.fresh_offsets}")
         if self.max_iter < 1 or self.reoptimise_growth < 0:
             raise ValueError(f"max_iter must be >= 1 and reoptimise_growth >= 0, got {self.max_iter}, {self.reoptimise_growth}")
 
@@ -212,6 +229,9 @@ class GaussianProcess:
         self._chosen_on, self._last_nll = 0, 0.0
         self.evaluations = 0  # likelihood evaluations over all fits (the cost of fitting)
         self.warp: LogWarp | None = None  # the output warping (config.output_warp == "log"), chosen with the hyperparameters
+        self._full_on, self._nll_y = 0, 0.0  # points at the warping's last full search; nll of the original targets at the last choice
+        self.full_searches = 0  # warped choices that tried every offset with fresh starts
+        self.surprises = 0  # light warped choices whose likelihood dropped, so that a full search followed
 
     def _trend_terms(self) -> int:
         return {"none": 0, "constant": 1, "linear": 1 + self.dim}[self.config.trend]
@@ -327,23 +347,65 @@ class GaussianProcess:
         return (g - self._y_mean) / self._y_scale
 
     def _choose_warped(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Choose hyperparameters and the log warping's offset together: for each offset of
-        :data:`LOG_OFFSETS` and for no warping, the hyperparameters that maximise the likelihood of the warped
-        targets; the pair whose likelihood of the *original* targets is largest wins (the
-        warped one plus the Jacobian of warping and standardising)."""
-        start = self._theta
-        best: tuple[float, np.ndarray, LogWarp | None, float] | None = None
-        for offset in (None, *LOG_OFFSETS):  # None: no warping, a candidate like the others
-            self.warp, self._theta = (None if offset is None else log_warp(y, offset)), start
-            ys = self._standardise(y)
-            theta, nll = self._optimise(x, ys)
-            nll_y = nll + len(y) * math.log(self._y_scale) - (0.0 if self.warp is None else log_jacobian(self.warp, y))
-            if best is None or nll_y < best[0]:
-                best = (nll_y, theta, self.warp, nll)
-        assert best is not None
-        _, self._theta, self.warp, self._last_nll = best
-        self._chosen_on = len(y)
+        """Choose hyperparameters and the log warping's offset together.
+
+        For each offset tried (of :data:`LOG_OFFSETS`, and no warping), the hyperparameters that
+        maximise the likelihood of the warped targets; the pair whose likelihood of the *original*
+        targets is largest wins (the warped one plus the Jacobian of warping and standardising).
+        A full search tries every offset, each also from the fresh starts; it runs at the first
+        choice, once the data grew by ``full_search_growth`` since the last one, and when a light
+        search is surprised. A light search (the choices in between) warm-starts from the last
+        choice with its offset and the two next to it on the ladder (no warping next to the
+        largest offset): 3 optimisations instead of 24. It is surprised when the likelihood per
+        point of its best pair is lower than at the last choice by more than ``surprise``.
+        """
+        c, n = self.config, len(y)
+        full = self._full_on == 0 or n >= c.full_search_growth * self._full_on
+        ladder: tuple[float | None, ...] = (*LOG_OFFSETS, None)  # None: no warping, beyond the largest offset
+        if full:
+            tried = ladder
+        else:
+            at = ladder.index(None if self.warp is None else self.warp.offset)
+            tried = ladder[max(at - 1, 0) : at + 2]
+        best = self._search_offsets(x, y, tried, fresh=full)
+        if not full and best[0] / n > self._nll_y / max(self._chosen_on, 1) + c.surprise:
+            self.surprises += 1
+            full = True
+            again = self._search_offsets(x, y, ladder, fresh=True)
+            best = again if again[0] < best[0] else best
+        self._nll_y, self._theta, self.warp, self._last_nll = best
+        if full:
+            self._full_on = n
+            self.full_searches += 1
+        self._chosen_on = n
         self.choices += 1
+
+    def _search_offsets(self, x: np.ndarray, y: np.ndarray, offsets: tuple[float | None, ...],
+                        fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip
+        """The best ``(nll of y, theta, warping, nll of the warped targets)`` over ``offsets``, each
+        optimised from the last choice; when ``fresh``, the ``fresh_offsets`` best of them are
+        optimised again from the fresh starts (the offsets far behind after a warm start are not
+        the ones a fresh start would lift to the top: their likelihoods differ by nats per point)."""
+        start = self._theta
+        found: list[tuple[float, np.ndarray, LogWarp | None, float]] = []
+        for offset in offsets:
+            found.append(self._fit_offset(x, y, offset, start, fresh=False))
+        found.sort(key=lambda f: f[0])
+        if fresh:
+            again = [self._fit_offset(x, y, None if f[2] is None else f[2].offset, start, fresh=True)
+                     for f in found[: self.config.fresh_offsets]]  # fmt: skip
+            found = sorted(found + again, key=lambda f: f[0])
+        return found[0]
+
+    def _fit_offset(self, x: np.ndarray, y: np.ndarray, offset: float | None, start: np.ndarray,
+                    fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip
+        """Optimise the hyperparameters for one offset (``None``: no warping) from ``start``, and from
+        the fresh starts when ``fresh``; ``(nll of y, theta, warping, nll of the warped targets)``."""
+        self.warp, self._theta = (None if offset is None else log_warp(y, offset)), start
+        ys = self._standardise(y)
+        theta, nll = self._optimise(x, ys, fresh, warm=not fresh)
+        nll_y = nll + len(y) * math.log(self._y_scale) - (0.0 if self.warp is None else log_jacobian(self.warp, y))
+        return nll_y, theta, self.warp, nll
 
     def _degenerate(self, theta: np.ndarray, x: np.ndarray) -> bool:
         """Whether ``theta`` explains the data as nearly uncorrelated: a point's correlation
@@ -353,18 +415,21 @@ class GaussianProcess:
         np.fill_diagonal(corr, 0.0)
         return bool(np.mean(corr.max(1)) < 0.1)
 
-    def _optimise(self, x: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, float]:
-        """Maximise the marginal likelihood from the last choice, and from the default while
-        the data are few or when the last choice's optimum is degenerate; the best
-        hyperparameters and their negative log likelihood."""
+    def _optimise(self, x: np.ndarray, ys: np.ndarray, fresh: bool = True, warm: bool = True) -> tuple[np.ndarray, float]:
+        """Maximise the marginal likelihood from the last choice (when ``warm``), and from the fresh
+        starts while the data are few (and ``fresh``) or when the last choice's optimum is
+        degenerate; the best hyperparameters and their negative log likelihood."""
         best: tuple[float, np.ndarray] | None = None
-        fresh = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
+        starts = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
         sq = _squared_differences(x)
-        for i, start in enumerate([self._theta, *fresh]):
+        for i, start in enumerate([self._theta, *starts]):
+            if i == 0 and not warm and starts:
+                continue  # the caller has the warm start's optimum already
             again = i > 0
-            if again and self.fits > 0 and len(ys) >= self.config.fresh_starts_until and best is not None and not self._degenerate(best[1], x):
+            few = fresh and len(ys) < self.config.fresh_starts_until
+            if again and self.fits > 0 and not few and best is not None and not self._degenerate(best[1], x):
                 break
-            if again and self.fits == 0 and np.array_equal(start, self._theta):
+            if again and warm and self.fits == 0 and np.array_equal(start, self._theta):
                 continue  # the first fit already started from the default
             res = minimize(self._neg_log_likelihood, start, args=(x, ys, sq), method="L-BFGS-B", jac=True, bounds=self._bounds(),
                            options={"maxiter": self.config.max_iter})  # fmt: skip
@@ -480,7 +545,8 @@ class GaussianProcess:
         return {"theta": self._theta.copy(), "x": self._x.copy(), "y_mean": self._y_mean, "y_scale": self._y_scale,
                 "alpha": self._alpha.copy(), "fits": self.fits, "choices": self.choices, "chosen_on": self._chosen_on,
                 "last_nll": self._last_nll, "beta": self._beta.copy(),
-                "warp": None if self.warp is None else (self.warp.offset, self.warp.shift)}  # fmt: skip
+                "warp": None if self.warp is None else (self.warp.offset, self.warp.shift),
+                "full_on": self._full_on, "nll_y": self._nll_y}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a process of the same dimension.
@@ -496,6 +562,7 @@ class GaussianProcess:
         self.choices, self._chosen_on, self._last_nll = int(state["choices"]), int(state["chosen_on"]), float(state["last_nll"])
         warp = state.get("warp")
         self.warp = None if warp is None else LogWarp(float(warp[0]), float(warp[1]))
+        self._full_on, self._nll_y = int(state.get("full_on", 0)), float(state.get("nll_y", 0.0))  # 0: search in full next
         x = np.asarray(state["x"], np.float64).reshape(-1, self.dim)
         if len(x):
             # Refactor from the data (a Cholesky factor is cheap to recompute and large to store).
