@@ -26,9 +26,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
   their own), of at most ``--map-tol`` of their maximum (a run stops there).
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
-Gaussian process with a GLS constant mean, for the maps (by default, ``--gp-warp maps``; ``log``: for every task)
-fitted to a shifted log of the targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`;
-expected improvement for the optimum, over the
+Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
+targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`; expected improvement for the optimum, over the
 whole box and in a trust region; for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
@@ -106,11 +105,8 @@ class Setup:
     ivr_candidates: int = 512
     ivr_reference: int = 256
     opt_initial: int = 0  # the optimum searches' initial Latin hypercube (0: max(8, 2 D), as the maps')
-    # The GP of the optimum searches; ordinary kriging (a GLS constant mean).
+    # The GP of every strategy (steered and the sweeps' maps alike); ordinary kriging (a GLS constant mean).
     gp: GPConfig = GPConfig(trend="constant")
-    # The GP of every map strategy, steered and the sweeps' alike: also fitted to a log warping of the
-    # targets (a map of a localized excursion needs it; the optimum searches lost with it, see the docs).
-    map_gp: GPConfig = GPConfig(trend="constant", output_warp="log")
 
 
 def space_of(dims: int, family: Family = GRAY_SCOTT) -> ParameterSpace:
@@ -321,12 +317,12 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
         for name, strategy in zip(MAP_STRATEGIES, (grad, cal, ivr, mu, eigf)):
             if name not in map_strategies:
                 continue
-            run = steer(case.oracle, Steerer(space, strategy, setup.map_gp, seed), setup.batch, setup.map_budget, setup.map_every, map_error,
+            run = steer(case.oracle, Steerer(space, strategy, setup.gp, seed), setup.batch, setup.map_budget, setup.map_every, map_error,
                         stop_below=setup.map_tol)  # fmt: skip
             out.append(replace(run, strategy=name, task=case.task, seed=seed))
         for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))):
             pts = sweep_points(sweep, setup.map_budget, d)
-            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol, setup.map_gp)
+            errors = sweep_map_errors(case.oracle, pts, setup.map_every, case.ref_unit, case.ref, setup.map_tol, setup.gp)
             out.append(Run(f"{name} + GP", case.task, seed, setup.map_budget, [], errors))
     return out
 
@@ -496,10 +492,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gp-trend", choices=("none", "constant", "linear"), default="constant",
                    help="every strategy's GP (steered and the sweeps' alike) fits this prior mean by generalised least squares "
                         "(GPConfig.trend; default constant, ordinary kriging)")
-    p.add_argument("--gp-warp", choices=("none", "log", "maps"), default="maps",
-                   help="which tasks' GPs (steered and the sweeps' alike) are fitted to a shifted log of the targets, its offset "
-                        "chosen by marginal likelihood (GPConfig.output_warp): none, every task's (log) or the maps' only "
-                        "(default maps: the optimum searches needed more simulations with it)")
+    p.add_argument("--gp-warp", choices=("none", "log"), default="none",
+                   help="every strategy's GP (steered and the sweeps' alike) is fitted to a shifted log of the targets, its offset "
+                        "chosen by marginal likelihood (GPConfig.output_warp; default none)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -507,22 +502,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def setup_of(args: argparse.Namespace) -> Setup:
-    """The sizes and GPs the command line asks for (``--gp-warp``: which tasks' GPs are log-warped)."""
-    gp = GPConfig(median_mean=args.gp_median, trend=args.gp_trend)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial,
-                  gp=replace(gp, output_warp="log" if args.gp_warp == "log" else "none"),
-                  map_gp=replace(gp, output_warp="none" if args.gp_warp == "none" else "log"))  # fmt: skip
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
-                      ivr_candidates=64, ivr_reference=32, gp=setup.gp, map_gp=setup.map_gp)  # fmt: skip
-    return setup
-
-
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    args = parse_args(argv)
-    setup = setup_of(args)
+                      ivr_candidates=64, ivr_reference=32, gp=setup.gp)  # fmt: skip
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:
