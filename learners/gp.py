@@ -37,7 +37,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from scipy.linalg import cho_factor, cho_solve, solve_triangular
-from scipy.linalg.lapack import dpotri
+from scipy.linalg.lapack import dpotrf, dpotri, dpotrs
 from scipy.optimize import minimize
 
 from coupler.learners.output_warping import LOG_OFFSETS, LogWarp, backward, forward, log_jacobian, log_warp
@@ -87,6 +87,17 @@ class GPConfig:
             original targets (:mod:`~coupler.learners.output_warping`); predictions are the
             log-normal's median and standard deviation. For surfaces flat but for an excursion
             whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth.
+        full_search_growth: with the log warping, every offset is tried (each with the fresh
+            starts too) at the first choice and once the data grew by this factor since the last
+            such full search; the choices in between warm-start the last offset and its two
+            neighbours only (3 optimisations rather than 24). 1 searches in full at every choice.
+        surprise: a light warped choice whose best likelihood per point (original targets) is
+            lower than the last choice's by more than this (nats) searches in full at once: the
+            data no longer fit the model chosen, as when a warm start sits in a poor optimum. The
+            likelihood per point does climb as a design gathers on an excursion (on the 8-D hot
+            track, by up to 0.5 nats per choice of 20 % more points), hence a whole nat.
+        fresh_offsets: a full search warm-starts every offset, then starts this many of the
+            best afresh (from each of ``fresh_lengths``).
     """
 
     length_bounds: tuple[float, float] = (0.01, 10.0)
@@ -99,6 +110,9 @@ class GPConfig:
     trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
     output_warp: Literal["none", "log"] = "none"
+    full_search_growth: float = 2.0
+    surprise: float = 1.0
+    fresh_offsets: int = 3
 
     def __post_init__(self) -> None:
         for name in ("length_bounds", "noise_bounds", "signal_bounds"):
@@ -111,6 +125,9 @@ class GPConfig:
             raise ValueError(f"trend must be 'none', 'constant' or 'linear', got {self.trend!r}")
         if self.output_warp not in ("none", "log"):
             raise ValueError(f"output_warp must be 'none' or 'log', got {self.output_warp!r}")
+        if self.full_search_growth < 1 or self.surprise < 0 or self.fresh_offsets < 1:
+            raise ValueError(f"full_search_growth must be >= 1, surprise >= 0 and fresh_offsets >= 1, got "
+                             f"{self.full_search_growth}, {self.surprise}, {self.fresh_offsets}")
         if self.max_iter < 1 or self.reoptimise_growth < 0:
             raise ValueError(f"max_iter must be >= 1 and reoptimise_growth >= 0, got {self.max_iter}, {self.reoptimise_growth}")
 
@@ -126,6 +143,11 @@ def matern52(a: np.ndarray, b: np.ndarray, lengths: np.ndarray, signal: float) -
     r2 = np.maximum((sa * sa).sum(1)[:, None] + (sb * sb).sum(1)[None, :] - 2.0 * sa @ sb.T, 0.0)
     r = np.sqrt(r2)
     return signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r2) * np.exp(-_SQRT5 * r)
+
+
+def _squared_differences(x: np.ndarray) -> np.ndarray:
+    """``(N^2, dim)``: ``(x_i - x_j)^2`` along each input, row ``i N + j``."""
+    return ((x[:, None, :] - x[None, :, :]) ** 2).reshape(-1, x.shape[1])
 
 
 class LeaveOneOut(NamedTuple):
@@ -207,6 +229,9 @@ class GaussianProcess:
         self._chosen_on, self._last_nll = 0, 0.0
         self.evaluations = 0  # likelihood evaluations over all fits (the cost of fitting)
         self.warp: LogWarp | None = None  # the output warping (config.output_warp == "log"), chosen with the hyperparameters
+        self._full_on, self._nll_y = 0, 0.0  # points at the warping's last full search; nll of the original targets at the last choice
+        self.full_searches = 0  # warped choices that tried every offset with fresh starts
+        self.surprises = 0  # light warped choices whose likelihood dropped, so that a full search followed
 
     def _trend_terms(self) -> int:
         return {"none": 0, "constant": 1, "linear": 1 + self.dim}[self.config.trend]
@@ -225,7 +250,10 @@ class GaussianProcess:
             return np.zeros(0)
         kih = solve(h)
         gram = h.T @ kih
-        return np.linalg.lstsq(gram + 1e-10 * np.trace(gram) * np.eye(len(gram)), kih.T @ y, rcond=None)[0]
+        rhs = kih.T @ y
+        if gram.shape == (1, 1):  # the constant trend: a weighted mean
+            return rhs / (gram[0] * (1.0 + 1e-10))
+        return np.linalg.lstsq(gram + 1e-10 * np.trace(gram) * np.eye(len(gram)), rhs, rcond=None)[0]
 
     def _default_theta(self) -> np.ndarray:
         return np.log(np.concatenate([np.full(self.dim, 0.3), [1.0, 1e-3]]))
@@ -238,27 +266,33 @@ class GaussianProcess:
         e = np.exp(theta)
         return e[: self.dim], float(e[self.dim]), float(e[self.dim + 1])
 
-    def _neg_log_likelihood(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    def _neg_log_likelihood(self, theta: np.ndarray, x: np.ndarray, y: np.ndarray,
+                            sq: np.ndarray | None = None) -> tuple[float, np.ndarray]:  # fmt: skip
         """The negative log marginal likelihood and its gradient in ``theta`` (R&W eq. 5.9).
 
         ``dK/dlog l_i = s (5/3) (1 + sqrt5 r) exp(-sqrt5 r) d_i^2 / l_i^2`` (the Matérn 5/2
         kernel differentiated through ``r``), ``dK/dlog s = K - noise I``, ``dK/dlog noise = noise I``.
+        ``sq``, the ``(N^2, dim)`` squared differences of ``x`` along each input, does not change
+        during an optimisation (:meth:`_optimise` passes it): the scaled distances are then one
+        matrix-vector product, and the length scales' gradient another.
         """
         self.evaluations += 1
+        n = len(x)
+        if sq is None:
+            sq = _squared_differences(x)
         lengths, signal, noise = self._unpack(theta)
-        d2 = ((x[:, None, :] - x[None, :, :]) / lengths) ** 2  # (N, N, dim)
-        r = np.sqrt(np.maximum(d2.sum(-1), 0.0))
+        inv_l2 = 1.0 / (lengths * lengths)
+        r = np.sqrt(np.maximum(sq @ inv_l2, 0.0)).reshape(n, n)
         decay = np.exp(-_SQRT5 * r)
         ks = signal * (1.0 + _SQRT5 * r + 5.0 / 3.0 * r * r) * decay
-        k = ks + (noise + 1e-8) * np.eye(len(x))
-        try:
-            low = np.linalg.cholesky(k)
-        except np.linalg.LinAlgError:
+        k = ks + (noise + 1e-8) * np.eye(n)
+        low, info = dpotrf(k, lower=1, clean=1)  # LAPACK directly: scipy's wrappers' checks cost as much at N ~ 100
+        if info != 0:
             return 1e10, np.zeros_like(theta)  # not positive definite at these hyperparameters: reject the step
-        beta = self._gls(lambda b: cho_solve((low, True), b), x, y)
+        beta = self._gls(lambda b: dpotrs(low, b, lower=1)[0], x, y)
         y = y - self._basis(x) @ beta  # profiled: at the optimal beta, the gradient in theta is the partial one
-        alpha = cho_solve((low, True), y)
-        nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * len(y) * math.log(2 * math.pi))
+        alpha = dpotrs(low, y, lower=1)[0]
+        nll = float(0.5 * y @ alpha + np.log(np.diag(low)).sum() + 0.5 * n * math.log(2 * math.pi))
         inv, info = dpotri(low, lower=1)  # K^-1 from its factor: a third of solving against the identity
         if info != 0:
             return 1e10, np.zeros_like(theta)
@@ -266,7 +300,7 @@ class GaussianProcess:
         w = inv - np.outer(alpha, alpha)  # K^-1 - alpha alpha^T
         common = signal * 5.0 / 3.0 * (1.0 + _SQRT5 * r) * decay
         grad = np.empty_like(theta)
-        grad[: self.dim] = 0.5 * np.einsum("ij,ij,ijk->k", w, common, d2)
+        grad[: self.dim] = 0.5 * ((w * common).reshape(-1) @ sq) * inv_l2
         grad[self.dim] = 0.5 * np.sum(w * ks)
         grad[self.dim + 1] = 0.5 * noise * np.trace(w)
         return nll, grad
@@ -313,23 +347,65 @@ class GaussianProcess:
         return (g - self._y_mean) / self._y_scale
 
     def _choose_warped(self, x: np.ndarray, y: np.ndarray) -> None:
-        """Choose hyperparameters and the log warping's offset together: for each offset of
-        :data:`LOG_OFFSETS` and for no warping, the hyperparameters that maximise the likelihood of the warped
-        targets; the pair whose likelihood of the *original* targets is largest wins (the
-        warped one plus the Jacobian of warping and standardising)."""
-        start = self._theta
-        best: tuple[float, np.ndarray, LogWarp | None, float] | None = None
-        for offset in (None, *LOG_OFFSETS):  # None: no warping, a candidate like the others
-            self.warp, self._theta = (None if offset is None else log_warp(y, offset)), start
-            ys = self._standardise(y)
-            theta, nll = self._optimise(x, ys)
-            nll_y = nll + len(y) * math.log(self._y_scale) - (0.0 if self.warp is None else log_jacobian(self.warp, y))
-            if best is None or nll_y < best[0]:
-                best = (nll_y, theta, self.warp, nll)
-        assert best is not None
-        _, self._theta, self.warp, self._last_nll = best
-        self._chosen_on = len(y)
+        """Choose hyperparameters and the log warping's offset together.
+
+        For each offset tried (of :data:`LOG_OFFSETS`, and no warping), the hyperparameters that
+        maximise the likelihood of the warped targets; the pair whose likelihood of the *original*
+        targets is largest wins (the warped one plus the Jacobian of warping and standardising).
+        A full search tries every offset, each also from the fresh starts; it runs at the first
+        choice, once the data grew by ``full_search_growth`` since the last one, and when a light
+        search is surprised. A light search (the choices in between) warm-starts from the last
+        choice with its offset and the two next to it on the ladder (no warping next to the
+        largest offset): 3 optimisations instead of 24. It is surprised when the likelihood per
+        point of its best pair is lower than at the last choice by more than ``surprise``.
+        """
+        c, n = self.config, len(y)
+        full = self._full_on == 0 or n >= c.full_search_growth * self._full_on
+        ladder: tuple[float | None, ...] = (*LOG_OFFSETS, None)  # None: no warping, beyond the largest offset
+        if full:
+            tried = ladder
+        else:
+            at = ladder.index(None if self.warp is None else self.warp.offset)
+            tried = ladder[max(at - 1, 0) : at + 2]
+        best = self._search_offsets(x, y, tried, fresh=full)
+        if not full and best[0] / n > self._nll_y / max(self._chosen_on, 1) + c.surprise:
+            self.surprises += 1
+            full = True
+            again = self._search_offsets(x, y, ladder, fresh=True)
+            best = again if again[0] < best[0] else best
+        self._nll_y, self._theta, self.warp, self._last_nll = best
+        if full:
+            self._full_on = n
+            self.full_searches += 1
+        self._chosen_on = n
         self.choices += 1
+
+    def _search_offsets(self, x: np.ndarray, y: np.ndarray, offsets: tuple[float | None, ...],
+                        fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip
+        """The best ``(nll of y, theta, warping, nll of the warped targets)`` over ``offsets``, each
+        optimised from the last choice; when ``fresh``, the ``fresh_offsets`` best of them are
+        optimised again from the fresh starts (the offsets far behind after a warm start are not
+        the ones a fresh start would lift to the top: their likelihoods differ by nats per point)."""
+        start = self._theta
+        found: list[tuple[float, np.ndarray, LogWarp | None, float]] = []
+        for offset in offsets:
+            found.append(self._fit_offset(x, y, offset, start, fresh=False))
+        found.sort(key=lambda f: f[0])
+        if fresh:
+            again = [self._fit_offset(x, y, None if f[2] is None else f[2].offset, start, fresh=True)
+                     for f in found[: self.config.fresh_offsets]]  # fmt: skip
+            found = sorted(found + again, key=lambda f: f[0])
+        return found[0]
+
+    def _fit_offset(self, x: np.ndarray, y: np.ndarray, offset: float | None, start: np.ndarray,
+                    fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip
+        """Optimise the hyperparameters for one offset (``None``: no warping) from ``start``, and from
+        the fresh starts when ``fresh``; ``(nll of y, theta, warping, nll of the warped targets)``."""
+        self.warp, self._theta = (None if offset is None else log_warp(y, offset)), start
+        ys = self._standardise(y)
+        theta, nll = self._optimise(x, ys, fresh, warm=not fresh)
+        nll_y = nll + len(y) * math.log(self._y_scale) - (0.0 if self.warp is None else log_jacobian(self.warp, y))
+        return nll_y, theta, self.warp, nll
 
     def _degenerate(self, theta: np.ndarray, x: np.ndarray) -> bool:
         """Whether ``theta`` explains the data as nearly uncorrelated: a point's correlation
@@ -339,19 +415,23 @@ class GaussianProcess:
         np.fill_diagonal(corr, 0.0)
         return bool(np.mean(corr.max(1)) < 0.1)
 
-    def _optimise(self, x: np.ndarray, ys: np.ndarray) -> tuple[np.ndarray, float]:
-        """Maximise the marginal likelihood from the last choice, and from the default while
-        the data are few or when the last choice's optimum is degenerate; the best
-        hyperparameters and their negative log likelihood."""
+    def _optimise(self, x: np.ndarray, ys: np.ndarray, fresh: bool = True, warm: bool = True) -> tuple[np.ndarray, float]:
+        """Maximise the marginal likelihood from the last choice (when ``warm``), and from the fresh
+        starts while the data are few (and ``fresh``) or when the last choice's optimum is
+        degenerate; the best hyperparameters and their negative log likelihood."""
         best: tuple[float, np.ndarray] | None = None
-        fresh = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
-        for i, start in enumerate([self._theta, *fresh]):
+        starts = [np.log(np.concatenate([np.full(self.dim, length), [1.0, 1e-3]])) for length in self.config.fresh_lengths]
+        sq = _squared_differences(x)
+        for i, start in enumerate([self._theta, *starts]):
+            if i == 0 and not warm and starts:
+                continue  # the caller has the warm start's optimum already
             again = i > 0
-            if again and self.fits > 0 and len(ys) >= self.config.fresh_starts_until and best is not None and not self._degenerate(best[1], x):
+            few = fresh and len(ys) < self.config.fresh_starts_until
+            if again and self.fits > 0 and not few and best is not None and not self._degenerate(best[1], x):
                 break
-            if again and self.fits == 0 and np.array_equal(start, self._theta):
+            if again and warm and self.fits == 0 and np.array_equal(start, self._theta):
                 continue  # the first fit already started from the default
-            res = minimize(self._neg_log_likelihood, start, args=(x, ys), method="L-BFGS-B", jac=True, bounds=self._bounds(),
+            res = minimize(self._neg_log_likelihood, start, args=(x, ys, sq), method="L-BFGS-B", jac=True, bounds=self._bounds(),
                            options={"maxiter": self.config.max_iter})  # fmt: skip
             if best is None or res.fun < best[0]:
                 best = (float(res.fun), np.asarray(res.x))
@@ -465,7 +545,8 @@ class GaussianProcess:
         return {"theta": self._theta.copy(), "x": self._x.copy(), "y_mean": self._y_mean, "y_scale": self._y_scale,
                 "alpha": self._alpha.copy(), "fits": self.fits, "choices": self.choices, "chosen_on": self._chosen_on,
                 "last_nll": self._last_nll, "beta": self._beta.copy(),
-                "warp": None if self.warp is None else (self.warp.offset, self.warp.shift)}  # fmt: skip
+                "warp": None if self.warp is None else (self.warp.offset, self.warp.shift),
+                "full_on": self._full_on, "nll_y": self._nll_y}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a process of the same dimension.
@@ -481,6 +562,7 @@ class GaussianProcess:
         self.choices, self._chosen_on, self._last_nll = int(state["choices"]), int(state["chosen_on"]), float(state["last_nll"])
         warp = state.get("warp")
         self.warp = None if warp is None else LogWarp(float(warp[0]), float(warp[1]))
+        self._full_on, self._nll_y = int(state.get("full_on", 0)), float(state.get("nll_y", 0.0))  # 0: search in full next
         x = np.asarray(state["x"], np.float64).reshape(-1, self.dim)
         if len(x):
             # Refactor from the data (a Cholesky factor is cheap to recompute and large to store).

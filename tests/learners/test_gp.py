@@ -42,6 +42,25 @@ def test_likelihood_gradient_matches_finite_differences() -> None:
     np.testing.assert_allclose(analytic, numeric, rtol=1e-4, atol=1e-4)
 
 
+def test_likelihood_is_the_gaussian_log_density_with_and_without_precomputed_differences() -> None:
+    # trend "none": -log N(y; 0, K + (noise + jitter) I), the closed form, whichever way distances are computed.
+    from scipy.stats import multivariate_normal
+
+    from coupler.learners.gp import _squared_differences
+
+    rng = np.random.default_rng(1)
+    gp = GaussianProcess(GPConfig(trend="none"), 3)
+    x = rng.uniform(size=(25, 3))
+    y = np.sin(4 * x[:, 0]) + x[:, 2]
+    theta = np.log(np.array([0.3, 0.7, 0.2, 1.3, 0.02]))
+    lengths, signal, noise = gp._unpack(theta)
+    cov = matern52(x, x, lengths, signal) + (noise + 1e-8) * np.eye(len(x))
+    nll, grad = gp._neg_log_likelihood(theta, x, y)
+    assert nll == pytest.approx(-multivariate_normal(np.zeros(len(x)), cov).logpdf(y), rel=1e-10)
+    nll_sq, grad_sq = gp._neg_log_likelihood(theta, x, y, _squared_differences(x))
+    assert nll_sq == nll and np.array_equal(grad_sq, grad)
+
+
 def test_fit_interpolates_a_smooth_function_and_knows_where_it_has_no_data() -> None:
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(40, 2))

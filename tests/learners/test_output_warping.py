@@ -97,3 +97,55 @@ def test_refits_keep_the_offset_and_a_checkpoint_restores_the_warping() -> None:
     test = rng.uniform(size=(50, 1))
     np.testing.assert_allclose(restored.predict(test)[0], gp.predict(test)[0], rtol=1e-10)
     assert restored.warp == gp.warp
+
+
+def _exp_of_plane_and_sine(x: np.ndarray) -> np.ndarray:
+    return np.exp(3.0 * np.sin(4.0 * x[:, 0]) + x[:, 1])  # its logarithm is smooth: an exact log warping, shift 0
+
+
+def test_light_choices_find_the_model_of_a_full_search_at_every_choice_for_a_fraction_of_the_fits() -> None:
+    # The default schedule searches every offset with fresh starts at 12 and 27 points only (the data
+    # doubled) and warm-starts 3 offsets in between; searching in full at every choice finds the same
+    # offsets and hyperparameters here, so the maps agree to rounding (measured: within 2e-9 of the range).
+    rng = np.random.default_rng(5)
+    x = rng.uniform(size=(48, 2))
+    test = rng.uniform(size=(400, 2))
+    light = GaussianProcess(GPConfig(output_warp="log"), 2)
+    full = GaussianProcess(GPConfig(output_warp="log", full_search_growth=1.0), 2)
+    spent = {"light": 0, "full": 0}
+    for n in (12, 15, 18, 22, 27, 33, 40, 48):
+        before = (light.evaluations, full.evaluations)
+        light.fit(x[:n], _exp_of_plane_and_sine(x[:n]))
+        full.fit(x[:n], _exp_of_plane_and_sine(x[:n]))
+        if n not in (12, 27):
+            spent["light"] += light.evaluations - before[0]
+            spent["full"] += full.evaluations - before[1]
+        assert light.warp is not None and full.warp is not None and light.warp.offset == full.warp.offset
+        np.testing.assert_allclose(light.length_scales, full.length_scales, rtol=1e-3)
+        gap = np.sqrt(np.mean((light.predict(test)[0] - full.predict(test)[0]) ** 2))
+        assert gap < 1e-5 * np.ptp(_exp_of_plane_and_sine(test))
+    assert (light.full_searches, full.full_searches, light.choices) == (2, 8, 8)
+    assert spent["light"] < spent["full"] / 3  # measured: about 1/8 of the likelihood evaluations
+
+
+def test_the_full_search_runs_when_the_data_doubled_and_when_the_likelihood_drops() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.uniform(size=(60, 2))
+    y = _exp_of_plane_and_sine(x)
+    gp = GaussianProcess(GPConfig(output_warp="log", reoptimise_growth=0.2, full_search_growth=2.0), 2)
+    fulls = []
+    for n in (10, 12, 15, 18, 20, 25, 40):  # choices at all but 20 (< 1.2 * 18); full where n >= 2 * the last full
+        gp.fit(x[:n], y[:n])
+        fulls.append(gp.full_searches)
+    assert fulls == [1, 1, 1, 1, 1, 2, 2] and gp.choices == 6 and gp.surprises == 0
+    # Five values from another surface: the likelihood per point drops by 4 nats (-0.89 to 3.1), so the
+    # light choice is followed at once by a full search.
+    other = y[:48].copy()
+    other[43:] = rng.uniform(0.0, 50.0, 5)
+    gp.fit(x[:48], other)  # 48 >= 1.2 * 40: a choice; 48 < 2 * 25: light, surprised
+    assert gp.surprises == 1 and gp.full_searches == 3
+    restored = GaussianProcess(GPConfig(output_warp="log"), 2)
+    restored.load_state_dict(decode(encode(gp.state_dict())))
+    assert (restored._full_on, restored._nll_y) == (gp._full_on, gp._nll_y) == (48, gp._nll_y)
+    with pytest.raises(ValueError, match="full_search_growth"):
+        GPConfig(full_search_growth=0.5)
