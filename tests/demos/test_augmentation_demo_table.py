@@ -96,7 +96,7 @@ def test_hybrid_run_times_the_real_solver_and_surrogate_on_the_same_runs() -> No
 
 
 def _turbulence_rows() -> list[dict[str, Any]]:
-    base = {"rel_l2_mean": 0.2}
+    base = {"rel_l2_mean": 0.2, "rel_l2_first": 0.1}
     return [
         {**base, "k/m": "0/1", "solver_steps": 80, "step_speedup": 1.0, "wall_speedup": 1.0, "wall_ms": 10.0,
          "rel_l2_final": 0.0, "rel_l2_mean": 0.0, "corr_final": 1.0},
@@ -119,8 +119,9 @@ def test_the_turbulence_trade_off_says_a_slower_setting_is_slower_and_why() -> N
     assert "0.85x" not in table  # no speed-up below 1 is printed
     assert lines[0].startswith("  one surrogate pass 2.5 ms vs one block of K=20 solver steps 4.0 ms")
     assert "12.5 solver steps" in lines[0]
-    assert "the solver" in lines[2] and "1.18x SLOWER" in lines[3] and "1.10x faster" in lines[4]
-    assert "0.930" in lines[4] and "24.00%" in lines[4]
+    assert lines[1] == "  one surrogate jump from the held-out start: rel. L2 10.0% against the solver"  # the 1/1 row's first block
+    assert "the solver" in lines[3] and "1.18x SLOWER" in lines[4] and "1.10x faster" in lines[5]
+    assert "0.930" in lines[5] and "24.00%" in lines[5]
     slower = next(line for line in lines if line.startswith("  slower than the solver"))
     assert slower.startswith("  slower than the solver: 1/2.") and "Why:" in slower
     assert "slower than the solver" not in "\n".join(trade_off_lines([rows[0], rows[2]], k=20, pass_ms=2.5, block_ms=4.0))
@@ -157,6 +158,7 @@ def test_the_turbulence_rows_are_the_ratio_of_the_measured_times_and_the_errors_
     assert half["solver_steps"] == 40 and half["step_speedup"] == pytest.approx(2.0)
     assert half["rel_l2_final"] == pytest.approx(float(rel_l2(hybrid[-1], truth[-1]).mean()))
     assert half["rel_l2_mean"] == pytest.approx(float(rel_l2(hybrid, truth).mean()))
+    assert half["rel_l2_first"] == pytest.approx(float(rel_l2(hybrid[0], truth[0]).mean()))
     assert half["corr_final"] == pytest.approx(float(vorticity_correlation(hybrid[-1], truth[-1]).mean()))
     assert 0.9 < half["corr_final"] < 1.0
 
