@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from coupler.actors.base import ActorHost
-from coupler.actors.hybrid import HybridSchedule, HybridSimulatorActor, surrogate_jump
+from coupler.actors.hybrid import HybridSchedule, HybridSimulatorActor
 from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.fno import FNOConfig
@@ -259,8 +259,10 @@ def hybrid_runs(sim: NavierStokes2D, trainer: OnlineTrainer, state: Any, params:
             fields[i] = run(schedule)
             best[i] = min(best[i], time.perf_counter() - t0)
     return HybridRuns(
-        k=k, schedules=tuple(schedules), seconds=tuple(best), fields=tuple(np.stack([np.asarray(w) for w in f_]) for f_ in fields),
-        pass_seconds=_best_of(lambda: jump(state, f), repeats), block_seconds=_best_of(lambda: solver(state, params), repeats),
+        k=k, schedules=tuple(schedules), seconds=tuple(best),
+        fields=tuple(np.stack([np.asarray(w) for w in per_block]) for per_block in fields),
+        pass_seconds=_best_of(lambda: jump(state, f), repeats),
+        block_seconds=_best_of(lambda: solver(state, params), repeats),
     )
 
 
@@ -286,7 +288,8 @@ def trade_off_rows(runs: HybridRuns) -> list[dict[str, Any]]:
     return rows
 
 
-def trade_off(args: argparse.Namespace, sim: NavierStokes2D, config: FNOConfig, weights: dict[str, Any]) -> tuple[HybridRuns, dict[str, np.ndarray]]:
+def trade_off(args: argparse.Namespace, sim: NavierStokes2D, config: FNOConfig,
+              weights: dict[str, Any]) -> tuple[HybridRuns, dict[str, np.ndarray]]:
     """Step 3: time and error of k-of-m hybrids on held-out runs, against the pure solver."""
     trainer = OnlineTrainer(config)
     trainer.set_weights(weights)
@@ -294,7 +297,8 @@ def trade_off(args: argparse.Namespace, sim: NavierStokes2D, config: FNOConfig, 
     state = jax.vmap(sim.init)(jax.random.split(jax.random.key(20_000 + args.seed), args.test_members), params)
     schedules = [HybridSchedule(0, 1)] + [HybridSchedule(*map(int, s.split("/"))) for s in args.settings.split(",")]
     schedules.append(HybridSchedule(1, 1))
-    runs = hybrid_runs(sim, trainer, state, params, features(params), args.k, args.rollout_blocks, tuple(schedules), args.repeats)
+    runs = hybrid_runs(sim, trainer, state, params, features(params), args.k, args.rollout_blocks, tuple(schedules),
+                       args.repeats)
     pictures = {"truth": runs.fields[0][-1, 0], "surrogate 1/1": runs.fields[-1][-1, 0]}
     mid = len(schedules) // 2
     pictures[f"hybrid {schedules[mid].replace}/{schedules[mid].every}"] = runs.fields[mid][-1, 0]
@@ -427,7 +431,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(f"Online training: {live['simulations_streamed']} simulations, {live['samples_streamed']} pairs streamed")
     print(f"Hybrid actor during training (1 of 2 blocks by surrogate once weights arrived): "
-          f"{live['solver_blocks']} solver / {live['surrogate_blocks']} surrogate blocks, last weights of step {live['weights_step']}")
+          f"{live['solver_blocks']} solver / {live['surrogate_blocks']} surrogate blocks, "
+          f"last weights of step {live['weights_step']}")
     print()
     print(f"Hybrid trade-off on {args.test_members} held-out runs ({sim.n}x{sim.n}, from t = {args.spin_up * sim.dt:.1f} "
           f"after spin-up), {args.rollout_blocks} blocks of K={args.k} steps (t = {t_end:.2f}); solver and surrogate "
