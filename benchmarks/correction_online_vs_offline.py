@@ -279,6 +279,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="range of the drawn forcing amplitude (default: the setup's, 0.8 1.2)")
     p.add_argument("--steps", type=int, default=0, help="override the step budget")
     p.add_argument("--offline-sims", type=int, default=0, help="override the stored simulations (the memory budget)")
+    p.add_argument("--patience", type=int, default=0,
+                   help="override offline early stopping's patience in epochs (a large value: train the whole budget, keep the best)")
     p.add_argument("--seeds", type=int, default=1, help="seeds seed .. seed+N-1 (mean and SE of the reduction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -297,6 +299,8 @@ def setup_from_args(args: argparse.Namespace) -> CorrectionSetup:
         setup = replace(setup, train_steps=args.steps)
     if args.offline_sims:
         setup = replace(setup, offline_sims=args.offline_sims)
+    if args.patience:
+        setup = replace(setup, patience=args.patience)
     return setup
 
 
@@ -318,7 +322,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     summary = {"mean": float(x.mean()), "se": se, "seeds": len(x), "model": args.model,
                "viscosity": list(setup.viscosity), "amplitude": list(setup.amplitude), "step_budget": setup.train_steps,
-               "memory_budget_windows": setup.capacity}
+               "memory_budget_windows": setup.capacity, "patience": setup.patience}
     print(f"online error reduction {100 * summary['mean']:+.1f} % +- {100 * se:.1f} % (mean +- SE over {len(x)} seeds; "
           "target >= 15 %)")
     if args.json:

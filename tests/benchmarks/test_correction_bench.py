@@ -14,9 +14,10 @@ def test_the_command_line_sets_the_model_the_ranges_and_the_budgets() -> None:
     default = correction.setup_from_args(correction.parse_args([]))
     assert default == correction.correction_setup(quick=False)
     args = correction.parse_args(["--quick", "--model", "cnn", "--viscosity", "0.008", "0.04", "--amplitude", "0.5", "1.5",
-                                  "--offline-sims", "6", "--steps", "50"])
+                                  "--offline-sims", "6", "--steps", "50", "--patience", "1000"])
     setup = correction.setup_from_args(args)
     assert setup.model == correction.MODELS["cnn"]
     assert setup.viscosity == (0.008, 0.04) and setup.amplitude == (0.5, 1.5)
+    assert setup.patience == 1000 and default.patience == 10
     assert setup.train_steps == 50 and setup.offline_sims == 6 and setup.capacity == 6 * setup.blocks
     assert setup.simulator == default.simulator  # the runs themselves are the same
