@@ -54,6 +54,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -66,6 +67,7 @@ from flax import nnx
 
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, corrected_rollout
+from coupler.learners.learned_interpolation import ClosedLearnedInterpolationConfig, LearnedInterpolationConfig
 from coupler.learners.mixed_closure import MixedClosureConfig
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
@@ -206,6 +208,8 @@ MODELS = {
     "closure-cnn": ClosureWithCorrectionConfig(SpectralClosureConfig(hidden=32, depth=2)),
     "mixed": MixedClosureConfig(hidden=32, depth=2, features=("similarity",)),
     "mixed-gradient": MixedClosureConfig(hidden=32, depth=2, features=("similarity", "gradient")),
+    "interp": LearnedInterpolationConfig(width=8, depth=3),
+    "closure-interp": ClosedLearnedInterpolationConfig(SpectralClosureConfig(hidden=32, depth=2), LearnedInterpolationConfig(width=8, depth=3)),
 }
 """The learned models ``--model`` picks from (the setup's own when not given)."""
 
@@ -494,6 +498,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unroll", type=int, default=0, help="unroll length of the solver-in-the-loop training (default: the setup's, else window - 1)")
     p.add_argument("--train-steps", type=int, default=0, help="override the optimiser steps of each training")
     p.add_argument("--train-runs", type=int, default=0, help="override the number of fine training runs")
+    p.add_argument("--eval-runs", type=int, default=0, help="override the number of held-out (or validation) runs")
     p.add_argument("--model", default="", choices=["", *MODELS], help="the learned model (default: the setup's)")
     p.add_argument("--viscosity", default="", help="override the viscosity range, 'lo,hi'")
     p.add_argument("--eval-time", type=float, default=0.0, help="override the horizon (time units)")
@@ -538,10 +543,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         setup = replace(setup, viscosity=(lo, hi))
     if args.eval_time:
         setup = replace(setup, eval_time=args.eval_time)
-    if args.learned_step:
-        setup = replace(setup, learned_step=args.learned_step)
-    if args.plain_steps:
-        setup = replace(setup, plain_steps=tuple(args.plain_steps))
+    if args.eval_runs:
+        setup = replace(setup, eval_runs=args.eval_runs)
+    if args.learned_step or args.plain_steps:
+        learned_step = args.learned_step or setup.learned_step
+        plain_steps = tuple(args.plain_steps or setup.plain_steps)
+        # Frames at a common multiple of every step, so that every row is compared at the same times.
+        every = math.lcm(setup.frame_every, learned_step, *plain_steps)
+        setup = replace(setup, frame_every=every, learned_step=learned_step, plain_steps=plain_steps)
     if args.model:
         setup = replace(setup, model=MODELS[args.model])
     key = jax.random.key(args.seed)
