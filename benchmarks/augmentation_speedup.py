@@ -36,12 +36,17 @@ minutes on a shared 2-core machine). ``--quick16``: coarse 16, reference 64, 64
 held-out runs, the spectral closure (the earlier measured setup of
 docs/augmentation.md). Default: coarse 32, reference 128 (the old additive-CNN
 setup). ``--tiny`` only exercises the code path (the smoke test).
+``--model closure interp``: one or several learned models (``MODELS``; ``interp`` is the learned
+interpolation of ``learners.learned_interpolation``, ``closure-interp`` it on top of the closure),
+each trained with every schedule on the same windows. ``--eval-runs N``: the evaluation runs.
 ``--schedules 1 32 8,32,64``: the trainings, one row each (an unroll length, or a
 curriculum of them over one training). ``--validation``: evaluate on runs drawn
 from another key than the held-out runs, for choosing a configuration (the
 held-out runs only report). ``--ic-bound``: add the reference solver started
 from the coarse initial field (``reference-coarse-ic``; see ``evaluate``).
-``--plain-steps 1 2`` (the default): every plain solver also at twice its own step (``plain-2dt``);
+``--plain-steps 1 2`` (the default): every plain solver also at twice its own step (``plain-2dt``;
+``1 2 4`` adds four times, where plain 32^2 of ``--quick16`` is still as accurate; the frames are then
+compared every common multiple of all the steps);
 the speed-up is against the cheapest plain row as accurate as the matched one
 (see ``summarize``). ``--learned-step K``: the corrected solver's step in plain
 coarse steps.
