@@ -36,12 +36,17 @@ minutes on a shared 2-core machine). ``--quick16``: coarse 16, reference 64, 64
 held-out runs, the spectral closure (the earlier measured setup of
 docs/augmentation.md). Default: coarse 32, reference 128 (the old additive-CNN
 setup). ``--tiny`` only exercises the code path (the smoke test).
+``--model closure interp``: one or several learned models (``MODELS``; ``interp`` is the learned
+interpolation of ``learners.learned_interpolation``, ``closure-interp`` it on top of the closure),
+each trained with every schedule on the same windows. ``--eval-runs N``: the evaluation runs.
 ``--schedules 1 32 8,32,64``: the trainings, one row each (an unroll length, or a
 curriculum of them over one training). ``--validation``: evaluate on runs drawn
 from another key than the held-out runs, for choosing a configuration (the
 held-out runs only report). ``--ic-bound``: add the reference solver started
 from the coarse initial field (``reference-coarse-ic``; see ``evaluate``).
-``--plain-steps 1 2`` (the default): every plain solver also at twice its own step (``plain-2dt``);
+``--plain-steps 1 2`` (the default): every plain solver also at twice its own step (``plain-2dt``;
+``1 2 4`` adds four times, where plain 32^2 of ``--quick16`` is still as accurate; the frames are then
+compared every common multiple of all the steps);
 the speed-up is against the cheapest plain row as accurate as the matched one
 (see ``summarize``). ``--learned-step K``: the corrected solver's step in plain
 coarse steps.
@@ -54,6 +59,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -66,6 +72,7 @@ from flax import nnx
 
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, corrected_rollout
+from coupler.learners.learned_interpolation import ClosedLearnedInterpolationConfig, LearnedInterpolationConfig
 from coupler.learners.mixed_closure import MixedClosureConfig
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
@@ -206,6 +213,8 @@ MODELS = {
     "closure-cnn": ClosureWithCorrectionConfig(SpectralClosureConfig(hidden=32, depth=2)),
     "mixed": MixedClosureConfig(hidden=32, depth=2, features=("similarity",)),
     "mixed-gradient": MixedClosureConfig(hidden=32, depth=2, features=("similarity", "gradient")),
+    "interp": LearnedInterpolationConfig(width=8, depth=3),
+    "closure-interp": ClosedLearnedInterpolationConfig(SpectralClosureConfig(hidden=32, depth=2), LearnedInterpolationConfig(width=8, depth=3)),
 }
 """The learned models ``--model`` picks from (the setup's own when not given)."""
 
@@ -456,11 +465,11 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
 
 def print_table(rows: list[dict[str, Any]], summary: dict[str, Any], setup: Setup, eval_set: str = "held-out") -> None:
     print(f"\nKolmogorov flow, {setup.eval_runs} {eval_set} runs, horizon {setup.eval_time} time units, reference {setup.fine_n}^2")
-    print(f"{'method':<20}{'grid':>6}{'ms/time unit/run':>18}{'t(corr<0.95)':>14}{'rel L2 end':>12}{'training s':>12}{'blew up':>9}")
+    print(f"{'method':<34}{'grid':>6}{'ms/time unit/run':>18}{'t(corr<0.95)':>14}{'rel L2 end':>12}{'training s':>12}{'blew up':>9}")
     for r in rows:
         t = f"{r['time_to_corr_095']:.2f}{'+' if r['censored'] else ''}"
         tr = f"{r['training_s']:.0f}" if "training_s" in r else "-"
-        print(f"{r['method']:<20}{r['resolution']:>6}{1e3 * r['wall_s_per_time_unit']:>18.3f}{t:>14}{r['rel_l2_final']:>12.3f}{tr:>12}{r['unstable_runs']:>9}")
+        print(f"{r['method']:<34}{r['resolution']:>6}{1e3 * r['wall_s_per_time_unit']:>18.3f}{t:>14}{r['rel_l2_final']:>12.3f}{tr:>12}{r['unstable_runs']:>9}")
     name = summary["best_corrected"]
     if summary["matched_resolution"] is None:
         print(f"{name} matches no plain solver's time to correlation 0.95")
@@ -494,7 +503,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--unroll", type=int, default=0, help="unroll length of the solver-in-the-loop training (default: the setup's, else window - 1)")
     p.add_argument("--train-steps", type=int, default=0, help="override the optimiser steps of each training")
     p.add_argument("--train-runs", type=int, default=0, help="override the number of fine training runs")
-    p.add_argument("--model", default="", choices=["", *MODELS], help="the learned model (default: the setup's)")
+    p.add_argument("--eval-runs", type=int, default=0, help="override the number of held-out (or validation) runs")
+    p.add_argument(
+        "--model", default=[], nargs="+", choices=list(MODELS),
+        help="the learned model(s) (default: the setup's); with several, every model is trained with every "
+             "schedule on the same data and its rows are named 'corrected-MODEL-...'",
+    )
     p.add_argument("--viscosity", default="", help="override the viscosity range, 'lo,hi'")
     p.add_argument("--eval-time", type=float, default=0.0, help="override the horizon (time units)")
     p.add_argument(
@@ -538,21 +552,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         setup = replace(setup, viscosity=(lo, hi))
     if args.eval_time:
         setup = replace(setup, eval_time=args.eval_time)
-    if args.learned_step:
-        setup = replace(setup, learned_step=args.learned_step)
-    if args.plain_steps:
-        setup = replace(setup, plain_steps=tuple(args.plain_steps))
-    if args.model:
-        setup = replace(setup, model=MODELS[args.model])
+    if args.eval_runs:
+        setup = replace(setup, eval_runs=args.eval_runs)
+    if args.learned_step or args.plain_steps:
+        learned_step = args.learned_step or setup.learned_step
+        plain_steps = tuple(args.plain_steps or setup.plain_steps)
+        # Frames at a common multiple of every step, so that every row is compared at the same times.
+        every = math.lcm(setup.frame_every, learned_step, *plain_steps)
+        setup = replace(setup, frame_every=every, learned_step=learned_step, plain_steps=plain_steps)
+    choices = [(name, MODELS[name]) for name in args.model] or [("", setup.model)]
+    setup = replace(setup, model=choices[0][1])
     key = jax.random.key(args.seed)
     data, data_s = training_windows(setup, jax.random.fold_in(key, 0))
     print(f"training data: {data['field'].shape[0]} windows of {setup.window} frames in {data_s:.1f} s", flush=True)
     models = {}
-    for stages in schedules:
-        name = "corrected-1step" if stages == (1,) else f"corrected-unroll{'-'.join(map(str, stages))}"
-        model, train_s, loss = train(setup, data, stages, args.seed)
-        print(f"{name}: {setup.train_steps} steps in {train_s:.1f} s, final loss {loss:.2e}", flush=True)
-        models[name] = (model, data_s + train_s)
+    for label, config in choices:
+        for stages in schedules:
+            name = "corrected-1step" if stages == (1,) else f"corrected-unroll{'-'.join(map(str, stages))}"
+            name = f"corrected-{label}{name[len('corrected'):]}" if len(choices) > 1 else name
+            model, train_s, loss = train(replace(setup, model=config), data, stages, args.seed)
+            print(f"{name}: {setup.train_steps} steps in {train_s:.1f} s, final loss {loss:.2e}", flush=True)
+            models[name] = (model, data_s + train_s)
     # The held-out runs are never used to choose a configuration: --validation draws other runs for that.
     rows = evaluate(
         setup, models, jax.random.fold_in(key, VALIDATION_KEY if args.validation else HELD_OUT_KEY), ic_bound=args.ic_bound
@@ -563,6 +583,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "rows": rows,
         "summary": summary,
         "setup": {**asdict(setup), "model": asdict(setup.model)},
+        "models": {label or "default": asdict(config) for label, config in choices},
         "eval_set": "validation" if args.validation else "held-out",
         "schedules": [list(s) for s in schedules],
         "mode": "tiny" if args.tiny else "demo" if args.demo else "quick" if args.quick else "quick16" if args.quick16 else "full",

@@ -63,6 +63,10 @@ from coupler.learners.spectral_closure import ClosureWithCorrection as ClosureWi
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig as ClosureWithCorrectionConfig
 from coupler.learners.mixed_closure import MixedClosureNet as MixedClosureNet
 from coupler.learners.mixed_closure import MixedClosureConfig as MixedClosureConfig
+from coupler.learners.learned_interpolation import LearnedInterpolationNet as LearnedInterpolationNet
+from coupler.learners.learned_interpolation import LearnedInterpolationConfig as LearnedInterpolationConfig
+from coupler.learners.learned_interpolation import ClosedLearnedInterpolation as ClosedLearnedInterpolation
+from coupler.learners.learned_interpolation import ClosedLearnedInterpolationConfig as ClosedLearnedInterpolationConfig
 
 __all__ = [
     "GaussianProcess",
@@ -87,6 +91,10 @@ __all__ = [
     "SpectralClosureConfig",
     "MixedClosureNet",
     "MixedClosureConfig",
+    "LearnedInterpolationNet",
+    "LearnedInterpolationConfig",
+    "ClosedLearnedInterpolation",
+    "ClosedLearnedInterpolationConfig",
     "ClosureWithCorrection",
     "ClosureWithCorrectionConfig",
     "ConvSurrogate",

@@ -142,3 +142,12 @@ def test_training_that_diverges_stops_the_benchmark_with_what_it_saw() -> None:
     data, _ = bench.training_windows(setup, jax.random.key(0))
     with pytest.raises(FloatingPointError, match=r"training diverged at step \d+ .*expected a finite loss"):
         bench.train(setup, data, 1, seed=0)
+
+
+def test_several_models_train_on_the_same_data_and_name_their_rows(capsys) -> None:
+    result = bench.main(["--tiny", "--model", "closure", "interp", "--schedules", "2"])
+    corrected = [r["method"] for r in result["rows"] if r["method"].startswith("corrected")]
+    assert corrected == ["corrected-closure-unroll2", "corrected-interp-unroll2"]
+    assert set(result["models"]) == {"closure", "interp"} and result["models"]["interp"]["stencil"] == 4
+    assert all(r["training_s"] > 0 for r in result["rows"] if r["method"] in corrected)
+    assert "corrected-interp-unroll2" in capsys.readouterr().out
