@@ -34,7 +34,8 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.auth`: the per-cluster stream secret and handshake.
 - :mod:`~coupler.runtime.dataplane.shm`: shared-memory segments on one host.
 - :mod:`~coupler.runtime.dataplane.buffers`: the consumer buffer each policy implies.
-  A ``Queue``'s parts: ``credits`` (slots granted to producers' links, sans-IO),
+  A ``Queue``'s parts: ``queue_links`` (its links from other workers: credits, commits,
+  reader roles), ``credits`` (slots granted to producers' links, sans-IO),
   ``marks`` (taken and committed sequence numbers, dedupe) and ``order_cursor``
   (an input's place in a restored actor's recorded take order).
 - :mod:`~coupler.runtime.dataplane.lineage`: input-order logging (sans-IO): exactly-once

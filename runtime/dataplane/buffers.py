@@ -32,10 +32,11 @@ from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.cancel import Cancel, waking
 from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ChannelClosed, ChannelTimeout, Interrupted, WrongPolicy
-from coupler.runtime.dataplane.credits import CreditLedger, GrantFn
+from coupler.runtime.dataplane.credits import CreditLedger
 from coupler.runtime.dataplane.lineage import META_KEY, LineageStore, ReplayOrder, Take, TakesNote
-from coupler.runtime.dataplane.marks import CommitFn, DeliveryMarks, dedupe, raise_marks
+from coupler.runtime.dataplane.marks import DeliveryMarks, dedupe, raise_marks
 from coupler.runtime.dataplane.order_cursor import OrderCursor
+from coupler.runtime.dataplane.queue_links import CreditedLinks
 from coupler.runtime.dataplane.read_role import Outcome, ReadRole, RoleCondition
 from coupler.runtime.dataplane.receipts import ReceiptLog, floor_of
 from coupler.runtime.message import Message, Spec, flatten, unflatten
@@ -213,7 +214,7 @@ class ConsumerBuffer:
             cond.reading = None
 
 
-class QueueBuffer(ConsumerBuffer):
+class QueueBuffer(CreditedLinks, ConsumerBuffer):
     """Ordered FIFO of at most ``maxsize`` messages, shared by local producers and credited links.
 
     Slots are either held (messages), granted (reserved for a link's future
@@ -292,58 +293,6 @@ class QueueBuffer(ConsumerBuffer):
             grants = self.credits.hand_out()
             self._cond.notify_all()
         self.credits.notify(grants)
-
-    # -- credits for remote producers ------------------------------------------------------
-    def add_link(self, link: int, grant: GrantFn, commit: CommitFn | None = None, role: ReadRole | None = None) -> None:
-        """Register a producer link and how to tell it about new credits (and commits).
-
-        Args:
-            link: the link's id.
-            grant: called with (slots granted, slots reserved for the link in all) when
-                slots are reserved for it.
-            commit: called with the consumer's committed marks, now if there are any and
-                at every :meth:`commit` (the producer then forgets what they cover).
-            role: the link's reader role, which a waiting consumer takes while this
-                is the queue's only link (see read_role.py).
-        """
-        with self._cond:
-            self._roles[link] = role
-            self.credits.add(link, grant)
-            if commit is not None:
-                self.marks.fns[link] = commit
-            marks = dict(self.marks.committed)
-        if commit is not None and marks:
-            commit(marks)
-
-    def remove_link(self, link: int) -> None:
-        """Forget a link; its unused credits become free slots again."""
-        with self._cond:
-            self._roles.pop(link, None)
-            self.credits.remove(link)
-            self.marks.fns.pop(link, None)
-            grants = self.credits.hand_out()
-            self._cond.notify_all()
-        self.credits.notify(grants)
-
-    def want(self, link: int, n: int, returned: int = 0) -> None:
-        """A link would like ``n`` more slots than it holds; grant what is free now, the rest later.
-
-        Args:
-            link: the link's id.
-            n: slots wanted beyond those held.
-            returned: unused slots the link gives back (its producer went idle).
-        """
-        with self._cond:
-            self.credits.want(link, n, returned)
-            if returned:
-                self._cond.notify_all()
-            grants = self.credits.hand_out()
-        self.credits.notify(grants)
-
-    def reserved(self, link: int) -> int:
-        """Slots reserved for ``link``: credits it holds, plus messages on their way, plus grants not yet sent."""
-        with self._cond:
-            return self.credits.reserved(link)
 
     def put_credited(self, link: int, messages: list[Message]) -> int:
         """Accept messages sent against ``link``'s credits (never waits).
@@ -439,13 +388,6 @@ class QueueBuffer(ConsumerBuffer):
 
     def has_message(self) -> bool:
         return bool(self._items) if self._cursor.order is None else self._cursor.pick(self._items) is not None
-
-    def _reader_role(self) -> ReadRole | None:
-        # One stream only: a consumer reading one socket would leave the others' messages waiting. Not for
-        # work-sharing members (their room is offered while they wait) nor a restored actor following an order.
-        if len(self._roles) != 1 or self._pull or self._cursor.order is not None:
-            return None
-        return next(iter(self._roles.values()))
 
     def get(self, timeout: float | None = None) -> Message:
         pulling = False
