@@ -193,7 +193,6 @@ class Kick:
             self._r, self._w = os.pipe()
             os.set_blocking(self._r, False)
             os.set_blocking(self._w, False)
-        self.closed = False
 
     def fileno(self) -> int:
         return self._r
@@ -211,7 +210,6 @@ class Kick:
             pass
 
     def close(self) -> None:
-        self.closed = True
         os.close(self._r)
         if self._w != self._r:
             os.close(self._w)
@@ -269,7 +267,7 @@ class ReadRole:
         park: float = PARK_S,
         park_max: float = PARK_MAX_S,
     ) -> None:
-        self.sock, self.reader, self.handle = sock, reader, handle
+        self.reader, self.handle = reader, handle
         self._state = RoleState(lease, park, park_max)
         self._cond = threading.Condition(threading.Lock())
         self._receiver_kick, self._consumer_kick = Kick(), Kick()
