@@ -425,20 +425,10 @@ def build_setups(args: argparse.Namespace) -> list[Any]:
         s = known[name](args.quick)
         if isinstance(s, correction.CorrectionSetup):
             s = replace(s, model=correction.MODELS[args.correction_model])
-            if args.steps:
-                s = replace(s, train_steps=args.steps)
-            if args.offline_sims:
-                s = replace(s, offline_sims=args.offline_sims)
-            if args.blocks:
-                s = replace(s, blocks=args.blocks)
+        s = correction.with_overrides(s, train_steps=args.steps, offline_sims=args.offline_sims, blocks=args.blocks)
+        if isinstance(s, correction.CorrectionSetup):
             out.append(s)
             continue
-        if args.steps:
-            s = replace(s, train_steps=args.steps)
-        if args.offline_sims:
-            s = replace(s, offline_sims=args.offline_sims)
-        if args.blocks:
-            s = replace(s, blocks=args.blocks)
         if args.grid:
             s = replace(s, simulator=replace(s.simulator, n=args.grid))
         out.append(s)

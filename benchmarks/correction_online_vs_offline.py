@@ -288,20 +288,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def with_overrides(setup: Any, **fields: Any) -> Any:
+    """``setup`` (a dataclass) with each field in ``fields`` that was given (not ``None``, 0 or empty) replaced."""
+    return replace(setup, **{k: v for k, v in fields.items() if v})
+
+
 def setup_from_args(args: argparse.Namespace) -> CorrectionSetup:
     """``correction_setup`` with the command line's model, ranges and budgets."""
-    setup = replace(correction_setup(args.quick), model=MODELS[args.model])
-    if args.viscosity:
-        setup = replace(setup, viscosity=tuple(args.viscosity))
-    if args.amplitude:
-        setup = replace(setup, amplitude=tuple(args.amplitude))
-    if args.steps:
-        setup = replace(setup, train_steps=args.steps)
-    if args.offline_sims:
-        setup = replace(setup, offline_sims=args.offline_sims)
-    if args.patience:
-        setup = replace(setup, patience=args.patience)
-    return setup
+    return with_overrides(
+        replace(correction_setup(args.quick), model=MODELS[args.model]),
+        viscosity=tuple(args.viscosity or ()),
+        amplitude=tuple(args.amplitude or ()),
+        train_steps=args.steps,
+        offline_sims=args.offline_sims,
+        patience=args.patience,
+    )
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
