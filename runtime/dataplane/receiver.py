@@ -520,13 +520,11 @@ class Receiver:
                 self._ack()
             return True
 
-        if not queue:
-            while handle(*reader.read()):
-                pass
-            return
-        self.grant_chunk = max(1, maxsize // 8)
-        if isinstance(self.sock, ssl.SSLSocket):  # TLS keeps bytes that poll cannot see: no reader role
-            buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
+        if queue:
+            self.grant_chunk = max(1, maxsize // 8)
+        if not queue or isinstance(self.sock, ssl.SSLSocket):  # TLS keeps bytes that poll cannot see: no reader role
+            if queue:
+                buf.add_link(self.id, self._grant, self._commit)  # type: ignore[union-attr]
             while handle(*reader.read()):
                 pass
             return
