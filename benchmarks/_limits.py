@@ -4,6 +4,12 @@ These are what a transport could reach at best: ``tcp-raw`` streams the same
 payloads with ``sendall``/``recv_into`` into a preallocated buffer (no framing,
 no serialization) and bounces 1 B and 4 KiB for the round trip; ``memcpy`` is
 one ``np.copyto`` of the payload, single-threaded.
+
+``memcpy-fresh`` (4 KiB) is what keeping small messages costs at least: each copy goes into
+memory the process never used before and stays there, as in a replay log that
+fills (up to ``coupler.delivery.retain-bytes``), in a new process each time so
+that no memory freed earlier is reused. Its gap to ``memcpy`` is the page
+faults and zeroing that retention pays per kept message on this machine.
 """
 
 from __future__ import annotations
@@ -15,9 +21,17 @@ from typing import Any, Callable
 
 import numpy as np
 
+from coupler.runtime.dataplane.settings import DeliveryConfig
+
 from _common import COPY, Cell, PAYLOADS, PINGPONG, STREAM, Budget, Row, latency_row, payload_label, rate_row, run_cells
 
 _CTX = mp.get_context("spawn")  # the parent holds threads (Dask, JAX): never fork it
+RETAIN_BYTES = DeliveryConfig().retain_bytes  # what a replay log keeps at most by default
+# The small payload of the retention target (coupler-alo / coupler). Not 16 MiB: a large
+# message is kept in its shared-memory segment, filled by several threads, and a new
+# anonymous mapping per copy on one thread is no model of that (here 9.5 against 750
+# copies a second, where the data plane's new segments cost 5-7 ms against 1 ms).
+RETENTION_PAYLOADS = ("4KiB",)
 _TIMEOUT = 120.0
 
 
@@ -151,6 +165,34 @@ def memcpy(nbytes: int, budget: Budget) -> Row:
     return Row("memcpy", COPY, payload_label(nbytes), nbytes, mps, mps * nbytes / 1e9, n_msgs=n, seconds=seconds, note="np.copyto, one thread")
 
 
+def _fresh_copies(nbytes: int, keep_bytes: int, seconds: float, results: Any) -> None:
+    src = np.ones(nbytes // 4, np.float32)
+    kept = []
+    n, t0 = 0, time.perf_counter()
+    while (n + 1) * nbytes <= keep_bytes or n < 3:
+        dst = np.empty_like(src)
+        np.copyto(dst, src)
+        kept.append(dst)  # kept, as a replay log keeps it: its memory is not reused
+        n += 1
+        if time.perf_counter() - t0 >= seconds and n >= 3:
+            break
+    results.put((n, time.perf_counter() - t0))
+
+
+def memcpy_fresh(nbytes: int, budget: Budget, keep_bytes: int = RETAIN_BYTES) -> Row:
+    """``np.copyto`` of ``nbytes`` into new memory each time, every copy kept (up to ``keep_bytes``), in a new process."""
+    results = _CTX.Queue()
+    proc = _CTX.Process(target=_fresh_copies, args=(nbytes, keep_bytes, min(budget.seconds, 1.0), results), daemon=True)
+    proc.start()
+    n, seconds = results.get(timeout=_TIMEOUT)
+    proc.join(_TIMEOUT)
+    mps = n / seconds
+    return Row(
+        "memcpy-fresh", COPY, payload_label(nbytes), nbytes, mps, mps * nbytes / 1e9, n_msgs=n, seconds=seconds,
+        note=f"np.copyto into new memory, kept (up to {keep_bytes >> 20} MiB), one thread",
+    )
+
+
 def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], report: Callable[[str], None]) -> list[Row]:
     """Raw TCP streaming and round trips, and memcpy, at the payloads the plan streams."""
     cells: list[Cell] = []
@@ -159,6 +201,8 @@ def run(budget: Budget, workloads: list[str], payloads: dict[str, list[str]], re
             cells.append((f"tcp-raw {STREAM} {p}", lambda n=PAYLOADS[p]: tcp_stream(n, budget)))
         for p in payloads.get(STREAM, []):
             cells.append((f"memcpy {p}", lambda n=PAYLOADS[p]: memcpy(n, budget)))
+        for p in [p for p in payloads.get(STREAM, []) if p in RETENTION_PAYLOADS]:
+            cells.append((f"memcpy-fresh {p}", lambda n=PAYLOADS[p]: memcpy_fresh(n, budget)))
     if PINGPONG in workloads:
         for n in (1, PAYLOADS["4KiB"]):
             cells.append((f"tcp-raw {PINGPONG} {payload_label(n)}", lambda n=n: tcp_pingpong(n, budget)))
