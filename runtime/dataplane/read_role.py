@@ -10,11 +10,17 @@ waits on the socket itself and runs the same frame handling the receiving
 thread would (checks, fence, buffer, grants), and the message it waited for
 needs no wake at all.
 
-Two threads may read a stream's socket, never at once. :class:`RoleState`
+Two threads may read a stream's socket, never at once, and each touches the
+frame reader only while it may read. :class:`RoleState`
 (sans-IO) says whose turn it is:
 
-- ``RECEIVER``: the receiving thread's. It waits for the socket *or* a kick, and
-  reads a frame only after :meth:`RoleState.receiver_begin` says so.
+- ``RECEIVER``: the receiving thread's. It touches the stream's frame reader
+  (looks at its read-ahead, reads a frame) only between
+  :meth:`RoleState.receiver_begin` and :meth:`RoleState.receiver_end` or
+  :meth:`RoleState.receiver_pause`, and waits for the socket *or* a kick with
+  the reader released. (A look at the read-ahead outside that span raced with a
+  consumer's read: it could leave a header decoded at a moving offset for the
+  consumer to use.)
 - ``CONSUMER``: the consumer's thread reads; the receiving thread sleeps. A
   consumer that takes the role from ``RECEIVER`` kicks the receiving thread out
   of its wait on the socket, so that a frame wakes one thread, not two.
@@ -110,6 +116,7 @@ class RoleState:
         self.lease_end = 0.0
         self.ended = False
         self.small_frames = True  # the last frame could be read without blocking: worth the consumer's turn
+        self.takes = 0  # consumer turns so far: one since the receiving thread's look may have read what it saw
 
     def consumer_take(self, now: float) -> Take:
         """The consumer, about to wait for a message, asks for the role."""
@@ -119,6 +126,7 @@ class RoleState:
         if kick or now > self.lease_end:  # a new wait, not the next message of a busy consumer
             self.taken_at = now
         self.holder = Holder.CONSUMER
+        self.takes += 1
         return Take.TAKEN_KICK if kick else Take.TAKEN
 
     def consumer_give_back(self, now: float, *, ended: bool = False, hand_over: bool = False) -> bool:
@@ -165,11 +173,19 @@ class RoleState:
         return Turn(until=until)
 
     def receiver_begin(self) -> bool:
-        """The receiving thread, woken by its socket, asks to read one frame."""
+        """The receiving thread asks to use the stream's frame reader (to look at its read-ahead, or to read).
+
+        Until :meth:`receiver_end` or :meth:`receiver_pause` only the receiving
+        thread touches the reader: a consumer's request is refused meanwhile.
+        """
         if self.ended or self.holder is not Holder.RECEIVER:
             return False
         self.receiver_reading = True
         return True
+
+    def receiver_pause(self) -> None:
+        """The receiving thread found part of a frame in the read-ahead and waits on the socket, not using the reader."""
+        self.receiver_reading = False
 
     def receiver_end(self, *, ended: bool = False, small: bool = True) -> None:
         """The receiving thread read and handled its frame.
@@ -354,6 +370,7 @@ class ReadRole:
             whichever thread they came.
         """
         state = self._state
+        readable_at = -1  # consumer turns when the socket last said it is readable (-1: not since a read)
         while True:
             with self._cond:
                 turn = state.receiver_turn(time.monotonic())
@@ -364,16 +381,24 @@ class ReadRole:
                 if self.error is not None:
                     raise self.error
                 return
-            # Wait for the socket only when the read-ahead holds part of a frame that fits it; a whole
-            # frame is read at once, and one that does not fit (or a malformed one) is read blocking.
-            if self.reader.buffered() is wire.Buffered.PART:
+            with self._cond:  # the reader is this thread's alone from here (until it pauses or ends)
+                if not state.receiver_begin():
+                    continue
+                fresh = readable_at == state.takes
+            # Wait for the socket only when the read-ahead holds part of a frame that fits it (unless
+            # the socket said it is readable and no consumer turn came since); a whole frame is read
+            # at once, and one that does not fit (or a malformed one) is read blocking.
+            if not fresh and self.reader.buffered() is wire.Buffered.PART:
+                with self._cond:
+                    state.receiver_pause()
+                    takes = state.takes
                 events = self._receiver_poll.poll()
                 if any(fd == self._receiver_kick.fileno() for fd, _ in events):
                     self._receiver_kick.clear()  # the consumer may hold the role now: look again
-                    continue
-            with self._cond:
-                if not state.receiver_begin():
-                    continue
+                else:
+                    readable_at = takes
+                continue
+            readable_at = -1
             ended = True
             try:
                 ended = not self.handle(*self.reader.read())

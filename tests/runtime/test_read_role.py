@@ -91,6 +91,13 @@ class RoleMachine(RuleBasedStateMachine):
             self.receiver_reads = True
 
     @precondition(lambda self: self.receiver_reads)
+    @rule()
+    def receiver_pauses(self) -> None:
+        # Part of a frame in the read-ahead: it waits on the socket with the reader released.
+        self.role.receiver_pause()
+        self.receiver_reads = False
+
+    @precondition(lambda self: self.receiver_reads)
     @rule(ended=st.booleans(), small=st.booleans())
     def receiver_ends(self, ended: bool, small: bool) -> None:
         self.role.receiver_end(ended=ended, small=small)
@@ -127,16 +134,52 @@ def test_giving_back_a_role_one_does_not_hold_is_a_bug_that_raises() -> None:
 # -- the threaded layer over a real socket pair ------------------------------------------------
 
 
+class OwnedReader(wire.FrameReader):
+    """A frame reader that notes every use by a thread whose turn it was not.
+
+    The receiving thread may use it only while the role says it reads
+    (``receiver_reading``), the consumer's thread only while it holds the role.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        super().__init__(sock, size=64 << 10, payload_limit=lambda kind, h: 1 << 24)
+        self.role: ReadRole | None = None
+        self.receiver: threading.Thread | None = None
+        self.misuses: list[str] = []
+
+    def _check(self, what: str) -> None:
+        state = self.role._state  # type: ignore[union-attr]
+        if threading.current_thread() is self.receiver:
+            if not state.receiver_reading:
+                self.misuses.append(f"receiving thread: {what} while it does not read ({state.holder.value})")
+        elif state.holder is not Holder.CONSUMER:
+            self.misuses.append(f"consumer: {what} without the role ({state.holder.value})")
+
+    def buffered(self) -> wire.Buffered:
+        self._check("buffered")
+        return super().buffered()
+
+    def fill_nowait(self) -> int:
+        self._check("fill_nowait")
+        return super().fill_nowait()
+
+    def read(self, deadline: float | None = None) -> tuple[int, dict[str, Any], np.ndarray | None]:
+        self._check("read")
+        return super().read(deadline)
+
+
 class Stream:
     """A socket pair, a reader role on one end, its receiving thread running, and who handled which frame."""
 
     def __init__(self, lease: float = LEASE, park_max: float = PARK_MAX) -> None:
         self.producer, consumer_sock = socket.socketpair()
-        self.reader = wire.FrameReader(consumer_sock, size=64 << 10, payload_limit=lambda kind, h: 1 << 24)
+        self.reader = OwnedReader(consumer_sock)
         self.handled: list[tuple[str, int]] = []
         self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max)
+        self.reader.role = self.role
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.reader.receiver = self.thread
         self.thread.start()
 
     def _handle(self, kind: int, h: dict[str, Any], payload: Any) -> bool:
@@ -154,6 +197,13 @@ class Stream:
         payload = [np.zeros(nbytes, np.uint8)] if nbytes else []
         wire.send_frame(self.producer, kind, {"i": i, **({"len": nbytes} if nbytes else {})}, payload)
 
+    def send_when_consumer_reads(self, i: int, timeout: float = 10.0) -> None:
+        """Send frame ``i`` once the consumer holds the role (or after ``timeout``: its turn then times out)."""
+        deadline = time.monotonic() + timeout
+        while self.role._state.holder is not Holder.CONSUMER and time.monotonic() < deadline:
+            time.sleep(0.0002)
+        self.send(i)
+
     def wait_handled(self, n: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
         while len(self.handled) < n:
@@ -166,13 +216,18 @@ class Stream:
         assert not self.thread.is_alive()
         self.role.close()
         self.reader.sock.close()
+        # Every test over a Stream also checks that no thread used the reader out of its turn.
+        assert not self.reader.misuses, self.reader.misuses[:5]
 
 
 def test_a_waiting_consumer_reads_its_frames_itself_and_the_receiving_thread_reads_when_it_is_away() -> None:
     s = Stream()
     try:
         for i in range(20):
-            threading.Timer(0.002, s.send, (i,)).start()
+            # The frame goes once the consumer holds the role: sent on a timer instead, it was read by the
+            # receiving thread when the consumer's turn came later than the timer (a load of 18), and that
+            # turn then waited for its deadline.
+            threading.Thread(target=s.send_when_consumer_reads, args=(i,), daemon=True).start()
             assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ
         assert s.handled == [("consumer", i) for i in range(20)]
         # The consumer goes away: after its lease the receiving thread reads again.
