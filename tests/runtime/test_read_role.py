@@ -197,12 +197,20 @@ class Stream:
         payload = [np.zeros(nbytes, np.uint8)] if nbytes else []
         wire.send_frame(self.producer, kind, {"i": i, **({"len": nbytes} if nbytes else {})}, payload)
 
-    def send_when_consumer_reads(self, i: int, timeout: float = 10.0) -> None:
-        """Send frame ``i`` once the consumer holds the role (or after ``timeout``: its turn then times out)."""
-        deadline = time.monotonic() + timeout
-        while self.role._state.holder is not Holder.CONSUMER and time.monotonic() < deadline:
-            time.sleep(0.0002)
-        self.send(i)
+    def when_consumer_reads(self, act: Any, *args: Any, timeout: float = 10.0) -> None:
+        """Do ``act(*args)`` in another thread once the consumer waits as the reader (or after ``timeout``).
+
+        Done on a timer instead, it came before the consumer's turn under load (18 on 2 cores):
+        the receiving thread read the frame, and the turn waited for its deadline.
+        """
+
+        def wait_then_act() -> None:
+            deadline = time.monotonic() + timeout
+            while self.role.consumer_ident is None and time.monotonic() < deadline:
+                time.sleep(0.0002)
+            act(*args)
+
+        threading.Thread(target=wait_then_act, daemon=True).start()
 
     def wait_handled(self, n: int, timeout: float = 10.0) -> None:
         deadline = time.monotonic() + timeout
@@ -224,10 +232,7 @@ def test_a_waiting_consumer_reads_its_frames_itself_and_the_receiving_thread_rea
     s = Stream()
     try:
         for i in range(20):
-            # The frame goes once the consumer holds the role: sent on a timer instead, it was read by the
-            # receiving thread when the consumer's turn came later than the timer (a load of 18), and that
-            # turn then waited for its deadline.
-            threading.Thread(target=s.send_when_consumer_reads, args=(i,), daemon=True).start()
+            s.when_consumer_reads(s.send, i)
             assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ
         assert s.handled == [("consumer", i) for i in range(20)]
         # The consumer goes away: after its lease the receiving thread reads again.
@@ -264,7 +269,7 @@ def test_a_wake_from_another_thread_and_a_deadline_end_a_consumer_s_wait_on_the_
         t0 = time.monotonic()
         assert s.role.consumer_turn(t0 + 0.05) is Outcome.TIMEOUT
         assert 0.04 <= time.monotonic() - t0 < 2
-        threading.Timer(0.05, s.role.wake_consumer).start()
+        s.when_consumer_reads(s.role.wake_consumer)
         t0 = time.monotonic()
         assert s.role.consumer_turn(None) is Outcome.WOKEN
         assert time.monotonic() - t0 < 2
@@ -275,7 +280,7 @@ def test_a_wake_from_another_thread_and_a_deadline_end_a_consumer_s_wait_on_the_
 
 def test_the_end_of_the_stream_in_the_consumer_s_turn_ends_the_receiving_thread_not_the_consumer() -> None:
     s = Stream()
-    threading.Timer(0.02, s.producer.close).start()
+    s.when_consumer_reads(s.producer.close)
     assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ  # it returns; the error is not its own
     s.thread.join(10)
     assert not s.thread.is_alive() and isinstance(s.error, wire.StreamClosed)
@@ -287,7 +292,7 @@ def test_the_end_of_the_stream_in_the_consumer_s_turn_ends_the_receiving_thread_
 def test_a_malformed_frame_read_by_the_consumer_closes_the_stream_in_the_receiving_thread() -> None:
     s = Stream()
     # Sent once the consumer waits on the socket (else the receiving thread may read it first).
-    threading.Timer(0.05, s.producer.sendall, (b"\x02\x00\x00\x00\x03\xc1\xc1\xc1",)).start()  # not msgpack
+    s.when_consumer_reads(s.producer.sendall, b"\x02\x00\x00\x00\x03\xc1\xc1\xc1")  # not msgpack
     assert s.role.consumer_turn(time.monotonic() + 10) is not Outcome.REFUSED
     s.thread.join(10)
     assert not s.thread.is_alive() and s.error is not None and not isinstance(s.error, wire.StreamClosed)
@@ -437,7 +442,7 @@ def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receivin
     s = Stream()
     try:
         for i in range(10):
-            threading.Timer(0.002, s.send, (2 * i,)).start()
+            s.when_consumer_reads(s.send, 2 * i)
             assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ
             s.send(2 * i + 1)  # the consumer is away now (computing, or finished)
             s.wait_handled(2 * i + 2)
