@@ -19,6 +19,11 @@ from coupler.runtime.dataplane.report import retire_at
 logger = logging.getLogger(__name__)
 
 
+def _retire_at_here(dask_worker: Any) -> float | None:
+    """:func:`retire_at` of the worker this runs on (``Client.run`` passes the worker only by this name)."""
+    return retire_at(dask_worker)
+
+
 class WorkerRoster:
     """The live workers and their retirement times, as last refreshed.
 
@@ -48,7 +53,7 @@ class WorkerRoster:
                 self._retire_at[addr] = w["retire_at"]
         unknown = [a for a in self.live if a not in self._retire_at]
         if unknown:
-            answers = self.client.run(retire_at, workers=unknown, on_error="return")
+            answers = self.client.run(_retire_at_here, workers=unknown, on_error="return")
             for addr, value in answers.items():
                 if not isinstance(value, BaseException):
                     self._retire_at[addr] = value
