@@ -86,7 +86,7 @@ class CorrectionSetup:
     blocks: int = 4
     offline_sims: int = 8
     train_steps: int = 200
-    stream_sims: int = 64
+    stream_sims: int = 128
     batch_size: int = 8
     members: int = 8
     sim_actors: int = 1
@@ -118,7 +118,7 @@ def correction_setup(quick: bool) -> CorrectionSetup:
     """Fine 64^2 -> coarse 16^2 (3/2-rule), windows of 9 frames, the spectral closure of the speed-up benchmark."""
     fine = NavierStokes2D(n=64, dt=0.02)
     cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=4, window=9, spinup=500, coarse_dealias="pad")
-    return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400)
+    return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400, stream_sims=48 if quick else 128)
 
 
 def _params(setup: CorrectionSetup, key: jax.Array, sims: int) -> Any:
