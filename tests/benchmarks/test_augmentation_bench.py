@@ -47,7 +47,9 @@ def test_offline_and_online_rows_on_a_tiny_navier_stokes_setup(coupling: Couplin
     capsys.readouterr()  # drop the progress lines the run printed (a slow machine prints more of them)
     bench.print_table([result])
     out = capsys.readouterr().out
-    assert "online/offline error ratio" in out and out.count("navier-stokes") == 2
+    assert "online/offline error ratio" in out and out.count("navier-stokes") == 3  # two rows and the seeds' summary
+    assert "navier-stokes: online error reduction" in out and "(mean +- SE over 1 seeds" in out
+    assert result["stream_budget_pairs"] == 48
 
 
 def test_simulated_pairs_follow_the_simulator() -> None:
