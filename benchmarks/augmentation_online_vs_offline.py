@@ -234,10 +234,31 @@ def heldout_error(trainer: OnlineTrainer, test: dict[str, np.ndarray], chunk: in
 
 
 # -- offline -------------------------------------------------------------------------------------------
-def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Train on ``offline_sims`` stored simulations with early stopping (see the module docstring)."""
-    data = simulate_pairs(setup, jax.random.key(seed), setup.offline_sims)
-    n_val = max(1, round(VALIDATION_FRACTION * setup.offline_sims))
+def thinned_store(setup: Setup, key: jax.Array, pairs_per_run: int) -> dict[str, np.ndarray]:
+    """The memory budget filled with ``pairs_per_run`` pairs from each of ``capacity // pairs_per_run`` runs.
+
+    The other way to fill the same memory: more runs, fewer pairs of each
+    (drawn at random from each run's blocks), for a store that covers the
+    parameter space better at the cost of more simulation. Shaped like
+    :func:`simulate_pairs` with ``blocks = pairs_per_run``.
+    """
+    runs = setup.capacity // pairs_per_run
+    data = simulate_pairs(setup, key, runs)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    keep = np.stack([rng.choice(setup.blocks, pairs_per_run, replace=False) for _ in range(runs)])
+    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
+
+
+def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int, pairs_per_run: int = 0) -> dict[str, Any]:
+    """Train on stored simulations with early stopping (see the module docstring).
+
+    ``pairs_per_run`` 0 stores ``offline_sims`` whole runs (Melissa's offline
+    baseline); ``k > 0`` fills the same memory from more runs (:func:`thinned_store`).
+    """
+    key = jax.random.key(seed)
+    data = simulate_pairs(setup, key, setup.offline_sims) if not pairs_per_run else thinned_store(setup, key, pairs_per_run)
+    sims = len(data["input"])
+    n_val = max(1, round(VALIDATION_FRACTION * sims))
     train = flatten({k: v[n_val:] for k, v in data.items()})
     val = flatten({k: v[:n_val] for k, v in data.items()})
     trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
@@ -266,10 +287,10 @@ def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int) -> dict[st
     cpu = time.process_time() - cpu0
     trainer.set_weights(best_weights)
     return {
-        "mode": "offline",
+        "mode": "offline" if not pairs_per_run else f"offline, {pairs_per_run} pair(s) per run",
         "heldout_rel_l2": heldout_error(trainer, test),
         "validation_rel_l2": float(best),
-        "simulations": setup.offline_sims,
+        "simulations": sims,
         "unique_samples": int(n),
         "stored_samples": int(n + len(val["input"])),
         "train_steps": steps,

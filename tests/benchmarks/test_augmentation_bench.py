@@ -117,3 +117,13 @@ def test_the_setups_stream_a_fixed_number_of_samples_per_step() -> None:
         ns = bench.navier_stokes_setup(quick)
         assert ns.stream_samples / ns.train_steps == pytest.approx(32, rel=0.05) and ns.stream_sims % ns.members == 0
         assert ns.stream_samples > 10 * ns.capacity  # online sees far more unique pairs than offline can store
+
+
+def test_a_thinned_store_fills_the_same_memory_from_more_runs() -> None:
+    setup = replace(bench.heat_setup(quick=True), simulator=bench.Heat2D(n=8), k=2, blocks=4, offline_sims=3)
+    data = bench.thinned_store(setup, bench.jax.random.key(0), pairs_per_run=1)
+    assert data["input"].shape == (12, 1, 8, 8) and data["params"].shape == (12, 1, 1)  # 12 runs x 1 pair = 3 x 4
+    whole = bench.simulate_pairs(setup, bench.jax.random.key(0), sims=12)
+    # Each kept pair is one of its run's blocks.
+    for run in range(12):
+        assert any(np.array_equal(data["input"][run, 0], whole["input"][run, j]) for j in range(4))
