@@ -1,8 +1,126 @@
-"""The online row of an online-vs-offline benchmark, from what the learner actor recorded."""
+"""Shared pieces of the online-vs-offline benchmarks: the paced learner and the online result row.
+
+The online side's stream is a budget in samples, not in seconds: the benchmark
+launches simulations until ``stream_samples`` have been produced, and the
+learner's step ``i`` waits until :func:`samples_due` of them have arrived. So
+the unique samples online sees, and how many of them have arrived by each
+step, are the same on an idle and on a loaded machine; only the wall time
+changes. (Without the pacing, a learner on a quiet machine trains faster than
+the simulations stream and sees fewer fresh samples per step than on a busy one.)
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, Callable
+
+from coupler.actors.learner import LearnerActor, Trainer
+
+
+def samples_due(step: int, *, min_samples: int, stream_samples: int, max_steps: int) -> int:
+    """Samples that must have arrived before training step ``step`` (0-based) of a paced stream.
+
+    Linear from ``min_samples`` before the first step to the whole stream,
+    ``stream_samples``, before the last, so every step sees the same number of
+    fresh samples (``(stream_samples - min_samples) / (max_steps - 1)``).
+
+    Raises:
+        ValueError: if the stream is smaller than ``min_samples`` or ``max_steps < 1``.
+    """
+    if max_steps < 1 or stream_samples < min_samples:
+        raise ValueError(f"need max_steps >= 1 and stream_samples >= min_samples; got {max_steps}, {stream_samples} < {min_samples}")
+    if max_steps == 1:
+        return min_samples
+    frac = min(max(step, 0), max_steps - 1) / (max_steps - 1)
+    return min_samples + int(round(frac * (stream_samples - min_samples)))
+
+
+class PacedLearnerActor(LearnerActor):
+    """A ``LearnerActor`` whose step ``i`` waits until :func:`samples_due` samples have arrived.
+
+    Args:
+        make_trainer: as for ``LearnerActor``.
+        stream_samples: the online stream's size (the simulation budget, in samples).
+        **kwargs: as for ``LearnerActor``; ``max_steps`` is required.
+
+    Raises:
+        ValueError: without ``max_steps``, or for a stream smaller than ``min_samples``.
+    """
+
+    def __init__(self, make_trainer: Callable[[], Trainer], *, stream_samples: int, **kwargs: Any) -> None:
+        super().__init__(make_trainer, **kwargs)
+        if self.max_steps is None:
+            raise ValueError(f"PacedLearnerActor {self.name!r} needs max_steps (the stream is paced over them)")
+        samples_due(0, min_samples=self.min_samples, stream_samples=stream_samples, max_steps=self.max_steps)
+        self.stream_samples = stream_samples
+
+    def due(self, step: int) -> int:
+        """Samples due before training step ``step``."""
+        assert self.max_steps is not None
+        return samples_due(step, min_samples=self.min_samples, stream_samples=self.stream_samples, max_steps=self.max_steps)
+
+    def step(self) -> bool:
+        if self.max_steps is not None and self.train_steps < self.max_steps:
+            if self.inputs["data"].stats.received < self.due(self.train_steps):
+                time.sleep(0.01)
+                return True
+        return super().step()
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "stream_samples": self.stream_samples}
+
+
+def may_launch(launched_samples: int, stream_samples: int, due_now: int, run_samples: int) -> bool:
+    """Whether the driver may launch another simulation run of ``run_samples`` samples.
+
+    Only while the stream budget is not yet launched in full, and while what
+    is launched exceeds what the learner waits for by less than one run (so
+    the reservoir at step ``i`` holds :func:`samples_due` ``(i)`` fresh samples
+    plus at most about a run's, not whatever a fast simulator produced ahead
+    of it).
+    """
+    return launched_samples < stream_samples and launched_samples < due_now + run_samples
+
+
+def stream_until_trained(
+    learner: Any, launch: Callable[[int], Any], *, run_samples: int, stream_samples: int, max_steps: int,
+    min_samples: int, sim_actors: int = 1, label: str = "online", progress: bool = True,
+) -> int:
+    """Launch simulator actors into the learner's channel, paced by :func:`may_launch`, until it has trained.
+
+    Args:
+        learner: the ``PacedLearnerActor``'s handle (started).
+        launch: ``launch(i)`` spawns and starts the ``i``-th simulator actor and returns its handle.
+        run_samples: samples one simulator actor produces (members x blocks).
+        stream_samples, max_steps, min_samples: the learner's (see :func:`samples_due`).
+        sim_actors: simulator actors running at once, at most.
+        label: prefix of the progress lines.
+        progress: print a progress line every 15 s.
+
+    Returns:
+        The simulator actors launched.
+    """
+    launched, active, next_report = 0, [], time.monotonic() + 15
+    while True:
+        status = learner.status()
+        if status.done:
+            break
+        step = int(status.info.get("train_steps", 0))
+        due = samples_due(step, min_samples=min_samples, stream_samples=stream_samples, max_steps=max_steps)
+        for ref in [r for r in active if r.status().done]:
+            active.remove(ref)
+            ref.wait(10)
+        while len(active) < sim_actors and may_launch(launched * run_samples, stream_samples, due, run_samples):
+            active.append(launch(launched))
+            launched += 1
+        if progress and time.monotonic() >= next_report:
+            print(f"  {label}: step {step}/{max_steps}, received {status.info.get('received', 0)}/{stream_samples}, "
+                  f"simulator actors launched {launched}", flush=True)
+            next_report = time.monotonic() + 15
+        time.sleep(0.25)
+    for ref in active:
+        ref.stop()
+    return launched
 
 
 def online_row(

@@ -10,16 +10,21 @@ The experiment of Melissa (Meyer et al., ICML 2023; SC23), on our runtime:
 * **online** -- a real ``Coupling`` on a ``LocalCluster``: ``SimulatorActor``
   ensembles (fresh parameters and initial fields for every member) stream
   pairs into a ``Reservoir`` channel whose capacity *is the same memory
-  budget*; a ``LearnerActor`` trains from it while they run. The ensemble is as
-  large as the runs that fit in the training time -- far more than ``N``.
+  budget*; a ``PacedLearnerActor`` trains from it while they run. The stream
+  is a fixed simulation budget, ``stream_sims`` runs (far more than ``N``:
+  the simulations run beside the learner, as in Melissa, and nothing has to
+  store them), paced evenly over the training steps: step ``i`` waits until
+  its share has arrived (``_online_row.samples_due``).
 
 Both train the same model with the same optimiser and batch size for at most
-the same number of optimiser steps (the compute budget; counting steps, not
-seconds, keeps the comparison fair on a machine shared with other work), and
-both are scored on the same held-out simulations (fresh seeds) by the mean
-relative L2 error of the ``K``-step prediction. The table reports that error,
-its ratio, the unique samples each saw, the samples per second into the learner
-(arrivals, and drawn in mini-batches), and the learner process's CPU use.
+the same number of optimiser steps (the compute budget). Every budget is
+counted in steps and samples, not seconds, so the result does not depend on
+how loaded the machine is (only the wall times do). Both are scored on the
+same held-out simulations (fresh seeds) by the mean relative L2 error of the
+``K``-step prediction. The table reports that error, its ratio, the unique
+samples each saw, the samples per second into the learner (arrivals, and
+drawn in mini-batches), the learner process's CPU use, and per setup the mean
+and standard error of the online error reduction over the seeds.
 
 Setups: ``ns-correction`` (the coarse-solver correction of
 ``augmentation_speedup.py``, trained through the coarse solver; in
@@ -51,7 +56,6 @@ import jax
 import numpy as np
 import psutil
 
-from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.fno import FNOConfig
 from coupler.learners.online import ModelFactory, OnlineTrainer, OptimizerConfig, SurrogateConfig
@@ -60,12 +64,14 @@ from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
 import correction_online_vs_offline as correction  # noqa: E402  (a sibling script)
-from _online_row import online_row  # noqa: E402
+import _online_row  # noqa: E402
+from _online_row import PacedLearnerActor, online_row, stream_until_trained  # noqa: E402
 
 # The workers cannot import these scripts: ship their functions by value.
 if __name__ != "__main__":
     cloudpickle.register_pickle_by_value(sys.modules[__name__])
 cloudpickle.register_pickle_by_value(correction)
+cloudpickle.register_pickle_by_value(_online_row)
 
 VALIDATION_FRACTION = 0.2
 TEST_SIMS = 48
@@ -86,6 +92,8 @@ class Setup:
         model: the surrogate's ``ModelFactory``.
         offline_sims: simulations the memory budget stores (``offline_sims * blocks`` pairs).
         train_steps: optimiser steps allowed (the compute budget).
+        stream_sims: simulations the online stream runs (its simulation budget; the learner is
+            paced so that they arrive evenly over ``train_steps``, see ``_online_row.samples_due``).
         batch_size: mini-batch size.
         members: ensemble members per simulator actor (vmapped).
         sim_actors: simulator actors running at once.
@@ -103,6 +111,7 @@ class Setup:
     model: ModelFactory
     offline_sims: int
     train_steps: int
+    stream_sims: int
     batch_size: int = 16
     members: int = 16
     sim_actors: int = 1
@@ -113,6 +122,11 @@ class Setup:
     def capacity(self) -> int:
         """The memory budget in pairs: what offline stores and the reservoir holds."""
         return self.offline_sims * self.blocks
+
+    @property
+    def stream_samples(self) -> int:
+        """The online stream's size in pairs (the simulation budget)."""
+        return self.stream_sims * self.blocks
 
     def optimizer(self) -> OptimizerConfig:
         """The optimiser both runs use (cosine decay over the whole budget)."""
@@ -157,6 +171,7 @@ def navier_stokes_setup(quick: bool) -> Setup:
         model=FNOConfig(modes=8, width=16, depth=4, n_params=2, hidden=32, field_scale=3.0),
         offline_sims=32,
         train_steps=300 if quick else 800,
+        stream_sims=608 if quick else 1600,  # 32 fresh pairs per step, what the stream kept up with unpaced
     )
 
 
@@ -173,6 +188,7 @@ def heat_setup(quick: bool) -> Setup:
         model=SurrogateConfig(),
         offline_sims=100,
         train_steps=100 if quick else 400,
+        stream_sims=256 if quick else 1024,
     )
 
 
@@ -218,10 +234,31 @@ def heldout_error(trainer: OnlineTrainer, test: dict[str, np.ndarray], chunk: in
 
 
 # -- offline -------------------------------------------------------------------------------------------
-def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Train on ``offline_sims`` stored simulations with early stopping (see the module docstring)."""
-    data = simulate_pairs(setup, jax.random.key(seed), setup.offline_sims)
-    n_val = max(1, round(VALIDATION_FRACTION * setup.offline_sims))
+def thinned_store(setup: Setup, key: jax.Array, pairs_per_run: int) -> dict[str, np.ndarray]:
+    """The memory budget filled with ``pairs_per_run`` pairs from each of ``capacity // pairs_per_run`` runs.
+
+    The other way to fill the same memory: more runs, fewer pairs of each
+    (drawn at random from each run's blocks), for a store that covers the
+    parameter space better at the cost of more simulation. Shaped like
+    :func:`simulate_pairs` with ``blocks = pairs_per_run``.
+    """
+    runs = setup.capacity // pairs_per_run
+    data = simulate_pairs(setup, key, runs)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    keep = np.stack([rng.choice(setup.blocks, pairs_per_run, replace=False) for _ in range(runs)])
+    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
+
+
+def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int, pairs_per_run: int = 0) -> dict[str, Any]:
+    """Train on stored simulations with early stopping (see the module docstring).
+
+    ``pairs_per_run`` 0 stores ``offline_sims`` whole runs (Melissa's offline
+    baseline); ``k > 0`` fills the same memory from more runs (:func:`thinned_store`).
+    """
+    key = jax.random.key(seed)
+    data = simulate_pairs(setup, key, setup.offline_sims) if not pairs_per_run else thinned_store(setup, key, pairs_per_run)
+    sims = len(data["input"])
+    n_val = max(1, round(VALIDATION_FRACTION * sims))
     train = flatten({k: v[n_val:] for k, v in data.items()})
     val = flatten({k: v[:n_val] for k, v in data.items()})
     trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
@@ -250,10 +287,10 @@ def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int) -> dict[st
     cpu = time.process_time() - cpu0
     trainer.set_weights(best_weights)
     return {
-        "mode": "offline",
+        "mode": "offline" if not pairs_per_run else f"offline, {pairs_per_run} pair(s) per run",
         "heldout_rel_l2": heldout_error(trainer, test),
         "validation_rel_l2": float(best),
-        "simulations": setup.offline_sims,
+        "simulations": sims,
         "unique_samples": int(n),
         "stored_samples": int(n + len(val["input"])),
         "train_steps": steps,
@@ -287,12 +324,15 @@ def run_online(setup: Setup, cp: Coupling, test: dict[str, np.ndarray], seed: in
         "target": np.zeros((b, *shape), np.float32),
         "params": np.zeros((b, test["params"].shape[-1]), np.float32),
     }
+    min_samples = 2 * b
+    stream = setup.stream_samples
     learner = cp.spawn(
-        LearnerActor,
+        PacedLearnerActor,
         functools.partial(OnlineTrainer, setup.model, setup.optimizer(), seed=seed),
         name=f"learner-{tag}",
+        stream_samples=stream,
         batch_size=b,
-        min_samples=2 * b,
+        min_samples=min_samples,
         max_steps=setup.train_steps,
         warmup=example,
         inputs={"data": channel},
@@ -306,42 +346,34 @@ def run_online(setup: Setup, cp: Coupling, test: dict[str, np.ndarray], seed: in
     cpu0 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
     # Parameters for the stream come from their own key: never the offline or test runs.
     stream_key = jax.random.fold_in(jax.random.key(seed), 7919)
-    launched, active, next_report = 0, [], time.monotonic() + 15
-    while not learner.status().done:
-        for ref in [r for r in active if r.status().done]:
-            active.remove(ref)
-            ref.wait(10)
-        while len(active) < setup.sim_actors:
-            key = jax.random.fold_in(stream_key, launched)
-            params = draw_params(setup, key, setup.members)
-            ref = cp.spawn(
-                SimulatorActor,
-                setup.simulator,
-                params,
-                name=f"sim-{tag}-{launched}",
-                steps=setup.blocks * setup.k,
-                publish_every=setup.k,
-                field=setup.field,
-                features=setup.features(params),
-                mode="pairs",
-                ensemble=True,
-                seed=int(jax.random.randint(key, (), 0, 2**30)),
-                outputs={"fields": channel},
-                workers=sim_workers[launched % len(sim_workers)],
-            )
-            ref.start()
-            launched += 1
-            active.append(ref)
-        if progress and time.monotonic() >= next_report:
-            info = learner.status().info
-            print(f"  {setup.name} online: step {info.get('train_steps', 0)}/{setup.train_steps}, "
-                  f"received {info.get('received', 0)}, simulations launched {launched * setup.members}", flush=True)
-            next_report = time.monotonic() + 15
-        time.sleep(0.25)
+
+    def launch(i: int) -> Any:
+        key = jax.random.fold_in(stream_key, i)
+        params = draw_params(setup, key, setup.members)
+        ref = cp.spawn(
+            SimulatorActor,
+            setup.simulator,
+            params,
+            name=f"sim-{tag}-{i}",
+            steps=setup.blocks * setup.k,
+            publish_every=setup.k,
+            field=setup.field,
+            features=setup.features(params),
+            mode="pairs",
+            ensemble=True,
+            seed=int(jax.random.randint(key, (), 0, 2**30)),
+            outputs={"fields": channel},
+            workers=sim_workers[i % len(sim_workers)],
+        )
+        ref.start()
+        return ref
+
+    launched = stream_until_trained(
+        learner, launch, run_samples=setup.members * setup.blocks, stream_samples=stream, max_steps=setup.train_steps,
+        min_samples=min_samples, sim_actors=setup.sim_actors, label=f"{setup.name} online", progress=progress,
+    )
     final = learner.wait(30)
     cpu1 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
-    for ref in active:
-        ref.stop()
     history = learner.call("history")
     trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
     trainer.set_weights(learner.call("weights"))
@@ -364,6 +396,7 @@ def run_setup(setup: Setup, cp: Coupling, seed: int, test_sims: int = TEST_SIMS)
         "grid": list(test["input"].shape[1:]),
         "memory_budget_pairs": setup.capacity,
         "step_budget": setup.train_steps,
+        "stream_budget_pairs": setup.stream_samples,
         "persistence_rel_l2": persistence,
         "rows": [offline, online],
         "online_over_offline_error": online["heldout_rel_l2"] / offline["heldout_rel_l2"],
@@ -391,7 +424,10 @@ def print_table(results: list[dict[str, Any]]) -> None:
         print(f"{'':<15}online/offline error ratio {res['online_over_offline_error']:.3f} "
               f"(online {100 * res['online_error_reduction']:+.1f} % lower); {res.get('baseline', 'persistence')} "
               f"{100 * res['persistence_rel_l2']:.2f}%; "
-              f"memory budget {res['memory_budget_pairs']} pairs, grid {res['grid']}")
+              f"memory budget {res['memory_budget_pairs']} pairs, stream {res.get('stream_budget_pairs', '-')}, grid {res['grid']}")
+    for name, s in summarize_seeds(results).items():
+        print(f"{name}: online error reduction {100 * s['mean']:+.1f} % +- {100 * s['se']:.1f} % (mean +- SE over "
+              f"{s['seeds']} seeds; target >= 15 %)")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -403,6 +439,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=1, help="repeat each setup with this many seeds (mean and SE)")
     p.add_argument("--steps", type=int, default=0, help="override every setup's step budget")
     p.add_argument("--offline-sims", type=int, default=0, help="override every setup's stored simulations")
+    p.add_argument("--stream-sims", type=int, default=0, help="override every setup's online simulation budget (runs)")
     p.add_argument("--blocks", type=int, default=0, help="override pairs per simulation")
     p.add_argument("--grid", type=int, default=0, help="override the grid size (both setups)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes")
@@ -425,7 +462,8 @@ def build_setups(args: argparse.Namespace) -> list[Any]:
         s = known[name](args.quick)
         if isinstance(s, correction.CorrectionSetup):
             s = replace(s, model=correction.MODELS[args.correction_model])
-        s = correction.with_overrides(s, train_steps=args.steps, offline_sims=args.offline_sims, blocks=args.blocks)
+        s = correction.with_overrides(s, train_steps=args.steps, offline_sims=args.offline_sims,
+                                       stream_sims=args.stream_sims, blocks=args.blocks)
         if isinstance(s, correction.CorrectionSetup):
             out.append(s)
             continue
@@ -449,9 +487,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     print()
     print_table(results)
     summary = summarize_seeds(results)
-    for name, s in summary.items():
-        print(f"{name}: online error reduction {100 * s['mean']:+.1f} % +- {100 * s['se']:.1f} % (mean +- SE over "
-              f"{s['seeds']} seeds; target >= 15 %)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "results": results, "summary": summary, "device": jax.devices()[0].platform}, f, indent=2)

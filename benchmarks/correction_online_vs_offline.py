@@ -33,12 +33,12 @@ import time
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import cloudpickle
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from coupler.actors.learner import LearnerActor
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, SolverCorrectionTrainer, corrected_rollout
@@ -47,7 +47,11 @@ from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
-from _online_row import online_row  # noqa: E402  (a sibling module of these scripts)
+import _online_row  # noqa: E402  (a sibling module of these scripts)
+from _online_row import PacedLearnerActor, online_row, stream_until_trained  # noqa: E402
+
+# The workers cannot import the sibling module: ship it by value.
+cloudpickle.register_pickle_by_value(_online_row)
 
 VALIDATION_FRACTION = 0.2
 MODELS = {
@@ -69,6 +73,8 @@ class CorrectionSetup:
         blocks: windows per simulation.
         offline_sims: simulations the memory budget stores (``offline_sims * blocks`` windows).
         train_steps: optimiser steps allowed (the compute budget).
+        stream_sims: runs the online stream simulates (its simulation budget, in runs of ``blocks``
+            windows), paced evenly over ``train_steps`` (``_online_row.samples_due``).
         batch_size, members, sim_actors, learning_rate, patience: as in the surrogate setups.
     """
 
@@ -80,6 +86,7 @@ class CorrectionSetup:
     blocks: int = 4
     offline_sims: int = 8
     train_steps: int = 200
+    stream_sims: int = 128
     batch_size: int = 8
     members: int = 8
     sim_actors: int = 1
@@ -90,6 +97,11 @@ class CorrectionSetup:
     def capacity(self) -> int:
         """The memory budget in windows: what offline stores and the reservoir holds."""
         return self.offline_sims * self.blocks
+
+    @property
+    def stream_samples(self) -> int:
+        """The online stream's size in windows (the simulation budget)."""
+        return self.stream_sims * self.blocks
 
     @property
     def unroll(self) -> int:
@@ -106,7 +118,7 @@ def correction_setup(quick: bool) -> CorrectionSetup:
     """Fine 64^2 -> coarse 16^2 (3/2-rule), windows of 9 frames, the spectral closure of the speed-up benchmark."""
     fine = NavierStokes2D(n=64, dt=0.02)
     cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=4, window=9, spinup=500, coarse_dealias="pad")
-    return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400)
+    return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400, stream_sims=48 if quick else 128)
 
 
 def _params(setup: CorrectionSetup, key: jax.Array, sims: int) -> Any:
@@ -209,38 +221,32 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
     learner_worker, sim_workers = workers[-1], (workers[:-1] or workers)
     b, n = setup.batch_size, setup.simulator.coarse_n
     example = {"field": np.zeros((b, setup.unroll + 1, n, n), np.float32), "params": np.full((b, 3), 0.02, np.float32)}
+    min_samples = 2 * b
     learner = cp.spawn(
-        LearnerActor, setup.trainer(seed), name=f"learner-{tag}", batch_size=b, min_samples=2 * b,
-        max_steps=setup.train_steps, warmup=example, inputs={"data": channel}, workers=learner_worker,
+        PacedLearnerActor, setup.trainer(seed), name=f"learner-{tag}", stream_samples=setup.stream_samples, batch_size=b,
+        min_samples=min_samples, max_steps=setup.train_steps, warmup=example, inputs={"data": channel}, workers=learner_worker,
     )
     learner.start()
     stream_key = jax.random.fold_in(jax.random.key(seed), 7919)  # never the offline or test runs
-    launched, active, next_report = 0, [], time.monotonic() + 15
-    while not learner.status().done:
-        for ref in [r for r in active if r.status().done]:
-            active.remove(ref)
-            ref.wait(10)
-        while len(active) < setup.sim_actors:
-            key = jax.random.fold_in(stream_key, launched)
-            params = _params(setup, key, setup.members)
-            ref = cp.spawn(
-                SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{launched}",
-                steps=setup.blocks * setup.unroll, publish_every=setup.unroll, field="window",
-                features=_matrix(params), ensemble=True, seed=int(jax.random.randint(key, (), 0, 2**30)),
-                outputs={"fields": channel}, workers=sim_workers[launched % len(sim_workers)],
-            )
-            ref.start()
-            launched += 1
-            active.append(ref)
-        if progress and time.monotonic() >= next_report:
-            info = learner.status().info
-            print(f"  {setup.name} online: step {info.get('train_steps', 0)}/{setup.train_steps}, "
-                  f"received {info.get('received', 0)}, simulations launched {launched * setup.members}", flush=True)
-            next_report = time.monotonic() + 15
-        time.sleep(0.25)
+
+    def launch(i: int) -> Any:
+        key = jax.random.fold_in(stream_key, i)
+        params = _params(setup, key, setup.members)
+        ref = cp.spawn(
+            SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{i}",
+            steps=setup.blocks * setup.unroll, publish_every=setup.unroll, field="window",
+            features=_matrix(params), ensemble=True, seed=int(jax.random.randint(key, (), 0, 2**30)),
+            outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
+        )
+        ref.start()
+        return ref
+
+    launched = stream_until_trained(
+        learner, launch, run_samples=setup.members * setup.blocks, stream_samples=setup.stream_samples,
+        max_steps=setup.train_steps, min_samples=min_samples, sim_actors=setup.sim_actors,
+        label=f"{setup.name} online", progress=progress,
+    )
     final = learner.wait(30)
-    for ref in active:
-        ref.stop()
     history = learner.call("history")
     trainer = SolverCorrectionTrainer(setup.trainer(seed))
     trainer.set_weights(learner.call("weights"))
@@ -261,6 +267,7 @@ def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 
         "grid": [n, n],
         "memory_budget_pairs": setup.capacity,
         "step_budget": setup.train_steps,
+        "stream_budget_pairs": setup.stream_samples,
         "baseline": "plain coarse solver",
         "persistence_rel_l2": heldout_error(setup, None, test),
         "rows": [offline, online],
@@ -279,6 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="range of the drawn forcing amplitude (default: the setup's, 0.8 1.2)")
     p.add_argument("--steps", type=int, default=0, help="override the step budget")
     p.add_argument("--offline-sims", type=int, default=0, help="override the stored simulations (the memory budget)")
+    p.add_argument("--stream-sims", type=int, default=0, help="override the runs the online stream simulates (its simulation budget)")
     p.add_argument("--patience", type=int, default=0,
                    help="override offline early stopping's patience in epochs (a large value: train the whole budget, keep the best)")
     p.add_argument("--seeds", type=int, default=1, help="seeds seed .. seed+N-1 (mean and SE of the reduction)")
@@ -301,6 +309,7 @@ def setup_from_args(args: argparse.Namespace) -> CorrectionSetup:
         amplitude=tuple(args.amplitude or ()),
         train_steps=args.steps,
         offline_sims=args.offline_sims,
+        stream_sims=args.stream_sims,
         patience=args.patience,
     )
 
@@ -323,7 +332,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
     summary = {"mean": float(x.mean()), "se": se, "seeds": len(x), "model": args.model,
                "viscosity": list(setup.viscosity), "amplitude": list(setup.amplitude), "step_budget": setup.train_steps,
-               "memory_budget_windows": setup.capacity, "patience": setup.patience}
+               "memory_budget_windows": setup.capacity, "stream_budget_windows": setup.stream_samples,
+               "patience": setup.patience}
     print(f"online error reduction {100 * summary['mean']:+.1f} % +- {100 * se:.1f} % (mean +- SE over {len(x)} seeds; "
           "target >= 15 %)")
     if args.json:

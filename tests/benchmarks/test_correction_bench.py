@@ -21,3 +21,12 @@ def test_the_command_line_sets_the_model_the_ranges_and_the_budgets() -> None:
     assert setup.patience == 1000 and default.patience == 10
     assert setup.train_steps == 50 and setup.offline_sims == 6 and setup.capacity == 6 * setup.blocks
     assert setup.simulator == default.simulator  # the runs themselves are the same
+
+
+def test_the_online_stream_is_a_budget_of_runs_far_above_what_offline_stores() -> None:
+    for quick in (True, False):
+        setup = correction.correction_setup(quick)
+        assert setup.stream_samples == setup.stream_sims * setup.blocks and setup.stream_sims % setup.members == 0
+        assert setup.stream_sims >= 6 * setup.offline_sims  # online's fresh runs, offline's stored ones
+    args = correction.parse_args(["--stream-sims", "32"])
+    assert correction.setup_from_args(args).stream_samples == 32 * correction.correction_setup(False).blocks
