@@ -7,7 +7,7 @@ import signal
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from typing import Callable
 
 import dask
@@ -28,52 +28,17 @@ def until(what: str, ready: Callable[[], bool], timeout: float = 90.0) -> None:
         time.sleep(0.05)
 
 
-def _settings(checkpoint_interval: float, poll: float, backoff: float, restarts: int) -> dict[str, float]:
-    return {
+@contextmanager
+def chaos_coupling(checkpoint_interval: float, poll: float = 0.3, backoff: float = 0.2, restarts: int = 2) -> Iterator[Coupling]:
+    """Three worker processes whose nannies replace a killed one (with a new address), supervised fast."""
+    settings = {
         "coupler.supervision.poll-interval": poll,
         "coupler.supervision.checkpoint-interval": checkpoint_interval,
         "coupler.supervision.restart-backoff": backoff,
         "coupler.supervision.max-restarts": restarts,
     }
-
-
-@contextmanager
-def chaos_coupling(checkpoint_interval: float, poll: float = 0.3, backoff: float = 0.2, restarts: int = 2) -> Iterator[Coupling]:
-    """Three worker processes whose nannies replace a killed one (with a new address), supervised fast."""
-    with dask.config.set(_settings(checkpoint_interval, poll, backoff, restarts)), Coupling(
-        n_workers=3, threads_per_worker=1, dashboard_address=":0"
-    ) as cp:
+    with dask.config.set(settings), Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0") as cp:
         yield cp
-
-
-#: The chaos couplings that several modules share, by their settings, and what closes each.
-_shared: dict[tuple[tuple[str, float], ...], tuple[ExitStack, Coupling]] = {}
-
-
-def shared_chaos_coupling(checkpoint_interval: float, poll: float = 0.3, backoff: float = 0.2, restarts: int = 2) -> Iterator[Coupling]:
-    """For a module fixture: the chaos coupling of these settings that the modules asking for the same share.
-
-    Started by the first module that asks (each start is ~5-15 s of a loaded 2-core machine), and
-    closed by :func:`close_shared` (tests/reliability/conftest.py: when the run leaves this folder).
-    A module gets what it got from its own cluster, as its tests share one: the settings set while
-    it runs (the supervisor read them when the coupling started), and three workers once a nanny
-    has replaced any an earlier test killed (every test of these modules asks :func:`three_workers`
-    first, as within a module).
-    """
-    settings = _settings(checkpoint_interval, poll, backoff, restarts)
-    key = tuple(sorted(settings.items()))
-    with dask.config.set(settings):
-        if key not in _shared:
-            stack = ExitStack()
-            _shared[key] = (stack, stack.enter_context(Coupling(n_workers=3, threads_per_worker=1, dashboard_address=":0")))
-        yield _shared[key][1]
-
-
-def close_shared() -> None:
-    """Close every shared chaos coupling."""
-    while _shared:
-        _, (stack, _) = _shared.popitem()
-        stack.close()
 
 
 def three_workers(cp: Coupling, wait: float = 60.0) -> list[str]:

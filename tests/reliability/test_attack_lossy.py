@@ -15,7 +15,7 @@ import cloudpickle
 import pytest
 
 import lossy_actors
-from chaos_cluster import fresh_tag, kill_worker, shared_chaos_coupling, stop_all, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_tag, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Latest, Policy, Reservoir, Window
 from lossy_actors import Reader, Ticker
@@ -28,8 +28,8 @@ IDS = ["latest", "reservoir", "window"]
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    # One cluster for every module of these settings (chaos_cluster.shared_chaos_coupling).
-    yield from shared_chaos_coupling(checkpoint_interval=0.5, poll=0.2, backoff=0.1, restarts=100)
+    with chaos_coupling(checkpoint_interval=0.5, poll=0.2, backoff=0.1, restarts=100) as cp:
+        yield cp
 
 
 def _running(refs: list) -> None:

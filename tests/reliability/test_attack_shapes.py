@@ -25,7 +25,7 @@ import pytest
 
 import attack_actors
 import merge_actors
-from chaos_cluster import fresh_checkpoint, fresh_tag, kill_worker, shared_chaos_coupling, stop_all, three_workers, until
+from chaos_cluster import chaos_coupling, fresh_checkpoint, fresh_tag, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from attack_actors import SeqSink
@@ -42,8 +42,8 @@ SEED = 7
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    # One cluster for every module of these settings (chaos_cluster.shared_chaos_coupling).
-    yield from shared_chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.1, restarts=1000)
+    with chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.1, restarts=1000) as cp:
+        yield cp
 
 
 def _kill_between_checkpoints(cp: Coupling, victim: object, sink: object, at: int, pause: float = 0.15) -> None:

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 import merge_actors
-from chaos_cluster import kill_worker, shared_chaos_coupling, stop_all, three_workers, until
+from chaos_cluster import chaos_coupling, kill_worker, stop_all, three_workers, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Queue
 from merge_actors import Merger, Sink, Source, value
@@ -43,8 +43,8 @@ _until = until
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    # One cluster for every module of these settings (chaos_cluster.shared_chaos_coupling).
-    yield from shared_chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.1, restarts=1000)
+    with chaos_coupling(checkpoint_interval=0.4, poll=0.2, backoff=0.1, restarts=1000) as cp:
+        yield cp
 
 
 def _workers(cp: Coupling) -> list[str]:

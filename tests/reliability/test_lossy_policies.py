@@ -15,7 +15,7 @@ import cloudpickle
 import pytest
 
 import lossy_actors
-from chaos_cluster import kill_worker, shared_chaos_coupling, until
+from chaos_cluster import chaos_coupling, kill_worker, until
 from coupler.runtime.coupling import Coupling
 from coupler.runtime.policies import Latest, Policy, Reservoir, Window
 from lossy_actors import Reader, Ticker
@@ -25,8 +25,8 @@ cloudpickle.register_pickle_by_value(lossy_actors)
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Coupling]:
-    # One cluster for every module of these settings (chaos_cluster.shared_chaos_coupling).
-    yield from shared_chaos_coupling(checkpoint_interval=0.5, poll=0.2, backoff=0.1, restarts=100)
+    with chaos_coupling(checkpoint_interval=0.5, poll=0.2, backoff=0.1, restarts=100) as cp:
+        yield cp
 
 
 @pytest.mark.parametrize("policy", [Latest(), Reservoir(64, seed=0), Window(64)], ids=["latest", "reservoir", "window"])
