@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,6 @@ import dask.config
 import pytest
 from distributed import Client
 
-from coupler.runtime.launch.cli import run_script
 from coupler.runtime.launch.cluster import JobOptions, close_cluster, start_cluster, wait_for_workers
 from slurm_support import JOBQUEUE_YAML, REPO, SMALL_AUGMENTATION, squeue_jobs, wait_until_gone
 
@@ -51,45 +51,14 @@ class Watcher(threading.Thread):
         self.join(10)
 
 
-def test_augmentation_actors_run_inside_slurm_jobs(slurm: None, jobqueue_config: None, tmp_path: Path) -> None:
-    out = tmp_path / "results.json"
-    before = set(squeue_jobs())
-    cluster = start_cluster("slurm", JobOptions.from_config(jobs=2))
-    try:
-        client = Client(cluster)
-        wait_for_workers(client, 2, timeout="120s")
-        job_of = client.run(lambda: os.environ.get("SLURM_JOB_ID", ""))
-        cluster_jobs = set(job_of.values())
-        assert len(cluster_jobs) == 2 and "" not in cluster_jobs, job_of  # each worker is its own Slurm job
+def test_coupler_run_on_slurm_runs_the_actors_inside_its_jobs(slurm: None, tmp_path: Path) -> None:
+    """The README command, at a small size: ``coupler run --cluster slurm --jobs 2`` submits two worker jobs,
+    the augmentation script's actors run inside them, it learns something, and no job is left after.
 
-        watcher = Watcher(client)
-        watcher.start()
-        try:
-            # As `coupler run` does: the script runs as __main__ here (so its classes travel to the
-            # workers by value) with this cluster as the default of its Coupling().
-            status = run_script(str(REPO / "examples" / "augmentation.py"), [*SMALL_AUGMENTATION, "--json", str(out)],
-                                cluster.scheduler_address)
-        finally:
-            watcher.stop()
-        client.close()
-    finally:
-        close_cluster(cluster)
-
-    seen = set(watcher.jobs) - before
-    assert cluster_jobs <= seen, f"squeue never showed the workers' jobs {cluster_jobs}; it showed {watcher.jobs}"
-    assert {watcher.jobs[j][0] for j in cluster_jobs} == {"coupler-worker"}  # the name examples/jobqueue.yaml sets
-    assert "learner" in watcher.actor_workers and any(n.startswith("heat-") for n in watcher.actor_workers)
-    for name, worker in watcher.actor_workers.items():
-        assert job_of.get(worker) in cluster_jobs, f"actor {name} ran on {worker}, not in a Slurm job of this cluster"
-    assert status == 0
-    results = json.loads(out.read_text())
-    assert results["samples_streamed"] > 0 and results["training_steps"] > 0
-    assert results["heldout_rel_l2"] < results["persistence_rel_l2"]  # it learned something on the way
-    assert wait_until_gone(cluster_jobs) == set(), "cluster.close() left jobs in squeue"
-
-
-def test_coupler_run_on_slurm_from_the_command_line(slurm: None, tmp_path: Path) -> None:
-    """The README command, at a small size."""
+    One run checks both the command and where the actors ran (it was two tests, each starting
+    its own two Slurm jobs and running the script: the command goes through the same
+    ``start_cluster`` and ``run_script`` as a script given a cluster by hand).
+    """
     before = set(squeue_jobs())
     out = tmp_path / "results.json"
     cmd = [
@@ -98,21 +67,54 @@ def test_coupler_run_on_slurm_from_the_command_line(slurm: None, tmp_path: Path)
         "--", *SMALL_AUGMENTATION, "--json", str(out),
     ]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    announced = threading.Event()
+
+    def read() -> None:  # the command prints its scheduler's address once the workers joined, before the script runs
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "slurm cluster at tcp://" in line:
+                announced.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     watcher = Watcher()
     watcher.start()
+    client: Client | None = None
+    job_of: dict[str, str] = {}
     try:
-        log, _ = proc.communicate(timeout=240)
+        deadline = time.monotonic() + 240
+        while not announced.wait(0.2) and proc.poll() is None:
+            assert time.monotonic() < deadline, "coupler run printed no cluster address in 240 s:\n" + "".join(lines)[-3000:]
+        if announced.is_set():
+            address = re.search(r"slurm cluster at (tcp://[^;\s]+)", "".join(lines)).group(1)  # type: ignore[union-attr]
+            client = Client(address, timeout=30)
+            job_of = client.run(lambda: os.environ.get("SLURM_JOB_ID", ""))
+            watcher.client = client
+        proc.wait(timeout=max(1.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         proc.kill()
-        log, _ = proc.communicate()
-        pytest.fail(f"coupler run did not finish in 240 s:\n{log[-3000:]}")
+        proc.wait()
+        reader.join(10)
+        pytest.fail(f"coupler run did not finish in 240 s:\n{''.join(lines)[-3000:]}")
     finally:
         watcher.stop()
+        if client is not None:
+            client.close()
+    reader.join(10)
+    log = "".join(lines)
     assert proc.returncode == 0, log[-3000:]
-    ours = {j for j, (name, _) in watcher.jobs.items() if j not in before and name == "coupler-worker"}
+    ours = {j for j, (name, _) in watcher.jobs.items() if j not in before and name == "coupler-worker"}  # the name examples/jobqueue.yaml sets
     assert len(ours) == 2, f"expected 2 worker jobs in squeue during the run; saw {watcher.jobs}"
+    cluster_jobs = set(job_of.values())
+    assert cluster_jobs == ours and "" not in cluster_jobs, (job_of, ours)  # each worker is its own Slurm job
+    assert "learner" in watcher.actor_workers and any(n.startswith("heat-") for n in watcher.actor_workers), watcher.actor_workers
+    for name, worker in watcher.actor_workers.items():
+        assert job_of.get(worker) in cluster_jobs, f"actor {name} ran on {worker}, not in a Slurm job of this cluster"
     results = json.loads(out.read_text())
     assert results["samples_streamed"] > 0 and results["training_steps"] > 0
+    assert results["heldout_rel_l2"] < results["persistence_rel_l2"]  # it learned something on the way
     assert "slurm cluster at tcp://127.0.0.1:" in log
     assert wait_until_gone(ours) == set(), "coupler run left jobs in squeue"
 
