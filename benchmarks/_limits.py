@@ -5,7 +5,7 @@ payloads with ``sendall``/``recv_into`` into a preallocated buffer (no framing,
 no serialization) and bounces 1 B and 4 KiB for the round trip; ``memcpy`` is
 one ``np.copyto`` of the payload, single-threaded.
 
-``memcpy-fresh`` (4 KiB) is what keeping small messages costs at least: each copy goes into
+``memcpy-fresh`` (4 KiB) is what keeping small messages costs in memory: each copy goes into
 memory the process never used before and stays there, as in a replay log that
 fills (up to ``coupler.delivery.retain-bytes``), in a new process each time so
 that no memory freed earlier is reused. Its gap to ``memcpy`` is the page

@@ -176,25 +176,25 @@ def test_the_heat_loss_is_judged_with_its_noise_estimated_from_the_reference_pha
     assert verdict(0.04, 0.01) == "noisy"  # 2-6 % holds the target
 
 
-def test_the_retention_ceiling_adds_the_fresh_memory_cost_to_each_message() -> None:
+def test_the_retention_estimate_adds_the_fresh_memory_cost_to_each_message() -> None:
     """t / (t + extra), with extra what a copy into new memory costs over one into reused memory;
     no figure when a row is missing, and never above 1 when noise makes the fresh copy look cheaper."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _common import COPY, STREAM, Row
     from _ratios import compute
 
-    def ceiling(coupler: float, fresh: float, reused: float, drop: str = "") -> dict:
+    def estimate(coupler: float, fresh: float, reused: float, drop: str = "") -> dict:
         rows = [
             Row("coupler", STREAM, "4KiB", 4096, coupler, coupler * 4096 / 1e9),
             Row("memcpy-fresh", COPY, "4KiB", 4096, fresh, fresh * 4096 / 1e9),
             Row("memcpy", COPY, "4KiB", 4096, reused, reused * 4096 / 1e9),
         ]
-        q = next(q for q in compute([r for r in rows if r.system != drop]) if "retention ceiling" in q.name)
+        q = next(q for q in compute([r for r in rows if r.system != drop]) if "retention estimate" in q.name)
         return q.as_dict()
 
     # 20 us per message; fresh copies 4 us against 1 us reused: 20 / (20 + 3).
-    q = ceiling(50_000.0, 250_000.0, 1_000_000.0)
+    q = estimate(50_000.0, 250_000.0, 1_000_000.0)
     assert q["status"] == "info" and abs(q["value"] - 20 / 23) < 1e-12, q
-    assert ceiling(50_000.0, 2_000_000.0, 1_000_000.0)["value"] == 1.0
-    missing = ceiling(50_000.0, 250_000.0, 1_000_000.0, drop="memcpy-fresh")
+    assert estimate(50_000.0, 2_000_000.0, 1_000_000.0)["value"] == 1.0
+    missing = estimate(50_000.0, 250_000.0, 1_000_000.0, drop="memcpy-fresh")
     assert missing["status"] == "n/a" and missing["value"] is None and "memcpy-fresh" in missing["detail"]
