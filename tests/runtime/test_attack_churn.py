@@ -33,14 +33,12 @@ from lossy_actors import Reader, Ticker  # noqa: E402
 cloudpickle.register_pickle_by_value(lifecycle_actors)
 cloudpickle.register_pickle_by_value(lossy_actors)
 
-# 6 measured cycles per shape after 5 of warm-up (the soak test measures 40 of the base case).
+# 10 measured cycles per shape after 5 of warm-up (the soak test measures 40 of the base case).
 # Threads and descriptors stay flat from the second cycle on (a run of 30 cycles per shape: the
 # slopes over cycles 5-15 and 10-30 agree within 0.01 MiB, every count flat), and the Theil-Sen
-# slope of a leak of 1 thread or 1 descriptor per cycle is 1 over any number of cycles (every
-# pairwise slope is 1): 10x and 2x the targets, so such a leak still fails here. Six points give
-# 15 pairwise slopes, enough for the median to ignore a garbage collection in one cycle; it was
-# 10 measured cycles, which cost ~1 s each per shape and found nothing more.
-CYCLES, WARMUP = 11, 5
+# slope of a leak of 1 thread or 1 descriptor per cycle is 1 over any 10 cycles: 10x and 2x the
+# targets, so such a leak still fails here.
+CYCLES, WARMUP = 15, 5
 
 
 def _lossy(cp: Coupling, tag: str, i: int, w: list[str]) -> None:
