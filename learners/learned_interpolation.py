@@ -246,16 +246,7 @@ class LearnedInterpolationConfig:
 
     def build(self, seed: int = 0) -> LearnedInterpolationNet:
         """Initialise a ``LearnedInterpolationNet`` from ``seed``."""
-        return LearnedInterpolationNet(
-            width=self.width,
-            depth=self.depth,
-            kernel_size=self.kernel_size,
-            stencil=self.stencil,
-            order=self.order,
-            field_scale=self.field_scale,
-            log_nu_center=self.log_nu_center,
-            rngs=nnx.Rngs(seed),
-        )
+        return LearnedInterpolationNet(**vars(self), rngs=nnx.Rngs(seed))  # every field is a constructor argument
 
 
 class ClosedLearnedInterpolation(nnx.Module):

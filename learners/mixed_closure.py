@@ -160,12 +160,4 @@ class MixedClosureConfig:
 
     def build(self, seed: int = 0) -> MixedClosureNet:
         """Initialise a ``MixedClosureNet`` from ``seed``."""
-        return MixedClosureNet(
-            hidden=self.hidden,
-            depth=self.depth,
-            viscosity_scale=self.viscosity_scale,
-            features=self.features,
-            feature_scale=self.feature_scale,
-            log_nu_center=self.log_nu_center,
-            rngs=nnx.Rngs(seed),
-        )
+        return MixedClosureNet(**vars(self), rngs=nnx.Rngs(seed))  # every field is a constructor argument

@@ -146,14 +146,7 @@ class CoarseCorrectionConfig:
 
     def build(self, seed: int = 0) -> CoarseCorrectionNet:
         """Initialise a ``CoarseCorrectionNet`` from ``seed``."""
-        return CoarseCorrectionNet(
-            width=self.width,
-            depth=self.depth,
-            kernel_size=self.kernel_size,
-            field_scale=self.field_scale,
-            log_nu_center=self.log_nu_center,
-            rngs=nnx.Rngs(seed),
-        )
+        return CoarseCorrectionNet(**vars(self), rngs=nnx.Rngs(seed))  # every field is a constructor argument
 
 
 def coarse_step(coarse: NavierStokes2D, w: jax.Array, params: jax.Array) -> jax.Array:

@@ -152,14 +152,7 @@ class SpectralClosureConfig:
 
     def build(self, seed: int = 0) -> SpectralClosureNet:
         """Initialise a ``SpectralClosureNet`` from ``seed``."""
-        return SpectralClosureNet(
-            hidden=self.hidden,
-            depth=self.depth,
-            viscosity_scale=self.viscosity_scale,
-            log_nu_center=self.log_nu_center,
-            state_features=self.state_features,
-            rngs=nnx.Rngs(seed),
-        )
+        return SpectralClosureNet(**vars(self), rngs=nnx.Rngs(seed))  # every field is a constructor argument
 
 
 class ClosureWithCorrection(nnx.Module):
