@@ -40,6 +40,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from coupler.learners.solver_correction import check_conv_stack
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
@@ -132,11 +133,7 @@ class LearnedInterpolationNet(nnx.Module):
         log_nu_center: float = -3.5,
         rngs: nnx.Rngs,
     ) -> None:
-        if depth < 2 or kernel_size % 2 == 0 or width < 1 or not field_scale > 0:
-            raise ValueError(
-                f"need depth >= 2, an odd kernel_size, width >= 1 and field_scale > 0; got depth={depth}, "
-                f"kernel_size={kernel_size}, width={width}, field_scale={field_scale}"
-            )
+        check_conv_stack(width, depth, kernel_size, field_scale)
         free = null_space_basis(stencil, order).shape[1]  # refuses a stencil and order with no free coefficient
         self.stencil, self.order = stencil, order
         self.field_scale = field_scale

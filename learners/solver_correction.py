@@ -42,6 +42,25 @@ PARAMS_WIDTH = 3
 """Columns of a batch's ``"params"``: viscosity, forcing amplitude, drag."""
 
 
+def check_conv_stack(width: int, depth: int, kernel_size: int, field_scale: float) -> None:
+    """Check the shape of a stack of same-size convolutions over a scaled vorticity field.
+
+    Args:
+        width: channels of the hidden layers.
+        depth: convolutions.
+        kernel_size: kernel size (odd: the stack keeps the grid's size).
+        field_scale: typical vorticity magnitude.
+
+    Raises:
+        ValueError: for ``depth < 2``, an even kernel, or a non-positive width or scale.
+    """
+    if depth < 2 or kernel_size % 2 == 0 or width < 1 or not field_scale > 0:
+        raise ValueError(
+            f"need depth >= 2, an odd kernel_size, width >= 1 and field_scale > 0; got depth={depth}, "
+            f"kernel_size={kernel_size}, width={width}, field_scale={field_scale}"
+        )
+
+
 class CoarseCorrectionNet(nnx.Module):
     """A small periodic CNN: coarse vorticity and run parameters in, a vorticity correction out.
 
@@ -75,11 +94,7 @@ class CoarseCorrectionNet(nnx.Module):
         log_nu_center: float = -6.0,
         rngs: nnx.Rngs,
     ) -> None:
-        if depth < 2 or kernel_size % 2 == 0 or width < 1 or not field_scale > 0:
-            raise ValueError(
-                f"need depth >= 2, an odd kernel_size, width >= 1 and field_scale > 0; got depth={depth}, "
-                f"kernel_size={kernel_size}, width={width}, field_scale={field_scale}"
-            )
+        check_conv_stack(width, depth, kernel_size, field_scale)
         self.field_scale = field_scale
         self.log_nu_center = log_nu_center
         sizes = [3] + [width] * (depth - 1) + [1]
