@@ -110,7 +110,7 @@ class RoleState:
     def __init__(self, lease: float = LEASE_S, park: float = PARK_S, park_max: float = PARK_MAX_S) -> None:
         self.lease, self.park, self.park_max = lease, park, max(park, park_max)
         self.holder = Holder.RECEIVER
-        self.taken_at = 0.0  # when the consumer last took the role
+        self.taken_at = 0.0  # when the consumer last took the role (its wait began)
         self.receiver_until = 0.0  # when the sleeping receiving thread looks again
         self.receiver_reading = False
         self.lease_end = 0.0
@@ -123,8 +123,10 @@ class RoleState:
         if self.ended or self.receiver_reading or self.holder is Holder.CONSUMER or not self.small_frames:
             return Take.REFUSED
         kick = self.holder is Holder.RECEIVER
-        if kick or now > self.lease_end:  # a new wait, not the next message of a busy consumer
-            self.taken_at = now
+        # Every take starts a wait, also a busy consumer's next one within its lease: the receiving
+        # thread's sleep grows with this wait only. (Counting a busy consumer's takes as one long
+        # wait made that sleep long, so that every give-back had to wake it: a wake per message.)
+        self.taken_at = now
         self.holder = Holder.CONSUMER
         self.takes += 1
         return Take.TAKEN_KICK if kick else Take.TAKEN

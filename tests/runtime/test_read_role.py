@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -124,6 +124,48 @@ class RoleMachine(RuleBasedStateMachine):
 
 TestRoleMachine = RoleMachine.TestCase
 TestRoleMachine.settings = settings(max_examples=300, stateful_step_count=40, deadline=None)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    waits=st.lists(st.floats(0.0, 0.9 * PARK), min_size=50, max_size=400),
+    gaps=st.lists(st.floats(0.0, 0.9 * LEASE), min_size=1, max_size=20),
+)
+def test_a_busy_consumer_costs_the_receiving_thread_no_wake_per_message(waits: list[float], gaps: list[float]) -> None:
+    """A consumer that takes a message every so often (ping-pong, a steady stream) never wakes the receiving thread.
+
+    Each turn it waits less than PARK for its message and comes back within the
+    lease; the receiving thread looks again only when its own sleep ends. The
+    role's stated cost (module docstring) is the receiving thread's timed looks,
+    at most one per PARK while the consumer waits and one per lease end: never a
+    wake from a give-back. (Counting a busy consumer's turns as one long wait
+    made the receiving thread sleep long, and then every give-back woke it.)
+    """
+    role = RoleState(LEASE, PARK, PARK_MAX)
+    now, asleep_until = 0.0, 0.0  # the receiving thread looks at asleep_until (0: now)
+    looks = 0
+
+    def receiver_looks_until(t: float) -> None:
+        nonlocal asleep_until, looks
+        while asleep_until <= t:
+            turn = role.receiver_turn(asleep_until)
+            looks += 1
+            assert not turn.go, "the receiving thread took the role from a consumer that came back within its lease"
+            asleep_until = turn.until
+
+    assert role.consumer_take(now) is Take.TAKEN_KICK  # the first take kicks the receiving thread off the socket
+    turn = role.receiver_turn(now)  # kicked: it sees the consumer's role and sleeps
+    asleep_until = turn.until
+    for i, wait in enumerate(waits):
+        if i:
+            assert role.consumer_take(now) is Take.TAKEN  # within the lease: no kick
+        receiver_looks_until(now + wait)
+        now += wait
+        assert not role.consumer_give_back(now), f"give-back {i} woke the receiving thread"
+        gap = gaps[i % len(gaps)]
+        receiver_looks_until(now + gap)
+        now += gap
+    assert looks <= 2 * now / PARK + 2, f"{looks} timed looks in {now:.3f} s of a busy consumer"
 
 
 def test_giving_back_a_role_one_does_not_hold_is_a_bug_that_raises() -> None:
