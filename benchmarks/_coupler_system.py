@@ -43,6 +43,7 @@ from coupler.runtime import Coupling, Queue
 cloudpickle.register_pickle_by_value(_actors)
 
 _ids = itertools.count()
+ALO_FILL = "coupler-alo-fill"  # retention while the replay log fills for the first time (fresh memory)
 HEAT_N = 1024
 HEAT_PERIODS = (10, 1)  # publish every 10th step (the target) and every step (reported)
 
@@ -52,6 +53,13 @@ def _worker_shared_memory_setting() -> object:
     import dask.config
 
     return dask.config.get("coupler.transport.shared-memory", None)
+
+
+def retain_bytes() -> int:
+    """``coupler.delivery.retain-bytes`` as the workers get it (the coupling ships this process's config)."""
+    from coupler.runtime.dataplane.settings import delivery_config
+
+    return delivery_config().retain_bytes
 
 
 def queue_size(nbytes: int) -> int:
@@ -85,8 +93,21 @@ class CouplerBench:
     def _name(self, what: str) -> str:
         return f"{what}-{os.getpid()}-{next(_ids)}"
 
-    def _stream(self, nbytes: int, producers: int, consumers: int, workload: str) -> Row:
+    def _stream(self, nbytes: int, producers: int, consumers: int, workload: str, system: str | None = None,
+                steady: bool = False) -> Row:
+        """Stream on a new channel; with ``steady``, once the replay log filled and a checkpoint let it go.
+
+        ``steady`` warms up with ``retain-bytes`` of messages (the consumer's
+        replay log fills: every kept message needs memory the process has not
+        used) and then checkpoints the consumers, whose commit lets the log go:
+        the timed stream is one checkpoint interval of a long run, whose log
+        refills from reused memory. Without it, the timed stream is the start of
+        a run (of a channel: each link has its own pool of segments).
+        """
         ch = self.cp.channel(self._name("ch"), Queue(queue_size(nbytes)))
+        warmup = self.budget.warmup(nbytes)
+        if steady:
+            warmup = max(warmup, -(-retain_bytes() // nbytes) + queue_size(nbytes))
         sinks = [
             self.cp.spawn(
                 _actors.StreamConsumer, producers, name=self._name("sink"), workers=self.consumer_worker, inputs={"in": ch}
@@ -99,7 +120,7 @@ class CouplerBench:
                 nbytes,
                 self.budget.seconds,
                 max(2, self.budget.max_msgs(nbytes) // producers),
-                self.budget.warmup(nbytes),
+                warmup,
                 name=self._name("source"),
                 workers=self.producer_worker,
                 outputs={"out": ch},
@@ -111,6 +132,13 @@ class CouplerBench:
         for ref in sources:
             if not ref.call("warmed_up", self.timeout):
                 raise TimeoutError(f"{ref.name}: warm-up not sent within {self.timeout} s")
+        committed = None
+        if steady:  # the consumers' commit lets the filled log go (what a periodic checkpoint does)
+            held = self.cp.supervisor.checkpoint_now([ref.name for ref in sinks], timeout=self.timeout)
+            # The fewest warm-up messages a consumer's stored checkpoint covers (its "delivered" marks).
+            committed = min(
+                (seq + 1 for ck in held.values() for marks in ck.get("delivered", {}).values() for seq in marks.values()), default=0
+            )
         for ref in sources:
             ref.call("go")
         for ref in sources + sinks:
@@ -121,7 +149,7 @@ class CouplerBench:
             ref.stop(5)
         count, start, last = merge_windows(starts, results)
         return rate_row(
-            self.system,
+            system or self.system,
             workload,
             nbytes,
             count,
@@ -131,11 +159,22 @@ class CouplerBench:
             consumers=consumers,
             queue=queue_size(nbytes),
             shared_memory_setting=",".join(self.shared_memory),
+            warmup_messages=warmup,
+            steady=steady,
+            **({} if committed is None else {"committed_before_clock": committed}),
         )
 
     def stream(self, nbytes: int) -> Row:
         """1:1 streaming."""
         return self._stream(nbytes, 1, 1, STREAM)
+
+    def stream_filling(self, nbytes: int) -> Row:
+        """1:1 streaming at the start of a run, while the replay log fills (with retention: ``coupler-alo-fill``)."""
+        return self._stream(nbytes, 1, 1, STREAM, system=ALO_FILL)
+
+    def stream_steady(self, nbytes: int) -> Row:
+        """1:1 streaming in a checkpoint interval of a long run (with retention: ``coupler-alo``)."""
+        return self._stream(nbytes, 1, 1, STREAM, steady=True)
 
     def fan_in(self, nbytes: int) -> Row:
         """8 producers into one consumer; aggregate rate."""
@@ -306,9 +345,12 @@ def run(
     with dask.config.set(settings), Coupling(n_workers=2, threads_per_worker=1, dashboard_address=":0", env=env) as cp:
         bench = CouplerBench(cp, system, budget)
         cells: list[Cell] = []
-        for wl, method in ((STREAM, bench.stream), (FAN_IN, bench.fan_in), (BROADCAST, bench.broadcast)):
+        methods = [(STREAM, system, bench.stream), (FAN_IN, system, bench.fan_in), (BROADCAST, system, bench.broadcast)]
+        if retain:
+            methods[:1] = [(STREAM, ALO_FILL, bench.stream_filling), (STREAM, system, bench.stream_steady)]
+        for wl, label, method in methods:
             if wl in workloads:
-                cells += [(f"{system} {wl} {p}", lambda m=method, n=PAYLOADS[p]: m(n)) for p in payloads.get(wl, [])]
+                cells += [(f"{label} {wl} {p}", lambda m=method, n=PAYLOADS[p]: m(n)) for p in payloads.get(wl, [])]
         if PINGPONG in workloads:
             cells.append((f"{system} {PINGPONG} {PINGPONG_PAYLOAD}", lambda: bench.pingpong(PAYLOADS[PINGPONG_PAYLOAD])))
         if HEAT in workloads:

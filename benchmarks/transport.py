@@ -138,7 +138,7 @@ def format_table(rows: list[Row]) -> str:
 SYSTEMS_ORDER = {
     s: i
     for i, s in enumerate(
-        ("coupler", "coupler-tcp", "coupler-alo", "coupler-xhost", "tcp-raw-xhost", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy", "memcpy-fresh")
+        ("coupler", "coupler-tcp", "coupler-alo-fill", "coupler-alo", "coupler-xhost", "tcp-raw-xhost", "dask-actor", "dask-queue", "redis", "ray", "tcp-raw", "memcpy", "memcpy-fresh")
     )
 }
 

@@ -198,3 +198,31 @@ def test_the_retention_estimate_adds_the_fresh_memory_cost_to_each_message() -> 
     assert estimate(50_000.0, 2_000_000.0, 1_000_000.0)["value"] == 1.0
     missing = estimate(50_000.0, 250_000.0, 1_000_000.0, drop="memcpy-fresh")
     assert missing["status"] == "n/a" and missing["value"] is None and "memcpy-fresh" in missing["detail"]
+
+
+def test_the_retention_rows_time_a_first_fill_and_an_interval_after_a_commit() -> None:
+    """``coupler-alo-fill`` starts on a fresh channel; ``coupler-alo`` first fills the log and commits it.
+
+    With ``retain-bytes`` of 2 MiB and 1 MiB messages, the steady row's warm-up
+    sends 2 messages for the log and a queue's worth (64) more, and the
+    consumer's stored checkpoint covers at least those the log held before the
+    clock starts: what lets the log go.
+    """
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dask
+    from _common import SMOKE, STREAM
+    import _coupler_system
+
+    notes: list[str] = []
+    with dask.config.set({"coupler.delivery.retain-bytes": "2 MiB"}):
+        rows = _coupler_system.run("coupler-alo", SMOKE, [STREAM], {STREAM: ["1MiB"]}, True, notes.append, retain=True)
+    by_system = {r.system: r for r in rows}
+    assert set(by_system) == {"coupler-alo-fill", "coupler-alo"}, notes
+    fill, steady = by_system["coupler-alo-fill"], by_system["coupler-alo"]
+    assert fill.extra["steady"] is False and fill.extra["warmup_messages"] == SMOKE.warmup(1 << 20)
+    assert "committed_before_clock" not in fill.extra
+    queue = _coupler_system.queue_size(1 << 20)
+    assert steady.extra["steady"] is True and steady.extra["warmup_messages"] == 2 + queue
+    # Whatever is still queued at the consumer is not taken yet; everything before it is committed.
+    assert 2 <= steady.extra["committed_before_clock"] <= 2 + queue, steady.extra
+    assert fill.n_msgs > 0 and steady.n_msgs > 0 and fill.gb_per_s > 0 and steady.gb_per_s > 0
