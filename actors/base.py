@@ -96,8 +96,10 @@ class ActorHost:
         self.outputs: dict[str, OutPort] = {
             p: HostOutPort(self.endpoint, ch, self._loop, self._takes) for p, ch in (outputs or {}).items()
         }
+        # Without retention nothing is replayed after a restart, so there is no order to repeat.
+        logs_takes = bool(self.outputs) and self.endpoint.delivery.retain
         for port in self.inputs.values():
-            port.logs_takes = bool(self.outputs) and isinstance(port.buffer, QueueBuffer)
+            port.logs_takes = logs_takes and isinstance(port.buffer, QueueBuffer)
         self._checkpoints = Checkpointer(
             name, type(self).__qualname__, self.endpoint, self.inputs, self.outputs, self._life, self._takes,
             self.state_dict, self.load_state_dict,

@@ -1,7 +1,8 @@
 """An actor host's take order: the ``Queue`` takes it logs for its consumers, and repeats after a restart.
 
-Only an actor that sends and takes from ``Queue`` inputs logs its takes: what
-it sends may depend on their order. Each message it sends carries the takes
+Only an actor that sends and takes from ``Queue`` inputs logs its takes, and only
+with retention on (without it nothing is replayed): what it sends may depend on
+their order. Each message it sends carries the takes
 since its previous one on that channel; a restarted instance gathers them
 back from its consumers and takes its replayed inputs in that order. The
 protocol is :mod:`coupler.runtime.dataplane.lineage` (sans-IO); this module is

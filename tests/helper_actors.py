@@ -69,6 +69,10 @@ class Collector(ActorHost):
         m = self.inputs["inp"].receive(timeout=timeout, default=None)
         return None if m is None else (m.source, m.seq, float(m.data["x"][0]))
 
+    def meta_now(self, timeout: float | None = None) -> list[str]:
+        """Receive one message from the remote call itself (actor not started); returns its meta's keys."""
+        return sorted(self.inputs["inp"].receive(timeout=timeout).meta)
+
     def sample_now(self, n: int) -> Any:
         return self.inputs["inp"].sample(n, timeout=10)
 
@@ -80,6 +84,15 @@ class Collector(ActorHost):
 
     def detach(self) -> None:
         self.inputs["inp"].close()
+
+
+class Forwarder(ActorHost):
+    """Sends every message of its ``inp`` port on, unchanged, on its ``out`` port."""
+
+    def step(self) -> bool:
+        m = self.inputs["inp"].receive()
+        self.outputs["out"].send(m.data, step=m.step)
+        return True
 
 
 class Blocker(ActorHost):

@@ -59,3 +59,33 @@ def test_a_failing_run_loop_reports_its_traceback(coupling: Coupling, unique: st
         bad.wait(30)
     assert bad.status().state == "failed"
     col.stop()
+
+
+def _forwarded_meta(cp: Coupling, tag: str) -> list[list[str]]:
+    """The meta keys of 3 messages that a forwarding actor sent on."""
+    from helper_actors import Forwarder
+
+    w = cp.workers()
+    a, b = cp.channel(f"fwd-in-{tag}", Queue(8)), cp.channel(f"fwd-out-{tag}", Queue(8))
+    col = cp.spawn(Collector, name=f"fwd-col-{tag}", inputs={"inp": b}, workers=w[0])
+    fwd = cp.spawn(Forwarder, name=f"fwd-{tag}", inputs={"inp": a}, outputs={"out": b}, workers=w[-1])
+    prod = cp.spawn(Producer, 3, name=f"fwd-prod-{tag}", outputs={"out": a}, workers=w[0])
+    fwd.start()
+    prod.start()
+    assert prod.wait(30).state == "finished"
+    metas = [col.call("meta_now", 10) for _ in range(3)]
+    fwd.stop(10)
+    return metas
+
+
+def test_an_actor_that_sends_logs_its_takes_only_with_retention(coupling: Coupling, unique: str) -> None:
+    """Input-order logging exists for replays (docs/reliability.md): without retention there is none, so no takes note."""
+    import dask
+
+    from coupler.runtime.dataplane.lineage import META_KEY
+
+    assert all(META_KEY in keys for keys in _forwarded_meta(coupling, unique))  # retention on (the default)
+    with dask.config.set({"coupler.delivery.retain": False}), Coupling(
+        n_workers=2, threads_per_worker=1, dashboard_address=":0", env={"DASK_COUPLER__DELIVERY__RETAIN": "False"}
+    ) as cp:
+        assert not any(META_KEY in keys for keys in _forwarded_meta(cp, unique))
