@@ -89,6 +89,11 @@ class StreamProducer(ActorHost):
         """Counted messages sent and the wall-clock time of the first one."""
         return {"sent": self.sent, "start": self.first_send}
 
+    def kept(self) -> int:
+        """Messages this worker's replay logs keep for the consumers of ``out`` (a commit empties them)."""
+        boxes = self.endpoint.dispatch.outboxes.of(self.outputs["out"].channel)
+        return sum(len(box.log.items) for box in boxes if box.log is not None)
+
 
 class StreamConsumer(ActorHost):
     """Receive until ``n_producers`` last messages arrived; time and touch every counted one.

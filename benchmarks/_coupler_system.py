@@ -12,6 +12,7 @@ import itertools
 import math
 import os
 import statistics
+import time
 from typing import Callable
 
 import cloudpickle
@@ -139,6 +140,13 @@ class CouplerBench:
             committed = min(
                 (seq + 1 for ck in held.values() for marks in ck.get("delivered", {}).values() for seq in marks.values()), default=0
             )
+            # The commit reaches the producers' worker asynchronously, and letting go of a full log
+            # (65,536 small copies at 4 KiB) takes a while: wait for it, so that it is not timed.
+            until = time.monotonic() + self.timeout
+            while any(ref.call("kept") > warmup - committed for ref in sources):
+                if time.monotonic() > until:
+                    raise TimeoutError(f"the replay logs were not let go within {self.timeout} s of the commit")
+                time.sleep(0.05)
         for ref in sources:
             ref.call("go")
         for ref in sources + sinks:
