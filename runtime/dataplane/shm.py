@@ -52,8 +52,8 @@ FREE, BUSY = 0, 1
 # mapping costs more than the faults it saves, which the first fill's parallel copy takes
 # on several threads. Measured here (16 MiB, under chrt): a new segment and its first fill
 # 6.7-7.8 ms prefaulted, 4.9-5.9 ms not, later fills 0.9-1.3 ms either way; a quick
-# `transport.py` row of 96 messages with retention (16 new segments while the log fills):
-# coupler-alo / coupler 0.40-0.42 prefaulted, 0.53-0.57 not, in alternating runs.
+# `transport.py` row of 96 messages while a replay log first fills (16 new segments; that
+# row is now coupler-alo-fill): 0.40-0.42 of coupler prefaulted, 0.53-0.57 not, alternating.
 _MAP_FLAGS = mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0)
 _PRODUCER_MAP_FLAGS = mmap.MAP_SHARED
 _PARALLEL_COPY = 8 << 20  # copy leaves larger than this with several threads
