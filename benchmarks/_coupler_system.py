@@ -39,6 +39,7 @@ from _common import (
     run_cells,
 )
 from coupler.runtime import Coupling, Queue
+from coupler.runtime.dataplane.settings import delivery_config
 
 # The workers cannot import the benchmarks folder: ship the actor classes by value.
 cloudpickle.register_pickle_by_value(_actors)
@@ -54,13 +55,6 @@ def _worker_shared_memory_setting() -> object:
     import dask.config
 
     return dask.config.get("coupler.transport.shared-memory", None)
-
-
-def retain_bytes() -> int:
-    """``coupler.delivery.retain-bytes`` as the workers get it (the coupling ships this process's config)."""
-    from coupler.runtime.dataplane.settings import delivery_config
-
-    return delivery_config().retain_bytes
 
 
 def queue_size(nbytes: int) -> int:
@@ -108,7 +102,8 @@ class CouplerBench:
         ch = self.cp.channel(self._name("ch"), Queue(queue_size(nbytes)))
         warmup = self.budget.warmup(nbytes)
         if steady:
-            warmup = max(warmup, -(-retain_bytes() // nbytes) + queue_size(nbytes))
+            # retain-bytes as the workers have it: the coupling ships this process's config to them.
+            warmup = max(warmup, -(-delivery_config().retain_bytes // nbytes) + queue_size(nbytes))
         sinks = [
             self.cp.spawn(
                 _actors.StreamConsumer, producers, name=self._name("sink"), workers=self.consumer_worker, inputs={"in": ch}
