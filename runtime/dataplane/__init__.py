@@ -31,6 +31,8 @@ Modules, one concept each:
 - :mod:`~coupler.runtime.dataplane.wire`: framing and the checks of every frame.
 - :mod:`~coupler.runtime.dataplane.read_role` (its state sans-IO): which of a stream's
   receiver thread and its waiting consumer's thread reads the socket.
+- :mod:`~coupler.runtime.dataplane.spin` (sans-IO): how long a consumer waiting on its
+  stream polls before it sleeps.
 - :mod:`~coupler.runtime.dataplane.auth`: the per-cluster stream secret and handshake.
 - :mod:`~coupler.runtime.dataplane.shm`: shared-memory segments on one host.
 - :mod:`~coupler.runtime.dataplane.buffers`: the consumer buffer each policy implies.
@@ -60,7 +62,8 @@ Thread model (one worker process):
   takes that stream's *reader role* and reads the next frame itself
   (:mod:`~coupler.runtime.dataplane.read_role`): one reader at a time, the
   receiver thread asleep meanwhile and reading again at most ``PARK_S`` after
-  the consumer left.
+  the consumer left. A consumer whose last wait was short spins (polls without
+  sleeping, :mod:`~coupler.runtime.dataplane.spin`) before it sleeps in ``poll``.
 - Short-lived threads: a resend per consumer owed messages (``Dispatch.resend_owed``), a
   stream's closing writer (``coupler-link-bye``), idle-credit returns.
 

@@ -132,6 +132,7 @@ class Endpoint(WorkerPlugin):
         self.listener = Listener(
             host, lambda ch, cid: self.buffers.get((ch, cid)), self._server_ssl, key=self.stream_key, specs=specs, fence=self.fence,
             batch_bytes=max(BATCH_BYTES_MAX, self.config.batch_bytes, self.config.inline_max),
+            spin=self.config.spin_s,
         )
         self.consumers = LocalConsumers(self.buffers, self.listener, self.fence, lambda: self.address, self.host, self._broker)
         self.records = ConsumerRecords(worker, self.buffers, lambda: self.address, self._broker)

@@ -38,6 +38,9 @@ frame reader only while it may read. :class:`RoleState`
   The timed sleep is the role's one cost: 50 wakes a second per stream whose
   consumer is busy receiving, fewer than one a second per stream whose consumer
   waits long, against one wake per message without the role.
+- A consumer whose last wait was short spins before it sleeps in ``poll``
+  (it polls without sleeping for a moment, :mod:`~coupler.runtime.dataplane.spin`):
+  the frame it waits for then finds it running, not an idle CPU to wake.
 - A frame that cannot be read without blocking (one larger than the read-ahead
   buffer, or a malformed one) is handed back to the receiving thread at once,
   and the consumer does not take the role again until the receiving thread has
@@ -63,6 +66,7 @@ from enum import Enum
 from typing import Any
 
 from coupler.runtime.dataplane import wire
+from coupler.runtime.dataplane.spin import SpinPolicy
 
 LEASE_S = 0.002  # seconds the receiving thread leaves the role to a consumer that just gave it back
 PARK_S = 0.02  # seconds the receiving thread sleeps while a consumer that just took the role holds it
@@ -276,6 +280,7 @@ class ReadRole:
         lease: see :data:`LEASE_S`.
         park: see :data:`PARK_S`.
         park_max: see :data:`PARK_MAX_S`.
+        spin: how long the consumer's waits spin before they sleep (``None``: never).
     """
 
     def __init__(
@@ -286,8 +291,10 @@ class ReadRole:
         lease: float = LEASE_S,
         park: float = PARK_S,
         park_max: float = PARK_MAX_S,
+        spin: SpinPolicy | None = None,
     ) -> None:
         self.reader, self.handle = reader, handle
+        self.spin = SpinPolicy(0.0) if spin is None else spin
         self._state = RoleState(lease, park, park_max)
         self._cond = threading.Condition(threading.Lock())
         self._receiver_kick, self._consumer_kick = Kick(), Kick()
@@ -332,6 +339,8 @@ class ReadRole:
         self.consumer_ident = threading.get_ident()
         ended = hand_over = False
         outcome = Outcome.READ
+        spin = self.spin
+        started = spin_end = 0.0  # when this turn first had to wait, and until when that wait spins
         try:
             while True:
                 if stale():
@@ -345,11 +354,24 @@ class ReadRole:
                 if ready is wire.Buffered.FRAME:
                     ended = not self.handle(*self.reader.read())
                     break
-                left = None if deadline is None else max(0, int((deadline - time.monotonic()) * 1000) + 1)
-                events = self._consumer_poll.poll(left)
+                now = time.monotonic()
+                if not started:
+                    started = now
+                    spin_end = now + spin.budget()
+                    if deadline is not None:
+                        spin_end = min(spin_end, deadline)
+                events: list[tuple[int, int]] = []
+                while now < spin_end:  # see spin.py (a kick, too, shows in the poll)
+                    events = self._consumer_poll.poll(0)
+                    if events:
+                        break
+                    now = time.monotonic()
                 if not events:
-                    outcome = Outcome.TIMEOUT
-                    break
+                    left = None if deadline is None else max(0, int((deadline - now) * 1000) + 1)
+                    events = self._consumer_poll.poll(left)
+                    if not events:
+                        outcome = Outcome.TIMEOUT
+                        break
                 if any(fd == self._consumer_kick.fileno() for fd, _ in events):
                     self._consumer_kick.clear()
                     outcome = Outcome.WOKEN
@@ -358,6 +380,11 @@ class ReadRole:
         except BaseException as e:  # the stream's end or a malformed frame: the receiving thread's to handle
             self.error, ended = e, True
         finally:
+            if started:
+                end = time.monotonic()
+                spin.waited(end - started, spun=spin_end > started, caught=end < spin_end)
+            else:
+                spin.waited(0.0)  # a frame was there already: no wait at all
             self.consumer_ident = None
             with self._cond:
                 wake = self._state.consumer_give_back(time.monotonic(), ended=ended, hand_over=hand_over)

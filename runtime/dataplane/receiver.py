@@ -53,6 +53,7 @@ from coupler.runtime.dataplane.fence import Fence
 from coupler.runtime.dataplane.read_role import ReadRole
 from coupler.runtime.message import Message, Spec, flat_dict_keys, unflatten
 from coupler.runtime.dataplane.shm import Mappings
+from coupler.runtime.dataplane.spin import SpinPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -165,6 +166,7 @@ class Listener:
             ``None`` fences nothing (a listener outside a cluster, in tests).
         batch_bytes: payload bytes of a batch of several messages, at most.
         max_pending: streams in their handshake at once, at most.
+        spin: seconds a consumer reading its stream spins before it sleeps, at most (see :class:`SpinPolicy`).
     """
 
     def __init__(
@@ -178,9 +180,10 @@ class Listener:
         fence: Fence | None = None,
         batch_bytes: int = wire.BATCH_BYTES_MAX,
         max_pending: int = MAX_PENDING,
+        spin: float = 0.0,
     ) -> None:
         self.lookup, self.ssl_context, self.key, self.specs = lookup, ssl_context, key, specs
-        self.fence = fence
+        self.fence, self.spin = fence, spin
         self.batch_bytes, self.max_pending = batch_bytes, max_pending
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -259,7 +262,8 @@ class Listener:
             conn.close()
             return
         r = Receiver(
-            conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident), self.fence
+            conn, self.lookup, self.key, self.specs, self.batch_bytes, deadline, lambda: self._authenticated(ident), self.fence,
+            self.spin,
         )
         with self._lock:
             self.receivers.add(r)
@@ -319,6 +323,7 @@ class Receiver:
         deadline: ``time.monotonic()`` by which the producer's hello must have come.
         authenticated: called once the producer has proved that it holds the secret.
         fence: this worker's marks of producer epochs, or ``None`` (fence nothing).
+        spin: seconds the consumer spins before it sleeps, at most (see :class:`SpinPolicy`).
     """
 
     def __init__(
@@ -331,8 +336,9 @@ class Receiver:
         deadline: float,
         authenticated: Callable[[], None],
         fence: Fence | None = None,
+        spin: float = 0.0,
     ) -> None:
-        self.sock = sock
+        self.sock, self.spin = sock, spin
         self.lookup, self.key, self.specs, self.batch_bytes = lookup, key, specs, batch_bytes
         self.fence = fence
         self.deadline, self.authenticated = deadline, authenticated
@@ -528,7 +534,7 @@ class Receiver:
             while handle(*reader.read()):
                 pass
             return
-        self.role = ReadRole(self.sock, reader, handle)
+        self.role = ReadRole(self.sock, reader, handle, spin=SpinPolicy(self.spin))
         buf.add_link(self.id, self._grant, self._commit, self.role)  # type: ignore[union-attr]
         self.role.serve()
 

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import dask.config
 import dask.utils
 
+from coupler.runtime.dataplane.spin import SPIN_S
+
 
 @dataclass
 class TransportConfig:
@@ -21,6 +23,8 @@ class TransportConfig:
         device_to_device: hand accelerator arrays (JAX arrays on a GPU) to consumers
             in the producer's process as they are, on their device; off, every
             consumer gets one host copy. Between processes they always go by host.
+        spin_s: seconds a consumer waiting on its stream polls without sleeping, at most,
+            when its last wait was no longer (0: never; see ``runtime/dataplane/spin.py``).
     """
 
     shared_memory: bool = True
@@ -29,6 +33,7 @@ class TransportConfig:
     window_bytes: int = 256 << 20
     shm_pool_bytes: int = 2 << 30
     device_to_device: bool = False
+    spin_s: float = SPIN_S
 
 
 @dataclass(frozen=True)
@@ -83,8 +88,28 @@ def delivery_config() -> DeliveryConfig:
     )
 
 
+def _duration(c: dict, key: str, default: float) -> float:
+    """A ``coupler.transport`` duration in seconds (a number, or e.g. ``"100us"``).
+
+    Raises:
+        ValueError: for anything else, or a negative duration.
+    """
+    value = c.get(key, default)
+    try:
+        seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
+        raise ValueError(f"coupler.transport.{key} must be a duration (seconds or e.g. '100us'), got {value!r}") from None
+    if seconds < 0:
+        raise ValueError(f"coupler.transport.{key} must be >= 0, got {value!r}")
+    return seconds
+
+
 def transport_config() -> TransportConfig:
-    """The ``coupler.transport`` settings of this process."""
+    """The ``coupler.transport`` settings of this process.
+
+    Raises:
+        ValueError: for a spin that is not a duration >= 0.
+    """
     c = dask.config.get("coupler.transport", default={}) or {}
     d = TransportConfig()
     return TransportConfig(
@@ -94,6 +119,7 @@ def transport_config() -> TransportConfig:
         window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
         shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
         device_to_device=bool(c.get("device-to-device", d.device_to_device)),
+        spin_s=_duration(c, "spin", d.spin_s),
     )
 
 

@@ -22,11 +22,18 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coupler.runtime.dataplane import wire
 from coupler.runtime.dataplane.buffers import make_buffer
 from coupler.runtime.dataplane.read_role import Holder, Outcome, ReadRole, RoleState, Take
+from coupler.runtime.dataplane.spin import SpinPolicy
 from coupler.runtime.errors import Interrupted
 from coupler.runtime.message import Message
 from coupler.runtime.policies import Queue
 
 LEASE, PARK, PARK_MAX = 0.002, 0.02, 1.0
+
+
+@pytest.fixture(params=["sleeps", "spins"])
+def spin(request: pytest.FixtureRequest) -> SpinPolicy | None:
+    """Every threaded test runs with a consumer that sleeps at once and with one that spins first (spin.py)."""
+    return None if request.param == "sleeps" else SpinPolicy(0.0005)
 
 
 class RoleMachine(RuleBasedStateMachine):
@@ -213,11 +220,11 @@ class OwnedReader(wire.FrameReader):
 class Stream:
     """A socket pair, a reader role on one end, its receiving thread running, and who handled which frame."""
 
-    def __init__(self, lease: float = LEASE, park_max: float = PARK_MAX) -> None:
+    def __init__(self, lease: float = LEASE, park_max: float = PARK_MAX, spin: SpinPolicy | None = None) -> None:
         self.producer, consumer_sock = socket.socketpair()
         self.reader = OwnedReader(consumer_sock)
         self.handled: list[tuple[str, int]] = []
-        self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max)
+        self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max, spin=spin)
         self.reader.role = self.role
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)
@@ -270,8 +277,8 @@ class Stream:
         assert not self.reader.misuses, self.reader.misuses[:5]
 
 
-def test_a_waiting_consumer_reads_its_frames_itself_and_the_receiving_thread_reads_when_it_is_away() -> None:
-    s = Stream()
+def test_a_waiting_consumer_reads_its_frames_itself_and_the_receiving_thread_reads_when_it_is_away(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     try:
         for i in range(20):
             s.when_consumer_reads(s.send, i)
@@ -287,8 +294,8 @@ def test_a_waiting_consumer_reads_its_frames_itself_and_the_receiving_thread_rea
     assert isinstance(s.error, wire.StreamClosed)
 
 
-def test_a_frame_too_large_to_read_without_blocking_goes_to_the_receiving_thread_and_the_stream_goes_on() -> None:
-    s = Stream()
+def test_a_frame_too_large_to_read_without_blocking_goes_to_the_receiving_thread_and_the_stream_goes_on(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     try:
         threading.Thread(target=s.send, args=(0, 1 << 20), daemon=True).start()  # larger than the 64 KiB read-ahead
         deadline = time.monotonic() + 10
@@ -305,8 +312,8 @@ def test_a_frame_too_large_to_read_without_blocking_goes_to_the_receiving_thread
         s.close()
 
 
-def test_a_wake_from_another_thread_and_a_deadline_end_a_consumer_s_wait_on_the_socket() -> None:
-    s = Stream()
+def test_a_wake_from_another_thread_and_a_deadline_end_a_consumer_s_wait_on_the_socket(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     try:
         t0 = time.monotonic()
         assert s.role.consumer_turn(t0 + 0.05) is Outcome.TIMEOUT
@@ -320,8 +327,8 @@ def test_a_wake_from_another_thread_and_a_deadline_end_a_consumer_s_wait_on_the_
         s.close()
 
 
-def test_the_end_of_the_stream_in_the_consumer_s_turn_ends_the_receiving_thread_not_the_consumer() -> None:
-    s = Stream()
+def test_the_end_of_the_stream_in_the_consumer_s_turn_ends_the_receiving_thread_not_the_consumer(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     s.when_consumer_reads(s.producer.close)
     assert s.role.consumer_turn(time.monotonic() + 10) is Outcome.READ  # it returns; the error is not its own
     s.thread.join(10)
@@ -331,8 +338,8 @@ def test_the_end_of_the_stream_in_the_consumer_s_turn_ends_the_receiving_thread_
     s.reader.sock.close()
 
 
-def test_a_malformed_frame_read_by_the_consumer_closes_the_stream_in_the_receiving_thread() -> None:
-    s = Stream()
+def test_a_malformed_frame_read_by_the_consumer_closes_the_stream_in_the_receiving_thread(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     # Sent once the consumer waits on the socket (else the receiving thread may read it first).
     s.when_consumer_reads(s.producer.sendall, b"\x02\x00\x00\x00\x03\xc1\xc1\xc1")  # not msgpack
     assert s.role.consumer_turn(time.monotonic() + 10) is not Outcome.REFUSED
@@ -343,8 +350,8 @@ def test_a_malformed_frame_read_by_the_consumer_closes_the_stream_in_the_receivi
     s.reader.sock.close()
 
 
-def test_frames_from_both_threads_in_turn_arrive_once_each_in_order() -> None:
-    s = Stream(lease=0.0005)
+def test_frames_from_both_threads_in_turn_arrive_once_each_in_order(spin: SpinPolicy | None) -> None:
+    s = Stream(lease=0.0005, spin=spin)
     stop = threading.Event()
 
     def produce() -> None:
@@ -366,10 +373,10 @@ def test_frames_from_both_threads_in_turn_arrive_once_each_in_order() -> None:
         s.close()
 
 
-def test_a_consumer_reading_its_stream_wakes_for_a_local_put_and_for_its_stop() -> None:
+def test_a_consumer_reading_its_stream_wakes_for_a_local_put_and_for_its_stop(spin: SpinPolicy | None) -> None:
     """Everything that notifies the buffer also kicks a consumer that waits on its socket."""
     buf = make_buffer("c", Queue(8))
-    s = Stream()
+    s = Stream(spin=spin)
     try:
         buf.add_link(1, lambda n, reserved: None, role=s.role)
         local = Message({"x": np.ones(2)}, 0.0, 0, "local", 0, {}, time.time(), 16)
@@ -386,8 +393,8 @@ def test_a_consumer_reading_its_stream_wakes_for_a_local_put_and_for_its_stop() 
         s.close()
 
 
-def test_a_turn_asked_after_the_buffer_changed_returns_at_once_without_reading() -> None:
-    s = Stream()
+def test_a_turn_asked_after_the_buffer_changed_returns_at_once_without_reading(spin: SpinPolicy | None) -> None:
+    s = Stream(spin=spin)
     try:
         s.send(0)
         time.sleep(0.05)
@@ -397,7 +404,7 @@ def test_a_turn_asked_after_the_buffer_changed_returns_at_once_without_reading()
 
 
 @pytest.mark.parametrize("seed", range(3))
-def test_no_message_put_while_the_consumer_takes_the_role_is_left_waiting(seed: int) -> None:
+def test_no_message_put_while_the_consumer_takes_the_role_is_left_waiting(seed: int, spin: SpinPolicy | None) -> None:
     """Messages the receiving thread puts just as the consumer takes the role must not wait for the next frame.
 
     The producer's last frame has no successor: a consumer that missed its arrival would wait out its timeout.
@@ -411,7 +418,7 @@ def test_no_message_put_while_the_consumer_takes_the_role_is_left_waiting(seed: 
 
     producer, consumer_sock = socket.socketpair()
     reader = wire.FrameReader(consumer_sock, size=64 << 10)
-    role = ReadRole(consumer_sock, reader, put, lease=0.0005)
+    role = ReadRole(consumer_sock, reader, put, lease=0.0005, spin=spin)
     errors: list[BaseException] = []
     receiver = threading.Thread(target=lambda: _serve_into(role, errors), daemon=True)
     receiver.start()
@@ -479,9 +486,9 @@ def test_a_message_put_between_the_consumer_s_look_and_its_turn_ends_the_turn_at
         consumer_sock.close()
 
 
-def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receiving_thread() -> None:
+def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receiving_thread(spin: SpinPolicy | None) -> None:
     """The receiving thread, asleep while the consumer held the role, wakes by itself: no wake is sent."""
-    s = Stream()
+    s = Stream(spin=spin)
     try:
         for i in range(10):
             s.when_consumer_reads(s.send, 2 * i)
@@ -493,9 +500,9 @@ def test_a_frame_that_comes_just_after_the_consumer_left_is_read_by_the_receivin
         s.close()
 
 
-def test_after_a_long_wait_the_consumer_wakes_the_receiving_thread_as_it_leaves() -> None:
+def test_after_a_long_wait_the_consumer_wakes_the_receiving_thread_as_it_leaves(spin: SpinPolicy | None) -> None:
     """The receiving thread sleeps longer the longer the consumer waits; leaving, the consumer wakes it once."""
-    s = Stream(park_max=60.0)
+    s = Stream(park_max=60.0, spin=spin)
     try:
         threading.Timer(3.0, s.send, (0,)).start()  # the receiving thread sleeps ~1.5 s and more meanwhile
         assert s.role.consumer_turn(time.monotonic() + 30) is Outcome.READ

@@ -1,0 +1,137 @@
+"""Spin, then sleep (runtime/dataplane/spin.py): who spins, for how long, and that a spin never outlasts its turn.
+
+The policy is pure and checked against its rule over any run of waits; the
+reader role's spinning is driven over a real socket pair with spins far longer
+than the test's events, so that what ends each wait is the event, never the
+clock running out on a loaded machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from coupler.runtime.dataplane.read_role import Outcome
+from coupler.runtime.dataplane.settings import transport_config
+from coupler.runtime.dataplane.spin import SpinPolicy
+
+from tests.runtime.test_read_role import Stream
+
+LONG = 30.0  # a spin that only the event under test can end
+
+
+@given(
+    spin_s=st.sampled_from([0.0, 50e-6, 500e-6, 0.01]),
+    waits=st.lists(st.one_of(st.floats(0.0, 0.02), st.sampled_from([0.0, 50e-6, 500e-6, 0.01])), max_size=30),
+)
+def test_a_wait_spins_exactly_when_the_last_wait_was_no_longer_than_the_spin(spin_s: float, waits: list[float]) -> None:
+    policy = SpinPolicy(spin_s)
+    assert policy.budget() == spin_s  # a new stream's first wait may spin
+    last = 0.0
+    for w in waits:
+        budget = policy.budget()
+        assert budget == (spin_s if last <= spin_s else 0.0)
+        policy.waited(w, spun=budget > 0, caught=budget > 0 and w < budget)
+        last = w
+    assert policy.caught <= policy.spins <= len(waits)
+
+
+@pytest.mark.parametrize("spin_s", [-1e-6, float("nan")])
+def test_a_spin_that_is_not_a_duration_is_refused(spin_s: float) -> None:
+    with pytest.raises(ValueError, match="duration >= 0"):
+        SpinPolicy(spin_s)
+
+
+def test_the_spin_settings_are_durations_read_from_the_config() -> None:
+    import dask
+
+    assert transport_config().spin_s == pytest.approx(500e-6)  # coupler.yaml's default
+    with dask.config.set({"coupler.transport.spin": "150us"}):
+        assert transport_config().spin_s == pytest.approx(150e-6)
+    with dask.config.set({"coupler.transport.spin": 0}):
+        assert transport_config().spin_s == 0.0
+    for bad in ("soon", -1):
+        with dask.config.set({"coupler.transport.spin": bad}), pytest.raises(ValueError, match="coupler.transport.spin"):
+            transport_config()
+
+
+def test_a_frame_that_comes_while_the_consumer_spins_is_read_by_it_without_sleeping() -> None:
+    s = Stream(spin=SpinPolicy(LONG))
+    try:
+        for i in range(5):
+            s.when_consumer_reads(s.send, i)
+            assert s.role.consumer_turn(time.monotonic() + LONG) is Outcome.READ
+        assert s.handled == [("consumer", i) for i in range(5)]
+        assert s.role.spin.spins == s.role.spin.caught >= 1  # waits that found the frame there spun not at all
+    finally:
+        s.close()
+
+
+def test_a_spin_ends_at_the_turn_s_deadline() -> None:
+    s = Stream(spin=SpinPolicy(LONG))
+    try:
+        t0 = time.monotonic()
+        assert s.role.consumer_turn(t0 + 0.05) is Outcome.TIMEOUT
+        assert time.monotonic() - t0 < LONG / 2
+        assert s.role.spin.spins == 1 and s.role.spin.caught == 0
+    finally:
+        s.close()
+
+
+def test_a_wake_from_another_thread_ends_a_spin() -> None:
+    s = Stream(spin=SpinPolicy(LONG))
+    try:
+        s.when_consumer_reads(s.role.wake_consumer)
+        t0 = time.monotonic()
+        assert s.role.consumer_turn(None) is Outcome.WOKEN
+        assert time.monotonic() - t0 < LONG / 2
+        assert s.role.spin.caught == 1
+    finally:
+        s.close()
+
+
+def test_after_a_wait_longer_than_the_spin_the_next_wait_sleeps_at_once() -> None:
+    s = Stream(spin=SpinPolicy(0.001))
+    try:
+        s.role.spin.last_wait = 0.002  # as after a long wait
+        t0 = time.monotonic()
+        assert s.role.consumer_turn(t0 + 0.05) is Outcome.TIMEOUT
+        assert s.role.spin.spins == 0
+        # That wait was long: the next does not spin either, and a frame still reaches the sleeping consumer.
+        s.when_consumer_reads(lambda: (time.sleep(0.01), s.send(0)))
+        assert s.role.consumer_turn(time.monotonic() + LONG) is Outcome.READ
+        assert s.role.spin.spins == 0 and s.handled == [("consumer", 0)]
+    finally:
+        s.close()
+
+
+def test_a_spinning_consumer_and_the_receiving_thread_never_read_at_once() -> None:
+    """Frames sent at random gaps, some while the consumer spins, some while it is away: each once, in order."""
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    s = Stream(lease=0.0005, spin=SpinPolicy(0.002))
+    n = 300
+    gaps = rng.choice([0.0, 0.0001, 0.001, 0.004], size=n)
+
+    def produce() -> None:
+        for i in range(n):
+            s.send(i)
+            time.sleep(gaps[i])
+
+    threading.Thread(target=produce, daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(s.handled) < n and time.monotonic() < deadline:
+            s.role.consumer_turn(time.monotonic() + 0.01)
+            if rng.random() < 0.3:
+                time.sleep(0.003)  # away: the lease ends, the receiving thread reads
+        s.wait_handled(n)
+        assert [i for _, i in s.handled] == list(range(n))
+        assert {who for who, _ in s.handled} == {"consumer", "receiver"}
+    finally:
+        s.close()
