@@ -95,6 +95,10 @@ class Budget:
     Attributes:
         seconds: streaming time per (system, workload, payload).
         pingpong_rounds: round trips per ping-pong (after warm-up).
+        pingpong_warmup: round trips before the clock starts, for every system alike. A new
+            pair's first few hundred round trips are slower (coupler's: 270-300 against
+            210 us p50 at 4 KiB on the 2-core VM, in windows of 100): with 20, a quick
+            row measured mostly that start.
         heat_seconds: measured seconds per phase of the heat run.
         heat_rounds: rounds of (publish every 10, publish every step), each phase flanked by non-publishing phases.
         max_bytes: cap on payload bytes per streaming run (large payloads stop early).
@@ -105,6 +109,7 @@ class Budget:
 
     seconds: float
     pingpong_rounds: int
+    pingpong_warmup: int
     heat_seconds: float
     heat_rounds: int
     max_bytes: int
@@ -131,14 +136,14 @@ class Budget:
 
 
 FULL = Budget(
-    seconds=3.0, pingpong_rounds=2000, heat_seconds=2.0, heat_rounds=5, max_bytes=8 * 1024 * MiB,
+    seconds=3.0, pingpong_rounds=2000, pingpong_warmup=500, heat_seconds=2.0, heat_rounds=5, max_bytes=8 * 1024 * MiB,
     repeats=3, repeat_max_bytes=1 << 40,  # every payload: full mode has the time, and 16 MiB cells vary 30 % too
 )
 QUICK = Budget(
-    seconds=0.8, pingpong_rounds=300, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB, repeats=3,
+    seconds=0.8, pingpong_rounds=600, pingpong_warmup=500, heat_seconds=1.0, heat_rounds=2, max_bytes=1536 * MiB, repeats=3,
     repeat_max_bytes=16 * MiB,  # 16 MiB cells (a few hundred ms each) move 30 % between runs too
 )
-SMOKE = Budget(seconds=0.3, pingpong_rounds=50, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
+SMOKE = Budget(seconds=0.3, pingpong_rounds=50, pingpong_warmup=20, heat_seconds=0.3, heat_rounds=1, max_bytes=64 * MiB)
 
 
 def rate_row(

@@ -196,6 +196,7 @@ class CouplerBench:
             _actors.Pinger,
             nbytes,
             self.budget.pingpong_rounds,
+            self.budget.pingpong_warmup,
             name=self._name("pinger"),
             workers=self.producer_worker,
             inputs={"pong": pong},

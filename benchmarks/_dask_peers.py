@@ -85,7 +85,7 @@ class DaskBench:
     def actor_pingpong(self, nbytes: int) -> Row:
         sink = self._actor(_dask_workers.DaskSink, self.w1)
         source = self._actor(_dask_workers.DaskSource, self.w0)
-        rtts = source.pingpong(sink, nbytes, self.budget.pingpong_rounds, 20).result(timeout=self.timeout)
+        rtts = source.pingpong(sink, nbytes, self.budget.pingpong_rounds, self.budget.pingpong_warmup).result(timeout=self.timeout)
         return latency_row("dask-actor", nbytes, rtts, note="A awaits B.echo(x), one call at a time")
 
     # -- dask-queue -----------------------------------------------------------------------
@@ -111,9 +111,9 @@ class DaskBench:
 
     def queue_pingpong(self, nbytes: int) -> Row:
         ping, pong = (f"bench-{k}-{os.getpid()}-{next(_ids)}" for k in ("ping", "pong"))
-        rounds = self.budget.pingpong_rounds
-        echo = self.client.submit(_dask_workers.queue_echo, ping, pong, rounds + 20, workers=[self.w1], pure=False)
-        rtts = self.client.submit(_dask_workers.queue_ping, ping, pong, nbytes, rounds, 20, workers=[self.w0], pure=False).result(
+        rounds, warmup = self.budget.pingpong_rounds, self.budget.pingpong_warmup
+        echo = self.client.submit(_dask_workers.queue_echo, ping, pong, rounds + warmup, workers=[self.w1], pure=False)
+        rtts = self.client.submit(_dask_workers.queue_ping, ping, pong, nbytes, rounds, warmup, workers=[self.w0], pure=False).result(
             timeout=self.timeout
         )
         echo.result(timeout=self.timeout)

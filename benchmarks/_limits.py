@@ -140,7 +140,7 @@ def tcp_pingpong(nbytes: int, budget: Budget) -> Row:
     srv = _CTX.Process(target=_echo_server, args=(nbytes, ports), daemon=True)
     srv.start()
     port = ports.get(timeout=_TIMEOUT)
-    cli = _CTX.Process(target=_echo_client, args=(port, nbytes, budget.pingpong_rounds, 20, results), daemon=True)
+    cli = _CTX.Process(target=_echo_client, args=(port, nbytes, budget.pingpong_rounds, budget.pingpong_warmup, results), daemon=True)
     cli.start()
     rtts = results.get(timeout=_TIMEOUT)
     cli.join(_TIMEOUT)

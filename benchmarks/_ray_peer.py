@@ -141,7 +141,7 @@ class RayBench:
         return rate_row("ray", workload, nbytes, count, start, last, producers=producers, consumers=consumers, inflight=INFLIGHT)
 
     def pingpong(self, nbytes: int) -> Row:
-        rtts = self.ray.get(self.sources[0].pingpong.remote(self.sinks[0], nbytes, self.budget.pingpong_rounds, 20), timeout=_TIMEOUT)
+        rtts = self.ray.get(self.sources[0].pingpong.remote(self.sinks[0], nbytes, self.budget.pingpong_rounds, self.budget.pingpong_warmup), timeout=_TIMEOUT)
         return latency_row("ray", nbytes, rtts, note="A: ray.get(B.echo.remote(x)), one call at a time")
 
 

@@ -213,7 +213,7 @@ def pingpong(pool: ProcessPoolExecutor, port: int, nbytes: int, budget: Budget) 
     tag = f"bench-{os.getpid()}-{time.monotonic_ns()}"
     ping, pong = f"{tag}-ping", f"{tag}-pong"
     b = pool.submit(_pong, port, ping, pong)
-    rtts = pool.submit(_ping, port, ping, pong, nbytes, budget.pingpong_rounds, 20).result(timeout=_TIMEOUT)
+    rtts = pool.submit(_ping, port, ping, pong, nbytes, budget.pingpong_rounds, budget.pingpong_warmup).result(timeout=_TIMEOUT)
     b.result(timeout=_TIMEOUT)
     _client(port).delete(ping, pong)
     return latency_row("redis", nbytes, rtts, note="RPUSH then BLPOP the reply")

@@ -162,7 +162,7 @@ class RawTcp:
         port = next(_ports)
         submit = self.cp.client.submit
         srv = submit(_echo_server, self.ip, port, nbytes, workers=[self.receiver], pure=False)
-        rtts = submit(_echo_client, self.ip, port, nbytes, self.budget.pingpong_rounds, 20, workers=[self.sender], pure=False).result(_TIMEOUT)
+        rtts = submit(_echo_client, self.ip, port, nbytes, self.budget.pingpong_rounds, self.budget.pingpong_warmup, workers=[self.sender], pure=False).result(_TIMEOUT)
         srv.result(_TIMEOUT)
         return latency_row(RAW, nbytes, rtts, workload=PINGPONG, note=f"echo, TCP_NODELAY, across hosts{self.note}")
 

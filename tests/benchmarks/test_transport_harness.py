@@ -127,7 +127,7 @@ def test_small_cells_are_measured_in_interleaved_rounds_and_keep_their_median_ru
 
     cells = [("a", rate("a", 4096)), ("big", rate("big", 16 * MiB)), ("b", rate("b", MiB)), ("ping", ping), ("broken", broken), ("bcast", bcast)]
     lines: list[str] = []
-    rows = run_cells(cells, lines.append, Budget(1.0, 10, 1.0, 1, MiB, repeats=3, repeat_max_bytes=MiB))
+    rows = run_cells(cells, lines.append, Budget(seconds=1.0, pingpong_rounds=10, pingpong_warmup=20, heat_seconds=1.0, heat_rounds=1, max_bytes=MiB, repeats=3, repeat_max_bytes=MiB))
     # Large, failed and broadcast cells run once.
     assert calls == ["a", "big", "b", "ping", "broken", "bcast", "a", "b", "ping", "a", "b", "ping"]
     by = {r.payload if r.workload == "stream-1:1" else r.workload: r for r in rows}
