@@ -147,11 +147,18 @@ class Endpoint(WorkerPlugin):
             _freeze_startup_objects()
 
     def teardown(self, worker: Any) -> None:
-        self._closing.set()
-        self.reporter.stop()
-        self.listener.close()
-        self.dispatch.close()
-        for buf in self.buffers.values():
+        # Dask tears down a plugin whose setup failed part of the way too (a bad setting, a
+        # port it could not bind): release the parts that were made, and only those.
+        parts = vars(self)
+        if "_closing" in parts:
+            self._closing.set()
+        if "reporter" in parts:
+            self.reporter.stop()
+        if "listener" in parts:
+            self.listener.close()
+        if "dispatch" in parts:
+            self.dispatch.close()
+        for buf in parts.get("buffers", {}).values():
             buf.close()
         shm.sweep_orphans()
 

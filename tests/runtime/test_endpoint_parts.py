@@ -90,3 +90,22 @@ def test_a_closed_channel_is_forgotten_with_its_counters() -> None:
     retention, routes, producers = _retention({"a": _actor("c")})
     retention.forget("c")
     assert "c" not in routes and list(producers) == [("other", "p")]
+
+
+def test_an_endpoint_whose_setup_failed_on_a_bad_setting_tears_down_quietly() -> None:
+    """Dask tears a plugin down even when its setup raised: only what setup made is released."""
+    import dask
+
+    from coupler.runtime.dataplane.endpoint import Endpoint
+
+    loop = asyncio.new_event_loop()
+    worker = SimpleNamespace(loop=SimpleNamespace(asyncio_loop=loop), address="tcp://127.0.0.1:1")
+    ep = Endpoint()
+    try:
+        with dask.config.set({"coupler.transport.spin": "soon"}), pytest.raises(ValueError, match="coupler.transport.spin"):
+            ep.setup(worker)
+        threads = threading.active_count()
+        ep.teardown(worker)  # raised AttributeError ('reporter') before
+        assert threading.active_count() == threads
+    finally:
+        loop.close()
