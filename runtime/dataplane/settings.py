@@ -56,40 +56,8 @@ class DeliveryConfig:
     replay_order_wait: float = 60.0
 
 
-def delivery_config() -> DeliveryConfig:
-    """The ``coupler.delivery`` settings of this process.
-
-    Raises:
-        ValueError: for a negative size or duration.
-    """
-    c = dask.config.get("coupler.delivery", default={}) or {}
-    d = DeliveryConfig()
-    size, wait = c.get("retain-bytes", d.retain_bytes), c.get("lost-consumer-wait", d.lost_consumer_wait)
-    try:
-        retain_bytes = int(dask.utils.parse_bytes(size))
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"coupler.delivery.retain-bytes must be a size (bytes or e.g. '1 GiB'), got {size!r}") from None
-    try:
-        lost_wait = float(dask.utils.parse_timedelta(wait, default="seconds"))
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        raise ValueError(f"coupler.delivery.lost-consumer-wait must be a duration (seconds or e.g. '5 minutes'), got {wait!r}") from None
-    if retain_bytes < 0 or lost_wait < 0:
-        raise ValueError(f"coupler.delivery: retain-bytes and lost-consumer-wait must be >= 0, got {size!r} and {wait!r}")
-    order = c.get("replay-order-wait", d.replay_order_wait)
-    try:
-        order_wait = float(dask.utils.parse_timedelta(order, default="seconds"))
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        raise ValueError(f"coupler.delivery.replay-order-wait must be a duration (seconds or e.g. '1 minute'), got {order!r}") from None
-    if order_wait < 0:
-        raise ValueError(f"coupler.delivery.replay-order-wait must be >= 0, got {order!r}")
-    return DeliveryConfig(
-        retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait,
-        replay_order_wait=order_wait,
-    )
-
-
-def _duration(c: dict, key: str, default: float) -> float:
-    """A ``coupler.transport`` duration in seconds (a number, or e.g. ``"100us"``).
+def _duration(section: str, c: dict, key: str, default: float) -> float:
+    """The duration ``coupler.<section>.<key>`` in seconds (a number, or e.g. ``"5 minutes"``, ``"100us"``).
 
     Raises:
         ValueError: for anything else, or a negative duration.
@@ -98,10 +66,33 @@ def _duration(c: dict, key: str, default: float) -> float:
     try:
         seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
     except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        raise ValueError(f"coupler.transport.{key} must be a duration (seconds or e.g. '100us'), got {value!r}") from None
+        raise ValueError(f"coupler.{section}.{key} must be a duration (seconds or e.g. '5 minutes'), got {value!r}") from None
     if seconds < 0:
-        raise ValueError(f"coupler.transport.{key} must be >= 0, got {value!r}")
+        raise ValueError(f"coupler.{section}.{key} must be >= 0, got {value!r}")
     return seconds
+
+
+def delivery_config() -> DeliveryConfig:
+    """The ``coupler.delivery`` settings of this process.
+
+    Raises:
+        ValueError: for a negative size or duration.
+    """
+    c = dask.config.get("coupler.delivery", default={}) or {}
+    d = DeliveryConfig()
+    size = c.get("retain-bytes", d.retain_bytes)
+    try:
+        retain_bytes = int(dask.utils.parse_bytes(size))
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"coupler.delivery.retain-bytes must be a size (bytes or e.g. '1 GiB'), got {size!r}") from None
+    if retain_bytes < 0:
+        raise ValueError(f"coupler.delivery.retain-bytes must be >= 0, got {size!r}")
+    lost_wait = _duration("delivery", c, "lost-consumer-wait", d.lost_consumer_wait)
+    order_wait = _duration("delivery", c, "replay-order-wait", d.replay_order_wait)
+    return DeliveryConfig(
+        retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait,
+        replay_order_wait=order_wait,
+    )
 
 
 def transport_config() -> TransportConfig:
@@ -119,7 +110,7 @@ def transport_config() -> TransportConfig:
         window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
         shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
         device_to_device=bool(c.get("device-to-device", d.device_to_device)),
-        spin_s=_duration(c, "spin", d.spin_s),
+        spin_s=_duration("transport", c, "spin", d.spin_s),
     )
 
 

@@ -24,7 +24,7 @@ from coupler.runtime.control.broker import Broker
 from coupler.runtime.dataplane.buffers import QueueBuffer, make_buffer
 from coupler.runtime.launch.cli import UsageError, build_parser, cluster_choice, walltime_choice
 from coupler.runtime.launch.cluster import walltime_seconds
-from coupler.runtime.dataplane.settings import delivery_config
+from coupler.runtime.dataplane.settings import delivery_config, transport_config
 from coupler.runtime.errors import ERRORS, SpecMismatch
 from coupler.runtime.dataplane.link import Link
 from coupler.runtime.dataplane.settings import TransportConfig
@@ -244,10 +244,11 @@ def test_walltimes_and_cluster_choices_are_checked(text: str) -> None:
 @given(
     key=st.sampled_from(["poll-interval", "retire-margin", "checkpoint-interval", "max-restarts", "restart-backoff"]),
     value=st.integers(-5, 5) | st.floats(-5, 5) | st.text(max_size=10) | st.sampled_from(["2 minutes", "1s", "-1", None]),
-    dkey=st.sampled_from(["retain-bytes", "lost-consumer-wait"]),
+    dkey=st.sampled_from(["retain-bytes", "lost-consumer-wait", "replay-order-wait"]),
     dvalue=st.integers(-5, 5) | st.text(max_size=10) | st.sampled_from(["1 GiB", "10s", "-1"]),
+    spin=st.integers(-5, 5) | st.floats(-1, 1) | st.text(max_size=10) | st.sampled_from(["500us", "1ms", "-1us", None]),
 )
-def test_settings_are_accepted_or_refused_with_a_value_error(key: str, value: Any, dkey: str, dvalue: Any) -> None:
+def test_settings_are_accepted_or_refused_with_a_value_error(key: str, value: Any, dkey: str, dvalue: Any, spin: Any) -> None:
     with dask.config.set({f"coupler.supervision.{key}": value}):
         try:
             p = SupervisionPolicy.from_config()
@@ -261,4 +262,11 @@ def test_settings_are_accepted_or_refused_with_a_value_error(key: str, value: An
         except ValueError as e:
             assert "coupler.delivery" in str(e)
         else:
-            assert d.retain_bytes >= 0 and d.lost_consumer_wait >= 0
+            assert d.retain_bytes >= 0 and d.lost_consumer_wait >= 0 and d.replay_order_wait >= 0
+    with dask.config.set({"coupler.transport.spin": spin}):
+        try:
+            t = transport_config()
+        except ValueError as e:
+            assert "coupler.transport.spin" in str(e)
+        else:
+            assert t.spin_s >= 0
