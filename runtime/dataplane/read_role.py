@@ -40,7 +40,8 @@ frame reader only while it may read. :class:`RoleState`
   waits long, against one wake per message without the role.
 - A consumer whose last wait was short spins before it sleeps in ``poll``
   (it polls without sleeping for a moment, :mod:`~coupler.runtime.dataplane.spin`):
-  the frame it waits for then finds it running, not an idle CPU to wake.
+  the frame it waits for then finds it running, not an idle CPU to wake. Only
+  so many consumers of a process spin at once (a slot each, taken without waiting).
 - A frame that cannot be read without blocking (one larger than the read-ahead
   buffer, or a malformed one) is handed back to the receiving thread at once,
   and the consumer does not take the role again until the receiving thread has
@@ -66,7 +67,7 @@ from enum import Enum
 from typing import Any
 
 from coupler.runtime.dataplane import wire
-from coupler.runtime.dataplane.spin import SpinPolicy
+from coupler.runtime.dataplane.spin import SLOTS, SpinPolicy, SpinSlots
 
 LEASE_S = 0.002  # seconds the receiving thread leaves the role to a consumer that just gave it back
 PARK_S = 0.02  # seconds the receiving thread sleeps while a consumer that just took the role holds it
@@ -281,6 +282,7 @@ class ReadRole:
         park: see :data:`PARK_S`.
         park_max: see :data:`PARK_MAX_S`.
         spin: how long the consumer's waits spin before they sleep (``None``: never).
+        slots: the spin slots it shares with the process's other streams.
     """
 
     def __init__(
@@ -292,9 +294,11 @@ class ReadRole:
         park: float = PARK_S,
         park_max: float = PARK_MAX_S,
         spin: SpinPolicy | None = None,
+        slots: SpinSlots = SLOTS,
     ) -> None:
         self.reader, self.handle = reader, handle
         self.spin = SpinPolicy(0.0) if spin is None else spin
+        self.slots = slots
         self._state = RoleState(lease, park, park_max)
         self._cond = threading.Condition(threading.Lock())
         self._receiver_kick, self._consumer_kick = Kick(), Kick()
@@ -339,8 +343,9 @@ class ReadRole:
         self.consumer_ident = threading.get_ident()
         ended = hand_over = False
         outcome = Outcome.READ
-        spin = self.spin
+        spin, slots = self.spin, self.slots
         started = spin_end = 0.0  # when this turn first had to wait, and until when that wait spins
+        spinning = False  # a spin slot is held
         try:
             while True:
                 if stale():
@@ -356,16 +361,20 @@ class ReadRole:
                     break
                 now = time.monotonic()
                 if not started:
-                    started = now
-                    spin_end = now + spin.budget()
-                    if deadline is not None:
-                        spin_end = min(spin_end, deadline)
+                    started = spin_end = now
+                    budget = spin.budget()
+                    if budget and slots.take():
+                        spinning = True
+                        spin_end = now + budget if deadline is None else min(now + budget, deadline)
                 events: list[tuple[int, int]] = []
                 while now < spin_end:  # see spin.py (a kick, too, shows in the poll)
                     events = self._consumer_poll.poll(0)
                     if events:
                         break
                     now = time.monotonic()
+                if spinning and now >= spin_end:
+                    spinning = False
+                    slots.give_back()  # sleeping now: another consumer may spin
                 if not events:
                     left = None if deadline is None else max(0, int((deadline - now) * 1000) + 1)
                     events = self._consumer_poll.poll(left)
@@ -380,6 +389,8 @@ class ReadRole:
         except BaseException as e:  # the stream's end or a malformed frame: the receiving thread's to handle
             self.error, ended = e, True
         finally:
+            if spinning:
+                slots.give_back()
             if started:
                 end = time.monotonic()
                 spin.waited(end - started, spun=spin_end > started, caught=end < spin_end)

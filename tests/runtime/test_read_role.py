@@ -22,7 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from coupler.runtime.dataplane import wire
 from coupler.runtime.dataplane.buffers import make_buffer
 from coupler.runtime.dataplane.read_role import Holder, Outcome, ReadRole, RoleState, Take
-from coupler.runtime.dataplane.spin import SpinPolicy
+from coupler.runtime.dataplane.spin import SpinPolicy, SpinSlots
 from coupler.runtime.errors import Interrupted
 from coupler.runtime.message import Message
 from coupler.runtime.policies import Queue
@@ -220,11 +220,16 @@ class OwnedReader(wire.FrameReader):
 class Stream:
     """A socket pair, a reader role on one end, its receiving thread running, and who handled which frame."""
 
-    def __init__(self, lease: float = LEASE, park_max: float = PARK_MAX, spin: SpinPolicy | None = None) -> None:
+    def __init__(
+        self, lease: float = LEASE, park_max: float = PARK_MAX, spin: SpinPolicy | None = None, slots: SpinSlots | None = None,
+    ) -> None:
         self.producer, consumer_sock = socket.socketpair()
         self.reader = OwnedReader(consumer_sock)
         self.handled: list[tuple[str, int]] = []
-        self.role = ReadRole(consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max, spin=spin)
+        self.role = ReadRole(
+            consumer_sock, self.reader, self._handle, lease=lease, park_max=park_max, spin=spin,
+            slots=SpinSlots(1) if slots is None else slots,
+        )
         self.reader.role = self.role
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._serve, daemon=True)

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coupler.runtime.dataplane.read_role import Outcome
 from coupler.runtime.dataplane.settings import transport_config
-from coupler.runtime.dataplane.spin import SpinPolicy
+from coupler.runtime.dataplane.spin import SpinPolicy, SpinSlots, process_slots
 
 from tests.runtime.test_read_role import Stream
 
@@ -38,6 +38,31 @@ def test_a_wait_spins_exactly_when_the_last_wait_was_no_longer_than_the_spin(spi
         policy.waited(w, spun=budget > 0, caught=budget > 0 and w < budget)
         last = w
     assert policy.caught <= policy.spins <= len(waits)
+
+
+@given(n=st.integers(1, 4), ops=st.lists(st.booleans(), max_size=40))
+def test_no_more_threads_spin_at_once_than_the_slots_allow(n: int, ops: list[bool]) -> None:
+    slots, held = SpinSlots(n), 0
+    for take in ops:  # True: a consumer starts a wait; False: one that holds a slot stops spinning
+        if take:
+            got = slots.take()
+            assert got == (held < n)
+            held += got
+        elif held:
+            slots.give_back()
+            held -= 1
+        else:
+            with pytest.raises(RuntimeError, match="nobody took"):
+                slots.give_back()
+        assert slots.taken == held <= n
+
+
+def test_a_process_lets_half_its_cpus_spin_and_at_least_one() -> None:
+    import os
+
+    assert process_slots().n == max(1, len(os.sched_getaffinity(0)) // 2)
+    with pytest.raises(ValueError, match="at least one"):
+        SpinSlots(0)
 
 
 @pytest.mark.parametrize("spin_s", [-1e-6, float("nan")])
@@ -105,6 +130,56 @@ def test_after_a_wait_longer_than_the_spin_the_next_wait_sleeps_at_once() -> Non
         s.when_consumer_reads(lambda: (time.sleep(0.01), s.send(0)))
         assert s.role.consumer_turn(time.monotonic() + LONG) is Outcome.READ
         assert s.role.spin.spins == 0 and s.handled == [("consumer", 0)]
+    finally:
+        s.close()
+
+
+def test_a_consumer_that_finds_no_free_slot_sleeps_at_once_and_still_gets_its_frame() -> None:
+    slots = SpinSlots(1)
+    busy, other = Stream(spin=SpinPolicy(LONG), slots=slots), Stream(spin=SpinPolicy(LONG), slots=slots)
+    try:
+        spinning = threading.Thread(target=busy.role.consumer_turn, args=(time.monotonic() + LONG,), daemon=True)
+        spinning.start()  # holds the one slot until its frame comes
+        deadline = time.monotonic() + 10
+        while slots.taken == 0 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert slots.taken == 1
+        other.when_consumer_reads(other.send, 0)
+        assert other.role.consumer_turn(time.monotonic() + LONG) is Outcome.READ
+        assert other.role.spin.spins == 0 and other.handled == [("consumer", 0)]
+        busy.send(0)
+        spinning.join(10)
+        assert busy.role.spin.caught == 1 and slots.taken == 0  # its slot is back once it read
+    finally:
+        busy.close()
+        other.close()
+
+
+class _LoggedSlots(SpinSlots):
+    def __init__(self, log: list[str]) -> None:
+        super().__init__(1)
+        self.log = log
+
+    def take(self) -> bool:
+        got = super().take()
+        self.log.append("take" if got else "refused")
+        return got
+
+    def give_back(self) -> None:
+        super().give_back()
+        self.log.append("give back")
+
+
+def test_a_spin_that_runs_out_gives_its_slot_back_before_it_sleeps() -> None:
+    log: list[str] = []
+    slots = _LoggedSlots(log)
+    s = Stream(spin=SpinPolicy(0.01), slots=slots)
+    try:
+        s.when_consumer_reads(lambda: (time.sleep(1.0), log.append("sent"), s.send(0)))
+        assert s.role.consumer_turn(time.monotonic() + LONG) is Outcome.READ
+        # The 10 ms spin ran out long before the frame came: the slot went back before the consumer slept.
+        assert log == ["take", "give back", "sent"] and slots.taken == 0
+        assert s.handled == [("consumer", 0)] and s.role.spin.spins == 1 and s.role.spin.caught == 0
     finally:
         s.close()
 
