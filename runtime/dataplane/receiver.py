@@ -534,7 +534,7 @@ class Receiver:
             while handle(*reader.read()):
                 pass
             return
-        self.role = ReadRole(self.sock, reader, handle, spin=SpinPolicy(self.spin))
+        self.role = ReadRole(self.sock, reader, handle, spin=SpinPolicy.for_messages(spec.nbytes, self.spin))
         buf.add_link(self.id, self._grant, self._commit, self.role)  # type: ignore[union-attr]
         self.role.serve()
 

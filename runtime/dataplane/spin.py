@@ -15,13 +15,14 @@ So a consumer spins only while spinning catches its frames: the CPU it spends
 is at most the time it would have slept, one spin per message, and one spin
 in vain each time its waits grow long.
 
-In one process, at most half the CPUs it may run on (at least one) spin at
-once (:class:`SpinSlots`); a consumer that finds no free slot sleeps at once.
-So however many consumers a worker hosts, spinning takes at most half of its
-CPUs. Where every CPU is busy anyway, a spin still takes time from the threads
-that have work: with one producer and four consumers keeping both cores of
-the 2-core VM busy, the 1 MiB broadcast ran at 6.0-7.1 GB/s against 7.8-8.5
-without spinning (``coupler.transport.spin: 0``).
+Spinning pays where a wake is a large share of a message's hop: small
+messages. Streams of messages over :data:`SPIN_MAX_BYTES` do not spin: their
+hop is a copy, and they keep the CPUs busy copying, so a spin takes more from
+the producers than it saves (a 1 MiB broadcast to four consumers on the
+2-core VM ran at 6.0-7.1 GB/s with its consumers spinning, 7.8-8.5 without).
+And in one process at most half the CPUs it may run on (at least one) spin at
+once (:class:`SpinSlots`): a consumer that finds no free slot sleeps at once,
+so however many consumers a worker hosts, spinning takes at most half of its CPUs.
 
 :class:`SpinPolicy` is sans-IO: the reader role (:mod:`~coupler.runtime.dataplane.read_role`)
 asks it how long to spin and tells it how long each wait took.
@@ -33,6 +34,7 @@ import os
 import threading
 
 SPIN_S = 500e-6  # seconds a consumer polls without sleeping, at most, when its last wait was no longer
+SPIN_MAX_BYTES = 256 << 10  # only streams of messages up to this size spin (see SpinPolicy.for_messages)
 
 
 class SpinPolicy:
@@ -52,6 +54,19 @@ class SpinPolicy:
         self.last_wait = 0.0  # a new stream's consumer spins at first
         self.spins = 0  # waits that spun
         self.caught = 0  # ... and saw their frame while spinning
+
+    @classmethod
+    def for_messages(cls, nbytes: int, spin_s: float) -> SpinPolicy:
+        """The policy of a stream whose messages hold ``nbytes`` payload bytes: no spin above :data:`SPIN_MAX_BYTES`.
+
+        A large message's hop is its copy, and a wake is a small share of it,
+        whereas a stream of large messages keeps the CPUs busy copying: a spin
+        there takes more from the producers than it saves.
+
+        Raises:
+            ValueError: for a spin that is not a duration >= 0.
+        """
+        return cls(spin_s if nbytes <= SPIN_MAX_BYTES else 0.0)
 
     def budget(self) -> float:
         """Seconds the wait that starts now may spin (0: sleep at once)."""
@@ -119,4 +134,4 @@ def process_slots() -> SpinSlots:
 SLOTS = process_slots()
 
 
-__all__ = ["SLOTS", "SPIN_S", "SpinPolicy", "SpinSlots", "process_slots"]
+__all__ = ["SLOTS", "SPIN_MAX_BYTES", "SPIN_S", "SpinPolicy", "SpinSlots", "process_slots"]

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from coupler.runtime.dataplane.read_role import Outcome
 from coupler.runtime.dataplane.settings import transport_config
-from coupler.runtime.dataplane.spin import SpinPolicy, SpinSlots, process_slots
+from coupler.runtime.dataplane.spin import SPIN_MAX_BYTES, SpinPolicy, SpinSlots, process_slots
 
 from tests.runtime.test_read_role import Stream
 
@@ -63,6 +63,12 @@ def test_a_process_lets_half_its_cpus_spin_and_at_least_one() -> None:
     assert process_slots().n == max(1, len(os.sched_getaffinity(0)) // 2)
     with pytest.raises(ValueError, match="at least one"):
         SpinSlots(0)
+
+
+@pytest.mark.parametrize("nbytes", [0, 4096, SPIN_MAX_BYTES, SPIN_MAX_BYTES + 1, 16 << 20])
+def test_streams_of_large_messages_never_spin(nbytes: int) -> None:
+    policy = SpinPolicy.for_messages(nbytes, 500e-6)
+    assert policy.budget() == (500e-6 if nbytes <= SPIN_MAX_BYTES else 0.0)
 
 
 @pytest.mark.parametrize("spin_s", [-1e-6, float("nan")])
