@@ -19,8 +19,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/augmentation.py
 
+# The tests of physics/ and learners/ (pure JAX, no cluster, no service) spend most of their
+# time compiling, one core each: they run in TEST_PROCS processes (pytest-xdist), then the
+# rest, whose clusters, emulated hosts and Slurm jobs share the machine, one test at a time.
+# Both parts always run; the target fails if either does (or collects no tests).
+TEST_PROCS ?= 2
+PURE_TESTS := tests/learners tests/physics
+
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_PROCS) $(PURE_TESTS); pure=$$?; \
+	$(PY) -m pytest $(addprefix --ignore=,$(PURE_TESTS)); rest=$$?; \
+	test $$pure -eq 0 && test $$rest -eq 0
 
 # The site in docs/ (mkdocs.yml) into site/; --strict fails on broken links and missing API references.
 docs: $(DOCS_STAMP)
