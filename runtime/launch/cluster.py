@@ -42,6 +42,7 @@ from distributed.system import MEMORY_LIMIT
 
 from coupler.runtime import config
 from coupler.runtime.launch.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
+from coupler.runtime.launch.lost_workers import KeepsRestartedWorkers, keeping_restarted_workers
 from coupler.runtime.errors import CouplerError, NoSuitableWorker, SchedulerUnreachable, WorkersNotReady
 
 logger = logging.getLogger(__name__)
@@ -267,11 +268,15 @@ def _pbs_resource_spec(section: Mapping[str, Any], gpu_part: str) -> str:
 def jobqueue_class(kind: str) -> type:
     """The dask-jobqueue cluster class of a batch system (imported on demand).
 
+    Returns:
+        The class, made to keep the jobs whose worker died and was restarted
+        (:mod:`~coupler.runtime.launch.lost_workers`).
+
     Raises:
         ValueError: for an unknown kind.
     """
     _check_kind(kind)
-    return getattr(importlib.import_module("dask_jobqueue"), JOBQUEUE_CLASSES[kind])
+    return keeping_restarted_workers(getattr(importlib.import_module("dask_jobqueue"), JOBQUEUE_CLASSES[kind]))
 
 
 def start_jobqueue(kind: str, options: JobOptions, **cluster_kwargs: Any) -> Any:
@@ -329,7 +334,15 @@ def local_worker_spec(base: Mapping[str, Any], device: str | None) -> dict[str, 
     return spec
 
 
-class GPULocalCluster(LocalCluster):
+class EmbeddedCluster(KeepsRestartedWorkers, LocalCluster):
+    """Dask's ``LocalCluster``, whose nannies stay when their workers die and are restarted.
+
+    See :mod:`~coupler.runtime.launch.lost_workers`: Dask's own rule could close a
+    nanny in the middle of its second restart, leaving the cluster a worker short.
+    """
+
+
+class GPULocalCluster(EmbeddedCluster):
     """A ``LocalCluster`` whose first workers each own one GPU.
 
     Every new worker takes a device no other worker holds (``CUDA_VISIBLE_DEVICES``
@@ -378,7 +391,7 @@ def start_local(
         **kwargs: passed on to ``LocalCluster`` (``env`` is merged with coupler's).
 
     Returns:
-        The running cluster; with GPUs a :class:`GPULocalCluster`.
+        The running cluster (an :class:`EmbeddedCluster`); with GPUs a :class:`GPULocalCluster`.
     """
     devices = resolve_gpus(config.get("local.gpus") if gpus is None else gpus)
     if n_workers is None:
@@ -397,7 +410,7 @@ def start_local(
     if devices:
         logger.info("coupler: one local worker per GPU: %s", devices)
         return GPULocalCluster(devices, n_workers=n_workers, **common)
-    return LocalCluster(n_workers=n_workers, processes=True, **common)
+    return EmbeddedCluster(n_workers=n_workers, processes=True, **common)
 
 
 # -- TLS --------------------------------------------------------------------------------------
