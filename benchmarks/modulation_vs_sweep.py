@@ -492,9 +492,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gp-trend", choices=("none", "constant", "linear"), default="constant",
                    help="every strategy's GP (steered and the sweeps' alike) fits this prior mean by generalised least squares "
                         "(GPConfig.trend; default constant, ordinary kriging)")
-    p.add_argument("--gp-warp", choices=("none", "log"), default="none",
+    p.add_argument("--gp-warp", choices=("none", "log", "auto"), default="none",
                    help="every strategy's GP (steered and the sweeps' alike) is fitted to a shifted log of the targets, its offset "
-                        "chosen by marginal likelihood (GPConfig.output_warp; default none)")
+                        "(or none) chosen by marginal likelihood; auto: unless the log's leave-one-out error is 1.5 times the "
+                        "unwarped GP's (GPConfig.output_warp; default none)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -543,7 +544,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mean = f"> {r['grid_tried_up_to']}^{r['dims']}"
         per = ",".join("-" if s is None else str(s) for s in r["sims_all_seeds"])
         print(f"  {r['dims']:>2} {r['task']:<9}{r['strategy']:<22}{mean:>10}{r['sims_se']:>8.1f}  {per}")
-    print(f"  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
+    print("  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
     for lv in levels:
         cells = "; ".join(f"<= {100 * float(t):.0f}%: " + ",".join("-" if n is None else str(n) for n in ns) for t, ns in lv["sims_to"].items())
         print(f"    D={lv['dims']} {lv['task']:<9}{lv['strategy']:<20} {cells}; error at the end (the goal or {lv['budget']}): {100 * lv['error_at_end']:.1f}%")
