@@ -27,7 +27,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
-targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`; expected improvement for the optimum, over the
+targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping` (``--gp-warp auto``: unless
+its leave-one-out error is ``--gp-warp-veto`` times the unwarped GP's); expected improvement for the optimum, over the
 whole box and in a trust region; for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
@@ -496,6 +497,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="every strategy's GP (steered and the sweeps' alike) is fitted to a shifted log of the targets, its offset "
                         "(or none) chosen by marginal likelihood; auto: unless the log's leave-one-out error is 1.5 times the "
                         "unwarped GP's (GPConfig.output_warp; default none)")
+    p.add_argument("--gp-warp-veto", type=float, default=GPConfig.warp_veto,
+                   help="with --gp-warp auto, the factor by which the log's leave-one-out error may exceed the unwarped GP's "
+                        "(GPConfig.warp_veto)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -505,7 +509,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp, warp_veto=args.gp_warp_veto))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
