@@ -27,7 +27,8 @@ Three tasks, each over ``--seeds`` seeds (mean and standard error):
 
 Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
-targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping`; expected improvement for the optimum, over the
+targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping` (``--gp-warp auto``: unless
+its leave-one-out error is ``--gp-warp-veto`` times the unwarped GP's); expected improvement for the optimum, over the
 whole box and in a trust region; for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
@@ -492,9 +493,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gp-trend", choices=("none", "constant", "linear"), default="constant",
                    help="every strategy's GP (steered and the sweeps' alike) fits this prior mean by generalised least squares "
                         "(GPConfig.trend; default constant, ordinary kriging)")
-    p.add_argument("--gp-warp", choices=("none", "log"), default="none",
+    p.add_argument("--gp-warp", choices=("none", "log", "auto"), default="none",
                    help="every strategy's GP (steered and the sweeps' alike) is fitted to a shifted log of the targets, its offset "
-                        "chosen by marginal likelihood (GPConfig.output_warp; default none)")
+                        "(or none) chosen by marginal likelihood; auto: unless the log's leave-one-out error is 1.5 times the "
+                        "unwarped GP's (GPConfig.output_warp; default none)")
+    p.add_argument("--gp-warp-veto", type=float, default=GPConfig.warp_veto,
+                   help="with --gp-warp auto, the factor by which the log's leave-one-out error may exceed the unwarped GP's "
+                        "(GPConfig.warp_veto)")
     p.add_argument("--quick", action="store_true", help="a tiny run that only exercises the code path")
     p.add_argument("--json", type=str, default="", help="write rows and settings to this JSON file")
     p.add_argument("--opt-tol", type=float, default=Setup.opt_tol, help="relative tolerance on the optimum")
@@ -504,7 +509,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp, warp_veto=args.gp_warp_veto))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
@@ -543,7 +548,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             mean = f"> {r['grid_tried_up_to']}^{r['dims']}"
         per = ",".join("-" if s is None else str(s) for s in r["sims_all_seeds"])
         print(f"  {r['dims']:>2} {r['task']:<9}{r['strategy']:<22}{mean:>10}{r['sims_se']:>8.1f}  {per}")
-    print(f"  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
+    print("  map at looser goals (sims per seed, '-': not within the budget) and the error at the budget:")
     for lv in levels:
         cells = "; ".join(f"<= {100 * float(t):.0f}%: " + ",".join("-" if n is None else str(n) for n in ns) for t, ns in lv["sims_to"].items())
         print(f"    D={lv['dims']} {lv['task']:<9}{lv['strategy']:<20} {cells}; error at the end (the goal or {lv['budget']}): {100 * lv['error_at_end']:.1f}%")

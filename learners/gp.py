@@ -82,11 +82,15 @@ class GPConfig:
         reoptimise_growth: choose hyperparameters again only once the data grew by this
             share since they were last chosen; fits in between keep them and only
             condition on the new data (one Cholesky factorisation). 0 re-chooses every fit.
-        output_warp: ``"none"`` or ``"log"``: fit the GP to a shifted logarithm of the targets,
-            its offset chosen with the hyperparameters by the marginal likelihood of the
-            original targets (:mod:`~coupler.learners.output_warping`); predictions are the
-            log-normal's median and standard deviation. For surfaces flat but for an excursion
-            whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth.
+        output_warp: ``"none"``, ``"log"`` or ``"auto"``. ``"log"``: fit the GP to a shifted logarithm
+            of the targets, its offset (or no warping) chosen with the hyperparameters by the marginal
+            likelihood of the original targets (:mod:`~coupler.learners.output_warping`); predictions
+            are the log-normal's median and standard deviation. For surfaces flat but for an excursion
+            whose sides fall off like ``exp(-d^2)``, which the logarithm makes smooth. ``"auto"``: the
+            same choice, the unwarped GP optimised at every choice too, and the warping dropped for it
+            when its leave-one-out RMS error in the targets' units exceeds the unwarped GP's by
+            ``warp_veto`` (the likelihood of the original targets rewards resolving a floor of
+            near-zero values, which a map's RMS error does not see).
         full_search_growth: with the log warping, every offset is tried (each with the fresh
             starts too) at the first choice and once the data grew by this factor since the last
             such full search; the choices in between warm-start the last offset and its two
@@ -98,6 +102,13 @@ class GPConfig:
             track, by up to 0.5 nats per choice of 20 % more points), hence a whole nat.
         fresh_offsets: a full search warm-starts every offset, then starts this many of the
             best afresh (from each of ``fresh_lengths``).
+        warp_veto: with ``output_warp="auto"``, the factor by which the warped GP's leave-one-out
+            RMS error (targets' units, median prediction) may exceed the unwarped GP's before the
+            unwarped GP is kept. On the 4-D Gray-Scott amplitude (80 and 200 Sobol points) the
+            likelihood prefers the log by 2.7 nats per point while its leave-one-out error is 2.3 and
+            3.5 times the unwarped GP's (its map's error 2.3 and 3.2 times); on the hot track's
+            steered designs (4- and 8-D, 32 to 64 points) it is 0.8 to 1.4 but once (2.8).
+            The eighth pass of docs/modulation.md measures 1.5, 1.2 and 1.0.
     """
 
     length_bounds: tuple[float, float] = (0.01, 10.0)
@@ -109,10 +120,11 @@ class GPConfig:
     median_mean: bool = False
     trend: Literal["none", "constant", "linear"] = "constant"
     reoptimise_growth: float = 0.2
-    output_warp: Literal["none", "log"] = "none"
+    output_warp: Literal["none", "log", "auto"] = "none"
     full_search_growth: float = 2.0
     surprise: float = 1.0
     fresh_offsets: int = 3
+    warp_veto: float = 1.5
 
     def __post_init__(self) -> None:
         for name in ("length_bounds", "noise_bounds", "signal_bounds"):
@@ -123,8 +135,10 @@ class GPConfig:
             raise ValueError(f"fresh_lengths must be positive, got {self.fresh_lengths}")
         if self.trend not in ("none", "constant", "linear"):
             raise ValueError(f"trend must be 'none', 'constant' or 'linear', got {self.trend!r}")
-        if self.output_warp not in ("none", "log"):
-            raise ValueError(f"output_warp must be 'none' or 'log', got {self.output_warp!r}")
+        if self.output_warp not in ("none", "log", "auto"):
+            raise ValueError(f"output_warp must be 'none', 'log' or 'auto', got {self.output_warp!r}")
+        if not self.warp_veto >= 1:
+            raise ValueError(f"warp_veto must be >= 1, got {self.warp_veto}")
         if self.full_search_growth < 1 or self.surprise < 0 or self.fresh_offsets < 1:
             raise ValueError(f"full_search_growth must be >= 1, surprise >= 0 and fresh_offsets >= 1, got "
                              f"{self.full_search_growth}, {self.surprise}, {self.fresh_offsets}")
@@ -232,6 +246,7 @@ class GaussianProcess:
         self._full_on, self._nll_y = 0, 0.0  # points at the warping's last full search; nll of the original targets at the last choice
         self.full_searches = 0  # warped choices that tried every offset with fresh starts
         self.surprises = 0  # light warped choices whose likelihood dropped, so that a full search followed
+        self.vetoes = 0  # "auto" choices whose warping lost to the unwarped GP on leave-one-out error
 
     def _trend_terms(self) -> int:
         return {"none": 0, "constant": 1, "linear": 1 + self.dim}[self.config.trend]
@@ -325,7 +340,7 @@ class GaussianProcess:
         if not np.all(np.isfinite(y)):
             raise ValueError(f"targets must be finite; {int(np.sum(~np.isfinite(y)))} of {len(y)} are not")
         choose = self.fits == 0 or len(y) >= (1.0 + self.config.reoptimise_growth) * self._chosen_on
-        if self.config.output_warp == "log" and choose:
+        if self.config.output_warp != "none" and choose:
             self._choose_warped(x, y)
         else:
             if self.warp is not None:
@@ -358,6 +373,9 @@ class GaussianProcess:
         choice with its offset and the two next to it on the ladder (no warping next to the
         largest offset): 3 optimisations instead of 24. It is surprised when the likelihood per
         point of its best pair is lower than at the last choice by more than ``surprise``.
+        With ``output_warp="auto"`` every search also optimises the unwarped GP, and a warped
+        winner yields to it when its leave-one-out RMS error is more than ``warp_veto`` times
+        the unwarped GP's (:meth:`_loo_rms`).
         """
         c, n = self.config, len(y)
         full = self._full_on == 0 or n >= c.full_search_growth * self._full_on
@@ -367,12 +385,19 @@ class GaussianProcess:
         else:
             at = ladder.index(None if self.warp is None else self.warp.offset)
             tried = ladder[max(at - 1, 0) : at + 2]
-        best = self._search_offsets(x, y, tried, fresh=full)
-        if not full and best[0] / n > self._nll_y / max(self._chosen_on, 1) + c.surprise:
+            if c.output_warp == "auto" and None not in tried:
+                tried = (*tried, None)
+        found = self._search_offsets(x, y, tried, fresh=full)
+        if not full and found[0][0] / n > self._nll_y / max(self._chosen_on, 1) + c.surprise:
             self.surprises += 1
             full = True
-            again = self._search_offsets(x, y, ladder, fresh=True)
-            best = again if again[0] < best[0] else best
+            found = sorted(found + self._search_offsets(x, y, ladder, fresh=True), key=lambda f: f[0])
+        best = found[0]
+        if c.output_warp == "auto" and best[2] is not None:
+            plain = next(f for f in found if f[2] is None)
+            if self._loo_rms(x, y, best) > c.warp_veto * self._loo_rms(x, y, plain):
+                best = plain
+                self.vetoes += 1
         self._nll_y, self._theta, self.warp, self._last_nll = best
         if full:
             self._full_on = n
@@ -380,11 +405,23 @@ class GaussianProcess:
         self._chosen_on = n
         self.choices += 1
 
+    def _loo_rms(self, x: np.ndarray, y: np.ndarray, model: tuple[float, np.ndarray, LogWarp | None, float]) -> float:
+        """The leave-one-out RMS error, in the targets' units, of a ``(nll of y, theta, warping, nll)``
+        found by :meth:`_search_offsets`: each point's latent leave-one-out mean (closed form,
+        :meth:`leave_one_out`) mapped back as :meth:`predict` maps it (the log-normal's median)."""
+        _, self._theta, self.warp, _ = model
+        self._condition(x, self._standardise(y))
+        latent = y if self.warp is None else forward(self.warp, y)
+        guess = latent - self.leave_one_out().residuals
+        if self.warp is not None:
+            guess = np.exp(guess) + self.warp.shift
+        return float(np.sqrt(np.mean((guess - y) ** 2)))
+
     def _search_offsets(self, x: np.ndarray, y: np.ndarray, offsets: tuple[float | None, ...],
-                        fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip
-        """The best ``(nll of y, theta, warping, nll of the warped targets)`` over ``offsets``, each
-        optimised from the last choice; when ``fresh``, the ``fresh_offsets`` best of them are
-        optimised again from the fresh starts (the offsets far behind after a warm start are not
+                        fresh: bool) -> list[tuple[float, np.ndarray, LogWarp | None, float]]:  # fmt: skip
+        """Every ``(nll of y, theta, warping, nll of the warped targets)`` found over ``offsets``, best
+        first, each optimised from the last choice; when ``fresh``, the ``fresh_offsets`` best of them
+        are optimised again from the fresh starts (the offsets far behind after a warm start are not
         the ones a fresh start would lift to the top: their likelihoods differ by nats per point)."""
         start = self._theta
         found: list[tuple[float, np.ndarray, LogWarp | None, float]] = []
@@ -395,7 +432,7 @@ class GaussianProcess:
             again = [self._fit_offset(x, y, None if f[2] is None else f[2].offset, start, fresh=True)
                      for f in found[: self.config.fresh_offsets]]  # fmt: skip
             found = sorted(found + again, key=lambda f: f[0])
-        return found[0]
+        return found
 
     def _fit_offset(self, x: np.ndarray, y: np.ndarray, offset: float | None, start: np.ndarray,
                     fresh: bool) -> tuple[float, np.ndarray, LogWarp | None, float]:  # fmt: skip

@@ -124,11 +124,13 @@ def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
         assert 0 < info["steer_share_at_1s"] < 1 and 0 < info["steer_share_at_1s_cpu"] < 1 and info["target"] <= info["best_known"]
 
 
-def test_the_log_warped_gp_reaches_every_strategy_of_a_map_task(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("warp", "veto"), [("log", 1.5), ("auto", 1.2)])
+def test_the_warped_gp_reaches_every_strategy_of_a_map_task(tmp_path: Path, warp: str, veto: float) -> None:
     out = tmp_path / "warped.json"
     result = bench.main(["--quick", "--dims", "4", "--seeds", "1", "--maps", "map-track", "--map-strategies", "gradient",
-                         "--no-optimum", "--gp-warp", "log", "--json", str(out)])  # fmt: skip
-    assert json.loads(out.read_text())["setup"]["gp"]["output_warp"] == "log"
+                         "--no-optimum", "--gp-warp", warp, "--gp-warp-veto", str(veto), "--json", str(out)])  # fmt: skip
+    gp = json.loads(out.read_text())["setup"]["gp"]
+    assert (gp["output_warp"], gp["warp_veto"]) == (warp, veto)
     got = {r["strategy"] for r in result["rows"]}
     assert {"steered (gradient IVR)", "random + GP", "sobol + GP"} <= got
     assert bench.parse_args([]).gp_warp == "none"  # the earlier tables' model stays the default
