@@ -266,44 +266,52 @@ def cnn_learnability(
     Args:
         fine: the fine solver.
         coarse: the coarse solver.
-        args: the parsed command line (``cnn_runs``, ``holdout``, ``samples``, ``every``, ``widths``, ...).
+        args: the parsed command line (``cnn_runs``, ``holdout``, ``train_runs``, ``samples``, ``every``, ``widths``, ...).
         viscosity: the viscosity range of the runs.
 
     Returns:
-        ``{"train_runs", "held_out_runs", "samples", "fits": [{"width", "depth", "kernel_size", "curve": [...]}]}``.
+        ``{"held_out_runs", "samples", "every", "fits": [{"train_runs", "width", "depth", "kernel_size", "curve"}]}``.
 
     Raises:
-        ValueError: if fewer than one training run would be left.
+        ValueError: if no training run would be left, or ``--train-runs`` asks for more than there are.
     """
     if not 0 < args.holdout < args.cnn_runs:
         raise ValueError(f"need 0 < --holdout < --cnn-runs, got {args.holdout} and {args.cnn_runs}")
-    # A key the first table's runs never use, so those runs are no part of these.
-    keys = jax.random.split(jax.random.key(args.seed + 1000), args.cnn_runs)
+    cut = args.cnn_runs - args.holdout
+    counts = [int(x) for x in args.train_runs.split(",")] if args.train_runs else [cut]
+    if not all(0 < m <= cut for m in counts):
+        raise ValueError(f"--train-runs must be in [1, {cut}] (the runs not held out), got {args.train_runs}")
+    # Run i has key fold_in(base, i) whatever the count, and the first --holdout runs are the held-out ones: a
+    # larger --cnn-runs adds training runs and keeps the held-out set. The base key is one the first table's
+    # runs never use.
+    base = jax.random.key(args.seed + 1000)
+    keys = jax.vmap(lambda i: jax.random.fold_in(base, i))(jnp.arange(args.cnn_runs))
     params = jax.vmap(lambda k: fine.random_params(k, viscosity_range=viscosity, amplitude_range=(0.8, 1.2)))(keys)
     w, s = sample_pairs(fine, coarse, keys, params, round(args.spinup / fine.dt), args.samples, max(1, round(args.every / fine.dt)))
     p = np.stack([np.asarray(params.viscosity), np.asarray(params.forcing_amplitude), np.asarray(params.drag)], axis=-1)
     p = np.repeat(p[:, None], args.samples, axis=1)
-    n, cut = coarse.n, args.cnn_runs - args.holdout
+    n, h = coarse.n, args.holdout
 
     def flat(a: np.ndarray, rows: slice) -> np.ndarray:
         return a[rows].reshape((-1,) + a.shape[2:])
 
-    train = tuple(flat(a, slice(0, cut)) for a in (w, p, s))
-    held_out = tuple(flat(a, slice(cut, None)) for a in (w, p, s))
+    held_out = tuple(flat(a, slice(0, h)) for a in (w, p, s))
     checkpoints = tuple(int(x) for x in args.steps.split(","))
     fits = []
-    print(f"CNN, {cut} training runs, {args.holdout} held-out runs, {args.samples} samples each "
-          f"({args.every} apart), depth {args.depth}, kernel {args.kernel}, batch {args.batch}, Adam {args.lr}:")
-    print(f"{'width':>6}{'weights':>9}{'steps':>7}{'train R2':>10}{'held-out R2':>13}" + "".join(
+    print(f"CNN, {args.holdout} held-out runs, {args.samples} samples a run ({args.every} apart), "
+          f"depth {args.depth}, kernel {args.kernel}, batch {args.batch}, Adam {args.lr}, R^2 per shell held out:")
+    print(f"{'runs':>5}{'width':>6}{'weights':>9}{'steps':>7}{'train R2':>10}{'held-out R2':>13}" + "".join(
         f"{f'{lo:.0f}-{lo + 2:.0f}':>8}" for lo in np.arange(0.0, n / 2, 2.0)))
-    for width in (int(x) for x in args.widths.split(",")):
-        curve = fit_cnn(coarse, train, held_out, width=width, depth=args.depth, kernel_size=args.kernel,
-                        checkpoints=checkpoints, batch_size=args.batch, learning_rate=args.lr, seed=args.seed)
-        for r in curve:
-            print(f"{width:>6}{r['weights']:>9}{r['steps']:>7}{r['train_r2']:>10.3f}{r['held_out']['overall']:>13.3f}"
-                  + "".join(f"{sh['r2']:>8.2f}" for sh in r["held_out"]["shells"]))
-        fits.append({"width": width, "depth": args.depth, "kernel_size": args.kernel, "curve": curve})
-    return {"train_runs": cut, "held_out_runs": args.holdout, "samples": args.samples, "every": args.every, "fits": fits}
+    for m in counts:
+        train = tuple(flat(a, slice(h, h + m)) for a in (w, p, s))
+        for width in (int(x) for x in args.widths.split(",")):
+            curve = fit_cnn(coarse, train, held_out, width=width, depth=args.depth, kernel_size=args.kernel,
+                            checkpoints=checkpoints, batch_size=args.batch, learning_rate=args.lr, seed=args.seed)
+            for r in curve:
+                print(f"{m:>5}{width:>6}{r['weights']:>9}{r['steps']:>7}{r['train_r2']:>10.3f}{r['held_out']['overall']:>13.3f}"
+                      + "".join(f" {sh['r2']:>7.2f}" for sh in r["held_out"]["shells"]))
+            fits.append({"train_runs": m, "width": width, "depth": args.depth, "kernel_size": args.kernel, "curve": curve})
+    return {"held_out_runs": args.holdout, "samples": args.samples, "every": args.every, "fits": fits}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -322,6 +330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     cnn.add_argument("--holdout", type=int, default=8, help="of those, runs it never trains on")
     cnn.add_argument("--samples", type=int, default=12, help="snapshots per run")
     cnn.add_argument("--every", type=float, default=1.0, help="time units between snapshots")
+    cnn.add_argument("--train-runs", default="", help="training runs used, one fit each (a data curve; default: all)")
     cnn.add_argument("--widths", default="16,32", help="hidden channels, one fit each")
     cnn.add_argument("--depth", type=int, default=5)
     cnn.add_argument("--kernel", type=int, default=3)

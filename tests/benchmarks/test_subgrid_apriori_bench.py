@@ -97,12 +97,14 @@ def test_the_cnn_learns_a_target_its_input_determines_and_not_noise() -> None:
 
 def test_the_cnn_measurement_runs_end_to_end(tmp_path, capsys) -> None:
     out = bench.main(["--coarse", "16", "--fine", "32", "--runs", "2", "--spinup", "0.5", "--cnn", "--cnn-runs", "3",
-                      "--holdout", "1", "--samples", "2", "--widths", "4", "--depth", "2", "--steps", "3,6",
+                      "--holdout", "1", "--samples", "2", "--train-runs", "1,2", "--widths", "4", "--depth", "2", "--steps", "3,6",
                       "--forcing-wavenumber", "2", "--json", str(tmp_path / "c.json")])
     saved = json.loads((tmp_path / "c.json").read_text())
-    assert saved["cnn"]["train_runs"] == 2 and saved["forcing_wavenumber"] == 2
+    assert [f["train_runs"] for f in saved["cnn"]["fits"]] == [1, 2] and saved["forcing_wavenumber"] == 2
     curve = out["cnn"]["fits"][0]["curve"]
     assert [r["steps"] for r in curve] == [3, 6] and len(curve[0]["held_out"]["shells"]) == 4
     assert "held-out R2" in capsys.readouterr().out
     with pytest.raises(ValueError):
         bench.main(["--coarse", "16", "--fine", "32", "--runs", "2", "--spinup", "0.5", "--cnn", "--cnn-runs", "3", "--holdout", "3"])
+    with pytest.raises(ValueError):
+        bench.main(["--coarse", "16", "--fine", "32", "--runs", "2", "--spinup", "0.5", "--cnn", "--cnn-runs", "3", "--train-runs", "3"])
