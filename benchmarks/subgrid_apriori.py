@@ -144,7 +144,8 @@ def explained_variance(coarse: NavierStokes2D, s: np.ndarray, pred: np.ndarray, 
         width: shell width ``[k, k + width)``.
 
     Returns:
-        ``{"overall": R^2, "shells": [{"shell": [lo, hi], "r2": R^2}, ...]}``.
+        ``{"overall": R^2, "shells": [{"shell": [lo, hi], "r2": R^2, "share": its part of |s|^2}, ...]}``, the
+        shells ``[k, k + width)`` below ``n/2`` and then the corners, ``[n/2, inf)``.
 
     Raises:
         ValueError: if the shapes differ.
@@ -159,10 +160,14 @@ def explained_variance(coarse: NavierStokes2D, s: np.ndarray, pred: np.ndarray, 
     err = np.sum(np.abs(e_hat.reshape(-1, n, n // 2 + 1)) ** 2, axis=0) * weight
     kx, ky = coarse.wavenumbers()
     k = np.sqrt(np.asarray(kx) ** 2 + np.asarray(ky) ** 2)
+    # The last shell is the square's corners beyond the inscribed circle (|k| >= n/2, up to n/sqrt(2)): a fifth
+    # of the modes, and much of the subgrid tendency.
+    bounds = [(float(lo), float(lo + width)) for lo in np.arange(0.0, n / 2, width)] + [(n / 2, float("inf"))]
     shells = []
-    for lo in np.arange(0.0, n / 2, width):
-        m = (k >= lo) & (k < lo + width)
-        shells.append({"shell": [float(lo), float(lo + width)], "r2": float(1 - err[m].sum() / tot[m].sum()) if tot[m].sum() > 0 else 0.0})
+    for lo, hi in bounds:
+        m = (k >= lo) & (k < hi)
+        r2 = float(1 - err[m].sum() / tot[m].sum()) if tot[m].sum() > 0 else 0.0
+        shells.append({"shell": [lo, hi], "r2": r2, "share": float(tot[m].sum() / tot.sum())})
     return {"overall": float(1 - err.sum() / tot.sum()), "shells": shells}
 
 
@@ -290,7 +295,7 @@ def cnn_learnability(
     w, s = sample_pairs(fine, coarse, keys, params, round(args.spinup / fine.dt), args.samples, max(1, round(args.every / fine.dt)))
     p = np.stack([np.asarray(params.viscosity), np.asarray(params.forcing_amplitude), np.asarray(params.drag)], axis=-1)
     p = np.repeat(p[:, None], args.samples, axis=1)
-    n, h = coarse.n, args.holdout
+    h = args.holdout
 
     def flat(a: np.ndarray, rows: slice) -> np.ndarray:
         return a[rows].reshape((-1,) + a.shape[2:])
@@ -300,8 +305,10 @@ def cnn_learnability(
     fits = []
     print(f"CNN, {args.holdout} held-out runs, {args.samples} samples a run ({args.every} apart), "
           f"depth {args.depth}, kernel {args.kernel}, batch {args.batch}, Adam {args.lr}, R^2 per shell held out:")
-    print(f"{'runs':>5}{'width':>6}{'weights':>9}{'steps':>7}{'train R2':>10}{'held-out R2':>13}" + "".join(
-        f"{f'{lo:.0f}-{lo + 2:.0f}':>8}" for lo in np.arange(0.0, n / 2, 2.0)))
+    share = explained_variance(coarse, held_out[2], np.zeros_like(held_out[2]))["shells"]
+    labels = [f"{lo:.0f}-{hi:.0f}" if hi < np.inf else f"{lo:.0f}+" for lo, hi in (sh["shell"] for sh in share)]
+    print(f"{'share of |s|^2 held out':>50}" + "".join(f" {sh['share']:>7.3f}" for sh in share))
+    print(f"{'runs':>5}{'width':>6}{'weights':>9}{'steps':>7}{'train R2':>10}{'held-out R2':>13}" + "".join(f"{x:>8}" for x in labels))
     for m in counts:
         train = tuple(flat(a, slice(h, h + m)) for a in (w, p, s))
         for width in (int(x) for x in args.widths.split(",")):

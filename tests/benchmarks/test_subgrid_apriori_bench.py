@@ -58,6 +58,10 @@ def test_explained_variance_matches_its_closed_forms() -> None:
         r = bench.explained_variance(coarse, s, c * s)
         assert r["overall"] == pytest.approx(1 - (1 - c) ** 2, abs=1e-9)
         assert all(sh["r2"] == pytest.approx(1 - (1 - c) ** 2, abs=1e-9) for sh in r["shells"])
+    # The shells (four below n/2, then the corners) partition the modes: their shares of |s|^2 sum to 1.
+    shells = bench.explained_variance(coarse, s, 0 * s)["shells"]
+    assert len(shells) == 5 and shells[-1]["shell"] == [8, float("inf")]
+    assert sum(sh["share"] for sh in shells) == pytest.approx(1.0, abs=1e-9) and shells[-1]["share"] > 0.1
     # Overall it is the grid-space R^2 (Parseval, with the rfft's doubled columns counted twice).
     pred = s + 0.3 * rng.normal(size=s.shape)
     assert bench.explained_variance(coarse, s, pred)["overall"] == pytest.approx(
@@ -102,7 +106,7 @@ def test_the_cnn_measurement_runs_end_to_end(tmp_path, capsys) -> None:
     saved = json.loads((tmp_path / "c.json").read_text())
     assert [f["train_runs"] for f in saved["cnn"]["fits"]] == [1, 2] and saved["forcing_wavenumber"] == 2
     curve = out["cnn"]["fits"][0]["curve"]
-    assert [r["steps"] for r in curve] == [3, 6] and len(curve[0]["held_out"]["shells"]) == 4
+    assert [r["steps"] for r in curve] == [3, 6] and len(curve[0]["held_out"]["shells"]) == 5
     assert "held-out R2" in capsys.readouterr().out
     with pytest.raises(ValueError):
         bench.main(["--coarse", "16", "--fine", "32", "--runs", "2", "--spinup", "0.5", "--cnn", "--cnn-runs", "3", "--holdout", "3"])
