@@ -60,7 +60,7 @@ def test_explained_variance_matches_its_closed_forms() -> None:
         assert all(sh["r2"] == pytest.approx(1 - (1 - c) ** 2, abs=1e-9) for sh in r["shells"])
     # The shells (four below n/2, then the corners) partition the modes: their shares of |s|^2 sum to 1.
     shells = bench.explained_variance(coarse, s, 0 * s)["shells"]
-    assert len(shells) == 5 and shells[-1]["shell"] == [8, float("inf")]
+    assert len(shells) == 5 and shells[-1]["shell"] == [8, 16]
     assert sum(sh["share"] for sh in shells) == pytest.approx(1.0, abs=1e-9) and shells[-1]["share"] > 0.1
     # Overall it is the grid-space R^2 (Parseval, with the rfft's doubled columns counted twice).
     pred = s + 0.3 * rng.normal(size=s.shape)
