@@ -37,7 +37,8 @@ held-out runs, the spectral closure (the earlier measured setup of
 docs/augmentation.md). Default: coarse 32, reference 128 (the old additive-CNN
 setup). ``--tiny`` only exercises the code path (the smoke test).
 ``--model closure interp``: one or several learned models (``MODELS``; ``interp`` is the learned
-interpolation of ``learners.learned_interpolation``, ``closure-interp`` it on top of the closure),
+interpolation of ``learners.learned_interpolation``, ``closure-interp`` it on top of the closure, ``tendency`` the
+subgrid-tendency CNN of ``learners.subgrid_tendency``),
 each trained with every schedule on the same windows. ``--eval-runs N``: the evaluation runs.
 ``--schedules 1 32 8,32,64``: the trainings, one row each (an unroll length, or a
 curriculum of them over one training). ``--validation``: evaluate on runs drawn
@@ -75,6 +76,7 @@ from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCor
 from coupler.learners.learned_interpolation import ClosedLearnedInterpolationConfig, LearnedInterpolationConfig
 from coupler.learners.mixed_closure import MixedClosureConfig
 from coupler.learners.spectral_closure import ClosureWithCorrectionConfig, SpectralClosureConfig
+from coupler.learners.subgrid_tendency import SubgridTendencyConfig
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, spectral_resample
 
@@ -214,6 +216,8 @@ MODELS = {
     "mixed": MixedClosureConfig(hidden=32, depth=2, features=("similarity",)),
     "mixed-gradient": MixedClosureConfig(hidden=32, depth=2, features=("similarity", "gradient")),
     "interp": LearnedInterpolationConfig(width=8, depth=3),
+    # The CNN that explains 75-85 % of the 16^2 subgrid tendency a priori (benchmarks/subgrid_apriori.py --cnn).
+    "tendency": SubgridTendencyConfig(width=32, depth=5),
     "closure-interp": ClosedLearnedInterpolationConfig(SpectralClosureConfig(hidden=32, depth=2), LearnedInterpolationConfig(width=8, depth=3)),
 }
 """The learned models ``--model`` picks from (the setup's own when not given)."""

@@ -151,3 +151,10 @@ def test_several_models_train_on_the_same_data_and_name_their_rows(capsys) -> No
     assert set(result["models"]) == {"closure", "interp"} and result["models"]["interp"]["stencil"] == 4
     assert all(r["training_s"] > 0 for r in result["rows"] if r["method"] in corrected)
     assert "corrected-interp-unroll2" in capsys.readouterr().out
+
+
+def test_the_subgrid_tendency_model_trains_and_runs_in_the_benchmark() -> None:
+    result = bench.main(["--tiny", "--model", "tendency", "--schedules", "1,2"])
+    rows = [r for r in result["rows"] if r["method"].startswith("corrected")]
+    assert [r["method"] for r in rows] == ["corrected-unroll1-2"]
+    assert result["models"]["tendency"]["width"] == 32 and rows[0]["training_s"] > 0
