@@ -19,15 +19,18 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/augmentation.py
 
-# The tests of physics/ and learners/ (pure JAX, no cluster, no service) spend most of their
-# time compiling, one core each: they run in TEST_PROCS processes (pytest-xdist), then the
-# rest, whose clusters, emulated hosts and Slurm jobs share the machine, one test at a time.
-# Both parts always run; the target fails if either does (or collects no tests).
+# The tests that start no cluster and need no service (physics/ and learners/, which never
+# import Dask, the demo table and three in-process benchmarks) spend most of their time
+# compiling XLA on one core: they run in TEST_PROCS processes (pytest-xdist), with any
+# cluster start refused (COUPLER_TEST_NO_CLUSTER, tests/conftest.py), then the rest, whose
+# clusters, emulated hosts and Slurm jobs share the machine, one test at a time. Both parts
+# always run; the target fails if either does (or collects no tests).
 TEST_PROCS ?= 2
-PURE_TESTS := tests/learners tests/physics
+PURE_TESTS := tests/learners tests/physics tests/demos tests/benchmarks/test_augmentation_speedup_bench.py \
+	tests/benchmarks/test_modulation_bench.py tests/benchmarks/test_subgrid_apriori_bench.py
 
 test: $(STAMP)
-	$(PY) -m pytest -n $(TEST_PROCS) $(PURE_TESTS); pure=$$?; \
+	COUPLER_TEST_NO_CLUSTER=1 $(PY) -m pytest -n $(TEST_PROCS) $(PURE_TESTS); pure=$$?; \
 	$(PY) -m pytest $(addprefix --ignore=,$(PURE_TESTS)); rest=$$?; \
 	test $$pure -eq 0 && test $$rest -eq 0
 

@@ -46,8 +46,24 @@ def unique() -> str:
     return f"t{next(_names)}"
 
 
+def _refuse_clusters() -> None:
+    """Make every Dask cluster start in this process fail, naming the rule (``make test``'s parallel part)."""
+    from distributed.deploy.spec import SpecCluster
+
+    def refuse(self: SpecCluster, *args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "this test starts a Dask cluster, but it runs in `make test`'s parallel part, whose tests "
+            "must start none (COUPLER_TEST_NO_CLUSTER); take its file out of PURE_TESTS in the Makefile"
+        )
+
+    SpecCluster.__init__ = refuse  # type: ignore[method-assign]
+
+
 def pytest_configure(config: pytest.Config) -> None:
-    """Markers of tests that need a service (their skip-or-fail rule: tests/services.py)."""
+    """Markers of tests that need a service (their skip-or-fail rule: tests/services.py); with
+    ``COUPLER_TEST_NO_CLUSTER=1`` (the parallel part of ``make test``) no Dask cluster may start."""
+    if os.environ.get("COUPLER_TEST_NO_CLUSTER") == "1":
+        _refuse_clusters()
     config.addinivalue_line(
         "markers", "multihost: workers on emulated hosts (network namespaces, as root; tests/multihost/emulated_hosts.py)"
     )
