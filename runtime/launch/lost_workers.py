@@ -100,13 +100,10 @@ class KeepsRestartedWorkers:
     scheduler_info: dict[str, Any]
     _futures: set[Any]
 
-    @property
-    def _lost_workers(self) -> LostWorkers:
-        # Made on first use: SpecCluster's __init__ already receives worker updates before ours would run.
-        rule = self.__dict__.get("_coupler_lost_workers")
-        if rule is None:
-            rule = self.__dict__["_coupler_lost_workers"] = LostWorkers()
-        return rule
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Before the cluster's own __init__, which starts it and so receives worker updates.
+        self._lost_workers = LostWorkers()
+        super().__init__(*args, **kwargs)
 
     def _update_worker_status(self, op: str, msg: Any) -> None:
         # Read before Cluster's update: it pops the arrivals and deletes the leaver's record.
