@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coarse_runs import coarse_runs
 from coupler.learners.learned_interpolation import (
     LearnedInterpolationConfig,
     face_values,
@@ -84,10 +85,7 @@ def test_the_flux_divergence_conserves_the_mean_and_matches_the_difference_quoti
 
 
 def _runs(seed: int, runs: int) -> tuple[jax.Array, jax.Array]:
-    keys = jax.random.split(jax.random.key(seed), runs)
-    params = jax.vmap(lambda key: COARSE.random_params(key, viscosity_range=(0.02, 0.04)))(keys)
-    w0 = jax.vmap(COARSE.init)(keys, params).w
-    return w0, jnp.stack([params.viscosity, params.forcing_amplitude, params.drag], -1).astype(jnp.float32)
+    return coarse_runs(COARSE, seed, runs, (0.02, 0.04))
 
 
 def test_an_untrained_model_is_the_plain_solver_and_keeps_the_mean() -> None:

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coarse_runs import coarse_runs
 from coupler.learners.mixed_closure import MixedClosureConfig, mixed_step
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import SolverCorrectionConfig, corrected_rollout, trajectory_loss
@@ -17,10 +18,7 @@ SMALL = MixedClosureConfig(hidden=8, depth=1, features=("similarity", "gradient"
 
 
 def _runs(seed: int, runs: int) -> tuple[jax.Array, jax.Array]:
-    keys = jax.random.split(jax.random.key(seed), runs)
-    params = jax.vmap(lambda key: COARSE.random_params(key, viscosity_range=(0.01, 0.03)))(keys)
-    w0 = jax.vmap(COARSE.init)(keys, params).w
-    return w0, jnp.stack([params.viscosity, params.forcing_amplitude, params.drag], -1).astype(jnp.float32)
+    return coarse_runs(COARSE, seed, runs, (0.01, 0.03))
 
 
 def test_an_untrained_mixed_closure_is_the_plain_solver() -> None:
