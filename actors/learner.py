@@ -9,6 +9,7 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from coupler.actors.base import ActorHost
+from coupler.actors.busy import BusyMeter
 
 
 class Trainer(Protocol):
@@ -100,6 +101,9 @@ class LearnerActor(ActorHost):
         self.train_steps = 0
         # (wall time, step, loss, messages received so far) per training step
         self.history_rows: list[tuple[float, int, float, int]] = []
+        # time inside training steps over the span of them: how busy the learner keeps its device
+        # (not checkpointed: a restarted learner measures its own run)
+        self.busy = BusyMeter()
         self._lock = threading.Lock()  # the trainer is used by the loop and by remote calls
         self._restored: dict[str, Any] | None = None
 
@@ -122,7 +126,10 @@ class LearnerActor(ActorHost):
         batch = data.sample(self.batch_size)
         assert self.trainer is not None
         with self._lock:
+            # the step returns a Python float, so the device has finished the step when it returns
+            t0 = time.perf_counter()
             loss = self.trainer.step(batch)
+            self.busy.add(t0, time.perf_counter())
             self.train_steps += 1
         self.history_rows.append((time.time(), self.train_steps, loss, data.stats.received))
         if self.lineage_keys:
@@ -191,4 +198,5 @@ class LearnerActor(ActorHost):
             "train_steps": self.train_steps,
             "received": self.inputs["data"].stats.received,
             "loss": None if last is None else last[2],
+            "busy_share": self.busy.share(),
         }

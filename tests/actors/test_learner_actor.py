@@ -42,6 +42,8 @@ def test_learner_trains_online_and_serves_weights(coupling: Coupling, unique: st
     st = learner.stop()
     history = learner.call("history")
     assert st.state == "stopped" and st.info["train_steps"] == len(history) > 0
+    # The share of its time inside training steps is measured (BusyMeter's arithmetic: tests/actors/test_busy.py).
+    assert 0.0 < st.info["busy_share"] <= 1.0
     # Training steps were taken while the simulation was still producing.
     assert sum(1 for t, *_ in history if t < sim_end) > 0
     # The data the learner saw grew during training (online, not a fixed set).
