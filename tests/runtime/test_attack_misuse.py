@@ -1,7 +1,8 @@
 """Driver API misuse: a wrong argument gets a clear error that says what was expected and what came.
 
-The passing tests pin the errors that are already clear; the xfail ones are
-misuses that get a bare AttributeError from deep inside, or no error at all.
+Each test pins one misuse's error: its type, and that its message names what
+was expected and what came (before, some got a bare AttributeError from deep
+inside, or no error at all).
 """
 
 from __future__ import annotations
