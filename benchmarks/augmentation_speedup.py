@@ -95,6 +95,7 @@ class Setup:
         coarse_n: the coarse grid; ``fine_n`` the reference grid (a power-of-two multiple).
         coarse_dt: the coarse time step (each plain solver at ``r`` x the resolution uses ``coarse_dt / r``).
         viscosity, amplitude: ranges of the log-uniform viscosity and uniform forcing amplitude.
+        forcing_wavenumber: ``k_f`` of the Kolmogorov force ``A sin(k_f y)``.
         spinup: time units of fine simulation before a run's first frame (developed turbulence).
         train_runs, train_time: fine training runs and the time units each one simulates.
         window: coarse frames per training window (at least the unroll length + 1).
@@ -123,6 +124,7 @@ class Setup:
     coarse_dt: float = 0.02
     viscosity: tuple[float, float] = (1.5e-3, 4e-3)
     amplitude: tuple[float, float] = (0.8, 1.2)
+    forcing_wavenumber: int = 4
     spinup: float = 15.0
     train_runs: int = 16
     train_time: float = 20.0
@@ -149,7 +151,7 @@ class Setup:
     def coarse_grained(self) -> CoarseGrainedNavierStokes:
         """The fine reference seen on the coarse grid at the corrected solver's step (``learned_step`` plain steps)."""
         ratio = self.fine_n // self.coarse_n
-        fine = NavierStokes2D(n=self.fine_n, dt=self.coarse_dt / ratio)
+        fine = NavierStokes2D(n=self.fine_n, dt=self.coarse_dt / ratio, forcing_wavenumber=self.forcing_wavenumber)
         return CoarseGrainedNavierStokes(
             fine, self.coarse_n, substeps=ratio * self.learned_step, window=self.window,
             spinup=round(self.spinup / fine.dt), coarse_dealias=self.coarse_dealias,
@@ -514,6 +516,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
              "schedule on the same data and its rows are named 'corrected-MODEL-...'",
     )
     p.add_argument("--viscosity", default="", help="override the viscosity range, 'lo,hi'")
+    p.add_argument("--forcing-wavenumber", type=int, default=0, help="override k_f of the Kolmogorov forcing (default 4)")
     p.add_argument("--eval-time", type=float, default=0.0, help="override the horizon (time units)")
     p.add_argument(
         "--learned-step", type=int, default=0,
@@ -554,6 +557,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.viscosity:
         lo, hi = (float(v) for v in args.viscosity.split(","))
         setup = replace(setup, viscosity=(lo, hi))
+    if args.forcing_wavenumber:
+        setup = replace(setup, forcing_wavenumber=args.forcing_wavenumber)
     if args.eval_time:
         setup = replace(setup, eval_time=args.eval_time)
     if args.eval_runs:

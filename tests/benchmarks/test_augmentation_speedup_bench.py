@@ -158,3 +158,15 @@ def test_the_subgrid_tendency_model_trains_and_runs_in_the_benchmark() -> None:
     rows = [r for r in result["rows"] if r["method"].startswith("corrected")]
     assert [r["method"] for r in rows] == ["corrected-unroll1-2"]
     assert result["models"]["tendency"]["width"] == 32 and rows[0]["training_s"] > 0
+
+
+def test_the_forcing_wavenumber_reaches_every_solver(capsys) -> None:
+    result = bench.main(["--tiny", "--schedules", "1", "--forcing-wavenumber", "2", "--plain-steps", "1"])
+    assert result["setup"]["forcing_wavenumber"] == 2
+    cg = bench.replace(bench.TINY, forcing_wavenumber=2).coarse_grained()
+    assert cg.fine.forcing_wavenumber == cg.coarse().forcing_wavenumber == 2
+    # A different force is a different flow: the reference of k_f = 2 is not that of k_f = 4.
+    default = bench.main(["--tiny", "--schedules", "1", "--plain-steps", "1"])
+    plain = {r["method"]: r["rel_l2_final"] for r in result["rows"]}
+    assert plain["plain"] != {r["method"]: r["rel_l2_final"] for r in default["rows"]}["plain"]
+    capsys.readouterr()
