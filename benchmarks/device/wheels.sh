@@ -20,5 +20,6 @@ done
     --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
     -d .whl "${pins[@]}"
 "$PY" -m pip wheel -q --no-deps -w .whl .
+rm -rf build/lib build/bdist.*  # setuptools builds in the tree; build/ also holds the docs' sources
 ls -l .whl
 du -sh .whl
