@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
+from coupler.demos.progress import advance, progress_bar
 
 from coupler.actors import LearnerActor, SimulatorActor
 from coupler.learners import OnlineTrainer, SurrogateConfig
@@ -317,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         launched: list[Any] = []
         active: list[Any] = []
         finished = []
-        bar = tqdm(desc="streamed pairs", unit="pair", file=sys.stdout)
+        bar = progress_bar(desc="streamed pairs", unit="pair")
         t_train = time.perf_counter()
         launch_until = t_train + args.launch_fraction * args.train_seconds
         while True:
@@ -350,10 +349,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             st = learner.status()
             if st.state == "failed":
                 learner.wait()
-            bar.n = st.info.get("received", 0)
             loss = st.info.get("loss")
-            bar.set_postfix(sims=len(launched), train_steps=st.info.get("train_steps", 0), loss=f"{loss or float('nan'):.1e}")
-            bar.refresh()
+            advance(bar, st.info.get("received", 0), sims=len(launched), train_steps=st.info.get("train_steps", 0),
+                    loss=f"{loss or float('nan'):.1e}")
             if not active and time.perf_counter() >= max(launch_until, t_train + args.train_seconds):
                 break
             time.sleep(0.25)

@@ -22,12 +22,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
+from coupler.demos.progress import advance, progress_bar
 
 from coupler.actors.pool import SimulationStudy, SimulatorPoolActor, TaskStatus
 from coupler.actors.steering import SteeringActor, overlap_seconds
@@ -153,17 +152,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             inputs={"results": "results"}, outputs={"tasks": "tasks", "cancel": "cancel"}, workers=workers[0],
         )  # fmt: skip
         steer.start()
-        bar = tqdm(total=args.budget, desc="simulations answered", unit="sim", file=sys.stdout)
-        shown: tuple[Any, ...] = ()
+        bar = progress_bar(total=args.budget, desc="simulations answered", unit="sim")
         while True:
             st = steer.status()
             if st.state == "failed":
                 steer.wait()  # raises ActorFailed with the remote traceback
             best = st.info.get("best_qoi")
-            now = (st.info.get("issued", 0) - st.info.get("pending", 0), st.info.get("fits", 0), best)
-            if now != shown:  # redraw on news only
-                shown, bar.n = now, now[0]
-                bar.set_postfix(fits=now[1], best=f"{best:.4f}" if best is not None else "-")
+            advance(bar, st.info.get("issued", 0) - st.info.get("pending", 0), fits=st.info.get("fits", 0),
+                    best=f"{best:.4f}" if best is not None else "-")
             if st.done:
                 break
             time.sleep(0.5)

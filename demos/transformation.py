@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
 
@@ -29,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+from coupler.demos.progress import advance, progress_bar  # noqa: E402
 
 from coupler.actors.assimilation import AssimilationActor  # noqa: E402
 from coupler.actors.learner import LearnerActor  # noqa: E402
@@ -125,16 +124,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         plain.start()
         learned.start()
         source.start()
-        bar = tqdm(total=args.cycles, desc="cycles", unit="obs", file=sys.stdout)
+        bar = progress_bar(total=args.cycles, desc="cycles", unit="obs")
         while not (plain.status().done and learned.status().done):
             for ref in (plain, learned, source, learner):
                 if ref.status().state == "failed":
                     ref.wait()  # raises with the remote traceback
             st = learned.status().info
-            bar.n = st.get("cycle", 0)
-            bar.set_postfix(weights=st.get("weights_version", 0), train_steps=learner.status().info.get("train_steps", 0))
-            bar.refresh()
+            advance(bar, st.get("cycle", 0), weights=st.get("weights_version", 0), train_steps=learner.status().info.get("train_steps", 0))
             time.sleep(0.5)
+        st = learned.status().info  # the final count, which the last poll may have missed
+        advance(bar, st.get("cycle", 0), weights=st.get("weights_version", 0), train_steps=learner.status().info.get("train_steps", 0))
         bar.close()
         h_plain, h_learned = plain.call("history"), learned.call("history")
         learner.stop()
