@@ -230,10 +230,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
-    setup = replace(correction_setup(quick=True), members=args.members, offline_sims=max(1, args.capacity // 4))
+    setup = replace(correction_setup(quick=True), members=args.members)
     if args.quick:
         args.steps, args.batch, args.sim_workers = min(args.steps, 20), args.batch[:1], min(args.sim_workers, 1)
         setup = replace(setup, members=2, blocks=2)
+    # the reservoir holds offline_sims * blocks windows (CorrectionSetup.capacity)
+    setup = replace(setup, offline_sims=max(1, args.capacity // setup.blocks))
     rows = []
     gpus = bool(GpuSampler.available())
     # with GPUs the embedded cluster gives the first worker the GPU; the others see none and simulate on the CPU

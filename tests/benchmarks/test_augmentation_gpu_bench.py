@@ -29,5 +29,6 @@ def test_quick_run_writes_rows(tmp_path: Path) -> None:
     assert row["device"].split(":")[0] in ("cpu", "cuda", "gpu")
     assert 0.0 < row["learner_busy"] <= 1.0 and row["steps_per_s"] > 0
     assert row["simulations"] >= 2  # at least one simulator actor of two members streamed
+    assert data["capacity"] == 512  # the default reservoir, whatever the windows per run
     if not data["nvidia_smi"]:
         assert row["gpu_util_percent"] is None
