@@ -26,8 +26,11 @@ The summary names the finest plain resolution whose time-to-0.95 (at that grid's
 own step) the best corrected solver matches or beats, and the wall-time ratio
 against the cheapest plain solver on that grid, at any step, that is as accurate.
 ``training_s`` of a corrected row is the time to get that model here: the fine
-training simulations plus the optimiser steps (in this process, not through
-the runtime's actors).
+training simulations plus the optimiser steps (in this process). ``--online``
+adds a ``corrected-online-...`` row per single-stage schedule, the same model
+trained through the runtime (simulator actors stream fine runs into a learner
+actor, ``_runtime_training.py``); its ``training_s`` is the time to that model
+through the runtime, simulations and compilation included.
 
 Run: ``python benchmarks/augmentation_speedup.py [--quick] [--json out.json]``.
 ``--quick``: coarse 32, reference 128, 16 held-out runs, the additive CNN on the
@@ -85,6 +88,8 @@ HELD_OUT_KEY = 1
 VALIDATION_KEY = 2
 """``fold_in`` keys of the evaluation runs (the training runs use 0): the held-out set reports, the
 validation set (``--validation``) chooses configurations."""
+ONLINE_KEY = 3
+"""``fold_in`` key of the runs ``--online`` streams (none of them is a training or an evaluation run)."""
 
 
 @dataclass(frozen=True)
@@ -539,9 +544,45 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--ic-bound", action="store_true",
         help="add the reference solver started from the coarse initial field (the bound of any coarse model)",
     )
+    p.add_argument(
+        "--online", action="store_true",
+        help="also train each single-stage schedule through the runtime (simulator actors stream fine runs into a "
+             "learner actor); its row's training s is the time to that model, simulations included",
+    )
+    p.add_argument("--workers", type=int, default=2, help="worker processes of the local cluster --online starts (default 2)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default="", help="also write the results to this JSON file")
     return p.parse_args(argv)
+
+
+def train_online(
+    setup: Setup, choices: list[tuple[str, Any]], schedules: list[tuple[int, ...]], args: argparse.Namespace,
+    models: dict[str, tuple[Any, float]], key: jax.Array,
+) -> dict[str, dict[str, Any]]:
+    """``--online``: each model and single-stage schedule trained again through the runtime, added to ``models``.
+
+    Returns:
+        Per added row: the simulations streamed, the windows the learner received and its final loss.
+    """
+    from coupler.runtime import Coupling
+
+    from _runtime_training import train_through_runtime
+
+    out: dict[str, dict[str, Any]] = {}
+    with Coupling(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cp:
+        for label, config in choices:
+            for stages in schedules:
+                if len(stages) > 1:
+                    print(f"--online: the curriculum {stages} is trained in this process only", flush=True)
+                    continue
+                name = ("corrected-online-1step" if stages == (1,) else f"corrected-online-unroll{stages[0]}")
+                name = f"corrected-online-{label}{name[len('corrected-online'):]}" if len(choices) > 1 else name
+                run = train_through_runtime(replace(setup, model=config), cp, stages[0], args.seed, key=key)
+                print(f"{name}: {setup.train_steps} steps through the runtime in {run.seconds:.1f} s "
+                      f"({run.simulations} fine runs streamed, {run.windows} windows), final loss {run.loss:.2e}", flush=True)
+                models[name] = (run.model, run.seconds)
+                out[name] = {"simulations": run.simulations, "windows": run.windows, "loss": run.loss, "seconds": run.seconds}
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -582,6 +623,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             model, train_s, loss = train(replace(setup, model=config), data, stages, args.seed)
             print(f"{name}: {setup.train_steps} steps in {train_s:.1f} s, final loss {loss:.2e}", flush=True)
             models[name] = (model, data_s + train_s)
+    online: dict[str, dict[str, Any]] = {}
+    if args.online:
+        online = train_online(setup, choices, schedules, args, models, jax.random.fold_in(key, ONLINE_KEY))
     # The held-out runs are never used to choose a configuration: --validation draws other runs for that.
     rows = evaluate(
         setup, models, jax.random.fold_in(key, VALIDATION_KEY if args.validation else HELD_OUT_KEY), ic_bound=args.ic_bound
@@ -594,6 +638,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "setup": {**asdict(setup), "model": asdict(setup.model)},
         "models": {label or "default": asdict(config) for label, config in choices},
         "eval_set": "validation" if args.validation else "held-out",
+        "online": online,
         "schedules": [list(s) for s in schedules],
         "mode": "tiny" if args.tiny else "demo" if args.demo else "quick" if args.quick else "quick16" if args.quick16 else "full",
         "device": jax.devices()[0].platform,
