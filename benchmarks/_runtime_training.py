@@ -8,7 +8,7 @@ through the runtime, simulations included, as a user would get it:
   ``SimulatorActor`` ensembles (``members`` runs each) on the CPU workers and
   publish windows of ``unroll + 1`` coarse frames into a ``Reservoir`` that holds
   what the in-process training stores (``train_runs`` runs' windows);
-- a ``LearnerActor`` on a worker of its own trains the same model, with the same
+- a ``LearnerActor`` on a worker of its own (the GPU's, where there is one) trains the same model, with the same
   optimiser, schedule, batch size and step count as the in-process training,
   through the coarse solver unrolled over each window; it samples the reservoir
   as the simulations refresh it (not paced);
@@ -37,6 +37,12 @@ from coupler.learners.solver_correction import SolverCorrectionConfig, SolverCor
 from coupler.runtime import Coupling, Reservoir
 
 
+def gpu_workers(cp: Coupling) -> list[str]:
+    """Addresses of the coupling's workers that own a GPU (Dask resource ``GPU``), sorted."""
+    info = cp.client.scheduler_info(n_workers=-1)["workers"]
+    return sorted(a for a, w in info.items() if w.get("resources", {}).get("GPU", 0) > 0)
+
+
 @dataclass(frozen=True)
 class RuntimeTraining:
     """What one training through the runtime gave.
@@ -63,7 +69,8 @@ def train_through_runtime(
 
     Args:
         setup: the benchmark's ``Setup`` (model, optimiser budget, batch size, ranges, step).
-        cp: the coupling; the learner takes its last worker, the simulations the others (or it too, alone).
+        cp: the coupling; the learner takes a worker with a GPU where there is one, else the last worker; the
+            simulations take the others (or the learner's too, where it is the only one).
         unroll: coarse steps of each training rollout (windows of ``unroll + 1`` frames).
         seed: the model's initialisation seed.
         key: the streamed runs' parameters and initial fields are drawn from it (never the evaluation keys).
@@ -89,13 +96,14 @@ def train_through_runtime(
     tag = f"payoff-{unroll}-{seed}-{time.monotonic_ns()}"
     channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.train_runs * blocks, seed=seed))
     workers = cp.workers()
-    sim_workers = workers[:-1] or workers
+    learner_worker = (gpu_workers(cp) or workers)[-1]
+    sim_workers = [w for w in workers if w != learner_worker] or workers
     b, n = setup.batch_size, setup.coarse_n
     example = {"field": np.zeros((b, unroll + 1, n, n), np.float32), "params": np.full((b, 3), 0.02, np.float32)}
     t0 = time.perf_counter()
     learner = cp.spawn(
         LearnerActor, config, name=f"learner-{tag}", batch_size=b, min_samples=b, max_steps=setup.train_steps,
-        warmup=example, inputs={"data": channel}, workers=workers[-1],
+        warmup=example, inputs={"data": channel}, workers=learner_worker,
     )
     learner.start()
     active: list[Any] = []

@@ -48,7 +48,8 @@ from coupler.learners.spectral_closure import SpectralClosureConfig
 from coupler.learners.subgrid_tendency import SubgridTendencyConfig
 from coupler.runtime import Coupling, Reservoir
 
-from correction_online_vs_offline import CorrectionSetup, _matrix, _params, correction_setup  # noqa: E402  (a sibling script)
+from _runtime_training import gpu_workers  # noqa: E402  (sibling scripts)
+from correction_online_vs_offline import CorrectionSetup, _matrix, _params, correction_setup  # noqa: E402
 
 MODELS: dict[str, Any] = {
     "closure": SpectralClosureConfig(hidden=32, depth=2),
@@ -112,12 +113,6 @@ class GpuSampler:
         """Mean utilisation (percent) of the samples taken in ``[t0, t1]``; ``None`` without any."""
         vals = [u for t, u in self.rows if t0 <= t <= t1]
         return float(np.mean(vals)) if vals else None
-
-
-def gpu_workers(cp: Coupling) -> list[str]:
-    """Addresses of the workers that own a GPU (Dask resource ``GPU``)."""
-    info = cp.client.scheduler_info(n_workers=-1)["workers"]
-    return sorted(a for a, w in info.items() if w.get("resources", {}).get("GPU", 0) > 0)
 
 
 def measure(setup: CorrectionSetup, cp: Coupling, *, model: str, batch: int, steps: int, sim_actors: int, seed: int,

@@ -7,7 +7,8 @@
 # It writes its logs and JSON under $OUT (or /tmp/issue22 without one) and keeps within about 9 minutes:
 #   1. the learner on the GPU while fine simulations stream in from CPU workers (augmentation_gpu.py):
 #      learner busy share and nvidia-smi's GPU utilisation, per model and batch size;
-#   2. the payoff table on the GPU (augmentation_speedup.py), 16^2 against 64^2, then 32^2 against 128^2.
+#   2. the payoff table on the GPU (augmentation_speedup.py), 16^2 against 64^2 (its models trained in-process
+#      and, --online, through the runtime with the learner on the GPU), then 32^2 against 128^2.
 # Each part has its own time limit, so a slow part leaves the others their time and its log up to where it got.
 # SMOKE=1 runs every part at its smallest size (the code path, on any machine); PY picks the interpreter.
 set -uo pipefail
@@ -32,10 +33,10 @@ part() {  # part SECONDS NAME COMMAND...: run with a time limit, log to $OUT/NAM
 }
 if [ "${SMOKE:-0}" = 1 ]; then
     part 300 gpu_busy "$PY" augmentation_gpu.py --quick --models closure --json "$OUT/gpu_busy.json"
-    part 300 speedup16 "$PY" augmentation_speedup.py --tiny --json "$OUT/speedup16_gpu.json"
+    part 300 speedup16 "$PY" augmentation_speedup.py --tiny --online --json "$OUT/speedup16_gpu.json"
     exit
 fi
-part 200 gpu_busy "$PY" augmentation_gpu.py --models closure tendency --batch 8 64 --steps 1000 --sim-workers 8 --json "$OUT/gpu_busy.json"
-part 150 speedup16 "$PY" augmentation_speedup.py --quick16 --model closure tendency --schedules 32 --learned-step 4 \
-    --eval-time 20 --eval-runs 32 --plain-steps 1 2 4 --json "$OUT/speedup16_gpu.json"
-part 180 speedup32 "$PY" augmentation_speedup.py --quick --model cnn tendency --json "$OUT/speedup32_gpu.json"
+part 170 gpu_busy "$PY" augmentation_gpu.py --models closure tendency --batch 8 64 --steps 1000 --sim-workers 8 --json "$OUT/gpu_busy.json"
+part 190 speedup16 "$PY" augmentation_speedup.py --quick16 --model closure tendency --schedules 32 --learned-step 4 \
+    --eval-time 20 --eval-runs 32 --plain-steps 1 2 4 --online --workers 8 --json "$OUT/speedup16_gpu.json"
+part 170 speedup32 "$PY" augmentation_speedup.py --quick --model cnn tendency --json "$OUT/speedup32_gpu.json"
