@@ -248,10 +248,6 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
         j = self._match(x)
         return np.where(j >= 0, self._regions[np.maximum(j, 0)] if len(self._regions) else -1, -1)
 
-    def _owned(self, data: SearchData, region: int) -> np.ndarray:
-        """Indices of the answered points that belong to ``region``."""
-        return np.flatnonzero(self.owner(data.x) == region)
-
     def _update(self, data: SearchData, per_region: int) -> None:
         """Judge each region on its own results that arrived since the last proposal; restart collapsed ones."""
         spread = float(np.ptp(data.y)) if len(data.y) else 1.0
@@ -286,7 +282,10 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
     def bounds_of(self, region: int, data: SearchData) -> tuple[np.ndarray, np.ndarray] | None:
         """Region ``region``'s box, ``(lower, upper)`` in the unit box, around the best of its answered
         points (``None``: it has none yet)."""
-        owned = self._owned(data, region)
+        return self._box(region, data, self.owner(data.x))
+
+    def _box(self, region: int, data: SearchData, owners: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        owned = np.flatnonzero(owners == region)
         if len(owned) == 0:
             return None
         centre = data.x[owned[int(np.argmax(data.y[owned]))]]
@@ -296,7 +295,8 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
         self._update(data, max(1, n // self.regions))
         order = [(self._turn + i) % self.regions for i in range(self.regions)]
         self._turn = (self._turn + n) % self.regions
-        searching = [r for r in order if not len(self.state[r].design) and len(self._owned(data, r)) and data.predict is not None]
+        owners = self.owner(data.x)  # once per proposal: matching costs O(N K d)
+        searching = [r for r in order if not len(self.state[r].design) and np.any(owners == r) and data.predict is not None]
         quota = dict.fromkeys(order, 0)
         left = n
         while left and any(quota[r] < len(self.state[r].design) for r in order):  # design points first, in turn
@@ -314,7 +314,7 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
             if len(region.design):
                 mine, region.design = region.design[: quota[r]], region.design[quota[r] :]
             else:
-                mine = self._search(r, quota[r], data, taken)
+                mine = self._search(r, quota[r], data, taken, owners)
             mine = np.asarray(mine, np.float32).reshape(-1, self.space.dim)
             self._points = np.concatenate([self._points, mine])
             self._regions = np.concatenate([self._regions, np.full(len(mine), r, np.int64)])
@@ -326,13 +326,13 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
             out = np.concatenate([out, self._rng.uniform(size=(n - len(out), self.space.dim)).astype(np.float32)])
         return out
 
-    def _search(self, r: int, k: int, data: SearchData, taken: np.ndarray) -> np.ndarray:
+    def _search(self, r: int, k: int, data: SearchData, taken: np.ndarray, owners: np.ndarray) -> np.ndarray:
         """``k`` points of region ``r``: the greedy best of expected improvement over the region's best value."""
         assert data.predict is not None
-        box = self.bounds_of(r, data)
+        box = self._box(r, data, owners)
         assert box is not None
         lo, hi = box
-        owned = self._owned(data, r)
+        owned = np.flatnonzero(owners == r)
         centre = data.x[owned[int(np.argmax(data.y[owned]))]].astype(np.float64)
         cands = region_candidates(self._rng, centre, lo, hi, self.candidates + self.local)
         mean, std = data.predict(cands)
