@@ -29,7 +29,7 @@ Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
 targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping` (``--gp-warp auto``: unless
 its leave-one-out error is ``--gp-warp-veto`` times the unwarped GP's); expected improvement for the optimum, over the
-whole box and in a trust region; for the maps integrated-variance reduction weighted by the
+whole box, in a trust region and in ``--opt-regions`` trust regions restarted afresh (``--opt-strategies``); for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
