@@ -70,7 +70,7 @@ from coupler.learners.acquisition import ExpectedGlobalFit, ExpectedImprovement,
 from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
-from coupler.learners.trust_region import TrustRegionExpectedImprovement, TrustRegionsExpectedImprovement  # noqa: E402
+from coupler.learners.trust_region import TrustRegionExpectedImprovement, MultiTrustRegionExpectedImprovement  # noqa: E402
 from coupler.learners.variance_reduction import CalibratedVarianceReduction, GradientWeightedVarianceReduction, IntegratedVarianceReduction  # noqa: E402
 
 from _modulation_families import GRAY_SCOTT, HEAT, HOT_STRIP, HOT_TRACK, Family, Run as SimRun, gray_scott_run, heat_run, hot_strip_run, hot_track_run  # noqa: E402
@@ -275,7 +275,7 @@ OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)", "steered (TuRBO-m EI)")
 """The steered optimum searches: expected improvement over the whole box (the verdict's), inside a
 trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`) and inside
 ``Setup.opt_regions`` trust regions restarted afresh
-(:class:`~coupler.learners.trust_region.TrustRegionsExpectedImprovement`, each with a design of the
+(:class:`~coupler.learners.trust_region.MultiTrustRegionExpectedImprovement`, each with a design of the
 search's initial size)."""
 
 MAP_STRATEGIES = ("steered (gradient IVR)", "steered (calibrated IVR)", "steered (IVR)", "steered (max-std)", "steered (EIGF)")
@@ -299,7 +299,7 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
     opt_sizes = {**sizes, "initial": opt_initial}
     for name in opt_strategies if optimum else ():
         if name == OPT_STRATEGIES[2]:
-            search: Strategy = TrustRegionsExpectedImprovement(space, regions=setup.opt_regions, **opt_sizes)
+            search: Strategy = MultiTrustRegionExpectedImprovement(space, regions=setup.opt_regions, **opt_sizes)
         else:
             search = (ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement)(space, **opt_sizes)
         ei = steer(oracle, Steerer(space, search, setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)

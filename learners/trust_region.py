@@ -19,7 +19,7 @@ when its best beats the previous best by ``1e-3`` times their range. Picks of
 one batch keep ``0.05`` times the region's side apart (``min_distance`` follows
 the region).
 
-:class:`TrustRegionsExpectedImprovement` keeps ``m`` such regions at once (TuRBO-m
+:class:`MultiTrustRegionExpectedImprovement` keeps ``m`` such regions at once (TuRBO-m
 in the same paper), each started from a design of its own, with its own
 incumbent, resizing and restarts; a region that has shrunk away restarts from a
 fresh design over the whole box instead of around the best point, so the search
@@ -148,7 +148,7 @@ class TrustRegionExpectedImprovement(ExpectedImprovement):
 
 @dataclass
 class TrustRegion:
-    """One region of :class:`TrustRegionsExpectedImprovement`: its side, counters and fresh design.
+    """One region of :class:`MultiTrustRegionExpectedImprovement`: its side, counters and fresh design.
 
     Attributes:
         length: side (unit box, before scaling by the length scales).
@@ -168,7 +168,7 @@ class TrustRegion:
 
 
 @dataclass
-class TrustRegionsExpectedImprovement(ExpectedImprovement):
+class MultiTrustRegionExpectedImprovement(ExpectedImprovement):
     """Find the maximum with ``regions`` trust regions at once (TuRBO-m), each restarted afresh when it collapses.
 
     Each region begins with a Latin hypercube of ``initial`` points over the whole
@@ -201,7 +201,7 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
 
     Example:
         >>> from coupler.learners.acquisition import ParameterSpace, SearchData
-        >>> tr = TrustRegionsExpectedImprovement(ParameterSpace((0.0, 0.0), (1.0, 1.0)), regions=3, initial=4)
+        >>> tr = MultiTrustRegionExpectedImprovement(ParameterSpace((0.0, 0.0), (1.0, 1.0)), regions=3, initial=4)
         >>> empty = SearchData(np.zeros((0, 2), np.float32), np.zeros(0, np.float32), np.zeros((0, 2), np.float32))
         >>> tr.propose(6, empty).shape  # two design points of each region
         (6, 2)
@@ -292,6 +292,8 @@ class TrustRegionsExpectedImprovement(ExpectedImprovement):
         return region_bounds(centre, self.state[region].length, data.length_scales)
 
     def propose(self, n: int, data: SearchData) -> np.ndarray:
+        """The next ``n`` unit-box points: each region's design points first, then each searching region's
+        expected-improvement picks, dealt in turn (after judging the results that arrived)."""
         self._update(data, max(1, n // self.regions))
         order = [(self._turn + i) % self.regions for i in range(self.regions)]
         self._turn = (self._turn + n) % self.regions

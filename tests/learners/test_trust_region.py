@@ -8,7 +8,7 @@ import pytest
 from coupler.learners.acquisition import ParameterSpace, SearchData
 from coupler.learners.gp import GPConfig
 from coupler.learners.steerer import Steerer, TaskStatus
-from coupler.learners.trust_region import TrustRegionExpectedImprovement, TrustRegionsExpectedImprovement, region_bounds
+from coupler.learners.trust_region import TrustRegionExpectedImprovement, MultiTrustRegionExpectedImprovement, region_bounds
 from coupler.runtime.control.checkpoints import decode, encode
 
 SPACE = ParameterSpace((0.0,) * 4, (1.0,) * 4)
@@ -93,13 +93,13 @@ def test_the_region_survives_the_checkpoint_format() -> None:
 # -- several trust regions (TuRBO-m) ---------------------------------------------------------------------
 
 
-def _answer(tr: TrustRegionsExpectedImprovement, x: np.ndarray, y: np.ndarray, n: int, f) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+def _answer(tr: MultiTrustRegionExpectedImprovement, x: np.ndarray, y: np.ndarray, n: int, f) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
     new = tr.propose(n, _data(x, y))
     return np.concatenate([x, new]), np.concatenate([y, f(new)])
 
 
 def test_each_region_draws_its_own_design_then_searches_around_its_own_best() -> None:
-    tr = TrustRegionsExpectedImprovement(SPACE, regions=3, initial=4, initial_length=0.2, candidates=128, local=0, seed=5)
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=4, initial_length=0.2, candidates=128, local=0, seed=5)
     x, y = np.zeros((0, 4)), np.zeros(0)
     for _ in range(2):  # 12 design points, dealt 2 per region per proposal
         x, y = _answer(tr, x, y, 6, lambda p: p[:, 0])
@@ -118,7 +118,7 @@ def test_each_region_draws_its_own_design_then_searches_around_its_own_best() ->
 
 
 def test_a_collapsed_region_retires_its_points_and_restarts_from_a_fresh_design_the_others_go_on() -> None:
-    tr = TrustRegionsExpectedImprovement(SPACE, regions=2, initial=2, initial_length=0.4, min_length=0.1, failure_tolerance=1, seed=6)
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=2, initial=2, initial_length=0.4, min_length=0.1, failure_tolerance=1, seed=6)
     x, y = np.zeros((0, 4)), np.zeros(0)
     x, y = _answer(tr, x, y, 4, lambda p: np.where(tr.owner(p) == 0, 1.0, 2.0))  # the designs
     lengths = []
@@ -158,23 +158,23 @@ def test_several_regions_find_the_higher_narrow_peak_that_one_region_misses() ->
 
     sizes = {"candidates": 256, "local": 0, "initial_length": 0.2, "min_length": 0.2 / 16}
     one = [best_of(TrustRegionExpectedImprovement(space, initial=8, seed=s, **sizes)) for s in range(2)]
-    many = [best_of(TrustRegionsExpectedImprovement(space, regions=4, initial=4, seed=s, **sizes)) for s in range(2)]
+    many = [best_of(MultiTrustRegionExpectedImprovement(space, regions=4, initial=4, seed=s, **sizes)) for s in range(2)]
     assert max(one) < 1.1  # the broad peak only
     assert min(many) > 1.4  # the higher peak (1.5 at its top) on every seed
 
 
 def test_the_regions_survive_the_checkpoint_format() -> None:
-    tr = TrustRegionsExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
     rng = np.random.default_rng(8)
     x, y = np.zeros((0, 4)), np.zeros(0)
     for _ in range(6):
         x, y = _answer(tr, x, y, 3, lambda p: rng.uniform(size=len(p)))
-    other = TrustRegionsExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
+    other = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
     other.load_state_dict(decode(encode(tr.state_dict())))
     np.testing.assert_array_equal(other.owner(x), tr.owner(x))
     assert [(g.length, g.best, g.failures) for g in other.state] == [(g.length, g.best, g.failures) for g in tr.state]
     np.testing.assert_array_equal(tr.propose(3, _data(x, y)), other.propose(3, _data(x, y)))
     with pytest.raises(ValueError, match="regions"):
-        TrustRegionsExpectedImprovement(SPACE, regions=2, initial=3).load_state_dict(tr.state_dict())
+        MultiTrustRegionExpectedImprovement(SPACE, regions=2, initial=3).load_state_dict(tr.state_dict())
     with pytest.raises(ValueError, match="region"):
-        TrustRegionsExpectedImprovement(SPACE, regions=0)
+        MultiTrustRegionExpectedImprovement(SPACE, regions=0)
