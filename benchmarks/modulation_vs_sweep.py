@@ -29,7 +29,7 @@ Strategies: steered (:class:`~coupler.learners.steerer.Steerer` with a
 Gaussian process with a GLS constant mean, with ``--gp-warp log`` fitted to a shifted log of the
 targets whose offset the likelihood chooses, :mod:`~coupler.learners.output_warping` (``--gp-warp auto``: unless
 its leave-one-out error is ``--gp-warp-veto`` times the unwarped GP's); expected improvement for the optimum, over the
-whole box and in a trust region; for the maps integrated-variance reduction weighted by the
+whole box, in a trust region and in ``--opt-regions`` trust regions restarted afresh (``--opt-strategies``); for the maps integrated-variance reduction weighted by the
 change of the GP's mean (gradient IVR) or by its leave-one-out calibration, plain IVR, max-uncertainty and the expected improvement for
 global fit, EIGF), uniform random, scrambled
 Sobol (the strong baseline; the maps fit the same GP, same settings, to the
@@ -70,7 +70,7 @@ from coupler.learners.acquisition import ExpectedGlobalFit, ExpectedImprovement,
 from coupler.learners.gp import GaussianProcess, GPConfig  # noqa: E402
 from coupler.learners.samplers import SobolSweep  # noqa: E402
 from coupler.learners.steerer import Steerer, TaskStatus  # noqa: E402
-from coupler.learners.trust_region import TrustRegionExpectedImprovement  # noqa: E402
+from coupler.learners.trust_region import TrustRegionExpectedImprovement, MultiTrustRegionExpectedImprovement  # noqa: E402
 from coupler.learners.variance_reduction import CalibratedVarianceReduction, GradientWeightedVarianceReduction, IntegratedVarianceReduction  # noqa: E402
 
 from _modulation_families import GRAY_SCOTT, HEAT, HOT_STRIP, HOT_TRACK, Family, Run as SimRun, gray_scott_run, heat_run, hot_strip_run, hot_track_run  # noqa: E402
@@ -106,6 +106,7 @@ class Setup:
     ivr_candidates: int = 512
     ivr_reference: int = 256
     opt_initial: int = 0  # the optimum searches' initial Latin hypercube (0: max(8, 2 D), as the maps')
+    opt_regions: int = 4  # trust regions of the TuRBO-m search
     # The GP of every strategy (steered and the sweeps' maps alike); ordinary kriging (a GLS constant mean).
     gp: GPConfig = GPConfig(trend="constant")
 
@@ -270,9 +271,12 @@ class MapCase:
     ref: np.ndarray
 
 
-OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)")
-"""The steered optimum searches: expected improvement over the whole box (the verdict's) and inside a
-trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`)."""
+OPT_STRATEGIES = ("steered (EI)", "steered (TR-EI)", "steered (TuRBO-m EI)")
+"""The steered optimum searches: expected improvement over the whole box (the verdict's), inside a
+trust region (:class:`~coupler.learners.trust_region.TrustRegionExpectedImprovement`) and inside
+``Setup.opt_regions`` trust regions restarted afresh
+(:class:`~coupler.learners.trust_region.MultiTrustRegionExpectedImprovement`, each with a design of the
+search's initial size)."""
 
 MAP_STRATEGIES = ("steered (gradient IVR)", "steered (calibrated IVR)", "steered (IVR)", "steered (max-std)", "steered (EIGF)")
 """The steered map strategies: integrated-variance reduction weighted by the change of the GP's mean
@@ -294,8 +298,11 @@ def run_seed(setup: Setup, oracle: Oracle, maps: list[MapCase], space: Parameter
     sizes = {"initial": initial, "candidates": setup.candidates, "local": setup.local, "seed": seed}
     opt_sizes = {**sizes, "initial": opt_initial}
     for name in opt_strategies if optimum else ():
-        kind = ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement
-        ei = steer(oracle, Steerer(space, kind(space, **opt_sizes), setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
+        if name == OPT_STRATEGIES[2]:
+            search: Strategy = MultiTrustRegionExpectedImprovement(space, regions=setup.opt_regions, **opt_sizes)
+        else:
+            search = (ExpectedImprovement if name == OPT_STRATEGIES[0] else TrustRegionExpectedImprovement)(space, **opt_sizes)
+        ei = steer(oracle, Steerer(space, search, setup.gp, seed), setup.batch, setup.opt_budget, setup.map_every, None)
         out.append(replace(ei, strategy=name, task="optimum", seed=seed))
     for name, sweep in (("random", RandomSweep(space, seed=seed)), ("sobol", SobolSweep(space, seed=seed))) if optimum else ():
         pts = sweep_points(sweep, setup.sweep_budget, d)
@@ -474,6 +481,7 @@ def bench_dims(dims: int, setup: Setup, seeds: range, map_strategies: tuple[str,
 
 
 STRATEGY_FLAGS = dict(zip(("gradient", "calibrated", "ivr", "max-std", "eigf"), MAP_STRATEGIES))
+OPT_FLAGS = ("ei", "tr-ei", "turbo-m")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -484,8 +492,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--map-strategies", nargs="+", choices=tuple(STRATEGY_FLAGS), default=list(STRATEGY_FLAGS),
                    help="steered map strategies (default all; a task's verdict uses the first of gradient, calibrated, ivr, max-std, eigf that ran)")
     p.add_argument("--no-optimum", action="store_true", help="run the map tasks only")
-    p.add_argument("--opt-strategies", nargs="+", choices=("ei", "tr-ei"), default=["ei", "tr-ei"],
-                   help="steered optimum searches (default both; the verdict uses ei when it ran)")
+    p.add_argument("--opt-strategies", nargs="+", choices=OPT_FLAGS, default=["ei", "tr-ei"],
+                   help="steered optimum searches: EI, EI in one trust region, EI in --opt-regions trust regions restarted "
+                        "afresh (default ei tr-ei; the verdict uses the first of ei, tr-ei, turbo-m that ran)")
+    p.add_argument("--opt-regions", type=int, default=Setup.opt_regions, help="trust regions of the turbo-m search (default 4)")
     p.add_argument("--opt-budget", type=int, default=Setup.opt_budget, help="simulations of the steered optimum search")
     p.add_argument("--maps", nargs="*", choices=MAP_TASKS, default=["map", "map-heat", "map-strip", "map-track"], help="map tasks (default map map-heat map-strip map-track)")
     p.add_argument("--opt-initial", type=int, default=0, help="initial Latin hypercube of the optimum searches (default max(8, 2 D))")
@@ -509,16 +519,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp, warp_veto=args.gp_warp_veto))
+    setup = Setup(opt_tol=args.opt_tol, map_tol=args.map_tol, opt_budget=args.opt_budget, opt_initial=args.opt_initial, opt_regions=args.opt_regions, gp=GPConfig(median_mean=args.gp_median, trend=args.gp_trend, output_warp=args.gp_warp, warp_veto=args.gp_warp_veto))
     if args.quick:
         setup = Setup(grid=8, steps=60, reference=64, batch=4, opt_budget=16, sweep_budget=32, map_budget=16,
                       map_every=8, grid_cap=64, opt_tol=args.opt_tol, map_tol=args.map_tol, candidates=256, local=64,
-                      ivr_candidates=64, ivr_reference=32, gp=setup.gp)  # fmt: skip
+                      ivr_candidates=64, ivr_reference=32, opt_initial=setup.opt_initial, opt_regions=setup.opt_regions, gp=setup.gp)  # fmt: skip
     rows: list[dict[str, Any]] = []
     infos, verdict, levels = [], [], []
     for dims in args.dims:
         chosen = tuple(STRATEGY_FLAGS[m] for m in args.map_strategies)
-        opt = tuple(OPT_STRATEGIES[("ei", "tr-ei").index(m)] for m in args.opt_strategies)
+        opt = tuple(OPT_STRATEGIES[OPT_FLAGS.index(m)] for m in args.opt_strategies)
         r, info, lv = bench_dims(dims, setup, range(args.first_seed, args.first_seed + args.seeds), chosen, tuple(args.maps),
                                  not args.no_optimum, opt)  # fmt: skip
         rows += r

@@ -105,9 +105,12 @@ def test_verdicts_bound_the_ratio_when_a_side_is_censored() -> None:
 
 def test_benchmark_runs_end_to_end_and_writes_its_table(tmp_path: Path) -> None:
     out = tmp_path / "modulation.json"
-    # Two of the map tasks (the others differ only in their oracle, which the tests above check).
-    result = bench.main(["--quick", "--dims", "4", "--seeds", "2", "--maps", "map-heat", "map-track", "--json", str(out)])
+    # Two of the map tasks (the others differ only in their oracle, which the tests above check); every optimum
+    # search, TuRBO-m with designs small enough that its regions search within the quick budget (16).
+    result = bench.main(["--quick", "--dims", "4", "--seeds", "2", "--maps", "map-heat", "map-track", "--opt-strategies", "ei", "tr-ei",
+                         "turbo-m", "--opt-regions", "2", "--opt-initial", "4", "--json", str(out)])  # fmt: skip
     data = json.loads(out.read_text())
+    assert (data["setup"]["opt_regions"], data["setup"]["opt_initial"]) == (2, 4)
     assert data["rows"] == json.loads(json.dumps(result["rows"]))
     for r in data["rows"]:
         assert {"dims", "task", "strategy", "sims_mean", "sims_se"} <= set(r)

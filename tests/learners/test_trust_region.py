@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from coupler.learners.acquisition import ParameterSpace, SearchData
-from coupler.learners.trust_region import TrustRegionExpectedImprovement
+from coupler.learners.gp import GPConfig
+from coupler.learners.steerer import Steerer, TaskStatus
+from coupler.learners.trust_region import TrustRegionExpectedImprovement, MultiTrustRegionExpectedImprovement, region_bounds
 from coupler.runtime.control.checkpoints import decode, encode
 
 SPACE = ParameterSpace((0.0,) * 4, (1.0,) * 4)
@@ -86,3 +88,93 @@ def test_the_region_survives_the_checkpoint_format() -> None:
     other.load_state_dict(decode(encode(tr.state_dict())))
     assert other.length == tr.length < 0.8
     np.testing.assert_array_equal(tr.propose(2, _data(x, y)), other.propose(2, _data(x, y)))
+
+
+# -- several trust regions (TuRBO-m) ---------------------------------------------------------------------
+
+
+def _answer(tr: MultiTrustRegionExpectedImprovement, x: np.ndarray, y: np.ndarray, n: int, f) -> tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    new = tr.propose(n, _data(x, y))
+    return np.concatenate([x, new]), np.concatenate([y, f(new)])
+
+
+def test_each_region_draws_its_own_design_then_searches_around_its_own_best() -> None:
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=4, initial_length=0.2, candidates=128, local=0, seed=5)
+    x, y = np.zeros((0, 4)), np.zeros(0)
+    for _ in range(2):  # 12 design points, dealt 2 per region per proposal
+        x, y = _answer(tr, x, y, 6, lambda p: p[:, 0])
+    owners = tr.owner(x)
+    assert sorted(np.bincount(owners).tolist()) == [4, 4, 4]
+    for r in range(3):  # each design is a Latin hypercube of its own: one point per stratum of every axis
+        np.testing.assert_array_equal(np.sort((x[owners == r] * 4).astype(int), 0), np.tile(np.arange(4)[:, None], (1, 4)))
+    picks = tr.propose(6, _data(x, y))
+    got = tr.owner(picks)
+    assert sorted(got.tolist()) == [0, 0, 1, 1, 2, 2]
+    for r in range(3):
+        lo, hi = tr.bounds_of(r, _data(x, y))
+        mine = x[owners == r]
+        np.testing.assert_allclose(np.stack([lo, hi]), np.stack(region_bounds(mine[np.argmax(mine[:, 0])], 0.2, None)))  # its own best's
+        assert np.all(picks[got == r] >= lo - 1e-6) and np.all(picks[got == r] <= hi + 1e-6)
+
+
+def test_a_collapsed_region_retires_its_points_and_restarts_from_a_fresh_design_the_others_go_on() -> None:
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=2, initial=2, initial_length=0.4, min_length=0.1, failure_tolerance=1, seed=6)
+    x, y = np.zeros((0, 4)), np.zeros(0)
+    x, y = _answer(tr, x, y, 4, lambda p: np.where(tr.owner(p) == 0, 1.0, 2.0))  # the designs
+    lengths = []
+    for _ in range(3):  # region 0 never improves (0.0 < its 1.0); region 1 improves every time
+        x, y = _answer(tr, x, y, 2, lambda p: np.where(tr.owner(p) == 0, 0.0, 3.0 + len(y)))
+        lengths.append(tr.state[0].length)
+    assert lengths[:2] == [0.4, 0.2]  # one failure per halving (the first batch only set the best)
+    picks = tr.propose(2, _data(x, y))  # the third failure: 0.1 -> 0.05 < min_length
+    assert tr.state[0].restarts == 1 and tr.state[0].length == 0.4 and tr.state[0].best == -np.inf
+    assert tr.state[1].restarts == 0 and tr.state[1].best > 2.0
+    assert np.all(tr.owner(x)[: 2] != 0) and 0 not in tr.owner(x).tolist()  # its old points are no region's now
+    # The proposal is the fresh design, a Latin hypercube over the whole box (one point in each half of every axis).
+    assert tr.owner(picks).tolist() == [0, 0] and len(tr.state[0].design) == 0
+    np.testing.assert_array_equal(np.sort((picks * 2).astype(int), 0), [[0] * 4, [1] * 4])
+
+
+def test_several_regions_find_the_higher_narrow_peak_that_one_region_misses() -> None:
+    """Two peaks in 2-D: a broad one of height 1 and a narrower one of height 1.5 in a corner, a real GP.
+    One trust region climbs the broad one and, restarted around its best point, stays there; four regions,
+    each restarted from a fresh design when it collapses, find the higher one (same budget, same seeds)."""
+    space = ParameterSpace((0.0, 0.0), (1.0, 1.0))
+
+    def f(p: np.ndarray) -> np.ndarray:
+        broad = np.exp(-np.sum((p - 0.3) ** 2, 1) / (2 * 0.15**2))
+        narrow = 1.5 * np.exp(-np.sum((p - np.array([0.8, 0.75])) ** 2, 1) / (2 * 0.08**2))
+        return broad + narrow
+
+    def best_of(strategy: TrustRegionExpectedImprovement, budget: int = 300) -> float:
+        steerer = Steerer(space, strategy, GPConfig(), seed=0)
+        while len(steerer.tasks) < budget:
+            for rec in steerer.propose(4):
+                steerer.record(rec.task, TaskStatus.OK, float(f(rec.x[None])[0]), finished=float(rec.task + 1))
+            steerer.refit()
+        best = steerer.best()
+        assert best is not None
+        return best.qoi
+
+    sizes = {"candidates": 256, "local": 0, "initial_length": 0.2, "min_length": 0.2 / 16}
+    one = [best_of(TrustRegionExpectedImprovement(space, initial=8, seed=s, **sizes)) for s in range(2)]
+    many = [best_of(MultiTrustRegionExpectedImprovement(space, regions=4, initial=4, seed=s, **sizes)) for s in range(2)]
+    assert max(one) < 1.1  # the broad peak only
+    assert min(many) > 1.4  # the higher peak (1.5 at its top) on every seed
+
+
+def test_the_regions_survive_the_checkpoint_format() -> None:
+    tr = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
+    rng = np.random.default_rng(8)
+    x, y = np.zeros((0, 4)), np.zeros(0)
+    for _ in range(6):
+        x, y = _answer(tr, x, y, 3, lambda p: rng.uniform(size=len(p)))
+    other = MultiTrustRegionExpectedImprovement(SPACE, regions=3, initial=3, seed=7)
+    other.load_state_dict(decode(encode(tr.state_dict())))
+    np.testing.assert_array_equal(other.owner(x), tr.owner(x))
+    assert [(g.length, g.best, g.failures) for g in other.state] == [(g.length, g.best, g.failures) for g in tr.state]
+    np.testing.assert_array_equal(tr.propose(3, _data(x, y)), other.propose(3, _data(x, y)))
+    with pytest.raises(ValueError, match="regions"):
+        MultiTrustRegionExpectedImprovement(SPACE, regions=2, initial=3).load_state_dict(tr.state_dict())
+    with pytest.raises(ValueError, match="region"):
+        MultiTrustRegionExpectedImprovement(SPACE, regions=0)
