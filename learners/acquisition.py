@@ -168,7 +168,17 @@ def upper_confidence_bound(mean: np.ndarray, std: np.ndarray, beta: float = 2.0)
     return np.asarray(mean) + beta * np.asarray(std)
 
 
-def _far_enough(cands: np.ndarray, taken: np.ndarray, radius: float) -> np.ndarray:
+def far_enough(cands: np.ndarray, taken: np.ndarray, radius: float) -> np.ndarray:
+    """Which candidates lie at least ``radius`` (Euclidean, unit box) from every point of ``taken``.
+
+    Args:
+        cands: ``(n, d)`` candidate points.
+        taken: ``(m, d)`` points already run or proposed (``m`` may be 0).
+        radius: the smallest distance kept; ``<= 0`` keeps every candidate.
+
+    Returns:
+        ``(n,)`` booleans.
+    """
     if len(taken) == 0 or radius <= 0:
         return np.ones(len(cands), bool)
     d2 = ((cands[:, None, :] - taken[None, :, :]) ** 2).sum(-1)
@@ -347,18 +357,18 @@ class _ModelGuided:
         mean, std = data.predict(cands)
         score = np.asarray(self.score(mean, std, data), np.float64)
         # Never re-propose a point already answered.
-        score[~_far_enough(cands, data.x, 1e-4)] = -np.inf
+        score[~far_enough(cands, data.x, 1e-4)] = -np.inf
         taken = np.concatenate([data.pending.reshape(-1, self.space.dim), already])
         every = np.concatenate([data.x.reshape(-1, self.space.dim), taken])
         radius = self.spread / np.sqrt(len(every) + n) if self.spread > 0 else 0.0
         if radius > 0:
-            score[~_far_enough(cands, every, radius)] = -np.inf
+            score[~far_enough(cands, every, radius)] = -np.inf
         picks: list[np.ndarray] = []
         order = np.argsort(-score)
         for i in order:
             if len(picks) == n or not np.isfinite(score[i]):
                 break
-            if _far_enough(cands[i : i + 1], taken, max(self.min_distance, radius))[0]:
+            if far_enough(cands[i : i + 1], taken, max(self.min_distance, radius))[0]:
                 picks.append(cands[i])
                 taken = np.concatenate([taken, cands[i : i + 1]])
         if len(picks) < n:  # everything scored is crowded: fall back to space-filling draws
@@ -441,10 +451,10 @@ class ExpectedGlobalFit(_ModelGuided):
         believed = np.asarray(data.predict(taken)[0], np.float64) if len(taken) else np.zeros(0)
         known_y = np.concatenate([np.asarray(data.y, np.float64), believed])
         radius = max(self.min_distance, self.spread / np.sqrt(len(known_x) + n) if self.spread > 0 else 0.0)
-        ok = _far_enough(cands, data.x.reshape(-1, d), 1e-4)
+        ok = far_enough(cands, data.x.reshape(-1, d), 1e-4)
         picks: list[np.ndarray] = []
         for _ in range(n):
-            ok &= _far_enough(cands, known_x[len(data.x):], radius) if len(known_x) > len(data.x) else ok
+            ok &= far_enough(cands, known_x[len(data.x):], radius) if len(known_x) > len(data.x) else ok
             if not ok.any():
                 break
             score = (mean - known_y[_nearest(cands, known_x)]) ** 2 + std**2

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from coupler.learners.acquisition import ExpectedImprovement, SearchData, _far_enough, expected_improvement, latin_hypercube
+from coupler.learners.acquisition import ExpectedImprovement, SearchData, far_enough, expected_improvement, latin_hypercube
 
 MATCH = 1e-5
 """Largest unit-box coordinate difference at which an answered point is taken for a proposed one (a
@@ -339,13 +339,13 @@ class MultiTrustRegionExpectedImprovement(ExpectedImprovement):
         cands = region_candidates(self._rng, centre, lo, hi, self.candidates + self.local)
         mean, std = data.predict(cands)
         score = expected_improvement(mean, std, self.state[r].best, self.xi)
-        score[~_far_enough(cands, np.asarray(data.x, np.float32), 1e-4)] = -np.inf
+        score[~far_enough(cands, np.asarray(data.x, np.float32), 1e-4)] = -np.inf
         radius = 0.05 * self.state[r].length
         out: list[np.ndarray] = []
         for i in np.argsort(-score):
             if len(out) == k or not np.isfinite(score[i]):
                 break
-            if _far_enough(cands[i : i + 1], taken, radius)[0]:
+            if far_enough(cands[i : i + 1], taken, radius)[0]:
                 out.append(cands[i])
                 taken = np.concatenate([taken, cands[i : i + 1]])
         while len(out) < k:  # everything scored is crowded: uniform draws in the region

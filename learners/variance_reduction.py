@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from coupler.learners.acquisition import JointCovariance, MaxUncertainty, SearchData, _far_enough
+from coupler.learners.acquisition import JointCovariance, MaxUncertainty, SearchData, far_enough
 from coupler.learners.gp import matern52
 from coupler.learners.samplers import sobol_engine
 
@@ -76,7 +76,7 @@ class IntegratedVarianceReduction(MaxUncertainty):
         """
         d = self.space.dim
         cands = np.concatenate([self._rng.uniform(size=(self.candidates, d)), local])
-        cands = cands[_far_enough(cands, data.x.reshape(-1, d), 1e-4)]
+        cands = cands[far_enough(cands, data.x.reshape(-1, d), 1e-4)]
         fantasy = np.concatenate([data.pending.reshape(-1, d), already.reshape(-1, d)])
         joint = data.covariance(np.concatenate([fantasy, cands, self._reference]))  # type: ignore[misc]
         chosen = greedy_variance_reduction(joint, len(fantasy), len(cands), n, w)
