@@ -12,6 +12,10 @@ from coupler.actors.base import ActorHost
 from coupler.actors.busy import BusyMeter
 
 
+BUSY_REPORT_S = 1.0
+"""Seconds between the learner's ``busy_share`` metric points (dashboard, ``/metrics``)."""
+
+
 class Trainer(Protocol):
     """What a learner host needs of its trainer (``coupler.learners.OnlineTrainer`` fits)."""
 
@@ -41,7 +45,10 @@ class LearnerActor(ActorHost):
     or ``Window`` channel) while producers keep filling it.
 
     Each loop iteration is one training step once ``min_samples`` messages have
-    arrived (before that it waits briefly). With an output port ``"weights"``
+    arrived (before that it waits briefly). It records the metrics ``loss`` (every
+    step) and ``busy_share`` (every ``BUSY_REPORT_S``: the share of its time inside
+    training steps, as ``status().info["busy_share"]``), shown on the dashboard's
+    coupler page and under ``/metrics``. With an output port ``"weights"``
     (a ``Latest`` channel) it publishes the weights every ``publish_every`` steps,
     for hybrid simulators to pick up.
 
@@ -104,6 +111,7 @@ class LearnerActor(ActorHost):
         # time inside training steps over the span of them: how busy the learner keeps its device
         # (not checkpointed: a restarted learner measures its own run)
         self.busy = BusyMeter()
+        self._next_busy_report = 0.0  # time.monotonic() after which the share is reported again
         self._lock = threading.Lock()  # the trainer is used by the loop and by remote calls
         self._restored: dict[str, Any] | None = None
 
@@ -138,6 +146,10 @@ class LearnerActor(ActorHost):
                 raise KeyError(f"learner {self.name!r}: lineage keys {missing} are not in the batch (keys {sorted(batch)})")
             self.lineage_rows.append((self.train_steps, {k: np.asarray(batch[k]) for k in self.lineage_keys}))
         self.report_metric("loss", loss, step=self.train_steps)  # the dashboard's loss curve
+        now = time.monotonic()
+        if now >= self._next_busy_report:  # once a second: a fast learner's loss points keep their room in the log
+            self.report_metric("busy_share", self.busy.share() or 0.0, step=self.train_steps)
+            self._next_busy_report = now + BUSY_REPORT_S
         if self.publish_every and "weights" in self.outputs and self.train_steps % self.publish_every == 0:
             self.outputs["weights"].send(self.weights(), step=self.train_steps)
         return True

@@ -4,14 +4,34 @@ from __future__ import annotations
 
 import functools
 import time
+import urllib.request
 
 import jax
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from coupler.actors import LearnerActor, SimulatorActor
 from coupler.learners import OnlineTrainer, SurrogateConfig
 from coupler.physics import Heat2D
 from coupler.runtime import Coupling, Reservoir
+
+
+def wait_for_metrics(cp: Coupling, actor: str, names: set[str], timeout: float = 20.0) -> dict[str, float]:
+    """The actor's latest metric values on the scheduler's ``/metrics``, once every one of ``names`` is there."""
+    url = cp.dashboard_link.rstrip("/").rpartition("/")[0] + "/metrics"
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url, timeout=10) as r:
+            text = r.read().decode()
+        found = {
+            s.labels["metric"]: s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+            if s.name == "coupler_actor_metric" and s.labels.get("actor") == actor
+        }
+        if names <= found.keys():
+            return found
+        assert time.monotonic() < deadline, f"/metrics showed {sorted(found)} for {actor!r} within {timeout} s; expected {sorted(names)}"
+        time.sleep(0.5)
 
 
 def test_learner_trains_online_and_serves_weights(coupling: Coupling, unique: str) -> None:
@@ -42,8 +62,11 @@ def test_learner_trains_online_and_serves_weights(coupling: Coupling, unique: st
     st = learner.stop()
     history = learner.call("history")
     assert st.state == "stopped" and st.info["train_steps"] == len(history) > 0
-    # The share of its time inside training steps is measured (BusyMeter's arithmetic: tests/actors/test_busy.py).
+    # The share of its time inside training steps is measured (BusyMeter's arithmetic: tests/actors/test_busy.py),
+    # and reported as a metric for the dashboard and /metrics (at the first step, then once a second).
     assert 0.0 < st.info["busy_share"] <= 1.0
+    metrics = wait_for_metrics(coupling, learner.name, {"loss", "busy_share"})
+    assert 0.0 < metrics["busy_share"] <= 1.0
     # Training steps were taken while the simulation was still producing.
     assert sum(1 for t, *_ in history if t < sim_end) > 0
     # The data the learner saw grew during training (online, not a fixed set).
