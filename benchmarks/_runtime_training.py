@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -41,6 +41,46 @@ def gpu_workers(cp: Coupling) -> list[str]:
     """Addresses of the coupling's workers that own a GPU (Dask resource ``GPU``), sorted."""
     info = cp.client.scheduler_info(n_workers=-1)["workers"]
     return sorted(a for a, w in info.items() if w.get("resources", {}).get("GPU", 0) > 0)
+
+
+def stream_while_training(learner: Any, launch: Callable[[int], Any], *, actors: int, label: str, progress: bool = True) -> int:
+    """Keep ``actors`` simulator actors streaming into a started learner's channel until the learner is done.
+
+    Each simulator actor is started when spawned, and released when it ends; those still running
+    when the learner is done are released too (this function owns them).
+
+    Args:
+        learner: the learner's handle (started).
+        launch: ``launch(i)`` spawns the ``i``-th simulator actor and returns its handle (not started).
+        actors: simulator actors running at once.
+        label: prefix of the progress lines.
+        progress: print a line every 15 s.
+
+    Returns:
+        The simulator actors launched.
+    """
+    active: list[Any] = []
+    launched, next_report = 0, time.monotonic() + 15
+    try:
+        while not (status := learner.status()).done:
+            for ref in [r for r in active if r.status().done]:
+                active.remove(ref)
+                ref.wait(10)  # raises with the remote traceback if it failed
+                ref.release()
+            while len(active) < actors:
+                ref = launch(launched)
+                ref.start()
+                active.append(ref)
+                launched += 1
+            if progress and time.monotonic() >= next_report:
+                print(f"  {label}: step {status.info.get('train_steps', 0)}, windows received {status.info.get('received', 0)}, "
+                      f"simulator actors launched {launched}", flush=True)
+                next_report = time.monotonic() + 15
+            time.sleep(0.1)
+    finally:
+        for ref in active:
+            ref.release()
+    return launched
 
 
 @dataclass(frozen=True)
@@ -105,38 +145,29 @@ def train_through_runtime(
         LearnerActor, config, name=f"learner-{tag}", batch_size=b, min_samples=b, max_steps=setup.train_steps,
         warmup=example, inputs={"data": channel}, workers=learner_worker,
     )
-    learner.start()
-    active: list[Any] = []
-    launched, next_report = 0, time.monotonic() + 15
-    try:
-        while not (status := learner.status()).done:
-            for ref in [r for r in active if r.status().done]:
-                active.remove(ref)
-                ref.wait(10)
-            while len(active) < len(sim_workers):
-                k = jax.random.fold_in(key, launched)
-                params = draw_params(setup, jax.random.fold_in(k, 0), members)
-                ref = cp.spawn(
-                    SimulatorActor, cg, params, name=f"sim-{tag}-{launched}", steps=blocks * unroll, publish_every=unroll,
-                    field="window", features=np.asarray(as_matrix(params)), ensemble=True,
-                    seed=int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**30)),
-                    outputs={"fields": channel}, workers=sim_workers[launched % len(sim_workers)],
-                )
-                ref.start()
-                active.append(ref)
-                launched += 1
-            if progress and time.monotonic() >= next_report:
-                print(f"  through the runtime (unroll {unroll}): step {status.info.get('train_steps', 0)}/{setup.train_steps}, "
-                      f"windows {status.info.get('received', 0)}, runs launched {launched * members}", flush=True)
-                next_report = time.monotonic() + 15
-            time.sleep(0.2)
+
+    def launch(i: int) -> Any:
+        k = jax.random.fold_in(key, i)
+        params = draw_params(setup, jax.random.fold_in(k, 0), members)
+        return cp.spawn(
+            SimulatorActor, cg, params, name=f"sim-{tag}-{i}", steps=blocks * unroll, publish_every=unroll,
+            field="window", features=np.asarray(as_matrix(params)), ensemble=True,
+            seed=int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**30)),
+            outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
+        )
+
+    try:  # the training owns its learner and channel: nothing outlives it
+        learner.start()
+        launched = stream_while_training(
+            learner, launch, actors=len(sim_workers), label=f"through the runtime (unroll {unroll})", progress=progress
+        )
+        final = learner.wait(60)
+        history = learner.call("history")
+        trainer = SolverCorrectionTrainer(config)
+        trainer.set_weights(learner.call("weights"))
     finally:
-        for ref in active:
-            ref.stop()
-    final = learner.wait(60)
-    history = learner.call("history")
-    trainer = SolverCorrectionTrainer(config)
-    trainer.set_weights(learner.call("weights"))
+        learner.release()
+        cp.close_channel(channel)
     seconds = time.perf_counter() - t0
     losses = [float(loss) for _, _, loss, _ in history]
     if losses and not np.all(np.isfinite(losses)):

@@ -48,7 +48,7 @@ from coupler.learners.spectral_closure import SpectralClosureConfig
 from coupler.learners.subgrid_tendency import SubgridTendencyConfig
 from coupler.runtime import Coupling, Reservoir
 
-from _runtime_training import gpu_workers  # noqa: E402  (sibling scripts)
+from _runtime_training import gpu_workers, stream_while_training  # noqa: E402  (sibling scripts)
 from correction_online_vs_offline import CorrectionSetup, _matrix, _params, correction_setup  # noqa: E402
 
 MODELS: dict[str, Any] = {
@@ -148,48 +148,37 @@ def measure(setup: CorrectionSetup, cp: Coupling, *, model: str, batch: int, ste
         LearnerActor, setup.trainer(seed), name=f"learner-{tag}", batch_size=batch, min_samples=min(batch, setup.capacity),
         max_steps=steps, warmup=example, inputs={"data": channel}, workers=learner_worker,
     )
-    learner.start()
-    deadline = time.monotonic() + 600
-    while not learner.status().info.get("ready"):  # compilation is not part of the measurement
-        if learner.status().done or time.monotonic() > deadline:
-            raise RuntimeError(f"learner {tag} did not compile its step: {learner.status()}")
-        time.sleep(0.2)
-    device = learner.status().device
-    sampler = GpuSampler()
-    sampler.start()
     stream_key = jax.random.fold_in(jax.random.key(seed), 104_729)
-    active: list[Any] = []
-    launched, next_report = 0, time.monotonic() + 15
-    try:
-        while not (status := learner.status()).done:
-            for ref in [r for r in active if r.status().done]:
-                active.remove(ref)
-                ref.wait(10)
-            while len(active) < sim_actors:
-                key = jax.random.fold_in(stream_key, launched)
-                params = _params(setup, key, setup.members)
-                ref = cp.spawn(
-                    SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{launched}",
-                    steps=setup.blocks * setup.unroll, publish_every=setup.unroll, field="window",
-                    features=_matrix(params), ensemble=True, seed=launched,
-                    outputs={"fields": channel}, workers=sim_workers[launched % len(sim_workers)],
-                )
-                ref.start()
-                active.append(ref)
-                launched += 1
-            if progress and time.monotonic() >= next_report:
-                print(f"  {model} batch {batch}: step {status.info.get('train_steps', 0)}/{steps}, "
-                      f"windows received {status.info.get('received', 0)}", flush=True)
-                next_report = time.monotonic() + 15
-            time.sleep(0.1)
+
+    def launch(i: int) -> Any:
+        params = _params(setup, jax.random.fold_in(stream_key, i), setup.members)
+        return cp.spawn(
+            SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{i}", steps=setup.blocks * setup.unroll,
+            publish_every=setup.unroll, field="window", features=_matrix(params), ensemble=True, seed=i,
+            outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
+        )
+
+    sampler = GpuSampler()
+    try:  # the row owns its learner and channel: nothing outlives it
+        learner.start()
+        deadline = time.monotonic() + 600
+        while not learner.status().info.get("ready"):  # compilation is not part of the measurement
+            if learner.status().done or time.monotonic() > deadline:
+                raise RuntimeError(f"learner {tag} did not compile its step: {learner.status()}")
+            time.sleep(0.2)
+        device = learner.status().device
+        sampler.start()
+        try:
+            launched = stream_while_training(learner, launch, actors=sim_actors, label=f"{model} batch {batch}", progress=progress)
+        finally:
+            sampler.stop()
+        final = learner.wait(30)
+        if final.info.get("train_steps", 0) < steps:
+            raise RuntimeError(f"learner {tag} stopped after {final.info.get('train_steps')} of {steps} steps: {final}")
+        history = learner.call("history")
     finally:
-        for ref in active:
-            ref.stop()
-        sampler.stop()
-    final = learner.wait(30)
-    if final.info.get("train_steps", 0) < steps:
-        raise RuntimeError(f"learner {tag} stopped after {final.info.get('train_steps')} of {steps} steps: {final}")
-    history = learner.call("history")
+        learner.release()
+        cp.close_channel(channel)
     t0, t1 = history[0][0], history[-1][0]
     span = max(t1 - t0, 1e-9)
     received = history[-1][3] - history[0][3]

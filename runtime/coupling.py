@@ -345,7 +345,8 @@ class Coupling(Participant):
         check_actor_class(cls)
         for ports in ("inputs", "outputs"):
             check_ports(ports, kwargs.get(ports))
-        if name in self._actors and self._actors[name].ending is None:
+        self._forget_released()
+        if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):
             workers = [workers]
@@ -375,5 +376,15 @@ class Coupling(Participant):
             return None
 
     def actors(self) -> dict[str, ActorStatus]:
-        """Status of every actor this coupling spawned (asked directly)."""
+        """Status of every actor this coupling spawned and has not released (asked directly).
+
+        A released actor's final status stays with its handle (``ref.status()``) and in the broker.
+        """
+        self._forget_released()
         return {name: ref.status() for name, ref in self._actors.items()}
+
+    def _forget_released(self) -> None:
+        # A released handle keeps only its final status; the coupling lets it go, so that a script
+        # spawning actor after actor (an ensemble's members, a steered pool) holds no more than it runs.
+        for name in [n for n, ref in self._actors.items() if ref.ending is not None]:
+            del self._actors[name]

@@ -5,11 +5,15 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
+
+from coupler.runtime import Coupling
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
 import augmentation_gpu as bench  # noqa: E402
+from correction_online_vs_offline import correction_setup  # noqa: E402
 
 
 def test_sampler_means_only_the_samples_in_the_window() -> None:
@@ -32,3 +36,13 @@ def test_quick_run_writes_rows(tmp_path: Path) -> None:
     assert data["capacity"] == 512  # the default reservoir, whatever the windows per run
     if not data["nvidia_smi"]:
         assert row["gpu_util_percent"] is None
+
+
+def test_a_row_leaves_no_actor_or_channel_behind(coupling: Coupling) -> None:
+    setup = replace(correction_setup(quick=True), members=2, blocks=2, offline_sims=4)
+    before_actors, before_channels = set(coupling.actors()), set(coupling.channels())
+    row = bench.measure(setup, coupling, model="closure", batch=4, steps=5, sim_actors=1, seed=3, progress=False)
+    assert row["steps"] == 5 and 0.0 < row["learner_busy"] <= 1.0
+    # The learner and every simulator actor were released, and the row's channel closed.
+    assert set(coupling.actors()) == before_actors
+    assert set(coupling.channels()) == before_channels

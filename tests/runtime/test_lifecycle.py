@@ -123,9 +123,12 @@ def test_a_released_actor_gives_back_its_instance_and_keeps_its_status(coupling:
     assert coupling.client.sync(coupling.client.scheduler.coupler_snapshot)["actors"][taker.name]["state"] == "finished"
     with pytest.raises(ActorReleased, match=f"{taker.name}' finished and was released"):
         taker.call("received")
-    # The name can be used again in this coupling.
+    # The coupling no longer holds the released handles, and the name can be used again in it.
+    assert not set(names) & set(coupling.actors())
     again = coupling.spawn(TakeN, 0, name=taker.name, inputs={"inp": ch}, workers=w[1])
+    assert taker.name in coupling.actors()
     assert again.release().state == "stopped" and again.ending is Ending.STOPPED
+    assert taker.name not in coupling.actors()
 
 
 def test_a_closed_channel_is_forgotten_on_every_worker_and_in_the_broker(coupling: Coupling, unique: str) -> None:
