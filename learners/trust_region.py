@@ -185,7 +185,8 @@ class MultiTrustRegionExpectedImprovement(ExpectedImprovement):
     no region.
 
     Args (besides those of :class:`ExpectedImprovement`, whose ``initial`` is here each region's
-    design size, and whose ``local`` counts more candidates per region):
+    design size, and whose ``candidates + local`` candidates are shared among the regions, so that a
+    proposal scores as many as one search's):
         regions: how many trust regions.
         initial_length: side (unit box) at the start and after a restart, before scaling by the
             length scales.
@@ -336,7 +337,9 @@ class MultiTrustRegionExpectedImprovement(ExpectedImprovement):
         lo, hi = box
         owned = np.flatnonzero(owners == r)
         centre = data.x[owned[int(np.argmax(data.y[owned]))]].astype(np.float64)
-        cands = region_candidates(self._rng, centre, lo, hi, self.candidates + self.local)
+        # The regions share one proposal's candidates: steering costs what one search's does, whatever the regions.
+        count = max(k, -(-(self.candidates + self.local) // self.regions))
+        cands = region_candidates(self._rng, centre, lo, hi, count)
         mean, std = data.predict(cands)
         score = expected_improvement(mean, std, self.state[r].best, self.xi)
         score[~far_enough(cands, np.asarray(data.x, np.float32), 1e-4)] = -np.inf
