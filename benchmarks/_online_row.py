@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 from coupler.actors.learner import LearnerActor, Trainer
 
+from _runtime_training import stream_while_training  # a sibling module of these scripts
+
 
 def samples_due(step: int, *, min_samples: int, stream_samples: int, max_steps: int) -> int:
     """Samples that must have arrived before training step ``step`` (0-based) of a paced stream.
@@ -88,6 +90,8 @@ def stream_until_trained(
 ) -> int:
     """Launch simulator actors into the learner's channel, paced by :func:`may_launch`, until it has trained.
 
+    The loop and the actors' ownership are ``_runtime_training.stream_while_training``'s.
+
     Args:
         learner: the ``PacedLearnerActor``'s handle (started).
         launch: ``launch(i)`` spawns and starts the ``i``-th simulator actor and returns its handle.
@@ -95,32 +99,18 @@ def stream_until_trained(
         stream_samples, max_steps, min_samples: the learner's (see :func:`samples_due`).
         sim_actors: simulator actors running at once, at most.
         label: prefix of the progress lines.
-        progress: print a progress line every 15 s.
+        progress: print a line every 15 s.
 
     Returns:
         The simulator actors launched.
     """
-    launched, active, next_report = 0, [], time.monotonic() + 15
-    while True:
-        status = learner.status()
-        if status.done:
-            break
+
+    def paced(launched: int, status: Any) -> bool:
         step = int(status.info.get("train_steps", 0))
         due = samples_due(step, min_samples=min_samples, stream_samples=stream_samples, max_steps=max_steps)
-        for ref in [r for r in active if r.status().done]:
-            active.remove(ref)
-            ref.wait(10)
-        while len(active) < sim_actors and may_launch(launched * run_samples, stream_samples, due, run_samples):
-            active.append(launch(launched))
-            launched += 1
-        if progress and time.monotonic() >= next_report:
-            print(f"  {label}: step {step}/{max_steps}, received {status.info.get('received', 0)}/{stream_samples}, "
-                  f"simulator actors launched {launched}", flush=True)
-            next_report = time.monotonic() + 15
-        time.sleep(0.25)
-    for ref in active:
-        ref.stop()
-    return launched
+        return may_launch(launched * run_samples, stream_samples, due, run_samples)
+
+    return stream_while_training(learner, launch, actors=sim_actors, label=label, progress=progress, may_launch=paced)
 
 
 def online_row(

@@ -43,18 +43,23 @@ def gpu_workers(cp: Coupling) -> list[str]:
     return sorted(a for a, w in info.items() if w.get("resources", {}).get("GPU", 0) > 0)
 
 
-def stream_while_training(learner: Any, launch: Callable[[int], Any], *, actors: int, label: str, progress: bool = True) -> int:
-    """Keep ``actors`` simulator actors streaming into a started learner's channel until the learner is done.
+def stream_while_training(
+    learner: Any, launch: Callable[[int], Any], *, actors: int, label: str, progress: bool = True,
+    may_launch: Callable[[int, Any], bool] | None = None,
+) -> int:
+    """Keep up to ``actors`` simulator actors streaming into a started learner's channel until the learner is done.
 
-    Each simulator actor is started when spawned, and released when it ends; those still running
-    when the learner is done are released too (this function owns them).
+    This function owns the simulator actors: each is released when it ends, and those still
+    running when the learner is done are released too.
 
     Args:
         learner: the learner's handle (started).
-        launch: ``launch(i)`` spawns the ``i``-th simulator actor and returns its handle (not started).
-        actors: simulator actors running at once.
+        launch: ``launch(i)`` spawns and starts the ``i``-th simulator actor and returns its handle.
+        actors: simulator actors running at once, at most.
         label: prefix of the progress lines.
         progress: print a line every 15 s.
+        may_launch: ``may_launch(launched, learner_status)``: whether another may start now (a paced
+            stream; ``None``: whenever fewer than ``actors`` run).
 
     Returns:
         The simulator actors launched.
@@ -67,13 +72,11 @@ def stream_while_training(learner: Any, launch: Callable[[int], Any], *, actors:
                 active.remove(ref)
                 ref.wait(10)  # raises with the remote traceback if it failed
                 ref.release()
-            while len(active) < actors:
-                ref = launch(launched)
-                ref.start()
-                active.append(ref)
+            while len(active) < actors and (may_launch is None or may_launch(launched, status)):
+                active.append(launch(launched))
                 launched += 1
             if progress and time.monotonic() >= next_report:
-                print(f"  {label}: step {status.info.get('train_steps', 0)}, windows received {status.info.get('received', 0)}, "
+                print(f"  {label}: step {status.info.get('train_steps', 0)}, samples received {status.info.get('received', 0)}, "
                       f"simulator actors launched {launched}", flush=True)
                 next_report = time.monotonic() + 15
             time.sleep(0.1)
@@ -149,12 +152,14 @@ def train_through_runtime(
     def launch(i: int) -> Any:
         k = jax.random.fold_in(key, i)
         params = draw_params(setup, jax.random.fold_in(k, 0), members)
-        return cp.spawn(
+        ref = cp.spawn(
             SimulatorActor, cg, params, name=f"sim-{tag}-{i}", steps=blocks * unroll, publish_every=unroll,
             field="window", features=np.asarray(as_matrix(params)), ensemble=True,
             seed=int(jax.random.randint(jax.random.fold_in(k, 1), (), 0, 2**30)),
             outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
         )
+        ref.start()
+        return ref
 
     try:  # the training owns its learner and channel: nothing outlives it
         learner.start()

@@ -152,11 +152,13 @@ def measure(setup: CorrectionSetup, cp: Coupling, *, model: str, batch: int, ste
 
     def launch(i: int) -> Any:
         params = _params(setup, jax.random.fold_in(stream_key, i), setup.members)
-        return cp.spawn(
+        ref = cp.spawn(
             SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{i}", steps=setup.blocks * setup.unroll,
             publish_every=setup.unroll, field="window", features=_matrix(params), ensemble=True, seed=i,
             outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
         )
+        ref.start()
+        return ref
 
     sampler = GpuSampler()
     try:  # the row owns its learner and channel: nothing outlives it
