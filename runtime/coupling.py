@@ -386,5 +386,6 @@ class Coupling(Participant):
     def _forget_released(self) -> None:
         # A released handle keeps only its final status; the coupling lets it go, so that a script
         # spawning actor after actor (an ensemble's members, a steered pool) holds no more than it runs.
-        for name in [n for n, ref in self._actors.items() if ref.ending is not None]:
-            del self._actors[name]
+        for name, ref in list(self._actors.items()):  # a snapshot: another thread may spawn meanwhile
+            if ref.ending is not None and self._actors.get(name) is ref:
+                self._actors.pop(name, None)
