@@ -86,7 +86,7 @@ class GpuSampler:
         if not self.available():
             return
         self._proc = subprocess.Popen(
-            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", f"-lms={self.period_ms}"],
+            ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", str(self.period_ms)],
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         self._thread = threading.Thread(target=self._read, name="nvidia-smi reader", daemon=True)
