@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -46,3 +47,23 @@ def test_a_row_leaves_no_actor_or_channel_behind(coupling: Coupling) -> None:
     # The learner and every simulator actor were released, and the row's channel closed.
     assert set(coupling.actors()) == before_actors
     assert set(coupling.channels()) == before_channels
+
+
+def test_sampler_reads_nvidia_smi_lines_and_skips_what_is_not_a_number(tmp_path: Path, monkeypatch) -> None:
+    # A stand-in nvidia-smi on the path: it records its arguments, prints three samples (one unreadable), then idles.
+    fake = tmp_path / "nvidia-smi"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/args\necho 37\necho "[N/A]"\necho "41, 0"\nexec sleep 30\n')
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    sampler = bench.GpuSampler(period_ms=50)
+    assert sampler.available()
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(sampler.rows) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sampler.stop()  # ends the idling stand-in too
+    assert [u for _, u in sampler.rows] == [37.0, 41.0]
+    args = (tmp_path / "args").read_text().split()
+    assert "--query-gpu=utilization.gpu" in args and args[args.index("-lms") + 1] == "50"
