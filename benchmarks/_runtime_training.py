@@ -35,12 +35,7 @@ from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import OptimizerConfig
 from coupler.learners.solver_correction import SolverCorrectionConfig, SolverCorrectionTrainer
 from coupler.runtime import Coupling, Reservoir
-
-
-def gpu_workers(cp: Coupling) -> list[str]:
-    """Addresses of the coupling's workers that own a GPU (Dask resource ``GPU``), sorted."""
-    info = cp.client.scheduler_info(n_workers=-1)["workers"]
-    return sorted(a for a, w in info.items() if w.get("resources", {}).get("GPU", 0) > 0)
+from coupler.runtime.launch.cluster import workers_with
 
 
 def stream_while_training(
@@ -139,7 +134,7 @@ def train_through_runtime(
     tag = f"payoff-{unroll}-{seed}-{time.monotonic_ns()}"
     channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.train_runs * blocks, seed=seed))
     workers = cp.workers()
-    learner_worker = (gpu_workers(cp) or workers)[-1]
+    learner_worker = (workers_with(cp.client, {"GPU": 1}) or workers)[-1]
     sim_workers = [w for w in workers if w != learner_worker] or workers
     b, n = setup.batch_size, setup.coarse_n
     example = {"field": np.zeros((b, unroll + 1, n, n), np.float32), "params": np.full((b, 3), 0.02, np.float32)}

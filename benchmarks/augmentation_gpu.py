@@ -47,8 +47,9 @@ from coupler.learners.solver_correction import CoarseCorrectionConfig
 from coupler.learners.spectral_closure import SpectralClosureConfig
 from coupler.learners.subgrid_tendency import SubgridTendencyConfig
 from coupler.runtime import Coupling, Reservoir
+from coupler.runtime.launch.cluster import workers_with
 
-from _runtime_training import gpu_workers, stream_while_training  # noqa: E402  (sibling scripts)
+from _runtime_training import stream_while_training  # noqa: E402  (sibling scripts)
 from correction_online_vs_offline import CorrectionSetup, _matrix, _params, correction_setup  # noqa: E402
 
 MODELS: dict[str, Any] = {
@@ -138,7 +139,7 @@ def measure(setup: CorrectionSetup, cp: Coupling, *, model: str, batch: int, ste
     setup = replace(setup, model=MODELS[model], batch_size=batch, train_steps=steps)
     tag = f"{model}-{batch}-{time.monotonic_ns()}"
     channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.capacity, seed=seed))
-    gpus = gpu_workers(cp)
+    gpus = workers_with(cp.client, {"GPU": 1})
     workers = cp.workers()
     learner_worker = gpus[0] if gpus else workers[-1]
     sim_workers = [w for w in workers if w != learner_worker] or workers
@@ -164,11 +165,11 @@ def measure(setup: CorrectionSetup, cp: Coupling, *, model: str, batch: int, ste
     try:  # the row owns its learner and channel: nothing outlives it
         learner.start()
         deadline = time.monotonic() + 600
-        while not learner.status().info.get("ready"):  # compilation is not part of the measurement
-            if learner.status().done or time.monotonic() > deadline:
-                raise RuntimeError(f"learner {tag} did not compile its step: {learner.status()}")
+        while not (st := learner.status()).info.get("ready"):  # compilation is not part of the measurement
+            if st.done or time.monotonic() > deadline:
+                raise RuntimeError(f"learner {tag} did not compile its step: {st}")
             time.sleep(0.2)
-        device = learner.status().device
+        device = st.device
         sampler.start()
         try:
             launched = stream_while_training(learner, launch, actors=sim_actors, label=f"{model} batch {batch}", progress=progress)

@@ -40,6 +40,15 @@ def test_online_adds_a_row_per_single_stage_schedule(tmp_path: Path, capsys: pyt
     assert "trained in this process only" in capsys.readouterr().out
 
 
+def test_a_training_leaves_no_actor_or_channel_behind(coupling: Coupling) -> None:
+    before_actors, before_channels = set(coupling.actors()), set(coupling.channels())
+    run = train_through_runtime(bench.TINY, coupling, 2, seed=1, key=jax.random.key(7), members=2, progress=False)
+    assert run.windows >= bench.TINY.batch_size and run.simulations >= 2
+    # Its learner and every simulator actor were released, and its channel closed.
+    assert set(coupling.actors()) == before_actors
+    assert set(coupling.channels()) == before_channels
+
+
 def test_unroll_must_be_positive(coupling: Coupling) -> None:
     with pytest.raises(ValueError, match="unroll must be >= 1"):
         train_through_runtime(bench.TINY, coupling, 0, seed=0, key=jax.random.key(0), progress=False)
