@@ -82,8 +82,6 @@ class TrustRegionExpectedImprovement(ExpectedImprovement):
     max_length: float = 1.6
     success_tolerance: int = 3
     failure_tolerance: int | None = None
-    length: float = field(default=0.0, init=False)
-    restarts: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -91,9 +89,18 @@ class TrustRegionExpectedImprovement(ExpectedImprovement):
             raise ValueError(
                 f"need 0 < min_length <= initial_length <= max_length, got {self.min_length}, {self.initial_length}, {self.max_length}"
             )
-        self.length = self.initial_length
-        self._seen, self._best = 0, -math.inf
-        self._successes = self._failures = 0
+        self.region = TrustRegion(self.initial_length)
+        self._seen = 0
+
+    @property
+    def length(self) -> float:
+        """The region's side (unit box, before scaling by the length scales)."""
+        return self.region.length
+
+    @property
+    def restarts(self) -> int:
+        """Times the region shrank below ``min_length`` and started over."""
+        return self.region.restarts
 
     def _update(self, data: SearchData, n: int) -> None:
         """Count the results that arrived since the last proposal as one batch: success or failure."""
@@ -102,21 +109,13 @@ class TrustRegionExpectedImprovement(ExpectedImprovement):
         new, old = data.y[self._seen :], data.y[: self._seen]
         self._seen = len(data.y)
         if len(old) == 0 or self._design_used < self.initial:
-            self._best = float(np.max(data.y))
+            self.region.best = float(np.max(data.y))
             return
-        spread = float(np.ptp(data.y)) or 1.0
-        if float(np.max(new)) > self._best + 1e-3 * spread:
-            self._successes, self._failures = self._successes + 1, 0
-        else:
-            self._successes, self._failures = 0, self._failures + 1
-        self._best = max(self._best, float(np.max(new)))
         limit = self.failure_tolerance or max(4, math.ceil(self.space.dim / max(n, 1)))
-        if self._successes >= self.success_tolerance:
-            self.length, self._successes = min(2.0 * self.length, self.max_length), 0
-        elif self._failures >= limit:
-            self.length, self._failures = self.length / 2.0, 0
-        if self.length < self.min_length:
-            self.length, self.restarts = self.initial_length, self.restarts + 1
+        self.region.judge(float(np.max(new)), float(np.ptp(data.y)), success_tolerance=self.success_tolerance,
+                          failure_limit=limit, max_length=self.max_length)
+        if self.region.length < self.min_length:
+            self.region.length, self.region.restarts = self.initial_length, self.region.restarts + 1
 
     def bounds(self, data: SearchData) -> tuple[np.ndarray, np.ndarray]:
         """The region, ``(lower, upper)`` in the unit box: centred on the best point, sides
@@ -135,15 +134,16 @@ class TrustRegionExpectedImprovement(ExpectedImprovement):
 
     def state_dict(self) -> dict[str, Any]:
         """The region and its counters besides the generator and initial design (plain data)."""
-        return {**super().state_dict(), "length": self.length, "restarts": self.restarts, "seen": self._seen,
-                "best": self._best, "successes": self._successes, "failures": self._failures}  # fmt: skip
+        g = self.region
+        return {**super().state_dict(), "length": g.length, "restarts": g.restarts, "seen": self._seen,
+                "best": g.best, "successes": g.successes, "failures": g.failures}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a strategy built with the same settings."""
         super().load_state_dict(state)
-        self.length, self.restarts = float(state["length"]), int(state["restarts"])
-        self._seen, self._best = int(state["seen"]), float(state["best"])
-        self._successes, self._failures = int(state["successes"]), int(state["failures"])
+        self._seen = int(state["seen"])
+        self.region = TrustRegion(float(state["length"]), float(state["best"]), int(state["successes"]),
+                                  int(state["failures"]), int(state["restarts"]))
 
 
 @dataclass
@@ -165,6 +165,27 @@ class TrustRegion:
     failures: int = 0
     restarts: int = 0
     design: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+
+    def judge(self, batch_best: float, spread: float, *, success_tolerance: int, failure_limit: int, max_length: float) -> None:
+        """TuRBO's verdict on one batch: its best beat the region's by more than ``1e-3`` of the values' spread
+        (a success) or not (a failure); ``success_tolerance`` successes in a row double the side (up to
+        ``max_length``), ``failure_limit`` failures in a row halve it. The caller restarts a region whose side
+        fell below its minimum.
+
+        Args:
+            batch_best: the best value of the batch's results.
+            spread: the range of every value so far (0: taken as 1).
+            success_tolerance, failure_limit, max_length: the rule's settings.
+        """
+        if batch_best > self.best + 1e-3 * (spread or 1.0):
+            self.successes, self.failures = self.successes + 1, 0
+        else:
+            self.successes, self.failures = 0, self.failures + 1
+        self.best = max(self.best, batch_best)
+        if self.successes >= success_tolerance:
+            self.length, self.successes = min(2.0 * self.length, max_length), 0
+        elif self.failures >= failure_limit:
+            self.length, self.failures = self.length / 2.0, 0
 
 
 @dataclass
@@ -263,15 +284,7 @@ class MultiTrustRegionExpectedImprovement(ExpectedImprovement):
             if region.best == -math.inf or len(region.design):  # still its design: no verdict
                 region.best = max(region.best, max(values))
                 continue
-            if max(values) > region.best + 1e-3 * (spread or 1.0):
-                region.successes, region.failures = region.successes + 1, 0
-            else:
-                region.successes, region.failures = 0, region.failures + 1
-            region.best = max(region.best, max(values))
-            if region.successes >= self.success_tolerance:
-                region.length, region.successes = min(2.0 * region.length, self.max_length), 0
-            elif region.failures >= limit:
-                region.length, region.failures = region.length / 2.0, 0
+            region.judge(max(values), spread, success_tolerance=self.success_tolerance, failure_limit=limit, max_length=self.max_length)
             if region.length < self.min_length:
                 self._restart(r)
 
