@@ -40,13 +40,20 @@ def chaos_coupling(checkpoint_interval: float, poll: float = 0.3, backoff: float
         yield cp
 
 
-_KILLED: set[str] = set()  # addresses of the workers kill_worker killed (a replacement gets a new one)
+# Addresses of the workers kill_worker killed that the scheduler may still list. An address leaves the set
+# once the scheduler no longer lists it: the kernel hands ports out again, and a later worker (of this
+# cluster or of another test module's) that gets a killed worker's address is alive. Kept for the whole
+# session, the set once made a fresh cluster's worker count as killed for good (both tests of a module
+# failed waiting for three workers).
+_KILLED: set[str] = set()
 
 
 def _alive(cp: Coupling) -> list[str]:
-    """The scheduler's workers, once none of them is one that was killed; else ``[]``."""
+    """The scheduler's workers, once none of them is one that was killed and is still listed; else ``[]``."""
     workers = cp.workers()
-    return [] if _KILLED.intersection(workers) else workers
+    listed = _KILLED.intersection(workers)
+    _KILLED.intersection_update(listed)  # the others are gone from this scheduler
+    return [] if listed else workers
 
 
 def three_workers(cp: Coupling, wait: float = 60.0) -> list[str]:
