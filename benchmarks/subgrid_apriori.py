@@ -47,27 +47,10 @@ import optax
 from flax import nnx
 
 from coupler.learners.solver_correction import CoarseCorrectionNet
+from coupler.physics.coarse_graining import subgrid_tendency
 from coupler.physics.navier_stokes import NavierStokes2D, spectral_resample
 
 FEATURES = ("eddy-viscosity", "similarity", "gradient")
-
-
-def subgrid_tendency(fine: NavierStokes2D, coarse: NavierStokes2D, w: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """The subgrid tendency of a fine field and its coarse restriction, both spectral.
-
-    Args:
-        fine: the fine solver (its ``nonlinear`` is the true advection term).
-        coarse: the coarse solver whose advection term is subtracted.
-        w: fine vorticity ``(fine.n, fine.n)``.
-
-    Returns:
-        ``(s, wc_hat)``: ``P[N(w)] - N_c(P w)`` and ``(P w)^``, each ``(n_c, n_c//2 + 1)``.
-    """
-    zero_f = jnp.zeros((fine.n, fine.n // 2 + 1), jnp.complex64)
-    zero_c = jnp.zeros((coarse.n, coarse.n // 2 + 1), jnp.complex64)
-    n_fine = jnp.fft.irfft2(fine.nonlinear(jnp.fft.rfft2(w), zero_f), s=(fine.n, fine.n))
-    wc_hat = jnp.fft.rfft2(spectral_resample(w, coarse.n))
-    return jnp.fft.rfft2(spectral_resample(n_fine, coarse.n)) - coarse.nonlinear(wc_hat, zero_c), wc_hat
 
 
 def subgrid_and_features(fine: NavierStokes2D, coarse: NavierStokes2D, w: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -6,7 +6,9 @@
 the sharp spectral filter (``spectral_resample``). The state keeps the last
 ``window`` coarse frames, so ``observe`` returns a trajectory window that a
 solver-in-the-loop learner can unroll over; a simulator actor publishing it
-every ``window - 1`` steps streams non-overlapping windows.
+every ``window - 1`` steps streams non-overlapping windows. ``observe`` also
+returns the newest coarse frame with the subgrid tendency the coarse solver
+misses there (:func:`subgrid_tendency`): the data of a model fitted a priori.
 
 Example:
     >>> cg = CoarseGrainedNavierStokes(NavierStokes2D(n=32, dt=0.02), coarse_n=16, substeps=2, window=3)
@@ -25,6 +27,30 @@ import jax
 import jax.numpy as jnp
 
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState, spectral_resample
+
+
+def subgrid_tendency(fine: NavierStokes2D, coarse: NavierStokes2D, w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """The subgrid tendency of a fine field on a coarse grid, and the coarse field, both spectral.
+
+    ``s = P[N(w)] - N_c(P w)``: the restricted fine advection term minus the
+    coarse solver's advection term of the restricted field (``P`` is the sharp
+    spectral restriction, ``spectral_resample``). It is what the coarse
+    solver's right-hand side lacks at ``P w``; it depends on the coarse
+    solver's dealiasing rule.
+
+    Args:
+        fine: the fine solver (its ``nonlinear`` is the true advection term).
+        coarse: the coarse solver whose advection term is subtracted.
+        w: fine vorticity ``(fine.n, fine.n)``.
+
+    Returns:
+        ``(s, wc_hat)``: ``s`` and ``(P w)^``, each ``(n_c, n_c // 2 + 1)`` complex.
+    """
+    zero_f = jnp.zeros((fine.n, fine.n // 2 + 1), jnp.complex64)
+    zero_c = jnp.zeros((coarse.n, coarse.n // 2 + 1), jnp.complex64)
+    n_fine = jnp.fft.irfft2(fine.nonlinear(jnp.fft.rfft2(w), zero_f), s=(fine.n, fine.n))
+    wc_hat = jnp.fft.rfft2(spectral_resample(w, coarse.n))
+    return jnp.fft.rfft2(spectral_resample(n_fine, coarse.n)) - coarse.nonlinear(wc_hat, zero_c), wc_hat
 
 
 class CoarseGrainedState(NamedTuple):
@@ -104,5 +130,14 @@ class CoarseGrainedNavierStokes:
         return CoarseGrainedState(fine, frames, (step * self.dt).astype(state.t.dtype), step)
 
     def observe(self, state: CoarseGrainedState) -> dict[str, jax.Array]:
-        """``{"window": (window, n_c, n_c), "w": (n_c, n_c)}``: the window and its newest frame."""
-        return {"window": state.frames, "w": state.frames[-1]}
+        """The window, its newest frame, and that frame with the subgrid tendency the coarse solver misses there.
+
+        Returns:
+            ``{"window": (window, n_c, n_c), "w": (n_c, n_c), "subgrid": (2, n_c, n_c)}``. ``"subgrid"``
+            stacks the newest frame ``P w`` (channel 0) and :func:`subgrid_tendency` at it, on the grid
+            (channel 1), relative to ``coarse()``. A jitted observer that keeps one key pays only for it.
+        """
+        n = self.coarse_n
+        s_hat, _ = subgrid_tendency(self.fine, self.coarse(), state.fine.w)
+        pair = jnp.stack([state.frames[-1], jnp.fft.irfft2(s_hat, s=(n, n)).astype(state.frames.dtype)])
+        return {"window": state.frames, "w": state.frames[-1], "subgrid": pair}
