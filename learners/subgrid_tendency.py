@@ -15,18 +15,28 @@ starts at zero, so an untrained model is the plain solver); its output is read
 as the tendency in units of ``tendency_scale``. It exposes ``one_step`` and
 ``rollout`` like the other correction models, so the trainer
 (``SolverCorrectionConfig``) and the benchmark take it.
+
+It can also be fitted *a priori*, as LES closures usually are:
+``SubgridFitConfig``/``SubgridFitTrainer`` regress the CNN's tendency on the
+exact subgrid tendency of fine runs seen on the coarse grid (the ``"subgrid"``
+observation of ``physics.coarse_graining.CoarseGrainedNavierStokes``), with no
+solver in the loop. :func:`tendency_error` scores such a fit.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
-from coupler.learners.solver_correction import CoarseCorrectionNet
+from coupler.learners.online import OptimizerConfig, TrainerState
+from coupler.learners.solver_correction import PARAMS_WIDTH, CoarseCorrectionNet
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
@@ -109,3 +119,170 @@ class SubgridTendencyConfig:
     def build(self, seed: int = 0) -> SubgridTendencyNet:
         """Initialise a ``SubgridTendencyNet`` from ``seed``."""
         return SubgridTendencyNet(**vars(self), rngs=nnx.Rngs(seed))  # every field is a constructor argument
+
+
+def _reflect(key: jax.Array, w: jax.Array, s: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Each sample mirrored in x and/or y at random, vorticity and tendency negated with it.
+
+    The advection term commutes with a mirror image that negates the vorticity
+    (a pseudo-scalar): ``N(R w) = R N(w)`` for ``R w(x, y) = -w(-x, y)``, and
+    likewise in y. The forcing does not enter ``s``, so ``(R w, R s)`` is an
+    exact sample of the same map from coarse field to subgrid tendency.
+    """
+    k_x, k_y = jax.random.split(key)
+    flip_x = jax.random.bernoulli(k_x, 0.5, (w.shape[0], 1, 1))
+    flip_y = jax.random.bernoulli(k_y, 0.5, (w.shape[0], 1, 1))
+    w, s = jnp.where(flip_x, -jnp.flip(w, 1), w), jnp.where(flip_x, -jnp.flip(s, 1), s)
+    return jnp.where(flip_y, -jnp.flip(w, 2), w), jnp.where(flip_y, -jnp.flip(s, 2), s)
+
+
+def _fit_loss(model: SubgridTendencyNet, w: jax.Array, params: jax.Array, s: jax.Array) -> jax.Array:
+    return jnp.mean((model.tendency(w, params) - s) ** 2) / model.tendency_scale**2
+
+
+@nnx.jit(static_argnames=("reflect",))
+def _fit_step(
+    model: SubgridTendencyNet, optimizer: nnx.Optimizer, pair: jax.Array, params: jax.Array, key: jax.Array, reflect: bool
+) -> jax.Array:
+    w, s = pair[:, 0], pair[:, 1]
+    if reflect:
+        w, s = _reflect(key, w, s)
+    loss, grads = nnx.value_and_grad(_fit_loss)(model, w, params, s)
+    optimizer.update(model, grads)
+    return loss
+
+
+@dataclass(frozen=True)
+class SubgridFitConfig:
+    """Everything a learner worker needs to build a ``SubgridFitTrainer`` (picklable).
+
+    Attributes:
+        n: the coarse grid's size (batches are checked against it).
+        model: the network's hyperparameters.
+        optimizer: optimiser hyperparameters.
+        reflect: draw each sample's mirror images in x and y (exact data; see ``_reflect``).
+        seed: initialisation and reflection seed.
+    """
+
+    n: int
+    model: SubgridTendencyConfig = field(default_factory=SubgridTendencyConfig)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(learning_rate=1e-3, decay_steps=2000))
+    reflect: bool = True
+    seed: int = 0
+
+    def __call__(self) -> SubgridFitTrainer:
+        """Build the trainer (a ``LearnerActor``'s ``make_trainer``)."""
+        return SubgridFitTrainer(self)
+
+
+class SubgridFitTrainer(TrainerState):
+    """Fits a ``SubgridTendencyNet`` a priori to exact subgrid tendencies (numpy in, numpy out).
+
+    The loss is the mean squared error of the predicted tendency in units of
+    ``tendency_scale``. Fits the ``LearnerActor`` trainer protocol (``step``,
+    ``warmup``, ``get_weights``, ``checkpoint``, ``restore``); thread-safe. The
+    reflections of step ``i`` come from ``fold_in(key(seed), i)``, so a
+    restored checkpoint continues exactly.
+
+    A batch is ``{"field": (B, 2, n, n), "params": (B, 3)}``: channel 0 the
+    coarse vorticity, channel 1 the subgrid tendency there (what a simulator
+    actor publishing ``CoarseGrainedNavierStokes``'s ``"subgrid"`` sends), and
+    the runs' ``(viscosity, forcing_amplitude, drag)``.
+
+    Args:
+        config: grid, network, optimiser, reflections and seed.
+
+    Example:
+        >>> trainer = SubgridFitConfig(16, SubgridTendencyConfig(width=4, depth=2))()
+        >>> batch = {"field": np.zeros((2, 2, 16, 16), np.float32),
+        ...          "params": np.tile(np.float32([0.03, 1.0, 0.1]), (2, 1))}
+        >>> _ = trainer.step(batch)
+        >>> trainer.steps_taken
+        1
+    """
+
+    def __init__(self, config: SubgridFitConfig) -> None:
+        self.config = config
+        self.model = config.model.build(config.seed)
+        self.optimizer = config.optimizer.build(self.model)
+        self._key = jax.random.key(config.seed)
+        self._lock = threading.RLock()
+        self._history: list[tuple[int, float]] = []
+
+    def _arrays(self, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
+        missing = [k for k in ("field", "params") if k not in batch]
+        if missing:
+            raise KeyError(f"batch is missing {missing}; expected keys ['field', 'params'], got {sorted(batch)}")
+        f = np.asarray(batch["field"], np.float32)
+        p = np.asarray(batch["params"], np.float32)
+        n = self.config.n
+        if f.shape[1:] != (2, n, n):
+            raise ValueError(f"expected field (B, 2, {n}, {n}) (vorticity, subgrid tendency), got {f.shape}")
+        if p.shape != (f.shape[0], PARAMS_WIDTH):
+            raise ValueError(f"expected params ({f.shape[0]}, {PARAMS_WIDTH}) (viscosity, amplitude, drag), got {p.shape}")
+        return jnp.asarray(f), jnp.asarray(p)
+
+    @property
+    def steps_taken(self) -> int:
+        """Optimiser steps taken so far."""
+        with self._lock:
+            return int(self.optimizer.step.get_value())
+
+    @property
+    def loss_history(self) -> list[tuple[int, float]]:
+        """``(step, loss)`` of every step, oldest first (a copy)."""
+        with self._lock:
+            return list(self._history)
+
+    def step(self, batch: Mapping[str, Any]) -> float:
+        """One optimiser step on ``batch``; returns its loss before the update.
+
+        Raises:
+            KeyError: if ``"field"`` or ``"params"`` is missing.
+            ValueError: if the shapes do not fit the grid.
+        """
+        f, p = self._arrays(batch)
+        with self._lock:
+            key = jax.random.fold_in(self._key, int(self.optimizer.step.get_value()))
+            loss = float(_fit_step(self.model, self.optimizer, f, p, key, self.config.reflect))
+            self._history.append((int(self.optimizer.step.get_value()), loss))
+        return loss
+
+    def warmup(self, batch: Mapping[str, Any]) -> None:
+        """Compile ``step`` for ``batch``'s shapes on throw-away copies (nothing changes)."""
+        f, p = self._arrays(batch)
+        with self._lock:
+            model, optimizer = nnx.clone(self.model), nnx.clone(self.optimizer)
+        jax.block_until_ready(_fit_step(model, optimizer, f, p, self._key, self.config.reflect))
+
+
+@nnx.jit
+def _tendency_errors(model: SubgridTendencyNet, pair: jax.Array, params: jax.Array) -> jax.Array:
+    s = pair[:, 1]
+    num = jnp.sum((model.tendency(pair[:, 0], params) - s) ** 2, axis=(-2, -1))
+    return jnp.sqrt(num / jnp.maximum(jnp.sum(s**2, axis=(-2, -1)), 1e-12))
+
+
+def tendency_error(model: SubgridTendencyNet | None, pair: np.ndarray, params: np.ndarray, chunk: int = 256) -> float:
+    """Mean over samples of the predicted tendency's relative L2 error, ``|s_pred - s| / |s|``.
+
+    Args:
+        model: the fitted model; ``None`` predicts no tendency (the plain coarse solver: error 1).
+        pair: ``(N, 2, n, n)`` coarse vorticity and exact subgrid tendency.
+        params: ``(N, 3)`` the runs' parameters.
+        chunk: samples per device call.
+
+    Returns:
+        The mean relative error.
+
+    Raises:
+        ValueError: for an empty set or shapes that do not pair up.
+    """
+    pair, params = np.asarray(pair, np.float32), np.asarray(params, np.float32)
+    if pair.ndim != 4 or pair.shape[1] != 2 or len(pair) == 0 or params.shape != (len(pair), PARAMS_WIDTH):
+        raise ValueError(f"expected pair (N > 0, 2, n, n) and params (N, {PARAMS_WIDTH}), got {pair.shape} and {params.shape}")
+    if model is None:
+        return 1.0
+    errs = [np.asarray(_tendency_errors(model, jnp.asarray(pair[i : i + chunk]), jnp.asarray(params[i : i + chunk])))
+            for i in range(0, len(pair), chunk)]
+    return float(np.mean(np.concatenate(errs)))
