@@ -28,7 +28,9 @@ and standard error of the online error reduction over the seeds.
 
 Setups: ``ns-correction`` (the coarse-solver correction of
 ``augmentation_speedup.py``, trained through the coarse solver; in
-``correction_online_vs_offline.py``), ``navier-stokes`` (``NavierStokes2D`` on a 32x32 grid, ``FNO2D``; a
+``correction_online_vs_offline.py``), ``ns-subgrid`` (the subgrid-tendency CNN
+of that benchmark's ``--model tendency``, fitted a priori to the exact subgrid
+tendency of fine runs seen on 16^2; same script), ``navier-stokes`` (``NavierStokes2D`` on a 32x32 grid, ``FNO2D``; a
 wide parameter space of viscosity, forcing and random initial vorticity) and
 ``heat-melissa`` (the Melissa heat setup: ``Heat2D`` on a 100x100 grid, 100
 simulations offline, our ``ConvSurrogate``).
@@ -454,13 +456,13 @@ def build_setups(args: argparse.Namespace) -> list[Any]:
     Raises:
         ValueError: for an unknown setup name.
     """
-    known = {"ns-correction": correction.correction_setup, "navier-stokes": navier_stokes_setup, "heat-melissa": heat_setup}
+    known = {"ns-correction": correction.correction_setup, "ns-subgrid": correction.tendency_setup, "navier-stokes": navier_stokes_setup, "heat-melissa": heat_setup}
     out = []
     for name in filter(None, args.setups.split(",")):
         if name not in known:
             raise ValueError(f"unknown setup {name!r}; expected one of {sorted(known)}")
         s = known[name](args.quick)
-        if isinstance(s, correction.CorrectionSetup):
+        if isinstance(s, correction.CorrectionSetup) and s.target is correction.Target.WINDOW:
             s = replace(s, model=correction.MODELS[args.correction_model])
         s = correction.with_overrides(s, train_steps=args.steps, offline_sims=args.offline_sims,
                                        stream_sims=args.stream_sims, blocks=args.blocks)

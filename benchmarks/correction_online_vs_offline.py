@@ -7,7 +7,10 @@ experiment (Melissa's, Meyer et al. 2023) for the learned model of
 * samples are windows of coarse-grained fine Kolmogorov runs
   (``CoarseGrainedNavierStokes``: fine 64^2, coarse 16^2) and the run's
   parameters; the model is trained through the coarse solver, unrolled over the
-  window (``SolverCorrectionTrainer``);
+  window (``SolverCorrectionTrainer``). With ``--model tendency`` (the setup
+  ``ns-subgrid``) they are instead a coarse frame and the exact subgrid
+  tendency there, and the subgrid-tendency CNN is fitted to it a priori
+  (``SubgridFitTrainer``);
 * **offline** stores ``offline_sims`` runs' windows (the memory budget), splits
   them by run into train and validation, trains with early stopping and keeps
   the best weights;
@@ -16,18 +19,21 @@ experiment (Melissa's, Meyer et al. 2023) for the learned model of
   same number of optimiser steps;
 * the held-out error is the mean, over held-out windows, of the relative L2
   error of the corrected coarse rollout over the window (the plain coarse
-  solver's is reported as the baseline).
+  solver's is reported as the baseline); for ``ns-subgrid``, the mean relative
+  L2 error of the predicted subgrid tendency (the plain solver predicts none:
+  1.0).
 
 Run alone, it compares the two on this setup with the problem's ranges and
 budgets from the command line (``augmentation_online_vs_offline.py`` runs it
 with the defaults beside the other setups):
-``python benchmarks/correction_online_vs_offline.py [--quick] [--seeds 3] [--model cnn]
+``python benchmarks/correction_online_vs_offline.py [--quick] [--seeds 3] [--model cnn|tendency]
 [--viscosity 0.008 0.04] [--amplitude 0.5 1.5] [--offline-sims 8] [--json out.json]``.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
 import json
 import time
 from dataclasses import dataclass, field, replace
@@ -41,8 +47,9 @@ from flax import nnx
 
 from coupler.actors.simulator import SimulatorActor
 from coupler.learners.online import OptimizerConfig
-from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, SolverCorrectionTrainer, corrected_rollout
+from coupler.learners.solver_correction import CoarseCorrectionConfig, SolverCorrectionConfig, corrected_rollout
 from coupler.learners.spectral_closure import SpectralClosureConfig
+from coupler.learners.subgrid_tendency import SubgridFitConfig, SubgridTendencyConfig, tendency_error
 from coupler.physics.coarse_graining import CoarseGrainedNavierStokes
 from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
@@ -57,8 +64,19 @@ VALIDATION_FRACTION = 0.2
 MODELS = {
     "closure": SpectralClosureConfig(hidden=32, depth=2),
     "cnn": CoarseCorrectionConfig(width=8, depth=3, log_nu_center=-3.5),
+    "tendency": SubgridTendencyConfig(width=32, depth=5),
 }
-"""The learned models the setup can train: the spectral closure (about 1.2k weights) or the additive CNN."""
+"""The learned models: the spectral closure (about 1.2k weights), the additive CNN (both trained through the
+solver), or the subgrid-tendency CNN (29k weights, fitted a priori: ``tendency_setup``)."""
+
+
+class Target(enum.Enum):
+    """What a setup's samples are and how its model learns from them."""
+
+    WINDOW = "window"
+    """Windows of coarse frames; the model is trained through the coarse solver (a posteriori)."""
+    SUBGRID = "subgrid"
+    """A coarse frame and the exact subgrid tendency there; the model is fitted to it (a priori)."""
 
 
 @dataclass(frozen=True)
@@ -67,19 +85,24 @@ class CorrectionSetup:
 
     Attributes:
         name: row label.
-        simulator: the fine run seen on the coarse grid (its ``window`` is unroll + 1).
+        simulator: the fine run seen on the coarse grid (for ``Target.WINDOW`` its ``window`` is unroll + 1;
+            for ``Target.SUBGRID`` one of its steps is the time between samples).
+        target: what the samples are and how the model learns (``Target``).
         viscosity, amplitude: ranges of the drawn parameters.
         model: the learned model's factory.
-        blocks: windows per simulation.
+        blocks: samples (windows or pairs) per simulation.
         offline_sims: simulations the memory budget stores (``offline_sims * blocks`` windows).
         train_steps: optimiser steps allowed (the compute budget).
         stream_sims: runs the online stream simulates (its simulation budget, in runs of ``blocks``
             windows), paced evenly over ``train_steps`` (``_online_row.samples_due``).
         batch_size, members, sim_actors, learning_rate, patience: as in the surrogate setups.
+        thinned: with ``k > 0``, a third row: offline with the same memory filled with ``k`` samples from
+            each of ``capacity // k`` runs (more simulation, better coverage; :func:`thinned_store`).
     """
 
     name: str
     simulator: CoarseGrainedNavierStokes
+    target: Target = Target.WINDOW
     viscosity: tuple[float, float] = (1.5e-2, 3e-2)
     amplitude: tuple[float, float] = (0.8, 1.2)
     model: Any = field(default_factory=lambda: MODELS["closure"])
@@ -92,6 +115,7 @@ class CorrectionSetup:
     sim_actors: int = 1
     learning_rate: float = 3e-3
     patience: int = 10
+    thinned: int = 0
 
     @property
     def capacity(self) -> int:
@@ -108,9 +132,27 @@ class CorrectionSetup:
         """Coarse steps of the training rollout (the window less one)."""
         return self.simulator.window - 1
 
-    def trainer(self, seed: int) -> SolverCorrectionConfig:
+    @property
+    def field(self) -> str:
+        """The simulator's observation the samples are."""
+        return self.target.value
+
+    @property
+    def publish_every(self) -> int:
+        """Coarse steps between samples: a whole window, or one step between subgrid pairs."""
+        return self.unroll if self.target is Target.WINDOW else 1
+
+    @property
+    def sample_shape(self) -> tuple[int, int, int]:
+        """One sample's field: ``(window, n, n)`` frames, or ``(2, n, n)`` vorticity and subgrid tendency."""
+        n = self.simulator.coarse_n
+        return (self.simulator.window if self.target is Target.WINDOW else 2, n, n)
+
+    def trainer(self, seed: int) -> SolverCorrectionConfig | SubgridFitConfig:
         """The trainer factory both runs use (cosine decay over the whole budget)."""
         opt = OptimizerConfig(learning_rate=self.learning_rate, warmup_steps=20, decay_steps=self.train_steps)
+        if self.target is Target.SUBGRID:
+            return SubgridFitConfig(self.simulator.coarse_n, self.model, opt, seed=seed)
         return SolverCorrectionConfig(self.simulator.coarse(), self.model, opt, unroll=self.unroll, seed=seed)
 
 
@@ -119,6 +161,23 @@ def correction_setup(quick: bool) -> CorrectionSetup:
     fine = NavierStokes2D(n=64, dt=0.02)
     cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=4, window=9, spinup=500, coarse_dealias="pad")
     return CorrectionSetup(name="ns-correction", simulator=cg, train_steps=150 if quick else 400, stream_sims=48 if quick else 128)
+
+
+def tendency_setup(quick: bool) -> CorrectionSetup:
+    """Fine 64^2 seen on 16^2 (3/2 rule), the ``--quick16`` regime; the subgrid-tendency CNN fitted a priori.
+
+    Each run gives 20 (frame, subgrid tendency) pairs 0.5 time units apart after
+    15 of spin-up (``subgrid_apriori.py --cnn``'s sampling, where 24 runs
+    overfit and 64 did not). Offline stores 8 runs (160 pairs) and trains the
+    whole budget keeping its best validation weights; online streams 128 runs.
+    """
+    fine = NavierStokes2D(n=64, dt=0.02)
+    cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=25, window=2, spinup=750, coarse_dealias="pad")
+    return CorrectionSetup(
+        name="ns-subgrid", simulator=cg, target=Target.SUBGRID, viscosity=(2e-2, 4e-2), model=MODELS["tendency"],
+        blocks=20, offline_sims=8, train_steps=500 if quick else 2000, stream_sims=48 if quick else 128,
+        batch_size=32, learning_rate=1e-3, patience=100_000,
+    )
 
 
 def _params(setup: CorrectionSetup, key: jax.Array, sims: int) -> Any:
@@ -131,17 +190,43 @@ def _matrix(params: Any) -> np.ndarray:
     return np.stack([np.asarray(params.viscosity), np.asarray(params.forcing_amplitude), np.asarray(params.drag)], -1).astype(np.float32)
 
 
-def simulate_windows(setup: CorrectionSetup, key: jax.Array, sims: int) -> dict[str, np.ndarray]:
-    """``sims`` runs' non-overlapping windows: ``{"field": (sims, blocks, W, n, n), "params": (sims, blocks, 3)}``."""
+def simulate_samples(setup: CorrectionSetup, key: jax.Array, sims: int) -> dict[str, np.ndarray]:
+    """``sims`` runs' samples, as a simulator actor publishes them.
+
+    Returns:
+        ``{"field": (sims, blocks) + sample_shape, "params": (sims, blocks, 3)}``: non-overlapping windows,
+        or (frame, subgrid tendency) pairs ``publish_every`` coarse steps apart.
+    """
     cg = setup.simulator
     params = _params(setup, key, sims)
     state = jax.jit(jax.vmap(cg.init))(jax.random.split(jax.random.fold_in(key, 1), sims), params)
-    advance = jax.jit(jax.vmap(lambda s, p: jax.lax.fori_loop(0, setup.unroll, lambda _, x: cg.step(x, p), s)))
+    advance = jax.jit(jax.vmap(lambda s, p: jax.lax.fori_loop(0, setup.publish_every, lambda _, x: cg.step(x, p), s)))
+    observe = jax.jit(jax.vmap(lambda s: cg.observe(s)[setup.field]))
     out = []
     for _ in range(setup.blocks):
         state = advance(state, params)
-        out.append(np.asarray(state.frames))
+        out.append(np.asarray(observe(state)))
     return {"field": np.stack(out, 1), "params": np.repeat(_matrix(params)[:, None], setup.blocks, axis=1)}
+
+
+def thinned_store(setup: CorrectionSetup, key: jax.Array, per_run: int) -> dict[str, np.ndarray]:
+    """The memory budget filled with ``per_run`` samples from each of ``capacity // per_run`` runs.
+
+    The other way an offline user can fill the same memory: simulate more runs
+    and keep a few samples of each (drawn at random from each run's blocks),
+    for a store that covers the parameter space better. Shaped like
+    :func:`simulate_samples` with ``blocks = per_run``.
+
+    Raises:
+        ValueError: unless ``0 < per_run <= blocks``.
+    """
+    if not 0 < per_run <= setup.blocks:
+        raise ValueError(f"expected 0 < samples per run <= blocks={setup.blocks}, got {per_run}")
+    runs = setup.capacity // per_run
+    data = simulate_samples(setup, key, runs)
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    keep = np.stack([rng.choice(setup.blocks, per_run, replace=False) for _ in range(runs)])
+    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
 
 
 def _flatten(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -156,7 +241,13 @@ def _rollout_error(model: Any, field: jax.Array, params: jax.Array, coarse: Navi
 
 
 def heldout_error(setup: CorrectionSetup, model: Any, test: dict[str, np.ndarray]) -> float:
-    """Mean over windows of the corrected rollout's relative L2 error over the window (``model=None``: plain)."""
+    """The model's mean relative L2 error on ``test`` (``model=None``: the plain coarse solver).
+
+    ``Target.WINDOW``: the corrected rollout's error over each window. ``Target.SUBGRID``: the
+    predicted subgrid tendency's error (``tendency_error``; the plain solver predicts none, 1.0).
+    """
+    if setup.target is Target.SUBGRID:
+        return tendency_error(model, test["field"], test["params"])
     f, p = jnp.asarray(test["field"]), jnp.asarray(test["params"])
     coarse = setup.simulator.coarse()
     if model is None:
@@ -166,10 +257,16 @@ def heldout_error(setup: CorrectionSetup, model: Any, test: dict[str, np.ndarray
     return float(_rollout_error(model, f, p, coarse, setup.unroll))
 
 
-def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int) -> dict[str, Any]:
-    """Train on ``offline_sims`` stored runs with early stopping (one validation pass per epoch)."""
-    data = simulate_windows(setup, jax.random.key(seed), setup.offline_sims)
-    n_val = max(1, round(VALIDATION_FRACTION * setup.offline_sims))
+def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int, per_run: int = 0) -> dict[str, Any]:
+    """Train on stored runs with early stopping (one validation pass per epoch), keeping the best weights.
+
+    ``per_run`` 0 stores ``offline_sims`` whole runs (Melissa's offline baseline); ``k > 0`` fills the
+    same memory with ``k`` samples from each of more runs (:func:`thinned_store`).
+    """
+    key = jax.random.key(seed)
+    data = thinned_store(setup, key, per_run) if per_run else simulate_samples(setup, key, setup.offline_sims)
+    sims = len(data["field"])
+    n_val = max(1, round(VALIDATION_FRACTION * sims))
     train = _flatten({k: v[n_val:] for k, v in data.items()})
     val = _flatten({k: v[:n_val] for k, v in data.items()})
     trainer = setup.trainer(seed)()
@@ -196,10 +293,10 @@ def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int) 
     cpu = time.process_time() - cpu0
     trainer.set_weights(best_weights)
     return {
-        "mode": "offline",
+        "mode": "offline" if not per_run else f"offline, {per_run} per run",
         "heldout_rel_l2": heldout_error(setup, trainer.model, test),
         "validation_rel_l2": float(best),
-        "simulations": setup.offline_sims,
+        "simulations": sims,
         "unique_samples": int(n),
         "stored_samples": int(n + len(val["field"])),
         "train_steps": steps,
@@ -214,13 +311,13 @@ def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int) 
 
 
 def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray], seed: int, progress: bool = True) -> dict[str, Any]:
-    """Train while fine simulator actors stream fresh runs' windows into a Reservoir of the same capacity."""
+    """Train while fine simulator actors stream fresh runs' samples into a Reservoir of the same capacity."""
     tag = f"{setup.name}-{seed}-{time.monotonic_ns()}"
     channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.capacity, seed=seed))
     workers = cp.workers()
     learner_worker, sim_workers = workers[-1], (workers[:-1] or workers)
-    b, n = setup.batch_size, setup.simulator.coarse_n
-    example = {"field": np.zeros((b, setup.unroll + 1, n, n), np.float32), "params": np.full((b, 3), 0.02, np.float32)}
+    b = setup.batch_size
+    example = {"field": np.zeros((b,) + setup.sample_shape, np.float32), "params": np.full((b, 3), 0.02, np.float32)}
     min_samples = 2 * b
     learner = cp.spawn(
         PacedLearnerActor, setup.trainer(seed), name=f"learner-{tag}", stream_samples=setup.stream_samples, batch_size=b,
@@ -234,7 +331,7 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
         params = _params(setup, key, setup.members)
         ref = cp.spawn(
             SimulatorActor, setup.simulator, params, name=f"sim-{tag}-{i}",
-            steps=setup.blocks * setup.unroll, publish_every=setup.unroll, field="window",
+            steps=setup.blocks * setup.publish_every, publish_every=setup.publish_every, field=setup.field,
             features=_matrix(params), ensemble=True, seed=int(jax.random.randint(key, (), 0, 2**30)),
             outputs={"fields": channel}, workers=sim_workers[i % len(sim_workers)],
         )
@@ -248,7 +345,7 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
     )
     final = learner.wait(30)
     history = learner.call("history")
-    trainer = SolverCorrectionTrainer(setup.trainer(seed))
+    trainer = setup.trainer(seed)()
     trainer.set_weights(learner.call("weights"))
     return online_row(
         history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(setup, trainer.model, test),
@@ -257,10 +354,17 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
 
 
 def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 16) -> dict[str, Any]:
-    """Offline and online on the same held-out runs; both rows, the ratio, and the plain coarse solver's error."""
-    test = _flatten(simulate_windows(setup, jax.random.key(10_000 + seed), test_sims))
+    """Offline and online on the same held-out runs; their rows, the ratio, and the plain coarse solver's error.
+
+    With ``setup.thinned``, a third row (the thinned offline store) and its ratio, ``thinned_error_reduction``.
+    """
+    test = _flatten(simulate_samples(setup, jax.random.key(10_000 + seed), test_sims))
     offline = run_offline(setup, test, seed)
     online = run_online(setup, cp, test, seed)
+    extra = {}
+    if setup.thinned:
+        thinned = run_offline(setup, test, seed, per_run=setup.thinned)
+        extra = {"thinned_error_reduction": 1 - online["heldout_rel_l2"] / thinned["heldout_rel_l2"]}
     n = setup.simulator.coarse_n
     return {
         "setup": setup.name,
@@ -268,11 +372,13 @@ def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 
         "memory_budget_pairs": setup.capacity,
         "step_budget": setup.train_steps,
         "stream_budget_pairs": setup.stream_samples,
+        "target": setup.target.value,
         "baseline": "plain coarse solver",
         "persistence_rel_l2": heldout_error(setup, None, test),
-        "rows": [offline, online],
+        "rows": [offline, online] + ([thinned] if setup.thinned else []),
         "online_over_offline_error": online["heldout_rel_l2"] / offline["heldout_rel_l2"],
         "online_error_reduction": 1 - online["heldout_rel_l2"] / offline["heldout_rel_l2"],
+        **extra,
     }
 
 
@@ -281,7 +387,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="the quick step budget (150 instead of 400)")
     p.add_argument("--model", default="closure", choices=sorted(MODELS), help="the learned model (default closure)")
     p.add_argument("--viscosity", type=float, nargs=2, default=None, metavar=("LO", "HI"),
-                   help="range of the drawn viscosity (default: the setup's, 0.015 0.03)")
+                   help="range of the drawn viscosity (default: the setup's, 0.015 0.03; tendency 0.02 0.04)")
     p.add_argument("--amplitude", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                    help="range of the drawn forcing amplitude (default: the setup's, 0.8 1.2)")
     p.add_argument("--steps", type=int, default=0, help="override the step budget")
@@ -289,6 +395,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stream-sims", type=int, default=0, help="override the runs the online stream simulates (its simulation budget)")
     p.add_argument("--patience", type=int, default=0,
                    help="override offline early stopping's patience in epochs (a large value: train the whole budget, keep the best)")
+    p.add_argument("--thinned", type=int, default=0, metavar="K",
+                   help="also train offline on the same memory filled with K samples from each of more runs")
     p.add_argument("--seeds", type=int, default=1, help="seeds seed .. seed+N-1 (mean and SE of the reduction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -302,16 +410,24 @@ def with_overrides(setup: Any, **fields: Any) -> Any:
 
 
 def setup_from_args(args: argparse.Namespace) -> CorrectionSetup:
-    """``correction_setup`` with the command line's model, ranges and budgets."""
+    """``correction_setup`` with the command line's model (``tendency``: ``tendency_setup``), ranges and budgets."""
+    base = tendency_setup(args.quick) if args.model == "tendency" else replace(correction_setup(args.quick), model=MODELS[args.model])
     return with_overrides(
-        replace(correction_setup(args.quick), model=MODELS[args.model]),
+        base,
         viscosity=tuple(args.viscosity or ()),
         amplitude=tuple(args.amplitude or ()),
         train_steps=args.steps,
         offline_sims=args.offline_sims,
         stream_sims=args.stream_sims,
         patience=args.patience,
+        thinned=args.thinned,
     )
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (``std / sqrt(n)``, ``ddof=1``; 0 for one value)."""
+    x = np.asarray(values, float)
+    return float(x.mean()), float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -321,21 +437,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     with Coupling(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cp:
         for seed in range(args.seed, args.seed + args.seeds):
             res = {**run_setup(setup, cp, seed), "seed": seed}
-            offline, online = res["rows"]
+            offline, online, *thinned = res["rows"]
             print(f"seed {seed}: offline {100 * offline['heldout_rel_l2']:.2f}% (best step {offline['best_step']}, "
                   f"{offline['simulations']} runs stored), online {100 * online['heldout_rel_l2']:.2f}% "
-                  f"({online['unique_samples']} windows from {online['simulations']} runs), online lower by "
+                  f"({online['unique_samples']} samples from {online['simulations']} runs), online lower by "
                   f"{100 * res['online_error_reduction']:+.1f}%, plain coarse solver {100 * res['persistence_rel_l2']:.2f}%",
                   flush=True)
+            for row in thinned:
+                print(f"  {row['mode']}: {100 * row['heldout_rel_l2']:.2f}% ({row['simulations']} runs, best step "
+                      f"{row['best_step']}); online lower by {100 * res['thinned_error_reduction']:+.1f}%", flush=True)
             results.append(res)
-    x = np.array([r["online_error_reduction"] for r in results])
-    se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-    summary = {"mean": float(x.mean()), "se": se, "seeds": len(x), "model": args.model,
+    mean, se = mean_and_se([r["online_error_reduction"] for r in results])
+    summary = {"mean": mean, "se": se, "seeds": len(results), "model": args.model,
                "viscosity": list(setup.viscosity), "amplitude": list(setup.amplitude), "step_budget": setup.train_steps,
                "memory_budget_windows": setup.capacity, "stream_budget_windows": setup.stream_samples,
-               "patience": setup.patience}
-    print(f"online error reduction {100 * summary['mean']:+.1f} % +- {100 * se:.1f} % (mean +- SE over {len(x)} seeds; "
+               "patience": setup.patience, "thinned": setup.thinned}
+    print(f"online error reduction {100 * mean:+.1f} % +- {100 * se:.1f} % (mean +- SE over {len(results)} seeds; "
           "target >= 15 %)")
+    if setup.thinned:
+        summary["thinned_mean"], summary["thinned_se"] = mean_and_se([r["thinned_error_reduction"] for r in results])
+        print(f"against the thinned store ({setup.thinned} per run): online lower by {100 * summary['thinned_mean']:+.1f} % "
+              f"+- {100 * summary['thinned_se']:.1f} %")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"quick": args.quick, "results": results, "summary": summary}, f, indent=2, default=float)

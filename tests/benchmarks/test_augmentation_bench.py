@@ -88,6 +88,26 @@ def test_offline_and_online_rows_of_the_correction_setup(coupling: Coupling) -> 
     assert math.isfinite(result["persistence_rel_l2"]) and result["baseline"] == "plain coarse solver"
 
 
+@pytest.mark.system
+@pytest.mark.timeout(900)
+def test_offline_and_online_rows_of_the_a_priori_subgrid_setup(coupling: Coupling) -> None:
+    # The subgrid-tendency CNN fitted a priori (ns-subgrid), tiny: fine 32^2 -> 16^2, a narrow CNN.
+    args = bench.parse_args(["--setups", "ns-subgrid", "--steps", "6", "--offline-sims", "5", "--blocks", "2", "--stream-sims", "8"])
+    (setup,) = bench.build_setups(args)
+    assert setup.target is bench.correction.Target.SUBGRID and setup.model == bench.correction.MODELS["tendency"]
+    fine = replace(setup.simulator.fine, n=32, dt=0.04)
+    setup = replace(setup, simulator=replace(setup.simulator, fine=fine, substeps=2, spinup=10), members=2, batch_size=4,
+                    model=replace(setup.model, width=4, depth=2))
+    result = bench.correction.run_setup(setup, coupling, seed=0, test_sims=2)
+    offline, online = result["rows"]
+    assert offline["stored_samples"] == 10 and offline["unique_samples"] == 8 and offline["train_steps"] == 6
+    assert online["train_steps"] == 6 and online["unique_samples"] == 16 and online["simulations"] == 8
+    # Trained from a model that predicts nothing (error exactly 1, the plain solver's): both moved from it.
+    assert result["persistence_rel_l2"] == 1.0 and result["target"] == "subgrid"
+    for row in (offline, online):
+        assert math.isfinite(row["heldout_rel_l2"]) and row["heldout_rel_l2"] != 1.0
+
+
 def test_seed_summary_is_the_mean_and_standard_error() -> None:
     results = [{"setup": "a", "online_error_reduction": v} for v in (0.1, 0.2, 0.3)] + [{"setup": "b", "online_error_reduction": 0.5}]
     s = bench.summarize_seeds(results)
