@@ -8,6 +8,12 @@ so that totals never go back (Prometheus counters). They also keep the
 actors' statuses and the metric series actors report (a learner's loss), and
 sample the counters into rates for the dashboard and ``/metrics``.
 
+An ended actor's final status and series stay for the dashboard, but only
+the last ``ended_kept`` ended actors' (``ENDED_ACTORS_KEPT``): a cluster that
+runs simulations as short actors for weeks would otherwise grow a record per
+simulation. A forgotten actor that reports again (restarted, or its name
+reused) starts a new record.
+
 Which channels exist is the broker's: the tallies are told which names are
 known, and forget a channel when the broker does.
 """
@@ -15,6 +21,7 @@ known, and forget a channel when the broker does.
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from typing import Any, Collection
 
 from coupler.runtime.control.status import TERMINAL_STATES, MetricHistory, RateMeter
@@ -23,12 +30,25 @@ from coupler.runtime.control.status import TERMINAL_STATES, MetricHistory, RateM
 RATE_WINDOW = 5.0
 # Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
 _CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
+# Ended actors whose final status and metric series are kept (the most recently ended).
+ENDED_ACTORS_KEPT = 1024
 
 
 class Tallies:
-    """Workers' last reports, the counters of those that left, actors' statuses and rates."""
+    """Workers' last reports, the counters of those that left, actors' statuses and rates.
 
-    def __init__(self) -> None:
+    Args:
+        ended_kept: ended actors whose records are kept; the longest-ended beyond it are forgotten.
+
+    Raises:
+        ValueError: for ``ended_kept < 0``.
+    """
+
+    def __init__(self, ended_kept: int = ENDED_ACTORS_KEPT) -> None:
+        if ended_kept < 0:
+            raise ValueError(f"ended_kept must be >= 0, got {ended_kept}")
+        self.ended_kept = ended_kept
+        self._ended: OrderedDict[str, None] = OrderedDict()  # ended actors' names, longest-ended first
         self.by_worker: dict[str, dict[str, Any]] = {}  # worker address -> last report
         # channel -> counters of the consumers and producers that reports no longer list.
         self.departed: dict[str, dict[str, int]] = {}
@@ -54,20 +74,37 @@ class Tallies:
         points = status.pop("metrics", None)
         if points:
             self.histories.setdefault(name, MetricHistory()).merge(points)
-        self.actors.setdefault(name, {}).update(status)
+        record = self.actors.setdefault(name, {})
+        record.update(status)
+        self._note_state(name, record.get("state"))
 
     def register_actor(self, name: str, address: str, cls: str) -> None:
         """Start the status of an actor spawned on ``address``."""
         self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
+        self._note_state(name, "created")
 
     def worker_lost(self, worker: str, known: Collection[str]) -> None:
         """``worker`` was removed: its last counters depart and its actors that had not ended are lost."""
         old = self.by_worker.pop(worker, None)
         if old is not None:
             self._keep_departed(old["channels"], {}, known)
-        for a in self.actors.values():
+        for name, a in list(self.actors.items()):
             if a.get("worker") == worker and a.get("state") not in ("finished", "stopped", "failed"):
                 a["state"] = "lost"
+                self._note_state(name, "lost")
+
+    def _note_state(self, name: str, state: Any) -> None:
+        """Track which actors have ended, in order, and forget the longest-ended beyond ``ended_kept``."""
+        if state not in TERMINAL_STATES:
+            self._ended.pop(name, None)  # running (again: a lost actor restarted, or a name reused)
+            return
+        self._ended[name] = None
+        self._ended.move_to_end(name)
+        while len(self._ended) > self.ended_kept:
+            old, _ = self._ended.popitem(last=False)
+            self.actors.pop(old, None)
+            self.histories.pop(old, None)
+            self.meters.pop(("actor", old, "steps"), None)
 
     def forget_channel(self, name: str) -> None:
         """Drop what is kept of channel ``name`` (closed and drained: the workers forgot it too)."""

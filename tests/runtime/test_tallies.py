@@ -1,0 +1,78 @@
+"""The broker's tallies keep a bounded number of ended actors' records, whatever the order of reports."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from coupler.runtime.control.status import TERMINAL_STATES
+from coupler.runtime.control.tallies import Tallies
+
+NAMES = [f"a{i}" for i in range(8)]
+STATES = ["created", "running", "paused", "finished", "stopped", "failed"]
+
+
+def _status(name: str, state: str, step: int) -> dict:
+    return {"name": name, "state": state, "steps": step, "metrics": {"origin": name, "points": [(step, "loss", step, 1.0)]}}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    kept=st.integers(0, 4),
+    events=st.lists(st.tuples(st.sampled_from(NAMES), st.sampled_from(STATES + ["lost-worker"])), max_size=60),
+)
+def test_only_the_last_ended_actors_are_kept_and_live_ones_never_go(kept: int, events: list[tuple[str, str]]) -> None:
+    t = Tallies(ended_kept=kept)
+    # A model of what must be kept: every actor's last state, and the order in which the ended ones ended.
+    last: dict[str, str] = {}
+    ended: list[str] = []
+    for step, (name, state) in enumerate(events):
+        if state == "lost-worker":  # the worker of `name`'s actor is removed
+            t.worker_lost(f"w-{name}", known=())
+            hit = [n for n in last if n == name and last[n] not in ("finished", "stopped", "failed")]
+        else:
+            t.actor_status(name, {**_status(name, state, step), "worker": f"w-{name}"})
+            hit = [name]
+            last[name] = state
+        for n in hit:
+            if state == "lost-worker":
+                last[n] = "lost"
+            if n in ended:
+                ended.remove(n)
+            if last[n] in TERMINAL_STATES:
+                ended.append(n)
+        for n in ended[: max(len(ended) - kept, 0)]:
+            del last[n]
+        ended = ended[max(len(ended) - kept, 0):]
+        t.sample(channels=())
+        # Live actors are all kept, with their series; of the ended ones exactly the last `kept`.
+        assert set(t.actors) == set(last)
+        assert {n for n, a in t.actors.items() if a["state"] in TERMINAL_STATES} == set(ended)
+        assert all(t.actors[n]["state"] == s for n, s in last.items())
+        assert set(t.histories) <= set(last)
+        assert {k[1] for k in t.meters if k[0] == "actor"} <= {n for n in last if n not in ended}
+
+
+def test_a_forgotten_actor_that_reports_again_starts_a_new_record() -> None:
+    t = Tallies(ended_kept=1)
+    for name in ("a", "b"):
+        t.actor_status(name, _status(name, "running", 1))
+        t.actor_status(name, _status(name, "finished", 2))
+    assert set(t.actors) == {"b"} and set(t.histories) == {"b"}
+    t.actor_status("a", _status("a", "running", 0))  # the name reused by a new actor
+    assert t.actors["a"]["state"] == "running" and set(t.actors) == {"a", "b"}
+    with pytest.raises(ValueError, match="ended_kept"):
+        Tallies(ended_kept=-1)
+
+
+def test_ten_thousand_short_actors_leave_a_bounded_record() -> None:
+    t = Tallies(ended_kept=64)
+    for i in range(10_000):
+        name = f"sim-{i}"
+        t.actor_status(name, _status(name, "running", 1))
+        if i % 100 == 0:
+            t.sample(channels=())
+        t.actor_status(name, _status(name, "finished", 2))
+    assert len(t.actors) == 64 and len(t.histories) == 64 and not any(k[0] == "actor" for k in t.meters)
+    assert set(t.actors) == {f"sim-{i}" for i in range(10_000 - 64, 10_000)}
