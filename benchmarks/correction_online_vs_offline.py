@@ -257,11 +257,14 @@ def heldout_error(setup: CorrectionSetup, model: Any, test: dict[str, np.ndarray
     return float(_rollout_error(model, f, p, coarse, setup.unroll))
 
 
-def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int, per_run: int = 0) -> dict[str, Any]:
+def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int, per_run: int = 0) -> tuple[dict[str, Any], Any]:
     """Train on stored runs with early stopping (one validation pass per epoch), keeping the best weights.
 
     ``per_run`` 0 stores ``offline_sims`` whole runs (Melissa's offline baseline); ``k > 0`` fills the
     same memory with ``k`` samples from each of more runs (:func:`thinned_store`).
+
+    Returns:
+        The result row and the trained model.
     """
     key = jax.random.key(seed)
     data = thinned_store(setup, key, per_run) if per_run else simulate_samples(setup, key, setup.offline_sims)
@@ -307,11 +310,17 @@ def run_offline(setup: CorrectionSetup, test: dict[str, np.ndarray], seed: int, 
         "arrival_samples_per_s": None,
         "batch_samples_per_s": steps * b / wall,
         "learner_cpu_cores": cpu / wall,
-    }
+    }, trainer.model
 
 
-def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray], seed: int, progress: bool = True) -> dict[str, Any]:
-    """Train while fine simulator actors stream fresh runs' samples into a Reservoir of the same capacity."""
+def run_online(
+    setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray], seed: int, progress: bool = True
+) -> tuple[dict[str, Any], Any]:
+    """Train while fine simulator actors stream fresh runs' samples into a Reservoir of the same capacity.
+
+    Returns:
+        The result row and the trained model.
+    """
     tag = f"{setup.name}-{seed}-{time.monotonic_ns()}"
     channel = cp.channel(f"windows-{tag}", Reservoir(capacity=setup.capacity, seed=seed))
     workers = cp.workers()
@@ -350,21 +359,50 @@ def run_online(setup: CorrectionSetup, cp: Coupling, test: dict[str, np.ndarray]
     return online_row(
         history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(setup, trainer.model, test),
         simulations=launched * setup.members, stored_samples=setup.capacity, batch_size=b, learner_cpu_cores=None,
-    )
+    ), trainer.model
 
 
-def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 16) -> dict[str, Any]:
+def a_posteriori(setup: CorrectionSetup, models: dict[str, Any], seed: int, runs: int = 16) -> list[dict[str, Any]]:
+    """The trained models inside the padded coarse solver on held-out runs, beside the plain solvers.
+
+    ``augmentation_speedup.evaluate`` over its ``QUICK16`` horizon (12 time units), with this setup's grids
+    and ranges: per row the time until the mean vorticity correlation with the fine reference drops below
+    0.95, the final relative L2 error and the runs that blew up. Window models step at the windows'
+    coarse step; the a-priori subgrid model at ``QUICK16``'s (0.08), the 16^2 solver's usual step.
+
+    Args:
+        setup: the problem (its simulator's grids, its parameter ranges).
+        models: row name -> trained model.
+        seed: the held-out runs' seed (their key is one the training and test runs never use).
+        runs: held-out runs.
+    """
+    import augmentation_speedup as speedup  # a sibling script; only this option needs it
+
+    cg = setup.simulator
+    dt = cg.dt if setup.target is Target.WINDOW else speedup.QUICK16.coarse_dt
+    ev = replace(speedup.QUICK16, coarse_n=cg.coarse_n, fine_n=cg.fine.n, coarse_dt=dt, viscosity=setup.viscosity,
+                 amplitude=setup.amplitude, coarse_dealias=cg.coarse_dealias, eval_runs=runs, repeats=1, plain_steps=(1,))
+    rows = speedup.evaluate(ev, {name: (m, 0.0) for name, m in models.items()}, jax.random.key(20_000 + seed))
+    keep = ("method", "resolution", "time_to_corr_095", "censored", "rel_l2_final", "unstable_runs", "wall_s_per_time_unit")
+    return [{k: r[k] for k in keep} for r in rows]
+
+
+def run_setup(setup: CorrectionSetup, cp: Coupling, seed: int, test_sims: int = 16, posteriori_runs: int = 0) -> dict[str, Any]:
     """Offline and online on the same held-out runs; their rows, the ratio, and the plain coarse solver's error.
 
     With ``setup.thinned``, a third row (the thinned offline store) and its ratio, ``thinned_error_reduction``.
+    With ``posteriori_runs``, ``"a_posteriori"``: the trained models inside the solver (:func:`a_posteriori`).
     """
     test = _flatten(simulate_samples(setup, jax.random.key(10_000 + seed), test_sims))
-    offline = run_offline(setup, test, seed)
-    online = run_online(setup, cp, test, seed)
-    extra = {}
+    offline, offline_model = run_offline(setup, test, seed)
+    online, online_model = run_online(setup, cp, test, seed)
+    extra: dict[str, Any] = {}
+    models = {"offline": offline_model, "online": online_model}
     if setup.thinned:
-        thinned = run_offline(setup, test, seed, per_run=setup.thinned)
-        extra = {"thinned_error_reduction": 1 - online["heldout_rel_l2"] / thinned["heldout_rel_l2"]}
+        thinned, models["offline, thinned"] = run_offline(setup, test, seed, per_run=setup.thinned)
+        extra["thinned_error_reduction"] = 1 - online["heldout_rel_l2"] / thinned["heldout_rel_l2"]
+    if posteriori_runs:
+        extra["a_posteriori"] = a_posteriori(setup, models, seed, posteriori_runs)
     n = setup.simulator.coarse_n
     return {
         "setup": setup.name,
@@ -397,6 +435,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="override offline early stopping's patience in epochs (a large value: train the whole budget, keep the best)")
     p.add_argument("--thinned", type=int, default=0, metavar="K",
                    help="also train offline on the same memory filled with K samples from each of more runs")
+    p.add_argument("--a-posteriori", type=int, default=0, metavar="RUNS",
+                   help="also run the trained models inside the coarse solver on RUNS held-out runs (correlation time)")
     p.add_argument("--seeds", type=int, default=1, help="seeds seed .. seed+N-1 (mean and SE of the reduction)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
@@ -436,7 +476,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results = []
     with Coupling(n_workers=args.workers, threads_per_worker=1, dashboard_address=":0") as cp:
         for seed in range(args.seed, args.seed + args.seeds):
-            res = {**run_setup(setup, cp, seed), "seed": seed}
+            res = {**run_setup(setup, cp, seed, posteriori_runs=args.a_posteriori), "seed": seed}
             offline, online, *thinned = res["rows"]
             print(f"seed {seed}: offline {100 * offline['heldout_rel_l2']:.2f}% (best step {offline['best_step']}, "
                   f"{offline['simulations']} runs stored), online {100 * online['heldout_rel_l2']:.2f}% "
@@ -446,6 +486,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             for row in thinned:
                 print(f"  {row['mode']}: {100 * row['heldout_rel_l2']:.2f}% ({row['simulations']} runs, best step "
                       f"{row['best_step']}); online lower by {100 * res['thinned_error_reduction']:+.1f}%", flush=True)
+            for row in res.get("a_posteriori", ()):
+                print(f"  in the solver: {row['method']:<22} {row['resolution']:>4}^2  t(corr < 0.95) "
+                      f"{row['time_to_corr_095']:6.2f}{'+' if row['censored'] else ' '}  rel L2 at the end "
+                      f"{row['rel_l2_final']:.3f}  blew up {row['unstable_runs']}", flush=True)
             results.append(res)
     mean, se = mean_and_se([r["online_error_reduction"] for r in results])
     summary = {"mean": mean, "se": se, "seeds": len(results), "model": args.model,
