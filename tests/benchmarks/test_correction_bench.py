@@ -83,3 +83,18 @@ def test_the_thinned_store_fills_the_same_memory_from_more_runs() -> None:
         with pytest.raises(ValueError, match="samples per run"):
             correction.thinned_store(setup, key, bad)
     assert correction.setup_from_args(correction.parse_args(["--model", "tendency", "--thinned", "1"])).thinned == 1
+
+
+def test_a_posteriori_an_untrained_model_is_the_padded_coarse_solver_row() -> None:
+    # The a-priori model inside the solver, evaluated beside the plain rows: untrained, it adds no tendency,
+    # so its row must be the padded 16^2 solver's at the same step (the same frames, hence the same figures).
+    base = correction.tendency_setup(quick=True)
+    fine = replace(base.simulator.fine, n=32, dt=0.04)
+    setup = replace(base, simulator=replace(base.simulator, fine=fine, substeps=2, spinup=4))
+    rows = {r["method"]: r for r in correction.a_posteriori(setup, {"untrained": base.model.build(0)}, seed=0, runs=2)}
+    assert set(rows) == {"plain", "plain-pad", "reference", "untrained"}
+    assert rows["reference"]["rel_l2_final"] == 0 and rows["untrained"]["resolution"] == 16
+    for key in ("time_to_corr_095", "censored", "unstable_runs"):
+        assert rows["untrained"][key] == rows["plain-pad"][key]
+    assert abs(rows["untrained"]["rel_l2_final"] - rows["plain-pad"]["rel_l2_final"]) < 1e-5
+    assert rows["plain"]["rel_l2_final"] != rows["plain-pad"]["rel_l2_final"]  # the rows do differ where they should
