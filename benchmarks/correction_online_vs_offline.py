@@ -169,13 +169,15 @@ def tendency_setup(quick: bool) -> CorrectionSetup:
     Each run gives 20 (frame, subgrid tendency) pairs 0.5 time units apart after
     15 of spin-up (``subgrid_apriori.py --cnn``'s sampling, where 24 runs
     overfit and 64 did not). Offline stores 8 runs (160 pairs) and trains the
-    whole budget keeping its best validation weights; online streams 128 runs.
+    whole budget keeping its best validation weights; online streams 256 runs
+    over 4000 steps (full mode; at half of both, 2000 steps and 128 runs, online
+    was 13.6 % +- 1.6 % lower, at 4000 and 256 19.9 % +- 0.4 %: docs/augmentation.md).
     """
     fine = NavierStokes2D(n=64, dt=0.02)
     cg = CoarseGrainedNavierStokes(fine, coarse_n=16, substeps=25, window=2, spinup=750, coarse_dealias="pad")
     return CorrectionSetup(
         name="ns-subgrid", simulator=cg, target=Target.SUBGRID, viscosity=(2e-2, 4e-2), model=MODELS["tendency"],
-        blocks=20, offline_sims=8, train_steps=500 if quick else 2000, stream_sims=48 if quick else 128,
+        blocks=20, offline_sims=8, train_steps=500 if quick else 4000, stream_sims=48 if quick else 256,
         batch_size=32, learning_rate=1e-3, patience=100_000,
     )
 
