@@ -144,14 +144,27 @@ class TrainerState:
     """The half of a trainer that is its state: weights to publish, checkpoints to resume from.
 
     A trainer that has ``model`` and ``optimizer`` (Flax NNX), a ``_lock``
-    guarding them and a ``_history`` of ``(step, loss)`` pairs gets these four
-    methods; :class:`OnlineTrainer` and the solver-correction trainer share them.
+    guarding them and a ``_history`` of ``(step, loss)`` pairs gets these
+    methods and properties; :class:`OnlineTrainer`, the solver-correction
+    trainer and the a-priori subgrid fit share them.
     """
 
     model: nnx.Module
     optimizer: nnx.Optimizer
     _lock: threading.Lock
     _history: list[tuple[int, float]]
+
+    @property
+    def steps_taken(self) -> int:
+        """Optimiser steps taken so far (restored by ``restore``)."""
+        with self._lock:
+            return int(self.optimizer.step.get_value())
+
+    @property
+    def loss_history(self) -> list[tuple[int, float]]:
+        """``(step, loss)`` for every step taken, oldest first (a copy)."""
+        with self._lock:
+            return list(self._history)
 
     def get_weights(self) -> Weights:
         """The model's variables as a nested dict of numpy arrays (copies).
@@ -242,18 +255,6 @@ class OnlineTrainer(TrainerState):
         self.optimizer = optimizer.build(self.model)
         self._lock = threading.RLock()
         self._history: list[tuple[int, float]] = []
-
-    @property
-    def steps_taken(self) -> int:
-        """Optimiser steps taken so far (restored by ``restore``)."""
-        with self._lock:
-            return int(self.optimizer.step.get_value())
-
-    @property
-    def loss_history(self) -> list[tuple[int, float]]:
-        """``(step, loss)`` for every step taken, oldest first (a copy)."""
-        with self._lock:
-            return list(self._history)
 
     def step(self, batch: Mapping[str, np.ndarray]) -> float:
         """Take one optimiser step on ``batch`` and return its loss.

@@ -26,7 +26,7 @@ simulator publishes). The network sees ``log(viscosity)`` and the amplitude.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -40,6 +40,31 @@ from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, Na
 
 PARAMS_WIDTH = 3
 """Columns of a batch's ``"params"``: viscosity, forcing amplitude, drag."""
+
+
+def field_and_params(batch: Mapping[str, Any], check_field: Callable[[np.ndarray], None]) -> tuple[jax.Array, jax.Array]:
+    """A training batch's ``"field"`` and ``"params"`` as float32 device arrays, checked.
+
+    Args:
+        batch: ``{"field": (B, ...), "params": (B, 3)}``.
+        check_field: raises ``ValueError`` for a field its trainer cannot take.
+
+    Returns:
+        ``(field, params)``.
+
+    Raises:
+        KeyError: if either key is missing.
+        ValueError: from ``check_field``, or for params that are not ``(B, 3)``.
+    """
+    missing = [k for k in ("field", "params") if k not in batch]
+    if missing:
+        raise KeyError(f"batch is missing {missing}; expected keys ['field', 'params'], got {sorted(batch)}")
+    f = np.asarray(batch["field"], np.float32)
+    p = np.asarray(batch["params"], np.float32)
+    check_field(f)
+    if p.shape != (f.shape[0], PARAMS_WIDTH):
+        raise ValueError(f"expected params ({f.shape[0]}, {PARAMS_WIDTH}) (viscosity, amplitude, drag), got {p.shape}")
+    return jnp.asarray(f), jnp.asarray(p)
 
 
 def check_conv_stack(width: int, depth: int, kernel_size: int, field_scale: float) -> None:
@@ -290,19 +315,13 @@ class SolverCorrectionTrainer(TrainerState):
         self._history: list[tuple[int, float]] = []
 
     def _arrays(self, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
-        missing = [k for k in ("field", "params") if k not in batch]
-        if missing:
-            raise KeyError(f"batch is missing {missing}; expected keys ['field', 'params'], got {sorted(batch)}")
-        f = np.asarray(batch["field"], np.float32)
-        p = np.asarray(batch["params"], np.float32)
-        n = self.config.coarse.n
-        if f.ndim != 4 or f.shape[2:] != (n, n) or f.shape[1] < self.config.unroll + 1:
-            raise ValueError(
-                f"expected field (B, K+1, {n}, {n}) with K >= unroll={self.config.unroll}, got {f.shape}"
-            )
-        if p.shape != (f.shape[0], PARAMS_WIDTH):
-            raise ValueError(f"expected params ({f.shape[0]}, {PARAMS_WIDTH}) (viscosity, amplitude, drag), got {p.shape}")
-        return jnp.asarray(f), jnp.asarray(p)
+        n, unroll = self.config.coarse.n, self.config.unroll
+
+        def check(f: np.ndarray) -> None:
+            if f.ndim != 4 or f.shape[2:] != (n, n) or f.shape[1] < unroll + 1:
+                raise ValueError(f"expected field (B, K+1, {n}, {n}) with K >= unroll={unroll}, got {f.shape}")
+
+        return field_and_params(batch, check)
 
     def set_unroll(self, unroll: int) -> None:
         """Train on ``unroll``-step rollouts from the next step on (a curriculum of unroll lengths).
@@ -316,18 +335,6 @@ class SolverCorrectionTrainer(TrainerState):
             raise ValueError(f"unroll must be >= 1, got {unroll}")
         with self._lock:
             self.config = replace(self.config, unroll=unroll)
-
-    @property
-    def steps_taken(self) -> int:
-        """Optimiser steps taken so far."""
-        with self._lock:
-            return int(self.optimizer.step.get_value())
-
-    @property
-    def loss_history(self) -> list[tuple[int, float]]:
-        """``(step, loss)`` of every step, oldest first (a copy)."""
-        with self._lock:
-            return list(self._history)
 
     def step(self, batch: Mapping[str, Any]) -> float:
         """One optimiser step on ``batch``; returns its loss before the update.

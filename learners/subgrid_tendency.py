@@ -36,7 +36,7 @@ import numpy as np
 from flax import nnx
 
 from coupler.learners.online import OptimizerConfig, TrainerState
-from coupler.learners.solver_correction import PARAMS_WIDTH, CoarseCorrectionNet
+from coupler.learners.solver_correction import PARAMS_WIDTH, CoarseCorrectionNet, field_and_params
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
 
 
@@ -210,29 +210,13 @@ class SubgridFitTrainer(TrainerState):
         self._history: list[tuple[int, float]] = []
 
     def _arrays(self, batch: Mapping[str, Any]) -> tuple[jax.Array, jax.Array]:
-        missing = [k for k in ("field", "params") if k not in batch]
-        if missing:
-            raise KeyError(f"batch is missing {missing}; expected keys ['field', 'params'], got {sorted(batch)}")
-        f = np.asarray(batch["field"], np.float32)
-        p = np.asarray(batch["params"], np.float32)
         n = self.config.n
-        if f.shape[1:] != (2, n, n):
-            raise ValueError(f"expected field (B, 2, {n}, {n}) (vorticity, subgrid tendency), got {f.shape}")
-        if p.shape != (f.shape[0], PARAMS_WIDTH):
-            raise ValueError(f"expected params ({f.shape[0]}, {PARAMS_WIDTH}) (viscosity, amplitude, drag), got {p.shape}")
-        return jnp.asarray(f), jnp.asarray(p)
 
-    @property
-    def steps_taken(self) -> int:
-        """Optimiser steps taken so far."""
-        with self._lock:
-            return int(self.optimizer.step.get_value())
+        def check(f: np.ndarray) -> None:
+            if f.shape[1:] != (2, n, n):
+                raise ValueError(f"expected field (B, 2, {n}, {n}) (vorticity, subgrid tendency), got {f.shape}")
 
-    @property
-    def loss_history(self) -> list[tuple[int, float]]:
-        """``(step, loss)`` of every step, oldest first (a copy)."""
-        with self._lock:
-            return list(self._history)
+        return field_and_params(batch, check)
 
     def step(self, batch: Mapping[str, Any]) -> float:
         """One optimiser step on ``batch``; returns its loss before the update.
