@@ -89,7 +89,8 @@ class Tallies:
         if old is not None:
             self._keep_departed(old["channels"], {}, known)
         for name, a in list(self.actors.items()):
-            if a.get("worker") == worker and a.get("state") not in ("finished", "stopped", "failed"):
+            # Only actors still live: an ended record is kept as it ended (and may be pruned meanwhile).
+            if a.get("worker") == worker and a.get("state") not in TERMINAL_STATES:
                 a["state"] = "lost"
                 self._note_state(name, "lost")
 
