@@ -14,6 +14,9 @@ from __future__ import annotations
 import time
 from typing import Any, Callable
 
+import jax
+import numpy as np
+
 from coupler.actors.learner import LearnerActor, Trainer
 
 from _runtime_training import stream_while_training  # a sibling module of these scripts
@@ -154,3 +157,35 @@ def online_row(
         "batch_samples_per_s": steps * batch_size / wall,
         "learner_cpu_cores": learner_cpu_cores,
     }
+
+
+def keep_blocks(data: dict[str, np.ndarray], per_run: int, key: jax.Array) -> dict[str, np.ndarray]:
+    """``per_run`` of each run's blocks, drawn at random without replacement (a thinned offline store).
+
+    The other way an offline user can fill the same memory: simulate more runs
+    and keep a few samples of each, for a store that covers the parameter space
+    better at the cost of more simulation.
+
+    Args:
+        data: arrays shaped ``(runs, blocks, ...)``, all with the same ``runs`` and ``blocks``.
+        per_run: blocks kept of each run.
+        key: the draw's key.
+
+    Returns:
+        The same arrays shaped ``(runs, per_run, ...)``.
+
+    Raises:
+        ValueError: unless ``0 < per_run <= blocks``.
+    """
+    runs, blocks = next(iter(data.values())).shape[:2]
+    if not 0 < per_run <= blocks:
+        raise ValueError(f"expected 0 < samples per run <= blocks={blocks}, got {per_run}")
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
+    keep = np.stack([rng.choice(blocks, per_run, replace=False) for _ in range(runs)])
+    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
+
+
+def mean_and_se(values: list[float]) -> tuple[float, float]:
+    """The mean and its standard error (``std / sqrt(n)``, ``ddof=1``; 0 for one value)."""
+    x = np.asarray(values, float)
+    return float(x.mean()), float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0

@@ -67,7 +67,7 @@ from coupler.runtime import Coupling, Reservoir
 
 import correction_online_vs_offline as correction  # noqa: E402  (a sibling script)
 import _online_row  # noqa: E402
-from _online_row import PacedLearnerActor, online_row, stream_until_trained  # noqa: E402
+from _online_row import PacedLearnerActor, keep_blocks, mean_and_se, online_row, stream_until_trained  # noqa: E402
 
 # The workers cannot import these scripts: ship their functions by value.
 if __name__ != "__main__":
@@ -244,11 +244,7 @@ def thinned_store(setup: Setup, key: jax.Array, pairs_per_run: int) -> dict[str,
     parameter space better at the cost of more simulation. Shaped like
     :func:`simulate_pairs` with ``blocks = pairs_per_run``.
     """
-    runs = setup.capacity // pairs_per_run
-    data = simulate_pairs(setup, key, runs)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    keep = np.stack([rng.choice(setup.blocks, pairs_per_run, replace=False) for _ in range(runs)])
-    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
+    return keep_blocks(simulate_pairs(setup, key, setup.capacity // pairs_per_run), pairs_per_run, key)
 
 
 def run_offline(setup: Setup, test: dict[str, np.ndarray], seed: int, pairs_per_run: int = 0) -> dict[str, Any]:
@@ -499,9 +495,9 @@ def summarize_seeds(results: list[dict[str, Any]]) -> dict[str, dict[str, float]
     """Per setup: mean and standard error (``std / sqrt(n)``, ``ddof=1``; 0 for one seed) of the error reduction."""
     out = {}
     for name in dict.fromkeys(r["setup"] for r in results):
-        x = np.array([r["online_error_reduction"] for r in results if r["setup"] == name])
-        se = float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
-        out[name] = {"mean": float(np.mean(x)), "se": se, "seeds": len(x)}
+        x = [r["online_error_reduction"] for r in results if r["setup"] == name]
+        mean, se = mean_and_se(x)
+        out[name] = {"mean": mean, "se": se, "seeds": len(x)}
     return out
 
 

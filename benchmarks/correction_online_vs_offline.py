@@ -55,7 +55,7 @@ from coupler.physics.navier_stokes import NavierStokes2D
 from coupler.runtime import Coupling, Reservoir
 
 import _online_row  # noqa: E402  (a sibling module of these scripts)
-from _online_row import PacedLearnerActor, online_row, stream_until_trained  # noqa: E402
+from _online_row import PacedLearnerActor, keep_blocks, mean_and_se, online_row, stream_until_trained  # noqa: E402
 
 # The workers cannot import the sibling module: ship it by value.
 cloudpickle.register_pickle_by_value(_online_row)
@@ -214,21 +214,14 @@ def simulate_samples(setup: CorrectionSetup, key: jax.Array, sims: int) -> dict[
 def thinned_store(setup: CorrectionSetup, key: jax.Array, per_run: int) -> dict[str, np.ndarray]:
     """The memory budget filled with ``per_run`` samples from each of ``capacity // per_run`` runs.
 
-    The other way an offline user can fill the same memory: simulate more runs
-    and keep a few samples of each (drawn at random from each run's blocks),
-    for a store that covers the parameter space better. Shaped like
-    :func:`simulate_samples` with ``blocks = per_run``.
+    Shaped like :func:`simulate_samples` with ``blocks = per_run`` (``_online_row.keep_blocks``).
 
     Raises:
         ValueError: unless ``0 < per_run <= blocks``.
     """
-    if not 0 < per_run <= setup.blocks:
+    if not 0 < per_run <= setup.blocks:  # before simulating anything
         raise ValueError(f"expected 0 < samples per run <= blocks={setup.blocks}, got {per_run}")
-    runs = setup.capacity // per_run
-    data = simulate_samples(setup, key, runs)
-    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)).ravel())
-    keep = np.stack([rng.choice(setup.blocks, per_run, replace=False) for _ in range(runs)])
-    return {k: np.take_along_axis(v, keep.reshape(keep.shape + (1,) * (v.ndim - 2)), 1) for k, v in data.items()}
+    return keep_blocks(simulate_samples(setup, key, setup.capacity // per_run), per_run, key)
 
 
 def _flatten(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -369,8 +362,9 @@ def a_posteriori(
 ) -> list[dict[str, Any]]:
     """The trained models inside the padded coarse solver on held-out runs, beside the plain solvers.
 
-    ``augmentation_speedup.evaluate`` as for ``QUICK16``, with this setup's grids and ranges: per row the time until the mean vorticity correlation with the fine reference drops below
-    0.95, the final relative L2 error and the runs that blew up. Window models step at the windows'
+    ``augmentation_speedup.evaluate`` as for ``QUICK16``, with this setup's grids and ranges: per row
+    the time until the mean vorticity correlation with the fine reference drops below 0.95, the final
+    relative L2 error and the runs that blew up. Window models step at the windows'
     coarse step; the a-priori subgrid model at ``QUICK16``'s (0.08), the 16^2 solver's usual step.
 
     Args:
@@ -471,12 +465,6 @@ def setup_from_args(args: argparse.Namespace) -> CorrectionSetup:
         patience=args.patience,
         thinned=args.thinned,
     )
-
-
-def mean_and_se(values: list[float]) -> tuple[float, float]:
-    """The mean and its standard error (``std / sqrt(n)``, ``ddof=1``; 0 for one value)."""
-    x = np.asarray(values, float)
-    return float(x.mean()), float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else 0.0
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
