@@ -336,12 +336,6 @@ def run_online(setup: Setup, cp: Coupling, test: dict[str, np.ndarray], seed: in
         inputs={"data": channel},
         workers=learner_worker,
     )
-    learner.start()
-    while not learner.status().info.get("ready"):
-        if learner.status().state == "failed":
-            learner.wait()  # raises with the remote traceback
-        time.sleep(0.2)
-    cpu0 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
     # Parameters for the stream come from their own key: never the offline or test runs.
     stream_key = jax.random.fold_in(jax.random.key(seed), 7919)
 
@@ -366,15 +360,25 @@ def run_online(setup: Setup, cp: Coupling, test: dict[str, np.ndarray], seed: in
         ref.start()
         return ref
 
-    launched = stream_until_trained(
-        learner, launch, run_samples=setup.members * setup.blocks, stream_samples=stream, max_steps=setup.train_steps,
-        min_samples=min_samples, sim_actors=setup.sim_actors, label=f"{setup.name} online", progress=progress,
-    )
-    final = learner.wait(30)
-    cpu1 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
-    history = learner.call("history")
-    trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
-    trainer.set_weights(learner.call("weights"))
+    try:  # the run owns its learner and channel: nothing outlives it
+        learner.start()
+        while not learner.status().info.get("ready"):
+            if learner.status().state == "failed":
+                learner.wait()  # raises with the remote traceback
+            time.sleep(0.2)
+        cpu0 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
+        launched = stream_until_trained(
+            learner, launch, run_samples=setup.members * setup.blocks, stream_samples=stream, max_steps=setup.train_steps,
+            min_samples=min_samples, sim_actors=setup.sim_actors, label=f"{setup.name} online", progress=progress,
+        )
+        final = learner.wait(30)
+        cpu1 = cp.client.run(_process_cpu_seconds, workers=[learner_worker])[learner_worker]
+        history = learner.call("history")
+        trainer = OnlineTrainer(setup.model, setup.optimizer(), seed=seed)
+        trainer.set_weights(learner.call("weights"))
+    finally:
+        learner.release()
+        cp.close_channel(channel)
     return online_row(
         history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(trainer, test),
         simulations=launched * setup.members, stored_samples=setup.capacity, batch_size=b,

@@ -327,7 +327,6 @@ def run_online(
         PacedLearnerActor, setup.trainer(seed), name=f"learner-{tag}", stream_samples=setup.stream_samples, batch_size=b,
         min_samples=min_samples, max_steps=setup.train_steps, warmup=example, inputs={"data": channel}, workers=learner_worker,
     )
-    learner.start()
     stream_key = jax.random.fold_in(jax.random.key(seed), 7919)  # never the offline or test runs
 
     def launch(i: int) -> Any:
@@ -342,15 +341,20 @@ def run_online(
         ref.start()
         return ref
 
-    launched = stream_until_trained(
-        learner, launch, run_samples=setup.members * setup.blocks, stream_samples=setup.stream_samples,
-        max_steps=setup.train_steps, min_samples=min_samples, sim_actors=setup.sim_actors,
-        label=f"{setup.name} online", progress=progress,
-    )
-    final = learner.wait(30)
-    history = learner.call("history")
-    trainer = setup.trainer(seed)()
-    trainer.set_weights(learner.call("weights"))
+    try:  # the run owns its learner and channel: nothing outlives it
+        learner.start()
+        launched = stream_until_trained(
+            learner, launch, run_samples=setup.members * setup.blocks, stream_samples=setup.stream_samples,
+            max_steps=setup.train_steps, min_samples=min_samples, sim_actors=setup.sim_actors,
+            label=f"{setup.name} online", progress=progress,
+        )
+        final = learner.wait(30)
+        history = learner.call("history")
+        trainer = setup.trainer(seed)()
+        trainer.set_weights(learner.call("weights"))
+    finally:
+        learner.release()
+        cp.close_channel(channel)
     return online_row(
         history, final.info.get("train_steps", history[-1][1]) if history else 0, heldout_error(setup, trainer.model, test),
         simulations=launched * setup.members, stored_samples=setup.capacity, batch_size=b, learner_cpu_cores=None,

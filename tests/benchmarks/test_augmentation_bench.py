@@ -29,7 +29,10 @@ def test_offline_and_online_rows_on_a_tiny_navier_stokes_setup(coupling: Couplin
     # A tiny FNO: the test is about the code path, and compiling the real one costs seconds per process.
     setup = replace(setup, members=4, patience=2, model=FNOConfig(modes=3, width=4, depth=1, hidden=4, field_scale=3.0))
     assert setup.capacity == 15 and setup.simulator.n == 16 and setup.stream_samples == 48
+    before = set(coupling.actors()), set(coupling.channels())
     result = bench.run_setup(setup, coupling, seed=0, test_sims=4)
+    # The online run released its learner (and every simulator actor) and closed its channel.
+    assert (set(coupling.actors()), set(coupling.channels())) == before
     offline, online = result["rows"]
     assert (offline["mode"], online["mode"]) == ("offline", "online")
     # Offline stores exactly its budget: 5 simulations x 3 pairs, 1 simulation held for validation.
@@ -78,7 +81,10 @@ def test_offline_and_online_rows_of_the_correction_setup(coupling: Coupling) -> 
     (setup,) = bench.build_setups(args)
     fine = replace(setup.simulator.fine, n=32, dt=0.04)
     setup = replace(setup, simulator=replace(setup.simulator, fine=fine, substeps=2, window=3, spinup=10), members=2, patience=2)
+    before = set(coupling.actors()), set(coupling.channels())
     result = bench.correction.run_setup(setup, coupling, seed=0, test_sims=2)
+    # The online run released its learner (and every simulator actor) and closed its channel.
+    assert (set(coupling.actors()), set(coupling.channels())) == before
     offline, online = result["rows"]
     assert offline["stored_samples"] == 10 and offline["unique_samples"] == 8 and 1 <= offline["train_steps"] <= 6
     assert online["train_steps"] == 6 and online["stored_samples"] == 10
@@ -98,7 +104,10 @@ def test_offline_and_online_rows_of_the_a_priori_subgrid_setup(coupling: Couplin
     fine = replace(setup.simulator.fine, n=32, dt=0.04)
     setup = replace(setup, simulator=replace(setup.simulator, fine=fine, substeps=2, spinup=10), members=2, batch_size=4,
                     model=replace(setup.model, width=4, depth=2))
+    before = set(coupling.actors()), set(coupling.channels())
     result = bench.correction.run_setup(setup, coupling, seed=0, test_sims=2)
+    # The online run released its learner (and every simulator actor) and closed its channel.
+    assert (set(coupling.actors()), set(coupling.channels())) == before
     offline, online = result["rows"]
     assert offline["stored_samples"] == 10 and offline["unique_samples"] == 8 and offline["train_steps"] == 6
     assert online["train_steps"] == 6 and online["unique_samples"] == 16 and online["simulations"] == 8
