@@ -41,11 +41,12 @@ from coupler.learners.acquisition import (
 )
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.learners.gp import GPConfig
+from coupler.learners.samplers import SobolSweep
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
 from coupler.runtime import Coupling, Queue
 from coupler.demos.quick import parse_with_quick
 
-STRATEGIES = ("ei", "ucb", "max-std", "random", "grid")
+STRATEGIES = ("ei", "ucb", "max-std", "random", "sobol", "grid")
 
 
 # Mapping a plateau with cliffs: deeper members on lower Fourier frequencies (the
@@ -63,6 +64,8 @@ def make_strategy(name: str, space: ParameterSpace, budget: int, seed: int) -> S
         return MaxUncertainty(space, seed=seed)
     if name == "random":
         return RandomSweep(space, seed=seed)
+    if name == "sobol":
+        return SobolSweep(space, seed=seed)
     return GridSweep(space, max(2, int(budget**0.5)))
 
 
