@@ -54,6 +54,9 @@ def run_demo(name: str, argv: Sequence[str] = ()) -> dict[str, Any]:
 
     Raises:
         KeyError: for a name that is not a bundled demo.
+        TypeError: for ``argv`` given as one string (it would be read letter by letter).
     """
+    if isinstance(argv, (str, bytes)):
+        raise TypeError(f"run_demo(name, argv) takes a list of arguments, e.g. ['--quick']; got the string {argv!r}")
     main: Callable[[list[str]], dict[str, Any]] = demo_module(name).main
     return main(list(argv))

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import dask.config
-from dask.utils import format_bytes
+from dask.utils import format_bytes, parse_timedelta
 from distributed import Client
 from tqdm import tqdm
 
@@ -117,6 +117,17 @@ def nonnegative_int(value: str) -> int:
     return n
 
 
+def duration_choice(value: str) -> str:
+    """An argparse type: a positive duration Dask reads, such as ``5s``, ``2 minutes`` or ``10`` (seconds)."""
+    try:
+        seconds = parse_timedelta(value)
+    except (KeyError, ValueError, TypeError, IndexError):  # what Dask raises for each kind of bad text
+        seconds = None
+    if seconds is None or not seconds > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 5s, 2min or 10 (seconds); got {value!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``coupler`` argument parser (exposed for tests and documentation)."""
     config_help = "YAML file of Dask settings (jobqueue:, coupler:) merged over the usual ones; repeatable"
@@ -175,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     info.add_argument("--cluster", type=cluster_choice, default=None, metavar="ADDRESS",
                       help="scheduler address (default coupler.scheduler-address)")
-    info.add_argument("--timeout", default=None, help="connect timeout, e.g. 5s (default coupler.connect-timeout)")
+    info.add_argument("--timeout", type=duration_choice, default=None, help="connect timeout, e.g. 5s (default coupler.connect-timeout)")
     return p
 
 
@@ -256,7 +267,8 @@ def _launched(args: argparse.Namespace) -> Iterator[str]:
         return
     if target == "local":
         if given:
-            raise UsageError(f"coupler: error: {', '.join(given)} apply to batch clusters, not to --cluster local")
+            verb = "applies" if len(given) == 1 else "apply"
+            raise UsageError(f"coupler: error: {', '.join(given)} {verb} to batch clusters, not to --cluster local")
         cluster = start_cluster("local", n_workers=args.workers)
         jobs = 0
     else:

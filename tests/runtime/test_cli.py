@@ -53,6 +53,9 @@ def test_console_script_is_installed() -> None:
         ([], "the following arguments are required: COMMAND"),
         (["info"], "no cluster to show"),
         (["info", "--cluster", "slurm"], "needs the address of a running scheduler"),
+        (["info", "--cluster", "tcp://127.0.0.1:9", "--timeout", "abc"], "expected a positive duration such as 5s"),
+        (["info", "--cluster", "tcp://127.0.0.1:9", "--timeout", "-"], "expected a positive duration such as 5s"),
+        (["info", "--cluster", "tcp://127.0.0.1:9", "--timeout", "0s"], "expected a positive duration such as 5s"),
         (["demo", "nosuchdemo"], "unknown demo 'nosuchdemo'"),
         (["--config", "/no/such.yaml", "info"], "cannot use --config /no/such.yaml"),
     ],
@@ -69,7 +72,7 @@ def test_options_that_do_not_fit_the_cluster_kind(tmp_path: Path, capsys: pytest
     script = tmp_path / "s.py"
     script.write_text("pass\n")
     code, _, err = _run(["run", str(script), "--cluster", "local", "--jobs", "2"], capsys)
-    assert code == 2 and "--jobs apply to batch clusters, not to --cluster local" in err
+    assert code == 2 and "--jobs applies to batch clusters, not to --cluster local" in err
     code, _, err = _run(["run", str(script), "--cluster", "slurm", "--workers", "2"], capsys)
     assert code == 2 and "--workers is for --cluster local" in err
     code, _, err = _run(["run", str(script), "--cluster", "tcp://127.0.0.1:9", "--gpus-per-job", "1"], capsys)

@@ -1,4 +1,4 @@
-"""The modulation demo's ``--strategy`` names each build their own strategy, and the sweeps fill the box."""
+"""The demos' arguments: the modulation demo's --strategy names each build their own strategy, the sweeps fill the box, and run_demo takes a list."""
 
 from __future__ import annotations
 
@@ -24,3 +24,10 @@ def test_a_sweep_proposes_distinct_points_in_the_unit_box_without_a_model(name: 
     assert points.shape == (8, 2)
     assert np.all((points >= 0) & (points <= 1))
     assert len({tuple(p) for p in points.round(6)}) == 8
+
+
+def test_run_demo_refuses_its_arguments_as_one_string() -> None:
+    from coupler.demos.registry import run_demo
+
+    with pytest.raises(TypeError, match=r"takes a list of arguments, e.g. \['--quick'\]; got the string '--quick'"):
+        run_demo("modulation", "--quick")
