@@ -62,7 +62,7 @@ from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
 from coupler.runtime.control.status import ActorStatus, MetricLog, WeightsInUse, describe_device
 from coupler.actors.checkpointing import Checkpointer
-from coupler.actors.ports import HostInPort, HostOutPort, give_back
+from coupler.actors.ports import HostInPort, HostOutPort, Ports, give_back
 from coupler.actors.run_loop import ENDED_STATES, RunLoop
 from coupler.actors.take_order import TakeOrder
 
@@ -90,12 +90,12 @@ class ActorHost:
         self._life = self._loop.record
         # Input-order logging: the Queue takes of an actor that sends, numbered, for its consumers to keep.
         self._takes = TakeOrder()
-        self.inputs: dict[str, InPort] = {
+        self.inputs: dict[str, InPort] = Ports(name, "input", {
             p: HostInPort(self.endpoint, ch, f"{name}/{p}", self._loop, self._takes) for p, ch in (inputs or {}).items()
-        }
-        self.outputs: dict[str, OutPort] = {
+        })
+        self.outputs: dict[str, OutPort] = Ports(name, "output", {
             p: HostOutPort(self.endpoint, ch, self._loop, self._takes) for p, ch in (outputs or {}).items()
-        }
+        })
         # Without retention nothing is replayed after a restart, so there is no order to repeat.
         logs_takes = bool(self.outputs) and self.endpoint.delivery.retain
         for port in self.inputs.values():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping
 
 from coupler.runtime import ChannelTimeout, InPort, Message, OutPort
 from coupler.runtime.dataplane.endpoint import Endpoint
+from coupler.runtime.errors import UnknownPort
 from coupler.runtime.dataplane.lineage import META_KEY
 from coupler.actors.run_loop import RunLoop, StepYielded
 from coupler.actors.take_order import TakeOrder
@@ -23,6 +24,30 @@ logger = logging.getLogger(__name__)
 # How long a step waits in receive()/sample() before it looks for pending requests.
 YIELD_SLICE = 0.1
 _MISSING: Any = object()
+
+
+class Ports(dict):
+    """An actor's input or output ports by name (a ``dict``).
+
+    A name it does not have raises :class:`~coupler.runtime.errors.UnknownPort`,
+    a ``KeyError`` that says which ports it has, instead of a bare ``KeyError: 'x'``
+    from inside the step.
+
+    Args:
+        actor: the actor's name.
+        kind: ``"input"`` or ``"output"``.
+        ports: port name -> port.
+    """
+
+    def __init__(self, actor: str, kind: str, ports: Mapping[str, Any]) -> None:
+        super().__init__(ports)
+        self.actor, self.kind = actor, kind
+
+    def __missing__(self, name: Any) -> Any:
+        raise UnknownPort(
+            f"actor {self.actor!r} has no {self.kind} port {name!r}; its {self.kind}s are {sorted(self)} "
+            f"(the {self.kind}s={{port: channel}} of its spawn)"
+        )
 
 
 class HostInPort(InPort):

@@ -9,6 +9,7 @@ from coupler.runtime.dataplane.endpoint import Endpoint as Endpoint
 from coupler.runtime.driver import Publisher as Publisher
 from coupler.runtime.driver import Subscription as Subscription
 from coupler.runtime.dataplane.endpoint import local_endpoint as local_endpoint
+from coupler.runtime.errors import ActorEnded as ActorEnded
 from coupler.runtime.errors import ActorFailed as ActorFailed
 from coupler.runtime.control.checkpoints import CheckpointStore as CheckpointStore
 from coupler.runtime.errors import ChannelClosed as ChannelClosed
@@ -25,6 +26,7 @@ from coupler.runtime.errors import PartiallyDelivered as PartiallyDelivered
 from coupler.runtime.errors import SchedulerUnreachable as SchedulerUnreachable
 from coupler.runtime.errors import SpecMismatch as SpecMismatch
 from coupler.runtime.errors import UnknownChannel as UnknownChannel
+from coupler.runtime.errors import UnknownPort as UnknownPort
 from coupler.runtime.errors import WorkersNotReady as WorkersNotReady
 from coupler.runtime.errors import WrongPolicy as WrongPolicy
 from coupler.runtime.message import FieldSpec as FieldSpec
@@ -40,8 +42,10 @@ from coupler.runtime.dataplane.ports import OutPort as OutPort
 from coupler.runtime.control.status import ActorStatus as ActorStatus
 from coupler.runtime.control.status import WeightsInUse as WeightsInUse
 from coupler.runtime.control.status import ChannelStats as ChannelStats
+from coupler.runtime.dataplane.waits import Wait as Wait
 
 __all__ = [
+    "ActorEnded",
     "ActorFailed",
     "ActorRef",
     "ActorStatus",
@@ -79,6 +83,8 @@ __all__ = [
     "SpecMismatch",
     "Subscription",
     "UnknownChannel",
+    "UnknownPort",
+    "Wait",
     "Window",
     "WorkersNotReady",
     "WrongPolicy",

@@ -45,6 +45,7 @@ from coupler.runtime import config
 
 from coupler.runtime.dataplane import shm
 from coupler.runtime.launch.cluster import (
+    KINDS,
     JobOptions,
     check_placement,
     close_cluster,
@@ -77,7 +78,8 @@ class Coupling(Participant):
 
     Args:
         cluster: ``None`` for the configured default (``coupler.scheduler-address``
-            if set, else a new cluster of kind ``coupler.cluster``); else a
+            if set, else a new cluster of kind ``coupler.cluster``); a kind
+            (``"local"``, ``"slurm"``, ...: a new cluster of that kind); else a
             ``Client``, a cluster object (anything with ``scheduler_address``), or
             a scheduler address string.
         n_workers: workers of the embedded cluster (default: one per GPU, else
@@ -88,6 +90,7 @@ class Coupling(Participant):
 
     Raises:
         TypeError: for a ``cluster`` of another kind.
+        ValueError: for a string that is neither a kind nor an address, or ``n_workers`` < 1.
         SchedulerUnreachable: if no scheduler answers at an address
             (within ``coupler.connect-timeout``).
         WorkersNotReady: if a started batch cluster's workers do not join in time.
@@ -107,10 +110,13 @@ class Coupling(Participant):
         self._own_cluster: Any = None
         self._own_client = True
         self._actors: dict[str, ActorRef] = {}
-        if cluster is None:
+        kind = None
+        if isinstance(cluster, str) and cluster in KINDS:  # Coupling("local"), Coupling("slurm"): start one
+            kind, cluster = cluster, None
+        elif cluster is None:
             cluster = config.get("scheduler-address")
         if cluster is None:
-            kind = config.get("cluster")
+            kind = kind or config.get("cluster")
             if kind == "local":
                 self._own_cluster = start_cluster(
                     "local",
@@ -337,7 +343,10 @@ class Coupling(Participant):
             TypeError: if ``cls`` is not an actor host class, or ``inputs``/``outputs`` are not
                 dicts of port names to channel names.
             ValueError: for a bad name, or the name of an actor of this coupling that was not released.
-            NoSuitableWorker: if no worker has ``resources`` within ``coupler.placement-timeout``.
+            UnknownChannel: for a port on a channel that was never declared.
+            ChannelClosed: for a port on a channel that was closed.
+            NoSuitableWorker: if no worker has ``resources`` and matches ``workers`` within
+                ``coupler.placement-timeout``.
             NoCoupling: if the coupling is closed.
         """
         self._check_open()
@@ -345,13 +354,16 @@ class Coupling(Participant):
         check_actor_class(cls)
         for ports in ("inputs", "outputs"):
             check_ports(ports, kwargs.get(ports))
+            for channel in (kwargs.get(ports) or {}).values():
+                # Here, not on the worker, where the same error also fills the worker's log.
+                self._broker("coupler_routing", name=channel)
         self._forget_released()
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):
             workers = [workers]
         # Dask would queue an actor no worker can host forever; fail with a clear error instead.
-        check_placement(self.client, resources)
+        check_placement(self.client, resources, workers)
         # The supervisor spawns it, and respawns it elsewhere when its worker retires or is lost.
         spec = SpawnSpec(cls, args, kwargs, name, tuple(workers) if workers else None, resources)
         ref = self.supervisor.spawn(spec)

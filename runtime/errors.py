@@ -23,6 +23,13 @@ class UnknownChannel(CouplerError, KeyError):
         return str(self.args[0]) if self.args else "unknown channel"
 
 
+class UnknownPort(CouplerError, KeyError):
+    """An actor's step asked for a port name its spawn did not give it (``self.inputs["x"]``)."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the message as a repr
+        return str(self.args[0]) if self.args else ""
+
+
 class ChannelExists(CouplerError, ValueError):
     """A channel declared twice with different policies or specs."""
 
@@ -105,6 +112,10 @@ class Interrupted(CouplerError):
 
 class ActorFailed(CouplerError, RuntimeError):
     """An actor's run loop raised; the message carries the actor's name and traceback."""
+
+
+class ActorEnded(CouplerError, RuntimeError):
+    """``start()`` or ``resume()`` of an actor whose run loop has ended; a run loop runs once."""
 
 
 class SchedulerUnreachable(CouplerError, OSError):

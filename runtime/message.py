@@ -27,6 +27,9 @@ import numpy as np
 
 from coupler.runtime.errors import SpecMismatch
 
+# The numpy dtype kinds a leaf may have: bool, signed and unsigned ints, floats, complex. Strings and
+# objects have no fixed size per element, so no spec can describe them.
+NUMERIC_KINDS = "biufc"
 # A tree definition is a small hashable value: "*" for a leaf, or a tagged tuple.
 TreeDef = Union[str, tuple]
 LEAF: TreeDef = "*"
@@ -46,13 +49,13 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
         :class:`DeviceLeaves` list where some leaves are on an accelerator.
 
     Raises:
-        SpecMismatch: for a dict key that is not a string.
+        SpecMismatch: for a dict key that is not a string, or a leaf that is not numeric.
     """
     if type(tree) is dict:  # the common message, a flat dict of arrays: no recursion (a hot path)
         keys = tuple(sorted(tree))
         vals = [tree[k] for k in keys]
         for v in vals:  # a loop, not all(<generator>): this runs once per message
-            if type(v) is not np.ndarray:
+            if type(v) is not np.ndarray or v.dtype.kind not in NUMERIC_KINDS:  # _flatten says what is wrong
                 break
         else:
             td = _FLAT_TREEDEFS.get(keys)
@@ -82,7 +85,16 @@ def _flatten(node: Any, out: list[np.ndarray]) -> TreeDef:
         return (kind, tuple(_flatten(v, out) for v in node))
     if isinstance(node, tuple):  # NamedTuple: keep it as its fields, in order
         return ("tuple", tuple(_flatten(v, out) for v in node))
-    out.append(node if on_device(node) else np.asarray(node))
+    if on_device(node):
+        out.append(node)
+        return LEAF
+    leaf = np.asarray(node)
+    if leaf.dtype.kind not in NUMERIC_KINDS:
+        raise SpecMismatch(
+            f"a message leaf must be a number or a numeric array (bool, int, float, complex); "
+            f"got {type(node).__name__} {node!r:.60} (numpy dtype {leaf.dtype})"
+        )
+    out.append(leaf)
     return LEAF
 
 

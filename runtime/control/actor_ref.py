@@ -22,7 +22,7 @@ from typing import Any, Protocol
 from distributed.actor import Actor
 
 from coupler.runtime.control.status import ActorStatus
-from coupler.runtime.errors import ActorFailed, ActorReleased
+from coupler.runtime.errors import ActorEnded, ActorFailed, ActorReleased
 
 
 class Ending(enum.Enum):
@@ -188,7 +188,13 @@ class ActorRef:
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> ActorStatus:
-        """Start the run loop (idempotent while it runs)."""
+        """Start the run loop (idempotent while it runs or is paused).
+
+        Raises:
+            ActorEnded: its run loop has already ended (stopped, finished or failed).
+            ActorReleased: after :meth:`release`.
+        """
+        self._refuse_if_ended("start")
         st = self._control("start")
         self.intent = "running"
         return st
@@ -200,10 +206,29 @@ class ActorRef:
         return st
 
     def resume(self) -> ActorStatus:
-        """Resume a paused run loop."""
+        """Resume a paused run loop.
+
+        Raises:
+            ActorEnded: its run loop has already ended.
+            ActorReleased: after :meth:`release`.
+        """
+        self._refuse_if_ended("resume")
         st = self._control("resume")
         self.intent = "running"
         return st
+
+    def _refuse_if_ended(self, what: str) -> None:
+        # Asked before the call, not read from its reply: a loop may end on its own right after
+        # it started (nothing to do), which is no misuse. An ended loop never runs again.
+        with self._cond:
+            if self._final is not None:
+                raise self._released_error()
+        st = self._control("status")
+        if st.done:
+            raise ActorEnded(
+                f"cannot {what} actor {self.name!r}: its run loop {st.state} and runs only once; "
+                "spawn a new actor (release() this one first to reuse its name)"
+            )
 
     def stop(self, timeout: float = 30.0) -> ActorStatus:
         """Ask the run loop to end after its current step and wait up to ``timeout`` s.
@@ -292,7 +317,10 @@ class ActorRef:
             if st.done:
                 return st
             if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"actor {self.name!r} still {st.state} after {timeout} s ({st.steps} steps)")
+                why = "it was never started (call start())" if st.state == "created" else st.explanation
+                raise TimeoutError(
+                    f"actor {self.name!r} still {st.state} after {timeout} s ({st.steps} steps)" + (f": {why}" if why else "")
+                )
             time.sleep(poll)
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:

@@ -19,6 +19,7 @@ from typing import Any
 from distributed import Actor, Client, Future
 
 from coupler.runtime.errors import CouplerError
+from coupler.runtime.launch.cluster import workers_with
 
 logger = logging.getLogger(__name__)
 
@@ -142,16 +143,8 @@ class Spawner:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise
                 # Only the scheduler knows whether they left: ask it (a cheap call, once a second).
-                if workers and not self._any_alive(workers):
+                if workers and not workers_with(self.client, None, workers):
                     raise CouplerError(f"every worker it was placed on left before it started: {sorted(workers)}")
-
-    def _any_alive(self, workers: list[str]) -> bool:
-        """Whether one of ``workers`` (addresses, names or hosts, as Dask takes them) is a live worker."""
-        wanted = {str(w) for w in workers}
-        for addr, info in self.client.scheduler_info(n_workers=-1)["workers"].items():
-            if addr in wanted or str(info.get("name")) in wanted or info.get("host") in wanted:
-                return True
-        return False
 
     def worker_of(self, fut: Future) -> str:
         """The address of the worker that holds the spawn's instance."""

@@ -392,10 +392,15 @@ def start_local(
 
     Returns:
         The running cluster (an :class:`EmbeddedCluster`); with GPUs a :class:`GPULocalCluster`.
+
+    Raises:
+        ValueError: for ``n_workers`` that is not an int >= 1.
     """
     devices = resolve_gpus(config.get("local.gpus") if gpus is None else gpus)
     if n_workers is None:
         n_workers = len(devices) or int(config.get("local.n-workers"))
+    if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
+        raise ValueError(f"the local cluster needs n_workers, an int >= 1 (an actor needs a worker); got {n_workers!r}")
     memory_limit = kwargs.pop("memory_limit", config.get("local.memory-limit"))
     if memory_limit == "auto":
         # LocalCluster shares memory only when it starts its workers itself; do it for both kinds.
@@ -516,6 +521,7 @@ def connect(address: str, timeout: str | float | None = None, **client_kwargs: A
         **client_kwargs: passed on to ``Client``.
 
     Raises:
+        ValueError: for something that is not an address.
         SchedulerUnreachable: if no scheduler answers in time.
     """
     seconds = parse_timedelta(timeout if timeout is not None else config.get("connect-timeout"))
@@ -528,6 +534,11 @@ def connect(address: str, timeout: str | float | None = None, **client_kwargs: A
         client_kwargs["security"] = tls_security(files)
     try:
         return Client(address, timeout=seconds, **client_kwargs)
+    except ValueError as e:  # Dask's parse of the address ("missing port number in address 'x'")
+        raise ValueError(
+            f"expected the address of a scheduler, like tcp://host:8786, or a cluster kind ({', '.join(KINDS)}); "
+            f"got {address!r} ({e})"
+        ) from None
     except (OSError, TimeoutError) as e:
         raise SchedulerUnreachable(
             f"no Dask scheduler answered at {address!r} within {seconds:g} s "
@@ -551,10 +562,11 @@ def start_cluster(kind: str, options: JobOptions | None = None, **kwargs: Any) -
     Raises:
         ValueError: for an unknown kind or bad options.
     """
+    if kind not in KINDS:
+        raise ValueError(f"a cluster kind must be one of {', '.join(KINDS)}; got {kind!r}")
     kwargs = _with_tls(kwargs)
     if kind == "local":
         return start_local(**kwargs)
-    _check_kind(kind)
     return start_jobqueue(kind, options or JobOptions.from_config(), **kwargs)
 
 
@@ -585,47 +597,68 @@ def wait_for_workers(client: Client, n: int, timeout: str | float | None = None)
 
 
 # -- placement ------------------------------------------------------------------------------
-def workers_with(client: Client, resources: Mapping[str, float]) -> list[str]:
-    """Addresses of the workers that have at least ``resources``."""
-    workers = client.scheduler_info(n_workers=-1)["workers"]
+def workers_with(client: Client, resources: Mapping[str, float] | None = None, pinned: Sequence[str] | None = None) -> list[str]:
+    """Addresses of the live workers that have at least ``resources`` and match ``pinned``.
+
+    Args:
+        client: a client of the cluster.
+        resources: e.g. ``{"GPU": 1}`` (``None``: any).
+        pinned: addresses, names or hosts, as Dask's ``workers=`` takes them (``None``: any).
+    """
+    wanted = None if pinned is None else {str(w) for w in pinned}
     return sorted(
         addr
-        for addr, w in workers.items()
-        if all((w.get("resources") or {}).get(r, 0) >= need for r, need in resources.items())
+        for addr, w in client.scheduler_info(n_workers=-1)["workers"].items()
+        if all((w.get("resources") or {}).get(r, 0) >= need for r, need in (resources or {}).items())
+        and (wanted is None or addr in wanted or str(w.get("name")) in wanted or w.get("host") in wanted)
     )
 
 
-def check_placement(client: Client, resources: Mapping[str, float] | None, timeout: str | float | None = None) -> list[str]:
-    """Wait until some worker has ``resources``, so that an actor is never queued forever.
+def check_placement(
+    client: Client,
+    resources: Mapping[str, float] | None,
+    pinned: Sequence[str] | None = None,
+    timeout: str | float | None = None,
+) -> list[str]:
+    """Wait until some worker can host an actor, so that it is never queued forever.
+
+    A worker can host it when it is alive, has ``resources`` and is one of ``pinned``.
+    A cluster still starting (batch jobs in the queue) gets ``timeout`` to bring one.
 
     Args:
         client: the coupling's client.
         resources: e.g. ``{"GPU": 1}``; ``None`` or empty needs nothing.
+        pinned: the workers it may run on (addresses, names or hosts; ``None``: any).
         timeout: how long jobs may take to bring such a worker (default
             ``coupler.placement-timeout``).
 
     Returns:
-        The workers that have them now.
+        The workers that can host it now.
 
     Raises:
-        NoSuitableWorker: if none has them after ``timeout``; the message lists what the workers have.
+        NoSuitableWorker: if none can after ``timeout``; the message lists the workers and what they have.
     """
-    if not resources:
-        return []
     seconds = parse_timedelta(timeout if timeout is not None else config.get("placement-timeout"))
     deadline = time.monotonic() + seconds
     while True:
-        found = workers_with(client, resources)
+        found = workers_with(client, resources, pinned)
         if found or time.monotonic() >= deadline:
             break
         time.sleep(0.2)
-    if not found:
-        have = {a: dict(w.get("resources") or {}) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    if found:
+        return found
+    have = {a: dict(w.get("resources") or {}) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
+    if not have:
+        raise NoSuitableWorker(f"the cluster has no workers (waited {seconds:g} s for one): start some, or wait for its jobs")
+    if pinned is not None and not workers_with(client, None, pinned):
         raise NoSuitableWorker(
-            f"no worker has resources {dict(resources)} (waited {seconds:g} s); workers have {have or 'nothing (no workers)'}. "
-            "Start GPU workers (coupler.local.gpus, --gpus-per-job) or drop resources="
+            f"no worker of the cluster matches workers={sorted(map(str, pinned))} (waited {seconds:g} s); "
+            f"the workers are {sorted(have)}"
         )
-    return found
+    raise NoSuitableWorker(
+        f"no worker{' of workers=' + str(sorted(map(str, pinned))) if pinned else ''} has resources {dict(resources or {})} "
+        f"(waited {seconds:g} s); workers have {have}. Start GPU workers (coupler.local.gpus, --gpus-per-job) or drop resources="
+    )
 
 
 def close_cluster(cluster: Any, timeout: float = 20.0) -> None:

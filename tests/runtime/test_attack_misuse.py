@@ -11,19 +11,28 @@ import threading
 import time
 from typing import Any
 
+import dask.config
 import numpy as np
 import pytest
 
+import coupler.runtime.coupling as coupling_module
 from coupler.actors import ActorHost
+from coupler.runtime.errors import ActorReleased
+from coupler.runtime.launch.cluster import start_cluster as start_cluster_for_real
 from coupler.runtime import (
+    ActorEnded,
+    ActorFailed,
+    ChannelClosed,
     ChannelExists,
     ChannelTimeout,
     CouplerError,
     Coupling,
     Latest,
+    NoSuitableWorker,
     Queue,
     Reservoir,
     UnknownChannel,
+    UnknownPort,
     Window,
     WrongPolicy,
 )
@@ -56,6 +65,10 @@ def test_misused_channels_and_actors_get_typed_errors(coupling: Coupling, unique
         cp.close_channel(f"nope-{unique}")
     with pytest.raises(UnknownChannel, match="unknown channel"):
         cp.spawn(Idle, name=f"in-undeclared-{unique}", inputs={"x": f"undeclared-{unique}"})
+    gone = cp.channel(f"gone-{unique}", Queue(2))
+    cp.close_channel(gone)
+    with pytest.raises(ChannelClosed, match=f"channel 'gone-{unique}' was closed"):
+        cp.spawn(Idle, name=f"out-closed-{unique}", outputs={"y": gone})
     with pytest.raises(TypeError, match="inputs must be a dict {port name: channel name}, got {'x': 5}"):
         cp.spawn(Idle, name=f"in-int-{unique}", inputs={"x": 5})  # refused at spawn, before any worker sees it
     a = cp.spawn(Idle, name=f"twice-{unique}")
@@ -118,3 +131,109 @@ def test_using_a_closed_coupling_says_it_is_closed(coupling: Coupling, unique: s
     other.close()
     with pytest.raises(CouplerError, match="closed"):
         other.channel(f"after-{unique}", Queue(2))
+
+
+class SendsForEver(ActorHost):
+    """Sends to its ``out`` port each step: with no consumer attached, its first send waits."""
+
+    def step(self) -> bool:
+        self.outputs["out"].send({"x": np.zeros(1)})
+        return True
+
+
+class EndsAtOnce(ActorHost):
+    def step(self) -> bool:
+        return False
+
+
+def test_a_wait_that_times_out_says_why_the_actor_has_not_ended(coupling: Coupling, unique: str) -> None:
+    never = coupling.spawn(Idle, name=f"unstarted-{unique}")
+    with pytest.raises(TimeoutError, match=r"still created after 0.5 s \(0 steps\): it was never started \(call start\(\)\)"):
+        never.wait(timeout=0.5)
+    never.release()
+    ch = coupling.channel(f"noone-{unique}", Queue(2))
+    sender = coupling.spawn(SendsForEver, name=f"lonely-{unique}", outputs={"out": ch})
+    sender.start()
+    # The status explains the wait (a consumer to attach) before the timeout fires; the error repeats it.
+    with pytest.raises(TimeoutError, match=f"still running after 3 s .*: waits .*for a consumer to attach to channel 'noone-{unique}'"):
+        sender.wait(timeout=3)
+    sender.release()
+
+
+@pytest.mark.parametrize("end", ["stop", "finish"])
+def test_an_ended_actor_cannot_start_or_resume_again(coupling: Coupling, unique: str, end: str) -> None:
+    ref = coupling.spawn(Idle if end == "stop" else EndsAtOnce, name=f"ended-{end}-{unique}")
+    ref.start()
+    state = ref.stop().state if end == "stop" else ref.wait(timeout=30).state
+    for again in (ref.start, ref.resume):
+        with pytest.raises(ActorEnded, match=f"actor 'ended-{end}-{unique}': its run loop {state} and runs only once; spawn a new actor"):
+            again()
+    assert ref.status().state == state  # nothing restarted it
+    ref.release()
+    with pytest.raises(ActorReleased):
+        ref.start()
+
+
+def test_an_actor_pinned_to_no_worker_of_the_cluster_is_refused_naming_the_workers(coupling: Coupling, unique: str) -> None:
+    ghost = "tcp://192.0.2.1:1"  # TEST-NET-1: never a worker here
+    t0 = time.monotonic()
+    with dask.config.set({"coupler.placement-timeout": "1s"}):
+        with pytest.raises(NoSuitableWorker, match=r"no worker of the cluster matches workers=\['tcp://192.0.2.1:1'\] \(waited 1 s\); the workers are \['tcp://"):
+            coupling.spawn(Idle, name=f"ghost-{unique}", workers=ghost)
+    assert time.monotonic() - t0 < 10
+    assert f"ghost-{unique}" not in coupling.actors()
+    # A pin that names a live worker by its address still places the actor there.
+    worker = sorted(coupling.client.scheduler_info(n_workers=-1)["workers"])[0]
+    ref = coupling.spawn(Idle, name=f"pinned-{unique}", workers=worker)
+    assert ref.status().worker == worker
+    ref.release()
+
+
+@pytest.mark.parametrize(
+    ("cluster", "kwargs", "error", "message"),
+    [
+        ("nonsense", {}, ValueError, r"expected the address of a scheduler, like tcp://host:8786, or a cluster kind \(local, slurm"),
+        (None, {"n_workers": 0}, ValueError, r"needs n_workers, an int >= 1 .*got 0"),
+        (None, {"n_workers": "2"}, ValueError, r"needs n_workers, an int >= 1 .*got '2'"),
+    ],
+)
+def test_a_coupling_of_a_bad_cluster_says_what_it_expected(cluster: Any, kwargs: dict[str, Any], error: type, message: str) -> None:
+    with dask.config.set({"coupler.scheduler-address": None, "coupler.cluster": "local"}):
+        with pytest.raises(error, match=message):
+            Coupling(cluster, **kwargs)
+
+
+def test_a_coupling_named_by_a_kind_starts_a_cluster_of_that_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    started: list[str] = []
+
+    class Started(Exception):
+        pass
+
+    def start_cluster(kind: str, *args: Any, **kwargs: Any) -> Any:
+        started.append(kind)
+        raise Started
+
+    monkeypatch.setattr(coupling_module, "start_cluster", start_cluster)
+    with dask.config.set({"coupler.scheduler-address": "tcp://192.0.2.1:1"}):  # an explicit kind wins over it
+        for kind in ("local", "slurm"):
+            with pytest.raises(Started):
+                Coupling(kind)
+    assert started == ["local", "slurm"]
+    with pytest.raises(ValueError, match="a cluster kind must be one of local, slurm, pbs"):
+        start_cluster_for_real("slurmm")
+
+
+class ReadsInp(ActorHost):
+    def step(self) -> bool:
+        self.inputs["inp"].receive(timeout=5)
+        return False
+
+
+def test_a_step_asking_for_a_port_its_spawn_did_not_give_fails_naming_the_ports_it_has(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"port-{unique}", Queue(2))
+    ref = coupling.spawn(ReadsInp, name=f"port-{unique}", inputs={"input": ch})
+    ref.start()
+    with pytest.raises(ActorFailed, match=rf"UnknownPort: actor 'port-{unique}' has no input port 'inp'; its inputs are \['input'\]"):
+        ref.wait(timeout=30)
+    ref.release()
+    assert issubclass(UnknownPort, KeyError)  # code that caught the bare KeyError still does

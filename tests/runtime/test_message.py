@@ -37,3 +37,24 @@ def test_spec_check_and_wire() -> None:
     leaves, td = flatten({"u": np.zeros((4, 4), np.float32)})
     with pytest.raises(SpecMismatch, match=r"expected fields \['p', 'u'\], got \['u'\]"):
         spec.check("c", td, leaves)
+
+
+@pytest.mark.parametrize(
+    "leaf",
+    ["hello", None, np.array(["a", "b"]), np.array([1, None], dtype=object), np.datetime64("2026-01-01"), b"raw"],
+    ids=["str", "None", "str-array", "object-array", "datetime", "bytes"],
+)
+@pytest.mark.parametrize("where", ["flat", "nested"])
+def test_a_leaf_that_is_not_numeric_is_refused_where_it_is_made(leaf: object, where: str) -> None:
+    # A flat dict of arrays takes the fast path, a nested tree the general one: both refuse it.
+    tree = {"v": leaf, "u": np.zeros(2)} if where == "flat" else {"a": [np.zeros(2), {"v": leaf}]}
+    with pytest.raises(SpecMismatch, match=r"a message leaf must be a number or a numeric array \(bool, int, float, complex\); got "):
+        flatten(tree)
+    with pytest.raises(SpecMismatch, match="numeric array"):
+        Spec.of(tree)
+
+
+@pytest.mark.parametrize("leaf", [True, 3, 2.5, 1j, np.uint8(7), np.zeros((2, 2), np.complex64), np.ones(3, bool)])
+def test_numbers_and_numeric_arrays_of_every_kind_are_leaves(leaf: object) -> None:
+    leaves, td = flatten({"v": leaf})
+    assert leaves[0].dtype.kind in "biufc" and np.array_equal(unflatten(td, leaves)["v"], leaf)
