@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 import dask.config
@@ -21,6 +22,25 @@ def get(key: str) -> Any:
         KeyError: for a key that has no default.
     """
     return dask.config.get(f"coupler.{key}")
+
+
+def section(key: str) -> dict[str, Any]:
+    """A section of coupler's settings as a dict with hyphenated keys, e.g. ``section("supervision")``.
+
+    Dask keeps a key in the spelling it was first set in: an environment variable
+    (``DASK_COUPLER__SUPERVISION__MAX_RESTARTS=5``) or a YAML file may bring
+    ``max_restarts``, and ``dask.config.get("coupler.supervision")["max-restarts"]``
+    would then miss it. Read sections through this, never as a plain dict.
+
+    Returns:
+        The section's keys with underscores as hyphens (``{}`` if it is not set).
+    """
+    return hyphenated(dask.config.get(f"coupler.{key}", default=None) or {})
+
+
+def hyphenated(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """``settings`` with every top-level key spelled with hyphens (``max_restarts`` as ``max-restarts``)."""
+    return {str(k).replace("_", "-"): v for k, v in settings.items()}
 
 
 def load_file(path: str) -> dict[str, Any]:

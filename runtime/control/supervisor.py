@@ -116,10 +116,7 @@ class SupervisionPolicy:
             ValueError: for negative durations or a negative ``max-restarts``.
         """
         defaults = cls()
-        try:
-            section = config.get("supervision") or {}
-        except KeyError:
-            section = {}
+        section = config.section("supervision")
 
         def seconds(key: str, default: float) -> float:
             value = section.get(key, default)

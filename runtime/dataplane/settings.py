@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import dask.config
+from coupler.runtime import config
 import dask.utils
 
 from coupler.runtime.dataplane.spin import SPIN_S
@@ -78,7 +78,7 @@ def delivery_config() -> DeliveryConfig:
     Raises:
         ValueError: for a negative size or duration.
     """
-    c = dask.config.get("coupler.delivery", default={}) or {}
+    c = config.section("delivery")
     d = DeliveryConfig()
     size = c.get("retain-bytes", d.retain_bytes)
     try:
@@ -101,7 +101,7 @@ def transport_config() -> TransportConfig:
     Raises:
         ValueError: for a spin that is not a duration >= 0.
     """
-    c = dask.config.get("coupler.transport", default={}) or {}
+    c = config.section("transport")
     d = TransportConfig()
     return TransportConfig(
         shared_memory=bool(c.get("shared-memory", d.shared_memory)),

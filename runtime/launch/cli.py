@@ -244,7 +244,7 @@ def _tls_settings(asked: bool) -> Iterator[None]:
     Throwaway files are made once here, so that the script's ``Coupling()`` holds
     the certificates of the cluster it joins.
     """
-    if not (asked or (config.get("tls") or {}).get("enabled")):
+    if not (asked or config.section("tls").get("enabled")):
         yield
         return
     with dask.config.set({"coupler.tls.enabled": True}):

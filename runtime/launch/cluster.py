@@ -198,7 +198,7 @@ def jobqueue_kwargs(kind: str, options: JobOptions, section: Mapping[str, Any] |
     if section is None:
         importlib.import_module("dask_jobqueue")  # its defaults (walltime...) enter dask.config on import
         section = dask.config.get(f"jobqueue.{kind}", {})
-    sec = dict(section)
+    sec = config.hyphenated(section)  # DASK_JOBQUEUE__SLURM__JOB_SCRIPT_PROLOGUE brings job_script_prologue
     gpus = options.gpus_per_job
     kw: dict[str, Any] = {}
     worker_args = _listed(sec, "worker-extra-args", "extra")
@@ -488,7 +488,7 @@ def tls_files_from_config() -> TLSFiles | None:
     Raises:
         ValueError: when only some of ``ca-file``, ``cert`` and ``key`` are set.
     """
-    section = config.get("tls") or {}
+    section = config.section("tls")
     if not section.get("enabled"):
         return None
     named = {k: section.get(k) for k in ("ca-file", "cert", "key")}
