@@ -57,6 +57,8 @@ import logging
 import threading
 from typing import Any
 
+from distributed.core import Status
+
 from coupler.runtime import InPort, OutPort, local_endpoint
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
@@ -67,6 +69,8 @@ from coupler.actors.run_loop import ENDED_STATES, RunLoop
 from coupler.actors.take_order import TakeOrder
 
 logger = logging.getLogger(__name__)
+
+_CLOSING = (Status.closing, Status.closing_gracefully, Status.closed, Status.failed)
 
 
 class ActorHost:
@@ -370,4 +374,8 @@ class ActorHost:
         try:
             self.endpoint.actor_ended(self.name, self.status_dict())
         except Exception as e:
-            logger.warning("actor %r: could not report its end to the broker: %r", self.name, e)
+            # A worker that is closing (the cluster shuts down, Ctrl-C) has closed its connections:
+            # the broker is going too, and a warning per actor would bury the reason for the end.
+            status = getattr(getattr(self.endpoint, "worker", None), "status", None)
+            log = logger.debug if status in _CLOSING else logger.warning
+            log("actor %r: could not report its end to the broker: %r", self.name, e)
