@@ -66,6 +66,7 @@ from coupler.runtime.policies import Policy, policy_to_wire
 from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.spawning import SpawnSpec, check_actor_class, check_ports
 from coupler.runtime.control.supervisor import Supervisor
+from coupler.runtime.settings_check import check_settings, seconds
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,8 @@ class Coupling(Participant):
 
     Raises:
         TypeError: for a ``cluster`` of another kind.
-        ValueError: for a string that is neither a kind nor an address, or ``n_workers`` < 1.
+        ValueError: for a string that is neither a kind nor an address, ``n_workers`` < 1, or a
+            bad ``coupler.*`` setting (named).
         SchedulerUnreachable: if no scheduler answers at an address
             (within ``coupler.connect-timeout``).
         WorkersNotReady: if a started batch cluster's workers do not join in time.
@@ -107,6 +109,7 @@ class Coupling(Participant):
         dashboard_address: str | None = None,
         **cluster_kwargs: Any,
     ) -> None:
+        check_settings()  # a bad setting fails here, not in a worker's log or at the first spawn
         self._own_cluster: Any = None
         self._own_client = True
         self._actors: dict[str, ActorRef] = {}
@@ -141,7 +144,7 @@ class Coupling(Participant):
             raise TypeError(f"Coupling(cluster=...) expects None, a Client, a cluster or an address; got {cluster!r}")
         self.client.register_plugin(Broker())
         self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
-        self.client.register_plugin(Endpoint(report_interval=float(config.get("report-interval"))))
+        self.client.register_plugin(Endpoint(report_interval=seconds("report-interval", positive=True)))
         self.run_id = f"run-{uuid.uuid4().hex}"
         self._closed = False
         self._broker("coupler_begin_run", run=self.run_id, client=self.client.id)

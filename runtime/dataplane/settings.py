@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from coupler.runtime import config
 import dask.utils
 
+from coupler.runtime import config
 from coupler.runtime.dataplane.spin import SPIN_S
 
 
@@ -68,30 +68,39 @@ def _duration(section: str, c: dict, key: str, default: float) -> float:
     except (TypeError, ValueError, KeyError, IndexError, OverflowError):
         raise ValueError(f"coupler.{section}.{key} must be a duration (seconds or e.g. '5 minutes'), got {value!r}") from None
     if seconds < 0:
-        raise ValueError(f"coupler.{section}.{key} must be >= 0, got {value!r}")
+        raise ValueError(f"coupler.{section}.{key} must be a duration >= 0, got {value!r}")
     return seconds
+
+
+def _size(section: str, c: dict, key: str, default: int, least: int = 0) -> int:
+    """The size ``coupler.<section>.<key>`` in bytes (a number, or e.g. ``"256 MiB"``).
+
+    Raises:
+        ValueError: for anything else, or a size below ``least``.
+    """
+    value = c.get(key, default)
+    try:
+        size = int(dask.utils.parse_bytes(value))
+    except (TypeError, ValueError, OverflowError, AttributeError):  # AttributeError: None
+        raise ValueError(f"coupler.{section}.{key} must be a size (bytes or e.g. '256 MiB'), got {value!r}") from None
+    if size < least:
+        raise ValueError(f"coupler.{section}.{key} must be at least {least} bytes, got {value!r}")
+    return size
 
 
 def delivery_config() -> DeliveryConfig:
     """The ``coupler.delivery`` settings of this process.
 
     Raises:
-        ValueError: for a negative size or duration.
+        ValueError: naming the setting, for a size or duration that is not one, or negative.
     """
     c = config.section("delivery")
     d = DeliveryConfig()
-    size = c.get("retain-bytes", d.retain_bytes)
-    try:
-        retain_bytes = int(dask.utils.parse_bytes(size))
-    except (TypeError, ValueError, OverflowError):
-        raise ValueError(f"coupler.delivery.retain-bytes must be a size (bytes or e.g. '1 GiB'), got {size!r}") from None
-    if retain_bytes < 0:
-        raise ValueError(f"coupler.delivery.retain-bytes must be >= 0, got {size!r}")
-    lost_wait = _duration("delivery", c, "lost-consumer-wait", d.lost_consumer_wait)
-    order_wait = _duration("delivery", c, "replay-order-wait", d.replay_order_wait)
     return DeliveryConfig(
-        retain=bool(c.get("retain", d.retain)), retain_bytes=retain_bytes, lost_consumer_wait=lost_wait,
-        replay_order_wait=order_wait,
+        retain=bool(c.get("retain", d.retain)),
+        retain_bytes=_size("delivery", c, "retain-bytes", d.retain_bytes),
+        lost_consumer_wait=_duration("delivery", c, "lost-consumer-wait", d.lost_consumer_wait),
+        replay_order_wait=_duration("delivery", c, "replay-order-wait", d.replay_order_wait),
     )
 
 
@@ -99,19 +108,17 @@ def transport_config() -> TransportConfig:
     """The ``coupler.transport`` settings of this process.
 
     Raises:
-        ValueError: for a spin that is not a duration >= 0.
+        ValueError: naming the setting, for a size or duration that is not one, or out of range.
     """
     c = config.section("transport")
     d = TransportConfig()
     return TransportConfig(
         shared_memory=bool(c.get("shared-memory", d.shared_memory)),
-        inline_max=int(dask.utils.parse_bytes(c.get("inline-max", d.inline_max))),
-        batch_bytes=int(dask.utils.parse_bytes(c.get("batch-bytes", d.batch_bytes))),
-        window_bytes=int(dask.utils.parse_bytes(c.get("window-bytes", d.window_bytes))),
-        shm_pool_bytes=int(dask.utils.parse_bytes(c.get("shm-pool-bytes", d.shm_pool_bytes))),
+        inline_max=_size("transport", c, "inline-max", d.inline_max),
+        # A batch and a window must hold at least one byte, or nothing is ever sent.
+        batch_bytes=_size("transport", c, "batch-bytes", d.batch_bytes, least=1),
+        window_bytes=_size("transport", c, "window-bytes", d.window_bytes, least=1),
+        shm_pool_bytes=_size("transport", c, "shm-pool-bytes", d.shm_pool_bytes),
         device_to_device=bool(c.get("device-to-device", d.device_to_device)),
         spin_s=_duration("transport", c, "spin", d.spin_s),
     )
-
-
-__all__ = ["DeliveryConfig", "TransportConfig", "delivery_config", "transport_config"]

@@ -53,6 +53,7 @@ from coupler.runtime.launch.cluster import (
     walltime_seconds,
 )
 from coupler.runtime.errors import CouplerError
+from coupler.runtime.settings_check import check_settings
 from coupler.runtime.control.status import ChannelStats
 from coupler.runtime.version import __version__
 
@@ -453,6 +454,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config.load_file(path)
             except (OSError, ValueError) as e:
                 raise UsageError(f"coupler: error: cannot use --config {path}: {e}") from None
+        try:
+            check_settings()  # before a cluster starts: a bad setting would fail in every worker's log
+        except ValueError as e:
+            raise UsageError(f"coupler: error: {e}") from None
         if args.command == "run":
             return cmd_run(args, script_args)
         if args.command == "demo":
@@ -461,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         print(e, file=sys.stderr)
         return 2
-    except (CouplerError, ValueError) as e:
+    except (CouplerError, ValueError, OSError) as e:  # the launch's; the script's own errors keep their traceback
         print(f"coupler: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

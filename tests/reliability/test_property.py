@@ -247,8 +247,12 @@ def test_walltimes_and_cluster_choices_are_checked(text: str) -> None:
     dkey=st.sampled_from(["retain-bytes", "lost-consumer-wait", "replay-order-wait"]),
     dvalue=st.integers(-5, 5) | st.text(max_size=10) | st.sampled_from(["1 GiB", "10s", "-1"]),
     spin=st.integers(-5, 5) | st.floats(-1, 1) | st.text(max_size=10) | st.sampled_from(["500us", "1ms", "-1us", None]),
+    tkey=st.sampled_from(["inline-max", "batch-bytes", "window-bytes", "shm-pool-bytes"]),
+    tvalue=st.integers(-5, 5) | st.text(max_size=10) | st.sampled_from(["1 MiB", "big", "-1kB", "0", None]),
 )
-def test_settings_are_accepted_or_refused_with_a_value_error(key: str, value: Any, dkey: str, dvalue: Any, spin: Any) -> None:
+def test_settings_are_accepted_or_refused_with_a_value_error(
+    key: str, value: Any, dkey: str, dvalue: Any, spin: Any, tkey: str, tvalue: Any
+) -> None:
     with dask.config.set({f"coupler.supervision.{key}": value}):
         try:
             p = SupervisionPolicy.from_config()
@@ -270,3 +274,10 @@ def test_settings_are_accepted_or_refused_with_a_value_error(key: str, value: An
             assert "coupler.transport.spin" in str(e)
         else:
             assert t.spin_s >= 0
+    with dask.config.set({f"coupler.transport.{tkey}": tvalue}):
+        try:
+            t = transport_config()
+        except ValueError as e:
+            assert f"coupler.transport.{tkey} must be" in str(e)
+        else:
+            assert min(t.inline_max, t.shm_pool_bytes) >= 0 and min(t.batch_bytes, t.window_bytes) >= 1

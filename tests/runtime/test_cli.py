@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import dask.config
 import pytest
 
 from coupler.runtime import Coupling, Queue
@@ -203,3 +206,49 @@ def test_info_shows_workers_actors_and_channels(coupling: Coupling, unique: str,
         assert f"  {w}  name=" in out and "devices=" in out and "job=-" in out
     assert f"  info-col-{unique}  Collector" in out
     assert f"  info-{unique}  kind=queue,maxsize=8  producers=0  consumers=1" in out
+
+
+@pytest.fixture
+def restored_config() -> Iterator[None]:
+    """``--config`` merges files into the process's dask.config: put it back after the test."""
+    saved = copy.deepcopy(dask.config.config)
+    try:
+        yield
+    finally:
+        dask.config.config.clear()
+        dask.config.config.update(saved)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ("coupler:\n  transport:\n    spin: fast\n", "coupler.transport.spin must be a duration"),
+        ("coupler:\n  transport:\n    inline-max: big\n", "coupler.transport.inline-max must be a size"),
+        ("coupler:\n  supervision:\n    max-restarts: many\n", "coupler.supervision.max-restarts must be an integer"),
+        ("coupler:\n  placement-timeout: soon\n", "coupler.placement-timeout must be a duration"),
+        ("coupler:\n  report-interval: 0\n", "coupler.report-interval must be a duration > 0"),
+        ("coupler:\n  local:\n    n-workers: two\n", "coupler.local.n-workers must be an integer >= 1"),
+    ],
+)
+def test_a_bad_setting_is_one_line_and_status_2_before_any_cluster_starts(
+    tmp_path: Path, settings: str, message: str, capsys: pytest.CaptureFixture[str], restored_config: None
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(settings)
+    script = tmp_path / "s.py"
+    script.write_text("raise SystemExit('the script ran')\n")
+    t0 = time.monotonic()
+    code, out, err = _run(["--config", str(path), "run", str(script)], capsys)
+    assert code == 2 and err.startswith(f"coupler: error: {message}"), err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+    assert time.monotonic() - t0 < 5  # refused before a cluster started
+
+
+def test_tls_files_that_do_not_exist_are_one_line_and_status_1(tmp_path: Path, capsys: pytest.CaptureFixture[str], restored_config: None) -> None:
+    path = tmp_path / "tls.yaml"
+    path.write_text("coupler:\n  tls:\n    enabled: true\n    ca-file: /nope/ca.pem\n    cert: /nope/cert.pem\n    key: /nope/key.pem\n")
+    script = tmp_path / "s.py"
+    script.write_text("pass\n")
+    code, _, err = _run(["run", str(script), "--config", str(path)], capsys)
+    assert code == 1 and err.startswith("coupler: error: ") and "/nope/" in err, err
+    assert len(err.strip().splitlines()) == 1

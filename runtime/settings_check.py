@@ -1,0 +1,67 @@
+"""Every ``coupler.*`` setting checked at once, before a cluster starts.
+
+The sections are read where they are used: the supervision policy by the driver,
+the data plane's settings by each worker's endpoint, the timeouts by the calls
+that wait. A bad value would then fail late and far away: in a worker's log
+minutes after the start, or at the first ``spawn``. :func:`check_settings` reads
+them all in the driver, so that ``Coupling()`` and the ``coupler`` command refuse
+a bad one at once, in one line that names it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dask.utils import parse_timedelta
+
+from coupler.runtime import config
+from coupler.runtime.control.supervisor import SupervisionPolicy
+from coupler.runtime.dataplane.settings import delivery_config, transport_config
+
+#: Durations read with ``parse_timedelta`` where they are used.
+DURATIONS = ("connect-timeout", "placement-timeout", "report-interval", "jobqueue.start-timeout")
+#: Durations that may also be ``"auto"`` (a share of the walltime).
+AUTO_DURATIONS = ("jobqueue.lifetime-margin", "jobqueue.lifetime-stagger")
+#: Counts of the embedded cluster (``None``: its default).
+COUNTS = ("local.n-workers", "local.threads-per-worker")
+
+
+def seconds(key: str, *, positive: bool = False) -> float:
+    """The duration ``coupler.<key>`` in seconds (a number, or e.g. ``"30s"``).
+
+    Raises:
+        ValueError: naming the setting, for anything else, a negative one, or 0 where ``positive``.
+    """
+    value = config.get(key)
+    try:
+        s = float(parse_timedelta(value, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):
+        raise ValueError(f"coupler.{key} must be a duration (seconds or e.g. '30s'), got {value!r}") from None
+    if s < 0 or (positive and s == 0):
+        raise ValueError(f"coupler.{key} must be a duration {'> 0' if positive else '>= 0'}, got {value!r}")
+    return s
+
+
+def _count(key: str) -> Any:
+    value = config.get(key)
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"coupler.{key} must be an integer >= 1 (or null for the default), got {value!r}")
+    return value
+
+
+def check_settings() -> None:
+    """Read every ``coupler.*`` setting the way its user does, so that a bad one fails here.
+
+    Raises:
+        ValueError: naming the first bad setting, what it must be and what it is.
+    """
+    SupervisionPolicy.from_config()
+    delivery_config()
+    transport_config()
+    for key in DURATIONS:
+        seconds(key, positive=key in ("report-interval", "connect-timeout"))
+    for key in AUTO_DURATIONS:
+        if config.get(key) != "auto":
+            seconds(key)
+    for key in COUNTS:
+        _count(key)
