@@ -21,10 +21,12 @@ Example::
 
 from __future__ import annotations
 
+import atexit
 import copy
 import importlib
 import logging
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -498,7 +500,22 @@ def tls_files_from_config() -> TLSFiles | None:
         raise ValueError(f"coupler.tls: set all of ca-file, cert and key, or none (to make throwaway ones); got {named}")
     base = Path(str(section.get("directory") or tempfile.gettempdir())).expanduser()
     base.mkdir(parents=True, exist_ok=True)
-    return make_tls_files(tempfile.mkdtemp(prefix="coupler-tls-", dir=base))
+    directory = tempfile.mkdtemp(prefix="coupler-tls-", dir=base)
+    _THROWAWAY_TLS.append(directory)
+    return make_tls_files(directory)
+
+
+# The throwaway TLS directories this process made: its clusters, workers and clients may read
+# them until it ends (a connection reads its files when it opens), so they go when it exits.
+# They hold a CA's private key: left behind, anyone who can read them could join a later run
+# that reused them, and /tmp filled with one per run.
+_THROWAWAY_TLS: list[str] = []
+
+
+@atexit.register
+def _remove_throwaway_tls() -> None:
+    while _THROWAWAY_TLS:
+        shutil.rmtree(_THROWAWAY_TLS.pop(), ignore_errors=True)
 
 
 def _with_tls(kwargs: dict[str, Any]) -> dict[str, Any]:

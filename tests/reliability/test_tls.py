@@ -11,6 +11,8 @@ import asyncio
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -153,3 +155,21 @@ def test_coupler_run_tls_gives_the_script_a_tls_cluster(tmp_path: Path) -> None:
     seen = json.loads(out.read_text())
     assert seen["scheduler"].startswith("tls://") and len(seen["workers"]) == 1
     assert seen["workers"][0].startswith("tls://")
+
+
+def test_throwaway_tls_files_are_deleted_when_the_process_that_made_them_exits(tmp_path: Path) -> None:
+    made = textwrap.dedent(
+        f"""
+        import dask, os
+        from coupler.runtime.launch.cluster import tls_files_from_config
+        with dask.config.set({{"coupler.tls.enabled": True, "coupler.tls.directory": {str(tmp_path)!r}}}):
+            files = tls_files_from_config()
+        assert all(os.path.exists(p) for p in (files.ca_file, files.cert, files.key))
+        print(os.path.dirname(files.ca_file))
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", made], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    directory = Path(done.stdout.strip().splitlines()[-1])
+    assert directory.parent == tmp_path and directory.name.startswith("coupler-tls-")
+    assert not directory.exists(), f"left behind: {sorted(p.name for p in directory.iterdir())}"
