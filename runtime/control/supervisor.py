@@ -113,7 +113,8 @@ class SupervisionPolicy:
         """Read ``coupler.supervision`` from ``dask.config`` (defaults where a key is missing).
 
         Raises:
-            ValueError: for negative durations or a negative ``max-restarts``.
+            ValueError: for negative durations or a negative ``max-restarts``, or ``resume``
+                without a ``checkpoint-dir``.
         """
         defaults = cls()
         section = config.section("supervision")
@@ -142,6 +143,10 @@ class SupervisionPolicy:
             raise ValueError(f"coupler.supervision.max-restarts must be an integer >= 0, got {section.get('max-restarts')!r}") from None
         if max_restarts < 0:
             raise ValueError(f"coupler.supervision.max-restarts must be >= 0, got {max_restarts}")
+        resume = bool(section.get("resume", False))
+        if resume and not section.get("checkpoint-dir"):
+            # Without a store there is nothing to resume from: the run would start afresh, silently.
+            raise ValueError("coupler.supervision.resume needs coupler.supervision.checkpoint-dir (where the checkpoints are), got none")
         return cls(
             poll_interval=max(0.05, seconds("poll-interval", defaults.poll_interval)),
             retire_margin=seconds("retire-margin", defaults.retire_margin),
@@ -151,7 +156,7 @@ class SupervisionPolicy:
             max_restarts=max_restarts,
             restart_backoff=seconds("restart-backoff", defaults.restart_backoff),
             checkpoint_dir=str(section["checkpoint-dir"]) if section.get("checkpoint-dir") else None,
-            resume=bool(section.get("resume", False)),
+            resume=resume,
         )
 
 
@@ -334,6 +339,11 @@ class Supervisor:
             fut.release()
             raise
         stored = self.keeper.stored(spec.name) if self.policy.resume else None
+        if self.policy.resume and stored is None:  # a new actor, or a mistyped checkpoint-dir: say so
+            logger.warning(
+                "actor %r: coupler.supervision.resume is on, but %s holds no checkpoint of it; it starts afresh",
+                spec.name, self.keeper.where(spec.name) or self.policy.checkpoint_dir,
+            )
         self.spawner.restore(actor, stored)
         ref = ActorRef(spec.name, actor)
         ref.follow(self)

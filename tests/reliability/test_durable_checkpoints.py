@@ -100,3 +100,24 @@ def test_the_policy_reads_the_store_settings() -> None:
         p = SupervisionPolicy.from_config()
     assert (p.checkpoint_dir, p.resume) == ("memory://x", True)
     assert SupervisionPolicy.from_config().checkpoint_dir is None
+
+
+def test_resume_without_a_store_is_refused_naming_both_settings() -> None:
+    with dask.config.set({"coupler.supervision.resume": True, "coupler.supervision.checkpoint-dir": None}):
+        with pytest.raises(ValueError, match="coupler.supervision.resume needs coupler.supervision.checkpoint-dir"):
+            SupervisionPolicy.from_config()
+
+
+def test_resuming_an_actor_the_store_does_not_hold_says_it_starts_afresh(
+    coupling: Coupling, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A mistyped checkpoint-dir looks like this: a store with nothing in it.
+    settings = {"coupler.supervision.checkpoint-dir": str(tmp_path / "typo"), "coupler.supervision.resume": True}
+    with dask.config.set(settings), Coupling(coupling.client.scheduler.address) as cp:
+        with caplog.at_level("WARNING", logger="coupler.runtime.control.supervisor"):
+            ref = cp.spawn(Simulator, 5, 0, name="fresh-after-resume", outputs={"out": cp.channel("fresh-resume", Queue(2))})
+        assert ref.status().steps == 0
+        assert not [e for e in cp.supervisor.events if e.kind == "resumed"]
+        ref.release()
+    assert any("'fresh-after-resume': coupler.supervision.resume is on, but" in r.getMessage() and "starts afresh" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
