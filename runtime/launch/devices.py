@@ -89,6 +89,10 @@ def detect_gpus(
     return parse_nvidia_smi(nvidia_smi())
 
 
+# What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG device's UUID (as nvidia-smi -L prints it).
+_DEVICE_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z/-]+)$")
+
+
 def resolve_gpus(setting: Any, detect: Callable[[], list[str]] = detect_gpus) -> list[str]:
     """The devices named by the ``coupler.local.gpus`` setting.
 
@@ -107,13 +111,19 @@ def resolve_gpus(setting: Any, detect: Callable[[], list[str]] = detect_gpus) ->
         return detect()
     if setting is None or setting == "none" or setting == "":
         return []
+    devices: list[str] | None = None
     if isinstance(setting, str):
-        return parse_visible_devices(setting)
-    if isinstance(setting, (list, tuple)) and all(isinstance(d, (str, int)) for d in setting):
-        return [str(d) for d in setting]
-    raise ValueError(
-        f"coupler.local.gpus expects 'auto', a list of device ids or [] for none; got {setting!r}"
-    )
+        devices = parse_visible_devices(setting)
+    elif isinstance(setting, (list, tuple)) and all(isinstance(d, (str, int)) and not isinstance(d, bool) for d in setting):
+        devices = [str(d) for d in setting]
+    # "yes" or "true" would become a worker with a GPU resource and CUDA_VISIBLE_DEVICES=yes, whose
+    # GPU actors then run on its CPU: only what CUDA_VISIBLE_DEVICES takes is a device id.
+    if devices is None or not all(_DEVICE_ID.match(d) for d in devices):
+        raise ValueError(
+            "coupler.local.gpus expects 'auto', device ids (0, 1, ... or GPU-/MIG- UUIDs, a list or "
+            f"'0,1'), or none/[] for no GPU; got {setting!r}"
+        )
+    return devices
 
 
 def worker_device(name: str, gpus_per_job: int, visible: list[str]) -> str | None:

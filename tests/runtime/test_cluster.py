@@ -71,8 +71,12 @@ def test_gpus_setting_forms() -> None:
     assert resolve_gpus(["0", 1]) == ["0", "1"]
     assert resolve_gpus("2,3") == ["2", "3"]
     assert resolve_gpus([]) == [] and resolve_gpus(None) == [] and resolve_gpus("none") == []
-    with pytest.raises(ValueError, match="coupler.local.gpus expects"):
-        resolve_gpus(3)
+    uuid = "GPU-3f1c9a2e-55b0-4a7e-9c1d-0a1b2c3d4e5f"
+    assert resolve_gpus([uuid, "MIG-GPU-3f1c9a2e/1/0"]) == [uuid, "MIG-GPU-3f1c9a2e/1/0"]
+    # Not device ids: a worker with a GPU resource and CUDA_VISIBLE_DEVICES=yes would run GPU actors on its CPU.
+    for bad in (3, True, "yes", "true", "gpu0", ["0", "cuda:1"], [True]):
+        with pytest.raises(ValueError, match="coupler.local.gpus expects 'auto', device ids"):
+            resolve_gpus(bad)
 
 
 def test_worker_of_a_multi_gpu_job_keeps_its_own_device() -> None:
