@@ -41,6 +41,7 @@ from coupler.runtime import ChannelTimeout
 from coupler.learners.correction import CorrectionConfig, correction_function
 from coupler.physics.assimilation import FilterConfig, LinearObservation, cycle, cycle_key, initial_ensemble
 from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
+from coupler.physics.localization import local_blocks
 
 # A timestamp within this fraction of an interval of a cycle's time is that cycle's.
 _TIME_TOLERANCE = 1e-3
@@ -67,8 +68,9 @@ class AssimilationActor(ActorHost):
 
     Raises:
         ValueError: for ``cycles < 1``, inputs without ``"obs"``, a
-            ``"weights"`` input without a ``correction``, or an ``obs`` that
-            does not fit the model's state.
+            ``"weights"`` input without a ``correction``, an ``obs`` that
+            does not fit the model's state, or an LETKF ``local_block`` that
+            does not divide every side of the observed grid.
         TypeError: for a model without the assimilation protocol.
     """
 
@@ -98,12 +100,15 @@ class AssimilationActor(ActorHost):
             raise TypeError(f"model must follow AssimilationModel (grid, interval, initial_state, forecast), got {type(model)}")
         if obs is not None and obs.n != state_size(model):
             raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
+        obs = obs or observe_all(model)
+        if filter.method == "letkf":  # here, at the spawn, not at the first analysis
+            local_blocks(obs.shape, filter.local_block)  # type: ignore[arg-type]
         super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
         self.model = model
         self.cycles = cycles
         self.members = members
         self.filter = filter
-        self.obs = obs or observe_all(model)
+        self.obs = obs
         self.seed = seed
         self.correction = correction
         self.max_wait = max_wait

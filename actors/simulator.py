@@ -155,6 +155,7 @@ class SimulatorActor(ActorHost):
     def setup(self) -> None:
         self._key = jax.random.key(self.seed)
         init, self._advance, self._observe = _compiled(self.simulator, self.publish_every, self.field, self.ensemble)
+        self._check_field(init)
         restored, self._restored = self._restored, None
         if restored is None:
             self.state = init(self._key, self.params)
@@ -168,6 +169,22 @@ class SimulatorActor(ActorHost):
         self.sim_steps = int(restored["sim_steps"])
         self.published = int(restored["published"])
         self._pending = [(dict(p), float(t), int(k_), dict(m)) for p, t, k_, m in restored["pending"]]
+
+    def _check_field(self, init: Callable) -> None:
+        """Refuse a ``field`` that the simulator's ``observe`` does not give, naming the ones it does.
+
+        Raises:
+            ValueError: naming the field asked for and those ``observe`` returns.
+        """
+        # Shapes only (no computation): otherwise the first observe raised a bare KeyError from inside JAX.
+        state = jax.eval_shape(init, self._key, self.params)
+        one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state) if self.ensemble else state
+        observed = jax.eval_shape(self.simulator.observe, one)
+        if not isinstance(observed, dict) or self.field not in observed:
+            have = sorted(observed) if isinstance(observed, dict) else type(observed).__name__
+            raise ValueError(
+                f"actor {self.name!r}: field={self.field!r}, but {type(self.simulator).__name__}.observe() gives {have}"
+            )
 
     def step(self) -> bool:
         if not self._pending:

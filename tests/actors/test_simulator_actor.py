@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 import jax
 import numpy as np
+import pytest
 
 from helper_actors import Collector
 from coupler.actors import SimulatorActor
 from coupler.physics import Heat2D
-from coupler.runtime import Coupling, Window
+from coupler.runtime import ActorFailed, Coupling, Window
 
 
 def test_ensemble_pairs_match_the_pure_simulator(coupling: Coupling, unique: str) -> None:
@@ -40,3 +43,20 @@ def test_ensemble_pairs_match_the_pure_simulator(coupling: Coupling, unique: str
     np.testing.assert_allclose(got["input"], np.concatenate(expect_in), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["target"], np.concatenate(expect_out), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["params"][:, 0], np.tile(np.asarray(params.diffusivity), blocks), rtol=1e-6)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_a_field_the_simulator_does_not_observe_fails_naming_the_fields_it_does(coupling: Coupling, unique: str, ensemble: bool) -> None:
+    sim = Heat2D(n=8)
+    params = sim.random_params(jax.random.key(0))
+    if ensemble:
+        params = jax.vmap(sim.random_params)(jax.random.split(jax.random.key(0), 2))
+    ch = coupling.channel(f"nofield-{unique}", Window(capacity=4))
+    act = coupling.spawn(
+        SimulatorActor, sim, params, name=f"nofield-{unique}", steps=4, field="y", ensemble=ensemble, outputs={"fields": ch}
+    )
+    act.start()
+    observed = sorted(sim.observe(sim.init(jax.random.key(0), sim.random_params(jax.random.key(0)))))
+    with pytest.raises(ActorFailed, match=rf"field='y', but Heat2D.observe\(\) gives {re.escape(str(observed))}"):
+        act.wait(60)
+    act.release()

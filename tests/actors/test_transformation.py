@@ -298,3 +298,10 @@ def test_losing_a_member_worker_does_not_stop_the_assimilation(three_workers: Co
     assert used[-1] == 20, f"the lost block did not rejoin: members used {used.tolist()}"
     # Unit observation error; the LETKF's long-run error here is about 0.2.
     assert np.all(np.isfinite(hist["rmse"])) and np.mean(hist["rmse"][-20:]) < 0.5, hist["rmse"][::10]
+
+
+def test_an_letkf_block_that_does_not_divide_the_grid_is_refused_at_the_spawn() -> None:
+    model = Lorenz96Model(n=40)
+    bad = FilterConfig("letkf", localization=2.0, local_block=3)  # 40 is not a multiple of 3
+    with pytest.raises(ValueError, match=r"local block side must be >= 1 and divide every grid side \(40,\), got 3"):
+        AssimilationActor(model, cycles=2, name="da", filter=bad, inputs={"obs": "obs"})
