@@ -357,9 +357,7 @@ class Coupling(Participant):
         check_actor_class(cls)
         for ports in ("inputs", "outputs"):
             check_ports(ports, kwargs.get(ports))
-            for channel in (kwargs.get(ports) or {}).values():
-                # Here, not on the worker, where the same error also fills the worker's log.
-                self._broker("coupler_routing", name=channel)
+        self._check_channels(kwargs)
         self._forget_released()
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
@@ -381,7 +379,15 @@ class Coupling(Participant):
         return self._supervisor
 
     def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
+        self._check_channels(spec.kwargs)
         return self.supervisor.spawn(spec)
+
+    def _check_channels(self, kwargs: dict[str, Any]) -> None:
+        """Raise ``UnknownChannel`` or ``ChannelClosed`` for a port's channel, here rather than on the
+        worker, where the same error also fills the worker's log with a failed task."""
+        for ports in ("inputs", "outputs"):
+            for channel in (kwargs.get(ports) or {}).values():
+                self._broker("coupler_routing", name=channel)
 
     def _relay_checkpoint(self, name: str) -> dict[str, Any] | None:
         sup = self._supervisor  # not the property: a question must not start a supervisor

@@ -179,6 +179,7 @@ class _Supervised:
     awaiting_since: float = 0.0
     retry_at: float = 0.0
     left: str = ""  # the worker it left or lost
+    move_reason: str = ""  # why it is being moved, for its event
 
     def await_successor(self, kind: str, resume: dict[str, Any] | None, state: str, retry_at: float) -> Future | None:
         """Wait for a worker to host a successor (call with the supervisor's lock).
@@ -251,10 +252,10 @@ def _confirmed(check: Callable[[], bool], within: float, closing: threading.Even
     return False
 
 
-def _placement_detail(kind: str, resume: dict[str, Any] | None, awaiting_since: float) -> str:
+def _placement_detail(kind: str, resume: dict[str, Any] | None, awaiting_since: float, move_reason: str) -> str:
     """Why and from what a successor was placed, for its event."""
     if kind == "moved":
-        detail = "its worker retires"
+        detail = move_reason
     elif resume is not None:
         detail = f"worker lost; from its checkpoint of {time.ctime(resume['time'])}"
     else:
@@ -482,7 +483,7 @@ class Supervisor:
                     rec.succeeded(fut, worker)
                 self.keeper.reset_interval(rec.ref)
                 rec.ref.rebind(actor)
-                detail = _placement_detail(kind, rec.resume, rec.awaiting_since)
+                detail = _placement_detail(kind, rec.resume, rec.awaiting_since, rec.move_reason)
                 self.journal.add(spec.name, kind, left, worker, detail)
                 logger.warning("coupler supervisor: %s %r from %s to %s (%s)", kind, spec.name, left, worker, detail)
                 return True
@@ -510,7 +511,7 @@ class Supervisor:
                 rec = self._records[name]
             self.roster.refresh()
             avoid = rec.worker
-            self._hand_over(rec)
+            self._hand_over(rec, "asked for (supervisor.move)")
             if rec.awaiting != "moved":
                 raise CouplerError(f"actor {name!r} could not hand over on {avoid}: {rec.last_error}")
             deadline = time.monotonic() + (self.policy.placement_timeout if timeout is None else timeout)
@@ -530,15 +531,21 @@ class Supervisor:
         if old is not None:
             old.release()  # the old instance is done with; its worker may retire cleanly
 
-    def _hand_over(self, rec: _Supervised) -> None:
-        """End the actor's loop at a step boundary and keep its final checkpoint for its successor."""
+    def _hand_over(self, rec: _Supervised, why: str = "its worker retires") -> None:
+        """End the actor's loop at a step boundary and keep its final checkpoint for its successor.
+
+        Args:
+            rec: the actor's record.
+            why: the move's reason, for its event.
+        """
+        rec.move_reason = why
         rec.ref.begin_move()
         try:
             ck = self.spawner.retire(rec.spec.name, rec.ref.proxy, self.policy.handover_timeout)
         except Exception as e:  # its worker went first: restart from the last checkpoint instead
             rec.ref.end_move()
             logger.warning("coupler supervisor: %r could not hand over on %s: %r", rec.spec.name, rec.worker, e)
-            self._lose(rec, f"hand-over on retiring worker {rec.worker} failed: {e!r}")
+            self._lose(rec, f"hand-over on worker {rec.worker} ({why}) failed: {e!r}")
             return
         self.keeper.hold_final(rec.ref, ck)
         self._await(rec, "moved", ck, ck["status"]["state"], 0.0)

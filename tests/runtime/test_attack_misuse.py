@@ -69,6 +69,10 @@ def test_misused_channels_and_actors_get_typed_errors(coupling: Coupling, unique
     cp.close_channel(gone)
     with pytest.raises(ChannelClosed, match=f"channel 'gone-{unique}' was closed"):
         cp.spawn(Idle, name=f"out-closed-{unique}", outputs={"y": gone})
+    with pytest.raises(UnknownChannel, match=f"unknown channel 'nope-{unique}'"):
+        cp.subscribe(f"nope-{unique}")
+    with pytest.raises(ChannelClosed, match=f"channel 'gone-{unique}' was closed"):
+        cp.publisher(gone)
     with pytest.raises(TypeError, match="inputs must be a dict {port name: channel name}, got {'x': 5}"):
         cp.spawn(Idle, name=f"in-int-{unique}", inputs={"x": 5})  # refused at spawn, before any worker sees it
     a = cp.spawn(Idle, name=f"twice-{unique}")

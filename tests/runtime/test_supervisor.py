@@ -99,6 +99,9 @@ def test_moving_consumer_and_producer_mid_stream_loses_nothing(coupling: Couplin
     assert record["workers"] == [w[1], w[0]]
     moved = [(e.actor, e.source, e.target) for e in coupling.supervisor.events if e.kind == "moved"]
     assert (tally.name, w[1], w[0]) in moved and (counter.name, w[0], w[1]) in moved
+    # Its event says why it moved: asked for, not a retiring worker.
+    assert all(e.detail.startswith("asked for (supervisor.move)") for e in coupling.supervisor.events if e.kind == "moved"
+               and e.actor in (tally.name, counter.name))
     tally.stop()
 
 
