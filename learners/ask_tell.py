@@ -81,7 +81,7 @@ class Generator(Protocol):
     """What a third-party optimiser offers to steer simulations."""
 
     def ask(self, n: int) -> list[Suggestion]:
-        """Up to ``n`` points to simulate next (fewer, or none, when it has no more)."""
+        """Up to ``n`` points to simulate next (fewer, or none, when it has no more), inside the space's bounds."""
         ...
 
     def tell(self, results: list[Outcome]) -> None:
@@ -109,7 +109,12 @@ class _Asked:
             if missing or extra:
                 raise ValueError(f"a suggestion must name exactly the parameters {list(self.space.names)}; "
                                  f"got {sorted(s.params)} (missing {missing}, unknown {extra})")  # fmt: skip
-            rows.append([float(s.params[name]) for name in self.space.names])
+            row = [float(s.params[name]) for name in self.space.names]
+            for name, v, lo, hi in zip(self.space.names, row, self.space.lower, self.space.upper):
+                # The pool would simulate it as given: a typo'd bound or a unit slip runs meaningless cases.
+                if not lo <= v <= hi:
+                    raise ValueError(f"a suggestion's {name} must lie in the space's [{lo:g}, {hi:g}]; got {v!r}")
+            rows.append(row)
         self.waiting = got
         return self.space.to_unit(np.array(rows, np.float64).reshape(-1, self.space.dim))
 

@@ -146,3 +146,27 @@ def test_bad_generators_and_suggestions_are_refused() -> None:
         AskTellSteerer(SPACE, Wrong()).propose(1)
     with pytest.raises(ValueError, match="AskTellSteerer"):
         AskTellSteerer(SPACE, Stepper()).load_state_dict({"tasks": []})
+
+
+@pytest.mark.parametrize("value", [1.5, -1.0001, float("nan"), float("inf")])
+def test_a_suggestion_outside_the_space_is_refused_naming_the_parameter_and_its_bounds(value: float) -> None:
+    class Outside:
+        def ask(self, n: int) -> list[Suggestion]:
+            return [Suggestion({"a": 0.0, "b": 0.5, "c": value, "d": -1.0})]
+
+        def tell(self, results: list[Outcome]) -> None:
+            pass
+
+    with pytest.raises(ValueError, match=r"a suggestion's c must lie in the space's \[-1, 1\]; got "):
+        AskTellSteerer(SPACE, Outside()).propose(1)
+
+
+def test_a_suggestion_on_the_bounds_is_taken() -> None:
+    class Corners:
+        def ask(self, n: int) -> list[Suggestion]:
+            return [Suggestion({"a": -1.0, "b": 1.0, "c": -1.0, "d": 1.0})]
+
+        def tell(self, results: list[Outcome]) -> None:
+            pass
+
+    assert len(AskTellSteerer(SPACE, Corners()).propose(1)) == 1
