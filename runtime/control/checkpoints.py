@@ -90,7 +90,8 @@ class CheckpointStore:
             ``memory://run``...) read and written through fsspec.
 
     Raises:
-        CheckpointError: for a URL when fsspec is not installed.
+        CheckpointError: for a URL when fsspec (or its protocol's package) is not installed,
+            or a location that cannot be created or written.
 
     Examples:
         >>> store = CheckpointStore(tempfile.mkdtemp())
@@ -107,12 +108,18 @@ class CheckpointStore:
                 import fsspec
             except ImportError:
                 raise CheckpointError(f"checkpoints at {self.location!r} need fsspec (pip install fsspec)") from None
-            self._fs, self._root = fsspec.core.url_to_fs(self.location)
-            self._fs.makedirs(self._root, exist_ok=True)
+            try:
+                self._fs, self._root = fsspec.core.url_to_fs(self.location)
+                self._fs.makedirs(self._root, exist_ok=True)
+            except (ImportError, ValueError, OSError) as e:  # an unknown protocol, its package missing, no access
+                raise CheckpointError(f"cannot keep checkpoints at {self.location!r}: {e}") from None
         else:
-            self._root = self.location.removeprefix("file://")
-            Path(self._root).expanduser().mkdir(parents=True, exist_ok=True)
-            self._root = str(Path(self._root).expanduser())
+            root = Path(self.location.removeprefix("file://")).expanduser()
+            try:
+                root.mkdir(parents=True, exist_ok=True)
+            except OSError as e:  # not a directory, no permission, read-only file system
+                raise CheckpointError(f"cannot keep checkpoints in {self.location!r}: {e}") from None
+            self._root = str(root)
 
     def __repr__(self) -> str:
         return f"CheckpointStore({self.location!r})"

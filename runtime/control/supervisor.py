@@ -69,7 +69,7 @@ from coupler.runtime.control.journal import Journal, SupervisionEvent
 from coupler.runtime.control.keeping import ENDED_STATES, CheckpointKeeper
 from coupler.runtime.control.roster import WorkerRoster
 from coupler.runtime.control.spawning import SpawnSpec, Spawner
-from coupler.runtime.errors import ActorFailed, CouplerError
+from coupler.runtime.errors import ActorFailed, CheckpointError, CouplerError
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +286,10 @@ class Supervisor:
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._acting = threading.RLock()  # one of poll() and move() acts on the actors at a time
-        store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
+        try:
+            store = CheckpointStore(self.policy.checkpoint_dir) if self.policy.checkpoint_dir else None
+        except CheckpointError as e:
+            raise CheckpointError(f"coupler.supervision.checkpoint-dir: {e}") from None
         self.journal = Journal(clock)
         self.keeper = CheckpointKeeper(store, clock, self.journal.checkpoint_failed)
 

@@ -121,3 +121,14 @@ def test_resuming_an_actor_the_store_does_not_hold_says_it_starts_afresh(
         ref.release()
     assert any("'fresh-after-resume': coupler.supervision.resume is on, but" in r.getMessage() and "starts afresh" in r.getMessage()
                for r in caplog.records), [r.getMessage() for r in caplog.records]
+
+
+@pytest.mark.parametrize("where", ["a-file/run", "nosuchprotocol://bucket/run"])
+def test_a_checkpoint_dir_that_cannot_be_used_is_refused_naming_the_setting(
+    coupling: Coupling, tmp_path: Path, where: str
+) -> None:
+    (tmp_path / "a-file").write_text("not a directory")
+    location = str(tmp_path / where) if "://" not in where else where
+    with dask.config.set({"coupler.supervision.checkpoint-dir": location}), Coupling(coupling.client.scheduler.address) as cp:
+        with pytest.raises(CheckpointError, match=rf"coupler.supervision.checkpoint-dir: cannot keep checkpoints (in|at) '{location}': "):
+            cp.supervisor
