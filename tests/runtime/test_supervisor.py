@@ -59,19 +59,21 @@ def test_an_actor_answers_when_another_client_of_the_process_was_the_default(cou
 def test_a_spawn_pinned_to_workers_that_are_gone_fails_instead_of_waiting_for_ever(coupling: Coupling, unique: str) -> None:
     """The scheduler never moves a pinned task: a spawn whose workers all left can never start.
 
-    It fails with CouplerError, naming them (a restart then tries other candidates);
-    a pin by host keeps working.
+    The spawner fails with CouplerError, naming them (a restart then tries other
+    candidates); ``Coupling.spawn`` refuses such a pin before it submits anything
+    (NoSuitableWorker, tests/runtime/test_attack_misuse.py); a pin by host keeps working.
     """
+    from coupler.runtime.control.spawning import SpawnSpec
     from coupler.runtime.errors import CouplerError
 
     gone = "tcp://127.0.0.1:9"  # no worker there
-    pool = ThreadPoolExecutor(1)
+    spawner = coupling.supervisor.spawner
+    fut = spawner.submit(SpawnSpec(Collector, (), {}, f"pinned-{unique}", (gone,), None), [gone], 0)
     try:
-        pending = pool.submit(coupling.spawn, Collector, name=f"pinned-{unique}", workers=gone)
-        with pytest.raises(CouplerError, match="every worker it was placed on left"):
-            pending.result(timeout=60)  # a bound on a hang, not a timing target
+        with pytest.raises(CouplerError, match=r"every worker it was placed on left before it started: \['tcp://127.0.0.1:9'\]"):
+            spawner.actor(fut, timeout=60, workers=[gone])  # a bound on a hang, not a timing target
     finally:
-        pool.shutdown(wait=False)
+        fut.release()
     host = next(iter(coupling.client.scheduler_info(n_workers=-1)["workers"].values()))["host"]
     ref = coupling.spawn(Collector, name=f"by-host-{unique}", workers=host)
     assert ref.status().state == "created"
