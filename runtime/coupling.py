@@ -346,8 +346,9 @@ class Coupling(Participant):
             TypeError: if ``cls`` is not an actor host class, or ``inputs``/``outputs`` are not
                 dicts of port names to channel names.
             ValueError: for a bad name, or the name of an actor of this coupling that was not released.
-            UnknownChannel: for a port on a channel that was never declared.
-            ChannelClosed: for a port on a channel that was closed.
+            UnknownChannel: for an input on a channel that was never declared (an output's
+                channel may be declared later; its sends raise until it is).
+            ChannelClosed: for an input on a channel that was closed.
             NoSuitableWorker: if no worker has ``resources`` and matches ``workers`` within
                 ``coupler.placement-timeout``.
             NoCoupling: if the coupling is closed.
@@ -357,7 +358,8 @@ class Coupling(Participant):
         check_actor_class(cls)
         for ports in ("inputs", "outputs"):
             check_ports(ports, kwargs.get(ports))
-        self._check_channels(kwargs)
+        # Inputs attach when the actor is made; an output's channel may be declared after the spawn.
+        self._check_channels(kwargs, ("inputs",))
         self._forget_released()
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
@@ -379,13 +381,13 @@ class Coupling(Participant):
         return self._supervisor
 
     def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
-        self._check_channels(spec.kwargs)
+        self._check_channels(spec.kwargs, ("inputs", "outputs"))  # a driver port is on a declared channel
         return self.supervisor.spawn(spec)
 
-    def _check_channels(self, kwargs: dict[str, Any]) -> None:
-        """Raise ``UnknownChannel`` or ``ChannelClosed`` for a port's channel, here rather than on the
-        worker, where the same error also fills the worker's log with a failed task."""
-        for ports in ("inputs", "outputs"):
+    def _check_channels(self, kwargs: dict[str, Any], kinds: tuple[str, ...]) -> None:
+        """Raise ``UnknownChannel`` or ``ChannelClosed`` for the channel of a port of ``kinds``, here
+        rather than on the worker, where the same error also fills the worker's log with a failed task."""
+        for ports in kinds:
             for channel in (kwargs.get(ports) or {}).values():
                 self._broker("coupler_routing", name=channel)
 

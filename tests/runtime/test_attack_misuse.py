@@ -68,7 +68,7 @@ def test_misused_channels_and_actors_get_typed_errors(coupling: Coupling, unique
     gone = cp.channel(f"gone-{unique}", Queue(2))
     cp.close_channel(gone)
     with pytest.raises(ChannelClosed, match=f"channel 'gone-{unique}' was closed"):
-        cp.spawn(Idle, name=f"out-closed-{unique}", outputs={"y": gone})
+        cp.spawn(Idle, name=f"in-closed-{unique}", inputs={"y": gone})
     with pytest.raises(UnknownChannel, match=f"unknown channel 'nope-{unique}'"):
         cp.subscribe(f"nope-{unique}")
     with pytest.raises(ChannelClosed, match=f"channel 'gone-{unique}' was closed"):
