@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 CALL_SLACK = 30.0
 # Seconds between looks at whether the workers a spawn is pinned to are still there.
 PINNED_CHECK_S = 1.0
+# Seconds a spawn waits before it says that the cluster has no worker at all.
+NO_WORKER_WARN_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,9 @@ class Spawner:
             TimeoutError: no instance within ``timeout``.
             CouplerError: every worker it was pinned to left first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
+        start = time.monotonic()
+        deadline = None if timeout is None else start + timeout
+        warned = False
         with self.client.as_current():
             while True:
                 left = None if deadline is None else deadline - time.monotonic()
@@ -142,6 +146,11 @@ class Spawner:
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise
+                # A cluster with no worker (batch jobs still queued, or none asked for) holds the
+                # spawn until one joins: legitimate, but say so rather than wait in silence.
+                if not warned and time.monotonic() - start >= NO_WORKER_WARN_S and not workers_with(self.client):
+                    logger.warning("spawn of %s waits for a worker: the cluster has none yet", fut.key)
+                    warned = True
                 # Only the scheduler knows whether they left: ask it (a cheap call, once a second).
                 if workers and not workers_with(self.client, None, workers):
                     raise CouplerError(f"every worker it was placed on left before it started: {sorted(workers)}")

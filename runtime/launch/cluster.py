@@ -637,10 +637,12 @@ def check_placement(
     pinned: Sequence[str] | None = None,
     timeout: str | float | None = None,
 ) -> list[str]:
-    """Wait until some worker can host an actor, so that it is never queued forever.
+    """Wait until some worker can host an actor that asks for ``resources`` or ``pinned`` workers,
+    so that it is never queued forever.
 
     A worker can host it when it is alive, has ``resources`` and is one of ``pinned``.
     A cluster still starting (batch jobs in the queue) gets ``timeout`` to bring one.
+    An actor that asks for neither is not checked: any worker, one that joins later too, will do.
 
     Args:
         client: the coupling's client.
@@ -650,11 +652,15 @@ def check_placement(
             ``coupler.placement-timeout``).
 
     Returns:
-        The workers that can host it now.
+        The workers that can host it now (``[]`` for an actor that asks for nothing).
 
     Raises:
         NoSuitableWorker: if none can after ``timeout``; the message lists the workers and what they have.
     """
+    if not resources and pinned is None:
+        # Any worker will do, one that joins later too (batch jobs still queued): the spawn waits for
+        # it, and says so if none comes (Spawner.actor).
+        return []
     seconds = parse_timedelta(timeout if timeout is not None else config.get("placement-timeout"))
     deadline = time.monotonic() + seconds
     while True:
@@ -665,8 +671,6 @@ def check_placement(
     if found:
         return found
     have = {a: dict(w.get("resources") or {}) for a, w in client.scheduler_info(n_workers=-1)["workers"].items()}
-    if not have:
-        raise NoSuitableWorker(f"the cluster has no workers (waited {seconds:g} s for one): start some, or wait for its jobs")
     if pinned is not None and not workers_with(client, None, pinned):
         raise NoSuitableWorker(
             f"no worker of the cluster matches workers={sorted(map(str, pinned))} (waited {seconds:g} s); "

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import dask.config
 import numpy as np
 import pytest
+from distributed import LocalCluster
 
 import coupler.runtime.coupling as coupling_module
 from coupler.actors import ActorHost
@@ -241,3 +243,19 @@ def test_a_step_asking_for_a_port_its_spawn_did_not_give_fails_naming_the_ports_
         ref.wait(timeout=30)
     ref.release()
     assert issubclass(UnknownPort, KeyError)  # code that caught the bare KeyError still does
+
+
+def test_a_spawn_on_a_cluster_with_no_worker_waits_for_one_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    # Batch jobs still in the queue look like this: the spawn must wait (not fail), but not in silence.
+    with LocalCluster(n_workers=0, processes=False, dashboard_address=":0") as cluster, Coupling(cluster.scheduler_address) as cp:
+        with caplog.at_level("WARNING", logger="coupler.runtime.control.spawning"), ThreadPoolExecutor(1) as pool:
+            spawning = pool.submit(cp.spawn, Idle, name="early")
+            until_logged = time.monotonic() + 30
+            while not any("waits for a worker: the cluster has none yet" in r.getMessage() for r in caplog.records):
+                assert time.monotonic() < until_logged, "no word after 30 s of waiting for a worker"
+                assert not spawning.done(), spawning.exception()
+                time.sleep(0.2)
+            cluster.scale(1)  # the job starts: the spawn goes on
+            ref = spawning.result(timeout=60)
+        assert ref.status().state == "created"
+        ref.release()
