@@ -268,7 +268,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="interleaved rounds of the solver and hybrid runs; the fastest of each counts (default 5)")
     p.add_argument("--workers", type=int, default=2, help="local worker processes (default 2)")
     p.add_argument("--json", type=str, default="", help="also write the results table to this JSON file")
-    p.add_argument("--artifacts", type=Path, default=Path("artifacts/augmentation"),
+    # --out as in the other demos; --artifacts, its first name, still works.
+    p.add_argument("--out", "--artifacts", dest="artifacts", type=Path, default=Path("artifacts/augmentation"),
                    help="folder for the PNGs (default artifacts/augmentation)")
     p.add_argument("--seed", type=int, default=0)
     return parse_with_quick(p, argv, QUICK)
