@@ -61,9 +61,37 @@ def encode(checkpoint: Any) -> bytes:
     """A checkpoint as bytes.
 
     Raises:
-        TypeError: for a value that is not plain data.
+        TypeError: for a value that is not plain data, naming where it is (``state/w``).
     """
-    return msgpack.packb(checkpoint, default=_default, use_bin_type=True, strict_types=True)
+    try:
+        return msgpack.packb(checkpoint, default=_default, use_bin_type=True, strict_types=True)
+    except TypeError as e:
+        found = _first_not_plain(checkpoint, "")
+        if found is None:  # msgpack's own refusal of something the walk takes for plain
+            raise
+        where, value = found
+        jax_hint = " (a JAX array: np.asarray(x) or jax.device_get(x) in state_dict)" if "jax" in type(value).__module__ else ""
+        raise TypeError(f"{e} at {where or 'the top'}{jax_hint}") from None
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _first_not_plain(value: Any, path: str) -> tuple[str, Any] | None:
+    """Where (``state/w``) and what the first value a checkpoint cannot hold is (``None``: all plain)."""
+    if isinstance(value, dict):
+        items: Any = ((str(k), v) for k, v in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    elif isinstance(value, (np.ndarray, np.generic)):
+        return (path, value) if np.asarray(value).dtype.hasobject else None
+    else:
+        return None if type(value) in _PLAIN else (path, value)
+    for key, item in items:
+        found = _first_not_plain(item, f"{path}/{key}" if path else key)
+        if found is not None:
+            return found
+    return None
 
 
 def decode(data: bytes) -> Any:

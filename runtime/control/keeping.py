@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from coupler.runtime.control.actor_ref import ActorRef
-from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore
+from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore, encode
 from coupler.runtime.control.spawning import CALL_SLACK
 
 logger = logging.getLogger(__name__)
@@ -78,10 +78,26 @@ class CheckpointKeeper:
         # Bumped whenever a checkpoint is held: a periodic one asked before is then stale.
         self._version: dict[ActorRef, int] = {}
         self._in_flight: dict[ActorRef, _InFlight] = {}
+        self._looked_at: set[ActorRef] = set()  # without a store: actors whose first checkpoint was encoded once
 
     def _hold(self, ref: ActorRef, ck: dict[str, Any] | None) -> None:
         self._held[ref], self._at[ref] = ck, self.clock()
         self._version[ref] = self._version.get(ref, 0) + 1
+        if self.store is None and ck is not None and ref not in self._looked_at:
+            self._looked_at.add(ref)
+            self._warn_unless_plain(ref, ck)
+
+    @staticmethod
+    def _warn_unless_plain(ref: ActorRef, ck: dict[str, Any]) -> None:
+        # In memory any picklable state works; a store holds plain data only. Found once per actor here,
+        # the mistake does not wait for the day a checkpoint-dir is set (once: a state's structure stays).
+        try:
+            encode(ck)
+        except (TypeError, ValueError, OverflowError) as e:
+            logger.warning(
+                "actor %r: its checkpoint is not plain data (%s); it is kept in memory, but a "
+                "coupler.supervision.checkpoint-dir could not store it", ref.name, e,
+            )
 
     def begin(self, ref: ActorRef, checkpoint: dict[str, Any] | None = None) -> None:
         """Keep ``ref``'s checkpoints from ``checkpoint`` (``None``: none yet); the interval counts from now."""
@@ -93,6 +109,7 @@ class CheckpointKeeper:
         self._at.pop(ref, None)
         self._version.pop(ref, None)
         self._in_flight.pop(ref, None)
+        self._looked_at.discard(ref)
 
     def abandon(self, ref: ActorRef) -> None:
         """Stop waiting for ``ref``'s periodic checkpoint or commit (its instance is being replaced)."""

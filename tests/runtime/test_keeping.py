@@ -10,6 +10,8 @@ from __future__ import annotations
 from concurrent.futures import Future
 from typing import Any
 
+import pytest
+
 from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.checkpoints import CheckpointError
 from coupler.runtime.control.keeping import CheckpointKeeper
@@ -115,3 +117,33 @@ def test_a_checkpoint_the_store_could_not_write_is_held_but_not_committed() -> N
     keeper.periodic(ref, "w", 10.0)
     assert keeper.held(ref) == _ck(7)  # a restart in this run still gets it
     assert proxy.commits == [] and len(failed) == 1 and "no space left" in failed[0][2]
+
+
+def test_without_a_store_a_checkpoint_that_a_store_could_not_hold_is_named_once(caplog: pytest.LogCaptureFixture) -> None:
+    keeper, ref, _, _, _ = _keeper()
+    bad = {**_ck(1), "state": {"w": [1.0, {"opt": object()}]}}
+    with caplog.at_level("WARNING", logger="coupler.runtime.control.keeping"):
+        keeper.hold_final(ref, bad)
+        keeper.hold_final(ref, bad)  # a state's structure stays: said once per actor
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "actor 'a': its checkpoint is not plain data" in said[0] and "got object at state/w/1/opt" in said[0]
+    assert keeper.held(ref) is bad  # kept in memory all the same
+    caplog.clear()
+    other = ActorRef("b", _Proxy())  # type: ignore[arg-type]
+    with caplog.at_level("WARNING", logger="coupler.runtime.control.keeping"):
+        keeper.begin(other, {**_ck(1), "state": {"w": [1.0, 2.0]}})
+    assert not caplog.records
+
+
+def test_an_encoding_error_says_where_and_for_a_jax_array_what_to_do() -> None:
+    import jax.numpy as jnp
+    import numpy as np
+
+    from coupler.runtime.control.checkpoints import encode
+
+    with pytest.raises(TypeError, match=r"got ArrayImpl at state/w \(a JAX array: np.asarray\(x\) or jax.device_get\(x\) in state_dict\)"):
+        encode({"state": {"i": 3, "w": jnp.zeros(2)}})
+    with pytest.raises(TypeError, match="got dtype object at 1/0"):
+        encode({1: [np.zeros(2, object)]})
+    with pytest.raises(TypeError, match="got set at the top"):
+        encode({1, 2})
