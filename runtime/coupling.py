@@ -46,6 +46,7 @@ from coupler.runtime import config
 from coupler.runtime.dataplane import shm
 from coupler.runtime.launch.cluster import (
     KINDS,
+    EmbeddedCluster,
     JobOptions,
     check_placement,
     close_cluster,
@@ -350,7 +351,8 @@ class Coupling(Participant):
                 channel may be declared later; its sends raise until it is).
             ChannelClosed: for an input on a channel that was closed.
             NoSuitableWorker: if no worker has ``resources`` and matches ``workers`` within
-                ``coupler.placement-timeout``.
+                ``coupler.placement-timeout`` (at once on the coupling's own local cluster,
+                whose workers are all there).
             NoCoupling: if the coupling is closed.
         """
         self._check_open()
@@ -365,8 +367,9 @@ class Coupling(Participant):
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):
             workers = [workers]
-        # Dask would queue an actor no worker can host forever; fail with a clear error instead.
-        check_placement(self.client, resources, workers)
+        # Dask would queue an actor no worker can host forever; fail with a clear error instead. The
+        # embedded cluster, once all its workers joined, never gains a worker: no time to wait for one.
+        check_placement(self.client, resources, workers, timeout=0 if self._workers_fixed() else None)
         # The supervisor spawns it, and respawns it elsewhere when its worker retires or is lost.
         spec = SpawnSpec(cls, args, kwargs, name, tuple(workers) if workers else None, resources)
         ref = self.supervisor.spawn(spec)
@@ -379,6 +382,13 @@ class Coupling(Participant):
         if self._supervisor is None:
             self._supervisor = Supervisor(self.client, key_prefix=f"coupler-actor-{os.getpid()}-{id(self)}")
         return self._supervisor
+
+    def _workers_fixed(self) -> bool:
+        """Whether this coupling's cluster is its own embedded one with every worker it will have joined."""
+        own = self._own_cluster
+        if not isinstance(own, EmbeddedCluster):
+            return False
+        return len(self.client.scheduler_info(n_workers=-1)["workers"]) >= len(own.worker_spec)
 
     def _spawn_relay(self, spec: SpawnSpec) -> ActorRef:
         self._check_channels(spec.kwargs, ("inputs", "outputs"))  # a driver port is on a declared channel

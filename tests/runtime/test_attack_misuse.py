@@ -183,11 +183,15 @@ def test_an_ended_actor_cannot_start_or_resume_again(coupling: Coupling, unique:
 def test_an_actor_pinned_to_no_worker_of_the_cluster_is_refused_naming_the_workers(coupling: Coupling, unique: str) -> None:
     ghost = "tcp://192.0.2.1:1"  # TEST-NET-1: never a worker here
     t0 = time.monotonic()
-    with dask.config.set({"coupler.placement-timeout": "1s"}):
-        with pytest.raises(NoSuitableWorker, match=r"no worker of the cluster matches workers=\['tcp://192.0.2.1:1'\] \(waited 1 s\); the workers are \['tcp://"):
+    with dask.config.set({"coupler.placement-timeout": "1s"}):  # the session's own local cluster: not waited for
+        with pytest.raises(NoSuitableWorker, match=r"no worker of the cluster matches workers=\['tcp://192.0.2.1:1'\] \(waited 0 s\); the workers are \['tcp://"):
             coupling.spawn(Idle, name=f"ghost-{unique}", workers=ghost)
     assert time.monotonic() - t0 < 10
     assert f"ghost-{unique}" not in coupling.actors()
+    # A coupling that joined the cluster cannot know that no worker will join: it waits placement-timeout.
+    with dask.config.set({"coupler.placement-timeout": "1s"}), Coupling(coupling.client.scheduler.address) as joined:
+        with pytest.raises(NoSuitableWorker, match=r"no worker of the cluster matches workers=\['tcp://192.0.2.1:1'\] \(waited 1 s\)"):
+            joined.spawn(Idle, name=f"ghost-joined-{unique}", workers=ghost)
     # A pin that names a live worker by its address still places the actor there.
     worker = sorted(coupling.client.scheduler_info(n_workers=-1)["workers"])[0]
     ref = coupling.spawn(Idle, name=f"pinned-{unique}", workers=worker)

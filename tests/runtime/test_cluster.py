@@ -298,3 +298,13 @@ def test_coupling_joins_the_configured_scheduler_and_leaves_it_running(coupling:
             assert cp.client.scheduler.address == address
             assert cp.workers() == coupling.workers()
     assert coupling.workers()  # the shared cluster is still up
+
+
+def test_the_coupling_s_own_local_cluster_refuses_missing_resources_at_once(coupling: Coupling, unique: str) -> None:
+    # Its workers are all there and never change: waiting coupler.placement-timeout (30 s) would only delay the error.
+    assert coupling._workers_fixed()
+    t0 = time.monotonic()
+    with dask.config.set({"coupler.placement-timeout": "30s"}):
+        with pytest.raises(NoSuitableWorker, match=r"no worker has resources \{'GPU': 1\} \(waited 0 s\)"):
+            coupling.spawn(Collector, name=f"nogpu-now-{unique}", resources={"GPU": 1})
+    assert time.monotonic() - t0 < 10  # a bound on a hang, not a timing target
