@@ -154,16 +154,18 @@ class EndsAtOnce(ActorHost):
 
 def test_a_wait_that_times_out_says_why_the_actor_has_not_ended(coupling: Coupling, unique: str) -> None:
     never = coupling.spawn(Idle, name=f"unstarted-{unique}")
-    with pytest.raises(TimeoutError, match=r"still created after 0.5 s \(0 steps\): it was never started \(call start\(\)\)"):
-        never.wait(timeout=0.5)
-    never.release()
-    ch = coupling.channel(f"noone-{unique}", Queue(2))
-    sender = coupling.spawn(SendsForEver, name=f"lonely-{unique}", outputs={"out": ch})
+    _wait_fails(never, 0.5, TimeoutError, r"still created after 0.5 s \(0 steps\): it was never started \(call start\(\)\)")
+    sender = coupling.spawn(SendsForEver, name=f"lonely-{unique}", outputs={"out": coupling.channel(f"noone-{unique}", Queue(2))})
     sender.start()
     # The status explains the wait (a consumer to attach) before the timeout fires; the error repeats it.
-    with pytest.raises(TimeoutError, match=f"still running after 3 s .*: waits .*for a consumer to attach to channel 'noone-{unique}'"):
-        sender.wait(timeout=3)
-    sender.release()
+    _wait_fails(sender, 3, TimeoutError, f"still running after 3 s .*: waits .*for a consumer to attach to channel 'noone-{unique}'")
+
+
+def _wait_fails(ref: Any, timeout: float, error: type[BaseException], match: str) -> None:
+    """``ref.wait(timeout)`` raises ``error`` matching ``match``; then ``ref`` is released."""
+    with pytest.raises(error, match=match):
+        ref.wait(timeout=timeout)
+    ref.release()
 
 
 @pytest.mark.parametrize("end", ["stop", "finish"])
@@ -240,12 +242,9 @@ class ReadsInp(ActorHost):
 
 
 def test_a_step_asking_for_a_port_its_spawn_did_not_give_fails_naming_the_ports_it_has(coupling: Coupling, unique: str) -> None:
-    ch = coupling.channel(f"port-{unique}", Queue(2))
-    ref = coupling.spawn(ReadsInp, name=f"port-{unique}", inputs={"input": ch})
+    ref = coupling.spawn(ReadsInp, name=f"port-{unique}", inputs={"input": coupling.channel(f"port-{unique}", Queue(2))})
     ref.start()
-    with pytest.raises(ActorFailed, match=rf"UnknownPort: actor 'port-{unique}' has no input port 'inp'; its inputs are \['input'\]"):
-        ref.wait(timeout=30)
-    ref.release()
+    _wait_fails(ref, 30, ActorFailed, rf"UnknownPort: actor 'port-{unique}' has no input port 'inp'; its inputs are \['input'\]")
     assert issubclass(UnknownPort, KeyError)  # code that caught the bare KeyError still does
 
 
