@@ -114,6 +114,29 @@ class Coupling(Participant):
         self._own_cluster: Any = None
         self._own_client = True
         self._actors: dict[str, ActorRef] = {}
+        self.run_id = f"run-{uuid.uuid4().hex}"
+        self._closed = False
+        try:
+            jobs = self._connect(cluster, n_workers, threads_per_worker, dashboard_address, cluster_kwargs)
+            self.client.register_plugin(Broker())
+            self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
+            self.client.register_plugin(Endpoint(report_interval=seconds("report-interval", positive=True)))
+            self._broker("coupler_begin_run", run=self.run_id, client=self.client.id)
+        except BaseException:
+            self._abandon()  # a cluster started here must not outlive a coupling that failed to start
+            raise
+        if jobs is not None:
+            self._wait_for_jobs(jobs)  # closes the whole coupling if they do not come
+
+    def _connect(
+        self, cluster: Any, n_workers: int | None, threads_per_worker: int | None, dashboard_address: str | None,
+        cluster_kwargs: dict[str, Any],
+    ) -> int | None:
+        """Set ``self.client`` (and ``self._own_cluster`` for a cluster started here).
+
+        Returns:
+            The batch jobs to wait for, for a batch cluster started here (``None``: none).
+        """
         kind = None
         if isinstance(cluster, str) and cluster in KINDS:  # Coupling("local"), Coupling("slurm"): start one
             kind, cluster = cluster, None
@@ -130,12 +153,12 @@ class Coupling(Participant):
                     **cluster_kwargs,
                 )
                 self.client = Client(self._own_cluster, direct_to_workers=True)
-            else:
-                options = JobOptions.from_config()
-                self._own_cluster = start_cluster(kind, options, **cluster_kwargs)
-                self.client = Client(self._own_cluster, direct_to_workers=True)
-                self._wait_for_jobs(options.jobs)
-        elif isinstance(cluster, Client):
+                return None
+            options = JobOptions.from_config()
+            self._own_cluster = start_cluster(kind, options, **cluster_kwargs)
+            self.client = Client(self._own_cluster, direct_to_workers=True)
+            return options.jobs
+        if isinstance(cluster, Client):
             self.client, self._own_client = cluster, False
         elif isinstance(cluster, str):
             self.client = connect(cluster, direct_to_workers=True)
@@ -143,12 +166,17 @@ class Coupling(Participant):
             self.client = Client(cluster, direct_to_workers=True)
         else:
             raise TypeError(f"Coupling(cluster=...) expects None, a Client, a cluster or an address; got {cluster!r}")
-        self.client.register_plugin(Broker())
-        self.client.register_plugin(Inspection())  # after the broker: it shows the broker's state
-        self.client.register_plugin(Endpoint(report_interval=seconds("report-interval", positive=True)))
-        self.run_id = f"run-{uuid.uuid4().hex}"
-        self._closed = False
-        self._broker("coupler_begin_run", run=self.run_id, client=self.client.id)
+        return None
+
+    def _abandon(self) -> None:
+        """Close what a coupling that failed to start had opened: its client and the cluster it started."""
+        client = getattr(self, "client", None)
+        if self._own_client and client is not None:
+            client.close()
+        if self._own_cluster is not None:
+            close_cluster(self._own_cluster)
+            self._own_cluster = None
+        self._closed = True
 
     @classmethod
     def from_config(

@@ -36,6 +36,7 @@ from coupler.runtime import (
     UnknownChannel,
     UnknownPort,
     Window,
+    WorkersNotReady,
     WrongPolicy,
 )
 
@@ -262,3 +263,18 @@ def test_a_spawn_on_a_cluster_with_no_worker_waits_for_one_and_says_so(caplog: p
             ref = spawning.result(timeout=60)
         assert ref.status().state == "created"
         ref.release()
+
+
+def test_a_batch_cluster_whose_jobs_never_start_fails_with_workers_not_ready_and_is_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A batch cluster whose jobs stay queued: a scheduler with no worker stands in for it.
+    started: list[LocalCluster] = []
+
+    def start_cluster(kind: str, *args: Any, **kwargs: Any) -> LocalCluster:
+        started.append(LocalCluster(n_workers=0, processes=False, dashboard_address=":0"))
+        return started[-1]
+
+    monkeypatch.setattr(coupling_module, "start_cluster", start_cluster)
+    with dask.config.set({"coupler.scheduler-address": None, "coupler.jobqueue.start-timeout": "1s"}):
+        with pytest.raises(WorkersNotReady):
+            Coupling("slurm")
+    assert len(started) == 1 and started[0].status.name == "closed"  # not left running
