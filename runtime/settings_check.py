@@ -10,19 +10,19 @@ a bad one at once, in one line that names it.
 
 from __future__ import annotations
 
-from typing import Any
 
 from dask.utils import parse_timedelta
 
 from coupler.runtime import config
 from coupler.runtime.control.supervisor import SupervisionPolicy
-from coupler.runtime.dataplane.settings import delivery_config, transport_config
+from coupler.runtime.dataplane.settings import delivery_config, flag, transport_config
+from coupler.runtime.launch.cluster import KINDS
 
 #: Durations read with ``parse_timedelta`` where they are used.
 DURATIONS = ("connect-timeout", "placement-timeout", "report-interval", "jobqueue.start-timeout")
 #: Durations that may also be ``"auto"`` (a share of the walltime).
 AUTO_DURATIONS = ("jobqueue.lifetime-margin", "jobqueue.lifetime-stagger")
-#: Counts of the embedded cluster (``None``: its default).
+#: Counts of the embedded cluster.
 COUNTS = ("local.n-workers", "local.threads-per-worker")
 
 
@@ -42,10 +42,10 @@ def seconds(key: str, *, positive: bool = False) -> float:
     return s
 
 
-def _count(key: str) -> Any:
+def _count(key: str) -> int:
     value = config.get(key)
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"coupler.{key} must be an integer >= 1 (or null for the default), got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"coupler.{key} must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -58,6 +58,13 @@ def check_settings() -> None:
     SupervisionPolicy.from_config()
     delivery_config()
     transport_config()
+    flag("tls", config.section("tls"), "enabled", False)
+    kind = config.get("cluster")
+    if kind not in KINDS:
+        raise ValueError(f"coupler.cluster must be one of {', '.join(KINDS)}, got {kind!r}")
+    address = config.get("scheduler-address")
+    if address is not None and not isinstance(address, str):
+        raise ValueError(f"coupler.scheduler-address must be an address like tcp://host:8786 (or null), got {address!r}")
     for key in DURATIONS:
         seconds(key, positive=key in ("report-interval", "connect-timeout"))
     for key in AUTO_DURATIONS:

@@ -228,6 +228,9 @@ def restored_config() -> Iterator[None]:
         ("coupler:\n  placement-timeout: soon\n", "coupler.placement-timeout must be a duration"),
         ("coupler:\n  report-interval: 0\n", "coupler.report-interval must be a duration > 0"),
         ("coupler:\n  local:\n    n-workers: two\n", "coupler.local.n-workers must be an integer >= 1"),
+        ("coupler:\n  local:\n    n-workers: null\n", "coupler.local.n-workers must be an integer >= 1"),
+        ("coupler:\n  cluster: nope\n", "coupler.cluster must be one of local, slurm"),
+        ("coupler:\n  transport:\n    shared-memory: maybe\n", "coupler.transport.shared-memory must be true or false"),
     ],
 )
 def test_a_bad_setting_is_one_line_and_status_2_before_any_cluster_starts(

@@ -19,6 +19,7 @@ import dask.config
 import pytest
 
 from coupler.runtime import config
+from coupler.runtime.dataplane.settings import flag
 
 READ_BACK = r"""
 import json
@@ -38,6 +39,8 @@ print(json.dumps({
     "lost_consumer_wait": delivery.lost_consumer_wait,
     "inline_max": transport.inline_max,
     "shm_pool_bytes": transport.shm_pool_bytes,
+    "shared_memory": transport.shared_memory,
+    "retain": delivery.retain,
     "tls_ca": tls.ca_file if tls else None,
     "prologue": slurm["job_script_prologue"],
 }))
@@ -51,6 +54,8 @@ ENV = {
     "DASK_COUPLER__DELIVERY__LOST_CONSUMER_WAIT": "42",
     "DASK_COUPLER__TRANSPORT__INLINE_MAX": "2kB",
     "DASK_COUPLER__TRANSPORT__SHM_POOL_BYTES": "3MiB",
+    "DASK_COUPLER__TRANSPORT__SHARED_MEMORY": "false",  # Dask keeps it the string "false": bool() read it as on
+    "DASK_COUPLER__DELIVERY__RETAIN": "no",
     "DASK_COUPLER__TLS__ENABLED": "true",
     "DASK_COUPLER__TLS__CA_FILE": "/etc/ca.pem",
     "DASK_COUPLER__TLS__CERT": "/etc/cert.pem",
@@ -67,6 +72,7 @@ def test_environment_variables_reach_every_hyphenated_setting() -> None:
     assert got["max_restarts"] == 5 and got["checkpoint_dir"] == "/tmp/coupler-env-ckpt" and got["retry"] == 7.0
     assert got["retain_bytes"] == 2**20 and got["lost_consumer_wait"] == 42.0
     assert got["inline_max"] == 2000 and got["shm_pool_bytes"] == 3 * 2**20
+    assert got["shared_memory"] is False and got["retain"] is False
     assert got["tls_ca"] == "/etc/ca.pem"
     assert got["prologue"][0] == "module load cuda"  # the user's line, then coupler's own
 
@@ -79,3 +85,15 @@ def test_a_section_reads_with_hyphens_however_its_keys_were_spelled(spelled: dic
 def test_a_section_that_is_not_set_is_empty() -> None:
     with dask.config.set({"coupler.nothing-here": None}):
         assert config.section("nothing-here") == {}
+
+
+@pytest.mark.parametrize(("value", "on"), [(True, True), (False, False), ("true", True), ("False", False), ("yes", True),
+                                          ("off", False), ("1", True), (0, False)])
+def test_a_switch_reads_what_yaml_and_environment_variables_bring(value: object, on: bool) -> None:
+    assert flag("transport", {"shared-memory": value}, "shared-memory", not on) is on
+
+
+@pytest.mark.parametrize("value", ["fast", "", None, 2, 0.5, [True]])
+def test_a_switch_that_is_not_one_is_refused_naming_it(value: object) -> None:
+    with pytest.raises(ValueError, match=r"coupler.transport.shared-memory must be true or false, got "):
+        flag("transport", {"shared-memory": value}, "shared-memory", True)
