@@ -395,6 +395,7 @@ class Coupling(Participant):
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
         if isinstance(workers, str):
             workers = [workers]
+        workers = list(workers) if workers else None  # [] means no restriction, as None does
         # Dask would queue an actor no worker can host forever; fail with a clear error instead. The
         # embedded cluster, once all its workers joined, never gains a worker: no time to wait for one.
         check_placement(self.client, resources, workers, timeout=0 if self._workers_fixed() else None)

@@ -52,16 +52,19 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
         SpecMismatch: for a dict key that is not a string, or a leaf that is not numeric.
     """
     if type(tree) is dict:  # the common message, a flat dict of arrays: no recursion (a hot path)
-        keys = tuple(sorted(tree))
-        vals = [tree[k] for k in keys]
+        try:
+            keys: tuple[Any, ...] | None = tuple(sorted(tree))
+        except TypeError:  # keys of mixed types: _flatten below says which key is wrong
+            keys = None
+        vals = [] if keys is None else [tree[k] for k in keys]
         for v in vals:  # a loop, not all(<generator>): this runs once per message
             if type(v) is not np.ndarray or v.dtype.kind not in NUMERIC_KINDS:  # _flatten says what is wrong
                 break
         else:
-            td = _FLAT_TREEDEFS.get(keys)
+            td = None if keys is None else _FLAT_TREEDEFS.get(keys)
             if td is not None:
                 return vals, td
-            if all(type(k) is str for k in keys):  # else _flatten below says which key is wrong
+            if keys is not None and all(type(k) is str for k in keys):  # else _flatten says which key is wrong
                 td = ("dict", keys, (LEAF,) * len(keys))
                 if len(_FLAT_TREEDEFS) < 1024:  # a few shapes of message per process; bounded all the same
                     td = _FLAT_TREEDEFS.setdefault(keys, td)
@@ -75,10 +78,10 @@ def flatten(tree: Any) -> tuple[list[np.ndarray], TreeDef]:
 
 def _flatten(node: Any, out: list[np.ndarray]) -> TreeDef:
     if isinstance(node, dict):
-        keys = sorted(node)
-        for k in keys:
+        for k in node:  # before sorting: keys of mixed types cannot be sorted (a TypeError)
             if not isinstance(k, str):
                 raise SpecMismatch(f"message dict keys must be str, got {k!r} ({type(k).__name__})")
+        keys = sorted(node)
         return ("dict", tuple(keys), tuple(_flatten(node[k], out) for k in keys))
     if isinstance(node, (list, tuple)) and not hasattr(node, "_fields"):
         kind = "list" if isinstance(node, list) else "tuple"

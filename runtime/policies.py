@@ -63,8 +63,9 @@ class Reservoir:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.capacity, int) or self.capacity < 1:
+        if not isinstance(self.capacity, int) or isinstance(self.capacity, bool) or self.capacity < 1:
             raise ValueError(f"Reservoir(capacity) needs an int >= 1, got {self.capacity!r}")
+        _check_seed("Reservoir", self.seed)
 
 
 @dataclass(frozen=True)
@@ -80,8 +81,15 @@ class Window:
     seed: int | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.capacity, int) or self.capacity < 1:
+        if not isinstance(self.capacity, int) or isinstance(self.capacity, bool) or self.capacity < 1:
             raise ValueError(f"Window(capacity) needs an int >= 1, got {self.capacity!r}")
+        _check_seed("Window", self.seed)
+
+
+def _check_seed(policy: str, seed: object) -> None:
+    # Checked here: the consumer's worker makes the generator when it attaches, where a bad seed fails late.
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"{policy}(seed) needs an int >= 0 or None, got {seed!r}")
 
 
 Policy = Union[Queue, Latest, Reservoir, Window]

@@ -188,7 +188,8 @@ class ActorRef:
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> ActorStatus:
-        """Start the run loop (idempotent while it runs or is paused).
+        """Start the run loop (idempotent while it runs). It does not resume a paused loop
+        (:meth:`resume` does); after :meth:`pause` on a created actor the loop starts paused.
 
         Raises:
             ActorEnded: its run loop has already ended (stopped, finished or failed).
@@ -196,7 +197,8 @@ class ActorRef:
         """
         self._refuse_if_ended("start")
         st = self._control("start")
-        self.intent = "running"
+        # What the loop is now, not what was asked: a successor after a restart is brought to it.
+        self.intent = "paused" if st.state == "paused" else "running"
         return st
 
     def pause(self) -> ActorStatus:

@@ -44,7 +44,7 @@ from coupler.runtime.policies import policy_from_wire, policy_to_wire
 logger = logging.getLogger(__name__)
 
 BROKER_NAME = "coupler-broker"
-_NAME = re.compile(r"^[A-Za-z0-9_.:/-]{1,200}$")
+_NAME = re.compile(r"[A-Za-z0-9_.:/-]{1,200}")  # with fullmatch: "$" would let a final newline through
 # Seconds between samples of the counters into rates.
 RATE_SAMPLE_INTERVAL = 1.0
 # The scheduler's handlers the broker installs: operation -> Broker method.
@@ -74,7 +74,7 @@ def check_name(kind: str, name: Any) -> str:
     Raises:
         ValueError: unless ``name`` is 1-200 characters of letters, digits and ``_.:/-``.
     """
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(f"{kind} name must be 1-200 characters of letters, digits and '_.:/-', got {name!r}")
     return name
 

@@ -53,7 +53,8 @@ def test_a_channel_policy_that_is_not_a_policy_is_a_type_error_naming_the_polici
         coupling.channel(f"pol-{unique}", bad)
 
 
-@pytest.mark.parametrize("make", [lambda: Queue(0), lambda: Queue(-3), lambda: Window(0), lambda: Reservoir(2.5), lambda: Queue(2, shared=1)])
+@pytest.mark.parametrize("make", [lambda: Queue(0), lambda: Queue(-3), lambda: Window(0), lambda: Reservoir(2.5), lambda: Queue(2, shared=1),
+                                  lambda: Reservoir(True), lambda: Window(4, seed="x"), lambda: Reservoir(4, seed=-1)])
 def test_policy_sizes_are_checked_when_made(make: Any) -> None:
     with pytest.raises(ValueError, match="needs"):
         make()
@@ -278,3 +279,12 @@ def test_a_batch_cluster_whose_jobs_never_start_fails_with_workers_not_ready_and
         with pytest.raises(WorkersNotReady):
             Coupling("slurm")
     assert len(started) == 1 and started[0].status.name == "closed"  # not left running
+
+
+def test_start_does_not_resume_a_paused_actor_nor_record_it_as_running(coupling: Coupling, unique: str) -> None:
+    # The supervisor brings a successor to the recorded intent: a paused actor must not come back running.
+    ref = coupling.spawn(Idle, name=f"paused-{unique}")
+    ref.pause()
+    assert ref.start().state == "paused" and ref.intent == "paused"
+    assert ref.resume().state == "running" and ref.intent == "running"
+    ref.release()

@@ -58,3 +58,18 @@ def test_a_leaf_that_is_not_numeric_is_refused_where_it_is_made(leaf: object, wh
 def test_numbers_and_numeric_arrays_of_every_kind_are_leaves(leaf: object) -> None:
     leaves, td = flatten({"v": leaf})
     assert leaves[0].dtype.kind in "biufc" and np.array_equal(unflatten(td, leaves)["v"], leaf)
+
+
+@pytest.mark.parametrize("tree", [{1: np.zeros(1), "x": np.zeros(1)}, {"a": {1: 2, "b": 3}}], ids=["flat", "nested"])
+def test_keys_of_mixed_types_are_a_spec_mismatch_not_a_sort_error(tree: dict) -> None:
+    with pytest.raises(SpecMismatch, match=r"message dict keys must be str, got 1 \(int\)"):
+        flatten(tree)
+
+
+@pytest.mark.parametrize("name", ["pairs\n", "a" * 200 + "\n", "", "a" * 201, "two words", "tab\there"])
+def test_a_name_is_refused_unless_it_is_wholly_of_the_allowed_characters(name: str) -> None:
+    from coupler.runtime.control.broker import check_name
+
+    with pytest.raises(ValueError, match="channel name must be 1-200 characters"):
+        check_name("channel", name)
+    assert check_name("channel", "a" * 200) == "a" * 200 and check_name("channel", "sim-3/out:v1.x_y") == "sim-3/out:v1.x_y"
