@@ -82,7 +82,9 @@ class ActorHost:
         outputs: port name -> channel name, for channels this actor produces on.
 
     Raises:
-        UnknownChannel: if a port names a channel that was not declared.
+        UnknownChannel: if an input names a channel that was not declared (an output's
+            channel may be declared later: its sends raise until it is).
+        ChannelClosed: if an input names a channel that was closed and forgotten.
     """
 
     def __init__(self, *, name: str, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None) -> None:
@@ -197,7 +199,12 @@ class ActorHost:
         return self.status()
 
     def stop(self, timeout: float = 30.0) -> dict[str, Any]:
-        """Ask the loop to end after the current step; wait up to ``timeout`` seconds."""
+        """Ask the loop to end; wait up to ``timeout`` seconds.
+
+        A step that is computing ends first; one blocked in a send or a receive is
+        woken at once (``Interrupted``) and abandoned part-way, so a step should take
+        its inputs before it changes its state (see the module's docstring).
+        """
         if self._loop.request_stop():  # it never started: nothing else will give back its ports
             self._release()
         for port in self.inputs.values():
@@ -244,8 +251,11 @@ class ActorHost:
             ``{"format", "name", "cls", "time", "status", "state", "outputs", "inputs"}``.
 
         Raises:
-            TimeoutError: if the current step did not end within ``timeout``
-                (e.g. a send held up by back-pressure).
+            TimeoutError: if the current step did not end within ``timeout``.
+            ChannelTimeout: if the outputs sent so far were not accepted within
+                ``checkpointing.CHECKPOINT_FLUSH_TIMEOUT`` (5 s, e.g. back-pressure),
+                whatever ``timeout`` is.
+            ConsumerGone, ChannelClosed: from that flush.
         """
         return await self._loop.ask("checkpoint", None, timeout)
 

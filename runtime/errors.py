@@ -103,7 +103,7 @@ class WrongPolicy(CouplerError, TypeError):
 
 
 class NoCoupling(CouplerError, RuntimeError):
-    """Runtime code used outside a worker or client that has a coupling installed."""
+    """Runtime code used outside a worker or client that has a coupling installed, or a call on a closed ``Coupling``."""
 
 
 class Interrupted(CouplerError):
@@ -111,7 +111,8 @@ class Interrupted(CouplerError):
 
 
 class ActorFailed(CouplerError, RuntimeError):
-    """An actor's run loop raised; the message carries the actor's name and traceback."""
+    """An actor's run loop raised (the message carries the actor's name and traceback), or the
+    supervisor gave up on it after its restarts ran out (the message says why)."""
 
 
 class ActorEnded(CouplerError, RuntimeError):
@@ -123,7 +124,7 @@ class SchedulerUnreachable(CouplerError, OSError):
 
 
 class NoSuitableWorker(CouplerError, RuntimeError):
-    """No worker of the cluster has the resources an actor asks for."""
+    """No worker of the cluster has the resources an actor asks for, or is one it is pinned to."""
 
 
 class WorkersNotReady(CouplerError, TimeoutError):

@@ -233,9 +233,10 @@ class ActorRef:
             )
 
     def stop(self, timeout: float = 30.0) -> ActorStatus:
-        """Ask the run loop to end after its current step and wait up to ``timeout`` s.
+        """Ask the run loop to end and wait up to ``timeout`` s.
 
-        The ended actor gives back its ports, threads and links on its worker;
+        A step that is computing ends first; one blocked in a send or a receive is
+        woken and abandoned (see ``ActorHost.stop``). The ended actor gives back its ports, threads and links on its worker;
         its instance stays, for calls that read its results, until :meth:`release`.
         """
         if self._final is not None:
@@ -293,6 +294,7 @@ class ActorRef:
 
         Raises:
             TimeoutError: if its current step did not end within ``timeout`` seconds.
+            ChannelTimeout: if its outputs were not accepted within 5 s (see ``ActorHost.checkpoint``).
         """
         return self._invoke("checkpoint", timeout)
 

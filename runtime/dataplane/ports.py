@@ -125,6 +125,8 @@ class InPort:
             ChannelTimeout: nothing arrived in time and no ``default`` was given.
             ChannelClosed: the channel is closed and drained.
             WrongPolicy: the channel is a replay buffer (use :meth:`sample`).
+            Interrupted: the actor was asked to stop while this waited.
+            ValueError: for a timeout that is not a number (NaN included).
         """
         check_timeout(timeout)
         try:
@@ -150,6 +152,9 @@ class InPort:
         Raises:
             WrongPolicy: on ``Queue`` and ``Latest`` channels.
             ChannelTimeout: if the buffer stays empty for ``timeout`` seconds.
+            ChannelClosed: the channel is closed and the buffer empty.
+            Interrupted: the actor was asked to stop while this waited.
+            ValueError: for ``n < 1``, or a timeout that is not a number.
         """
         check_timeout(timeout)
         return self.buffer.sample(n, timeout=timeout)

@@ -397,7 +397,8 @@ def start_local(
         The running cluster (an :class:`EmbeddedCluster`); with GPUs a :class:`GPULocalCluster`.
 
     Raises:
-        ValueError: for ``n_workers`` that is not an int >= 1.
+        ValueError: for ``n_workers`` that is not an int >= 1, or a ``gpus`` setting that names
+            no devices (see :func:`~coupler.runtime.launch.devices.resolve_gpus`).
     """
     devices = resolve_gpus(config.get("local.gpus") if gpus is None else gpus)
     if n_workers is None:
