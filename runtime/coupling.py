@@ -389,7 +389,7 @@ class Coupling(Participant):
         for ports in ("inputs", "outputs"):
             check_ports(ports, kwargs.get(ports))
         # Inputs attach when the actor is made; an output's channel may be declared after the spawn.
-        self._check_channels(kwargs, ("inputs",))
+        self._check_channels(kwargs, ("inputs",), open_inputs=True)
         self._forget_released()
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
@@ -423,12 +423,18 @@ class Coupling(Participant):
         self._check_channels(spec.kwargs, ("inputs", "outputs"))  # a driver port is on a declared channel
         return self.supervisor.spawn(spec)
 
-    def _check_channels(self, kwargs: dict[str, Any], kinds: tuple[str, ...]) -> None:
+    def _check_channels(self, kwargs: dict[str, Any], kinds: tuple[str, ...], open_inputs: bool = False) -> None:
         """Raise ``UnknownChannel`` or ``ChannelClosed`` for the channel of a port of ``kinds``, here
-        rather than on the worker, where the same error also fills the worker's log with a failed task."""
+        rather than on the worker, where the same error also fills the worker's log with a failed task.
+
+        With ``open_inputs``, an input on a channel that is closed but not yet forgotten (its
+        consumers still draining) is refused too: a new consumer would get nothing from it.
+        """
         for ports in kinds:
             for channel in (kwargs.get(ports) or {}).values():
-                self._broker("coupler_routing", name=channel)
+                table = self._broker("coupler_routing", name=channel)
+                if open_inputs and ports == "inputs" and table.get("closed"):
+                    raise ChannelClosed(f"channel {channel!r} was closed: a new consumer would get nothing from it")
 
     def _relay_checkpoint(self, name: str) -> dict[str, Any] | None:
         sup = self._supervisor  # not the property: a question must not start a supervisor

@@ -288,3 +288,12 @@ def test_start_does_not_resume_a_paused_actor_nor_record_it_as_running(coupling:
     assert ref.start().state == "paused" and ref.intent == "paused"
     assert ref.resume().state == "running" and ref.intent == "running"
     ref.release()
+
+
+def test_a_new_consumer_of_a_closed_channel_still_draining_is_refused(coupling: Coupling, unique: str) -> None:
+    ch = coupling.channel(f"draining-{unique}", Queue(2))
+    holder = coupling.spawn(Idle, name=f"holder-{unique}", inputs={"x": ch})  # attached: the channel is not forgotten
+    coupling.close_channel(ch)
+    with pytest.raises(ChannelClosed, match=f"channel 'draining-{unique}' was closed: a new consumer would get nothing"):
+        coupling.spawn(Idle, name=f"late-{unique}", inputs={"x": ch})
+    holder.release()
