@@ -15,7 +15,7 @@ from dask.utils import parse_timedelta
 
 from coupler.runtime import config
 from coupler.runtime.control.supervisor import SupervisionPolicy
-from coupler.runtime.dataplane.settings import delivery_config, flag, transport_config
+from coupler.runtime.dataplane.settings import delivery_config, transport_config
 from coupler.runtime.launch.cluster import KINDS
 
 #: Durations read with ``parse_timedelta`` where they are used.
@@ -58,7 +58,7 @@ def check_settings() -> None:
     SupervisionPolicy.from_config()
     delivery_config()
     transport_config()
-    flag("tls", config.section("tls"), "enabled", False)
+    config.flag("tls", config.section("tls"), "enabled", False)
     kind = config.get("cluster")
     if kind not in KINDS:
         raise ValueError(f"coupler.cluster must be one of {', '.join(KINDS)}, got {kind!r}")

@@ -69,7 +69,6 @@ from coupler.runtime.control.journal import Journal, SupervisionEvent
 from coupler.runtime.control.keeping import ENDED_STATES, CheckpointKeeper
 from coupler.runtime.control.roster import WorkerRoster
 from coupler.runtime.control.spawning import SpawnSpec, Spawner
-from coupler.runtime.dataplane.settings import flag
 from coupler.runtime.errors import ActorFailed, CheckpointError, CouplerError
 
 logger = logging.getLogger(__name__)
@@ -144,7 +143,7 @@ class SupervisionPolicy:
             raise ValueError(f"coupler.supervision.max-restarts must be an integer >= 0, got {section.get('max-restarts')!r}") from None
         if max_restarts < 0:
             raise ValueError(f"coupler.supervision.max-restarts must be >= 0, got {max_restarts}")
-        resume = flag("supervision", section, "resume", False)
+        resume = config.flag("supervision", section, "resume", False)
         if resume and not section.get("checkpoint-dir"):
             # Without a store there is nothing to resume from: the run would start afresh, silently.
             raise ValueError("coupler.supervision.resume needs coupler.supervision.checkpoint-dir (where the checkpoints are), got none")

@@ -72,23 +72,6 @@ def _duration(section: str, c: dict, key: str, default: float) -> float:
     return seconds
 
 
-def flag(section: str, c: dict, key: str, default: bool) -> bool:
-    """The switch ``coupler.<section>.<key>``: a YAML boolean, or ``true``/``false`` (``yes``/``no``,
-    ``on``/``off``, ``1``/``0``) as an environment variable brings it (Dask keeps ``false`` a string,
-    which ``bool()`` would read as on).
-
-    Raises:
-        ValueError: for anything else.
-    """
-    value = c.get(key, default)
-    if isinstance(value, bool):
-        return value
-    words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
-    if isinstance(value, (str, int)) and str(value).strip().lower() in words:
-        return words[str(value).strip().lower()]
-    raise ValueError(f"coupler.{section}.{key} must be true or false, got {value!r}")
-
-
 def _size(section: str, c: dict, key: str, default: int, least: int = 0) -> int:
     """The size ``coupler.<section>.<key>`` in bytes (a number, or e.g. ``"256 MiB"``).
 
@@ -114,7 +97,7 @@ def delivery_config() -> DeliveryConfig:
     c = config.section("delivery")
     d = DeliveryConfig()
     return DeliveryConfig(
-        retain=flag("delivery", c, "retain", d.retain),
+        retain=config.flag("delivery", c, "retain", d.retain),
         retain_bytes=_size("delivery", c, "retain-bytes", d.retain_bytes),
         lost_consumer_wait=_duration("delivery", c, "lost-consumer-wait", d.lost_consumer_wait),
         replay_order_wait=_duration("delivery", c, "replay-order-wait", d.replay_order_wait),
@@ -130,12 +113,12 @@ def transport_config() -> TransportConfig:
     c = config.section("transport")
     d = TransportConfig()
     return TransportConfig(
-        shared_memory=flag("transport", c, "shared-memory", d.shared_memory),
+        shared_memory=config.flag("transport", c, "shared-memory", d.shared_memory),
         inline_max=_size("transport", c, "inline-max", d.inline_max),
         # A batch and a window must hold at least one byte, or nothing is ever sent.
         batch_bytes=_size("transport", c, "batch-bytes", d.batch_bytes, least=1),
         window_bytes=_size("transport", c, "window-bytes", d.window_bytes, least=1),
         shm_pool_bytes=_size("transport", c, "shm-pool-bytes", d.shm_pool_bytes),
-        device_to_device=flag("transport", c, "device-to-device", d.device_to_device),
+        device_to_device=config.flag("transport", c, "device-to-device", d.device_to_device),
         spin_s=_duration("transport", c, "spin", d.spin_s),
     )

@@ -52,7 +52,6 @@ from coupler.runtime.launch.cluster import (
     wait_for_workers,
     walltime_seconds,
 )
-from coupler.runtime.dataplane.settings import flag
 from coupler.runtime.errors import CouplerError
 from coupler.runtime.settings_check import check_settings
 from coupler.runtime.control.status import ChannelStats
@@ -246,7 +245,7 @@ def _tls_settings(asked: bool) -> Iterator[None]:
     Throwaway files are made once here, so that the script's ``Coupling()`` holds
     the certificates of the cluster it joins.
     """
-    if not (asked or flag("tls", config.section("tls"), "enabled", False)):
+    if not (asked or config.flag("tls", config.section("tls"), "enabled", False)):
         yield
         return
     with dask.config.set({"coupler.tls.enabled": True}):

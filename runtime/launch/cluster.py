@@ -43,7 +43,6 @@ from distributed.security import Security
 from distributed.system import MEMORY_LIMIT
 
 from coupler.runtime import config
-from coupler.runtime.dataplane.settings import flag
 from coupler.runtime.launch.devices import GPUS_PER_JOB_VAR, WORKER_ENV, resolve_gpus
 from coupler.runtime.launch.lost_workers import KeepsRestartedWorkers, keeping_restarted_workers
 from coupler.runtime.errors import CouplerError, NoSuitableWorker, SchedulerUnreachable, WorkersNotReady
@@ -493,7 +492,7 @@ def tls_files_from_config() -> TLSFiles | None:
         ValueError: when only some of ``ca-file``, ``cert`` and ``key`` are set.
     """
     section = config.section("tls")
-    if not flag("tls", section, "enabled", False):
+    if not config.flag("tls", section, "enabled", False):
         return None
     named = {k: section.get(k) for k in ("ca-file", "cert", "key")}
     if all(named.values()):

@@ -19,7 +19,6 @@ import dask.config
 import pytest
 
 from coupler.runtime import config
-from coupler.runtime.dataplane.settings import flag
 
 READ_BACK = r"""
 import json
@@ -90,10 +89,10 @@ def test_a_section_that_is_not_set_is_empty() -> None:
 @pytest.mark.parametrize(("value", "on"), [(True, True), (False, False), ("true", True), ("False", False), ("yes", True),
                                           ("off", False), ("1", True), (0, False)])
 def test_a_switch_reads_what_yaml_and_environment_variables_bring(value: object, on: bool) -> None:
-    assert flag("transport", {"shared-memory": value}, "shared-memory", not on) is on
+    assert config.flag("transport", {"shared-memory": value}, "shared-memory", not on) is on
 
 
 @pytest.mark.parametrize("value", ["fast", "", None, 2, 0.5, [True]])
 def test_a_switch_that_is_not_one_is_refused_naming_it(value: object) -> None:
     with pytest.raises(ValueError, match=r"coupler.transport.shared-memory must be true or false, got "):
-        flag("transport", {"shared-memory": value}, "shared-memory", True)
+        config.flag("transport", {"shared-memory": value}, "shared-memory", True)
