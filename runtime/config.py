@@ -43,8 +43,8 @@ def hyphenated(settings: Mapping[str, Any]) -> dict[str, Any]:
     return {str(k).replace("_", "-"): v for k, v in settings.items()}
 
 
-def flag(section: str, c: Mapping[str, Any], key: str, default: bool) -> bool:
-    """The switch ``coupler.<section>.<key>``: a YAML boolean, or ``true``/``false`` (``yes``/``no``,
+def flag(section_name: str, c: Mapping[str, Any], key: str, default: bool) -> bool:
+    """The switch ``coupler.<section_name>.<key>`` in the section ``c``: a YAML boolean, or ``true``/``false`` (``yes``/``no``,
     ``on``/``off``, ``1``/``0``) as an environment variable brings it (Dask keeps ``false`` a string,
     which ``bool()`` would read as on).
 
@@ -57,7 +57,7 @@ def flag(section: str, c: Mapping[str, Any], key: str, default: bool) -> bool:
     words = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
     if isinstance(value, (str, int)) and str(value).strip().lower() in words:
         return words[str(value).strip().lower()]
-    raise ValueError(f"coupler.{section}.{key} must be true or false, got {value!r}")
+    raise ValueError(f"coupler.{section_name}.{key} must be true or false, got {value!r}")
 
 
 def load_file(path: str) -> dict[str, Any]:
