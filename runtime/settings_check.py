@@ -1,11 +1,13 @@
-"""Every ``coupler.*`` setting checked at once, before a cluster starts.
+"""``coupler.*`` settings checked at once, before a cluster starts.
 
 The sections are read where they are used: the supervision policy by the driver,
 the data plane's settings by each worker's endpoint, the timeouts by the calls
 that wait. A bad value would then fail late and far away: in a worker's log
 minutes after the start, or at the first ``spawn``. :func:`check_settings` reads
-them all in the driver, so that ``Coupling()`` and the ``coupler`` command refuse
-a bad one at once, in one line that names it.
+them in the driver, so that ``Coupling()`` and the ``coupler`` command refuse a
+bad one at once, in one line that names it. Not read here, because the cluster's
+start checks them: ``jobqueue.jobs`` and ``gpus-per-job``, ``local.gpus`` and
+``local.memory-limit``.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def _count(key: str) -> int:
 
 
 def check_settings() -> None:
-    """Read every ``coupler.*`` setting the way its user does, so that a bad one fails here.
+    """Read the ``coupler.*`` settings (see the module) the way their users do, so that a bad one fails here.
 
     Raises:
         ValueError: naming the first bad setting, what it must be and what it is.
