@@ -210,13 +210,15 @@ class ActorRef:
     def resume(self) -> ActorStatus:
         """Resume a paused run loop.
 
+        An actor that ended meanwhile (a pause that came after its last step) stays ended:
+        its final status is returned, and nothing restarts it.
+
         Raises:
-            ActorEnded: its run loop has already ended.
             ActorReleased: after :meth:`release`.
         """
-        self._refuse_if_ended("resume")
         st = self._control("resume")
-        self.intent = "running"
+        if not st.done:
+            self.intent = "running"
         return st
 
     def _refuse_if_ended(self, what: str) -> None:
