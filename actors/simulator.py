@@ -155,7 +155,8 @@ class SimulatorActor(ActorHost):
     def setup(self) -> None:
         self._key = jax.random.key(self.seed)
         init, self._advance, self._observe = _compiled(self.simulator, self.publish_every, self.field, self.ensemble)
-        self._check_field(init)
+        shapes = jax.eval_shape(init, self._key, self.params)  # the state's structure, computing nothing
+        self._check_field(shapes)
         restored, self._restored = self._restored, None
         if restored is None:
             self.state = init(self._key, self.params)
@@ -164,20 +165,22 @@ class SimulatorActor(ActorHost):
         # The structure of the state comes from the simulator, the values from the checkpoint.
         self._key = jax.random.wrap_key_data(np.asarray(restored["key"]))
         self.params = _fill(self.params, restored["params"], "params")
-        self.state = _fill(jax.eval_shape(init, self._key, self.params), restored["state"], "state")
+        self.state = _fill(shapes, restored["state"], "state")
         self._prev = np.array(restored["prev"])
         self.sim_steps = int(restored["sim_steps"])
         self.published = int(restored["published"])
         self._pending = [(dict(p), float(t), int(k_), dict(m)) for p, t, k_, m in restored["pending"]]
 
-    def _check_field(self, init: Callable) -> None:
+    def _check_field(self, state: Any) -> None:
         """Refuse a ``field`` that the simulator's ``observe`` does not give, naming the ones it does.
+
+        Args:
+            state: the state's shapes (``jax.eval_shape`` of ``init``; members first with an ensemble).
 
         Raises:
             ValueError: naming the field asked for and those ``observe`` returns.
         """
         # Shapes only (no computation): otherwise the first observe raised a bare KeyError from inside JAX.
-        state = jax.eval_shape(init, self._key, self.params)
         one = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state) if self.ensemble else state
         observed = jax.eval_shape(self.simulator.observe, one)
         if not isinstance(observed, dict) or self.field not in observed:

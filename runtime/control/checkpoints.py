@@ -66,7 +66,7 @@ def encode(checkpoint: Any) -> bytes:
     try:
         return msgpack.packb(checkpoint, default=_default, use_bin_type=True, strict_types=True)
     except TypeError as e:
-        found = _first_not_plain(checkpoint, "")
+        found = first_not_plain(checkpoint)
         if found is None:  # msgpack's own refusal of something the walk takes for plain
             raise
         where, value = found
@@ -77,18 +77,23 @@ def encode(checkpoint: Any) -> bytes:
 _PLAIN = (type(None), bool, int, float, str, bytes)
 
 
-def _first_not_plain(value: Any, path: str) -> tuple[str, Any] | None:
-    """Where (``state/w``) and what the first value a checkpoint cannot hold is (``None``: all plain)."""
-    if isinstance(value, dict):
+def first_not_plain(value: Any, path: str = "") -> tuple[str, Any] | None:
+    """Where (``state/w``) and what the first value a checkpoint cannot hold is (``None``: all plain).
+
+    A walk that copies nothing, with :func:`encode`'s rules: dicts and lists of exactly those
+    types (a subclass is refused), tuples (named ones too), numpy arrays and scalars without
+    Python objects, and ``None``, bools, numbers, strings and bytes.
+    """
+    if type(value) is dict:
         items: Any = ((str(k), v) for k, v in value.items())
-    elif isinstance(value, (list, tuple)):
+    elif type(value) is list or isinstance(value, tuple):
         items = ((str(i), v) for i, v in enumerate(value))
     elif isinstance(value, (np.ndarray, np.generic)):
         return (path, value) if np.asarray(value).dtype.hasobject else None
     else:
         return None if type(value) in _PLAIN else (path, value)
     for key, item in items:
-        found = _first_not_plain(item, f"{path}/{key}" if path else key)
+        found = first_not_plain(item, f"{path}/{key}" if path else key)
         if found is not None:
             return found
     return None

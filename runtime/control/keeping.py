@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from coupler.runtime.control.actor_ref import ActorRef
-from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore, encode
+from coupler.runtime.control.checkpoints import CheckpointError, CheckpointStore, first_not_plain
 from coupler.runtime.control.spawning import CALL_SLACK
 
 logger = logging.getLogger(__name__)
@@ -91,12 +91,13 @@ class CheckpointKeeper:
     def _warn_unless_plain(ref: ActorRef, ck: dict[str, Any]) -> None:
         # In memory any picklable state works; a store holds plain data only. Found once per actor here,
         # the mistake does not wait for the day a checkpoint-dir is set (once: a state's structure stays).
-        try:
-            encode(ck)
-        except (TypeError, ValueError, OverflowError) as e:
+        # A walk, not an encoding: a learner's state may be large, and nothing needs its bytes.
+        found = first_not_plain(ck)
+        if found is not None:
+            where, value = found
             logger.warning(
-                "actor %r: its checkpoint is not plain data (%s); it is kept in memory, but a "
-                "coupler.supervision.checkpoint-dir could not store it", ref.name, e,
+                "actor %r: its checkpoint is not plain data (got %s at %s); it is kept in memory, but a "
+                "coupler.supervision.checkpoint-dir could not store it", ref.name, type(value).__name__, where or "the top",
             )
 
     def begin(self, ref: ActorRef, checkpoint: dict[str, Any] | None = None) -> None:

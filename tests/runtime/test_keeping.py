@@ -11,6 +11,8 @@ from concurrent.futures import Future
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coupler.runtime.control.actor_ref import ActorRef
 from coupler.runtime.control.checkpoints import CheckpointError
@@ -147,3 +149,33 @@ def test_an_encoding_error_says_where_and_for_a_jax_array_what_to_do() -> None:
         encode({1: [np.zeros(2, object)]})
     with pytest.raises(TypeError, match="got set at the top"):
         encode({1, 2})
+
+
+def _not_plain() -> Any:
+    import collections
+
+    import numpy as np
+
+    return st.sampled_from([object(), {1, 2}, collections.OrderedDict(a=1), np.zeros(2, object), collections.UserList([1])])
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_the_walk_finds_a_value_exactly_when_encoding_refuses_it(data: st.DataObject) -> None:
+    # The keeper warns from the walk (no copy), a store refuses by encoding: they must agree.
+    import numpy as np
+
+    from coupler.runtime.control.checkpoints import encode, first_not_plain
+
+    plain = st.none() | st.booleans() | st.integers(-(2**63), 2**63 - 1) | st.floats() | st.text(max_size=3) | st.binary(max_size=3) \
+        | st.builds(np.zeros, st.integers(0, 3))
+    leaves = plain | _not_plain() if data.draw(st.booleans()) else plain
+    tree = data.draw(st.recursive(leaves, lambda kids: st.lists(kids, max_size=3) | st.tuples(kids, kids)
+                                  | st.dictionaries(st.text(max_size=2), kids, max_size=3), max_leaves=8))
+    found = first_not_plain(tree)
+    try:
+        encode(tree)
+    except TypeError as e:
+        assert found is not None and f"at {found[0] or 'the top'}" in str(e)
+    else:
+        assert found is None
