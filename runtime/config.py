@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dask.config
+import dask.utils
 import yaml
 
 _DEFAULTS = os.path.join(os.path.dirname(__file__), "coupler.yaml")
@@ -58,6 +59,26 @@ def flag(section_name: str, c: Mapping[str, Any], key: str, default: bool) -> bo
     if isinstance(value, (str, int)) and str(value).strip().lower() in words:
         return words[str(value).strip().lower()]
     raise ValueError(f"coupler.{section_name}.{key} must be true or false, got {value!r}")
+
+
+def duration(name: str, value: Any, *, positive: bool = False) -> float:
+    """``value`` as seconds: a number, or text Dask reads (``"30s"``, ``"2 minutes"``, ``"100us"``).
+
+    Args:
+        name: what it is, for the error (``coupler.transport.spin``).
+        value: the setting's value.
+        positive: refuse 0 too.
+
+    Raises:
+        ValueError: naming ``name``, for anything else, a negative duration, or 0 where ``positive``.
+    """
+    try:
+        seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
+    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):  # each kind of bad text
+        raise ValueError(f"{name} must be a duration (seconds or e.g. '30s'), got {value!r}") from None
+    if seconds < 0 or (positive and seconds == 0):
+        raise ValueError(f"{name} must be a duration {'> 0' if positive else '>= 0'}, got {value!r}")
+    return seconds
 
 
 def load_file(path: str) -> dict[str, Any]:

@@ -13,8 +13,6 @@ start checks them: ``jobqueue.jobs`` and ``gpus-per-job``, ``local.gpus`` and
 from __future__ import annotations
 
 
-from dask.utils import parse_timedelta
-
 from coupler.runtime import config
 from coupler.runtime.control.supervisor import SupervisionPolicy
 from coupler.runtime.dataplane.settings import delivery_config, transport_config
@@ -34,14 +32,7 @@ def seconds(key: str, *, positive: bool = False) -> float:
     Raises:
         ValueError: naming the setting, for anything else, a negative one, or 0 where ``positive``.
     """
-    value = config.get(key)
-    try:
-        s = float(parse_timedelta(value, default="seconds"))
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, AttributeError):
-        raise ValueError(f"coupler.{key} must be a duration (seconds or e.g. '30s'), got {value!r}") from None
-    if s < 0 or (positive and s == 0):
-        raise ValueError(f"coupler.{key} must be a duration {'> 0' if positive else '>= 0'}, got {value!r}")
-    return s
+    return config.duration(f"coupler.{key}", config.get(key), positive=positive)
 
 
 def _count(key: str) -> int:

@@ -62,14 +62,7 @@ def _duration(section: str, c: dict, key: str, default: float) -> float:
     Raises:
         ValueError: for anything else, or a negative duration.
     """
-    value = c.get(key, default)
-    try:
-        seconds = float(dask.utils.parse_timedelta(value, default="seconds"))
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError):
-        raise ValueError(f"coupler.{section}.{key} must be a duration (seconds or e.g. '5 minutes'), got {value!r}") from None
-    if seconds < 0:
-        raise ValueError(f"coupler.{section}.{key} must be a duration >= 0, got {value!r}")
-    return seconds
+    return config.duration(f"coupler.{section}.{key}", c.get(key, default))
 
 
 def _size(section: str, c: dict, key: str, default: int, least: int = 0) -> int:

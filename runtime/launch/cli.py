@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import dask.config
-from dask.utils import format_bytes, parse_timedelta
+from dask.utils import format_bytes
 from distributed import Client
 from tqdm import tqdm
 
@@ -121,11 +121,9 @@ def nonnegative_int(value: str) -> int:
 def duration_choice(value: str) -> str:
     """An argparse type: a positive duration Dask reads, such as ``5s``, ``2 minutes`` or ``10`` (seconds)."""
     try:
-        seconds = parse_timedelta(value)
-    except (KeyError, ValueError, TypeError, IndexError):  # what Dask raises for each kind of bad text
-        seconds = None
-    if seconds is None or not seconds > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive duration such as 5s, 2min or 10 (seconds); got {value!r}")
+        config.duration("--timeout", value, positive=True)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive duration such as 5s, 2min or 10 (seconds); got {value!r}") from None
     return value
 
 

@@ -90,7 +90,7 @@ def detect_gpus(
 
 
 # What CUDA_VISIBLE_DEVICES takes: an index, or a GPU or MIG device's UUID (as nvidia-smi -L prints it).
-_DEVICE_ID = re.compile(r"^(\d+|(GPU|MIG)-[0-9A-Za-z/-]+)$")
+_DEVICE_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+")  # with fullmatch: "$" would let "0\n" through
 
 
 def resolve_gpus(setting: Any, detect: Callable[[], list[str]] = detect_gpus) -> list[str]:
@@ -118,7 +118,7 @@ def resolve_gpus(setting: Any, detect: Callable[[], list[str]] = detect_gpus) ->
         devices = [str(d) for d in setting]
     # "yes" or "true" would become a worker with a GPU resource and CUDA_VISIBLE_DEVICES=yes, whose
     # GPU actors then run on its CPU: only what CUDA_VISIBLE_DEVICES takes is a device id.
-    if devices is None or not all(_DEVICE_ID.match(d) for d in devices):
+    if devices is None or not all(_DEVICE_ID.fullmatch(d) for d in devices):
         raise ValueError(
             "coupler.local.gpus expects 'auto', device ids (0, 1, ... or GPU-/MIG- UUIDs, a list or "
             f"'0,1'), or none/[] for no GPU; got {setting!r}"

@@ -74,7 +74,7 @@ def test_gpus_setting_forms() -> None:
     uuid = "GPU-3f1c9a2e-55b0-4a7e-9c1d-0a1b2c3d4e5f"
     assert resolve_gpus([uuid, "MIG-GPU-3f1c9a2e/1/0"]) == [uuid, "MIG-GPU-3f1c9a2e/1/0"]
     # Not device ids: a worker with a GPU resource and CUDA_VISIBLE_DEVICES=yes would run GPU actors on its CPU.
-    for bad in (3, True, "yes", "true", "gpu0", ["0", "cuda:1"], [True]):
+    for bad in (3, True, "yes", "true", "gpu0", ["0", "cuda:1"], [True], ["0\n"]):
         with pytest.raises(ValueError, match="coupler.local.gpus expects 'auto', device ids"):
             resolve_gpus(bad)
 
