@@ -20,6 +20,7 @@ from coupler.runtime.errors import ConsumerGone as ConsumerGone
 from coupler.runtime.errors import CouplerError as CouplerError
 from coupler.runtime.errors import Fenced as Fenced
 from coupler.runtime.errors import Interrupted as Interrupted
+from coupler.runtime.errors import InvalidRequest as InvalidRequest
 from coupler.runtime.errors import NoCoupling as NoCoupling
 from coupler.runtime.errors import NoSuitableWorker as NoSuitableWorker
 from coupler.runtime.errors import PartiallyDelivered as PartiallyDelivered
@@ -67,6 +68,7 @@ __all__ = [
     "FieldSpec",
     "InPort",
     "Interrupted",
+    "InvalidRequest",
     "Latest",
     "local_endpoint",
     "Message",

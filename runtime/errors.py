@@ -119,6 +119,11 @@ class ActorEnded(CouplerError, RuntimeError):
     """``start()`` or ``resume()`` of an actor whose run loop has ended; a run loop runs once."""
 
 
+class InvalidRequest(CouplerError, ValueError):
+    """The broker refused a request's arguments (a bad name, channel declaration or policy);
+    the message says what it expected and what came."""
+
+
 class SchedulerUnreachable(CouplerError, OSError):
     """No Dask scheduler answered at the given address in time."""
 
@@ -149,6 +154,7 @@ ERRORS: dict[str, type[CouplerError]] = {
         NoCoupling,
         Interrupted,
         ActorFailed,
+        InvalidRequest,
     )
 }
 

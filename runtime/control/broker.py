@@ -37,7 +37,7 @@ from coupler.runtime.control.runs import RunBook
 from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.tallies import Tallies
 from coupler.runtime.dataplane.auth import new_secret
-from coupler.runtime.errors import ChannelClosed, CouplerError, SpecMismatch, UnknownChannel, error_reply
+from coupler.runtime.errors import ChannelClosed, CouplerError, InvalidRequest, SpecMismatch, UnknownChannel, error_reply
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
@@ -195,7 +195,7 @@ class Broker(SchedulerPlugin):
         except CouplerError as e:
             return error_reply(e)
         except (ValueError, TypeError, KeyError, IndexError) as e:
-            return {"status": "error", "error": "ValueError", "message": f"bad channel declaration: {e}"}
+            return error_reply(InvalidRequest(f"bad channel declaration: {e}"))
 
     def begin_run(self, run: str, client: str = "") -> dict[str, Any]:
         """Start coupling run ``run`` of Dask client ``client`` (it ends when the client goes, at the latest)."""
@@ -207,7 +207,7 @@ class Broker(SchedulerPlugin):
         except ChannelClosed as e:
             return error_reply(e)
         except ValueError as e:
-            return {"status": "error", "error": "ValueError", "message": str(e)}
+            return error_reply(InvalidRequest(str(e)))
         self.runs.begin(run, client)
         return {"status": "OK"}
 
@@ -231,7 +231,7 @@ class Broker(SchedulerPlugin):
             if not isinstance(status, dict):
                 raise ValueError(f"status must be a dict, got {type(status).__name__}")
         except ValueError as e:
-            return {"status": "error", "error": "ValueError", "message": str(e)}
+            return error_reply(InvalidRequest(str(e)))
         self.tallies.actor_status(name, status)
         return {"status": "OK"}
 
@@ -297,7 +297,7 @@ class Broker(SchedulerPlugin):
         except CouplerError as e:
             return error_reply(e)
         except ValueError as e:
-            return {"status": "error", "error": "ValueError", "message": str(e)}
+            return error_reply(InvalidRequest(str(e)))
 
     async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "") -> dict[str, Any]:
         """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
@@ -317,7 +317,7 @@ class Broker(SchedulerPlugin):
         except CouplerError as e:
             return error_reply(e)
         except ValueError as e:
-            return {"status": "error", "error": "ValueError", "message": str(e)}
+            return error_reply(InvalidRequest(str(e)))
         if rec.detach_consumer(ident, kind, address):
             await self._push(rec)
         if rec.drained:
@@ -334,7 +334,7 @@ class Broker(SchedulerPlugin):
         try:
             pairs = [(str(ch), check_name("endpoint", ident)) for ch, ident in consumers]
         except (TypeError, ValueError) as e:
-            return {"status": "error", "error": "ValueError", "message": f"expected [channel, consumer] pairs: {e}"}
+            return error_reply(InvalidRequest(f"expected [channel, consumer] pairs: {e}"))
         for name, ident in pairs:
             rec = self.channels.get(name)
             if rec is None or not rec.give_up_consumer(ident, detail):
@@ -391,7 +391,7 @@ class Broker(SchedulerPlugin):
         try:
             check_name("actor", name)
         except ValueError as e:
-            return {"status": "error", "error": "ValueError", "message": str(e)}
+            return error_reply(InvalidRequest(str(e)))
         self.tallies.register_actor(name, address, cls)
         return {"status": "OK"}
 

@@ -539,14 +539,16 @@ def connect(address: str, timeout: str | float | None = None, **client_kwargs: A
         **client_kwargs: passed on to ``Client``.
 
     Raises:
-        ValueError: for something that is not an address.
+        ValueError: for something that is not an address, or a ``tls://`` address
+            with neither ``security=`` nor ``coupler.tls`` set (a configuration
+            error: no scheduler was asked).
         SchedulerUnreachable: if no scheduler answers in time.
     """
     seconds = parse_timedelta(timeout if timeout is not None else config.get("connect-timeout"))
     if address.startswith("tls://") and "security" not in client_kwargs:
         files = tls_files_from_config()
         if files is None:
-            raise SchedulerUnreachable(
+            raise ValueError(
                 f"{address!r} uses TLS: set coupler.tls.enabled with ca-file, cert and key (or pass security=)"
             )
         client_kwargs["security"] = tls_security(files)

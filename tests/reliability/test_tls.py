@@ -116,7 +116,7 @@ def test_clients_without_the_clusters_certificates_are_refused(
     with pytest.raises(OSError):
         _open_comm(address.replace("tls://", "tcp://"))  # plain TCP to the TLS port
     with dask.config.set({"coupler.tls.enabled": False}):
-        with pytest.raises(OSError, match="uses TLS: set coupler.tls.enabled"):
+        with pytest.raises(ValueError, match="uses TLS: set coupler.tls.enabled"):
             connect(address)
     # The cluster still works for its own clients.
     assert len(tls_coupling.client.scheduler_info()["workers"]) == 2

@@ -127,4 +127,4 @@ def test_consumers_given_up_leave_for_good_and_a_closed_channel_they_drained_is_
         assert [g[:2] for g in gone] == [[f"a{name[1]}/in", "detached"]] and gone[0][2] == "gave up"
     assert [c[0] for c in b.routing(name="c1")["consumers"]] == ["x/in"]  # an attached consumer is not given up
     assert {ch for _, ch in b.scheduler.pushed} == {"c0", "c1"}  # the producers heard it
-    assert asyncio.run(b.consumers_given_up(consumers=[["c0"]]))["error"] == "ValueError"
+    assert asyncio.run(b.consumers_given_up(consumers=[["c0"]]))["error"] == "InvalidRequest"

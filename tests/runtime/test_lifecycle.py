@@ -247,8 +247,11 @@ def test_a_run_ends_with_its_channels_and_its_requests_are_refused_after() -> No
     assert sorted(b.channels) == ["shared"]
     for reply in (b.declare(name="late", policy=q, run="run-1"), b.begin_run(run="run-1", client="client-1")):
         assert reply["error"] == "ChannelClosed" and "has ended" in reply["message"]
-    assert b.begin_run(run=3, client="x")["error"] == "ValueError"
-    assert b.declare(name="x", policy=q, run=["bad"])["error"] == "ValueError"
+    assert b.begin_run(run=3, client="x")["error"] == "InvalidRequest"
+    assert b.declare(name="x", policy=q, run=["bad"])["error"] == "InvalidRequest"
+    # The driver sees a refused argument as a ValueError too, with the broker's words.
+    with pytest.raises(ValueError, match="run"):
+        raise_for_reply(b.begin_run(run=3, client="x"))
 
 
 def test_the_broker_keeps_an_ended_actors_final_status() -> None:
@@ -256,5 +259,5 @@ def test_the_broker_keeps_an_ended_actors_final_status() -> None:
     final = {"name": "a", "state": "finished", "steps": 7, "metrics": {"loss": [[6, 0.5]]}}
     assert b.actor_ended(name="a", status=final)["status"] == "OK"
     assert b.snapshot()["actors"]["a"]["state"] == "finished" and b.snapshot()["actors"]["a"]["steps"] == 7
-    assert b.actor_ended(name="bad name", status={})["error"] == "ValueError"
-    assert b.actor_ended(name="a", status=[1])["error"] == "ValueError"
+    assert b.actor_ended(name="bad name", status={})["error"] == "InvalidRequest"
+    assert b.actor_ended(name="a", status=[1])["error"] == "InvalidRequest"
