@@ -248,7 +248,10 @@ class ActorHost:
             timeout: seconds to wait for a step boundary (``None``: forever).
 
         Returns:
-            ``{"format", "name", "cls", "time", "status", "state", "outputs", "inputs"}``.
+            ``{"format", "name", "cls", "time", "status", "state", "outputs", "inputs",
+            "delivered", "takes"}``: ``"delivered"`` the highest sequence number taken
+            per ``Queue`` input and source, ``"takes"`` the number of the next take
+            (see :mod:`coupler.actors.checkpointing`).
 
         Raises:
             TimeoutError: if the current step did not end within ``timeout``.

@@ -73,8 +73,11 @@ class Participant(ABC):
         """Send one message on ``channel`` from this script, like an actor's ``OutPort.send``.
 
         The first send on a channel makes this script a producer there (the
-        coupling's own :class:`Publisher` for it, kept until the coupling closes):
-        sequence numbers, spec checks and back-pressure are those of every producer.
+        coupling's own :class:`Publisher` for it, kept until the coupling or the
+        channel closes): sequence numbers, spec checks and back-pressure are those
+        of every producer. A send that meets the channel closed gives that
+        publisher back; a send on a channel declared again under the same name
+        later is a new producer there, numbered from 0.
 
         Args:
             channel: a declared channel.
