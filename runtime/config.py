@@ -81,6 +81,44 @@ def duration(name: str, value: Any, *, positive: bool = False) -> float:
     return seconds
 
 
+def count(name: str, value: Any, *, minimum: int = 0) -> int:
+    """``value`` as a whole number of at least ``minimum`` (a count of workers, jobs, GPUs).
+
+    Args:
+        name: what it is, for the error (``coupler.jobqueue.jobs``).
+        value: the setting's value.
+        minimum: the least it may be.
+
+    Raises:
+        ValueError: naming ``name``, for anything else (``True``, ``2.5`` and ``"2"`` included).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def memory_limit(name: str, value: Any) -> Any:
+    """``value`` if Dask takes it as a worker's memory limit, else an error that names the setting.
+
+    Dask takes ``"auto"``, ``None`` or 0 (no limit), a number of bytes, a
+    fraction of the machine's memory (0 to 1), or text such as ``"4 GiB"``.
+
+    Raises:
+        ValueError: naming ``name``, for a negative number, a switch, or text that is no size.
+    """
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            dask.utils.parse_bytes(value)
+        except ValueError:
+            raise ValueError(f"{name} must be 'auto', a size such as '4 GiB', a fraction of the memory or null, got {value!r}") from None
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0 or value != value:
+        raise ValueError(f"{name} must be 'auto', a size such as '4 GiB', a fraction of the memory or null, got {value!r}")
+    return value
+
+
 def load_file(path: str) -> dict[str, Any]:
     """Merge a YAML file of Dask settings (``jobqueue:``, ``coupler:``...) into ``dask.config``.
 

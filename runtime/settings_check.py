@@ -5,9 +5,8 @@ the data plane's settings by each worker's endpoint, the timeouts by the calls
 that wait. A bad value would then fail late and far away: in a worker's log
 minutes after the start, or at the first ``spawn``. :func:`check_settings` reads
 them in the driver, so that ``Coupling()`` and the ``coupler`` command refuse a
-bad one at once, in one line that names it. Not read here, because the cluster's
-start checks them: ``jobqueue.jobs`` and ``gpus-per-job``, ``local.gpus`` and
-``local.memory-limit``.
+bad one at once, in one line that names it. ``local.gpus: auto`` is not
+detected here (that is the local cluster's start); its spelling is checked.
 """
 
 from __future__ import annotations
@@ -16,7 +15,8 @@ from __future__ import annotations
 from coupler.runtime import config
 from coupler.runtime.control.supervisor import SupervisionPolicy
 from coupler.runtime.dataplane.settings import delivery_config, transport_config
-from coupler.runtime.launch.cluster import KINDS
+from coupler.runtime.launch.cluster import KINDS, JobOptions
+from coupler.runtime.launch.devices import resolve_gpus
 
 #: Durations read with ``parse_timedelta`` where they are used.
 DURATIONS = ("connect-timeout", "placement-timeout", "report-interval", "jobqueue.start-timeout")
@@ -33,13 +33,6 @@ def seconds(key: str, *, positive: bool = False) -> float:
         ValueError: naming the setting, for anything else, a negative one, or 0 where ``positive``.
     """
     return config.duration(f"coupler.{key}", config.get(key), positive=positive)
-
-
-def _count(key: str) -> int:
-    value = config.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"coupler.{key} must be an integer >= 1, got {value!r}")
-    return value
 
 
 def check_settings() -> None:
@@ -64,4 +57,7 @@ def check_settings() -> None:
         if config.get(key) != "auto":
             seconds(key)
     for key in COUNTS:
-        _count(key)
+        config.count(f"coupler.{key}", config.get(key), minimum=1)
+    JobOptions.from_config()  # jobs and gpus-per-job
+    resolve_gpus(config.get("local.gpus"), detect=list)  # the spelling only: no detection
+    config.memory_limit("coupler.local.memory-limit", config.get("local.memory-limit"))

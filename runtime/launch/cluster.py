@@ -93,7 +93,10 @@ class JobOptions:
     @classmethod
     def from_config(cls, **overrides: Any) -> JobOptions:
         """Options from ``coupler.jobqueue``, with ``overrides`` that are not ``None``."""
-        values: dict[str, Any] = {"jobs": int(config.get("jobqueue.jobs")), "gpus_per_job": int(config.get("jobqueue.gpus-per-job"))}
+        values: dict[str, Any] = {
+            "jobs": config.count("coupler.jobqueue.jobs", config.get("jobqueue.jobs")),
+            "gpus_per_job": config.count("coupler.jobqueue.gpus-per-job", config.get("jobqueue.gpus-per-job")),
+        }
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -401,15 +404,19 @@ def start_local(
     """
     devices = resolve_gpus(config.get("local.gpus") if gpus is None else gpus)
     if n_workers is None:
-        n_workers = len(devices) or int(config.get("local.n-workers"))
+        n_workers = len(devices) or config.count("coupler.local.n-workers", config.get("local.n-workers"), minimum=1)
     if not isinstance(n_workers, int) or isinstance(n_workers, bool) or n_workers < 1:
         raise ValueError(f"the local cluster needs n_workers, an int >= 1 (an actor needs a worker); got {n_workers!r}")
-    memory_limit = kwargs.pop("memory_limit", config.get("local.memory-limit"))
+    if "memory_limit" in kwargs:  # None given here means no limit, as for Dask
+        memory_limit = kwargs.pop("memory_limit")
+    else:
+        memory_limit = config.memory_limit("coupler.local.memory-limit", config.get("local.memory-limit"))
     if memory_limit == "auto":
         # LocalCluster shares memory only when it starts its workers itself; do it for both kinds.
         memory_limit = MEMORY_LIMIT // max(n_workers, 1)
     common = dict(
-        threads_per_worker=threads_per_worker or int(config.get("local.threads-per-worker")),
+        threads_per_worker=threads_per_worker
+        or config.count("coupler.local.threads-per-worker", config.get("local.threads-per-worker"), minimum=1),
         dashboard_address=dashboard_address or config.get("local.dashboard-address"),
         memory_limit=memory_limit,
         env={**WORKER_ENV, **kwargs.pop("env", {})},

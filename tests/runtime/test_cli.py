@@ -230,6 +230,11 @@ def restored_config() -> Iterator[None]:
         ("coupler:\n  local:\n    n-workers: two\n", "coupler.local.n-workers must be an integer >= 1"),
         ("coupler:\n  local:\n    n-workers: null\n", "coupler.local.n-workers must be an integer >= 1"),
         ("coupler:\n  cluster: nope\n", "coupler.cluster must be one of local, slurm"),
+        ("coupler:\n  jobqueue:\n    jobs: two\n", "coupler.jobqueue.jobs must be an integer >= 0"),
+        ("coupler:\n  jobqueue:\n    gpus-per-job: 1.5\n", "coupler.jobqueue.gpus-per-job must be an integer >= 0"),
+        ("coupler:\n  local:\n    gpus: yes\n", "coupler.local.gpus expects 'auto', device ids"),
+        ("coupler:\n  local:\n    memory-limit: big\n", "coupler.local.memory-limit must be 'auto', a size"),
+        ("coupler:\n  local:\n    memory-limit: -1\n", "coupler.local.memory-limit must be 'auto', a size"),
         ("coupler:\n  transport:\n    shared-memory: maybe\n", "coupler.transport.shared-memory must be true or false"),
     ],
 )

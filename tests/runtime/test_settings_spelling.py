@@ -11,12 +11,14 @@ interpreter and reads it back through the object the runtime builds from it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
 
 import dask.config
 import pytest
+from distributed.worker_memory import parse_memory_limit
 
 from coupler.runtime import config
 
@@ -96,3 +98,27 @@ def test_a_switch_reads_what_yaml_and_environment_variables_bring(value: object,
 def test_a_switch_that_is_not_one_is_refused_naming_it(value: object) -> None:
     with pytest.raises(ValueError, match=r"coupler.transport.shared-memory must be true or false, got "):
         config.flag("transport", {"shared-memory": value}, "shared-memory", True)
+
+
+@pytest.mark.parametrize(("value", "minimum"), [(0, 0), (3, 1), (2**40, 0)])
+def test_a_count_is_a_whole_number_from_its_minimum(value: int, minimum: int) -> None:
+    assert config.count("coupler.jobqueue.jobs", value, minimum=minimum) == value
+
+
+@pytest.mark.parametrize(("value", "minimum"), [(-1, 0), (0, 1), (True, 0), (2.5, 0), (2.0, 0), ("2", 0), (None, 0)])
+def test_anything_else_is_refused_as_a_count_naming_the_setting(value: object, minimum: int) -> None:
+    with pytest.raises(ValueError, match=rf"coupler.jobqueue.jobs must be an integer >= {minimum}, got "):
+        config.count("coupler.jobqueue.jobs", value, minimum=minimum)
+
+
+@pytest.mark.parametrize("value", ["auto", None, 0, 0.5, 2**33, "4 GiB", "512MB"])
+def test_a_memory_limit_taken_here_is_one_dask_takes(value: object) -> None:
+    assert config.memory_limit("coupler.local.memory-limit", value) == value
+    limit = parse_memory_limit(value, 1, 2, logger=logging.getLogger("test"))
+    assert limit is None or limit > 0
+
+
+@pytest.mark.parametrize("value", ["big", "10%", -1, True, float("nan"), [1]])
+def test_a_memory_limit_dask_would_refuse_or_misread_is_refused_naming_the_setting(value: object) -> None:
+    with pytest.raises(ValueError, match=r"coupler.local.memory-limit must be 'auto', a size"):
+        config.memory_limit("coupler.local.memory-limit", value)
