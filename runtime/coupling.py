@@ -398,7 +398,8 @@ class Coupling(Participant):
         workers = list(workers) if workers else None  # [] means no restriction, as None does
         # Dask would queue an actor no worker can host forever; fail with a clear error instead. The
         # embedded cluster, once all its workers joined, never gains a worker: no time to wait for one.
-        check_placement(self.client, resources, workers, timeout=0 if self._workers_fixed() else None)
+        if resources or workers is not None:  # an actor that asks for nothing goes to any worker, one that joins later too
+            check_placement(self.client, resources, workers, timeout=0 if self._workers_fixed() else None)
         # The supervisor spawns it, and respawns it elsewhere when its worker retires or is lost.
         spec = SpawnSpec(cls, args, kwargs, name, tuple(workers) if workers else None, resources)
         ref = self.supervisor.spawn(spec)
