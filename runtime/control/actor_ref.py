@@ -69,7 +69,9 @@ class ActorRef:
     Args:
         name: the actor's name in the coupling.
         actor: the Dask actor proxy.
-        move_timeout: seconds a call waits for a move or restart to finish.
+        move_timeout: seconds a call waits for a move or restart to finish; a call
+            with a timeout of its own (``stop``, ``checkpoint``, ``wait``) waits at
+            most that, the move included.
         call_timeout: seconds a call waits for its answer (``None``: forever).
     """
 
@@ -148,12 +150,12 @@ class ActorRef:
         """Ask ``follower`` whether to wait and retry when a call fails."""
         self._follower = follower
 
-    def _current(self, deadline: float) -> tuple[Actor, int]:
+    def _current(self, deadline: float, budget: float) -> tuple[Actor, int]:
         with self._cond:
             while self._moving and self._failure is None:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise TimeoutError(f"actor {self.name!r} is still being moved after {self.move_timeout} s")
+                    raise TimeoutError(f"actor {self.name!r} is still being moved or restarted after {budget:g} s")
                 self._cond.wait(left)
             if self._failure is not None:
                 raise self._failure
@@ -171,20 +173,33 @@ class ActorRef:
             return True
 
     def _invoke(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.move_timeout
+        return self._call(method, args, kwargs, self.move_timeout, timed=False)
+
+    def _call(self, method: str, args: tuple, kwargs: dict[str, Any], budget: float, timed: bool) -> Any:
+        """``method`` on the current instance, waiting at most ``budget`` s in all for a move or
+        restart to finish; ``timed``: its first argument is the time left of that budget (a
+        ``stop(timeout)`` waiting for a move must not then wait ``timeout`` again)."""
+        deadline = time.monotonic() + budget
         while True:
-            actor, generation = self._current(deadline)
+            actor, generation = self._current(deadline, budget)
+            given = (max(0.0, deadline - time.monotonic()), *args) if timed else args
             try:
-                return getattr(actor, method)(*args, **kwargs).result(timeout=self.call_timeout)
+                return getattr(actor, method)(*given, **kwargs).result(timeout=self.call_timeout)
             except Exception as e:
                 follower = self._follower
                 if follower is None or not follower.should_retry(self, generation, e):
                     raise
                 if not self._wait_for_successor(generation, deadline):
-                    raise
+                    raise TimeoutError(
+                        f"actor {self.name!r} is being moved or restarted and no successor answered within {budget:g} s: {e!r}"
+                    ) from e
 
     def _control(self, method: str, *args: Any) -> ActorStatus:
         return ActorStatus.from_dict(self._invoke(method, *args))
+
+    def _within(self, method: str, timeout: float) -> Any:
+        """``method(time left)``, ``timeout`` s at most in all, a move or restart included."""
+        return self._call(method, (), {}, min(self.move_timeout, timeout), timed=True)
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> ActorStatus:
@@ -235,7 +250,7 @@ class ActorRef:
             )
 
     def stop(self, timeout: float = 30.0) -> ActorStatus:
-        """Ask the run loop to end and wait up to ``timeout`` s.
+        """Ask the run loop to end and wait up to ``timeout`` s (a move or restart under way included).
 
         A step that is computing ends first; one blocked in a send or a receive is
         woken and abandoned (see ``ActorHost.stop``). The ended actor gives back its ports, threads and links on its worker;
@@ -244,7 +259,7 @@ class ActorRef:
         if self._final is not None:
             return self._final
         self.intent = "stopped"
-        return self._control("stop", timeout)
+        return ActorStatus.from_dict(self._within("stop", timeout))
 
     def release(self, timeout: float = 30.0) -> ActorStatus:
         """Stop the actor if it runs, then give back its instance (Dask's actor and its state).
@@ -295,10 +310,11 @@ class ActorRef:
         """The actor's state at a step boundary, as plain data (see ``ActorHost.checkpoint``).
 
         Raises:
-            TimeoutError: if its current step did not end within ``timeout`` seconds.
+            TimeoutError: if its current step did not end within ``timeout`` seconds
+                (a move or restart under way included).
             ChannelTimeout: if its outputs were not accepted within 5 s (see ``ActorHost.checkpoint``).
         """
-        return self._invoke("checkpoint", timeout)
+        return self._within("checkpoint", timeout)
 
     def wait(self, timeout: float | None = None, poll: float = 0.1) -> ActorStatus:
         """Wait for the run loop to end.
@@ -313,11 +329,20 @@ class ActorRef:
         Raises:
             ActorFailed: if the run loop raised (the message holds its traceback), or
                 the actor was lost and could not be restarted.
-            TimeoutError: if it is still running after ``timeout``.
+            TimeoutError: if it is still running after ``timeout``, or is still
+                being moved or restarted then.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            st = self.status()
+            with self._cond:
+                final = self._final
+            if final is not None:
+                st = final
+            elif deadline is None:
+                st = self._control("status")
+            else:  # a status call waits for a move or restart, but not past the deadline
+                left = max(0.0, deadline - time.monotonic())
+                st = ActorStatus.from_dict(self._call("status", (), {}, min(self.move_timeout, left), timed=False))
             if st.state == "failed":
                 raise ActorFailed(f"actor {self.name!r} on {st.worker} failed:\n{st.error}")
             if st.done:
