@@ -45,7 +45,9 @@ class SteeringActor(ActorHost):
         budget: tasks to issue in total.
         in_flight: most tasks outstanding at once (keep it about the pool's size
             times one plus its per-member prefetch, so sends do not block).
-        batch: tasks proposed at a time (fewer when fewer slots are free).
+        batch: tasks proposed at a time, at most ``in_flight`` (a larger one is
+            taken as ``in_flight``): the steerer waits for that many free slots,
+            so one fit serves a batch, unless the budget ends first.
         ensemble: surrogate settings (``EnsembleConfig`` or ``GPConfig``; ``None``: no model, for sweeps).
         seed: seed of the surrogate.
         reissue_on_restore: after :meth:`restore`, send again the tasks that were
@@ -57,6 +59,8 @@ class SteeringActor(ActorHost):
         routes: ``{resource: output port}``: a task whose suggestion asks for a
             positive amount of ``resource`` goes to that port instead of ``tasks``
             (the first matching route in this order); ``None``: every task to ``tasks``.
+            A task that asks for a resource no route names is refused (the actor
+            fails saying so): its pool could not honour it.
         inputs: ``{"results": <channel>}``.
         outputs: ``{"tasks": <shared Queue>}``, one more shared Queue per route, and
             optionally ``{"cancel": <Queue>}``.
@@ -102,7 +106,9 @@ class SteeringActor(ActorHost):
         else:
             self.steerer = Steerer(space, strategy, ensemble, seed)
         self.routes = dict(routes or {})
-        self.budget, self.in_flight, self.batch = budget, in_flight, batch
+        # A batch larger than the slots would wait for free slots that never come (in_flight=1
+        # with the default batch of 2 hung without a word).
+        self.budget, self.in_flight, self.batch = budget, in_flight, min(batch, in_flight)
         self.activity: list[tuple[str, float, float]] = []  # (what, start, end), wall clock
         self.exhausted = False
         self.reissue_on_restore = reissue_on_restore
@@ -112,6 +118,13 @@ class SteeringActor(ActorHost):
     def _send(self, task: int) -> None:
         """Send a task on its route: the port of the first resource it needs, else ``tasks``."""
         need = self.steerer.resources(task)
+        unrouted = sorted(r for r, amount in need.items() if amount > 0 and r not in self.routes)
+        if unrouted:
+            # Sent to "tasks", it would run on whatever members read it, GPU or not, without a word.
+            raise ValueError(
+                f"task {task} asks for {need} but routes={self.routes} names no output port for {unrouted}: "
+                f"add routes={{{unrouted[0]!r}: '<port>'}} and a pool with those resources reading it"
+            )
         port = next((p for r, p in self.routes.items() if need.get(r, 0) > 0), "tasks")
         self.outputs[port].send(task_message(task, self.steerer.tasks[task].x))
 

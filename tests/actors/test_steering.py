@@ -17,7 +17,7 @@ from coupler.learners.acquisition import ExpectedImprovement, ParameterSpace, Ra
 from coupler.learners.ask_tell import Outcome, Suggestion
 from coupler.learners.ensemble import EnsembleConfig
 from coupler.physics.gray_scott import GrayScott, params_from_vector, pattern_amplitude
-from coupler.runtime import Coupling, Queue
+from coupler.runtime import ActorFailed, Coupling, Queue
 from coupler.runtime.control.checkpoints import decode, encode
 from polling import until
 
@@ -306,3 +306,32 @@ def test_an_optuna_study_steers_the_pool_and_its_gpu_tasks_run_on_gpu_members() 
     with pytest.raises(ValueError, match="not in outputs"):
         SteeringActor(SPACE, RandomSweep(SPACE), name="x", budget=1, routes={"GPU": "gpu_tasks"},
                       inputs={"results": "r"}, outputs={"tasks": "t"})  # fmt: skip
+
+
+@pytest.mark.parametrize(("in_flight", "batch"), [(1, 2), (2, 5)])
+def test_a_batch_larger_than_the_slots_still_runs_the_whole_budget(coupling: Coupling, unique: str, in_flight: int, batch: int) -> None:
+    # The steerer waits for a whole batch of free slots; with fewer slots than the batch it waited
+    # for ever, without a word (in_flight=1 with the default batch of 2: sequential optimisation).
+    _channels(coupling, unique)
+    study = SimulationStudy(GrayScott(n=8), params_from_vector, pattern_amplitude, steps=20, bounds=BOUNDS)
+    pool = _pool(coupling, unique, 1, study)
+    n = 5
+    steer = coupling.spawn(
+        SteeringActor, SPACE, RandomSweep(SPACE, seed=0), name=f"steer-{unique}", budget=n, in_flight=in_flight,
+        batch=batch, inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"},
+    )  # fmt: skip
+    steer.start()
+    history = _finish(coupling, unique, steer, pool, timeout=60)
+    assert sorted(h["task"] for h in history) == list(range(n)) and [h["answers"] for h in history] == [1] * n
+
+
+def test_a_task_asking_for_a_resource_no_route_names_fails_the_steerer_saying_so(coupling: Coupling, unique: str) -> None:
+    # Sent to "tasks", a GPU task would run on a member without a GPU, and nothing would say so.
+    _channels(coupling, unique)
+    steer = coupling.spawn(
+        SteeringActor, SPACE, OptunaGenerator(SPACE, seed=1, gpu_every=1), name=f"steer-{unique}", budget=3,
+        inputs={"results": f"results-{unique}"}, outputs={"tasks": f"tasks-{unique}"},
+    )  # fmt: skip
+    steer.start()
+    with pytest.raises(ActorFailed, match=r"task 0 asks for \{'GPU': 1.0\} but routes=\{\} names no output port for \['GPU'\]"):
+        steer.wait(60)
