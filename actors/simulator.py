@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import jax
@@ -14,15 +14,44 @@ from coupler.actors.base import ActorHost
 from coupler.physics.base import Simulator
 
 
-def _fill(like: Any, leaves: list[np.ndarray], what: str) -> Any:
-    """``like``'s pytree structure with ``leaves`` (checked against its shapes) as JAX arrays."""
+def _is_key(leaf: Any) -> bool:
+    """Whether ``leaf`` is a typed PRNG key array (``jax.random.key``), which numpy cannot hold."""
+    return jax.dtypes.issubdtype(getattr(leaf, "dtype", np.float32), jax.dtypes.prng_key)
+
+
+def _plain(leaf: Any) -> Any:
+    """A state leaf as plain data: an array, or for a typed PRNG key its key data and implementation."""
+    if _is_key(leaf):
+        # The docs ask simulators to keep their random draws in the state, as a key split from the
+        # one init() gets (a typed key); np.array() of it raised, so no checkpoint was ever taken.
+        return {"key_data": np.asarray(jax.random.key_data(leaf)), "impl": str(jax.random.key_impl(leaf))}
+    return np.array(leaf)
+
+
+def _leaf(plain: Any, like: Any) -> Any:
+    """The JAX array ``_plain`` made ``plain`` from, with the dtype of ``like``."""
+    if isinstance(plain, dict):
+        return jax.random.wrap_key_data(jax.numpy.asarray(plain["key_data"]), impl=plain["impl"])
+    return jax.numpy.asarray(plain, getattr(like, "dtype", None) or np.asarray(like).dtype)
+
+
+def _shape(plain: Any) -> tuple[int, ...]:
+    if isinstance(plain, dict):  # a key's data has the key's shape plus the implementation's words
+        return jax.eval_shape(lambda d: jax.random.wrap_key_data(d, impl=plain["impl"]), np.asarray(plain["key_data"])).shape
+    return np.shape(plain)
+
+
+def _fill(like: Any, leaves: list[Any], what: str) -> Any:
+    """``like``'s pytree structure with ``leaves`` (``_plain`` data, checked against its shapes) as JAX arrays."""
     expected = jax.tree.leaves(like)
-    if len(leaves) != len(expected) or any(np.shape(a) != np.shape(e) for a, e in zip(leaves, expected)):
+    got = [_shape(a) for a in leaves]
+    if len(leaves) != len(expected) or any(g != np.shape(e) or isinstance(a, dict) != _is_key(e) for a, g, e in zip(leaves, got, expected)):
         raise ValueError(
-            f"checkpoint {what} do not fit the simulator: expected shapes {[np.shape(e) for e in expected]}, "
-            f"got {[np.shape(a) for a in leaves]}"
+            f"checkpoint {what} do not fit the simulator: expected shapes {[np.shape(e) for e in expected]} "
+            f"(PRNG keys at {[i for i, e in enumerate(expected) if _is_key(e)]}), got {got} "
+            f"(keys at {[i for i, a in enumerate(leaves) if isinstance(a, dict)]})"
         )
-    return jax.tree.unflatten(jax.tree.structure(like), [jax.numpy.asarray(a, getattr(e, "dtype", None) or np.asarray(e).dtype) for a, e in zip(leaves, expected)])
+    return jax.tree.unflatten(jax.tree.structure(like), [_leaf(a, e) for a, e in zip(leaves, expected)])
 
 
 def _build(sim: Simulator, k: int, field: str, ensemble: bool) -> tuple[Callable, Callable, Callable]:
@@ -62,13 +91,21 @@ def _compiled(sim: Simulator, k: int, field: str, ensemble: bool) -> tuple[Calla
     return _build_cached(sim, k, field, ensemble)
 
 
+def _time(state: Any, steps: int) -> Any:
+    """The simulation time of ``state``: its ``t`` (an attribute, or a key of a dict state), else ``steps``."""
+    if isinstance(state, Mapping) and "t" in state:
+        return state["t"]
+    return getattr(state, "t", steps)
+
+
 class SimulatorActor(ActorHost):
     """Host a pure JAX simulator (one run, or an ensemble of runs as a ``vmap``).
 
     Each loop iteration advances the state by ``publish_every`` steps inside one
     jitted ``fori_loop`` and publishes on the output port ``"fields"``:
 
-    - ``mode="snapshots"``: ``{"field": x_t, "params": f}`` every ``publish_every`` steps;
+    - ``mode="snapshots"``: ``{"field": x_t, "params": f}`` every ``publish_every`` steps
+      (and after the last step, when ``steps`` is no multiple of it);
     - ``mode="pairs"``: ``{"input": x_t, "target": x_{t+publish_every}, "params": f}``,
       the training pairs of a surrogate that jumps ``publish_every`` steps.
 
@@ -86,6 +123,10 @@ class SimulatorActor(ActorHost):
     old one would have published next. Randomness inside a simulation lives in
     its (pure) state, so it is checkpointed with it.
 
+    A message's ``timestamp`` is the state's simulation time: its ``t`` (an
+    attribute, or a key of a dict state; the first member's with an ensemble),
+    else the number of steps taken.
+
     With an ensemble (``ensemble=True``: every leaf of ``params`` and ``features``
     has a leading member axis) each member's data goes out as its own message.
 
@@ -93,7 +134,7 @@ class SimulatorActor(ActorHost):
         simulator: the simulator (pickled to the worker; a frozen dataclass).
         params: its parameters (a pytree; batched over members if ``ensemble``).
         name: actor name.
-        steps: simulator steps to run in total.
+        steps: simulator steps to run in total (a multiple of ``publish_every`` for ``"pairs"``).
         publish_every: steps between publications.
         field: key of ``simulator.observe(state)`` to publish.
         features: per-run conditioning vector published with each message (e.g.
@@ -107,7 +148,8 @@ class SimulatorActor(ActorHost):
 
     Raises:
         ValueError: for non-positive ``steps``/``publish_every``, an unknown mode,
-            or ``outputs`` without a ``"fields"`` port.
+            ``"pairs"`` with ``steps`` no multiple of ``publish_every``, or ``outputs``
+            without a ``"fields"`` port.
     """
 
     def __init__(
@@ -131,6 +173,12 @@ class SimulatorActor(ActorHost):
             raise ValueError(f"steps and publish_every must be >= 1, got steps={steps}, publish_every={publish_every}")
         if mode not in ("pairs", "snapshots"):
             raise ValueError(f"mode must be 'pairs' or 'snapshots', got {mode!r}")
+        if mode == "pairs" and steps % publish_every:
+            # A shorter last block would make a pair that spans fewer steps than every other one.
+            raise ValueError(
+                f"mode='pairs' publishes pairs {publish_every} steps apart: steps must be a multiple of "
+                f"publish_every={publish_every}, got steps={steps}"
+            )
         if "fields" not in (outputs or {}):
             raise ValueError(f"SimulatorActor needs outputs={{'fields': <channel>}}, got outputs={outputs!r}")
         super().__init__(name=name, outputs=outputs, **kwargs)
@@ -208,11 +256,15 @@ class SimulatorActor(ActorHost):
 
     def _compute_block(self) -> None:
         t0 = time.perf_counter()
-        self.state = self._advance(self.state, self.params)
+        k = min(self.publish_every, self.total_steps - self.sim_steps)
+        if k == self.publish_every:
+            self.state = self._advance(self.state, self.params)
+        else:  # the last block of a run whose steps are no multiple of publish_every: the plain solver
+            self.state = _compiled(self.simulator, k, self.field, self.ensemble)[1](self.state, self.params)
         current = np.asarray(self._observe(self.state))  # blocks until computed
-        self.sim_steps += self.publish_every
+        self.sim_steps += k
         self.compute_seconds += time.perf_counter() - t0
-        sim_time = float(np.ravel(np.asarray(getattr(self.state, "t", self.sim_steps)))[0])
+        sim_time = float(np.ravel(np.asarray(_time(self.state, self.sim_steps)))[0])
         members = range(current.shape[0]) if self.ensemble else [None]
         for m in members:
             x_prev = self._prev if m is None else self._prev[m]
@@ -243,8 +295,8 @@ class SimulatorActor(ActorHost):
             return {} if self._restored is None else self._restored
         return {
             "key": np.asarray(jax.random.key_data(self._key)),
-            "state": [np.array(a) for a in jax.tree.leaves(self.state)],
-            "params": [np.array(a) for a in jax.tree.leaves(self.params)],
+            "state": [_plain(a) for a in jax.tree.leaves(self.state)],
+            "params": [_plain(a) for a in jax.tree.leaves(self.params)],
             "prev": np.array(self._prev),
             "sim_steps": self.sim_steps,
             "published": self.published,
