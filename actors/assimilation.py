@@ -12,6 +12,9 @@ vmapped ensemble function (:func:`coupler.physics.assimilation.cycle`):
   timestamp off the cycle grid is refused (counted as ``mismatched``);
 - an observation for a cycle already passed arrives too late to be used
   (counted as ``late``; a filter does not go back in time);
+- an observation holding NaN or inf (a failed sensor) is refused (counted as
+  ``invalid``, with a warning the first time): assimilated, it would turn the
+  ensemble into NaN for good; its cycle is then forecast only;
 - cycles whose observation never came are forecast only (``missing``); with
   ``max_wait`` set, the ensemble does not wait longer than that for an
   observation but moves on one cycle, as an operational system keeps to its
@@ -29,6 +32,7 @@ every cycle, RMSE included when the observations carry the truth.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -40,8 +44,10 @@ from coupler.actors.base import ActorHost
 from coupler.runtime import ChannelTimeout
 from coupler.learners.correction import CorrectionConfig, correction_function
 from coupler.physics.assimilation import FilterConfig, LinearObservation, cycle, cycle_key, initial_ensemble
-from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
+from coupler.physics.assimilation_model import AssimilationModel, check_state, operator_for, state_size
 from coupler.physics.localization import local_blocks
+
+logger = logging.getLogger(__name__)
 
 # A timestamp within this fraction of an interval of a cycle's time is that cycle's.
 _TIME_TOLERANCE = 1e-3
@@ -67,10 +73,12 @@ class AssimilationActor(ActorHost):
         **kwargs: passed to :class:`ActorHost`.
 
     Raises:
-        ValueError: for ``cycles < 1``, inputs without ``"obs"``, a
+        ValueError: for ``cycles < 1``, ``members < 2``, inputs without ``"obs"``, a
             ``"weights"`` input without a ``correction``, an ``obs`` that
-            does not fit the model's state, or an LETKF ``local_block`` that
-            does not divide every side of the observed grid.
+            does not fit the model's state or grid, a model whose
+            ``initial_state`` is not flat, a ``correction`` on another grid, or
+            an LETKF ``local_block`` that does not divide every side of the
+            observed grid.
         TypeError: for a model without the assimilation protocol.
     """
 
@@ -98,9 +106,15 @@ class AssimilationActor(ActorHost):
             raise ValueError("a 'weights' input needs correction=CorrectionConfig(...) to apply them")
         if not isinstance(model, AssimilationModel):
             raise TypeError(f"model must follow AssimilationModel (grid, interval, initial_state, forecast), got {type(model)}")
-        if obs is not None and obs.n != state_size(model):
-            raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
-        obs = obs or observe_all(model)
+        if members < 2:
+            raise ValueError(f"an ensemble needs members >= 2, got {members}")
+        obs = operator_for(model, obs)
+        check_state(model)
+        grid = tuple(int(g) for g in model.grid)
+        if correction is not None and (correction.grid or (state_size(model),)) != grid:
+            raise ValueError(
+                f"correction.grid is {correction.grid}, the model's grid is {grid}: set CorrectionConfig(grid={grid})"
+            )
         if filter.method == "letkf":  # here, at the spawn, not at the first analysis
             local_blocks(obs.shape, filter.local_block)  # type: ignore[arg-type]
         super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
@@ -113,7 +127,7 @@ class AssimilationActor(ActorHost):
         self.correction = correction
         self.max_wait = max_wait
         self.cycle = 0
-        self.late = self.missing = self.mismatched = self.unpublished = 0
+        self.late = self.missing = self.mismatched = self.unpublished = self.invalid = 0
         self.weights: Any = None
         self.weights_version = 0
         self.rows: dict[str, list[Any]] = {k: [] for k in _HISTORY_KEYS}
@@ -155,6 +169,14 @@ class AssimilationActor(ActorHost):
         if k <= self.cycle:
             self.late += 1
             return True
+        if not np.all(np.isfinite(np.asarray(msg.data["y"]))):
+            self.invalid += 1
+            if self.invalid == 1:
+                logger.warning(
+                    "assimilation %r: the observation for cycle %d holds NaN or inf (%s); it is refused and its "
+                    "cycle forecast only (counted in status().info['invalid'])", self.name, k, msg.source,
+                )
+            return True
         while self.cycle < k - 1 and self.cycle < self.cycles:
             self._advance(None)
         if self.cycle < self.cycles:
@@ -165,14 +187,15 @@ class AssimilationActor(ActorHost):
         """Run cycle ``self.cycle + 1`` (assimilating ``data["y"]`` if given) and publish it."""
         k = self.cycle + 1
         observed = data is not None
-        y = np.asarray(data["y"], np.float32) if observed else np.zeros(self.obs.size, np.float32)
+        dtype = self.ensemble.dtype  # float64 with jax_enable_x64: observations are not rounded to float32
+        y = np.asarray(data["y"], dtype) if observed else np.zeros(self.obs.size, dtype)
         self.ensemble, out = self._cycle(self.ensemble, y, jnp.asarray(observed), k, self.weights)
         mean, raw, fc = np.asarray(out.analysis), np.asarray(out.raw_forecast), np.asarray(out.forecast)
         spread = float(out.spread)
         self.cycle = k
         self.missing += not observed
         truth = None if not observed or "truth" not in data else np.asarray(data["truth"])
-        recorded_y = y if observed else np.full(self.obs.size, np.nan, np.float32)
+        recorded_y = y if observed else np.full(self.obs.size, np.nan, dtype)
         for key, value in zip(
             _HISTORY_KEYS, (k, observed, recorded_y, truth, fc, mean, spread, self.weights_version, time.time())
         ):
@@ -223,6 +246,7 @@ class AssimilationActor(ActorHost):
             "missing": self.missing,
             "mismatched": self.mismatched,
             "unpublished": self.unpublished,
+            "invalid": self.invalid,
             "weights_version": self.weights_version,
         }
 
@@ -233,7 +257,7 @@ class AssimilationActor(ActorHost):
         return {
             "ensemble": np.array(self.ensemble),
             "cycle": self.cycle,
-            "counters": [self.late, self.missing, self.mismatched, self.unpublished],
+            "counters": [self.late, self.missing, self.mismatched, self.unpublished, self.invalid],
             "weights": self.weights,
             "weights_version": self.weights_version,
             "rows": {k: list(v) for k, v in self.rows.items()},
@@ -252,6 +276,7 @@ class AssimilationActor(ActorHost):
             raise ValueError(f"AssimilationActor {self.name!r}: checkpoint state lacks {missing}; got keys {sorted(state)}")
         self._restored = state
         self.cycle = int(state["cycle"])
-        self.late, self.missing, self.mismatched, self.unpublished = (int(c) for c in state["counters"])
+        counters = [int(c) for c in state["counters"]] + [0]  # a checkpoint from before "invalid" has four
+        self.late, self.missing, self.mismatched, self.unpublished, self.invalid = counters[:5]
         self.weights, self.weights_version = state["weights"], int(state["weights_version"])
         self.rows = {k: list(state["rows"][k]) for k in _HISTORY_KEYS}

@@ -40,7 +40,7 @@ import numpy as np
 
 from coupler.actors.base import ActorHost
 from coupler.physics.assimilation import FilterConfig, LinearObservation, analysis, cycle_key, initial_ensemble
-from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
+from coupler.physics.assimilation_model import AssimilationModel, check_state, operator_for
 from coupler.runtime import ChannelTimeout, ConsumerGone
 
 # Seconds a scatter waits for a block that is absent (lost, or restarting) before moving on.
@@ -136,7 +136,8 @@ class EnsembleFilterActor(ActorHost):
 
     Raises:
         ValueError: for ``cycles < 1``, fewer than 2 members, a non-positive
-            timeout, missing ports, or an ``obs`` that does not fit the model.
+            timeout, missing ports, an ``obs`` that does not fit the model's state
+            or grid, or a model whose ``initial_state`` is not flat.
     """
 
     def __init__(
@@ -164,11 +165,11 @@ class EnsembleFilterActor(ActorHost):
         if not want_in <= set(inputs or {}) or not want_out <= set(outputs or {}):
             raise ValueError(f"EnsembleFilterActor needs inputs {sorted(want_in)} and outputs {sorted(want_out)}, "
                              f"got {sorted(inputs or {})} and {sorted(outputs or {})}")
-        if obs is not None and obs.n != state_size(model):
-            raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
+        obs = operator_for(model, obs)
+        check_state(model)
         super().__init__(name=name, inputs=inputs, outputs=outputs, **kwargs)
         self.model, self.cycles, self.blocks, self.block_size = model, cycles, blocks, block_size
-        self.filter, self.obs, self.seed = filter, obs or observe_all(model), seed
+        self.filter, self.obs, self.seed = filter, obs, seed
         self.gather_timeout = gather_timeout
         self.cycle = 0
         self.absent: set[int] = set()

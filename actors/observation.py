@@ -23,7 +23,7 @@ import numpy as np
 
 from coupler.actors.base import ActorHost
 from coupler.physics.assimilation import LinearObservation, observation_noise
-from coupler.physics.assimilation_model import AssimilationModel, observe_all, state_size
+from coupler.physics.assimilation_model import AssimilationModel, operator_for
 
 
 class ObservationSource(ActorHost):
@@ -45,7 +45,7 @@ class ObservationSource(ActorHost):
     Raises:
         ValueError: for ``cycles < 1``, a negative rate, a non-positive
             ``obs_std``, ``outputs`` without ``"obs"`` or an ``obs`` that does
-            not fit the model's state.
+            not fit the model's state or grid.
         TypeError: for a model without the assimilation protocol.
     """
 
@@ -70,12 +70,11 @@ class ObservationSource(ActorHost):
             raise ValueError(f"ObservationSource needs outputs={{'obs': <channel>}}, got outputs={outputs!r}")
         if not isinstance(model, AssimilationModel):
             raise TypeError(f"model must follow AssimilationModel (grid, interval, initial_state, forecast), got {type(model)}")
-        if obs is not None and obs.n != state_size(model):
-            raise ValueError(f"obs observes a state of {obs.n} values, the model's has {state_size(model)}")
+        obs = operator_for(model, obs)
         super().__init__(name=name, outputs=outputs, **kwargs)
         self.model = model
         self.cycles = cycles
-        self.obs = obs or observe_all(model)
+        self.obs = obs
         self.obs_std = obs_std
         self.seed = seed
         self.rate = rate

@@ -23,6 +23,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from coupler.physics.enkf_n import finite_size_analysis
 from coupler.physics.ensemble_filters import (
@@ -87,8 +88,7 @@ def analysis(
     Raises:
         ValueError: if the shapes do not fit ``obs``.
     """
-    members, n = ensemble.shape
-    if n != obs.n or y.shape != (obs.size,) or members < 2:
+    if ensemble.ndim != 2 or ensemble.shape[1] != obs.n or y.shape != (obs.size,) or ensemble.shape[0] < 2:
         raise ValueError(
             f"expected ensemble (members >= 2, {obs.n}) and y ({obs.size},), got {ensemble.shape} and {y.shape}"
         )
@@ -217,10 +217,24 @@ def run_filter(
         ``(final ensemble, CycleOutput with a leading (K,) axis)``.
 
     Raises:
-        ValueError: if ``observations`` and ``observed`` disagree in length.
+        ValueError: if ``ensemble`` is not ``(members >= 2, obs.n)``, ``observations``
+            not ``(K, obs.size)``, ``observed`` not ``(K,)``, or an observed cycle's
+            observation holds NaN or inf (mark it missing in ``observed`` instead).
     """
-    if observations.shape[0] != observed.shape[0]:
-        raise ValueError(f"observations {observations.shape} and observed {observed.shape} need the same length")
+    if ensemble.ndim != 2 or ensemble.shape[0] < 2 or ensemble.shape[1] != obs.n:
+        raise ValueError(f"expected an ensemble of shape (members >= 2, {obs.n}), got {ensemble.shape}")
+    if observations.ndim != 2 or observations.shape[1] != obs.size or jnp.shape(observed) != (observations.shape[0],):
+        raise ValueError(
+            f"expected observations (K, {obs.size}) and observed (K,), got {observations.shape} and {jnp.shape(observed)}"
+        )
+    if not isinstance(observations, jax.core.Tracer) and not isinstance(observed, jax.core.Tracer):
+        # One NaN assimilated turns every later analysis into NaN, without an error.
+        bad = np.flatnonzero(np.asarray(observed, bool) & ~np.all(np.isfinite(np.asarray(observations)), axis=1))
+        if bad.size:
+            raise ValueError(
+                f"the observations of cycles {bad[:10].tolist()} hold NaN or inf; mark them missing "
+                "(observed[k] = False) instead"
+            )
 
     def body(ens: jax.Array, inputs: tuple[jax.Array, jax.Array, jax.Array]) -> tuple[jax.Array, CycleOutput]:
         y, present, k = inputs

@@ -74,6 +74,49 @@ def observe_all(model: AssimilationModel) -> LinearObservation:
     return LinearObservation(state_size(model), shape=tuple(model.grid))
 
 
+def operator_for(model: AssimilationModel, obs: LinearObservation | None) -> LinearObservation:
+    """``obs``, checked against ``model``'s grid, or every variable of it (``None``).
+
+    Args:
+        model: the model whose state ``obs`` observes.
+        obs: the observation operator, or ``None``.
+
+    Returns:
+        The operator to use.
+
+    Raises:
+        ValueError: if ``obs`` observes a state of another size, or lives on
+            another grid (localisation would measure distances on the wrong
+            grid: a 16x16 model observed through a ring of 256 points).
+    """
+    if obs is None:
+        return observe_all(model)
+    n, grid = state_size(model), tuple(int(s) for s in model.grid)
+    if obs.n != n:
+        raise ValueError(f"obs observes a state of {obs.n} values, the model's has {n} (grid {grid})")
+    if tuple(obs.shape) != grid:  # type: ignore[arg-type]
+        raise ValueError(
+            f"obs lives on the grid {obs.shape}, the model's is {grid}: localisation measures distances on obs's "
+            f"grid; give it shape={grid} (e.g. LinearObservation({n}, indices=..., shape={grid}), or .subgrid)"
+        )
+    return obs
+
+
+def check_state(model: AssimilationModel) -> None:
+    """Refuse a model whose ``initial_state`` is not the flat vector of ``prod(grid)`` values (shapes only).
+
+    Raises:
+        ValueError: naming the shape expected and the shape ``initial_state`` gives.
+    """
+    n = state_size(model)
+    shape = jax.eval_shape(model.initial_state, jax.random.key(0)).shape
+    if shape != (n,):
+        raise ValueError(
+            f"model.initial_state must return the flat state, shape ({n},) for the grid {tuple(model.grid)} "
+            f"(C order), got shape {shape}"
+        )
+
+
 def _check_steps(steps: int) -> None:
     if steps < 1:
         raise ValueError(f"steps per observation interval must be >= 1, got {steps}")

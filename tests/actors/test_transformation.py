@@ -36,14 +36,17 @@ FILTER = FilterConfig("denkf", inflation=1.01)
 class ScriptedObservations(ActorHost):
     """Sends observations at the given model times (in that order), to exercise late and odd timestamps."""
 
-    def __init__(self, times: list[float], **kw: Any) -> None:
+    def __init__(self, times: list[float], nan_at: tuple[int, ...] = (), **kw: Any) -> None:
         super().__init__(**kw)
-        self.times, self.i = times, 0
+        self.times, self.i, self.nan_at = times, 0, nan_at
 
     def step(self) -> bool:
         if self.i >= len(self.times):
             return False
-        self.outputs["obs"].send({"y": np.full(40, 8.0, np.float32)}, timestamp=self.times[self.i], step=self.i)
+        y = np.full(40, 8.0, np.float32)
+        if self.i in self.nan_at:
+            y[7] = np.nan  # one failed sensor
+        self.outputs["obs"].send({"y": y}, timestamp=self.times[self.i], step=self.i)
         self.i += 1
         return True
 
@@ -112,6 +115,38 @@ def test_late_missing_and_off_grid_observations(coupling: Coupling, unique: str)
     assert (info["cycle"], info["missing"], info["late"], info["mismatched"]) == (5, 1, 1, 1)
     hist = da.call("history")
     assert list(hist["observed"]) == [True, True, False, True, True]
+
+
+def test_an_observation_holding_nan_is_refused_and_its_cycle_forecast_only(coupling: Coupling, unique: str) -> None:
+    # Assimilated, one NaN turned every later analysis into NaN, and the actor still finished.
+    dt = MODEL.interval
+    cp = coupling
+    cp.channel(f"obs-{unique}", Queue(maxsize=16))
+    da = cp.spawn(AssimilationActor, MODEL, name=f"da-{unique}", cycles=4, members=8, inputs={"obs": f"obs-{unique}"})
+    src = cp.spawn(ScriptedObservations, [dt, 2 * dt, 3 * dt, 4 * dt], nan_at=(1,), name=f"script-{unique}",
+                   outputs={"obs": f"obs-{unique}"})  # fmt: skip
+    da.start()
+    src.start()
+    _wait(src)
+    _wait(da)
+    info = da.status().info
+    assert (info["cycle"], info["invalid"], info["missing"]) == (4, 1, 1)
+    hist = da.call("history")
+    assert list(hist["observed"]) == [True, False, True, True] and np.all(np.isfinite(hist["analysis"]))
+
+
+def test_the_filter_refuses_at_the_spawn_what_would_fail_or_mislead_later() -> None:
+    vorticity = VorticityModel(n=16)
+    with pytest.raises(ValueError, match=r"an ensemble needs members >= 2, got 1"):
+        AssimilationActor(MODEL, name="x", cycles=1, members=1, inputs={"obs": "o"})
+    # A ring of 256 points over a 16x16 model: LETKF would localise by ring distance, without a word.
+    with pytest.raises(ValueError, match=r"obs lives on the grid \(256,\), the model's is \(16, 16\)"):
+        AssimilationActor(vorticity, name="x", cycles=1, obs=LinearObservation(256, indices=tuple(range(0, 256, 4))),
+                          inputs={"obs": "o"})  # fmt: skip
+    with pytest.raises(ValueError, match=r"correction.grid is None, the model's grid is \(16, 16\)"):
+        AssimilationActor(vorticity, name="x", cycles=1, correction=CorrectionConfig(), inputs={"obs": "o"})
+    with pytest.raises(ValueError, match=r"obs lives on the grid"):
+        ObservationSource(vorticity, name="x", cycles=1, obs=LinearObservation(256), outputs={"obs": "o"})
 
 
 def test_learned_correction_weights_reach_the_running_ensemble(coupling: Coupling, unique: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,6 +21,7 @@ from coupler.physics.assimilation import (
     run_filter,
 )
 from coupler.physics.assimilation_baselines import climatology, run_var3d, static_gain
+from coupler.physics.assimilation_model import check_state, operator_for
 from coupler.physics.enkf_n import inflation_estimate
 from coupler.physics.ensemble_filters import mean_preserving_rotation
 from coupler.physics.localization import local_blocks, taper
@@ -283,3 +286,52 @@ def test_bad_filter_settings_are_refused() -> None:
         FilterConfig("letkf")
     with pytest.raises(ValueError, match="expected ensemble"):
         analysis(jnp.zeros((5, 11)), jnp.zeros(4), jax.random.key(0), OBS, FilterConfig())
+
+
+@dataclass(frozen=True)
+class _Grid2D:
+    """A model on a 4x4 grid whose initial_state is not flat when ``flat`` is off."""
+
+    flat: bool = True
+    grid: tuple[int, ...] = (4, 4)
+    interval: float = 0.1
+
+    def initial_state(self, key: jax.Array) -> jax.Array:
+        x = jax.random.normal(key, (4, 4))
+        return x.ravel() if self.flat else x
+
+    def forecast(self, x: jax.Array) -> jax.Array:
+        return 0.9 * x
+
+
+def test_an_operator_must_live_on_the_models_grid() -> None:
+    model = _Grid2D()
+    assert operator_for(model, None).shape == (4, 4)
+    sub = LinearObservation.subgrid((4, 4), 2)
+    assert operator_for(model, sub) is sub
+    with pytest.raises(ValueError, match=r"obs lives on the grid \(16,\), the model's is \(4, 4\)"):
+        operator_for(model, LinearObservation(16, indices=(0, 5, 10)))
+    with pytest.raises(ValueError, match=r"obs observes a state of 9 values, the model's has 16"):
+        operator_for(model, LinearObservation(9))
+
+
+def test_a_state_that_is_not_flat_is_refused_naming_both_shapes() -> None:
+    check_state(_Grid2D())
+    with pytest.raises(ValueError, match=r"shape \(16,\) for the grid \(4, 4\) \(C order\), got shape \(4, 4\)"):
+        check_state(_Grid2D(flat=False))
+
+
+def test_run_filter_refuses_nan_observations_and_bad_shapes_naming_them() -> None:
+    obs, cfg = LinearObservation(4), FilterConfig("etkf")
+    flow = lambda e: e  # noqa: E731
+    ens = jax.random.normal(jax.random.key(0), (6, 4))
+    ys = jnp.ones((3, 4)).at[1, 2].set(jnp.nan)
+    with pytest.raises(ValueError, match=r"cycles \[1\] hold NaN or inf; mark them missing"):
+        run_filter(flow, ens, ys, jnp.ones(3, bool), 0, obs, cfg)
+    # Marked missing, the same observations run, and nothing turns NaN.
+    _, out = run_filter(flow, ens, ys, jnp.array([True, False, True]), 0, obs, cfg)
+    assert bool(jnp.all(jnp.isfinite(out.analysis)))
+    with pytest.raises(ValueError, match=r"expected an ensemble of shape \(members >= 2, 4\), got \(4,\)"):
+        run_filter(flow, ens[0], ys, jnp.ones(3, bool), 0, obs, cfg)
+    with pytest.raises(ValueError, match=r"expected observations \(K, 4\) and observed \(K,\), got \(3, 5\)"):
+        run_filter(flow, ens, jnp.ones((3, 5)), jnp.ones(3, bool), 0, obs, cfg)
