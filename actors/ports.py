@@ -15,7 +15,9 @@ from typing import Any, Callable, Mapping
 from coupler.runtime import ChannelTimeout, InPort, Message, OutPort
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import UnknownPort
+from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.lineage import META_KEY
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.actors.run_loop import RunLoop, StepYielded
 from coupler.actors.take_order import TakeOrder
 
@@ -93,18 +95,27 @@ class HostInPort(InPort):
         if not self._loop.in_loop_thread():
             return op(timeout) if default is _MISSING else InPort.receive(self, timeout, default)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            wait = YIELD_SLICE if remaining is None else min(YIELD_SLICE, remaining)
-            try:
-                return op(wait)
-            except ChannelTimeout:
-                if remaining is not None and remaining <= wait:
-                    if default is not _MISSING:
-                        return default
-                    raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s") from None
-            if self._loop.boundary_wanted():
-                raise StepYielded()
+        started, noted, outer = time.time(), False, None
+        try:
+            while True:
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                wait = YIELD_SLICE if remaining is None else min(YIELD_SLICE, remaining)
+                try:
+                    return op(wait)
+                except ChannelTimeout:
+                    if remaining is not None and remaining <= wait:
+                        if default is not _MISSING:
+                            return default
+                        raise ChannelTimeout(f"channel {self.channel!r}: no {what} within {timeout} s") from None
+                if not noted:
+                    # One wait over the slices, from the receive's start: each slice's own note would
+                    # start again, and the status would say "waits 0 s" however long it waited.
+                    outer, noted = waits.begin(WaitKind.INPUT, self.channel, self.consumer, since=started), True
+                if self._loop.boundary_wanted():
+                    raise StepYielded()
+        finally:
+            if noted:
+                waits.end(outer)
 
 
 class HostOutPort(OutPort):

@@ -97,14 +97,23 @@ class Wait:
 _WAITS: dict[int, Wait] = {}
 
 
-def begin(kind: WaitKind, channel: str, peer: str = "") -> Wait | None:
+def begin(kind: WaitKind, channel: str, peer: str = "", since: float | None = None) -> Wait | None:
     """Note that the calling thread waits for ``kind``; returns the wait it was in (give it to :func:`end`).
 
     For loops that decide to block only on some passes; elsewhere :func:`waiting` is simpler.
+    A wait for the same thing as the one it is nested in keeps that one's start: a
+    receive that waits in slices (to give way at step boundaries) is one wait.
+
+    Args:
+        kind, channel, peer: what it waits for.
+        since: when the wait began (default: now, or the outer wait's start, see above).
     """
     ident = threading.get_ident()
     outer = _WAITS.get(ident)
-    _WAITS[ident] = Wait(kind, channel, peer, time.time())
+    if since is None:
+        same = outer is not None and (outer.kind, outer.channel, outer.peer) == (kind, channel, peer)
+        since = outer.since if same else time.time()  # type: ignore[union-attr]
+    _WAITS[ident] = Wait(kind, channel, peer, since)
     return outer
 
 

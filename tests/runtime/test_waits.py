@@ -60,6 +60,17 @@ def test_a_nested_wait_shows_while_it_lasts_then_the_outer_one_again_and_nothing
     assert waits.current(me) is None
 
 
+def test_a_wait_nested_in_one_for_the_same_thing_keeps_its_start() -> None:
+    me = threading.current_thread()
+    outer = waits.begin(WaitKind.INPUT, "a", "k/in", since=50.0)
+    with waits.waiting(WaitKind.INPUT, "a", "k/in"):
+        assert waits.current(me).since == 50.0  # type: ignore[union-attr]
+    with waits.waiting(WaitKind.ORDER, "a", "k/in"):  # another thing: its own start
+        assert waits.current(me).since > 50.0  # type: ignore[union-attr]
+    waits.end(outer)
+    assert waits.current(me) is None
+
+
 # -- actors on a cluster -----------------------------------------------------------------------
 def test_a_producer_without_a_consumer_says_it_waits_for_one(coupling: Coupling, unique: str) -> None:
     ch = coupling.channel(f"c-{unique}", Queue(4))
@@ -107,6 +118,12 @@ def test_a_consumer_with_nothing_to_take_says_it_waits_for_input_on_its_port(cou
     try:
         w = _until("the consumer notes its wait", lambda: _waiting(sink))
         assert (w.kind, w.channel, w.peer) == (WaitKind.INPUT, ch, f"{sink.name}/inp"), w
+        # The run loop receives in slices of 0.1 s (to give way at step boundaries): still one wait,
+        # from its start. Each slice's note started again, and the status said "waits 0 s".
+        time.sleep(1.5)
+        later = _waiting(sink)
+        assert later is not None and later.since == pytest.approx(w.since, abs=0.2), (w, later)
+        assert later.describe().startswith(("waits 1 s", "waits 2 s", "waits 3 s")), later.describe()
         src = coupling.spawn(Producer, 1, name=f"src-{unique}", outputs={"out": ch})
         src.start()
         assert _until("the message arrives", lambda: sink.call("received"))
