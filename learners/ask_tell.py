@@ -99,11 +99,15 @@ class _Asked:
     waiting: list[Suggestion] = field(default_factory=list)
 
     def propose(self, n: int, data: SearchData) -> np.ndarray:
-        got = list(self.generator.ask(n))
+        asked = self.generator.ask(n)
+        if asked is None or isinstance(asked, (str, bytes, Suggestion, dict)):
+            raise TypeError(f"generator.ask({n}) must return a list of up to {n} Suggestion, got {asked!r}")
+        got = list(asked)
         if len(got) > n:
             raise ValueError(f"the generator was asked for {n} points and gave {len(got)}")
         rows = []
         for s in got:
+            _check_suggestion(s)
             missing = sorted(set(self.space.names) - set(s.params))
             extra = sorted(set(s.params) - set(self.space.names))
             if missing or extra:
@@ -122,8 +126,37 @@ class _Asked:
         return np.zeros(len(pending), bool)  # the steerer asks the generator itself, by task
 
 
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_suggestion(s: Any) -> None:
+    """Refuse what a checkpoint or the pool could not take as it was meant.
+
+    Raises:
+        TypeError: for something that is not a :class:`Suggestion`, a parameter
+            or resource amount that is not a number (``"0.5"`` would be read as
+            0.5 by ``float``), or a handle that is not an ``int`` or a ``str`` (a
+            tuple broke the restore, 2.5 came back as 2).
+        ValueError: for a negative or NaN resource amount.
+    """
+    if not isinstance(s, Suggestion):
+        raise TypeError(f"generator.ask() must give Suggestion objects, got {type(s).__name__}: {s!r}")
+    bad = {k: v for k, v in dict(s.params).items() if not _is_number(v)}
+    if bad:
+        raise TypeError(f"a suggestion's parameters must be numbers, got {bad!r}")
+    bad = {k: v for k, v in dict(s.resources).items() if not _is_number(v) or not isinstance(k, str)}
+    if bad:
+        raise TypeError(f"a suggestion's resources must map names to amounts, got {bad!r}")
+    if any(not v >= 0 for v in s.resources.values()):
+        raise ValueError(f"a suggestion's resource amounts must be >= 0, got {dict(s.resources)!r}")
+    if isinstance(s.handle, bool) or not isinstance(s.handle, (int, np.integer, str)):
+        raise TypeError(f"a suggestion's handle must be an int or a str (plain data a checkpoint keeps), got {s.handle!r}")
+
+
 def _suggestion_state(s: Suggestion) -> dict[str, Any]:
-    return {"params": dict(s.params), "resources": dict(s.resources), "handle": s.handle}
+    handle = s.handle if isinstance(s.handle, str) else int(s.handle)
+    return {"params": dict(s.params), "resources": dict(s.resources), "handle": handle}
 
 
 def _suggestion_from(state: dict[str, Any]) -> Suggestion:

@@ -170,3 +170,50 @@ def test_a_suggestion_on_the_bounds_is_taken() -> None:
             pass
 
     assert len(AskTellSteerer(SPACE, Corners()).propose(1)) == 1
+
+
+GOOD = {"a": 0.0, "b": 0.5, "c": 0.1, "d": -1.0}
+
+
+@pytest.mark.parametrize(
+    ("asked", "error", "message"),
+    [
+        (None, TypeError, r"generator.ask\(1\) must return a list of up to 1 Suggestion, got None"),
+        ([dict(GOOD)], TypeError, r"generator.ask\(\) must give Suggestion objects, got dict"),
+        (Suggestion(dict(GOOD)), TypeError, r"must return a list of up to 1 Suggestion"),
+        ([Suggestion({**GOOD, "b": "0.5"})], TypeError, r"parameters must be numbers, got \{'b': '0.5'\}"),
+        ([Suggestion({**GOOD, "b": True})], TypeError, r"parameters must be numbers, got \{'b': True\}"),
+        ([Suggestion(dict(GOOD), handle=(1, 2))], TypeError, r"handle must be an int or a str"),  # type: ignore[arg-type]
+        ([Suggestion(dict(GOOD), handle=2.5)], TypeError, r"handle must be an int or a str"),  # type: ignore[arg-type]
+        ([Suggestion(dict(GOOD), {"GPU": "1"})], TypeError, r"resources must map names to amounts"),  # type: ignore[dict-item]
+        ([Suggestion(dict(GOOD), {"GPU": -1.0})], ValueError, r"resource amounts must be >= 0"),
+    ],
+)
+def test_what_a_generator_gives_is_checked_where_it_comes_in(asked: object, error: type, message: str) -> None:
+    # Each came through before: a bare TypeError from inside, a string read as a number, a handle a
+    # checkpoint could not restore (a tuple) or restored as another (2.5 as 2).
+    class Giving:
+        def ask(self, n: int) -> object:
+            return asked
+
+        def tell(self, results: list[Outcome]) -> None:
+            pass
+
+    with pytest.raises(error, match=message):
+        AskTellSteerer(SPACE, Giving()).propose(1)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("handle", [7, np.int64(7), "trial-7", ""])
+def test_every_handle_a_suggestion_may_have_survives_a_checkpoint(handle: object) -> None:
+    class One:
+        def ask(self, n: int) -> list[Suggestion]:
+            return [Suggestion(dict(GOOD), {"GPU": 1}, handle)]  # type: ignore[arg-type]
+
+        def tell(self, results: list[Outcome]) -> None:
+            pass
+
+    first = AskTellSteerer(SPACE, One())
+    first.propose(1)
+    second = AskTellSteerer(SPACE, One())
+    second.load_state_dict(decode(encode(first.state_dict())))
+    assert second.suggestions[0].handle == handle and type(second.suggestions[0].handle) in (int, str)
