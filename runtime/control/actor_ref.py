@@ -197,8 +197,11 @@ class ActorRef:
     def _control(self, method: str, *args: Any) -> ActorStatus:
         return ActorStatus.from_dict(self._invoke(method, *args))
 
-    def _within(self, method: str, timeout: float) -> Any:
-        """``method(time left)``, ``timeout`` s at most in all, a move or restart included."""
+    def _within(self, method: str, timeout: float | None) -> Any:
+        """``method(time left)``, ``timeout`` s at most in all, a move or restart included
+        (``None``: the instance waits as long as it takes, a move ``move_timeout`` at most)."""
+        if timeout is None:
+            return self._call(method, (None,), {}, self.move_timeout, timed=False)
         return self._call(method, (), {}, min(self.move_timeout, timeout), timed=True)
 
     # -- control ---------------------------------------------------------------------------------

@@ -86,3 +86,10 @@ def test_move_timeout_still_bounds_a_call_with_a_longer_timeout() -> None:
     with pytest.raises(TimeoutError, match="still being moved or restarted after 0.2 s"):
         ref.checkpoint(60)
     assert time.monotonic() - t0 < 5
+
+
+def test_no_timeout_lets_the_instance_wait_as_long_as_it_takes() -> None:
+    proxy = _Proxy()
+    ref = ActorRef("a", proxy, move_timeout=600)  # type: ignore[arg-type]
+    ref.checkpoint(None)  # type: ignore[arg-type]
+    assert proxy.asked == [("checkpoint", None)]
