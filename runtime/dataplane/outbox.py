@@ -65,6 +65,7 @@ class ReplayLog:
     def __init__(self, channel: str, consumer: str, limit_bytes: int) -> None:
         self.channel, self.consumer, self.limit_bytes = channel, consumer, limit_bytes
         self.items: deque[Item] = deque()
+        self.keys: set[tuple[str, int]] = set()  # (source, seq) of the items: each message is kept once
         self.nbytes = 0
         self.committed: dict[str, int] = {}
         self.gaps: dict[str, int] = {}  # source -> highest seq sent and not kept since the log was last whole
@@ -95,16 +96,22 @@ class ReplayLog:
         """Keep a link's item as it is (its leaves are the link's own or read-only, or it lives in a segment).
 
         A kept item is marked ``logged``, and its segment ``kept`` (not reused,
-        not unmapped), until the log lets go of it.
+        not unmapped), until the log lets go of it. A message the log keeps
+        already (a replay to a successor goes through the link again) is not
+        kept twice: the log would fill up with copies, and report itself full
+        on a stream far smaller than its limit. Nor is one a commit covers.
 
         Args:
             item: the message.
             force: see :meth:`add`.
 
         Returns:
-            Whether it was kept (not: the log is full, see the class docstring).
+            Whether it is kept (not: the log is full, see the class docstring).
         """
+        key = (item.header["source"], item.header["seq"])
         with self.lock:
+            if key in self.keys or key[1] <= self.committed.get(key[0], -1):
+                return True  # kept already, or covered by a stored checkpoint: no replay will need it
             if not force and (self.gaps or (self.items and self.nbytes + item.nbytes > self.limit_bytes)):
                 self._not_kept(item.header)
                 return False
@@ -112,10 +119,12 @@ class ReplayLog:
             if item.segment is not None:
                 item.segment.kept = True
             self.items.append(item)
+            self.keys.add(key)
             self.nbytes += item.nbytes
             while self.nbytes > self.limit_bytes and len(self.items) > 1:  # only a forced add goes over
                 old = self.items.popleft()
                 self.nbytes -= old.nbytes
+                self.keys.discard((old.header["source"], old.header["seq"]))
                 _let_go(old)
                 self._not_kept(old.header)
         return True
@@ -145,6 +154,7 @@ class ReplayLog:
                 if self.items[i] is item:
                     del self.items[i]
                     self.nbytes -= item.nbytes
+                    self.keys.discard((item.header["source"], item.header["seq"]))
                     _let_go(item)
                     return
 
@@ -161,6 +171,7 @@ class ReplayLog:
                     _let_go(it)
             self.nbytes = sum(it.nbytes for it in keep)
             self.items = keep
+            self.keys = {(it.header["source"], it.header["seq"]) for it in keep}
             if self.gaps and all(self.committed.get(src, -1) >= q for src, q in self.gaps.items()):
                 self.gaps.clear()
 
@@ -170,6 +181,7 @@ class ReplayLog:
             for it in self.items:
                 _let_go(it)
             self.items.clear()
+            self.keys.clear()
             self.nbytes = 0
 
     def replay(self) -> list[Item]:

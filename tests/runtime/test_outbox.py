@@ -109,6 +109,32 @@ class OutboxMachine(RuleBasedStateMachine):
         self.box.sent(head)
         assert head.header["seq"] == self.owed.pop(0)
 
+    @precondition(lambda self: self.box.owes)
+    @rule()
+    def hand_on_head_through_a_link(self) -> None:
+        # A replay goes out through the successor's link, which keeps its own item of the message
+        # in the log again: the log kept every replayed message twice, and filled up on a stream
+        # far smaller than its limit.
+        head = self.box.head()
+        assert head is not None
+        again = Item(dict(head.header), [], SIZE, False)
+        self.items.append(again)
+        kept = self.box.log.keep(again)  # type: ignore[union-attr]
+        seq = head.header["seq"]
+        if seq <= self.committed:  # owed still, but a checkpoint covers it: nothing to keep
+            assert kept and not again.logged
+        elif seq not in self.logged:  # a message a full log did not keep: the link's copy is offered anew
+            full = self.gap is not None or (bool(self.logged) and (len(self.logged) + 1) * SIZE > self.limit)
+            if full:
+                self.gap = max(self.gap if self.gap is not None else -1, seq)
+            else:
+                self.logged = sorted([*self.logged, seq])
+            assert kept == (not full)
+        else:
+            assert kept and not again.logged  # kept already: not twice
+        self.box.sent(head)
+        assert seq == self.owed.pop(0)
+
     def _owed(self) -> list[int]:
         return [it.header["seq"] for it in self.box.owed]
 
