@@ -49,14 +49,18 @@ CYCLE_TIMEOUT = 60.0  # seconds a cycle may take before the run is declared hung
 
 
 def worker_usage() -> dict[str, float]:
-    """This process's threads, open descriptors and resident MiB, after a full garbage collection.
+    """This process's open descriptors as they are, then its threads and resident MiB after a full garbage collection.
 
+    Descriptors are counted before the collection: a reference cycle that holds
+    shared-memory mappings keeps their descriptors (and ``/dev/shm``) until a
+    full collection, which a collection here hid (a consumer's buffer did).
     Run on a worker with ``client.run``.
     """
+    fds = float(len(os.listdir("/proc/self/fd")))
     gc.collect()
     return {
         "threads": float(threading.active_count()),
-        "fds": float(len(os.listdir("/proc/self/fd"))),
+        "fds": fds,
         "rss_mib": psutil.Process().memory_info().rss / MiB,
     }
 

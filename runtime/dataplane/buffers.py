@@ -22,7 +22,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -214,6 +216,17 @@ class ConsumerBuffer:
             cond.reading = None
 
 
+def _weak(method: Callable[[], int]) -> Callable[[], int]:
+    """``method``, held weakly: 0 once its object is gone."""
+    ref = weakref.WeakMethod(method)
+
+    def call() -> int:
+        bound = ref()
+        return 0 if bound is None else bound()
+
+    return call
+
+
 class QueueBuffer(CreditedLinks, ConsumerBuffer):
     """Ordered FIFO of at most ``maxsize`` messages, shared by local producers and credited links.
 
@@ -238,7 +251,10 @@ class QueueBuffer(CreditedLinks, ConsumerBuffer):
         super().__init__(channel)
         self.maxsize = policy.maxsize
         self._items: deque[Message] = deque()
-        self.credits = CreditLedger(channel, self.maxsize, self._free)  # slots reserved for links on other workers
+        # Slots reserved for links on other workers. The ledger asks for the free slots through a weak
+        # reference: a bound method made a cycle (buffer -> ledger -> buffer), so a buffer dropped with
+        # messages in it kept their shared-memory mappings and descriptors until a full collection.
+        self.credits = CreditLedger(channel, self.maxsize, _weak(self._free))
         self.marks = DeliveryMarks()  # per source: the highest seq taken, and committed
         # Work-sharing queues are pulled: a member has room only while its consumer
         # waits for a message, so no task waits at a busy member while another idles,

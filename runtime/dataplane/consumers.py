@@ -93,8 +93,11 @@ class LocalConsumers:
         left: list[Message] = []
         if buf is not None:
             buf.detach()
+            # With a hand-over what it held goes to the successor; else it goes now, with its
+            # shared-memory mappings (an ended actor keeps its ports until it is released).
+            held = buf.drain()
             if handover:
-                left = buf.drain()
+                left = held
             # Wake a thread still waiting on it. Not close(): a stream that delivers to it meanwhile
             # must hear "gone" (ConsumerGone), not "closed" (which would end its producer as if
             # the channel had closed).
