@@ -279,7 +279,9 @@ class ActorHost:
                 been delivered).
 
         Returns:
-            The final checkpoint (see :meth:`checkpoint`), with ``"inputs"``.
+            The final checkpoint (see :meth:`checkpoint`), with ``"inputs"``, and
+            ``"incomplete"``: why a successor must not resume from it (a step was
+            abandoned, or what an output sent was not accepted), ``""`` if it may.
 
         Raises:
             TimeoutError: if no step boundary was reached within ``timeout``.
@@ -356,7 +358,7 @@ class ActorHost:
         if kind == "retire":
             if self._loop.retired:
                 raise RuntimeError(f"actor {self.name!r} has already handed over to a successor")
-            ck = self._checkpoints.hand_over(arg)
+            ck = self._checkpoints.hand_over(arg, abandoned=self._loop.cancel.is_set())
             self._loop.retire()
             # Before the successor exists: it may land on this worker and continue these sequences.
             self._release()

@@ -113,15 +113,25 @@ class Checkpointer:
             port.flush(timeout=CHECKPOINT_FLUSH_TIMEOUT)
         return self.take()
 
-    def hand_over(self, before: str) -> dict[str, Any]:
+    def hand_over(self, before: str, abandoned: bool = False) -> dict[str, Any]:
         """The final checkpoint for a successor: outputs flushed, inputs detached, their held messages carried.
 
         Args:
             before: the state the actor was in when asked; the successor resumes in
                 it, unless the loop has ended by itself since.
+            abandoned: a step was abandoned to get here (a forced retire): its input
+                was taken, its output maybe not sent.
+
+        Returns:
+            The checkpoint; its ``"incomplete"`` says why a successor must not resume
+            from it (``""``: it may): a step was abandoned, or what an output sent was
+            not accepted (a consumer cut off). Its counters and state would run past
+            messages no consumer holds, which leave with this worker.
         """
+        why = ["a step was abandoned"] if abandoned else []
         for port in self.outputs.values():
-            self._flush(port)
+            if not self._flush(port):
+                why.append(f"what was sent on {port.channel!r} was not accepted")
         pending = {p: [encode_message(m) for m in port.close(handover=True)] for p, port in self.inputs.items()}
         ended_by_itself = self.record.state in ("finished", "failed")
         ck = self.take(None if ended_by_itself or before not in ("running", "paused", "created") else before)
@@ -129,14 +139,17 @@ class Checkpointer:
         # until the successor commits past them, so a crash of the successor before it takes
         # them loses nothing (and covered by the marks, the successor would drop them).
         ck["inputs"] = {p: ms for p, ms in pending.items() if ms}
+        ck["incomplete"] = "; ".join(why)
         return ck
 
-    def _flush(self, port: OutPort) -> None:
-        """Wait until what this port sent was accepted (sends are pipelined), before the worker goes."""
+    def _flush(self, port: OutPort) -> bool:
+        """Wait until what this port sent was accepted (sends are pipelined), before the worker goes; whether it was."""
         try:
             port.flush(timeout=HANDOVER_FLUSH_TIMEOUT)
-        except Exception as e:  # a forced hand-over interrupts it; say so, and go on
-            logger.warning("actor %r: messages sent on %r may be lost in the hand-over: %s", self.name, port.channel, e)
+            return True
+        except Exception as e:  # a forced hand-over interrupts it, a consumer cut off times it out
+            logger.warning("actor %r: what was sent on %r was not accepted before the hand-over: %s", self.name, port.channel, e)
+            return False
 
     def check(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint of another format or class.

@@ -505,6 +505,11 @@ class Supervisor:
         Returns:
             The new worker's address.
 
+        An actor whose hand-over is incomplete (it had to be stopped by force, or a
+        consumer did not accept what it sent) restarts from its last stored
+        checkpoint on the new worker, as after a lost worker: a successor resuming
+        from its final checkpoint would lose what its link still held.
+
         Raises:
             KeyError: for an actor this supervisor does not know.
             CouplerError: if it could not hand over, or no other worker could host it in time.
@@ -515,7 +520,9 @@ class Supervisor:
             self.roster.refresh()
             avoid = rec.worker
             self._hand_over(rec, "asked for (supervisor.move)")
-            if rec.awaiting != "moved":
+            # "restarted": its hand-over was incomplete (a step abandoned, or a consumer that did not
+            # accept what it sent), so it restarts from its last stored checkpoint instead.
+            if rec.awaiting not in ("moved", "restarted"):
                 raise CouplerError(f"actor {name!r} could not hand over on {avoid}: {rec.last_error}")
             deadline = time.monotonic() + (self.policy.placement_timeout if timeout is None else timeout)
             while True:
