@@ -76,6 +76,17 @@ class OutPort:
             self.channel, self.source, data, timestamp=timestamp, step=step, meta=meta, timeout=timeout, cancel=self.cancel
         )
 
+    @property
+    def lossy(self) -> bool:
+        """Whether the channel's policy may drop messages (``Latest``, ``Reservoir``, ``Window``; not ``Queue``).
+
+        Nothing waits for their acceptance but the end of a run: a checkpoint
+        does not (a consumer cut off would hold up the producer, which must
+        never block on a lossy channel).
+        """
+        route = self.endpoint.sender.routes.get(self.channel)
+        return route is not None and not route.is_queue
+
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every message sent on this channel from this worker was accepted by its consumers.
 
