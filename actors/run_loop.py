@@ -166,7 +166,7 @@ class RunLoop:
         except (asyncio.TimeoutError, TimeoutError):
             raise TimeoutError(
                 f"actor {self.name!r} did not reach a step boundary within {timeout} s for {kind} "
-                f"(state {self.record.state}; a send may be held up by back-pressure)"
+                f"(state {self.record.state}; its step may be computing, or blocked in a send or a receive: see its status)"
             ) from None
 
     def boundary_wanted(self) -> bool:

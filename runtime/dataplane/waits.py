@@ -47,7 +47,7 @@ class WaitKind(Enum):
 _TEXT = {
     WaitKind.CONSUMER: "a consumer to attach to channel {channel!r}",
     WaitKind.RETURN: "consumer {peer!r} of channel {channel!r} to come back (lost or moving; the supervisor restarts it)",
-    WaitKind.ROOM: "room at consumer {peer!r} of channel {channel!r} (its queue is full: back-pressure)",
+    WaitKind.ROOM: "room at consumer {peer!r} of channel {channel!r} (back-pressure: its queue is full, or the link to it is stalled)",
     WaitKind.ACCEPTANCE: "consumer {peer!r} of channel {channel!r} to accept what was sent",
     WaitKind.INPUT: "input on {peer!r} (channel {channel!r})",
     WaitKind.ORDER: "the next input of the recorded order on {peer!r} (channel {channel!r}), to replay it",
