@@ -51,7 +51,7 @@ def take_room(link: Link, nbytes: int, deadline: float | None, timeout: float | 
                     continue
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    why = "no credit: its queue is full, or the link to its worker is stalled" if link.queue else "too many bytes in flight"
+                    why = "back-pressure: its queue is full, or the link to its worker is stalled" if link.queue else "too many bytes in flight"
                     raise ChannelTimeout(
                         f"channel {link.channel!r}: consumer {link.consumer!r} did not accept the message "
                         f"within the timeout ({why})"
