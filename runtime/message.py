@@ -287,6 +287,13 @@ class Spec:
     def from_leaves(cls, treedef: TreeDef, leaves: list[np.ndarray]) -> Spec:
         """The spec of already flattened leaves."""
         paths = leaf_paths(treedef)
+        for p, a in zip(paths, leaves):
+            if not a.dtype.isnative:
+                # dtype.name drops the byte order: such a spec would refuse the very array it came from.
+                raise SpecMismatch(
+                    f"field {p!r}: expected an array in this machine's byte order, got dtype {a.dtype.str!r}; "
+                    f"convert it with a.astype(a.dtype.newbyteorder('='))"
+                )
         return cls(treedef, tuple(FieldSpec(p, tuple(a.shape), a.dtype.name) for p, a in zip(paths, leaves)))
 
     @functools.cached_property
@@ -307,17 +314,19 @@ class Spec:
         """
         if treedef is not self.__dict__.get("_treedef_seen"):
             if treedef != self.treedef:
-                raise SpecMismatch(
-                    f"channel {channel!r}: message structure does not match the channel's spec: "
-                    f"expected fields {[f.path for f in self.fields]}, got {leaf_paths(treedef)}"
-                )
+                expected, got = [f.path for f in self.fields], leaf_paths(treedef)
+                what = f"expected fields {expected}, got {got}"
+                if expected == got:  # the same leaves in other containers (a tuple for a list, a list for a dict)
+                    what = f"expected the structure {self.treedef}, got {treedef}"
+                raise SpecMismatch(f"channel {channel!r}: message structure does not match the channel's spec: {what}")
             # flatten hands out one treedef object per flat key set: the next check is by identity
             self.__dict__["_treedef_seen"] = treedef
         for (shape, dtype), f, a in zip(self._signature, self.fields, leaves):
             if a.shape != shape or (a.dtype is not dtype and a.dtype != dtype):  # builtin dtypes are singletons
+                got = a.dtype.name if a.dtype.isnative else f"{a.dtype.name} in the other byte order ({a.dtype.str!r})"
                 raise SpecMismatch(
                     f"channel {channel!r}: field {f.path!r} expected shape {f.shape} dtype {f.dtype}, "
-                    f"got shape {tuple(a.shape)} dtype {a.dtype.name}"
+                    f"got shape {tuple(a.shape)} dtype {got}"
                 )
 
     @functools.cached_property

@@ -73,3 +73,24 @@ def test_a_name_is_refused_unless_it_is_wholly_of_the_allowed_characters(name: s
     with pytest.raises(ValueError, match="channel name must be 1-200 characters"):
         check_name("channel", name)
     assert check_name("channel", "a" * 200) == "a" * 200 and check_name("channel", "sim-3/out:v1.x_y") == "sim-3/out:v1.x_y"
+
+
+def test_an_array_in_the_other_byte_order_is_refused_saying_how_to_convert_it() -> None:
+    # dtype.name drops the byte order: a spec made from a big-endian array refused that same array,
+    # saying "expected dtype float32, got dtype float32".
+    big = np.arange(4, dtype=">f4")
+    with pytest.raises(SpecMismatch, match=r"field 'u': expected an array in this machine's byte order, got dtype '>f4'; convert"):
+        Spec.of({"u": big})
+    spec = Spec.of({"u": big.astype(big.dtype.newbyteorder("="))})
+    leaves, td = flatten({"u": big})
+    with pytest.raises(SpecMismatch, match=r"dtype float32 in the other byte order \('>f4'\)"):
+        spec.check("c", td, leaves)
+
+
+@pytest.mark.parametrize(("declared", "sent"), [(list, tuple), (tuple, list)])
+def test_the_same_leaves_in_other_containers_are_named_as_containers(declared: type, sent: type) -> None:
+    a = np.zeros(2, np.float32)
+    spec = Spec.of(declared([a, a]))
+    leaves, td = flatten(sent([a, a]))
+    with pytest.raises(SpecMismatch, match=rf"expected the structure \('{declared.__name__}', .*got \('{sent.__name__}'"):
+        spec.check("c", td, leaves)
