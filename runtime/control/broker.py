@@ -68,6 +68,22 @@ HANDLERS = {
 CLOSED_NAMES_KEPT = 4096
 
 
+def _consumer_counters(counters: Any) -> dict[str, int] | None:
+    """A detaching consumer's final counters, checked (``None``: none sent).
+
+    Raises:
+        ValueError: unless they are ``received``, ``nbytes``, ``dropped`` and ``taken``, integers >= 0.
+    """
+    if counters is None:
+        return None
+    keys = ("received", "nbytes", "dropped", "taken")
+    if not isinstance(counters, dict) or any(
+        isinstance(counters.get(k), bool) or not isinstance(counters.get(k), int) or counters[k] < 0 for k in keys
+    ):
+        raise ValueError(f"a consumer's final counters must be integers >= 0 for {list(keys)}, got {counters!r}")
+    return {k: counters[k] for k in keys}
+
+
 def check_name(kind: str, name: Any) -> str:
     """Validate a channel, actor or port name.
 
@@ -299,18 +315,23 @@ class Broker(SchedulerPlugin):
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
 
-    async def detach(self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "") -> dict[str, Any]:
+    async def detach(
+        self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "",
+        counters: dict[str, int] | None = None,
+    ) -> dict[str, Any]:
         """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
 
         With the ``address`` of the worker it detaches from, a detach of an instance that
         was replaced (its worker declared dead, back after a partition, while a successor
-        attached elsewhere) changes nothing.
+        attached elsewhere) changes nothing. ``counters`` are its final ``received``,
+        ``nbytes``, ``dropped`` and ``taken``, for the channel's totals.
         """
         try:
             check_name("endpoint", ident)
             kind = Departure(departure)
             if kind is Departure.LOST:
                 raise ValueError("only the broker declares a consumer lost (when its worker is removed)")
+            final = _consumer_counters(counters)
             rec = self._channel(name)
         except ChannelClosed:
             return {"status": "OK"}  # its channel was closed and forgotten: it is detached already
@@ -320,6 +341,8 @@ class Broker(SchedulerPlugin):
             return error_reply(InvalidRequest(str(e)))
         if rec.detach_consumer(ident, kind, address):
             await self._push(rec)
+            if final is not None:
+                self.tallies.consumer_final(address, name, ident, final)
         if rec.drained:
             self._forget(rec)
         return {"status": "OK"}

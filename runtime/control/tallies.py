@@ -30,6 +30,17 @@ from coupler.runtime.control.status import TERMINAL_STATES, MetricHistory, RateM
 RATE_WINDOW = 5.0
 # Channel counters that only grow; a consumer's or producer's last ones are kept when it leaves.
 _CUMULATIVE = ("sent", "sent_bytes", "received", "received_bytes", "dropped", "taken")
+# A consumer's counters in a report, as its channel's departed counters add them.
+_CONSUMER_KEYS = ("received", "nbytes", "dropped", "taken")
+
+
+def _add_consumer(gone: dict[str, int], c: dict[str, Any]) -> None:
+    gone["received"] += c["received"]
+    gone["received_bytes"] += c["nbytes"]
+    gone["dropped"] += c["dropped"]
+    gone["taken"] += c["taken"]
+
+
 # Ended actors whose final status and metric series are kept (the most recently ended).
 ENDED_ACTORS_KEPT = 1024
 
@@ -52,6 +63,9 @@ class Tallies:
         self.by_worker: dict[str, dict[str, Any]] = {}  # worker address -> last report
         # channel -> counters of the consumers and producers that reports no longer list.
         self.departed: dict[str, dict[str, int]] = {}
+        # (channel, consumer) -> the counters of it that went to ``departed`` from a report, until
+        # its final counters (sent with its detach) add what it took after that report.
+        self.counted: dict[tuple[str, str], dict[str, int]] = {}
         self.actors: dict[str, dict[str, Any]] = {}  # actor name -> last status
         self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
@@ -110,6 +124,8 @@ class Tallies:
     def forget_channel(self, name: str) -> None:
         """Drop what is kept of channel ``name`` (closed and drained: the workers forgot it too)."""
         self.departed.pop(name, None)
+        for key in [k for k in self.counted if k[0] == name]:
+            del self.counted[key]
         for report in self.by_worker.values():
             report["channels"].pop(name, None)
         for key in [k for k in self.meters if k[0] == "channel" and k[1] == name]:
@@ -129,10 +145,24 @@ class Tallies:
                     gone["sent_bytes"] += p["nbytes"]
             for cid, c in ch.get("consumers", {}).items():
                 if cid not in listed.get("consumers", {}):
-                    gone["received"] += c["received"]
-                    gone["received_bytes"] += c["nbytes"]
-                    gone["dropped"] += c["dropped"]
-                    gone["taken"] += c["taken"]
+                    _add_consumer(gone, c)
+                    self.counted[(name, cid)] = {k: int(c[k]) for k in _CONSUMER_KEYS}
+
+    def consumer_final(self, address: str, channel: str, consumer: str, final: dict[str, int]) -> None:
+        """A consumer detached from ``address`` with these ``final`` counters (``received``, ``nbytes``, ``dropped``, ``taken``).
+
+        Reports come every interval: what it took after the last one would be lost
+        to the channel's totals. Still listed in the worker's last report, the
+        final counters replace the listed ones (the next report, without it, keeps
+        them); already moved to the departed counters, what they add is added.
+        """
+        listed = self.by_worker.get(address, {}).get("channels", {}).get(channel, {}).get("consumers", {})
+        if consumer in listed:
+            listed[consumer].update(final)
+            return
+        before = self.counted.pop((channel, consumer), dict.fromkeys(_CONSUMER_KEYS, 0))
+        gone = self.departed.setdefault(channel, dict.fromkeys(_CUMULATIVE, 0))
+        _add_consumer(gone, {k: max(0, final[k] - before[k]) for k in _CONSUMER_KEYS})
 
     # -- what goes out ------------------------------------------------------------------------
     def aggregate(self, name: str) -> tuple[dict[str, int], dict[str, int], dict[str, Any]]:

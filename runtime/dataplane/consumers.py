@@ -103,7 +103,12 @@ class LocalConsumers:
             # the channel had closed).
             buf.interrupt()
         departure = Departure.HANDOVER if handover else Departure.DETACHED
-        await self.broker("coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address())
+        # Its final counters: reports come every interval, and what it took since the last one
+        # would be missing from the channel's totals.
+        counters = None if buf is None else {k: int(getattr(buf.stats, k)) for k in ("received", "nbytes", "dropped", "taken")}
+        await self.broker(
+            "coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address(), counters=counters
+        )
         return left
 
     def close_channel(self, channel: str) -> None:

@@ -128,3 +128,14 @@ def test_consumers_given_up_leave_for_good_and_a_closed_channel_they_drained_is_
     assert [c[0] for c in b.routing(name="c1")["consumers"]] == ["x/in"]  # an attached consumer is not given up
     assert {ch for _, ch in b.scheduler.pushed} == {"c0", "c1"}  # the producers heard it
     assert asyncio.run(b.consumers_given_up(consumers=[["c0"]]))["error"] == "InvalidRequest"
+
+
+@pytest.mark.parametrize(
+    "counters",
+    [{"received": -1, "nbytes": 0, "dropped": 0, "taken": 0}, {"received": 1}, {"received": True, "nbytes": 0, "dropped": 0, "taken": 0}, [1]],
+)
+def test_a_detach_with_counters_that_are_not_counts_is_refused(counters: Any) -> None:
+    b = Broker()
+    b.scheduler = _Scheduler()
+    reply = asyncio.run(b.detach(name="c", ident="a/in", counters=counters))
+    assert reply["error"] == "InvalidRequest" and "final counters must be integers >= 0" in reply["message"]

@@ -81,3 +81,38 @@ def test_ten_thousand_short_actors_leave_a_bounded_record() -> None:
         t.actor_status(name, _status(name, "finished", 2))
     assert len(t.actors) == 64 and len(t.histories) == 64 and not any(k[0] == "actor" for k in t.meters)
     assert set(t.actors) == {f"sim-{i}" for i in range(10_000 - 64, 10_000)}
+
+
+def _consumer(n: int) -> dict:
+    return {"received": n, "nbytes": 8 * n, "dropped": 0, "taken": n, "depth": 0}
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    reports=st.lists(st.integers(0, 50), max_size=6).map(sorted),
+    final_extra=st.integers(0, 20),
+    final_first=st.booleans(),
+    other=st.integers(0, 30),
+)
+def test_a_channels_totals_keep_what_a_consumer_took_after_its_last_report(
+    reports: list[int], final_extra: int, final_first: bool, other: int,
+) -> None:
+    # Reports come every interval; the detach sends the final counters. In either order, and with
+    # no report at all before the detach, the totals count every message it took, once. (Before,
+    # what it took after the last report was missing: 9 of 10, or 0 of 10 on the producer's worker.)
+    t = Tallies()
+    final = (reports[-1] if reports else 0) + final_extra
+    for n in reports:
+        t.report("w", {"ch": {"producers": {}, "consumers": {"c": _consumer(n), "d": _consumer(other)}}}, {}, None, known={"ch"})
+    without = {"ch": {"producers": {}, "consumers": {"d": _consumer(other)}}}
+    if final_first:
+        t.consumer_final("w", "ch", "c", {k: v for k, v in _consumer(final).items() if k != "depth"})
+        t.report("w", without, {}, None, known={"ch"})
+    else:
+        t.report("w", without, {}, None, known={"ch"})
+        t.consumer_final("w", "ch", "c", {k: v for k, v in _consumer(final).items() if k != "depth"})
+    totals, _, consumers = t.aggregate("ch")
+    assert "c" not in consumers
+    assert (totals["received"], totals["taken"], totals["received_bytes"]) == (final + other, final + other, 8 * (final + other))
+    t.forget_channel("ch")
+    assert not t.counted
