@@ -358,7 +358,7 @@ class ActorHost:
         if kind == "retire":
             if self._loop.retired:
                 raise RuntimeError(f"actor {self.name!r} has already handed over to a successor")
-            ck = self._checkpoints.hand_over(arg, abandoned=self._loop.cancel.is_set())
+            ck = self._checkpoints.hand_over(arg, abandoned=self._loop.aborted)
             self._loop.retire()
             # Before the successor exists: it may land on this worker and continue these sequences.
             self._release()

@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 # How long a hand-over waits for the actor's sent messages to be accepted.
 HANDOVER_FLUSH_TIMEOUT = 30.0
+# How long a hand-over waits for a lossy output's last messages (a cut-off consumer may never take them).
+LOSSY_HANDOVER_FLUSH_TIMEOUT = 1.0
 # How long a periodic checkpoint waits for the actor's sent messages to be accepted.
 CHECKPOINT_FLUSH_TIMEOUT = 5.0
 
@@ -131,9 +133,15 @@ class Checkpointer:
             not accepted (a consumer cut off). Its counters and state would run past
             messages no consumer holds, which leave with this worker.
         """
-        why = ["a step was abandoned"] if abandoned else []
+        # An actor that was stopped (asked to, not by this hand-over's abort) or failed never sends
+        # again, nor does its successor: its final checkpoint is its result (a restart from an older
+        # one would roll it back).
+        ended = self.record.state == "failed" or (self.record.state == "stopped" and not abandoned)
+        why = ["a step was abandoned"] if abandoned and not ended else []
         for port in self.outputs.values():
-            if not port.lossy and not self._flush(port):
+            if port.lossy:
+                self._flush(port, LOSSY_HANDOVER_FLUSH_TIMEOUT)  # its last value, if it can; a loss is allowed
+            elif not self._flush(port) and not ended:
                 why.append(f"what was sent on {port.channel!r} was not accepted")
         pending = {p: [encode_message(m) for m in port.close(handover=True)] for p, port in self.inputs.items()}
         ended_by_itself = self.record.state in ("finished", "failed")
@@ -145,10 +153,10 @@ class Checkpointer:
         ck["incomplete"] = "; ".join(why)
         return ck
 
-    def _flush(self, port: OutPort) -> bool:
+    def _flush(self, port: OutPort, timeout: float = HANDOVER_FLUSH_TIMEOUT) -> bool:
         """Wait until what this port sent was accepted (sends are pipelined), before the worker goes; whether it was."""
         try:
-            port.flush(timeout=HANDOVER_FLUSH_TIMEOUT)
+            port.flush(timeout=timeout)
             return True
         except Exception as e:  # a forced hand-over interrupts it, a consumer cut off times it out
             logger.warning("actor %r: what was sent on %r was not accepted before the hand-over: %s", self.name, port.channel, e)

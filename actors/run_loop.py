@@ -82,6 +82,7 @@ class RunLoop:
         self.cancel = Cancel()  # raised by stop: wakes a blocked send at once
         self.thread: threading.Thread | None = None
         self.retired = False  # handed over: the loop ends at its next boundary
+        self.aborted = False  # abort() interrupted a live loop: a step may have been abandoned mid-send
         self._body, self._serve_fn, self._finished, self._release = body, serve, finished, release
         # Guards the flags and the request list; the loop parks on it while paused.
         self._cond = threading.Condition()
@@ -131,6 +132,7 @@ class RunLoop:
         """Raise the cancel event without a state change: a step blocked in a send ends at once."""
         with self._cond:
             self.cancel.set()
+            self.aborted = self.aborted or self._live
             self._cond.notify_all()
 
     def join(self, timeout: float) -> None:

@@ -56,6 +56,7 @@ HANDLERS = {
     "coupler_attach": "attach",
     "coupler_detach": "detach",
     "coupler_consumers_given_up": "consumers_given_up",
+    "coupler_producers_replaced": "producers_replaced",
     "coupler_close": "close_channel",
     "coupler_begin_run": "begin_run",
     "coupler_end_run": "end_run",
@@ -345,6 +346,26 @@ class Broker(SchedulerPlugin):
                 self.tallies.consumer_final(address, name, ident, final)
         if rec.drained:
             self._forget(rec)
+        return {"status": "OK"}
+
+    def producers_replaced(self, producers: list[list[str]]) -> dict[str, Any]:
+        """Producers whose instance is replaced while its worker lives on: their successors get the next epoch.
+
+        The supervisor says so when a hand-over was incomplete (the actor restarts
+        from an older checkpoint): what the old instance's links still hold must not
+        reach a consumer after its successor's messages (dataplane/fence.py).
+
+        Args:
+            producers: ``[channel, source]`` pairs.
+        """
+        try:
+            pairs = [(str(ch), check_name("endpoint", ident)) for ch, ident in producers]
+        except (TypeError, ValueError) as e:
+            return error_reply(InvalidRequest(f"expected [channel, source] pairs: {e}"))
+        for name, ident in pairs:
+            rec = self.channels.get(name)
+            if rec is not None:
+                rec.replace_producer(ident)
         return {"status": "OK"}
 
     async def consumers_given_up(self, consumers: list[list[str]], detail: str = "") -> dict[str, Any]:

@@ -147,6 +147,19 @@ class ChannelRecord:
         self.version += 1
         return True
 
+    def replace_producer(self, ident: str) -> bool:
+        """Producer ``ident``'s instance is replaced while its worker lives on (an incomplete hand-over):
+        its successor gets the next epoch, which fences what the old instance's links still hold.
+
+        Returns:
+            Whether it produces here.
+        """
+        if ident not in self.producers:
+            return False
+        del self.producers[ident]
+        self.epochs[ident] = self.epochs.get(ident, 0) + 1
+        return True
+
     def lose_worker(self, worker: str) -> bool:
         """Worker ``worker`` was removed: its consumers are lost, its producers' next instances get a new epoch; whether any consumer was."""
         lost = [c for c, a in self.consumers.items() if a == worker]

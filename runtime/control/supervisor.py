@@ -68,7 +68,7 @@ from coupler.runtime.control.checkpoints import CheckpointStore
 from coupler.runtime.control.journal import Journal, SupervisionEvent
 from coupler.runtime.control.keeping import ENDED_STATES, CheckpointKeeper
 from coupler.runtime.control.roster import WorkerRoster
-from coupler.runtime.control.spawning import SpawnSpec, Spawner
+from coupler.runtime.control.spawning import HandOverIncomplete, SpawnSpec, Spawner
 from coupler.runtime.errors import ActorFailed, CheckpointError, CouplerError
 
 logger = logging.getLogger(__name__)
@@ -552,6 +552,9 @@ class Supervisor:
         rec.ref.begin_move()
         try:
             ck = self.spawner.retire(rec.spec.name, rec.ref.proxy, self.policy.handover_timeout)
+        except HandOverIncomplete as e:
+            self._restart_from_stored(rec, f"hand-over on worker {rec.worker} ({why}) was incomplete: {e}")
+            return
         except Exception as e:  # its worker went first: restart from the last checkpoint instead
             rec.ref.end_move()
             logger.warning("coupler supervisor: %r could not hand over on %s: %r", rec.spec.name, rec.worker, e)
@@ -559,6 +562,21 @@ class Supervisor:
             return
         self.keeper.hold_final(rec.ref, ck)
         self._await(rec, "moved", ck, ck["status"]["state"], 0.0)
+
+    def _restart_from_stored(self, rec: _Supervised, why: str) -> None:
+        """Its loop ended, but its final checkpoint ran past messages its worker still holds: restart it
+        from its last stored checkpoint (as after a lost worker, without counting a loss), and fence the
+        old instance's outputs, whose worker lives on (their successor gets the next epoch)."""
+        logger.warning("coupler supervisor: %s; restarting %r from its last stored checkpoint", why, rec.spec.name)
+        rec.last_error = why
+        outputs = [[ch, rec.spec.name] for ch in sorted(set((rec.spec.kwargs.get("outputs") or {}).values()))]
+        if outputs and self.client is not None:
+            try:
+                self.client.sync(self.client.scheduler.coupler_producers_replaced, producers=outputs)
+            except Exception as e:  # the cluster may be going away
+                logger.warning("coupler supervisor: could not fence %r's old instance: %r", rec.spec.name, e)
+        ck = self.keeper.held(rec.ref)
+        self._await(rec, "restarted", ck, _restart_state(ck, rec.ref.intent), 0.0)
 
     def _lose(self, rec: _Supervised, why: str) -> None:
         """The actor's worker is gone: schedule a restart from its last checkpoint, or give up."""

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from coupler.actors.checkpointing import Checkpointer
+from coupler.actors.checkpointing import LOSSY_HANDOVER_FLUSH_TIMEOUT, Checkpointer
 from coupler.actors.run_loop import LoopRecord
 from coupler.actors.take_order import TakeOrder
 from coupler.runtime import ChannelTimeout
@@ -32,9 +32,9 @@ class _Out:
             raise ChannelTimeout(f"channel {self.channel!r}: not accepted within {timeout} s")
 
 
-def _checkpointer(outputs: dict[str, Any]) -> Checkpointer:
+def _checkpointer(outputs: dict[str, Any], state: str = "running") -> Checkpointer:
     endpoint = SimpleNamespace(sender=SimpleNamespace(next_seq=lambda channel, source: 3))
-    return Checkpointer("a", "A", endpoint, {}, outputs, LoopRecord(state="running"), TakeOrder(),  # type: ignore[arg-type]
+    return Checkpointer("a", "A", endpoint, {}, outputs, LoopRecord(state=state), TakeOrder(),  # type: ignore[arg-type]
                         lambda: {"i": 1}, lambda s: None)  # fmt: skip
 
 
@@ -64,4 +64,19 @@ def test_a_hand_over_says_whether_a_successor_may_resume_from_it(queue_accepts: 
     outputs = {"q": _Out("q", lossy=False, accepts=queue_accepts), "l": _Out("l", lossy=True, accepts=False)}
     ck = _checkpointer(outputs).hand_over("running", abandoned=abandoned)
     assert ck["incomplete"] == incomplete
-    assert not outputs["l"].flushed  # a cut-off consumer of a lossy channel holds nothing up
+    # A lossy output's last value is given a moment to go, and its loss does not count.
+    assert outputs["l"].flushed == [LOSSY_HANDOVER_FLUSH_TIMEOUT]
+
+
+@pytest.mark.parametrize(("state", "abandoned"), [("stopped", False), ("failed", False), ("failed", True)])
+def test_an_actor_that_ended_hands_over_complete_whatever_its_outputs(state: str, abandoned: bool) -> None:
+    # It never sends again, nor does its successor: a restart from an older checkpoint would roll
+    # a stopped actor back to "created" with older results (a review found it).
+    outputs = {"q": _Out("q", lossy=False, accepts=False)}
+    assert _checkpointer(outputs, state=state).hand_over("running", abandoned=abandoned)["incomplete"] == ""
+
+
+def test_an_actor_stopped_by_the_hand_overs_own_abort_is_incomplete() -> None:
+    # The forced retire interrupts the step blocked in a send: the loop ends "stopped", mid-step.
+    outputs = {"q": _Out("q", lossy=False)}
+    assert _checkpointer(outputs, state="stopped").hand_over("running", abandoned=True)["incomplete"] == "a step was abandoned"

@@ -139,3 +139,20 @@ def test_a_detach_with_counters_that_are_not_counts_is_refused(counters: Any) ->
     b.scheduler = _Scheduler()
     reply = asyncio.run(b.detach(name="c", ident="a/in", counters=counters))
     assert reply["error"] == "InvalidRequest" and "final counters must be integers >= 0" in reply["message"]
+
+
+def test_a_producer_replaced_on_a_live_worker_gets_a_successor_of_the_next_epoch() -> None:
+    # An incomplete hand-over restarts the actor from an older checkpoint while its old worker lives
+    # on, its links still holding what a cut-off consumer did not take: the successor's epoch fences them.
+    async def scenario() -> tuple[int, int, int]:
+        b = Broker()
+        b.scheduler = _Scheduler()
+        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        first = (await b.attach(name="c", role="producer", ident="p", address=ALIVE))["epoch"]
+        moved = (await b.attach(name="c", role="producer", ident="p", address=LOST))["epoch"]  # a complete move keeps it
+        assert b.producers_replaced(producers=[["c", "p"], ["gone", "p"]])["status"] == "OK"  # a forgotten channel: nothing
+        replaced = (await b.attach(name="c", role="producer", ident="p", address=ALIVE))["epoch"]
+        assert b.producers_replaced(producers=[["c"]])["error"] == "InvalidRequest"
+        return first, moved, replaced
+
+    assert asyncio.run(scenario()) == (0, 0, 1)

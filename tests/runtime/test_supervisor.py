@@ -138,6 +138,12 @@ def test_a_producer_moved_by_force_while_blocked_in_a_send_restarts_from_its_che
         _assert_exactly_once_in_order(tally.call("record"), counter.name, n)
         kinds = [e.kind for e in cp.supervisor.events if e.actor == counter.name]
         assert "restarted" in kinds and "moved" not in kinds, cp.supervisor.events
+        # An actor stopped by its user hands over complete: a restart from an older checkpoint would
+        # bring it back "created", with older results (a review found it).
+        stopped = tally.stop()
+        cp.supervisor.move(tally.name)
+        after = tally.status()
+        assert (after.state, after.steps) == ("stopped", stopped.steps), (stopped, after)
 
 
 def test_a_queue_pipeline_outlives_workers_with_a_short_lifetime() -> None:
