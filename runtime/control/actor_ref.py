@@ -176,12 +176,15 @@ class ActorRef:
         return self._call(method, args, kwargs, self.move_timeout, timed=False)
 
     def _call(self, method: str, args: tuple, kwargs: dict[str, Any], budget: float, timed: bool) -> Any:
-        """``method`` on the current instance, waiting at most ``budget`` s in all for a move or
-        restart to finish; ``timed``: its first argument is the time left of that budget (a
-        ``stop(timeout)`` waiting for a move must not then wait ``timeout`` again)."""
-        deadline = time.monotonic() + budget
+        """``method`` on the current instance, ``budget`` s at most in all; waits for a move or restart
+        ``move_timeout`` at most within it. ``timed``: its first argument is the time left of the
+        budget (a ``stop(timeout)`` waiting for a move must not then wait ``timeout`` again)."""
+        start = time.monotonic()
+        deadline = start + budget
+        moving = min(self.move_timeout, budget)
+        move_deadline = start + moving
         while True:
-            actor, generation = self._current(deadline, budget)
+            actor, generation = self._current(move_deadline, moving)
             given = (max(0.0, deadline - time.monotonic()), *args) if timed else args
             try:
                 return getattr(actor, method)(*given, **kwargs).result(timeout=self.call_timeout)
@@ -189,9 +192,9 @@ class ActorRef:
                 follower = self._follower
                 if follower is None or not follower.should_retry(self, generation, e):
                     raise
-                if not self._wait_for_successor(generation, deadline):
+                if not self._wait_for_successor(generation, move_deadline):
                     raise TimeoutError(
-                        f"actor {self.name!r} is being moved or restarted and no successor answered within {budget:g} s: {e!r}"
+                        f"actor {self.name!r} is being moved or restarted and no successor answered within {moving:g} s: {e!r}"
                     ) from e
 
     def _control(self, method: str, *args: Any) -> ActorStatus:
@@ -202,7 +205,7 @@ class ActorRef:
         (``None``: the instance waits as long as it takes, a move ``move_timeout`` at most)."""
         if timeout is None:
             return self._call(method, (None,), {}, self.move_timeout, timed=False)
-        return self._call(method, (), {}, min(self.move_timeout, timeout), timed=True)
+        return self._call(method, (), {}, timeout, timed=True)
 
     # -- control ---------------------------------------------------------------------------------
     def start(self) -> ActorStatus:
@@ -345,7 +348,7 @@ class ActorRef:
                 st = self._control("status")
             else:  # a status call waits for a move or restart, but not past the deadline
                 left = max(0.0, deadline - time.monotonic())
-                st = ActorStatus.from_dict(self._call("status", (), {}, min(self.move_timeout, left), timed=False))
+                st = ActorStatus.from_dict(self._call("status", (), {}, left, timed=False))
             if st.state == "failed":
                 raise ActorFailed(f"actor {self.name!r} on {st.worker} failed:\n{st.error}")
             if st.done:

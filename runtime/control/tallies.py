@@ -63,9 +63,11 @@ class Tallies:
         self.by_worker: dict[str, dict[str, Any]] = {}  # worker address -> last report
         # channel -> counters of the consumers and producers that reports no longer list.
         self.departed: dict[str, dict[str, int]] = {}
-        # (channel, consumer) -> the counters of it that went to ``departed`` from a report, until
+        # (worker, channel, consumer) -> the counters of it that went to ``departed`` from a report, until
         # its final counters (sent with its detach) add what it took after that report.
-        self.counted: dict[tuple[str, str], dict[str, int]] = {}
+        self.counted: dict[tuple[str, str, str], dict[str, int]] = {}
+        # (worker, channel, consumer) -> final counters of a detached consumer its worker's reports still list.
+        self.finals: dict[tuple[str, str, str], dict[str, int]] = {}
         self.actors: dict[str, dict[str, Any]] = {}  # actor name -> last status
         self.histories: dict[str, MetricHistory] = {}  # actor name -> metric series it reported
         self.meters: dict[tuple[str, str, str], RateMeter] = {}  # (kind, name, counter) -> rate
@@ -77,8 +79,12 @@ class Tallies:
         """Take worker ``address``'s report; channels not in ``known`` (forgotten meanwhile) are dropped."""
         old = self.by_worker.get(address)
         if old is not None:
-            self._keep_departed(old["channels"], channels, known)
+            self._keep_departed(old["channels"], channels, known, address)
         channels = {name: ch for name, ch in channels.items() if name in known}
+        for (worker, name, cid), final in self.finals.items():
+            listed = channels.get(name, {}).get("consumers", {}).get(cid) if worker == address else None
+            if listed is not None:  # a report made before the consumer detached, come after its final counters
+                listed.update(final)
         self.by_worker[address] = {"time": time.time(), "channels": channels, "retire_at": retire_at}
         for name, status in actors.items():
             self.actor_status(name, status)
@@ -101,7 +107,7 @@ class Tallies:
         """``worker`` was removed: its last counters depart and its actors that had not ended are lost."""
         old = self.by_worker.pop(worker, None)
         if old is not None:
-            self._keep_departed(old["channels"], {}, known)
+            self._keep_departed(old["channels"], {}, known, None)  # no final counters come from a lost worker
         for name, a in list(self.actors.items()):
             # Only actors still live: an ended record is kept as it ended (and may be pruned meanwhile).
             if a.get("worker") == worker and a.get("state") not in TERMINAL_STATES:
@@ -124,16 +130,18 @@ class Tallies:
     def forget_channel(self, name: str) -> None:
         """Drop what is kept of channel ``name`` (closed and drained: the workers forgot it too)."""
         self.departed.pop(name, None)
-        for key in [k for k in self.counted if k[0] == name]:
-            del self.counted[key]
+        for table in (self.counted, self.finals):
+            for key in [k for k in table if k[1] == name]:
+                del table[key]
         for report in self.by_worker.values():
             report["channels"].pop(name, None)
         for key in [k for k in self.meters if k[0] == "channel" and k[1] == name]:
             del self.meters[key]
 
-    def _keep_departed(self, before: dict[str, Any], now: dict[str, Any], known: Collection[str]) -> None:
+    def _keep_departed(self, before: dict[str, Any], now: dict[str, Any], known: Collection[str], address: str | None) -> None:
         """Add the last counters of the consumers and producers in a worker's report ``before`` that
-        its report ``now`` no longer lists to their channel's departed counters."""
+        its report ``now`` no longer lists to their channel's departed counters (and, with the
+        worker's ``address``, note what was added for a consumer's final counters to complete)."""
         for name, ch in before.items():
             if name not in known:
                 continue  # closed and forgotten: nothing adds up over it any more
@@ -146,7 +154,8 @@ class Tallies:
             for cid, c in ch.get("consumers", {}).items():
                 if cid not in listed.get("consumers", {}):
                     _add_consumer(gone, c)
-                    self.counted[(name, cid)] = {k: int(c[k]) for k in _CONSUMER_KEYS}
+                    if address is not None and self.finals.pop((address, name, cid), None) is None:
+                        self.counted[(address, name, cid)] = {k: int(c[k]) for k in _CONSUMER_KEYS}
 
     def consumer_final(self, address: str, channel: str, consumer: str, final: dict[str, int]) -> None:
         """A consumer detached from ``address`` with these ``final`` counters (``received``, ``nbytes``, ``dropped``, ``taken``).
@@ -157,10 +166,13 @@ class Tallies:
         them); already moved to the departed counters, what they add is added.
         """
         listed = self.by_worker.get(address, {}).get("channels", {}).get(channel, {}).get("consumers", {})
+        key = (address, channel, consumer)  # one instance: a successor of the same id runs elsewhere
         if consumer in listed:
             listed[consumer].update(final)
+            self.finals[key] = final  # until a report no longer lists it
+            self.counted.pop(key, None)
             return
-        before = self.counted.pop((channel, consumer), dict.fromkeys(_CONSUMER_KEYS, 0))
+        before = self.counted.pop(key, dict.fromkeys(_CONSUMER_KEYS, 0))
         gone = self.departed.setdefault(channel, dict.fromkeys(_CUMULATIVE, 0))
         _add_consumer(gone, {k: max(0, final[k] - before[k]) for k in _CONSUMER_KEYS})
 

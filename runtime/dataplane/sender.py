@@ -159,10 +159,15 @@ class Sender:
         delivered: set[str] = set()
         while True:
             unreachable = route.unreachable
-            todo = [
-                c for c in self._consumers(route, deadline, timeout, cancel, lossy=not is_queue)
-                if c.cid not in delivered and (c.cid, c.stream) not in unreachable
-            ]
+            if delivered:
+                # A later pass: some consumer took it, so its number is used whatever happens now.
+                # Those on the route get it without a wait; one away is kept for below (waiting here
+                # could raise past _partial, and the next message would reuse the number).
+                now = route.table
+                current = () if now.closed else now.consumers
+            else:
+                current = self._consumers(route, deadline, timeout, cancel, lossy=not is_queue)
+            todo = [c for c in current if c.cid not in delivered and (c.cid, c.stream) not in unreachable]
             failures: list[Exception] = []
             reroute = False
             for c in todo:
@@ -196,8 +201,9 @@ class Sender:
                             raise e
                 raise failures[0]
             if not reroute:
-                present = {c.cid for c in route.consumers}
-                if is_queue and present - delivered:
+                table = route.table
+                present = {c.cid for c in table.consumers}
+                if is_queue and not table.closed and present - delivered:
                     # A consumer attached while this pass delivered (a lost one's successor, back on
                     # the route): it is present, so it is kept for by nobody below, and it was not
                     # in this pass. Another pass delivers it (after what it is owed); it lost the

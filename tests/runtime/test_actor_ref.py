@@ -93,3 +93,12 @@ def test_no_timeout_lets_the_instance_wait_as_long_as_it_takes() -> None:
     ref = ActorRef("a", proxy, move_timeout=600)  # type: ignore[arg-type]
     ref.checkpoint(None)  # type: ignore[arg-type]
     assert proxy.asked == [("checkpoint", None)]
+
+
+def test_a_timeout_longer_than_move_timeout_is_the_instances_whole() -> None:
+    # move_timeout bounds the wait for a move only, not the instance's own wait (stop(1200) got 600 s).
+    proxy = _Proxy()
+    ref = ActorRef("a", proxy, move_timeout=5)  # type: ignore[arg-type]
+    ref.stop(1200.0)
+    ((_, given),) = proxy.asked
+    assert 1199 < given <= 1200

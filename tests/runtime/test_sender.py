@@ -108,3 +108,18 @@ def test_a_lossy_channel_does_not_chase_a_consumer_that_attached_after_the_send(
     dispatch = _Dispatch(_back(route, "late"), at=1)
     _send(route, dispatch)
     assert dispatch.handed == ["a"]
+
+
+def test_a_later_pass_does_not_wait_and_a_channel_closed_meanwhile_ends_the_send() -> None:
+    # Another pass (a consumer attached during the first) found the channel closed: it waited in
+    # wait_consumers and raised past _partial, so the next message reused the number.
+    route = _route(Queue(4), ["a"], ["b"])
+
+    def close_after_b_returns() -> None:
+        _back(route, "b")()
+        t = route.table
+        route.table = RoutingTable(t.channel, t.version + 1, t.policy, t.spec, closed=True, consumers=t.consumers)
+
+    dispatch = _Dispatch(close_after_b_returns, at=1)
+    _send(route, dispatch)
+    assert dispatch.handed == ["a"] and dispatch.kept == []
