@@ -206,12 +206,13 @@ def _by_seq(log: ReplayLog, others: Any) -> deque[Item]:
     """
     kept = log.replay()
     with log.lock:
-        committed = dict(log.committed)
+        committed, logged = dict(log.committed), set(log.keys)
     seen: set[int] = set()
     extra = []
     for it in others:
         h = it.header
-        if not it.logged and id(it) not in seen and h["seq"] > committed.get(h["source"], -1):
+        # A link's copy of a message the log keeps is that message again (the log has it once).
+        if not it.logged and id(it) not in seen and (h["source"], h["seq"]) not in logged and h["seq"] > committed.get(h["source"], -1):
             seen.add(id(it))
             extra.append(it)
     if not extra:
