@@ -180,6 +180,7 @@ class _Supervised:
     retry_at: float = 0.0
     left: str = ""  # the worker it left or lost
     move_reason: str = ""  # why it is being moved, for its event
+    restart_reason: str = ""  # why it is being restarted, when its worker was not lost (for its event)
 
     def await_successor(self, kind: str, resume: dict[str, Any] | None, state: str, retry_at: float) -> Future | None:
         """Wait for a worker to host a successor (call with the supervisor's lock).
@@ -252,14 +253,17 @@ def _confirmed(check: Callable[[], bool], within: float, closing: threading.Even
     return False
 
 
-def _placement_detail(kind: str, resume: dict[str, Any] | None, awaiting_since: float, move_reason: str) -> str:
+def _placement_detail(
+    kind: str, resume: dict[str, Any] | None, awaiting_since: float, move_reason: str, restart_reason: str = ""
+) -> str:
     """Why and from what a successor was placed, for its event."""
+    cause = restart_reason or "worker lost"
     if kind == "moved":
         detail = move_reason
     elif resume is not None:
-        detail = f"worker lost; from its checkpoint of {time.ctime(resume['time'])}"
+        detail = f"{cause}; from its checkpoint of {time.ctime(resume['time'])}"
     else:
-        detail = "worker lost; from scratch (no checkpoint yet)"
+        detail = f"{cause}; from scratch (no checkpoint yet)"
     return detail + f"; {time.monotonic() - awaiting_since:.1f} s without an instance"
 
 
@@ -486,7 +490,7 @@ class Supervisor:
                     rec.succeeded(fut, worker)
                 self.keeper.reset_interval(rec.ref)
                 rec.ref.rebind(actor)
-                detail = _placement_detail(kind, rec.resume, rec.awaiting_since, rec.move_reason)
+                detail = _placement_detail(kind, rec.resume, rec.awaiting_since, rec.move_reason, rec.restart_reason)
                 self.journal.add(spec.name, kind, left, worker, detail)
                 logger.warning("coupler supervisor: %s %r from %s to %s (%s)", kind, spec.name, left, worker, detail)
                 return True
@@ -575,12 +579,14 @@ class Supervisor:
                 self.client.sync(self.client.scheduler.coupler_producers_replaced, producers=outputs)
             except Exception as e:  # the cluster may be going away
                 logger.warning("coupler supervisor: could not fence %r's old instance: %r", rec.spec.name, e)
+        rec.restart_reason = f"hand-over ({rec.move_reason}) incomplete"
         ck = self.keeper.held(rec.ref)
         self._await(rec, "restarted", ck, _restart_state(ck, rec.ref.intent), 0.0)
 
     def _lose(self, rec: _Supervised, why: str) -> None:
         """The actor's worker is gone: schedule a restart from its last checkpoint, or give up."""
         rec.last_error = why
+        rec.restart_reason = ""
         if rec.restarts >= self.policy.max_restarts:
             self._give_up(rec, f"lost {rec.restarts + 1} times, max-restarts={self.policy.max_restarts}")
             return
