@@ -69,6 +69,18 @@ HANDLERS = {
 CLOSED_NAMES_KEPT = 4096
 
 
+def _channel_pairs(wire: Any, what: str) -> list[tuple[str, str]]:
+    """``[[channel, endpoint], ...]`` from a handler's input.
+
+    Raises:
+        ValueError: naming what was expected, for anything else.
+    """
+    try:
+        return [(str(ch), check_name("endpoint", ident)) for ch, ident in wire]
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"expected [channel, {what}] pairs: {e}") from None
+
+
 def _consumer_counters(counters: Any) -> dict[str, int] | None:
     """A detaching consumer's final counters, checked (``None``: none sent).
 
@@ -359,9 +371,9 @@ class Broker(SchedulerPlugin):
             producers: ``[channel, source]`` pairs.
         """
         try:
-            pairs = [(str(ch), check_name("endpoint", ident)) for ch, ident in producers]
-        except (TypeError, ValueError) as e:
-            return error_reply(InvalidRequest(f"expected [channel, source] pairs: {e}"))
+            pairs = _channel_pairs(producers, "source")
+        except ValueError as e:
+            return error_reply(InvalidRequest(str(e)))
         for name, ident in pairs:
             rec = self.channels.get(name)
             if rec is not None:
@@ -376,9 +388,9 @@ class Broker(SchedulerPlugin):
             detail: why, for the producers' ``ConsumerGone``.
         """
         try:
-            pairs = [(str(ch), check_name("endpoint", ident)) for ch, ident in consumers]
-        except (TypeError, ValueError) as e:
-            return error_reply(InvalidRequest(f"expected [channel, consumer] pairs: {e}"))
+            pairs = _channel_pairs(consumers, "consumer")
+        except ValueError as e:
+            return error_reply(InvalidRequest(str(e)))
         for name, ident in pairs:
             rec = self.channels.get(name)
             if rec is None or not rec.give_up_consumer(ident, detail):
