@@ -80,9 +80,10 @@ class OutPort:
     def lossy(self) -> bool:
         """Whether the channel's policy may drop messages (``Latest``, ``Reservoir``, ``Window``; not ``Queue``).
 
-        Nothing waits for their acceptance but the end of a run: a checkpoint
-        does not (a consumer cut off would hold up the producer, which must
-        never block on a lossy channel).
+        A periodic checkpoint does not wait for their acceptance (a consumer cut
+        off would hold up the producer, which must never block on a lossy
+        channel); a hand-over gives the last value a second; the end of a run
+        waits for it.
         """
         route = self.endpoint.sender.routes.get(self.channel)
         return route is not None and not route.is_queue
