@@ -43,6 +43,7 @@ from typing import Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 from coupler.physics.lorenz import Lorenz63, Lorenz63Params, Lorenz96, Lorenz96Params
 from coupler.physics.navier_stokes import NavierStokes2D, NavierStokesParams, NavierStokesState
@@ -231,10 +232,9 @@ class VorticityModel:
     def _sim(self) -> NavierStokes2D:
         return NavierStokes2D(n=self.n, dt=self.dt, forcing_wavenumber=self.forcing_wavenumber)
 
-    def _params(self) -> NavierStokesParams:
+    def _params(self, dtype: DTypeLike = jnp.float32) -> NavierStokesParams:
         return NavierStokesParams(
-            jnp.asarray(self.viscosity, jnp.float32), jnp.asarray(self.forcing_amplitude, jnp.float32),
-            jnp.asarray(self.drag, jnp.float32),
+            jnp.asarray(self.viscosity, dtype), jnp.asarray(self.forcing_amplitude, dtype), jnp.asarray(self.drag, dtype)
         )
 
     @property
@@ -250,7 +250,9 @@ class VorticityModel:
         return self._sim().init(key, self._params()).w.reshape(-1)
 
     def forecast(self, x: jax.Array) -> jax.Array:
-        sim, params = self._sim(), self._params()
-        w = x.reshape(self.n, self.n).astype(jnp.float32)
-        state = NavierStokesState(w, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32))
+        # In the state's precision: a float64 ensemble (under x64) is not rounded to float32 every cycle.
+        dtype = jnp.result_type(x.dtype, jnp.float32)
+        sim, params = self._sim(), self._params(dtype)
+        w = x.reshape(self.n, self.n).astype(dtype)
+        state = NavierStokesState(w, jnp.zeros((), dtype), jnp.zeros((), jnp.int32))
         return sim.advance(state, params, self.steps).w.reshape(-1).astype(x.dtype)

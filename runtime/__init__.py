@@ -38,6 +38,7 @@ from coupler.runtime.policies import Policy as Policy
 from coupler.runtime.policies import Queue as Queue
 from coupler.runtime.policies import Reservoir as Reservoir
 from coupler.runtime.policies import Window as Window
+from coupler.runtime.version import __version__ as __version__
 from coupler.runtime.dataplane.ports import InPort as InPort
 from coupler.runtime.dataplane.ports import OutPort as OutPort
 from coupler.runtime.control.status import ActorStatus as ActorStatus
@@ -90,4 +91,5 @@ __all__ = [
     "Window",
     "WorkersNotReady",
     "WrongPolicy",
+    "__version__",
 ]

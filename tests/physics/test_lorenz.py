@@ -147,3 +147,19 @@ def test_assimilation_models_forecast_one_observation_interval() -> None:
         assert isinstance(model, AssimilationModel)
     with pytest.raises(ValueError, match="steps"):
         Lorenz96Model(steps=0)
+
+
+def test_the_vorticity_model_forecasts_a_float64_state_in_float64() -> None:
+    """Under x64 the forecast keeps the ensemble's precision: a perturbation of 1e-9 (far below float32's
+    resolution of these O(1) values, where it would round away) moves the forecast, linearly (difference
+    quotients at 1e-9 and 1e-7 agree to 1e-3: the rounding error of the smaller one is about 1e-16 / 1e-9)."""
+    field = VorticityModel(n=16, steps=2)
+    with jax.enable_x64(True):
+        x = field.initial_state(jax.random.key(2)).astype(jnp.float64)
+        d = jax.random.normal(jax.random.key(3), x.shape, jnp.float64)
+        base = field.forecast(x)
+        assert base.dtype == jnp.float64
+        small = np.asarray(field.forecast(x + 1e-9 * d) - base) / 1e-9
+        large = np.asarray(field.forecast(x + 1e-7 * d) - base) / 1e-7
+    assert np.abs(small).max() > 0.1
+    np.testing.assert_allclose(small, large, rtol=0, atol=1e-3 * np.abs(large).max())

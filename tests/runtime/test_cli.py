@@ -105,6 +105,9 @@ def test_version_is_the_installed_distributions(capsys: pytest.CaptureFixture[st
         main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"coupler {version('coupler')}"
+    import coupler.runtime
+
+    assert coupler.runtime.__version__ == version("coupler")  # the package says it too
 
 
 def test_every_demo_is_a_module_with_main_and_a_quick_option(capsys: pytest.CaptureFixture[str]) -> None:
