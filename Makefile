@@ -19,19 +19,22 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) examples/augmentation.py
 
-# The tests that start no cluster and need no service (physics/ and learners/, which never
-# import Dask, the demo table, three in-process benchmarks, and the runtime's sans-IO protocol
-# and wire tests) spend most of their time compiling XLA or generating hypothesis cases on one
-# core: they run in TEST_PROCS processes (pytest-xdist), with any cluster start refused
-# (COUPLER_TEST_NO_CLUSTER, tests/conftest.py), then the rest, whose clusters, emulated hosts
-# and Slurm jobs share the machine, one test at a time. Both parts always run; the target fails
-# if either does (or collects no tests). A test file of neither list runs in the second part:
-# found by running the second part with COUPLER_TEST_NO_CLUSTER=1 (the files that pass whole).
+# The tests that start no cluster in the test process and need no service (physics/ and
+# learners/, which never import Dask, the demo table, the in-process benchmarks, the runtime's
+# sans-IO protocol and wire tests, and the docs' code blocks, the site and the wheel, whose
+# scripts run in subprocesses of their own) spend most of their time compiling XLA, generating
+# hypothesis cases or waiting for a subprocess: they run in TEST_PROCS processes (pytest-xdist),
+# with any cluster start in them refused (COUPLER_TEST_NO_CLUSTER, tests/conftest.py), then the
+# rest, whose clusters, emulated hosts and Slurm jobs share the machine, one test at a time. Both
+# parts always run; the target fails if either does (or collects no tests). A test file of
+# neither list runs in the second part: found by running the second part with
+# COUPLER_TEST_NO_CLUSTER=1 (the files that pass whole).
 TEST_PROCS ?= 2
 PURE_TESTS := tests/learners tests/physics tests/demos tests/benchmarks/test_augmentation_speedup_bench.py \
 	tests/benchmarks/test_modulation_bench.py tests/benchmarks/test_subgrid_apriori_bench.py \
 	tests/benchmarks/test_xhost_bench.py tests/benchmarks/test_data_port_bench.py tests/benchmarks/test_correction_bench.py \
 	tests/reliability/test_property.py tests/reliability/test_fencing.py tests/test_layering.py tests/docs/test_commands.py tests/runtime/test_settings_spelling.py \
+	tests/docs/test_code_blocks.py tests/docs/test_site.py tests/system/test_wheel.py \
 	tests/actors/test_run_loop.py tests/actors/test_hand_outs.py tests/actors/test_busy.py tests/actors/test_checkpointer.py \
 	$(addprefix tests/runtime/test_,read_role.py receipts.py buffers.py send_window.py spin.py queue_protocol.py \
 	lineage.py outbox.py wire.py driver_resend.py cancel.py gathering.py routing_table.py status.py broker.py \

@@ -126,7 +126,11 @@ class ActorHost:
         """Prepare before the first step (compile, allocate)."""
 
     def step(self) -> bool:
-        """One iteration of the run loop; return ``False`` to end it."""
+        """One iteration of the run loop; return ``False`` to end it.
+
+        Raises:
+            NotImplementedError: a host that does not override it.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement step()")
 
     def teardown(self) -> None:

@@ -227,7 +227,11 @@ class AskTellSteerer(Steerer):
         return {} if s is None else dict(s.resources)
 
     def pointless(self) -> list[int]:
-        """Running tasks the generator no longer needs (when it offers ``pointless``)."""
+        """Running tasks the generator no longer needs (when it offers ``pointless``).
+
+        Raises:
+            ValueError: the generator answers for another number of tasks than are running.
+        """
         ask = getattr(self.generator, "pointless", None)
         ids = [t for t in self.pending() if not self.tasks[t].cancel_sent]
         if ask is None or not ids:

@@ -290,7 +290,11 @@ class DeepEnsemble:
         self.fits, self.observations = int(state["fits"]), int(state["observations"])
 
     def members(self, x: np.ndarray) -> np.ndarray:
-        """Every member's prediction, ``(M, N)``, in the targets' units."""
+        """Every member's prediction, ``(M, N)``, in the targets' units.
+
+        Raises:
+            ValueError: ``x`` is not ``(N, dim)``.
+        """
         x = np.asarray(x, np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"expected x of shape (N, {self.dim}), got {x.shape}")

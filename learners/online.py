@@ -125,7 +125,11 @@ def _fill_batch(batch: Mapping[str, Any], batch_size: int) -> dict[str, np.ndarr
 
 
 def replace_checked(state: nnx.State, pure: Mapping[str, Any], what: str) -> None:
-    """Copy ``pure`` into ``state`` after checking that paths and shapes match exactly."""
+    """Copy ``pure`` into ``state`` after checking that paths and shapes match exactly.
+
+    Raises:
+        ValueError: a path is missing or unexpected, or a shape differs (the message names it).
+    """
     flat = dict(nnx.to_flat_state(state))
     given = dict(nnx.traversals.flatten_mapping(nnx.restore_int_paths(dict(pure))))
     if set(given) != set(flat):

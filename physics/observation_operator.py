@@ -55,7 +55,11 @@ class LinearObservation:
 
     @classmethod
     def every(cls, n: int, stride: int, offset: int = 0) -> LinearObservation:
-        """Observe every ``stride``-th variable of a ring of ``n``, starting at ``offset``."""
+        """Observe every ``stride``-th variable of a ring of ``n``, starting at ``offset``.
+
+        Raises:
+            ValueError: ``stride < 1`` or ``offset`` outside ``[0, n)``.
+        """
         if stride < 1 or not 0 <= offset < n:
             raise ValueError(f"need stride >= 1 and 0 <= offset < n={n}, got stride={stride}, offset={offset}")
         return cls(n, tuple(range(offset, n, stride)))

@@ -285,7 +285,11 @@ class Spec:
 
     @classmethod
     def from_leaves(cls, treedef: TreeDef, leaves: list[np.ndarray]) -> Spec:
-        """The spec of already flattened leaves."""
+        """The spec of already flattened leaves.
+
+        Raises:
+            SpecMismatch: a leaf is not an array of a native byte order.
+        """
         paths = leaf_paths(treedef)
         for p, a in zip(paths, leaves):
             if not a.dtype.isnative:

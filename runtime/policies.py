@@ -97,7 +97,11 @@ _KINDS: dict[str, type] = {"queue": Queue, "latest": Latest, "reservoir": Reserv
 
 
 def policy_to_wire(policy: Policy) -> dict[str, Any]:
-    """Encode a policy for the broker (msgpack-friendly)."""
+    """Encode a policy for the broker (msgpack-friendly).
+
+    Raises:
+        TypeError: ``policy`` is not one of the four policies.
+    """
     for kind, cls in _KINDS.items():
         if type(policy) is cls:
             # Defaults that change nothing are left out: the wire form (shown by

@@ -227,7 +227,12 @@ class Broker(SchedulerPlugin):
             return error_reply(InvalidRequest(f"bad channel declaration: {e}"))
 
     def begin_run(self, run: str, client: str = "") -> dict[str, Any]:
-        """Start coupling run ``run`` of Dask client ``client`` (it ends when the client goes, at the latest)."""
+        """Start coupling run ``run`` of Dask client ``client`` (it ends when the client goes, at the latest).
+
+        Returns:
+            ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a ``client`` that is
+            not a string or a bad ``run`` name.
+        """
         try:
             check_name("run", run)
             self.runs.check(run)
@@ -254,7 +259,12 @@ class Broker(SchedulerPlugin):
             asyncio.ensure_future(self.end_run(run))
 
     def actor_ended(self, name: str, status: dict[str, Any]) -> dict[str, Any]:
-        """An actor's loop ended for good: keep its final ``status`` (its worker reports it no more)."""
+        """An actor's loop ended for good: keep its final ``status`` (its worker reports it no more).
+
+        Returns:
+            ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a ``status`` that is
+            not a dict.
+        """
         try:
             check_name("actor", name)
             if not isinstance(status, dict):
@@ -301,6 +311,10 @@ class Broker(SchedulerPlugin):
         one more than its predecessor's if that one's worker was lost, else the same.
         A worker the scheduler no longer knows (declared dead, back after a partition)
         cannot register: its instances were replaced (:class:`Fenced`).
+
+        Returns:
+            The reply, or an error reply (:class:`InvalidRequest`) for an unknown ``role``, or a
+            consumer's ``stream`` or ``host`` that is not a string.
         """
         try:
             check_name("endpoint", ident)
@@ -338,6 +352,10 @@ class Broker(SchedulerPlugin):
         was replaced (its worker declared dead, back after a partition, while a successor
         attached elsewhere) changes nothing. ``counters`` are its final ``received``,
         ``nbytes``, ``dropped`` and ``taken``, for the channel's totals.
+
+        Returns:
+            ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a client that asks
+            for ``lost`` (only the broker declares a consumer lost) or bad ``counters``.
         """
         try:
             check_name("endpoint", ident)

@@ -136,13 +136,21 @@ class ConsumerBuffer:
         return False
 
     def get(self, timeout: float | None = None) -> Message:
-        """Take the next message (policies that deliver messages one by one)."""
+        """Take the next message (policies that deliver messages one by one).
+
+        Raises:
+            WrongPolicy: the policy delivers mini-batches (use ``sample``).
+        """
         raise WrongPolicy(
             f"channel {self.channel!r} is a replay buffer ({type(self).__name__}): use sample(n), not receive()"
         )
 
     def sample(self, n: int, rng: np.random.Generator | None = None, timeout: float | None = None) -> Any:
-        """Draw a mini-batch (replay policies)."""
+        """Draw a mini-batch (replay policies).
+
+        Raises:
+            WrongPolicy: the policy delivers messages in order (use ``get``).
+        """
         raise WrongPolicy(f"channel {self.channel!r} delivers messages in order: use receive(), not sample()")
 
     def drain(self) -> list[Message]:
@@ -150,7 +158,11 @@ class ConsumerBuffer:
         return []
 
     def preload(self, messages: list[Message]) -> None:
-        """Put ``messages`` before anything held (a restarted consumer's leftovers), beyond ``maxsize`` if need be."""
+        """Put ``messages`` before anything held (a restarted consumer's leftovers), beyond ``maxsize`` if need be.
+
+        Raises:
+            WrongPolicy: the policy keeps no leftovers to preload.
+        """
         raise WrongPolicy(f"channel {self.channel!r}: {type(self).__name__} cannot be preloaded")
 
     def close(self) -> None:
@@ -592,7 +604,11 @@ class _ReplayBuffer(ConsumerBuffer):
             return unflatten(self._spec.treedef, leaves)
 
     def contents(self) -> Any:
-        """Every message held now, stacked (a copy), in slot order."""
+        """Every message held now, stacked (a copy), in slot order.
+
+        Raises:
+            ChannelTimeout: the buffer is empty.
+        """
         with self._cond:
             if self._spec is None:
                 raise ChannelTimeout(f"channel {self.channel!r}: the buffer is empty")

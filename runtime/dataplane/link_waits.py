@@ -67,7 +67,12 @@ def take_room(link: Link, nbytes: int, deadline: float | None, timeout: float | 
 
 
 def wait_acknowledged(link: Link, deadline: float | None, timeout: float | None, cancel: Cancel | None) -> None:
-    """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement."""
+    """Wait until nothing is pending or in flight (or the link failed); asks for the last acknowledgement.
+
+    Raises:
+        ChannelTimeout: the consumer did not take everything within ``timeout``.
+        Interrupted: the actor is stopping.
+    """
     while True:
         with link.lock:
             if link.window.drained or link.error is not None or link.dead:

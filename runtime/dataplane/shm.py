@@ -427,6 +427,9 @@ class Mappings:
             offsets: byte offset of each field after the header.
             fields: (shape, dtype) of each field.
             private: views of a copy-on-write mapping (the producer keeps the bytes for a replay).
+
+        Raises:
+            ValueError: the segment is smaller than its message's fields need.
         """
         shared = self.open(name)
         need = HEADER + (offsets[-1] + _nbytes(*fields[-1]) if fields else 0)

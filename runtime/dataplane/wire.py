@@ -362,7 +362,11 @@ PAYLOADS = PayloadPool()
 
 
 def recv_into_all(sock: socket.socket, view: memoryview) -> None:
-    """Fill ``view`` from the socket (the GIL is released while the kernel copies)."""
+    """Fill ``view`` from the socket (the GIL is released while the kernel copies).
+
+    Raises:
+        StreamClosed: the peer closed the stream before ``view`` was full.
+    """
     got, n = 0, len(view)
     flags = 0 if isinstance(sock, ssl.SSLSocket) else socket.MSG_WAITALL
     while got < n:

@@ -77,7 +77,11 @@ class _Parser(argparse.ArgumentParser):
 
 # -- options ----------------------------------------------------------------------------------
 def cluster_choice(value: str) -> str:
-    """An argparse type: a cluster kind or a scheduler address."""
+    """An argparse type: a cluster kind or a scheduler address.
+
+    Raises:
+        argparse.ArgumentTypeError: neither a cluster kind nor a scheduler address.
+    """
     if value in KINDS or _ADDRESS.match(value):
         return value
     raise argparse.ArgumentTypeError(
@@ -86,7 +90,11 @@ def cluster_choice(value: str) -> str:
 
 
 def walltime_choice(value: str) -> str:
-    """An argparse type: a walltime ``[D-]HH:MM:SS``."""
+    """An argparse type: a walltime ``[D-]HH:MM:SS``.
+
+    Raises:
+        argparse.ArgumentTypeError: not ``[D-]HH:MM:SS``.
+    """
     if value.count(":") != 2:
         raise argparse.ArgumentTypeError(f"expected [D-]HH:MM:SS, e.g. 01:30:00; got {value!r}")
     try:
@@ -97,7 +105,11 @@ def walltime_choice(value: str) -> str:
 
 
 def positive_int(value: str) -> int:
-    """An argparse type: an integer >= 1."""
+    """An argparse type: an integer >= 1.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer >= 1.
+    """
     try:
         n = int(value)
     except ValueError:
@@ -108,7 +120,11 @@ def positive_int(value: str) -> int:
 
 
 def nonnegative_int(value: str) -> int:
-    """An argparse type: an integer >= 0."""
+    """An argparse type: an integer >= 0.
+
+    Raises:
+        argparse.ArgumentTypeError: not an integer >= 0.
+    """
     try:
         n = int(value)
     except ValueError:
@@ -119,7 +135,11 @@ def nonnegative_int(value: str) -> int:
 
 
 def duration_choice(value: str) -> str:
-    """An argparse type: a positive duration Dask reads, such as ``5s``, ``2 minutes`` or ``10`` (seconds)."""
+    """An argparse type: a positive duration Dask reads, such as ``5s``, ``2 minutes`` or ``10`` (seconds).
+
+    Raises:
+        argparse.ArgumentTypeError: not a positive duration.
+    """
     try:
         config.duration("--timeout", value, positive=True)
     except ValueError:

@@ -478,7 +478,11 @@ def make_tls_files(directory: str | os.PathLike[str], days: int = 30) -> TLSFile
 
 
 def tls_security(files: TLSFiles) -> Security:
-    """Dask's :class:`Security` for a cluster whose every party uses ``files`` (encryption required)."""
+    """Dask's :class:`Security` for a cluster whose every party uses ``files`` (encryption required).
+
+    Raises:
+        FileNotFoundError: one of ``files`` does not exist.
+    """
     for path in (files.ca_file, files.cert, files.key):
         if not os.path.isfile(path):
             raise FileNotFoundError(f"TLS file {path!r} does not exist (expected a PEM file)")
