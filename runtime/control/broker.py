@@ -33,6 +33,7 @@ from tornado.ioloop import PeriodicCallback
 
 from coupler.runtime.control.channel_record import ChannelRecord
 from coupler.runtime.control.departure import Departure
+from coupler.runtime.control.report_check import check_report, check_status
 from coupler.runtime.control.runs import RunBook
 from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.tallies import Tallies
@@ -263,12 +264,11 @@ class Broker(SchedulerPlugin):
 
         Returns:
             ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a ``status`` that is
-            not a dict.
+            not what actors report (``runtime/control/report_check.py``).
         """
         try:
             check_name("actor", name)
-            if not isinstance(status, dict):
-                raise ValueError(f"status must be a dict, got {type(status).__name__}")
+            check_status(name, status)
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
         self.tallies.actor_status(name, status)
@@ -456,7 +456,16 @@ class Broker(SchedulerPlugin):
     def report(
         self, address: str, channels: dict[str, Any], actors: dict[str, Any], retire_at: float | None = None
     ) -> dict[str, str]:
-        """A worker's periodic counters (the only steady control-plane traffic)."""
+        """A worker's periodic counters (the only steady control-plane traffic).
+
+        Returns:
+            ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a report that is not
+            what workers send (``runtime/control/report_check.py``): it is not kept.
+        """
+        try:
+            check_report(channels, actors, retire_at)
+        except ValueError as e:
+            return error_reply(InvalidRequest(f"worker {address!r:.80}: {e}"))
         self.tallies.report(address, channels, actors, retire_at, self.channels)
         return {"status": "OK"}
 

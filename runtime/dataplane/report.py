@@ -127,9 +127,12 @@ class Reporter:
         if self.worker.status.name not in ("running", "paused"):
             return
         try:
-            await self.worker.scheduler.coupler_report(address=self.address(), **self.payload())
+            reply = await self.worker.scheduler.coupler_report(address=self.address(), **self.payload())
         except Exception as e:
             logger.debug("coupler report failed: %s", e)
+            return
+        if isinstance(reply, dict) and reply.get("status") == "error":  # a bug here: say so, every time
+            logger.warning("coupler: the broker refused this worker's report: %s", reply.get("message"))
 
 
 __all__ = ["Reporter", "retire_at"]
