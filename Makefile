@@ -35,7 +35,7 @@ PURE_TESTS := tests/learners tests/physics tests/demos tests/benchmarks/test_aug
 	tests/benchmarks/test_xhost_bench.py tests/benchmarks/test_data_port_bench.py tests/benchmarks/test_correction_bench.py \
 	tests/reliability/test_property.py tests/reliability/test_fencing.py tests/test_layering.py tests/docs/test_commands.py tests/runtime/test_settings_spelling.py \
 	tests/docs/test_code_blocks.py tests/docs/test_site.py tests/system/test_wheel.py \
-	tests/actors/test_run_loop.py tests/actors/test_hand_outs.py tests/actors/test_busy.py tests/actors/test_checkpointer.py \
+	tests/actors/test_run_loop.py tests/actors/test_hand_outs.py tests/actors/test_busy.py tests/actors/test_checkpointer.py tests/actors/test_port_meta.py \
 	$(addprefix tests/runtime/test_,read_role.py receipts.py buffers.py send_window.py spin.py queue_protocol.py \
 	lineage.py outbox.py wire.py driver_resend.py cancel.py gathering.py routing_table.py status.py broker.py \
 	endpoint_parts.py message.py keeping.py tallies.py actor_ref.py sender.py report_check.py)

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 from coupler.runtime import ChannelTimeout, InPort, Message, OutPort
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import UnknownPort
+from coupler.runtime.message import check_meta
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.lineage import META_KEY
 from coupler.runtime.dataplane.waits import WaitKind
@@ -141,10 +142,11 @@ class HostOutPort(OutPort):
         meta: dict[str, Any] | None = None,
         timeout: float | None = None,
     ) -> int:
+        check_meta(meta)  # the user's: the takes note below is the runtime's own key
         note = self._takes.note_for(self.channel)
         if note is not None:
             meta = {**(meta or {}), META_KEY: note.to_wire()}
-        seq = super().send(data, timestamp=timestamp, step=step, meta=meta, timeout=timeout)
+        seq = self._send(data, timestamp, step, meta, timeout)
         if note is not None:
             self._takes.noted(self.channel, note)
         return seq

@@ -57,7 +57,7 @@ from coupler.runtime.dataplane.settings import delivery_config
 from coupler.runtime.dataplane.waits import check_timeout
 from coupler.runtime.driver_resend import ResendLog
 from coupler.runtime.errors import ActorReleased, ChannelClosed, ChannelTimeout, Interrupted, PartiallyDelivered, SequenceBehind
-from coupler.runtime.message import Message
+from coupler.runtime.message import Message, check_meta
 
 logger = logging.getLogger(__name__)
 
@@ -264,6 +264,8 @@ class Publisher(_Port):
             ChannelClosed: the channel, or this publisher, is closed.
             ConsumerGone: a consumer left or its worker was lost.
             ChannelTimeout: no consumer or no space within ``timeout``.
+            ValueError: a ``meta`` key of the runtime's own (``coupler.``), or a bad ``timeout``.
+            TypeError: ``meta`` is not a dict with string keys.
         """
         return self._send_call(data, dict(timestamp=timestamp, step=step, meta=meta, timeout=timeout)).wait()
 
@@ -282,6 +284,7 @@ class Publisher(_Port):
     def _send_call(self, data: Any, kw: dict[str, Any]) -> _Call[int]:
         self._check_open()
         check_timeout(kw["timeout"])
+        check_meta(kw["meta"])
         kept = self._resend.copy(data) if self._resend.keeps else None  # now: the script may change its arrays after
         return _Call(lambda: self._send_in_order(data, kept, kw), self._order, None, f"{self.relay.name}.send")
 

@@ -348,6 +348,32 @@ class Spec:
         return cls(treedef_from_wire(w["treedef"]), tuple(FieldSpec(p, tuple(s), d) for p, s, d in w["fields"]))
 
 
+RESERVED_META_PREFIX = "coupler."
+"""Metadata keys the runtime writes itself (an instance's epoch, a member's floor, an actor's takes)."""
+
+
+def check_meta(meta: Any) -> None:
+    """Check a sender's metadata: a map of string keys, none of the runtime's own.
+
+    A key such as ``coupler.epoch`` in a user's metadata would be read as the
+    runtime's (one send of it fenced the sender's own stream).
+
+    Args:
+        meta: the ``meta`` given to ``send``, or ``None``.
+
+    Raises:
+        TypeError: ``meta`` is not a map with string keys.
+        ValueError: a key starts with :data:`RESERVED_META_PREFIX`.
+    """
+    if meta is None:
+        return
+    if not isinstance(meta, dict) or not all(type(k) is str for k in meta):
+        raise TypeError(f"meta must be a dict with string keys, got {meta!r:.80}")
+    reserved = sorted(k for k in meta if k.startswith(RESERVED_META_PREFIX))
+    if reserved:
+        raise ValueError(f"meta keys starting with {RESERVED_META_PREFIX!r} are the runtime's, got {reserved}: rename them")
+
+
 @dataclass
 class Message:
     """One message on a channel: a pytree of arrays plus time and provenance.

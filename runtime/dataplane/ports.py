@@ -20,7 +20,7 @@ from coupler.runtime.dataplane.cancel import Cancel
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.dataplane.waits import check_timeout
 from coupler.runtime.errors import ChannelTimeout, WrongPolicy
-from coupler.runtime.message import Message
+from coupler.runtime.message import Message, check_meta
 
 _MISSING: Any = object()
 
@@ -69,8 +69,15 @@ class OutPort:
             ChannelTimeout: no consumer or no space within ``timeout``.
             Interrupted: the port's actor is stopping.
             UnknownChannel: the channel was never declared.
-            ValueError: for a timeout that is not a number (or NaN).
+            ValueError: for a timeout that is not a number (or NaN), or a ``meta`` key of the
+                runtime's own (``coupler.``).
+            TypeError: ``meta`` is not a dict with string keys.
         """
+        check_meta(meta)
+        return self._send(data, timestamp, step, meta, timeout)
+
+    def _send(self, data: Any, timestamp: float, step: int, meta: dict[str, Any] | None, timeout: float | None) -> int:
+        """:meth:`send` with ``meta`` as it is: the actor layer adds a key of the runtime's own (its takes)."""
         check_timeout(timeout)
         return self.endpoint.sender.send(
             self.channel, self.source, data, timestamp=timestamp, step=step, meta=meta, timeout=timeout, cancel=self.cancel
