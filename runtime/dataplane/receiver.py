@@ -446,7 +446,8 @@ class Receiver:
             self._welcome(nonce, {"status": "spec", "reason": str(e)})
             raise
         self.maps = Mappings(pid)
-        shm_ok = bool(hello.get("probe")) and shm.probe(hello["probe"], pid)
+        probe = hello.get("probe")
+        shm_ok = bool(probe) and shm.probe(probe, pid)
         flat_keys = flat_dict_keys(spec.treedef)
         fields = [(f.shape, f.dtype) for f in spec.fields]
         checker = wire.BatchChecker(spec, self.batch_bytes)
@@ -481,6 +482,10 @@ class Receiver:
             lay = layouts.pop()
             n = lay.n
             if "seg" in h:
+                # Only over a link that agreed on shared memory, and never the probe (its maker unlinks it).
+                if not shm_ok or h["seg"] == probe:
+                    what = "the probe segment" if shm_ok else "a segment on a link without shared memory"
+                    raise ValueError(f"a batch on channel {channel!r} names {what}: {h['seg']!r:.80}")
                 rows: Any = [self.maps.views(h["seg"], lay.offsets, fields, private=h.get("cow") is True)]
                 if n != 1:
                     raise ValueError(f"a shared-memory batch holds one message, this one {n} on channel {channel!r}")

@@ -395,12 +395,17 @@ class Mappings:
         self.maps: dict[str, mmap.mmap] = {}
         self.fds: dict[str, int] = {}
 
-    def open(self, name: str) -> mmap.mmap:
+    def open(self, name: str, need: int = 0) -> mmap.mmap:
         """Map segment ``name`` (cached).
+
+        Args:
+            name: segment name.
+            need: bytes it must hold; a smaller one is refused before its name is unlinked.
 
         Raises:
             OSError: if it cannot be opened or is not a regular file.
-            ValueError: for a name that is not one of the producer's segments.
+            ValueError: for a name that is not one of the producer's segments, or a segment
+                smaller than ``need``.
         """
         mm = self.maps.get(name)
         if mm is None:
@@ -408,6 +413,8 @@ class Mappings:
             fd = _open(name, os.O_RDWR)
             try:
                 size = os.fstat(fd).st_size
+                if size < need:  # not the segment its frame says: leave the name to whoever made it
+                    raise ValueError(f"segment {name} holds {size} bytes, its message needs {need}")
                 mm = mmap.mmap(fd, size, flags=_MAP_FLAGS)
             except BaseException:
                 os.close(fd)
@@ -431,9 +438,9 @@ class Mappings:
         Raises:
             ValueError: the segment is smaller than its message's fields need.
         """
-        shared = self.open(name)
         need = HEADER + (offsets[-1] + _nbytes(*fields[-1]) if fields else 0)
-        if len(shared) < need:
+        shared = self.open(name, need)
+        if len(shared) < need:  # a segment mapped before, for a smaller message
             raise ValueError(f"segment {name} holds {len(shared)} bytes, its message needs {need}")
         # Not populated: MAP_POPULATE on a writable private mapping copies every page.
         mm = mmap.mmap(self.fds[name], len(shared), flags=mmap.MAP_PRIVATE) if private else shared

@@ -413,7 +413,10 @@ _SCAN_MAX = 16  # batches up to this many messages have their header columns che
 
 
 def _bad_columns(got: str) -> ValueError:
-    return ValueError(f"a batch's header columns need integer seqs 0 <= seq < 2**63, numeric sent_at and string sources; got {got}")
+    return ValueError(
+        "a batch's header columns need numeric timestamps, integer steps, string sources, integer seqs "
+        f"0 <= seq < 2**63, map metadata and numeric sent_at; got {got}"
+    )
 
 
 @dataclass(frozen=True)
@@ -475,22 +478,32 @@ class BatchChecker:
             raise ValueError(f"a batch of {lay.n} messages has field offsets {lay.offsets}, got {header.get('offs')!r:.80}")
         if "seg" not in header and header.get("len", 0) != lay.total:
             raise ValueError(f"a batch of {lay.n} messages carries {lay.total} payload bytes, got {header.get('len')!r:.40}")
-        # The buffer compares seqs, keys marks by source and subtracts sent_at: those columns must be
-        # ints, strings and numbers. The other columns reach the actor as sent.
+        # Every column as a genuine sender writes it (Sender.send: float(timestamp), int(step), a str
+        # source, a gap-free seq, a dict of metadata, time.time()): the buffer compares seqs, keys marks
+        # by source and subtracts sent_at, and actors and checkpoints compute with timestamps and steps.
         cols = header["c"]
         if lay.n <= _SCAN_MAX:
             for q in cols[3]:
                 if type(q) is not int or not 0 <= q < MAX_SEQ:
                     raise _bad_columns(f"seq {q!r:.40}")
-            for t in cols[5]:
-                if type(t) is not float and type(t) is not int:
-                    raise _bad_columns(f"sent_at {t!r:.40}")
+            for column, name in ((cols[0], "timestamp"), (cols[5], "sent_at")):
+                for t in column:
+                    if type(t) is not float and type(t) is not int:
+                        raise _bad_columns(f"{name} {t!r:.40}")
+            for k in cols[1]:
+                if type(k) is not int:
+                    raise _bad_columns(f"step {k!r:.40}")
             for src in cols[2]:
                 if type(src) is not str:
                     raise _bad_columns(f"source {src!r:.40}")
+            for m in cols[4]:
+                if type(m) is not dict:
+                    raise _bad_columns(f"meta {m!r:.40}")
             return lay
         # Many messages: numpy converts a column in C, a third of the cost of a type scan in Python.
         try:
+            stamps = np.fromiter(cols[0], np.float64, lay.n)
+            steps = np.fromiter(cols[1], np.int64, lay.n)
             seqs = np.fromiter(cols[3], np.int64, lay.n)
             sent_at = np.fromiter(cols[5], np.float64, lay.n)
             sources = set(cols[2])
@@ -501,7 +514,12 @@ class BatchChecker:
         odd = [src for src in sources if type(src) is not str]
         if odd:
             raise _bad_columns(f"source {odd[0]!r:.40}")
-        cols[3], cols[5] = seqs.tolist(), sent_at.tolist()  # ints and floats, whatever numbers came
+        odd_meta = [m for m in cols[4] if type(m) is not dict]
+        if odd_meta:
+            raise _bad_columns(f"meta {odd_meta[0]!r:.40}")
+        # ints and floats, whatever numbers came (numpy also reads "1.5" and True as numbers: these are
+        # numbers from here on, as a genuine sender's would be)
+        cols[0], cols[1], cols[3], cols[5] = stamps.tolist(), steps.tolist(), seqs.tolist(), sent_at.tolist()
         return lay
 
 

@@ -331,6 +331,43 @@ def test_a_bad_frame_from_an_authenticated_peer_closes_its_stream_only(port: tup
     _genuine_roundtrip(lst, buf, key)
 
 
+def _segment(nbytes: int) -> Path:
+    """A segment of this process in /dev/shm, as a producer would name it."""
+    path = Path(shm.SHM_DIR) / f"coupler-{os.getpid()}-{uuid.uuid4().hex[:16]}"
+    path.write_bytes(bytes(nbytes))
+    return path
+
+
+@pytest.mark.parametrize("case", ["no shared memory agreed", "the probe", "too small"])
+def test_a_segment_a_frame_may_not_name_is_refused_and_left_where_it_is(
+    port: tuple[Listener, QueueBuffer, StreamKey], case: str
+) -> None:
+    """Before, a peer could have the consumer map and unlink a segment on a link that never agreed on shared
+    memory, the producer's probe (which pushed the genuine link back to TCP), or a segment too small for
+    its message (refused only after its name was gone)."""
+    lst, buf, key = port
+    probe = probe_segment()
+    assert probe is not None
+    seg = _segment(shm.HEADER + SPEC.nbytes)
+    small = _segment(16)
+    try:
+        s = _connect(lst.address)
+        hello = {"channel": CHANNEL, "consumer": CONSUMER, "spec": SPEC.to_wire(), "pid": os.getpid(),
+                 "probe": None if case == "no shared memory agreed" else probe}  # fmt: skip
+        _, welcome = auth.open_stream(s, key, hello)
+        with s:
+            assert welcome == {"status": "OK", "shm": case != "no shared memory agreed"}
+            named = {"no shared memory agreed": seg.name, "the probe": probe, "too small": small.name}[case]
+            wire.send_frame(s, wire.BATCH, _batch([0], seg=named)[0] | {"len": 0}, [])
+            assert _closed_by_peer(s, within=5.0), f"{case}: the stream stayed open"
+        assert len(buf) == 0
+        assert (Path(shm.SHM_DIR) / named).exists(), f"{case}: the consumer unlinked {named}"
+    finally:
+        for path in (seg, small, Path(shm.SHM_DIR) / probe):
+            path.unlink(missing_ok=True)
+    _genuine_roundtrip(lst, buf, key)
+
+
 def test_sizes_come_from_the_brokers_spec_never_from_the_hello(port: tuple[Listener, QueueBuffer, StreamKey]) -> None:
     lst, buf, key = port
     huge = Spec.of({"x": np.zeros(1, np.float64)}).to_wire()

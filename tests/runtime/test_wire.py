@@ -152,15 +152,23 @@ def test_a_batch_layout_comes_from_the_spec_and_nothing_else() -> None:
         def column(k: int, last: object) -> dict:
             return {**base, "c": [c if j != k else c[:-1] + [last] for j, c in enumerate(base["c"])]}
 
+        # Every column as Sender.send writes it: a peer's timestamp "x", step None or meta "junk" reached
+        # actors and checkpoints, which compute with them (int(msg.step), float(timestamp)).
         for bad in [column(3, MAX_SEQ), column(3, -1), column(3, {}), column(3, 2.5) if n == 5 else column(3, "x"),
-                    column(2, b"s"), column(2, ["s"]), column(5, "now")]:
-            with pytest.raises(ValueError, match="integer seqs 0 <= seq < 2\\*\\*63, numeric sent_at and string sources"):
+                    column(2, b"s"), column(2, ["s"]), column(5, "now"), column(0, "x"), column(0, None) if n == 5 else column(0, "later"),
+                    column(1, None), column(1, 2.5) if n == 5 else column(1, "x"), column(4, "junk"), column(4, [1])]:
+            with pytest.raises(ValueError, match="numeric timestamps, integer steps, string sources, integer seqs"):
                 check(bad)
         check(base)
-    # numpy converts what it can: the buffer gets ints and floats all the same.
+    # numpy converts what it can (a None timestamp is NaN, as float(nan) from a sender): the buffer and
+    # the actor get ints and floats all the same.
     converted = column(3, "39")
     check(converted)
     assert converted["c"][3] == list(range(40)) and all(type(q) is int for q in converted["c"][3])
+    for k, odd, kind in ((0, None, float), (1, "7", int)):
+        converted = column(k, odd)
+        check(converted)
+        assert all(type(v) is kind for v in converted["c"][k])
     with pytest.raises(ValueError, match="at least one message"):
         check({**good, "c": [[] for _ in cols], "offs": [0, 0], "len": 0})
     # Several messages: at most max_bytes; one message: as large as its spec, however large.
