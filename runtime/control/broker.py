@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 from collections import OrderedDict
 from typing import Any
@@ -39,7 +40,7 @@ from coupler.runtime.control.status import ActorStatus, ChannelStats
 from coupler.runtime.control.tallies import Tallies
 from coupler.runtime.dataplane.auth import new_secret
 from coupler.runtime.errors import ChannelClosed, CouplerError, InvalidRequest, SpecMismatch, UnknownChannel, error_reply
-from coupler.runtime.message import Spec
+from coupler.runtime.message import NUMERIC_KINDS, Spec
 from coupler.runtime.policies import policy_from_wire, policy_to_wire
 
 logger = logging.getLogger(__name__)
@@ -66,6 +67,9 @@ HANDLERS = {
     "coupler_register_actor": "register_actor",
     "coupler_snapshot": "snapshot",
 }
+#: Bytes of one message at most (1 TiB): far beyond any real message, and a shape a peer states
+#: cannot overflow the 64-bit sizes computed from it.
+SPEC_BYTES_MAX = 1 << 40
 # Names of forgotten closed channels remembered, so that a late send says "closed", not "unknown".
 CLOSED_NAMES_KEPT = 4096
 
@@ -130,16 +134,24 @@ def check_spec(wire: Any) -> dict[str, Any]:
 
     Raises:
         SpecMismatch: unless ``wire`` is ``{"treedef": ..., "fields": [[path, shape, dtype], ...]}``
-            with string paths, shapes of non-negative integers and numpy dtype names.
+            with string paths, shapes of non-negative integers, names of numeric numpy dtypes of
+            the native byte order (what a message may carry, ``Spec.from_leaves``) and at most
+            :data:`SPEC_BYTES_MAX` bytes in all.
     """
     try:
         spec = Spec.from_wire(wire)
+        total = 0
         for f in spec.fields:
             if not isinstance(f.path, str) or not isinstance(f.dtype, str):
                 raise TypeError(f"field {f.path!r}: path and dtype must be strings")
             if not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**63 for d in f.shape):
                 raise ValueError(f"field {f.path!r}: shape must be non-negative integers, got {f.shape!r}")
-            np.dtype(f.dtype)
+            dt = np.dtype(f.dtype)
+            if dt.kind not in NUMERIC_KINDS or not dt.isnative:
+                raise ValueError(f"field {f.path!r}: dtype must be numeric (bool, int, float, complex), native order, got {dt}")
+            total += math.prod(f.shape) * dt.itemsize  # Python ints: no overflow, whatever the shape
+            if total > SPEC_BYTES_MAX:
+                raise ValueError(f"a message of more than {SPEC_BYTES_MAX} bytes, got field {f.path!r} of shape {f.shape}")
         return spec.to_wire()
     except (TypeError, KeyError, IndexError, ValueError, AttributeError) as e:
         raise SpecMismatch(

@@ -71,10 +71,14 @@ def test_broker_handlers_answer_bad_input_with_typed_errors(name: Any, policy: A
         asyncio.run(broker.attach(name=name, role=role, ident=ident, address="tcp://0.0.0.0:1")),
         asyncio.run(broker.detach(name=name, ident=ident)),
         broker.register_actor(name=name, address="tcp://0.0.0.0:1", cls="C"),
+        broker.report(address="tcp://0.0.0.9:1", channels={"good": spec}, actors={"a": policy}, retire_at=role),
+        broker.actor_ended(name=name, status=policy),
     ]
     for r in replies:
         assert _typed(r), r
         msgpack.packb(r, use_bin_type=True)  # every reply can travel back over Dask's comms
+    broker.sample()  # reports kept are still summed: every client's view works
+    broker.channel_stats()
     after = broker.routing(name="good")  # the broker still works; the good channel kept its policy
     assert after["status"] == "OK" and after["policy"] == before["policy"] and before["policy"]["maxsize"] == 4
     assert set(broker.channels) <= {"good"} | ({name} if isinstance(name, str) else set())

@@ -156,3 +156,22 @@ def test_a_producer_replaced_on_a_live_worker_gets_a_successor_of_the_next_epoch
         return first, moved, replaced
 
     assert asyncio.run(scenario()) == (0, 0, 1)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        [["x", [2], "object"]],  # every stream of it failed when a payload was split
+        [["x", [2], "V4"]],
+        [["x", [2], "<U2"]],
+        [["x", [2], ">f8"]],  # not this machine's order (a sender's big-endian array is refused too)
+        [["x", [2**40, 2**40], "float64"]],  # 2**83 bytes: past every 64-bit size computed from it
+        [["x", [2**20, 2**20], "float32"], ["y", [2**20], "float32"]],
+    ],
+)
+def test_a_spec_no_message_can_have_is_refused(fields: Any) -> None:
+    b = Broker()
+    spec = {"treedef": ["dict", ["x", "y"][: len(fields)], ["*"] * len(fields)], "fields": fields}
+    reply = b.declare(name="c", policy=QUEUE, spec=spec)
+    assert reply["status"] == "error" and reply["error"] == "SpecMismatch", reply
+    assert "c" not in b.channels
