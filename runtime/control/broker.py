@@ -360,20 +360,24 @@ class Broker(SchedulerPlugin):
     ) -> dict[str, Any]:
         """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
 
-        With the ``address`` of the worker it detaches from, a detach of an instance that
-        was replaced (its worker declared dead, back after a partition, while a successor
-        attached elsewhere) changes nothing. ``counters`` are its final ``received``,
-        ``nbytes``, ``dropped`` and ``taken``, for the channel's totals.
+        ``address`` is the worker it detaches from: a detach from any other worker changes
+        nothing (an instance that was replaced -- its worker declared dead, back after a
+        partition, while a successor attached elsewhere -- or a request that is not its
+        own). ``counters`` are its final ``received``, ``nbytes``, ``dropped`` and ``taken``,
+        for the channel's totals.
 
         Returns:
             ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a client that asks
-            for ``lost`` (only the broker declares a consumer lost) or bad ``counters``.
+            for ``lost`` (only the broker declares a consumer lost), names no worker, or sends bad
+            ``counters``.
         """
         try:
             check_name("endpoint", ident)
             kind = Departure(departure)
             if kind is Departure.LOST:
                 raise ValueError("only the broker declares a consumer lost (when its worker is removed)")
+            if not isinstance(address, str) or not address:
+                raise ValueError(f"a detach names the worker it detaches from (address), got {address!r:.80}")
             final = _consumer_counters(counters)
             rec = self._channel(name)
         except ChannelClosed:

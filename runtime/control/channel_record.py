@@ -118,15 +118,11 @@ class ChannelRecord:
         self.gone.pop(ident, None)
         self.version += 1
 
-    def detach_consumer(self, ident: str, kind: Departure, address: str = "") -> bool:
-        """Consumer ``ident`` left as ``kind``; whether it was attached (else nothing changes).
-
-        With the ``address`` of the worker it detaches from, a detach of an instance that
-        was replaced (its worker declared dead, back after a partition, while a successor
-        attached elsewhere) changes nothing.
-        """
-        if address and self.consumers.get(ident, address) != address:
-            return False  # a replaced instance's: its successor stays attached
+    def detach_consumer(self, ident: str, kind: Departure, address: str) -> bool:
+        """Consumer ``ident`` left as ``kind`` from worker ``address``; whether it was attached there
+        (else nothing changes: a replaced instance's detach, its successor attached elsewhere)."""
+        if self.consumers.get(ident) != address:
+            return False
         if self.consumers.pop(ident, None) is None:
             return False
         self.streams.pop(ident, None)

@@ -102,7 +102,7 @@ def test_a_closed_channel_whose_last_consumer_was_lost_is_forgotten_and_its_succ
     assert late["status"] == "OK" and late["closed"] is True and late["consumers"] == [] and late["policy"]["kind"] == "queue"
     assert b.routing(name="c0", forgotten_ok=True) == late and b.routing(name="c0")["error"] == "ChannelClosed"
     assert "c0" not in b.channels  # nothing recorded for the late consumer
-    assert asyncio.run(b.detach(name="c0", ident="a0/in"))["status"] == "OK"
+    assert asyncio.run(b.detach(name="c0", ident="a0/in", address=ALIVE))["status"] == "OK"
     refused = asyncio.run(b.attach(name="c0", role="producer", ident="p0", address=ALIVE))
     assert refused["status"] == "error" and refused["error"] == "ChannelClosed"
     assert b.declare(name="c0", policy=QUEUE)["status"] == "OK" and not b.routing(name="c0")["closed"]  # the name is free
@@ -137,7 +137,7 @@ def test_consumers_given_up_leave_for_good_and_a_closed_channel_they_drained_is_
 def test_a_detach_with_counters_that_are_not_counts_is_refused(counters: Any) -> None:
     b = Broker()
     b.scheduler = _Scheduler()
-    reply = asyncio.run(b.detach(name="c", ident="a/in", counters=counters))
+    reply = asyncio.run(b.detach(name="c", ident="a/in", address=ALIVE, counters=counters))
     assert reply["error"] == "InvalidRequest" and "final counters must be integers >= 0" in reply["message"]
 
 
@@ -175,3 +175,21 @@ def test_a_spec_no_message_can_have_is_refused(fields: Any) -> None:
     reply = b.declare(name="c", policy=QUEUE, spec=spec)
     assert reply["status"] == "error" and reply["error"] == "SpecMismatch", reply
     assert "c" not in b.channels
+
+
+def test_a_detach_from_another_worker_than_the_consumers_changes_nothing() -> None:
+    """Before, any client could detach another's consumer by its id: its producer failed with ConsumerGone."""
+
+    async def scenario() -> Broker:
+        b = Broker()
+        b.scheduler = _Scheduler()
+        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        await b.attach(name="c", role="consumer", ident="a/in", address=ALIVE, stream="10.0.0.2:9", host="h")
+        assert (await b.detach(name="c", ident="a/in"))["error"] == "InvalidRequest"  # no worker named
+        assert (await b.detach(name="c", ident="a/in", address=LOST))["status"] == "OK"  # not its worker
+        return b
+
+    b = asyncio.run(scenario())
+    assert [c[0] for c in b.routing(name="c")["consumers"]] == ["a/in"] and b.routing(name="c")["gone"] == []
+    asyncio.run(b.detach(name="c", ident="a/in", address=ALIVE))
+    assert b.routing(name="c")["consumers"] == []

@@ -222,10 +222,10 @@ def test_the_broker_forgets_a_closed_channel_once_its_last_consumer_detaches() -
     assert "ch" in b.channels  # its consumer drains it first
     refused = b.declare(name="ch", policy=q)  # the name is not free while it drains
     assert refused["error"] == "ChannelClosed" and "c/inp" in refused["message"]
-    assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"
+    assert asyncio.run(b.detach(name="ch", ident="c/inp", address="tcp://w:1"))["status"] == "OK"
     assert "ch" not in b.channels and "ch" not in b.tallies.departed
     assert b.routing(name="ch")["error"] == "ChannelClosed"  # a late request hears "closed", not "unknown"
-    assert asyncio.run(b.detach(name="ch", ident="c/inp"))["status"] == "OK"  # idempotent
+    assert asyncio.run(b.detach(name="ch", ident="c/inp", address="tcp://w:1"))["status"] == "OK"  # idempotent
     assert asyncio.run(b.close_channel(name="ch"))["status"] == "OK"
     assert b.declare(name="ch", policy={"kind": "latest"})["status"] == "OK"  # a new channel, any policy
     assert b.routing(name="ch")["policy"] == {"kind": "latest"} and not b.routing(name="ch")["closed"]
