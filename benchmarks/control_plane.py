@@ -1,7 +1,7 @@
 """Control-plane benchmark: how many broker operations per second the scheduler serves.
 
 The broker (a scheduler extension) handles channel declarations, producer and
-consumer registrations, detaches, routing lookups and actor registrations;
+consumer registrations, detaches, routing lookups and actor name claims;
 it never sees a payload. This measures, on a real LocalCluster:
 
 - ``in-scheduler``: the handlers themselves, called in the scheduler process
@@ -14,7 +14,7 @@ it never sees a payload. This measures, on a real LocalCluster:
 Each row is one kind of operation: ``declare`` (a new channel), ``attach``
 (a producer registers), ``attach+detach`` (a consumer comes and goes, which
 also pushes routing tables to the producers' workers), ``routing`` and
-``register-actor``. It prints a table and writes JSON (``--json PATH``)::
+``claim-actor`` (a spawn claims its name). It prints a table and writes JSON (``--json PATH``)::
 
     python benchmarks/control_plane.py --ops 2000 --json control.json
 """
@@ -54,11 +54,11 @@ async def _in_scheduler(dask_scheduler: Any, n: int, tag: str) -> dict[str, floa
         # On channels without producers: the routing pushes then go nowhere, so this
         # measures the broker and not fake workers' connection timeouts.
         await broker.attach(f"{tag}-cons{i}", "consumer", f"c{i}", "tcp://127.0.0.1:1", "127.0.0.1:1", "h")
-        return await broker.detach(f"{tag}-cons{i}", f"c{i}")
+        return await broker.detach(f"{tag}-cons{i}", f"c{i}", address="tcp://127.0.0.1:1")
 
     await timed("declare", lambda i: (broker.declare(f"{tag}-ch{i}", QUEUE), broker.declare(f"{tag}-cons{i}", QUEUE))[0])
     await timed("routing", lambda i: broker.routing(f"{tag}-ch{i}"))
-    await timed("register-actor", lambda i: broker.register_actor(f"{tag}-a{i}", "tcp://127.0.0.1:1", "X"))
+    await timed("claim-actor", lambda i: broker.claim_actor(f"{tag}-a{i}", ""))
     # A producer registers from a live worker: the broker refuses one it does not know (fencing).
     worker = next(iter(dask_scheduler.workers))
     await timed("attach", lambda i: broker.attach(f"{tag}-ch{i}", "producer", f"p{i}", worker))
@@ -92,13 +92,13 @@ async def _client_ops(address: str, n: int, tag: str, concurrency: int) -> dict[
         for i in range(n):  # channels without producers, for attach+detach (see _in_scheduler)
             await s.coupler_declare(name=f"{tag}-cons{i}", policy=QUEUE)
         await run("routing", lambda i: s.coupler_routing(name=f"{tag}-ch{i}"))
-        await run("register-actor", lambda i: s.coupler_register_actor(name=f"{tag}-a{i}", address="tcp://127.0.0.1:1", cls="X"))
+        await run("claim-actor", lambda i: s.coupler_claim_actor(name=f"{tag}-a{i}", run=""))
         worker = next(iter((await s.identity())["workers"]))  # a producer registers from a live worker
         await run("attach", lambda i: s.coupler_attach(name=f"{tag}-ch{i}", role="producer", ident=f"p{i}", address=worker))
 
         async def attach_detach(i: int) -> dict[str, Any]:
             await s.coupler_attach(name=f"{tag}-cons{i}", role="consumer", ident=f"c{i}", address="tcp://127.0.0.1:1", stream="127.0.0.1:1", host="h")
-            return await s.coupler_detach(name=f"{tag}-cons{i}", ident=f"c{i}")
+            return await s.coupler_detach(name=f"{tag}-cons{i}", ident=f"c{i}", address="tcp://127.0.0.1:1")
 
         await run("attach+detach", attach_detach)
     return out

@@ -116,6 +116,7 @@ class Coupling(Participant):
         self._actors: dict[str, ActorRef] = {}
         self.run_id = f"run-{uuid.uuid4().hex}"
         self._closed = False
+        self._ending = False  # close() has begun: names are freed by the run's end, not one by one
         try:
             jobs = self._connect(cluster, n_workers, threads_per_worker, dashboard_address, cluster_kwargs)
             self.client.register_plugin(Broker())
@@ -245,6 +246,7 @@ class Coupling(Participant):
         and forgotten everywhere), close the client and cluster it started. Idempotent."""
         if getattr(self, "_closed", False):
             return
+        self._ending = True
         if self._supervisor is not None:  # first, so that it does not restart what is stopped below
             self._supervisor.close()
         self._close_ports()  # before the actors: what the driver sent goes to them first
@@ -363,7 +365,7 @@ class Coupling(Participant):
         Args:
             cls: an actor host class (a subclass of ``coupler.actors.ActorHost``).
             *args: its positional arguments.
-            name: unique actor name; passed to the class as ``name=``.
+            name: actor name, unique on the cluster while this coupling is open; passed to the class as ``name=``.
             workers: worker address(es) allowed to host it.
             resources: Dask resources it needs (e.g. ``{"GPU": 1}``).
             **kwargs: its keyword arguments (e.g. ``inputs=``, ``outputs=``).
@@ -375,6 +377,8 @@ class Coupling(Participant):
             TypeError: if ``cls`` is not an actor host class, or ``inputs``/``outputs`` are not
                 dicts of port names to channel names.
             ValueError: for a bad name, or the name of an actor of this coupling that was not released.
+            InvalidRequest: (a ``ValueError``) for the name of an actor of another coupling open on the
+                same cluster: actor names are the cluster's.
             UnknownChannel: for an input on a channel that was never declared (an output's
                 channel may be declared later; its sends raise until it is).
             ChannelClosed: for an input on a channel that was closed.
@@ -393,6 +397,7 @@ class Coupling(Participant):
         self._forget_released()
         if name in self._actors:
             raise ValueError(f"an actor named {name!r} already exists in this coupling (release() it to reuse the name)")
+        self._broker("coupler_claim_actor", name=name, run=self.run_id)  # another live coupling's name: refused
         if isinstance(workers, str):
             workers = [workers]
         workers = list(workers) if workers else None  # [] means no restriction, as None does
@@ -410,7 +415,9 @@ class Coupling(Participant):
     def supervisor(self) -> Supervisor:
         """The supervisor that moves and restarts this coupling's actors (created on first use)."""
         if self._supervisor is None:
-            self._supervisor = Supervisor(self.client, key_prefix=f"coupler-actor-{os.getpid()}-{id(self)}")
+            self._supervisor = Supervisor(
+                self.client, key_prefix=f"coupler-actor-{os.getpid()}-{id(self)}", on_release=self._free_name
+            )
         return self._supervisor
 
     def _workers_fixed(self) -> bool:
@@ -458,3 +465,12 @@ class Coupling(Participant):
         for name, ref in list(self._actors.items()):  # a snapshot: another thread may spawn meanwhile
             if ref.ending is not None and self._actors.get(name) is ref:
                 self._actors.pop(name, None)
+
+    def _free_name(self, name: str) -> None:
+        """Actor ``name`` was released: other couplings on the cluster may take the name now."""
+        if self._ending:
+            return  # the run's end frees every name at once
+        try:
+            self._broker("coupler_free_actors", names=[name], run=self.run_id)
+        except Exception as e:  # the scheduler is unreachable: the run's end frees it
+            logger.info("could not free actor name %s: %s", name, e)

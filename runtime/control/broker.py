@@ -64,7 +64,8 @@ HANDLERS = {
     "coupler_end_run": "end_run",
     "coupler_actor_ended": "actor_ended",
     "coupler_report": "report",
-    "coupler_register_actor": "register_actor",
+    "coupler_claim_actor": "claim_actor",
+    "coupler_free_actors": "free_actors",
     "coupler_snapshot": "snapshot",
 }
 #: Bytes of one message at most (1 TiB): far beyond any real message, and a shape a peer states
@@ -179,6 +180,7 @@ class Broker(SchedulerPlugin):
         # its coupling closes or its client goes; its channels are closed and forgotten.
         self.closed_names: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.runs = RunBook()
+        self.actor_names: dict[str, str] = {}  # actor name -> the live run that claimed it (claim_actor)
         self._sampler: PeriodicCallback | None = None
         self.stream_secret: bytes | None = None  # made on the scheduler at start, never pickled with the plugin
 
@@ -262,6 +264,8 @@ class Broker(SchedulerPlugin):
         """End coupling run ``run``: close every channel it declared; later requests of it are refused."""
         if not self.runs.end(run):
             return {"status": "OK"}  # unknown or already ended: nothing to do (idempotent)
+        for name in [n for n, r in self.actor_names.items() if r == run]:
+            del self.actor_names[name]
         for rec in [r for r in self.channels.values() if r.run == run]:
             await self._close(rec)
         return {"status": "OK"}
@@ -485,13 +489,41 @@ class Broker(SchedulerPlugin):
         self.tallies.report(address, channels, actors, retire_at, self.channels)
         return {"status": "OK"}
 
-    def register_actor(self, name: str, address: str, cls: str) -> dict[str, Any]:
-        """Record an actor spawned by a coupling."""
+    def claim_actor(self, name: str, run: str) -> dict[str, Any]:
+        """Claim actor name ``name`` for coupling run ``run`` (before its spawn).
+
+        Actor names are the cluster's: an actor's ports are the consumers
+        ``name/port`` and the source ``name`` of every channel, so two live runs'
+        actors of one name would be one consumer (one of them never gets a
+        message) and one source (one's messages dropped as the other's
+        duplicates). A name stays its run's until the run frees it or ends.
+
+        Returns:
+            ``{"status": "OK"}``, or an error reply: :class:`InvalidRequest` for a name
+            another live run holds (or a bad name), :class:`ChannelClosed` for an ended run.
+        """
         try:
             check_name("actor", name)
+            self.runs.check(run)
+            owner = self.actor_names.get(name)
+            if owner is not None and owner != run and owner in self.runs.active:
+                raise ValueError(
+                    f"actor name {name!r} is in use by another coupling on this cluster (run {owner!r}): actor "
+                    "names are the cluster's, so give this coupling's actors other names"
+                )
+        except ChannelClosed as e:
+            return error_reply(e)
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
-        self.tallies.register_actor(name, address, cls)
+        self.actor_names[name] = run
+        return {"status": "OK"}
+
+    def free_actors(self, names: list[str], run: str) -> dict[str, Any]:
+        """Names ``run`` no longer uses (its actors were released); another run may claim them."""
+        if isinstance(names, (list, tuple)):
+            for name in names:
+                if isinstance(name, str) and self.actor_names.get(name) == run:
+                    del self.actor_names[name]
         return {"status": "OK"}
 
     def snapshot(self) -> dict[str, Any]:

@@ -109,8 +109,8 @@ def check_report(channels: Any, actors: Any, retire_at: Any) -> None:
             c = _mapping(where, c)
             for key in CONSUMER_COUNTERS:
                 _count(f"{where}: {key}", c.get(key))
-        links = ch.get("links", [])
-        if not isinstance(links, list) or not all(isinstance(link, dict) for link in links):
+        links = ch.get("links", [])  # (Dask's comm may hand lists over as tuples)
+        if not isinstance(links, (list, tuple)) or not all(isinstance(link, dict) for link in links):
             raise ValueError(f"channel {name!r:.80}: links must be a list of maps, got {links!r:.60}")
     for name, status in _mapping("a report's actors", actors).items():
         check_status(name, status)

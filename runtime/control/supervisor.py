@@ -275,12 +275,19 @@ class Supervisor:
         key_prefix: Dask key prefix for the actors' tasks (unique per coupling).
         policy: settings (default: ``SupervisionPolicy.from_config()``).
         clock: wall-clock time source (``time.time``), for retirement deadlines.
+        on_release: called with an actor's name once it was released (its name is free again).
     """
 
     def __init__(
-        self, client: Client, key_prefix: str, policy: SupervisionPolicy | None = None, clock: Callable[[], float] = time.time
+        self,
+        client: Client,
+        key_prefix: str,
+        policy: SupervisionPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+        on_release: Callable[[str], None] | None = None,
     ) -> None:
         self.client = client
+        self.on_release = on_release
         self.policy = policy or SupervisionPolicy.from_config()
         self.clock = clock
         self.spawner = Spawner(client, key_prefix)
@@ -424,6 +431,29 @@ class Supervisor:
             # the garbage collector may free much later (a reference cycle); the instance goes now.
             self.client.cancel([rec.future], force=True)
             rec.future = None
+        if self.on_release is not None:
+            self.on_release(ref.name)
+
+    def describe_producers(self, channel: str) -> str:
+        """Which supervised actors send on ``channel`` and their states, in words (for a wait's timeout).
+
+        A consumer that waits for input long after its only producer failed is the
+        usual sign of a bug in the producer: the text says so where the user looks.
+        """
+        with self._lock:
+            recs = [r for r in self._records.values() if channel in (r.spec.kwargs.get("outputs") or {}).values()]
+        if not recs:
+            return f"no actor of this coupling sends on {channel!r}"
+        parts, ended = [], 0
+        for r in recs:
+            try:
+                st = r.ref.status()
+            except Exception as e:  # lost, moving: say what is known
+                parts.append(f"{r.spec.name} (unknown: {type(e).__name__})")
+                continue
+            ended += st.done
+            parts.append(f"{r.spec.name} ({st.state}" + (f": {st.last_error}" if st.last_error else "") + ")")
+        return ("every producer has ended: " if ended == len(recs) else "producers: ") + ", ".join(parts)
 
     # -- the watch loop -------------------------------------------------------------------
     def _watch(self) -> None:

@@ -98,11 +98,6 @@ class Tallies:
         record.update(status)
         self._note_state(name, record.get("state"))
 
-    def register_actor(self, name: str, address: str, cls: str) -> None:
-        """Start the status of an actor spawned on ``address``."""
-        self.actors[name] = {"name": name, "worker": address, "cls": cls, "state": "created"}
-        self._note_state(name, "created")
-
     def worker_lost(self, worker: str, known: Collection[str]) -> None:
         """``worker`` was removed: its last counters depart and its actors that had not ended are lost."""
         old = self.by_worker.pop(worker, None)

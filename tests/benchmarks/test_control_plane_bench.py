@@ -16,7 +16,7 @@ def test_control_plane_benchmark_writes_every_mode_and_operation(tmp_path: Path)
     out = tmp_path / "control.json"
     assert control_plane.main(["--ops", "20", "--concurrency", "4", "--json", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    kinds = {"declare", "routing", "register-actor", "attach", "attach+detach"}
+    kinds = {"declare", "routing", "claim-actor", "attach", "attach+detach"}
     for mode in ("in-scheduler", "client-serial", "client-concurrent"):
         got = {r["operation"]: r for r in rows if r["mode"] == mode}
         assert set(got) == kinds

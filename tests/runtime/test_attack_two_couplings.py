@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import helper_actors
-from coupler.runtime import Coupling, Queue
+from coupler.runtime import Coupling, InvalidRequest, Queue
 from helper_actors import Collector
 
 cloudpickle.register_pickle_by_value(helper_actors)
@@ -68,3 +68,19 @@ def test_two_open_couplings_subscribing_to_one_channel_are_two_consumers(couplin
         mine.close()
         theirs.close()
     assert got == {"first": [0.0, 1.0, 2.0], "second": [0.0, 1.0, 2.0]}, got
+
+
+def test_a_second_open_coupling_cannot_spawn_an_actor_name_the_first_uses(coupling: Coupling, unique: str) -> None:
+    """Two identical scripts at once: the second's spawn of the first's actor name is refused, saying why
+    (before, both actors' inputs were one consumer and one script's actor waited for ever)."""
+    address = coupling.client.scheduler.address
+    name = f"summer-{unique}"
+    with Coupling(address) as first:
+        ch = first.channel(f"summer-ch-{unique}", Queue(4))
+        mine = first.spawn(Collector, name=name, inputs={"inp": ch})
+        with Coupling(address) as other:
+            with pytest.raises(InvalidRequest, match="in use by another coupling on this cluster"):
+                other.spawn(Collector, name=name, inputs={"inp": ch})
+            mine.release()  # released: the name is free for another coupling
+            other.spawn(Collector, name=name, inputs={"inp": ch}).release()
+        first.spawn(Collector, name=name, inputs={"inp": ch}).release()  # the other's run ended: free again

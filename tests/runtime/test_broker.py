@@ -193,3 +193,26 @@ def test_a_detach_from_another_worker_than_the_consumers_changes_nothing() -> No
     assert [c[0] for c in b.routing(name="c")["consumers"]] == ["a/in"] and b.routing(name="c")["gone"] == []
     asyncio.run(b.detach(name="c", ident="a/in", address=ALIVE))
     assert b.routing(name="c")["consumers"] == []
+
+
+def test_an_actor_name_belongs_to_one_live_run_at_a_time() -> None:
+    """Two identical scripts on one cluster: both spawned ``summer``, whose input ``summer/inp`` was then one
+    consumer of the shared channel, and one script's actor never got a message (2 runs in 3)."""
+    b = Broker()
+    for run in ("A", "B", "C"):
+        assert b.begin_run(run=run, client=f"client-{run}")["status"] == "OK"
+    assert b.claim_actor(name="summer", run="A")["status"] == "OK"
+    assert b.claim_actor(name="summer", run="A")["status"] == "OK"  # its own again (a respawn after release)
+    refused = b.claim_actor(name="summer", run="B")
+    assert refused["error"] == "InvalidRequest" and "'A'" in refused["message"] and "summer" in refused["message"]
+    assert b.claim_actor(name="counter", run="B")["status"] == "OK"  # other names are free
+    assert b.free_actors(names=["summer"], run="B")["status"] == "OK"  # not B's to free: nothing changes
+    assert b.claim_actor(name="summer", run="B")["error"] == "InvalidRequest"
+    b.free_actors(names=["summer"], run="A")
+    assert b.claim_actor(name="summer", run="B")["status"] == "OK"
+    asyncio.run(b.end_run(run="B"))  # an ended run's names are free
+    assert b.claim_actor(name="summer", run="C")["status"] == "OK" and b.claim_actor(name="counter", run="C")["status"] == "OK"
+    assert b.claim_actor(name="x", run="B")["error"] == "ChannelClosed"  # an ended run claims nothing
+    assert set(b.actor_names) == {"summer", "counter"}
+    asyncio.run(b.end_run(run="C"))
+    assert b.actor_names == {}

@@ -61,7 +61,7 @@ def test_channel_totals_keep_what_consumers_received_after_they_leave() -> None:
     def totals() -> dict:
         return broker.snapshot()["channels"]["pairs"]["totals"]
 
-    prod = {"producers": {"sim": {"sent": 20, "nbytes": 80, "last_seq": 19}}, "consumers": {}}
+    prod = {"producers": {"sim": {"sent": 20, "nbytes": 80, "last_seq": 19, "dropped": 0}}, "consumers": {}}
     broker.report("tcp://a:1", channels={"pairs": prod}, actors={})
     broker.report("tcp://b:1", channels={"pairs": _report(10, 7, 3)}, actors={})
     assert (totals()["received"], totals()["taken"], totals()["depth"]) == (10, 7, 3)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -51,8 +52,15 @@ def _broker() -> Broker:
     return b
 
 
-def test_a_genuine_report_is_kept_and_counted() -> None:
-    b = _broker()
+@pytest.mark.parametrize("comm", [False, True])
+def test_a_genuine_report_is_kept_and_counted(comm: bool) -> None:
+    """Also as it comes through Dask's comm, whose msgpack hands lists over as tuples."""
+    b = Broker()
+    assert b.declare(name="c", policy={"kind": "queue", "maxsize": 4})["status"] == "OK"
+    report = _genuine()
+    if comm:
+        report = msgpack.unpackb(msgpack.packb(report), use_list=False)
+    assert b.report(WORKER, **report)["status"] == "OK"
     totals = b.snapshot()["channels"]["c"]["totals"]
     assert totals["sent"] == 5 and totals["received"] == 5 and totals["depth"] == 2
     assert b.snapshot()["actors"]["lrn"]["steps"] == 3
@@ -93,7 +101,7 @@ def _set(report: dict[str, Any], path: tuple[str, ...], value: Any) -> bool:
         return False  # any finite number is a time
     if last == "last_seq" and value == -1:
         return False
-    if last in ("info", "metrics") and value is None:
+    if last in ("info", "metrics", "retire_at") and value is None:
         return False  # optional
     if type(old) is dict and type(value) is dict:
         return False  # {"x": 1} is a plain map: an entry, a status, info and the like may hold other keys
