@@ -43,6 +43,19 @@ class Producer(ActorHost):
         return self.outputs["out"].send(data, timeout=timeout)
 
 
+class FailingProducer(Producer):
+    """A :class:`Producer` whose step raises once it has sent ``fail_at`` messages (a bug in a user's step)."""
+
+    def __init__(self, n: int, fail_at: int, **kw: Any) -> None:
+        super().__init__(n, **kw)
+        self.fail_at = fail_at
+
+    def step(self) -> bool:
+        if self.i == self.fail_at:
+            raise ValueError(f"boom at step {self.i}")
+        return super().step()
+
+
 class Collector(ActorHost):
     """Receives from its ``inp`` port and records (source, seq, step, first value)."""
 

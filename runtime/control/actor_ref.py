@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from distributed.actor import Actor
 
 from coupler.runtime.control.status import ActorStatus
+from coupler.runtime.dataplane.waits import WaitKind
 from coupler.runtime.errors import ActorEnded, ActorFailed, ActorReleased
 
 
@@ -56,6 +57,10 @@ class Follower(Protocol):
 
     def release(self, ref: ActorRef) -> None:
         """Stop supervising ``ref``'s actor and drop what holds its instance (it has ended)."""
+        ...
+
+    def describe_producers(self, channel: str) -> str:
+        """Who sends on ``channel`` among the supervised actors, and in what state, in words."""
         ...
 
 
@@ -336,7 +341,9 @@ class ActorRef:
             ActorFailed: if the run loop raised (the message holds its traceback), or
                 the actor was lost and could not be restarted.
             TimeoutError: if it is still running after ``timeout``, or is still
-                being moved or restarted then.
+                being moved or restarted then; for an actor waiting for input, the message
+                also says who sends on its channel and in what state (a producer that failed).
+            RuntimeError: at once, for an actor this handle never started (it would wait for ever).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
@@ -353,8 +360,12 @@ class ActorRef:
                 raise ActorFailed(f"actor {self.name!r} on {st.worker} failed:\n{st.error}")
             if st.done:
                 return st
+            if st.state == "created" and self.intent == "created":
+                raise RuntimeError(f"actor {self.name!r} was never started: call start() before wait(), which would wait for ever")
             if deadline is not None and time.monotonic() > deadline:
-                why = "it was never started (call start())" if st.state == "created" else st.explanation
+                why = st.explanation
+                if st.waiting is not None and st.waiting.kind is WaitKind.INPUT and self._follower is not None:
+                    why += "; " + self._follower.describe_producers(st.waiting.channel)
                 raise TimeoutError(
                     f"actor {self.name!r} still {st.state} after {timeout} s ({st.steps} steps)" + (f": {why}" if why else "")
                 )

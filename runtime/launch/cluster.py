@@ -303,7 +303,19 @@ def start_jobqueue(kind: str, options: JobOptions, **cluster_kwargs: Any) -> Any
             (dask-jobqueue requires at least cores and memory).
     """
     kwargs = {**jobqueue_kwargs(kind, options), **cluster_kwargs}
-    cluster = jobqueue_class(kind)(**kwargs)
+    try:
+        cluster = jobqueue_class(kind)(**kwargs)
+    except ValueError as e:
+        given = [kwargs.get(k, dask.config.get(f"jobqueue.{kind}.{k}", None)) for k in ("cores", "memory")]
+        if all(v is not None for v in given):
+            raise
+        # dask-jobqueue's own words suggest Python code; a coupler user sets them in the configuration.
+        raise ValueError(
+            f"a {kind} job needs its cores and memory: set jobqueue.{kind}.cores and jobqueue.{kind}.memory "
+            f"in a configuration file (e.g. `coupler run --config examples/jobqueue.yaml ...`, see "
+            f"docs/how-to/batch-systems.md) or in the environment (DASK_JOBQUEUE__{kind.upper()}__CORES=...); "
+            f"dask-jobqueue said: {e}"
+        ) from None
     if options.jobs:
         if "--lifetime" in kwargs["worker_extra_args"]:
             cluster.adapt(minimum_jobs=options.jobs, maximum_jobs=options.jobs)

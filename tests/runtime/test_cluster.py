@@ -20,6 +20,7 @@ from coupler.runtime.launch.cluster import (
     jobqueue_kwargs,
     lifetime_args,
     local_worker_spec,
+    start_cluster,
     start_local,
     walltime_seconds,
 )
@@ -308,3 +309,13 @@ def test_the_coupling_s_own_local_cluster_refuses_missing_resources_at_once(coup
         with pytest.raises(NoSuitableWorker, match=r"no worker has resources \{'GPU': 1\} \(waited 0 s\)"):
             coupling.spawn(Collector, name=f"nogpu-now-{unique}", resources={"GPU": 1})
     assert time.monotonic() - t0 < 10  # a bound on a hang, not a timing target
+
+
+@pytest.mark.parametrize("kind", ["slurm", "pbs"])
+def test_a_batch_system_without_cores_and_memory_names_the_settings_to_set(kind: str) -> None:
+    """dask-jobqueue's own message suggests Python code (``SLURMCluster(cores=8, memory='24GB')``)."""
+    import dask_jobqueue  # noqa: F401  (its defaults first: a set() before the import would drop them on exit)
+
+    with dask.config.set({f"jobqueue.{kind}.cores": None, f"jobqueue.{kind}.memory": None}):
+        with pytest.raises(ValueError, match=f"set jobqueue.{kind}.cores and jobqueue.{kind}.memory in a configuration"):
+            start_cluster(kind, JobOptions.from_config(jobs=1))

@@ -7,8 +7,9 @@ import time
 import numpy as np
 import pytest
 
-from helper_actors import Collector, Producer
+from helper_actors import Collector, FailingProducer, Producer
 from coupler.runtime import (
+    ActorFailed,
     ChannelClosed,
     ChannelExists,
     ChannelTimeout,
@@ -116,3 +117,31 @@ def test_timeouts_full_queue_and_no_consumer(coupling: Coupling, unique: str) ->
     p2 = coupling.spawn(Producer, 0, name=f"p2-{unique}", outputs={"out": lonely})
     with pytest.raises(ChannelTimeout, match="no consumer attached"):
         p2.call("send_now", good(), 0.3)
+
+
+def test_waiting_on_a_consumer_whose_producer_failed_says_so(coupling: Coupling, unique: str) -> None:
+    """README's first script with a bug in the producer's step: the consumer's wait timed out saying only
+    "waits 15 s for input", and the failure's traceback was nowhere in sight."""
+    ch = coupling.channel(f"fail-{unique}", Queue(4))
+    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch})
+    prod = coupling.spawn(FailingProducer, 10, 3, name=f"prod-{unique}", outputs={"out": ch})
+    col.start()
+    prod.start()
+    with pytest.raises(ActorFailed, match="boom at step 3"):
+        prod.wait(30)
+    with pytest.raises(TimeoutError, match=f"every producer has ended: prod-{unique} \\(failed: ValueError: boom at step 3\\)"):
+        col.wait(timeout=1)
+    col.stop()
+    prod.release()
+    col.release()
+
+
+def test_waiting_on_an_actor_never_started_fails_at_once(coupling: Coupling, unique: str) -> None:
+    """With no timeout it waited for ever; with one, for all of it."""
+    ch = coupling.channel(f"idle-{unique}", Queue(4))
+    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch})
+    with pytest.raises(RuntimeError, match="never started: call start\\(\\) before wait\\(\\)"):
+        col.wait()
+    with pytest.raises(RuntimeError, match="never started"):  # not a TimeoutError after the whole minute
+        col.wait(60)
+    col.release()
