@@ -142,9 +142,11 @@ class ReplayLog:
         self.forgotten += 1
         if self.forgotten == 1:
             logger.warning(
-                "channel %r: more than %d bytes sent to consumer %r since its last commit; until its next checkpoint "
-                "covers them, later messages are not kept for a replay (raise coupler.delivery.retain-bytes or "
-                "checkpoint more often)", self.channel, self.limit_bytes, self.consumer,
+                "channel %r: more than %d bytes sent to consumer %r since its last commit; delivery goes on, but "
+                "until its next checkpoint covers them, later messages are not kept to replay to a successor if it "
+                "restarts (raise coupler.delivery.retain-bytes, checkpoint more often with "
+                "coupler.supervision.checkpoint-interval, or set coupler.delivery.retain: false if no replay is "
+                "wanted)", self.channel, self.limit_bytes, self.consumer,
             )
 
     def remove(self, item: Item) -> None:
