@@ -53,8 +53,10 @@ instance itself goes when the driver releases it (``ActorRef.release``).
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
+import traceback
 from typing import Any
 
 from distributed.core import Status
@@ -87,6 +89,27 @@ class ActorHost:
         ChannelClosed: if an input names a channel that was closed and forgotten.
     """
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        """Guard each subclass's constructor: one that raises after the base made the ports gives them back."""
+        super().__init_subclass__(**kwargs)
+        init = cls.__dict__.get("__init__")
+        if init is None or getattr(init, "_coupler_guarded", False):  # (a class rebuilt by cloudpickle has it)
+            return
+
+        @functools.wraps(init)
+        def guarded(self: ActorHost, *args: Any, **kw: Any) -> None:
+            try:
+                init(self, *args, **kw)
+            except BaseException as e:
+                # The spawn fails and Dask keeps no instance: what the ports attached (a consumer buffer,
+                # the broker's record of it, which keeps a closed channel from being forgotten) and
+                # the endpoint's report of the actor would otherwise stay for the worker's life.
+                self._abandon(e)
+                raise
+
+        guarded._coupler_guarded = True  # type: ignore[attr-defined]
+        cls.__init__ = guarded  # type: ignore[method-assign]
+
     def __init__(self, *, name: str, inputs: dict[str, str] | None = None, outputs: dict[str, str] | None = None) -> None:
         self.name = name
         # Captured here, in a task context, because get_worker() from the
@@ -96,9 +119,14 @@ class ActorHost:
         self._life = self._loop.record
         # Input-order logging: the Queue takes of an actor that sends, numbered, for its consumers to keep.
         self._takes = TakeOrder()
-        self.inputs: dict[str, InPort] = Ports(name, "input", {
-            p: HostInPort(self.endpoint, ch, f"{name}/{p}", self._loop, self._takes) for p, ch in (inputs or {}).items()
-        })
+        made: dict[str, InPort] = {}
+        try:  # a later input's channel may be unknown: the ones attached before it are given back
+            for p, ch in (inputs or {}).items():
+                made[p] = HostInPort(self.endpoint, ch, f"{name}/{p}", self._loop, self._takes)
+            self.inputs: dict[str, InPort] = Ports(name, "input", made)
+        except BaseException:
+            give_back(name, self.endpoint, made, {})
+            raise
         self.outputs: dict[str, OutPort] = Ports(name, "output", {
             p: HostOutPort(self.endpoint, ch, self._loop, self._takes) for p, ch in (outputs or {}).items()
         })
@@ -375,6 +403,21 @@ class ActorHost:
             port.flush()
 
     # -- the end ---------------------------------------------------------------------------------
+    def _abandon(self, error: BaseException) -> None:
+        """A subclass's constructor raised: give back what the base made, and let the broker keep a failure.
+
+        Args:
+            error: what the constructor raised (the final status's error).
+        """
+        if getattr(self, "_release_lock", None) is None:
+            return  # the base constructor itself raised: it gave back what it had made
+        self._life.state = "failed"
+        self._life.error = "".join(traceback.format_exception(error))
+        try:
+            self._release()
+        except Exception as e:  # the constructor's error is the one to see
+            logger.warning("actor %r: could not give back what its failed constructor made: %r", self.name, e)
+
     def _release(self) -> None:
         """Give back what the actor holds on its worker; its loop has ended for good. Idempotent.
 

@@ -45,3 +45,20 @@ class SendN(ActorHost):
     def send_now(self, value: float, timeout: float | None = None) -> int:
         """Send one message from the remote call itself (the loop not started); returns its seq."""
         return self.outputs["out"].send({"x": np.full(self.size, value, np.float32)}, timeout=timeout)
+
+
+class BadInit(TakeN):
+    """A :class:`TakeN` whose own constructor raises after the base made its ports (a bug in a user's
+    ``__init__``, e.g. a model that fails to build)."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(n, **kw)
+        raise RuntimeError("the model failed to build")
+
+
+class LateBadInit(TakeN):
+    """Raises in the most derived constructor, after two levels of ``super().__init__``."""
+
+    def __init__(self, n: int, **kw: Any) -> None:
+        super().__init__(n, **kw)
+        raise ValueError("a bad argument, found late")

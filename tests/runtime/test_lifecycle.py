@@ -24,9 +24,10 @@ import pytest
 import lifecycle_actors
 from coupler.runtime import ActorFailed, Broker, ChannelClosed, ChannelTimeout, ConsumerGone, Coupling, Queue
 from coupler.runtime.control.actor_ref import Ending
+from coupler.runtime.control.broker import BROKER_NAME
 from coupler.runtime.dataplane.endpoint import ENDPOINT_NAME
 from coupler.runtime.errors import ActorReleased, raise_for_reply
-from lifecycle_actors import SendN, TakeN
+from lifecycle_actors import BadInit, LateBadInit, SendN, TakeN
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
 
@@ -153,6 +154,26 @@ def test_a_closed_channel_is_forgotten_on_every_worker_and_in_the_broker(couplin
     # The name is free: a new channel, with another policy, starts from nothing.
     coupling.channel(ch, Queue(2))
     assert coupling.channels()[ch].sent == 0
+
+
+@pytest.mark.parametrize("cls", [BadInit, LateBadInit], ids=["own-init", "derived-init"])
+def test_a_spawn_whose_constructor_raises_leaves_nothing_behind(coupling: Coupling, unique: str, cls: type) -> None:
+    """Before, the half-built actor's consumer buffer stayed on its worker with the instance (+8 MiB per
+    failed spawn of an actor holding 8 MiB), the broker kept its consumer (the channel, once closed, was
+    never forgotten) and a record stuck at "created"."""
+    ch = coupling.channel(f"badinit-{unique}", Queue(4))
+    name = f"bad-{unique}"
+    with pytest.raises(Exception, match="the model failed to build|a bad argument, found late"):
+        coupling.spawn(cls, 5, name=name, inputs={"inp": ch}, workers=coupling.workers()[1])
+    _wait_nothing_held(coupling, ch, [name])
+
+    def in_broker(dask_scheduler: Any) -> tuple[dict[str, Any], Any]:
+        broker = dask_scheduler.plugins[BROKER_NAME]
+        return dict(broker.channels[ch].consumers), broker.tallies.actors.get(name, {}).get("state")
+
+    until("its failure reaches the broker", lambda: coupling.client.run_on_scheduler(in_broker) == ({}, "failed"), timeout=30)
+    coupling.close_channel(ch)  # no consumer holds it: forgotten at once, the name is free
+    coupling.channel(ch, Queue(2))
 
 
 def _stream_once(cp: Coupling, tag: str, n: int, w: list[str]) -> list[tuple[str, int, float]]:
