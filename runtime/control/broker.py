@@ -391,9 +391,9 @@ class Broker(SchedulerPlugin):
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
         if rec.detach_consumer(ident, kind, address):
-            await self._push(rec)
-            if final is not None:
+            if final is not None:  # before the push awaits: a close meanwhile may forget the channel and its tallies
                 self.tallies.consumer_final(address, name, ident, final)
+            await self._push(rec)
         if rec.drained:
             self._forget(rec)
         return {"status": "OK"}

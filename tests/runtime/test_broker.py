@@ -216,3 +216,43 @@ def test_an_actor_name_belongs_to_one_live_run_at_a_time() -> None:
     assert set(b.actor_names) == {"summer", "counter"}
     asyncio.run(b.end_run(run="C"))
     assert b.actor_names == {}
+
+
+
+class _HeldWorker(_Worker):
+    """A worker whose first routing update waits until ``release`` is set (a slow push)."""
+
+    def __init__(self, address: str, pushed: list[tuple[str, str]], release: asyncio.Event, held: list[int]) -> None:
+        super().__init__(address, pushed)
+        self.release, self.held = release, held
+
+    async def coupler_routing_update(self, table: dict[str, Any]) -> None:
+        if not self.held:
+            self.held.append(1)
+            await self.release.wait()
+        await super().coupler_routing_update(table)
+
+
+def test_a_detach_and_a_close_that_interleave_leave_no_tallies_of_the_forgotten_channel() -> None:
+    """The detach's final counters were added after its push awaited, while a close forgot the channel:
+    ``departed`` kept an entry for a channel that no longer existed, one per such close."""
+
+    async def scenario() -> Broker:
+        b = Broker()
+        b.scheduler = _Scheduler()
+        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        await b.attach(name="c", role="producer", ident="p", address=ALIVE)
+        await b.attach(name="c", role="consumer", ident="a/in", address=LOST, stream="10.0.0.1:9", host="h")
+        release, held = asyncio.Event(), []
+        b.scheduler.rpc = lambda address: _HeldWorker(address, b.scheduler.pushed, release, held)  # type: ignore[method-assign]
+        final = {"received": 3, "nbytes": 12, "dropped": 0, "taken": 3}
+        detach = asyncio.ensure_future(b.detach(name="c", ident="a/in", address=LOST, counters=final))
+        while not held:  # the detach's push is under way
+            await asyncio.sleep(0)
+        assert (await b.close_channel(name="c"))["status"] == "OK"  # drained: forgotten, its tallies too
+        release.set()
+        assert (await detach)["status"] == "OK"
+        return b
+
+    b = asyncio.run(scenario())
+    assert "c" not in b.channels and "c" not in b.tallies.departed
