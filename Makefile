@@ -38,7 +38,7 @@ PURE_TESTS := tests/learners tests/physics tests/demos tests/benchmarks/test_aug
 	tests/actors/test_run_loop.py tests/actors/test_hand_outs.py tests/actors/test_busy.py tests/actors/test_checkpointer.py tests/actors/test_port_meta.py \
 	$(addprefix tests/runtime/test_,read_role.py receipts.py buffers.py send_window.py spin.py queue_protocol.py \
 	lineage.py outbox.py wire.py driver_resend.py cancel.py gathering.py routing_table.py status.py broker.py \
-	endpoint_parts.py message.py keeping.py tallies.py actor_ref.py sender.py report_check.py)
+	endpoint_parts.py message.py keeping.py tallies.py actor_ref.py sender.py report_check.py journal.py)
 
 test: $(STAMP)
 	COUPLER_TEST_NO_CLUSTER=1 $(PY) -m pytest -n $(TEST_PROCS) $(PURE_TESTS); pure=$$?; \

@@ -324,7 +324,7 @@ class Supervisor:
 
     @property
     def events(self) -> list[SupervisionEvent]:
-        """What the supervisor did so far, oldest first (a copy)."""
+        """What the supervisor did so far, oldest first (a copy; the newest ``journal.EVENTS_KEPT``)."""
         return self.journal.events()
 
     def last_checkpoint(self, name: str) -> dict[str, Any] | None:
