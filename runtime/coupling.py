@@ -340,10 +340,19 @@ class Coupling(Participant):
         detach when their loop ends), and from then on a declaration of the name
         starts a new channel.
 
+        The port that :meth:`send` made on it flushes and goes first; the one :meth:`receive`
+        made goes after it (a receive on the closed channel makes a new one, which sees it closed).
+
         Raises:
             UnknownChannel: if it was never declared.
         """
+        inbox = self._close_channel_ports(name)
         self._broker("coupler_close", name=name)
+        if inbox is not None and not inbox.closed:
+            try:
+                inbox.close()
+            except Exception as e:  # its relay may be gone with a lost worker: the coupling's close tries again
+                logger.info("could not close %r: %r", inbox, e)
 
     def channels(self) -> dict[str, ChannelStats]:
         """Every channel's counters (as of the workers' last reports)."""

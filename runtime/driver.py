@@ -647,6 +647,24 @@ class DriverPorts:
             self._releasing.add(t)
         t.start()
 
+    def close_channel(self, channel: str, flush_timeout: float = 5.0) -> tuple[Publisher | None, Subscription | None]:
+        """Give back the ports ``Coupling.send`` and ``Coupling.receive`` made on ``channel``, which is closing.
+
+        The publisher flushes first (what the script sent goes out before the end) and is
+        closed now; the inbox is returned, to be closed once the channel is (it drains first).
+
+        Returns:
+            ``(publisher, inbox)`` taken off the channel, each ``None`` if there was none.
+        """
+        with self._lock:
+            pub, inbox = self._publishers.pop(channel, None), self._inboxes.pop(channel, None)
+        if pub is not None and not pub.closed:
+            try:
+                pub.close(flush_timeout)
+            except Exception as e:  # the close goes on: the channel ends all the same
+                logger.info("could not close %r: %r", pub, e)
+        return pub, inbox
+
     def close(self, flush_timeout: float = 5.0) -> None:
         """Close every port still open (publishers flush first, for up to ``flush_timeout`` s each).
 

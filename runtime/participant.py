@@ -43,6 +43,12 @@ class Participant(ABC):
             self._driver_ports = DriverPorts(self._spawn_relay, self._relay_checkpoint)
         return self._driver_ports
 
+    def _close_channel_ports(self, channel: str) -> Subscription | None:
+        """Give back the default publisher of ``channel`` (flushed); return its inbox, to close after the channel."""
+        if self._driver_ports is None:
+            return None
+        return self._driver_ports.close_channel(channel)[1]
+
     def _close_ports(self) -> None:
         """End every publisher and subscription of the script (what was sent goes out first)."""
         if self._driver_ports is not None:

@@ -525,3 +525,20 @@ def test_the_live_stream_demo_steers_a_simulation_and_plots_what_it_receives(
     assert result["energy_last_quarter"] < 0.5 * result["energy_first_quarter"]
     assert result["png"] == str(tmp_path / "live_stream.png") and (tmp_path / "live_stream.png").stat().st_size > 10_000
     assert "frames received by the script: 120" in capsys.readouterr().out
+
+
+def test_closing_a_channel_gives_back_the_ports_send_and_receive_made_on_it(coupling: Coupling, unique: str) -> None:
+    """Before, each channel used through ``Coupling.send``/``receive`` and then closed kept both relay actors,
+    their buffer and the broker's record of the channel (its inbox never detached) until the coupling closed."""
+    ch = coupling.channel(f"helpers-{unique}", Queue(4))
+    with pytest.raises(ChannelTimeout):
+        coupling.receive(ch, timeout=0.2)  # attaches the driver's inbox
+    coupling.send(ch, _x(1.0), timeout=30)
+    assert float(coupling.receive(ch, timeout=30).data["x"][0]) == 1.0
+    ports = coupling._ports
+    relays = [ports._publishers[ch].relay.name, ports._inboxes[ch].relay.name]
+    coupling.close_channel(ch)
+    assert ch not in ports._publishers and ch not in ports._inboxes
+    _wait_relays_gone(coupling, relays)
+    until("the broker to forget the channel", lambda: ch not in coupling.channels(), timeout=30)
+    coupling.channel(ch, Queue(2))  # the name is free again
