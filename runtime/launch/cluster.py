@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -434,10 +435,22 @@ def start_local(
         env={**WORKER_ENV, **kwargs.pop("env", {})},
         **kwargs,
     )
-    if devices:
-        logger.info("coupler: one local worker per GPU: %s", devices)
-        return GPULocalCluster(devices, n_workers=n_workers, **common)
-    return EmbeddedCluster(n_workers=n_workers, processes=True, **common)
+    try:
+        if devices:
+            logger.info("coupler: one local worker per GPU: %s", devices)
+            return GPULocalCluster(devices, n_workers=n_workers, **common)
+        return EmbeddedCluster(n_workers=n_workers, processes=True, **common)
+    except RuntimeError as e:
+        main = sys.modules.get("__main__")
+        if getattr(main, "__file__", None) is None:
+            raise
+        # Worker processes start by importing the script (multiprocessing's spawn): one that starts a
+        # coupling at import starts one in every worker, which fails there, and the error here says only
+        # that a nanny failed; the hint of multiprocessing itself is buried in the workers' logs above.
+        raise RuntimeError(
+            f"{str(e).rstrip('.')}: the local cluster's workers did not start. If {main.__file__} starts the coupling at module level, "
+            "put that code under `if __name__ == \"__main__\":` (each worker process imports the script)"
+        ) from e
 
 
 # -- TLS --------------------------------------------------------------------------------------

@@ -319,3 +319,17 @@ def test_a_batch_system_without_cores_and_memory_names_the_settings_to_set(kind:
     with dask.config.set({f"jobqueue.{kind}.cores": None, f"jobqueue.{kind}.memory": None}):
         with pytest.raises(ValueError, match=f"set jobqueue.{kind}.cores and jobqueue.{kind}.memory in a configuration"):
             start_cluster(kind, JobOptions.from_config(jobs=1))
+
+
+def test_a_script_without_a_main_guard_is_told_to_add_one(tmp_path: Any) -> None:
+    """Each worker process imports the script: one that starts a coupling at module level failed with only
+    "Nanny failed to start." at the bottom, multiprocessing's own hint buried in the workers' tracebacks."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "no_guard.py"
+    script.write_text("from coupler.runtime import Coupling\ncp = Coupling(n_workers=1)\ncp.close()\n")
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert 'put that code under `if __name__ == "__main__":`' in last and str(script) in last, last
