@@ -59,20 +59,17 @@ import threading
 import traceback
 from typing import Any
 
-from distributed.core import Status
-
 from coupler.runtime import InPort, OutPort, local_endpoint
 from coupler.runtime.dataplane import waits
 from coupler.runtime.dataplane.buffers import QueueBuffer
 from coupler.runtime.control.status import ActorStatus, MetricLog, WeightsInUse, describe_device
 from coupler.actors.checkpointing import Checkpointer
-from coupler.actors.ports import HostInPort, HostOutPort, Ports, give_back
+from coupler.actors.ports import HostInPort, HostOutPort, Ports, give_back, worker_closing
 from coupler.actors.run_loop import ENDED_STATES, RunLoop
 from coupler.actors.take_order import TakeOrder
 
 logger = logging.getLogger(__name__)
 
-_CLOSING = (Status.closing, Status.closing_gracefully, Status.closed, Status.failed)
 
 
 class ActorHost:
@@ -438,6 +435,5 @@ class ActorHost:
         except Exception as e:
             # A worker that is closing (the cluster shuts down, Ctrl-C) has closed its connections:
             # the broker is going too, and a warning per actor would bury the reason for the end.
-            status = getattr(getattr(self.endpoint, "worker", None), "status", None)
-            log = logger.debug if status in _CLOSING else logger.warning
+            log = logger.debug if worker_closing(self.endpoint) else logger.warning
             log("actor %r: could not report its end to the broker: %r", self.name, e)

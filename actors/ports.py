@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
+from distributed.core import Status
+
 from coupler.runtime import ChannelTimeout, InPort, Message, OutPort
 from coupler.runtime.dataplane.endpoint import Endpoint
 from coupler.runtime.errors import UnknownPort
@@ -154,6 +156,15 @@ class HostOutPort(OutPort):
     send.__doc__ = OutPort.send.__doc__
 
 
+_CLOSING = (Status.closing, Status.closing_gracefully, Status.closed, Status.failed)
+
+
+def worker_closing(endpoint: Endpoint) -> bool:
+    """Whether the endpoint's worker is shutting down (the cluster closes, Ctrl-C): a failed call to the
+    broker then says nothing about the actor, and a warning per actor would bury why everything ends."""
+    return getattr(getattr(endpoint, "worker", None), "status", None) in _CLOSING
+
+
 def give_back(name: str, endpoint: Endpoint, inputs: Mapping[str, InPort], outputs: Mapping[str, OutPort]) -> None:
     """Give back what actor ``name``'s ports hold on its worker; its loop has ended for good.
 
@@ -167,6 +178,7 @@ def give_back(name: str, endpoint: Endpoint, inputs: Mapping[str, InPort], outpu
         try:
             port.close()  # after a hand-over already closed (idempotent)
         except Exception as e:  # a worker closing, the scheduler gone: nothing left to tell
-            logger.warning("actor %r: could not detach input %r: %r", name, port.channel, e)
+            log = logger.debug if worker_closing(endpoint) else logger.warning
+            log("actor %r: could not detach input %r: %r", name, port.channel, e)
     for port in outputs.values():
         endpoint.release_producer(port.channel, port.source)
