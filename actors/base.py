@@ -429,7 +429,9 @@ class ActorHost:
             # Before the flag: from then on a checkpoint reads the sequence numbers kept here.
             self._checkpoints.keep_sequences()
             self._released = True
-        give_back(self.name, self.endpoint, self.inputs, self.outputs)
+        life = self._life  # a failed consumer's producers hear that it failed, not only that it detached
+        why = f"its actor {life.state}" + (f": {ActorStatus(name=self.name, error=life.error).last_error}" if life.error else "")
+        give_back(self.name, self.endpoint, self.inputs, self.outputs, why)
         try:
             self.endpoint.actor_ended(self.name, self.status_dict())
         except Exception as e:

@@ -165,18 +165,20 @@ def worker_closing(endpoint: Endpoint) -> bool:
     return getattr(getattr(endpoint, "worker", None), "status", None) in _CLOSING
 
 
-def give_back(name: str, endpoint: Endpoint, inputs: Mapping[str, InPort], outputs: Mapping[str, OutPort]) -> None:
+def give_back(
+    name: str, endpoint: Endpoint, inputs: Mapping[str, InPort], outputs: Mapping[str, OutPort], why: str = ""
+) -> None:
     """Give back what actor ``name``'s ports hold on its worker; its loop has ended for good.
 
     Its inputs detach, so that producers no longer wait for room in its
-    buffers (they get :class:`ConsumerGone`, or wait for a successor after a
-    hand-over). Once no producer of a channel is left on the worker, that
+    buffers (they get :class:`ConsumerGone`, saying ``why``, or wait for a successor
+    after a hand-over). Once no producer of a channel is left on the worker, that
     channel's links (threads, sockets, shared-memory arenas) are given back
     (``Endpoint.release_producer``).
     """
     for port in inputs.values():
         try:
-            port.close()  # after a hand-over already closed (idempotent)
+            port.close(detail=why)  # after a hand-over already closed (idempotent)
         except Exception as e:  # a worker closing, the scheduler gone: nothing left to tell
             log = logger.debug if worker_closing(endpoint) else logger.warning
             log("actor %r: could not detach input %r: %r", name, port.channel, e)

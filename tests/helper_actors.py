@@ -139,3 +139,11 @@ class TakeOneThenStall(ActorHost):
         while not self.stopping:
             time.sleep(0.01)  # stands for a long step that does not read its input
         return True
+
+
+class FailOnFirst(ActorHost):
+    """Takes one message from ``inp``, then its step raises (a consumer with a bug)."""
+
+    def step(self) -> bool:
+        m = self.inputs["inp"].receive()
+        raise RuntimeError(f"cannot use message {m.seq}")

@@ -360,7 +360,7 @@ class Broker(SchedulerPlugin):
 
     async def detach(
         self, name: str, ident: str, departure: str = Departure.DETACHED.value, address: str = "",
-        counters: dict[str, int] | None = None,
+        counters: dict[str, int] | None = None, detail: str = "",
     ) -> dict[str, Any]:
         """Remove a consumer: it closed its port (``detached``), or it is moving (``handover``).
 
@@ -368,7 +368,7 @@ class Broker(SchedulerPlugin):
         nothing (an instance that was replaced -- its worker declared dead, back after a
         partition, while a successor attached elsewhere -- or a request that is not its
         own). ``counters`` are its final ``received``, ``nbytes``, ``dropped`` and ``taken``,
-        for the channel's totals.
+        for the channel's totals; ``detail`` says why it left (its producers' ``ConsumerGone`` says it).
 
         Returns:
             ``{"status": "OK"}``, or an error reply (:class:`InvalidRequest`) for a client that asks
@@ -382,6 +382,8 @@ class Broker(SchedulerPlugin):
                 raise ValueError("only the broker declares a consumer lost (when its worker is removed)")
             if not isinstance(address, str) or not address:
                 raise ValueError(f"a detach names the worker it detaches from (address), got {address!r:.80}")
+            if not isinstance(detail, str):
+                raise ValueError(f"a detach's detail is a string, got {type(detail).__name__}")
             final = _consumer_counters(counters)
             rec = self._channel(name)
         except ChannelClosed:
@@ -390,7 +392,7 @@ class Broker(SchedulerPlugin):
             return error_reply(e)
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
-        if rec.detach_consumer(ident, kind, address):
+        if rec.detach_consumer(ident, kind, address, detail[:300]):
             if final is not None:  # before the push awaits: a close meanwhile may forget the channel and its tallies
                 self.tallies.consumer_final(address, name, ident, final)
             await self._push(rec)

@@ -118,15 +118,15 @@ class ChannelRecord:
         self.gone.pop(ident, None)
         self.version += 1
 
-    def detach_consumer(self, ident: str, kind: Departure, address: str) -> bool:
-        """Consumer ``ident`` left as ``kind`` from worker ``address``; whether it was attached there
-        (else nothing changes: a replaced instance's detach, its successor attached elsewhere)."""
+    def detach_consumer(self, ident: str, kind: Departure, address: str, detail: str = "") -> bool:
+        """Consumer ``ident`` left as ``kind`` from worker ``address`` (``detail``: why, for people); whether
+        it was attached there (else nothing changes: a replaced instance's detach, its successor elsewhere)."""
         if self.consumers.get(ident) != address:
             return False
         if self.consumers.pop(ident, None) is None:
             return False
         self.streams.pop(ident, None)
-        self.gone[ident] = Gone(ident, kind)
+        self.gone[ident] = Gone(ident, kind, detail)
         self.version += 1
         return True
 

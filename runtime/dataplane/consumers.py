@@ -74,7 +74,7 @@ class LocalConsumers:
             buf.close()
         return buf
 
-    async def detach(self, channel: str, consumer: str, handover: bool = False) -> list[Message]:
+    async def detach(self, channel: str, consumer: str, handover: bool = False, detail: str = "") -> list[Message]:
         """Remove a consumer's buffer and tell the broker (producers stop sending to it).
 
         Args:
@@ -82,6 +82,7 @@ class LocalConsumers:
             consumer: consumer id.
             handover: the consumer is moving (a restart elsewhere): producers wait for
                 it instead of failing, and what it held is returned to be preloaded.
+            detail: why it leaves (e.g. its actor failed), for the producers' ``ConsumerGone``.
 
         Returns:
             With ``handover``, the messages the buffer still held (``Queue``, ``Latest``).
@@ -107,7 +108,8 @@ class LocalConsumers:
         # would be missing from the channel's totals.
         counters = None if buf is None else {k: int(getattr(buf.stats, k)) for k in ("received", "nbytes", "dropped", "taken")}
         await self.broker(
-            "coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address(), counters=counters
+            "coupler_detach", name=channel, ident=consumer, departure=departure.value, address=self.address(),
+            counters=counters, detail=detail[:300],
         )
         return left
 

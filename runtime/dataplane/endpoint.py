@@ -239,18 +239,19 @@ class Endpoint(WorkerPlugin):
         """
         return self.call(lambda: self.consumers.attach(channel, consumer, preload))
 
-    def detach_consumer(self, channel: str, consumer: str, handover: bool = False) -> list[Message]:
+    def detach_consumer(self, channel: str, consumer: str, handover: bool = False, detail: str = "") -> list[Message]:
         """Remove a consumer's buffer and tell the broker (:meth:`LocalConsumers.detach`).
 
         Args:
             channel: channel name.
             consumer: consumer id.
             handover: the consumer is moving: producers wait for it, and what it held is returned.
+            detail: why it leaves, for its producers' errors.
 
         Returns:
             With ``handover``, the messages the buffer still held (``Queue``, ``Latest``).
         """
-        return self.call(lambda: self.consumers.detach(channel, consumer, handover))
+        return self.call(lambda: self.consumers.detach(channel, consumer, handover, detail))
 
     # -- producer side -------------------------------------------------------------------------
     def _fix_spec(self, channel: str, proposed: Spec) -> dict[str, Any]:

@@ -192,12 +192,13 @@ class InPort:
         """Whether the channel was closed (messages may remain to drain)."""
         return self.buffer.closed
 
-    def close(self, handover: bool = False) -> list[Message]:
+    def close(self, handover: bool = False, detail: str = "") -> list[Message]:
         """Detach: producers stop sending here; idempotent.
 
         Args:
             handover: this consumer is moving (restarted elsewhere under the same
                 name): producers keep what it did not take and wait for its return.
+            detail: why, for the producers' ``ConsumerGone`` (e.g. its actor failed).
 
         Returns:
             With ``handover``, the messages it held and had not taken (to pass as
@@ -206,4 +207,4 @@ class InPort:
         if not self._attached:
             return []
         self._attached = False
-        return self.endpoint.detach_consumer(self.channel, self.consumer, handover=handover)
+        return self.endpoint.detach_consumer(self.channel, self.consumer, handover=handover, detail=detail)

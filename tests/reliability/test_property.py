@@ -70,6 +70,7 @@ def test_broker_handlers_answer_bad_input_with_typed_errors(name: Any, policy: A
         broker.fix_spec(name="good", spec=spec),
         asyncio.run(broker.attach(name=name, role=role, ident=ident, address="tcp://0.0.0.0:1")),
         asyncio.run(broker.detach(name=name, ident=ident)),
+        asyncio.run(broker.detach(name=name, ident=ident, address="tcp://0.0.0.0:1", detail=role)),
         broker.claim_actor(name=name, run=ident),
         broker.report(address="tcp://0.0.0.9:1", channels={"good": spec}, actors={"a": policy}, retire_at=role),
         broker.actor_ended(name=name, status=policy),

@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from helper_actors import Collector, FailingProducer, Producer
+from helper_actors import Collector, FailingProducer, FailOnFirst, Producer
 from coupler.runtime import (
     ActorFailed,
     ChannelClosed,
@@ -144,4 +144,19 @@ def test_waiting_on_an_actor_never_started_fails_at_once(coupling: Coupling, uni
         col.wait()
     with pytest.raises(RuntimeError, match="never started"):  # not a TimeoutError after the whole minute
         col.wait(60)
+    col.release()
+
+
+def test_a_producer_whose_consumer_failed_hears_that_it_failed(coupling: Coupling, unique: str) -> None:
+    """The producer's ConsumerGone said only "(detached)", hiding that the consumer's step raised."""
+    ch = coupling.channel(f"failcons-{unique}", Queue(4))
+    col = coupling.spawn(FailOnFirst, name=f"col-{unique}", inputs={"inp": ch})
+    prod = coupling.spawn(Producer, 0, name=f"prod-{unique}", outputs={"out": ch})
+    col.start()
+    prod.call("send_now", good(1.0), 30)
+    with pytest.raises(ActorFailed, match="cannot use message 0"):
+        col.wait(30)
+    with pytest.raises(ConsumerGone, match=f"col-{unique}/inp \\(detached: its actor failed: RuntimeError: cannot use message 0\\)"):
+        prod.call("send_now", good(2.0), 30)
+    prod.release()
     col.release()
