@@ -464,7 +464,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         cut = argv.index("--")
         argv, script_args = argv[:cut], argv[cut + 1 :]
     try:
-        args = build_parser().parse_args(argv)
+        args, extra = build_parser().parse_known_args(argv)
+        if extra:
+            unknown = " ".join(extra)
+            hint = ""
+            if args.command in ("run", "demo"):  # the usual slip: the script's or demo's own options before --
+                what, target = ("demo", args.name) if args.command == "demo" else ("script", args.script)
+                hint = f"; the {what}'s own options go after --: coupler {args.command} {target} -- {unknown}"
+            raise UsageError(f"coupler {args.command}: error: unrecognized arguments: {unknown}{hint}")
         if script_args and args.command == "info":
             raise UsageError("coupler info: error: takes no script arguments after --")
         for path in args.config:

@@ -263,3 +263,14 @@ def test_tls_files_that_do_not_exist_are_one_line_and_status_1(tmp_path: Path, c
     code, _, err = _run(["run", str(script), "--config", str(path)], capsys)
     assert code == 1 and err.startswith("coupler: error: ") and "/nope/" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["demo", "modulation", "--quick"], ["run", "x.py", "--steps", "3"]])
+def test_options_of_the_demo_or_script_before_the_dashes_are_refused_with_where_they_go(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``coupler demo modulation --quick`` said only "unrecognized arguments: --quick"."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    extra = " ".join(argv[2:])
+    assert f"unrecognized arguments: {extra}" in err and f"go after --: coupler {argv[0]} {argv[1]} -- {extra}" in err, err
