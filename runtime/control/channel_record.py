@@ -17,6 +17,9 @@ from coupler.runtime.errors import ChannelClosed, ChannelExists, Fenced
 from coupler.runtime.message import Spec
 from coupler.runtime.policies import policy_from_wire
 
+#: Consumers that left a channel for good (detached) that its record and routing table keep, newest.
+DETACHED_KEPT = 256
+
 
 @dataclass
 class ChannelRecord:
@@ -127,8 +130,21 @@ class ChannelRecord:
             return False
         self.streams.pop(ident, None)
         self.gone[ident] = Gone(ident, kind, detail)
+        self._prune_gone()
         self.version += 1
         return True
+
+    def _prune_gone(self) -> None:
+        """Keep the newest :data:`DETACHED_KEPT` consumers that left for good.
+
+        Every routing table carries the departed, so on a long-lived channel whose
+        consumers come and go (driver subscriptions, a pool's members) each push grew
+        with every one that ever left. Those expected back (lost, moving) always stay:
+        their producers wait for them.
+        """
+        left = [c for c, g in self.gone.items() if g.kind is Departure.DETACHED]
+        for c in left[: max(0, len(left) - DETACHED_KEPT)]:  # oldest first (dicts keep insertion order)
+            del self.gone[c]
 
     def give_up_consumer(self, ident: str, detail: str) -> bool:
         """Lost consumer ``ident`` will not be restarted (its supervisor gave up): it left for good.
@@ -140,6 +156,7 @@ class ChannelRecord:
         if gone is None or gone.kind is not Departure.LOST or ident in self.consumers:
             return False
         self.gone[ident] = Gone(ident, Departure.DETACHED, detail)
+        self._prune_gone()
         self.version += 1
         return True
 

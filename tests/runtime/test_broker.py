@@ -256,3 +256,25 @@ def test_a_detach_and_a_close_that_interleave_leave_no_tallies_of_the_forgotten_
 
     b = asyncio.run(scenario())
     assert "c" not in b.channels and "c" not in b.tallies.departed
+
+
+def test_a_long_lived_channel_keeps_the_newest_departed_consumers_and_every_one_expected_back() -> None:
+    """Each routing table carried every consumer that ever left: +1 per driver subscription or pool member."""
+    from coupler.runtime.control.channel_record import DETACHED_KEPT
+
+    async def scenario() -> Broker:
+        b = Broker()
+        b.scheduler = _Scheduler()
+        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        await b.attach(name="c", role="consumer", ident="lost/in", address=LOST, stream="10.0.0.1:9", host="h")
+        await b.remove_worker(b.scheduler, LOST)  # expected back: never pruned
+        for i in range(DETACHED_KEPT + 40):
+            await b.attach(name="c", role="consumer", ident=f"s{i}/in", address=ALIVE, stream="10.0.0.2:9", host="h")
+            assert (await b.detach(name="c", ident=f"s{i}/in", address=ALIVE))["status"] == "OK"
+        return b
+
+    b = asyncio.run(scenario())
+    gone = {g[0]: g[1] for g in b.routing(name="c")["gone"]}
+    assert gone.pop("lost/in") == "lost"
+    assert sorted(gone) == sorted(f"s{i}/in" for i in range(40, DETACHED_KEPT + 40))  # the newest
+    assert set(gone.values()) == {"detached"}
