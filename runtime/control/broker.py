@@ -343,6 +343,8 @@ class Broker(SchedulerPlugin):
                 return {"status": "OK", **self.closed_names[name]}
             rec = self._channel(name)
             if role == "producer":
+                if rec.closed:  # draining: nothing may be sent, and a record of it would outlive the close
+                    raise ChannelClosed(f"channel {name!r} is closed; cannot send")
                 live = getattr(self.scheduler, "workers", None)  # (None: a broker outside a scheduler, in tests)
                 epoch = rec.attach_producer(ident, address, live)
                 return {"status": "OK", "epoch": epoch, **rec.routing()}

@@ -278,3 +278,19 @@ def test_a_long_lived_channel_keeps_the_newest_departed_consumers_and_every_one_
     assert gone.pop("lost/in") == "lost"
     assert sorted(gone) == sorted(f"s{i}/in" for i in range(40, DETACHED_KEPT + 40))  # the newest
     assert set(gone.values()) == {"detached"}
+
+
+def test_a_producer_cannot_attach_to_a_closed_channel_that_still_drains() -> None:
+    """It was recorded, and its worker made a route and counters again after it had forgotten the channel."""
+
+    async def scenario() -> tuple[Broker, dict[str, Any]]:
+        b = Broker()
+        b.scheduler = _Scheduler()
+        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        await b.attach(name="c", role="consumer", ident="a/in", address=LOST, stream="10.0.0.1:9", host="h")
+        assert (await b.close_channel(name="c"))["status"] == "OK"  # its consumer still drains it
+        return b, await b.attach(name="c", role="producer", ident="late", address=ALIVE)
+
+    b, reply = asyncio.run(scenario())
+    assert reply["status"] == "error" and reply["error"] == "ChannelClosed", reply
+    assert "late" not in b.channels["c"].producers
