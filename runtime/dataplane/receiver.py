@@ -40,6 +40,7 @@ import logging
 import resource
 import socket
 import ssl
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -65,6 +66,10 @@ MAX_PENDING = 64  # connections accepted and not yet authenticated, at most (the
 _BACKOFF_MAX = 1.0  # seconds between accept attempts while the process is out of descriptors, at most
 _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 _NO_BYTES = np.empty(0, np.uint8)
+#: Seconds a frame to the producer (a grant, an acknowledgement) may wait for room in the socket, at most:
+#: a producer that stops reading (a bug, a stall, a cut link) would otherwise hold the consumer's own
+#: thread, which sends grants as it takes messages, and with it every other producer of that consumer.
+SEND_WAIT_S = 30.0
 _SOURCE = wire.HEADER_FIELDS.index("source")  # the sources' column in a batch header
 _META = wire.HEADER_FIELDS.index("meta")  # the metadata column (a replaced instance's epoch, see fence.py)
 
@@ -293,6 +298,16 @@ class Listener:
             _shutdown(conn)
 
 
+def limit_send_wait(sock: socket.socket, seconds: float) -> None:
+    """Make a blocking send on ``sock`` fail (``OSError``) after ``seconds`` without room, not wait for ever.
+
+    ``SO_SNDTIMEO`` bounds sends only: the stream's reads stay blocking, so an idle
+    producer is not cut.
+    """
+    whole = int(seconds)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", whole, int((seconds - whole) * 1e6)))
+
+
 def _shutdown(sock: socket.socket) -> None:
     try:
         sock.shutdown(socket.SHUT_RDWR)
@@ -359,7 +374,9 @@ class Receiver:
                     header["acked"], self.unacked = self.unacked, 0
                 wire.send_frame(self.sock, kind, header)
         except OSError:
-            pass  # the producer went away; its reader sees that
+            # The producer went away, or stopped reading for SEND_WAIT_S (a frame may be cut short):
+            # the stream ends, and its reader sees that.
+            _shutdown(self.sock)
 
     def _ack(self, status: str = "OK", accepted: int = 0) -> None:
         """Acknowledge every batch accepted so far (and, if ``status`` is not OK, the refused one after them)."""
@@ -369,7 +386,7 @@ class Receiver:
                 if n:
                     wire.send_frame(self.sock, wire.ACK, {"n": n, "status": status, "accepted": accepted})
         except OSError:
-            pass
+            _shutdown(self.sock)  # as in _send
 
     def _grant(self, n: int, reserved: int) -> None:
         """Tell the producer about ``n`` more slots, unless it cannot run short before we speak again.
@@ -429,6 +446,7 @@ class Receiver:
         reader = wire.FrameReader(self.sock)
         hello, nonce = auth.accept_stream(self.sock, reader, self.key, self.deadline)
         self.authenticated()  # from here on a peer that holds the secret: no deadline, not pending
+        limit_send_wait(self.sock, SEND_WAIT_S)
         channel, consumer, pid = hello.get("channel"), hello.get("consumer"), hello.get("pid")
         origin = hello.get("worker", "")
         if not isinstance(channel, str) or not isinstance(consumer, str) or type(pid) is not int or not isinstance(origin, str):

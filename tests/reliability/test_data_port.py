@@ -18,6 +18,7 @@ import ssl
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -565,3 +566,30 @@ def test_a_workers_port_keeps_serving_its_genuine_streams_under_attack(coupling:
     assert len(trained) == n + 10  # nothing forged got in
     expected = sum(checksum(sample(3, i)) for i in range(n)) + sum(checksum(sample(4, i)) for i in range(10))
     assert record["total"] == pytest.approx(expected, rel=1e-12)  # every payload intact (float64 sums, same order)
+
+
+def test_a_producer_that_stops_reading_ends_its_stream_instead_of_holding_the_consumer() -> None:
+    """A grant is sent by the consumer's own thread as it takes a message: to a producer that never read
+    it blocked for ever once the socket filled, and the consumer with it (its other producers starved)."""
+    mine, peer = socket.socketpair()
+    mine.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    receiver.limit_send_wait(mine, 0.3)
+    r = receiver.Receiver(mine, lambda ch, cid: None, StreamKey(new_secret()), ChannelSpecs(lambda ch: None), 0, 0.0, lambda: None)
+    sent = []
+
+    def grants() -> None:
+        for i in range(2000):  # far more than the socket holds: the peer reads none of them
+            r._send(wire.GRANT, {"n": 1, "pad": bytes(256)})
+            sent.append(i)
+
+    t = threading.Thread(target=grants, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), f"the consumer's thread is still blocked after {len(sent)} grants"
+    # The stream ended: the peer reads what fitted, then the end.
+    peer.settimeout(10)
+    while peer.recv(65536):
+        pass
+    mine.close()
+    peer.close()
