@@ -46,6 +46,14 @@ async def _broker_with_consumers_on_the_lost_worker(n: int) -> Broker:
     return b
 
 
+def _broker_with_channel_c() -> Broker:
+    """A broker outside a scheduler (pushes go to stand-in workers) with a Queue channel ``c``."""
+    b = Broker()
+    b.scheduler = _Scheduler()
+    assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+    return b
+
+
 @pytest.mark.parametrize("churn", ["declare", "close"])
 def test_remove_worker_tells_every_channel_while_others_are_declared_and_closed(churn: str) -> None:
     """The loss is applied to a snapshot of the channels: a concurrent declare or close
@@ -145,9 +153,7 @@ def test_a_producer_replaced_on_a_live_worker_gets_a_successor_of_the_next_epoch
     # An incomplete hand-over restarts the actor from an older checkpoint while its old worker lives
     # on, its links still holding what a cut-off consumer did not take: the successor's epoch fences them.
     async def scenario() -> tuple[int, int, int]:
-        b = Broker()
-        b.scheduler = _Scheduler()
-        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        b = _broker_with_channel_c()
         first = (await b.attach(name="c", role="producer", ident="p", address=ALIVE))["epoch"]
         moved = (await b.attach(name="c", role="producer", ident="p", address=LOST))["epoch"]  # a complete move keeps it
         assert b.producers_replaced(producers=[["c", "p"], ["gone", "p"]])["status"] == "OK"  # a forgotten channel: nothing
@@ -181,9 +187,7 @@ def test_a_detach_from_another_worker_than_the_consumers_changes_nothing() -> No
     """Before, any client could detach another's consumer by its id: its producer failed with ConsumerGone."""
 
     async def scenario() -> Broker:
-        b = Broker()
-        b.scheduler = _Scheduler()
-        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        b = _broker_with_channel_c()
         await b.attach(name="c", role="consumer", ident="a/in", address=ALIVE, stream="10.0.0.2:9", host="h")
         assert (await b.detach(name="c", ident="a/in"))["error"] == "InvalidRequest"  # no worker named
         assert (await b.detach(name="c", ident="a/in", address=LOST))["status"] == "OK"  # not its worker
@@ -238,9 +242,7 @@ def test_a_detach_and_a_close_that_interleave_leave_no_tallies_of_the_forgotten_
     ``departed`` kept an entry for a channel that no longer existed, one per such close."""
 
     async def scenario() -> Broker:
-        b = Broker()
-        b.scheduler = _Scheduler()
-        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        b = _broker_with_channel_c()
         await b.attach(name="c", role="producer", ident="p", address=ALIVE)
         await b.attach(name="c", role="consumer", ident="a/in", address=LOST, stream="10.0.0.1:9", host="h")
         release, held = asyncio.Event(), []
@@ -263,9 +265,7 @@ def test_a_long_lived_channel_keeps_the_newest_departed_consumers_and_every_one_
     from coupler.runtime.control.channel_record import DETACHED_KEPT
 
     async def scenario() -> Broker:
-        b = Broker()
-        b.scheduler = _Scheduler()
-        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        b = _broker_with_channel_c()
         await b.attach(name="c", role="consumer", ident="lost/in", address=LOST, stream="10.0.0.1:9", host="h")
         await b.remove_worker(b.scheduler, LOST)  # expected back: never pruned
         for i in range(DETACHED_KEPT + 40):
@@ -284,9 +284,7 @@ def test_a_producer_cannot_attach_to_a_closed_channel_that_still_drains() -> Non
     """It was recorded, and its worker made a route and counters again after it had forgotten the channel."""
 
     async def scenario() -> tuple[Broker, dict[str, Any]]:
-        b = Broker()
-        b.scheduler = _Scheduler()
-        assert b.declare(name="c", policy=QUEUE)["status"] == "OK"
+        b = _broker_with_channel_c()
         await b.attach(name="c", role="consumer", ident="a/in", address=LOST, stream="10.0.0.1:9", host="h")
         assert (await b.close_channel(name="c"))["status"] == "OK"  # its consumer still drains it
         return b, await b.attach(name="c", role="producer", ident="late", address=ALIVE)
