@@ -71,7 +71,6 @@ from coupler.actors.take_order import TakeOrder
 logger = logging.getLogger(__name__)
 
 
-
 class ActorHost:
     """Base class of every coupler actor.
 

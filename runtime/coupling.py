@@ -416,7 +416,11 @@ class Coupling(Participant):
             check_placement(self.client, resources, workers, timeout=0 if self._workers_fixed() else None)
         # The supervisor spawns it, and respawns it elsewhere when its worker retires or is lost.
         spec = SpawnSpec(cls, args, kwargs, name, tuple(workers) if workers else None, resources)
-        ref = self.supervisor.spawn(spec)
+        try:
+            ref = self.supervisor.spawn(spec)
+        except BaseException:
+            self._free_name(name)  # nothing runs under it
+            raise
         self._actors[name] = ref
         return ref
 

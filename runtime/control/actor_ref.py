@@ -310,12 +310,21 @@ class ActorRef:
             self._follower.release(self)
         return st
 
-    def status(self) -> ActorStatus:
-        """The actor's current status (after :meth:`release`, its final one)."""
+    def status(self, timeout: float | None = None) -> ActorStatus:
+        """The actor's current status (after :meth:`release`, its final one).
+
+        Args:
+            timeout: seconds to wait at most while it is moved or restarted (``None``: ``move_timeout``).
+
+        Raises:
+            TimeoutError: if no instance answered within ``timeout`` (a move or restart under way).
+        """
         with self._cond:
             if self._final is not None:
                 return self._final
-        return self._control("status")
+        if timeout is None:
+            return self._control("status")
+        return ActorStatus.from_dict(self._call("status", (), {}, timeout, timed=False))
 
     def checkpoint(self, timeout: float = 30.0) -> dict[str, Any]:
         """The actor's state at a step boundary, as plain data (see ``ActorHost.checkpoint``).

@@ -447,7 +447,7 @@ class Supervisor:
         parts, ended = [], 0
         for r in recs:
             try:
-                st = r.ref.status()
+                st = r.ref.status(timeout=2.0)  # an error message: not worth a wait for a move
             except Exception as e:  # lost, moving: say what is known
                 parts.append(f"{r.spec.name} (unknown: {type(e).__name__})")
                 continue
