@@ -6,6 +6,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from coupler.runtime.control.broker import Broker
 
@@ -292,3 +295,57 @@ def test_a_producer_cannot_attach_to_a_closed_channel_that_still_drains() -> Non
     b, reply = asyncio.run(scenario())
     assert reply["status"] == "error" and reply["error"] == "ChannelClosed", reply
     assert "late" not in b.channels["c"].producers
+
+
+class NameClaims(RuleBasedStateMachine):
+    """Runs begin and end, claim and free actor names in any order: a name a live run holds is never granted
+    to another run, a run's own claims always succeed again, and an ended run holds and claims nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.b = Broker()
+        self.live: set[str] = set()
+        self.ended: set[str] = set()
+        self.claims: dict[str, str] = {}  # the model: name -> the run that claimed it (not ended)
+
+    @rule(run=st.sampled_from(["A", "B", "C"]))
+    def begin(self, run: str) -> None:
+        if run in self.live or run in self.ended:
+            return
+        assert self.b.begin_run(run=run, client=f"client-{run}")["status"] == "OK"
+        self.live.add(run)
+
+    @rule(run=st.sampled_from(["A", "B", "C"]))
+    def end(self, run: str) -> None:
+        asyncio.run(self.b.end_run(run=run))
+        if run in self.live:
+            self.live.discard(run)
+            self.ended.add(run)
+            self.claims = {n: r for n, r in self.claims.items() if r != run}
+
+    @rule(run=st.sampled_from(["A", "B", "C"]), name=st.sampled_from(["x", "y", "z"]))
+    def claim(self, run: str, name: str) -> None:
+        reply = self.b.claim_actor(name=name, run=run)
+        owner = self.claims.get(name)
+        if run in self.ended:
+            assert reply["error"] == "ChannelClosed", reply
+        elif owner is not None and owner != run and owner in self.live:
+            assert reply["error"] == "InvalidRequest" and repr(owner) in reply["message"], reply
+        else:
+            assert reply["status"] == "OK", reply
+            self.claims[name] = run
+
+    @rule(run=st.sampled_from(["A", "B", "C"]), name=st.sampled_from(["x", "y", "z"]))
+    def free(self, run: str, name: str) -> None:
+        assert self.b.free_actors(names=[name], run=run)["status"] == "OK"
+        if self.claims.get(name) == run:
+            del self.claims[name]
+
+    @invariant()
+    def claims_match(self) -> None:
+        assert self.b.actor_names == self.claims
+        assert not set(self.b.actor_names.values()) & self.ended
+
+
+TestNameClaims = NameClaims.TestCase
+TestNameClaims.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
