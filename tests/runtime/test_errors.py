@@ -136,17 +136,6 @@ def test_waiting_on_a_consumer_whose_producer_failed_says_so(coupling: Coupling,
     col.release()
 
 
-def test_waiting_on_an_actor_never_started_fails_at_once(coupling: Coupling, unique: str) -> None:
-    """With no timeout it waited for ever; with one, for all of it."""
-    ch = coupling.channel(f"idle-{unique}", Queue(4))
-    col = coupling.spawn(Collector, name=f"col-{unique}", inputs={"inp": ch})
-    with pytest.raises(RuntimeError, match="never started: call start\\(\\) before wait\\(\\)"):
-        col.wait()
-    with pytest.raises(RuntimeError, match="never started"):  # not a TimeoutError after the whole minute
-        col.wait(60)
-    col.release()
-
-
 def test_a_producer_whose_consumer_failed_hears_that_it_failed(coupling: Coupling, unique: str) -> None:
     """The producer's ConsumerGone said only "(detached)", hiding that the consumer's step raised."""
     ch = coupling.channel(f"failcons-{unique}", Queue(4))
