@@ -402,6 +402,15 @@ class Broker(SchedulerPlugin):
             self._forget(rec)
         return {"status": "OK"}
 
+    def _known_pairs(self, wire: Any, what: str) -> list[tuple[ChannelRecord, str]]:
+        """``[channel, endpoint]`` pairs from a handler's input, as (record, endpoint) of the channels
+        still known (a forgotten channel has nothing left to change).
+
+        Raises:
+            ValueError: naming what was expected, for anything but such pairs.
+        """
+        return [(self.channels[name], ident) for name, ident in _channel_pairs(wire, what) if name in self.channels]
+
     def producers_replaced(self, producers: list[list[str]]) -> dict[str, Any]:
         """Producers whose instance is replaced while its worker lives on: their successors get the next epoch.
 
@@ -413,13 +422,11 @@ class Broker(SchedulerPlugin):
             producers: ``[channel, source]`` pairs.
         """
         try:
-            pairs = _channel_pairs(producers, "source")
+            known = self._known_pairs(producers, "source")
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
-        for name, ident in pairs:
-            rec = self.channels.get(name)
-            if rec is not None:
-                rec.replace_producer(ident)
+        for rec, ident in known:
+            rec.replace_producer(ident)
         return {"status": "OK"}
 
     async def consumers_given_up(self, consumers: list[list[str]], detail: str = "") -> dict[str, Any]:
@@ -430,13 +437,12 @@ class Broker(SchedulerPlugin):
             detail: why, for the producers' ``ConsumerGone``.
         """
         try:
-            pairs = _channel_pairs(consumers, "consumer")
+            known = self._known_pairs(consumers, "consumer")
         except ValueError as e:
             return error_reply(InvalidRequest(str(e)))
-        for name, ident in pairs:
-            rec = self.channels.get(name)
-            if rec is None or not rec.give_up_consumer(ident, detail):
-                continue  # forgotten, or not a lost consumer of it (it came back, or never attached)
+        for rec, ident in known:
+            if self.channels.get(rec.name) is not rec or not rec.give_up_consumer(ident, detail):
+                continue  # forgotten during a push above, or not a lost consumer of it (it came back, or never attached)
             await self._push(rec)
             if rec.drained:
                 self._forget(rec)
